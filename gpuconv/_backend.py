@@ -1,0 +1,215 @@
+"""Which path runs a call: the one readable decision, and the record of which kernel ran.
+
+* NumPy arrays run the NumPy fallback (``gpuconv/_numpy``).
+* CuPy arrays (and any GPU array CuPy wraps zero-copy: ``__cuda_array_interface__`` or a CUDA DLPack
+  capsule, e.g. a PyTorch CUDA tensor) run our CUDA kernels (``gpuconv/_cuda``, sources in ``kernels/``).
+
+There is no silent fallback between the two: the arrays decide. ``last_kernel()`` tells which kernel
+ran for the most recent call in this thread / context. Tests may force the CUDA launch code onto another
+runtime (the CPU emulator) with ``use_backend``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    """What ran for one call: operation, backend (``'numpy'``, ``'cupy'``, ``'emulated'``), kernel id."""
+
+    op: str
+    backend: str
+    kernel: str
+
+
+_last_kernel: contextvars.ContextVar[KernelRecord | None] = contextvars.ContextVar("gpuconv_last_kernel",
+                                                                                   default=None)
+_forced_backend: contextvars.ContextVar = contextvars.ContextVar("gpuconv_forced_backend", default=None)
+
+
+def last_kernel() -> KernelRecord | None:
+    """The kernel that ran for the most recent gpuconv call in this context (None before any call)."""
+    return _last_kernel.get()
+
+
+def record(op: str, backend: str, kernel: str) -> None:
+    _last_kernel.set(KernelRecord(op, backend, kernel))
+
+
+# --------------------------------------------------------------------------------------------
+# backends
+# --------------------------------------------------------------------------------------------
+
+class NumpyBackend:
+    """The NumPy fallback."""
+
+    name = "numpy"
+    xp = np
+
+    def conv2d(self, x, w, b, g, algo):
+        if algo != "auto":
+            raise ValueError(f"algo={algo!r} selects a CUDA kernel, but the inputs are NumPy arrays, which "
+                             "run the NumPy path; use algo='auto' or pass CuPy arrays")
+        from ._numpy import conv
+        return conv.conv2d(x, w, b, g)
+
+    def __getattr__(self, op):  # pooling entry points: max_pool2d, avg_pool2d, adaptive_*
+        from ._numpy import pool
+        return getattr(pool, op)
+
+
+class CudaBackend:
+    """Our CUDA kernels, launched through a runtime (CuPy, or the tests' CPU emulator)."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.name = runtime.name
+        self.xp = runtime.xp
+
+    def conv2d(self, x, w, b, g, algo):
+        from ._cuda import conv
+        return conv.conv2d(self.runtime, x, w, b, g, algo)
+
+    def __getattr__(self, op):
+        from ._cuda import pool
+        return functools.partial(getattr(pool, op), self.runtime)
+
+
+@contextlib.contextmanager
+def use_backend(backend):
+    """Run the calls in this block on ``backend`` whatever the arrays are (arrays must be of
+    ``backend.xp``). For tests: ``use_backend(CudaBackend(EmulatedRuntime(...)))``."""
+    token = _forced_backend.set(backend)
+    try:
+        yield backend
+    finally:
+        _forced_backend.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_backend():
+    from ._cuda.runtime import CupyRuntime
+    return CudaBackend(CupyRuntime())
+
+
+# --------------------------------------------------------------------------------------------
+# arrays
+# --------------------------------------------------------------------------------------------
+
+def _cupy():
+    try:
+        import cupy
+    except Exception:  # not installed, or installed without a usable CUDA runtime
+        return None
+    return cupy
+
+
+def _type_name(obj) -> str:
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else t.__qualname__
+
+
+def _is_cuda_object(obj) -> bool:
+    if hasattr(obj, "__cuda_array_interface__"):
+        return True
+    dl = getattr(obj, "__dlpack_device__", None)
+    if dl is None:
+        return False
+    try:
+        return dl()[0] in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+    except Exception:
+        return False
+
+
+def coerce_arrays(fn: str, **named):
+    """Check that every given array (None entries are skipped) is a NumPy or CuPy array (GPU arrays of
+    other libraries are wrapped zero-copy), all of one kind, with one floating dtype and, for CuPy, on
+    the current device. Returns ``(backend, {name: array})``."""
+    cupy = None
+    arrays, kinds = {}, {}
+    for name, a in named.items():
+        if a is None:
+            arrays[name] = None
+            continue
+        if isinstance(a, np.ndarray):
+            kinds[name] = "numpy"
+        else:
+            cupy = cupy or _cupy()
+            if cupy is not None and isinstance(a, cupy.ndarray):
+                kinds[name] = "cupy"
+            elif cupy is not None and _is_cuda_object(a):
+                a = cupy.asarray(a) if hasattr(a, "__cuda_array_interface__") else cupy.from_dlpack(a)
+                kinds[name] = "cupy"
+            else:
+                raise TypeError(f"{fn}(): {name} must be a NumPy or CuPy array, got {_type_name(a)}")
+        arrays[name] = a
+    if len(set(kinds.values())) > 1:
+        desc = ", ".join(f"{n} is a {'NumPy' if k == 'numpy' else 'CuPy'} array" for n, k in kinds.items())
+        raise TypeError(f"{fn}(): all arrays must be NumPy arrays or all CuPy arrays, but {desc}")
+    dtypes = {}
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        dt = np.dtype(a.dtype)
+        if dt not in FLOAT_DTYPES:
+            raise TypeError(f"{fn}(): {name} must be float16, float32 or float64, got {name} of dtype {dt} "
+                            f"and shape {list(a.shape)}")
+        dtypes[name] = dt
+    if len(set(dtypes.values())) > 1:
+        desc = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
+        raise TypeError(f"{fn}(): expected all arrays to have the same dtype, but {desc}")
+    kind = next(iter(kinds.values()), "numpy")
+    forced = _forced_backend.get()
+    if forced is not None:
+        return forced, arrays
+    if kind == "numpy":
+        return NumpyBackend(), arrays
+    current = cupy.cuda.Device().id
+    for name, a in arrays.items():
+        if a is not None and a.device.id != current:
+            raise ValueError(f"{fn}(): {name} is on CUDA device {a.device.id} but the current device is "
+                             f"{current}; move it or run under `with cupy.cuda.Device({a.device.id}):`")
+    return _cupy_backend(), arrays
+
+
+# --------------------------------------------------------------------------------------------
+# information
+# --------------------------------------------------------------------------------------------
+
+def backend_info() -> dict:
+    """Which backends are usable here, and why not where not. Keys: ``numpy`` and ``cupy``, each a dict
+    with ``available`` (bool), ``version`` and ``reason`` (why unavailable) / ``devices``."""
+    info = {"numpy": {"available": True, "version": np.__version__, "reason": None}}
+    cu = {"available": False, "version": None, "reason": None, "devices": []}
+    if importlib.util.find_spec("cupy") is None:
+        cu["reason"] = "CuPy is not installed (pip install 'gpuconv[cuda12]' or 'gpuconv[cuda13]')"
+    else:
+        try:
+            import cupy
+            cu["version"] = cupy.__version__
+            count = cupy.cuda.runtime.getDeviceCount()
+            if count == 0:
+                cu["reason"] = "CuPy is installed but no CUDA device is visible"
+            else:
+                for i in range(count):
+                    props = cupy.cuda.runtime.getDeviceProperties(i)
+                    name = props["name"]
+                    cu["devices"].append({"id": i, "name": name.decode() if isinstance(name, bytes) else name,
+                                          "compute_capability": f"{props['major']}.{props['minor']}",
+                                          "memory_bytes": int(props["totalGlobalMem"])})
+                cu["available"] = True
+                cu["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+                cu["driver"] = cupy.cuda.runtime.driverGetVersion()
+        except Exception as exc:  # CUDA driver missing, etc.
+            cu["reason"] = f"CuPy is installed but CUDA is not usable: {type(exc).__name__}: {exc}"
+    info["cupy"] = cu
+    return info

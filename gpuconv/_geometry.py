@@ -1,0 +1,313 @@
+"""Argument normalisation, validation and output-size arithmetic, shared by every backend.
+
+Everything here works on plain Python ints and shapes; nothing touches array data. Each public
+function of gpuconv first turns its arguments into one of the frozen geometry records below, and the
+backends (NumPy, CUDA) receive only that record: they never re-derive sizes, so they cannot disagree.
+
+Formulas (PyTorch's, see ``shared/semantics.md``):
+
+* convolution output: ``P = floor((H + pt + pb - dh*(R-1) - 1) / sh) + 1`` (likewise ``Q``);
+* pooling output: ``floor((H + 2p - d*(k-1) - 1 + (s-1 if ceil_mode else 0)) / s) + 1``, then, with
+  ``ceil_mode``, one less if the last window would start at or past ``H + p``;
+* adaptive window ``i`` of ``O`` over ``H``: ``[floor(i*H/O), ceil((i+1)*H/O))``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+# Activation codes shared with the CUDA kernels (kernels/common.cuh, enum Activation).
+ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+LEAKY_RELU_SLOPE = 0.01
+
+
+def _shape_str(shape) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def as_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """``int`` or a length-2 sequence of ints -> ``(a, b)``; every entry must be ``>= minimum``."""
+    if _is_int(value):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return pair
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Every size of one conv2d call, resolved. Arrays are NCHW, weight is (K, C/groups, R, S)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    groups: int
+    sh: int
+    sw: int
+    pt: int  # padding top / bottom / left / right (asymmetric allowed)
+    pb: int
+    pl: int
+    pr: int
+    dh: int
+    dw: int
+    P: int  # output height
+    Q: int  # output width
+    flip: bool = False  # True: true convolution (kernel rotated by 180 degrees)
+    activation: str | None = None
+    has_bias: bool = False
+
+    @property
+    def Cg(self) -> int:
+        """Input channels per group (the weight's second dimension)."""
+        return self.C // self.groups
+
+    @property
+    def Kg(self) -> int:
+        """Filters per group."""
+        return self.K // self.groups
+
+    @property
+    def activation_code(self) -> int:
+        return ACTIVATIONS[self.activation]
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.K, self.P, self.Q)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds counted as two flops, as benchmarks usually do."""
+        return 2 * self.N * self.K * self.P * self.Q * self.Cg * self.R * self.S
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Every size of one max/avg pooling call, resolved (symmetric padding, as PyTorch)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    OH: int
+    OW: int
+    ceil_mode: bool = False
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.OH, self.OW)
+
+
+@dataclass(frozen=True)
+class AdaptiveGeometry:
+    """Sizes of an adaptive pooling call; window ``i`` is ``[floor(i*H/OH), ceil((i+1)*H/OH))``."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.OH, self.OW)
+
+
+# --------------------------------------------------------------------------------------------
+# convolution
+# --------------------------------------------------------------------------------------------
+
+def conv_output_size(size: int, k: int, s: int, p_lo: int, p_hi: int, d: int) -> int:
+    """``floor((size + p_lo + p_hi - d*(k-1) - 1) / s) + 1`` (may be < 1; callers check)."""
+    return (size + p_lo + p_hi - d * (k - 1) - 1) // s + 1
+
+
+def same_padding(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """Padding (low, high) for ``padding='same'``.
+
+    Stride 1: PyTorch's rule, total ``d*(k-1)``, the odd pixel at the high end (bottom / right), so the
+    output has the input's size. Stride > 1 (PyTorch refuses it): TensorFlow/JAX ``SAME``, output
+    ``ceil(size/s)``, total ``max((out-1)*s + d*(k-1) + 1 - size, 0)``, the odd pixel at the high end.
+    """
+    if s == 1:
+        total = d * (k - 1)
+    else:
+        out = -(-size // s)
+        total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_conv_padding(padding, kernel_hw, stride, dilation, input_hw) -> tuple[int, int, int, int]:
+    """Any accepted ``padding`` form -> ``(top, bottom, left, right)``."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            top, bottom = same_padding(input_hw[0], kernel_hw[0], stride[0], dilation[0])
+            left, right = same_padding(input_hw[1], kernel_hw[1], stride[1], dilation[1])
+            return (top, bottom, left, right)
+        raise ValueError(f"Invalid padding string {padding!r}, should be one of 'valid', 'same', "
+                         "an int, a pair of ints or ((top, bottom), (left, right))")
+    if (isinstance(padding, (tuple, list)) and len(padding) == 2
+            and all(isinstance(p, (tuple, list)) for p in padding)):
+        (top, bottom), (left, right) = (as_pair(p, "padding", minimum=0) for p in padding)
+        return (top, bottom, left, right)
+    ph, pw = as_pair(padding, "padding", minimum=0)
+    return (ph, ph, pw, pw)
+
+
+def check_conv_shapes(input_shape, weight_shape, bias_shape=None, groups=1):
+    """Validate ranks and channel counts; returns the batched input shape ``(N, C, H, W)``."""
+    input_shape = tuple(int(s) for s in input_shape)
+    weight_shape = tuple(int(s) for s in weight_shape)
+    if len(weight_shape) != 4:
+        raise ValueError(f"weight must be 4-D (out_channels, in_channels/groups, kH, kW), "
+                         f"got weight of size {_shape_str(weight_shape)}")
+    if len(input_shape) == 3:
+        input_shape = (1,) + input_shape
+    elif len(input_shape) != 4:
+        raise ValueError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, "
+                         f"but got input of size: {_shape_str(input_shape)}")
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups <= 0:
+        raise ValueError(f"non-positive groups is not supported, got groups={groups}")
+    N, C, H, W = input_shape
+    K, Cg, R, S = weight_shape
+    if min(K, Cg, R, S) <= 0:
+        raise ValueError(f"weight of size {_shape_str(weight_shape)} has an empty dimension")
+    if K % groups != 0:
+        raise ValueError(f"Given groups={groups}, expected weight to be divisible by {groups} at "
+                         f"dimension 0, but got weight of size {_shape_str(weight_shape)} instead")
+    if C % groups != 0:
+        raise ValueError(f"Given groups={groups}, expected input{_shape_str(input_shape)} to have a "
+                         f"channel count divisible by {groups}, but got {C} channels instead")
+    if Cg * groups != C:
+        raise ValueError(f"Given groups={groups}, weight of size {_shape_str(weight_shape)}, expected "
+                         f"input{_shape_str(input_shape)} to have {Cg * groups} channels, but got "
+                         f"{C} channels instead")
+    if bias_shape is not None and tuple(bias_shape) != (K,):
+        raise ValueError(f"Given weight of size {_shape_str(weight_shape)}, expected bias to be 1-dimensional "
+                         f"with {K} elements, but got bias of size {_shape_str(bias_shape)} instead")
+    return input_shape
+
+
+def conv_geometry(input_shape, weight_shape, bias_shape=None, stride=1, padding=0, dilation=1,
+                  groups=1, flip=False, activation=None) -> ConvGeometry:
+    """Validate a conv2d call's shapes and arguments and resolve every size."""
+    N, C, H, W = check_conv_shapes(input_shape, weight_shape, bias_shape, groups)
+    K, Cg, R, S = (int(s) for s in weight_shape)
+    sh, sw = as_pair(stride, "stride", minimum=1)
+    dh, dw = as_pair(dilation, "dilation", minimum=1)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {activation!r}; expected one of "
+                         f"{', '.join(repr(a) for a in ACTIVATIONS)}")
+    if not isinstance(flip, (bool,)):
+        raise TypeError(f"flip must be a bool, got {flip!r}")
+    pt, pb, pl, pr = resolve_conv_padding(padding, (R, S), (sh, sw), (dh, dw), (H, W))
+    eff_r, eff_s = dh * (R - 1) + 1, dw * (S - 1) + 1
+    if H + pt + pb < eff_r or W + pl + pr < eff_s:
+        raise ValueError(f"Calculated padded input size per channel: ({H + pt + pb} x {W + pl + pr}). "
+                         f"Kernel size: ({eff_r} x {eff_s}). Kernel size can't be greater than actual "
+                         f"input size (input{_shape_str((N, C, H, W))}, weight{_shape_str(weight_shape)}, "
+                         f"padding={(pt, pb, pl, pr)}, dilation={(dh, dw)})")
+    P = conv_output_size(H, R, sh, pt, pb, dh)
+    Q = conv_output_size(W, S, sw, pl, pr, dw)
+    return ConvGeometry(N=N, C=C, H=H, W=W, K=K, R=R, S=S, groups=int(groups), sh=sh, sw=sw,
+                        pt=pt, pb=pb, pl=pl, pr=pr, dh=dh, dw=dw, P=P, Q=Q, flip=bool(flip),
+                        activation=activation, has_bias=bias_shape is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# pooling
+# --------------------------------------------------------------------------------------------
+
+def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """PyTorch's ``pooling_output_shape``, including the ceil_mode rule that the last window must
+    start inside the input or the left padding."""
+    out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _pool_input_shape(input_shape, fn: str):
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) == 3:
+        return (1,) + input_shape
+    if len(input_shape) != 4:
+        raise ValueError(f"{fn}: Expected 3D or 4D input, but got input of size: {_shape_str(input_shape)}")
+    if input_shape[1] == 0 or input_shape[2] == 0 or input_shape[3] == 0:
+        raise ValueError(f"{fn}: Expected input's non-batch dimensions to have positive length, "
+                         f"but input has a shape of {_shape_str(input_shape)}")
+    return input_shape
+
+
+def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                  fn: str = "pool2d") -> PoolGeometry:
+    """Validate a max/avg pooling call and resolve every size."""
+    N, C, H, W = _pool_input_shape(input_shape, fn)
+    if len(input_shape) == 3 and min(C, H, W) == 0:
+        raise ValueError(f"{fn}: Expected input's dimensions to have positive length, but input has a "
+                         f"shape of {_shape_str(input_shape)}")
+    kh, kw = as_pair(kernel_size, "kernel_size", minimum=1)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        sh, sw = kh, kw
+    else:
+        sh, sw = as_pair(stride, "stride", minimum=1)
+    if isinstance(padding, str):
+        raise TypeError(f"{fn}: padding must be an int or a pair of ints, got {padding!r}")
+    ph, pw = as_pair(padding, "padding", minimum=0)
+    dh, dw = as_pair(dilation, "dilation", minimum=1)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{fn}: pad should be smaller than or equal to half of kernel size, but got "
+                         f"padding={(ph, pw)}, kernel_size={(kh, kw)}")
+    OH = pool_output_size(H, kh, sh, ph, dh, ceil_mode)
+    OW = pool_output_size(W, kw, sw, pw, dw, ceil_mode)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{fn}: Given input size: ({C}x{H}x{W}). Calculated output size: "
+                         f"({C}x{OH}x{OW}). Output size is too small (kernel_size={(kh, kw)}, "
+                         f"stride={(sh, sw)}, padding={(ph, pw)}, dilation={(dh, dw)})")
+    return PoolGeometry(N=N, C=C, H=H, W=W, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw,
+                        OH=OH, OW=OW, ceil_mode=bool(ceil_mode))
+
+
+def adaptive_geometry(input_shape, output_size, fn: str = "adaptive_pool2d") -> AdaptiveGeometry:
+    """Validate an adaptive pooling call. ``output_size``: int, pair, or a pair with ``None``
+    entries meaning "same as the input"."""
+    N, C, H, W = _pool_input_shape(input_shape, fn)
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        oh, ow = output_size
+        oh = H if oh is None else oh
+        ow = W if ow is None else ow
+    else:
+        oh = ow = output_size
+    OH, OW = as_pair((oh, ow), "output_size", minimum=1)
+    return AdaptiveGeometry(N=N, C=C, H=H, W=W, OH=OH, OW=OW)
+
+
+def adaptive_window(i: int, in_size: int, out_size: int) -> tuple[int, int]:
+    """``[start, end)`` of adaptive window ``i``: ``floor(i*H/O)`` .. ``ceil((i+1)*H/O)``."""
+    return (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)

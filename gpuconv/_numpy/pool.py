@@ -1,0 +1,149 @@
+"""Pooling on the CPU with NumPy: one vectorised pass per window tap.
+
+Max and average pooling loop over the ``kh*kw`` taps of the window. For tap ``(i, j)`` the outputs whose
+tap lands inside the input form a rectangle (the tap's input row ``oh*sh - ph + i*dh`` grows with ``oh``),
+so each pass is one strided slice of the input combined into one rectangle of the output: no padded copy
+of the input is made, padding simply never takes part (which is exactly -inf for max and 0 for average).
+
+Adaptive pooling is separable: reduce the columns of each output column window first, then the rows of
+each output row window. For max that order also keeps PyTorch's tie and NaN rules (first maximum in
+row-major order; the last NaN in row-major order wins).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._geometry import AdaptiveGeometry, PoolGeometry, adaptive_window
+
+
+def _tap_range(out_size: int, in_size: int, offset: int, stride: int) -> tuple[int, int, int]:
+    """Outputs ``o`` in ``[lo, hi)`` read input ``o*stride + offset`` inside ``[0, in_size)``; returns
+    ``(lo, hi, first input index)``."""
+    lo = max(0, -(offset // stride)) if offset < 0 else 0  # ceil(-offset / stride) for negative offsets
+    hi = min(out_size, (in_size - 1 - offset) // stride + 1) if in_size - 1 - offset >= 0 else 0
+    return lo, max(lo, hi), lo * stride + offset
+
+
+def _taps(g: PoolGeometry, dilation=True):
+    """Yield, in row-major window order, ``(i, j, out_rect, in_rect)`` for every tap that reaches the input."""
+    dh, dw = (g.dh, g.dw) if dilation else (1, 1)
+    for i in range(g.kh):
+        h_lo, h_hi, h0 = _tap_range(g.OH, g.H, i * dh - g.ph, g.sh)
+        if h_hi <= h_lo:
+            continue
+        for j in range(g.kw):
+            w_lo, w_hi, w0 = _tap_range(g.OW, g.W, j * dw - g.pw, g.sw)
+            if w_hi <= w_lo:
+                continue
+            out_rect = (slice(None), slice(None), slice(h_lo, h_hi), slice(w_lo, w_hi))
+            in_rect = (slice(None), slice(None),
+                       slice(h0, h0 + (h_hi - h_lo - 1) * g.sh + 1, g.sh),
+                       slice(w0, w0 + (w_hi - w_lo - 1) * g.sw + 1, g.sw))
+            yield i, j, out_rect, in_rect
+
+
+def _first_in_bounds(out_size: int, stride: int, pad: int, dilation: int) -> np.ndarray:
+    """First input index of each window that is not padding (PyTorch's initial argmax)."""
+    start = np.arange(out_size, dtype=np.int64) * stride - pad
+    neg = start < 0
+    start[neg] += (-start[neg] + dilation - 1) // dilation * dilation
+    return start
+
+
+def _nan_wins_update(best, arg, v, v_index):
+    """PyTorch's max rule: take ``v`` when ``v > best`` or ``v`` is NaN (so the last NaN wins)."""
+    upd = v > best
+    upd |= np.isnan(v)
+    np.copyto(best, v, where=upd)
+    np.copyto(arg, v_index, where=upd)
+
+
+def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
+    y = np.full(g.output_shape, -np.inf, dtype=x.dtype)
+    if not return_indices:
+        for _, _, out_rect, in_rect in _taps(g):
+            np.maximum(y[out_rect], x[in_rect], out=y[out_rect])  # np.maximum propagates NaN
+        return y, None, "numpy_max_pool"
+    idx = np.empty(g.output_shape, dtype=np.int64)
+    idx[...] = (_first_in_bounds(g.OH, g.sh, g.ph, g.dh)[:, None] * g.W
+                + _first_in_bounds(g.OW, g.sw, g.pw, g.dw)[None, :])
+    oh = np.arange(g.OH, dtype=np.int64)[:, None]
+    ow = np.arange(g.OW, dtype=np.int64)[None, :]
+    for i, j, out_rect, in_rect in _taps(g):
+        tap_index = (oh * g.sh - g.ph + i * g.dh) * g.W + (ow * g.sw - g.pw + j * g.dw)
+        _nan_wins_update(y[out_rect], idx[out_rect], x[in_rect], tap_index[out_rect[2:]])
+    return y, idx, "numpy_max_pool"
+
+
+def avg_pool_divisor(g: PoolGeometry, count_include_pad: bool, divisor_override) -> np.ndarray:
+    """(OH, OW) divisor of each window, PyTorch's rule: with count_include_pad the window clipped to
+    the padded input (explicit padding counts, the ceil_mode overhang does not); without it, the
+    in-bounds cells; ``divisor_override`` replaces both."""
+    if divisor_override:
+        return np.full((g.OH, g.OW), divisor_override, dtype=np.int64)
+
+    def extent(out_size, k, s, p, size):
+        start = np.arange(out_size, dtype=np.int64) * s - p
+        end = np.minimum(start + k, size + p)
+        if count_include_pad:
+            return end - start
+        return np.minimum(end, size) - np.maximum(start, 0)
+
+    return (extent(g.OH, g.kh, g.sh, g.ph, g.H)[:, None]
+            * extent(g.OW, g.kw, g.sw, g.pw, g.W)[None, :])
+
+
+def avg_pool2d(x: np.ndarray, g: PoolGeometry, count_include_pad: bool, divisor_override):
+    ct = np.float32 if x.dtype == np.float16 else x.dtype
+    acc = np.zeros(g.output_shape, dtype=ct)
+    for _, _, out_rect, in_rect in _taps(g, dilation=False):
+        acc[out_rect] += x[in_rect]
+    divisor = avg_pool_divisor(g, count_include_pad, divisor_override).astype(ct)
+    # A window with no in-bounds cell (divisor 0) averages to 0, as PyTorch; cannot occur with the
+    # pad <= kernel/2 and ceil_mode rules, kept so a 0 divisor never produces NaN.
+    np.divide(acc, divisor, out=acc, where=divisor != 0)
+    return acc.astype(x.dtype, copy=False), "numpy_avg_pool"
+
+
+def _adaptive_reduce(x, axis: int, windows, op: str):
+    """Reduce ``x`` along ``axis`` over each ``[start, end)`` window; returns values (and, for 'max',
+    the argmax position along that axis with PyTorch's NaN rule)."""
+    shape = list(x.shape)
+    shape[axis] = len(windows)
+    ct = np.float32 if (op == "sum" and x.dtype == np.float16) else x.dtype
+    out = np.empty(shape, dtype=ct)
+    arg = np.empty(shape, dtype=np.int64) if op == "max" else None
+    for o, (start, end) in enumerate(windows):
+        dst = (slice(None),) * axis + (o,)
+        if op == "sum":
+            out[dst] = np.take(x, range(start, end), axis=axis).sum(axis=axis, dtype=ct)
+            continue
+        best, where = out[dst], arg[dst]
+        best.fill(-np.inf)
+        where.fill(start)
+        for t in range(start, end):
+            _nan_wins_update(best, where, np.take(x, t, axis=axis), t)
+    return out, arg
+
+
+def adaptive_avg_pool2d(x: np.ndarray, g: AdaptiveGeometry):
+    wwin = [adaptive_window(i, g.W, g.OW) for i in range(g.OW)]
+    hwin = [adaptive_window(i, g.H, g.OH) for i in range(g.OH)]
+    cols, _ = _adaptive_reduce(x, 3, wwin, "sum")
+    sums, _ = _adaptive_reduce(cols, 2, hwin, "sum")
+    counts = (np.array([e - s for s, e in hwin])[:, None] * np.array([e - s for s, e in wwin])[None, :])
+    sums /= counts.astype(sums.dtype)
+    return sums.astype(x.dtype, copy=False), "numpy_adaptive_avg_pool"
+
+
+def adaptive_max_pool2d(x: np.ndarray, g: AdaptiveGeometry, return_indices: bool):
+    wwin = [adaptive_window(i, g.W, g.OW) for i in range(g.OW)]
+    hwin = [adaptive_window(i, g.H, g.OH) for i in range(g.OH)]
+    # Columns first, then rows: see the module docstring for why this order keeps PyTorch's rule.
+    colmax, colarg = _adaptive_reduce(x, 3, wwin, "max")       # (N, C, H, OW), argmax column
+    y, rowarg = _adaptive_reduce(colmax, 2, hwin, "max")       # (N, C, OH, OW), argmax row
+    if not return_indices:
+        return y, None, "numpy_adaptive_max_pool"
+    col = np.take_along_axis(colarg, rowarg, axis=2)
+    return y, rowarg * g.W + col, "numpy_adaptive_max_pool"

@@ -1,0 +1,54 @@
+"""``gpuconv.conv2d``: the public convolution entry point (shared by the NumPy and CUDA paths)."""
+
+from __future__ import annotations
+
+from . import _backend
+from ._geometry import conv_geometry
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, flip=False,
+           activation=None, algo="auto"):
+    """2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``), NCHW.
+
+    ``out[n, k, p, q] = bias[k] + sum_{c, r, s} input[n, g*C/groups + c, p*sh - pt + r*dh, q*sw - pl + s*dw]
+    * weight[k, c, r, s]`` where ``g = k // (K/groups)`` and out-of-range input reads as 0; then
+    ``activation``. Output size ``P = floor((H + pt + pb - dh*(R-1) - 1) / sh) + 1``, likewise ``Q``.
+
+    Args:
+        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``; N may be 0. NumPy arrays run the NumPy path,
+            CuPy arrays (or any CUDA array CuPy wraps zero-copy, e.g. a PyTorch CUDA tensor) run the
+            CUDA kernels and return a CuPy array.
+        weight: ``(K, C/groups, R, S)``, same dtype as ``input``.
+        bias: ``(K,)`` or None.
+        stride, dilation: int or ``(h, w)``, positive.
+        padding: int, ``(h, w)``, ``((top, bottom), (left, right))``, ``'valid'`` (no padding) or
+            ``'same'``. ``'same'`` with stride 1 is PyTorch's: total ``d*(k-1)``, the odd pixel at the
+            bottom/right, output size = input size. With stride > 1 (which PyTorch rejects) it is
+            TensorFlow/JAX ``SAME``: output ``ceil(H/s)``, total ``max((out-1)*s + d*(k-1) + 1 - H, 0)``,
+            the odd pixel at the bottom/right.
+        groups: C and K must both be divisible by it; ``groups == C`` is depthwise.
+        flip: False (default) is cross-correlation like PyTorch; True computes true convolution (the
+            kernel rotated by 180 degrees).
+        activation: None, ``'relu'``, ``'leaky_relu'`` (slope 0.01), ``'sigmoid'`` or ``'tanh'``,
+            applied after the bias (fused into the kernel on the GPU). NaN propagates through each.
+        algo: ``'auto'``, or for CuPy arrays a specific CUDA kernel (``'direct'``, ``'tiled'``). A
+            kernel that cannot handle the call raises ``ValueError``; nothing falls back silently.
+            ``gpuconv.last_kernel()`` tells which kernel ran.
+
+    dtypes: float16, float32, float64; the output has the input's dtype; float16 accumulates in float32.
+    NaN and Inf propagate as IEEE arithmetic does.
+    """
+    backend, a = _backend.coerce_arrays("conv2d", input=input, weight=weight, bias=bias)
+    x, w, b = a["input"], a["weight"], a["bias"]
+    g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
+                      flip, activation)
+    if algo not in ("auto", "direct", "tiled"):
+        raise ValueError(f"conv2d(): unknown algo {algo!r}; expected 'auto', 'direct' or 'tiled'")
+    batched = x.ndim == 4
+    x4 = x if batched else x[None]
+    if g.N == 0:
+        y, kernel = backend.xp.empty(g.output_shape, dtype=x.dtype), "none (empty output)"
+    else:
+        y, kernel = backend.conv2d(x4, w, b, g, algo)
+    _backend.record("conv2d", backend.name, kernel)
+    return y if batched else y[0]

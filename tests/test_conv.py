@@ -1,0 +1,226 @@
+"""conv2d on every backend against the textbook reference (and PyTorch CPU when installed)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import gpuconv
+from tests.cases import pairwise
+from tests.reference import conv2d_ref
+from tests.runners import CONV_RUNNERS, assert_close_to_terms, torch
+
+DTYPES = (np.float16, np.float32, np.float64)
+ACTIVATIONS = (None, "relu", "leaky_relu", "sigmoid", "tanh")
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def explicit_padding(padding, k, s, d, hw):
+    """(top, bottom, left, right) for every accepted padding form, from shared/semantics.md."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        pads = []
+        for size, kk, ss, dd in zip(hw, k, s, d):
+            if ss == 1:
+                total = dd * (kk - 1)
+            else:
+                out = -(-size // ss)
+                total = max((out - 1) * ss + dd * (kk - 1) + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
+        return padding[0] + padding[1]
+    ph, pw = _pair(padding)
+    return (ph, ph, pw, pw)
+
+
+def make_layout(a, layout, rng):
+    """The same values as ``a`` in a non-contiguous layout."""
+    if layout == "contiguous":
+        return a
+    if layout == "sliced":  # every other channel of a bigger array, offset in H and W
+        n, c, h, w = a.shape
+        big = rng.standard_normal((n, 2 * c, h + 1, w + 2)).astype(a.dtype)
+        big[:, ::2, 1:, 1:w + 1] = a
+        view = big[:, ::2, 1:, 1:w + 1]
+    else:  # "transposed": channels-last storage seen as NCHW
+        view = np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert np.array_equal(view, a)  # (with C == 1 a transposed view is still contiguous: fine)
+    return view
+
+
+GROUPINGS = ("1", "2", "depthwise", "depthwise_x2")
+
+
+def conv_case(c):
+    """Expand a case dict into concrete arrays and arguments."""
+    C = c["C"]
+    groups, K = {"1": (1, 6), "2": (2, 4), "depthwise": (C, C), "depthwise_x2": (C, 2 * C)}[c["groups"]]
+    R, S = c["kernel"]
+    dh, dw = _pair(c["dilation"])
+    H = (R - 1) * dh + 1 + c["extra"][0]
+    W = (S - 1) * dw + 1 + c["extra"][1]
+    return dict(N=c["N"], C=C, H=H, W=W, K=K, R=R, S=S, groups=groups)
+
+
+MATRIX_DIMS = {
+    "stride": [1, 2, 3, (1, 2)],
+    "padding": [0, 1, 2, (1, 0), ((0, 2), (1, 0)), "valid", "same"],
+    "dilation": [1, 2, (2, 1)],
+    "groups": list(GROUPINGS),
+    "C": [1, 3, 4, 8],
+    "kernel": [(1, 1), (3, 3), (5, 5), (3, 1), (7, 7)],
+    "N": [1, 3],
+    "extra": [(2, 3), (5, 6), (8, 4)],
+    "dtype": ["float16", "float32", "float64"],
+    "layout": ["contiguous", "sliced", "transposed"],
+    "activation": list(ACTIVATIONS),
+    "flip": [False, True],
+    "bias": [True, False],
+}
+
+
+def _valid(c):
+    return not (c["groups"] == "2" and c["C"] % 2)
+
+
+MATRIX = pairwise(MATRIX_DIMS, _valid)
+
+
+def case_id(c):
+    return "-".join(f"{k}={v}" for k, v in c.items()).replace(" ", "")
+
+
+@functools.lru_cache(maxsize=None)
+def prepared(index):
+    """Inputs, arguments and the reference result (computed once per case, shared by all runners)."""
+    c = MATRIX[index]
+    s = conv_case(c)
+    rng = np.random.default_rng(index)
+    dt = np.dtype(c["dtype"])
+    x = rng.standard_normal((s["N"], s["C"], s["H"], s["W"])).astype(dt)
+    w = rng.standard_normal((s["K"], s["C"] // s["groups"], s["R"], s["S"])).astype(dt)
+    b = rng.standard_normal(s["K"]).astype(dt) if c["bias"] else None
+    kwargs = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=s["groups"],
+                  flip=c["flip"], activation=c["activation"])
+    pad = explicit_padding(c["padding"], (s["R"], s["S"]), _pair(c["stride"]), _pair(c["dilation"]),
+                           (s["H"], s["W"]))
+    ref_kw = dict(stride=_pair(c["stride"]), pad=pad, dilation=_pair(c["dilation"]), groups=s["groups"],
+                  flip=c["flip"])
+    expected = conv2d_ref(x, w, b, activation=c["activation"], **ref_kw)
+    magnitude = conv2d_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), **ref_kw)
+    return dict(x=x, w=w, b=b, kwargs=kwargs, expected=expected, magnitude=magnitude, ref_kw=ref_kw,
+                layout=c["layout"], rng_seed=index)
+
+
+@pytest.mark.parametrize("runner", CONV_RUNNERS)
+@pytest.mark.parametrize("index", range(len(MATRIX)), ids=[case_id(c) for c in MATRIX])
+def test_conv2d_matrix(runner, index):
+    p = prepared(index)
+    rng = np.random.default_rng(1000 + index)
+    x = make_layout(p["x"], p["layout"], rng)
+    w = p["w"] if p["layout"] == "contiguous" else make_layout(p["w"], "sliced", rng)
+    y = runner.call(gpuconv.conv2d, x, w, p["b"], **p["kwargs"])
+    assert y.dtype == p["x"].dtype
+    assert_close_to_terms(y, p["expected"], p["magnitude"], y.dtype, f"{runner.id} case {index}")
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed (second oracle)")
+@pytest.mark.torch
+@pytest.mark.parametrize("index", range(len(MATRIX)), ids=[case_id(c) for c in MATRIX])
+def test_reference_agrees_with_torch(index):
+    """The textbook reference itself against torch.nn.functional.conv2d (float64, explicit padding)."""
+    p = prepared(index)
+    F = torch.nn.functional
+    x = torch.from_numpy(p["x"].astype(np.float64))
+    w = torch.from_numpy(p["w"].astype(np.float64))
+    if p["ref_kw"]["flip"]:
+        w = w.flip(2, 3)
+    b = None if p["b"] is None else torch.from_numpy(p["b"].astype(np.float64))
+    pt, pb, pl, pr = p["ref_kw"]["pad"]
+    y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, stride=p["ref_kw"]["stride"],
+                 dilation=p["ref_kw"]["dilation"], groups=p["ref_kw"]["groups"])
+    act = p["kwargs"]["activation"]
+    if act is not None:
+        y = {"relu": F.relu, "leaky_relu": F.leaky_relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[act](y)
+    np.testing.assert_allclose(y.numpy(), p["expected"], rtol=1e-10, atol=1e-10 * p["magnitude"].max())
+
+
+@pytest.mark.parametrize("runner", CONV_RUNNERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch(runner, dtype):
+    x = np.zeros((0, 3, 8, 8), dtype)
+    w = np.ones((5, 3, 3, 3), dtype)
+    y = runner.call(gpuconv.conv2d, x, w, None, padding=1)
+    assert y.shape == (0, 5, 8, 8) and y.dtype == dtype
+
+
+@pytest.mark.parametrize("runner", CONV_RUNNERS)
+def test_unbatched_input(runner):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 10, 7)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    y = runner.call(gpuconv.conv2d, x, w, None, stride=2)
+    assert y.shape == (4, 4, 3)
+    expected = conv2d_ref(x[None], w, stride=(2, 2))[0]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("runner", CONV_RUNNERS)
+def test_nan_and_inf_propagate(runner):
+    x = np.ones((1, 1, 5, 5), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    x[0, 0, 4, 4] = np.inf
+    w = np.ones((1, 1, 3, 3), np.float32)
+    y = runner.call(gpuconv.conv2d, x, w, None, padding=1)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y[0, 0, 1, 1]) and not np.isnan(y[0, 0, 2, 2])
+    assert np.isposinf(y[0, 0, 4, 4]) and np.isposinf(y[0, 0, 3, 3])
+    assert y[0, 0, 2, 2] == 9
+    yr = runner.call(gpuconv.conv2d, x, w, None, padding=1, activation="relu")
+    assert np.isnan(yr[0, 0, 0, 0])  # relu(NaN) is NaN, as in PyTorch
+
+
+@pytest.mark.parametrize("runner", CONV_RUNNERS)
+def test_large_values_sigmoid_saturates(runner):
+    x = np.full((1, 1, 3, 3), 1e4, np.float32)
+    w = np.array([[[[-1.0]]], [[[1.0]]]], np.float32)
+    y = runner.call(gpuconv.conv2d, x, w, None, activation="sigmoid")
+    np.testing.assert_array_equal(y[0, 0], 0.0)
+    np.testing.assert_array_equal(y[0, 1], 1.0)
+
+
+def test_numpy_strategies_are_reported():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    gpuconv.conv2d(x, rng.standard_normal((3, 4, 1, 1)).astype(np.float32))
+    assert gpuconv.last_kernel().kernel == "numpy_matmul_1x1"
+    gpuconv.conv2d(x, rng.standard_normal((4, 1, 3, 3)).astype(np.float32), groups=4)
+    assert gpuconv.last_kernel().kernel == "numpy_shift_accumulate"
+    gpuconv.conv2d(x, rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
+    assert gpuconv.last_kernel() == gpuconv.KernelRecord("conv2d", "numpy", "numpy_im2col")
+
+
+@pytest.mark.parametrize("shape_w", [(6, 4, 3, 3), (8, 1, 3, 3), (5, 4, 1, 1)])
+def test_numpy_batch_chunking_matches_unchunked(monkeypatch, shape_w):
+    """A tiny workspace forces one sample per chunk; the result must not change."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 4, 9, 8)).astype(np.float32)
+    w = rng.standard_normal(shape_w).astype(np.float32)
+    groups = 4 // shape_w[1]
+    full = gpuconv.conv2d(x, w, padding=1, groups=groups)
+    monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", "0.001")
+    chunked = gpuconv.conv2d(x, w, padding=1, groups=groups)
+    np.testing.assert_array_equal(full, chunked)
+
+
+def test_matrix_covers_every_pair():
+    """The pairwise generator really covers each value of each dimension (guards the generator)."""
+    for name, values in MATRIX_DIMS.items():
+        seen = {repr(c[name]) for c in MATRIX}
+        assert seen == {repr(v) for v in values}, name
