@@ -1,0 +1,77 @@
+"""Shape helpers and parameter counts, pinned on worked examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+
+
+def test_worked_example_3x32x32_ten_5x5_filters():
+    assert gpuconv.conv2d_output_shape((3, 32, 32), (10, 3, 5, 5), stride=1, padding=2) == (10, 32, 32)
+    assert gpuconv.conv2d_output_shape((8, 3, 32, 32), (10, 3, 5, 5), padding=2) == (8, 10, 32, 32)
+    assert gpuconv.conv2d_num_params(3, 10, 5) == (5 * 5 * 3 + 1) * 10 == 760
+
+
+def test_lenet5_parameter_count():
+    conv1 = gpuconv.conv2d_num_params(1, 6, 5)
+    conv2 = gpuconv.conv2d_num_params(6, 16, 5)
+    conv3 = gpuconv.conv2d_num_params(16, 120, 5)
+    fc1, fc2 = 120 * 84 + 84, 84 * 10 + 10
+    assert (conv1, conv2, conv3, fc1, fc2) == (156, 2416, 48120, 10164, 850)
+    assert conv1 + conv2 + conv3 + fc1 + fc2 == 61706
+    s = gpuconv.conv2d_output_shape((1, 32, 32), (6, 1, 5, 5))
+    assert s == (6, 28, 28)
+    s = gpuconv.pool2d_output_shape(s, 2, 2)
+    assert s == (6, 14, 14)
+    s = gpuconv.conv2d_output_shape(s, (16, 6, 5, 5))
+    s = gpuconv.pool2d_output_shape(s, 2, 2)
+    assert s == (16, 5, 5)
+    assert gpuconv.conv2d_output_shape(s, (120, 16, 5, 5)) == (120, 1, 1)
+
+
+def test_alexnet_grouped_first_layer_weights():
+    # two groups of 48 filters of 11x11x3 (shared/semantics.md): 34,848 weights
+    assert gpuconv.conv2d_num_params(6, 96, 11, groups=2, bias=False) == 11 * 11 * 3 * 48 * 2 == 34848
+
+
+@pytest.mark.parametrize("padding,stride,expected", [
+    ("same", 1, (7, 9)), ("valid", 1, (5, 7)), ("same", 2, (4, 5)), ("same", 3, (3, 3)),
+    (((0, 2), (1, 0)), 1, (7, 8)), ((2, 0), (1, 2), (9, 4)),
+])
+def test_conv_output_shape_formula(padding, stride, expected):
+    assert gpuconv.conv2d_output_shape((1, 2, 7, 9), (4, 2, 3, 3), stride=stride, padding=padding)[2:] == expected
+    # and the real call agrees with the helper
+    y = gpuconv.conv2d(np.zeros((1, 2, 7, 9), np.float32), np.zeros((4, 2, 3, 3), np.float32), stride=stride,
+                       padding=padding)
+    assert y.shape[2:] == expected
+
+
+def test_same_padding_puts_the_odd_pixel_bottom_right():
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 3, 3] = 1  # bottom-right corner
+    w = np.ones((1, 1, 2, 2), np.float32)
+    y = gpuconv.conv2d(x, w, padding="same")  # total pad 1 -> 0 top/left, 1 bottom/right (PyTorch)
+    assert y.shape == (1, 1, 4, 4)
+    assert y[0, 0, 3, 3] == 1 and y[0, 0, 2, 2] == 1 and y[0, 0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("args,expected", [
+    (((1, 1, 6, 6), 1, 2, 0, 1, True), (1, 1, 3, 3)),   # not 4: last window must start inside
+    (((1, 1, 5, 5), 2, 2, 1, 1, True), (1, 1, 3, 3)),   # not 4
+    (((1, 1, 5, 5), 2, 2, 1, 1, False), (1, 1, 3, 3)),
+    (((1, 1, 7, 7), 3, 2, 0, 1, True), (1, 1, 3, 3)),
+    (((1, 1, 8, 8), 3, 2, 0, 1, True), (1, 1, 4, 4)),
+    (((2, 9, 10), 3, None, 1, 2, False), (2, 3, 3)),
+])
+def test_pool_output_shape(args, expected):
+    assert gpuconv.pool2d_output_shape(*args) == expected
+
+
+def test_num_params_validates():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        gpuconv.conv2d_num_params(3, 10, 5, groups=2)
+    with pytest.raises(ValueError, match="kernel_size must be positive"):
+        gpuconv.conv2d_num_params(3, 10, 0)
+    assert gpuconv.conv2d_num_params(8, 8, (3, 1), groups=8, bias=False) == 24
