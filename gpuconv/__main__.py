@@ -1,0 +1,124 @@
+"""Command line: ``python -m gpuconv info`` and ``python -m gpuconv demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+import gpuconv
+
+
+def cmd_info(args) -> int:
+    info = gpuconv.backend_info()
+    if args.json:
+        print(json.dumps({"gpuconv": gpuconv.__version__, "python": platform.python_version(), **info}, indent=2))
+        return 0
+    print(f"gpuconv {gpuconv.__version__}, Python {platform.python_version()}, NumPy {info['numpy']['version']}")
+    print("backend numpy: available (the NumPy fallback)")
+    cu = info["cupy"]
+    if cu["available"]:
+        print(f"backend cupy: available, CuPy {cu['version']}, CUDA runtime {cu['cuda_runtime']}, "
+              f"driver {cu['driver']}")
+        for d in cu["devices"]:
+            print(f"  device {d['id']}: {d['name']} (sm_{d['compute_capability'].replace('.', '')}, "
+                  f"{d['memory_bytes'] / 2**30:.1f} GiB)")
+    else:
+        print(f"backend cupy: unavailable: {cu['reason']}")
+    return 0
+
+
+# LeNet-5: (name, kind, out_channels / features, kernel)
+LENET5 = [("conv1", "conv", 6, 5), ("pool1", "maxpool", None, 2), ("conv2", "conv", 16, 5),
+          ("pool2", "maxpool", None, 2), ("conv3", "conv", 120, 5), ("fc1", "fc", 84, None),
+          ("fc2", "fc", 10, None)]
+
+
+def lenet5_forward(x, params, xp, sync, timings=None):
+    """LeNet-5 forward pass with gpuconv layers; fully connected layers are 1x1 convolutions over a
+    (N, features, 1, 1) tensor. Appends (name, shape, params, seconds, kernel) to ``timings``."""
+    for name, kind, _, _ in LENET5:
+        t0 = time.perf_counter()
+        w, b = params.get(name, (None, None))
+        if kind == "conv":
+            x = gpuconv.conv2d(x, w, b, activation="tanh")
+        elif kind == "maxpool":
+            x = gpuconv.max_pool2d(x, 2, 2)
+        else:
+            x = gpuconv.conv2d(x, w, b, activation="tanh" if name != "fc2" else None)
+        sync()
+        if timings is not None:
+            n_params = 0 if w is None else int(w.size + b.size)
+            timings.append((name, tuple(x.shape), n_params, time.perf_counter() - t0,
+                            gpuconv.last_kernel().kernel))
+    return x
+
+
+def lenet5_params(xp, dtype, rng):
+    params, channels = {}, 1
+    for name, kind, out, k in LENET5:
+        if kind == "conv":
+            shape = (out, channels, k, k)
+        elif kind == "fc":
+            shape = (out, channels, 1, 1)
+        else:
+            continue
+        fan_in = shape[1] * shape[2] * shape[3]
+        w = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(dtype)
+        b = np.zeros(out, dtype)
+        params[name] = (xp.asarray(w), xp.asarray(b))
+        channels = out
+    return params
+
+
+def cmd_demo(args) -> int:
+    use_gpu = gpuconv.backend_info()["cupy"]["available"] and args.device != "cpu"
+    if args.device == "gpu" and not use_gpu:
+        print(f"demo: --device gpu asked for, but {gpuconv.backend_info()['cupy']['reason']}", file=sys.stderr)
+        return 2
+    if use_gpu:
+        import cupy as xp
+
+        def sync():
+            xp.cuda.get_current_stream().synchronize()
+    else:
+        xp = np
+
+        def sync():
+            pass
+    rng = np.random.default_rng(0)
+    params = lenet5_params(xp, np.float32, rng)
+    x = xp.asarray(rng.standard_normal((args.batch, 1, 32, 32)).astype(np.float32))
+    lenet5_forward(x, params, xp, sync)  # warm-up: compiles kernels on a GPU
+    timings = []
+    y = lenet5_forward(x, params, xp, sync, timings)
+    device = "GPU (CuPy, gpuconv CUDA kernels)" if use_gpu else "CPU (NumPy fallback)"
+    print(f"LeNet-5 forward, batch {args.batch}, float32, on {device}")
+    print(f"{'layer':<7}{'output shape':<22}{'params':>9}{'time ms':>10}  kernel")
+    for name, shape, n_params, secs, kernel in timings:
+        print(f"{name:<7}{str(shape):<22}{n_params:>9,}{secs * 1e3:>10.3f}  {kernel}")
+    total = sum(t[2] for t in timings)
+    print(f"{'total':<7}{str(tuple(y.shape)):<22}{total:>9,}{sum(t[3] for t in timings) * 1e3:>10.3f}")
+    return 0 if total == 61706 else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gpuconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="backends, devices and versions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("demo", help="LeNet-5 forward pass on the best available backend")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
