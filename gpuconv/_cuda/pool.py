@@ -1,0 +1,179 @@
+"""Launch code for the pooling CUDA kernels (``kernels/pool2d.cu``).
+
+One kernel per op, each one thread per output element over the flattened ``N*C*OH*OW`` outputs (1-D grid
+of ``POOL_BLOCK``-thread blocks, capped at ``MAX_GRID_BLOCKS`` and covered by the kernels' 64-bit
+grid-stride loop):
+
+* ``max_pool2d<T, WITH_INDEX, KH, KW>`` / ``avg_pool2d<T, KH, KW>``: ``KH, KW`` is the window size when
+  it is one of ``FIXED_WINDOWS`` (loops unrolled at compile time), else ``0, 0`` (run-time size);
+* ``adaptive_max_pool2d<T, WITH_INDEX>`` / ``adaptive_avg_pool2d<T>``.
+
+``WITH_INDEX`` is a compile-time bool, so ``return_indices=False`` allocates no index array (the kernel
+gets a 1-element placeholder it never touches). Which instantiation ran is returned as its name
+expression (e.g. ``"gpuconv::max_pool2d<float, false, 3, 3>"``).
+
+Timings: not yet measured on a GPU; the block size and the fixed windows are reasoned, not tuned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._geometry import AdaptiveGeometry, PoolGeometry
+
+SOURCE = "pool2d.cu"
+
+# C++ storage type per NumPy dtype (kernels/common.cuh).
+_CTYPE = {np.dtype(np.float16): "gpuconv::half", np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+POOL_BLOCK = 256  # threads per block (1-D)
+# The kernels loop grid-stride in 64-bit, so the grid can be capped; 2^20 blocks are far more than any
+# GPU keeps resident at once.
+MAX_GRID_BLOCKS = 1 << 20
+# Window sizes with a compile-time instantiation (2x2: the classic stride-2 downsampling; 3x3: ResNet's
+# stem pooling and 3x3 average pools). Every other size runs the generic (0, 0) kernel.
+FIXED_WINDOWS = ((2, 2), (3, 3))
+
+_INT32_MAX = 2**31 - 1
+_BOOLS = (False, True)
+
+
+def _ctype(dtype) -> str:
+    dtype = np.dtype(dtype)
+    if dtype not in _CTYPE:
+        raise TypeError(f"pooling CUDA kernels support float16, float32 and float64, got {dtype}")
+    return _CTYPE[dtype]
+
+
+def _b(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def max_name(dtype, with_index: bool, kh: int = 0, kw: int = 0) -> str:
+    return f"gpuconv::max_pool2d<{_ctype(dtype)}, {_b(with_index)}, {kh}, {kw}>"
+
+
+def avg_name(dtype, kh: int = 0, kw: int = 0) -> str:
+    return f"gpuconv::avg_pool2d<{_ctype(dtype)}, {kh}, {kw}>"
+
+
+def adaptive_max_name(dtype, with_index: bool) -> str:
+    return f"gpuconv::adaptive_max_pool2d<{_ctype(dtype)}, {_b(with_index)}>"
+
+
+def adaptive_avg_name(dtype) -> str:
+    return f"gpuconv::adaptive_avg_pool2d<{_ctype(dtype)}>"
+
+
+_WINDOWS = ((0, 0),) + FIXED_WINDOWS
+
+INSTANTIATIONS: dict[str, list[str]] = {
+    SOURCE: ([max_name(dt, wi, kh, kw) for dt in _CTYPE for wi in _BOOLS for kh, kw in _WINDOWS]
+             + [avg_name(dt, kh, kw) for dt in _CTYPE for kh, kw in _WINDOWS]
+             + [adaptive_max_name(dt, wi) for dt in _CTYPE for wi in _BOOLS]
+             + [adaptive_avg_name(dt) for dt in _CTYPE]),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# rules (plain functions of the geometry)
+# --------------------------------------------------------------------------------------------
+
+def window_template(geom: PoolGeometry) -> tuple[int, int]:
+    """(KH, KW) template arguments: the window size if it has a compile-time instantiation, else (0, 0)."""
+    return (geom.kh, geom.kw) if (geom.kh, geom.kw) in FIXED_WINDOWS else (0, 0)
+
+
+def int32_limit_reason(geom) -> str | None:
+    """The kernels take sizes as C ``int`` and form window coordinates in ``int`` (plane offsets, flat
+    indices and divisors are 64-bit). The largest coordinate a pooling kernel forms is below
+    ``H + 2*p + s + d*k`` (window start ``oh*s - p < H + p``, plus the window extent ``(k-1)*d + 1``);
+    adaptive kernels form at most ``H`` and ``OH``. Returns why a geometry does not fit, or None."""
+    if isinstance(geom, PoolGeometry):
+        sizes = {"H + 2*padding_h + stride_h + dilation_h*kernel_h": geom.H + 2 * geom.ph + geom.sh + geom.dh * geom.kh,
+                 "W + 2*padding_w + stride_w + dilation_w*kernel_w": geom.W + 2 * geom.pw + geom.sw + geom.dw * geom.kw,
+                 "OH": geom.OH, "OW": geom.OW}
+    else:
+        sizes = {"H": geom.H, "W": geom.W, "OH": geom.OH, "OW": geom.OW}
+    for name, v in sizes.items():
+        if v > _INT32_MAX:
+            return f"{name} = {v} exceeds 2^31-1, the largest size the CUDA pooling kernels take"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# launch
+# --------------------------------------------------------------------------------------------
+
+def _prepare(rt, x, geom, fn: str):
+    """Check dtype and int limits, make x C-contiguous, allocate y."""
+    xp = rt.xp
+    dtype = np.dtype(x.dtype)
+    _ctype(dtype)
+    reason = int32_limit_reason(geom)
+    if reason is not None:
+        raise ValueError(f"{fn}: {reason}")
+    return xp.ascontiguousarray(x), xp.empty(geom.output_shape, dtype=dtype), dtype
+
+
+def _indices(rt, geom, return_indices: bool):
+    """The index output when asked for; otherwise a 1-element placeholder (the WITH_INDEX=false
+    kernels never touch it, but a pointer argument needs an array of the parameter's type)."""
+    if return_indices:
+        return rt.xp.empty(geom.output_shape, dtype=np.int64)
+    return rt.xp.empty((1,), dtype=np.int64)
+
+
+def _launch(rt, name: str, geom, args) -> None:
+    total = geom.N * geom.C * geom.OH * geom.OW
+    grid = min(-(-total // POOL_BLOCK), MAX_GRID_BLOCKS)
+    rt.function(SOURCE, name)((grid, 1, 1), (POOL_BLOCK, 1, 1), args)
+
+
+def _i32(*values) -> list:
+    return [np.int32(v) for v in values]
+
+
+def max_pool2d(rt, x, geom: PoolGeometry, return_indices: bool):
+    """Returns ``(y, indices or None, kernel_id)``."""
+    x, y, dtype = _prepare(rt, x, geom, "max_pool2d")
+    idx = _indices(rt, geom, return_indices)
+    kh, kw = window_template(geom)
+    name = max_name(dtype, bool(return_indices), kh, kw)
+    g = geom
+    _launch(rt, name, g, [x, y, idx, np.int64(g.N * g.C)]
+            + _i32(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw))
+    return y, (idx if return_indices else None), name
+
+
+def avg_pool2d(rt, x, geom: PoolGeometry, count_include_pad: bool, divisor_override):
+    """Returns ``(y, kernel_id)``. ``geom`` must have dilation 1 (``avg_pool2d`` has none)."""
+    if geom.dh != 1 or geom.dw != 1:
+        raise ValueError("avg_pool2d has no dilation; the geometry must have dilation (1, 1)")
+    x, y, dtype = _prepare(rt, x, geom, "avg_pool2d")
+    kh, kw = window_template(geom)
+    name = avg_name(dtype, kh, kw)
+    g = geom
+    _launch(rt, name, g, [x, y, np.int64(g.N * g.C)]
+            + _i32(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, 1 if count_include_pad else 0)
+            + [np.int64(divisor_override or 0)])
+    return y, name
+
+
+def adaptive_avg_pool2d(rt, x, geom: AdaptiveGeometry):
+    """Returns ``(y, kernel_id)``."""
+    x, y, dtype = _prepare(rt, x, geom, "adaptive_avg_pool2d")
+    name = adaptive_avg_name(dtype)
+    g = geom
+    _launch(rt, name, g, [x, y, np.int64(g.N * g.C)] + _i32(g.H, g.W, g.OH, g.OW))
+    return y, name
+
+
+def adaptive_max_pool2d(rt, x, geom: AdaptiveGeometry, return_indices: bool):
+    """Returns ``(y, indices or None, kernel_id)``."""
+    x, y, dtype = _prepare(rt, x, geom, "adaptive_max_pool2d")
+    idx = _indices(rt, geom, return_indices)
+    name = adaptive_max_name(dtype, bool(return_indices))
+    g = geom
+    _launch(rt, name, g, [x, y, idx, np.int64(g.N * g.C)] + _i32(g.H, g.W, g.OH, g.OW))
+    return y, (idx if return_indices else None), name

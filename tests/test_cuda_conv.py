@@ -1,0 +1,520 @@
+"""The conv2d CUDA kernels (kernels/conv2d_direct.cu, kernels/conv2d_tiled.cu) and their launch code
+(gpuconv/_cuda/conv.py), executed on the CPU by tests/emulator, against a textbook reference written
+here from the definition in shared/semantics.md.
+
+The geometry matrix is pairwise-covering (every pair of values of any two dimensions occurs in some
+case), not a Cartesian product; the shared all-backend matrix lives in tests/test_conv.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuconv._cuda import conv
+from gpuconv._cuda.runtime import kernels_dir
+from gpuconv._geometry import conv_geometry
+from tests.cases import pairwise
+
+pytestmark = pytest.mark.emulated
+
+ALGOS = ("direct", "tiled")
+
+
+# --------------------------------------------------------------------------------------------
+# runtime
+# --------------------------------------------------------------------------------------------
+
+def _runtime(**kwargs):
+    from tests.emulator import EmulatedRuntime
+    # Only the conv sources are launched here, so conv's own list suffices (registry.INSTANTIATIONS
+    # merges it with pooling's; test_registry_lists_conv_instantiations checks that).
+    return EmulatedRuntime(kernels_dir(), conv.INSTANTIATIONS, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def rt():
+    return _runtime()
+
+
+@pytest.fixture(scope="module")
+def rt_reversed():
+    """Threads of each block started in reverse order: a missing barrier then reads unstaged data."""
+    return _runtime(reverse_threads=True)
+
+
+class SpyRuntime:
+    """Wraps a runtime and records every launch: (source, name expression, grid, block, shared_mem)."""
+
+    def __init__(self, inner):
+        self.inner, self.xp, self.launches = inner, inner.xp, []
+
+    def function(self, source, name):
+        kernel = self.inner.function(source, name)
+
+        def launch(grid, block, args, shared_mem=0):
+            self.launches.append((source, name, tuple(grid), tuple(block), shared_mem))
+            return kernel(grid, block, args, shared_mem=shared_mem)
+        return launch
+
+
+# --------------------------------------------------------------------------------------------
+# reference (from the definition, float64)
+# --------------------------------------------------------------------------------------------
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _pads(padding):
+    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
+        return padding[0] + padding[1]
+    ph, pw = _pair(padding)
+    return (ph, ph, pw, pw)
+
+
+def reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation):
+    """out[n,k,p,q] = b[k] + sum_{c in group(k), r, s} x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw]
+    * w[k, c', r, s] (x zero outside the image; flip reads w[k, c', R-1-r, S-1-s]), then activation.
+    Loops over groups and taps; each step is one slice of the zero-padded input. Returns float64
+    (out, magnitude) where magnitude is the same sum over |terms| (+|b|), for error bounds."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    pt, pb, pl, pr = _pads(padding)
+    P = (H + pt + pb - dh * (R - 1) - 1) // sh + 1
+    Q = (W + pl + pr - dw * (S - 1) - 1) // sw + 1
+    xpad = np.zeros((N, C, H + pt + pb, W + pl + pr))
+    xpad[:, :, pt:pt + H, pl:pl + W] = x
+    if flip:
+        w = w[:, :, ::-1, ::-1]
+    Kg = K // groups
+    out, mag = np.zeros((N, K, P, Q)), np.zeros((N, K, P, Q))
+    for g in range(groups):
+        xs = xpad[:, g * Cg:(g + 1) * Cg]
+        ks = slice(g * Kg, (g + 1) * Kg)
+        for r in range(R):
+            for s in range(S):
+                # input row p*sh + r*dh of the padded image for p in [0, P), likewise columns
+                patch = xs[:, :, r * dh:r * dh + (P - 1) * sh + 1:sh, s * dw:s * dw + (Q - 1) * sw + 1:sw]
+                out[:, ks] += np.einsum("ncpq,kc->nkpq", patch, w[ks, :, r, s])
+                mag[:, ks] += np.einsum("ncpq,kc->nkpq", np.abs(patch), np.abs(w[ks, :, r, s]))
+    if b is not None:
+        b = np.asarray(b, dtype=np.float64)
+        out += b[None, :, None, None]
+        mag += np.abs(b)[None, :, None, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        if activation == "relu":
+            out = np.where(out < 0, 0.0, out)
+        elif activation == "leaky_relu":
+            out = np.where(out < 0, 0.01 * out, out)
+        elif activation == "sigmoid":
+            out = 1.0 / (1.0 + np.exp(-out))
+        elif activation == "tanh":
+            out = np.tanh(out)
+    return out, mag
+
+
+# Bound on |ours - reference| relative to (sum of |terms| + |result|). float16 accumulates in float32
+# and rounds the output to float16 (2^-11 relative); float32 sums at most a few hundred terms here.
+TOL = {np.float16: 5e-3, np.float32: 2e-5, np.float64: 1e-12}
+
+
+def assert_matches(y, ref, mag, dtype, what=""):
+    y = np.asarray(y, dtype=np.float64)
+    assert y.shape == ref.shape, f"{what}: shape {y.shape} != {ref.shape}"
+    assert np.array_equal(np.isnan(y), np.isnan(ref)), f"{what}: NaN positions differ"
+    ok = ~np.isnan(ref)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(y[ok] - ref[ok])
+    err[y[ok] == ref[ok]] = 0  # equal infinities
+    bound = TOL[np.dtype(dtype).type] * (mag[ok] + np.abs(ref[ok])) + 1e-300
+    if err.size:
+        worst = np.argmax(err - bound)
+        assert np.all(err <= bound), (f"{what}: max error {err[worst]:.3g} > bound {bound[worst]:.3g} "
+                                      f"at flat index {worst} (dtype {np.dtype(dtype).name})")
+
+
+# --------------------------------------------------------------------------------------------
+# cases
+# --------------------------------------------------------------------------------------------
+
+# (C, K, groups): Kg = 10 is one full filter block of 8 plus a partial one, and Cg = 10 is one full
+# channel chunk of 8 plus a partial one; Kg = 9 with Cg = 3 over two groups; depthwise (Kg = 1) and
+# depthwise x2 (Kg = 2) run the KB = 1 instantiation.
+CHANNELS = {"g1": (10, 10, 1), "g2": (6, 18, 2), "dw": (5, 5, 5), "dw2": (3, 6, 3)}
+
+DIMS = {
+    "hw": [(19, 21), (7, 9), (33, 17), (16, 16)],
+    "kernel": [(1, 1), (3, 3), (5, 5), (3, 1), (7, 7)],
+    "stride": [1, 2, 3, (1, 2)],
+    "padding": [0, 1, 2, ((0, 2), (1, 0))],
+    "dilation": [1, 2, (2, 1)],
+    "channels": list(CHANNELS),
+    "N": [1, 3],
+    "dtype": [np.float16, np.float32, np.float64],
+    "activation": [None, "relu", "leaky_relu", "sigmoid", "tanh"],
+    "flip": [False, True],
+    "bias": [True, False],
+    "layout": ["contiguous", "transposed", "sliced"],
+}
+
+
+def _geometry(case):
+    C, K, groups = CHANNELS[case["channels"]]
+    H, W = case["hw"]
+    R, S = case["kernel"]
+    return conv_geometry((case["N"], C, H, W), (K, C // groups, R, S), (K,) if case["bias"] else None,
+                         case["stride"], case["padding"], case["dilation"], groups, case["flip"],
+                         case["activation"])
+
+
+def _valid(case):
+    try:
+        _geometry(case)
+    except ValueError:  # kernel larger than the padded input
+        return False
+    return True
+
+
+CASES = pairwise(DIMS, _valid, seed=1)
+
+
+def _case_id(case):
+    def f(v):
+        return str(v).replace(" ", "")
+    return "-".join([f"{case['N']}x{case['channels']}x{case['hw'][0]}x{case['hw'][1]}",
+                     f"k{case['kernel'][0]}x{case['kernel'][1]}", f"s{f(case['stride'])}",
+                     f"p{f(case['padding'])}", f"d{f(case['dilation'])}", np.dtype(case["dtype"]).name,
+                     str(case["activation"]), "flip" if case["flip"] else "xcorr",
+                     "bias" if case["bias"] else "nobias", case["layout"]])
+
+
+def _layout(a, layout, rng):
+    """The same values as ``a`` in a non-contiguous view (or ``a`` itself for 'contiguous')."""
+    if layout == "contiguous" or a is None:
+        return a
+    v = None
+    if layout == "transposed" and a.ndim == 4:
+        v = np.ascontiguousarray(a.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    if v is None or v.flags.c_contiguous:  # (a transposed 1-wide array is still contiguous)  # strided slice of a bigger array, reversed along the first axis
+        big = rng.standard_normal(tuple(2 * s + 1 for s in a.shape)).astype(a.dtype)
+        v = big[(slice(1, None, 2),) * a.ndim][::-1]
+        v[...] = a
+    assert not v.flags.c_contiguous and np.array_equal(v, a)
+    return v
+
+
+def _data(case, seed=0):
+    rng = np.random.default_rng(seed)
+    g = _geometry(case)
+    dt = case["dtype"]
+    x = rng.standard_normal((g.N, g.C, g.H, g.W)).astype(dt)
+    w = (rng.standard_normal((g.K, g.Cg, g.R, g.S)) / np.sqrt(g.Cg * g.R * g.S)).astype(dt)
+    b = rng.standard_normal(g.K).astype(dt) if case["bias"] else None
+    return g, x, w, b
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_matches_reference(rt, case, algo):
+    g, x, w, b = _data(case)
+    rng = np.random.default_rng(1)
+    xv, wv, bv = (_layout(a, case["layout"], rng) for a in (x, w, b))
+    y, kernel_id = conv.conv2d(rt, xv, wv, bv, g, algo)
+    assert y.dtype == x.dtype and y.flags.c_contiguous and y.shape == g.output_shape
+    assert kernel_id.startswith(f"gpuconv::conv2d_{algo}<")
+    ref, mag = reference_conv2d(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
+                                g.activation)
+    assert_matches(y, ref, mag, case["dtype"], kernel_id)
+
+
+def test_case_matrix_covers_the_brief():
+    """The pairwise generator kept every value of every dimension (none was dropped as invalid)."""
+    for name, values in DIMS.items():
+        seen = {repr(c[name]) for c in CASES}
+        assert seen == {repr(v) for v in values}, name
+    assert len(CASES) < 60  # the matrix stays pairwise-sized
+
+
+# --------------------------------------------------------------------------------------------
+# targeted cases
+# --------------------------------------------------------------------------------------------
+
+def _run_both(rt, x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None, seed=0):
+    g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
+                      flip, activation)
+    ref, mag = reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
+    for algo in ALGOS:
+        y, kid = conv.conv2d(rt, x, w, b, g, algo)
+        assert_matches(y, ref, mag, x.dtype, kid)
+    return g
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "leaky_relu", "sigmoid", "tanh"])
+def test_activations_with_large_values(rt, activation):
+    """Both signs and saturating magnitudes, every activation, float32 and float64."""
+    rng = np.random.default_rng(3)
+    for dt in (np.float32, np.float64):
+        x = (rng.standard_normal((2, 3, 9, 11)) * 20).astype(dt)
+        w = rng.standard_normal((4, 3, 3, 3)).astype(dt)
+        b = rng.standard_normal(4).astype(dt)
+        _run_both(rt, x, w, b, padding=1, activation=activation)
+
+
+def test_kg_not_multiple_of_filter_block(rt):
+    """Kg = 17 = 2 full blocks of 8 + 1, two groups, Cg = 9 (two channel chunks), 3x3 specialization."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 18, 18, 17)).astype(np.float32)
+    w = rng.standard_normal((34, 9, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(34).astype(np.float32)
+    g = _run_both(rt, x, w, b, padding=1, groups=2)
+    assert conv.tiled_filter_block(g) == 8 and g.Kg % 8 == 1
+
+
+def test_nan_and_inf_propagate(rt):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, 20, 20)).astype(np.float32)
+    x[0, 0, 3, 4] = np.nan
+    x[0, 1, 17, 18] = np.inf
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    _run_both(rt, x, w, None, padding=1, activation="relu")
+
+
+def test_empty_image_with_padding(rt):
+    """H = 0 with padding: every read is padding, the output is the bias (through the activation)."""
+    x = np.zeros((2, 3, 0, 5), dtype=np.float64)
+    w = np.ones((4, 3, 1, 1))
+    b = np.array([1.0, -2.0, 3.0, -4.0])
+    g = _run_both(rt, x, w, b, padding=1, activation="relu")
+    assert g.P == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grid_stride_loops(rt, monkeypatch, dtype):
+    """A grid capped below the block count: every kernel must cover the rest with its grid-stride loop
+    (the tiled one with its barriers inside that loop)."""
+    monkeypatch.setattr(conv, "MAX_GRID_BLOCKS", 3)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 9, 20, 18)).astype(dtype)
+    w = rng.standard_normal((10, 9, 3, 3)).astype(dtype)
+    spy = SpyRuntime(rt)
+    _run_both(spy, x, w, None, padding=1, stride=(1, 2))
+    assert [launch[2][0] for launch in spy.launches] == [3, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# barrier check: reversed thread order
+# --------------------------------------------------------------------------------------------
+
+def test_tiled_reverse_thread_order(rt_reversed, monkeypatch):
+    """Threads of a block run in reverse order: with a missing barrier, a thread would read shared memory
+    before the others staged it (the emulator poisons shared memory with NaN bytes first) or after the
+    next chunk overwrote it. Several channel chunks, a partial filter block, grid-stride over 2 blocks."""
+    monkeypatch.setattr(conv, "MAX_GRID_BLOCKS", 2)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 20, 19, 18)).astype(np.float32)
+    w = rng.standard_normal((10, 20, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    g = conv_geometry(x.shape, w.shape, b.shape, 1, 1, 1, 1, False, None)
+    assert conv.tiled_channels_per_chunk(g, np.float32) < g.Cg
+    ref, mag = reference_conv2d(x, w, b, 1, 1, 1, 1, False, None)
+    y, kid = conv.conv2d(rt_reversed, x, w, b, g, "tiled")
+    assert_matches(y, ref, mag, np.float32, kid)
+
+
+# --------------------------------------------------------------------------------------------
+# kernel ids
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, groups, dtype, algo, expected", [
+    ((8, 4, 3, 3), 1, np.float32, "tiled", "gpuconv::conv2d_tiled<float, 16, 16, 8, 3, 3>"),
+    ((4, 1, 5, 5), 4, np.float64, "tiled", "gpuconv::conv2d_tiled<double, 16, 16, 1, 5, 5>"),
+    ((4, 1, 1, 1), 4, np.float32, "tiled", "gpuconv::conv2d_tiled<float, 16, 16, 1, 0, 0>"),
+    ((8, 2, 1, 1), 2, np.float16, "tiled", "gpuconv::conv2d_tiled<gpuconv::half, 16, 16, 8, 1, 1>"),
+    ((8, 4, 5, 5), 1, np.float64, "tiled", "gpuconv::conv2d_tiled<double, 16, 16, 8, 0, 0>"),
+    ((8, 4, 7, 7), 1, np.float32, "tiled", "gpuconv::conv2d_tiled<float, 16, 16, 8, 0, 0>"),
+    ((8, 4, 3, 1), 1, np.float32, "tiled", "gpuconv::conv2d_tiled<float, 16, 16, 8, 0, 0>"),
+    ((8, 2, 3, 3), 2, np.float16, "direct", "gpuconv::conv2d_direct<gpuconv::half>"),
+    ((8, 4, 3, 3), 1, np.float64, "direct", "gpuconv::conv2d_direct<double>"),
+])
+def test_kernel_id_names_the_kernel_that_ran(rt, shape, groups, dtype, algo, expected):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 4, 17, 17)).astype(dtype)
+    w = rng.standard_normal(shape).astype(dtype)
+    g = conv_geometry(x.shape, w.shape, None, 1, 3, 1, groups)
+    spy = SpyRuntime(rt)
+    y, kid = conv.conv2d(spy, x, w, None, g, algo)
+    assert kid == expected
+    assert len(spy.launches) == 1
+    source, name, grid, block, shared = spy.launches[0]
+    assert name == kid and name in conv.INSTANTIATIONS[source]
+    if algo == "tiled":
+        assert block == (conv.TILE_Q, conv.TILED_THREAD_ROWS, 1)
+        cb = conv.tiled_channels_per_chunk(g, dtype)
+        assert shared == conv.tiled_shared_bytes(g, dtype, cb) <= conv.SHARED_LIMIT_BYTES
+    else:
+        assert shared == 0
+
+
+def test_auto_reports_the_chosen_kernel(rt):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 3, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    big = conv_geometry(x.shape, w.shape, None, 1, 1)
+    small = conv_geometry(x.shape, w.shape, None, 4, 0)  # 5x5 output: < 64 pixels
+    assert conv.choose_algo(big, np.float32) == "tiled"
+    assert conv.choose_algo(small, np.float32) == "direct"
+    y, kid = conv.conv2d(rt, x, w, None, big, "auto")
+    assert kid == "gpuconv::conv2d_tiled<float, 16, 16, 8, 3, 3>"
+    y, kid = conv.conv2d(rt, x, w, None, small, "auto")
+    assert kid == "gpuconv::conv2d_direct<float>"
+    ref, mag = reference_conv2d(x, w, None, 4, 0, 1, 1, False, None)
+    assert_matches(y, ref, mag, np.float32)
+
+
+def test_instantiations_cover_every_request():
+    """Every (dtype, KB, filter template) conv2d can pick is instantiated."""
+    for dt in (np.float16, np.float32, np.float64):
+        assert conv.direct_name(dt) in conv.INSTANTIATIONS[conv.DIRECT_SOURCE]
+        for kg in (1, 3, 4, 9):
+            for R, S in ((1, 1), (3, 3), (5, 5), (7, 7), (3, 1), (1, 5)):
+                g = conv_geometry((1, kg, 9, 9), (kg, 1, R, S), groups=kg) if kg < 4 else \
+                    conv_geometry((1, 2, 9, 9), (kg, 2, R, S))
+                name = conv.tiled_name(dt, conv.tiled_filter_block(g), *conv.tiled_filter_template(g))
+                assert name in conv.INSTANTIATIONS[conv.TILED_SOURCE]
+
+
+def test_registry_lists_conv_instantiations():
+    try:
+        from gpuconv._cuda.registry import INSTANTIATIONS
+    except ImportError as exc:  # gpuconv/_cuda/pool.py not written yet
+        pytest.skip(f"registry not importable yet: {exc}")
+    for source, names in conv.INSTANTIATIONS.items():
+        assert INSTANTIATIONS[source] == names
+
+
+# --------------------------------------------------------------------------------------------
+# the tiled decline rule
+# --------------------------------------------------------------------------------------------
+
+def test_tiled_decline_rule(rt):
+    """A 3x3 filter dilated by 60 needs a 136x136 halo per channel: 73,984 bytes of float32 staging
+    > 48 KiB, so tiled declines with the rule spelled out; 'auto' picks direct; direct computes it."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((1, 2, 125, 123)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    g = conv_geometry(x.shape, w.shape, None, 1, 0, 60)
+    assert conv.tiled_halo(g) == (136, 136)
+    assert conv.tiled_shared_bytes(g, np.float32, 1) == 4 * (136 * 136 + 1 * 9)
+    reason = conv.tiled_decline_reason(g, np.float32)
+    assert reason is not None and reason.startswith("tiled declines") and "48 KiB" in reason
+    with pytest.raises(ValueError, match="tiled declines .* because .*shared memory"):
+        conv.conv2d(rt, x, w, None, g, "tiled")
+    assert conv.choose_algo(g, np.float32) == "direct"
+    y, kid = conv.conv2d(rt, x, w, None, g, "auto")
+    assert kid == "gpuconv::conv2d_direct<float>"
+    ref, mag = reference_conv2d(x, w, None, 1, 0, 60, 1, False, None)
+    assert_matches(y, ref, mag, np.float32)
+
+
+def test_tiled_near_the_limit_runs_one_channel_per_chunk(rt):
+    """Dilation 40: a 96x96 halo, 36,900 bytes per float32 channel — under 48 KiB, so tiled stages one
+    channel at a time (and launches with that much dynamic shared memory); float64 doubles it past the
+    limit and declines. The rule depends on the dtype's accumulation size."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 3, 85, 83)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    g = conv_geometry(x.shape, w.shape, None, 1, 1, 40)
+    assert conv.tiled_decline_reason(g, np.float32) is None
+    assert conv.tiled_channels_per_chunk(g, np.float32) == 1
+    assert conv.tiled_decline_reason(g, np.float64) is not None
+    assert conv.tiled_decline_reason(g, np.float16) is None  # float16 stages float32 values
+    _run_both(rt, x, w, None, padding=1, dilation=40)
+
+
+def test_decline_rule_is_a_pure_function_of_the_geometry():
+    g = conv_geometry((1, 1, 200, 200), (1, 1, 3, 3), dilation=1)
+    assert conv.tiled_decline_reason(g, np.float64) is None
+    huge = dataclasses.replace(g, dh=80, dw=80)  # sizes only; nothing is launched
+    assert "tiled declines" in conv.tiled_decline_reason(huge, np.float32)
+
+
+def test_int32_size_rule_declines_before_launching():
+    """Sizes travel as C int; a padded extent past 2^31 is refused for both algorithms (nothing runs)."""
+    g = conv_geometry((1, 1, 4, 4), (1, 1, 1, 1))
+    huge = dataclasses.replace(g, pb=2**31, P=2**31 + 4)
+    assert conv.int32_limit_reason(huge) is not None
+
+    class NoLaunch:
+        xp = np
+
+        def function(self, *a):
+            raise AssertionError("must not launch")
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    for algo in ALGOS:
+        with pytest.raises(ValueError, match=f"{algo} declines .* 2\\^31-1"):
+            conv.conv2d(NoLaunch(), x, np.ones((1, 1, 1, 1), np.float32), None, huge, algo)
+
+
+# --------------------------------------------------------------------------------------------
+# memory safety: AddressSanitizer build of the kernels
+# --------------------------------------------------------------------------------------------
+
+_ASAN_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from gpuconv._cuda import conv
+from gpuconv._cuda.runtime import kernels_dir
+from gpuconv._geometry import conv_geometry
+from tests.emulator import EmulatedRuntime
+
+rt = EmulatedRuntime(kernels_dir(), conv.INSTANTIATIONS, sanitize=True)
+rng = np.random.default_rng(0)
+# (x shape, w shape, groups, stride, padding, dilation, flip, dtype): partial filter blocks in the LAST
+# group (reads past w's end if unguarded), border tiles, depthwise, KB = 1, dilation 40 (shared memory
+# staged one channel at a time, near its 48 KiB; ASan checks the exact dynamic buffer).
+CASES = [
+    ((2, 6, 19, 21), (18, 2, 3, 3), 3, 1, 1, 1, False, np.float32),
+    ((1, 5, 17, 18), (5, 1, 5, 5), 5, (1, 2), ((0, 2), (1, 0)), 2, True, np.float16),
+    ((1, 3, 23, 9), (6, 1, 3, 1), 3, 3, 2, (2, 1), False, np.float64),
+    ((1, 3, 85, 83), (2, 3, 3, 3), 1, 1, 1, 40, False, np.float32),
+    ((2, 9, 13, 16), (10, 9, 7, 7), 1, 2, 3, 1, True, np.float32),
+]
+for xs, ws, groups, stride, padding, dilation, flip, dt in CASES:
+    x = rng.standard_normal(xs).astype(dt)
+    w = rng.standard_normal(ws).astype(dt)
+    b = rng.standard_normal(ws[0]).astype(dt)
+    g = conv_geometry(xs, ws, b.shape, stride, padding, dilation, groups, flip, "tanh")
+    yd, _ = conv.conv2d(rt, x, w, b, g, "direct")
+    yt, _ = conv.conv2d(rt, x, w, b, g, "tiled")
+    tol = 1e-2 if dt == np.float16 else 1e-5
+    assert np.allclose(yd.astype(np.float64), yt.astype(np.float64), rtol=tol, atol=tol), xs
+print("asan ok")
+"""
+
+
+def test_no_out_of_bounds_access_under_asan():
+    """Both kernels on edge geometries, compiled with -fsanitize=address (in a subprocess, since libasan
+    must be preloaded): any read or write past x, w, b, y or the dynamic shared buffer fails."""
+    try:
+        lib = subprocess.run([os.environ.get("CXX", "g++"), "-print-file-name=libasan.so"], capture_output=True,
+                             text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"no compiler to ask for libasan: {exc}")
+    if not os.path.isabs(lib) or not os.path.exists(lib):
+        pytest.skip("libasan.so not found (g++ -print-file-name=libasan.so)")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, LD_PRELOAD=lib, ASAN_OPTIONS="detect_leaks=0")
+    proc = subprocess.run([sys.executable, "-c", _ASAN_SCRIPT, str(root)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "asan ok" in proc.stdout, (proc.stdout + proc.stderr)[-6000:]
