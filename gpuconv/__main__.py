@@ -1,4 +1,4 @@
-"""Command line: ``python -m gpuconv info`` and ``python -m gpuconv demo``."""
+"""Command line: ``python -m gpuconv info``, ``python -m gpuconv demo`` and ``python -m gpuconv bench``."""
 
 from __future__ import annotations
 
@@ -116,6 +116,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.set_defaults(func=cmd_demo)
+    from . import benchmark
+    p = sub.add_parser("bench", help="every gpuconv algorithm against PyTorch (cuDNN on a GPU, CPU otherwise)",
+                       description=benchmark.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    benchmark.add_arguments(p)
+    p.set_defaults(func=benchmark.main)
     args = parser.parse_args(argv)
     return args.func(args)
 

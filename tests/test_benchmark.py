@@ -1,0 +1,565 @@
+"""``python -m gpuconv bench`` (gpuconv/benchmark.py): the suite, the pure figures (roofline, statistics,
+checks, schedule), the Markdown / README output, and CPU-mode smoke runs. No timing is asserted.
+
+The GPU timing loop needs CuPy and a device; its row logic (algorithms from ``gpuconv._cuda.conv.ALGOS``,
+declined rows, the kernel record) is exercised here on the CPU emulator of our CUDA kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import types
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import benchmark as bm
+from gpuconv.__main__ import main as cli
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+def needs_torch(fn):
+    """The peer: PyTorch CPU (marked ``torch``, skipped without it)."""
+    return pytest.mark.torch(pytest.mark.skipif(torch is None, reason="PyTorch is not installed")(fn))
+
+
+# --------------------------------------------------------------------------------------------
+# the suite
+# --------------------------------------------------------------------------------------------
+
+def test_suite_is_the_issue_layer_list():
+    cases = bm.build_suite()
+    conv = {c.name: (c.N, c.C, c.H, c.K, c.R, c.stride, c.pad, c.groups) for c in cases
+            if c.is_conv and c.dtype == "float32" and not c.name.endswith("N=1")}
+    assert conv["ResNet-50 stem 7x7/2"] == (32, 3, 224, 64, 7, 2, 3, 1)
+    assert conv["1x1 stride 2"] == (32, 256, 56, 512, 1, 2, 0, 1)
+    assert conv["AlexNet grouped conv2"] == (32, 96, 27, 256, 5, 1, 2, 2)
+    assert conv["MobileNetV2 dw 96 /2"] == (32, 96, 112, 96, 3, 2, 1, 96)
+    assert conv["LeNet-5 conv1"] == (256, 1, 32, 6, 5, 1, 0, 1)
+    assert len(conv) == 15
+    pools = {c.name: c for c in cases if not c.is_conv and c.dtype == "float32"}
+    assert pools["max-pool 3x3/2 pad 1"].output_shape == (32, 64, 56, 56)
+    assert pools["avg-pool 2x2/2"].output_shape == (32, 64, 56, 56)
+    assert pools["global avg-pool"].output_shape == (32, 2048, 1, 1)
+    latency = [c for c in cases if c.name.endswith("N=1")]
+    assert latency and all(c.N == 1 for c in latency)
+    fp16 = [c for c in cases if c.dtype == "float16"]
+    assert 0 < len(fp16) < len(cases) // 2
+    keys = [(c.name, c.dtype) for c in cases]
+    assert len(keys) == len(set(keys))
+
+
+def test_quick_suite_is_a_subset():
+    full = {(c.name, c.dtype) for c in bm.build_suite()}
+    quick = bm.build_suite(quick=True)
+    assert {(c.name, c.dtype) for c in quick} == bm.QUICK <= full
+
+
+def test_cpu_scaling():
+    by_name = {(c.name, c.dtype): c for c in bm.build_suite(cpu=True)}
+    assert by_name["VGG-16 conv1_2", "float32"].input_shape == (2, 64, 112, 112)
+    assert by_name["LeNet-5 conv1", "float32"].N == 16
+    assert by_name["conv5 3x3 N=1", "float32"].N == 1
+    assert by_name["max-pool 3x3/2 pad 1", "float32"].input_shape == (2, 64, 56, 56)
+    assert by_name["ResNet-50 3x3", "float32"].H == 56  # below 112: unchanged
+    assert by_name["AlexNet conv1", "float32"].output_shape == (2, 64, 27, 27)
+
+
+def test_select():
+    cases = bm.build_suite()
+    got = bm.select(cases, layers=["alexnet", " LENET-5"], dtypes=["float32"])
+    assert [c.name for c in got] == ["AlexNet conv1", "AlexNet conv2", "AlexNet grouped conv2", "LeNet-5 conv1"]
+    assert all(c.dtype == "float16" for c in bm.select(cases, dtypes=["float16"]))
+    assert bm.select(cases) == cases
+
+
+def test_case_flops_bytes_and_metric():
+    c = bm.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
+    assert c.flops == 2 * 32 * 64 * 56 * 56 * 64 * 9
+    assert c.nbytes == 4 * (32 * 64 * 56 * 56 * 2 + 64 * 64 * 9)
+    assert not c.memory_bound
+    dw = bm.Case("dw", "conv2d", 2, 8, 10, 8, 3, 1, 1, groups=8, dtype="float16")
+    assert dw.flops == 2 * 2 * 8 * 100 * 9 and dw.memory_bound
+    assert dw.nbytes == 2 * (2 * 8 * 100 * 2 + 8 * 9)
+    pool = bm.Case("p", "max_pool2d", 2, 3, 8, R=2, stride=2)
+    assert pool.flops == 0 and pool.memory_bound and pool.kwargs == dict(kernel_size=2, stride=2, padding=0)
+    assert pool.nbytes == 4 * (2 * 3 * 64 + 2 * 3 * 16)
+
+
+# --------------------------------------------------------------------------------------------
+# pure figures
+# --------------------------------------------------------------------------------------------
+
+def test_fp32_lanes_and_peak():
+    assert bm.fp32_lanes_per_sm((8, 0)) == 64  # A100
+    assert bm.fp32_lanes_per_sm((7, 0)) == 64  # V100
+    for cc in ((8, 6), (8, 9), (9, 0)):
+        assert bm.fp32_lanes_per_sm(cc) == 128
+    assert bm.fp32_lanes_per_sm((99, 0)) is None
+    h100 = bm.fp32_peak_flops(132, (9, 0), 1_980_000)
+    assert h100 == pytest.approx(66.9e12, rel=1e-3)
+    a100 = bm.fp32_peak_flops(108, (8, 0), 1_410_000)
+    assert a100 == pytest.approx(19.5e12, rel=1e-2)
+    assert bm.fp32_peak_flops(132, (99, 0), 1_980_000) is None
+    assert bm.fp32_peak_flops(132, (9, 0), None) is None
+
+
+def test_roofline_seconds():
+    assert bm.roofline_seconds(100e12, 1e9, 50e12, 2e12) == pytest.approx(2.0)  # compute-bound
+    assert bm.roofline_seconds(1e9, 4e12, 50e12, 2e12) == pytest.approx(2.0)  # memory-bound
+    assert bm.roofline_seconds(0, 4e12, None, 2e12) == pytest.approx(2.0)  # pooling: no peak needed
+    assert bm.roofline_seconds(1e9, 4e12, None, 2e12) is None
+    assert bm.roofline_seconds(1e9, 4e12, 50e12, None) is None
+
+
+def test_summarize_and_geomean():
+    s = bm.summarize([0.003, 0.001, 0.002, 0.010])
+    assert s == dict(median_ms=pytest.approx(2.5), min_ms=pytest.approx(1.0), max_ms=pytest.approx(10.0), n=4)
+    assert bm.geomean([0.5, 2.0]) == pytest.approx(1.0)
+    assert bm.geomean([None]) is None
+
+
+def test_schedule():
+    assert bm.schedule(3, 2, interleave=True) == [0, 1, 2, 2, 1, 0]
+    assert bm.schedule(2, 3, interleave=False) == [0, 0, 0, 1, 1, 1]
+    assert bm.schedule(0, 5, interleave=True) == []
+
+
+def test_check_close():
+    ref = np.array([[1.0, -2.0], [0.0, 100.0]], np.float32)
+    ok = bm.check_close(ref + 1e-4, ref, 1e-3, 1e-3)
+    assert ok["ok"] and ok["max_abs_err"] == pytest.approx(1e-4, rel=1e-2) and ok["worst"] <= 1
+    assert bm.check_close(ref * 1.0005, ref, 1e-3, 1e-3)["ok"]  # relative part
+    bad = bm.check_close(ref + np.float32(0.01), ref, 1e-3, 1e-3)
+    assert not bad["ok"] and bad["worst"] > 1
+    nan = ref.copy()
+    nan[0, 0] = np.nan
+    assert not bm.check_close(nan, ref, 1e-3, 1e-3)["ok"]
+    assert not bm.check_close(ref[:1], ref, 1e-3, 1e-3)["ok"]
+    assert bm.check_close(ref.astype(np.float16), ref, 1e-2, 1e-2)["ok"]
+
+
+def test_cuda_version_string_and_slug():
+    assert bm.cuda_version_string(12080) == "12.8"
+    assert bm.cuda_version_string(13000) == "13.0"
+    assert bm.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+# --------------------------------------------------------------------------------------------
+# contenders: check before timing, declined / error / wrong rows, schedule
+# --------------------------------------------------------------------------------------------
+
+class FakePlatform(bm.CpuPlatform):
+    """CPU platform whose timer only records the order of the calls."""
+
+    warmup = 1
+
+    def __init__(self, interleave=False):
+        super().__init__(None)
+        self.interleave, self.calls = interleave, []
+
+    def settle(self):
+        self.calls.append("settle")
+
+    def time_once(self, fn):
+        fn()
+        return 1e-3
+
+
+def _declining():
+    raise ValueError("tiled declines this geometry because reasons")
+
+
+def test_prepare_statuses():
+    plat, ref = FakePlatform(), np.ones(3, np.float32)
+    c = bm.Contender("tiled", "ours", _declining)
+    bm.prepare(plat, c, ref, "float32")
+    assert (c.status, c.message) == ("declined", "tiled declines this geometry because reasons")
+    c = bm.Contender("auto", "ours", _declining)  # 'auto' must never decline
+    bm.prepare(plat, c, ref, "float32")
+    assert c.status == "error"
+    c = bm.Contender("direct", "ours", lambda: 1 / 0)
+    bm.prepare(plat, c, ref, "float32")
+    assert c.status == "error" and "ZeroDivisionError" in c.message
+    gpuconv.max_pool2d(np.zeros((1, 1, 2, 2), np.float32), 2)  # something for last_kernel()
+    c = bm.Contender("direct", "ours", lambda: ref + 1)
+    bm.prepare(plat, c, ref, "float32")
+    assert c.status == "wrong" and not c.check["ok"] and c.kernel == "numpy_max_pool"
+    c = bm.Contender("direct", "ours", lambda: ref + 1e-5)
+    bm.prepare(plat, c, ref, "float32")
+    assert c.status == "ok" and c.check["max_abs_err"] < 1e-4
+    c = bm.Contender("TF32", "peer_tf32", lambda: ref * 1.01, loose=True)
+    bm.prepare(plat, c, ref, "float32")
+    assert c.status == "ok"  # loose tolerance
+    c = bm.Contender("direct", "ours", lambda: ref)
+    bm.prepare(plat, c, None, "float32")
+    assert c.status == "unchecked"
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_only_checked_contenders_are_timed(interleave):
+    plat = FakePlatform(interleave)
+    order = []
+    cs = [bm.Contender(name, "ours", lambda n=name: order.append(n)) for name in "abc"]
+    cs[0].status, cs[1].status, cs[2].status = "ok", "wrong", "unchecked"
+    bm.time_contenders(plat, cs, repeats=2)
+    assert [len(c.times) for c in cs] == [2, 0, 2]
+    assert order == (["a", "c", "c", "a"] if interleave else ["a", "a", "c", "c"])
+    assert plat.calls.count("settle") == (2 if interleave else 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown, files, README
+# --------------------------------------------------------------------------------------------
+
+def _gpu_like_results():
+    """Results as a GPU run would give them, built from fake contenders (no GPU involved)."""
+    case = bm.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
+    pool = bm.Case("max-pool 3x3/2 pad 1", "max_pool2d", 32, 64, 112, R=3, stride=2, pad=1)
+    roof = dict(peak_flops=66.9e12, peak_source="132 SMs x 128 FP32 lanes (sm_90) x 2 x 1980 MHz",
+                bandwidth=2.9e12, bandwidth_source="measured: device-to-device copy of 1024 MiB")
+
+    def contender(label, role, status, times=(), **kw):
+        c = bm.Contender(label, role, None, status=status, **kw)
+        c.times = [t * 1e-3 for t in times]
+        if status in ("ok", "wrong"):
+            c.check = dict(ok=status == "ok", max_abs_err=3e-6 if status == "ok" else 0.5, worst=0.1)
+        return c
+    rows = bm.case_rows(case, [
+        contender("direct", "ours", "ok", (2.0, 2.2, 2.1), kernel="gpuconv::conv2d_direct<float>"),
+        contender("tiled", "ours", "declined", message="tiled declines this geometry because it must"),
+        contender("auto", "ours", "wrong", kernel="gpuconv::conv2d_direct<float>"),
+        contender("cuDNN", "peer", "ok", (1.0, 1.1, 0.9)),
+        contender("cuDNN TF32", "peer_tf32", "ok", (0.5, 0.5, 0.5)),
+    ], roof, "PyTorch, float32, TF32 off")
+    pool_kernel = "gpuconv::max_pool2d<float, false, 3, 3>"
+    rows += bm.case_rows(pool, [contender("auto", "ours", "ok", (0.5,), kernel=pool_kernel),
+                                contender("cuDNN", "peer", "ok", (0.25,))], roof, "PyTorch, float32, TF32 off")
+    return dict(schema=bm.SCHEMA, date="2026-01-02T03:04:05+00:00", commit="0123456789abcdef", dirty=False,
+                device=dict(kind="gpu", name="NVIDIA H100 80GB HBM3", slug="nvidia-h100-80gb-hbm3",
+                            compute_capability="9.0", sm_count=132, clock_mhz=1980.0, l2_bytes=50 << 20),
+                versions=dict(python="3.11", numpy="2.0", gpuconv="0.1.0", cupy="14.0", cuda_runtime="13.0",
+                              driver="13.0", torch="2.9", cudnn="91000"),
+                peer=dict(label="cuDNN", missing=None, name="PyTorch 2.9"),
+                settings=dict(suite="full", filters={}, repeats=3, algos=["direct", "tiled", "auto"], scaling=None,
+                              tolerances=dict(bm.TOLERANCES, tf32=bm.TF32_TOLERANCE), timing="CUDA events",
+                              interleaved=True, warmup_calls=3),
+                roofline=roof, rows=rows, elapsed_s=60.0)
+
+
+def test_rows_carry_figures():
+    rows = _gpu_like_results()["rows"]
+    direct, tiled, auto, pool = rows
+    assert direct["ours"]["median_ms"] == pytest.approx(2.1)
+    assert direct["ours"]["flop_per_s"] == pytest.approx(direct["flops"] / 2.1e-3)
+    bound = max(direct["flops"] / 66.9e12, direct["bytes"] / 2.9e12)
+    assert direct["ours"]["roofline_fraction"] == pytest.approx(bound / 2.1e-3)
+    assert direct["speed_vs_peer"] == pytest.approx(1.0 / 2.1)
+    assert direct["speed_vs_peer_tf32"] == pytest.approx(0.5 / 2.1)
+    assert direct["kernel"] == "gpuconv::conv2d_direct<float>"
+    assert tiled["status"] == "declined" and "median_ms" not in tiled["ours"] and tiled["speed_vs_peer"] is None
+    assert auto["status"] == "wrong" and auto["speed_vs_peer"] is None
+    assert pool["metric"] == "B/s" and pool["peer_tf32"] is None
+    assert pool["ours"]["roofline_fraction"] == pytest.approx(pool["bytes"] / 2.9e12 / 0.5e-3)
+    json.dumps(rows)  # JSON-ready
+    assert [r["algo"] for r in bm.failed(_gpu_like_results())] == ["auto"]
+
+
+def test_render_markdown_gpu_like():
+    md = bm.render_markdown(_gpu_like_results(), level=2, image="x.png")
+    assert md.startswith("## gpuconv bench: NVIDIA H100 80GB HBM3, 2026-01-02\n")
+    assert "| layer | shape | dtype | algo | kernel | ours ms | ours speed | roofline | cuDNN ms | cuDNN TF32 ms " \
+           "| vs cuDNN | vs cuDNN TF32 | check |" in md
+    assert "sm_90, 132 SMs, 1980 MHz" in md and "PyTorch 2.9 (cuDNN 91000)" in md and "`0123456789`" in md
+    assert "declined" in md and "tiled declines this geometry because it must" in md
+    assert "**WRONG**" in md and "0.48×" in md and "![" in md
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ResNet")]
+    assert len(lines) == 3 and all(ln.count(" | ") == lines[0].count(" | ") for ln in lines)
+
+
+def test_write_results_and_update_readme(tmp_path):
+    results = _gpu_like_results()
+    paths = bm.write_results(results, tmp_path / "results", plot=False)
+    assert paths["json"].name == "nvidia-h100-80gb-hbm3.json" and paths["md"].exists()
+    loaded = json.loads(paths["json"].read_text())
+    assert loaded["rows"][0]["ours"]["median_ms"] == pytest.approx(2.1)
+    # quick / filtered runs never reach the README
+    quick = dict(_gpu_like_results(), settings=dict(results["settings"], suite="quick"))
+    assert bm.write_results(quick, tmp_path / "results", plot=False)["json"].name.endswith("-quick.json")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nintro\n\n## Benchmarks\n\n{bm.README_START}\nold\n{bm.README_END}\n\n## After\n")
+    assert bm.update_readme(readme, tmp_path / "results")
+    text = readme.read_text()
+    assert text.startswith("# x\n\nintro\n\n## Benchmarks\n\n") and text.endswith(f"{bm.README_END}\n\n## After\n")
+    assert "old" not in text and "### gpuconv bench: NVIDIA H100 80GB HBM3, 2026-01-02" in text
+    assert text.count("### gpuconv bench") == 1  # the quick file is left out
+    assert not bm.update_readme(readme, tmp_path / "results")  # idempotent
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        bm.update_readme(readme, tmp_path / "results")
+
+
+def test_plot_is_optional(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    results = _gpu_like_results()
+    paths = bm.write_results(results, tmp_path, plot=True)
+    assert "png" not in paths and "matplotlib is not installed" in paths["md"].read_text()
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    paths = bm.write_results(_gpu_like_results(), tmp_path, plot=True)
+    assert paths["png"].stat().st_size > 1000 and "](nvidia-h100-80gb-hbm3.png)" in paths["md"].read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# CPU-mode runs through the command line
+# --------------------------------------------------------------------------------------------
+
+TINY = [bm.Case("tiny conv", "conv2d", 2, 3, 12, 4, 3, 1, 1),
+        bm.Case("tiny dw", "conv2d", 2, 4, 10, 4, 3, 2, 1, groups=4),
+        bm.Case("tiny max-pool", "max_pool2d", 2, 3, 8, R=3, stride=2, pad=1),
+        bm.Case("tiny global avg-pool", "adaptive_avg_pool2d", 2, 5, 4, R=1),
+        bm.Case("tiny conv", "conv2d", 2, 3, 12, 4, 3, 1, 1, dtype="float16")]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """The tiny suite, and cheap roofline measurements."""
+    monkeypatch.setattr(bm, "build_suite", lambda quick=False, cpu=False: list(TINY))
+    monkeypatch.setattr(bm, "measure_cpu_gemm", lambda: (1e10, 64))
+    monkeypatch.setattr(bm, "measure_cpu_bandwidth", lambda: (1e10, 1 << 20))
+    monkeypatch.setattr(bm.CpuPlatform, "settle_s", 0.0)
+
+
+def _run(tmp_path, *args):
+    code = cli(["bench", "--device", "cpu", "--repeats", "2", "--out", str(tmp_path), "--no-plot", *args])
+    files = sorted(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    return code, json.loads(files[0].read_text()), files[0].with_suffix(".md").read_text()
+
+
+def _assert_structure(results):
+    for key in ("schema", "date", "commit", "dirty", "device", "versions", "peer", "settings", "roofline", "rows",
+                "elapsed_s"):
+        assert key in results
+    assert results["device"]["kind"] == "cpu" and results["device"]["cores"] >= 1
+    assert {"python", "numpy", "gpuconv"} <= set(results["versions"])
+    assert results["settings"]["interleaved"] is False and "divided by 16" in results["settings"]["scaling"]
+    for r in results["rows"]:
+        for key in ("layer", "dtype", "shape", "algo", "status", "kernel", "flops", "bytes", "metric", "ours",
+                    "peer", "peer_tf32", "speed_vs_peer"):
+            assert key in r
+
+
+@needs_torch
+def test_cpu_run_checks_every_row(tmp_path, tiny, capsys):
+    code, results, md = _run(tmp_path)
+    assert code == 0
+    _assert_structure(results)
+    rows = results["rows"]
+    assert [(r["layer"], r["dtype"]) for r in rows] == [(c.name, c.dtype) for c in TINY]
+    for r in rows:
+        assert r["status"] == "ok" and r["check"]["ok"] and r["check"]["max_abs_err"] <= r["check"]["atol"] * 2
+        assert r["reference"].startswith("PyTorch") and r["peer"]["status"] == "ok" and r["peer"]["check"]["ok"]
+        assert r["ours"]["n"] == 2 and r["peer"]["n"] == 2 and r["speed_vs_peer"] > 0
+        assert r["kernel"].startswith("numpy_") and r["peer_tf32"] is None
+    assert rows[1]["kernel"] == "numpy_shift_accumulate" and rows[1]["metric"] == "B/s"
+    assert results["versions"]["torch"] == torch.__version__
+    assert "| layer | shape | dtype | algo | kernel | ours ms |" in md and "PyTorch ms" in md and "TF32" not in md
+    assert "gpuconv bench" in capsys.readouterr().err  # progress on stderr
+
+
+@needs_torch
+def test_cpu_run_fails_a_wrong_row(tmp_path, tiny, monkeypatch):
+    real = gpuconv.conv2d
+    monkeypatch.setattr(gpuconv, "conv2d", lambda *a, **k: real(*a, **k) + 1)
+    code, results, md = _run(tmp_path, "--layers", "tiny conv", "--dtype", "float32")
+    assert code == 1
+    (row,) = results["rows"]
+    assert row["status"] == "wrong" and not row["check"]["ok"]
+    assert "median_ms" not in row["ours"] and row["speed_vs_peer"] is None  # not timed
+    assert row["peer"]["status"] == "ok" and row["peer"]["median_ms"] > 0
+    assert "**WRONG**" in md
+    assert results["settings"]["filters"] == {"layers": ["tiny conv"], "dtype": ["float32"]}
+
+
+def test_cpu_run_without_torch(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(bm, "import_torch", lambda kind: (None, "PyTorch is not installed (pip install torch): "
+                                                                 "ours ran alone"))
+    code, results, md = _run(tmp_path)
+    assert code == 0
+    _assert_structure(results)
+    assert results["peer"]["missing"].startswith("PyTorch is not installed")
+    for r in results["rows"]:
+        assert r["status"] == "unchecked" and r["peer"] is None and r["ours"]["median_ms"] > 0
+    assert "**Peer missing**" in md and "unchecked" in md
+
+
+def test_cli_list_and_bad_algo(capsys, tmp_path):
+    assert cli(["bench", "--device", "cpu", "--list", "--layers", "lenet-5"]) == 0
+    assert "LeNet-5 conv1" in capsys.readouterr().out
+    assert cli(["bench", "--device", "cpu", "--algos", "tiled", "--out", str(tmp_path)]) == 2
+    assert "available: auto" in capsys.readouterr().err
+    assert cli(["bench", "--device", "cpu", "--layers", "no such layer"]) == 2
+
+
+@needs_torch
+def test_quick_smoke(tmp_path):
+    """The README's command on a machine without a GPU, with one repetition."""
+    code, results, md = _run(tmp_path, "--quick", "--repeats", "1")
+    assert code == 0
+    assert results["settings"]["suite"] == "quick" and len(results["rows"]) == len(bm.QUICK)
+    assert all(r["status"] == "ok" for r in results["rows"])
+
+
+# --------------------------------------------------------------------------------------------
+# the GPU rows' logic on the CPU emulator of our CUDA kernels
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.emulated
+@needs_torch
+def test_gpu_row_logic_on_the_emulator(tmp_path):
+    """Every algorithm of ``gpuconv._cuda.conv.ALGOS`` + auto gets a row; 'tiled' declines a geometry whose
+    halo does not fit in shared memory (a "declined" row, not a crash) and 'auto' then runs 'direct'."""
+    from gpuconv._backend import CudaBackend, use_backend
+    from tests.runners import emulated_runtime
+
+    class EmulatedPlatform(bm.CpuPlatform):
+        warmup = 1
+        settle_s = 0.0
+
+        def session(self):
+            return use_backend(CudaBackend(emulated_runtime()))
+
+        def conv_algos(self):
+            return bm.cuda_conv_algos()
+
+        def roofline(self):
+            return dict(peak_flops=None, peak_source="n/a", bandwidth=None, bandwidth_source="n/a")
+
+    cases = [bm.Case("small", "conv2d", 1, 2, 6, 2, 3, 1, 1),
+             bm.Case("huge stride", "conv2d", 1, 1, 40, 2, 16, 8, 0)]
+    plat = EmulatedPlatform(torch)
+    algos = plat.conv_algos()
+    assert "auto" in algos and len(algos) >= 2
+    results = bm.run_bench(plat, cases, algos, 1, suite="full")
+    rows = {(r["layer"], r["algo"]): r for r in results["rows"]}
+    assert len(rows) == 2 * len(algos)
+    for (layer, algo), r in rows.items():
+        if (layer, algo) == ("huge stride", "tiled"):
+            assert r["status"] == "declined" and "shared memory" in r["message"]
+        else:
+            assert r["status"] == "ok", r
+            assert r["kernel"].startswith("gpuconv::conv2d_")
+    assert "direct" in rows["huge stride", "auto"]["kernel"]
+    md = bm.render_markdown(results)
+    assert "declined" in md
+    assert math.isfinite(rows["small", "auto"]["speed_vs_peer"])
+
+
+class FakeCupy:
+    """Just enough of CuPy, on NumPy, for GpuPlatform: device attributes, a stream, events (host clock), a
+    RawKernel, the memory pool. Records the order of flushes, spins and event records in ``log``."""
+
+    __version__ = "fake"
+    float32, int32 = np.float32, np.int32
+    L2 = 1 << 20
+
+    def __init__(self):
+        log = self.log = []
+
+        class Logged(np.ndarray):
+            def fill(self, value):
+                log.append("flush")
+                super().fill(value)
+
+        class Device:
+            def __init__(self, i=None):
+                self.id = 0
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        class Stream(Device):
+            ptr = 1234
+
+            def __init__(self, non_blocking=False):
+                pass
+
+            def synchronize(self):
+                pass
+
+        class Event:
+            def record(self, stream=None):
+                log.append("event")
+                self.t = time.perf_counter()
+
+            def synchronize(self):
+                pass
+
+        class RawKernel:
+            def __init__(self, code, name):
+                assert "clock64" in code
+
+            def __call__(self, grid, block, args):
+                assert grid == (1,) and block == (1,) and args[0].dtype == np.int64
+                log.append("spin")
+
+        class RandomState:
+            def __init__(self, seed):
+                self.rng = np.random.default_rng(seed)
+
+            def standard_normal(self, shape, dtype=float):
+                return self.rng.standard_normal(shape, dtype=dtype)
+
+        attrs = {13: 1_980_000, 16: 132, 38: self.L2, 75: 9, 76: 0}
+        runtime = types.SimpleNamespace(
+            deviceGetAttribute=lambda a, d: attrs[a], runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000,
+            getDeviceProperties=lambda d: {"name": b"Fake H100", "totalGlobalMem": 80 << 30},
+            memGetInfo=lambda: (256 << 20, 80 << 30))
+        self.cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, runtime=runtime,
+                                          get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)
+        self.RawKernel, self.random = RawKernel, types.SimpleNamespace(RandomState=RandomState)
+        self.empty = lambda n, dtype: np.empty(n, dtype).view(Logged)
+        self.ones, self.empty_like, self.copyto = np.ones, np.empty_like, np.copyto
+        self.asarray, self.asnumpy = np.asarray, np.asarray
+        self.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+
+
+@pytest.mark.emulated
+def test_gpu_platform_with_a_fake_cupy(monkeypatch):
+    """GpuPlatform's own code (attributes, roofline, L2 flush, spin, events, interleaving, the NumPy-path
+    reference without torch) driven through a NumPy-backed fake CuPy, our CUDA kernels run by the emulator."""
+    from gpuconv._backend import CudaBackend, use_backend
+    from tests.runners import emulated_runtime
+
+    fake = FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    plat = bm.GpuPlatform(None)
+    assert plat.flush_bytes == 2 * FakeCupy.L2 and plat.flush_buffer.nbytes >= plat.flush_bytes
+    assert plat.spin_cycles == bm.SPIN_US * 1980
+    cases = [bm.Case("small", "conv2d", 1, 2, 6, 2, 3, 1, 1), bm.Case("pool", "max_pool2d", 1, 2, 6, R=2, stride=2)]
+    with use_backend(CudaBackend(emulated_runtime())):
+        results = bm.run_bench(plat, cases, plat.conv_algos(), 2, suite="full", peer_missing="no torch")
+    assert results["device"]["compute_capability"] == "9.0" and results["versions"]["cuda_runtime"] == "13.0"
+    assert results["roofline"]["peak_flops"] == pytest.approx(132 * 128 * 2 * 1.98e9)
+    assert results["settings"]["l2_flush_bytes"] == 2 * FakeCupy.L2 and results["settings"]["interleaved"]
+    rows = results["rows"]
+    assert [r["algo"] for r in rows] == bm.cuda_conv_algos() + ["auto"]
+    for r in rows:
+        assert r["status"] == "ok" and r["reference"].startswith("gpuconv's NumPy path") and r["peer"] is None
+        assert r["ours"]["n"] == 2 and r["kernel"].startswith("gpuconv::")
+    # every timed call: flush, spin, start event, (the call), end event
+    timed = "".join("F" if e == "flush" else "S" if e == "spin" else "E" for e in fake.log)
+    assert "FSEE" * (2 * len(rows)) in timed
