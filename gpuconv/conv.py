@@ -31,9 +31,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             kernel rotated by 180 degrees).
         activation: None, ``'relu'``, ``'leaky_relu'`` (slope 0.01), ``'sigmoid'`` or ``'tanh'``,
             applied after the bias (fused into the kernel on the GPU). NaN propagates through each.
-        algo: ``'auto'``, or for CuPy arrays a specific CUDA kernel (``'direct'``, ``'tiled'``). A
-            kernel that cannot handle the call raises ``ValueError``; nothing falls back silently.
-            ``gpuconv.last_kernel()`` tells which kernel ran.
+        algo: ``'auto'``, or for CuPy arrays a specific CUDA algorithm (``gpuconv._cuda.conv.ALGOS``:
+            ``'direct'``, ``'tiled'``, and the faster ones as they land). An algorithm that cannot handle
+            the call raises ``ValueError``; nothing falls back silently. On CuPy arrays ``'auto'``
+            measures the algorithms that accept the call once per shape, dtype and device and keeps the
+            fastest (``gpuconv.set_autotune``, ``gpuconv.autotune_choices``); with measuring off, a
+            documented heuristic decides (``gpuconv._cuda.conv.choose_algo``). ``gpuconv.last_kernel()``
+            tells which kernel ran.
 
     dtypes: float16, float32, float64; the output has the input's dtype; float16 accumulates in float32.
     NaN and Inf propagate as IEEE arithmetic does.
@@ -42,8 +46,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     x, w, b = a["input"], a["weight"], a["bias"]
     g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
                       flip, activation)
-    if algo not in ("auto", "direct", "tiled"):
-        raise ValueError(f"conv2d(): unknown algo {algo!r}; expected 'auto', 'direct' or 'tiled'")
+    from ._cuda.conv import ALGOS
+    if algo != "auto" and algo not in ALGOS:
+        raise ValueError(f"conv2d(): unknown algo {algo!r}; expected 'auto' or one of {', '.join(ALGOS)}")
     batched = x.ndim == 4
     x4 = x if batched else x[None]
     if g.N == 0:

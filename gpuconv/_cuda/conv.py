@@ -1,6 +1,13 @@
-"""Launch code for the conv2d CUDA kernels (``kernels/conv2d_direct.cu``, ``kernels/conv2d_tiled.cu``).
+"""The conv2d CUDA algorithms: their registry, the rule for ``algo='auto'``, and the launch code of the
+first two (``kernels/conv2d_direct.cu``, ``kernels/conv2d_tiled.cu``).
 
-Two algorithms, both covering every valid geometry that ``gpuconv._geometry.conv_geometry`` accepts
+``ALGORITHMS`` maps each ``algo=`` name to its :class:`~gpuconv._cuda.algo.ConvAlgo` (source, instantiations,
+decline rule, launch); later algorithms live in modules of their own and are listed in ``_PLUGINS``.
+``conv2d`` is the one place that decides what runs: the named algorithm (``ValueError`` if it declines,
+never a fallback), or for ``'auto'`` the autotuner's measured choice (``autotune.py``) where the runtime can
+time kernels, else ``choose_algo``'s documented heuristic.
+
+Direct and tiled both cover every valid geometry that ``gpuconv._geometry.conv_geometry`` accepts
 (stride, asymmetric padding, dilation, groups / depthwise, flip, bias, fused activation):
 
 * ``direct``: one thread per output element, no shared memory. The baseline; never declines (except
@@ -10,32 +17,32 @@ Two algorithms, both covering every valid geometry that ``gpuconv._geometry.conv
   ``ValueError``, only when even a one-channel chunk needs more than 48 KiB of shared memory
   (``tiled_decline_reason``).
 
-``choose_algo`` is the rule for ``algo='auto'``. Which instantiation ran is returned as its name
-expression (e.g. ``"gpuconv::conv2d_tiled<float, 16, 16, 8, 3, 3>"``).
+Which instantiation ran is returned as its name expression (e.g.
+``"gpuconv::conv2d_tiled<float, 16, 16, 8, 3, 3>"``).
 
 Timings: not yet measured on a GPU; the thresholds below are reasoned, not tuned.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from .._geometry import ConvGeometry
+from . import algo as _algo
+from .algo import ACC_BYTES as _ACC_BYTES
+from .algo import CTYPE as _CTYPE
+from .algo import MAX_GRID_BLOCKS, SHARED_LIMIT_BYTES, ConvAlgo, ceil_div, geometry_args
 
 DIRECT_SOURCE = "conv2d_direct.cu"
 TILED_SOURCE = "conv2d_tiled.cu"
-ALGOS = ("direct", "tiled")
 
-# C++ storage type and accumulation-type size (bytes) per NumPy dtype (acc_type in kernels/common.cuh).
-_CTYPE = {np.dtype(np.float16): "gpuconv::half", np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-_ACC_BYTES = {np.dtype(np.float16): 4, np.dtype(np.float32): 4, np.dtype(np.float64): 8}
+# Modules (in gpuconv/_cuda/) that each define ``ALGO``, a ConvAlgo, after direct and tiled.
+_PLUGINS: tuple[str, ...] = ()
 
 # --- direct ----------------------------------------------------------------------------------------
 DIRECT_BLOCK = 256  # threads per block (1-D)
-
-# Both kernels loop grid-stride in 64-bit, so the grid can be capped; 2^20 blocks are far more than
-# any GPU keeps resident at once.
-MAX_GRID_BLOCKS = 1 << 20
 
 # --- tiled -----------------------------------------------------------------------------------------
 TILE_P = 16  # output rows per block tile
@@ -49,13 +56,10 @@ SMALL_GROUP_KG = 4  # groups with fewer filters than this use KB = 1 (KB = 8 wou
 SPECIALIZED_FILTERS = {8: ((1, 1), (3, 3)), 1: ((3, 3), (5, 5))}
 FILTER_BLOCKS = tuple(SPECIALIZED_FILTERS)  # KB values instantiated
 MAX_CHANNELS_PER_CHUNK = 8  # input channels staged per __syncthreads() pair, at most
-SHARED_LIMIT_BYTES = 48 * 1024  # dynamic shared memory a launch gets without the opt-in attribute
 
 # --- 'auto' ----------------------------------------------------------------------------------------
 # Below this many output pixels per plane, a 16x16 tile would leave more than 3/4 of its threads idle.
 AUTO_MIN_TILED_PIXELS = (TILE_P * TILE_Q) // 4
-
-_INT32_MAX = 2**31 - 1
 
 
 def direct_name(dtype) -> str:
@@ -78,17 +82,10 @@ INSTANTIATIONS: dict[str, list[str]] = {
 # --------------------------------------------------------------------------------------------
 
 def int32_limit_reason(geom: ConvGeometry) -> str | None:
-    """Both kernels take sizes as C ``int`` (offsets into x / y are 64-bit). Returns why a geometry does
-    not fit that, or None. Padded extents get one tile of stride extra: the tiled kernel forms halo
+    """Direct and tiled take sizes as C ``int`` (offsets into x / y are 64-bit). Returns why a geometry
+    does not fit that, or None. Padded extents get one tile of stride extra: the tiled kernel forms halo
     coordinates up to a tile past the last output."""
-    sizes = {"N": geom.N, "C": geom.C, "K": geom.K, "R": geom.R, "S": geom.S,
-             "H + pad_top + pad_bottom + 16*stride_h": geom.H + geom.pt + geom.pb + TILE_P * geom.sh,
-             "W + pad_left + pad_right + 16*stride_w": geom.W + geom.pl + geom.pr + TILE_Q * geom.sw,
-             "dilation_h * kernel_h": geom.dh * geom.R, "dilation_w * kernel_w": geom.dw * geom.S}
-    for name, v in sizes.items():
-        if v > _INT32_MAX:
-            return f"{name} = {v} exceeds 2^31-1, the largest size the CUDA conv2d kernels take"
-    return None
+    return _algo.int32_limit_reason(geom, TILE_P * geom.sh, TILE_Q * geom.sw)
 
 
 def tiled_filter_block(geom: ConvGeometry) -> int:
@@ -143,33 +140,95 @@ def tiled_decline_reason(geom: ConvGeometry, dtype) -> str | None:
             f"use algo='direct'")
 
 
-def choose_algo(geom: ConvGeometry, dtype) -> str:
-    """The rule for ``algo='auto'``:
+def direct_decline_reason(geom: ConvGeometry, dtype) -> str | None:
+    reason = int32_limit_reason(geom)
+    return None if reason is None else f"direct declines this geometry because {reason}"
 
-    1. ``direct`` if the tiled kernel declines (shared memory, see ``tiled_decline_reason``);
-    2. ``direct`` if an output plane has fewer than 64 pixels (P*Q < 64): a 16x16 tile would leave more
-       than three quarters of its threads idle (every block still stages a full-size halo);
-    3. ``tiled`` otherwise (input reuse across KB filters and R*S taps through shared memory).
-    Not yet tuned by measurement on a GPU.
-    """
-    if tiled_decline_reason(geom, dtype) is not None:
-        return "direct"
-    if geom.P * geom.Q < AUTO_MIN_TILED_PIXELS:
-        return "direct"
-    return "tiled"
+
+def tiled_decline_reason_any(geom: ConvGeometry, dtype) -> str | None:
+    reason = int32_limit_reason(geom)
+    if reason is not None:
+        return f"tiled declines this geometry because {reason}"
+    return tiled_decline_reason(geom, dtype)
 
 
 # --------------------------------------------------------------------------------------------
 # launch
 # --------------------------------------------------------------------------------------------
 
-def _geometry_args(geom: ConvGeometry) -> list:
-    """The scalar parameters shared by both kernels, typed as the C++ ``int`` parameters."""
-    i32 = np.int32
-    return [i32(geom.N), i32(geom.C), i32(geom.H), i32(geom.W), i32(geom.K), i32(geom.R), i32(geom.S),
-            i32(geom.groups), i32(geom.sh), i32(geom.sw), i32(geom.pt), i32(geom.pl), i32(geom.dh),
-            i32(geom.dw), i32(geom.P), i32(geom.Q), i32(1 if geom.flip else 0), i32(1 if geom.has_bias else 0),
-            i32(geom.activation_code)]
+def _launch_direct(rt, x, w, b, y, geom: ConvGeometry) -> str:
+    name = direct_name(x.dtype)
+    total = geom.N * geom.K * geom.P * geom.Q
+    grid = min(ceil_div(total, DIRECT_BLOCK), MAX_GRID_BLOCKS)
+    rt.function(DIRECT_SOURCE, name)((grid, 1, 1), (DIRECT_BLOCK, 1, 1), [x, w, b, y] + geometry_args(geom))
+    return name
+
+
+def _launch_tiled(rt, x, w, b, y, geom: ConvGeometry) -> str:
+    dtype = np.dtype(x.dtype)
+    kb = tiled_filter_block(geom)
+    name = tiled_name(dtype, kb, *tiled_filter_template(geom))
+    cb = tiled_channels_per_chunk(geom, dtype)
+    blocks = geom.N * geom.groups * ceil_div(geom.Kg, kb) * ceil_div(geom.P, TILE_P) * ceil_div(geom.Q, TILE_Q)
+    rt.function(TILED_SOURCE, name)((min(blocks, MAX_GRID_BLOCKS), 1, 1), (TILE_Q, TILED_THREAD_ROWS, 1),
+                                    [x, w, b, y] + geometry_args(geom) + [np.int32(cb)],
+                                    shared_mem=tiled_shared_bytes(geom, dtype, cb))
+    return name
+
+
+DIRECT = ConvAlgo("direct", DIRECT_SOURCE, tuple(INSTANTIATIONS[DIRECT_SOURCE]), direct_decline_reason,
+                  _launch_direct, "one thread per output element, straight from global memory")
+TILED = ConvAlgo("tiled", TILED_SOURCE, tuple(INSTANTIATIONS[TILED_SOURCE]), tiled_decline_reason_any,
+                 _launch_tiled, "16x16 output tile x KB filters per block, input tile + halo and weights "
+                                "staged in shared memory")
+
+ALGORITHMS: dict[str, ConvAlgo] = {a.name: a for a in
+                                   (DIRECT, TILED) + tuple(importlib.import_module(f"{__package__}.{m}").ALGO
+                                                           for m in _PLUGINS)}
+ALGOS = tuple(ALGORITHMS)
+for _a in ALGORITHMS.values():
+    INSTANTIATIONS.setdefault(_a.source, list(_a.instantiations))
+
+
+# --------------------------------------------------------------------------------------------
+# the decision
+# --------------------------------------------------------------------------------------------
+
+def decline_reason(algo: str, geom: ConvGeometry, dtype) -> str | None:
+    return ALGORITHMS[algo].decline_reason(geom, np.dtype(dtype))
+
+
+def candidates(geom: ConvGeometry, dtype) -> list[str]:
+    """The algorithms that accept this call, in registry order (what the autotuner measures)."""
+    return [name for name in ALGOS if decline_reason(name, geom, dtype) is None]
+
+
+def heuristic_order(geom: ConvGeometry) -> tuple[str, ...]:
+    """Preference order of ``choose_algo`` for this geometry (names not registered are skipped):
+
+    * one input channel per group (depthwise and similar): ``depthwise``, then ``tiled``;
+    * a 1x1 filter: ``gemm1x1`` (a plain GEMM over channels), then ``igemm``, ``tiled``;
+    * otherwise ``igemm`` (implicit GEMM), then ``tiled``;
+    * ``direct`` last; and ``direct`` before ``tiled`` when an output plane has fewer than 64 pixels
+      (P*Q < 64), where a 16x16 tile would leave more than three quarters of its threads idle.
+    """
+    small = geom.P * geom.Q < AUTO_MIN_TILED_PIXELS
+    basic = ("direct", "tiled") if small else ("tiled", "direct")
+    if geom.Cg == 1:
+        return ("depthwise",) + basic
+    if geom.R == 1 and geom.S == 1:
+        return ("gemm1x1", "igemm") + basic
+    return ("igemm",) + basic
+
+
+def choose_algo(geom: ConvGeometry, dtype) -> str:
+    """The heuristic for ``algo='auto'`` where kernels are not measured (see ``autotune``): the first
+    algorithm of ``heuristic_order`` that is registered and accepts the call. ``direct`` accepts every
+    geometry within the 32-bit size rule. Reasoned, not yet tuned by measurement on a GPU."""
+    for name in heuristic_order(geom):
+        if name in ALGORITHMS and decline_reason(name, geom, dtype) is None:
+            return name
+    return "direct"
 
 
 def conv2d(rt, x, w, b, geom: ConvGeometry, algo: str):
@@ -180,39 +239,25 @@ def conv2d(rt, x, w, b, geom: ConvGeometry, algo: str):
     dtype = np.dtype(x.dtype)
     if dtype not in _CTYPE:
         raise TypeError(f"conv2d CUDA kernels support float16, float32 and float64, got {dtype}")
-    if algo == "auto":
-        algo = choose_algo(geom, dtype)
-    if algo not in ALGOS:
-        raise ValueError(f"conv2d(): unknown algo {algo!r}; expected 'auto', 'direct' or 'tiled'")
-    reason = int32_limit_reason(geom)
-    if reason is not None:
-        raise ValueError(f"{algo} declines this geometry because {reason}")
-    if algo == "tiled":
-        reason = tiled_decline_reason(geom, dtype)
+    if algo != "auto" and algo not in ALGORITHMS:
+        raise ValueError(f"conv2d(): unknown algo {algo!r}; expected 'auto' or one of {', '.join(ALGOS)}")
+    # Decline before allocating anything: a refused call must not cost memory (or fail for lack of it).
+    if algo != "auto":
+        reason = decline_reason(algo, geom, dtype)
         if reason is not None:
             raise ValueError(reason)
-
+    elif not candidates(geom, dtype):
+        raise ValueError("every conv2d CUDA algorithm declines this call; " + decline_reason("direct", geom, dtype))
     x = xp.ascontiguousarray(x)
     w = xp.ascontiguousarray(w)
     # No bias: the kernels never read b then, but need a valid pointer of the right type; pass w.
     b = w if b is None else xp.ascontiguousarray(b)
     y = xp.empty(geom.output_shape, dtype=dtype)
-    args = [x, w, b, y] + _geometry_args(geom)
 
-    if algo == "direct":
-        name = direct_name(dtype)
-        total = geom.N * geom.K * geom.P * geom.Q
-        grid = min(-(-total // DIRECT_BLOCK), MAX_GRID_BLOCKS)
-        rt.function(DIRECT_SOURCE, name)((grid, 1, 1), (DIRECT_BLOCK, 1, 1), args)
-        return y, name
+    def launch(name):
+        return ALGORITHMS[name].launch(rt, x, w, b, y, geom)
 
-    kb = tiled_filter_block(geom)
-    fr, fs = tiled_filter_template(geom)
-    name = tiled_name(dtype, kb, fr, fs)
-    cb = tiled_channels_per_chunk(geom, dtype)
-    blocks = (geom.N * geom.groups * -(-geom.Kg // kb)
-              * -(-geom.P // TILE_P) * -(-geom.Q // TILE_Q))
-    grid = min(blocks, MAX_GRID_BLOCKS)
-    rt.function(TILED_SOURCE, name)((grid, 1, 1), (TILE_Q, TILED_THREAD_ROWS, 1), args + [np.int32(cb)],
-                                    shared_mem=tiled_shared_bytes(geom, dtype, cb))
-    return y, name
+    if algo == "auto":
+        from . import autotune
+        algo = autotune.choose(rt, geom, dtype, launch)
+    return y, launch(algo)

@@ -72,6 +72,29 @@ class CupyRuntime:
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
 
+    def device_key(self) -> str:
+        """Names the current device for the autotuner's cache: model, compute capability, gpuconv."""
+        from .. import __version__
+        dev = self.xp.cuda.Device()
+        props = self.xp.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        return f"{name} sm_{dev.compute_capability} gpuconv {__version__}"
+
+    def time_ms(self, fn, repeats: int) -> float:
+        """GPU time of ``fn()`` (which launches on the current stream), the minimum of ``repeats`` runs
+        between CUDA events, after one untimed run (NVRTC compile, first-touch effects)."""
+        stream = self.xp.cuda.get_current_stream()
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start, end = self.xp.cuda.Event(), self.xp.cuda.Event()
+            start.record(stream)
+            fn()
+            end.record(stream)
+            end.synchronize()
+            best = min(best, self.xp.cuda.get_elapsed_time(start, end))
+        return best
+
 
 @functools.lru_cache(maxsize=None)
 def _module(device_id: int, source: str):
