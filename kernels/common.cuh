@@ -1,5 +1,5 @@
 // common.cuh — what every gpuconv kernel file shares: storage types, loads/stores with accumulation
-// type, the fused activations, -inf/NaN helpers and the dynamic-shared-memory macro.
+// type, the fused activations, -inf/NaN helpers, the dynamic-shared-memory and loop-unrolling macros.
 //
 // Kept free of CUDA toolkit headers on purpose: CuPy compiles our sources with NVRTC at run time, and
 // a pip-installed CuPy may have no cuda_fp16.h to find. float16 is therefore our own 2-byte storage
@@ -13,6 +13,17 @@
 #ifndef GPUCONV_DYNAMIC_SHARED
 // Dynamic shared memory of a launch, sized by the launch's shared_mem argument.
 #define GPUCONV_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
+
+// Full unrolling of fixed-trip loops (tile sizes, filter taps) keeps per-thread accumulator arrays in
+// registers (without it nvcc placed conv2d_tiled's acc[][] in local memory for the float KB = 8
+// instantiations). Only for the CUDA compilers; the CPU emulator's g++ build needs no hint.
+#ifndef GPUCONV_UNROLL
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define GPUCONV_UNROLL _Pragma("unroll")
+#else
+#define GPUCONV_UNROLL
+#endif
 #endif
 
 namespace gpuconv {

@@ -22,17 +22,6 @@
 // in the accumulation type (float for float16) so the inner loop does no conversions.
 #include "common.cuh"
 
-// Full unrolling of the fixed-trip (KB, ROWS, filter-size) loops keeps the accumulator array in registers
-// (without it nvcc placed acc[][] in local memory for the float KB = 8 instantiations). Only for the CUDA
-// compilers; the CPU emulator's g++ build needs no hint.
-#ifndef GPUCONV_UNROLL
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#define GPUCONV_UNROLL _Pragma("unroll")
-#else
-#define GPUCONV_UNROLL
-#endif
-#endif
-
 namespace gpuconv {
 
 // Thread rows per block; the host launches blockDim = (TILE_Q, CONV_TILED_THREAD_ROWS, 1) (conv.py mirrors

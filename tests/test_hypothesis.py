@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import gpuconv
 from tests.reference import conv2d_ref, conv_out, max_pool2d_ref, pool_out
-from tests.runners import CONV_RUNNERS, POOL_RUNNERS, assert_close_to_terms
+from tests.runners import GENERAL_CONV_RUNNERS, POOL_RUNNERS, assert_close_to_terms
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -31,7 +31,7 @@ def conv_problems(draw):
                 seed=draw(st.integers(0, 2**31)))
 
 
-@pytest.mark.parametrize("runner", CONV_RUNNERS)
+@pytest.mark.parametrize("runner", GENERAL_CONV_RUNNERS)
 @SETTINGS
 @given(problem=conv_problems())
 def test_conv2d_random(runner, problem):
