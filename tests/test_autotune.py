@@ -1,0 +1,201 @@
+"""``algo='auto'`` on the CUDA path: the autotuner (gpuconv/_cuda/autotune.py) measures the algorithms that
+accept a call once per shape, dtype and device, keeps the fastest, and remembers it in memory and in an
+optional JSON file; without a timer (the CPU emulator) or with measuring off, the heuristic decides.
+
+The kernels run on the CPU emulator; a wrapper runtime supplies a fake timer whose figures per algorithm
+the test sets, so the choice is known in advance and differs from the heuristic's.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv._backend import CudaBackend, use_backend
+from gpuconv._cuda import autotune, conv
+from tests.reference import conv2d_ref
+from tests.runners import assert_close_to_terms, emulated_runtime
+
+pytestmark = pytest.mark.emulated
+
+
+class TimedRuntime:
+    """The emulator plus a fake ``time_ms``: the time of a call is ``fake_ms[algo]`` of the kernel it
+    launched. Counts the timed calls and records every kernel launched."""
+
+    name = "emulated"
+
+    def __init__(self, fake_ms, device="emulated-device"):
+        self.inner = emulated_runtime()
+        self.xp = self.inner.xp
+        self.fake_ms, self.device = fake_ms, device
+        self.timed, self.launched = 0, []
+
+    def function(self, source, name):
+        kernel = self.inner.function(source, name)
+
+        def launch(*args, **kwargs):
+            self.launched.append(name)
+            return kernel(*args, **kwargs)
+        return launch
+
+    def device_key(self):
+        return self.device
+
+    def time_ms(self, fn, repeats):
+        assert repeats >= 1
+        self.timed += 1
+        fn()
+        algo = self.launched[-1].split("::conv2d_")[1].split("<")[0]
+        return self.fake_ms[algo]
+
+
+@pytest.fixture(autouse=True)
+def fresh_autotuner(monkeypatch):
+    monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
+    monkeypatch.delenv("GPUCONV_AUTOTUNE_CACHE", raising=False)
+    monkeypatch.setattr(autotune, "_enabled", None)
+    monkeypatch.setattr(autotune, "_cache_file", None)
+    autotune.clear_autotune_cache()
+    yield
+    autotune.clear_autotune_cache()
+
+
+def _problem(seed=0, H=18):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, H, H + 1)).astype(np.float32)
+    w = (rng.standard_normal((4, 3, 3, 3)) / 5).astype(np.float32)
+    return x, w
+
+
+def _check(y, x, w, **kw):
+    ref = conv2d_ref(x, w, None, stride=(1, 1), pad=(1, 1, 1, 1), dilation=(1, 1), groups=1)
+    mag = conv2d_ref(np.abs(x), np.abs(w), None, stride=(1, 1), pad=(1, 1, 1, 1), dilation=(1, 1), groups=1)
+    assert_close_to_terms(y, ref, mag, np.float32)
+
+
+def _fake_times(fastest):
+    """Every registered algorithm 5 ms, ``fastest`` 1 ms."""
+    return {name: (1.0 if name == fastest else 5.0) for name in conv.ALGOS}
+
+
+def test_measures_once_and_keeps_the_fastest():
+    x, w = _problem()
+    g_heuristic = conv.choose_algo(gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 1), np.float32)
+    fastest = "direct" if g_heuristic != "direct" else "tiled"  # differ from the heuristic on purpose
+    rt = TimedRuntime(_fake_times(fastest))
+    with use_backend(CudaBackend(rt)):
+        y = gpuconv.conv2d(x, w, padding=1)
+        assert gpuconv.last_kernel().kernel.startswith(f"gpuconv::conv2d_{fastest}<")
+        candidates = conv.candidates(gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 1), np.float32)
+        assert rt.timed == len(candidates) >= 2
+        _check(y, x, w)
+        y2 = gpuconv.conv2d(x, w, padding=1, activation="relu")  # same sizes: looked up, not measured again
+        assert rt.timed == len(candidates)
+        assert gpuconv.last_kernel().kernel.startswith(f"gpuconv::conv2d_{fastest}<")
+        np.testing.assert_allclose(y2, np.maximum(y, 0), rtol=1e-6, atol=1e-6)
+    (choice,) = gpuconv.autotune_choices()
+    assert choice["algo"] == fastest and choice["how"] == "measured"
+    assert set(choice["times_ms"]) == set(candidates) and choice["times_ms"][fastest] == 1.0
+    assert choice["key"].startswith("emulated-device|float32|N2 C3 H18 W19 K4 R3 S3 g1 s1,1 p1,1,1,1 d1,1")
+
+
+def test_a_new_shape_or_device_is_measured_again():
+    x, w = _problem()
+    x2, _ = _problem(H=11)
+    rt = TimedRuntime(_fake_times("direct"))
+    with use_backend(CudaBackend(rt)):
+        gpuconv.conv2d(x, w, padding=1)
+        first = rt.timed
+        gpuconv.conv2d(x2, w, padding=1)
+        assert rt.timed == 2 * first
+    rt2 = TimedRuntime(_fake_times("tiled"), device="another-device")
+    with use_backend(CudaBackend(rt2)):
+        gpuconv.conv2d(x, w, padding=1)
+        assert rt2.timed == first
+        assert gpuconv.last_kernel().kernel.startswith("gpuconv::conv2d_tiled<")
+    assert len(gpuconv.autotune_choices()) == 3
+
+
+@pytest.mark.parametrize("how", ["set_autotune", "environment"])
+def test_measuring_off_uses_the_heuristic(how, monkeypatch):
+    x, w = _problem()
+    if how == "set_autotune":
+        gpuconv.set_autotune(False)
+    else:
+        monkeypatch.setenv("GPUCONV_AUTOTUNE", "0")
+    rt = TimedRuntime(_fake_times("direct"))
+    geom = gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 1)
+    with use_backend(CudaBackend(rt)):
+        y = gpuconv.conv2d(x, w, padding=1)
+    assert rt.timed == 0
+    expected = conv.choose_algo(geom, np.float32)
+    assert gpuconv.last_kernel().kernel.startswith(f"gpuconv::conv2d_{expected}<")
+    assert [c["how"] for c in gpuconv.autotune_choices()] == ["heuristic"]
+    _check(y, x, w)
+
+
+def test_a_runtime_without_a_timer_uses_the_heuristic():
+    """The plain emulator cannot time kernels: 'auto' is the heuristic there (and says so)."""
+    x, w = _problem()
+    with use_backend(CudaBackend(emulated_runtime())):
+        gpuconv.conv2d(x, w, padding=1)
+    (choice,) = gpuconv.autotune_choices()
+    assert choice["how"] == "heuristic" and choice["times_ms"] == {}
+
+
+def test_cache_file_keeps_choices_across_processes(tmp_path):
+    path = tmp_path / "sub" / "autotune.json"
+    gpuconv.set_autotune(cache_file=path)
+    x, w = _problem()
+    with use_backend(CudaBackend(TimedRuntime(_fake_times("direct")))):
+        gpuconv.conv2d(x, w, padding=1)
+    data = json.loads(path.read_text())
+    (entry,) = data["choices"].values()
+    assert entry["algo"] == "direct"
+
+    autotune.clear_autotune_cache()  # as a new process would start
+    rt = TimedRuntime(_fake_times("tiled"))  # would pick tiled if it measured
+    with use_backend(CudaBackend(rt)):
+        y = gpuconv.conv2d(x, w, padding=1)
+    assert rt.timed == 0
+    assert gpuconv.last_kernel().kernel.startswith("gpuconv::conv2d_direct<")
+    assert [c["how"] for c in gpuconv.autotune_choices()] == ["cache file"]
+    _check(y, x, w)
+
+
+def test_cache_file_from_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "env.json"
+    monkeypatch.setenv("GPUCONV_AUTOTUNE_CACHE", str(path))
+    x, w = _problem()
+    with use_backend(CudaBackend(TimedRuntime(_fake_times("direct")))):
+        gpuconv.conv2d(x, w, padding=1)
+    assert path.is_file()
+
+
+def test_unreadable_cache_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    gpuconv.set_autotune(cache_file=path)
+    x, w = _problem()
+    with use_backend(CudaBackend(TimedRuntime(_fake_times("direct")))):
+        with pytest.raises(ValueError, match="autotune cache file .*bad.json"):
+            gpuconv.conv2d(x, w, padding=1)
+
+
+def test_only_algorithms_that_accept_the_call_are_measured():
+    """Tiled declines a 3x3 filter dilated by 60 (shared memory): it is not a candidate."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 2, 125, 123)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    geom = gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 0, 60)
+    names = conv.candidates(geom, np.float32)
+    assert "tiled" not in names and "direct" in names
+    rt = TimedRuntime(_fake_times("direct"))
+    with use_backend(CudaBackend(rt)):
+        gpuconv.conv2d(x, w, dilation=60)
+    assert rt.timed == len(names)
+    assert not any("conv2d_tiled" in k for k in rt.launched)
