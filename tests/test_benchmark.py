@@ -18,6 +18,7 @@ import pytest
 
 import gpuconv
 from gpuconv import benchmark as bm
+from gpuconv._geometry import conv_geometry
 from gpuconv.__main__ import main as cli
 
 try:
@@ -427,8 +428,9 @@ def test_quick_smoke(tmp_path):
 @pytest.mark.emulated
 @needs_torch
 def test_gpu_row_logic_on_the_emulator(tmp_path):
-    """Every algorithm of ``gpuconv._cuda.conv.ALGOS`` + auto gets a row; 'tiled' declines a geometry whose
-    halo does not fit in shared memory (a "declined" row, not a crash) and 'auto' then runs 'direct'."""
+    """Every algorithm of ``gpuconv._cuda.conv.ALGOS`` + auto gets a row; an algorithm that declines a
+    geometry by its rule (tiled: a halo that does not fit in shared memory) gets a "declined" row, not a
+    crash, and 'auto' runs what the heuristic picks (the emulator cannot time kernels)."""
     from gpuconv._backend import CudaBackend, use_backend
     from tests.runners import emulated_runtime
 
@@ -453,13 +455,20 @@ def test_gpu_row_logic_on_the_emulator(tmp_path):
     results = bm.run_bench(plat, cases, algos, 1, suite="full")
     rows = {(r["layer"], r["algo"]): r for r in results["rows"]}
     assert len(rows) == 2 * len(algos)
+    from gpuconv._cuda import conv as cuda_conv
     for (layer, algo), r in rows.items():
-        if (layer, algo) == ("huge stride", "tiled"):
-            assert r["status"] == "declined" and "shared memory" in r["message"]
+        case = next(c for c in cases if c.name == layer)
+        geom = conv_geometry(case.input_shape, case.weight_shape, None, case.stride, case.pad, 1, case.groups)
+        if algo != "auto" and cuda_conv.decline_reason(algo, geom, np.float32) is not None:
+            # e.g. tiled for the huge stride (shared memory), depthwise / gemm1x1 outside their kind
+            assert r["status"] == "declined" and f"{algo} declines" in r["message"], r
         else:
             assert r["status"] == "ok", r
             assert r["kernel"].startswith("gpuconv::conv2d_")
-    assert "direct" in rows["huge stride", "auto"]["kernel"]
+    assert rows["huge stride", "tiled"]["status"] == "declined"
+    assert "shared memory" in rows["huge stride", "tiled"]["message"]
+    huge = conv_geometry(cases[1].input_shape, cases[1].weight_shape, None, cases[1].stride, cases[1].pad)
+    assert rows["huge stride", "auto"]["kernel"].startswith(f"gpuconv::conv2d_{cuda_conv.choose_algo(huge, np.float32)}<")
     md = bm.render_markdown(results)
     assert "declined" in md
     assert math.isfinite(rows["small", "auto"]["speed_vs_peer"])
@@ -557,9 +566,14 @@ def test_gpu_platform_with_a_fake_cupy(monkeypatch):
     assert results["settings"]["l2_flush_bytes"] == 2 * FakeCupy.L2 and results["settings"]["interleaved"]
     rows = results["rows"]
     assert [r["algo"] for r in rows] == bm.cuda_conv_algos() + ["auto"]
+    ok = [r for r in rows if r["status"] == "ok"]
     for r in rows:
+        if r["status"] == "declined":  # a specialized algorithm outside its kind (depthwise, gemm1x1)
+            assert r["algo"] in ("depthwise", "gemm1x1") and f"{r['algo']} declines" in r["message"]
+            continue
         assert r["status"] == "ok" and r["reference"].startswith("gpuconv's NumPy path") and r["peer"] is None
         assert r["ours"]["n"] == 2 and r["kernel"].startswith("gpuconv::")
+    assert {"direct", "tiled", "auto"} <= {r["algo"] for r in ok}
     # every timed call: flush, spin, start event, (the call), end event
     timed = "".join("F" if e == "flush" else "S" if e == "spin" else "E" for e in fake.log)
-    assert "FSEE" * (2 * len(rows)) in timed
+    assert "FSEE" * (2 * len(ok)) in timed

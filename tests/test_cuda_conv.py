@@ -365,12 +365,25 @@ def test_kernel_id_names_the_kernel_that_ran(rt, shape, groups, dtype, algo, exp
         assert shared == 0
 
 
-def test_auto_reports_the_chosen_kernel(rt):
+def test_auto_reports_the_chosen_kernel(rt, monkeypatch):
+    """choose_algo's documented rule: the first algorithm of heuristic_order that is registered and
+    accepts the call. An ordinary 3x3 convolution prefers igemm (implicit GEMM); among the basic kernels,
+    direct comes before tiled when an output plane has fewer than 64 pixels. 'auto' on a runtime that
+    cannot time kernels (the emulator) runs that choice and reports its kernel."""
     rng = np.random.default_rng(9)
     x = rng.standard_normal((1, 3, 20, 20)).astype(np.float32)
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
     big = conv_geometry(x.shape, w.shape, None, 1, 1)
     small = conv_geometry(x.shape, w.shape, None, 4, 0)  # 5x5 output: < 64 pixels
+    assert conv.heuristic_order(big) == ("igemm", "tiled", "direct")
+    assert conv.heuristic_order(small) == ("igemm", "direct", "tiled")
+    if "igemm" in conv.ALGORITHMS:
+        assert conv.choose_algo(big, np.float32) == conv.choose_algo(small, np.float32) == "igemm"
+        y, kid = conv.conv2d(rt, x, w, None, big, "auto")
+        assert kid.startswith("gpuconv::conv2d_igemm<float, ")
+    # Without igemm the basic order decides.
+    monkeypatch.delitem(conv.ALGORITHMS, "igemm", raising=False)
+    monkeypatch.setattr(conv, "ALGOS", tuple(a for a in conv.ALGOS if a != "igemm"))
     assert conv.choose_algo(big, np.float32) == "tiled"
     assert conv.choose_algo(small, np.float32) == "direct"
     y, kid = conv.conv2d(rt, x, w, None, big, "auto")
@@ -408,7 +421,8 @@ def test_registry_lists_conv_instantiations():
 
 def test_tiled_decline_rule(rt):
     """A 3x3 filter dilated by 60 needs a 136x136 halo per channel: 73,984 bytes of float32 staging
-    > 48 KiB, so tiled declines with the rule spelled out; 'auto' picks direct; direct computes it."""
+    > 48 KiB, so tiled declines with the rule spelled out; 'auto' skips it (igemm when registered, else
+    direct); direct computes it."""
     rng = np.random.default_rng(10)
     x = rng.standard_normal((1, 2, 125, 123)).astype(np.float32)
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
@@ -419,10 +433,14 @@ def test_tiled_decline_rule(rt):
     assert reason is not None and reason.startswith("tiled declines") and "48 KiB" in reason
     with pytest.raises(ValueError, match="tiled declines .* because .*shared memory"):
         conv.conv2d(rt, x, w, None, g, "tiled")
-    assert conv.choose_algo(g, np.float32) == "direct"
-    y, kid = conv.conv2d(rt, x, w, None, g, "auto")
-    assert kid == "gpuconv::conv2d_direct<float>"
+    expected = "igemm" if "igemm" in conv.ALGORITHMS else "direct"
+    assert conv.choose_algo(g, np.float32) == expected
     ref, mag = reference_conv2d(x, w, None, 1, 0, 60, 1, False, None)
+    y, kid = conv.conv2d(rt, x, w, None, g, "auto")
+    assert kid.startswith(f"gpuconv::conv2d_{expected}<float")
+    assert_matches(y, ref, mag, np.float32)
+    y, kid = conv.conv2d(rt, x, w, None, g, "direct")
+    assert kid == "gpuconv::conv2d_direct<float>"
     assert_matches(y, ref, mag, np.float32)
 
 

@@ -2,7 +2,10 @@
 first two (``kernels/conv2d_direct.cu``, ``kernels/conv2d_tiled.cu``).
 
 ``ALGORITHMS`` maps each ``algo=`` name to its :class:`~gpuconv._cuda.algo.ConvAlgo` (source, instantiations,
-decline rule, launch); later algorithms live in modules of their own and are listed in ``_PLUGINS``.
+decline rule, launch); later algorithms live in modules of their own and are listed in ``_PLUGINS``:
+``depthwise`` (conv_depthwise.py: one input channel per filter, memory-bound tiles), ``igemm``
+(conv_igemm.py: implicit GEMM over (N*P*Q) x Kg, reduction Cg*R*S gathered on the fly) and ``gemm1x1``
+(conv_gemm1x1.py: a 1x1 filter without padding as a plain GEMM over channels).
 ``conv2d`` is the one place that decides what runs: the named algorithm (``ValueError`` if it declines,
 never a fallback), or for ``'auto'`` the autotuner's measured choice (``autotune.py``) where the runtime can
 time kernels, else ``choose_algo``'s documented heuristic.
@@ -39,7 +42,7 @@ DIRECT_SOURCE = "conv2d_direct.cu"
 TILED_SOURCE = "conv2d_tiled.cu"
 
 # Modules (in gpuconv/_cuda/) that each define ``ALGO``, a ConvAlgo, after direct and tiled.
-_PLUGINS: tuple[str, ...] = ()
+_PLUGINS: tuple[str, ...] = ("conv_depthwise", "conv_igemm", "conv_gemm1x1")
 
 # --- direct ----------------------------------------------------------------------------------------
 DIRECT_BLOCK = 256  # threads per block (1-D)

@@ -1,0 +1,160 @@
+// conv2d_gemm1x1.cu — 1x1 convolution (zero padding) as a plain GEMM over channels.
+//
+// Kernel in this file:
+//   conv2d_gemm1x1<T, BM, BN, BK, TM, TN>: for a 1x1 filter with zero padding, per image n and group g,
+//       Y_n[k, p*Q + q] = sum_c W[k, c] * X_n[c, p*sh, q*sw]; the images are folded into the GEMM's columns
+//       (M = N*P*Q pixels, as in conv2d_igemm), so small images still fill whole tiles. Same GEMM tiling as
+//       conv2d_igemm (gemm_tile.cuh); only the B loader differs: no tap decomposition and no padding
+//       checks, and with stride 1 (then B's rows are x's contiguous channel planes) 4-wide vector loads of 4
+//       consecutive pixels. Handles stride (any), groups, bias, activation; dilation and flip do not change a
+//       1x1 filter. The host declines every other geometry (gemm1x1_decline_reason).
+//   Tile configs: as conv2d_igemm (same host rule, gpuconv/_cuda/conv_igemm.py gemm_tile_for): "large"
+//       BM = BN = 128, BK = 8, TM = TN = 8 for float32 / float16; "small" BM = BN = 64, BK = 8, TM = TN = 4.
+//   Launch shape: 1-D block of 256 threads; 1-D grid over groups * ceil(M / BN) * ceil(Kg / BM) tiles with a
+//       64-bit grid-stride loop. Extra parameters: vec_w (Cg % 4 == 0 and w aligned: 4-wide weight loads),
+//       vec_x (stride 1, H*W % 4 == 0 and x aligned: 4-wide input loads).
+//   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 16,640 (large, float32 and
+//       float16), 8,448 (small, float32 and float16), 16,896 (small, float64).
+//   Registers (NVRTC 12.9, sm_75..sm_90, no spills; tests/test_nvrtc_compile.py prints them): __launch_bounds__
+//       asks for 1 block per SM with the 8x8 thread tile (150-220 registers) and 2 with the 4x4 tile
+//       (<= 128), see gemm_min_blocks_per_sm in gemm_tile.cuh.
+//   Measured speed: not yet measured on a GPU.
+//
+// Semantics: exactly conv2d_direct's for these geometries (see conv2d_direct.cu and shared/semantics.md).
+#include "common.cuh"
+#include "gemm_tile.cuh"
+
+namespace gpuconv {
+
+// The B operand: B[c, m] = x[n, g*Cg + c, p*sh, q*sw], m = (n*P + p)*Q + q. With zero padding and a 1x1
+// filter every such coordinate is inside the image (p*sh <= (P-1)*sh <= H-1), so there is no padding test.
+//
+// Scalar pattern (any stride): thread t loads column t % BN and LOADS consecutive rows (t / BN) * LOADS + i.
+// Vector pattern (vec_x): slot e = t + i * THREADS loads the 4 pixels 4 * (e % V_PER_ROW) .. + 3 of row
+//   e / V_PER_ROW; THREADS % V_PER_ROW == 0, so a thread's columns are the same in every slot. The host
+//   enables it only when stride is 1 and H*W % 4 == 0: then M = N*H*W and the tile start m0 are multiples
+//   of 4, so the 4 pixels are all in one image, contiguous (q runs along W, Q = W), and all exist or none.
+template <typename T, class Cfg>
+struct PointwiseLoader {
+    typedef typename acc_type<T>::type A;
+    static constexpr int BN = Cfg::BN, BK = Cfg::BK, THREADS = Cfg::THREADS;
+    static constexpr int S_LOADS = BK * BN / THREADS;
+    static constexpr int V_PER_ROW = BN / 4;
+    static constexpr int V_SLOTS = BK * V_PER_ROW;
+    static constexpr int V_LOADS = (V_SLOTS + THREADS - 1) / THREADS;
+    static constexpr int REGS = S_LOADS > 4 * V_LOADS ? S_LOADS : 4 * V_LOADS;
+    static_assert(THREADS % BN == 0 && (BK * BN) % THREADS == 0, "scalar pattern must tile BK x BN exactly");
+    static_assert(BN % 4 == 0 && THREADS % V_PER_ROW == 0, "vector pattern: fixed columns per thread");
+
+    const T* x;
+    int C, W, Cg, sh, sw, Q, vec;
+    index_t HW, PQ, M;
+    int col, row0;  // this thread's (first) column of the tile and first row of each slice
+    const T* xb;    // per tile: x + (n*C + g*Cg) * H*W + p*sh*W + q*sw, this pixel in the group's channel 0
+    bool col_ok;    // per tile: the pixel (vector: all 4 pixels) exists
+    A regs[REGS];
+
+    __device__ __forceinline__ PointwiseLoader(const T* x_, int C_, int H_, int W_, int Cg_, int sh_, int sw_,
+                                               int P_, int Q_, index_t M_, int vec_, int tid)
+        : x(x_), C(C_), W(W_), Cg(Cg_), sh(sh_), sw(sw_), Q(Q_), vec(vec_), HW((index_t)H_ * W_),
+          PQ((index_t)P_ * Q_), M(M_),
+          col(vec_ ? 4 * (tid % V_PER_ROW) : tid % BN),
+          row0(vec_ ? tid / V_PER_ROW : (tid / BN) * S_LOADS),
+          xb(x_), col_ok(false) {}
+
+    __device__ __forceinline__ void begin_tile(index_t m0, int g) {
+        // Vector case: M % 4 == 0 and col % 4 == 0, so col < M - m0 means all 4 pixels exist.
+        col_ok = (index_t)col < M - m0;
+        if (!col_ok) return;
+        const index_t m = m0 + col;
+        const index_t n = m / PQ;
+        const index_t pq = m - n * PQ;
+        const int p = (int)(pq / Q);
+        const int q = (int)(pq - (index_t)p * Q);
+        // 64-bit offsets: x may exceed 2^31 elements. p*sh <= H-1 and q*sw <= W-1 (no padding).
+        xb = x + ((index_t)n * C + (index_t)g * Cg) * HW + (index_t)(p * sh) * W + q * sw;
+    }
+
+    __device__ __forceinline__ void fetch(int k0) {
+        // Channels at or past Cg (the last slice's tail) read 0 (written `row < Cg - k0`: no overflow).
+        if (vec) {
+            GPUCONV_UNROLL
+            for (int i = 0; i < V_LOADS; ++i) {
+                // Slot tid + i*THREADS is row row0 + i*(THREADS/V_PER_ROW); it exists iff that row < BK
+                // (a small tile has fewer slots than threads).
+                const int row = row0 + i * (THREADS / V_PER_ROW);
+                A v0 = A(0), v1 = A(0), v2 = A(0), v3 = A(0);
+                if (row < BK && col_ok && row < Cg - k0)
+                    Vec4<T>::load(xb + (index_t)(k0 + row) * HW, v0, v1, v2, v3);
+                regs[4 * i] = v0; regs[4 * i + 1] = v1; regs[4 * i + 2] = v2; regs[4 * i + 3] = v3;
+            }
+        } else {
+            GPUCONV_UNROLL
+            for (int i = 0; i < S_LOADS; ++i) {
+                A v = A(0);
+                if (col_ok && row0 + i < Cg - k0) v = load<T>(xb + (index_t)(k0 + row0 + i) * HW);
+                regs[i] = v;
+            }
+        }
+    }
+
+    // Every (row, col) of the slice is written by exactly one thread (zeros included).
+    __device__ __forceinline__ void stage(A (*dst)[Cfg::BN]) {
+        if (vec) {
+            GPUCONV_UNROLL
+            for (int i = 0; i < V_LOADS; ++i) {
+                const int row = row0 + i * (THREADS / V_PER_ROW);
+                if (row < BK) {  // the slot exists: surplus threads of a small tile stage nothing
+                    GPUCONV_UNROLL
+                    for (int v = 0; v < 4; ++v) dst[row][col + v] = regs[4 * i + v];
+                }
+            }
+        } else {
+            GPUCONV_UNROLL
+            for (int i = 0; i < S_LOADS; ++i) dst[row0 + i][col] = regs[i];
+        }
+    }
+};
+
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_min_blocks_per_sm(TM, TN))
+conv2d_gemm1x1(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
+               const T* __restrict__ w,   // (K, Cg, 1, 1), C-contiguous
+               const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
+               T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
+               int N, int C, int H, int W, int K, int R, int S, int groups,
+               int sh, int sw, int pt, int pl, int dh, int dw, int P, int Q,
+               int flip, int has_bias, int act,
+               int vec_w,   // 1: 4-wide weight loads (host checked Cg % 4 == 0 and w's alignment)
+               int vec_x) { // 1: 4-wide input loads (host checked stride 1, H*W % 4 == 0, x's alignment)
+    typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
+    typedef typename acc_type<T>::type A;
+    __shared__ GemmSmem<A, Cfg> smem;
+
+    // R = S = 1, pt = pl = 0 (the host declines anything else); dh, dw and flip have no effect on 1x1.
+    const int tid = threadIdx.x;
+    const int Cg = C / groups;
+    const int Kg = K / groups;
+    const index_t PQ = (index_t)P * Q;
+    const index_t M = (index_t)N * PQ;
+    const index_t m_tiles = (M + BN - 1) / BN;
+    const int k_tiles = (Kg + BM - 1) / BM;
+    const index_t total = m_tiles * k_tiles * groups;
+
+    GemmWeightLoader<T, Cfg> wl(Cg, vec_w, tid);
+    PointwiseLoader<T, Cfg> xl(x, C, H, W, Cg, sh, sw, P, Q, M, vec_x, tid);
+
+    // Grid-stride over tiles; uniform per block, so all threads reach the same __syncthreads().
+    for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
+        const GemmBlockIndex bi = gemm_block_index(blk, k_tiles, m_tiles, BM, BN);
+        const int rows = Kg - bi.k_begin < BM ? Kg - bi.k_begin : BM;  // partial last filter tile
+        const int k_first = bi.g * Kg + bi.k_begin;
+        wl.begin_tile(w + (index_t)k_first * Cg, rows);
+        xl.begin_tile(bi.m0, bi.g);
+        A acc[TM][TN];
+        gemm_tile_mainloop<Cfg>(wl, xl, Cg, smem, acc, tid);
+        conv_gemm_store<T, Cfg>(acc, b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ, tid);
+    }
+}
+
+}  // namespace gpuconv

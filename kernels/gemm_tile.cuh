@@ -1,0 +1,321 @@
+// gemm_tile.cuh — the block/thread-tiled GEMM that the GEMM-style conv2d kernels share
+// (conv2d_igemm.cu: implicit GEMM for any filter; conv2d_gemm1x1.cu: 1x1 filters, zero padding).
+//
+// Both kernels compute, per conv group g, the product
+//     C[k, m] = sum_{kr < Kred} A[k, kr] * B[kr, m]          (k < Kg filters, m < M = N*P*Q pixels)
+//   A = the group's weights, Kg x Kred with Kred = Cg*R*S: exactly w's C-contiguous layout (row k is
+//       filter g*Kg + k, contiguous along kr = (c*R + r)*S + s), so A needs no gather;
+//   B = the im2col matrix, Kred x M: B[kr, m] is the input element tap kr of output pixel m reads. It is
+//       never materialised: each kernel has its own B loader that gathers it from x on the fly;
+//   C[k, m] = y[n, g*Kg + k, p, q] with m = (n*P + p)*Q + q, so along m the output is contiguous within an
+//       image (filters are the tile's rows, pixels its columns, which makes the output stores coalesce).
+//
+// What lives here (device templates, parameterised by the tile config and by operand-loader functors):
+//   GemmTileConfig<BM, BN, BK, TM, TN>: a block computes a BM (filters) x BN (pixels) tile of C with
+//       (BM/TM) x (BN/TN) threads; each thread keeps a TM x TN tile of accumulators in registers.
+//   GemmSmem: the double-buffered shared staging, A transposed (a[buf][kk][row]) so the inner loop reads
+//       a thread's TM filters contiguously, B as is (b[buf][kk][col]).
+//   GemmWeightLoader: the A loader both kernels use (scalar, or 4-wide vector loads when the host says the
+//       weights allow them).
+//   gemm_tile_mainloop: walks Kred in slices of BK; loads slice t+1 from global memory into registers
+//       while computing slice t from shared memory; one __syncthreads() per slice.
+//   conv_gemm_store: bias, activation, bounds-checked store of a thread's TM x TN results into y.
+//
+// An operand loader is a struct with
+//     void fetch(int k0);     // global -> registers: this thread's share of slice [k0, k0 + BK), 0 where
+//                             // the element lies outside the matrix (reduction, rows/columns, padding)
+//     void stage(A (*dst)[LD]);  // registers -> one shared buffer (LD = BM + A_PAD for A, BN for B)
+// and is set up per tile by the kernel (which rows / columns the tile covers).
+#pragma once
+
+#include "common.cuh"
+
+namespace gpuconv {
+
+template <int BM_, int BN_, int BK_, int TM_, int TN_>
+struct GemmTileConfig {
+    static constexpr int BM = BM_;  // filters (rows of C) per block tile
+    static constexpr int BN = BN_;  // output pixels (columns of C) per block tile
+    static constexpr int BK = BK_;  // reduction indices per shared-memory slice
+    static constexpr int TM = TM_;  // filters per thread
+    static constexpr int TN = TN_;  // pixels per thread
+    static constexpr int THREADS_M = BM / TM;
+    static constexpr int THREADS_N = BN / TN;
+    static constexpr int THREADS = THREADS_M * THREADS_N;
+    // A is staged transposed, a[kk][row]. The scalar weight loader has 8 consecutive threads write the 8
+    // kk of one row: with a row length of BM (a multiple of 32 words) they would all hit one bank; 4 extra
+    // words shift consecutive kk rows by 4 banks, so a warp's 32 stores land in 32 different banks (and
+    // rows stay 16-byte aligned). The host mirrors this (GEMM_A_PAD in gpuconv/_cuda/conv_igemm.py).
+    static constexpr int A_PAD = 4;
+    static constexpr int A_LD = BM + A_PAD;
+    static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
+    static_assert(BK % 4 == 0, "4-wide vector loads need BK to be a multiple of 4");
+};
+
+// Blocks per SM requested through __launch_bounds__ (which bounds the registers ptxas may use: 65536 /
+// (256 threads x blocks)). Stated explicitly because without a minimum ptxas picked an occupancy target
+// of its own on sm_90 (80 registers for the 4x4 tile) and spilled. The 8x8 tile (64 accumulators) needs
+// more than the 128 registers two blocks would leave (ptxas spilled at 128), so it gets one block per SM
+// (8 warps, latency hidden by the 8x8 tile's independent FMAs); the 4x4 tile fits two (<= 128 registers).
+__host__ __device__ constexpr int gemm_min_blocks_per_sm(int tm, int tn) { return tm * tn >= 64 ? 1 : 2; }
+
+// Shared staging for one block: two buffers of each operand (double buffering), in the accumulation
+// type (float for float16), so the inner loop does no conversions. Size (bytes):
+//     2 * BK * (BM + A_PAD + BN) * sizeof(acc_type<T>)
+template <typename A, class Cfg>
+struct __align__(16) GemmSmem {
+    A a[2][Cfg::BK][Cfg::A_LD];  // A^T slices: a[buf][kk][row] = A[k_begin + row, k0 + kk]
+    A b[2][Cfg::BK][Cfg::BN];    // B slices:   b[buf][kk][col] = B[k0 + kk, m0 + col]
+};
+
+// ---------------------------------------------------------------------------------------------------
+// 4-wide vector loads of 4 consecutive elements (16-byte float4 / 2 x double2, 8-byte for float16). The
+// caller guarantees the address is aligned to ALIGN bytes; the host decides that (pointer and row-length
+// checks, see the *_vectorizable rules in gpuconv/_cuda/conv_igemm.py and conv_gemm1x1.py).
+// ---------------------------------------------------------------------------------------------------
+template <typename T> struct Vec4;
+template <> struct Vec4<float> {
+    static constexpr int ALIGN = 16;
+    __device__ __forceinline__ static void load(const float* p, float& a, float& b, float& c, float& d) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        a = v.x; b = v.y; c = v.z; d = v.w;
+    }
+};
+template <> struct Vec4<double> {
+    static constexpr int ALIGN = 16;
+    __device__ __forceinline__ static void load(const double* p, double& a, double& b, double& c, double& d) {
+        const double2 u = *reinterpret_cast<const double2*>(p);
+        const double2 v = *reinterpret_cast<const double2*>(p + 2);
+        a = u.x; b = u.y; c = v.x; d = v.y;
+    }
+};
+struct __align__(8) half4_storage { half h[4]; };
+template <> struct Vec4<half> {
+    static constexpr int ALIGN = 8;
+    __device__ __forceinline__ static void load(const half* p, float& a, float& b, float& c, float& d) {
+        const half4_storage v = *reinterpret_cast<const half4_storage*>(p);
+        a = half_to_float(v.h[0]); b = half_to_float(v.h[1]);
+        c = half_to_float(v.h[2]); d = half_to_float(v.h[3]);
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The A operand: a BM x BK slice of the group's weights (rows = filters, contiguous along the reduction).
+// ---------------------------------------------------------------------------------------------------
+template <typename T, class Cfg>
+struct GemmWeightLoader {
+    typedef typename acc_type<T>::type A;
+    static constexpr int BM = Cfg::BM, BK = Cfg::BK, THREADS = Cfg::THREADS;
+    // Scalar pattern: thread t reads reduction index t % BK of rows t / BK + i * S_STEP, so consecutive
+    // threads read consecutive (contiguous) weights of a row.
+    static constexpr int S_STEP = THREADS / BK;
+    static constexpr int S_LOADS = BM / S_STEP;
+    // Vector pattern: slot e = t + i * THREADS loads the 4 reduction indices 4 * (e % V_PER_ROW) .. + 3
+    // of row e / V_PER_ROW; with fewer slots than threads the surplus threads load nothing.
+    static constexpr int V_PER_ROW = BK / 4;
+    static constexpr int V_SLOTS = BM * V_PER_ROW;
+    static constexpr int V_LOADS = (V_SLOTS + THREADS - 1) / THREADS;
+    static constexpr int REGS = S_LOADS > 4 * V_LOADS ? S_LOADS : 4 * V_LOADS;
+    static_assert(THREADS % BK == 0 && BM % S_STEP == 0, "scalar weight pattern must tile BM x BK exactly");
+
+    const T* w;  // first weight of the tile's first filter: w + (g*Kg + k_begin) * kred
+    int kred;    // row length (Cg*R*S)
+    int rows;    // filters the tile really has: BM, or fewer in a group's last tile
+    int vec;     // 1: kred % 4 == 0 and w is ALIGN-byte aligned (the host checked), use Vec4 loads
+    int tid;
+    A regs[REGS];  // the fetched slice, held until stage()
+
+    __device__ __forceinline__ GemmWeightLoader(int kred_, int vec_, int tid_)
+        : w(nullptr), kred(kred_), rows(0), vec(vec_), tid(tid_) {}
+
+    __device__ __forceinline__ void begin_tile(const T* w_tile, int rows_) { w = w_tile; rows = rows_; }
+
+    __device__ __forceinline__ void fetch(int k0) {
+        // Bounds are written as `x < limit - k0` (never `k0 + x < limit`): k0 + BK may exceed INT_MAX when
+        // kred is close to it, limit - k0 cannot overflow (0 <= k0 < kred).
+        if (vec) {
+            GPUCONV_UNROLL
+            for (int i = 0; i < V_LOADS; ++i) {
+                const int e = tid + i * THREADS;
+                const int row = e / V_PER_ROW;
+                const int kk = 4 * (e % V_PER_ROW);
+                A v0 = A(0), v1 = A(0), v2 = A(0), v3 = A(0);
+                // kred % 4 == 0 and kk % 4 == 0: the 4 elements are all inside the row or all past its end
+                // (the reduction tail), which reads as 0. Rows past the group's last filter read 0 too and
+                // are never stored; w is never read there (it may be the next group, or past the end).
+                if (e < V_SLOTS && row < rows && kk < kred - k0)
+                    Vec4<T>::load(w + (index_t)row * kred + k0 + kk, v0, v1, v2, v3);
+                regs[4 * i] = v0; regs[4 * i + 1] = v1; regs[4 * i + 2] = v2; regs[4 * i + 3] = v3;
+            }
+        } else {
+            const int kk = tid % BK;
+            GPUCONV_UNROLL
+            for (int i = 0; i < S_LOADS; ++i) {
+                const int row = tid / BK + i * S_STEP;
+                A v = A(0);
+                if (row < rows && kk < kred - k0)  // same zero-fill rule as above, per element
+                    v = load<T>(w + (index_t)row * kred + k0 + kk);
+                regs[i] = v;
+            }
+        }
+    }
+
+    // Transposed store: dst[kk][row]. Every (row, kk) of the slice is written by exactly one thread, zeros
+    // included, so nothing of the previous slice (or the NaN poison of the emulator) survives.
+    __device__ __forceinline__ void stage(A (*dst)[Cfg::A_LD]) {
+        if (vec) {
+            GPUCONV_UNROLL
+            for (int i = 0; i < V_LOADS; ++i) {
+                const int e = tid + i * THREADS;
+                if (e < V_SLOTS) {
+                    const int row = e / V_PER_ROW;
+                    const int kk = 4 * (e % V_PER_ROW);
+                    GPUCONV_UNROLL
+                    for (int v = 0; v < 4; ++v) dst[kk + v][row] = regs[4 * i + v];
+                }
+            }
+        } else {
+            const int kk = tid % BK;
+            GPUCONV_UNROLL
+            for (int i = 0; i < S_LOADS; ++i) dst[kk][tid / BK + i * S_STEP] = regs[i];
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The main loop: acc (this thread's TM x TN tile) = A_tile * B_tile over the whole reduction.
+// Thread tid computes filters ty*TM + i (i < TM) and pixels tx + j*THREADS_N (j < TN) of the block tile,
+// ty = tid / THREADS_N, tx = tid % THREADS_N. Pixels are interleaved (not TN contiguous ones) so that a
+// warp's reads of b[kk][tx + j*THREADS_N] hit consecutive banks and its stores to y are consecutive.
+// Must be called by every thread of the block (it contains __syncthreads()).
+// ---------------------------------------------------------------------------------------------------
+template <class Cfg, typename A, class LoadA, class LoadB>
+__device__ __forceinline__ void gemm_tile_mainloop(LoadA& la, LoadB& lb, int kred, GemmSmem<A, Cfg>& sm,
+                                                   A (&acc)[Cfg::TM][Cfg::TN], int tid) {
+    const int ty = tid / Cfg::THREADS_N;
+    const int tx = tid % Cfg::THREADS_N;
+    GPUCONV_UNROLL
+    for (int i = 0; i < Cfg::TM; ++i) {
+        GPUCONV_UNROLL
+        for (int j = 0; j < Cfg::TN; ++j) acc[i][j] = A(0);
+    }
+    // Slice count without forming kred + BK - 1 (which can overflow an int near INT_MAX).
+    const int slices = kred / Cfg::BK + (kred % Cfg::BK != 0);
+
+    // Prologue: slice 0 into buffer 0.
+    la.fetch(0);
+    lb.fetch(0);
+    la.stage(sm.a[0]);
+    lb.stage(sm.b[0]);
+    // Barrier: buffer 0 must be complete (written by all threads) before anyone computes from it. It also
+    // separates these writes from the previous tile of the grid-stride loop, whose last reads of buffer 0
+    // all happened before that tile's final barrier below.
+    __syncthreads();
+
+    for (int t = 0; t < slices; ++t) {
+        const int cur = t & 1;
+        const bool has_next = t + 1 < slices;
+        // Issue the global loads of the next slice now; they complete while this slice is computed.
+        if (has_next) {
+            la.fetch((t + 1) * Cfg::BK);
+            lb.fetch((t + 1) * Cfg::BK);
+        }
+        const A (*as)[Cfg::A_LD] = sm.a[cur];
+        const A (*bs)[Cfg::BN] = sm.b[cur];
+        GPUCONV_UNROLL
+        for (int kk = 0; kk < Cfg::BK; ++kk) {
+            A af[Cfg::TM], bf[Cfg::TN];
+            GPUCONV_UNROLL
+            for (int i = 0; i < Cfg::TM; ++i) af[i] = as[kk][ty * Cfg::TM + i];
+            GPUCONV_UNROLL
+            for (int j = 0; j < Cfg::TN; ++j) bf[j] = bs[kk][tx + j * Cfg::THREADS_N];
+            GPUCONV_UNROLL
+            for (int i = 0; i < Cfg::TM; ++i) {
+                GPUCONV_UNROLL
+                for (int j = 0; j < Cfg::TN; ++j) acc[i][j] += af[i] * bf[j];
+            }
+        }
+        // Write the next slice into the other buffer. Safe without a barrier before it: that buffer was
+        // last read while computing slice t-1, and every thread finished that before the barrier that
+        // ended iteration t-1 (or, for t = 0, it has not been used in this tile).
+        if (has_next) {
+            la.stage(sm.a[cur ^ 1]);
+            lb.stage(sm.b[cur ^ 1]);
+        }
+        // The one barrier per slice: (1) the next buffer is complete before anyone computes from it, and
+        // (2) everyone is done reading buffer `cur` before iteration t+1 overwrites it with slice t+2 (or
+        // the next tile's prologue overwrites buffer 0).
+        __syncthreads();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Epilogue: y[n, k_first + row, p, q] = act(acc + bias) for this thread's filters / pixels that exist.
+// k_first = g*Kg + k_begin (first filter of the tile, global index); rows = filters the tile has;
+// m0 = first pixel (column) of the tile; M = N*P*Q; PQ = P*Q.
+// ---------------------------------------------------------------------------------------------------
+template <typename T, class Cfg>
+__device__ __forceinline__ void conv_gemm_store(const typename acc_type<T>::type (&acc)[Cfg::TM][Cfg::TN],
+                                                const T* __restrict__ b, T* __restrict__ y, int has_bias, int act,
+                                                int K, int k_first, int rows, index_t m0, index_t M, index_t PQ,
+                                                int tid) {
+    typedef typename acc_type<T>::type A;
+    const int ty = tid / Cfg::THREADS_N;
+    const int tx = tid % Cfg::THREADS_N;
+    A bias[Cfg::TM];
+    GPUCONV_UNROLL
+    for (int i = 0; i < Cfg::TM; ++i) {
+        // Rows past the group's last filter (partial last tile) are not stored: never read b for them.
+        // b is only read when has_bias (without a bias the host passes w, which must not be read as one).
+        const int row = ty * Cfg::TM + i;
+        bias[i] = (has_bias && row < rows) ? load<T>(b + k_first + row) : A(0);
+    }
+    // Pixel m0 + tx as (image n, pixel pq within the image); column j is THREADS_N pixels further, so the
+    // later columns step (n, pq) instead of dividing again (PQ may be smaller than THREADS_N: a while loop).
+    index_t n = 0, pq = 0;
+    if ((index_t)tx < M - m0) {
+        n = (m0 + tx) / PQ;
+        pq = m0 + tx - n * PQ;
+    }
+    GPUCONV_UNROLL
+    for (int j = 0; j < Cfg::TN; ++j) {
+        const int col = tx + j * Cfg::THREADS_N;
+        // Columns past the last pixel (partial last tile) were computed from zero-filled B and are not
+        // stored; columns only grow with j, so the rest are past it too.
+        if ((index_t)col >= M - m0) break;
+        T* yc = y + (n * K + k_first) * PQ + pq;  // 64-bit: y may exceed 2^31 elements
+        GPUCONV_UNROLL
+        for (int i = 0; i < Cfg::TM; ++i) {
+            const int row = ty * Cfg::TM + i;
+            if (row < rows) {
+                A v = acc[i][j];
+                if (has_bias) v += bias[i];  // (only when there is one: keeps -0.0 as the sum made it)
+                store<T>(yc + (index_t)row * PQ, activate(v, act));
+            }
+        }
+        pq += Cfg::THREADS_N;
+        while (pq >= PQ) {
+            pq -= PQ;
+            ++n;
+        }
+    }
+}
+
+// Blocks of a GEMM-style conv kernel, in order (group, pixel tile, filter tile), filter tile fastest:
+// consecutive blocks share their pixel tile, so the input it gathers is reused from L2.
+struct GemmBlockIndex {
+    int g;          // conv group
+    int k_begin;    // first filter of the tile within the group
+    index_t m0;     // first pixel of the tile
+};
+__device__ __forceinline__ GemmBlockIndex gemm_block_index(index_t blk, int k_tiles, index_t m_tiles, int BM,
+                                                           int BN) {
+    GemmBlockIndex r;
+    const index_t rest = blk / k_tiles;
+    r.k_begin = (int)(blk - rest * k_tiles) * BM;
+    r.m0 = (rest % m_tiles) * BN;
+    r.g = (int)(rest / m_tiles);
+    return r;
+}
+
+}  // namespace gpuconv
