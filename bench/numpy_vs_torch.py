@@ -1,12 +1,15 @@
 """The NumPy path against PyTorch CPU (all cores) on the layer list of the package issue, float32.
 
-    python bench/numpy_vs_torch.py [--repeats 7] [--json out.json]
+    python bench/numpy_vs_torch.py [--rounds 5] [--repeats 3] [--json out.json]
 
-Each layer: the outputs are compared first (a wrong answer fails the row), then the median of
-``--repeats`` timed calls of ours, then of PyTorch's, each after a warm-up call. The two are not
-interleaved on the CPU: OpenBLAS and OpenMP worker threads keep spinning for a while after a call and
-would steal the cores from the other library's next call. Prints a Markdown table, the
-geometric mean of time ratios (ours / PyTorch; lower is better) and the max-pool row.
+Each layer: the outputs are compared first (a wrong answer fails the row), then ``--rounds`` rounds,
+each timing ``--repeats`` consecutive calls of ours and ``--repeats`` of PyTorch's (each block after one
+untimed warm-up call), which of the two goes first alternating from round to round; the reported time
+is the median over all timed calls of one library. Interleaving by rounds makes both libraries see the
+same machine load (other processes come and go); within a round the calls are not interleaved, and a
+``PAUSE_S`` pause separates the blocks, because OpenBLAS and OpenMP worker threads keep spinning for a
+while after a call and would steal the cores from the other library's next call. Prints a Markdown
+table, the geometric mean of time ratios (ours / PyTorch; lower is better) and the max-pool row.
 """
 
 from __future__ import annotations
@@ -38,17 +41,30 @@ CONV_LAYERS = [
 MAXPOOL = ("max-pool 3x3/2 pad 1 on 8x64x112x112", (8, 64, 112), dict(kernel_size=3, stride=2, padding=1))
 
 
-def median_ms(fn, repeats):
+PAUSE_S = 0.1
+
+
+def _block(fn, repeats):
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    time.sleep(PAUSE_S)
+    return times
 
 
-def run(repeats):
+def median_ms(ours, torch_fn, rounds, repeats):
+    """Median milliseconds of ``ours`` and of ``torch_fn``, timed in alternating rounds."""
+    times = {ours: [], torch_fn: []}
+    for r in range(rounds):
+        for fn in ((ours, torch_fn) if r % 2 == 0 else (torch_fn, ours)):
+            times[fn] += _block(fn, repeats)
+    return statistics.median(times[ours]) * 1e3, statistics.median(times[torch_fn]) * 1e3
+
+
+def run(rounds, repeats):
     import torch
     F = torch.nn.functional
     rng = np.random.default_rng(0)
@@ -62,17 +78,20 @@ def run(repeats):
         kernel = gpuconv.last_kernel().kernel
         ref = F.conv2d(tx, tw, tb, stride=s, padding=p, groups=g).numpy()
         ok = bool(np.allclose(ours, ref, rtol=1e-3, atol=1e-3))
+        ours_ms, torch_ms = median_ms(lambda: gpuconv.conv2d(x, w, b, stride=s, padding=p, groups=g),
+                                      lambda: F.conv2d(tx, tw, tb, stride=s, padding=p, groups=g),
+                                      rounds, repeats)
         rows.append(dict(layer=name, shape=[N, C, H, K, R, s, p, g], kernel=kernel, correct=ok,
-                         ours_ms=median_ms(lambda: gpuconv.conv2d(x, w, b, stride=s, padding=p, groups=g), repeats),
-                         torch_ms=median_ms(lambda: F.conv2d(tx, tw, tb, stride=s, padding=p, groups=g), repeats)))
+                         ours_ms=ours_ms, torch_ms=torch_ms))
     name, (N, C, H), kw = MAXPOOL
     x = rng.standard_normal((N, C, H, H)).astype(np.float32)
     tx = torch.from_numpy(x)
     ok = bool(np.array_equal(gpuconv.max_pool2d(x, **kw), F.max_pool2d(tx, **kw).numpy()))
     kernel = gpuconv.last_kernel().kernel
-    rows.append(dict(layer=name, shape=[N, C, H], kernel=kernel, correct=ok,
-                     ours_ms=median_ms(lambda: gpuconv.max_pool2d(x, **kw), repeats),
-                     torch_ms=median_ms(lambda: F.max_pool2d(tx, **kw), repeats)))
+    ours_ms, torch_ms = median_ms(lambda: gpuconv.max_pool2d(x, **kw), lambda: F.max_pool2d(tx, **kw),
+                                  rounds, repeats)
+    rows.append(dict(layer=name, shape=[N, C, H], kernel=kernel, correct=ok, ours_ms=ours_ms,
+                     torch_ms=torch_ms))
     for r in rows:
         r["ratio"] = r["ours_ms"] / r["torch_ms"]
     return rows
@@ -80,15 +99,17 @@ def run(repeats):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per layer")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per library and round")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     import torch
-    rows = run(args.repeats)
+    rows = run(args.rounds, args.repeats)
     conv_ratios = [r["ratio"] for r in rows[:-1]]
     geomean = math.exp(sum(map(math.log, conv_ratios)) / len(conv_ratios))
     print(f"NumPy {np.__version__} vs PyTorch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, median of {args.repeats}\n")
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"median of {args.rounds} rounds x {args.repeats} calls, alternating\n")
     print("| layer | ours ms | torch ms | ours/torch | kernel | correct |")
     print("|---|---:|---:|---:|---|---|")
     for r in rows:
@@ -99,7 +120,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(numpy=np.__version__, torch=torch.__version__, threads=torch.get_num_threads(),
-                           cores=os.cpu_count(), rows=rows, conv_geomean=geomean), f, indent=2)
+                           cores=os.cpu_count(), rounds=args.rounds, repeats=args.repeats, rows=rows,
+                           conv_geomean=geomean), f, indent=2)
     return 0 if all(r["correct"] for r in rows) else 1
 
 

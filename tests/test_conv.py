@@ -224,3 +224,71 @@ def test_matrix_covers_every_pair():
     for name, values in MATRIX_DIMS.items():
         seen = {repr(c[name]) for c in MATRIX}
         assert seen == {repr(v) for v in values}, name
+
+
+# --- NumPy path internals: workspace reuse, depthwise phase planes, chunking (appended) ---
+
+def test_numpy_results_do_not_alias_the_workspace():
+    """Every strategy works in a kept workspace; a later call must not change an earlier result."""
+    rng = np.random.default_rng(3)
+    x1, x2 = (rng.standard_normal((3, 4, 9, 8)).astype(np.float32) for _ in range(2))
+    for shape_w, groups in [((5, 4, 3, 3), 1), ((4, 1, 3, 3), 4), ((5, 4, 1, 1), 1)]:
+        w = rng.standard_normal(shape_w).astype(np.float32)
+        y1 = gpuconv.conv2d(x1, w, padding=1 if shape_w[2] == 3 else 0, groups=groups)
+        keep = y1.copy()
+        gpuconv.conv2d(x2, w, padding=1 if shape_w[2] == 3 else 0, groups=groups)
+        np.testing.assert_array_equal(y1, keep)
+
+
+@pytest.mark.parametrize("stride,dilation,padding", [
+    (2, 1, 1), (3, 1, 2), ((1, 2), 1, ((0, 2), (1, 0))), (2, 2, 2), ((2, 3), (2, 1), 1), (1, 3, "same")])
+@pytest.mark.parametrize("kg", [1, 2])
+def test_numpy_depthwise_phase_planes(stride, dilation, padding, kg):
+    """numpy_shift_accumulate splits the padded input into stride phases and computes wide rows: check
+    strides, dilations and asymmetric padding against the reference, in float16 too."""
+    rng = np.random.default_rng(4)
+    for dt in (np.float32, np.float16):
+        x = rng.standard_normal((2, 5, 13, 11)).astype(dt)
+        w = rng.standard_normal((5 * kg, 1, 3, 4)).astype(dt)
+        b = rng.standard_normal(5 * kg).astype(dt)
+        y = gpuconv.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=5)
+        assert gpuconv.last_kernel().kernel == "numpy_shift_accumulate"
+        s, d = _pair(stride), _pair(dilation)
+        pad = explicit_padding(padding, (3, 4), s, d, (13, 11))
+        kw = dict(stride=s, pad=pad, dilation=d, groups=5)
+        magnitude = conv2d_ref(np.abs(x), np.abs(w), np.abs(b), **kw)
+        assert_close_to_terms(y, conv2d_ref(x, w, b, **kw), magnitude, dt, f"{stride} {dilation} {padding}")
+
+
+@pytest.mark.parametrize("shape_w,groups,dtype", [
+    ((6, 4, 3, 3), 1, np.float32), ((6, 2, 5, 3), 2, np.float64), ((5, 4, 1, 1), 1, np.float16),
+    ((8, 1, 3, 3), 4, np.float16)])
+def test_numpy_chunking_and_threads_match(monkeypatch, shape_w, groups, dtype):
+    """Chunks of one sample (tiny GEMM_ROWS / workspace) and one or two threads give the same result; a
+    non-contiguous input takes the copying paths."""
+    from gpuconv._numpy import conv as numpy_conv
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 8, 12, 9)).astype(dtype)[:, ::2]
+    w = rng.standard_normal(shape_w).astype(dtype)
+    pad = 0 if shape_w[2] == 1 else 1
+    full = gpuconv.conv2d(x, w, padding=pad, groups=groups)
+    monkeypatch.setattr(numpy_conv, "GEMM_ROWS", 1)
+    monkeypatch.setattr(numpy_conv, "SHIFT_ACCUMULATE_BLOCK", 1)
+    monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", "0.001")
+    for threads in ("1", "2"):
+        monkeypatch.setenv("GPUCONV_NUMPY_THREADS", threads)
+        y = gpuconv.conv2d(x, w, padding=pad, groups=groups)
+        np.testing.assert_allclose(y, full, rtol=1e-6, atol=1e-6)
+
+
+def test_numpy_concurrent_callers():
+    """The workspace is per calling thread: concurrent calls from several threads stay correct."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((2, 3, 16, 16)).astype(np.float32) for _ in range(8)]
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    expected = [gpuconv.conv2d(x, w, padding=1) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: gpuconv.conv2d(x, w, padding=1), xs * 3))
+    for i, y in enumerate(got):
+        np.testing.assert_array_equal(y, expected[i % len(xs)])

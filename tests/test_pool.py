@@ -220,3 +220,35 @@ def test_adaptive_references_agree_with_torch(size, out):
 def test_matrix_covers_every_value():
     for name, values in POOL_DIMS.items():
         assert {repr(c[name]) for c in MATRIX} == {repr(v) for v in values}, name
+
+
+# --- NumPy path: float16 max pooling in float32 chunks, equal-window adaptive average (appended) ---
+
+@pytest.mark.parametrize("workspace_mb", [None, "0.0001"])
+def test_numpy_float16_max_pool_is_exact(monkeypatch, workspace_mb):
+    """float16 max pooling runs in float32 chunks; values and indices (NaN: last NaN; ties: first max)
+    must equal the float32 computation on the same values."""
+    if workspace_mb:
+        monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", workspace_mb)  # one sample per chunk
+    rng = np.random.default_rng(7)
+    x = make_data((3, 2, 11, 9), np.float16, "ties", rng)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y16, i16 = gpuconv.max_pool2d(x, 3, 2, 1, return_indices=True)
+    y32, i32 = gpuconv.max_pool2d(x.astype(np.float32), 3, 2, 1, return_indices=True)
+    assert y16.dtype == np.float16
+    np.testing.assert_array_equal(y16, y32.astype(np.float16))
+    np.testing.assert_array_equal(i16, i32)
+    np.testing.assert_array_equal(gpuconv.max_pool2d(x, 3, 2, 1), y16)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("size,out", [((7, 7), 1), ((8, 6), (4, 3)), ((6, 9), (1, 3)), ((5, 5), (5, 5))])
+def test_numpy_adaptive_avg_equal_windows(dtype, size, out):
+    """Equal, non-overlapping windows take the reshape-and-reduce path (global pooling: a GEMV)."""
+    rng = np.random.default_rng(8)
+    x = make_data((2, 3) + size, np.dtype(dtype), "nan", rng)
+    out_hw = _pair(out)
+    y = gpuconv.adaptive_avg_pool2d(_view(x, "sliced"), out)
+    assert y.dtype == x.dtype and y.shape == (2, 3) + out_hw
+    magnitude = adaptive_pool2d_ref(np.abs(x), out_hw, "avg")
+    assert_close_to_terms(y, adaptive_pool2d_ref(x, out_hw, "avg"), magnitude, x.dtype, "numpy")

@@ -1,59 +1,65 @@
-"""conv2d on the CPU with NumPy: im2col from R*S strided slice copies, then one batched BLAS matmul.
+"""conv2d on the CPU with NumPy: BLAS GEMMs over gathered columns, or per-tap multiply-adds.
 
-Three strategies, chosen by :func:`choose_strategy` (the name is reported as the "kernel" that ran):
+Three strategies; :func:`choose_strategy` picks one (the rule is its docstring) and its name is reported
+as the "kernel" that ran:
 
-* ``numpy_matmul_1x1``: a 1x1 filter with stride 1 and no padding is a plain matmul over channels; the
-  input is used in place (no copy when it is C-contiguous).
-* ``numpy_shift_accumulate``: few input channels per group (depthwise and the like): for every
-  (c', r, s) one strided slice of the input is multiplied by a per-filter scalar and added into the
-  output. No im2col buffer; ``Cg*R*S`` passes over the output.
-* ``numpy_im2col``: the general case. Columns ``(n, group, Cg*R*S, P*Q)`` are gathered by ``R*S``
-  strided slice copies and ``np.matmul`` multiplies ``(group, Kg, Cg*R*S)`` by them, writing straight into
-  the output, whose ``(N, K, P*Q)`` layout is exactly ``(N, groups, Kg, P*Q)``.
+* ``numpy_matmul_1x1``: a 1x1 filter with stride 1 and no padding is a plain matmul over channels,
+  ``(groups, Kg, Cg) @ (n, groups, Cg, H*W)`` straight into the output; the input is read in place (no
+  copy when it is C-contiguous in the compute dtype).
+* ``numpy_shift_accumulate``: one input channel and at most ``SHIFT_ACCUMULATE_MAX_KG`` filters per group
+  (depthwise): every tap ``(r, s)`` adds ``w[k, r, s] * (input shifted by the tap)`` into the output,
+  ``R*S`` multiply-add passes over cache-sized blocks of channels, run on the thread pool. No GEMM (its
+  inner dimension would be only ``R*S``).
+* ``numpy_im2col``: the general case. Per chunk of samples: the input is copied once into a zero-padded
+  buffer, the columns ``(groups, Cg*R*S, n*P*Q)`` are gathered from it by one strided copy (a
+  ``sliding_window_view``, stride and dilation applied), and one BLAS GEMM per group, ``(Kg, Cg*R*S) @
+  (Cg*R*S, n*P*Q)``, computes all the chunk's outputs (small images still make one large GEMM). The
+  result is moved into NCHW order while the bias is added (one pass, contiguous ``P*Q`` runs).
 
-The batch is processed in chunks so the temporary buffers stay under ``workspace_limit()`` bytes
-(256 MiB unless ``GPUCONV_NUMPY_WORKSPACE_MB`` says otherwise), whatever N is. float16 is computed in
-float32 and rounded once at the end.
+Depthwise "phase planes": the zero-padded input of each channel split into its ``sh*sw`` stride phases
+(``xp[a::sh, b::sw]``), each flattened with row length ``Wph``. Every tap is then one contiguous slice
+whatever the stride, padding or dilation, and "wide" output rows of ``Wph`` values are computed (the
+last ``Wph - Q`` of each row are junk that wraps into the next row and is dropped when stored), so each
+multiply-add is one long contiguous loop.
+
+Measured on the benchmark layers and dropped (no gain, or a loss, on 2 cores): im2col from
+channels-last patch rows (longer copy runs, but an NHWC transposition and a transposed GEMM operand),
+the GEMM as ``(positions, Kg)`` (faster single-threaded, but the transposing store eats the gain),
+gathering in two stages for short output rows, phase planes for strided im2col, threads for the
+im2col copies (memory-bound, or too short for the GIL hand-offs), a GEMV per channel for depthwise.
+
+Memory: chunks of samples work in a kept per-thread workspace (``_workspace.workspace``), so calls do
+not page-fault on fresh megabytes; the batch is chunked so the temporaries stay under
+``workspace_limit()`` (256 MiB unless ``GPUCONV_NUMPY_WORKSPACE_MB`` says otherwise). float16 is
+computed in float32 and rounded once at the end.
+
+Threads: BLAS uses its own; the depthwise blocks run on ``parallel_map``.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .._geometry import LEAKY_RELU_SLOPE, ConvGeometry
+from ._workspace import num_threads, parallel_map, workspace, workspace_bytes, workspace_limit
+
+__all__ = ["conv2d", "choose_strategy", "compute_dtype", "prime_blas", "workspace_limit", "num_threads",
+           "parallel_map"]
 
 # Depthwise-like layers (one input channel per group, at most this many filters per group) run as
 # shift-and-accumulate; with more filters per group the im2col GEMM is faster.
 SHIFT_ACCUMULATE_MAX_KG = 2
-_pool = None
-
-
-def num_threads() -> int:
-    """Threads for the NumPy path's own loops (BLAS has its own): ``GPUCONV_NUMPY_THREADS`` or all cores."""
-    return max(1, int(os.environ.get("GPUCONV_NUMPY_THREADS", os.cpu_count() or 1)))
-
-
-def parallel_map(fn, items) -> None:
-    """Run ``fn`` over ``items`` on a thread pool (NumPy releases the GIL in copies and ufunc loops)."""
-    global _pool
-    items = list(items)
-    threads = min(num_threads(), len(items))
-    if threads <= 1:
-        for item in items:
-            fn(item)
-        return
-    if _pool is None or _pool._max_workers < threads:
-        _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="gpuconv")
-    for _ in _pool.map(fn, items):  # re-raises the first exception
-        pass
-
-
-def workspace_limit() -> int:
-    """Bytes of temporary memory the NumPy path may use per call (default 256 MiB)."""
-    return int(float(os.environ.get("GPUCONV_NUMPY_WORKSPACE_MB", "256")) * 2**20)
+# numpy_shift_accumulate: output values per task (a block of channels of one sample); large enough that
+# each ufunc call amortises its overhead (and the GIL hand-off between threads), small enough that a
+# task's arrays stay in cache.
+SHIFT_ACCUMULATE_BLOCK = 1 << 17
+# numpy_im2col and numpy_matmul_1x1: samples per chunk are chosen so a chunk's GEMM has about GEMM_ROWS
+# output positions (enough for BLAS to run at full speed and for the per-chunk Python work to vanish),
+# but a chunk's workspace stays under CHUNK_BYTES where a single sample allows; the workspace limit is
+# never exceeded.
+GEMM_ROWS = 65536
+CHUNK_BYTES = 32 * 2**20
 
 
 def compute_dtype(dtype) -> np.dtype:
@@ -62,6 +68,13 @@ def compute_dtype(dtype) -> np.dtype:
 
 
 def choose_strategy(g: ConvGeometry) -> str:
+    """The strategy for this geometry:
+
+    1. 1x1 filter, stride 1, no padding -> ``numpy_matmul_1x1``;
+    2. one input channel and at most ``SHIFT_ACCUMULATE_MAX_KG`` filters per group (depthwise) ->
+       ``numpy_shift_accumulate``;
+    3. otherwise ``numpy_im2col``.
+    """
     if (g.R, g.S, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr) == (1, 1, 1, 1, 0, 0, 0, 0):
         return "numpy_matmul_1x1"
     if g.Cg == 1 and g.Kg <= SHIFT_ACCUMULATE_MAX_KG:
@@ -76,119 +89,231 @@ def conv2d(x: np.ndarray, w: np.ndarray, b, g: ConvGeometry) -> tuple[np.ndarray
     w = w.astype(ct, copy=False)
     if g.flip:
         w = w[:, :, ::-1, ::-1]
+    b = None if b is None else b.astype(ct, copy=False)
     strategy = choose_strategy(g)
+    run = {"numpy_matmul_1x1": _conv_1x1,
+           "numpy_shift_accumulate": _conv_shift_accumulate,
+           "numpy_im2col": _conv_im2col}[strategy]
     y = np.empty((g.N, g.K, g.P, g.Q), dtype=ct)
-    per_sample, run = {
-        "numpy_matmul_1x1": (0, _conv_1x1),
-        "numpy_shift_accumulate": (0, _conv_shift_accumulate),  # works in small blocks
-        "numpy_im2col": (_padded_bytes(g, ct) + (g.C * g.R * g.S + 2 * g.K) * g.P * g.Q * ct.itemsize,
-                         _conv_im2col),
-    }[strategy]
-    if x.dtype != ct:  # float16 input: the float32 copy is part of each chunk's workspace
-        per_sample += g.C * g.H * g.W * ct.itemsize
-    chunk = max(1, workspace_limit() // max(per_sample, 1))
-    for n0 in range(0, g.N, chunk):
-        n1 = min(g.N, n0 + chunk)
-        run(x[n0:n1].astype(ct, copy=False), w, g, y[n0:n1])
-    _bias_and_activation(y, b, g, ct)
+    run(x, w, b, g, y)  # y = conv + bias
+    _activation(y, g.activation)
     return (y if y.dtype == x.dtype else y.astype(x.dtype)), strategy
 
 
-def _padded_bytes(g: ConvGeometry, ct) -> int:
-    return g.C * (g.H + g.pt + g.pb) * (g.W + g.pl + g.pr) * np.dtype(ct).itemsize
+_blas_primed = False
 
 
-def _pad(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    """Zero-padded copy of x (or x itself when there is no padding)."""
-    if not (g.pt or g.pb or g.pl or g.pr):
-        return x
-    n, c, h, w = x.shape
-    xp = np.zeros((n, c, h + g.pt + g.pb, w + g.pl + g.pr), dtype=x.dtype)
-    xp[:, :, g.pt:g.pt + h, g.pl:g.pl + w] = x
-    return xp
+def prime_blas() -> None:
+    """Run one 128x768x256 float32 GEMM (50 MFLOP, 1-2 ms), once per process.
 
-
-def _tap(xp: np.ndarray, g: ConvGeometry, r: int, s: int) -> np.ndarray:
-    """View of the padded input seen by filter tap (r, s) at every output position: (n, C, P, Q)."""
-    h0, w0 = r * g.dh, s * g.dw
-    return xp[:, :, h0:h0 + (g.P - 1) * g.sh + 1:g.sh, w0:w0 + (g.Q - 1) * g.sw + 1:g.sw]
-
-
-def _conv_1x1(x, w, g, y):
-    n = x.shape[0]
-    x = np.ascontiguousarray(x).reshape(n, g.groups, g.Cg, g.H * g.W)
-    wg = w.reshape(g.groups, g.Kg, g.Cg)
-    np.matmul(wg, x, out=y.reshape(n, g.groups, g.Kg, g.P * g.Q))
-
-
-def _conv_im2col(x, w, g, y):
-    # Columns laid out (groups, Cg*R*S, n*P*Q) so each group is ONE large GEMM (small images would
-    # otherwise be n tiny GEMMs); the (K, n, P*Q) product is then transposed into y's (n, K, P*Q).
-    n = x.shape[0]
-    xp = _pad(x, g)
-    cols = np.empty((g.C, g.R, g.S, n, g.P, g.Q), dtype=x.dtype)
-
-    for r in range(g.R):
-        for s in range(g.S):
-            cols[:, r, s] = _tap(xp, g, r, s).transpose(1, 0, 2, 3)
-    cols = cols.reshape(g.groups, g.Cg * g.R * g.S, n * g.P * g.Q)
-    out = np.matmul(w.reshape(g.groups, g.Kg, g.Cg * g.R * g.S), cols)
-    y[...] = out.reshape(g.K, n, g.P, g.Q).transpose(1, 0, 2, 3)
-
-
-def _conv_shift_accumulate(x, w, g, y):
-    """Depthwise-like convolution (one input channel per group, at most two filters per group): every
-    (r, s) tap adds ``w * shifted input`` into the output. Work is split into blocks of
-    (sample, channel range), each padded into a small flat buffer, processed on a thread pool.
-
-    With stride 1 the padded image is flattened and the output computed on "wide" rows of the padded
-    width, so a tap is a plain 1-D shift by ``r*dh*Wp + s*dw`` (long contiguous loops); the extra
-    ``Wp - Q`` columns of each row are dropped at the end. With a larger stride the taps are 2-D strided
-    views instead.
+    Observed with the OpenBLAS 0.3.31 that NumPy 2.4 bundles (2 threads, AMD EPYC): until the process
+    has run one GEMM with both many rows and a long inner dimension, GEMMs such as AlexNet conv1's
+    ``(64 x 363) @ (363 x 24200)`` take twice as long, with both threads busy (the work is not shared
+    out); one such product puts OpenBLAS in the fast state for the rest of the process. Harmless where
+    the quirk does not exist.
     """
-    n = x.shape[0]
-    Hp, Wp = g.H + g.pt + g.pb, g.W + g.pl + g.pr
+    global _blas_primed
+    if not _blas_primed:
+        np.matmul(np.zeros((128, 768), np.float32), np.zeros((768, 256), np.float32))
+        _blas_primed = True
+
+
+# --------------------------------------------------------------------------------------------
+# strategies: each writes conv + bias into y (compute dtype)
+# --------------------------------------------------------------------------------------------
+
+def _conv_1x1(x, w, b, g, y):
+    """``(groups, Kg, Cg) @ (n, groups, Cg, H*W)`` straight into y, then the bias."""
+    ct = y.dtype
+    prime_blas()
+    plane = g.H * g.W
+    wg = w.reshape(g.groups, g.Kg, g.Cg)
+    copy = x.dtype != ct or not x.flags.c_contiguous
+    chunk = _chunk(g, workspace_bytes(((g.C, plane), ct)), plane) if copy else g.N
+    for n0 in range(0, g.N, chunk):
+        n = min(chunk, g.N - n0)
+        xs = x[n0:n0 + n]
+        if copy:  # float16, or a layout the GEMM cannot read in place
+            (buf,) = workspace(((n, g.C, g.H, g.W), ct))
+            np.copyto(buf, xs)
+            xs = buf
+        dst = y[n0:n0 + n].reshape(n, g.groups, g.Kg, plane)
+        np.matmul(wg, xs.reshape(n, g.groups, g.Cg, plane), out=dst)
+    if b is not None:
+        y += b[:, None, None]
+
+
+def _conv_im2col(x, w, b, g, y):
+    """Per chunk of samples: padded copy, columns ``(groups, Cg*R*S, n*P*Qw)`` by one strided copy, one
+    GEMM per group ``(Kg, Cg*R*S) @ (Cg*R*S, n*P*Qw)``, then into y (NCHW) with the bias.
+
+    Stride 1 gathers "wide rows" (``Qw`` = the padded width): tap ``(r, s)`` of all outputs of one
+    (sample, channel) is then a single contiguous run of the flattened padded plane, so the gather copies
+    runs of ``P*Qw`` values instead of ``Q`` (LeNet's 10-wide rows made it the slowest step); the last
+    ``Qw - Q`` columns of each output row are junk (they wrap into the next row) and are never stored.
+    Strided convolutions gather exact ``Q``-wide rows."""
+    ct = y.dtype
+    prime_blas()
+    RS = g.R * g.S
+    padded = ((g.P - 1) * g.sh + (g.R - 1) * g.dh + 1, (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1)
+    plane = padded[0] * padded[1]
     wide = g.sh == 1 and g.sw == 1
-    row = Wp if wide else g.Q
-    slack = (g.S - 1) * g.dw  # the last tap's wide row runs this far past the padded image
-    wg = w.reshape(g.groups, g.Kg, g.R, g.S)  # Cg == 1
-    per_group = (Hp * Wp + slack) + 2 * g.Kg * g.P * row
-    block = max(1, min(g.groups, (1 << 19) // max(per_group, 1)))
+    Qw = padded[1] if wide else g.Q  # GEMM columns per output row
+    M = g.P * Qw  # GEMM columns per sample
+    slack = (g.S - 1) * g.dw if wide else 0  # the last wide row of the last plane reads this far past it
+    per_sample = workspace_bytes(((g.C * plane,), ct), ((g.C * RS, M), ct), ((g.K, M), ct))
+    chunk = _chunk(g, per_sample, M)
+    wmat = w.reshape(g.groups, g.Kg, g.Cg * RS)  # rows (c, r, s), as the gathered columns
+    bias = None if b is None else b.reshape(g.groups, g.Kg, 1, 1)
+    for n0 in range(0, g.N, chunk):
+        n = min(chunk, g.N - n0)
+        flat, cols, out = workspace(((n * g.C * plane + slack,), ct), ((g.groups, g.Cg * RS, n * M), ct),
+                                    ((g.groups, g.Kg, n * M), ct))
+        xp = flat[:n * g.C * plane].reshape((n, g.C) + padded)
+        flat[n * g.C * plane:] = 0
+        _fill_padded(x[n0:n0 + n], g, xp)
+        if wide:
+            _gather_wide(flat, cols.reshape(g.C, g.R, g.S, n, M), g, n, padded)
+        else:
+            _gather(xp, cols.reshape(g.C, g.R, g.S, n, g.P, g.Q), g)
+        np.matmul(wmat, cols, out=out)
+        res = out.reshape(g.groups, g.Kg, n, g.P, Qw)[..., :g.Q].transpose(2, 0, 1, 3, 4)
+        _store(y[n0:n0 + n].reshape(n, g.groups, g.Kg, g.P, g.Q), res, bias)
+
+
+def _chunk(g: ConvGeometry, per_sample: int, rows: int) -> int:
+    """Samples per chunk, for ``rows`` GEMM rows (output positions) per sample: see GEMM_ROWS."""
+    per_sample = max(per_sample, 1)
+    wanted = min(-(-GEMM_ROWS // rows), max(1, CHUNK_BYTES // per_sample))
+    return max(1, min(g.N, wanted, workspace_limit() // per_sample))
+
+
+def _fill_padded(x: np.ndarray, g: ConvGeometry, xp: np.ndarray) -> None:
+    """``xp`` (n, C, Hu, Wu) = ``x`` zero-padded, only the rows and columns some output reads."""
+    Hu, Wu = xp.shape[2:]
+    h1, w1 = min(g.H, Hu - g.pt), min(g.W, Wu - g.pl)  # input rows / columns that are read
+    _zero_outside(xp, 2, g.pt, g.pt + h1)
+    _zero_outside(xp, 3, g.pl, g.pl + w1)
+    xp[:, :, g.pt:g.pt + h1, g.pl:g.pl + w1] = x[:, :, :h1, :w1]
+
+
+def _gather(xp: np.ndarray, cols: np.ndarray, g: ConvGeometry) -> None:
+    """``cols[c, r, s, i, p, q] = xp[i, c, p*sh + r*dh, q*sw + s*dw]``: one strided copy."""
+    win = sliding_window_view(xp, ((g.R - 1) * g.dh + 1, (g.S - 1) * g.dw + 1), axis=(2, 3))
+    np.copyto(cols, win[:, :, ::g.sh, ::g.sw, ::g.dh, ::g.dw].transpose(1, 4, 5, 0, 2, 3))
+
+
+def _gather_wide(flat: np.ndarray, cols: np.ndarray, g: ConvGeometry, n: int, padded) -> None:
+    """Stride 1: ``cols[c, r, s, i, p*Qw + q] = flat[((i*C + c)*Hu + p + r*dh)*Qw + q + s*dw]`` for
+    ``q < Qw`` (``q >= Q`` is junk): for each (c, r, s, i) one contiguous run of ``P*Qw`` values."""
+    Hu, Qw = padded
+    item = flat.itemsize
+    src = np.lib.stride_tricks.as_strided(
+        flat, shape=(g.C, g.R, g.S, n, g.P * Qw),
+        strides=(Hu * Qw * item, g.dh * Qw * item, g.dw * item, g.C * Hu * Qw * item, item), writeable=False)
+    np.copyto(cols, src)
+
+
+def _conv_shift_accumulate(x, w, b, g, y):
+    """Depthwise-like convolution (one input channel per group, ``Kg`` filters per group): for each
+    block of channels of one sample, fill the block's phase planes, then every tap ``(r, s)`` adds
+    ``w * tap`` into a wide-row accumulator; blocks run on the thread pool."""
+    ct = y.dtype
+    pp = PhasePlanes(g)
+    L = g.P * pp.Wph
+    wg = w.reshape(g.groups, g.Kg, g.R * g.S)  # Cg == 1
+    block = max(1, min(g.groups, SHIFT_ACCUMULATE_BLOCK // (g.Kg * L)))
 
     def run(task):
         i, g0 = task
         g1 = min(g.groups, g0 + block)
-        buf = np.zeros((g1 - g0, Hp * Wp + slack), dtype=x.dtype)
-        buf[:, :Hp * Wp].reshape(g1 - g0, Hp, Wp)[:, g.pt:g.pt + g.H, g.pl:g.pl + g.W] = x[i, g0:g1]
-        acc = np.empty((g1 - g0, g.Kg, g.P * row), dtype=x.dtype)
-        tmp = np.empty_like(acc)
-        first = True
-        for r in range(g.R):
-            for s in range(g.S):
-                off = r * g.dh * Wp + s * g.dw
-                if wide:
-                    src = buf[:, None, off:off + g.P * Wp]
-                else:
-                    img = buf[:, :Hp * Wp].reshape(g1 - g0, Hp, Wp)
-                    src = img[:, None, r * g.dh:r * g.dh + (g.P - 1) * g.sh + 1:g.sh,
-                              s * g.dw:s * g.dw + (g.Q - 1) * g.sw + 1:g.sw].reshape(g1 - g0, 1, -1)
-                wv = wg[g0:g1, :, r, s, None]
-                if first:
-                    np.multiply(src, wv, out=acc)
-                    first = False
-                else:
-                    np.multiply(src, wv, out=tmp)
-                    acc += tmp
-        y[i, g0 * g.Kg:g1 * g.Kg] = acc.reshape((g1 - g0) * g.Kg, g.P, row)[:, :, :g.Q]
+        nb = g1 - g0
+        planes, acc, tmp = workspace(((nb, pp.size), ct), ((nb, g.Kg, L), ct), ((nb, g.Kg, L), ct))
+        pp.fill(x[i, g0:g1], planes)
+        for t, off in enumerate(pp.offsets):
+            src = planes[:, None, off:off + L]
+            wv = wg[g0:g1, :, t, None]
+            if t == 0:
+                np.multiply(src, wv, out=acc)
+            else:
+                np.multiply(src, wv, out=tmp)
+                acc += tmp
+        res = acc.reshape(nb * g.Kg, g.P, pp.Wph)[:, :, :g.Q]
+        _store(y[i, g0 * g.Kg:g1 * g.Kg], res, None if b is None else b[g0 * g.Kg:g1 * g.Kg, None, None])
 
-    parallel_map(run, [(i, g0) for i in range(n) for g0 in range(0, g.groups, block)])
+    parallel_map(run, [(i, g0) for i in range(g.N) for g0 in range(0, g.groups, block)])
 
 
-def _bias_and_activation(y: np.ndarray, b, g: ConvGeometry, ct) -> None:
-    """In place: add the bias, then apply the fused activation (NaN propagates through each)."""
-    if b is not None:
-        y += b.astype(ct, copy=False)[None, :, None, None]
-    act = g.activation
+class PhasePlanes:
+    """The zero-padded input of one (sample, channel), split into its ``sh*sw`` stride phases (phase
+    ``(a, b)`` is padded rows ``a::sh``, columns ``b::sw``), each an ``Hph x Wph`` image, flattened one
+    after the other, then ``slack`` zeros; ``size`` values in all. Only padded rows and columns some
+    output reads are kept. Tap ``(r, s)`` at output ``(p, q)`` reads value ``offsets[r*S + s] + p*Wph +
+    q``: for every output row the taps are contiguous slices, whatever the stride and dilation."""
+
+    def __init__(self, g: ConvGeometry):
+        used_h = (g.P - 1) * g.sh + (g.R - 1) * g.dh + 1
+        used_w = (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1
+        self.Hph, self.Wph = -(-used_h // g.sh), -(-used_w // g.sw)
+        image = self.Hph * self.Wph
+        self.size = g.sh * g.sw * image + (g.S - 1) * g.dw // g.sw  # + slack for the last wide row
+        self.offsets = [((r * g.dh % g.sh * g.sw + s * g.dw % g.sw) * self.Hph + r * g.dh // g.sh) * self.Wph
+                        + s * g.dw // g.sw for r in range(g.R) for s in range(g.S)]
+        # per phase: (start, input rows h0:h1:sh, first phase row, count, input columns, first column, count)
+        self._parts = [(((a * g.sw + bb) * image),) + rows + cols
+                       for a, rows in enumerate(_phase_ranges(g.H, g.pt, g.sh, used_h))
+                       for bb, cols in enumerate(_phase_ranges(g.W, g.pl, g.sw, used_w))]
+        self._g = g
+
+    def fill(self, x: np.ndarray, planes: np.ndarray) -> None:
+        """``planes`` (..., size) from ``x`` (..., H, W), casting; every value is written (so the junk of
+        wide rows is deterministic)."""
+        g, Hph, Wph = self._g, self.Hph, self.Wph
+        for start, h0, h1, t0, nh, w0, w1, u0, nw in self._parts:
+            img = planes[..., start:start + Hph * Wph].reshape(planes.shape[:-1] + (Hph, Wph))
+            _zero_outside(img, -2, t0, t0 + nh)
+            _zero_outside(img, -1, u0, u0 + nw)
+            if nh and nw:
+                img[..., t0:t0 + nh, u0:u0 + nw] = x[..., h0:h1:g.sh, w0:w1:g.sw]
+        planes[..., g.sh * g.sw * Hph * Wph:] = 0
+
+
+def _phase_ranges(size: int, pad: int, stride: int, used: int):
+    """For each phase ``a``: input indices ``h0:h1:stride`` whose padded index ``h + pad`` is ``a`` mod
+    ``stride`` and below ``used``, their first position ``t0`` in the phase image, and their count."""
+    out = []
+    for a in range(stride):
+        h0 = (a - pad) % stride
+        h1 = max(h0, min(size, used - pad))
+        out.append((h0, h1, (h0 + pad) // stride, len(range(h0, h1, stride))))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def _zero_outside(a: np.ndarray, axis: int, lo: int, hi: int) -> None:
+    """Zero ``a`` outside ``[lo, hi)`` along ``axis``."""
+    idx = [slice(None)] * a.ndim
+    if lo > 0:
+        idx[axis] = slice(0, lo)
+        a[tuple(idx)] = 0
+    if hi < a.shape[axis]:
+        idx[axis] = slice(hi, None)
+        a[tuple(idx)] = 0
+
+
+def _store(dst: np.ndarray, res: np.ndarray, bias) -> None:
+    """``dst = res (+ bias)``, ``bias`` None or broadcastable to ``dst``."""
+    if bias is None:
+        np.copyto(dst, res)
+    else:
+        np.add(res, bias, out=dst)
+
+
+def _activation(y: np.ndarray, act) -> None:
+    """In place: the fused activation (NaN propagates through each)."""
     if act == "relu":
         np.maximum(y, 0, out=y)  # np.maximum propagates NaN
     elif act == "leaky_relu":

@@ -5,16 +5,24 @@ tap lands inside the input form a rectangle (the tap's input row ``oh*sh - ph + 
 so each pass is one strided slice of the input combined into one rectangle of the output: no padded copy
 of the input is made, padding simply never takes part (which is exactly -inf for max and 0 for average).
 
+float16 max pooling runs in float32 (exact: every float16 is a float32 and max only compares), chunk by
+chunk of samples, because NumPy's float16 loops are not vectorised; the result is cast back exactly.
+
 Adaptive pooling is separable: reduce the columns of each output column window first, then the rows of
 each output row window. For max that order also keeps PyTorch's tie and NaN rules (first maximum in
-row-major order; the last NaN in row-major order wins).
+row-major order; the last NaN in row-major order wins). Adaptive average pooling whose windows all have
+the same size (``H % OH == 0`` and ``W % OW == 0``: non-overlapping) is one reshape and one reduction
+instead; global average pooling (1x1 output) is a BLAS matrix-vector product with a vector of ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .._geometry import AdaptiveGeometry, PoolGeometry, adaptive_window
+from ._workspace import workspace, workspace_limit
 
 
 def _tap_range(out_size: int, in_size: int, offset: int, stride: int) -> tuple[int, int, int]:
@@ -60,11 +68,28 @@ def _nan_wins_update(best, arg, v, v_index):
 
 
 def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
+    if x.dtype != np.float16:
+        return _max_pool2d(x, g, return_indices) + ("numpy_max_pool",)
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    idx = np.empty(g.output_shape, dtype=np.int64) if return_indices else None
+    chunk = max(1, min(g.N, workspace_limit() // (4 * g.C * g.H * g.W)))
+    for n0 in range(0, g.N, chunk):
+        n = min(chunk, g.N - n0)
+        (x32,) = workspace(((n, g.C, g.H, g.W), np.float32))
+        x32[...] = x[n0:n0 + n]
+        y32, i32 = _max_pool2d(x32, dataclasses.replace(g, N=n), return_indices)
+        y[n0:n0 + n] = y32  # exact: y32 holds float16 values
+        if return_indices:
+            idx[n0:n0 + n] = i32
+    return y, idx, "numpy_max_pool"
+
+
+def _max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
     y = np.full(g.output_shape, -np.inf, dtype=x.dtype)
     if not return_indices:
         for _, _, out_rect, in_rect in _taps(g):
             np.maximum(y[out_rect], x[in_rect], out=y[out_rect])  # np.maximum propagates NaN
-        return y, None, "numpy_max_pool"
+        return y, None
     idx = np.empty(g.output_shape, dtype=np.int64)
     idx[...] = (_first_in_bounds(g.OH, g.sh, g.ph, g.dh)[:, None] * g.W
                 + _first_in_bounds(g.OW, g.sw, g.pw, g.dw)[None, :])
@@ -73,7 +98,7 @@ def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
     for i, j, out_rect, in_rect in _taps(g):
         tap_index = (oh * g.sh - g.ph + i * g.dh) * g.W + (ow * g.sw - g.pw + j * g.dw)
         _nan_wins_update(y[out_rect], idx[out_rect], x[in_rect], tap_index[out_rect[2:]])
-    return y, idx, "numpy_max_pool"
+    return y, idx
 
 
 def avg_pool_divisor(g: PoolGeometry, count_include_pad: bool, divisor_override) -> np.ndarray:
@@ -114,20 +139,30 @@ def _adaptive_reduce(x, axis: int, windows, op: str):
     ct = np.float32 if (op == "sum" and x.dtype == np.float16) else x.dtype
     out = np.empty(shape, dtype=ct)
     arg = np.empty(shape, dtype=np.int64) if op == "max" else None
+    lead = (slice(None),) * axis
     for o, (start, end) in enumerate(windows):
-        dst = (slice(None),) * axis + (o,)
+        dst = lead + (o,)
         if op == "sum":
-            out[dst] = np.take(x, range(start, end), axis=axis).sum(axis=axis, dtype=ct)
+            np.sum(x[lead + (slice(start, end),)], axis=axis, dtype=ct, out=out[dst])
             continue
         best, where = out[dst], arg[dst]
         best.fill(-np.inf)
         where.fill(start)
         for t in range(start, end):
-            _nan_wins_update(best, where, np.take(x, t, axis=axis), t)
+            _nan_wins_update(best, where, x[lead + (t,)], t)
     return out, arg
 
 
 def adaptive_avg_pool2d(x: np.ndarray, g: AdaptiveGeometry):
+    ct = np.float32 if x.dtype == np.float16 else x.dtype
+    if g.H % g.OH == 0 and g.W % g.OW == 0:  # equal, non-overlapping windows
+        kh, kw = g.H // g.OH, g.W // g.OW
+        if g.OH == g.OW == 1:  # global: (N, C, H*W) @ ones, a BLAS GEMV
+            y = np.matmul(x.reshape(g.N, g.C, kh * kw).astype(ct, copy=False), np.ones(kh * kw, ct))
+        else:
+            y = x.reshape(g.N, g.C, g.OH, kh, g.OW, kw).sum(axis=(3, 5), dtype=ct)
+        y /= kh * kw
+        return y.reshape(g.output_shape).astype(x.dtype, copy=False), "numpy_adaptive_avg_pool"
     wwin = [adaptive_window(i, g.W, g.OW) for i in range(g.OW)]
     hwin = [adaptive_window(i, g.H, g.OH) for i in range(g.OH)]
     cols, _ = _adaptive_reduce(x, 3, wwin, "sum")

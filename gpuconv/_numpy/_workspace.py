@@ -1,0 +1,101 @@
+"""Shared machinery of the NumPy path: the memory budget, a reusable workspace, the thread pool.
+
+* :func:`workspace_limit`: bytes of temporaries one call may use (``GPUCONV_NUMPY_WORKSPACE_MB``, default
+  256 MiB); every strategy chunks its work to stay under it.
+* :func:`workspace`: typed scratch arrays carved out of one buffer that is kept between calls (one per
+  calling thread, so concurrent callers never share it). A fresh multi-megabyte ``np.empty`` comes from
+  ``mmap`` and is faulted in and zeroed by the kernel on first touch, every call; the kept buffer is
+  not. Nothing returned to a caller is a view of it. At most ``workspace_limit()`` bytes are kept per
+  thread (a call needing more gets a one-off buffer); :func:`release_workspace` frees the calling
+  thread's buffer.
+* :func:`parallel_map`: a thread pool for loops whose bodies are large NumPy copies or ufunc calls
+  (NumPy releases the GIL in both).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+_ALIGN = 64  # bytes; every carved array starts on a cache line
+_local = threading.local()
+_pool = None
+_pool_lock = threading.Lock()
+_CPUS = os.cpu_count() or 1
+
+
+def workspace_limit() -> int:
+    """Bytes of temporary memory the NumPy path may use per call (default 256 MiB)."""
+    return int(float(os.environ.get("GPUCONV_NUMPY_WORKSPACE_MB", "256")) * 2**20)
+
+
+def num_threads() -> int:
+    """Threads for the NumPy path's own loops (BLAS has its own): ``GPUCONV_NUMPY_THREADS`` or all cores."""
+    return max(1, int(os.environ.get("GPUCONV_NUMPY_THREADS", _CPUS)))
+
+
+def parallel_map(fn, items, threads=None) -> None:
+    """Run ``fn`` over ``items`` on up to ``threads`` (default :func:`num_threads`) threads; NumPy
+    releases the GIL in copies and ufunc loops. Items are dealt out in contiguous runs, one run per
+    thread, so a thread touches neighbouring data and the pool is entered once per thread, not once
+    per item."""
+    global _pool
+    items = list(items)
+    threads = min(num_threads() if threads is None else threads, len(items))
+    if threads <= 1 or getattr(_local, "in_pool", False):  # no nesting: pool threads run serially
+        for item in items:
+            fn(item)
+        return
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads:
+            _pool = ThreadPoolExecutor(max_workers=max(threads, num_threads()), thread_name_prefix="gpuconv")
+        pool = _pool
+    bounds = [len(items) * t // threads for t in range(threads + 1)]
+
+    def run(t):
+        _local.in_pool = True
+        try:
+            for item in items[bounds[t]:bounds[t + 1]]:
+                fn(item)
+        finally:
+            _local.in_pool = False
+
+    for _ in pool.map(run, range(threads)):  # re-raises the first exception
+        pass
+
+
+def _nbytes(shape, dtype) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def workspace_bytes(*specs) -> int:
+    """Bytes :func:`workspace` needs for these ``(shape, dtype)`` arrays, alignment included."""
+    return sum(-(-_nbytes(shape, dtype) // _ALIGN) * _ALIGN for shape, dtype in specs)
+
+
+def workspace(*specs) -> list[np.ndarray]:
+    """Uninitialised C-contiguous arrays of the given ``(shape, dtype)``, carved out of the calling
+    thread's kept buffer (grown when too small). Valid until the thread's next ``workspace`` call."""
+    need = workspace_bytes(*specs) + _ALIGN
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.nbytes < need:
+        _local.buf = None  # free the old buffer before allocating the new one
+        buf = np.empty(need, dtype=np.uint8)
+        if need <= workspace_limit() + _ALIGN:
+            _local.buf = buf
+    start = -buf.ctypes.data % _ALIGN
+    out = []
+    for shape, dtype in specs:
+        n = _nbytes(shape, dtype)
+        out.append(buf[start:start + n].view(dtype).reshape(shape))
+        start += -(-n // _ALIGN) * _ALIGN
+    return out
+
+
+def release_workspace() -> None:
+    """Free the calling thread's kept workspace buffer."""
+    _local.buf = None
