@@ -128,33 +128,16 @@ conv2d_gemm1x1(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
                int vec_w,   // 1: 4-wide weight loads (host checked Cg % 4 == 0 and w's alignment)
                int vec_x) { // 1: 4-wide input loads (host checked stride 1, H*W % 4 == 0, x's alignment)
     typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
-    typedef typename acc_type<T>::type A;
-    __shared__ GemmSmem<A, Cfg> smem;
+    __shared__ GemmSmem<typename acc_type<T>::type, Cfg> smem;
 
     // R = S = 1, pt = pl = 0 (the host declines anything else); dh, dw and flip have no effect on 1x1.
     const int tid = threadIdx.x;
     const int Cg = C / groups;
-    const int Kg = K / groups;
     const index_t PQ = (index_t)P * Q;
     const index_t M = (index_t)N * PQ;
-    const index_t m_tiles = (M + BN - 1) / BN;
-    const int k_tiles = (Kg + BM - 1) / BM;
-    const index_t total = m_tiles * k_tiles * groups;
 
-    GemmWeightLoader<T, Cfg> wl(Cg, vec_w, tid);
     PointwiseLoader<T, Cfg> xl(x, C, H, W, Cg, sh, sw, P, Q, M, vec_x, tid);
-
-    // Grid-stride over tiles; uniform per block, so all threads reach the same __syncthreads().
-    for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
-        const GemmBlockIndex bi = gemm_block_index(blk, k_tiles, m_tiles, BM, BN);
-        const int rows = Kg - bi.k_begin < BM ? Kg - bi.k_begin : BM;  // partial last filter tile
-        const int k_first = bi.g * Kg + bi.k_begin;
-        wl.begin_tile(w + (index_t)k_first * Cg, rows);
-        xl.begin_tile(bi.m0, bi.g);
-        A acc[TM][TN];
-        gemm_tile_mainloop<Cfg>(wl, xl, Cg, smem, acc, tid);
-        conv_gemm_store<T, Cfg>(acc, b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ, tid);
-    }
+    gemm_conv_tiles<T, Cfg>(w, b, y, xl, smem, Cg, K, groups, M, PQ, vec_w, has_bias, act, tid);
 }
 
 }  // namespace gpuconv

@@ -138,36 +138,17 @@ conv2d_igemm(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
              int flip, int has_bias, int act,
              int vec_w) {  // 1: 4-wide weight loads (host checked Cg*R*S % 4 == 0 and w's alignment)
     typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
-    typedef typename acc_type<T>::type A;
-    __shared__ GemmSmem<A, Cfg> smem;
+    __shared__ GemmSmem<typename acc_type<T>::type, Cfg> smem;
 
     // The host launches exactly Cfg::THREADS threads in x.
     const int tid = threadIdx.x;
     const int Cg = C / groups;
-    const int Kg = K / groups;
     const int kred = Cg * R * S;  // the host's 32-bit rule keeps this below 2^31
     const index_t PQ = (index_t)P * Q;
     const index_t M = (index_t)N * PQ;  // 64-bit: N*P*Q may exceed 2^31
-    const index_t m_tiles = (M + BN - 1) / BN;
-    const int k_tiles = (Kg + BM - 1) / BM;
-    const index_t total = m_tiles * k_tiles * groups;
 
-    GemmWeightLoader<T, Cfg> wl(kred, vec_w, tid);
     Im2colLoader<T, Cfg> xl(x, C, H, W, R, S, Cg, sh, sw, pt, pl, dh, dw, P, Q, flip, M, tid);
-
-    // Grid-stride over tiles. The condition depends only on blockIdx / gridDim, so every thread of a block
-    // runs the same iterations and reaches the same __syncthreads() (inside gemm_tile_mainloop).
-    for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
-        const GemmBlockIndex bi = gemm_block_index(blk, k_tiles, m_tiles, BM, BN);
-        // Filters this tile really has: BM, except in a group's last tile when Kg % BM != 0.
-        const int rows = Kg - bi.k_begin < BM ? Kg - bi.k_begin : BM;
-        const int k_first = bi.g * Kg + bi.k_begin;
-        wl.begin_tile(w + (index_t)k_first * kred, rows);
-        xl.begin_tile(bi.m0, bi.g);
-        A acc[TM][TN];
-        gemm_tile_mainloop<Cfg>(wl, xl, kred, smem, acc, tid);
-        conv_gemm_store<T, Cfg>(acc, b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ, tid);
-    }
+    gemm_conv_tiles<T, Cfg>(w, b, y, xl, smem, kred, K, groups, M, PQ, vec_w, has_bias, act, tid);
 }
 
 }  // namespace gpuconv

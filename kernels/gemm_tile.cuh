@@ -20,6 +20,7 @@
 //   gemm_tile_mainloop: walks Kred in slices of BK; loads slice t+1 from global memory into registers
 //       while computing slice t from shared memory; one __syncthreads() per slice.
 //   conv_gemm_store: bias, activation, bounds-checked store of a thread's TM x TN results into y.
+//   gemm_conv_tiles: the grid-stride loop over tiles that both kernels run with their own B loader.
 //
 // An operand loader is a struct with
 //     void fetch(int k0);     // global -> registers: this thread's share of slice [k0, k0 + BK), 0 where
@@ -316,6 +317,35 @@ __device__ __forceinline__ GemmBlockIndex gemm_block_index(index_t blk, int k_ti
     r.m0 = (rest % m_tiles) * BN;
     r.g = (int)(rest / m_tiles);
     return r;
+}
+
+// The block loop both GEMM-style conv kernels run, with their own input loader `xl` (LoadB): a 64-bit
+// grid-stride walk over the (group, pixel tile, filter tile) tiles; per tile the weight loader and `xl` are
+// pointed at it, the main loop accumulates, the epilogue stores. The trip count depends only on
+// blockIdx / gridDim, so every thread of a block reaches the same __syncthreads() (in gemm_tile_mainloop).
+template <typename T, class Cfg, class LoadB>
+__device__ __forceinline__ void gemm_conv_tiles(const T* __restrict__ w, const T* __restrict__ b,
+                                                T* __restrict__ y, LoadB& xl,
+                                                GemmSmem<typename acc_type<T>::type, Cfg>& smem, int kred, int K,
+                                                int groups, index_t M, index_t PQ, int vec_w, int has_bias,
+                                                int act, int tid) {
+    typedef typename acc_type<T>::type A;
+    const int Kg = K / groups;
+    const index_t m_tiles = (M + Cfg::BN - 1) / Cfg::BN;
+    const int k_tiles = (Kg + Cfg::BM - 1) / Cfg::BM;
+    const index_t total = m_tiles * k_tiles * groups;
+    GemmWeightLoader<T, Cfg> wl(kred, vec_w, tid);
+    for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
+        const GemmBlockIndex bi = gemm_block_index(blk, k_tiles, m_tiles, Cfg::BM, Cfg::BN);
+        // Filters this tile really has: BM, except in a group's last tile when Kg % BM != 0.
+        const int rows = Kg - bi.k_begin < Cfg::BM ? Kg - bi.k_begin : Cfg::BM;
+        const int k_first = bi.g * Kg + bi.k_begin;
+        wl.begin_tile(w + (index_t)k_first * kred, rows);
+        xl.begin_tile(bi.m0, bi.g);
+        A acc[Cfg::TM][Cfg::TN];
+        gemm_tile_mainloop<Cfg>(wl, xl, kred, smem, acc, tid);
+        conv_gemm_store<T, Cfg>(acc, b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ, tid);
+    }
 }
 
 }  // namespace gpuconv

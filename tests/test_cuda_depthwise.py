@@ -12,10 +12,7 @@ picks; and an AddressSanitizer run. The shared all-backend matrix (tests/test_co
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -436,15 +433,6 @@ print("asan ok")
 def test_no_out_of_bounds_access_under_asan():
     """Edge geometries compiled with -fsanitize=address (in a subprocess, since libasan must be preloaded):
     any read or write past x, w, b, y or the dynamic shared buffer fails."""
-    try:
-        lib = subprocess.run([os.environ.get("CXX", "g++"), "-print-file-name=libasan.so"], capture_output=True,
-                             text=True, timeout=60).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"no compiler to ask for libasan: {exc}")
-    if not os.path.isabs(lib) or not os.path.exists(lib):
-        pytest.skip("libasan.so not found (g++ -print-file-name=libasan.so)")
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, LD_PRELOAD=lib, ASAN_OPTIONS="detect_leaks=0")
-    proc = subprocess.run([sys.executable, "-c", _ASAN_SCRIPT, str(root)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=900)
+    from tests.emulator import run_script_under_asan
+    proc = run_script_under_asan(_ASAN_SCRIPT, Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0 and "asan ok" in proc.stdout, (proc.stdout + proc.stderr)[-6000:]

@@ -29,6 +29,7 @@ import shlex
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -461,3 +462,20 @@ class EmulatedRuntime:
 
     def synchronize(self):
         pass
+
+
+def run_script_under_asan(script: str, root, timeout: int = 900):
+    """Run ``python -c script root`` in a child process with AddressSanitizer preloaded (an ASan build can
+    only be loaded into a process that started with libasan), for ``sanitize=True`` runtimes. Skips the
+    calling test where g++ or libasan is missing; returns the CompletedProcess (text stdout/stderr)."""
+    import pytest
+    try:
+        lib = subprocess.run([os.environ.get("CXX", "g++"), "-print-file-name=libasan.so"], capture_output=True,
+                             text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"no compiler to ask for libasan: {exc}")
+    if not os.path.isabs(lib) or not os.path.exists(lib):
+        pytest.skip("libasan.so not found (g++ -print-file-name=libasan.so)")
+    env = dict(os.environ, LD_PRELOAD=lib, ASAN_OPTIONS="detect_leaks=0")
+    return subprocess.run([sys.executable, "-c", script, str(root)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
