@@ -10,6 +10,7 @@ backend and hands back NumPy results.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -36,6 +37,31 @@ def emulated_runtime(reverse_threads=False):
 def gpu_unavailable_reason():
     info = gpuconv.backend_info()["cupy"]
     return None if info["available"] else info["reason"]
+
+
+class Launch(NamedTuple):
+    """One kernel launch as SpyRuntime saw it."""
+    source: str
+    name: str
+    grid: tuple
+    block: tuple
+    args: list
+    shared_mem: int
+
+
+class SpyRuntime:
+    """Wraps a runtime (the emulator's) and records every launch in ``launches`` (Launch records)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.xp, self.launches = inner, inner.name, inner.xp, []
+
+    def function(self, source, name):
+        kernel = self.inner.function(source, name)
+
+        def launch(grid, block, args, shared_mem=0):
+            self.launches.append(Launch(source, name, tuple(grid), tuple(block), list(args), shared_mem))
+            return kernel(grid, block, args, shared_mem=shared_mem)
+        return launch
 
 
 class Runner:

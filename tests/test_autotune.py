@@ -17,30 +17,19 @@ import gpuconv
 from gpuconv._backend import CudaBackend, use_backend
 from gpuconv._cuda import autotune, conv
 from tests.reference import conv2d_ref
-from tests.runners import assert_close_to_terms, emulated_runtime
+from tests.runners import SpyRuntime, assert_close_to_terms, emulated_runtime
 
 pytestmark = pytest.mark.emulated
 
 
-class TimedRuntime:
+class TimedRuntime(SpyRuntime):
     """The emulator plus a fake ``time_ms``: the time of a call is ``fake_ms[algo]`` of the kernel it
-    launched. Counts the timed calls and records every kernel launched."""
-
-    name = "emulated"
+    launched. Counts the timed calls; ``launches`` records every kernel launched."""
 
     def __init__(self, fake_ms, device="emulated-device"):
-        self.inner = emulated_runtime()
-        self.xp = self.inner.xp
+        super().__init__(emulated_runtime())
         self.fake_ms, self.device = fake_ms, device
-        self.timed, self.launched = 0, []
-
-    def function(self, source, name):
-        kernel = self.inner.function(source, name)
-
-        def launch(*args, **kwargs):
-            self.launched.append(name)
-            return kernel(*args, **kwargs)
-        return launch
+        self.timed = 0
 
     def device_key(self):
         return self.device
@@ -49,7 +38,7 @@ class TimedRuntime:
         assert repeats >= 1
         self.timed += 1
         fn()
-        algo = self.launched[-1].split("::conv2d_")[1].split("<")[0]
+        algo = self.launches[-1].name.split("::conv2d_")[1].split("<")[0]
         return self.fake_ms[algo]
 
 
@@ -198,4 +187,4 @@ def test_only_algorithms_that_accept_the_call_are_measured():
     with use_backend(CudaBackend(rt)):
         gpuconv.conv2d(x, w, dilation=60)
     assert rt.timed == len(names)
-    assert not any("conv2d_tiled" in k for k in rt.launched)
+    assert not any("conv2d_tiled" in launch.name for launch in rt.launches)

@@ -18,6 +18,7 @@ from gpuconv._cuda import conv
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from tests.cases import pairwise
+from tests.runners import SpyRuntime
 
 pytestmark = pytest.mark.emulated
 
@@ -44,21 +45,6 @@ def rt():
 def rt_reversed():
     """Threads of each block started in reverse order: a missing barrier then reads unstaged data."""
     return _runtime(reverse_threads=True)
-
-
-class SpyRuntime:
-    """Wraps a runtime and records every launch: (source, name expression, grid, block, shared_mem)."""
-
-    def __init__(self, inner):
-        self.inner, self.xp, self.launches = inner, inner.xp, []
-
-    def function(self, source, name):
-        kernel = self.inner.function(source, name)
-
-        def launch(grid, block, args, shared_mem=0):
-            self.launches.append((source, name, tuple(grid), tuple(block), shared_mem))
-            return kernel(grid, block, args, shared_mem=shared_mem)
-        return launch
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +291,7 @@ def test_grid_stride_loops(rt, monkeypatch, dtype):
     w = rng.standard_normal((10, 9, 3, 3)).astype(dtype)
     spy = SpyRuntime(rt)
     _run_both(spy, x, w, None, padding=1, stride=(1, 2))
-    assert [launch[2][0] for launch in spy.launches] == [3, 3]
+    assert [launch.grid[0] for launch in spy.launches] == [3, 3]
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,7 +338,7 @@ def test_kernel_id_names_the_kernel_that_ran(rt, shape, groups, dtype, algo, exp
     y, kid = conv.conv2d(spy, x, w, None, g, algo)
     assert kid == expected
     assert len(spy.launches) == 1
-    source, name, grid, block, shared = spy.launches[0]
+    source, name, grid, block, _, shared = spy.launches[0]
     assert name == kid and name in conv.INSTANTIATIONS[source]
     if algo == "tiled":
         assert block == (conv.TILE_Q, conv.TILED_THREAD_ROWS, 1)

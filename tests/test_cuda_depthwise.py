@@ -23,7 +23,8 @@ from gpuconv._cuda import conv_depthwise as dw
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from tests.cases import pairwise
-from tests.test_cuda_conv import SpyRuntime, _layout, assert_matches, reference_conv2d
+from tests.runners import SpyRuntime
+from tests.test_cuda_conv import _layout, assert_matches, reference_conv2d
 
 pytestmark = pytest.mark.emulated
 
@@ -201,7 +202,7 @@ def test_grid_stride_loop(runtimes, monkeypatch, order, kernel, stride, dilation
     w = rng.standard_normal((12, 1) + kernel).astype(np.float64)
     spy = SpyRuntime(runtimes[order])
     g, _ = _check(spy, x, w, None, stride, 2, dilation, groups=6)
-    (_, _, grid, block, _), = spy.launches
+    (_, _, grid, block, _, _), = spy.launches
     assert grid == (3, 1, 1)
     assert dw.depthwise_items(g) > 3 * block[2]
 
@@ -215,7 +216,7 @@ def test_several_items_per_block_with_a_partial_last_group(runtimes):
     b = rng.standard_normal(3).astype(np.float32)
     spy = SpyRuntime(runtimes["reversed"])
     g, _ = _check(spy, x, w, b, 1, 1, activation="sigmoid")
-    (_, _, grid, block, shared), = spy.launches
+    (_, _, grid, block, _, shared), = spy.launches
     assert dw.depthwise_tile(g) == (8, 1) and block == (8, 1, 16) and grid == (2, 1, 1)
     assert shared == 16 * dw.depthwise_slice_bytes(g, np.float32)
 
@@ -278,7 +279,7 @@ def test_launch_uses_the_host_rule(runtimes, kernel, template, dtype):
     assert dw.depthwise_filter_template(g) == template
     spy = SpyRuntime(runtimes["forward"])
     y, kid = conv.conv2d(spy, x, w, None, g, "depthwise")
-    (source, name, grid, block, shared), = spy.launches
+    (source, name, grid, block, _, shared), = spy.launches
     assert source == dw.SOURCE and name == kid == dw.depthwise_name(dtype, *template)
     assert name in dw.INSTANTIATIONS and name in conv.INSTANTIATIONS[source]
     tw, th = dw.depthwise_tile(g)
@@ -364,7 +365,7 @@ def test_shared_memory_decline_rule(runtimes):
     assert dw.depthwise_planes_per_block(g, np.float32) == 1
     spy = SpyRuntime(runtimes["forward"])
     _check(spy, x, w, None, 1, 1, 30)
-    assert spy.launches[0][4] == 4 * 76 * 92
+    assert spy.launches[0].shared_mem == 4 * 76 * 92
     reason = dw.depthwise_decline_reason(g, np.float64)
     assert reason.startswith("depthwise declines this geometry because") and "48 KiB" in reason
     assert "76x92" in reason

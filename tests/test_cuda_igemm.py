@@ -23,6 +23,7 @@ from gpuconv._cuda.conv_igemm import LARGE_TILE, SMALL_TILE
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from tests.cases import pairwise
+from tests.runners import SpyRuntime
 from tests.test_cuda_conv import CASES as CONV_CASES
 from tests.test_cuda_conv import _case_id, _data, _layout, assert_matches, reference_conv2d
 
@@ -50,21 +51,6 @@ def runtimes():
 @pytest.fixture(scope="module")
 def rt(runtimes):
     return runtimes["forward"]
-
-
-class SpyRuntime:
-    """Wraps a runtime and records every launch: (source, name, grid, block, args, shared_mem)."""
-
-    def __init__(self, inner):
-        self.inner, self.xp, self.launches = inner, inner.xp, []
-
-    def function(self, source, name):
-        kernel = self.inner.function(source, name)
-
-        def launch(grid, block, args, shared_mem=0):
-            self.launches.append((source, name, tuple(grid), tuple(block), list(args), shared_mem))
-            return kernel(grid, block, args, shared_mem=shared_mem)
-        return launch
 
 
 class NoLaunch:
@@ -188,7 +174,7 @@ def test_igemm_misaligned_weights_fall_back_to_scalar_loads(rt):
     assert not conv_igemm.weights_vectorizable(g, np.float32, wm.ctypes.data)
     spy = SpyRuntime(rt)
     _check(spy, "igemm", x, wm, b, padding=1)
-    assert spy.launches[-1][4][-1] == np.int32(0)  # vec_w
+    assert spy.launches[-1].args[-1] == np.int32(0)  # vec_w
     with pytest.raises(ValueError, match="4-wide weight loads requested"):
         conv_igemm.launch_igemm(NoLaunch(), x, wm, b, np.empty(g.output_shape, np.float32), g,
                                 vectorize_weights=True)
@@ -205,7 +191,7 @@ def test_igemm_grid_stride_loop(rt, monkeypatch):
     for order_rt in (rt, _runtime(reverse_threads=True)):
         spy = SpyRuntime(order_rt)
         _check(spy, "igemm", x, w, b, padding=1, groups=2, activation="relu", tile=SMALL_TILE)
-        assert spy.launches[-1][2] == (2, 1, 1)
+        assert spy.launches[-1].grid == (2, 1, 1)
 
 
 def test_igemm_nan_inf_and_empty_image(rt):
@@ -268,8 +254,8 @@ def test_gemm1x1_matches_reference(runtimes, case):
     _, kid = _check(spy, "gemm1x1", x, w, b, case["stride"], 0, 1, groups, False, case["activation"],
                     **overrides)
     assert kid == conv_gemm1x1.gemm1x1_name(dt, tile or conv_igemm.gemm_tile_for(g, dt))
-    assert spy.launches[-1][4][-1] == np.int32(expect_vec_x)
-    assert spy.launches[-1][4][-2] == np.int32(conv_igemm.weights_vectorizable(g, dt, w.ctypes.data))
+    assert spy.launches[-1].args[-1] == np.int32(expect_vec_x)
+    assert spy.launches[-1].args[-2] == np.int32(conv_igemm.weights_vectorizable(g, dt, w.ctypes.data))
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -15,6 +15,7 @@ import pytest
 from gpuconv._cuda import pool
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import AdaptiveGeometry, PoolGeometry, adaptive_geometry, pool_geometry
+from tests.runners import SpyRuntime
 
 pytestmark = [pytest.mark.emulated,
               # inf - inf in the references of the -inf / NaN cases is intended
@@ -45,22 +46,6 @@ def rt():
 def rt_reversed():
     """Threads of each block run in reverse order (the kernels have no barriers, so nothing may change)."""
     return _runtime(reverse_threads=True)
-
-
-class SpyRuntime:
-    """Wraps a runtime and records every launch: (name expression, grid, block, args)."""
-
-    def __init__(self, inner):
-        self.inner, self.xp, self.launches = inner, inner.xp, []
-
-    def function(self, source, name):
-        assert source == pool.SOURCE
-        kernel = self.inner.function(source, name)
-
-        def launch(grid, block, args, shared_mem=0):
-            self.launches.append((name, tuple(grid), tuple(block), list(args)))
-            return kernel(grid, block, args, shared_mem=shared_mem)
-        return launch
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,18 +450,20 @@ def test_no_index_array_without_return_indices(rt):
     x = _data((2, 3, 8, 8), np.float32)
     pool.max_pool2d(spy, x, pool_geometry(x.shape, 2), False)
     pool.adaptive_max_pool2d(spy, x, adaptive_geometry(x.shape, 3), False)
-    for name, grid, block, args in spy.launches:
+    for source, name, grid, block, args, _ in spy.launches:
+        assert source == pool.SOURCE
         assert "false" in name
         assert args[2].dtype == np.int64 and args[2].size == 1  # placeholder, never written
     pool.max_pool2d(spy, x, pool_geometry(x.shape, 2), True)
-    assert spy.launches[-1][3][2].shape == (2, 3, 4, 4)
+    assert spy.launches[-1].args[2].shape == (2, 3, 4, 4)
 
 
 def test_launch_shape_and_scalar_types(rt):
     spy = SpyRuntime(rt)
     x = _data((3, 5, 20, 20), np.float32)
     pool.avg_pool2d(spy, x, pool_geometry(x.shape, 3, 1, 1), False, 7)
-    name, grid, block, args = spy.launches[-1]
+    source, name, grid, block, args, _ = spy.launches[-1]
+    assert source == pool.SOURCE
     assert block == (pool.POOL_BLOCK, 1, 1) and grid == (-(-3 * 5 * 400 // pool.POOL_BLOCK), 1, 1)
     assert isinstance(args[2], np.int64) and args[2] == 15          # planes
     assert all(isinstance(a, np.int32) for a in args[3:-1])

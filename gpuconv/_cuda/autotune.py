@@ -119,13 +119,12 @@ def choose(rt, geom: ConvGeometry, dtype, launch) -> str:
     ``name`` into the call's output buffer (so measuring needs no extra memory)."""
     from . import conv
     timer = getattr(rt, "time_ms", None)
+    key = shape_key(rt.device_key() if hasattr(rt, "device_key") else rt.name, geom, dtype)
     if timer is None or not autotune_enabled():
         algo = conv.choose_algo(geom, dtype)
-        key = shape_key(getattr(rt, "device_key", lambda: rt.name)(), geom, dtype)
         with _lock:
             _choices[key] = Choice(key, algo, "heuristic")
         return algo
-    key = shape_key(rt.device_key(), geom, dtype)
     path = _cache_path()
     with _lock:
         if path is not None:

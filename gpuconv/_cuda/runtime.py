@@ -73,12 +73,9 @@ class CupyRuntime:
         self.xp.cuda.get_current_stream().synchronize()
 
     def device_key(self) -> str:
-        """Names the current device for the autotuner's cache: model, compute capability, gpuconv."""
-        from .. import __version__
-        dev = self.xp.cuda.Device()
-        props = self.xp.cuda.runtime.getDeviceProperties(dev.id)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-        return f"{name} sm_{dev.compute_capability} gpuconv {__version__}"
+        """Names the current device for the autotuner's cache: model, compute capability, gpuconv.
+        Read once per device (``'auto'`` asks on every call)."""
+        return _device_key(self.xp.cuda.Device().id)
 
     def time_ms(self, fn, repeats: int) -> float:
         """GPU time of ``fn()`` (which launches on the current stream), the minimum of ``repeats`` runs
@@ -94,6 +91,15 @@ class CupyRuntime:
             end.synchronize()
             best = min(best, self.xp.cuda.get_elapsed_time(start, end))
         return best
+
+
+@functools.lru_cache(maxsize=None)
+def _device_key(device_id: int) -> str:
+    import cupy
+    from .. import __version__
+    props = cupy.cuda.runtime.getDeviceProperties(device_id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return f"{name} sm_{cupy.cuda.Device(device_id).compute_capability} gpuconv {__version__}"
 
 
 @functools.lru_cache(maxsize=None)
