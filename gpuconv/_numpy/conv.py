@@ -42,6 +42,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._geometry import LEAKY_RELU_SLOPE, ConvGeometry
+from . import winograd
 from ._workspace import num_threads, parallel_map, workspace, workspace_bytes, workspace_limit
 
 __all__ = ["conv2d", "choose_strategy", "compute_dtype", "prime_blas", "workspace_limit", "num_threads",
@@ -50,6 +51,10 @@ __all__ = ["conv2d", "choose_strategy", "compute_dtype", "prime_blas", "workspac
 # Depthwise-like layers (one input channel per group, at most this many filters per group) run as
 # shift-and-accumulate; with more filters per group the im2col GEMM is faster.
 SHIFT_ACCUMULATE_MAX_KG = 2
+# 3x3 stride-1 layers with at least this many input and output channels per group run as Winograd
+# F(2x2, 3x3): below it the transforms cost more than the GEMM flops they save (measured on the
+# 2-core EPYC of bench/numpy_vs_torch.py, see choose_strategy).
+WINOGRAD_MIN_CHANNELS = 64
 # numpy_shift_accumulate: output values per task (a block of channels of one sample); large enough that
 # each ufunc call amortises its overhead (and the GIL hand-off between threads), small enough that a
 # task's arrays stay in cache.
@@ -67,19 +72,37 @@ def compute_dtype(dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
-def choose_strategy(g: ConvGeometry) -> str:
+def choose_strategy(g: ConvGeometry, finite: bool = True) -> str:
     """The strategy for this geometry:
 
     1. 1x1 filter, stride 1, no padding -> ``numpy_matmul_1x1``;
     2. one input channel and at most ``SHIFT_ACCUMULATE_MAX_KG`` filters per group (depthwise) ->
        ``numpy_shift_accumulate``;
-    3. otherwise ``numpy_im2col``.
+    3. 3x3 filter, stride 1, dilation 1, at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
+       per group, and ``finite`` (input and weight hold no inf or NaN: Winograd's transforms would turn
+       an ``inf`` into NaN, see ``winograd``) -> ``numpy_winograd``;
+    4. otherwise ``numpy_im2col``.
     """
     if (g.R, g.S, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr) == (1, 1, 1, 1, 0, 0, 0, 0):
         return "numpy_matmul_1x1"
     if g.Cg == 1 and g.Kg <= SHIFT_ACCUMULATE_MAX_KG:
         return "numpy_shift_accumulate"
+    if winograd_applies(g) and finite:
+        return "numpy_winograd"
     return "numpy_im2col"
+
+
+def winograd_applies(g: ConvGeometry) -> bool:
+    """Rule 3 of :func:`choose_strategy` without the data check."""
+    return ((g.R, g.S, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
+            and min(g.Cg, g.Kg) >= WINOGRAD_MIN_CHANNELS)
+
+
+def _all_finite(a: np.ndarray, ct) -> bool:
+    """No inf or NaN in ``a``: its sum is finite (one reduction, no temporary). A sum that overflows
+    with finite values answers False too, which only costs the faster strategy."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(a.sum(dtype=ct)))
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b, g: ConvGeometry) -> tuple[np.ndarray, str]:
@@ -90,9 +113,11 @@ def conv2d(x: np.ndarray, w: np.ndarray, b, g: ConvGeometry) -> tuple[np.ndarray
     if g.flip:
         w = w[:, :, ::-1, ::-1]
     b = None if b is None else b.astype(ct, copy=False)
-    strategy = choose_strategy(g)
+    finite = not winograd_applies(g) or (_all_finite(x, ct) and _all_finite(w, ct))
+    strategy = choose_strategy(g, finite)
     run = {"numpy_matmul_1x1": _conv_1x1,
            "numpy_shift_accumulate": _conv_shift_accumulate,
+           "numpy_winograd": _conv_winograd,
            "numpy_im2col": _conv_im2col}[strategy]
     y = np.empty((g.N, g.K, g.P, g.Q), dtype=ct)
     run(x, w, b, g, y)  # y = conv + bias
@@ -181,6 +206,47 @@ def _conv_im2col(x, w, b, g, y):
         _store(y[n0:n0 + n].reshape(n, g.groups, g.Kg, g.P, g.Q), res, bias)
 
 
+def _conv_winograd(x, w, b, g, y):
+    """Per chunk of samples: the stride-2 phase planes of the padded input and the input transform
+    ``V`` (channel blocks on the thread pool), 16 GEMMs per group ``U[a, b] (Kg, Cg) @ V[a, b] (Cg,
+    n*TP*(TQ+1))``, then the output transform and the store of each output phase ``y[:, :, a::2,
+    b::2]`` with the bias (filter blocks on the thread pool); see ``winograd``."""
+    ct = y.dtype
+    prime_blas()
+    TP, TQ = winograd.tile_counts(g.P, g.Q)
+    T = TP * (TQ + 1)  # tiles per image, with the junk column
+    planes_of = PhasePlanes(g.H, g.W, g.pt, g.pl, (2, 2), winograd.padded_extent(TP, TQ))
+    U = winograd.weight_transform(w, g.groups)
+    per_sample = workspace_bytes(((g.C, planes_of.size), ct), ((8, g.C, T), ct), ((16, g.C, T), ct),
+                                 ((16, g.K, T), ct), ((8, g.K, T), ct), ((g.K, T), ct))
+    chunk = _chunk(g, per_sample, T)
+    for n0 in range(0, g.N, chunk):
+        n = min(chunk, g.N - n0)
+        planes, t, V, M, s, out = workspace(
+            ((n, g.C, planes_of.size), ct), ((4, 2, g.C, n, TP, TQ + 1), ct), ((4, 4, g.C, n, TP, TQ + 1), ct),
+            ((4, 4, g.K, n, TP, TQ + 1), ct), ((2, 4, g.K, n, TP, TQ + 1), ct), ((g.K, n, TP, TQ + 1), ct))
+
+        def transform_input(c):  # c: a slice of channels
+            planes_of.fill(x[n0:n0 + n, c], planes[:, c])
+            winograd.input_transform(planes[:, c].reshape(n, -1, 2, 2, TP + 1, TQ + 1), t[:, :, c], V[:, :, c])
+
+        def transform_output(k):  # k: a slice of filters
+            bias = None if b is None else b[None, k, None, None]
+            for a, b_, res in winograd.output_transform(M[:, :, k], s[:, :, k], out[k]):
+                dst = y[n0:n0 + n, k, a::2, b_::2]  # output rows 2*ty + a, columns 2*tx + b_
+                _store(dst, res.transpose(1, 0, 2, 3)[:, :, :dst.shape[2], :dst.shape[3]], bias)
+
+        parallel_map(transform_input, _slices(g.C, num_threads()))
+        np.matmul(U, V.reshape(16, g.groups, g.Cg, n * T), out=M.reshape(16, g.groups, g.Kg, n * T))
+        parallel_map(transform_output, _slices(g.K, num_threads()))
+
+
+def _slices(size: int, parts: int) -> list[slice]:
+    """``range(size)`` cut into at most ``parts`` nearly equal non-empty slices."""
+    parts = max(1, min(parts, size))
+    return [slice(size * i // parts, size * (i + 1) // parts) for i in range(parts)]
+
+
 def _chunk(g: ConvGeometry, per_sample: int, rows: int) -> int:
     """Samples per chunk, for ``rows`` GEMM rows (output positions) per sample: see GEMM_ROWS."""
     per_sample = max(per_sample, 1)
@@ -219,7 +285,7 @@ def _conv_shift_accumulate(x, w, b, g, y):
     block of channels of one sample, fill the block's phase planes, then every tap ``(r, s)`` adds
     ``w * tap`` into a wide-row accumulator; blocks run on the thread pool."""
     ct = y.dtype
-    pp = PhasePlanes(g)
+    pp = PhasePlanes.for_taps(g)
     L = g.P * pp.Wph
     wg = w.reshape(g.groups, g.Kg, g.R * g.S)  # Cg == 1
     block = max(1, min(g.groups, SHIFT_ACCUMULATE_BLOCK // (g.Kg * L)))
@@ -247,35 +313,43 @@ def _conv_shift_accumulate(x, w, b, g, y):
 class PhasePlanes:
     """The zero-padded input of one (sample, channel), split into its ``sh*sw`` stride phases (phase
     ``(a, b)`` is padded rows ``a::sh``, columns ``b::sw``), each an ``Hph x Wph`` image, flattened one
-    after the other, then ``slack`` zeros; ``size`` values in all. Only padded rows and columns some
-    output reads are kept. Tap ``(r, s)`` at output ``(p, q)`` reads value ``offsets[r*S + s] + p*Wph +
-    q``: for every output row the taps are contiguous slices, whatever the stride and dilation."""
+    after the other, then ``slack`` zeros; ``size`` values in all. Only the first ``used = (used_h,
+    used_w)`` padded rows and columns are kept (positions past the padded input are zeros too)."""
 
-    def __init__(self, g: ConvGeometry):
-        used_h = (g.P - 1) * g.sh + (g.R - 1) * g.dh + 1
-        used_w = (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1
-        self.Hph, self.Wph = -(-used_h // g.sh), -(-used_w // g.sw)
+    def __init__(self, H: int, W: int, pad_top: int, pad_left: int, strides, used, slack: int = 0):
+        sh, sw = strides
+        used_h, used_w = used
+        self.Hph, self.Wph = -(-used_h // sh), -(-used_w // sw)
         image = self.Hph * self.Wph
-        self.size = g.sh * g.sw * image + (g.S - 1) * g.dw // g.sw  # + slack for the last wide row
-        self.offsets = [((r * g.dh % g.sh * g.sw + s * g.dw % g.sw) * self.Hph + r * g.dh // g.sh) * self.Wph
-                        + s * g.dw // g.sw for r in range(g.R) for s in range(g.S)]
+        self.size = sh * sw * image + slack
+        self._strides = (sh, sw)
         # per phase: (start, input rows h0:h1:sh, first phase row, count, input columns, first column, count)
-        self._parts = [(((a * g.sw + bb) * image),) + rows + cols
-                       for a, rows in enumerate(_phase_ranges(g.H, g.pt, g.sh, used_h))
-                       for bb, cols in enumerate(_phase_ranges(g.W, g.pl, g.sw, used_w))]
-        self._g = g
+        self._parts = [(((a * sw + bb) * image),) + rows + cols
+                       for a, rows in enumerate(_phase_ranges(H, pad_top, sh, used_h))
+                       for bb, cols in enumerate(_phase_ranges(W, pad_left, sw, used_w))]
+
+    @classmethod
+    def for_taps(cls, g: ConvGeometry) -> "PhasePlanes":
+        """The phase planes of a strided convolution's input, with ``offsets``: tap ``(r, s)`` at output
+        ``(p, q)`` reads value ``offsets[r*S + s] + p*Wph + q``, so for every output row the taps are
+        contiguous slices, whatever the stride and dilation (the slack covers the last wide row)."""
+        used = ((g.P - 1) * g.sh + (g.R - 1) * g.dh + 1, (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1)
+        pp = cls(g.H, g.W, g.pt, g.pl, (g.sh, g.sw), used, slack=(g.S - 1) * g.dw // g.sw)
+        pp.offsets = [((r * g.dh % g.sh * g.sw + s * g.dw % g.sw) * pp.Hph + r * g.dh // g.sh) * pp.Wph
+                      + s * g.dw // g.sw for r in range(g.R) for s in range(g.S)]
+        return pp
 
     def fill(self, x: np.ndarray, planes: np.ndarray) -> None:
         """``planes`` (..., size) from ``x`` (..., H, W), casting; every value is written (so the junk of
         wide rows is deterministic)."""
-        g, Hph, Wph = self._g, self.Hph, self.Wph
+        (sh, sw), Hph, Wph = self._strides, self.Hph, self.Wph
         for start, h0, h1, t0, nh, w0, w1, u0, nw in self._parts:
             img = planes[..., start:start + Hph * Wph].reshape(planes.shape[:-1] + (Hph, Wph))
             _zero_outside(img, -2, t0, t0 + nh)
             _zero_outside(img, -1, u0, u0 + nw)
             if nh and nw:
-                img[..., t0:t0 + nh, u0:u0 + nw] = x[..., h0:h1:g.sh, w0:w1:g.sw]
-        planes[..., g.sh * g.sw * Hph * Wph:] = 0
+                img[..., t0:t0 + nh, u0:u0 + nw] = x[..., h0:h1:sh, w0:w1:sw]
+        planes[..., sh * sw * Hph * Wph:] = 0
 
 
 def _phase_ranges(size: int, pad: int, stride: int, used: int):
