@@ -131,6 +131,24 @@ def test_conv2d_matrix(runner, index):
     assert_close_to_terms(y, p["expected"], p["magnitude"], y.dtype, f"{runner.id} case {index}")
 
 
+NUMPY_GENERAL_STRATEGIES = ("numpy_im2col", "numpy_im2col_chwn")  # each runs every geometry
+
+
+@pytest.mark.parametrize("strategy", NUMPY_GENERAL_STRATEGIES)
+@pytest.mark.parametrize("index", range(len(MATRIX)), ids=[case_id(c) for c in MATRIX])
+def test_numpy_general_strategies_on_the_matrix(monkeypatch, strategy, index):
+    """The NumPy strategies that handle any geometry, each forced on every matrix case (the rule sends
+    each case to one of them only)."""
+    from gpuconv._numpy import conv as numpy_conv
+    monkeypatch.setattr(numpy_conv, "choose_strategy", lambda g, finite=True: strategy)
+    p = prepared(index)
+    rng = np.random.default_rng(1000 + index)
+    x = make_layout(p["x"], p["layout"], rng)
+    y = gpuconv.conv2d(x, p["w"], p["b"], **p["kwargs"])
+    assert gpuconv.last_kernel().kernel == strategy
+    assert_close_to_terms(y, p["expected"], p["magnitude"], y.dtype, f"{strategy} case {index}")
+
+
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed (second oracle)")
 @pytest.mark.torch
 @pytest.mark.parametrize("index", range(len(MATRIX)), ids=[case_id(c) for c in MATRIX])
@@ -202,8 +220,16 @@ def test_numpy_strategies_are_reported():
     assert gpuconv.last_kernel().kernel == "numpy_matmul_1x1"
     gpuconv.conv2d(x, rng.standard_normal((4, 1, 3, 3)).astype(np.float32), groups=4)
     assert gpuconv.last_kernel().kernel == "numpy_shift_accumulate"
-    gpuconv.conv2d(x, rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
+    gpuconv.conv2d(np.zeros((2, 4, 16, 16), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
     assert gpuconv.last_kernel() == gpuconv.KernelRecord("conv2d", "numpy", "numpy_im2col")
+    gpuconv.conv2d(x, rng.standard_normal((3, 4, 3, 3)).astype(np.float32), stride=2)
+    assert gpuconv.last_kernel().kernel == "numpy_im2col"
+    gpuconv.conv2d(np.zeros((2, 4, 7, 7), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
+    assert gpuconv.last_kernel().kernel == "numpy_im2col_chwn"  # 5-wide rows, 2 columns of junk each
+    gpuconv.conv2d(np.zeros((1, 4, 7, 7), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
+    assert gpuconv.last_kernel().kernel == "numpy_im2col"  # one sample: nothing to put innermost
+    gpuconv.conv2d(np.zeros((2, 64, 8, 8), np.float32), np.zeros((64, 64, 3, 3), np.float32))
+    assert gpuconv.last_kernel().kernel == "numpy_winograd"
 
 
 @pytest.mark.parametrize("shape_w", [(6, 4, 3, 3), (8, 1, 3, 3), (5, 4, 1, 1)])

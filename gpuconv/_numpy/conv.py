@@ -1,6 +1,6 @@
 """conv2d on the CPU with NumPy: BLAS GEMMs over gathered columns, or per-tap multiply-adds.
 
-Three strategies; :func:`choose_strategy` picks one (the rule is its docstring) and its name is reported
+Five strategies; :func:`choose_strategy` picks one (the rule is its docstring) and its name is reported
 as the "kernel" that ran:
 
 * ``numpy_matmul_1x1``: a 1x1 filter with stride 1 and no padding is a plain matmul over channels,
@@ -15,6 +15,11 @@ as the "kernel" that ran:
   ``sliding_window_view``, stride and dilation applied), and one BLAS GEMM per group, ``(Kg, Cg*R*S) @
   (Cg*R*S, n*P*Q)``, computes all the chunk's outputs (small images still make one large GEMM). The
   result is moved into NCHW order while the bias is added (one pass, contiguous ``P*Q`` runs).
+* ``numpy_im2col_chwn``: the same GEMM over a chunk stored sample-innermost, ``(C, H, W, n)``, so that
+  short output rows still gather long runs (``Q*n`` values) and the GEMM has no junk columns; costs a
+  transposition of the input in and of the output out.
+* ``numpy_winograd``: 3x3 stride-1 layers with many channels, Winograd F(2x2, 3x3) (``winograd``): 16
+  GEMMs over transformed tiles, 2.25x fewer flops than im2col.
 
 Depthwise "phase planes": the zero-padded input of each channel split into its ``sh*sw`` stride phases
 (``xp[a::sh, b::sw]``), each flattened with row length ``Wph``. Every tap is then one contiguous slice
@@ -81,7 +86,10 @@ def choose_strategy(g: ConvGeometry, finite: bool = True) -> str:
     3. 3x3 filter, stride 1, dilation 1, at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
        per group, and ``finite`` (input and weight hold no inf or NaN: Winograd's transforms would turn
        an ``inf`` into NaN, see ``winograd``) -> ``numpy_winograd``;
-    4. otherwise ``numpy_im2col``.
+    4. stride 1, a batch of at least 2, and short output rows: the wide-row junk ``(S-1)*dw`` is at
+       least a quarter of ``Q`` -> ``numpy_im2col_chwn`` (LeNet's 10-wide rows: 1.4x faster; where rows
+       are long or the batch small, transposing in and out costs more than the junk);
+    5. otherwise ``numpy_im2col``.
     """
     if (g.R, g.S, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr) == (1, 1, 1, 1, 0, 0, 0, 0):
         return "numpy_matmul_1x1"
@@ -89,6 +97,8 @@ def choose_strategy(g: ConvGeometry, finite: bool = True) -> str:
         return "numpy_shift_accumulate"
     if winograd_applies(g) and finite:
         return "numpy_winograd"
+    if g.sh == g.sw == 1 and g.N >= 2 and 4 * (g.S - 1) * g.dw >= g.Q:
+        return "numpy_im2col_chwn"
     return "numpy_im2col"
 
 
@@ -118,6 +128,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b, g: ConvGeometry) -> tuple[np.ndarray
     run = {"numpy_matmul_1x1": _conv_1x1,
            "numpy_shift_accumulate": _conv_shift_accumulate,
            "numpy_winograd": _conv_winograd,
+           "numpy_im2col_chwn": _conv_im2col_chwn,
            "numpy_im2col": _conv_im2col}[strategy]
     y = np.empty((g.N, g.K, g.P, g.Q), dtype=ct)
     run(x, w, b, g, y)  # y = conv + bias
@@ -168,21 +179,26 @@ def _conv_1x1(x, w, b, g, y):
         y += b[:, None, None]
 
 
-def _conv_im2col(x, w, b, g, y):
-    """Per chunk of samples: padded copy, columns ``(groups, Cg*R*S, n*P*Qw)`` by one strided copy, one
-    GEMM per group ``(Kg, Cg*R*S) @ (Cg*R*S, n*P*Qw)``, then into y (NCHW) with the bias.
+def _conv_im2col(x, w, b, g, y, batch_inner=False):
+    """Per chunk of samples: padded copy, columns ``(groups, Cg*R*S, GEMM columns)`` by one strided
+    copy, one GEMM per group ``(Kg, Cg*R*S) @ (Cg*R*S, GEMM columns)``, then into y (NCHW) with the bias.
+    The copies move contiguous runs as long as the layout allows (NumPy's per-run cost dominates short
+    runs):
 
-    Stride 1 gathers "wide rows" (``Qw`` = the padded width): tap ``(r, s)`` of all outputs of one
-    (sample, channel) is then a single contiguous run of the flattened padded plane, so the gather copies
-    runs of ``P*Qw`` values instead of ``Q`` (LeNet's 10-wide rows made it the slowest step); the last
-    ``Qw - Q`` columns of each output row are junk (they wrap into the next row) and are never stored.
-    Strided convolutions gather exact ``Q``-wide rows."""
+    * ``batch_inner`` (``numpy_im2col_chwn``, unit column stride): the padded chunk is stored
+      ``(C, Hu, Wu, n)``, the sample index innermost, so tap ``(c, r, s)`` of output row ``p`` of all the
+      chunk's samples is one run of ``Q*n`` values, and the GEMM columns are exactly ``(p, q, sample)``;
+      the price is transposing the input in and the output out.
+    * otherwise at stride 1, "wide rows" (``Qw`` = the padded width): tap ``(r, s)`` of all outputs of one
+      (sample, channel) is a single run of ``P*Qw`` values of the flattened padded plane; the last ``Qw -
+      Q`` columns of each output row are junk (they wrap into the next row) and are never stored.
+    * strided convolutions gather exact ``Q``-wide rows."""
     ct = y.dtype
     prime_blas()
     RS = g.R * g.S
     padded = ((g.P - 1) * g.sh + (g.R - 1) * g.dh + 1, (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1)
     plane = padded[0] * padded[1]
-    wide = g.sh == 1 and g.sw == 1
+    wide = g.sh == 1 and g.sw == 1 and not batch_inner
     Qw = padded[1] if wide else g.Q  # GEMM columns per output row
     M = g.P * Qw  # GEMM columns per sample
     slack = (g.S - 1) * g.dw if wide else 0  # the last wide row of the last plane reads this far past it
@@ -194,16 +210,28 @@ def _conv_im2col(x, w, b, g, y):
         n = min(chunk, g.N - n0)
         flat, cols, out = workspace(((n * g.C * plane + slack,), ct), ((g.groups, g.Cg * RS, n * M), ct),
                                     ((g.groups, g.Kg, n * M), ct))
-        xp = flat[:n * g.C * plane].reshape((n, g.C) + padded)
         flat[n * g.C * plane:] = 0
-        _fill_padded(x[n0:n0 + n], g, xp)
-        if wide:
-            _gather_wide(flat, cols.reshape(g.C, g.R, g.S, n, M), g, n, padded)
+        if batch_inner:
+            xt = flat[:n * g.C * plane].reshape((g.C,) + padded + (n,))
+            _fill_padded(x[n0:n0 + n], g, xt.transpose(3, 0, 1, 2))
+            _gather_batch_inner(xt, cols.reshape(g.C, g.R, g.S, g.P, g.Q, n), g)
         else:
-            _gather(xp, cols.reshape(g.C, g.R, g.S, n, g.P, g.Q), g)
+            xp = flat[:n * g.C * plane].reshape((n, g.C) + padded)
+            _fill_padded(x[n0:n0 + n], g, xp)
+            if wide:
+                _gather_wide(flat, cols.reshape(g.C, g.R, g.S, n, M), g, n, padded)
+            else:
+                _gather(xp, cols.reshape(g.C, g.R, g.S, n, g.P, g.Q), g)
         np.matmul(wmat, cols, out=out)
-        res = out.reshape(g.groups, g.Kg, n, g.P, Qw)[..., :g.Q].transpose(2, 0, 1, 3, 4)
+        if batch_inner:
+            res = out.reshape(g.groups, g.Kg, g.P, g.Q, n).transpose(4, 0, 1, 2, 3)
+        else:
+            res = out.reshape(g.groups, g.Kg, n, g.P, Qw)[..., :g.Q].transpose(2, 0, 1, 3, 4)
         _store(y[n0:n0 + n].reshape(n, g.groups, g.Kg, g.P, g.Q), res, bias)
+
+
+def _conv_im2col_chwn(x, w, b, g, y):
+    _conv_im2col(x, w, b, g, y, batch_inner=True)
 
 
 def _conv_winograd(x, w, b, g, y):
@@ -267,6 +295,13 @@ def _gather(xp: np.ndarray, cols: np.ndarray, g: ConvGeometry) -> None:
     """``cols[c, r, s, i, p, q] = xp[i, c, p*sh + r*dh, q*sw + s*dw]``: one strided copy."""
     win = sliding_window_view(xp, ((g.R - 1) * g.dh + 1, (g.S - 1) * g.dw + 1), axis=(2, 3))
     np.copyto(cols, win[:, :, ::g.sh, ::g.sw, ::g.dh, ::g.dw].transpose(1, 4, 5, 0, 2, 3))
+
+
+def _gather_batch_inner(xt: np.ndarray, cols: np.ndarray, g: ConvGeometry) -> None:
+    """``cols[c, r, s, p, q, i] = xt[c, p*sh + r*dh, q*sw + s*dw, i]``: one strided copy whose runs
+    are ``(q, i)``, ``Q*n`` values, at unit column stride (``n`` values otherwise)."""
+    win = sliding_window_view(xt, ((g.R - 1) * g.dh + 1, (g.S - 1) * g.dw + 1), axis=(1, 2))
+    np.copyto(cols, win[:, ::g.sh, ::g.sw, :, ::g.dh, ::g.dw].transpose(0, 4, 5, 1, 2, 3))
 
 
 def _gather_wide(flat: np.ndarray, cols: np.ndarray, g: ConvGeometry, n: int, padded) -> None:
