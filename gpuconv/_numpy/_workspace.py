@@ -72,27 +72,33 @@ def _nbytes(shape, dtype) -> int:
     return math.prod(shape) * np.dtype(dtype).itemsize
 
 
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
 def workspace_bytes(*specs) -> int:
     """Bytes :func:`workspace` needs for these ``(shape, dtype)`` arrays, alignment included."""
-    return sum(-(-_nbytes(shape, dtype) // _ALIGN) * _ALIGN for shape, dtype in specs)
+    return sum(_aligned(_nbytes(shape, dtype)) for shape, dtype in specs)
 
 
 def workspace(*specs) -> list[np.ndarray]:
     """Uninitialised C-contiguous arrays of the given ``(shape, dtype)``, carved out of the calling
-    thread's kept buffer (grown when too small). Valid until the thread's next ``workspace`` call."""
-    need = workspace_bytes(*specs) + _ALIGN
+    thread's kept buffer (grown when too small). Valid until the thread's next ``workspace`` call.
+    (Called once per task by the thread-pool loops, so it is kept cheap: the buffer's aligned start is
+    computed when the buffer is made.)"""
+    sizes = [_nbytes(shape, dtype) for shape, dtype in specs]
+    need = sum(map(_aligned, sizes)) + _ALIGN
     buf = getattr(_local, "buf", None)
     if buf is None or buf.nbytes < need:
         _local.buf = None  # free the old buffer before allocating the new one
-        buf = np.empty(need, dtype=np.uint8)
+        raw = np.empty(need, dtype=np.uint8)
+        buf = raw[-raw.__array_interface__["data"][0] % _ALIGN:]
         if need <= workspace_limit() + _ALIGN:
             _local.buf = buf
-    start = -buf.ctypes.data % _ALIGN
-    out = []
-    for shape, dtype in specs:
-        n = _nbytes(shape, dtype)
+    out, start = [], 0
+    for (shape, dtype), n in zip(specs, sizes):
         out.append(buf[start:start + n].view(dtype).reshape(shape))
-        start += -(-n // _ALIGN) * _ALIGN
+        start += _aligned(n)
     return out
 
 
