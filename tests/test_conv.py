@@ -228,7 +228,7 @@ def test_numpy_strategies_are_reported():
     assert gpuconv.last_kernel().kernel == "numpy_im2col_chwn"  # 5-wide rows, 2 columns of junk each
     gpuconv.conv2d(np.zeros((1, 4, 7, 7), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
     assert gpuconv.last_kernel().kernel == "numpy_im2col"  # one sample: nothing to put innermost
-    gpuconv.conv2d(np.zeros((2, 64, 8, 8), np.float32), np.zeros((64, 64, 3, 3), np.float32))
+    gpuconv.conv2d(np.zeros((2, 128, 10, 10), np.float32), np.zeros((128, 128, 3, 3), np.float32))
     assert gpuconv.last_kernel().kernel == "numpy_winograd"
 
 

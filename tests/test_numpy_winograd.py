@@ -23,8 +23,9 @@ B_T, G, A_T = (np.array(m, np.float64) for m in (winograd.B_T, winograd.G, winog
 
 @pytest.fixture
 def force_winograd(monkeypatch):
-    """Winograd for every 3x3 stride-1 undilated layer, whatever its channel counts."""
+    """Winograd for every 3x3 stride-1 undilated layer, whatever its channel counts and output size."""
     monkeypatch.setattr(numpy_conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_conv, "WINOGRAD_MIN_OUTPUT", 1)
 
 
 def test_transform_matrices_compute_a_3x3_correlation():
@@ -129,12 +130,12 @@ def test_winograd_random_shapes(groups, cg, kg, H, W, pad, N, seed):
     x = rng.standard_normal((N, groups * cg, H, W))
     w = rng.standard_normal((groups * kg, cg, 3, 3))
     b = rng.standard_normal(groups * kg)
-    old = numpy_conv.WINOGRAD_MIN_CHANNELS
-    numpy_conv.WINOGRAD_MIN_CHANNELS = 1  # (a fixture would not be reset between hypothesis examples)
-    try:
+    old = numpy_conv.WINOGRAD_MIN_CHANNELS, numpy_conv.WINOGRAD_MIN_OUTPUT
+    numpy_conv.WINOGRAD_MIN_CHANNELS = numpy_conv.WINOGRAD_MIN_OUTPUT = 1  # (a fixture is not reset
+    try:                                                                    # between hypothesis examples)
         _check(x, w, b, ((pt, pb), (pl, pr)), groups)
     finally:
-        numpy_conv.WINOGRAD_MIN_CHANNELS = old
+        numpy_conv.WINOGRAD_MIN_CHANNELS, numpy_conv.WINOGRAD_MIN_OUTPUT = old
 
 
 def test_winograd_empty_batch(force_winograd):
@@ -142,25 +143,28 @@ def test_winograd_empty_batch(force_winograd):
     assert y.shape == (0, 5, 7, 7) and y.dtype == np.float32
 
 
-@pytest.mark.parametrize("shape_w,kw,winograd_expected", [
-    ((64, 64, 3, 3), {}, True),
-    ((64, 32, 3, 3), dict(groups=2), False),  # 32 channels per group: below the threshold
-    ((32, 64, 3, 3), {}, False),
-    ((64, 64, 3, 3), dict(stride=2), False),
-    ((64, 64, 3, 3), dict(dilation=2), False),
-    ((64, 64, 5, 5), {}, False),
-    ((64, 64, 3, 1), {}, False),
-    ((128, 128, 3, 3), dict(groups=2, padding="same"), True),
+@pytest.mark.parametrize("shape_w,kw,hw,winograd_expected", [
+    ((128, 128, 3, 3), {}, (11, 10), True),
+    ((128, 64, 3, 3), dict(groups=2), (11, 10), False),  # 64 channels per group: below the threshold
+    ((64, 128, 3, 3), {}, (11, 10), False),
+    ((128, 128, 3, 3), {}, (7, 10), False),  # 7 output rows: below WINOGRAD_MIN_OUTPUT
+    ((128, 128, 3, 3), dict(padding=0), (10, 9), False),  # 8 x 7 outputs
+    ((128, 128, 3, 3), dict(padding=0), (10, 10), True),  # 8 x 8 outputs
+    ((128, 128, 3, 3), dict(stride=2), (11, 10), False),
+    ((128, 128, 3, 3), dict(dilation=2), (11, 10), False),
+    ((128, 128, 5, 5), {}, (11, 10), False),
+    ((128, 128, 3, 1), {}, (11, 10), False),
+    ((256, 128, 3, 3), dict(groups=2, padding="same"), (11, 10), True),
 ])
-def test_winograd_rule(shape_w, kw, winograd_expected):
+def test_winograd_rule(shape_w, kw, hw, winograd_expected):
     rng = np.random.default_rng(3)
     C = shape_w[1] * kw.get("groups", 1)
-    x = rng.standard_normal((2, C, 11, 10)).astype(np.float32)
+    x = rng.standard_normal((2, C) + hw).astype(np.float32)
     w = (rng.standard_normal(shape_w) / np.sqrt(9 * C)).astype(np.float32)
     y = gpuconv.conv2d(x, w, **{"padding": 1, **kw})
     assert (gpuconv.last_kernel().kernel == "numpy_winograd") == winograd_expected
     g, s, d = kw.get("groups", 1), kw.get("stride", 1), kw.get("dilation", 1)
-    pad = explicit_padding(kw.get("padding", 1), shape_w[2:], (s, s), (d, d), (11, 10))
+    pad = explicit_padding(kw.get("padding", 1), shape_w[2:], (s, s), (d, d), hw)
     ref_kw = dict(stride=(s, s), pad=pad, dilation=(d, d), groups=g)
     assert_close_to_terms(y, conv2d_ref(x, w, **ref_kw), conv2d_ref(np.abs(x), np.abs(w), **ref_kw), np.float32)
 
@@ -171,8 +175,8 @@ def test_non_finite_data_runs_im2col(where, value):
     """Winograd would turn an inf into NaN; with any inf or NaN the call runs im2col and propagates them
     as the direct sum does."""
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((1, 64, 6, 7)).astype(np.float32)
-    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((1, 128, 8, 9)).astype(np.float32)
+    w = rng.standard_normal((128, 128, 3, 3)).astype(np.float32)
     if where == "input":
         x[0, 5, 2, 3] = value
     else:
@@ -186,8 +190,8 @@ def test_non_finite_data_runs_im2col(where, value):
 def test_finite_values_whose_sum_overflows_run_im2col():
     """The finiteness check is a sum; finite values that overflow it are treated as non-finite (safe: the
     result is the im2col one)."""
-    x = np.full((1, 64, 5, 5), 3e38, np.float32)
-    w = np.full((64, 64, 3, 3), 1e-38, np.float32)
+    x = np.full((1, 128, 8, 8), 3e38, np.float32)
+    w = np.full((128, 128, 3, 3), 1e-38, np.float32)
     _check(x, w, None, 1, 1, expect="numpy_im2col")
 
 
@@ -195,16 +199,17 @@ def test_finite_values_whose_sum_overflows_run_im2col():
 def test_winograd_chunks_and_threads_match(monkeypatch, dtype):
     """One sample per chunk and one or two threads (channel and filter blocks) give the same result."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((3, 64, 9, 10)).astype(dtype)
-    w = (rng.standard_normal((66, 64, 3, 3)) / 24).astype(dtype)
-    b = rng.standard_normal(66).astype(dtype)
+    x = rng.standard_normal((3, 128, 9, 10)).astype(dtype)
+    w = (rng.standard_normal((130, 128, 3, 3)) / 34).astype(dtype)
+    b = rng.standard_normal(130).astype(dtype)
     full = _check(x, w, b, "same", 1)
     monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", "0.001")
     for threads in ("1", "2"):
         monkeypatch.setenv("GPUCONV_NUMPY_THREADS", threads)
         y = gpuconv.conv2d(x, w, b, padding="same")
         assert gpuconv.last_kernel().kernel == "numpy_winograd"
-        tol = 1e-3 if dtype == np.float16 else 1e-6  # float16: a different GEMM order may round 1 ulp apart
+        # BLAS may sum in another order for thinner GEMMs: float16 can round 1 ulp apart, float32 a few
+        tol = {np.float16: 1e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
         np.testing.assert_allclose(y, full, rtol=tol, atol=tol)
 
 
@@ -213,9 +218,9 @@ def test_winograd_chunks_and_threads_match(monkeypatch, dtype):
 def test_winograd_against_torch():
     """A ResNet-like layer at its real channel count, against PyTorch CPU."""
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((2, 64, 23, 17)).astype(np.float32)
-    w = (rng.standard_normal((96, 64, 3, 3)) / 24).astype(np.float32)
-    b = rng.standard_normal(96).astype(np.float32)
+    x = rng.standard_normal((2, 128, 23, 17)).astype(np.float32)
+    w = (rng.standard_normal((160, 128, 3, 3)) / 34).astype(np.float32)
+    b = rng.standard_normal(160).astype(np.float32)
     y = gpuconv.conv2d(x, w, b, padding=1, activation="relu")
     assert gpuconv.last_kernel().kernel == "numpy_winograd"
     F = torch.nn.functional

@@ -56,10 +56,14 @@ __all__ = ["conv2d", "choose_strategy", "compute_dtype", "prime_blas", "workspac
 # Depthwise-like layers (one input channel per group, at most this many filters per group) run as
 # shift-and-accumulate; with more filters per group the im2col GEMM is faster.
 SHIFT_ACCUMULATE_MAX_KG = 2
-# 3x3 stride-1 layers with at least this many input and output channels per group run as Winograd
-# F(2x2, 3x3): below it the transforms cost more than the GEMM flops they save (measured on the
-# 2-core EPYC of bench/numpy_vs_torch.py, see choose_strategy).
-WINOGRAD_MIN_CHANNELS = 64
+# 3x3 stride-1 layers with at least this many input and output channels per group, and outputs at
+# least WINOGRAD_MIN_OUTPUT high and wide, run as Winograd F(2x2, 3x3). Measured on the 2-core EPYC
+# (both strategies in one process, alternating): 128 or more channels at 14x14 and up, 1.25-1.9x faster
+# than im2col; with 64 channels the transforms cost about what the GEMM saves (0.8-1.3x, by image size
+# and batch); 7x7 outputs lose (1.25-1.6x slower: 4x4 tiles per image make thin GEMMs, and a quarter
+# of the tile columns is the junk column).
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_OUTPUT = 8
 # numpy_shift_accumulate: output values per task (a block of channels of one sample); large enough that
 # each ufunc call amortises its overhead (and the GIL hand-off between threads), small enough that a
 # task's arrays stay in cache.
@@ -84,7 +88,7 @@ def choose_strategy(g: ConvGeometry, finite: bool = True) -> str:
     2. one input channel and at most ``SHIFT_ACCUMULATE_MAX_KG`` filters per group (depthwise) ->
        ``numpy_shift_accumulate``;
     3. 3x3 filter, stride 1, dilation 1, at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
-       per group, and ``finite`` (input and weight hold no inf or NaN: Winograd's transforms would turn
+       per group, outputs at least ``WINOGRAD_MIN_OUTPUT`` high and wide, and ``finite`` (input and weight hold no inf or NaN: Winograd's transforms would turn
        an ``inf`` into NaN, see ``winograd``) -> ``numpy_winograd``;
     4. stride 1, a batch of at least 2, and short output rows: the wide-row junk ``(S-1)*dw`` is at
        least a quarter of ``Q`` -> ``numpy_im2col_chwn`` (LeNet's 10-wide rows: 1.4x faster; where rows
@@ -105,7 +109,7 @@ def choose_strategy(g: ConvGeometry, finite: bool = True) -> str:
 def winograd_applies(g: ConvGeometry) -> bool:
     """Rule 3 of :func:`choose_strategy` without the data check."""
     return ((g.R, g.S, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
-            and min(g.Cg, g.Kg) >= WINOGRAD_MIN_CHANNELS)
+            and min(g.Cg, g.Kg) >= WINOGRAD_MIN_CHANNELS and min(g.P, g.Q) >= WINOGRAD_MIN_OUTPUT)
 
 
 def _all_finite(a: np.ndarray, ct) -> bool:
