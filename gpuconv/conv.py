@@ -40,7 +40,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             tells which kernel ran.
 
     dtypes: float16, float32, float64; the output has the input's dtype; float16 accumulates in float32.
-    NaN and Inf propagate as IEEE arithmetic does.
+    NaN and Inf propagate as IEEE arithmetic does. Results agree with the direct sum to rounding, not
+    bit for bit: the strategy (GEMM blocking, and on NumPy arrays Winograd F(2x2, 3x3) for wide 3x3
+    layers, used only when input and weight are finite) changes the order of the additions.
     """
     backend, a = _backend.coerce_arrays("conv2d", input=input, weight=weight, bias=bias)
     x, w, b = a["input"], a["weight"], a["bias"]

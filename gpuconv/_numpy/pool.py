@@ -51,14 +51,6 @@ def _taps(g: PoolGeometry, dilation=True):
             yield i, j, out_rect, in_rect
 
 
-def _first_in_bounds(out_size: int, stride: int, pad: int, dilation: int) -> np.ndarray:
-    """First input index of each window that is not padding (PyTorch's initial argmax)."""
-    start = np.arange(out_size, dtype=np.int64) * stride - pad
-    neg = start < 0
-    start[neg] += (-start[neg] + dilation - 1) // dilation * dilation
-    return start
-
-
 def _nan_wins_update(best, arg, v, v_index):
     """PyTorch's max rule: take ``v`` when ``v > best`` or ``v`` is NaN (so the last NaN wins)."""
     upd = v > best
@@ -86,19 +78,37 @@ def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
 
 def _max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
     y = np.full(g.output_shape, -np.inf, dtype=x.dtype)
-    if not return_indices:
-        for _, _, out_rect, in_rect in _taps(g):
-            np.maximum(y[out_rect], x[in_rect], out=y[out_rect])  # np.maximum propagates NaN
-        return y, None
-    idx = np.empty(g.output_shape, dtype=np.int64)
-    idx[...] = (_first_in_bounds(g.OH, g.sh, g.ph, g.dh)[:, None] * g.W
-                + _first_in_bounds(g.OW, g.sw, g.pw, g.dw)[None, :])
-    oh = np.arange(g.OH, dtype=np.int64)[:, None]
-    ow = np.arange(g.OW, dtype=np.int64)[None, :]
-    for i, j, out_rect, in_rect in _taps(g):
-        tap_index = (oh * g.sh - g.ph + i * g.dh) * g.W + (ow * g.sw - g.pw + j * g.dw)
-        _nan_wins_update(y[out_rect], idx[out_rect], x[in_rect], tap_index[out_rect[2:]])
-    return y, idx
+    for _, _, out_rect, in_rect in _taps(g):
+        np.maximum(y[out_rect], x[in_rect], out=y[out_rect])  # np.maximum propagates NaN
+    return y, (_argmax_indices(x, y, g) if return_indices else None)
+
+
+def _argmax_indices(x: np.ndarray, y: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """``h*W + w`` of each window's winner under PyTorch's rule (a value replaces the best so far when
+    it is greater or NaN): the first in-bounds cell equal to the maximum, or in a window holding NaN its
+    last NaN (in row-major window order).
+
+    Found from the finished maxima ``y`` rather than tracked during the max passes: visiting the taps in
+    reverse order and overwriting the winner's tap number wherever ``x == y`` leaves the first match; one
+    forward pass over the taps, only when some maximum is NaN, leaves the last NaN. A window of ``-inf``
+    matches at its first in-bounds cell, PyTorch's initial index. Tap numbers are kept in the smallest
+    integer type and turned into flat indices at the end."""
+    taps = list(_taps(g))
+    tap = np.zeros(g.output_shape, dtype=np.min_scalar_type(max(len(taps) - 1, 0)))
+    for t in range(len(taps) - 1, -1, -1):
+        _, _, out_rect, in_rect = taps[t]
+        np.copyto(tap[out_rect], t, where=x[in_rect] == y[out_rect])
+    nan = np.isnan(y)
+    if nan.any():
+        for t, (_, _, out_rect, in_rect) in enumerate(taps):
+            np.copyto(tap[out_rect], t, where=np.isnan(x[in_rect]))
+    # index = (oh*sh - ph + i*dh) * W + (ow*sw - pw + j*dw) for tap t = (i, j)
+    offsets = np.array([i * g.dh * g.W + j * g.dw for i, j, _, _ in taps], dtype=np.int64)
+    base = ((np.arange(g.OH, dtype=np.int64) * g.sh - g.ph)[:, None] * g.W
+            + (np.arange(g.OW, dtype=np.int64) * g.sw - g.pw)[None, :])
+    idx = np.take(offsets, tap)
+    idx += base
+    return idx
 
 
 def avg_pool_divisor(g: PoolGeometry, count_include_pad: bool, divisor_override) -> np.ndarray:
