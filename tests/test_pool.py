@@ -120,7 +120,7 @@ ADAPTIVE = [((5, 7), 1), ((5, 7), (2, 3)), ((8, 8), 4), ((3, 9), (7, 5)), ((4, 5
 
 @pytest.mark.parametrize("runner", POOL_RUNNERS)
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-@pytest.mark.parametrize("data", ["normal", "nan", "ties"])
+@pytest.mark.parametrize("data", ["normal", "nan", "ties", "neginf"])
 @pytest.mark.parametrize("size,out", ADAPTIVE, ids=[f"{s}->{o}" for s, o in ADAPTIVE])
 def test_adaptive_pools(runner, dtype, data, size, out):
     rng = np.random.default_rng(hash((size, str(out), data)) % 2**32)

@@ -5,8 +5,10 @@ tap lands inside the input form a rectangle (the tap's input row ``oh*sh - ph + 
 so each pass is one strided slice of the input combined into one rectangle of the output: no padded copy
 of the input is made, padding simply never takes part (which is exactly -inf for max and 0 for average).
 
-float16 max pooling runs in float32 (exact: every float16 is a float32 and max only compares), chunk by
-chunk of samples, because NumPy's float16 loops are not vectorised; the result is cast back exactly.
+float16 max pooling (plain and adaptive) runs in float32 (exact: every float16 is a float32 and max only
+compares), chunk by chunk of samples, because NumPy's float16 loops are not vectorised; the result is
+cast back exactly. Indices are worked out only when asked for: plain max pooling finds each window's
+winner from the finished maxima, adaptive max pooling tracks it during the reduction.
 
 Adaptive pooling is separable: reduce the columns of each output column window first, then the rows of
 each output row window. For max that order also keeps PyTorch's tie and NaN rules (first maximum in
@@ -59,9 +61,12 @@ def _nan_wins_update(best, arg, v, v_index):
     np.copyto(arg, v_index, where=upd)
 
 
-def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
+def _max_in_float32(x: np.ndarray, g, return_indices: bool, run):
+    """``run(x, g, return_indices) -> (y, idx)`` on ``x``, float16 ``x`` in float32 chunks of samples
+    (NumPy's float16 loops are not vectorised; every float16 is a float32 and a max only compares, so
+    the values and indices are exact). The chunks keep the copy within ``workspace_limit()``."""
     if x.dtype != np.float16:
-        return _max_pool2d(x, g, return_indices) + ("numpy_max_pool",)
+        return run(x, g, return_indices)
     y = np.empty(g.output_shape, dtype=x.dtype)
     idx = np.empty(g.output_shape, dtype=np.int64) if return_indices else None
     chunk = max(1, min(g.N, workspace_limit() // (4 * g.C * g.H * g.W)))
@@ -69,11 +74,15 @@ def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
         n = min(chunk, g.N - n0)
         (x32,) = workspace(((n, g.C, g.H, g.W), np.float32))
         x32[...] = x[n0:n0 + n]
-        y32, i32 = _max_pool2d(x32, dataclasses.replace(g, N=n), return_indices)
+        y32, i32 = run(x32, dataclasses.replace(g, N=n), return_indices)
         y[n0:n0 + n] = y32  # exact: y32 holds float16 values
         if return_indices:
             idx[n0:n0 + n] = i32
-    return y, idx, "numpy_max_pool"
+    return y, idx
+
+
+def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
+    return _max_in_float32(x, g, return_indices, _max_pool2d) + ("numpy_max_pool",)
 
 
 def _max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
@@ -141,19 +150,39 @@ def avg_pool2d(x: np.ndarray, g: PoolGeometry, count_include_pad: bool, divisor_
     return acc.astype(x.dtype, copy=False), "numpy_avg_pool"
 
 
+def _global_max_pool2d(x: np.ndarray, return_indices: bool):
+    """Max over each whole plane. ``np.max`` propagates NaN; ``np.argmax`` returns the first maximum
+    (PyTorch's tie rule) but the first NaN, where PyTorch's rule keeps the last one, so planes holding
+    NaN are searched again from the end."""
+    N, C, H, W = x.shape
+    if not return_indices:
+        return x.max(axis=(2, 3), keepdims=True), None
+    flat = x.reshape(N, C, H * W)
+    idx = flat.argmax(axis=2)
+    y = np.take_along_axis(flat, idx[..., None], axis=2)
+    nan = np.isnan(y[..., 0])
+    if nan.any():
+        idx[nan] = H * W - 1 - np.isnan(flat[nan][:, ::-1]).argmax(axis=1)
+    return y.reshape(N, C, 1, 1), idx.reshape(N, C, 1, 1)
+
+
 def _adaptive_reduce(x, axis: int, windows, op: str):
     """Reduce ``x`` along ``axis`` over each ``[start, end)`` window; returns values (and, for 'max',
-    the argmax position along that axis with PyTorch's NaN rule)."""
+    the argmax position along that axis with PyTorch's NaN rule; 'max_value' is the max alone, NaN
+    propagating, without the argmax bookkeeping)."""
     shape = list(x.shape)
     shape[axis] = len(windows)
     ct = np.float32 if (op == "sum" and x.dtype == np.float16) else x.dtype
     out = np.empty(shape, dtype=ct)
-    arg = np.empty(shape, dtype=np.int64) if op == "max" else None
+    arg = np.empty(shape, dtype=np.int64) if op == "max" else None  # (argmax only for 'max')
     lead = (slice(None),) * axis
     for o, (start, end) in enumerate(windows):
         dst = lead + (o,)
         if op == "sum":
             np.sum(x[lead + (slice(start, end),)], axis=axis, dtype=ct, out=out[dst])
+            continue
+        if op == "max_value":
+            np.max(x[lead + (slice(start, end),)], axis=axis, out=out[dst])
             continue
         best, where = out[dst], arg[dst]
         best.fill(-np.inf)
@@ -183,12 +212,19 @@ def adaptive_avg_pool2d(x: np.ndarray, g: AdaptiveGeometry):
 
 
 def adaptive_max_pool2d(x: np.ndarray, g: AdaptiveGeometry, return_indices: bool):
+    return _max_in_float32(x, g, return_indices, _adaptive_max_pool2d) + ("numpy_adaptive_max_pool",)
+
+
+def _adaptive_max_pool2d(x: np.ndarray, g: AdaptiveGeometry, return_indices: bool):
+    if g.OH == g.OW == 1:  # global max pooling: one reduction per plane
+        return _global_max_pool2d(x, return_indices)
     wwin = [adaptive_window(i, g.W, g.OW) for i in range(g.OW)]
     hwin = [adaptive_window(i, g.H, g.OH) for i in range(g.OH)]
     # Columns first, then rows: see the module docstring for why this order keeps PyTorch's rule.
-    colmax, colarg = _adaptive_reduce(x, 3, wwin, "max")       # (N, C, H, OW), argmax column
-    y, rowarg = _adaptive_reduce(colmax, 2, hwin, "max")       # (N, C, OH, OW), argmax row
+    op = "max" if return_indices else "max_value"
+    colmax, colarg = _adaptive_reduce(x, 3, wwin, op)       # (N, C, H, OW), argmax column
+    y, rowarg = _adaptive_reduce(colmax, 2, hwin, op)       # (N, C, OH, OW), argmax row
     if not return_indices:
-        return y, None, "numpy_adaptive_max_pool"
+        return y, None
     col = np.take_along_axis(colarg, rowarg, axis=2)
-    return y, rowarg * g.W + col, "numpy_adaptive_max_pool"
+    return y, rowarg * g.W + col
