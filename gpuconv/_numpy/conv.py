@@ -30,15 +30,20 @@ multiply-add is one long contiguous loop.
 Measured on the benchmark layers and dropped (no gain, or a loss, on 2 cores): im2col from
 channels-last patch rows (longer copy runs, but an NHWC transposition and a transposed GEMM operand),
 the GEMM as ``(positions, Kg)`` (faster single-threaded, but the transposing store eats the gain),
-gathering in two stages for short output rows, phase planes for strided im2col, threads for the
-im2col copies (memory-bound, or too short for the GIL hand-offs), a GEMV per channel for depthwise.
+gathering in two stages for short output rows, phase planes for strided im2col (re-measured with both
+variants alternating in one process: no gain), threads for the im2col copies (split by filter rows the
+AlexNet conv1 gather alone runs 1.6x faster, but inside the call, between GEMMs, the whole layer got
+slower), a GEMV per channel for depthwise, the depthwise taps gathered and summed by one batched
+matmul (as fast as the 17 multiply/add passes, no faster), ``einsum`` over strided tap views (8x
+slower), depthwise blocks small enough for L2 (NumPy's ~2-3 us per ufunc call dominates).
 
 Memory: chunks of samples work in a kept per-thread workspace (``_workspace.workspace``), so calls do
 not page-fault on fresh megabytes; the batch is chunked so the temporaries stay under
 ``workspace_limit()`` (256 MiB unless ``GPUCONV_NUMPY_WORKSPACE_MB`` says otherwise). float16 is
 computed in float32 and rounded once at the end.
 
-Threads: BLAS uses its own; the depthwise blocks run on ``parallel_map``.
+Threads: BLAS uses its own; the depthwise blocks and Winograd's transforms (channel / filter blocks) run
+on ``parallel_map``.
 """
 
 from __future__ import annotations
@@ -93,8 +98,9 @@ def choose_strategy(g: ConvGeometry, finite: bool = True) -> str:
     2. one input channel and at most ``SHIFT_ACCUMULATE_MAX_KG`` filters per group (depthwise) ->
        ``numpy_shift_accumulate``;
     3. 3x3 filter, stride 1, dilation 1, at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
-       per group, outputs at least ``WINOGRAD_MIN_OUTPUT`` high and wide, and ``finite`` (input and weight hold no inf or NaN: Winograd's transforms would turn
-       an ``inf`` into NaN, see ``winograd``) -> ``numpy_winograd``;
+       per group, outputs at least ``WINOGRAD_MIN_OUTPUT`` high and wide, and ``finite`` (input and
+       weight hold no inf or NaN: Winograd's transforms would turn an ``inf`` into NaN, see
+       ``winograd``) -> ``numpy_winograd``;
     4. stride 1, a batch of at least 2, and short output rows: the wide-row junk ``(S-1)*dw`` is at
        least a quarter of ``Q`` -> ``numpy_im2col_chwn`` (LeNet's 10-wide rows: 1.4x faster; where rows
        are long or the batch small, transposing in and out costs more than the junk);
