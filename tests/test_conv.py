@@ -220,12 +220,16 @@ def test_numpy_strategies_are_reported():
     assert gpuconv.last_kernel().kernel == "numpy_matmul_1x1"
     gpuconv.conv2d(x, rng.standard_normal((4, 1, 3, 3)).astype(np.float32), groups=4)
     assert gpuconv.last_kernel().kernel == "numpy_shift_accumulate"
-    gpuconv.conv2d(np.zeros((2, 4, 16, 16), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
+    gpuconv.conv2d(np.zeros((2, 4, 20, 20), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
     assert gpuconv.last_kernel() == gpuconv.KernelRecord("conv2d", "numpy", "numpy_im2col")
     gpuconv.conv2d(x, rng.standard_normal((3, 4, 3, 3)).astype(np.float32), stride=2)
     assert gpuconv.last_kernel().kernel == "numpy_im2col"
     gpuconv.conv2d(np.zeros((2, 4, 7, 7), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
     assert gpuconv.last_kernel().kernel == "numpy_im2col_chwn"  # 5-wide rows, 2 columns of junk each
+    gpuconv.conv2d(np.zeros((2, 4, 18, 18), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
+    assert gpuconv.last_kernel().kernel == "numpy_im2col"  # 16-wide rows: junk 2/16 is not more than 1/8
+    gpuconv.conv2d(np.zeros((2, 4, 17, 17), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
+    assert gpuconv.last_kernel().kernel == "numpy_im2col_chwn"  # 15-wide rows
     gpuconv.conv2d(np.zeros((1, 4, 7, 7), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
     assert gpuconv.last_kernel().kernel == "numpy_im2col"  # one sample: nothing to put innermost
     gpuconv.conv2d(np.zeros((2, 128, 10, 10), np.float32), np.zeros((128, 128, 3, 3), np.float32))

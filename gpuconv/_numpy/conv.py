@@ -101,9 +101,11 @@ def choose_strategy(g: ConvGeometry, finite: bool = True) -> str:
        per group, outputs at least ``WINOGRAD_MIN_OUTPUT`` high and wide, and ``finite`` (input and
        weight hold no inf or NaN: Winograd's transforms would turn an ``inf`` into NaN, see
        ``winograd``) -> ``numpy_winograd``;
-    4. stride 1, a batch of at least 2, and short output rows: the wide-row junk ``(S-1)*dw`` is at
-       least a quarter of ``Q`` -> ``numpy_im2col_chwn`` (LeNet's 10-wide rows: 1.4x faster; where rows
-       are long or the batch small, transposing in and out costs more than the junk);
+    4. stride 1, a batch of at least 2, and short output rows: the wide-row junk ``(S-1)*dw`` is more
+       than an eighth of ``Q`` -> ``numpy_im2col_chwn``. Measured with both forced, alternating: LeNet's
+       10-wide rows 1.5x faster, 14- and 28-wide rows with junk 1/7 5-10% faster; junk 1/8 (5x5 on
+       32-wide rows) 9% slower, 1/12 even; with long rows transposing in and out costs more than the
+       junk saves (3x3 on 32-wide rows, 16 channels: 1.7x slower).
     5. otherwise ``numpy_im2col``.
     """
     if (g.R, g.S, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr) == (1, 1, 1, 1, 0, 0, 0, 0):
@@ -112,7 +114,7 @@ def choose_strategy(g: ConvGeometry, finite: bool = True) -> str:
         return "numpy_shift_accumulate"
     if winograd_applies(g) and finite:
         return "numpy_winograd"
-    if g.sh == g.sw == 1 and g.N >= 2 and 4 * (g.S - 1) * g.dw >= g.Q:
+    if g.sh == g.sw == 1 and g.N >= 2 and 8 * (g.S - 1) * g.dw > g.Q:
         return "numpy_im2col_chwn"
     return "numpy_im2col"
 
