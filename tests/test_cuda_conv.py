@@ -160,25 +160,29 @@ def _geometry(case):
                          case["activation"])
 
 
-def _valid(case):
-    try:
-        _geometry(case)
-    except ValueError:  # kernel larger than the padded input
-        return False
-    return True
+def _valid_for(geometry):
+    """A filter for ``pairwise``: the case has a geometry (its kernel fits the padded input)."""
+    def valid(case):
+        try:
+            geometry(case)
+        except ValueError:  # kernel larger than the padded input
+            return False
+        return True
+    return valid
 
 
-CASES = pairwise(DIMS, _valid, seed=1)
+CASES = pairwise(DIMS, _valid_for(_geometry), seed=1)
 
 
-def _case_id(case):
+def _case_id(case, *extra):
+    """A readable test id for a matrix case (``extra``: further dimensions a kernel's matrix adds)."""
     def f(v):
         return str(v).replace(" ", "")
     return "-".join([f"{case['N']}x{case['channels']}x{case['hw'][0]}x{case['hw'][1]}",
                      f"k{case['kernel'][0]}x{case['kernel'][1]}", f"s{f(case['stride'])}",
                      f"p{f(case['padding'])}", f"d{f(case['dilation'])}", np.dtype(case["dtype"]).name,
                      str(case["activation"]), "flip" if case["flip"] else "xcorr",
-                     "bias" if case["bias"] else "nobias", case["layout"]])
+                     "bias" if case["bias"] else "nobias", case["layout"], *extra])
 
 
 def _layout(a, layout, rng):

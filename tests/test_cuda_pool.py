@@ -72,18 +72,24 @@ def ref_max_pool(x, g: PoolGeometry):
         for ow in range(g.OW):
             w0 = ow * g.sw - g.pw
             cols = [w0 + j * g.dw for j in range(g.kw) if 0 <= w0 + j * g.dw < W]
-            best = np.full((N, C), -np.inf)
-            arg = np.full((N, C), _first_tap_at_or_after_zero(h0, g.dh) * W
-                          + _first_tap_at_or_after_zero(w0, g.dw), dtype=np.int64)
-            for h in rows:  # row-major scan order
-                for w in cols:
-                    v = xv[:, :, h, w]
-                    take = (v > best) | np.isnan(v)
-                    best = np.where(take, v, best)
-                    arg = np.where(take, h * W + w, arg)
-            y[:, :, oh, ow] = best
-            idx[:, :, oh, ow] = arg
+            first = _first_tap_at_or_after_zero(h0, g.dh) * W + _first_tap_at_or_after_zero(w0, g.dw)
+            y[:, :, oh, ow], idx[:, :, oh, ow] = _scan_max(xv, rows, cols, first)
     return y, idx
+
+
+def _scan_max(xv, rows, cols, first_index):
+    """Max of ``xv[:, :, h, w]`` over the window, scanned row-major from -inf with PyTorch's rule (take a
+    value when greater or NaN) and its flat index ``h*W + w``, ``first_index`` until something is taken."""
+    N, C, _, W = xv.shape
+    best = np.full((N, C), -np.inf)
+    arg = np.full((N, C), first_index, dtype=np.int64)
+    for h in rows:  # row-major scan order
+        for w in cols:
+            v = xv[:, :, h, w]
+            take = (v > best) | np.isnan(v)
+            best = np.where(take, v, best)
+            arg = np.where(take, h * W + w, arg)
+    return best, arg
 
 
 def ref_avg_pool(x, g: PoolGeometry, count_include_pad: bool, divisor_override):
@@ -125,16 +131,7 @@ def ref_adaptive_max(x, g: AdaptiveGeometry):
         rows = _adaptive_window(oh, H, g.OH)
         for ow in range(g.OW):
             cols = _adaptive_window(ow, W, g.OW)
-            best = np.full((N, C), -np.inf)
-            arg = np.full((N, C), rows[0] * W + cols[0], dtype=np.int64)
-            for h in rows:
-                for w in cols:
-                    v = xv[:, :, h, w]
-                    take = (v > best) | np.isnan(v)
-                    best = np.where(take, v, best)
-                    arg = np.where(take, h * W + w, arg)
-            y[:, :, oh, ow] = best
-            idx[:, :, oh, ow] = arg
+            y[:, :, oh, ow], idx[:, :, oh, ow] = _scan_max(xv, rows, cols, rows[0] * W + cols[0])
     return y, idx
 
 
