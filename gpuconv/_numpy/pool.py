@@ -87,12 +87,13 @@ def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
 
 def _max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
     y = np.full(g.output_shape, -np.inf, dtype=x.dtype)
-    for _, _, out_rect, in_rect in _taps(g):
+    taps = list(_taps(g))
+    for _, _, out_rect, in_rect in taps:
         np.maximum(y[out_rect], x[in_rect], out=y[out_rect])  # np.maximum propagates NaN
-    return y, (_argmax_indices(x, y, g) if return_indices else None)
+    return y, (_argmax_indices(x, y, g, taps) if return_indices else None)
 
 
-def _argmax_indices(x: np.ndarray, y: np.ndarray, g: PoolGeometry) -> np.ndarray:
+def _argmax_indices(x: np.ndarray, y: np.ndarray, g: PoolGeometry, taps) -> np.ndarray:
     """``h*W + w`` of each window's winner under PyTorch's rule (a value replaces the best so far when
     it is greater or NaN): the first in-bounds cell equal to the maximum, or in a window holding NaN its
     last NaN (in row-major window order).
@@ -101,8 +102,7 @@ def _argmax_indices(x: np.ndarray, y: np.ndarray, g: PoolGeometry) -> np.ndarray
     reverse order and overwriting the winner's tap number wherever ``x == y`` leaves the first match; one
     forward pass over the taps, only when some maximum is NaN, leaves the last NaN. A window of ``-inf``
     matches at its first in-bounds cell, PyTorch's initial index. Tap numbers are kept in the smallest
-    integer type and turned into flat indices at the end."""
-    taps = list(_taps(g))
+    integer type and turned into flat indices at the end. ``taps``: ``list(_taps(g))``."""
     tap = np.zeros(g.output_shape, dtype=np.min_scalar_type(max(len(taps) - 1, 0)))
     for t in range(len(taps) - 1, -1, -1):
         _, _, out_rect, in_rect = taps[t]
