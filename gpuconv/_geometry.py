@@ -14,6 +14,8 @@ Formulas (PyTorch's, see ``shared/semantics.md``):
 
 from __future__ import annotations
 
+import functools
+import marshal
 import numbers
 from dataclasses import dataclass
 
@@ -27,7 +29,66 @@ def _shape_str(shape) -> str:
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+
+
+_PLAIN = frozenset((int, bool, str, type(None)))
+MEMO_SIZE = 512  # distinct argument lists remembered per geometry function
+
+
+def _memo_key(args):
+    """A dict key that identifies ``args`` exactly, types included (``True`` and ``1``, ``[1, 2]`` and
+    ``(1, 2)`` differ), or None for arguments that are not plain values.
+
+    Fast path: ``marshal`` writes ints, bools, strings, None, tuples and lists with a type code each
+    and refuses most other objects; but it writes any buffer-protocol object (a NumPy scalar, bytes) as
+    raw bytes under the code ``b"s"``, so two of those holding the same bytes would share a key. A key
+    containing that byte anywhere (also a string or an int that merely contains it) takes the slow
+    path, ``_plain_key``."""
+    try:
+        key = marshal.dumps(args, 2)
+    except ValueError:  # an object marshal refuses: not a plain value
+        return None
+    return key if b"s" not in key else _plain_key(args)
+
+
+def _plain_key(value):
+    """``value`` tagged with its type, recursively, when it is built only of ``int``, ``bool``, ``str``,
+    ``None``, tuples and lists; else None. Lists become tuples (hashable) tagged ``list``."""
+    t = type(value)
+    if t in _PLAIN:
+        return t, value
+    if t is tuple or t is list:
+        types = tuple(map(type, value))
+        if _PLAIN.issuperset(types):  # a shape or a pair: tag it in one go
+            return t, types, tuple(value)
+        items = tuple(map(_plain_key, value))
+        return None if None in items else (t, items)
+    return None
+
+
+def _memoized(fn):
+    """Remember ``fn``'s results for its last ``MEMO_SIZE`` distinct argument lists (a network calls the
+    same few layers over and over, and validating and resolving one costs ~25 us of Python, a tenth of
+    what a small layer takes). Only calls whose positional arguments are plain values (``_memo_key``)
+    are remembered; any other call, and any call that raises, is simply computed."""
+    memo = {}
+
+    @functools.wraps(fn)
+    def memoized(*args, **kwargs):
+        key = None if kwargs else _memo_key(args)
+        if key is None:
+            return fn(*args, **kwargs)
+        result = memo.get(key)
+        if result is None:
+            result = fn(*args)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = result
+        return result
+
+    memoized.cache_clear = memo.clear
+    return memoized
 
 
 def as_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
@@ -214,6 +275,7 @@ def check_conv_shapes(input_shape, weight_shape, bias_shape=None, groups=1):
     return input_shape
 
 
+@_memoized
 def conv_geometry(input_shape, weight_shape, bias_shape=None, stride=1, padding=0, dilation=1,
                   groups=1, flip=False, activation=None) -> ConvGeometry:
     """Validate a conv2d call's shapes and arguments and resolve every size."""
@@ -265,6 +327,7 @@ def _pool_input_shape(input_shape, fn: str):
     return input_shape
 
 
+@_memoized
 def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                   fn: str = "pool2d") -> PoolGeometry:
     """Validate a max/avg pooling call and resolve every size."""
@@ -294,6 +357,7 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
                         OH=OH, OW=OW, ceil_mode=bool(ceil_mode))
 
 
+@_memoized
 def adaptive_geometry(input_shape, output_size, fn: str = "adaptive_pool2d") -> AdaptiveGeometry:
     """Validate an adaptive pooling call. ``output_size``: int, pair, or a pair with ``None``
     entries meaning "same as the input"."""

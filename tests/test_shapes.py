@@ -75,3 +75,55 @@ def test_num_params_validates():
     with pytest.raises(ValueError, match="kernel_size must be positive"):
         gpuconv.conv2d_num_params(3, 10, 0)
     assert gpuconv.conv2d_num_params(8, 8, (3, 1), groups=8, bias=False) == 24
+
+
+# --- the geometry memo (gpuconv._geometry._memoized): a remembered call answers exactly what a fresh
+# one would, and arguments that compare equal but behave differently never share an entry.
+
+def _fresh(fn):
+    return fn.__wrapped__
+
+
+@pytest.mark.parametrize("args", [
+    ((2, 3, 9, 7), (4, 3, 3, 3), (4,), 1, 0, 1, 1, False, None),
+    ((2, 3, 9, 7), (4, 3, 3, 3), None, (2, 1), "same", [1, 2], 1, True, "sigmoid"),
+    ((2, 4, 9, 7), (4, 2, 3, 1), None, 1, ((0, 2), (1, 0)), 1, 2, False, "relu"),
+    ((1, 3, 115, 115), (3, 1, 5, 5), None, 1, "valid", 1, 3, False, None),  # 115 == ord("s")
+])
+def test_geometry_memo_answers_as_a_fresh_call(args):
+    from gpuconv._geometry import conv_geometry
+    conv_geometry.cache_clear()
+    first = conv_geometry(*args)
+    assert first == _fresh(conv_geometry)(*args)
+    assert conv_geometry(*args) == first
+
+
+@pytest.mark.parametrize("good,bad,error", [
+    (1, True, TypeError),                 # True == 1, but a bool stride is refused
+    ((1, 1), (1, True), TypeError),
+    (1, 1.0, TypeError),
+    (np.int64(2), np.float32(2.8e-45), TypeError),  # int32 2 and this float32 share their bytes
+])
+def test_geometry_memo_keeps_equal_looking_arguments_apart(good, bad, error):
+    from gpuconv._geometry import conv_geometry
+    conv_geometry.cache_clear()
+    shapes = ((1, 2, 8, 8), (3, 2, 3, 3), None)
+    assert conv_geometry(*shapes, good).sh in (1, 2)
+    assert conv_geometry(*shapes, np.int32(2)).sh == 2
+    with pytest.raises(error, match="stride"):
+        conv_geometry(*shapes, bad)
+
+
+def test_geometry_memo_does_not_remember_errors_or_keyword_calls():
+    from gpuconv import _geometry
+    _geometry.conv_geometry.cache_clear()
+    for _ in range(2):  # a refused call is refused again
+        with pytest.raises(ValueError, match="channels"):
+            _geometry.conv_geometry((1, 2, 8, 8), (3, 4, 3, 3))
+    g = _geometry.conv_geometry((1, 2, 8, 8), (4, 1, 3, 3), groups=2)
+    assert (g.groups, g.Cg) == (2, 1)
+    assert _geometry._memo_key(((1, 2), [1, 2])) != _geometry._memo_key(([1, 2], (1, 2)))
+    assert _geometry._memo_key((np.int64(1),)) is None
+    pool = _geometry.pool_geometry((1, 1, 9, 9), 3, 2, 1, 1, True, "max_pool2d")
+    assert pool == _fresh(_geometry.pool_geometry)((1, 1, 9, 9), 3, 2, 1, 1, True, "max_pool2d")
+    assert _geometry.pool_geometry((1, 1, 9, 9), 3, 2, 1, 1, True, "max_pool2d") is pool

@@ -12,7 +12,7 @@ as the "kernel" that ran:
   inner dimension would be only ``R*S``).
 * ``numpy_im2col``: the general case. Per chunk of samples: the input is copied once into a zero-padded
   buffer, the columns ``(groups, Cg*R*S, n*P*Q)`` are gathered from it by one strided copy (a
-  ``sliding_window_view``, stride and dilation applied), and one BLAS GEMM per group, ``(Kg, Cg*R*S) @
+  window view with stride and dilation applied), and one BLAS GEMM per group, ``(Kg, Cg*R*S) @
   (Cg*R*S, n*P*Q)``, computes all the chunk's outputs (small images still make one large GEMM). The
   result is moved into NCHW order while the bias is added (one pass, contiguous ``P*Q`` runs).
 * ``numpy_im2col_chwn``: the same GEMM over a chunk stored sample-innermost, ``(C, H, W, n)``, so that
@@ -49,7 +49,7 @@ on ``parallel_map``.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from .._geometry import LEAKY_RELU_SLOPE, ConvGeometry
 from . import winograd
@@ -312,15 +312,17 @@ def _fill_padded(x: np.ndarray, g: ConvGeometry, xp: np.ndarray) -> None:
 
 def _gather(xp: np.ndarray, cols: np.ndarray, g: ConvGeometry) -> None:
     """``cols[c, r, s, i, p, q] = xp[i, c, p*sh + r*dh, q*sw + s*dw]``: one strided copy."""
-    win = sliding_window_view(xp, ((g.R - 1) * g.dh + 1, (g.S - 1) * g.dw + 1), axis=(2, 3))
-    np.copyto(cols, win[:, :, ::g.sh, ::g.sw, ::g.dh, ::g.dw].transpose(1, 4, 5, 0, 2, 3))
+    si, sc, sy, sx = xp.strides
+    np.copyto(cols, as_strided(xp, (g.C, g.R, g.S, xp.shape[0], g.P, g.Q),
+                               (sc, g.dh * sy, g.dw * sx, si, g.sh * sy, g.sw * sx), writeable=False))
 
 
 def _gather_batch_inner(xt: np.ndarray, cols: np.ndarray, g: ConvGeometry) -> None:
     """``cols[c, r, s, p, q, i] = xt[c, p*sh + r*dh, q*sw + s*dw, i]``: one strided copy whose runs
     are ``(q, i)``, ``Q*n`` values, at unit column stride (``n`` values otherwise)."""
-    win = sliding_window_view(xt, ((g.R - 1) * g.dh + 1, (g.S - 1) * g.dw + 1), axis=(1, 2))
-    np.copyto(cols, win[:, ::g.sh, ::g.sw, :, ::g.dh, ::g.dw].transpose(0, 4, 5, 1, 2, 3))
+    sc, sy, sx, si = xt.strides
+    np.copyto(cols, as_strided(xt, (g.C, g.R, g.S, g.P, g.Q, xt.shape[3]),
+                               (sc, g.dh * sy, g.dw * sx, g.sh * sy, g.sw * sx, si), writeable=False))
 
 
 def _gather_wide(flat: np.ndarray, cols: np.ndarray, g: ConvGeometry, n: int, padded) -> None:
@@ -328,10 +330,9 @@ def _gather_wide(flat: np.ndarray, cols: np.ndarray, g: ConvGeometry, n: int, pa
     ``q < Qw`` (``q >= Q`` is junk): for each (c, r, s, i) one contiguous run of ``P*Qw`` values."""
     Hu, Qw = padded
     item = flat.itemsize
-    src = np.lib.stride_tricks.as_strided(
-        flat, shape=(g.C, g.R, g.S, n, g.P * Qw),
-        strides=(Hu * Qw * item, g.dh * Qw * item, g.dw * item, g.C * Hu * Qw * item, item), writeable=False)
-    np.copyto(cols, src)
+    np.copyto(cols, as_strided(flat, (g.C, g.R, g.S, n, g.P * Qw),
+                               (Hu * Qw * item, g.dh * Qw * item, g.dw * item, g.C * Hu * Qw * item, item),
+                               writeable=False))
 
 
 def _conv_shift_accumulate(x, w, b, g, y):
