@@ -270,6 +270,36 @@ def test_numpy_results_do_not_alias_the_workspace():
         np.testing.assert_array_equal(y1, keep)
 
 
+@pytest.mark.parametrize("specs", [
+    (((7,), np.float32),), (((3, 5), np.float16), ((1000,), np.float64), ((64, 64), np.float32))])
+def test_numpy_workspace_is_kept_and_aligned(specs):
+    """An equal second request reuses the kept buffer (a fresh multi-megabyte buffer is faulted in by the
+    kernel on every call, which is what the workspace exists to avoid), every array starts on a cache line
+    and none overlaps another."""
+    from gpuconv._numpy import _workspace
+    _workspace.release_workspace()
+    _workspace.workspace(((1 << 20,), np.uint8))  # a large buffer, as the conv strategies ask for
+    first = _workspace._local.buf
+    for _ in range(2):
+        arrays = _workspace.workspace(*specs)
+        assert _workspace._local.buf is first
+    _workspace.workspace(((1 << 20,), np.uint8))
+    assert _workspace._local.buf is first
+    ends = []
+    for a, (shape, dtype) in zip(arrays, specs):
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        start = a.__array_interface__["data"][0]
+        assert start % 64 == 0
+        ends.append((start, start + a.nbytes))
+    ends.sort()
+    assert all(e0 <= s1 for (_, e0), (s1, _) in zip(ends, ends[1:]))
+    _workspace.release_workspace()
+    _workspace.workspace(*specs)
+    again = _workspace._local.buf
+    _workspace.workspace(*specs)
+    assert _workspace._local.buf is again
+
+
 @pytest.mark.parametrize("stride,dilation,padding", [
     (2, 1, 1), (3, 1, 2), ((1, 2), 1, ((0, 2), (1, 0))), (2, 2, 2), ((2, 3), (2, 1), 1), (1, 3, "same")])
 @pytest.mark.parametrize("kg", [1, 2])

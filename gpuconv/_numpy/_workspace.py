@@ -87,13 +87,14 @@ def workspace(*specs) -> list[np.ndarray]:
     (Called once per task by the thread-pool loops, so it is kept cheap: the buffer's aligned start is
     computed when the buffer is made.)"""
     sizes = [_nbytes(shape, dtype) for shape, dtype in specs]
-    need = sum(map(_aligned, sizes)) + _ALIGN
+    need = sum(map(_aligned, sizes))
     buf = getattr(_local, "buf", None)
     if buf is None or buf.nbytes < need:
         _local.buf = None  # free the old buffer before allocating the new one
-        raw = np.empty(need, dtype=np.uint8)
-        buf = raw[-raw.__array_interface__["data"][0] % _ALIGN:]
-        if need <= workspace_limit() + _ALIGN:
+        raw = np.empty(need + _ALIGN, dtype=np.uint8)
+        start = -raw.__array_interface__["data"][0] % _ALIGN
+        buf = raw[start:start + need]  # exactly `need` usable bytes, so the next equal call reuses it
+        if need <= workspace_limit():
             _local.buf = buf
     out, start = [], 0
     for (shape, dtype), n in zip(specs, sizes):
