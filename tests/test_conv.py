@@ -149,6 +149,30 @@ def test_numpy_general_strategies_on_the_matrix(monkeypatch, strategy, index):
     assert_close_to_terms(y, p["expected"], p["magnitude"], y.dtype, f"{strategy} case {index}")
 
 
+@pytest.mark.parametrize("strategy,stride", [("numpy_im2col", 1), ("numpy_im2col", 2), ("numpy_im2col_chwn", 1)])
+@pytest.mark.parametrize("kg,groups", [(5, 1), (6, 1), (7, 2), (8, 1), (13, 1), (14, 2), (15, 1), (16, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_gemm_filter_padding(monkeypatch, strategy, stride, kg, groups, dtype):
+    """float32 GEMMs with Kg % 8 of 5-7 (Kg < 16) run with zero filters padding Kg to a multiple of 8;
+    only the real filters reach the output, with their bias."""
+    from gpuconv._numpy import conv as numpy_conv
+    monkeypatch.setattr(numpy_conv, "choose_strategy", lambda g, finite=True: strategy)
+    rng = np.random.default_rng(kg * 10 + groups)
+    x = rng.standard_normal((3, 3 * groups, 9, 7)).astype(dtype)
+    w = rng.standard_normal((kg * groups, 3, 3, 2)).astype(dtype)
+    b = rng.standard_normal(kg * groups).astype(dtype)
+    y = gpuconv.conv2d(x, w, b, stride=stride, padding=1, groups=groups)
+    assert gpuconv.last_kernel().kernel == strategy
+    kw = dict(stride=(stride, stride), pad=(1, 1, 1, 1), dilation=(1, 1), groups=groups)
+    magnitude = conv2d_ref(np.abs(x), np.abs(w), np.abs(b), **kw)
+    assert_close_to_terms(y, conv2d_ref(x, w, b, **kw), magnitude, y.dtype, f"Kg={kg}")
+    wmat = numpy_conv._gemm_weights(w.reshape(groups, kg, -1))
+    padded = dtype == np.float32 and kg < 16 and kg % 8 >= 5
+    assert wmat.shape == (groups, 8 * -(-kg // 8) if padded else kg, 3 * 3 * 2)
+    np.testing.assert_array_equal(wmat[:, :kg], w.reshape(groups, kg, -1))
+    assert not wmat[:, kg:].any()
+
+
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed (second oracle)")
 @pytest.mark.torch
 @pytest.mark.parametrize("index", range(len(MATRIX)), ids=[case_id(c) for c in MATRIX])
