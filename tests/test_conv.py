@@ -262,7 +262,9 @@ def test_numpy_strategies_are_reported():
 
 @pytest.mark.parametrize("shape_w", [(6, 4, 3, 3), (8, 1, 3, 3), (5, 4, 1, 1)])
 def test_numpy_batch_chunking_matches_unchunked(monkeypatch, shape_w):
-    """A tiny workspace forces one sample per chunk; the result must not change."""
+    """A tiny workspace forces one sample per chunk; the result must not change beyond rounding (BLAS
+    may block a GEMM of fewer columns differently: 1-ulp differences, where a chunking mistake would mix
+    up whole samples)."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((5, 4, 9, 8)).astype(np.float32)
     w = rng.standard_normal(shape_w).astype(np.float32)
@@ -270,7 +272,7 @@ def test_numpy_batch_chunking_matches_unchunked(monkeypatch, shape_w):
     full = gpuconv.conv2d(x, w, padding=1, groups=groups)
     monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", "0.001")
     chunked = gpuconv.conv2d(x, w, padding=1, groups=groups)
-    np.testing.assert_array_equal(full, chunked)
+    np.testing.assert_allclose(full, chunked, rtol=1e-5, atol=1e-5)
 
 
 def test_matrix_covers_every_pair():
@@ -359,10 +361,11 @@ def test_numpy_chunking_and_threads_match(monkeypatch, shape_w, groups, dtype):
     monkeypatch.setattr(numpy_conv, "GEMM_ROWS", 1)
     monkeypatch.setattr(numpy_conv, "SHIFT_ACCUMULATE_BLOCK", 1)
     monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", "0.001")
+    tol = 1e-5 if dtype == np.float32 else 1e-6  # float32 GEMMs of other sizes may round differently
     for threads in ("1", "2"):
         monkeypatch.setenv("GPUCONV_NUMPY_THREADS", threads)
         y = gpuconv.conv2d(x, w, padding=pad, groups=groups)
-        np.testing.assert_allclose(y, full, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(y, full, rtol=tol, atol=tol)
 
 
 def test_numpy_concurrent_callers():
