@@ -379,3 +379,42 @@ def test_numpy_concurrent_callers():
         got = list(pool.map(lambda x: gpuconv.conv2d(x, w, padding=1), xs * 3))
     for i, y in enumerate(got):
         np.testing.assert_array_equal(y, expected[i % len(xs)])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("strategy,wshape,groups,padding", [
+    ("numpy_im2col", (4, 3, 3, 3), 1, 1), ("numpy_im2col_chwn", (4, 3, 3, 3), 1, 1),
+    ("numpy_matmul_1x1", (4, 3, 1, 1), 1, 0), ("numpy_shift_accumulate", (6, 1, 3, 3), 3, 1)])
+def test_numpy_inf_and_nan_are_data_not_warnings(monkeypatch, strategy, wshape, groups, padding, dtype):
+    """IEEE specials propagate without NumPy RuntimeWarnings (under warnings-as-errors, common in test
+    suites, a warning would be an exception): inf*0 and inf-inf give NaN, as in the reference. Which
+    outputs are NaN and which are +-inf does not depend on the order of the sum, so it is compared
+    exactly; the workers of the thread pool (depthwise) must see the caller's error handling too."""
+    import warnings
+    from gpuconv._numpy import conv as numpy_conv
+    monkeypatch.setattr(numpy_conv, "choose_strategy", lambda g, finite=True: strategy)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    x[0, 0, 2, 2], x[0, 1, 3, 4], x[1, 2, 0, 0], x[1, 0, 5, 1] = np.inf, -np.inf, np.nan, np.inf
+    w = rng.standard_normal(wshape).astype(dtype)
+    w[1, 0, 0, 0] = np.inf  # inf * 0 (padding, or a zero input) is NaN
+    # The NumPy path multiplies the padding zeros like any input (inf * padding is NaN, as in PyTorch's
+    # dense CPU convolution), so the reference gets the zeros as explicit input.
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    with np.errstate(all="ignore"):
+        expected = conv2d_ref(xp, w, groups=groups)
+    for activation in (None, "sigmoid"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            y = gpuconv.conv2d(x, w, padding=padding, groups=groups, activation=activation)
+        assert gpuconv.last_kernel().kernel == strategy
+        if activation is None:
+            np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+            np.testing.assert_array_equal(np.isinf(y) * np.sign(y), np.isinf(expected) * np.sign(expected))
+        else:  # sigmoid(+-inf) = 1 / 0; NaN stays NaN
+            np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+        assert np.isnan(y).any() and np.isfinite(y).any()
+    with warnings.catch_warnings():  # overflow to inf while rounding to float16 is silent too
+        warnings.simplefilter("error")
+        big = gpuconv.conv2d(np.full((1, 3, 4, 4), 200, dtype), np.full(wshape, 200, dtype), groups=groups)
+    assert np.isinf(big).all() == (dtype == np.float16)

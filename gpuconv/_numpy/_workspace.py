@@ -42,7 +42,7 @@ def parallel_map(fn, items, threads=None) -> None:
     """Run ``fn`` over ``items`` on up to ``threads`` (default :func:`num_threads`) threads; NumPy
     releases the GIL in copies and ufunc loops. Items are dealt out in contiguous runs, one run per
     thread, so a thread touches neighbouring data and the pool is entered once per thread, not once
-    per item."""
+    per item. The workers use the caller's ``np.errstate``."""
     global _pool
     items = list(items)
     threads = min(num_threads() if threads is None else threads, len(items))
@@ -55,12 +55,14 @@ def parallel_map(fn, items, threads=None) -> None:
             _pool = ThreadPoolExecutor(max_workers=max(threads, num_threads()), thread_name_prefix="gpuconv")
         pool = _pool
     bounds = [len(items) * t // threads for t in range(threads + 1)]
+    errors = np.geterr()  # the caller's floating-point error handling (np.errstate is per thread)
 
     def run(t):
         _local.in_pool = True
         try:
-            for item in items[bounds[t]:bounds[t + 1]]:
-                fn(item)
+            with np.errstate(**errors):
+                for item in items[bounds[t]:bounds[t + 1]]:
+                    fn(item)
         finally:
             _local.in_pool = False
 
