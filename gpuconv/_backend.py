@@ -49,6 +49,14 @@ def record(op: str, backend: str, kernel: str) -> None:
 # backends
 # --------------------------------------------------------------------------------------------
 
+def _ieee_quiet(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with NumPy's "overflow" and "invalid value" warnings off: inf and NaN are
+    data, not errors (IEEE arithmetic, as on the GPU and in PyTorch), and a caller running with warnings
+    as errors would get them as exceptions. ``parallel_map`` carries the setting into its workers."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return fn(*args, **kwargs)
+
+
 class NumpyBackend:
     """The NumPy fallback."""
 
@@ -60,11 +68,11 @@ class NumpyBackend:
             raise ValueError(f"algo={algo!r} selects a CUDA kernel, but the inputs are NumPy arrays, which "
                              "run the NumPy path; use algo='auto' or pass CuPy arrays")
         from ._numpy import conv
-        return conv.conv2d(x, w, b, g)
+        return _ieee_quiet(conv.conv2d, x, w, b, g)
 
     def __getattr__(self, op):  # pooling entry points: max_pool2d, avg_pool2d, adaptive_*
         from ._numpy import pool
-        return getattr(pool, op)
+        return functools.partial(_ieee_quiet, getattr(pool, op))
 
 
 class CudaBackend:

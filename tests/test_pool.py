@@ -253,3 +253,28 @@ def test_numpy_adaptive_avg_equal_windows(dtype, size, out):
     assert y.dtype == x.dtype and y.shape == (2, 3) + out_hw
     magnitude = adaptive_pool2d_ref(np.abs(x), out_hw, "avg")
     assert_close_to_terms(y, adaptive_pool2d_ref(x, out_hw, "avg"), magnitude, x.dtype, "numpy")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_numpy_pooling_inf_and_nan_raise_no_warnings(dtype):
+    """inf - inf and NaN are data: each pooling function runs under warnings-as-errors, and the windows
+    holding them come out NaN (overflow while rounding to float16 is silent too)."""
+    import warnings
+    x = np.zeros((1, 1, 4, 4), dtype)
+    x[0, 0, 0, 0], x[0, 0, 0, 1], x[0, 0, 3, 3] = np.inf, -np.inf, np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        avg = gpuconv.avg_pool2d(x, 2)
+        avg_valid = gpuconv.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+        adaptive = gpuconv.adaptive_avg_pool2d(x, 3)
+        global_avg = gpuconv.adaptive_avg_pool2d(x, 1)
+        mx, idx = gpuconv.max_pool2d(x, 2, return_indices=True)
+        amx, aidx = gpuconv.adaptive_max_pool2d(x, 3, return_indices=True)
+        big = gpuconv.avg_pool2d(np.full((1, 1, 4, 4), 60000, dtype), 2, divisor_override=1)
+    assert np.isnan(avg[0, 0, 0, 0]) and np.isnan(avg[0, 0, 1, 1]) and avg[0, 0, 1, 0] == 0
+    assert np.isnan(avg_valid[0, 0, 0, 0]) and np.isnan(avg_valid[0, 0, 3, 3]) and avg_valid[0, 0, 3, 0] == 0
+    assert np.isnan(adaptive[0, 0, 0, 0]) and np.isnan(adaptive[0, 0, 2, 2]) and adaptive[0, 0, 2, 0] == 0
+    assert np.isnan(global_avg).all()
+    assert mx[0, 0, 0, 0] == np.inf and idx[0, 0, 0, 0] == 0 and np.isnan(mx[0, 0, 1, 1]) and idx[0, 0, 1, 1] == 15
+    assert amx[0, 0, 0, 0] == np.inf and np.isnan(amx[0, 0, 2, 2]) and aidx[0, 0, 2, 2] == 15
+    assert np.isinf(big).all() == (dtype == np.float16)

@@ -148,13 +148,9 @@ def conv2d(x: np.ndarray, w: np.ndarray, b, g: ConvGeometry) -> tuple[np.ndarray
            "numpy_im2col_chwn": _conv_im2col_chwn,
            "numpy_im2col": _conv_im2col}[strategy]
     y = np.empty((g.N, g.K, g.P, g.Q), dtype=ct)
-    # inf and NaN are data, not errors (IEEE arithmetic, as on the GPU and in PyTorch): no NumPy
-    # "invalid value" / "overflow" warnings, which a caller running with warnings as errors would get as
-    # exceptions.
-    with np.errstate(over="ignore", invalid="ignore"):
-        run(x, w, b, g, y)  # y = conv + bias
-        _activation(y, g.activation)
-        return (y if y.dtype == x.dtype else y.astype(x.dtype)), strategy
+    run(x, w, b, g, y)  # y = conv + bias
+    _activation(y, g.activation)
+    return (y if y.dtype == x.dtype else y.astype(x.dtype)), strategy
 
 
 _blas_primed = False
@@ -471,7 +467,7 @@ def _activation(y: np.ndarray, act) -> None:
     elif act == "leaky_relu":
         np.multiply(y, LEAKY_RELU_SLOPE, out=y, where=y < 0)
     elif act == "sigmoid":
-        # 1 / (1 + exp(-y)); exp overflow to inf gives the correct limit 0 (the caller silences the
+        # 1 / (1 + exp(-y)); exp overflow to inf gives the correct limit 0 (NumpyBackend silences the
         # overflow warning).
         np.negative(y, out=y)
         np.exp(y, out=y)
