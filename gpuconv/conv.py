@@ -42,11 +42,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     dtypes: float16, float32, float64; the output has the input's dtype; float16 accumulates in float32.
     NaN and Inf propagate as IEEE arithmetic does, with no NumPy warnings. Where PyTorch itself differs
     between its kernels: an infinite weight over a padded position gives NaN on NumPy arrays (the
-    padding zeros are multiplied, ``0 * inf``, as in PyTorch's dense CPU convolution) and NaN or a finite
-    value on CuPy arrays depending on the kernel (the direct kernel skips padded taps, as PyTorch's
-    depthwise CPU kernel does). Results agree with the direct sum to rounding, not
-    bit for bit: the strategy (GEMM blocking, and on NumPy arrays Winograd F(2x2, 3x3) for wide 3x3
-    layers, used only when input and weight are finite) changes the order of the additions.
+    padding zeros are multiplied, ``0 * inf``, as in PyTorch's dense CPU convolution) and NaN or a
+    finite value on CuPy arrays depending on the kernel (the direct kernel skips padded taps, as
+    PyTorch's depthwise CPU kernel does).
+
+    Results agree with the direct sum to rounding, not bit for bit: the strategy (GEMM blocking, and on
+    NumPy arrays Winograd F(2x2, 3x3) for wide 3x3 layers, used only when input and weight are finite)
+    changes the order of the additions.
     """
     backend, a = _backend.coerce_arrays("conv2d", input=input, weight=weight, bias=bias)
     x, w, b = a["input"], a["weight"], a["bias"]

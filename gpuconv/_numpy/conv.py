@@ -36,6 +36,15 @@ AlexNet conv1 gather alone runs 1.6x faster, but inside the call, between GEMMs,
 slower), a GEMV per channel for depthwise, the depthwise taps gathered and summed by one batched
 matmul (as fast as the 17 multiply/add passes, no faster), ``einsum`` over strided tap views (8x
 slower), depthwise blocks small enough for L2 (NumPy's ~2-3 us per ufunc call dominates).
+Also measured and dropped, alternating in one process: strided im2col gathered straight from the
+unpadded input, tap by tap with the borders zeroed (no padded copy, but the input is read once per
+tap: 3x3/2 128 channels 42.7 -> 44-49 ms, AlexNet conv1 28.0 -> 30.5 ms); phase planes for strided
+im2col once more (3x3/2 layers 12-25% slower); depthwise rows running across a chunk's samples
+(longer rows per multiply: 28x28 planes 19.6 -> 15.2 ms, but 56x56 14.2 -> 16.5, 14x14 8.2 -> 12.0,
+stride 2 24 -> 42); the bias as an extra GEMM row of ones (1-4%, inside the noise); the im2col_chwn
+copies on two threads (LeNet 1.6-1.7x slower; OpenBLAS's worker thread probably still spins on the
+second core after a GEMM), or whole half-batches on two threads (no faster, even with single-threaded
+BLAS).
 
 Memory: chunks of samples work in a kept per-thread workspace (``_workspace.workspace``), so calls do
 not page-fault on fresh megabytes; the batch is chunked so the temporaries stay under
