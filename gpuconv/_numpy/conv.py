@@ -37,14 +37,16 @@ slower), a GEMV per channel for depthwise, the depthwise taps gathered and summe
 matmul (as fast as the 17 multiply/add passes, no faster), ``einsum`` over strided tap views (8x
 slower), depthwise blocks small enough for L2 (NumPy's ~2-3 us per ufunc call dominates).
 Also measured and dropped, alternating in one process: strided im2col gathered straight from the
-unpadded input, tap by tap with the borders zeroed (no padded copy, but the input is read once per
-tap: 3x3/2 128 channels 42.7 -> 44-49 ms, AlexNet conv1 28.0 -> 30.5 ms); phase planes for strided
-im2col once more (3x3/2 layers 12-25% slower); depthwise rows running across a chunk's samples
-(longer rows per multiply: 28x28 planes 19.6 -> 15.2 ms, but 56x56 14.2 -> 16.5, 14x14 8.2 -> 12.0,
-stride 2 24 -> 42); the bias as an extra GEMM row of ones (1-4%, inside the noise); the im2col_chwn
-copies on two threads (LeNet 1.6-1.7x slower; OpenBLAS's worker thread probably still spins on the
-second core after a GEMM), or whole half-batches on two threads (no faster, even with single-threaded
-BLAS).
+unpadded input, tap by tap with the borders zeroed (no padded copy, but the input is read once per tap:
+3x3/2 128 channels 42.7 -> 44-49 ms, AlexNet conv1 28.0 -> 30.5 ms); phase planes for strided im2col
+once more (3x3/2 layers 12-25% slower); depthwise rows running across a chunk's samples (longer rows
+per multiply: 28x28 planes 19.6 -> 15.2 ms, but 56x56 14.2 -> 16.5, 14x14 8.2 -> 12.0, stride 2 24 ->
+42); sample-innermost 5x5 layers as R GEMMs over columns gathered once per filter column, each GEMM
+reading a row-shifted slice (3.6x less to gather, but R partial outputs to add: LeNet conv2 1.30-1.34
+-> 1.40-1.42 ms, conv1 1.80 -> 2.49 ms); the bias as an extra GEMM row of ones (1-4%, inside the
+noise); the im2col_chwn copies on two threads (LeNet 1.6-1.7x slower; OpenBLAS's worker thread probably
+still spins on the second core after a GEMM), or whole half-batches on two threads (no faster, even
+with single-threaded BLAS).
 
 Memory: chunks of samples work in a kept per-thread workspace (``_workspace.workspace``), so calls do
 not page-fault on fresh megabytes; the batch is chunked so the temporaries stay under
