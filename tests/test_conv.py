@@ -411,7 +411,7 @@ def test_numpy_inf_and_nan_are_data_not_warnings(monkeypatch, strategy, wshape, 
         if activation is None:
             np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
             np.testing.assert_array_equal(np.isinf(y) * np.sign(y), np.isinf(expected) * np.sign(expected))
-        else:  # sigmoid(+-inf) = 1 / 0; NaN stays NaN
+        else:  # sigmoid maps +inf to 1 and -inf to 0; NaN stays NaN
             np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
         assert np.isnan(y).any() and np.isfinite(y).any()
     with warnings.catch_warnings():  # overflow to inf while rounding to float16 is silent too
