@@ -230,12 +230,12 @@ def _conv_im2col(x, w, b, g, y, batch_inner=False):
     Qw = padded[1] if wide else g.Q  # GEMM columns per output row
     M = g.P * Qw  # GEMM columns per sample
     slack = (g.S - 1) * g.dw if wide else 0  # the last wide row of the last plane reads this far past it
-    per_sample = workspace_bytes(((g.C * plane,), ct), ((g.C * RS, M), ct), ((g.K, M), ct))
+    wmat = _gemm_weights(w.reshape(g.groups, g.Kg, g.Cg * RS))  # rows (c, r, s), as the gathered columns
+    Kp = wmat.shape[1]  # filters per group in the GEMM, zero filters included
+    per_sample = workspace_bytes(((g.C * plane,), ct), ((g.C * RS, M), ct), ((g.groups * Kp, M), ct))
     chunk = _chunk(g, per_sample, M)
     if batch_inner:
         chunk = min(chunk, BATCH_INNER_CHUNK)
-    wmat = _gemm_weights(w.reshape(g.groups, g.Kg, g.Cg * RS))  # rows (c, r, s), as the gathered columns
-    Kp = wmat.shape[1]
     bias = None if b is None else b.reshape(g.groups, g.Kg, 1, 1)
     for n0 in range(0, g.N, chunk):
         n = min(chunk, g.N - n0)
