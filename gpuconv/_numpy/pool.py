@@ -166,6 +166,12 @@ def _global_max_pool2d(x: np.ndarray, return_indices: bool):
     return y.reshape(N, C, 1, 1), idx.reshape(N, C, 1, 1)
 
 
+def _adaptive_windows(g: AdaptiveGeometry):
+    """The ``[start, end)`` windows of the output rows and of the output columns."""
+    return ([adaptive_window(i, g.H, g.OH) for i in range(g.OH)],
+            [adaptive_window(i, g.W, g.OW) for i in range(g.OW)])
+
+
 def _adaptive_reduce(x, axis: int, windows, op: str):
     """Reduce ``x`` along ``axis`` over each ``[start, end)`` window; returns values (and, for 'max',
     the argmax position along that axis with PyTorch's NaN rule; 'max_value' is the max alone, NaN
@@ -202,8 +208,7 @@ def adaptive_avg_pool2d(x: np.ndarray, g: AdaptiveGeometry):
             y = x.reshape(g.N, g.C, g.OH, kh, g.OW, kw).sum(axis=(3, 5), dtype=ct)
         y /= kh * kw
         return y.reshape(g.output_shape).astype(x.dtype, copy=False), "numpy_adaptive_avg_pool"
-    wwin = [adaptive_window(i, g.W, g.OW) for i in range(g.OW)]
-    hwin = [adaptive_window(i, g.H, g.OH) for i in range(g.OH)]
+    hwin, wwin = _adaptive_windows(g)
     cols, _ = _adaptive_reduce(x, 3, wwin, "sum")
     sums, _ = _adaptive_reduce(cols, 2, hwin, "sum")
     counts = (np.array([e - s for s, e in hwin])[:, None] * np.array([e - s for s, e in wwin])[None, :])
@@ -218,8 +223,7 @@ def adaptive_max_pool2d(x: np.ndarray, g: AdaptiveGeometry, return_indices: bool
 def _adaptive_max_pool2d(x: np.ndarray, g: AdaptiveGeometry, return_indices: bool):
     if g.OH == g.OW == 1:  # global max pooling: one reduction per plane
         return _global_max_pool2d(x, return_indices)
-    wwin = [adaptive_window(i, g.W, g.OW) for i in range(g.OW)]
-    hwin = [adaptive_window(i, g.H, g.OH) for i in range(g.OH)]
+    hwin, wwin = _adaptive_windows(g)
     # Columns first, then rows: see the module docstring for why this order keeps PyTorch's rule.
     op = "max" if return_indices else "max_value"
     colmax, colarg = _adaptive_reduce(x, 3, wwin, op)       # (N, C, H, OW), argmax column
