@@ -40,11 +40,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             tells which kernel ran.
 
     dtypes: float16, float32, float64; the output has the input's dtype; float16 accumulates in float32.
-    NaN and Inf propagate as IEEE arithmetic does, with no NumPy warnings. Where PyTorch itself differs
-    between its kernels: an infinite weight over a padded position gives NaN on NumPy arrays (the
-    padding zeros are multiplied, ``0 * inf``, as in PyTorch's dense CPU convolution) and NaN or a
-    finite value on CuPy arrays depending on the kernel (the direct kernel skips padded taps, as
-    PyTorch's depthwise CPU kernel does).
+    NaN and Inf propagate as IEEE arithmetic does, with no NumPy warnings. Padding is a zero that is
+    multiplied like any input value, on every path and by every kernel: an infinite weight over a
+    padded position gives NaN (``0 * inf``), as in PyTorch's dense CPU convolution. (PyTorch itself
+    differs between its kernels here: its depthwise CPU kernel skips padded taps and gives a finite
+    value.)
 
     Results agree with the direct sum to rounding, not bit for bit: the strategy (GEMM blocking, and on
     NumPy arrays Winograd F(2x2, 3x3) for wide 3x3 layers, used only when input and weight are finite)

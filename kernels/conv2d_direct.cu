@@ -13,7 +13,7 @@
 //
 // Semantics (shared/semantics.md): cross-correlation,
 //   y[n,k,p,q] = act(b[k] + sum_{c in group(k), r, s} x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw] * w[k, c', r, s])
-// with out-of-range x reading as 0; flip != 0 uses w[k, c', R-1-r, S-1-s] (true convolution).
+// with out-of-range x reading as 0 (multiplied like any value, so 0 * inf = NaN); flip != 0 uses w[k, c', R-1-r, S-1-s] (true convolution).
 // float16 storage accumulates in float32 (acc_type), float32 in float32, float64 in float64.
 #include "common.cuh"
 
@@ -56,15 +56,17 @@ __global__ void conv2d_direct(const T* __restrict__ x,   // (N, C, H, W), C-cont
             const T* wc = wk + (index_t)c * R * S;
             for (int r = 0; r < R; ++r) {
                 const int ih = ih0 + r * dh;
-                // Rows outside [0, H) are padding: they contribute 0, so skip them (never read them).
-                if (ih < 0 || ih >= H) continue;
-                const int wr = flip ? R - 1 - r : r;  // true convolution reads the rotated kernel
+                const bool row_inside = ih >= 0 && ih < H;  // rows outside [0, H) are padding
+                const int wr = flip ? R - 1 - r : r;        // true convolution reads the rotated kernel
                 for (int s = 0; s < S; ++s) {
                     const int iw = iw0 + s * dw;
-                    // Columns outside [0, W) are padding, likewise 0.
-                    if (iw < 0 || iw >= W) continue;
+                    // A padded tap (row or column outside the image) is never read; it is a zero that is
+                    // still multiplied, not skipped, so that an infinite weight over padding gives NaN
+                    // (0 * inf) here exactly as in the tiled, igemm and depthwise kernels, which multiply
+                    // the zeros they load into shared memory, and as on the NumPy path.
+                    const A xv = row_inside && iw >= 0 && iw < W ? load<T>(xc + (index_t)ih * W + iw) : A(0);
                     const int ws = flip ? S - 1 - s : s;
-                    acc += load<T>(xc + (index_t)ih * W + iw) * load<T>(wc + (index_t)wr * S + ws);
+                    acc += xv * load<T>(wc + (index_t)wr * S + ws);
                 }
             }
         }

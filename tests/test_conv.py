@@ -229,6 +229,32 @@ def test_nan_and_inf_propagate(runner):
 
 
 @pytest.mark.parametrize("runner", CONV_RUNNERS)
+@pytest.mark.parametrize("xshape,wshape,groups,stride,padding", [
+    ((1, 2, 6, 7), (3, 2, 3, 3), 1, 1, 1), ((2, 3, 7, 6), (3, 1, 3, 3), 3, 1, 1),
+    ((1, 3, 9, 8), (6, 1, 3, 3), 3, 2, ((1, 2), (2, 0))), ((1, 2, 5, 6), (4, 2, 1, 1), 1, 1, 1)])
+def test_infinite_weight_over_padding_is_nan(runner, xshape, wshape, groups, stride, padding):
+    """Padding is a zero that is multiplied, so an infinite weight that lands on it gives NaN (0 * inf)
+    on every backend and kernel alike (dense, depthwise, strided, asymmetric padding, 1x1 with padding);
+    elsewhere it gives +-inf by the sign of the input. The pattern of NaN and +-inf does not depend on
+    the order of the sum, so it is compared exactly with the reference on an explicitly zero-padded
+    input."""
+    rng = np.random.default_rng(8)
+    x = (rng.uniform(0.5, 1.5, xshape) * rng.choice([-1, 1], xshape)).astype(np.float32)  # no zeros
+    w = rng.standard_normal(wshape).astype(np.float32)
+    w[0, 0, 0, 0] = np.inf
+    w[-1, 0, -1, -1] = -np.inf
+    (pt, pb), (pl, pr) = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    with np.errstate(all="ignore"):
+        expected = conv2d_ref(xp, w, stride=(stride, stride), groups=groups)
+    y = runner.call(gpuconv.conv2d, x, w, None, stride=stride, padding=padding, groups=groups)
+    assert y.shape == expected.shape
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(y) * np.sign(y), np.isinf(expected) * np.sign(expected))
+    assert np.isnan(y).any() and np.isinf(y).any()
+
+
+@pytest.mark.parametrize("runner", CONV_RUNNERS)
 def test_large_values_sigmoid_saturates(runner):
     x = np.full((1, 1, 3, 3), 1e4, np.float32)
     w = np.array([[[[-1.0]]], [[[1.0]]]], np.float32)
