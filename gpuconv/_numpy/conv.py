@@ -47,6 +47,23 @@ reading a row-shifted slice (3.6x less to gather, but R partial outputs to add: 
 noise); the im2col_chwn copies on two threads (LeNet 1.6-1.7x slower; OpenBLAS's worker thread probably
 still spins on the second core after a GEMM), or whole half-batches on two threads (no faster, even
 with single-threaded BLAS).
+Measured and dropped in a later session, alternating in one process (8x144x56x56 depthwise, LeNet conv1):
+depthwise taps through OpenBLAS GEMVs instead of multiply/add passes, in three layouts (3 column-shifted
+copies of each plane and one GEMV per filter row, 13.1 vs 12.5 ms, or 12.8-13.4 vs 11.8 ms with the GEMV
+padded to 4 rows; all 9 taps copied and one GEMV per channel block, 16.3 vs 14.5 ms at its best block
+size; rows of the 3 shifted copies interleaved so that one GEMV per output row reads 9 taps in place, 350
+us per 40-channel block for the GEMVs alone against 450 us for all 17 passes), and one multiply over all
+9 tap views plus one ``add.reduce`` (2 ufunc calls per block, but a 9x larger temporary: 33 vs 13 ms);
+every GEMV layout needs a copy (NumPy hands BLAS only matrices whose row stride is at least their row
+length, which overlapping taps are not), and the copy costs what the GEMV saves. Depthwise blocks for 2
+threads when N = 1 would give one task: splitting them in two was slower (1x576x14x14 1.5 -> 2.0 ms). On
+this VM two threads running ufuncs on their own arrays scale 1.57x at 128 KiB per array, 1.08x at 512 KiB
+and 0.62x at 2 MiB (the two vCPUs share memory bandwidth), so the thread pool pays only for cache-sized
+work. For a single input channel (LeNet conv1), a GEMM over copied row windows with a banded Toeplitz
+weight matrix (windows 7, 14 or 28 outputs wide) instead of im2col: 2.9-3.2 vs 1.8 ms (less to gather,
+but 1.6-4.8x the flops and a transposing store). Transposing the chwn chunk through a GEMM with the
+identity (BLAS packs efficiently): slower than NumPy's copy for three of the four LeNet transpositions,
+and 0 * inf would spread NaN.
 
 Memory: chunks of samples work in a kept per-thread workspace (``_workspace.workspace``), so calls do
 not page-fault on fresh megabytes; the batch is chunked so the temporaries stay under
