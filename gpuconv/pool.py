@@ -40,7 +40,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     ``kernel_size``. ``0 <= padding <= kernel_size // 2``. Padding acts as -inf. NaN wins: a NaN in a window
     makes its output NaN, and its index is that of the last NaN in row-major window order; otherwise the
     index is the first maximum's. Indices (int64) are ``h * W + w`` within each (n, c) plane; a window
-    with only -inf values returns -inf and its first in-bounds cell.
+    with only -inf values returns -inf and its first in-bounds cell. With dilation a window can hold no
+    input cell at all (every tap in the padding); it returns -inf and, as PyTorch does, ``h * W + w`` of
+    its start row and column each stepped by the dilation until not negative: a position outside the
+    window, possibly outside the plane, so not usable as an index into it.
     Returns ``y``, or ``(y, indices)`` with ``return_indices=True``.
     """
     return _run("max_pool2d", input,

@@ -85,7 +85,10 @@ def _pool_loop(x, kernel, stride, pad, dilation, ceil_mode, visit):
 
 def max_pool2d_ref(x, kernel, stride, pad, dilation, ceil_mode):
     """Returns (values, indices). -inf padding, NaN wins (last NaN), first maximum otherwise; a window
-    without a larger value keeps its first in-bounds cell as index."""
+    without a larger value keeps its first in-bounds cell as index. A window with no in-bounds cell at
+    all (dilation can step over the whole input) is -inf with PyTorch's initial index: its start row and
+    column each stepped by the dilation until not negative (``while (hstart < 0) hstart += dilation_h``
+    in PyTorch's kernels), a position outside the window."""
     N, C, H, W = x.shape
     (kh, kw), (dh, dw) = kernel, dilation
     res = {}
@@ -93,6 +96,14 @@ def max_pool2d_ref(x, kernel, stride, pad, dilation, ceil_mode):
     def visit(n, c, oh, ow, h0, w0):
         taps = [(h0 + i * dh, w0 + j * dw) for i in range(kh) for j in range(kw)]
         taps = [(h, w) for h, w in taps if 0 <= h < H and 0 <= w < W]
+        if not taps:
+            hs, ws = h0, w0
+            while hs < 0:
+                hs += dh
+            while ws < 0:
+                ws += dw
+            res[n, c, oh, ow] = (-math.inf, hs * W + ws)
+            return
         best, arg = -math.inf, taps[0][0] * W + taps[0][1]
         for h, w in taps:
             v = float(x[n, c, h, w])

@@ -182,6 +182,39 @@ def test_unbatched_and_empty(runner):
     assert runner.call(gpuconv.adaptive_avg_pool2d, np.zeros((0, 2, 4, 4)), 2).shape == (0, 2, 2, 2)
 
 
+# Dilated max pooling whose windows hold no input cell: every tap lies in the padding (shape, kernel,
+# stride, padding, dilation, ceil_mode). The first three were found by a random comparison with PyTorch
+# (the NumPy path raised IndexError when asked for indices); in the last, rows -1 and 2 of a 2-row plane.
+EMPTY_WINDOWS = [
+    ((2, 3, 1, 1), (2, 2), (2, 1), (1, 1), (2, 2), False),
+    ((2, 3, 8, 1), (4, 2), (3, 2), (0, 1), (1, 2), False),
+    ((1, 1, 7, 1), (3, 2), (1, 3), (0, 1), (1, 2), True),
+    ((1, 2, 2, 5), (2, 3), 1, (1, 1), (3, 1), False),
+]
+
+
+@pytest.mark.parametrize("runner", POOL_RUNNERS)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,ceil_mode", EMPTY_WINDOWS)
+def test_max_pool2d_windows_without_input_cells(runner, dtype, shape, kernel, stride, padding, dilation,
+                                                ceil_mode):
+    """-inf, and PyTorch's initial index: ``h*W + w`` of the first tap at or after row 0 and column 0,
+    which lies outside the window (PyTorch 2.13 CPU gives the same, checked when installed)."""
+    x = np.random.default_rng(9).standard_normal(shape).astype(dtype)
+    k, s, p, d = _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)
+    exp_vals, exp_idx = max_pool2d_ref(x, k, s, p, d, ceil_mode)
+    y, idx = runner.call(gpuconv.max_pool2d, x, kernel, stride, padding, dilation, ceil_mode,
+                         return_indices=True)
+    assert np.isneginf(y).all() and y.dtype == x.dtype
+    np.testing.assert_array_equal(y.astype(np.float64), exp_vals)
+    np.testing.assert_array_equal(idx, exp_idx)
+    if torch is not None:
+        tv, ti = torch.nn.functional.max_pool2d(torch.from_numpy(x.astype(np.float64)), k, s, p, d, ceil_mode,
+                                                return_indices=True)
+        np.testing.assert_array_equal(tv.numpy(), exp_vals)
+        np.testing.assert_array_equal(ti.numpy(), exp_idx)
+
+
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed (second oracle)")
 @pytest.mark.torch
 @pytest.mark.parametrize("index", range(len(MATRIX)), ids=[case_id(c) for c in MATRIX])

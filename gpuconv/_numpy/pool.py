@@ -102,7 +102,12 @@ def _argmax_indices(x: np.ndarray, y: np.ndarray, g: PoolGeometry, taps) -> np.n
     reverse order and overwriting the winner's tap number wherever ``x == y`` leaves the first match; one
     forward pass over the taps, only when some maximum is NaN, leaves the last NaN. A window of ``-inf``
     matches at its first in-bounds cell, PyTorch's initial index. Tap numbers are kept in the smallest
-    integer type and turned into flat indices at the end. ``taps``: ``list(_taps(g))``."""
+    integer type and turned into flat indices at the end. ``taps``: ``list(_taps(g))``.
+
+    With dilation a window can hold no input cell at all (every tap in the padding, e.g. W = 1, kw = 2,
+    dw = 2, pw = 1: taps -1 and 1); its maximum is -inf and its index PyTorch's initial one, ``h*W + w``
+    of the first tap at or after row 0 and column 0, a position outside the window (and perhaps
+    outside the plane), as PyTorch's CPU and CUDA kernels and our CUDA kernel give."""
     tap = np.zeros(g.output_shape, dtype=np.min_scalar_type(max(len(taps) - 1, 0)))
     for t in range(len(taps) - 1, -1, -1):
         _, _, out_rect, in_rect = taps[t]
@@ -112,12 +117,25 @@ def _argmax_indices(x: np.ndarray, y: np.ndarray, g: PoolGeometry, taps) -> np.n
         for t, (_, _, out_rect, in_rect) in enumerate(taps):
             np.copyto(tap[out_rect], t, where=np.isnan(x[in_rect]))
     # index = (oh*sh - ph + i*dh) * W + (ow*sw - pw + j*dw) for tap t = (i, j)
-    offsets = np.array([i * g.dh * g.W + j * g.dw for i, j, _, _ in taps], dtype=np.int64)
+    offsets = np.array([i * g.dh * g.W + j * g.dw for i, j, _, _ in taps] or [0], dtype=np.int64)
     base = ((np.arange(g.OH, dtype=np.int64) * g.sh - g.ph)[:, None] * g.W
             + (np.arange(g.OW, dtype=np.int64) * g.sw - g.pw)[None, :])
     idx = np.take(offsets, tap)
     idx += base
+    first_h, empty_h = _first_tap(g.OH, g.sh, g.ph, g.kh, g.dh, g.H)
+    first_w, empty_w = _first_tap(g.OW, g.sw, g.pw, g.kw, g.dw, g.W)
+    empty = empty_h[:, None] | empty_w[None, :]
+    if empty.any():  # windows without an input cell: PyTorch's initial index
+        np.copyto(idx, first_h[:, None] * g.W + first_w[None, :], where=empty)
     return idx
+
+
+def _first_tap(out_size: int, stride: int, pad: int, k: int, dilation: int, size: int):
+    """Along one axis, for each output: the first tap at or after 0 (``start + j*dilation``, ``j`` not
+    bounded by ``k``, as PyTorch steps its start), and whether the window has no tap in ``[0, size)``."""
+    start = np.arange(out_size, dtype=np.int64) * stride - pad
+    first = np.where(start < 0, start + (-start + dilation - 1) // dilation * dilation, start)
+    return first, (first >= size) | (first > start + (k - 1) * dilation)
 
 
 def avg_pool_divisor(g: PoolGeometry, count_include_pad: bool, divisor_override) -> np.ndarray:
