@@ -75,7 +75,9 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 def adaptive_avg_pool2d(input, output_size):
     """Adaptive average pooling: output ``i`` of ``O`` averages input ``[floor(i*H/O), ceil((i+1)*H/O))``
     (likewise for columns). ``output_size``: int, ``(oh, ow)``, an entry ``None`` keeps the input size;
-    ``1`` is global average pooling. ``O`` may exceed ``H``."""
+    ``1`` is global average pooling. ``O`` may exceed ``H``. Sizes must be positive: PyTorch also takes
+    ``0`` and returns an empty output, which here is a ``ValueError``, as a zero output size is for
+    :func:`max_pool2d` and :func:`avg_pool2d` in both libraries."""
     return _run("adaptive_avg_pool2d", input,
                 lambda s: adaptive_geometry(s, output_size, "adaptive_avg_pool2d"),
                 lambda be, x, g: be.adaptive_avg_pool2d(x, g), with_indices=None)
