@@ -173,6 +173,41 @@ def test_numpy_gemm_filter_padding(monkeypatch, strategy, stride, kg, groups, dt
     assert not wmat[:, kg:].any()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "sliced", "transposed", "reversed"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("wshape,stride,padding", [
+    ((6, 4, 1, 1), 2, 0), ((5, 4, 3, 2), (2, 3), 0), ((6, 2, 3, 3), 2, ((0, 1), (0, 0))),
+    ((6, 2, 3, 3), 2, ((0, 1), (0, 2))), ((5, 4, 3, 3), 2, 1)])
+def test_numpy_strided_im2col_reads_the_input_in_place(monkeypatch, layout, dtype, wshape, stride, padding):
+    """Strided im2col whose windows never reach the padding (none on top / left, unused bottom / right)
+    gathers its columns straight from the input, whatever its strides, with no padded copy; float16
+    (cast to float32) and padded layers make the copy. Values against the reference either way."""
+    from gpuconv._numpy import conv as numpy_conv
+    fills = []
+    real_fill = numpy_conv._fill_padded
+    monkeypatch.setattr(numpy_conv, "_fill_padded", lambda *a: fills.append(1) or real_fill(*a))
+    rng = np.random.default_rng(11)
+    groups = 4 // wshape[1]
+    base = rng.standard_normal((2, 4, 11, 10)).astype(dtype)
+    wide = np.zeros(base.shape[:3] + (2 * base.shape[3],), dtype)
+    wide[..., ::2] = base
+    x = {"contiguous": base, "sliced": wide[..., ::2],
+         "transposed": np.ascontiguousarray(base.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2),
+         "reversed": np.ascontiguousarray(base[:, ::-1, ::-1])[:, ::-1, ::-1]}[layout]
+    np.testing.assert_array_equal(x, base)
+    w = rng.standard_normal(wshape).astype(dtype)
+    b = rng.standard_normal(wshape[0]).astype(dtype)
+    y = gpuconv.conv2d(x, w, b, stride=stride, padding=padding, groups=groups)
+    assert gpuconv.last_kernel().kernel == "numpy_im2col"
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    (pt, pb), (pl, pr) = ((padding,) * 2,) * 2 if isinstance(padding, int) else padding
+    rows, cols = (y.shape[2] - 1) * sh + wshape[2], (y.shape[3] - 1) * sw + wshape[3]  # read, padding included
+    assert bool(fills) == (dtype == np.float16 or pt > 0 or pl > 0 or rows > 11 or cols > 10)
+    kw = dict(stride=(sh, sw), pad=(pt, pb, pl, pr), dilation=(1, 1), groups=groups)
+    magnitude = conv2d_ref(np.abs(base), np.abs(w), np.abs(b), **kw)
+    assert_close_to_terms(y, conv2d_ref(base, w, b, **kw), magnitude, y.dtype, layout)
+
+
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed (second oracle)")
 @pytest.mark.torch
 @pytest.mark.parametrize("index", range(len(MATRIX)), ids=[case_id(c) for c in MATRIX])

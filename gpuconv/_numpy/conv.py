@@ -237,7 +237,9 @@ def _conv_im2col(x, w, b, g, y, batch_inner=False):
     * otherwise at stride 1, "wide rows" (``Qw`` = the padded width): tap ``(r, s)`` of all outputs of one
       (sample, channel) is a single run of ``P*Qw`` values of the flattened padded plane; the last ``Qw -
       Q`` columns of each output row are junk (they wrap into the next row) and are never stored.
-    * strided convolutions gather exact ``Q``-wide rows."""
+    * strided convolutions gather exact ``Q``-wide rows, straight from ``x`` when no output reads the
+      padding (no top/left padding, and the windows end inside the input) and ``x`` is in the compute
+      dtype: the padded copy would be a copy of ``x`` (1x1 stride 2, 16x256x56x56 -> 512: 78 -> 70 ms)."""
     ct = y.dtype
     prime_blas()
     RS = g.R * g.S
@@ -247,6 +249,10 @@ def _conv_im2col(x, w, b, g, y, batch_inner=False):
     Qw = padded[1] if wide else g.Q  # GEMM columns per output row
     M = g.P * Qw  # GEMM columns per sample
     slack = (g.S - 1) * g.dw if wide else 0  # the last wide row of the last plane reads this far past it
+    from_input = (not wide and not batch_inner and x.dtype == ct and g.pt == 0 and g.pl == 0
+                  and padded[0] <= g.H and padded[1] <= g.W)  # every tap inside x: gather from x itself
+    if from_input:
+        plane = 0  # no padded copy
     wmat = _gemm_weights(w.reshape(g.groups, g.Kg, g.Cg * RS))  # rows (c, r, s), as the gathered columns
     Kp = wmat.shape[1]  # filters per group in the GEMM, zero filters included
     per_sample = workspace_bytes(((g.C * plane,), ct), ((g.C * RS, M), ct), ((g.groups * Kp, M), ct))
@@ -263,6 +269,8 @@ def _conv_im2col(x, w, b, g, y, batch_inner=False):
             xt = flat[:n * g.C * plane].reshape((g.C,) + padded + (n,))
             _fill_padded(x[n0:n0 + n], g, xt.transpose(3, 0, 1, 2))
             _gather_batch_inner(xt, cols.reshape(g.C, g.R, g.S, g.P, g.Q, n), g)
+        elif from_input:
+            _gather(x[n0:n0 + n], cols.reshape(g.C, g.R, g.S, n, g.P, g.Q), g)
         else:
             xp = flat[:n * g.C * plane].reshape((n, g.C) + padded)
             _fill_padded(x[n0:n0 + n], g, xp)
