@@ -13,7 +13,8 @@
 //
 // Semantics (shared/semantics.md): cross-correlation,
 //   y[n,k,p,q] = act(b[k] + sum_{c in group(k), r, s} x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw] * w[k, c', r, s])
-// with out-of-range x reading as 0 (multiplied like any value, so 0 * inf = NaN); flip != 0 uses w[k, c', R-1-r, S-1-s] (true convolution).
+// with out-of-range x reading as 0 (multiplied like any value, so 0 * inf = NaN); flip != 0 uses
+// w[k, c', R-1-r, S-1-s] (true convolution).
 // float16 storage accumulates in float32 (acc_type), float32 in float32, float64 in float64.
 #include "common.cuh"
 
