@@ -49,6 +49,8 @@ def make_layout(a, layout, rng):
         big = rng.standard_normal((n, 2 * c, h + 1, w + 2)).astype(a.dtype)
         big[:, ::2, 1:, 1:w + 1] = a
         view = big[:, ::2, 1:, 1:w + 1]
+    elif layout == "reversed":  # negative strides: channels, rows and columns stored back to front
+        view = np.ascontiguousarray(a[:, ::-1, ::-1, ::-1])[:, ::-1, ::-1, ::-1]
     else:  # "transposed": channels-last storage seen as NCHW
         view = np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     assert np.array_equal(view, a)  # (with C == 1 a transposed view is still contiguous: fine)
@@ -189,19 +191,14 @@ def test_numpy_strided_im2col_reads_the_input_in_place(monkeypatch, layout, dtyp
     rng = np.random.default_rng(11)
     groups = 4 // wshape[1]
     base = rng.standard_normal((2, 4, 11, 10)).astype(dtype)
-    wide = np.zeros(base.shape[:3] + (2 * base.shape[3],), dtype)
-    wide[..., ::2] = base
-    x = {"contiguous": base, "sliced": wide[..., ::2],
-         "transposed": np.ascontiguousarray(base.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2),
-         "reversed": np.ascontiguousarray(base[:, ::-1, ::-1])[:, ::-1, ::-1]}[layout]
-    np.testing.assert_array_equal(x, base)
+    x = make_layout(base, layout, rng)
     w = rng.standard_normal(wshape).astype(dtype)
     b = rng.standard_normal(wshape[0]).astype(dtype)
     y = gpuconv.conv2d(x, w, b, stride=stride, padding=padding, groups=groups)
     assert gpuconv.last_kernel().kernel == "numpy_im2col"
-    sh, sw = (stride, stride) if isinstance(stride, int) else stride
-    (pt, pb), (pl, pr) = ((padding,) * 2,) * 2 if isinstance(padding, int) else padding
+    sh, sw = _pair(stride)
     H, W = base.shape[2:]
+    pt, pb, pl, pr = explicit_padding(padding, wshape[2:], (sh, sw), (1, 1), (H, W))
     rows, cols = (y.shape[2] - 1) * sh + wshape[2], (y.shape[3] - 1) * sw + wshape[3]  # read, padding included
     assert bool(fills) == (dtype == np.float16 or pt > 0 or pl > 0 or rows > H or cols > W)
     kw = dict(stride=(sh, sw), pad=(pt, pb, pl, pr), dilation=(1, 1), groups=groups)
@@ -279,7 +276,7 @@ def test_infinite_weight_over_padding_is_nan(runner, xshape, wshape, groups, str
     w = rng.standard_normal(wshape).astype(np.float32)
     w[0, 0, 0, 0] = np.inf
     w[-1, 0, -1, -1] = -np.inf
-    (pt, pb), (pl, pr) = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
+    pt, pb, pl, pr = explicit_padding(padding, wshape[2:], (stride, stride), (1, 1), xshape[2:])
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     with np.errstate(all="ignore"):
         expected = conv2d_ref(xp, w, stride=(stride, stride), groups=groups)
