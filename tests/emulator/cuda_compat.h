@@ -13,12 +13,18 @@
 //   * static __shared__ is `static thread_local`: exactly one copy per OS thread, and an OS thread runs
 //     one block at a time, so it is one copy per block;
 //   * atomics need no fiber-level care, but blocks may run on several OS threads
-//     (GPUCONV_EMU_WORKERS > 1), so they are real atomic read-modify-writes.
+//     (GPUCONV_EMU_WORKERS > 1), so they are real atomic read-modify-writes;
+//   * the tensor-core mma that a kernel writes as inline PTX on a GPU is provided as plain functions
+//     (gpuconv_emu_mma_m16n8k8_tf32, gpuconv_emu_mma_m16n8k16_f16, gpuconv_emu_cvt_rna_tf32, at the end
+//     of this file) that the kernel calls under #ifdef GPUCONV_EMULATED. The mma is warp-collective on a
+//     GPU but BLOCK-collective here (lanes exchange operands through static shared memory between two
+//     barriers): every thread of the block must make the same sequence of mma calls.
 //
 // Not provided on purpose (a compile error is the intended outcome): warp shuffles/votes/__syncwarp
 // (static_assert with a message), wmma, inline PTX (`asm("...")` with PTX text fails in the
-// assembler), textures/surfaces, `extern __shared__` spelled directly (use GPUCONV_DYNAMIC_SHARED),
-// __constant__ memory written from the host, cooperative groups.
+// assembler; the mma and cvt.rna.tf32 above are the only PTX with a stand-in), textures/surfaces,
+// `extern __shared__` spelled directly (use GPUCONV_DYNAMIC_SHARED), __constant__ memory written from
+// the host, cooperative groups.
 #pragma once
 
 #ifndef GPUCONV_EMULATED
@@ -355,3 +361,161 @@ inline __half atomicAdd(__half* p, __half v) { return ::gpuemu::atomic_update(p,
 inline float atomicExch(float* p, float v) { float old; __atomic_exchange(p, &v, &old, __ATOMIC_RELAXED); return old; }
 inline unsigned int atomicInc(unsigned int* p, unsigned int lim) { return ::gpuemu::atomic_update(p, [lim](unsigned int o) { return o >= lim ? 0u : o + 1; }); }
 inline unsigned int atomicDec(unsigned int* p, unsigned int lim) { return ::gpuemu::atomic_update(p, [lim](unsigned int o) { return (o == 0 || o > lim) ? lim : o - 1; }); }
+
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core MMA: what a kernel reaches through inline PTX on a GPU (`mma.sync.aligned.m16n8k8.row.col.
+// f32.tf32.tf32.f32`, `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32`, `cvt.rna.tf32.f32`), as plain
+// functions a kernel calls under #ifdef GPUCONV_EMULATED (kernels/tensor_core.cuh). Fragment layouts are
+// the PTX ISA's ("Matrix fragments for mma.m16n8k8 / mma.m16n8k16"); with lane = linear thread index % 32,
+// warp = linear thread index / 32 (linear = x + blockDim.x * (y + blockDim.y * z)), gid = lane >> 2,
+// tig = lane & 3:
+//   m16n8k8 tf32:  a[0..3] = A[gid][tig], A[gid+8][tig], A[gid][tig+4], A[gid+8][tig+4]   (A 16x8)
+//                  b[0..1] = B[tig][gid], B[tig+4][gid]                                   (B 8x8)
+//   m16n8k16 f16:  a[0..3] = A[gid][2tig..2tig+1], A[gid+8][2tig..], A[gid][2tig+8..2tig+9],
+//                            A[gid+8][2tig+8..]  (two halves per register, lower k in the low 16 bits)
+//                  b[0..1] = B[2tig..2tig+1][gid], B[2tig+8..2tig+9][gid]                 (B 16x8)
+//   both:          d[0..3] = D[gid][2tig], D[gid][2tig+1], D[gid+8][2tig], D[gid+8][2tig+1]  (D 16x8)
+// Arithmetic: every product exact (in double: two 11-bit significands fit easily), D = C + sum over k
+// rounded ONCE to float at the end, IEEE inf/NaN rules (0 * inf = NaN). Real tensor cores may round or
+// truncate partial sums differently; a kernel test comparing with a float64 reference needs a tolerance
+// for that anyway, and the emulator's job is the data movement (layouts), not the last ulp.
+//
+// Warp-collective on a GPU, BLOCK-collective here: a lane cannot read another lane's registers, and fibers
+// only switch at barriers. So every calling thread publishes its operand registers in a per-block exchange
+// area, meets the block at a barrier, computes its own four outputs from its warp's published operands,
+// and meets the block at a second barrier before anyone may overwrite the area in a next call. Hence EVERY
+// thread of the block that has not returned must make the same sequence of mma calls (true of kernels
+// whose mma calls sit in block-uniform control flow); otherwise the barriers inside the mma meet another
+// __syncthreads() and the launch fails with the usual "divergent __syncthreads()" RuntimeError, naming the
+// mma's site below. Threads (whole warps) that have returned do not take part, as at any barrier; a warp
+// in which only some lanes call the mma (undefined on a GPU: mma.sync needs all 32 lanes; so is a block
+// whose size is not a multiple of 32) aborts the launch with a RuntimeError naming the missing lane.
+// ---------------------------------------------------------------------------------------------------
+namespace gpuemu {
+
+// One lane's published operands. `tag` says which mma published them (1 = tf32, 2 = f16) and is cleared
+// to 0 after the call, so a lane that skipped a call (returned, or took another branch) is seen as such
+// instead of its previous call's registers being used. 32 bytes.
+struct MmaSlot {
+    unsigned a[4];
+    unsigned b[2];
+    unsigned tag;
+    unsigned unused;
+};
+
+// The exchange area of the running block: [warp][lane] for up to 1024 threads (32 KiB). A static
+// __shared__ array (static thread_local: one per OS thread = per block), so it is part of the TLS block
+// that is filled with 0xFF bytes before every block (harmless: each call writes a slot before anyone
+// reads it, and tag 0xFFFFFFFF means "not published"). A function-local static in an inline function is
+// emitted only in modules that use the mma. It must stay trivially constructible: a thread_local with a
+// constructor would get a lazy-initialisation guard, itself thread_local, which the poisoning overwrites.
+inline MmaSlot* mma_exchange() {
+    __shared__ MmaSlot slots[1024];
+    return slots;
+}
+
+// The barriers' site, in the "divergent __syncthreads()" message (both mma kinds share it, so warps that
+// run different kinds of mma at the same time still meet at the same barrier).
+#define GPUEMU_MMA_SITE "the emulated mma.sync (cuda_compat.h; block-collective in the emulator: every thread of the block must call it)"
+
+inline unsigned mma_linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+
+// First half of a call: publish this lane's registers, wait for the block, check that all 32 lanes of the
+// warp published registers for the same kind of mma. Returns the warp's 32 slots.
+inline const MmaSlot* mma_publish(unsigned tag, const unsigned* a, const unsigned* b, unsigned t) {
+    MmaSlot* all = mma_exchange();
+    MmaSlot& me = all[t];
+    for (int i = 0; i < 4; ++i) me.a[i] = a[i];
+    for (int i = 0; i < 2; ++i) me.b[i] = b[i];
+    me.tag = tag;
+    ::gpuemu::barrier(GPUEMU_MMA_SITE, __LINE__, 0);
+    const MmaSlot* warp = all + (t & ~31u);
+    for (unsigned l = 0; l < 32; ++l) {
+        if (warp[l].tag != tag) {
+            char msg[200];
+            snprintf(msg, sizeof msg,
+                     "%s: lane %u of warp %u did not call it (mma.sync needs all 32 lanes of the warp%s)",
+                     tag == 1 ? "gpuconv_emu_mma_m16n8k8_tf32" : "gpuconv_emu_mma_m16n8k16_f16", l, t / 32,
+                     (t & ~31u) + 32 > blockDim.x * blockDim.y * blockDim.z ? "; the block size is not a multiple of 32"
+                                                                             : ", and the same mma");
+            ::gpuemu::trap(msg, __FILE__, __LINE__);
+        }
+    }
+    return warp;
+}
+
+// Second half: wait until every thread has read the area, then withdraw this lane's registers.
+inline void mma_retire(unsigned t) {
+    ::gpuemu::barrier(GPUEMU_MMA_SITE, __LINE__, 0);
+    mma_exchange()[t].tag = 0;
+}
+#undef GPUEMU_MMA_SITE
+
+inline double tf32_operand(unsigned bits) {
+    // The tensor core reads only the top 19 bits (sign, exponent, 10 mantissa bits) of a .tf32 operand:
+    // an operand that did not go through cvt.rna.tf32 is truncated, not rounded. (A NaN whose payload lies
+    // only in the low 13 bits thereby reads as inf — as the hardware, which never sees those bits.)
+    return static_cast<double>(__uint_as_float(bits & 0xFFFFE000u));
+}
+
+inline double f16_operand(unsigned reg, unsigned k) {  // k even: the low 16 bits, k odd: the high 16 bits
+    return static_cast<double>(__ushort_as_half(static_cast<unsigned short>(k & 1 ? reg >> 16 : reg & 0xFFFFu)));
+}
+
+}  // namespace gpuemu
+
+// D += A * B for one warp: PTX mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with C = D.
+// d: this lane's 4 accumulators (in/out); a: its 4 A registers (tf32 bit patterns); b: its 2 B registers.
+inline void gpuconv_emu_mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b) {
+    const unsigned t = ::gpuemu::mma_linear_thread();
+    const ::gpuemu::MmaSlot* w = ::gpuemu::mma_publish(1, a, b, t);
+    const unsigned gid = (t & 31) >> 2, tig = t & 3;  // (lane & 3 == t & 3)
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = gid + 8 * (i >> 1), col = 2 * tig + (i & 1);
+        double sum = 0.0;
+        for (unsigned k = 0; k < 8; ++k) {
+            // A[row][k] is held by lane (row % 8) * 4 + k % 4, in a[(row >= 8) + 2 * (k >= 4)];
+            // B[k][col] by lane col * 4 + k % 4, in b[k >= 4].
+            const double av = ::gpuemu::tf32_operand(w[(row & 7) * 4 + (k & 3)].a[(row >> 3) + 2 * (k >> 2)]);
+            const double bv = ::gpuemu::tf32_operand(w[col * 4 + (k & 3)].b[k >> 2]);
+            sum += av * bv;
+        }
+        d[i] = static_cast<float>(static_cast<double>(d[i]) + sum);  // d[i] is C[row][col]: this lane's own
+    }
+    ::gpuemu::mma_retire(t);
+}
+
+// D += A * B for one warp: PTX mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 with C = D.
+// a: 4 registers each holding 2 halves (.f16x2, lower k in the low 16 bits), b: 2 such registers;
+// d: 4 floats (in/out).
+inline void gpuconv_emu_mma_m16n8k16_f16(float* d, const unsigned* a, const unsigned* b) {
+    const unsigned t = ::gpuemu::mma_linear_thread();
+    const ::gpuemu::MmaSlot* w = ::gpuemu::mma_publish(2, a, b, t);
+    const unsigned gid = (t & 31) >> 2, tig = t & 3;  // (lane & 3 == t & 3)
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = gid + 8 * (i >> 1), col = 2 * tig + (i & 1);
+        double sum = 0.0;
+        for (unsigned k = 0; k < 16; ++k) {
+            // A[row][k] is held by lane (row % 8) * 4 + (k % 8) / 2, in a[(row >= 8) + 2 * (k >= 8)];
+            // B[k][col] by lane col * 4 + (k % 8) / 2, in b[k >= 8]; even k in the low half.
+            const double av = ::gpuemu::f16_operand(w[(row & 7) * 4 + ((k & 7) >> 1)].a[(row >> 3) + 2 * (k >> 3)], k);
+            const double bv = ::gpuemu::f16_operand(w[col * 4 + ((k & 7) >> 1)].b[k >> 3], k);
+            sum += av * bv;
+        }
+        d[i] = static_cast<float>(static_cast<double>(d[i]) + sum);
+    }
+    ::gpuemu::mma_retire(t);
+}
+
+// PTX cvt.rna.tf32.f32: f rounded to 10 explicit mantissa bits, to nearest, ties away from zero, as the
+// fp32 bit pattern with the low 13 bits zero. Adding half a tf32 ulp to the magnitude bits and truncating
+// does exactly that for every finite input, carries included: a mantissa overflow bumps the exponent, a
+// subnormal may round up to FLT_MIN, and everything from the tie above the largest tf32 (0x7F7FF000, i.e.
+// FLT_MAX too) overflows to inf, as round-to-nearest must. inf stays inf. A NaN stays a NaN (quieted; sign
+// and top payload kept): rounding its bits would turn 0x7F800001 into inf and carry 0x7FFFFFFF into the
+// sign bit.
+inline unsigned gpuconv_emu_cvt_rna_tf32(float f) {
+    const unsigned u = __float_as_uint(f);
+    if ((u & 0x7F800000u) == 0x7F800000u) return (u & 0x007FFFFFu) ? ((u & 0xFFFFE000u) | 0x00400000u) : u;
+    return (u + 0x1000u) & 0xFFFFE000u;
+}

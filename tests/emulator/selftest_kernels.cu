@@ -147,4 +147,96 @@ __global__ void read_past_end(const float* __restrict__ x, float* __restrict__ y
     if (i < n) y[i] = x[i + over];
 }
 
+// ---- Tensor-core mma (the emulator's stand-ins for PTX mma.sync / cvt.rna.tf32, cuda_compat.h) ----------
+// Every warp w (numbered across the grid: blockIdx.x * warps per block + linear thread index / 32) loads
+// its own matrices, stored row-major: A[w][s] (16 x K), B[w][s] (K x 8) for steps s = 0, 1, C[w] (16 x 8),
+// and writes D[w] = C[w] + A[w][0] B[w][0] + A[w][1] B[w][1] (two accumulating mma calls).
+__device__ inline unsigned selftest_linear_thread() {
+    return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+
+__device__ inline void load_c(const float* c, float d[4], unsigned gid, unsigned tig) {
+    d[0] = c[gid * 8 + 2 * tig];
+    d[1] = c[gid * 8 + 2 * tig + 1];
+    d[2] = c[(gid + 8) * 8 + 2 * tig];
+    d[3] = c[(gid + 8) * 8 + 2 * tig + 1];
+}
+
+__device__ inline void store_d(float* o, const float d[4], unsigned gid, unsigned tig) {
+    o[gid * 8 + 2 * tig] = d[0];
+    o[gid * 8 + 2 * tig + 1] = d[1];
+    o[(gid + 8) * 8 + 2 * tig] = d[2];
+    o[(gid + 8) * 8 + 2 * tig + 1] = d[3];
+}
+
+// m16n8k8 tf32. raw_a: step 0 passes A's raw float bits (no cvt.rna.tf32), which the mma must truncate.
+__global__ void mma_tf32(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ C,
+                         float* __restrict__ D, int raw_a) {
+    const unsigned t = selftest_linear_thread();
+    const unsigned warps = blockDim.x * blockDim.y * blockDim.z / 32;
+    const unsigned w = blockIdx.x * warps + t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
+    float d[4];
+    load_c(C + w * 128, d, gid, tig);
+    for (int s = 0; s < 2; ++s) {
+        const float* a = A + (w * 2 + s) * 128;  // 16 x 8
+        const float* b = B + (w * 2 + s) * 64;   // 8 x 8
+        const float av[4] = {a[gid * 8 + tig], a[(gid + 8) * 8 + tig], a[gid * 8 + tig + 4], a[(gid + 8) * 8 + tig + 4]};
+        unsigned ar[4], br[2];
+        for (int i = 0; i < 4; ++i) ar[i] = (raw_a && s == 0) ? __float_as_uint(av[i]) : gpuconv_emu_cvt_rna_tf32(av[i]);
+        br[0] = gpuconv_emu_cvt_rna_tf32(b[tig * 8 + gid]);
+        br[1] = gpuconv_emu_cvt_rna_tf32(b[(tig + 4) * 8 + gid]);
+        gpuconv_emu_mma_m16n8k8_tf32(d, ar, br);
+    }
+    store_d(D + w * 128, d, gid, tig);
+}
+
+__device__ inline unsigned pack2(__half lo, __half hi) {
+    return static_cast<unsigned>(__half_as_ushort(lo)) | (static_cast<unsigned>(__half_as_ushort(hi)) << 16);
+}
+
+// m16n8k16 f16.
+__global__ void mma_f16(const __half* __restrict__ A, const __half* __restrict__ B, const float* __restrict__ C,
+                        float* __restrict__ D) {
+    const unsigned t = selftest_linear_thread();
+    const unsigned warps = blockDim.x * blockDim.y * blockDim.z / 32;
+    const unsigned w = blockIdx.x * warps + t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
+    float d[4];
+    load_c(C + w * 128, d, gid, tig);
+    for (int s = 0; s < 2; ++s) {
+        const __half* a = A + (w * 2 + s) * 256;  // 16 x 16
+        const __half* b = B + (w * 2 + s) * 128;  // 16 x 8
+        const unsigned k0 = 2 * tig;
+        const unsigned ar[4] = {pack2(a[gid * 16 + k0], a[gid * 16 + k0 + 1]),
+                                pack2(a[(gid + 8) * 16 + k0], a[(gid + 8) * 16 + k0 + 1]),
+                                pack2(a[gid * 16 + k0 + 8], a[gid * 16 + k0 + 9]),
+                                pack2(a[(gid + 8) * 16 + k0 + 8], a[(gid + 8) * 16 + k0 + 9])};
+        const unsigned br[2] = {pack2(b[k0 * 8 + gid], b[(k0 + 1) * 8 + gid]),
+                                pack2(b[(k0 + 8) * 8 + gid], b[(k0 + 9) * 8 + gid])};
+        gpuconv_emu_mma_m16n8k16_f16(d, ar, br);
+    }
+    store_d(D + w * 128, d, gid, tig);
+}
+
+__global__ void cvt_tf32(const float* __restrict__ x, unsigned* __restrict__ y, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) y[i] = gpuconv_emu_cvt_rna_tf32(x[i]);
+}
+
+// Misuse of the (in the emulator) block-collective mma, 64 threads = 2 warps, A = 1, B = 2, C = 0:
+//   mode 0: only warp 0 calls the mma, then the block meets at a __syncthreads() (fine on a GPU: a
+//           divergent barrier in the emulator);
+//   mode 1: lanes 16..31 of every warp return before the mma (undefined on a GPU: a missing lane);
+//   mode 2: warp 1 returns at once, warp 0 calls the mma (fine on a GPU and in the emulator);
+//   mode 3: every thread calls the mma (fine).
+__global__ void mma_misuse(float* __restrict__ out, int mode) {
+    const unsigned t = threadIdx.x, lane = t % 32, gid = lane / 4, tig = lane % 4;
+    if (mode == 1 && lane >= 16) return;
+    if (mode == 2 && t >= 32) return;
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const unsigned one = gpuconv_emu_cvt_rna_tf32(1.0f), two = gpuconv_emu_cvt_rna_tf32(2.0f);
+    const unsigned a[4] = {one, one, one, one}, b[2] = {two, two};
+    if (mode != 0 || t < 32) gpuconv_emu_mma_m16n8k8_tf32(d, a, b);
+    __syncthreads();
+    store_d(out + (t / 32) * 128, d, gid, tig);
+}
+
 }  // namespace selftest

@@ -37,6 +37,10 @@ NAMES = [
     "selftest::busy<false>",
     "selftest::busy<true>",
     "selftest::read_past_end",
+    "selftest::mma_tf32",
+    "selftest::mma_f16",
+    "selftest::cvt_tf32",
+    "selftest::mma_misuse",
 ]
 INSTANTIATIONS = {SRC: NAMES}
 
@@ -322,6 +326,190 @@ def test_faults_raise_runtime_error_and_the_runtime_survives(any_rt, mode, patte
     out = np.zeros(2, np.float32)
     any_rt.function(SRC, "selftest::block_sum<true>")(2, 256, (x2, out, i32(512)))
     np.testing.assert_allclose(out, block_sums(x2, 256), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tensor-core mma stand-ins (cuda_compat.h: gpuconv_emu_mma_m16n8k8_tf32 / _m16n8k16_f16 / _cvt_rna_tf32)
+# ------------------------------------------------------------------------------------------------
+
+def tf32_round(x):
+    """cvt.rna.tf32.f32 of finite float32 values, written independently of the emulator: add half a tf32
+    ulp to the bit pattern (a carry bumps the exponent) and clear the 13 low bits."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def tf32_truncate(x):
+    """What the tensor core reads of a tf32 operand that skipped the rounding: its top 19 bits."""
+    return (np.ascontiguousarray(x, np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def mma_reference(a, b, c):
+    """D = C + A[:, 0] B[:, 0], then D += A[:, 1] B[:, 1], for every warp: a (warps, 2, 16, K), b (warps, 2,
+    K, 8) float64, c (warps, 16, 8). Each step is exact in float64 (products written out, no BLAS) and rounded
+    once to float32, as two accumulating mma calls."""
+    d = c.astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for s in range(2):
+            prod = a[:, s, :, :, None] * b[:, s, None, :, :]  # (warps, 16, K, 8)
+            d = (d.astype(np.float64) + prod.sum(axis=2)).astype(np.float32)
+    return d
+
+
+def mma_operands(rng, warps, k, kind):
+    """A (warps, 2, 16, k), B (warps, 2, k, 8), C (warps, 16, 8) as float32.
+    'exact': magnitudes in [0.5, 2) with random signs: after rounding to tf32/f16 every product and sum is
+    exact in float64, so the expected float32 result does not depend on the summation order and the check
+    can be exact (it catches an accumulation in float32 or float16, and any misplaced element).
+    'wide': normal values spread over 10^-3 .. 10^3 (checked with rtol=1e-6).
+    'special': 'exact' plus inf (inf * 0 = NaN, inf + finite = inf, -inf + inf = NaN), a NaN in C, and, for
+    tf32 (k = 8), products that overflow float32 but not float64 (only the final rounding gives inf; float16
+    products cannot overflow float32)."""
+    shapes = ((warps, 2, 16, k), (warps, 2, k, 8), (warps, 16, 8))
+    if kind == "wide":
+        return [(rng.standard_normal(sh) * 10.0 ** rng.uniform(-3, 3, sh)).astype(np.float32) for sh in shapes]
+    a, b, c = [(rng.uniform(0.5, 2.0, sh) * rng.choice([-1.0, 1.0], sh)).astype(np.float32) for sh in shapes]
+    if kind == "special":
+        a[0, 0, 3, 1] = np.inf      # row 3 of warp 0: inf * B[1][col]; B[1][5] = 0 gives NaN in D[3][5]
+        b[0, 0, 1, 5] = 0.0
+        c[0, 7, 2] = np.nan         # NaN in C stays NaN
+        big = 1e20 if k == 8 else 60000.0  # 60000: the largest round float16 number
+        a[-1, 1, 12, :] = big
+        b[-1, 1, :, 6] = big
+        a[-1, 0, 9, 0] = -np.inf    # -inf in step 0, +inf in step 1 of the same row: -inf + inf = NaN
+        a[-1, 1, 9, 0] = np.inf
+        b[-1, :, 0, :] = 1.0
+    return a, b, c
+
+
+MMA_BLOCKS = [(64,), (32, 4), (4, 4, 4), (16, 6)]  # the last two: warps do not follow threadIdx.y rows
+
+
+@pytest.mark.parametrize("kind", ["exact", "wide", "special"])
+@pytest.mark.parametrize("block", MMA_BLOCKS, ids=lambda b: "x".join(map(str, b)))
+def test_mma_m16n8k8_tf32(any_rt, block, kind):
+    grid = 2
+    warps = grid * int(np.prod(block)) // 32
+    a, b, c = mma_operands(np.random.default_rng(10), warps, 8, kind)
+    d = np.full((warps, 16, 8), -99.0, np.float32)
+    any_rt.function(SRC, "selftest::mma_tf32")(grid, block, (a, b, c, d, i32(0)))
+    expected = mma_reference(tf32_round(a).astype(np.float64), tf32_round(b).astype(np.float64), c)
+    if kind == "wide":
+        np.testing.assert_allclose(d, expected, rtol=1e-6, atol=1e-30)
+    else:
+        np.testing.assert_array_equal(d, expected)
+    if kind == "special":
+        assert np.isnan(d[0, 3, 5]) and np.isnan(d[0, 7, 2]) and np.isnan(d[-1, 9]).all()
+        assert np.isinf(d[-1, 12, 6]) and np.isfinite(d[-1, 12, :6]).all()  # 8e40 overflows only in float32
+    if kind == "exact":  # the inputs are not tf32 numbers: unrounded operands would give other results
+        unrounded = mma_reference(a.astype(np.float64), b.astype(np.float64), c)
+        assert np.mean(unrounded != expected) > 0.9
+
+
+def test_mma_tf32_ignores_the_low_bits_of_unrounded_operands(any_rt):
+    """Step 0 passes A's raw float32 bits (no cvt.rna.tf32): the tensor core reads the top 19 bits only, so
+    A is truncated, not rounded and not used in full."""
+    warps = 2
+    a, b, c = mma_operands(np.random.default_rng(11), warps, 8, "exact")
+    d = np.zeros((warps, 16, 8), np.float32)
+    any_rt.function(SRC, "selftest::mma_tf32")(1, 64, (a, b, c, d, i32(1)))
+    a_seen = np.stack([tf32_truncate(a[:, 0]), tf32_round(a[:, 1])], axis=1).astype(np.float64)
+    expected = mma_reference(a_seen, tf32_round(b).astype(np.float64), c)
+    np.testing.assert_array_equal(d, expected)
+    rounded = mma_reference(tf32_round(a).astype(np.float64), tf32_round(b).astype(np.float64), c)
+    full = mma_reference(np.stack([a[:, 0], tf32_round(a[:, 1])], axis=1).astype(np.float64),
+                         tf32_round(b).astype(np.float64), c)
+    assert np.mean(expected != rounded) > 0.5 and np.mean(expected != full) > 0.5  # the check can tell
+
+
+@pytest.mark.parametrize("kind", ["exact", "wide", "special"])
+@pytest.mark.parametrize("block", MMA_BLOCKS, ids=lambda b: "x".join(map(str, b)))
+def test_mma_m16n8k16_f16(any_rt, block, kind):
+    grid = 2
+    warps = grid * int(np.prod(block)) // 32
+    a, b, c = mma_operands(np.random.default_rng(12), warps, 16, kind)
+    a16, b16 = a.astype(np.float16), b.astype(np.float16)
+    d = np.full((warps, 16, 8), -99.0, np.float32)
+    any_rt.function(SRC, "selftest::mma_f16")(grid, block, (a16, b16, c, d))
+    expected = mma_reference(a16.astype(np.float64), b16.astype(np.float64), c)
+    if kind == "wide":
+        np.testing.assert_allclose(d, expected, rtol=1e-6, atol=1e-30)
+    else:
+        np.testing.assert_array_equal(d, expected)
+    if kind == "special":
+        assert np.isnan(d[0, 3, 5]) and np.isnan(d[0, 7, 2]) and np.isnan(d[-1, 9]).all()
+        assert abs(d[-1, 12, 6]) > 2.8e10  # 16 * 60000^2 + C, exact
+
+
+def test_mma_with_several_worker_threads(rt, monkeypatch):
+    """Each OS thread running blocks has its own exchange area (static __shared__ is thread_local)."""
+    monkeypatch.setenv("GPUCONV_EMU_WORKERS", "2")
+    grid, block = 8, (32, 4)
+    warps = grid * 4
+    a, b, c = mma_operands(np.random.default_rng(13), warps, 8, "exact")
+    d = np.zeros((warps, 16, 8), np.float32)
+    rt.function(SRC, "selftest::mma_tf32")(grid, block, (a, b, c, d, i32(0)))
+    np.testing.assert_array_equal(d, mma_reference(tf32_round(a).astype(np.float64),
+                                                   tf32_round(b).astype(np.float64), c))
+
+
+def test_cvt_rna_tf32(any_rt):
+    bits = np.uint32
+    special = np.array([
+        0x3F800000 + 0x1000,   # 1 + 2^-11: a tie, away from zero -> 1 + 2^-10 (nearest-even would give 1)
+        0xBF800000 + 0x1000,   # -(1 + 2^-11) -> -(1 + 2^-10)
+        0x3F800000 + 0x0FFF,   # just below the tie -> 1
+        0x3F800000 + 0x3000,   # 1 + 3 * 2^-11: a tie -> 1 + 2^-9
+        0x3FFFF000,            # mantissa carry into the exponent -> 2.0
+        0x7F7FFFFF,            # FLT_MAX -> inf (beyond the largest tf32 by more than half an ulp)
+        0xFF7FFFFF,            # -FLT_MAX -> -inf
+        0x7F7FF000,            # the tie above the largest tf32 -> inf
+        0x7F7FEFFF,            # just below it -> the largest tf32, 0x7F7FE000
+        0x7F800000, 0xFF800000,  # +-inf stay
+        0x00000000, 0x80000000,  # +-0 stay
+        0x00000001, 0x00000FFF,  # tiny subnormals -> 0
+        0x00001000,            # subnormal tie -> 0x00002000
+        0x807FFFFF,            # the largest negative subnormal -> -FLT_MIN
+    ], np.uint32)
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800FFF, 0x7FFFFFFF, 0xFFFFFFFF, 0x7FBFF000],
+                    np.uint32)  # 0x7F800001: rounding its bits would give inf; 0x7FFFFFFF: a carry into the sign
+    rng = np.random.default_rng(14)
+    rand = np.concatenate([rng.integers(0, 2**32, 4000, dtype=np.uint64).astype(np.uint32),  # every class
+                           rng.standard_normal(1000).astype(np.float32).view(np.uint32)])
+    x = np.concatenate([special, nans, rand]).view(np.float32)
+    y = np.zeros(x.size, np.uint32)
+    any_rt.function(SRC, "selftest::cvt_tf32")(4, 128, (x, y, i32(x.size)))
+    u = x.view(np.uint32)
+    is_nan = np.isnan(x)
+    finite = np.isfinite(x)
+    np.testing.assert_array_equal(y[finite], tf32_round(x[finite]).view(np.uint32))
+    np.testing.assert_array_equal(y[np.isinf(x)], u[np.isinf(x)])
+    assert np.isnan(y[is_nan].view(np.float32)).all()
+    assert np.all(y[is_nan] & bits(0x1FFF) == 0) and np.all(y[is_nan] >> 31 == u[is_nan] >> 31)  # sign kept
+    assert is_nan[special.size:special.size + nans.size].all() and is_nan[special.size + nans.size:].any()
+    np.testing.assert_array_equal(y[:special.size], np.array([
+        0x3F802000, 0xBF802000, 0x3F800000, 0x3F804000, 0x40000000, 0x7F800000, 0xFF800000, 0x7F800000,
+        0x7F7FE000, 0x7F800000, 0xFF800000, 0x00000000, 0x80000000, 0x00000000, 0x00000000, 0x00002000,
+        0x80800000], np.uint32))
+
+
+@pytest.mark.parametrize("mode,block,pattern", [
+    (0, 64, r"divergent __syncthreads\(\): .*the emulated mma\.sync \(cuda_compat\.h; block-collective"),
+    (1, 64, r"gpuconv_emu_mma_m16n8k8_tf32: lane 16 of warp [01] did not call it \(mma\.sync needs all 32 "
+            r"lanes of the warp, and the same mma\) at .*cuda_compat\.h:\d+ in block \(0,0,0\)"),
+    (3, 48, r"lane 16 of warp 1 did not call it .*the block size is not a multiple of 32"),
+], ids=["some-warps-then-barrier", "some-lanes", "partial-warp"])
+def test_mma_misuse_raises_instead_of_hanging(any_rt, mode, block, pattern):
+    """In the emulator the mma is block-collective: a warp skipping it while the others wait in it meets them
+    at a different barrier, and a warp with missing lanes is reported by the mma itself."""
+    out = np.zeros(2 * 128, np.float32)
+    with pytest.raises(RuntimeError, match=pattern):
+        any_rt.function(SRC, "selftest::mma_misuse")(1, block, (out, i32(mode)))
+    # the runtime is usable afterwards, and warps that have returned do not take part (as at a barrier)
+    for ok_mode, expected_second_warp in [(2, 0.0), (3, 16.0)]:
+        out[:] = 0.0
+        any_rt.function(SRC, "selftest::mma_misuse")(1, 64, (out, i32(ok_mode)))
+        assert np.all(out[:128] == 16.0) and np.all(out[128:] == expected_second_warp)
 
 
 # ------------------------------------------------------------------------------------------------
