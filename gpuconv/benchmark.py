@@ -12,7 +12,9 @@ Method
   zero-copy (``torch.from_numpy`` / ``torch.as_tensor`` of the CuPy array, pointer checked).
 * Before anything is timed, every contender's output is checked against the reference: PyTorch on the
   inputs upcast to float32 with TF32 off (without PyTorch, on a GPU: gpuconv's NumPy path on host copies;
-  on the CPU: nothing, the rows say "unchecked"). Tolerances: ``TOLERANCES``. A wrong answer fails its
+  on the CPU: nothing, the rows say "unchecked"). Tolerances: ``TOLERANCES``; ``TF32_TOLERANCE`` for
+  cuDNN's TF32 column and for our tensor-core algorithms on float32 (``igemm_tc``, TF32 operands), whose
+  like-for-like peer is that TF32 column. A wrong answer fails its
   row and is not timed; an algorithm that declines the case (``ValueError`` by explicit rule) gives a
   "declined" row with the message.
 * GPU timing: CuPy and PyTorch share one CUDA stream (a CuPy stream, wrapped for PyTorch by
@@ -30,8 +32,8 @@ Method
   roofline, ``max(flops / peak, bytes / bandwidth) / time``; and the speed relative to the peer,
   ``peer time / our time`` (above 1: ours is faster).
 * Roofline figures. GPU: FP32 peak = SMs x FP32 lanes per SM (``FP32_LANES_PER_SM``, by compute
-  capability) x 2 x clock rate (``cudaDevAttrClockRate``), used for every dtype (our kernels compute in
-  float32; cuDNN's TF32 / float16 tensor-core paths can exceed it); bandwidth = a device-to-device copy
+  capability) x 2 x clock rate (``cudaDevAttrClockRate``), used for every dtype (our CUDA-core kernels
+  compute in float32; tensor-core paths, cuDNN's and ``igemm_tc``, can exceed it); bandwidth = a device-to-device copy
   measured at start (bytes read + written). CPU: peak = a measured float32 GEMM (``numpy.matmul``,
   all BLAS threads), bandwidth = a measured copy on all cores.
 
@@ -353,6 +355,12 @@ def cuda_conv_algos() -> list[str]:
     """Our CUDA conv2d algorithms, read at run time (``gpuconv._cuda.conv.ALGOS``), then ``'auto'``."""
     from ._cuda.conv import ALGOS
     return list(ALGOS) + ["auto"]
+
+
+def tensor_core_algos() -> list[str]:
+    """Our algorithms whose float32 products are TF32 (``ConvAlgo.tensor_cores``)."""
+    from ._cuda.conv import ALGORITHMS
+    return [name for name, a in ALGORITHMS.items() if a.tensor_cores]
 
 
 def import_torch(kind: str):
@@ -703,7 +711,9 @@ def make_contenders(plat, case: Case, x, w, algos) -> list[Contender]:
     """Ours for each algo (pooling: its one kernel, listed as 'auto'), then the peer (TF32 off) and, for
     float32 convolutions on a GPU, the peer with TF32 on."""
     ours_algos = algos if case.is_conv else [a for a in algos if a == "auto"]
-    out = [Contender(a, "ours", partial(call_op, gpuconv, case, x, w, **({"algo": a} if case.is_conv else {})))
+    # Tensor-core algorithms compute float32 as TF32: checked with the TF32 tolerance, like cuDNN's TF32 column.
+    out = [Contender(a, "ours", partial(call_op, gpuconv, case, x, w, **({"algo": a} if case.is_conv else {})),
+                     loose=case.dtype == "float32" and a in tensor_core_algos())
            for a in ours_algos]
     torch = plat.torch
     if torch is not None and out:

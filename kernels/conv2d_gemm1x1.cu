@@ -99,7 +99,7 @@ struct PointwiseLoader {
     }
 
     // Every (row, col) of the slice is written by exactly one thread (zeros included).
-    __device__ __forceinline__ void stage(A (*dst)[Cfg::BN]) {
+    __device__ __forceinline__ void stage(A (*dst)[Cfg::B_LD]) {
         if (vec) {
             GPUCONV_UNROLL
             for (int i = 0; i < V_LOADS; ++i) {
@@ -137,7 +137,8 @@ conv2d_gemm1x1(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
     const index_t M = (index_t)N * PQ;
 
     PointwiseLoader<T, Cfg> xl(x, C, H, W, Cg, sh, sw, P, Q, M, vec_x, tid);
-    gemm_conv_tiles<T, Cfg>(w, b, y, xl, smem, Cg, K, groups, M, PQ, vec_w, has_bias, act, tid);
+    gemm_conv_tiles<T, Cfg, RegisterTile<T, Cfg>>(w, b, y, xl, smem, Cg, K, groups, M, PQ, vec_w, has_bias, act,
+                                                  tid);
 }
 
 }  // namespace gpuconv

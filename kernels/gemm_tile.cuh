@@ -1,7 +1,8 @@
 // gemm_tile.cuh — the block/thread-tiled GEMM that the GEMM-style conv2d kernels share
-// (conv2d_igemm.cu: implicit GEMM for any filter; conv2d_gemm1x1.cu: 1x1 filters, zero padding).
+// (conv2d_igemm.cu: implicit GEMM for any filter; conv2d_gemm1x1.cu: 1x1 filters, zero padding;
+// conv2d_igemm_tc.cu: the implicit GEMM on tensor cores).
 //
-// Both kernels compute, per conv group g, the product
+// The kernels compute, per conv group g, the product
 //     C[k, m] = sum_{kr < Kred} A[k, kr] * B[kr, m]          (k < Kg filters, m < M = N*P*Q pixels)
 //   A = the group's weights, Kg x Kred with Kred = Cg*R*S: exactly w's C-contiguous layout (row k is
 //       filter g*Kg + k, contiguous along kr = (c*R + r)*S + s), so A needs no gather;
@@ -15,17 +16,19 @@
 //       (BM/TM) x (BN/TN) threads; each thread keeps a TM x TN tile of accumulators in registers.
 //   GemmSmem: the double-buffered shared staging, A transposed (a[buf][kk][row]) so the inner loop reads
 //       a thread's TM filters contiguously, B as is (b[buf][kk][col]).
-//   GemmWeightLoader: the A loader both kernels use (scalar, or 4-wide vector loads when the host says the
-//       weights allow them).
-//   gemm_tile_mainloop: walks Kred in slices of BK; loads slice t+1 from global memory into registers
-//       while computing slice t from shared memory; one __syncthreads() per slice.
-//   conv_gemm_store: bias, activation, bounds-checked store of a thread's TM x TN results into y.
-//   gemm_conv_tiles: the grid-stride loop over tiles that both kernels run with their own B loader.
+//   GemmWeightLoader: the A loader every GEMM kernel uses (scalar, or 4-wide vector loads when the host says
+//       the weights allow them).
+//   gemm_slices: walks Kred in slices of BK; loads slice t+1 from global memory into registers while the
+//       tile's accumulator computes slice t from shared memory; one __syncthreads() per slice.
+//   RegisterTile: the CUDA-core accumulator (a thread's TM x TN results, FMAs) and its epilogue (bias,
+//       activation, bounds-checked store into y). conv2d_igemm_tc.cu plugs a warp-MMA accumulator into
+//       the same slice and tile loops.
+//   gemm_conv_tiles: the grid-stride loop over tiles that the kernels run with their own B loader.
 //
 // An operand loader is a struct with
 //     void fetch(int k0);     // global -> registers: this thread's share of slice [k0, k0 + BK), 0 where
 //                             // the element lies outside the matrix (reduction, rows/columns, padding)
-//     void stage(A (*dst)[LD]);  // registers -> one shared buffer (LD = BM + A_PAD for A, BN for B)
+//     void stage(A (*dst)[LD]);  // registers -> one shared buffer (LD = Cfg::A_LD for A, Cfg::B_LD for B)
 // and is set up per tile by the kernel (which rows / columns the tile covers).
 #pragma once
 
@@ -49,6 +52,7 @@ struct GemmTileConfig {
     // rows stay 16-byte aligned). The host mirrors this (GEMM_A_PAD in gpuconv/_cuda/conv_igemm.py).
     static constexpr int A_PAD = 4;
     static constexpr int A_LD = BM + A_PAD;
+    static constexpr int B_LD = BN;  // B slices unpadded: a warp's reads b[kk][tx + j*THREADS_N] are consecutive
     static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
     static_assert(BK % 4 == 0, "4-wide vector loads need BK to be a multiple of 4");
 };
@@ -62,11 +66,13 @@ __host__ __device__ constexpr int gemm_min_blocks_per_sm(int tm, int tn) { retur
 
 // Shared staging for one block: two buffers of each operand (double buffering), in the accumulation
 // type (float for float16), so the inner loop does no conversions. Size (bytes):
-//     2 * BK * (BM + A_PAD + BN) * sizeof(acc_type<T>)
+//     2 * BK * (A_LD + B_LD) * sizeof(acc_type<T>)
+// A config (Cfg) provides BM, BN, BK, THREADS, A_LD and B_LD: GemmTileConfig here, the tensor-core config in
+// conv2d_igemm_tc.cu (which pads both rows for its fragment reads).
 template <typename A, class Cfg>
 struct __align__(16) GemmSmem {
     A a[2][Cfg::BK][Cfg::A_LD];  // A^T slices: a[buf][kk][row] = A[k_begin + row, k0 + kk]
-    A b[2][Cfg::BK][Cfg::BN];    // B slices:   b[buf][kk][col] = B[k0 + kk, m0 + col]
+    A b[2][Cfg::BK][Cfg::B_LD];  // B slices:   b[buf][kk][col] = B[k0 + kk, m0 + col]
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -184,22 +190,12 @@ struct GemmWeightLoader {
 };
 
 // ---------------------------------------------------------------------------------------------------
-// The main loop: acc (this thread's TM x TN tile) = A_tile * B_tile over the whole reduction.
-// Thread tid computes filters ty*TM + i (i < TM) and pixels tx + j*THREADS_N (j < TN) of the block tile,
-// ty = tid / THREADS_N, tx = tid % THREADS_N. Pixels are interleaved (not TN contiguous ones) so that a
-// warp's reads of b[kk][tx + j*THREADS_N] hit consecutive banks and its stores to y are consecutive.
+// The slice loop: walks the reduction in slices of BK, double-buffered, and hands each staged slice to the
+// tile's accumulator (`acc.slice(as, bs)`: RegisterTile below, or the warp-MMA tile of conv2d_igemm_tc.cu).
 // Must be called by every thread of the block (it contains __syncthreads()).
 // ---------------------------------------------------------------------------------------------------
-template <class Cfg, typename A, class LoadA, class LoadB>
-__device__ __forceinline__ void gemm_tile_mainloop(LoadA& la, LoadB& lb, int kred, GemmSmem<A, Cfg>& sm,
-                                                   A (&acc)[Cfg::TM][Cfg::TN], int tid) {
-    const int ty = tid / Cfg::THREADS_N;
-    const int tx = tid % Cfg::THREADS_N;
-    GPUCONV_UNROLL
-    for (int i = 0; i < Cfg::TM; ++i) {
-        GPUCONV_UNROLL
-        for (int j = 0; j < Cfg::TN; ++j) acc[i][j] = A(0);
-    }
+template <class Cfg, typename A, class LoadA, class LoadB, class Acc>
+__device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, GemmSmem<A, Cfg>& sm, Acc& acc) {
     // Slice count without forming kred + BK - 1 (which can overflow an int near INT_MAX).
     const int slices = kred / Cfg::BK + (kred % Cfg::BK != 0);
 
@@ -221,21 +217,7 @@ __device__ __forceinline__ void gemm_tile_mainloop(LoadA& la, LoadB& lb, int kre
             la.fetch((t + 1) * Cfg::BK);
             lb.fetch((t + 1) * Cfg::BK);
         }
-        const A (*as)[Cfg::A_LD] = sm.a[cur];
-        const A (*bs)[Cfg::BN] = sm.b[cur];
-        GPUCONV_UNROLL
-        for (int kk = 0; kk < Cfg::BK; ++kk) {
-            A af[Cfg::TM], bf[Cfg::TN];
-            GPUCONV_UNROLL
-            for (int i = 0; i < Cfg::TM; ++i) af[i] = as[kk][ty * Cfg::TM + i];
-            GPUCONV_UNROLL
-            for (int j = 0; j < Cfg::TN; ++j) bf[j] = bs[kk][tx + j * Cfg::THREADS_N];
-            GPUCONV_UNROLL
-            for (int i = 0; i < Cfg::TM; ++i) {
-                GPUCONV_UNROLL
-                for (int j = 0; j < Cfg::TN; ++j) acc[i][j] += af[i] * bf[j];
-            }
-        }
+        acc.slice(sm.a[cur], sm.b[cur]);
         // Write the next slice into the other buffer. Safe without a barrier before it: that buffer was
         // last read while computing slice t-1, and every thread finished that before the barrier that
         // ended iteration t-1 (or, for t = 0, it has not been used in this tile).
@@ -251,56 +233,85 @@ __device__ __forceinline__ void gemm_tile_mainloop(LoadA& la, LoadB& lb, int kre
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Epilogue: y[n, k_first + row, p, q] = act(acc + bias) for this thread's filters / pixels that exist.
-// k_first = g*Kg + k_begin (first filter of the tile, global index); rows = filters the tile has;
-// m0 = first pixel (column) of the tile; M = N*P*Q; PQ = P*Q.
+// The CUDA-core accumulator: this thread's TM x TN tile of C in registers, FMAs from shared memory.
+// Thread tid computes filters ty*TM + i (i < TM) and pixels tx + j*THREADS_N (j < TN) of the block tile,
+// ty = tid / THREADS_N, tx = tid % THREADS_N. Pixels are interleaved (not TN contiguous ones) so that a
+// warp's reads of b[kk][tx + j*THREADS_N] hit consecutive banks and its stores to y are consecutive.
 // ---------------------------------------------------------------------------------------------------
 template <typename T, class Cfg>
-__device__ __forceinline__ void conv_gemm_store(const typename acc_type<T>::type (&acc)[Cfg::TM][Cfg::TN],
-                                                const T* __restrict__ b, T* __restrict__ y, int has_bias, int act,
-                                                int K, int k_first, int rows, index_t m0, index_t M, index_t PQ,
-                                                int tid) {
+struct RegisterTile {
     typedef typename acc_type<T>::type A;
-    const int ty = tid / Cfg::THREADS_N;
-    const int tx = tid % Cfg::THREADS_N;
-    A bias[Cfg::TM];
-    GPUCONV_UNROLL
-    for (int i = 0; i < Cfg::TM; ++i) {
-        // Rows past the group's last filter (partial last tile) are not stored: never read b for them.
-        // b is only read when has_bias (without a bias the host passes w, which must not be read as one).
-        const int row = ty * Cfg::TM + i;
-        bias[i] = (has_bias && row < rows) ? load<T>(b + k_first + row) : A(0);
-    }
-    // Pixel m0 + tx as (image n, pixel pq within the image); column j is THREADS_N pixels further, so the
-    // later columns step (n, pq) instead of dividing again (PQ may be smaller than THREADS_N: a while loop).
-    index_t n = 0, pq = 0;
-    if ((index_t)tx < M - m0) {
-        n = (m0 + tx) / PQ;
-        pq = m0 + tx - n * PQ;
-    }
-    GPUCONV_UNROLL
-    for (int j = 0; j < Cfg::TN; ++j) {
-        const int col = tx + j * Cfg::THREADS_N;
-        // Columns past the last pixel (partial last tile) were computed from zero-filled B and are not
-        // stored; columns only grow with j, so the rest are past it too.
-        if ((index_t)col >= M - m0) break;
-        T* yc = y + (n * K + k_first) * PQ + pq;  // 64-bit: y may exceed 2^31 elements
+    A acc[Cfg::TM][Cfg::TN];
+    int ty, tx;
+
+    __device__ __forceinline__ explicit RegisterTile(int tid) : ty(tid / Cfg::THREADS_N), tx(tid % Cfg::THREADS_N) {
         GPUCONV_UNROLL
         for (int i = 0; i < Cfg::TM; ++i) {
-            const int row = ty * Cfg::TM + i;
-            if (row < rows) {
-                A v = acc[i][j];
-                if (has_bias) v += bias[i];  // (only when there is one: keeps -0.0 as the sum made it)
-                store<T>(yc + (index_t)row * PQ, activate(v, act));
-            }
-        }
-        pq += Cfg::THREADS_N;
-        while (pq >= PQ) {
-            pq -= PQ;
-            ++n;
+            GPUCONV_UNROLL
+            for (int j = 0; j < Cfg::TN; ++j) acc[i][j] = A(0);
         }
     }
-}
+
+    __device__ __forceinline__ void slice(const A (*as)[Cfg::A_LD], const A (*bs)[Cfg::B_LD]) {
+        GPUCONV_UNROLL
+        for (int kk = 0; kk < Cfg::BK; ++kk) {
+            A af[Cfg::TM], bf[Cfg::TN];
+            GPUCONV_UNROLL
+            for (int i = 0; i < Cfg::TM; ++i) af[i] = as[kk][ty * Cfg::TM + i];
+            GPUCONV_UNROLL
+            for (int j = 0; j < Cfg::TN; ++j) bf[j] = bs[kk][tx + j * Cfg::THREADS_N];
+            GPUCONV_UNROLL
+            for (int i = 0; i < Cfg::TM; ++i) {
+                GPUCONV_UNROLL
+                for (int j = 0; j < Cfg::TN; ++j) acc[i][j] += af[i] * bf[j];
+            }
+        }
+    }
+
+    // Epilogue: y[n, k_first + row, p, q] = act(acc + bias) for this thread's filters / pixels that exist.
+    // k_first = g*Kg + k_begin (first filter of the tile, global index); rows = filters the tile has;
+    // m0 = first pixel (column) of the tile; M = N*P*Q; PQ = P*Q.
+    __device__ __forceinline__ void epilogue(const T* __restrict__ b, T* __restrict__ y, int has_bias, int act, int K,
+                                          int k_first, int rows, index_t m0, index_t M, index_t PQ) const {
+        A bias[Cfg::TM];
+        GPUCONV_UNROLL
+        for (int i = 0; i < Cfg::TM; ++i) {
+            // Rows past the group's last filter (partial last tile) are not stored: never read b for them.
+            // b is only read when has_bias (without a bias the host passes w, which must not be read as one).
+            const int row = ty * Cfg::TM + i;
+            bias[i] = (has_bias && row < rows) ? load<T>(b + k_first + row) : A(0);
+        }
+        // Pixel m0 + tx as (image n, pixel pq within the image); column j is THREADS_N pixels further, so the
+        // later columns step (n, pq) instead of dividing again (PQ may be smaller than THREADS_N: a while loop).
+        index_t n = 0, pq = 0;
+        if ((index_t)tx < M - m0) {
+            n = (m0 + tx) / PQ;
+            pq = m0 + tx - n * PQ;
+        }
+        GPUCONV_UNROLL
+        for (int j = 0; j < Cfg::TN; ++j) {
+            const int col = tx + j * Cfg::THREADS_N;
+            // Columns past the last pixel (partial last tile) were computed from zero-filled B and are not
+            // stored; columns only grow with j, so the rest are past it too.
+            if ((index_t)col >= M - m0) break;
+            T* yc = y + (n * K + k_first) * PQ + pq;  // 64-bit: y may exceed 2^31 elements
+            GPUCONV_UNROLL
+            for (int i = 0; i < Cfg::TM; ++i) {
+                const int row = ty * Cfg::TM + i;
+                if (row < rows) {
+                    A v = acc[i][j];
+                    if (has_bias) v += bias[i];  // (only when there is one: keeps -0.0 as the sum made it)
+                    store<T>(yc + (index_t)row * PQ, activate(v, act));
+                }
+            }
+            pq += Cfg::THREADS_N;
+            while (pq >= PQ) {
+                pq -= PQ;
+                ++n;
+            }
+        }
+    }
+};
 
 // Blocks of a GEMM-style conv kernel, in order (group, pixel tile, filter tile), filter tile fastest:
 // consecutive blocks share their pixel tile, so the input it gathers is reused from L2.
@@ -319,17 +330,17 @@ __device__ __forceinline__ GemmBlockIndex gemm_block_index(index_t blk, int k_ti
     return r;
 }
 
-// The block loop both GEMM-style conv kernels run, with their own input loader `xl` (LoadB): a 64-bit
-// grid-stride walk over the (group, pixel tile, filter tile) tiles; per tile the weight loader and `xl` are
-// pointed at it, the main loop accumulates, the epilogue stores. The trip count depends only on
-// blockIdx / gridDim, so every thread of a block reaches the same __syncthreads() (in gemm_tile_mainloop).
-template <typename T, class Cfg, class LoadB>
+// The block loop every GEMM-style conv kernel runs, with its own input loader `xl` (LoadB) and accumulator
+// (Acc: RegisterTile<T, Cfg> for the CUDA-core kernels): a 64-bit grid-stride walk over the (group, pixel
+// tile, filter tile) tiles; per tile the weight loader and `xl` are pointed at it, the slice loop
+// accumulates, the accumulator's epilogue stores. The trip count depends only on blockIdx / gridDim, so
+// every thread of a block reaches the same __syncthreads() (in gemm_slices).
+template <typename T, class Cfg, class Acc, class LoadB>
 __device__ __forceinline__ void gemm_conv_tiles(const T* __restrict__ w, const T* __restrict__ b,
                                                 T* __restrict__ y, LoadB& xl,
                                                 GemmSmem<typename acc_type<T>::type, Cfg>& smem, int kred, int K,
                                                 int groups, index_t M, index_t PQ, int vec_w, int has_bias,
                                                 int act, int tid) {
-    typedef typename acc_type<T>::type A;
     const int Kg = K / groups;
     const index_t m_tiles = (M + Cfg::BN - 1) / Cfg::BN;
     const int k_tiles = (Kg + Cfg::BM - 1) / Cfg::BM;
@@ -342,9 +353,9 @@ __device__ __forceinline__ void gemm_conv_tiles(const T* __restrict__ w, const T
         const int k_first = bi.g * Kg + bi.k_begin;
         wl.begin_tile(w + (index_t)k_first * kred, rows);
         xl.begin_tile(bi.m0, bi.g);
-        A acc[Cfg::TM][Cfg::TN];
-        gemm_tile_mainloop<Cfg>(wl, xl, kred, smem, acc, tid);
-        conv_gemm_store<T, Cfg>(acc, b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ, tid);
+        Acc acc(tid);
+        gemm_slices<Cfg>(wl, xl, kred, smem, acc);
+        acc.epilogue(b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ);
     }
 }
 

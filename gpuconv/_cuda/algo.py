@@ -42,6 +42,9 @@ class ConvAlgo:
       bias or, without one, any valid array of x's dtype that the kernel must not read; ``y`` a new
       C-contiguous ``(N, K, P, Q)`` array it must fill completely); returns the name expression that ran.
     * ``idea``: one line, for docs and ``gpuconv.backend_info()``.
+    * ``tensor_cores``: its float32 products are TF32 (less precise than float32), so ``algo='auto'``
+      considers it only when the user allowed tensor cores (``gpuconv.set_tensor_cores``).
+    * ``min_compute_capability``: the oldest GPU it runs on (``80`` = 8.0); older devices are declined.
     """
 
     name: str
@@ -50,6 +53,8 @@ class ConvAlgo:
     decline_reason: Callable[[ConvGeometry, np.dtype], str | None]
     launch: Callable
     idea: str = ""
+    tensor_cores: bool = False
+    min_compute_capability: int = 0
 
 
 def ctype(dtype) -> str:

@@ -11,6 +11,9 @@ dtype and device, and keep the fastest (as ``torch.backends.cudnn.benchmark`` do
   runtime that cannot time kernels (the tests' CPU emulator) never measures: ``conv.choose_algo``'s
   documented heuristic decides then, and the record says so.
 * ``autotune_choices()`` lists what was decided, with the measured times.
+* Tensor-core algorithms (``igemm_tc``; float32 as TF32) are candidates only after
+  ``set_tensor_cores(True)`` or with ``GPUCONV_TENSOR_CORES=1``; their choices are kept under keys of their
+  own (``|tensor cores``), so switching it never reuses a choice made from the other candidate set.
 
 Nothing here falls back: a candidate that fails raises, as it would when asked for by name.
 """
@@ -31,6 +34,7 @@ REPEATS = 3
 
 _lock = threading.Lock()
 _enabled: bool | None = None  # None: read GPUCONV_AUTOTUNE
+_tensor_cores: bool | None = None  # None: read GPUCONV_TENSOR_CORES
 _cache_file: str | None = None  # None: read GPUCONV_AUTOTUNE_CACHE
 _choices: dict[str, "Choice"] = {}
 _loaded_files: set[str] = set()
@@ -56,10 +60,31 @@ def set_autotune(enabled: bool | None = None, *, cache_file: str | os.PathLike |
             _cache_file = os.fspath(cache_file)
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in ("0", "false", "no", "off")
+
+
 def autotune_enabled() -> bool:
     if _enabled is not None:
         return _enabled
-    return os.environ.get("GPUCONV_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return _env_flag("GPUCONV_AUTOTUNE", True)
+
+
+def set_tensor_cores(enabled: bool | None) -> None:
+    """Let ``conv2d(..., algo='auto')`` on CuPy arrays use tensor-core kernels (``igemm_tc``: float32
+    computed as TF32, about 1e-3 relative precision, as PyTorch's default ``allow_tf32`` for convolutions;
+    float16 with float32 accumulation). Off by default (``GPUCONV_TENSOR_CORES=1`` switches it on);
+    ``None`` goes back to the environment variable. ``algo='igemm_tc'`` runs them whatever this says."""
+    global _tensor_cores
+    with _lock:
+        _tensor_cores = None if enabled is None else bool(enabled)
+
+
+def tensor_cores_enabled() -> bool:
+    if _tensor_cores is not None:
+        return _tensor_cores
+    return _env_flag("GPUCONV_TENSOR_CORES", False)
 
 
 def autotune_choices() -> list[dict]:
@@ -120,8 +145,10 @@ def choose(rt, geom: ConvGeometry, dtype, launch) -> str:
     from . import conv
     timer = getattr(rt, "time_ms", None)
     key = shape_key(rt.device_key() if hasattr(rt, "device_key") else rt.name, geom, dtype)
+    if tensor_cores_enabled():
+        key += "|tensor cores"  # a different candidate set: its own choice
     if timer is None or not autotune_enabled():
-        algo = conv.choose_algo(geom, dtype)
+        algo = conv.choose_algo(geom, dtype, rt)
         with _lock:
             _choices[key] = Choice(key, algo, "heuristic")
         return algo
@@ -132,7 +159,7 @@ def choose(rt, geom: ConvGeometry, dtype, launch) -> str:
         known = _choices.get(key)
     if known is not None and known.how != "heuristic" and conv.decline_reason(known.algo, geom, dtype) is None:
         return known.algo
-    names = conv.candidates(geom, dtype)
+    names = conv.candidates(geom, dtype, rt)
     times = {name: timer(lambda name=name: launch(name), REPEATS) for name in names}
     best = min(names, key=times.__getitem__)
     with _lock:

@@ -4,8 +4,9 @@ first two (``kernels/conv2d_direct.cu``, ``kernels/conv2d_tiled.cu``).
 ``ALGORITHMS`` maps each ``algo=`` name to its :class:`~gpuconv._cuda.algo.ConvAlgo` (source, instantiations,
 decline rule, launch); later algorithms live in modules of their own and are listed in ``_PLUGINS``:
 ``depthwise`` (conv_depthwise.py: one input channel per filter, memory-bound tiles), ``igemm``
-(conv_igemm.py: implicit GEMM over (N*P*Q) x Kg, reduction Cg*R*S gathered on the fly) and ``gemm1x1``
-(conv_gemm1x1.py: a 1x1 filter without padding as a plain GEMM over channels).
+(conv_igemm.py: implicit GEMM over (N*P*Q) x Kg, reduction Cg*R*S gathered on the fly), ``gemm1x1``
+(conv_gemm1x1.py: a 1x1 filter without padding as a plain GEMM over channels) and ``igemm_tc``
+(conv_igemm_tc.py: igemm on tensor cores, float32 as TF32; opt-in for ``'auto'``, sm_80+).
 ``conv2d`` is the one place that decides what runs: the named algorithm (``ValueError`` if it declines,
 never a fallback), or for ``'auto'`` the autotuner's measured choice (``autotune.py``) where the runtime can
 time kernels, else ``choose_algo``'s documented heuristic.
@@ -42,7 +43,7 @@ DIRECT_SOURCE = "conv2d_direct.cu"
 TILED_SOURCE = "conv2d_tiled.cu"
 
 # Modules (in gpuconv/_cuda/) that each define ``ALGO``, a ConvAlgo, after direct and tiled.
-_PLUGINS: tuple[str, ...] = ("conv_depthwise", "conv_igemm", "conv_gemm1x1")
+_PLUGINS: tuple[str, ...] = ("conv_depthwise", "conv_igemm", "conv_gemm1x1", "conv_igemm_tc")
 
 # --- direct ----------------------------------------------------------------------------------------
 DIRECT_BLOCK = 256  # threads per block (1-D)
@@ -201,9 +202,32 @@ def decline_reason(algo: str, geom: ConvGeometry, dtype) -> str | None:
     return ALGORITHMS[algo].decline_reason(geom, np.dtype(dtype))
 
 
-def candidates(geom: ConvGeometry, dtype) -> list[str]:
-    """The algorithms that accept this call, in registry order (what the autotuner measures)."""
-    return [name for name in ALGOS if decline_reason(name, geom, dtype) is None]
+def device_reason(algo: str, rt) -> str | None:
+    """Why ``algo`` cannot run on the runtime's current device (compute capability too old), or None.
+    Runtimes without ``compute_capability()`` (the tests' CPU emulator) run every algorithm."""
+    need = ALGORITHMS[algo].min_compute_capability
+    cc_of = getattr(rt, "compute_capability", None)
+    if not need or cc_of is None:
+        return None
+    cc = cc_of()
+    if cc >= need:
+        return None
+    return (f"{algo} needs a GPU of compute capability {need // 10}.{need % 10} or newer; the current device "
+            f"is {cc // 10}.{cc % 10}")
+
+
+def _allowed_for_auto(algo: str) -> bool:
+    """Tensor-core algorithms (TF32 for float32) only when the user allowed them."""
+    from .autotune import tensor_cores_enabled
+    return not ALGORITHMS[algo].tensor_cores or tensor_cores_enabled()
+
+
+def candidates(geom: ConvGeometry, dtype, rt=None) -> list[str]:
+    """The algorithms ``'auto'`` may run for this call, in registry order (what the autotuner measures):
+    those that accept the geometry and dtype, and the device of ``rt`` (when given), leaving out
+    tensor-core algorithms unless ``gpuconv.set_tensor_cores(True)``."""
+    return [name for name in ALGOS if decline_reason(name, geom, dtype) is None and _allowed_for_auto(name)
+            and (rt is None or device_reason(name, rt) is None)]
 
 
 def heuristic_order(geom: ConvGeometry) -> tuple[str, ...]:
@@ -224,12 +248,17 @@ def heuristic_order(geom: ConvGeometry) -> tuple[str, ...]:
     return ("igemm",) + basic
 
 
-def choose_algo(geom: ConvGeometry, dtype) -> str:
+def choose_algo(geom: ConvGeometry, dtype, rt=None) -> str:
     """The heuristic for ``algo='auto'`` where kernels are not measured (see ``autotune``): the first
-    algorithm of ``heuristic_order`` that is registered and accepts the call. ``direct`` accepts every
-    geometry within the 32-bit size rule. Reasoned, not yet tuned by measurement on a GPU."""
-    for name in heuristic_order(geom):
-        if name in ALGORITHMS and decline_reason(name, geom, dtype) is None:
+    algorithm of ``heuristic_order`` that ``candidates`` allows, with ``igemm_tc`` put first for every
+    layer but depthwise-like ones when tensor cores are allowed. ``direct`` accepts every geometry within
+    the 32-bit size rule. Reasoned, not yet tuned by measurement on a GPU."""
+    order = heuristic_order(geom)
+    if geom.Cg != 1:
+        order = ("igemm_tc",) + order
+    allowed = candidates(geom, dtype, rt)
+    for name in order:
+        if name in allowed:
             return name
     return "direct"
 
@@ -246,10 +275,10 @@ def conv2d(rt, x, w, b, geom: ConvGeometry, algo: str):
         raise ValueError(f"conv2d(): unknown algo {algo!r}; expected 'auto' or one of {', '.join(ALGOS)}")
     # Decline before allocating anything: a refused call must not cost memory (or fail for lack of it).
     if algo != "auto":
-        reason = decline_reason(algo, geom, dtype)
+        reason = decline_reason(algo, geom, dtype) or device_reason(algo, rt)
         if reason is not None:
             raise ValueError(reason)
-    elif not candidates(geom, dtype):
+    elif not candidates(geom, dtype, rt):
         raise ValueError("every conv2d CUDA algorithm declines this call; " + decline_reason("direct", geom, dtype))
     x = xp.ascontiguousarray(x)
     w = xp.ascontiguousarray(w)

@@ -72,6 +72,10 @@ class CupyRuntime:
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
 
+    def compute_capability(self) -> int:
+        """The current device's compute capability as an int (``90`` for 9.0)."""
+        return int(self.xp.cuda.Device().compute_capability)
+
     def device_key(self) -> str:
         """Names the current device for the autotuner's cache: model, compute capability, gpuconv.
         Read once per device (``'auto'`` asks on every call)."""

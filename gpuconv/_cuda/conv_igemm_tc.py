@@ -1,0 +1,108 @@
+"""``igemm_tc``: the implicit-GEMM conv2d on tensor cores (``kernels/conv2d_igemm_tc.cu``).
+
+The same GEMM as ``igemm`` (filters x N*P*Q pixels per group, the im2col matrix gathered on the fly, the
+same double-buffered shared slices and loaders), with each warp's products done by PTX ``mma.sync``:
+
+* float32 as **TF32**: every weight and input value is rounded to a 10-bit mantissa (``cvt.rna``) before the
+  product, sums in float32, as cuDNN / PyTorch compute float32 convolutions with TF32 allowed (their
+  default). Results then agree with the float32 convolution to about 1e-3 relative to the sum of the
+  terms' magnitudes, not to float32 rounding;
+* float16 on the float16 values themselves (exact products), float32 accumulation (as ``igemm``'s float16);
+* float64 is declined (tensor cores here have no float64 path).
+
+Behind an explicit flag: ``algo='igemm_tc'`` runs it by name; ``algo='auto'`` considers it only after
+``gpuconv.set_tensor_cores(True)`` (or ``GPUCONV_TENSOR_CORES=1``), because for float32 it trades precision
+for speed. It needs compute capability 8.0 (Ampere) or newer (``MIN_COMPUTE_CAPABILITY``): on an older GPU a
+named call raises ``ValueError`` and ``'auto'`` leaves it out.
+
+Tile configs (template arguments ``BM, BN, WARPS_M, WARPS_N``): ``large`` 128 x 128 with 2 x 4 warps, ``small``
+64 x 64 with 2 x 4 warps, chosen by igemm's rule (``conv_igemm.gemm_tile_for``: large when a group has more
+than 64 filters and the large tiles number at least 128). Weight loads are 4-wide under igemm's rule.
+
+Timings: not yet measured on a GPU; the tiles are igemm's, not tuned for tensor cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._geometry import ConvGeometry
+from .algo import CTYPE, MAX_GRID_BLOCKS, ConvAlgo, geometry_args
+from .conv_igemm import (LARGE_TILE, _resolve_vectorize, data_pointer, gemm_blocks, gemm_tile_for,
+                         igemm_decline_reason, weights_vectorizable)
+
+SOURCE = "conv2d_igemm_tc.cu"
+KERNEL = "conv2d_igemm_tc"
+MIN_COMPUTE_CAPABILITY = 80  # mma.sync m16n8k8 .tf32 and m16n8k16 .f16 with float32 accumulation: sm_80
+DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+@dataclass(frozen=True)
+class TensorCoreTile:
+    """A block tile of conv2d_igemm_tc: ``bm`` filters x ``bn`` pixels, ``warps_m`` x ``warps_n`` warps."""
+
+    name: str
+    bm: int
+    bn: int
+    warps_m: int
+    warps_n: int
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps_m * self.warps_n
+
+    @property
+    def template_args(self) -> str:
+        return f"{self.bm}, {self.bn}, {self.warps_m}, {self.warps_n}"
+
+    def shared_bytes(self) -> int:
+        """Static shared memory: two buffers of the A and B slices (BK = 16 rows of floats, each row padded
+        by 8 words; TensorCoreTileConfig in the kernel)."""
+        return 4 * 2 * 16 * (self.bm + 8 + self.bn + 8)
+
+
+TC_LARGE_TILE = TensorCoreTile("large", 128, 128, 2, 4)
+TC_SMALL_TILE = TensorCoreTile("small", 64, 64, 2, 4)
+TILES = (TC_LARGE_TILE, TC_SMALL_TILE)
+
+
+def tc_tile_for(geom: ConvGeometry, dtype) -> TensorCoreTile:
+    """igemm's tile rule: the large tile where igemm would take its large one (same 128 x 128 block tile)."""
+    return TC_LARGE_TILE if gemm_tile_for(geom, dtype) == LARGE_TILE else TC_SMALL_TILE
+
+
+def tc_name(dtype, tile: TensorCoreTile) -> str:
+    return f"gpuconv::{KERNEL}<{CTYPE[np.dtype(dtype)]}, {tile.template_args}>"
+
+
+INSTANTIATIONS = tuple(tc_name(dt, t) for dt in DTYPES for t in TILES)
+
+
+def igemm_tc_decline_reason(geom: ConvGeometry, dtype) -> str | None:
+    """float64 is declined; otherwise igemm's rule (only the 32-bit size limit)."""
+    if np.dtype(dtype) not in DTYPES:
+        return (f"igemm_tc declines {np.dtype(dtype)}: its tensor-core products take float32 (as TF32) or "
+                "float16; use algo='igemm'")
+    reason = igemm_decline_reason(geom, dtype)
+    return None if reason is None else reason.replace("igemm declines", "igemm_tc declines", 1)
+
+
+def launch_igemm_tc(rt, x, w, b, y, geom: ConvGeometry, *, tile: TensorCoreTile | None = None,
+                    vectorize_weights: bool | None = None) -> str:
+    """ConvAlgo.launch for igemm_tc. ``tile`` / ``vectorize_weights`` override the rules (tests)."""
+    dtype = np.dtype(x.dtype)
+    tile = tc_tile_for(geom, dtype) if tile is None else tile
+    vec_w = _resolve_vectorize(vectorize_weights, weights_vectorizable(geom, dtype, data_pointer(w)), "weight")
+    name = tc_name(dtype, tile)
+    grid = min(max(gemm_blocks(geom, tile), 1), MAX_GRID_BLOCKS)  # gemm_blocks reads only bm, bn
+    rt.function(SOURCE, name)((grid, 1, 1), (tile.threads, 1, 1),
+                              [x, w, b, y] + geometry_args(geom) + [np.int32(1 if vec_w else 0)])
+    return name
+
+
+ALGO = ConvAlgo("igemm_tc", SOURCE, INSTANTIATIONS, igemm_tc_decline_reason, launch_igemm_tc,
+                "implicit GEMM on tensor cores (mma.sync): igemm's shared slices, 16x8 mma tiles per warp; "
+                "float32 as TF32, float16 with float32 accumulation; sm_80+, opt-in",
+                tensor_cores=True, min_compute_capability=MIN_COMPUTE_CAPABILITY)

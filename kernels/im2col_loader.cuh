@@ -1,0 +1,110 @@
+// im2col_loader.cuh — the B operand loader of the implicit-GEMM conv kernels (conv2d_igemm.cu on CUDA
+// cores, conv2d_igemm_tc.cu on tensor cores): gathers a BK x BN slice of the im2col matrix from x on the fly,
+// with stride, asymmetric padding (read as 0), dilation and flip in its index math. Plugs into gemm_tile.cuh's
+// slice loop (fetch / stage; see the operand-loader contract there).
+#pragma once
+
+#include "common.cuh"
+
+namespace gpuconv {
+
+// The B operand of the implicit GEMM: B[kr, m] = x[n, g*Cg + c, p*sh - pt + r'*dh, q*sw - pl + s'*dw]
+// with kr = (c*R + r)*S + s, m = (n*P + p)*Q + q, (r', s') = (r, s), or (R-1-r, S-1-s) with flip (true
+// convolution pairs weight tap (r, s) with the mirrored input tap), and 0 outside the image (padding).
+//
+// Thread t always loads column t % BN of the tile (so its pixel's decomposition is done once per tile, and
+// consecutive threads read consecutive pixels: coalesced along W for stride 1) and LOADS consecutive rows
+// (t / BN) * LOADS + i, i < LOADS, of each slice: one division pair per slice finds the first row's
+// (c, r, s), the following ones step by one tap.
+template <typename T, class Cfg>
+struct Im2colLoader {
+    typedef typename acc_type<T>::type A;
+    static constexpr int BN = Cfg::BN, BK = Cfg::BK;
+    static constexpr int LOADS = BK * BN / Cfg::THREADS;  // rows per thread per slice
+    static_assert(Cfg::THREADS % BN == 0 && (BK * BN) % Cfg::THREADS == 0, "pattern must tile BK x BN exactly");
+
+    const T* x;
+    int C, H, W, R, S, Cg, sh, sw, pt, pl, dh, dw, P, Q, flip, kred;
+    int tap_dh, tap_dw;  // input step per filter tap: (dh, dw), or (-dh, -dw) with flip (see begin_tile)
+    index_t HW, PQ, M;
+    int col, row0;  // this thread's column of the tile and first row of each slice
+    // per tile:
+    const T* xb;    // x + (n*C + g*Cg) * H*W: the first channel of this pixel's image and group
+    int ih0, iw0;   // input row / column of tap (0, 0) (negative inside the top / left padding)
+    bool col_ok;    // the pixel exists (a partial last tile has columns past M)
+    A regs[LOADS];
+
+    __device__ __forceinline__ Im2colLoader(const T* x_, int C_, int H_, int W_, int R_, int S_, int Cg_, int sh_,
+                                            int sw_, int pt_, int pl_, int dh_, int dw_, int P_, int Q_,
+                                            int flip_, index_t M_, int tid)
+        : x(x_), C(C_), H(H_), W(W_), R(R_), S(S_), Cg(Cg_), sh(sh_), sw(sw_), pt(pt_), pl(pl_), dh(dh_),
+          dw(dw_), P(P_), Q(Q_), flip(flip_), kred(Cg_ * R_ * S_), tap_dh(flip_ ? -dh_ : dh_),
+          tap_dw(flip_ ? -dw_ : dw_), HW((index_t)H_ * W_),
+          PQ((index_t)P_ * Q_), M(M_), col(tid % BN), row0((tid / BN) * LOADS),
+          xb(x_), ih0(0), iw0(0), col_ok(false) {}
+
+    __device__ __forceinline__ void begin_tile(index_t m0, int g) {
+        col_ok = (index_t)col < M - m0;
+        if (!col_ok) return;  // fetch() reads nothing for this column; the other members stay unused
+        const index_t m = m0 + col;
+        const index_t n = m / PQ;
+        const index_t pq = m - n * PQ;
+        const int p = (int)(pq / Q);
+        const int q = (int)(pq - (index_t)p * Q);
+        xb = x + ((index_t)n * C + (index_t)g * Cg) * HW;  // 64-bit: x may exceed 2^31 elements
+        // int: p*sh <= H + pt + pb - 1 - (R-1)*dh, which the host's 32-bit rule keeps below 2^31.
+        ih0 = p * sh - pt;
+        iw0 = q * sw - pl;
+        if (flip) {
+            // Flip: weight tap (r, s) pairs with input tap (R-1-r, S-1-s), i.e. row
+            // ih0 + (R-1-r)*dh = (ih0 + (R-1)*dh) - r*dh: start at the last tap and step backwards
+            // (fetch() uses the signed steps tap_dh / tap_dw), so the gather itself is flip-free.
+            ih0 += (R - 1) * dh;
+            iw0 += (S - 1) * dw;
+        }
+    }
+
+    __device__ __forceinline__ void fetch(int k0) {
+        // Rows at or past kred (the reduction tail of the last slice) read 0; `row0 < kred - k0` cannot
+        // overflow where `k0 + row0 < kred` could (k0 < kred <= INT_MAX).
+        int c = 0, r = 0, s = 0;
+        if (row0 < kred - k0) {
+            const int kr = k0 + row0;
+            const int RS = R * S;
+            c = kr / RS;
+            const int rs = kr - c * RS;
+            r = rs / S;
+            s = rs - r * S;
+        }
+        GPUCONV_UNROLL
+        for (int i = 0; i < LOADS; ++i) {
+            A v = A(0);
+            if (col_ok && row0 + i < kred - k0) {
+                const int ih = ih0 + r * tap_dh;
+                const int iw = iw0 + s * tap_dw;
+                // Halo / bounds: taps that land in the padding (or, for a filter reaching past the padded
+                // edge, beyond it) read 0 by definition; x is never read outside the image. The unsigned
+                // compare also rejects negative coordinates (top / left padding).
+                if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                    v = load<T>(xb + (index_t)c * HW + (index_t)ih * W + iw);
+            }
+            regs[i] = v;
+            // Next tap: s fastest, then r, then c (the order of kr and of w's layout).
+            if (++s == S) {
+                s = 0;
+                if (++r == R) {
+                    r = 0;
+                    ++c;
+                }
+            }
+        }
+    }
+
+    // Every (row, col) of the slice is written by exactly one thread (zeros included).
+    __device__ __forceinline__ void stage(A (*dst)[Cfg::B_LD]) {
+        GPUCONV_UNROLL
+        for (int i = 0; i < LOADS; ++i) dst[row0 + i][col] = regs[i];
+    }
+};
+
+}  // namespace gpuconv

@@ -1,0 +1,92 @@
+// tensor_core.cuh — warp-level tensor-core multiply-accumulate (PTX mma.sync) and the operand conversions
+// the tensor-core conv kernel (conv2d_igemm_tc.cu) needs.
+//
+// Inline PTX rather than <mma.h>'s wmma: our kernels take no CUDA toolkit headers (see common.cuh), and the
+// PTX ISA documents which lane holds which element of each mma fragment (wmma's layouts are opaque), so a
+// kernel can build its fragments straight from its own shared-memory layout.
+//
+//   mma_m16n8k8_tf32(d, a, b):  d += A * B, A 16x8, B 8x8, TF32 inputs, float32 accumulation (sm_80+).
+//   mma_m16n8k16_f16(d, a, b):  d += A * B, A 16x16, B 16x8, float16 inputs, float32 accumulation (sm_80+).
+//   to_tf32(f):                 cvt.rna.tf32.f32: f rounded to TF32 (10 mantissa bits, nearest, ties away
+//                               from zero), as the bit pattern the tf32 mma takes.
+//   pack_half2(lo, hi):         two floats as float16 (round to nearest even) in one register, lo in the low
+//                               16 bits, the .f16x2 operand of the f16 mma.
+// Fragments, per lane (groupID gid = lane / 4, tig = lane % 4; D is 16x8 for both shapes):
+//   tf32: a = A[gid][tig], A[gid+8][tig], A[gid][tig+4], A[gid+8][tig+4]; b = B[tig][gid], B[tig+4][gid]
+//   f16:  a = A[gid][2tig..+1], A[gid+8][2tig..+1], A[gid][2tig+8..+9], A[gid+8][2tig+8..+9] (pairs packed);
+//         b = B[2tig..+1][gid], B[2tig+8..+9][gid]
+//   d = D[gid][2tig], D[gid][2tig+1], D[gid+8][2tig], D[gid+8][2tig+1]
+// Every lane of the warp must execute each mma (it is warp-collective); the kernel calls them in
+// block-uniform control flow.
+//
+// Below sm_80 the mma and cvt bodies are __trap(): the host declines devices below compute capability 8.0
+// (gpuconv/_cuda/conv_igemm_tc.py), and the NVRTC compile check still builds every instantiation for sm_75.
+// Under the CPU emulator (GPUCONV_EMULATED) the emulator's gpuconv_emu_* functions stand in
+// (tests/emulator/cuda_compat.h); there the mma is block-collective (it meets the block at barriers).
+#pragma once
+
+#include "common.cuh"
+
+namespace gpuconv {
+
+#if defined(GPUCONV_EMULATED)
+
+__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    gpuconv_emu_mma_m16n8k8_tf32(d, a, b);
+}
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    gpuconv_emu_mma_m16n8k16_f16(d, a, b);
+}
+__device__ __forceinline__ unsigned to_tf32(float f) { return gpuconv_emu_cvt_rna_tf32(f); }
+__device__ __forceinline__ unsigned short half_bits(half h) {
+    unsigned short bits;
+    __builtin_memcpy(&bits, &h, sizeof bits);
+    return bits;
+}
+
+#else
+
+__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ unsigned to_tf32(float f) {
+    unsigned u = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(u) : "f"(f));
+#else
+    (void)f;
+    __trap();
+#endif
+    return u;
+}
+
+__device__ __forceinline__ unsigned short half_bits(half h) { return h.bits; }
+
+#endif
+
+__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
+    return (unsigned)half_bits(float_to_half(lo)) | ((unsigned)half_bits(float_to_half(hi)) << 16);
+}
+
+}  // namespace gpuconv

@@ -1,0 +1,286 @@
+"""``igemm_tc``: the implicit GEMM on tensor cores (kernels/conv2d_igemm_tc.cu, kernels/tensor_core.cuh) and
+its host side (gpuconv/_cuda/conv_igemm_tc.py; the opt-in in autotune.py and conv.py).
+
+On the CPU the emulator runs the kernel with its mma.sync emulated from the PTX ISA's fragment layouts
+(tests/emulator), so the lanes' fragment reads, the tile and epilogue bounds and the TF32 rounding are
+checked here. float32 is compared with the textbook reference computed on TF32-rounded inputs (rounded by
+this file's own ``tf32``), at the float32 tolerance: a fragment in the wrong place, a missing rounding or
+an unrounded operand fails. float16 is compared at the float16 tolerance (its products are exact). The
+geometry matrix is test_cuda_conv's; tile edges are test_cuda_igemm's, with both tile configs forced and
+both thread orders. On a GPU (``-m gpu``) the same matrix runs on the real tensor cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv._cuda import autotune, conv, conv_igemm_tc
+from gpuconv._cuda.conv_igemm_tc import TC_LARGE_TILE, TC_SMALL_TILE
+from gpuconv._geometry import conv_geometry
+from tests.runners import SpyRuntime, emulated_runtime, gpu_unavailable_reason
+from tests.test_cuda_conv import CASES as CONV_CASES
+from tests.test_cuda_conv import _case_id, _data, _layout, assert_matches, reference_conv2d
+from tests.test_cuda_igemm import EDGE_CASES, _arrays
+
+TILES = {"small": TC_SMALL_TILE, "large": TC_LARGE_TILE}
+ORDERS = ("forward", "reversed")
+
+
+def tf32(a):
+    """``a`` as float32 rounded to TF32 as cvt.rna.tf32.f32 does: 10 mantissa bits, to nearest, ties away
+    from zero (add half of the dropped part's range to the magnitude bits, then truncate); inf / NaN kept."""
+    out = np.array(a, dtype=np.float32, copy=True)
+    bits = out.view(np.uint32)
+    finite = np.isfinite(out)
+    bits[finite] = (bits[finite] + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
+    return out
+
+
+def test_tf32_rounding_helper():
+    """The test's own rounding, on values whose TF32 rounding is known."""
+    ulp = 2.0 ** -10  # TF32 spacing in [1, 2)
+    big = np.finfo(np.float32).max  # above the largest TF32 number plus half its spacing: rounds to inf
+    x = np.array([1 + ulp / 2, 1 + ulp / 2 - 2.0 ** -23, -(1 + ulp / 2), 1 + 3 * ulp / 2, big, -np.inf, np.nan],
+                 np.float32)
+    r = tf32(x)
+    assert r[0] == 1 + ulp and r[1] == 1 and r[2] == -(1 + ulp) and r[3] == 1 + 2 * ulp  # ties away from 0
+    assert r[4] == np.inf and r[5] == -np.inf and np.isnan(r[6])
+
+
+def expected(x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None):
+    """The reference igemm_tc must match: float32 on TF32-rounded input and weights (the bias is added in
+    float32 after the products, unrounded); float16 as is."""
+    if np.dtype(x.dtype) == np.float32:
+        x, w = tf32(x), tf32(w)
+    return reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
+
+
+def _run(rt, x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None, **overrides):
+    """igemm_tc through conv.conv2d, or with launch overrides through its launch function; checked."""
+    g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
+                      flip, activation)
+    if overrides:
+        xc, wc = np.ascontiguousarray(x), np.ascontiguousarray(w)
+        y = np.full(g.output_shape, np.nan, dtype=x.dtype)  # every element must be written
+        kid = conv_igemm_tc.launch_igemm_tc(rt, xc, wc, wc if b is None else b, y, g, **overrides)
+    else:
+        y, kid = conv.conv2d(rt, x, w, b, g, "igemm_tc")
+    ref, mag = expected(x, w, b, stride, padding, dilation, groups, flip, activation)
+    assert_matches(y, ref, mag, x.dtype, f"{kid} {overrides}")
+    return g, kid, y
+
+
+# --------------------------------------------------------------------------------------------
+# emulated: the geometry matrix, tile edges, grid-stride loop, NaN / inf, TF32 rounding
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("case", CONV_CASES, ids=[_case_id(c) for c in CONV_CASES])
+def test_igemm_tc_matches_reference(case):
+    """test_cuda_conv's pairwise matrix (stride / padding / dilation / grouping / activation / flip / bias /
+    non-contiguous layouts) through conv.conv2d(algo='igemm_tc'); float64 is declined by its rule."""
+    rt = emulated_runtime()
+    g, x, w, b = _data(case)
+    rng = np.random.default_rng(1)
+    xv, wv, bv = (_layout(a, case["layout"], rng) for a in (x, w, b))
+    if np.dtype(case["dtype"]) == np.float64:
+        with pytest.raises(ValueError, match="igemm_tc declines float64"):
+            conv.conv2d(rt, xv, wv, bv, g, "igemm_tc")
+        return
+    y, kid = conv.conv2d(rt, xv, wv, bv, g, "igemm_tc")
+    assert kid == conv_igemm_tc.tc_name(case["dtype"], conv_igemm_tc.tc_tile_for(g, case["dtype"]))
+    ref, mag = expected(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
+                        g.activation)
+    assert_matches(y, ref, mag, case["dtype"], kid)
+
+
+def _edge_params():
+    params = []
+    for name in EDGE_CASES:
+        tiles = ["small"] if name.startswith("small") else ["large"] if name.startswith("large") \
+            else ["small", "large"]
+        for tile in tiles:
+            for dt in conv_igemm_tc.DTYPES:
+                for order in ORDERS:
+                    params.append(pytest.param(name, tile, dt, order, id=f"{name}-{tile}-{dt.name}-{order}"))
+    return params
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("name, tile, dtype, order", _edge_params())
+def test_igemm_tc_tile_edges(name, tile, dtype, order):
+    """Filters, pixels and reduction just below / at / above the tile sizes (test_cuda_igemm's cases; the
+    reduction now runs in slices of 16), each tile forced, both thread orders: with reversed threads a
+    missing barrier reads an unstaged (NaN-poisoned) slice."""
+    xs, ws, groups, stride, padding, dilation, flip, act, bias = EDGE_CASES[name]
+    x, w, b = _arrays(xs, ws, dtype, bias=bias, seed=len(name))
+    rt = emulated_runtime(reverse_threads=order == "reversed")
+    _, kid, _ = _run(rt, x, w, b, stride, padding, dilation, groups, flip, act, tile=TILES[tile])
+    assert kid == conv_igemm_tc.tc_name(dtype, TILES[tile])
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_igemm_tc_weight_vector_loads(vectorize):
+    """Cg*R*S = 2*3*2 = 12 allows 4-wide weight loads; with and without them, two small filter tiles."""
+    x, w, b = _arrays((1, 2, 9, 10), (70, 2, 3, 2), np.float32, seed=3)
+    _run(emulated_runtime(), x, w, b, padding=1, tile=TC_SMALL_TILE, vectorize_weights=vectorize)
+
+
+@pytest.mark.emulated
+def test_igemm_tc_grid_stride_loop(monkeypatch):
+    """A grid capped at 2 blocks for 12 tiles: each block loops, reusing shared memory tile after tile."""
+    monkeypatch.setattr(conv_igemm_tc, "MAX_GRID_BLOCKS", 2)
+    x, w, b = _arrays((2, 4, 9, 8), (140, 2, 3, 3), np.float16, seed=5)
+    for order in (False, True):
+        spy = SpyRuntime(emulated_runtime(reverse_threads=order))
+        _run(spy, x, w, b, padding=1, groups=2, activation="relu", tile=TC_SMALL_TILE)
+        assert spy.launches[-1].grid == (2, 1, 1)
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("dtype", conv_igemm_tc.DTYPES)
+def test_igemm_tc_nan_inf(dtype):
+    """NaN and inf in the input propagate through the mma as IEEE arithmetic; an inf weight over padding
+    gives NaN (0 * inf), as every other kernel (padding zeros are multiplied)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 3, 12, 10)).astype(dtype)
+    x[0, 0, 3, 4] = np.nan
+    x[0, 2, 11, 9] = np.inf
+    w = rng.standard_normal((5, 3, 3, 3)).astype(dtype)
+    _, _, y = _run(emulated_runtime(), x, w, None, padding=1, activation="relu")
+    assert np.isnan(y).any() and np.isinf(y).any()
+    w2 = rng.standard_normal((2, 1, 3, 3)).astype(dtype)
+    w2[0, 0, 0, 0] = np.inf  # over the top-left padding for output (0, 0)
+    _, _, y2 = _run(emulated_runtime(), x[:, :1].copy(), w2, None, padding=1)
+    assert np.isnan(y2[0, 0, 0, 0])
+
+
+@pytest.mark.emulated
+def test_igemm_tc_float32_is_tf32():
+    """Inputs 1 + 2^-12 (not TF32 numbers: they round to 1) times weights 1, summed over 288 taps: the
+    float32 sum is 288 * (1 + 2^-12) = 288.07, TF32 gives exactly 288. The kernel must give the TF32 value
+    (a kernel multiplying unrounded float32 would be closer to the float32 sum, and fail)."""
+    x = np.full((1, 32, 4, 4), 1 + 2.0 ** -12, np.float32)
+    w = np.ones((8, 32, 3, 3), np.float32)
+    g, _, y = _run(emulated_runtime(), x, w, None)
+    assert np.all(y == 288.0)
+    exact = 288 * (1 + 2.0 ** -12)
+    assert abs(float(y[0, 0, 0, 0]) - exact) > 2e-5 * exact  # beyond the float32 tolerance
+
+
+# --------------------------------------------------------------------------------------------
+# the opt-in, devices, 'auto'
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tensor_cores():
+    """Run with tensor cores allowed; restore the default afterwards."""
+    gpuconv.set_tensor_cores(True)
+    yield
+    gpuconv.set_tensor_cores(None)
+
+
+def _geom(C=16, K=32, groups=1, R=3):
+    return conv_geometry((2, C, 9, 9), (K, C // groups, R, R), None, 1, 1, 1, groups)
+
+
+def test_auto_leaves_tensor_cores_out_unless_allowed(monkeypatch):
+    monkeypatch.delenv("GPUCONV_TENSOR_CORES", raising=False)
+    gpuconv.set_tensor_cores(None)
+    g = _geom()
+    assert not autotune.tensor_cores_enabled()
+    assert "igemm_tc" not in conv.candidates(g, np.float32)
+    assert conv.choose_algo(g, np.float32) == "igemm"
+    monkeypatch.setenv("GPUCONV_TENSOR_CORES", "1")
+    assert autotune.tensor_cores_enabled() and "igemm_tc" in conv.candidates(g, np.float32)
+    gpuconv.set_tensor_cores(False)  # the call wins over the environment
+    try:
+        assert "igemm_tc" not in conv.candidates(g, np.float32)
+    finally:
+        gpuconv.set_tensor_cores(None)
+
+
+def test_auto_heuristic_prefers_tensor_cores_when_allowed(tensor_cores):
+    assert conv.choose_algo(_geom(), np.float32) == "igemm_tc"
+    assert conv.choose_algo(_geom(), np.float16) == "igemm_tc"
+    assert conv.choose_algo(_geom(R=1), np.float32) == "igemm_tc"
+    assert conv.choose_algo(_geom(), np.float64) == "igemm"  # declined: no float64 tensor-core path
+    assert conv.choose_algo(_geom(C=16, K=16, groups=16), np.float32) == "depthwise"
+
+
+class OldGpu:
+    """A runtime whose device predates tensor-core TF32 (compute capability 7.5); never launches."""
+    name, xp = "old", np
+
+    def compute_capability(self):
+        return 75
+
+    def function(self, *a):
+        raise AssertionError("must not launch")
+
+
+def test_devices_below_sm80_are_declined(tensor_cores):
+    g = _geom()
+    x, w, _ = _arrays((2, 16, 9, 9), (32, 16, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"igemm_tc needs a GPU of compute capability 8\.0 or newer; the "
+                                         r"current device is 7\.5"):
+        conv.conv2d(OldGpu(), x, w, None, g, "igemm_tc")
+    assert "igemm_tc" not in conv.candidates(g, np.float32, OldGpu())
+    assert conv.choose_algo(g, np.float32, OldGpu()) == "igemm"
+
+
+@pytest.mark.emulated
+def test_auto_runs_igemm_tc_when_allowed_and_keys_its_choice_apart(tensor_cores):
+    """On the emulator (no timer) 'auto' takes the heuristic: igemm_tc once allowed, under a key of its own."""
+    x, w, b = _arrays((1, 8, 7, 7), (16, 8, 3, 3), np.float32, seed=9)
+    g = conv_geometry(x.shape, w.shape, b.shape, padding=1)
+    autotune.clear_autotune_cache()
+    y, kid = conv.conv2d(emulated_runtime(), x, w, b, g, "auto")
+    assert kid.startswith("gpuconv::conv2d_igemm_tc<float")
+    ref, mag = expected(x, w, b, padding=1)
+    assert_matches(y, ref, mag, np.float32)
+    keys = [c["key"] for c in gpuconv.autotune_choices()]
+    assert any(k.endswith("|tensor cores") for k in keys)
+    autotune.clear_autotune_cache()
+
+
+def test_algo_registry_marks_tensor_cores():
+    a = conv.ALGORITHMS["igemm_tc"]
+    assert a.tensor_cores and a.min_compute_capability == 80
+    assert not any(conv.ALGORITHMS[n].tensor_cores for n in conv.ALGOS if n != "igemm_tc")
+    assert set(a.instantiations) == {conv_igemm_tc.tc_name(dt, t) for dt in conv_igemm_tc.DTYPES
+                                     for t in (TC_LARGE_TILE, TC_SMALL_TILE)}
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: the same matrix on real tensor cores
+# --------------------------------------------------------------------------------------------
+
+GPU_TF32_TOL = 1e-4  # relative to the sum of |terms|: the hardware's float32 accumulation order is its own
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if np.dtype(c["dtype"]) != np.float64],
+                         ids=[_case_id(c) for c in CONV_CASES if np.dtype(c["dtype"]) != np.float64])
+def test_igemm_tc_on_gpu(case):
+    reason = gpu_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    import cupy
+    if int(cupy.cuda.Device().compute_capability) < conv_igemm_tc.MIN_COMPUTE_CAPABILITY:
+        pytest.skip("igemm_tc needs compute capability 8.0 or newer")
+    g, x, w, b = _data(case)
+    y = gpuconv.conv2d(*(None if a is None else cupy.asarray(a) for a in (x, w, b)), stride=case["stride"],
+                       padding=case["padding"], dilation=case["dilation"], groups=g.groups, flip=g.flip,
+                       activation=g.activation, algo="igemm_tc")
+    assert gpuconv.last_kernel().kernel.startswith("gpuconv::conv2d_igemm_tc<")
+    ref, mag = expected(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
+                        g.activation)
+    y = cupy.asnumpy(y).astype(np.float64)
+    assert np.array_equal(np.isnan(y), np.isnan(ref))
+    ok = ~np.isnan(ref)
+    tol = GPU_TF32_TOL if np.dtype(case["dtype"]) == np.float32 else 5e-3
+    assert np.all(np.abs(y[ok] - ref[ok]) <= tol * (mag[ok] + np.abs(ref[ok])) + 1e-300)
