@@ -8,6 +8,7 @@
   not. Nothing returned to a caller is a view of it. At most ``workspace_limit()`` bytes are kept per
   thread (a call needing more gets a one-off buffer); :func:`release_workspace` frees the calling
   thread's buffer.
+* :func:`strided_view`: ``as_strided`` for the gathers, cheaper on contiguous arrays.
 * :func:`parallel_map`: a thread pool for loops whose bodies are large NumPy copies or ufunc calls
   (NumPy releases the GIL in both).
 """
@@ -20,6 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 _ALIGN = 64  # bytes; every carved array starts on a cache line
 _local = threading.local()
@@ -103,6 +105,18 @@ def workspace(*specs) -> list[np.ndarray]:
         out.append(buf[start:start + n].view(dtype).reshape(shape))
         start += _aligned(n)
     return out
+
+
+def strided_view(a: np.ndarray, shape, strides) -> np.ndarray:
+    """A read-only view of ``a``'s memory with ``shape`` and byte ``strides`` counted from ``a``'s first
+    element, as ``numpy.lib.stride_tricks.as_strided`` makes it; the view must lie inside ``a``'s memory.
+    For a C-contiguous ``a`` it is made directly on ``a``'s buffer (2 us here instead of as_strided's 10,
+    per gather of every chunk), which also checks that it stays inside; otherwise by as_strided."""
+    if a.flags.c_contiguous:
+        view = np.ndarray(shape, a.dtype, buffer=a, strides=strides)
+        view.flags.writeable = False
+        return view
+    return as_strided(a, shape, strides, writeable=False)
 
 
 def release_workspace() -> None:

@@ -80,11 +80,10 @@ on ``parallel_map``.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from .._geometry import LEAKY_RELU_SLOPE, ConvGeometry
 from . import winograd
-from ._workspace import num_threads, parallel_map, workspace, workspace_bytes, workspace_limit
+from ._workspace import num_threads, parallel_map, strided_view, workspace, workspace_bytes, workspace_limit
 
 __all__ = ["conv2d", "choose_strategy", "compute_dtype", "prime_blas", "workspace_limit", "num_threads",
            "parallel_map"]
@@ -371,16 +370,16 @@ def _fill_padded(x: np.ndarray, g: ConvGeometry, xp: np.ndarray) -> None:
 def _gather(xp: np.ndarray, cols: np.ndarray, g: ConvGeometry) -> None:
     """``cols[c, r, s, i, p, q] = xp[i, c, p*sh + r*dh, q*sw + s*dw]``: one strided copy."""
     si, sc, sy, sx = xp.strides
-    np.copyto(cols, as_strided(xp, (g.C, g.R, g.S, xp.shape[0], g.P, g.Q),
-                               (sc, g.dh * sy, g.dw * sx, si, g.sh * sy, g.sw * sx), writeable=False))
+    np.copyto(cols, strided_view(xp, (g.C, g.R, g.S, xp.shape[0], g.P, g.Q),
+                                 (sc, g.dh * sy, g.dw * sx, si, g.sh * sy, g.sw * sx)))
 
 
 def _gather_batch_inner(xt: np.ndarray, cols: np.ndarray, g: ConvGeometry) -> None:
     """``cols[c, r, s, p, q, i] = xt[c, p*sh + r*dh, q*sw + s*dw, i]``: one strided copy whose runs
     are ``(q, i)``, ``Q*n`` values, at unit column stride (``n`` values otherwise)."""
     sc, sy, sx, si = xt.strides
-    np.copyto(cols, as_strided(xt, (g.C, g.R, g.S, g.P, g.Q, xt.shape[3]),
-                               (sc, g.dh * sy, g.dw * sx, g.sh * sy, g.sw * sx, si), writeable=False))
+    np.copyto(cols, strided_view(xt, (g.C, g.R, g.S, g.P, g.Q, xt.shape[3]),
+                                 (sc, g.dh * sy, g.dw * sx, g.sh * sy, g.sw * sx, si)))
 
 
 def _gather_wide(flat: np.ndarray, cols: np.ndarray, g: ConvGeometry, n: int, padded) -> None:
@@ -388,9 +387,8 @@ def _gather_wide(flat: np.ndarray, cols: np.ndarray, g: ConvGeometry, n: int, pa
     ``q < Qw`` (``q >= Q`` is junk): for each (c, r, s, i) one contiguous run of ``P*Qw`` values."""
     Hu, Qw = padded
     item = flat.itemsize
-    np.copyto(cols, as_strided(flat, (g.C, g.R, g.S, n, g.P * Qw),
-                               (Hu * Qw * item, g.dh * Qw * item, g.dw * item, g.C * Hu * Qw * item, item),
-                               writeable=False))
+    np.copyto(cols, strided_view(flat, (g.C, g.R, g.S, n, g.P * Qw),
+                                 (Hu * Qw * item, g.dh * Qw * item, g.dw * item, g.C * Hu * Qw * item, item)))
 
 
 def _conv_shift_accumulate(x, w, b, g, y):
