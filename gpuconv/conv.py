@@ -37,7 +37,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             measures the algorithms that accept the call once per shape, dtype and device and keeps the
             fastest (``gpuconv.set_autotune``, ``gpuconv.autotune_choices``); with measuring off, a
             documented heuristic decides (``gpuconv._cuda.conv.choose_algo``). ``gpuconv.last_kernel()``
-            tells which kernel ran.
+            tells which kernel ran. Tensor cores are opt-in: ``'igemm_tc'`` (compute capability 8.0 or
+            newer) computes float32 as TF32 (inputs and weights rounded to 10 mantissa bits, about 1e-3
+            relative precision, as PyTorch with ``allow_tf32``) and float16 with float32 accumulation;
+            ``'auto'`` considers it only after ``gpuconv.set_tensor_cores(True)``.
 
     dtypes: float16, float32, float64; the output has the input's dtype; float16 accumulates in float32.
     NaN and Inf propagate as IEEE arithmetic does, with no NumPy warnings. Padding is a zero that is
