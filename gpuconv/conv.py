@@ -18,7 +18,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``; N may be 0. NumPy arrays run the NumPy path,
             CuPy arrays (or any CUDA array CuPy wraps zero-copy, e.g. a PyTorch CUDA tensor) run the
             CUDA kernels and return a CuPy array.
-        weight: ``(K, C/groups, R, S)``, same dtype as ``input``.
+        weight: ``(K, C/groups, R, S)``, same dtype as ``input``; no dimension may be 0 (``ValueError``;
+            for zero input channels PyTorch 2.13 returns an output of shape ``(N, 0, P, Q)``, with 0
+            channels instead of K, which we do not copy).
         bias: ``(K,)`` or None.
         stride, dilation: int or ``(h, w)``, positive.
         padding: int, ``(h, w)``, ``((top, bottom), (left, right))``, ``'valid'`` (no padding) or
