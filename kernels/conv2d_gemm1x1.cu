@@ -106,12 +106,12 @@ struct PointwiseLoader {
                 const int row = row0 + i * (THREADS / V_PER_ROW);
                 if (row < BK) {  // the slot exists: surplus threads of a small tile stage nothing
                     GPUCONV_UNROLL
-                    for (int v = 0; v < 4; ++v) dst[row][col + v] = regs[4 * i + v];
+                    for (int v = 0; v < 4; ++v) dst[row][col + v] = Cfg::staged(regs[4 * i + v]);
                 }
             }
         } else {
             GPUCONV_UNROLL
-            for (int i = 0; i < S_LOADS; ++i) dst[row0 + i][col] = regs[i];
+            for (int i = 0; i < S_LOADS; ++i) dst[row0 + i][col] = Cfg::staged(regs[i]);
         }
     }
 };

@@ -9,9 +9,9 @@
 //       (BM/WARPS_M) x (BN/WARPS_N) warp tile made of 16x8 mma tiles (tensor_core.cuh), whose fragments the
 //       lanes read straight from the staged slices. Covers every geometry conv2d_igemm does.
 //   T = float: mma m16n8k8 on TF32 operands (each weight and input value rounded to 10 mantissa bits with
-//       cvt.rna as it leaves shared memory), float32 products and sums: what cuDNN and PyTorch compute for
-//       float32 when TF32 is allowed. T = half: mma m16n8k16 on the float16 values themselves (exact), float32
-//       accumulation, as conv2d_igemm's float16 path.
+//       cvt.rna as the loaders stage it into shared memory), float32 products and sums: what cuDNN and
+//       PyTorch compute for float32 when TF32 is allowed. T = half: mma m16n8k16 on the float16 values
+//       themselves (exact), float32 accumulation, as conv2d_igemm's float16 path.
 //   Tile configs the host instantiates (gpuconv/_cuda/conv_igemm_tc.py): "large" BM = BN = 128, 2 x 4 warps
 //       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 2 x 4
 //       warps (32 x 16 per warp: 2 x 2 mma tiles). Chosen by the same rule as conv2d_igemm's tiles.
@@ -36,43 +36,30 @@
 
 namespace gpuconv {
 
-// The block tile: BM filters x BN pixels, BK = 16 reduction indices per slice (two tf32 k-steps of 8, or
-// one f16 k-step of 16), WARPS_M x WARPS_N warps of WM x WN outputs, each MT x NT mma tiles of 16 x 8.
-// Provides what gemm_tile.cuh's loaders and GemmSmem need (BM, BN, BK, THREADS, A_LD, B_LD).
-template <int BM_, int BN_, int WARPS_M_, int WARPS_N_>
-struct TensorCoreTileConfig {
-    static constexpr int BM = BM_, BN = BN_, BK = 16;
-    static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
-    static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
-    static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
-    static constexpr int MT = WM / 16, NT = WN / 8;
-    // Rows padded by 8 words: a tf32 fragment read as[kk + tig][row + gid] (bs likewise) then falls in bank
-    // (8*tig + gid) % 32, a different bank for each of the warp's 32 lanes; unpadded (BM, BN multiples of 32)
-    // the 4 lanes of equal gid would share one bank.
-    static constexpr int A_LD = BM + 8, B_LD = BN + 8;
-    static_assert(BM % (16 * WARPS_M) == 0 && BN % (8 * WARPS_N) == 0, "warp tiles must be whole mma tiles");
-};
-
-// Fragments of one mma from the staged slices: as[kk][row] = A[row][kk] (A^T, gemm_tile.cuh), bs[kk][col] =
-// B[kk][col]. `row` / `col` is the mma tile's first row / column within the block tile, `kk` its first
-// reduction index within the slice; layouts per lane as in tensor_core.cuh.
+// Per storage type T: what a loader stages (staged) and the fragments of one mma from the staged slices:
+// as[kk][row] = A[row][kk] (A^T, gemm_tile.cuh), bs[kk][col] = B[kk][col]. `row` / `col` is the mma tile's
+// first row / column within the block tile, `kk` its first reduction index within the slice; layouts per
+// lane as in tensor_core.cuh.
 template <typename T> struct TensorCoreMma;
 
 template <> struct TensorCoreMma<float> {  // TF32, m16n8k8
     static constexpr int K = 8;
+    // Rounded to TF32 as it enters shared memory (once per element, not once per fragment read); the
+    // fragments then take the staged bits as they are.
+    __device__ __forceinline__ static float staged(float v) { return __uint_as_float(to_tf32(v)); }
     template <int LD>
     __device__ __forceinline__ static void load_a(unsigned (&a)[4], const float (*as)[LD], int kk, int row, int gid,
                                                   int tig) {
-        a[0] = to_tf32(as[kk + tig][row + gid]);
-        a[1] = to_tf32(as[kk + tig][row + gid + 8]);
-        a[2] = to_tf32(as[kk + tig + 4][row + gid]);
-        a[3] = to_tf32(as[kk + tig + 4][row + gid + 8]);
+        a[0] = __float_as_uint(as[kk + tig][row + gid]);
+        a[1] = __float_as_uint(as[kk + tig][row + gid + 8]);
+        a[2] = __float_as_uint(as[kk + tig + 4][row + gid]);
+        a[3] = __float_as_uint(as[kk + tig + 4][row + gid + 8]);
     }
     template <int LD>
     __device__ __forceinline__ static void load_b(unsigned (&b)[2], const float (*bs)[LD], int kk, int col, int gid,
                                                   int tig) {
-        b[0] = to_tf32(bs[kk + tig][col + gid]);
-        b[1] = to_tf32(bs[kk + tig + 4][col + gid]);
+        b[0] = __float_as_uint(bs[kk + tig][col + gid]);
+        b[1] = __float_as_uint(bs[kk + tig + 4][col + gid]);
     }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k8_tf32(d, a, b);
@@ -81,6 +68,7 @@ template <> struct TensorCoreMma<float> {  // TF32, m16n8k8
 
 template <> struct TensorCoreMma<half> {  // float16, m16n8k16; the staged floats are float16 values (exact)
     static constexpr int K = 16;
+    __device__ __forceinline__ static float staged(float v) { return v; }
     template <int LD>
     __device__ __forceinline__ static void load_a(unsigned (&a)[4], const float (*as)[LD], int kk, int row, int gid,
                                                   int tig) {
@@ -100,6 +88,24 @@ template <> struct TensorCoreMma<half> {  // float16, m16n8k16; the staged float
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k16_f16(d, a, b);
     }
+};
+
+// The block tile: BM filters x BN pixels, BK = 16 reduction indices per slice (two tf32 k-steps of 8, or
+// one f16 k-step of 16), WARPS_M x WARPS_N warps of WM x WN outputs, each MT x NT mma tiles of 16 x 8.
+// Provides what gemm_tile.cuh's loaders and GemmSmem need (BM, BN, BK, THREADS, A_LD, B_LD, staged).
+template <typename T, int BM_, int BN_, int WARPS_M_, int WARPS_N_>
+struct TensorCoreTileConfig {
+    static constexpr int BM = BM_, BN = BN_, BK = 16;
+    static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
+    static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+    static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
+    static constexpr int MT = WM / 16, NT = WN / 8;
+    // Rows padded by 8 words: a tf32 fragment read as[kk + tig][row + gid] (bs likewise) then falls in bank
+    // (8*tig + gid) % 32, a different bank for each of the warp's 32 lanes; unpadded (BM, BN multiples of 32)
+    // the 4 lanes of equal gid would share one bank.
+    static constexpr int A_LD = BM + 8, B_LD = BN + 8;
+    static_assert(BM % (16 * WARPS_M) == 0 && BN % (8 * WARPS_N) == 0, "warp tiles must be whole mma tiles");
+    __device__ __forceinline__ static float staged(float v) { return TensorCoreMma<T>::staged(v); }
 };
 
 // The tensor-core accumulator for gemm_tile.cuh's slice and tile loops: warp w computes rows
@@ -201,7 +207,7 @@ conv2d_igemm_tc(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
                 int sh, int sw, int pt, int pl, int dh, int dw, int P, int Q,
                 int flip, int has_bias, int act,
                 int vec_w) {  // 1: 4-wide weight loads (host checked Cg*R*S % 4 == 0 and w's alignment)
-    typedef TensorCoreTileConfig<BM, BN, WARPS_M, WARPS_N> Cfg;
+    typedef TensorCoreTileConfig<T, BM, BN, WARPS_M, WARPS_N> Cfg;
     __shared__ GemmSmem<float, Cfg> smem;
 
     // The host launches exactly Cfg::THREADS threads in x.

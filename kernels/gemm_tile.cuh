@@ -28,7 +28,8 @@
 // An operand loader is a struct with
 //     void fetch(int k0);     // global -> registers: this thread's share of slice [k0, k0 + BK), 0 where
 //                             // the element lies outside the matrix (reduction, rows/columns, padding)
-//     void stage(A (*dst)[LD]);  // registers -> one shared buffer (LD = Cfg::A_LD for A, Cfg::B_LD for B)
+//     void stage(A (*dst)[LD]);  // registers -> one shared buffer (LD = Cfg::A_LD for A, Cfg::B_LD for B),
+//                                // each value through Cfg::staged()
 // and is set up per tile by the kernel (which rows / columns the tile covers).
 #pragma once
 
@@ -53,6 +54,9 @@ struct GemmTileConfig {
     static constexpr int A_PAD = 4;
     static constexpr int A_LD = BM + A_PAD;
     static constexpr int B_LD = BN;  // B slices unpadded: a warp's reads b[kk][tx + j*THREADS_N] are consecutive
+    // What a loader writes into shared memory for a fetched value: the value itself here (the tensor-core
+    // config of conv2d_igemm_tc.cu rounds float32 to TF32 at this point, once per element).
+    template <typename A> __device__ __forceinline__ static A staged(A v) { return v; }
     static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
     static_assert(BK % 4 == 0, "4-wide vector loads need BK to be a multiple of 4");
 };
@@ -67,7 +71,7 @@ __host__ __device__ constexpr int gemm_min_blocks_per_sm(int tm, int tn) { retur
 // Shared staging for one block: two buffers of each operand (double buffering), in the accumulation
 // type (float for float16), so the inner loop does no conversions. Size (bytes):
 //     2 * BK * (A_LD + B_LD) * sizeof(acc_type<T>)
-// A config (Cfg) provides BM, BN, BK, THREADS, A_LD and B_LD: GemmTileConfig here, the tensor-core config in
+// A config (Cfg) provides BM, BN, BK, THREADS, A_LD, B_LD and staged(): GemmTileConfig here, the tensor-core config in
 // conv2d_igemm_tc.cu (which pads both rows for its fragment reads).
 template <typename A, class Cfg>
 struct __align__(16) GemmSmem {
@@ -178,13 +182,13 @@ struct GemmWeightLoader {
                     const int row = e / V_PER_ROW;
                     const int kk = 4 * (e % V_PER_ROW);
                     GPUCONV_UNROLL
-                    for (int v = 0; v < 4; ++v) dst[kk + v][row] = regs[4 * i + v];
+                    for (int v = 0; v < 4; ++v) dst[kk + v][row] = Cfg::staged(regs[4 * i + v]);
                 }
             }
         } else {
             const int kk = tid % BK;
             GPUCONV_UNROLL
-            for (int i = 0; i < S_LOADS; ++i) dst[kk][tid / BK + i * S_STEP] = regs[i];
+            for (int i = 0; i < S_LOADS; ++i) dst[kk][tid / BK + i * S_STEP] = Cfg::staged(regs[i]);
         }
     }
 };

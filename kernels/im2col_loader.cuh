@@ -103,7 +103,7 @@ struct Im2colLoader {
     // Every (row, col) of the slice is written by exactly one thread (zeros included).
     __device__ __forceinline__ void stage(A (*dst)[Cfg::B_LD]) {
         GPUCONV_UNROLL
-        for (int i = 0; i < LOADS; ++i) dst[row0 + i][col] = regs[i];
+        for (int i = 0; i < LOADS; ++i) dst[row0 + i][col] = Cfg::staged(regs[i]);
     }
 };
 
