@@ -261,25 +261,55 @@ def test_algo_registry_marks_tensor_cores():
 GPU_TF32_TOL = 1e-4  # relative to the sum of |terms|: the hardware's float32 accumulation order is its own
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", [c for c in CONV_CASES if np.dtype(c["dtype"]) != np.float64],
-                         ids=[_case_id(c) for c in CONV_CASES if np.dtype(c["dtype"]) != np.float64])
-def test_igemm_tc_on_gpu(case):
+def _gpu_or_skip():
+    """CuPy with a device of compute capability 8.0 or newer, else the test skips."""
     reason = gpu_unavailable_reason()
     if reason:
         pytest.skip(reason)
     import cupy
     if int(cupy.cuda.Device().compute_capability) < conv_igemm_tc.MIN_COMPUTE_CAPABILITY:
         pytest.skip("igemm_tc needs compute capability 8.0 or newer")
+    return cupy
+
+
+def _assert_gpu_matches(y, x, w, b, dtype, *args):
+    ref, mag = expected(x, w, b, *args)
+    y = np.asarray(y, dtype=np.float64)
+    assert np.array_equal(np.isnan(y), np.isnan(ref))
+    ok = ~np.isnan(ref)
+    tol = GPU_TF32_TOL if np.dtype(dtype) == np.float32 else 5e-3
+    err = np.abs(y[ok] - ref[ok])
+    bound = tol * (mag[ok] + np.abs(ref[ok])) + 1e-300
+    assert np.all(err <= bound), f"max error {err.max():.3g}, worst excess {(err - bound).max():.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if np.dtype(c["dtype"]) != np.float64],
+                         ids=[_case_id(c) for c in CONV_CASES if np.dtype(c["dtype"]) != np.float64])
+def test_igemm_tc_on_gpu(case):
+    cupy = _gpu_or_skip()
     g, x, w, b = _data(case)
     y = gpuconv.conv2d(*(None if a is None else cupy.asarray(a) for a in (x, w, b)), stride=case["stride"],
                        padding=case["padding"], dilation=case["dilation"], groups=g.groups, flip=g.flip,
                        activation=g.activation, algo="igemm_tc")
     assert gpuconv.last_kernel().kernel.startswith("gpuconv::conv2d_igemm_tc<")
-    ref, mag = expected(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
-                        g.activation)
-    y = cupy.asnumpy(y).astype(np.float64)
-    assert np.array_equal(np.isnan(y), np.isnan(ref))
-    ok = ~np.isnan(ref)
-    tol = GPU_TF32_TOL if np.dtype(case["dtype"]) == np.float32 else 5e-3
-    assert np.all(np.abs(y[ok] - ref[ok]) <= tol * (mag[ok] + np.abs(ref[ok])) + 1e-300)
+    _assert_gpu_matches(cupy.asnumpy(y), x, w, b, case["dtype"], case["stride"], case["padding"],
+                        case["dilation"], g.groups, g.flip, g.activation)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, tile, dtype, order", [p for p in _edge_params() if p.values[3] == "forward"])
+def test_igemm_tc_tile_edges_on_gpu(name, tile, dtype, order):
+    """The tile-edge cases with each tile forced, on real tensor cores (the geometry matrix's small shapes
+    only ever take the small tile)."""
+    cupy = _gpu_or_skip()
+    from gpuconv._cuda.runtime import CupyRuntime
+    xs, ws, groups, stride, padding, dilation, flip, act, bias = EDGE_CASES[name]
+    x, w, b = _arrays(xs, ws, dtype, bias=bias, seed=len(name))
+    g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups, flip,
+                      act)
+    xg, wg = cupy.asarray(x), cupy.asarray(w)
+    y = cupy.full(g.output_shape, np.nan, dtype=dtype)  # every element must be written
+    conv_igemm_tc.launch_igemm_tc(CupyRuntime(), xg, wg, wg if b is None else cupy.asarray(b), y, g,
+                                  tile=TILES[tile])
+    _assert_gpu_matches(cupy.asnumpy(y), x, w, b, dtype, stride, padding, dilation, groups, flip, act)
