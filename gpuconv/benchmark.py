@@ -712,8 +712,9 @@ def make_contenders(plat, case: Case, x, w, algos) -> list[Contender]:
     float32 convolutions on a GPU, the peer with TF32 on."""
     ours_algos = algos if case.is_conv else [a for a in algos if a == "auto"]
     # Tensor-core algorithms compute float32 as TF32: checked with the TF32 tolerance, like cuDNN's TF32 column.
+    tf32 = tensor_core_algos() if case.dtype == "float32" else []
     out = [Contender(a, "ours", partial(call_op, gpuconv, case, x, w, **({"algo": a} if case.is_conv else {})),
-                     loose=case.dtype == "float32" and a in tensor_core_algos())
+                     loose=a in tf32)
            for a in ours_algos]
     torch = plat.torch
     if torch is not None and out:

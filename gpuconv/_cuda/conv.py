@@ -216,17 +216,14 @@ def device_reason(algo: str, rt) -> str | None:
             f"is {cc // 10}.{cc % 10}")
 
 
-def _allowed_for_auto(algo: str) -> bool:
-    """Tensor-core algorithms (TF32 for float32) only when the user allowed them."""
-    from .autotune import tensor_cores_enabled
-    return not ALGORITHMS[algo].tensor_cores or tensor_cores_enabled()
-
-
 def candidates(geom: ConvGeometry, dtype, rt=None) -> list[str]:
     """The algorithms ``'auto'`` may run for this call, in registry order (what the autotuner measures):
     those that accept the geometry and dtype, and the device of ``rt`` (when given), leaving out
-    tensor-core algorithms unless ``gpuconv.set_tensor_cores(True)``."""
-    return [name for name in ALGOS if decline_reason(name, geom, dtype) is None and _allowed_for_auto(name)
+    tensor-core algorithms (TF32 for float32) unless ``gpuconv.set_tensor_cores(True)``."""
+    from .autotune import tensor_cores_enabled
+    tensor_cores = tensor_cores_enabled()
+    return [name for name in ALGOS if decline_reason(name, geom, dtype) is None
+            and (tensor_cores or not ALGORITHMS[name].tensor_cores)
             and (rt is None or device_reason(name, rt) is None)]
 
 

@@ -140,12 +140,15 @@ def igemm_name(dtype, tile: GemmTile) -> str:
 INSTANTIATIONS = gemm_instantiations(KERNEL)
 
 
-def launch_gemm(rt, source: str, kernel: str, x, w, b, y, geom: ConvGeometry, tile: GemmTile, extra: list) -> str:
+def launch_gemm(rt, source: str, kernel: str, x, w, b, y, geom: ConvGeometry, tile, extra: list,
+                tiles=None) -> str:
     """One launch of a GEMM-style kernel: 1-D blocks of ``tile.threads``, one per tile up to the grid cap
     (the kernel's grid-stride loop covers the rest; at least one block, which finds no tile when the
-    output is empty). Shared memory is static (``tile.shared_bytes``), so ``shared_mem`` stays 0."""
+    output is empty). Shared memory is static, so ``shared_mem`` stays 0. ``tile`` must be one of
+    ``tiles``, the configs instantiated for x's dtype (default ``TILES_BY_DTYPE``; conv_igemm_tc passes its
+    own tensor-core tiles, which have the same ``bm``, ``bn``, ``threads`` and ``template_args``)."""
     dtype = np.dtype(x.dtype)
-    if tile not in TILES_BY_DTYPE[dtype]:
+    if tile not in (TILES_BY_DTYPE[dtype] if tiles is None else tiles):
         raise ValueError(f"{kernel}: tile {tile.name} is not instantiated for {dtype}")
     name = gemm_kernel_name(kernel, dtype, tile)
     grid = min(max(gemm_blocks(geom, tile), 1), MAX_GRID_BLOCKS)

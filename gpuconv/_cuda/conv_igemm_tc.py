@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._geometry import ConvGeometry
-from .algo import CTYPE, MAX_GRID_BLOCKS, ConvAlgo, geometry_args
-from .conv_igemm import (LARGE_TILE, _resolve_vectorize, data_pointer, gemm_blocks, gemm_tile_for,
-                         igemm_decline_reason, weights_vectorizable)
+from .algo import ConvAlgo
+from .conv_igemm import (LARGE_TILE, _resolve_vectorize, data_pointer, gemm_kernel_name, gemm_tile_for,
+                         igemm_decline_reason, launch_gemm, weights_vectorizable)
 
 SOURCE = "conv2d_igemm_tc.cu"
 KERNEL = "conv2d_igemm_tc"
@@ -57,11 +57,6 @@ class TensorCoreTile:
     def template_args(self) -> str:
         return f"{self.bm}, {self.bn}, {self.warps_m}, {self.warps_n}"
 
-    def shared_bytes(self) -> int:
-        """Static shared memory: two buffers of the A and B slices (BK = 16 rows of floats, each row padded
-        by 8 words; TensorCoreTileConfig in the kernel)."""
-        return 4 * 2 * 16 * (self.bm + 8 + self.bn + 8)
-
 
 TC_LARGE_TILE = TensorCoreTile("large", 128, 128, 2, 4)
 TC_SMALL_TILE = TensorCoreTile("small", 64, 64, 2, 4)
@@ -74,7 +69,7 @@ def tc_tile_for(geom: ConvGeometry, dtype) -> TensorCoreTile:
 
 
 def tc_name(dtype, tile: TensorCoreTile) -> str:
-    return f"gpuconv::{KERNEL}<{CTYPE[np.dtype(dtype)]}, {tile.template_args}>"
+    return gemm_kernel_name(KERNEL, dtype, tile)
 
 
 INSTANTIATIONS = tuple(tc_name(dt, t) for dt in DTYPES for t in TILES)
@@ -95,11 +90,7 @@ def launch_igemm_tc(rt, x, w, b, y, geom: ConvGeometry, *, tile: TensorCoreTile 
     dtype = np.dtype(x.dtype)
     tile = tc_tile_for(geom, dtype) if tile is None else tile
     vec_w = _resolve_vectorize(vectorize_weights, weights_vectorizable(geom, dtype, data_pointer(w)), "weight")
-    name = tc_name(dtype, tile)
-    grid = min(max(gemm_blocks(geom, tile), 1), MAX_GRID_BLOCKS)  # gemm_blocks reads only bm, bn
-    rt.function(SOURCE, name)((grid, 1, 1), (tile.threads, 1, 1),
-                              [x, w, b, y] + geometry_args(geom) + [np.int32(1 if vec_w else 0)])
-    return name
+    return launch_gemm(rt, SOURCE, KERNEL, x, w, b, y, geom, tile, [np.int32(1 if vec_w else 0)], tiles=TILES)
 
 
 ALGO = ConvAlgo("igemm_tc", SOURCE, INSTANTIATIONS, igemm_tc_decline_reason, launch_igemm_tc,

@@ -73,8 +73,9 @@ class CupyRuntime:
         self.xp.cuda.get_current_stream().synchronize()
 
     def compute_capability(self) -> int:
-        """The current device's compute capability as an int (``90`` for 9.0)."""
-        return int(self.xp.cuda.Device().compute_capability)
+        """The current device's compute capability as an int (``90`` for 9.0); read once per device
+        (``'auto'`` asks on every call)."""
+        return _compute_capability(self.xp.cuda.Device().id)
 
     def device_key(self) -> str:
         """Names the current device for the autotuner's cache: model, compute capability, gpuconv.
@@ -104,6 +105,12 @@ def _device_key(device_id: int) -> str:
     props = cupy.cuda.runtime.getDeviceProperties(device_id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     return f"{name} sm_{cupy.cuda.Device(device_id).compute_capability} gpuconv {__version__}"
+
+
+@functools.lru_cache(maxsize=None)
+def _compute_capability(device_id: int) -> int:
+    import cupy
+    return int(cupy.cuda.Device(device_id).compute_capability)
 
 
 @functools.lru_cache(maxsize=None)
