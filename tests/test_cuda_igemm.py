@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuconv._cuda import conv, conv_gemm1x1, conv_igemm
+from gpuconv._cuda import conv, conv_gemm1x1, conv_igemm, conv_igemm_tc
 from gpuconv._cuda.conv_igemm import LARGE_TILE, SMALL_TILE
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
@@ -29,7 +29,8 @@ from tests.test_cuda_conv import _case_id, _data, _layout, assert_matches, refer
 
 pytestmark = pytest.mark.emulated
 
-LAUNCH = {"igemm": conv_igemm.launch_igemm, "gemm1x1": conv_gemm1x1.launch_gemm1x1}
+LAUNCH = {"igemm": conv_igemm.launch_igemm, "gemm1x1": conv_gemm1x1.launch_gemm1x1,
+          "igemm_tc": conv_igemm_tc.launch_igemm_tc}
 ORDERS = ("forward", "reversed")
 
 
@@ -70,9 +71,10 @@ def _arrays(shape_x, shape_w, dtype, bias=True, seed=0):
 
 
 def _check(rt, algo, x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None,
-           **overrides):
+           reference=reference_conv2d, **overrides):
     """Run ``algo`` (through conv.conv2d, or with launch overrides straight through its launch function, as
-    conv.conv2d would call it) and compare with the reference. Returns (geometry, kernel name)."""
+    conv.conv2d would call it) and compare with ``reference`` (the textbook one, or test_cuda_igemm_tc's on
+    TF32-rounded inputs). Returns (geometry, kernel name, output)."""
     g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
                       flip, activation)
     if overrides:
@@ -83,9 +85,9 @@ def _check(rt, algo, x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=Fa
     else:
         y, kid = conv.conv2d(rt, x, w, b, g, algo)
     assert y.dtype == x.dtype and y.shape == g.output_shape and y.flags.c_contiguous
-    ref, mag = reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
+    ref, mag = reference(x, w, b, stride, padding, dilation, groups, flip, activation)
     assert_matches(y, ref, mag, x.dtype, f"{kid} {overrides}")
-    return g, kid
+    return g, kid, y
 
 
 def _misaligned(a, elements=1):
@@ -136,7 +138,7 @@ def _edge_params():
 def test_igemm_tile_edges(runtimes, name, tile, dtype, order):
     xs, ws, groups, stride, padding, dilation, flip, act, bias = EDGE_CASES[name]
     x, w, b = _arrays(xs, ws, dtype, bias=bias, seed=len(name))
-    _, kid = _check(runtimes[order], "igemm", x, w, b, stride, padding, dilation, groups, flip, act, tile=tile)
+    _, kid, _ = _check(runtimes[order], "igemm", x, w, b, stride, padding, dilation, groups, flip, act, tile=tile)
     assert kid == conv_igemm.igemm_name(dtype, tile)
 
 
@@ -205,7 +207,7 @@ def test_igemm_nan_inf_and_empty_image(rt):
     x0 = np.zeros((2, 3, 0, 5))
     w0 = np.ones((4, 3, 1, 1))
     b0 = np.array([1.0, -2.0, 3.0, -4.0])
-    g, _ = _check(rt, "igemm", x0, w0, b0, padding=1, activation="relu")
+    g, _, _ = _check(rt, "igemm", x0, w0, b0, padding=1, activation="relu")
     assert g.P == 2
 
 
@@ -251,7 +253,7 @@ def test_gemm1x1_matches_reference(runtimes, case):
     assert conv_gemm1x1.input_vectorizable(g, dt, x.ctypes.data) == expect_vec_x
     spy = SpyRuntime(runtimes["forward"])
     overrides = {} if tile is None else {"tile": tile}
-    _, kid = _check(spy, "gemm1x1", x, w, b, case["stride"], 0, 1, groups, False, case["activation"],
+    _, kid, _ = _check(spy, "gemm1x1", x, w, b, case["stride"], 0, 1, groups, False, case["activation"],
                     **overrides)
     assert kid == conv_gemm1x1.gemm1x1_name(dt, tile or conv_igemm.gemm_tile_for(g, dt))
     assert spy.launches[-1].args[-1] == np.int32(expect_vec_x)
@@ -354,7 +356,7 @@ def test_vectorization_rules():
 def test_launch_shape_follows_the_rules(rt):
     x, w, b = _arrays((2, 8, 6, 7), (20, 8, 3, 3), np.float32, seed=12)
     spy = SpyRuntime(rt)
-    g, kid = _check(spy, "igemm", x, w, b, padding=1)
+    g, kid, _ = _check(spy, "igemm", x, w, b, padding=1)
     source, name, grid, block, args, shared = spy.launches[-1]
     assert (source, name) == (conv_igemm.SOURCE, kid) and name in conv.INSTANTIATIONS[source]
     assert block == (256, 1, 1) and shared == 0

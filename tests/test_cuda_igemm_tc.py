@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 import gpuconv
-from gpuconv._cuda import autotune, conv, conv_igemm_tc
+from gpuconv._cuda import autotune, conv, conv_igemm, conv_igemm_tc
 from gpuconv._cuda.conv_igemm_tc import TC_LARGE_TILE, TC_SMALL_TILE
 from gpuconv._geometry import conv_geometry
 from tests.runners import SpyRuntime, emulated_runtime, gpu_unavailable_reason
 from tests.test_cuda_conv import CASES as CONV_CASES
 from tests.test_cuda_conv import _case_id, _data, _layout, assert_matches, reference_conv2d
-from tests.test_cuda_igemm import EDGE_CASES, _arrays
+from tests.test_cuda_igemm import EDGE_CASES, _arrays, _check
 
 TILES = {"small": TC_SMALL_TILE, "large": TC_LARGE_TILE}
 ORDERS = ("forward", "reversed")
@@ -57,19 +57,10 @@ def expected(x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, act
     return reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
 
 
-def _run(rt, x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None, **overrides):
-    """igemm_tc through conv.conv2d, or with launch overrides through its launch function; checked."""
-    g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
-                      flip, activation)
-    if overrides:
-        xc, wc = np.ascontiguousarray(x), np.ascontiguousarray(w)
-        y = np.full(g.output_shape, np.nan, dtype=x.dtype)  # every element must be written
-        kid = conv_igemm_tc.launch_igemm_tc(rt, xc, wc, wc if b is None else b, y, g, **overrides)
-    else:
-        y, kid = conv.conv2d(rt, x, w, b, g, "igemm_tc")
-    ref, mag = expected(x, w, b, stride, padding, dilation, groups, flip, activation)
-    assert_matches(y, ref, mag, x.dtype, f"{kid} {overrides}")
-    return g, kid, y
+def _run(rt, *args, **kwargs):
+    """igemm_tc through test_cuda_igemm's ``_check`` (conv.conv2d, or the launch function with overrides),
+    compared with ``expected``. Returns (geometry, kernel name, output)."""
+    return _check(rt, "igemm_tc", *args, reference=expected, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +123,7 @@ def test_igemm_tc_weight_vector_loads(vectorize):
 @pytest.mark.emulated
 def test_igemm_tc_grid_stride_loop(monkeypatch):
     """A grid capped at 2 blocks for 12 tiles: each block loops, reusing shared memory tile after tile."""
-    monkeypatch.setattr(conv_igemm_tc, "MAX_GRID_BLOCKS", 2)
+    monkeypatch.setattr(conv_igemm, "MAX_GRID_BLOCKS", 2)  # launch_gemm's cap
     x, w, b = _arrays((2, 4, 9, 8), (140, 2, 3, 3), np.float16, seed=5)
     for order in (False, True):
         spy = SpyRuntime(emulated_runtime(reverse_threads=order))
@@ -273,14 +264,10 @@ def _gpu_or_skip():
 
 
 def _assert_gpu_matches(y, x, w, b, dtype, *args):
+    """Against ``expected``; float32 at GPU_TF32_TOL, float16 at the usual tolerance."""
     ref, mag = expected(x, w, b, *args)
-    y = np.asarray(y, dtype=np.float64)
-    assert np.array_equal(np.isnan(y), np.isnan(ref))
-    ok = ~np.isnan(ref)
-    tol = GPU_TF32_TOL if np.dtype(dtype) == np.float32 else 5e-3
-    err = np.abs(y[ok] - ref[ok])
-    bound = tol * (mag[ok] + np.abs(ref[ok])) + 1e-300
-    assert np.all(err <= bound), f"max error {err.max():.3g}, worst excess {(err - bound).max():.3g}"
+    assert_matches(y, ref, mag, dtype, "igemm_tc on the GPU", tol=GPU_TF32_TOL if np.dtype(dtype) == np.float32
+                   else None)
 
 
 @pytest.mark.gpu
