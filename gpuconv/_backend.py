@@ -71,8 +71,14 @@ class NumpyBackend:
         return _ieee_quiet(conv.conv2d, x, w, b, g)
 
     def __getattr__(self, op):  # pooling entry points: max_pool2d, avg_pool2d, adaptive_*
-        from ._numpy import pool
-        return functools.partial(_ieee_quiet, getattr(pool, op))
+        return _quiet_numpy_pool(op)
+
+
+@functools.lru_cache(maxsize=None)
+def _quiet_numpy_pool(op: str):
+    """The NumPy pooling entry point ``op`` wrapped in ``_ieee_quiet``, made once per op (not per call)."""
+    from ._numpy import pool
+    return functools.partial(_ieee_quiet, getattr(pool, op))
 
 
 class CudaBackend:
