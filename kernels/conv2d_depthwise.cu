@@ -49,8 +49,8 @@ constexpr int CONV_DEPTHWISE_MAX_THREADS = 128;
 // 238 for float64 5x5), which for a memory-bound kernel trades away the occupancy (warps in flight) that
 // hides global-memory latency. 32-bit types: 8 blocks (64 registers) for 3x3 and the generic kernel,
 // 6 (80) for 5x5, whose 25 taps alone take 25 registers; float64 (two registers per value): 4 (128) and
-// 3 (168). Each leaves headroom over what NVRTC 12.9 needed without spilling (checked for sm_75..sm_90
-// by tests/test_nvrtc_compile.py).
+// 3 (168). Each leaves headroom over what NVRTC 12.9 needed without spilling (checked for sm_75..sm_120,
+// with NVRTC 12.9 and 13.0, by tests/test_nvrtc_compile.py).
 template <typename T, int FR, int FS>
 struct depthwise_min_blocks {
     static constexpr bool wide = sizeof(typename acc_type<T>::type) == 8;

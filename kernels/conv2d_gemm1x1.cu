@@ -15,9 +15,10 @@
 //       vec_x (stride 1, H*W % 4 == 0 and x aligned: 4-wide input loads).
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 16,640 (large, float32 and
 //       float16), 8,448 (small, float32 and float16), 16,896 (small, float64).
-//   Registers (NVRTC 12.9, sm_75..sm_90, no spills; tests/test_nvrtc_compile.py prints them): __launch_bounds__
-//       asks for 1 block per SM with the 8x8 thread tile (150-220 registers) and 2 with the 4x4 tile
-//       (<= 128), see gemm_min_blocks_per_sm in gemm_tile.cuh.
+//   Registers (NVRTC 12.9 and 13.0, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
+//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (152-163 registers up to sm_90;
+//       251-255 on sm_100 / sm_120, at the 255 limit without spilling) and 2 with the 4x4 tile (<= 128), see
+//       gemm_min_blocks_per_sm in gemm_tile.cuh.
 //   Measured speed: not yet measured on a GPU.
 //
 // Semantics: exactly conv2d_direct's for these geometries (see conv2d_direct.cu and shared/semantics.md).

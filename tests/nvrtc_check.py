@@ -16,8 +16,11 @@ looked for, in order, at:
 4. the dynamic loader's search path (``libnvrtc.so.12``, ``libnvrtc.so.13``, ``libnvrtc.so``) and
    ``$CUDA_PATH`` / ``$CUDA_HOME`` / ``/usr/local/cuda``.
 
-CI installs ``nvidia-cuda-nvrtc-cu12`` and ``cuda-bindings<13`` (the ``compile-check`` extra); only the
-first is needed by this module. The Python API of ``cuda.bindings.nvrtc`` (12.9.x) works as well, with
+CI installs ``nvidia-cuda-nvrtc-cu12``, ``nvidia-cuda-nvrtc`` 13 and ``cuda-bindings<13`` (the
+``compile-check`` extra); only the first two are used by this module. The compile check runs with NVRTC 12
+(first in the search), then once more with NVRTC 13 (``GPUCONV_NVRTC_LIBRARY`` set to what
+``python -m tests.nvrtc_check --find 13`` prints): cupy-cuda12x compiles our kernels with the one,
+cupy-cuda13x with the other. The Python API of ``cuda.bindings.nvrtc`` (12.9.x) works as well, with
 the same log; it is not used so that the checker depends only on NVRTC's C ABI, not on that package's
 Python signatures or version pin.
 
@@ -75,8 +78,9 @@ __all__ = [
     "nvrtc_version", "parse_ptxas_log", "supported_archs",
 ]
 
-# The architectures the compile check covers (Turing, Ampere A100, Ampere consumer, Ada, Hopper).
-ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
+# The architectures the compile check covers (Turing, Ampere A100, Ampere consumer, Ada, Hopper, Blackwell
+# data-centre and consumer); NVRTC 12.8 and newer know all of them.
+ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
 # What cupy.cuda.compiler appends to every RawModule compile (besides -arch and -I paths).
 CUPY_OPTIONS = ("-ftz=true",)
 # ptxas verbose: NVRTC 12.x accepts this and "-Xptxas=-v" alike; the long form is the documented one.
@@ -136,21 +140,52 @@ def _system_candidates() -> list[str]:
     return [n for n in names if "builtins" not in n and ".alt." not in n]
 
 
+def _candidates() -> list[str]:
+    """Where libnvrtc is looked for, in order (see the module docstring)."""
+    explicit = os.environ.get("GPUCONV_NVRTC_LIBRARY")
+    if explicit:
+        return [explicit]  # an explicit choice is not second-guessed
+    candidates = _wheel_candidates()
+    pf = _pathfinder_candidate()
+    if pf:
+        candidates.append(pf)
+    return candidates + _system_candidates()
+
+
+def find_library(major: int) -> str | None:
+    """The first libnvrtc of the usual search (wheels, cuda-pathfinder, system; not
+    ``GPUCONV_NVRTC_LIBRARY``) whose file is ``libnvrtc.so.<major>``: CI runs the compile check once more
+    with the NVRTC 13 that cupy-cuda13x compiles with (``python -m tests.nvrtc_check --find 13``)."""
+    saved = os.environ.pop("GPUCONV_NVRTC_LIBRARY", None)
+    try:
+        candidates = _candidates()
+    finally:
+        if saved is not None:
+            os.environ["GPUCONV_NVRTC_LIBRARY"] = saved
+    for path in candidates:
+        if os.path.isabs(path) and os.path.isfile(path) and os.path.basename(path) == f"libnvrtc.so.{major}":
+            return path
+    return None
+
+
+def _open(path: str) -> ctypes.CDLL:
+    """``ctypes.CDLL(path)``, after loading the ``libnvrtc-builtins`` beside it (if any) globally: libnvrtc
+    opens that library by its bare soname when it compiles, and the 13.0 wheel's libnvrtc.so.13 (13.0.88;
+    the 12.x and 13.5 wheels have ``$ORIGIN`` as their run path) does not look in its own folder ("failed
+    to open libnvrtc-builtins.so.13.0"); one already loaded under that soname is what the loader hands back."""
+    if os.path.isabs(path):
+        for builtins in sorted(glob.glob(os.path.join(os.path.dirname(path), "libnvrtc-builtins.so.*"))):
+            if ".alt." not in os.path.basename(builtins):
+                ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(path)
+
+
 @functools.lru_cache(maxsize=None)
 def _library() -> tuple[ctypes.CDLL, str]:
     tried: list[str] = []
-    explicit = os.environ.get("GPUCONV_NVRTC_LIBRARY")
-    if explicit:
-        candidates = [explicit]  # an explicit choice is not second-guessed
-    else:
-        candidates = _wheel_candidates()
-        pf = _pathfinder_candidate()
-        if pf:
-            candidates.append(pf)
-        candidates += _system_candidates()
-    for path in candidates:
+    for path in _candidates():
         try:
-            lib = ctypes.CDLL(path)
+            lib = _open(path)
         except OSError as exc:
             tried.append(f"{path}: {exc}")
             continue
@@ -478,3 +513,17 @@ def compile_source(code: str, name_expressions: Iterable[str], arch: str,
             spill_stores=props.spill_stores if props else -1, spill_loads=props.spill_loads if props else -1,
             stack_bytes=props.stack_bytes if props else -1))
     return result
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tests.nvrtc_check",
+                                     description="Print the path of an installed libnvrtc of one major version.")
+    parser.add_argument("--find", type=int, required=True, metavar="MAJOR", help="e.g. 13")
+    found = find_library(parser.parse_args().find)
+    if found is None:
+        sys.exit(f"no libnvrtc.so.{parser.parse_args().find} found (the compile-check extra installs "
+                 "nvidia-cuda-nvrtc-cu12 and nvidia-cuda-nvrtc 13)")
+    print(found)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -274,3 +276,26 @@ def test_checker_sees_compile_errors():
     assert result.status == "NVRTC_ERROR_COMPILATION"
     assert "INFINITY" in result.log and "error" in result.log
     assert result.kernels == []
+
+
+def test_find_library_opens_each_major():
+    """``find_library`` finds each NVRTC major the compile-check extra installs (12 and 13; in CI both must be
+    there), and each compiles when named by ``GPUCONV_NVRTC_LIBRARY``: the 13.0 wheel's libnvrtc.so.13 needs
+    its libnvrtc-builtins loaded beside it (``nvrtc_check._open``), or every compile fails with "failed to
+    open libnvrtc-builtins.so.13.0". A fresh process per library: the loaded one is cached."""
+    _need_nvrtc()
+    snippet = "__global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }\n"
+    probe = ("from tests import nvrtc_check as nv; import sys; "
+             f"r = nv.compile_source({snippet!r}, ['k'], 'sm_80', ()); "
+             "print(nv.nvrtc_version()[0], r.ok, r.status); sys.stdout.flush()")
+    for major in (12, 13):
+        path = nv.find_library(major)
+        if path is None:
+            if _REQUIRED:
+                pytest.fail(f"GPUCONV_REQUIRE_NVRTC=1 but no libnvrtc.so.{major} was found", pytrace=False)
+            continue
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                             cwd=Path(__file__).resolve().parents[1],
+                             env={**os.environ, "GPUCONV_NVRTC_LIBRARY": path, "LD_LIBRARY_PATH": ""})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [str(major), "True", "NVRTC_SUCCESS"], (path, out.stdout, out.stderr)
