@@ -522,8 +522,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m tests.nvrtc_check",
                                      description="Print the path of an installed libnvrtc of one major version.")
     parser.add_argument("--find", type=int, required=True, metavar="MAJOR", help="e.g. 13")
-    found = find_library(parser.parse_args().find)
+    major = parser.parse_args().find
+    found = find_library(major)
     if found is None:
-        sys.exit(f"no libnvrtc.so.{parser.parse_args().find} found (the compile-check extra installs "
+        sys.exit(f"no libnvrtc.so.{major} found (the compile-check extra installs "
                  "nvidia-cuda-nvrtc-cu12 and nvidia-cuda-nvrtc 13)")
     print(found)
