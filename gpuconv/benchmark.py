@@ -329,14 +329,16 @@ def slugify(text: str) -> str:
 
 
 def git_state(root: Path = REPO_ROOT) -> dict:
-    """``commit`` (git rev-parse HEAD) and ``dirty`` (tracked files modified), or Nones outside git."""
+    """``commit`` (git rev-parse HEAD) and ``dirty`` (tracked files modified). Outside git (a copy of the
+    working tree without ``.git``, as on a lent GPU machine) the commit is ``$GPUCONV_BENCH_COMMIT`` if set
+    (the one the copy was made from; ``dirty`` unknown), else None."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                 capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return dict(commit=None, dirty=None)
+        return dict(commit=os.environ.get("GPUCONV_BENCH_COMMIT") or None, dirty=None)
     return dict(commit=commit or None, dirty=bool(status.strip()))
 
 

@@ -577,3 +577,16 @@ def test_gpu_platform_with_a_fake_cupy(monkeypatch):
     # every timed call: flush, spin, start event, (the call), end event
     timed = "".join("F" if e == "flush" else "S" if e == "spin" else "E" for e in fake.log)
     assert "FSEE" * (2 * len(ok)) in timed
+
+
+def test_git_state_outside_git(tmp_path, monkeypatch):
+    """A copy of the tree without .git (a lent GPU machine) records the commit named by
+    GPUCONV_BENCH_COMMIT, else none; inside this checkout, git's own answer wins over the variable."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # git must not find a parent repo
+    monkeypatch.delenv("GPUCONV_BENCH_COMMIT", raising=False)
+    assert bm.git_state(tmp_path) == dict(commit=None, dirty=None)
+    monkeypatch.setenv("GPUCONV_BENCH_COMMIT", "0123abcd")
+    assert bm.git_state(tmp_path) == dict(commit="0123abcd", dirty=None)
+    inside = bm.git_state()
+    if inside["commit"] is not None:  # a checkout (CI clones one)
+        assert inside["commit"] != "0123abcd" and len(inside["commit"]) == 40
