@@ -1230,6 +1230,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--update-readme", action="store_true",
                    help="afterwards regenerate the README's Benchmarks section from the full-suite files in --out")
     p.add_argument("--list", action="store_true", help="print the selected cases and exit")
+    p.add_argument("--render", metavar="JSON",
+                   help="run nothing: write the .json / .md / .png of this results file (from a run elsewhere, "
+                        "e.g. a GPU machine without matplotlib) into --out")
+
+
+def _update_readme(results_dir: Path) -> int:
+    """``--update-readme``: 0 when done, 2 outside a source checkout."""
+    readme = REPO_ROOT / "README.md"
+    if not readme.is_file():
+        log(f"bench: --update-readme needs a source checkout; {readme} does not exist")
+        return 2
+    changed = update_readme(readme, results_dir)
+    log(f"{readme} {'updated' if changed else 'unchanged'}")
+    return 0
 
 
 def resolve_device(choice: str) -> tuple[str | None, str | None]:
@@ -1244,7 +1258,28 @@ def make_platform(kind: str, torch):
     return GpuPlatform(torch) if kind == "gpu" else CpuPlatform(torch)
 
 
+def render(path: Path, out_dir: Path, *, plot: bool = True) -> dict:
+    """Rewrite a results file's report into ``out_dir`` (its figures unchanged; the plot made here when it
+    was not made where it ran). Returns the paths written."""
+    results = json.loads(Path(path).read_text())
+    if results.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not a gpuconv bench results file of schema {SCHEMA}")
+    results.pop("plot_note", None)
+    results.pop("files", None)
+    return write_results(results, out_dir, plot=plot)
+
+
 def main(args) -> int:
+    if args.render:
+        try:
+            paths = render(Path(args.render), Path(args.out), plot=not args.no_plot)
+        except (OSError, ValueError) as exc:
+            log(f"bench: --render: {exc}")
+            return 2
+        log("wrote " + ", ".join(str(p) for p in paths.values()))
+        if args.update_readme:
+            return _update_readme(Path(args.out))
+        return 0
     kind, why = resolve_device(args.device)
     if kind is None:
         log(f"bench: --device gpu asked for, but {why}")
@@ -1284,13 +1319,8 @@ def main(args) -> int:
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     if results.get("plot_note"):
         log(results["plot_note"])
-    if args.update_readme:
-        readme = REPO_ROOT / "README.md"
-        if not readme.is_file():
-            log(f"bench: --update-readme needs a source checkout; {readme} does not exist")
-            return 2
-        changed = update_readme(readme, Path(args.out))
-        log(f"{readme} {'updated' if changed else 'unchanged'}")
+    if args.update_readme and _update_readme(Path(args.out)):
+        return 2
     bad = failed(results)
     if bad:
         log(f"bench: {len(bad)} row(s) of ours failed: " + ", ".join(f"{r['layer']} {r['dtype']} {r['algo']} "

@@ -7,6 +7,7 @@ declined rows, the kernel record) is exercised here on the CPU emulator of our C
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 import types
@@ -318,6 +319,29 @@ def test_plot(tmp_path):
     pytest.importorskip("matplotlib")
     paths = bm.write_results(_gpu_like_results(), tmp_path, plot=True)
     assert paths["png"].stat().st_size > 1000 and "](nvidia-h100-80gb-hbm3.png)" in paths["md"].read_text()
+
+
+def test_render_rewrites_a_results_file(tmp_path, monkeypatch):
+    """`bench --render JSON`: results written where matplotlib was missing (a GPU machine) get their plot
+    and Markdown here, figures untouched; --update-readme regenerates the README from --out."""
+    with monkeypatch.context() as m:  # restores sys.modules' own entry (a loaded matplotlib stays loaded)
+        m.setitem(sys.modules, "matplotlib", None)
+        there = bm.write_results(_gpu_like_results(), tmp_path / "there", plot=True)
+    assert "png" not in there and "matplotlib is not installed" in there["md"].read_text()
+    plotted = importlib.util.find_spec("matplotlib") is not None
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{bm.README_START}\nold\n{bm.README_END}\n")
+    monkeypatch.setattr(bm, "REPO_ROOT", tmp_path)
+    args = ["bench", "--render", str(there["json"]), "--out", str(tmp_path / "here"), "--update-readme"]
+    assert cli(args) == 0
+    md = (tmp_path / "here" / "nvidia-h100-80gb-hbm3.md").read_text()
+    assert ("](nvidia-h100-80gb-hbm3.png)" in md) == plotted and ("matplotlib is not installed" in md) != plotted
+    before, after = (json.loads(p.read_text()) for p in (there["json"], tmp_path / "here" / there["json"].name))
+    assert after["rows"] == before["rows"] and after["commit"] == before["commit"]
+    assert "old" not in readme.read_text() and "NVIDIA H100 80GB HBM3, 2026-01-02" in readme.read_text()
+    (tmp_path / "bad.json").write_text(json.dumps(dict(schema=bm.SCHEMA + 1)))
+    assert cli(["bench", "--render", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 2
+    assert cli(["bench", "--render", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
 
 
 # --------------------------------------------------------------------------------------------
