@@ -1277,9 +1277,9 @@ def main(args) -> int:
             log(f"bench: --render: {exc}")
             return 2
         log("wrote " + ", ".join(str(p) for p in paths.values()))
-        if args.update_readme:
-            return _update_readme(Path(args.out))
-        return 0
+        if not args.no_plot and "png" not in paths:
+            log("No plot: matplotlib is not installed (pip install 'gpuconv[plot]').")
+        return _update_readme(Path(args.out)) if args.update_readme else 0
     kind, why = resolve_device(args.device)
     if kind is None:
         log(f"bench: --device gpu asked for, but {why}")
