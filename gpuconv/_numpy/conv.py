@@ -67,6 +67,12 @@ and 0 * inf would spread NaN. Padded strided im2col gathered straight from the i
 that share their valid outputs (4 copies for 3x3/2, 9 for AlexNet conv1, per block of 16 channels so the
 block stays in cache, the padding entries zeroed): 3x3/2 44.8 -> 42.5 ms, AlexNet conv1 27.6 -> 28.7 ms;
 not taken.
+Measured and dropped later still (2026-11-24, alternating in one process): ``einsum`` over strided depthwise
+tap views in three subscript orders (3.6-5.6 ms against 0.47 ms for one 40-channel block's 17 passes; the
+passes cost about 2.5 us per ufunc call plus 0.6 ns per element and tap whether the block fits in L2 or
+not); LeNet's chwn gather and GEMM per block of 1-7 output rows so the columns stay in L2 (5.2 / 3.0 ms
+against 2.9 ms unblocked); chunks of 16 samples for LeNet conv1 (about 10% faster than 32 that day, slower
+in an earlier session: the VM's phase decides, so the rule was left alone).
 
 Memory: chunks of samples work in a kept per-thread workspace (``_workspace.workspace``), so calls do
 not page-fault on fresh megabytes; the batch is chunked so the temporaries stay under
