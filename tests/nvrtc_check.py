@@ -140,11 +140,8 @@ def _system_candidates() -> list[str]:
     return [n for n in names if "builtins" not in n and ".alt." not in n]
 
 
-def _candidates() -> list[str]:
-    """Where libnvrtc is looked for, in order (see the module docstring)."""
-    explicit = os.environ.get("GPUCONV_NVRTC_LIBRARY")
-    if explicit:
-        return [explicit]  # an explicit choice is not second-guessed
+def _search_candidates() -> list[str]:
+    """Where libnvrtc is looked for when ``GPUCONV_NVRTC_LIBRARY`` names none, in order."""
     candidates = _wheel_candidates()
     pf = _pathfinder_candidate()
     if pf:
@@ -152,17 +149,17 @@ def _candidates() -> list[str]:
     return candidates + _system_candidates()
 
 
+def _candidates() -> list[str]:
+    """Where libnvrtc is looked for, in order (see the module docstring)."""
+    explicit = os.environ.get("GPUCONV_NVRTC_LIBRARY")
+    return [explicit] if explicit else _search_candidates()  # an explicit choice is not second-guessed
+
+
 def find_library(major: int) -> str | None:
     """The first libnvrtc of the usual search (wheels, cuda-pathfinder, system; not
     ``GPUCONV_NVRTC_LIBRARY``) whose file is ``libnvrtc.so.<major>``: CI runs the compile check once more
     with the NVRTC 13 that cupy-cuda13x compiles with (``python -m tests.nvrtc_check --find 13``)."""
-    saved = os.environ.pop("GPUCONV_NVRTC_LIBRARY", None)
-    try:
-        candidates = _candidates()
-    finally:
-        if saved is not None:
-            os.environ["GPUCONV_NVRTC_LIBRARY"] = saved
-    for path in candidates:
+    for path in _search_candidates():
         if os.path.isabs(path) and os.path.isfile(path) and os.path.basename(path) == f"libnvrtc.so.{major}":
             return path
     return None

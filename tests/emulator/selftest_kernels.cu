@@ -155,6 +155,17 @@ __device__ inline unsigned selftest_linear_thread() {
     return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
 
+// This thread's warp (numbered across the grid) and its place in the mma fragments (gid = lane / 4,
+// tig = lane % 4).
+struct MmaLane {
+    unsigned warp, gid, tig;
+};
+
+__device__ inline MmaLane mma_lane() {
+    const unsigned t = selftest_linear_thread(), lane = t % 32;
+    return {blockIdx.x * (blockDim.x * blockDim.y * blockDim.z / 32) + t / 32, lane / 4, lane % 4};
+}
+
 __device__ inline void load_c(const float* c, float d[4], unsigned gid, unsigned tig) {
     d[0] = c[gid * 8 + 2 * tig];
     d[1] = c[gid * 8 + 2 * tig + 1];
@@ -172,9 +183,8 @@ __device__ inline void store_d(float* o, const float d[4], unsigned gid, unsigne
 // m16n8k8 tf32. raw_a: step 0 passes A's raw float bits (no cvt.rna.tf32), which the mma must truncate.
 __global__ void mma_tf32(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ C,
                          float* __restrict__ D, int raw_a) {
-    const unsigned t = selftest_linear_thread();
-    const unsigned warps = blockDim.x * blockDim.y * blockDim.z / 32;
-    const unsigned w = blockIdx.x * warps + t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
+    const MmaLane m = mma_lane();
+    const unsigned w = m.warp, gid = m.gid, tig = m.tig;
     float d[4];
     load_c(C + w * 128, d, gid, tig);
     for (int s = 0; s < 2; ++s) {
@@ -197,9 +207,8 @@ __device__ inline unsigned pack2(__half lo, __half hi) {
 // m16n8k16 f16.
 __global__ void mma_f16(const __half* __restrict__ A, const __half* __restrict__ B, const float* __restrict__ C,
                         float* __restrict__ D) {
-    const unsigned t = selftest_linear_thread();
-    const unsigned warps = blockDim.x * blockDim.y * blockDim.z / 32;
-    const unsigned w = blockIdx.x * warps + t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
+    const MmaLane m = mma_lane();
+    const unsigned w = m.warp, gid = m.gid, tig = m.tig;
     float d[4];
     load_c(C + w * 128, d, gid, tig);
     for (int s = 0; s < 2; ++s) {

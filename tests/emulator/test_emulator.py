@@ -385,6 +385,17 @@ def mma_operands(rng, warps, k, kind):
 MMA_BLOCKS = [(64,), (32, 4), (4, 4, 4), (16, 6)]  # the last two: warps do not follow threadIdx.y rows
 
 
+def assert_mma_result(d, expected, kind):
+    """What both mma kinds must give for ``mma_operands(..., kind)``: exact unless ``wide``, and for
+    ``special`` the NaNs that 0 * inf and NaN inputs make (each test checks its own overflow case)."""
+    if kind == "wide":
+        np.testing.assert_allclose(d, expected, rtol=1e-6, atol=1e-30)
+    else:
+        np.testing.assert_array_equal(d, expected)
+    if kind == "special":
+        assert np.isnan(d[0, 3, 5]) and np.isnan(d[0, 7, 2]) and np.isnan(d[-1, 9]).all()
+
+
 @pytest.mark.parametrize("kind", ["exact", "wide", "special"])
 @pytest.mark.parametrize("block", MMA_BLOCKS, ids=lambda b: "x".join(map(str, b)))
 def test_mma_m16n8k8_tf32(any_rt, block, kind):
@@ -394,12 +405,8 @@ def test_mma_m16n8k8_tf32(any_rt, block, kind):
     d = np.full((warps, 16, 8), -99.0, np.float32)
     any_rt.function(SRC, "selftest::mma_tf32")(grid, block, (a, b, c, d, i32(0)))
     expected = mma_reference(tf32_round(a).astype(np.float64), tf32_round(b).astype(np.float64), c)
-    if kind == "wide":
-        np.testing.assert_allclose(d, expected, rtol=1e-6, atol=1e-30)
-    else:
-        np.testing.assert_array_equal(d, expected)
+    assert_mma_result(d, expected, kind)
     if kind == "special":
-        assert np.isnan(d[0, 3, 5]) and np.isnan(d[0, 7, 2]) and np.isnan(d[-1, 9]).all()
         assert np.isinf(d[-1, 12, 6]) and np.isfinite(d[-1, 12, :6]).all()  # 8e40 overflows only in float32
     if kind == "exact":  # the inputs are not tf32 numbers: unrounded operands would give other results
         unrounded = mma_reference(a.astype(np.float64), b.astype(np.float64), c)
@@ -432,12 +439,8 @@ def test_mma_m16n8k16_f16(any_rt, block, kind):
     d = np.full((warps, 16, 8), -99.0, np.float32)
     any_rt.function(SRC, "selftest::mma_f16")(grid, block, (a16, b16, c, d))
     expected = mma_reference(a16.astype(np.float64), b16.astype(np.float64), c)
-    if kind == "wide":
-        np.testing.assert_allclose(d, expected, rtol=1e-6, atol=1e-30)
-    else:
-        np.testing.assert_array_equal(d, expected)
+    assert_mma_result(d, expected, kind)
     if kind == "special":
-        assert np.isnan(d[0, 3, 5]) and np.isnan(d[0, 7, 2]) and np.isnan(d[-1, 9]).all()
         assert abs(d[-1, 12, 6]) > 2.8e10  # 16 * 60000^2 + C, exact
 
 
