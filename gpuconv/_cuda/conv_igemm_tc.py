@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._geometry import ConvGeometry
-from .algo import ConvAlgo
+from .algo import ConvAlgo, int32_limit_reason
 from .conv_igemm import (LARGE_TILE, _resolve_vectorize, data_pointer, gemm_kernel_name, gemm_tile_for,
-                         igemm_decline_reason, launch_gemm, weights_vectorizable)
+                         launch_gemm, weights_vectorizable)
 
 SOURCE = "conv2d_igemm_tc.cu"
 KERNEL = "conv2d_igemm_tc"
@@ -76,12 +76,12 @@ INSTANTIATIONS = tuple(tc_name(dt, t) for dt in DTYPES for t in TILES)
 
 
 def igemm_tc_decline_reason(geom: ConvGeometry, dtype) -> str | None:
-    """float64 is declined; otherwise igemm's rule (only the 32-bit size limit)."""
+    """float64 is declined; otherwise igemm's rule (only the shared 32-bit size limit)."""
     if np.dtype(dtype) not in DTYPES:
         return (f"igemm_tc declines {np.dtype(dtype)}: its tensor-core products take float32 (as TF32) or "
                 "float16; use algo='igemm'")
-    reason = igemm_decline_reason(geom, dtype)
-    return None if reason is None else reason.replace("igemm declines", "igemm_tc declines", 1)
+    reason = int32_limit_reason(geom)
+    return None if reason is None else f"igemm_tc declines this geometry because {reason}"
 
 
 def launch_igemm_tc(rt, x, w, b, y, geom: ConvGeometry, *, tile: TensorCoreTile | None = None,
