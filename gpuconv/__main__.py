@@ -1,4 +1,4 @@
-"""Command line: ``python -m gpuconv info``, ``python -m gpuconv demo`` and ``python -m gpuconv bench``."""
+"""Command line: ``python -m gpuconv info``, ``demo``, ``precompile`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,21 @@ def cmd_info(args) -> int:
     else:
         print(f"backend cupy: unavailable: {cu['reason']}")
     return 0
+
+
+def cmd_precompile(args) -> int:
+    cu = gpuconv.backend_info()["cupy"]
+    if not cu["available"]:
+        print(f"precompile: nothing to compile for: {cu['reason']}", file=sys.stderr)
+        return 2
+    from ._cuda.runtime import format_precompile
+    t0 = time.perf_counter()
+    results = gpuconv.precompile()
+    print(format_precompile(results))
+    failed = [r.source for r in results if r.error]
+    print(f"{len(results)} sources in {time.perf_counter() - t0:.1f} s"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 # LeNet-5: (name, kind, out_channels / features, kernel)
@@ -116,9 +131,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("precompile", help="compile every CUDA kernel for the current GPU now (kept in CuPy's cache)",
+                       description="Compile every gpuconv CUDA kernel source for the current GPU, the sources in "
+                                   "parallel, into CuPy's on-disk kernel cache, so that no later call (in any "
+                                   "process) waits for a compile. Prints the seconds per source and each "
+                                   "kernel's registers, local memory, static shared memory and maximum block size.")
+    p.set_defaults(func=cmd_precompile)
     from . import benchmark
     p = sub.add_parser("bench", help="every gpuconv algorithm against PyTorch (cuDNN on a GPU, CPU otherwise)",
-                       description=benchmark.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=benchmark.USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     benchmark.add_arguments(p)
     p.set_defaults(func=benchmark.main)
     args = parser.parse_args(argv)

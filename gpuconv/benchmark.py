@@ -376,6 +376,41 @@ def import_torch(kind: str):
     return torch, None
 
 
+def _tf32_api(torch) -> str:
+    """Which of PyTorch's TF32 switches to use: ``'precision'`` (``torch.backends.cudnn.conv.fp32_precision``
+    and ``torch.backends.cuda.matmul.fp32_precision``, PyTorch 2.9 and newer) or ``'allow'`` (the legacy
+    ``allow_tf32`` flags). Never both: once the new API has set a flag, reading a legacy one raises
+    ("a mix of the legacy and new APIs")."""
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    matmul = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    return "precision" if conv is not None and matmul is not None else "allow"
+
+
+def tf32_state(torch) -> tuple:
+    """PyTorch's TF32 switches for convolutions and matmuls as they are now, read through the API
+    ``_tf32_api`` picks, for ``restore_tf32_state``."""
+    if _tf32_api(torch) == "precision":
+        return ("precision", torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    return ("allow", torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+
+
+def restore_tf32_state(torch, state: tuple) -> None:
+    api, conv, matmul = state
+    if api == "precision":
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+    else:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+def set_tf32(torch, on: bool) -> None:
+    """TF32 on or off for PyTorch's convolutions and matmuls, through the one API ``_tf32_api`` picks."""
+    if _tf32_api(torch) == "precision":
+        torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = \
+            "tf32" if on else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(on)
+
+
 def cuda_version_string(v) -> str | None:
     """12080 -> '12.8'."""
     return None if not v else f"{int(v) // 1000}.{int(v) % 1000 // 10}"
@@ -563,13 +598,11 @@ class GpuPlatform:
                 torch.cuda.set_device(self.device_id)
                 ext = torch.cuda.ExternalStream(self.stream.ptr, device=torch.device("cuda", self.device_id))
                 stack.enter_context(torch.cuda.stream(ext))
-                saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-                         torch.backends.cuda.matmul.allow_tf32)
+                saved_benchmark, saved_tf32 = torch.backends.cudnn.benchmark, tf32_state(torch)
 
                 def restore():
-                    torch.backends.cudnn.benchmark = saved[0]
-                    torch.backends.cudnn.allow_tf32 = saved[1]
-                    torch.backends.cuda.matmul.allow_tf32 = saved[2]
+                    torch.backends.cudnn.benchmark = saved_benchmark
+                    restore_tf32_state(torch, saved_tf32)
                 stack.callback(restore)
                 torch.backends.cudnn.benchmark = True
             yield
@@ -655,8 +688,7 @@ class GpuPlatform:
     # -- timing --------------------------------------------------------------------------------
     def set_tf32(self, on: bool) -> None:
         if self.torch is not None:
-            self.torch.backends.cudnn.allow_tf32 = on
-            self.torch.backends.cuda.matmul.allow_tf32 = on
+            set_tf32(self.torch, on)
 
     def synchronize(self) -> None:
         self.stream.synchronize()
@@ -722,11 +754,38 @@ def make_contenders(plat, case: Case, x, w, algos) -> list[Contender]:
     if torch is not None and out:
         tx, tw = plat.to_torch(x), None if w is None else plat.to_torch(w)
         peer = partial(call_op, torch.nn.functional, case, tx, tw)
-        out.append(Contender(plat.peer_label, "peer", peer, setup=partial(plat.set_tf32, False)))
+        label = peer_label(plat, case, tx, tw)
+        out.append(Contender(label, "peer", peer, setup=partial(plat.set_tf32, False)))
         if plat.kind == "gpu" and case.is_conv and case.dtype == "float32":
-            out.append(Contender(f"{plat.peer_label} TF32", "peer_tf32", peer, setup=partial(plat.set_tf32, True),
+            out.append(Contender(f"{label} TF32", "peer_tf32", peer, setup=partial(plat.set_tf32, True),
                                  loose=True))
     return out
+
+
+def torch_conv_backend(torch, case: Case, tx, tw) -> str | None:
+    """The convolution backend PyTorch picks for this call (``'Cudnn'``, ``'CudaDepthwise2d'``, ``'Mkldnn'``,
+    ...), asked of PyTorch itself (``torch._C._select_conv_backend``, the dispatcher ``F.conv2d`` uses);
+    None for pooling or when this PyTorch cannot say."""
+    select_backend = getattr(torch._C, "_select_conv_backend", None)
+    if not case.is_conv or select_backend is None:
+        return None
+    s, p = [case.stride] * 2, [case.pad] * 2
+    try:
+        backend = select_backend(tx, tw, None, s, p, [1, 1], False, [0, 0], case.groups, None)
+    except Exception:  # a private API: another signature in another PyTorch version
+        return None
+    return str(backend).rsplit(".", 1)[-1]
+
+
+def peer_label(plat, case: Case, tx, tw) -> str:
+    """The peer's name for one case. On a GPU a convolution's peer is cuDNN unless PyTorch routes the call to
+    a kernel of its own: its float32 depthwise convolutions run ``CudaDepthwise2d``, not cuDNN."""
+    if plat.kind != "gpu" or not case.is_conv:
+        return plat.peer_label
+    backend = torch_conv_backend(plat.torch, case, tx, tw)
+    if backend is None or backend.startswith("Cudnn"):
+        return plat.peer_label
+    return f"PyTorch {backend}"
 
 
 def reference(plat, case: Case, x, w):
@@ -871,8 +930,15 @@ def progress_line(rows) -> str:
 
 
 def run_bench(plat, cases, algos, repeats: int, *, suite: str, filters: dict | None = None,
-              peer_missing: str | None = None, scaling: str | None = None) -> dict:
-    """Run every case on ``plat``; returns the JSON-ready results."""
+              peer_missing: str | None = None, scaling: str | None = None, budget_s: float | None = None,
+              checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """Run every case on ``plat``; returns the JSON-ready results.
+
+    ``checkpoint(results)`` is called once the run is described and again after every case, with
+    ``results['state']`` ``'running'``: a run killed midway leaves the rows it finished (``main`` writes
+    the JSON there). With ``budget_s``, a case is started only while the time spent so far plus the
+    longest case so far fits in the budget; the cases left out are listed in ``cases_not_run`` and the
+    state is ``'budget'``; a run that did every case ends ``'done'``."""
     t0 = time.perf_counter()
     with plat.session():
         device, versions = plat.describe()
@@ -880,21 +946,40 @@ def run_bench(plat, cases, algos, repeats: int, *, suite: str, filters: dict | N
         roof = plat.roofline()
         log(f"  peak {_fmt_rate(roof['peak_flops'], 'FLOP/s')} ({roof['peak_source']}), "
             f"bandwidth {_fmt_rate(roof['bandwidth'], 'B/s')}")
-        rows = []
+        results = dict(schema=SCHEMA,
+                       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       **git_state(), device=device, versions=versions,
+                       peer=dict(label=plat.peer_label, missing=peer_missing,
+                                 name=None if plat.torch is None else f"PyTorch {plat.torch.__version__}"),
+                       settings=dict(suite=suite, filters=filters or {}, repeats=repeats, algos=list(algos),
+                                     scaling=scaling, budget_s=budget_s,
+                                     tolerances=dict(TOLERANCES, tf32=TF32_TOLERANCE), **plat.settings()),
+                       roofline=roof, rows=[], state="running", cases_total=len(cases), cases_done=0,
+                       cases_not_run=[], elapsed_s=round(time.perf_counter() - t0, 1))
+        if checkpoint:
+            checkpoint(results)
+        longest = 0.0
         for i, case in enumerate(cases, 1):
+            spent = time.perf_counter() - t0
+            if budget_s is not None and spent + longest > budget_s:
+                results["cases_not_run"] = [f"{c.name} ({c.dtype})" for c in cases[i - 1:]]
+                log(f"bench: time budget of {budget_s:g} s: {spent:.1f} s spent and the longest case took "
+                    f"{longest:.1f} s, so the last {len(cases) - i + 1} case(s) are not run")
+                break
             t_case = time.perf_counter()
             log(f"[{i:2d}/{len(cases)}] {case.name} ({case.dtype}, {case.shape_label}) ...")
             case_result = run_case(plat, case, algos, repeats, roof)
-            rows += case_result
+            longest = max(longest, time.perf_counter() - t_case)
+            results["rows"] += case_result
+            results["cases_done"] = i
+            results["elapsed_s"] = round(time.perf_counter() - t0, 1)
             log(f"        {progress_line(case_result)}  [{time.perf_counter() - t_case:.1f} s, "
                 f"total {time.perf_counter() - t0:.0f} s]")
-    return dict(schema=SCHEMA, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                **git_state(), device=device, versions=versions,
-                peer=dict(label=plat.peer_label, missing=peer_missing,
-                          name=None if plat.torch is None else f"PyTorch {plat.torch.__version__}"),
-                settings=dict(suite=suite, filters=filters or {}, repeats=repeats, algos=list(algos),
-                              scaling=scaling, tolerances=dict(TOLERANCES, tf32=TF32_TOLERANCE), **plat.settings()),
-                roofline=roof, rows=rows, elapsed_s=round(time.perf_counter() - t0, 1))
+            if checkpoint:
+                checkpoint(results)
+    results["state"] = "budget" if results["cases_not_run"] else "done"
+    results["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    return results
 
 
 def failed(results: dict) -> list[dict]:
@@ -942,6 +1027,10 @@ def _fmt_x(v) -> str:
     return f"{v:.2f}×" if v else "—"
 
 
+def _fmt_duration(seconds) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def _fmt_size(n) -> str:
     return f"{n / 2**20:.0f} MiB" if n else "n/a"
 
@@ -962,7 +1051,7 @@ def describe_run(results: dict) -> list[str]:
         lib += f" (cuDNN {v['cudnn']})"
     commit = (results.get("commit") or "unknown")[:10] + (" + uncommitted changes" if results.get("dirty") else "")
     lines = [f"{dev}; NumPy {v['numpy']}, {lib}, Python {v['python']}. gpuconv {v['gpuconv']} at commit "
-             f"`{commit}`, {results['date'][:10]}; the run took {results['elapsed_s'] / 60:.1f} min.",
+             f"`{commit}`, {results['date'][:10]}; the run took {_fmt_duration(results['elapsed_s'])}.",
              "",
              f"Method: {s['timing']}. Median of {s['repeats']} repetitions (min–max in brackets) after "
              f"{s['warmup_calls']} warm-up calls. Each output is checked against the reference before it is "
@@ -982,6 +1071,13 @@ def describe_run(results: dict) -> list[str]:
         lines += ["", s["scaling"] + "."]
     if peer.get("missing"):
         lines += ["", f"**Peer missing**: {peer['missing']}."]
+    state = results.get("state", "done")  # files written before the state was recorded were complete
+    if state != "done":
+        why = (f"stopped by its time budget of {s.get('budget_s'):g} s" if state == "budget" else
+               "ended before it finished (killed or crashed; these are the rows written until then)")
+        lines += ["", f"**Incomplete run**: {results.get('cases_done')} of {results.get('cases_total')} cases, "
+                      f"{why}." + (f" Not run: {', '.join(results['cases_not_run'])}."
+                                   if results.get("cases_not_run") else "")]
     if s.get("suite") != "full" or s.get("filters"):
         lines += ["", f"Suite: {s.get('suite')}" + (f", filters {s['filters']}" if s.get("filters") else "") + "."]
     return lines
@@ -1003,12 +1099,20 @@ def render_table(results: dict) -> list[str]:
         frac = o.get("roofline_fraction")
         cells = [r["layer"], r["shape"], r["dtype"], r["algo"], f"`{r['kernel']}`" if r["kernel"] else "—",
                  _fmt_ms(o), _fmt_rate(rate, r["metric"]) if rate else "—", _fmt_fraction(frac),
-                 _fmt_ms(r["peer"])]
-        cells += [_fmt_ms(r["peer_tf32"])] if with_tf32 else []
+                 _fmt_ms(r["peer"]) + _other_peer_mark(r["peer"], p)]
+        cells += [_fmt_ms(r["peer_tf32"]) + _other_peer_mark(r["peer_tf32"], f"{p} TF32")] if with_tf32 else []
         cells += [_fmt_x(r["speed_vs_peer"])] + ([_fmt_x(r["speed_vs_peer_tf32"])] if with_tf32 else [])
         cells += [_fmt_check(o)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines
+
+
+OTHER_PEER_MARK = "†"
+
+
+def _other_peer_mark(figs: dict | None, column_label: str) -> str:
+    """A mark on a peer time measured from another kernel than the column names (render_summary says which)."""
+    return f" {OTHER_PEER_MARK}" if figs and figs["label"] != column_label else ""
 
 
 def render_summary(results: dict) -> list[str]:
@@ -1034,6 +1138,11 @@ def render_summary(results: dict) -> list[str]:
             if f and f["status"] not in ("ok", "unchecked"):
                 notes.append(f"* {r['layer']} ({r['dtype']}), {f['label']}: {f['status']}"
                              + (f": {f['message']}" if f.get("message") else ""))
+    for r in rows:
+        f = r["peer"]
+        if f and f["label"] != p:
+            notes.append(f"* {OTHER_PEER_MARK} {r['layer']} ({r['dtype']}): the {p} column times {f['label']}: "
+                         "PyTorch runs this layer on a kernel of its own, not on cuDNN.")
     notes = list(dict.fromkeys(notes))
     if notes:
         lines += ["", "Notes:", ""] + notes
@@ -1146,9 +1255,21 @@ def write_results(results: dict, out_dir: Path, *, plot: bool = True) -> dict:
         else:
             results["plot_note"] = note
     results["files"] = {k: p.name for k, p in paths.items()}
-    paths["json"].write_text(json.dumps(results, indent=1) + "\n")
+    write_json(results, out_dir)
     paths["md"].write_text(render_markdown(results, image=image))
     return paths
+
+
+def write_json(results: dict, out_dir: Path) -> Path:
+    """Write ``<out_dir>/<stem>.json`` atomically (a temporary file renamed over it): a run killed while
+    writing leaves the previous complete file, never a truncated one."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{results_stem(results)}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def load_full_results(results_dir: Path) -> list[dict]:
@@ -1215,24 +1336,54 @@ def default_out_dir() -> Path:
     return REPO_ROOT / "bench" / "results" if (REPO_ROOT / "bench").is_dir() else Path("gpuconv-bench")
 
 
+USAGE = """\
+Times gpuconv against the library you would otherwise use, on the convolution and pooling layers of
+ResNet-50, VGG-16, AlexNet, MobileNetV2 and LeNet-5 (float32, some float16, some at batch 1):
+
+  on a GPU (CuPy installed, a CUDA device present): every CUDA algorithm of gpuconv against PyTorch's
+    cuDNN convolutions (TF32 off, and TF32 on in a column of its own) and PyTorch's pooling kernels;
+  otherwise: gpuconv's NumPy path against PyTorch on the CPU, on smaller batches and images.
+
+Every result is checked against PyTorch before it is timed; a wrong answer fails its row. Without
+PyTorch, gpuconv runs alone. The table is printed and written, with the figures in JSON and a plot
+(matplotlib), to --out as <device>.json / .md / .png; the JSON is rewritten after every layer, so an
+interrupted run keeps the layers it finished. The method (timing, cache flush, repetitions, roofline)
+is described in the results file and in the README's Benchmarks section.
+
+examples:
+  python -m gpuconv bench --quick                 a small subset, well under a minute on a 2-core CPU
+  python -m gpuconv bench --layers ResNet,dw      layers whose name contains "ResNet" or "dw"
+  python -m gpuconv bench --device gpu --budget-s 240
+  python -m gpuconv bench --list                  the layers, their sizes and FLOPs, nothing timed
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="a small subset (well under a minute on a 2-core CPU)")
-    p.add_argument("--layers", help="only layers whose name contains one of these comma-separated substrings")
-    p.add_argument("--algos", help="only these conv algorithms, comma-separated (GPU: gpuconv._cuda.conv.ALGOS "
-                                   "+ auto; CPU: auto); pooling rows count as 'auto'")
+    p.add_argument("--quick", action="store_true", help="a small subset of the layers")
+    p.add_argument("--layers", metavar="NAMES",
+                   help="only layers whose name contains one of these comma-separated substrings (see --list)")
+    p.add_argument("--algos", metavar="NAMES",
+                   help="only these gpuconv algorithms, comma-separated: on a GPU direct, tiled, igemm, gemm1x1, "
+                        "depthwise, igemm_tc (tensor cores) and auto; on the CPU only auto")
     p.add_argument("--dtype", choices=("float32", "float16", "all"), default="all")
-    p.add_argument("--repeats", type=int, help="timed repetitions per contender (GPU default 30, quick 20; "
-                                               "CPU default 30, quick 5)")
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    p.add_argument("--out", default=str(default_out_dir()),
-                   help="output folder (default: bench/results of the source checkout, else ./gpuconv-bench)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--repeats", type=int, metavar="N",
+                   help="timed repetitions per contender; the median is reported (default 30; --quick: 20 on a "
+                        "GPU, 5 on the CPU)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="auto: the GPU when CuPy can use one, else the CPU")
+    p.add_argument("--budget-s", type=float, metavar="SECONDS",
+                   help="start no further layer once the time spent plus the longest layer so far would pass "
+                        "this; the results say which layers were left out")
+    p.add_argument("--out", metavar="DIR", default=str(default_out_dir()),
+                   help="output folder (default: bench/results of a source checkout, else ./gpuconv-bench)")
+    p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument("--update-readme", action="store_true",
-                   help="afterwards regenerate the README's Benchmarks section from the full-suite files in --out")
-    p.add_argument("--list", action="store_true", help="print the selected cases and exit")
+                   help="afterwards regenerate the README's Benchmarks section from the full-suite files in --out "
+                        "(source checkouts only)")
+    p.add_argument("--list", action="store_true", help="print the selected layers and exit")
     p.add_argument("--render", metavar="JSON",
-                   help="run nothing: write the .json / .md / .png of this results file (from a run elsewhere, "
-                        "e.g. a GPU machine without matplotlib) into --out")
+                   help="time nothing: rewrite the .json / .md / .png of a results file (e.g. from a GPU machine "
+                        "without matplotlib) into --out")
 
 
 def _update_readme(results_dir: Path) -> int:
@@ -1312,13 +1463,17 @@ def main(args) -> int:
         log(f"bench: {repeats} repetitions (fewer than the 20 the README's figures use)")
     filters = {k: v for k, v in (("layers", layers), ("algos", args.algos and algos),
                                  ("dtype", dtypes)) if v}
+    if args.budget_s is not None and args.budget_s <= 0:
+        log(f"bench: --budget-s must be positive, got {args.budget_s:g}")
+        return 2
+    out_dir = Path(args.out)
     results = run_bench(plat, cases, algos, repeats, suite="quick" if args.quick else "full", filters=filters,
-                        peer_missing=missing, scaling=CPU_SCALING if kind == "cpu" else None)
-    paths = write_results(results, Path(args.out), plot=not args.no_plot)
+                        peer_missing=missing, scaling=CPU_SCALING if kind == "cpu" else None,
+                        budget_s=args.budget_s, checkpoint=partial(write_json, out_dir=out_dir))
+    paths = write_results(results, out_dir, plot=not args.no_plot)
+    # The Markdown printed here carries the plot note (e.g. matplotlib missing), so it is not logged again.
     print(render_markdown(results, image=paths["png"].name if "png" in paths else None))
     log("wrote " + ", ".join(str(p) for p in paths.values()))
-    if results.get("plot_note"):
-        log(results["plot_note"])
     if args.update_readme and _update_readme(Path(args.out)):
         return 2
     bad = failed(results)

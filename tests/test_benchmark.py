@@ -614,3 +614,194 @@ def test_git_state_outside_git(tmp_path, monkeypatch):
     inside = bm.git_state()
     if inside["commit"] is not None:  # a checkout (CI clones one)
         assert inside["commit"] != "0123abcd" and len(inside["commit"]) == 40
+
+
+# --------------------------------------------------------------------------------------------
+# a short GPU window: time budget, results written as the run goes, PyTorch's TF32 switches
+# --------------------------------------------------------------------------------------------
+
+def _slow_cases(monkeypatch, seconds, fail_at=None):
+    """run_case replaced by a sleep of ``seconds`` giving one fake row (or raising KeyboardInterrupt,
+    as a killed run would stop, at case number ``fail_at``)."""
+    done = []
+
+    def run_case(plat, case, algos, repeats, roof, seed=0):
+        done.append(case.name)
+        if fail_at is not None and len(done) == fail_at:
+            raise KeyboardInterrupt
+        time.sleep(seconds)
+        ours = bm.Contender("auto", "ours", None, status="ok", kernel="fake",
+                            check=dict(ok=True, max_abs_err=0.0, worst=0.0))
+        ours.times = [max(seconds, 1e-3)]
+        return bm.case_rows(case, [ours], roof, "none")
+    monkeypatch.setattr(bm, "run_case", run_case)
+    return done
+
+
+def test_budget_stops_before_a_case_that_would_not_fit(tiny, monkeypatch):
+    """With a budget, a case starts only while the time spent plus the longest case so far fits; the
+    results name the cases left out. The checkpoint sees the results after the set-up and after every case."""
+    done = _slow_cases(monkeypatch, 0.3)
+    seen = []
+    results = bm.run_bench(bm.CpuPlatform(None), list(TINY), ["auto"], 1, suite="full", budget_s=0.5,
+                           checkpoint=lambda r: seen.append((r["state"], r["cases_done"], len(r["rows"]))))
+    assert done == [TINY[0].name]
+    assert seen == [("running", 0, 0), ("running", 1, 1)]
+    assert results["state"] == "budget" and results["cases_done"] == 1 and results["cases_total"] == len(TINY)
+    assert results["cases_not_run"] == [f"{c.name} ({c.dtype})" for c in TINY[1:]]
+    assert results["settings"]["budget_s"] == 0.5
+    md = bm.render_markdown(results)
+    assert f"**Incomplete run**: 1 of {len(TINY)} cases, stopped by its time budget of 0.5 s" in md
+
+
+def test_without_a_budget_every_case_runs(tiny, monkeypatch):
+    done = _slow_cases(monkeypatch, 0.0)
+    results = bm.run_bench(bm.CpuPlatform(None), list(TINY), ["auto"], 1, suite="full")
+    assert done == [c.name for c in TINY] and results["state"] == "done" and results["cases_not_run"] == []
+    assert "Incomplete" not in bm.render_markdown(results)
+
+
+def test_an_interrupted_run_leaves_valid_json(tmp_path, tiny, monkeypatch):
+    """The CLI rewrites the JSON after every case: a run stopped during its second case leaves a valid file
+    with the first case's rows, which renders as an incomplete run."""
+    _slow_cases(monkeypatch, 0.0, fail_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        cli(["bench", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path), "--no-plot"])
+    (path,) = tmp_path.glob("*.json")  # no temporary file left beside it
+    results = json.loads(path.read_text())
+    assert results["state"] == "running" and results["cases_done"] == 1 and len(results["rows"]) == 1
+    assert "ended before it finished" in bm.render_markdown(results)
+
+
+def test_budget_must_be_positive(tmp_path, capsys):
+    assert cli(["bench", "--device", "cpu", "--budget-s", "0", "--out", str(tmp_path)]) == 2
+    assert "--budget-s must be positive" in capsys.readouterr().err
+
+
+class _LegacyFlags:
+    """PyTorch's legacy TF32 flags; reading one after the new API set a flag raises, as PyTorch 2.9+ does."""
+
+    def __init__(self, forbid=False):
+        object.__setattr__(self, "forbid", forbid)
+        object.__setattr__(self, "values", {})
+
+    def __getattr__(self, name):
+        if name == "allow_tf32":
+            if self.forbid:
+                raise RuntimeError("a mix of the legacy and new APIs")
+            return self.values.get(name, True)
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        if name != "allow_tf32":
+            return object.__setattr__(self, name, value)
+        if self.forbid:
+            raise RuntimeError("a mix of the legacy and new APIs")
+        self.values[name] = value
+
+
+def _fake_torch(new_api: bool):
+    cudnn, matmul = _LegacyFlags(forbid=new_api), _LegacyFlags(forbid=new_api)
+    if new_api:
+        cudnn.conv = types.SimpleNamespace(fp32_precision="none")
+        matmul.fp32_precision = "none"
+    return types.SimpleNamespace(backends=types.SimpleNamespace(cudnn=cudnn, cuda=types.SimpleNamespace(matmul=matmul)))
+
+
+def test_tf32_new_api_is_used_alone():
+    """PyTorch 2.9+: only cudnn.conv.fp32_precision / cuda.matmul.fp32_precision are read and written (the
+    fake raises on any legacy flag), and the state saved before the run is restored exactly."""
+    t = _fake_torch(new_api=True)
+    saved = bm.tf32_state(t)
+    assert saved == ("precision", "none", "none")
+    bm.set_tf32(t, True)
+    assert (t.backends.cudnn.conv.fp32_precision, t.backends.cuda.matmul.fp32_precision) == ("tf32", "tf32")
+    bm.set_tf32(t, False)
+    assert (t.backends.cudnn.conv.fp32_precision, t.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
+    bm.restore_tf32_state(t, saved)
+    assert (t.backends.cudnn.conv.fp32_precision, t.backends.cuda.matmul.fp32_precision) == ("none", "none")
+
+
+def test_tf32_legacy_api_on_older_pytorch():
+    t = _fake_torch(new_api=False)
+    saved = bm.tf32_state(t)
+    assert saved == ("allow", True, True)
+    bm.set_tf32(t, False)
+    assert t.backends.cudnn.values["allow_tf32"] is False and t.backends.cuda.matmul.values["allow_tf32"] is False
+    bm.restore_tf32_state(t, saved)
+    assert t.backends.cudnn.values["allow_tf32"] is True and t.backends.cuda.matmul.values["allow_tf32"] is True
+
+
+@needs_torch
+def test_tf32_on_the_installed_pytorch():
+    """The real PyTorch here: the switch round-trips without PyTorch's mixed-API error."""
+    saved = bm.tf32_state(torch)
+    try:
+        bm.set_tf32(torch, False)
+        bm.set_tf32(torch, True)
+    finally:
+        bm.restore_tf32_state(torch, saved)
+    assert bm.tf32_state(torch) == saved
+
+
+def _torch_choosing(backend):
+    name = f"_ConvBackend.{backend}"  # how PyTorch prints its enum value
+    return types.SimpleNamespace(_C=types.SimpleNamespace(_select_conv_backend=lambda *a: type(
+        "B", (), {"__str__": lambda self: name})()))
+
+
+def test_peer_label_names_pytorchs_own_depthwise_kernel():
+    """On a GPU the peer column is cuDNN, but PyTorch runs float32 depthwise layers on its own kernel: the
+    row's peer says so (asked of PyTorch's dispatcher), and the table marks the time and explains it."""
+    gpu = types.SimpleNamespace(kind="gpu", peer_label="cuDNN")
+    dw = bm.Case("MobileNetV2 dw 144", "conv2d", 32, 144, 56, 144, 3, 1, 1, 144)
+    dense = bm.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
+    gpu.torch = _torch_choosing("CudaDepthwise2d")
+    assert bm.peer_label(gpu, dw, None, None) == "PyTorch CudaDepthwise2d"
+    gpu.torch = _torch_choosing("Cudnn")
+    assert bm.peer_label(gpu, dense, None, None) == "cuDNN"
+    gpu.torch = types.SimpleNamespace(_C=types.SimpleNamespace())  # a PyTorch that cannot say
+    assert bm.peer_label(gpu, dw, None, None) == "cuDNN"
+    cpu = types.SimpleNamespace(kind="cpu", peer_label="PyTorch", torch=_torch_choosing("Mkldnn"))
+    assert bm.peer_label(cpu, dense, None, None) == "PyTorch"
+
+    results = _gpu_like_results()
+    results["rows"][0]["peer"] = dict(results["rows"][0]["peer"], label="PyTorch CudaDepthwise2d")
+    md = bm.render_markdown(results)
+    assert f"{bm.OTHER_PEER_MARK} ResNet-50 3x3 (float32): the cuDNN column times PyTorch CudaDepthwise2d" in md
+    (row,) = [ln for ln in md.splitlines() if ln.startswith("| ResNet") and "| direct |" in ln]
+    assert f" {bm.OTHER_PEER_MARK} |" in row
+
+
+@needs_torch
+def test_peer_backend_from_the_installed_pytorch():
+    """PyTorch CPU's dispatcher answers for a real call (the GPU machine asks the same function)."""
+    case = bm.Case("dw", "conv2d", 1, 4, 8, 4, 3, 1, 1, 4)
+    x, w = torch.zeros(case.input_shape), torch.zeros(case.weight_shape)
+    backend = bm.torch_conv_backend(torch, case, x, w)
+    assert backend is None or (backend.isidentifier() and "." not in backend)
+
+
+def test_run_time_is_in_seconds_when_short():
+    results = _gpu_like_results()
+    results["elapsed_s"] = 7.2
+    assert "the run took 7 s." in bm.render_markdown(results)
+    results["elapsed_s"] = 600.0
+    assert "the run took 10.0 min." in bm.render_markdown(results)
+
+
+def test_plot_note_printed_once(tmp_path, tiny, monkeypatch, capsys):
+    _slow_cases(monkeypatch, 0.0)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    assert cli(["bench", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("No plot: matplotlib is not installed") == 1
+
+
+def test_help_speaks_to_users(capsys):
+    with pytest.raises(SystemExit):
+        cli(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert "cuDNN" in text and "--budget-s" in text and "--quick" in text
+    for internal in ("scale_for_cpu", "TOLERANCES", "SPIN_US", "gpuconv._cuda", "ALGOS"):
+        assert internal not in text

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import functools
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 # Options passed to NVRTC by every runtime compile (the compile-check test uses exactly these, plus
@@ -67,7 +70,7 @@ class CupyRuntime:
         self.xp = cupy
 
     def function(self, source: str, name_expression: str):
-        return _module(self.xp.cuda.Device().id, source).get_function(name_expression)
+        return _function(self.xp.cuda.Device().id, source, name_expression)
 
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
@@ -120,3 +123,79 @@ def _module(device_id: int, source: str):
     with cupy.cuda.Device(device_id):
         return cupy.RawModule(code=load_source(source), options=NVRTC_OPTIONS,
                               name_expressions=tuple(INSTANTIATIONS[source]))
+
+
+@functools.lru_cache(maxsize=None)
+def _function(device_id: int, source: str, name_expression: str):
+    """The kernel handle, looked up once per (device, source, name): a launch then costs no lookup of the
+    lowered name and no call into the driver."""
+    return _module(device_id, source).get_function(name_expression)
+
+
+# --------------------------------------------------------------------------------------------
+# precompiling: every source for the current device, before the first call needs it
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KernelResources:
+    """One compiled kernel's resources, read from the loaded function (``cudaFuncGetAttributes``)."""
+
+    name: str
+    registers: int
+    local_bytes: int  # per thread: register spills and local arrays
+    shared_bytes: int  # static shared memory (dynamic shared memory is chosen per launch)
+    max_threads: int  # the most threads per block this kernel can launch with
+
+
+@dataclass(frozen=True)
+class SourceCompile:
+    """One kernel source compiled (or loaded from CuPy's on-disk cache) for one device."""
+
+    source: str
+    seconds: float
+    kernels: tuple[KernelResources, ...]
+    error: str | None = None
+
+
+def _kernel_resources(name: str, function) -> KernelResources:
+    a = function.attributes
+    return KernelResources(name, int(a["num_regs"]), int(a["local_size_bytes"]), int(a["shared_size_bytes"]),
+                           int(a["max_threads_per_block"]))
+
+
+def _compile_source(device_id: int, source: str, names) -> SourceCompile:
+    import cupy
+    t0 = time.perf_counter()
+    try:
+        with cupy.cuda.Device(device_id):
+            kernels = tuple(_kernel_resources(n, _function(device_id, source, n)) for n in names)
+    except Exception as exc:  # a compile error is reported with the other sources' results
+        return SourceCompile(source, time.perf_counter() - t0, (), f"{type(exc).__name__}: {exc}")
+    return SourceCompile(source, time.perf_counter() - t0, kernels)
+
+
+def precompile(device=None, *, workers: int | None = None) -> list[SourceCompile]:
+    """Compile every kernel source for one CUDA device (default: the current one), the sources in parallel
+    threads, and load every kernel. Each source goes through the same ``cupy.RawModule`` call as a launch
+    (same text, options and name expressions), so CuPy's on-disk kernel cache then holds it: later calls,
+    in this process or a new one, compile nothing. Returns, per source, the seconds it took (a source
+    found in the cache takes milliseconds) and each kernel's registers, local memory, static shared memory
+    and maximum block size; a source that fails to compile carries its error instead of raising.
+    ``python -m gpuconv precompile`` prints the same."""
+    import cupy
+    from .registry import INSTANTIATIONS
+    device_id = cupy.cuda.Device(device).id if device is not None else cupy.cuda.Device().id
+    sources = sorted(INSTANTIATIONS)
+    with ThreadPoolExecutor(max_workers=workers or len(sources)) as pool:
+        return list(pool.map(lambda s: _compile_source(device_id, s, INSTANTIATIONS[s]), sources))
+
+
+def format_precompile(results: list[SourceCompile]) -> str:
+    """The report ``python -m gpuconv precompile`` prints: a line per source, a line per kernel below it."""
+    lines = []
+    for r in results:
+        lines.append(f"{r.source}: {r.seconds:.1f} s" + (f", FAILED: {r.error}" if r.error else
+                                                          f", {len(r.kernels)} kernels"))
+        lines += [f"  {k.name}: {k.registers} registers, {k.local_bytes} B local, {k.shared_bytes} B shared, "
+                  f"max {k.max_threads} threads" for k in r.kernels]
+    return "\n".join(lines)
