@@ -1299,7 +1299,9 @@ def readme_section(all_results, readme_dir: Path) -> str:
              "`bench/results/<device>.json`, `.md` and `.png`. On a machine without a GPU, "
              "`python -m gpuconv bench --quick` runs a subset in well under a minute. Options: "
              "`--layers SUBSTRING,...`, `--algos direct,tiled,auto`, `--dtype float32|float16|all`, `--repeats N`, "
-             "`--device auto|cpu|gpu`, `--out DIR`, `--list`, `--no-plot`, `--update-readme`.",
+             "`--device auto|cpu|gpu`, `--budget-s SECONDS`, `--out DIR`, `--list`, `--no-plot`, `--update-readme` "
+             "(`python -m gpuconv bench --help` says what each does). On a GPU, a peer time marked † was measured "
+             "on one of PyTorch's own kernels, which PyTorch prefers to cuDNN for that layer.",
              ""]
     if not all_results:
         lines += ["No full-suite results in `bench/results/` yet.", ""]

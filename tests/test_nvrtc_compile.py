@@ -28,7 +28,9 @@ import pytest
 from gpuconv._cuda import runtime
 from tests import nvrtc_check as nv
 
-pytestmark = pytest.mark.nvrtc
+# Every kernel for seven architectures takes minutes on 2 cores: left out of the default run, run by CI
+# (`-m slow`, and `-m nvrtc` once more with NVRTC 13).
+pytestmark = [pytest.mark.nvrtc, pytest.mark.slow]
 
 _REQUIRED = os.environ.get("GPUCONV_REQUIRE_NVRTC", "").strip().lower() in ("1", "true", "yes", "on")
 _NVRTC_OK, _NVRTC_WHY = nv.nvrtc_available()
