@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # optional: only the randomized test needs it (it skips below); the rest runs
+    st = None
 
 import gpuconv
 from gpuconv._numpy import conv as numpy_conv
@@ -120,24 +123,28 @@ def test_winograd_matrix(force_winograd, index):
     _check(x, w, b, case["padding"], groups, case["flip"], case["activation"])
 
 
-@settings(max_examples=30, deadline=None, derandomize=True)
-@given(groups=st.integers(1, 3), cg=st.integers(1, 5), kg=st.integers(1, 5), H=st.integers(1, 16),
-       W=st.integers(1, 16), pad=st.tuples(*[st.integers(0, 3)] * 4), N=st.integers(1, 3),
-       seed=st.integers(0, 2**31))
-def test_winograd_random_shapes(groups, cg, kg, H, W, pad, N, seed):
-    pt, pb, pl, pr = pad
-    if H + pt + pb < 3 or W + pl + pr < 3:
-        return  # no output: conv2d refuses the call (tested in test_errors)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, groups * cg, H, W))
-    w = rng.standard_normal((groups * kg, cg, 3, 3))
-    b = rng.standard_normal(groups * kg)
-    old = numpy_conv.WINOGRAD_MIN_CHANNELS, numpy_conv.WINOGRAD_MIN_OUTPUT
-    numpy_conv.WINOGRAD_MIN_CHANNELS = numpy_conv.WINOGRAD_MIN_OUTPUT = 1  # (a fixture is not reset
-    try:                                                                    # between hypothesis examples)
-        _check(x, w, b, ((pt, pb), (pl, pr)), groups)
-    finally:
-        numpy_conv.WINOGRAD_MIN_CHANNELS, numpy_conv.WINOGRAD_MIN_OUTPUT = old
+if st is not None:
+    @settings(max_examples=30, deadline=None, derandomize=True)
+    @given(groups=st.integers(1, 3), cg=st.integers(1, 5), kg=st.integers(1, 5), H=st.integers(1, 16),
+           W=st.integers(1, 16), pad=st.tuples(*[st.integers(0, 3)] * 4), N=st.integers(1, 3),
+           seed=st.integers(0, 2**31))
+    def test_winograd_random_shapes(groups, cg, kg, H, W, pad, N, seed):
+        pt, pb, pl, pr = pad
+        if H + pt + pb < 3 or W + pl + pr < 3:
+            return  # no output: conv2d refuses the call (tested in test_errors)
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((N, groups * cg, H, W))
+        w = rng.standard_normal((groups * kg, cg, 3, 3))
+        b = rng.standard_normal(groups * kg)
+        old = numpy_conv.WINOGRAD_MIN_CHANNELS, numpy_conv.WINOGRAD_MIN_OUTPUT
+        numpy_conv.WINOGRAD_MIN_CHANNELS = numpy_conv.WINOGRAD_MIN_OUTPUT = 1  # (a fixture is not reset
+        try:                                                                    # between hypothesis examples)
+            _check(x, w, b, ((pt, pb), (pl, pr)), groups)
+        finally:
+            numpy_conv.WINOGRAD_MIN_CHANNELS, numpy_conv.WINOGRAD_MIN_OUTPUT = old
+else:
+    def test_winograd_random_shapes():
+        pytest.skip("hypothesis is not installed (pip install hypothesis)")
 
 
 def test_winograd_empty_batch(force_winograd):
