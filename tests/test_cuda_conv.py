@@ -1,6 +1,13 @@
 """The conv2d CUDA kernels (kernels/conv2d_direct.cu, kernels/conv2d_tiled.cu) and their launch code
-(gpuconv/_cuda/conv.py), executed on the CPU by tests/emulator, against a textbook reference written
-here from the definition in shared/semantics.md.
+(gpuconv/_cuda/conv.py) against a textbook reference written here from the definition in
+docs/semantics.md. Every test that launches a kernel takes the ``rt`` fixture (tests/runners.py) and runs
+twice: executed on the CPU by tests/emulator (``[emulated-...]``, marked ``emulated``) and on a GPU
+(``[gpu-...]``, marked ``gpu``; skipped without CuPy or a device), with the same NumPy test data
+(``numpy_io``). On a GPU the reversed-thread-order case runs in the hardware's own order.
+
+Emulator only: ``test_no_out_of_bounds_access_under_asan`` (an AddressSanitizer build of the kernels; on a
+GPU, compute-sanitizer memcheck over the ``gpu`` tests, in .ci/gpu, is its counterpart). Host-side tests
+(instantiation lists, decline rules that launch nothing) carry no marker.
 
 The geometry matrix is pairwise-covering (every pair of values of any two dimensions occurs in some
 case), not a Cartesian product; the shared all-backend matrix lives in tests/test_conv.py.
@@ -15,36 +22,14 @@ import numpy as np
 import pytest
 
 from gpuconv._cuda import conv
-from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from tests.cases import pairwise
-from tests.runners import SpyRuntime
-
-pytestmark = pytest.mark.emulated
+from tests.runners import SpyRuntime, numpy_io, runtime_fixture, use_heuristic_auto, with_thread_order
 
 ALGOS = ("direct", "tiled")
 
-
-# --------------------------------------------------------------------------------------------
-# runtime
-# --------------------------------------------------------------------------------------------
-
-def _runtime(**kwargs):
-    from tests.emulator import EmulatedRuntime
-    # Only the conv sources are launched here, so conv's own list suffices (registry.INSTANTIATIONS
-    # merges it with pooling's; test_registry_lists_conv_instantiations checks that).
-    return EmulatedRuntime(kernels_dir(), conv.INSTANTIATIONS, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def rt():
-    return _runtime()
-
-
-@pytest.fixture(scope="module")
-def rt_reversed():
-    """Threads of each block started in reverse order: a missing barrier then reads unstaged data."""
-    return _runtime(reverse_threads=True)
+# The emulator and a GPU (tests/runners.py): every test that takes ``rt`` runs on both.
+rt = runtime_fixture()
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +178,9 @@ def _layout(a, layout, rng):
     v = None
     if layout == "transposed" and a.ndim == 4:
         v = np.ascontiguousarray(a.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
-    if v is None or v.flags.c_contiguous:  # (a transposed 1-wide array is still contiguous)  # strided slice of a bigger array, reversed along the first axis
+    # otherwise, and where the transposed view is still contiguous (1 wide): a strided slice of a bigger
+    # array, reversed along the first axis
+    if v is None or v.flags.c_contiguous:
         big = rng.standard_normal(tuple(2 * s + 1 for s in a.shape)).astype(a.dtype)
         v = big[(slice(1, None, 2),) * a.ndim][::-1]
         v[...] = a
@@ -217,7 +204,7 @@ def test_matches_reference(rt, case, algo):
     g, x, w, b = _data(case)
     rng = np.random.default_rng(1)
     xv, wv, bv = (_layout(a, case["layout"], rng) for a in (x, w, b))
-    y, kernel_id = conv.conv2d(rt, xv, wv, bv, g, algo)
+    y, kernel_id = numpy_io(rt, conv.conv2d, xv, wv, bv, g, algo)
     assert y.dtype == x.dtype and y.flags.c_contiguous and y.shape == g.output_shape
     assert kernel_id.startswith(f"gpuconv::conv2d_{algo}<")
     ref, mag = reference_conv2d(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
@@ -242,7 +229,7 @@ def _run_both(rt, x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False
                       flip, activation)
     ref, mag = reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
     for algo in ALGOS:
-        y, kid = conv.conv2d(rt, x, w, b, g, algo)
+        y, kid = numpy_io(rt, conv.conv2d, x, w, b, g, algo)
         assert_matches(y, ref, mag, x.dtype, kid)
     return g
 
@@ -303,10 +290,11 @@ def test_grid_stride_loops(rt, monkeypatch, dtype):
 # barrier check: reversed thread order
 # --------------------------------------------------------------------------------------------
 
-def test_tiled_reverse_thread_order(rt_reversed, monkeypatch):
+def test_tiled_reverse_thread_order(rt, monkeypatch):
     """Threads of a block run in reverse order: with a missing barrier, a thread would read shared memory
     before the others staged it (the emulator poisons shared memory with NaN bytes first) or after the
-    next chunk overwrote it. Several channel chunks, a partial filter block, grid-stride over 2 blocks."""
+    next chunk overwrote it. Several channel chunks, a partial filter block, grid-stride over 2 blocks.
+    (On a GPU: the same case in the hardware's thread order.)"""
     monkeypatch.setattr(conv, "MAX_GRID_BLOCKS", 2)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 20, 19, 18)).astype(np.float32)
@@ -315,7 +303,7 @@ def test_tiled_reverse_thread_order(rt_reversed, monkeypatch):
     g = conv_geometry(x.shape, w.shape, b.shape, 1, 1, 1, 1, False, None)
     assert conv.tiled_channels_per_chunk(g, np.float32) < g.Cg
     ref, mag = reference_conv2d(x, w, b, 1, 1, 1, 1, False, None)
-    y, kid = conv.conv2d(rt_reversed, x, w, b, g, "tiled")
+    y, kid = numpy_io(with_thread_order(rt, "reversed"), conv.conv2d, x, w, b, g, "tiled")
     assert_matches(y, ref, mag, np.float32, kid)
 
 
@@ -340,7 +328,7 @@ def test_kernel_id_names_the_kernel_that_ran(rt, shape, groups, dtype, algo, exp
     w = rng.standard_normal(shape).astype(dtype)
     g = conv_geometry(x.shape, w.shape, None, 1, 3, 1, groups)
     spy = SpyRuntime(rt)
-    y, kid = conv.conv2d(spy, x, w, None, g, algo)
+    y, kid = numpy_io(spy, conv.conv2d, x, w, None, g, algo)
     assert kid == expected
     assert len(spy.launches) == 1
     source, name, grid, block, _, shared = spy.launches[0]
@@ -357,7 +345,9 @@ def test_auto_reports_the_chosen_kernel(rt, monkeypatch):
     """choose_algo's documented rule: the first algorithm of heuristic_order that is registered and
     accepts the call. An ordinary 3x3 convolution prefers igemm (implicit GEMM); among the basic kernels,
     direct comes before tiled when an output plane has fewer than 64 pixels. 'auto' on a runtime that
-    cannot time kernels (the emulator) runs that choice and reports its kernel."""
+    cannot time kernels (the emulator), or with measuring off (here on a GPU), runs that choice and reports
+    its kernel."""
+    use_heuristic_auto(monkeypatch)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((1, 3, 20, 20)).astype(np.float32)
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
@@ -367,16 +357,16 @@ def test_auto_reports_the_chosen_kernel(rt, monkeypatch):
     assert conv.heuristic_order(small) == ("igemm", "direct", "tiled")
     if "igemm" in conv.ALGORITHMS:
         assert conv.choose_algo(big, np.float32) == conv.choose_algo(small, np.float32) == "igemm"
-        y, kid = conv.conv2d(rt, x, w, None, big, "auto")
+        y, kid = numpy_io(rt, conv.conv2d, x, w, None, big, "auto")
         assert kid.startswith("gpuconv::conv2d_igemm<float, ")
     # Without igemm the basic order decides.
     monkeypatch.delitem(conv.ALGORITHMS, "igemm", raising=False)
     monkeypatch.setattr(conv, "ALGOS", tuple(a for a in conv.ALGOS if a != "igemm"))
     assert conv.choose_algo(big, np.float32) == "tiled"
     assert conv.choose_algo(small, np.float32) == "direct"
-    y, kid = conv.conv2d(rt, x, w, None, big, "auto")
+    y, kid = numpy_io(rt, conv.conv2d, x, w, None, big, "auto")
     assert kid == "gpuconv::conv2d_tiled<float, 16, 16, 8, 3, 3>"
-    y, kid = conv.conv2d(rt, x, w, None, small, "auto")
+    y, kid = numpy_io(rt, conv.conv2d, x, w, None, small, "auto")
     assert kid == "gpuconv::conv2d_direct<float>"
     ref, mag = reference_conv2d(x, w, None, 4, 0, 1, 1, False, None)
     assert_matches(y, ref, mag, np.float32)
@@ -407,10 +397,11 @@ def test_registry_lists_conv_instantiations():
 # the tiled decline rule
 # --------------------------------------------------------------------------------------------
 
-def test_tiled_decline_rule(rt):
+def test_tiled_decline_rule(rt, monkeypatch):
     """A 3x3 filter dilated by 60 needs a 136x136 halo per channel: 73,984 bytes of float32 staging
-    > 48 KiB, so tiled declines with the rule spelled out; 'auto' skips it (igemm when registered, else
-    direct); direct computes it."""
+    > 48 KiB, so tiled declines with the rule spelled out; 'auto' skips it (its heuristic: igemm when
+    registered, else direct); direct computes it."""
+    use_heuristic_auto(monkeypatch)
     rng = np.random.default_rng(10)
     x = rng.standard_normal((1, 2, 125, 123)).astype(np.float32)
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
@@ -420,14 +411,14 @@ def test_tiled_decline_rule(rt):
     reason = conv.tiled_decline_reason(g, np.float32)
     assert reason is not None and reason.startswith("tiled declines") and "48 KiB" in reason
     with pytest.raises(ValueError, match="tiled declines .* because .*shared memory"):
-        conv.conv2d(rt, x, w, None, g, "tiled")
+        numpy_io(rt, conv.conv2d, x, w, None, g, "tiled")
     expected = "igemm" if "igemm" in conv.ALGORITHMS else "direct"
     assert conv.choose_algo(g, np.float32) == expected
     ref, mag = reference_conv2d(x, w, None, 1, 0, 60, 1, False, None)
-    y, kid = conv.conv2d(rt, x, w, None, g, "auto")
+    y, kid = numpy_io(rt, conv.conv2d, x, w, None, g, "auto")
     assert kid.startswith(f"gpuconv::conv2d_{expected}<float")
     assert_matches(y, ref, mag, np.float32)
-    y, kid = conv.conv2d(rt, x, w, None, g, "direct")
+    y, kid = numpy_io(rt, conv.conv2d, x, w, None, g, "direct")
     assert kid == "gpuconv::conv2d_direct<float>"
     assert_matches(y, ref, mag, np.float32)
 
@@ -509,6 +500,8 @@ print("asan ok")
 """
 
 
+@pytest.mark.emulated
+@pytest.mark.slow  # a g++ AddressSanitizer build in a subprocess: CI runs it (-m slow)
 def test_no_out_of_bounds_access_under_asan():
     """Both kernels on edge geometries, compiled with -fsanitize=address (in a subprocess, since libasan
     must be preloaded): any read or write past x, w, b, y or the dynamic shared buffer fails."""

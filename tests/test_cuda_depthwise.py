@@ -1,5 +1,9 @@
-"""The depthwise conv2d CUDA algorithm (kernels/conv2d_depthwise.cu, gpuconv/_cuda/conv_depthwise.py),
-executed on the CPU by tests/emulator, against the textbook reference of tests/test_cuda_conv.py.
+"""The depthwise conv2d CUDA algorithm (kernels/conv2d_depthwise.cu, gpuconv/_cuda/conv_depthwise.py)
+against the textbook reference of tests/test_cuda_conv.py. Every test that launches a kernel takes the
+``rt`` fixture (tests/runners.py) and runs twice: executed on the CPU by tests/emulator
+(``[emulated-...]``, marked ``emulated``) and on a GPU (``[gpu-...]``, marked ``gpu``; skipped without
+CuPy or a device), with the same NumPy test data (``numpy_io``). The reversed thread order is the
+emulator's (``with_thread_order``); on a GPU those cases run once more in the hardware's own order.
 
 Covers: a pairwise matrix (odd sizes, planes that are not tile multiples, 1x1 images, channel multipliers
 1-3, the 3x3 / 5x5 specializations and generic sizes, stride 1/2/3/(1,2), asymmetric padding, dilation,
@@ -7,6 +11,10 @@ flip, bias, every activation, all dtypes, non-contiguous inputs, both thread ord
 layers (scaled down); several work items per block; the grid-stride loop; the decline rules (more than one
 input channel per filter, shared memory, 32-bit sizes); which instantiation and launch shape the host
 picks; and an AddressSanitizer run. The shared all-backend matrix (tests/test_conv.py) runs depthwise too.
+
+Emulator only: ``test_no_out_of_bounds_access_under_asan`` (an AddressSanitizer build of the kernel; on a
+GPU, compute-sanitizer memcheck over the ``gpu`` tests, in .ci/gpu, is its counterpart). Host-side tests
+(tile and decline rules, instantiation lists, the kernel's constants; nothing launched) carry no marker.
 """
 
 from __future__ import annotations
@@ -23,23 +31,14 @@ from gpuconv._cuda import conv_depthwise as dw
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from tests.cases import pairwise
-from tests.runners import SpyRuntime
+from tests.runners import SpyRuntime, numpy_io, runtime_fixture, use_heuristic_auto, with_thread_order
 from tests.test_cuda_conv import _case_id, _layout, _valid_for, assert_matches, reference_conv2d
 
-pytestmark = pytest.mark.emulated
-
-
-def _runtime(**kwargs):
-    from tests.emulator import EmulatedRuntime
-    return EmulatedRuntime(kernels_dir(), conv.INSTANTIATIONS, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def runtimes():
-    """Both thread orders: threads of each block started in reverse order expose a missing barrier (a
-    thread then reads shared memory before it is staged, which the emulator poisons with NaN, or after the
-    next work item overwrote it)."""
-    return {"forward": _runtime(), "reversed": _runtime(reverse_threads=True)}
+# The emulator and a GPU (tests/runners.py): every test that takes ``rt`` runs on both. Both thread orders
+# (with_thread_order): threads of each block started in reverse order expose a missing barrier (a thread
+# then reads shared memory before it is staged, which the emulator poisons with NaN, or after the next
+# work item overwrote it).
+rt = runtime_fixture()
 
 
 def _geom(x_shape, w_shape, bias, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None):
@@ -54,8 +53,8 @@ def _check(rt, x, w, b, stride=1, padding=0, dilation=1, flip=False, activation=
     g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups, flip,
                       activation)
     assert g.Cg == 1
-    y, kid = conv.conv2d(rt, x if xv is None else xv, w if wv is None else wv, b if bv is None else bv, g,
-                         "depthwise")
+    y, kid = numpy_io(rt, conv.conv2d, x if xv is None else xv, w if wv is None else wv,
+                      b if bv is None else bv, g, "depthwise")
     assert y.dtype == x.dtype and y.flags.c_contiguous and y.shape == g.output_shape
     assert kid == dw.depthwise_name(x.dtype, *dw.depthwise_filter_template(g))
     ref, mag = reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
@@ -107,7 +106,7 @@ def _view(a, layout, rng):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c, c["order"]) for c in CASES])
-def test_matches_reference(runtimes, case):
+def test_matches_reference(rt, case):
     g = _case_geometry(case)
     rng = np.random.default_rng(0)
     dt = case["dtype"]
@@ -115,8 +114,8 @@ def test_matches_reference(runtimes, case):
     w = (rng.standard_normal((g.K, 1, g.R, g.S)) / np.sqrt(g.R * g.S)).astype(dt)
     b = rng.standard_normal(g.K).astype(dt) if case["bias"] else None
     views = [_view(a, case["layout"], rng) for a in (x, w, b)]
-    _check(runtimes[case["order"]], x, w, b, case["stride"], case["padding"], case["dilation"], case["flip"],
-           case["activation"], groups=g.groups, xv=views[0], wv=views[1], bv=views[2])
+    _check(with_thread_order(rt, case["order"]), x, w, b, case["stride"], case["padding"], case["dilation"],
+           case["flip"], case["activation"], groups=g.groups, xv=views[0], wv=views[1], bv=views[2])
 
 
 def test_case_matrix_covers_the_brief():
@@ -150,31 +149,31 @@ MOBILENET = [
 
 @pytest.mark.parametrize("order", ["forward", "reversed"])
 @pytest.mark.parametrize("name, shape, stride", MOBILENET, ids=[m[0] for m in MOBILENET])
-def test_mobilenet_shapes(runtimes, name, shape, stride, order):
+def test_mobilenet_shapes(rt, name, shape, stride, order):
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((shape[1], 1, 3, 3)).astype(np.float32)
     b = rng.standard_normal(shape[1]).astype(np.float32)
-    g, kid = _check(runtimes[order], x, w, b, stride, 1, activation="relu")
+    g, kid = _check(with_thread_order(rt, order), x, w, b, stride, 1, activation="relu")
     assert kid == "gpuconv::conv2d_depthwise<float, 4, 3, 3>"
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (1, 1), (3, 1), (7, 7)])
-def test_sizes_dtypes_multipliers(runtimes, kernel, multiplier, dtype):
+def test_sizes_dtypes_multipliers(rt, kernel, multiplier, dtype):
     """Every instantiation, channel multipliers 1 and 2, a plane spanning 2x2 tiles with ragged edges."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 2, 21, 37)).astype(dtype)
     w = rng.standard_normal((2 * multiplier, 1) + kernel).astype(dtype)
     b = rng.standard_normal(2 * multiplier).astype(dtype)
-    _check(runtimes["forward"], x, w, b, 1, (kernel[0] // 2, kernel[1] // 2), flip=True, activation="tanh")
+    _check(rt, x, w, b, 1, (kernel[0] // 2, kernel[1] // 2), flip=True, activation="tanh")
 
 
 @pytest.mark.parametrize("order", ["forward", "reversed"])
 @pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((5, 5), 2, 1), ((3, 3), 1, 2),
                                                       ((7, 7), 1, 1)])
-def test_grid_stride_loop(runtimes, monkeypatch, order, kernel, stride, dilation):
+def test_grid_stride_loop(rt, monkeypatch, order, kernel, stride, dilation):
     """A grid capped at 3 blocks: the kernel covers the remaining work items with its grid-stride loop,
     with the barriers inside it (reversed order: a block restaging its slice while another thread still
     reads it would show). Small planes, so several work items per block in most of these."""
@@ -182,44 +181,43 @@ def test_grid_stride_loop(runtimes, monkeypatch, order, kernel, stride, dilation
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 6, 9, 13)).astype(np.float64)
     w = rng.standard_normal((12, 1) + kernel).astype(np.float64)
-    spy = SpyRuntime(runtimes[order])
+    spy = SpyRuntime(with_thread_order(rt, order))
     g, _ = _check(spy, x, w, None, stride, 2, dilation, groups=6)
     (_, _, grid, block, _, _), = spy.launches
     assert grid == (3, 1, 1)
     assert dw.depthwise_items(g) > 3 * block[2]
 
 
-def test_several_items_per_block_with_a_partial_last_group(runtimes):
+def test_several_items_per_block_with_a_partial_last_group(rt):
     """Tiny planes: 16 work items per block; 6 * 3 = 18 items, so 14 slices of the second block idle (they
     must still take part in the barriers, and write nothing)."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((6, 3, 2, 3)).astype(np.float32)
     w = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
     b = rng.standard_normal(3).astype(np.float32)
-    spy = SpyRuntime(runtimes["reversed"])
+    spy = SpyRuntime(with_thread_order(rt, "reversed"))
     g, _ = _check(spy, x, w, b, 1, 1, activation="sigmoid")
     (_, _, grid, block, _, shared), = spy.launches
     assert dw.depthwise_tile(g) == (8, 1) and block == (8, 1, 16) and grid == (2, 1, 1)
     assert shared == 16 * dw.depthwise_slice_bytes(g, np.float32)
 
 
-def test_nan_and_inf_propagate(runtimes):
+def test_nan_and_inf_propagate(rt):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 2, 20, 35)).astype(np.float32)
     x[0, 0, 3, 4] = np.nan
     x[0, 1, 17, 33] = np.inf
     w = rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
-    _check(runtimes["forward"], x, w, None, 1, 1, activation="relu")
+    _check(rt, x, w, None, 1, 1, activation="relu")
 
 
-def test_empty_batch_and_empty_image(runtimes):
+def test_empty_batch_and_empty_image(rt):
     """N = 0 (one block that finds no work) and H = 0 with padding (every read is padding: the output is
     the bias through the activation)."""
-    rt = runtimes["forward"]
     x = np.zeros((0, 3, 8, 8), np.float32)
     w = np.ones((3, 1, 3, 3), np.float32)
     g = conv_geometry(x.shape, w.shape, None, 1, 1, 1, 3)
-    y, _ = conv.conv2d(rt, x, w, None, g, "depthwise")
+    y, _ = numpy_io(rt, conv.conv2d, x, w, None, g, "depthwise")
     assert y.shape == (0, 3, 8, 8)
     x = np.zeros((2, 2, 0, 5), np.float64)
     w = np.ones((4, 1, 1, 1))
@@ -228,13 +226,15 @@ def test_empty_batch_and_empty_image(runtimes):
     assert g.P == 2
 
 
-def test_auto_picks_depthwise_for_one_channel_per_filter(runtimes):
+def test_auto_picks_depthwise_for_one_channel_per_filter(rt, monkeypatch):
+    """The heuristic (measuring off on a GPU) picks depthwise for one input channel per filter."""
+    use_heuristic_auto(monkeypatch)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((1, 4, 12, 12)).astype(np.float32)
     w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
     g = conv_geometry(x.shape, w.shape, None, 1, 1, 1, 4)
     assert conv.choose_algo(g, np.float32) == "depthwise"
-    y, kid = conv.conv2d(runtimes["forward"], x, w, None, g, "auto")
+    y, kid = numpy_io(rt, conv.conv2d, x, w, None, g, "auto")
     assert kid == "gpuconv::conv2d_depthwise<float, 4, 3, 3>"
     ref, mag = reference_conv2d(x, w, None, 1, 1, 1, 4, False, None)
     assert_matches(y, ref, mag, np.float32, kid)
@@ -251,7 +251,7 @@ def test_auto_picks_depthwise_for_one_channel_per_filter(runtimes):
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("kernel, template", [((3, 3), (3, 3)), ((5, 5), (5, 5)), ((1, 1), (0, 0)),
                                               ((3, 1), (0, 0)), ((7, 7), (0, 0)), ((3, 5), (0, 0))])
-def test_launch_uses_the_host_rule(runtimes, kernel, template, dtype):
+def test_launch_uses_the_host_rule(rt, kernel, template, dtype):
     """The instantiation that ran is the one depthwise_filter_template names, launched with the block shape
     and shared memory the host rules give (never above MAX_THREADS threads or 48 KiB)."""
     rng = np.random.default_rng(7)
@@ -259,8 +259,8 @@ def test_launch_uses_the_host_rule(runtimes, kernel, template, dtype):
     w = rng.standard_normal((3, 1) + kernel).astype(dtype)
     g = conv_geometry(x.shape, w.shape, None, 1, 0, 1, 3)
     assert dw.depthwise_filter_template(g) == template
-    spy = SpyRuntime(runtimes["forward"])
-    y, kid = conv.conv2d(spy, x, w, None, g, "depthwise")
+    spy = SpyRuntime(rt)
+    y, kid = numpy_io(spy, conv.conv2d, x, w, None, g, "depthwise")
     (source, name, grid, block, _, shared), = spy.launches
     assert source == dw.SOURCE and name == kid == dw.depthwise_name(dtype, *template)
     assert name in dw.INSTANTIATIONS and name in conv.INSTANTIATIONS[source]
@@ -331,7 +331,7 @@ def test_declines_more_than_one_channel_per_filter(x_shape, w_shape, groups):
         conv.conv2d(NoLaunch(), x, np.zeros(w_shape, np.float32), None, g, "depthwise")
 
 
-def test_shared_memory_decline_rule(runtimes):
+def test_shared_memory_decline_rule(rt):
     """3x3 dilated by 30 on a 17x17 output: the 16x32 tile reads a 76x92 rectangle, 27,968 bytes as float32
     (and float16, staged as float32): it runs, one work item per block; float64 doubles it past 48 KiB and
     declines with the rule spelled out, before launching; 'auto' then takes another algorithm."""
@@ -345,7 +345,7 @@ def test_shared_memory_decline_rule(runtimes):
     assert dw.depthwise_decline_reason(g, np.float32) is None
     assert dw.depthwise_decline_reason(g, np.float16) is None
     assert dw.depthwise_planes_per_block(g, np.float32) == 1
-    spy = SpyRuntime(runtimes["forward"])
+    spy = SpyRuntime(rt)
     _check(spy, x, w, None, 1, 1, 30)
     assert spy.launches[0].shared_mem == 4 * 76 * 92
     reason = dw.depthwise_decline_reason(g, np.float64)
@@ -413,6 +413,8 @@ print("asan ok")
 """
 
 
+@pytest.mark.emulated
+@pytest.mark.slow  # a g++ AddressSanitizer build in a subprocess: CI runs it (-m slow)
 def test_no_out_of_bounds_access_under_asan():
     """Edge geometries compiled with -fsanitize=address (in a subprocess, since libasan must be preloaded):
     any read or write past x, w, b, y or the dynamic shared buffer fails."""

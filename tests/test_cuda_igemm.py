@@ -1,13 +1,21 @@
 """The GEMM-style conv2d kernels — ``igemm`` (kernels/conv2d_igemm.cu) and ``gemm1x1``
 (kernels/conv2d_gemm1x1.cu), both on kernels/gemm_tile.cuh — and their host rules
-(gpuconv/_cuda/conv_igemm.py, conv_gemm1x1.py), executed on the CPU by tests/emulator against the
-textbook reference of tests/test_cuda_conv.py.
+(gpuconv/_cuda/conv_igemm.py, conv_gemm1x1.py) against the textbook reference of tests/test_cuda_conv.py.
+Every test that launches a kernel takes the ``rt`` fixture (tests/runners.py) and runs twice: executed on
+the CPU by tests/emulator (``[emulated-...]``, marked ``emulated``) and on a GPU (``[gpu-...]``, marked
+``gpu``; skipped without CuPy or a device), with the same NumPy test data (``numpy_io``, which keeps a
+misaligned array just as misaligned on the device, so the vector-load rules decide the same way).
 
 Shapes are chosen around the tile edges of both tile configs (filters Kg, pixels M = N*P*Q and reduction
 Cg*R*S just below, at and just above a multiple of BM / BN / BK); each tile config is forced through the
 launch functions' ``tile=`` override so the 128x128 tile runs on small problems, and both thread orders
-(``reverse_threads``) run, so a missing barrier in the double-buffered main loop shows up. The shared
-matrices (tests/test_conv.py, tests/test_hypothesis.py) run both algorithms as well.
+(``with_thread_order``: the emulator's ``reverse_threads``; on a GPU the hardware's own order) run, so a
+missing barrier in the double-buffered main loop shows up. The shared matrices (tests/test_conv.py,
+tests/test_hypothesis.py) run both algorithms as well.
+
+Emulator only: ``test_no_out_of_bounds_access_under_asan`` (an AddressSanitizer build of the kernels; on a
+GPU, compute-sanitizer memcheck over the ``gpu`` tests, in .ci/gpu, is its counterpart). Host-side tests
+(tile, vectorization and decline rules; nothing launched) carry no marker.
 """
 
 from __future__ import annotations
@@ -23,11 +31,9 @@ from gpuconv._cuda.conv_igemm import LARGE_TILE, SMALL_TILE
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from tests.cases import pairwise
-from tests.runners import SpyRuntime
+from tests.runners import SpyRuntime, numpy_io, runtime_fixture, use_heuristic_auto, with_thread_order
 from tests.test_cuda_conv import CASES as CONV_CASES
 from tests.test_cuda_conv import _case_id, _data, _layout, assert_matches, reference_conv2d
-
-pytestmark = pytest.mark.emulated
 
 LAUNCH = {"igemm": conv_igemm.launch_igemm, "gemm1x1": conv_gemm1x1.launch_gemm1x1,
           "igemm_tc": conv_igemm_tc.launch_igemm_tc}
@@ -38,20 +44,8 @@ ORDERS = ("forward", "reversed")
 # runtime and helpers
 # --------------------------------------------------------------------------------------------
 
-def _runtime(**kwargs):
-    from tests.emulator import EmulatedRuntime
-    return EmulatedRuntime(kernels_dir(), conv.INSTANTIATIONS, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def runtimes():
-    """Both thread orders: with reversed threads a missing barrier reads unstaged (NaN-poisoned) data."""
-    return {"forward": _runtime(), "reversed": _runtime(reverse_threads=True)}
-
-
-@pytest.fixture(scope="module")
-def rt(runtimes):
-    return runtimes["forward"]
+# The emulator and a GPU (tests/runners.py): every test that takes ``rt`` runs on both.
+rt = runtime_fixture()
 
 
 class NoLaunch:
@@ -71,22 +65,23 @@ def _arrays(shape_x, shape_w, dtype, bias=True, seed=0):
 
 
 def _check(rt, algo, x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None,
-           reference=reference_conv2d, **overrides):
+           reference=reference_conv2d, tol=None, **overrides):
     """Run ``algo`` (through conv.conv2d, or with launch overrides straight through its launch function, as
-    conv.conv2d would call it) and compare with ``reference`` (the textbook one, or test_cuda_igemm_tc's on
-    TF32-rounded inputs). Returns (geometry, kernel name, output)."""
+    conv.conv2d would call it) on ``rt`` and compare with ``reference`` (the textbook one, or
+    test_cuda_igemm_tc's on TF32-rounded inputs) at ``tol`` (assert_matches'; default: the dtype's).
+    Returns (geometry, kernel name, output)."""
     g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
                       flip, activation)
     if overrides:
         assert conv.decline_reason(algo, g, x.dtype) is None
         xc, wc = np.ascontiguousarray(x), np.ascontiguousarray(w)
         y = np.full(g.output_shape, np.nan, dtype=x.dtype)  # every element must be written
-        kid = LAUNCH[algo](rt, xc, wc, wc if b is None else b, y, g, **overrides)
+        kid = numpy_io(rt, LAUNCH[algo], xc, wc, wc if b is None else b, y, g, **overrides)
     else:
-        y, kid = conv.conv2d(rt, x, w, b, g, algo)
+        y, kid = numpy_io(rt, conv.conv2d, x, w, b, g, algo)
     assert y.dtype == x.dtype and y.shape == g.output_shape and y.flags.c_contiguous
     ref, mag = reference(x, w, b, stride, padding, dilation, groups, flip, activation)
-    assert_matches(y, ref, mag, x.dtype, f"{kid} {overrides}")
+    assert_matches(y, ref, mag, x.dtype, f"{kid} {overrides}", tol=tol)
     return g, kid, y
 
 
@@ -135,10 +130,11 @@ def _edge_params():
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("name, tile, dtype", _edge_params())
-def test_igemm_tile_edges(runtimes, name, tile, dtype, order):
+def test_igemm_tile_edges(rt, name, tile, dtype, order):
     xs, ws, groups, stride, padding, dilation, flip, act, bias = EDGE_CASES[name]
     x, w, b = _arrays(xs, ws, dtype, bias=bias, seed=len(name))
-    _, kid, _ = _check(runtimes[order], "igemm", x, w, b, stride, padding, dilation, groups, flip, act, tile=tile)
+    _, kid, _ = _check(with_thread_order(rt, order), "igemm", x, w, b, stride, padding, dilation, groups, flip, act,
+                       tile=tile)
     assert kid == conv_igemm.igemm_name(dtype, tile)
 
 
@@ -149,7 +145,7 @@ def test_igemm_matches_reference(rt, case):
     g, x, w, b = _data(case)
     rng = np.random.default_rng(1)
     xv, wv, bv = (_layout(a, case["layout"], rng) for a in (x, w, b))
-    y, kid = conv.conv2d(rt, xv, wv, bv, g, "igemm")
+    y, kid = numpy_io(rt, conv.conv2d, xv, wv, bv, g, "igemm")
     assert kid == conv_igemm.igemm_name(case["dtype"], conv_igemm.gemm_tile_for(g, case["dtype"]))
     ref, mag = reference_conv2d(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
                                 g.activation)
@@ -190,7 +186,7 @@ def test_igemm_grid_stride_loop(rt, monkeypatch):
     x, w, b = _arrays((2, 4, 9, 8), (140, 2, 3, 3), np.float32, seed=5)
     g = conv_geometry(x.shape, w.shape, b.shape, padding=1, groups=2)
     assert conv_igemm.gemm_blocks(g, SMALL_TILE) == 2 * 3 * 2
-    for order_rt in (rt, _runtime(reverse_threads=True)):
+    for order_rt in (rt, with_thread_order(rt, "reversed")):
         spy = SpyRuntime(order_rt)
         _check(spy, "igemm", x, w, b, padding=1, groups=2, activation="relu", tile=SMALL_TILE)
         assert spy.launches[-1].grid == (2, 1, 1)
@@ -241,7 +237,7 @@ def _gemm1x1_id(c):
 
 
 @pytest.mark.parametrize("case", GEMM1X1_CASES, ids=[_gemm1x1_id(c) for c in GEMM1X1_CASES])
-def test_gemm1x1_matches_reference(runtimes, case):
+def test_gemm1x1_matches_reference(rt, case):
     N, C, H, W, K, groups = case["shape"]
     dt = np.dtype(case["dtype"])
     x, w, b = _arrays((N, C, H, W), (K, C // groups, 1, 1), dt, bias=case["bias"], seed=7)
@@ -251,7 +247,7 @@ def test_gemm1x1_matches_reference(runtimes, case):
     g = conv_geometry(x.shape, w.shape, None, case["stride"], 0, 1, groups)
     expect_vec_x = g.sh == g.sw == 1 and (H * W) % 4 == 0 and case["x_aligned"]
     assert conv_gemm1x1.input_vectorizable(g, dt, x.ctypes.data) == expect_vec_x
-    spy = SpyRuntime(runtimes["forward"])
+    spy = SpyRuntime(rt)
     overrides = {} if tile is None else {"tile": tile}
     _, kid, _ = _check(spy, "gemm1x1", x, w, b, case["stride"], 0, 1, groups, False, case["activation"],
                     **overrides)
@@ -262,23 +258,23 @@ def test_gemm1x1_matches_reference(runtimes, case):
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_gemm1x1_large_tile_edges(runtimes, dtype, order):
+def test_gemm1x1_large_tile_edges(rt, dtype, order):
     """The 128 x 128 tile at its edges: Kg = 129 (two filter tiles, the second with 1 row), M = 2*8*8 = 128
     (exactly one pixel tile, vector input loads), Cg = 12 (one full slice of 8 + 4); then M = 127 (scalar
     input loads, H*W odd) with Kg = 127."""
     x, w, b = _arrays((2, 12, 8, 8), (129, 12, 1, 1), dtype, seed=8)
-    _check(runtimes[order], "gemm1x1", x, w, b, activation="tanh", tile=LARGE_TILE)
+    _check(with_thread_order(rt, order), "gemm1x1", x, w, b, activation="tanh", tile=LARGE_TILE)
     x, w, b = _arrays((1, 12, 1, 127), (127, 12, 1, 1), dtype, seed=9)
-    _check(runtimes[order], "gemm1x1", x, w, b, tile=LARGE_TILE)
+    _check(with_thread_order(rt, order), "gemm1x1", x, w, b, tile=LARGE_TILE)
 
 
 @pytest.mark.parametrize("order", ORDERS)
-def test_gemm1x1_small_tile_vector_paths(runtimes, order):
+def test_gemm1x1_small_tile_vector_paths(rt, order):
     """Small tile, every combination of vector / scalar input and weight loads on the same data."""
     x, w, b = _arrays((3, 8, 4, 7), (66, 8, 1, 1), np.float32, seed=10)  # H*W = 28, Cg = 8: both allowed
     for vx in (True, False):
         for vw in (True, False):
-            _check(runtimes[order], "gemm1x1", x, w, b, activation="relu", tile=SMALL_TILE,
+            _check(with_thread_order(rt, order), "gemm1x1", x, w, b, activation="relu", tile=SMALL_TILE,
                    vectorize_input=vx, vectorize_weights=vw)
 
 
@@ -364,15 +360,16 @@ def test_launch_shape_follows_the_rules(rt):
     assert len(args) == 4 + 19 + 1 and all(type(a) is np.int32 for a in args[4:])
 
 
-def test_heuristic_prefers_the_gemm_kernels(rt):
+def test_heuristic_prefers_the_gemm_kernels(rt, monkeypatch):
     """choose_algo's documented order: gemm1x1 for unpadded 1x1 filters, igemm for every other ordinary
-    convolution (padded 1x1 included, since gemm1x1 declines it)."""
+    convolution (padded 1x1 included, since gemm1x1 declines it); 'auto' runs it (measuring off on a GPU)."""
+    use_heuristic_auto(monkeypatch)
     pw = _geom(C=8, K=16, R=1, S=1, padding=0)
     assert conv.choose_algo(pw, np.float32) == "gemm1x1"
     assert conv.choose_algo(_geom(C=8, K=16, R=1, S=1, padding=1), np.float32) == "igemm"
     assert conv.choose_algo(_geom(C=8, K=16), np.float64) == "igemm"
     x, w, _ = _arrays((1, 8, 6, 6), (16, 8, 1, 1), np.float32, bias=False, seed=13)
-    y, kid = conv.conv2d(rt, x, w, None, conv_geometry(x.shape, w.shape), "auto")
+    y, kid = numpy_io(rt, conv.conv2d, x, w, None, conv_geometry(x.shape, w.shape), "auto")
     assert kid == conv_gemm1x1.gemm1x1_name(np.float32, SMALL_TILE)
 
 
@@ -455,6 +452,8 @@ print("asan ok")
 """
 
 
+@pytest.mark.emulated
+@pytest.mark.slow  # a g++ AddressSanitizer build in a subprocess: CI runs it (-m slow)
 def test_no_out_of_bounds_access_under_asan():
     """Both kernels at tile edges, compiled with -fsanitize=address (in a subprocess, since libasan must be
     preloaded): any read or write past x, w, b or y fails."""

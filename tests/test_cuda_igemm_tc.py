@@ -7,7 +7,15 @@ checked here. float32 is compared with the textbook reference computed on TF32-r
 this file's own ``tf32``), at the float32 tolerance: a fragment in the wrong place, a missing rounding or
 an unrounded operand fails. float16 is compared at the float16 tolerance (its products are exact). The
 geometry matrix is test_cuda_conv's; tile edges are test_cuda_igemm's, with both tile configs forced and
-both thread orders. On a GPU (``-m gpu``) the same matrix runs on the real tensor cores.
+both thread orders.
+
+Every test that launches a kernel takes the ``rt`` fixture (tests/runners.py) and runs twice: on the
+emulator (``[emulated-...]``, marked ``emulated``) and on the real tensor cores of a GPU (``[gpu-...]``,
+marked ``gpu``; skipped without CuPy or a device, and on a device below compute capability 8.0 with
+igemm_tc's device rule as the reason), with the same NumPy test data (``numpy_io``). On a GPU, float32 is
+compared at ``GPU_TF32_TOL`` (the hardware's float32 accumulation order is its own), and the reversed
+thread order is the hardware's own order. Nothing here is emulator-only; host-side tests (the opt-in,
+the device rule with a fake old GPU, the registry) carry no marker.
 """
 
 from __future__ import annotations
@@ -19,13 +27,27 @@ import gpuconv
 from gpuconv._cuda import autotune, conv, conv_igemm, conv_igemm_tc
 from gpuconv._cuda.conv_igemm_tc import TC_LARGE_TILE, TC_SMALL_TILE
 from gpuconv._geometry import conv_geometry
-from tests.runners import SpyRuntime, emulated_runtime, gpu_unavailable_reason
+from tests.runners import (SpyRuntime, numpy_io, on_gpu, runtime_fixture, use_heuristic_auto,
+                           with_thread_order)
 from tests.test_cuda_conv import CASES as CONV_CASES
 from tests.test_cuda_conv import _case_id, _data, _layout, assert_matches, reference_conv2d
 from tests.test_cuda_igemm import EDGE_CASES, _arrays, _check
 
 TILES = {"small": TC_SMALL_TILE, "large": TC_LARGE_TILE}
 ORDERS = ("forward", "reversed")
+
+# The emulator and a GPU that igemm_tc's device rule accepts (tests/runners.py): every test that takes
+# ``rt`` runs on both.
+rt = runtime_fixture(algo="igemm_tc")
+
+# float32 on a GPU, relative to the sum of |terms|: the hardware's float32 accumulation order is its own.
+GPU_TF32_TOL = 1e-4
+
+
+def _tol(rt, dtype):
+    """assert_matches' tolerance for igemm_tc on ``rt``: GPU_TF32_TOL for float32 on a GPU, else the
+    dtype's (None)."""
+    return GPU_TF32_TOL if on_gpu(rt) and np.dtype(dtype) == np.float32 else None
 
 
 def tf32(a):
@@ -57,34 +79,32 @@ def expected(x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, act
     return reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
 
 
-def _run(rt, *args, **kwargs):
+def _run(rt, x, *args, **kwargs):
     """igemm_tc through test_cuda_igemm's ``_check`` (conv.conv2d, or the launch function with overrides),
-    compared with ``expected``. Returns (geometry, kernel name, output)."""
-    return _check(rt, "igemm_tc", *args, reference=expected, **kwargs)
+    compared with ``expected`` at ``_tol``. Returns (geometry, kernel name, output)."""
+    return _check(rt, "igemm_tc", x, *args, reference=expected, tol=_tol(rt, x.dtype), **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
-# emulated: the geometry matrix, tile edges, grid-stride loop, NaN / inf, TF32 rounding
+# the geometry matrix, tile edges, grid-stride loop, NaN / inf, TF32 rounding
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.emulated
 @pytest.mark.parametrize("case", CONV_CASES, ids=[_case_id(c) for c in CONV_CASES])
-def test_igemm_tc_matches_reference(case):
+def test_igemm_tc_matches_reference(rt, case):
     """test_cuda_conv's pairwise matrix (stride / padding / dilation / grouping / activation / flip / bias /
     non-contiguous layouts) through conv.conv2d(algo='igemm_tc'); float64 is declined by its rule."""
-    rt = emulated_runtime()
     g, x, w, b = _data(case)
     rng = np.random.default_rng(1)
     xv, wv, bv = (_layout(a, case["layout"], rng) for a in (x, w, b))
     if np.dtype(case["dtype"]) == np.float64:
         with pytest.raises(ValueError, match="igemm_tc declines float64"):
-            conv.conv2d(rt, xv, wv, bv, g, "igemm_tc")
+            numpy_io(rt, conv.conv2d, xv, wv, bv, g, "igemm_tc")
         return
-    y, kid = conv.conv2d(rt, xv, wv, bv, g, "igemm_tc")
+    y, kid = numpy_io(rt, conv.conv2d, xv, wv, bv, g, "igemm_tc")
     assert kid == conv_igemm_tc.tc_name(case["dtype"], conv_igemm_tc.tc_tile_for(g, case["dtype"]))
     ref, mag = expected(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
                         g.activation)
-    assert_matches(y, ref, mag, case["dtype"], kid)
+    assert_matches(y, ref, mag, case["dtype"], kid, tol=_tol(rt, case["dtype"]))
 
 
 def _edge_params():
@@ -99,41 +119,38 @@ def _edge_params():
     return params
 
 
-@pytest.mark.emulated
 @pytest.mark.parametrize("name, tile, dtype, order", _edge_params())
-def test_igemm_tc_tile_edges(name, tile, dtype, order):
+def test_igemm_tc_tile_edges(rt, name, tile, dtype, order):
     """Filters, pixels and reduction just below / at / above the tile sizes (test_cuda_igemm's cases; the
     reduction now runs in slices of 16), each tile forced, both thread orders: with reversed threads a
-    missing barrier reads an unstaged (NaN-poisoned) slice."""
+    missing barrier reads an unstaged (NaN-poisoned) slice. (The geometry matrix's small shapes only ever
+    take the small tile.)"""
     xs, ws, groups, stride, padding, dilation, flip, act, bias = EDGE_CASES[name]
     x, w, b = _arrays(xs, ws, dtype, bias=bias, seed=len(name))
-    rt = emulated_runtime(reverse_threads=order == "reversed")
-    _, kid, _ = _run(rt, x, w, b, stride, padding, dilation, groups, flip, act, tile=TILES[tile])
+    _, kid, _ = _run(with_thread_order(rt, order), x, w, b, stride, padding, dilation, groups, flip, act,
+                     tile=TILES[tile])
     assert kid == conv_igemm_tc.tc_name(dtype, TILES[tile])
 
 
-@pytest.mark.emulated
 @pytest.mark.parametrize("vectorize", [True, False])
-def test_igemm_tc_weight_vector_loads(vectorize):
+def test_igemm_tc_weight_vector_loads(rt, vectorize):
     """Cg*R*S = 2*3*2 = 12 allows 4-wide weight loads; with and without them, two small filter tiles."""
     x, w, b = _arrays((1, 2, 9, 10), (70, 2, 3, 2), np.float32, seed=3)
-    _run(emulated_runtime(), x, w, b, padding=1, tile=TC_SMALL_TILE, vectorize_weights=vectorize)
+    _run(rt, x, w, b, padding=1, tile=TC_SMALL_TILE, vectorize_weights=vectorize)
 
 
-@pytest.mark.emulated
-def test_igemm_tc_grid_stride_loop(monkeypatch):
+def test_igemm_tc_grid_stride_loop(rt, monkeypatch):
     """A grid capped at 2 blocks for 12 tiles: each block loops, reusing shared memory tile after tile."""
     monkeypatch.setattr(conv_igemm, "MAX_GRID_BLOCKS", 2)  # launch_gemm's cap
     x, w, b = _arrays((2, 4, 9, 8), (140, 2, 3, 3), np.float16, seed=5)
-    for order in (False, True):
-        spy = SpyRuntime(emulated_runtime(reverse_threads=order))
+    for order in ORDERS:
+        spy = SpyRuntime(with_thread_order(rt, order))
         _run(spy, x, w, b, padding=1, groups=2, activation="relu", tile=TC_SMALL_TILE)
         assert spy.launches[-1].grid == (2, 1, 1)
 
 
-@pytest.mark.emulated
 @pytest.mark.parametrize("dtype", conv_igemm_tc.DTYPES)
-def test_igemm_tc_nan_inf(dtype):
+def test_igemm_tc_nan_inf(rt, dtype):
     """NaN and inf in the input propagate through the mma as IEEE arithmetic; an inf weight over padding
     gives NaN (0 * inf), as every other kernel (padding zeros are multiplied)."""
     rng = np.random.default_rng(6)
@@ -141,23 +158,22 @@ def test_igemm_tc_nan_inf(dtype):
     x[0, 0, 3, 4] = np.nan
     x[0, 2, 11, 9] = np.inf
     w = rng.standard_normal((5, 3, 3, 3)).astype(dtype)
-    _, _, y = _run(emulated_runtime(), x, w, None, padding=1, activation="relu")
+    _, _, y = _run(rt, x, w, None, padding=1, activation="relu")
     assert np.isnan(y).any() and np.isinf(y).any()
     w2 = rng.standard_normal((2, 1, 3, 3)).astype(dtype)
     w2[0, 0, 0, 0] = np.inf  # over the top-left padding for output (0, 0)
-    _, _, y2 = _run(emulated_runtime(), x[:, :1].copy(), w2, None, padding=1)
+    _, _, y2 = _run(rt, x[:, :1].copy(), w2, None, padding=1)
     assert np.isnan(y2[0, 0, 0, 0])
 
 
-@pytest.mark.emulated
-def test_igemm_tc_float32_is_tf32():
+def test_igemm_tc_float32_is_tf32(rt):
     """Inputs 1 + 3*2^-12 (between the TF32 numbers 1 and 1 + 2^-10, nearer the upper) times weights 1, over
     288 taps. Rounded to TF32 each is 1 + 2^-10 and the sum is exactly 288 * (1 + 2^-10) = 288.28125; the
     float32 sum would be 288.21 and operands truncated to their top 19 bits (the tensor core's view of an
     operand nobody rounded) would give exactly 288. Only the TF32-rounded value passes."""
     x = np.full((1, 32, 4, 4), 1 + 3 * 2.0 ** -12, np.float32)
     w = np.ones((8, 32, 3, 3), np.float32)
-    _, _, y = _run(emulated_runtime(), x, w, None)
+    _, _, y = _run(rt, x, w, None)
     assert np.all(y == 288 * (1 + 2.0 ** -10))
 
 
@@ -222,16 +238,17 @@ def test_devices_below_sm80_are_declined(tensor_cores):
     assert conv.choose_algo(g, np.float32, OldGpu()) == "igemm"
 
 
-@pytest.mark.emulated
-def test_auto_runs_igemm_tc_when_allowed_and_keys_its_choice_apart(tensor_cores):
-    """On the emulator (no timer) 'auto' takes the heuristic: igemm_tc once allowed, under a key of its own."""
+def test_auto_runs_igemm_tc_when_allowed_and_keys_its_choice_apart(rt, tensor_cores, monkeypatch):
+    """On the emulator (no timer), or with measuring off on a GPU, 'auto' takes the heuristic: igemm_tc once
+    allowed, under a key of its own."""
+    use_heuristic_auto(monkeypatch)
     x, w, b = _arrays((1, 8, 7, 7), (16, 8, 3, 3), np.float32, seed=9)
     g = conv_geometry(x.shape, w.shape, b.shape, padding=1)
     autotune.clear_autotune_cache()
-    y, kid = conv.conv2d(emulated_runtime(), x, w, b, g, "auto")
+    y, kid = numpy_io(rt, conv.conv2d, x, w, b, g, "auto")
     assert kid.startswith("gpuconv::conv2d_igemm_tc<float")
     ref, mag = expected(x, w, b, padding=1)
-    assert_matches(y, ref, mag, np.float32)
+    assert_matches(y, ref, mag, np.float32, tol=_tol(rt, np.float32))
     keys = [c["key"] for c in gpuconv.autotune_choices()]
     assert any(k.endswith("|tensor cores") for k in keys)
     autotune.clear_autotune_cache()
@@ -244,59 +261,3 @@ def test_algo_registry_marks_tensor_cores():
     assert set(a.instantiations) == {conv_igemm_tc.tc_name(dt, t) for dt in conv_igemm_tc.DTYPES
                                      for t in (TC_LARGE_TILE, TC_SMALL_TILE)}
 
-
-# --------------------------------------------------------------------------------------------
-# GPU: the same matrix on real tensor cores
-# --------------------------------------------------------------------------------------------
-
-GPU_TF32_TOL = 1e-4  # relative to the sum of |terms|: the hardware's float32 accumulation order is its own
-
-
-def _gpu_or_skip():
-    """CuPy with a device of compute capability 8.0 or newer, else the test skips."""
-    reason = gpu_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    import cupy
-    if int(cupy.cuda.Device().compute_capability) < conv_igemm_tc.MIN_COMPUTE_CAPABILITY:
-        pytest.skip("igemm_tc needs compute capability 8.0 or newer")
-    return cupy
-
-
-def _assert_gpu_matches(y, x, w, b, dtype, *args):
-    """Against ``expected``; float32 at GPU_TF32_TOL, float16 at the usual tolerance."""
-    ref, mag = expected(x, w, b, *args)
-    assert_matches(y, ref, mag, dtype, "igemm_tc on the GPU", tol=GPU_TF32_TOL if np.dtype(dtype) == np.float32
-                   else None)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", [c for c in CONV_CASES if np.dtype(c["dtype"]) != np.float64],
-                         ids=[_case_id(c) for c in CONV_CASES if np.dtype(c["dtype"]) != np.float64])
-def test_igemm_tc_on_gpu(case):
-    cupy = _gpu_or_skip()
-    g, x, w, b = _data(case)
-    y = gpuconv.conv2d(*(None if a is None else cupy.asarray(a) for a in (x, w, b)), stride=case["stride"],
-                       padding=case["padding"], dilation=case["dilation"], groups=g.groups, flip=g.flip,
-                       activation=g.activation, algo="igemm_tc")
-    assert gpuconv.last_kernel().kernel.startswith("gpuconv::conv2d_igemm_tc<")
-    _assert_gpu_matches(cupy.asnumpy(y), x, w, b, case["dtype"], case["stride"], case["padding"],
-                        case["dilation"], g.groups, g.flip, g.activation)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name, tile, dtype, order", [p for p in _edge_params() if p.values[3] == "forward"])
-def test_igemm_tc_tile_edges_on_gpu(name, tile, dtype, order):
-    """The tile-edge cases with each tile forced, on real tensor cores (the geometry matrix's small shapes
-    only ever take the small tile)."""
-    cupy = _gpu_or_skip()
-    from gpuconv._cuda.runtime import CupyRuntime
-    xs, ws, groups, stride, padding, dilation, flip, act, bias = EDGE_CASES[name]
-    x, w, b = _arrays(xs, ws, dtype, bias=bias, seed=len(name))
-    g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups, flip,
-                      act)
-    xg, wg = cupy.asarray(x), cupy.asarray(w)
-    y = cupy.full(g.output_shape, np.nan, dtype=dtype)  # every element must be written
-    conv_igemm_tc.launch_igemm_tc(CupyRuntime(), xg, wg, wg if b is None else cupy.asarray(b), y, g,
-                                  tile=TILES[tile])
-    _assert_gpu_matches(cupy.asnumpy(y), x, w, b, dtype, stride, padding, dilation, groups, flip, act)

@@ -1,6 +1,13 @@
-"""The pooling CUDA kernels (kernels/pool2d.cu) and their launch code (gpuconv/_cuda/pool.py), executed on
-the CPU by tests/emulator, against textbook loop references written here straight from the definitions in
-shared/semantics.md (PyTorch's torch.nn.functional pooling), independent of the kernel code.
+"""The pooling CUDA kernels (kernels/pool2d.cu) and their launch code (gpuconv/_cuda/pool.py) against
+textbook loop references written here straight from the definitions in docs/semantics.md (PyTorch's
+torch.nn.functional pooling), independent of the kernel code.
+
+Every test that launches a kernel takes the ``rt`` fixture (tests/runners.py) and runs twice: executed on
+the CPU by tests/emulator (``[emulated-...]``, marked ``emulated``) and on a GPU (``[gpu-...]``, marked
+``gpu``; skipped without CuPy or a device), with the same NumPy test data (``numpy_io``; non-contiguous
+inputs keep their strides on the device). The reversed thread order is the emulator's; on a GPU that test
+runs in the hardware's own order. Nothing here is emulator-only; the host-side 32-bit rule test (nothing
+launched) carries no marker.
 
 The references loop over output positions and window taps, vectorised only across the (n, c) planes.
 """
@@ -13,13 +20,11 @@ import numpy as np
 import pytest
 
 from gpuconv._cuda import pool
-from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import AdaptiveGeometry, PoolGeometry, adaptive_geometry, pool_geometry
-from tests.runners import SpyRuntime
+from tests.runners import SpyRuntime, numpy_io, runtime_fixture, with_thread_order
 
-pytestmark = [pytest.mark.emulated,
-              # inf - inf in the references of the -inf / NaN cases is intended
-              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
+# inf - inf in the references of the -inf / NaN cases is intended
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 DTYPES = (np.float16, np.float32, np.float64)
 # (rtol, atol) for averages; max pooling is compared exactly (it only selects values).
@@ -31,21 +36,8 @@ AVG_TOL = {np.dtype(np.float16): (2e-3, 2e-3), np.dtype(np.float32): (1e-5, 1e-6
 # runtime
 # --------------------------------------------------------------------------------------------
 
-def _runtime(**kwargs):
-    from tests.emulator import EmulatedRuntime
-    # Only pool2d.cu is launched here, so pooling's own list suffices (registry.py merges it with conv's).
-    return EmulatedRuntime(kernels_dir(), pool.INSTANTIATIONS, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def rt():
-    return _runtime()
-
-
-@pytest.fixture(scope="module")
-def rt_reversed():
-    """Threads of each block run in reverse order (the kernels have no barriers, so nothing may change)."""
-    return _runtime(reverse_threads=True)
+# The emulator and a GPU (tests/runners.py): every test that takes ``rt`` runs on both.
+rt = runtime_fixture()
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +162,7 @@ def _window_args(kh, kw):
 
 def run_max(rt, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=True):
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    y, idx, name = pool.max_pool2d(rt, x, g, return_indices)
+    y, idx, name = numpy_io(rt, pool.max_pool2d, x, g, return_indices)
     _check_output(y, g.output_shape, x.dtype)
     assert name == pool.max_name(x.dtype, return_indices, *_window_args(g.kh, g.kw))
     assert name in pool.INSTANTIATIONS[pool.SOURCE]
@@ -187,7 +179,7 @@ def run_max(rt, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fa
 def run_avg(rt, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
             divisor_override=None):
     g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
-    y, name = pool.avg_pool2d(rt, x, g, count_include_pad, divisor_override)
+    y, name = numpy_io(rt, pool.avg_pool2d, x, g, count_include_pad, divisor_override)
     _check_output(y, g.output_shape, x.dtype)
     assert name == pool.avg_name(x.dtype, *_window_args(g.kh, g.kw))
     assert name in pool.INSTANTIATIONS[pool.SOURCE]
@@ -199,7 +191,7 @@ def run_avg(rt, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_i
 
 def run_adaptive_max(rt, x, output_size, return_indices=True):
     g = adaptive_geometry(x.shape, output_size)
-    y, idx, name = pool.adaptive_max_pool2d(rt, x, g, return_indices)
+    y, idx, name = numpy_io(rt, pool.adaptive_max_pool2d, x, g, return_indices)
     _check_output(y, g.output_shape, x.dtype)
     assert name == pool.adaptive_max_name(x.dtype, return_indices)
     assert name in pool.INSTANTIATIONS[pool.SOURCE]
@@ -215,7 +207,7 @@ def run_adaptive_max(rt, x, output_size, return_indices=True):
 
 def run_adaptive_avg(rt, x, output_size):
     g = adaptive_geometry(x.shape, output_size)
-    y, name = pool.adaptive_avg_pool2d(rt, x, g)
+    y, name = numpy_io(rt, pool.adaptive_avg_pool2d, x, g)
     _check_output(y, g.output_shape, x.dtype)
     assert name == pool.adaptive_avg_name(x.dtype)
     assert name in pool.INSTANTIATIONS[pool.SOURCE]
@@ -278,7 +270,7 @@ def test_max_matrix(rt, kernel_size, stride, max_pad, ceil_mode):
 
 
 def test_semantics_examples(rt):
-    # shared/semantics.md: H=6, k=1, s=2, ceil -> 3 (not 4); H=5, k=2, s=2, p=1, ceil -> 3 (not 4).
+    # docs/semantics.md: H=6, k=1, s=2, ceil -> 3 (not 4); H=5, k=2, s=2, p=1, ceil -> 3 (not 4).
     x = _data((1, 2, 6, 6), np.float32, seed=3)
     g, y, _ = run_max(rt, x, 1, 2, 0, ceil_mode=True)
     assert (g.OH, g.OW) == (3, 3)
@@ -428,15 +420,19 @@ def test_indices_are_per_plane(rt):
 
 def test_kernel_ids_and_fixed_windows(rt):
     x = _data((1, 2, 6, 6), np.float32)
-    assert pool.max_pool2d(rt, x, pool_geometry(x.shape, 3, 2), False)[2] == "gpuconv::max_pool2d<float, false, 3, 3>"
-    assert pool.max_pool2d(rt, x, pool_geometry(x.shape, 2), True)[2] == "gpuconv::max_pool2d<float, true, 2, 2>"
-    assert pool.max_pool2d(rt, x, pool_geometry(x.shape, (3, 2)), True)[2] == "gpuconv::max_pool2d<float, true, 0, 0>"
-    assert pool.avg_pool2d(rt, x.astype(np.float16), pool_geometry(x.shape, 3), True, None)[1] == \
+    def kernel_id(fn, a, *args):
+        return numpy_io(rt, fn, a, *args)[-1]
+    assert kernel_id(pool.max_pool2d, x, pool_geometry(x.shape, 3, 2), False) == \
+        "gpuconv::max_pool2d<float, false, 3, 3>"
+    assert kernel_id(pool.max_pool2d, x, pool_geometry(x.shape, 2), True) == "gpuconv::max_pool2d<float, true, 2, 2>"
+    assert kernel_id(pool.max_pool2d, x, pool_geometry(x.shape, (3, 2)), True) == \
+        "gpuconv::max_pool2d<float, true, 0, 0>"
+    assert kernel_id(pool.avg_pool2d, x.astype(np.float16), pool_geometry(x.shape, 3), True, None) == \
         "gpuconv::avg_pool2d<gpuconv::half, 3, 3>"
-    assert pool.avg_pool2d(rt, x, pool_geometry(x.shape, 4), True, None)[1] == "gpuconv::avg_pool2d<float, 0, 0>"
-    assert pool.adaptive_avg_pool2d(rt, x.astype(np.float64), adaptive_geometry(x.shape, 2))[1] == \
+    assert kernel_id(pool.avg_pool2d, x, pool_geometry(x.shape, 4), True, None) == "gpuconv::avg_pool2d<float, 0, 0>"
+    assert kernel_id(pool.adaptive_avg_pool2d, x.astype(np.float64), adaptive_geometry(x.shape, 2)) == \
         "gpuconv::adaptive_avg_pool2d<double>"
-    assert pool.adaptive_max_pool2d(rt, x, adaptive_geometry(x.shape, 2), False)[2] == \
+    assert kernel_id(pool.adaptive_max_pool2d, x, adaptive_geometry(x.shape, 2), False) == \
         "gpuconv::adaptive_max_pool2d<float, false>"
     names = pool.INSTANTIATIONS[pool.SOURCE]
     assert len(names) == len(set(names)) == 36
@@ -445,20 +441,20 @@ def test_kernel_ids_and_fixed_windows(rt):
 def test_no_index_array_without_return_indices(rt):
     spy = SpyRuntime(rt)
     x = _data((2, 3, 8, 8), np.float32)
-    pool.max_pool2d(spy, x, pool_geometry(x.shape, 2), False)
-    pool.adaptive_max_pool2d(spy, x, adaptive_geometry(x.shape, 3), False)
+    numpy_io(spy, pool.max_pool2d, x, pool_geometry(x.shape, 2), False)
+    numpy_io(spy, pool.adaptive_max_pool2d, x, adaptive_geometry(x.shape, 3), False)
     for source, name, grid, block, args, _ in spy.launches:
         assert source == pool.SOURCE
         assert "false" in name
         assert args[2].dtype == np.int64 and args[2].size == 1  # placeholder, never written
-    pool.max_pool2d(spy, x, pool_geometry(x.shape, 2), True)
+    numpy_io(spy, pool.max_pool2d, x, pool_geometry(x.shape, 2), True)
     assert spy.launches[-1].args[2].shape == (2, 3, 4, 4)
 
 
 def test_launch_shape_and_scalar_types(rt):
     spy = SpyRuntime(rt)
     x = _data((3, 5, 20, 20), np.float32)
-    pool.avg_pool2d(spy, x, pool_geometry(x.shape, 3, 1, 1), False, 7)
+    numpy_io(spy, pool.avg_pool2d, x, pool_geometry(x.shape, 3, 1, 1), False, 7)
     source, name, grid, block, args, _ = spy.launches[-1]
     assert source == pool.SOURCE
     assert block == (pool.POOL_BLOCK, 1, 1) and grid == (-(-3 * 5 * 400 // pool.POOL_BLOCK), 1, 1)
@@ -497,14 +493,17 @@ def test_int32_limits():
 def test_unsupported_dtype(rt):
     x = np.zeros((1, 1, 4, 4), dtype=np.int32)
     with pytest.raises(TypeError, match="float16, float32 and float64"):
-        pool.max_pool2d(rt, x, pool_geometry(x.shape, 2), False)
+        numpy_io(rt, pool.max_pool2d, x, pool_geometry(x.shape, 2), False)
 
 
 # --------------------------------------------------------------------------------------------
 # reversed thread order
 # --------------------------------------------------------------------------------------------
 
-def test_reversed_thread_order(rt_reversed):
+def test_reversed_thread_order(rt):
+    """Threads of each block run in reverse order (the kernels have no barriers, so nothing may change; on
+    a GPU: the hardware's own order)."""
+    rt_reversed = with_thread_order(rt, "reversed")
     x = _data((2, 3, 9, 10), np.float32, seed=11, ties=True)
     x[0, 1, 3, 3] = np.nan
     run_max(rt_reversed, x, 3, 2, 1, ceil_mode=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import gpuconv
 from tests.reference import conv2d_ref, conv_out, max_pool2d_ref, pool_out
 from tests.runners import GENERAL_CONV_RUNNERS, POOL_RUNNERS, assert_close_to_terms
+
+pytest.importorskip("hypothesis")  # an optional test dependency (the 'test' extra): skip, not break, without it
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
