@@ -261,3 +261,19 @@ def test_algo_registry_marks_tensor_cores():
     assert set(a.instantiations) == {conv_igemm_tc.tc_name(dt, t) for dt in conv_igemm_tc.DTYPES
                                      for t in (TC_LARGE_TILE, TC_SMALL_TILE)}
 
+
+
+def test_public_conv2d_runs_igemm_tc_and_records_it(rt):
+    """``gpuconv.conv2d(..., algo='igemm_tc')`` through the public entry point (the shared matrices leave the
+    tensor-core algorithms out): the result against the TF32 reference, and ``last_kernel()`` naming the
+    kernel that ran, on the emulator and on a GPU."""
+    from tests.runners import Runner
+    runner = Runner("gpu" if on_gpu(rt) else "emulated", "igemm_tc")
+    for dtype in conv_igemm_tc.DTYPES:
+        x, w, b = _arrays((2, 6, 9, 11), (10, 3, 3, 3), dtype, seed=11)
+        y = runner.call(gpuconv.conv2d, x, w, b, padding=1, groups=2, activation="relu")
+        record = gpuconv.last_kernel()
+        assert record.op == "conv2d" and record.backend == ("cupy" if on_gpu(rt) else "emulated")
+        assert record.kernel.startswith("gpuconv::conv2d_igemm_tc<")
+        ref, mag = expected(x, w, b, padding=1, groups=2, activation="relu")
+        assert_matches(y, ref, mag, dtype, record.kernel, tol=_tol(rt, dtype))
