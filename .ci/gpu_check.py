@@ -277,6 +277,11 @@ def phase_tests(out: Path, clock: Clock, rehearse: bool, jobs: int,
     while pending or running:
         while pending and len(running) < jobs:
             name, expr = pending.pop(0)
+            if time.monotonic() > deadline - 5:  # the phase's time is up: say so rather than start and kill
+                statuses.append("timeout")
+                with open(log, "a") as f:
+                    f.write(f"\n=== group {name}: -k {expr!r}: not started, the phase's time was up\n")
+                continue
             glog, rlog = scratch / f"{name}.log", scratch / f"{name}.results"
             cmd, env = _pytest("emulated" if rehearse else "gpu", expr, rlog,
                                sample=REHEARSAL_SAMPLE if rehearse else None)
