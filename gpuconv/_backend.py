@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import functools
 import importlib.util
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,18 +145,35 @@ def _is_cuda_object(obj) -> bool:
         return False
 
 
-def coerce_arrays(fn: str, **named):
-    """Check that every given array (None entries are skipped) is a NumPy or CuPy array (GPU arrays of
-    other libraries are wrapped zero-copy), all of one kind, with one floating dtype and, for CuPy, on
-    the current device. Returns ``(backend, {name: array})``."""
+def _not_an_array(fn: str, name: str, a, optional: bool) -> TypeError:
+    """The TypeError for an argument ``name`` that is not an array: it names the function, the argument
+    and the type received. Nothing is converted silently (PyTorch's ``F.conv2d`` refuses lists too)."""
+    what = "a NumPy or CuPy array" + (" or None" if optional else "")
+    hint = ""
+    if _is_cuda_object(a):
+        hint = (" (a GPU array: gpuconv takes those through CuPy, which is not usable here; see "
+                "python -m gpuconv info)")
+    elif isinstance(a, (list, tuple)) or hasattr(a, "__array__") or hasattr(a, "__array_interface__"):
+        hint = " (convert it first, e.g. numpy.asarray(..., dtype=numpy.float32))"
+    return TypeError(f"{fn}(): argument '{name}' must be {what}, got {_type_name(a)}{hint}")
+
+
+def coerce_arrays(fn: str, /, *, optional=(), **named):
+    """Check that every given array is a NumPy or CuPy array (GPU arrays of other libraries are wrapped
+    zero-copy), all of one kind, with one floating dtype and, for CuPy, on the current device. An
+    argument named in ``optional`` may be None (it is then skipped); any other None, and anything else
+    that is not an array, is a ``TypeError`` naming the function, the argument and the type received.
+    Returns ``(backend, {name: array})``."""
     cupy = None
     arrays, kinds = {}, {}
     for name, a in named.items():
-        if a is None:
+        if a is None and name in optional:
             arrays[name] = None
             continue
         if isinstance(a, np.ndarray):
             kinds[name] = "numpy"
+        elif a is None:
+            raise _not_an_array(fn, name, a, False)
         else:
             cupy = cupy or _cupy()
             if cupy is not None and isinstance(a, cupy.ndarray):
@@ -164,7 +182,7 @@ def coerce_arrays(fn: str, **named):
                 a = cupy.asarray(a) if hasattr(a, "__cuda_array_interface__") else cupy.from_dlpack(a)
                 kinds[name] = "cupy"
             else:
-                raise TypeError(f"{fn}(): {name} must be a NumPy or CuPy array, got {_type_name(a)}")
+                raise _not_an_array(fn, name, a, name in optional)
         arrays[name] = a
     if len(set(kinds.values())) > 1:
         desc = ", ".join(f"{n} is a {'NumPy' if k == 'numpy' else 'CuPy'} array" for n, k in kinds.items())
@@ -199,20 +217,80 @@ def coerce_arrays(fn: str, **named):
 # information
 # --------------------------------------------------------------------------------------------
 
+# cudaError_t codes CuPy's CUDARuntimeError carries in ``.status`` (and names in its message)
+CUDA_ERROR_INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver: no driver at all, or one too old
+CUDA_ERROR_NO_DEVICE = 100  # cudaErrorNoDevice
+
+
+def _cuda_version(v) -> str:
+    """CUDA's integer version as text: 12040 -> '12.4'."""
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def _cuda_unusable_reason(exc, cupy=None) -> str:
+    """Plain words for why CuPy, installed, cannot use CUDA, followed by CuPy's own text.
+
+    CUDA's runtime reports a machine without an NVIDIA driver as "CUDA driver version is insufficient for
+    CUDA runtime version" (cudaErrorInsufficientDriver, 35), which reads as if an old driver were the
+    problem; ``cudaDriverGetVersion`` answers 0 when no driver is installed, which tells the two apart.
+    """
+    said = " ".join(f"{type(exc).__name__}: {exc}".split())  # CuPy's import errors span several lines
+    status = getattr(exc, "status", None)
+    text = str(exc)
+    if status == CUDA_ERROR_NO_DEVICE or "cudaErrorNoDevice" in text or "CUDA_ERROR_NO_DEVICE" in text:
+        plain = ("no NVIDIA GPU was found: the NVIDIA driver is installed but reports no CUDA device "
+                 "(check nvidia-smi, and CUDA_VISIBLE_DEVICES or the container's GPU access)")
+    elif (status == CUDA_ERROR_INSUFFICIENT_DRIVER or "cudaErrorInsufficientDriver" in text
+          or "CUDA_ERROR_INSUFFICIENT_DRIVER" in text):
+        driver = runtime_version = None
+        try:
+            driver = int(cupy.cuda.runtime.driverGetVersion())
+            runtime_version = int(cupy.cuda.runtime.runtimeGetVersion())
+        except Exception:
+            pass
+        if driver == 0:
+            plain = "no NVIDIA driver was found (no NVIDIA GPU here, or its driver is not installed)"
+        elif driver is not None and runtime_version is not None:
+            plain = (f"the NVIDIA driver is too old: it supports CUDA {_cuda_version(driver)}, CuPy's CUDA "
+                     f"runtime is {_cuda_version(runtime_version)}; update the driver or install the CuPy "
+                     f"package for an older CUDA")
+        else:
+            plain = ("no NVIDIA driver was found, or it is too old for CuPy's CUDA runtime (no NVIDIA GPU "
+                     "here, or its driver is missing or outdated)")
+    elif "libcuda" in text:
+        plain = ("no NVIDIA driver was found: libcuda, the driver's library, cannot be loaded (no NVIDIA "
+                 "GPU here, or its driver is not installed)")
+    else:
+        plain = "CUDA is not usable"
+    return f"CuPy is installed, but {plain}. CuPy said: {said}"
+
+
+def _cupy_installed() -> bool:
+    if sys.modules.get("cupy") is not None:
+        return True
+    try:
+        return importlib.util.find_spec("cupy") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def backend_info() -> dict:
     """Which backends are usable here, and why not where not. Keys: ``numpy`` and ``cupy``, each a dict
-    with ``available`` (bool), ``version`` and ``reason`` (why unavailable) / ``devices``."""
+    with ``available`` (bool), ``version`` and ``reason`` (why unavailable, in plain words first, then
+    CuPy's own message) / ``devices``."""
     info = {"numpy": {"available": True, "version": np.__version__, "reason": None}}
     cu = {"available": False, "version": None, "reason": None, "devices": []}
-    if importlib.util.find_spec("cupy") is None:
+    if not _cupy_installed():
         cu["reason"] = "CuPy is not installed (pip install 'gpuconv[cuda12]' or 'gpuconv[cuda13]')"
     else:
+        cupy = None
         try:
             import cupy
             cu["version"] = cupy.__version__
             count = cupy.cuda.runtime.getDeviceCount()
             if count == 0:
-                cu["reason"] = "CuPy is installed but no CUDA device is visible"
+                cu["reason"] = ("CuPy is installed, but no NVIDIA GPU was found: the NVIDIA driver reports "
+                                "no CUDA device")
             else:
                 for i in range(count):
                     props = cupy.cuda.runtime.getDeviceProperties(i)
@@ -223,7 +301,8 @@ def backend_info() -> dict:
                 cu["available"] = True
                 cu["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
                 cu["driver"] = cupy.cuda.runtime.driverGetVersion()
-        except Exception as exc:  # CUDA driver missing, etc.
-            cu["reason"] = f"CuPy is installed but CUDA is not usable: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # no driver, no device, a broken install, etc.
+            cu["available"], cu["devices"] = False, []
+            cu["reason"] = _cuda_unusable_reason(exc, cupy)
     info["cupy"] = cu
     return info

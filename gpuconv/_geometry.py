@@ -4,12 +4,13 @@ Everything here works on plain Python ints and shapes; nothing touches array dat
 function of gpuconv first turns its arguments into one of the frozen geometry records below, and the
 backends (NumPy, CUDA) receive only that record: they never re-derive sizes, so they cannot disagree.
 
-Formulas (PyTorch's, see ``shared/semantics.md``):
+Formulas (PyTorch's; docs/semantics.md has them all, with the traps and the differences):
 
 * convolution output: ``P = floor((H + pt + pb - dh*(R-1) - 1) / sh) + 1`` (likewise ``Q``);
 * pooling output: ``floor((H + 2p - d*(k-1) - 1 + (s-1 if ceil_mode else 0)) / s) + 1``, then, with
   ``ceil_mode``, one less if the last window would start at or past ``H + p``;
-* adaptive window ``i`` of ``O`` over ``H``: ``[floor(i*H/O), ceil((i+1)*H/O))``.
+* adaptive window ``i`` of ``O`` over ``H``: ``[floor(i*H/O), ceil((i+1)*H/O))``;
+* ``padding='same'``: see ``same_padding`` (the odd pixel's side depends on ``flip``).
 """
 
 from __future__ import annotations
@@ -205,38 +206,66 @@ def conv_output_size(size: int, k: int, s: int, p_lo: int, p_hi: int, d: int) ->
     return (size + p_lo + p_hi - d * (k - 1) - 1) // s + 1
 
 
-def same_padding(size: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """Padding (low, high) for ``padding='same'``.
+def same_padding(size: int, k: int, s: int, d: int, flip: bool = False) -> tuple[int, int]:
+    """Padding (low, high) for ``padding='same'`` (docs/semantics.md, "conv2d: padding='same'").
 
-    Stride 1: PyTorch's rule, total ``d*(k-1)``, the odd pixel at the high end (bottom / right), so the
-    output has the input's size. Stride > 1 (PyTorch refuses it): TensorFlow/JAX ``SAME``, output
-    ``ceil(size/s)``, total ``max((out-1)*s + d*(k-1) + 1 - size, 0)``, the odd pixel at the high end.
+    Total: with stride 1, PyTorch's ``d*(k-1)`` (output size = input size); with stride > 1 (PyTorch
+    refuses it), TensorFlow/JAX ``SAME``: output ``ceil(size/s)``, total
+    ``max((out-1)*s + d*(k-1) + 1 - size, 0)``.
+
+    Split of an odd total: cross-correlation (``flip=False``) puts the odd pixel at the high end
+    (bottom / right), as PyTorch, TensorFlow, JAX and SciPy's ``correlate2d``. True convolution
+    (``flip=True``) puts it at the low end (top / left), as SciPy's ``convolve2d``, NumPy's ``convolve``
+    and MATLAB's ``conv2``: rotating the kernel by 180 degrees moves its centre, so the split is the
+    mirror image. At every stride this makes ``flip=True`` the mirror of ``flip=False``: convolving ``x``
+    equals reversing (rows and columns) the correlation of the reversed ``x`` with the same weight
+    (wherever the windows reach the last row and column, i.e. the total is not clamped at 0).
     """
     if s == 1:
         total = d * (k - 1)
     else:
         out = -(-size // s)
         total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
-    return total // 2, total - total // 2
+    small, large = total // 2, total - total // 2
+    return (large, small) if flip else (small, large)
 
 
-def resolve_conv_padding(padding, kernel_hw, stride, dilation, input_hw) -> tuple[int, int, int, int]:
-    """Any accepted ``padding`` form -> ``(top, bottom, left, right)``."""
+def resolve_conv_padding(padding, kernel_hw, stride, dilation, input_hw,
+                         flip: bool = False) -> tuple[int, int, int, int]:
+    """Any accepted ``padding`` form -> ``(top, bottom, left, right)``. ``flip`` matters for ``'same'``
+    only (see ``same_padding``)."""
     if isinstance(padding, str):
         if padding == "valid":
             return (0, 0, 0, 0)
         if padding == "same":
-            top, bottom = same_padding(input_hw[0], kernel_hw[0], stride[0], dilation[0])
-            left, right = same_padding(input_hw[1], kernel_hw[1], stride[1], dilation[1])
+            top, bottom = same_padding(input_hw[0], kernel_hw[0], stride[0], dilation[0], flip)
+            left, right = same_padding(input_hw[1], kernel_hw[1], stride[1], dilation[1], flip)
             return (top, bottom, left, right)
         raise ValueError(f"Invalid padding string {padding!r}, should be one of 'valid', 'same', "
                          "an int, a pair of ints or ((top, bottom), (left, right))")
     if (isinstance(padding, (tuple, list)) and len(padding) == 2
             and all(isinstance(p, (tuple, list)) for p in padding)):
-        (top, bottom), (left, right) = (as_pair(p, "padding", minimum=0) for p in padding)
+        (top, bottom), (left, right) = (_padding_pair(p, padding) for p in padding)
         return (top, bottom, left, right)
+    if not (_is_int(padding) or (isinstance(padding, (tuple, list)) and len(padding) == 2
+                                 and all(_is_int(p) for p in padding))):
+        raise TypeError(f"{CONV_PADDING_FORMS}, got {padding!r}")
     ph, pw = as_pair(padding, "padding", minimum=0)
     return (ph, ph, pw, pw)
+
+
+CONV_PADDING_FORMS = ("padding must be an int, a pair of ints, ((top, bottom), (left, right)) of ints, "
+                      "'valid' or 'same'")
+
+
+def _padding_pair(pair, padding) -> tuple[int, int]:
+    """One ``(low, high)`` entry of a ``((top, bottom), (left, right))`` padding; an error echoes the
+    whole ``padding`` as the caller wrote it."""
+    if not (len(pair) == 2 and all(_is_int(v) for v in pair)):
+        raise TypeError(f"{CONV_PADDING_FORMS}, got {padding!r}")
+    if min(pair) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def check_conv_shapes(input_shape, weight_shape, bias_shape=None, groups=1):
@@ -288,7 +317,7 @@ def conv_geometry(input_shape, weight_shape, bias_shape=None, stride=1, padding=
                          f"{', '.join(repr(a) for a in ACTIVATIONS)}")
     if not isinstance(flip, (bool,)):
         raise TypeError(f"flip must be a bool, got {flip!r}")
-    pt, pb, pl, pr = resolve_conv_padding(padding, (R, S), (sh, sw), (dh, dw), (H, W))
+    pt, pb, pl, pr = resolve_conv_padding(padding, (R, S), (sh, sw), (dh, dw), (H, W), flip)
     eff_r, eff_s = dh * (R - 1) + 1, dw * (S - 1) + 1
     if H + pt + pb < eff_r or W + pl + pr < eff_s:
         raise ValueError(f"Calculated padded input size per channel: ({H + pt + pb} x {W + pl + pr}). "
@@ -362,13 +391,17 @@ def adaptive_geometry(input_shape, output_size, fn: str = "adaptive_pool2d") -> 
     """Validate an adaptive pooling call. ``output_size``: int, pair, or a pair with ``None``
     entries meaning "same as the input"."""
     N, C, H, W = _pool_input_shape(input_shape, fn)
-    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+    if _is_int(output_size):
+        OH = OW = int(output_size)
+    elif (isinstance(output_size, (tuple, list)) and len(output_size) == 2
+          and all(v is None or _is_int(v) for v in output_size)):
         oh, ow = output_size
-        oh = H if oh is None else oh
-        ow = W if ow is None else ow
+        OH, OW = (H if oh is None else int(oh)), (W if ow is None else int(ow))
     else:
-        oh = ow = output_size
-    OH, OW = as_pair((oh, ow), "output_size", minimum=1)
+        raise TypeError(f"{fn}: output_size must be an int or a pair of ints (an entry None keeps that input "
+                        f"size), got {output_size!r}")
+    if min(OH, OW) < 1:
+        raise ValueError(f"{fn}: output_size must be positive, got {output_size!r}")
     return AdaptiveGeometry(N=N, C=C, H=H, W=W, OH=OH, OW=OW)
 
 

@@ -17,20 +17,28 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     Args:
         input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``; N may be 0. NumPy arrays run the NumPy path,
             CuPy arrays (or any CUDA array CuPy wraps zero-copy, e.g. a PyTorch CUDA tensor) run the
-            CUDA kernels and return a CuPy array.
+            CUDA kernels and return a CuPy array. Anything else (None, a list, a scalar) is a
+            ``TypeError`` naming the argument and the type received; nothing is converted.
         weight: ``(K, C/groups, R, S)``, same dtype as ``input``; no dimension may be 0 (``ValueError``;
             for zero input channels PyTorch 2.13 returns an output of shape ``(N, 0, P, Q)``, with 0
             channels instead of K, which we do not copy).
         bias: ``(K,)`` or None.
         stride, dilation: int or ``(h, w)``, positive.
         padding: int, ``(h, w)``, ``((top, bottom), (left, right))``, ``'valid'`` (no padding) or
-            ``'same'``. ``'same'`` with stride 1 is PyTorch's: total ``d*(k-1)``, the odd pixel at the
-            bottom/right, output size = input size. With stride > 1 (which PyTorch rejects) it is
-            TensorFlow/JAX ``SAME``: output ``ceil(H/s)``, total ``max((out-1)*s + d*(k-1) + 1 - H, 0)``,
-            the odd pixel at the bottom/right.
+            ``'same'``; entries non-negative ints (a one-element sequence, which PyTorch expands, is a
+            ``TypeError``, as for ``stride`` and ``dilation``). ``'same'`` with stride 1 is PyTorch's total,
+            ``d*(k-1)``: output size = input size. With stride > 1 (which PyTorch rejects) it is
+            TensorFlow/JAX ``SAME``: output ``ceil(H/s)``, total ``max((out-1)*s + d*(k-1) + 1 - H, 0)``.
+            An odd total puts its extra pixel at the bottom/right for cross-correlation (``flip=False``,
+            as PyTorch and ``scipy.signal.correlate2d(mode='same')``) and at the top/left for true
+            convolution (``flip=True``, as ``scipy.signal.convolve2d(mode='same')``, NumPy's ``convolve``
+            and MATLAB's ``conv2``: rotating the kernel moves its centre), for every stride; e.g. a 5x4
+            kernel pads ``((2, 2), (1, 2))`` for correlation, ``((2, 2), (2, 1))`` for convolution.
+            SciPy's ``mode='full'`` is ``padding=((dh*(R-1),) * 2, (dw*(S-1),) * 2)``. See
+            docs/semantics.md, "padding='same'".
         groups: C and K must both be divisible by it; ``groups == C`` is depthwise.
         flip: False (default) is cross-correlation like PyTorch; True computes true convolution (the
-            kernel rotated by 180 degrees).
+            kernel rotated by 180 degrees, as ``scipy.signal.convolve2d``), 'same' padding included.
         activation: None, ``'relu'``, ``'leaky_relu'`` (slope 0.01), ``'sigmoid'`` or ``'tanh'``,
             applied after the bias (fused into the kernel on the GPU). NaN propagates through each.
         algo: ``'auto'``, or for CuPy arrays a specific CUDA algorithm (``gpuconv._cuda.conv.ALGOS``:
@@ -49,13 +57,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     multiplied like any input value, on every path and by every kernel: an infinite weight over a
     padded position gives NaN (``0 * inf``), as in PyTorch's dense CPU convolution. (PyTorch itself
     differs between its kernels here: its depthwise CPU kernel skips padded taps and gives a finite
-    value.)
+    value.) docs/semantics.md has every rule, and every difference from PyTorch and SciPy.
 
     Results agree with the direct sum to rounding, not bit for bit: the strategy (GEMM blocking, and on
     NumPy arrays Winograd F(2x2, 3x3) for wide 3x3 layers, used only when input and weight are finite)
     changes the order of the additions.
     """
-    backend, a = _backend.coerce_arrays("conv2d", input=input, weight=weight, bias=bias)
+    backend, a = _backend.coerce_arrays("conv2d", optional=("bias",), input=input, weight=weight, bias=bias)
     x, w, b = a["input"], a["weight"], a["bias"]
     g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
                       flip, activation)

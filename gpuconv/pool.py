@@ -1,4 +1,6 @@
-"""Public pooling entry points (shared by the NumPy and CUDA paths); PyTorch's semantics."""
+"""Public pooling entry points (shared by the NumPy and CUDA paths); PyTorch's semantics, written out with
+their traps and gpuconv's few differences in docs/semantics.md ("Pooling"). ``input`` must be a NumPy or CuPy
+array: anything else, None included, is a ``TypeError`` naming the argument."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@
 //       The host declines (ValueError naming the rule) when one slice does not fit in 48 KiB.
 //   Measured speed: not yet measured on a GPU.
 //
-// Semantics: exactly conv2d_direct's (see conv2d_direct.cu and shared/semantics.md) restricted to Cg == 1:
+// Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md) restricted to Cg == 1:
 //   y[n,k,p,q] = act(b[k] + sum_{r,s} x[n, k/Kg, p*sh - pt + r*dh, q*sw - pl + s*dw] * w[k, 0, r, s]),
 // out-of-range x reading as 0, flip reading w[k, 0, R-1-r, S-1-s]. Staged values are held in the
 // accumulation type (float for float16) so the inner loops do no conversions.

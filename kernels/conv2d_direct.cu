@@ -11,7 +11,7 @@
 //                 output size works with any grid. No shared memory (shared_mem = 0).
 //   Measured speed: not yet measured on a GPU.
 //
-// Semantics (shared/semantics.md): cross-correlation,
+// Semantics (docs/semantics.md, "conv2d"): cross-correlation,
 //   y[n,k,p,q] = act(b[k] + sum_{c in group(k), r, s} x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw] * w[k, c', r, s])
 // with out-of-range x reading as 0 (multiplied like any value, so 0 * inf = NaN); flip != 0 uses
 // w[k, c', R-1-r, S-1-s] (true convolution).

@@ -21,7 +21,7 @@
 //       gemm_min_blocks_per_sm in gemm_tile.cuh.
 //   Measured speed: not yet measured on a GPU.
 //
-// Semantics: exactly conv2d_direct's for these geometries (see conv2d_direct.cu and shared/semantics.md).
+// Semantics: exactly conv2d_direct's for these geometries (see conv2d_direct.cu and docs/semantics.md).
 #include "common.cuh"
 #include "gemm_tile.cuh"
 

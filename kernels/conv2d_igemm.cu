@@ -23,7 +23,7 @@
 //       gemm_min_blocks_per_sm in gemm_tile.cuh.
 //   Measured speed: not yet measured on a GPU.
 //
-// Semantics: exactly conv2d_direct's (see conv2d_direct.cu and shared/semantics.md). float16 is stored in
+// Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md). float16 is stored in
 // shared memory and accumulated as float32.
 #include "common.cuh"
 #include "gemm_tile.cuh"

@@ -26,7 +26,7 @@
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
 //   Measured speed: not yet measured on a GPU.
 //
-// Semantics: conv2d_direct's (see conv2d_direct.cu and shared/semantics.md) for indexing, padding, bias,
+// Semantics: conv2d_direct's (see conv2d_direct.cu and docs/semantics.md) for indexing, padding, bias,
 // activation and NaN / inf, but not its float32 arithmetic: TF32 operands carry 11 significant bits, so
 // float32 results agree with the float32 convolution to about 1e-3 relative to the sum of |terms|. The host
 // runs this kernel only when asked for by name, or from algo='auto' when the user has allowed tensor cores.

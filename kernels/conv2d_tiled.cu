@@ -18,7 +18,7 @@
 //           halo_h = (TILE_P - 1) * sh + (R - 1) * dh + 1,  halo_w = (TILE_Q - 1) * sw + (S - 1) * dw + 1.
 //   Measured speed: not yet measured on a GPU.
 //
-// Semantics: exactly conv2d_direct's (see conv2d_direct.cu and shared/semantics.md). Staged values are held
+// Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md). Staged values are held
 // in the accumulation type (float for float16) so the inner loop does no conversions.
 #include "common.cuh"
 

@@ -1,4 +1,4 @@
-// pool2d.cu — 2-D max, average and adaptive pooling with PyTorch's semantics (shared/semantics.md).
+// pool2d.cu — 2-D max, average and adaptive pooling with PyTorch's semantics (docs/semantics.md, "Pooling").
 //
 // Kernels in this file (each: one thread per output element y[n, c, oh, ow]; the thread reduces its
 // window straight from global memory, no data reuse between threads other than what the caches give):

@@ -1,4 +1,4 @@
-"""Textbook references, written straight from the definitions in shared/semantics.md.
+"""Textbook references, written straight from the definitions in docs/semantics.md.
 
 Deliberately independent of gpuconv's code: loops over output positions and window cells, float64
 accumulation, output sizes computed here from the formulas. Slow but obviously correct.
@@ -13,6 +13,16 @@ import numpy as np
 
 def conv_out(size, k, s, p_lo, p_hi, d):
     return (size + p_lo + p_hi - d * (k - 1) - 1) // s + 1
+
+
+def same_padding_ref(size, k, s, d, flip=False):
+    """(low, high) padding of ``padding='same'`` (docs/semantics.md, "padding='same'"): total ``d*(k-1)``
+    at stride 1, TensorFlow/JAX SAME's ``max((ceil(size/s)-1)*s + d*(k-1) + 1 - size, 0)`` at stride > 1;
+    an odd total puts its extra pixel at the high end (bottom / right) for cross-correlation and at the
+    low end (top / left) for true convolution (``flip=True``), as SciPy's correlate2d / convolve2d."""
+    total = d * (k - 1) if s == 1 else max((math.ceil(size / s) - 1) * s + d * (k - 1) + 1 - size, 0)
+    extra = total - total // 2
+    return (extra, total // 2) if flip else (total // 2, extra)
 
 
 def conv2d_ref(x, w, b=None, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), groups=1, flip=False,

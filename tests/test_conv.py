@@ -9,7 +9,7 @@ import pytest
 
 import gpuconv
 from tests.cases import pairwise
-from tests.reference import conv2d_ref
+from tests.reference import conv2d_ref, same_padding_ref
 from tests.runners import CONV_RUNNERS, assert_close_to_terms, torch
 
 DTYPES = (np.float16, np.float32, np.float64)
@@ -20,19 +20,15 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def explicit_padding(padding, k, s, d, hw):
-    """(top, bottom, left, right) for every accepted padding form, from shared/semantics.md."""
+def explicit_padding(padding, k, s, d, hw, flip=False):
+    """(top, bottom, left, right) for every accepted padding form, from docs/semantics.md ("padding");
+    ``flip`` decides where an odd 'same' total puts its extra pixel."""
     if padding == "valid":
         return (0, 0, 0, 0)
     if padding == "same":
         pads = []
         for size, kk, ss, dd in zip(hw, k, s, d):
-            if ss == 1:
-                total = dd * (kk - 1)
-            else:
-                out = -(-size // ss)
-                total = max((out - 1) * ss + dd * (kk - 1) + 1 - size, 0)
-            pads += [total // 2, total - total // 2]
+            pads += same_padding_ref(size, kk, ss, dd, flip)
         return tuple(pads)
     if isinstance(padding, tuple) and isinstance(padding[0], tuple):
         return padding[0] + padding[1]
@@ -112,7 +108,7 @@ def prepared(index):
     kwargs = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=s["groups"],
                   flip=c["flip"], activation=c["activation"])
     pad = explicit_padding(c["padding"], (s["R"], s["S"]), _pair(c["stride"]), _pair(c["dilation"]),
-                           (s["H"], s["W"]))
+                           (s["H"], s["W"]), c["flip"])
     ref_kw = dict(stride=_pair(c["stride"]), pad=pad, dilation=_pair(c["dilation"]), groups=s["groups"],
                   flip=c["flip"])
     expected = conv2d_ref(x, w, b, activation=c["activation"], **ref_kw)

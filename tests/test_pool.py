@@ -142,7 +142,7 @@ def test_adaptive_pools(runner, dtype, data, size, out):
 
 @pytest.mark.parametrize("runner", POOL_RUNNERS)
 def test_semantics_examples(runner):
-    """The worked examples of shared/semantics.md."""
+    """The worked examples of docs/semantics.md, "Pooling: Output size"."""
     x = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6)
     assert runner.call(gpuconv.max_pool2d, x, 1, 2, ceil_mode=True).shape == (1, 1, 3, 3)
     x5 = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)

@@ -32,7 +32,7 @@ def test_lenet5_parameter_count():
 
 
 def test_alexnet_grouped_first_layer_weights():
-    # two groups of 48 filters of 11x11x3 (shared/semantics.md): 34,848 weights
+    # two groups of 48 filters of 11x11x3 (docs/semantics.md, "Parameter counts"): 34,848 weights
     assert gpuconv.conv2d_num_params(6, 96, 11, groups=2, bias=False) == 11 * 11 * 3 * 48 * 2 == 34848
 
 
@@ -55,6 +55,36 @@ def test_same_padding_puts_the_odd_pixel_bottom_right():
     y = gpuconv.conv2d(x, w, padding="same")  # total pad 1 -> 0 top/left, 1 bottom/right (PyTorch)
     assert y.shape == (1, 1, 4, 4)
     assert y[0, 0, 3, 3] == 1 and y[0, 0, 2, 2] == 1 and y[0, 0, 0, 0] == 0
+
+
+def test_same_padding_with_flip_puts_the_odd_pixel_top_left():
+    """True convolution mirrors the split (SciPy's convolve2d, NumPy's convolve, MATLAB's conv2): the
+    2x2 kernel's extra row and column of padding go top/left."""
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 0, 0] = 1  # top-left corner
+    w = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
+    y = gpuconv.conv2d(x, w, padding="same", flip=True)
+    assert y.shape == (1, 1, 4, 4)
+    # out[p, q] = sum_{r,s} xpad[p + r, q + s] * w[1 - r, 1 - s] with one row / column of zeros on top / left
+    np.testing.assert_array_equal(y[0, 0], [[1, 2, 0, 0], [3, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("H,k,s,d,correlation,convolution", [
+    (37, 4, 1, 1, (1, 2), (2, 1)),    # the issue's 4-wide kernel
+    (37, 5, 1, 1, (2, 2), (2, 2)),    # odd kernel: no odd pixel, no difference
+    (29, 2, 1, 3, (1, 2), (2, 1)),    # dilation: total 3
+    (37, 4, 2, 1, (1, 2), (2, 1)),    # stride 2: TF SAME total (19-1)*2 + 4 - 37 = 3
+    (38, 4, 3, 1, (1, 1), (1, 1)),    # stride 3: total (13-1)*3 + 4 - 38 = 2, even
+    (38, 1, 4, 1, (0, 0), (0, 0)),    # kernel shorter than the stride: total clamped at 0
+])
+def test_same_padding_split_by_flip(H, k, s, d, correlation, convolution):
+    from gpuconv._geometry import conv_geometry, same_padding
+    assert same_padding(H, k, s, d) == correlation
+    assert same_padding(H, k, s, d, flip=True) == convolution
+    for flip, (lo, hi) in ((False, correlation), (True, convolution)):
+        g = conv_geometry((1, 1, H, H), (1, 1, k, k), None, s, "same", d, 1, flip)
+        assert (g.pt, g.pb, g.pl, g.pr) == (lo, hi, lo, hi)
+        assert (g.P, g.Q) == (-(-H // s),) * 2
 
 
 @pytest.mark.parametrize("args,expected", [
