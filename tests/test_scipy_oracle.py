@@ -27,6 +27,7 @@ from tests.reference import same_padding_ref
 from tests.runners import CONV_RUNNERS, GENERAL_CONV_RUNNERS, assert_close_to_terms
 
 signal = pytest.importorskip("scipy.signal", reason="SciPy is not installed (optional oracle)")
+pytestmark = pytest.mark.scipy
 
 # gemm1x1 computes unpadded 1x1 filters only: it would decline (skip) every case here.
 RUNNERS = [r for r in CONV_RUNNERS if r.values[0].algo != "gemm1x1"]
