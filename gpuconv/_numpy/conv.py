@@ -74,10 +74,19 @@ not); LeNet's chwn gather and GEMM per block of 1-7 output rows so the columns s
 against 2.9 ms unblocked); chunks of 16 samples for LeNet conv1 (about 10% faster than 32 that day, slower
 in an earlier session: the VM's phase decides, so the rule was left alone).
 
-Memory: chunks of samples work in a kept per-thread workspace (``_workspace.workspace``), so calls do
-not page-fault on fresh megabytes; the batch is chunked so the temporaries stay under
-``workspace_limit()`` (256 MiB unless ``GPUCONV_NUMPY_WORKSPACE_MB`` says otherwise). float16 is
-computed in float32 and rounded once at the end.
+Memory: a call allocates its output and at most ``workspace_limit()`` bytes of temporaries (256 MiB
+unless ``GPUCONV_NUMPY_WORKSPACE_MB`` says otherwise; the buffer kept from earlier calls counts) besides
+arrays of a few hundred KiB. Chunks of samples work in a kept per-thread workspace
+(``_workspace.workspace``), so calls do not page-fault on fresh megabytes; each strategy chunks the batch
+so that its workspace plus the temporaries derived from the weight stay within the limit. Outputs whose
+window lies wholly in the padding are the bias (NaN for filters holding inf or NaN, which the padding's
+zeros multiply), written directly: huge padding builds no padded copy. When one sample does not fit, or
+for float16 (computed in float32 and rounded once at the end) when the float32 output does not fit
+beside the workspace, the convolution runs in tiles (``_conv_tiled``): samples, then output rows,
+output columns, groups, filters, and finally the sum itself split over input channels and filter taps,
+each split only as far as needed; every tile is a convolution of its own (a view of the input, the
+padding it reads, a slice of the weight) run by the same strategy where it applies (``numpy_im2col``
+where a split filter is not 3x3 any more), into a tile buffer that is activated and stored.
 
 Threads: BLAS uses its own; the depthwise blocks and Winograd's transforms (channel / filter blocks) run
 on ``parallel_map``.
@@ -85,11 +94,15 @@ on ``parallel_map``.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 
 from .._geometry import LEAKY_RELU_SLOPE, ConvGeometry
 from . import winograd
-from ._workspace import num_threads, parallel_map, strided_view, workspace, workspace_bytes, workspace_limit
+from ._workspace import (num_threads, parallel_map, pool_threads, strided_view, trim_workspace, workspace,
+                         workspace_bytes, workspace_limit)
 
 __all__ = ["conv2d", "choose_strategy", "compute_dtype", "prime_blas", "workspace_limit", "num_threads",
            "parallel_map"]
@@ -120,6 +133,7 @@ GEMM_ROWS = 65536
 # process: 1.58 ms in chunks of 64, 1.38 ms of 32, 1.65 ms of 16.
 BATCH_INNER_CHUNK = 32
 CHUNK_BYTES = 32 * 2**20
+_ALIGN = 64  # bytes: the workspace's alignment of each array
 
 
 def compute_dtype(dtype) -> np.dtype:
@@ -170,23 +184,313 @@ def _all_finite(a: np.ndarray, ct) -> bool:
 
 def conv2d(x: np.ndarray, w: np.ndarray, b, g: ConvGeometry) -> tuple[np.ndarray, str]:
     """``x`` (N, C, H, W), ``w`` (K, C/groups, R, S), ``b`` (K,) or None, any strides; returns
-    ``(y, strategy)`` with ``y`` a new C-contiguous (N, K, P, Q) array of ``x``'s dtype."""
+    ``(y, strategy)`` with ``y`` a new C-contiguous (N, K, P, Q) array of ``x``'s dtype.
+
+    Memory: besides ``y``, at most ``workspace_limit()`` bytes of temporaries (and a few small arrays).
+    Outputs whose window lies wholly in the padding (``_active``) are the constant ``bias`` (NaN where
+    the filter holds an inf or NaN, which the padding's zeros multiply), written without any padded
+    copy. The rest runs straight into ``y`` when one sample's temporaries fit (the strategies chunk the
+    batch); otherwise, and for float16 (computed in float32), in tiles (``_conv_tiled``)."""
     ct = compute_dtype(x.dtype)
-    w = w.astype(ct, copy=False)
     if g.flip:
         w = w[:, :, ::-1, ::-1]
     b = None if b is None else b.astype(ct, copy=False)
     finite = not winograd_applies(g) or (_all_finite(x, ct) and _all_finite(w, ct))
     strategy = choose_strategy(g, finite)
-    run = {"numpy_matmul_1x1": _conv_1x1,
-           "numpy_shift_accumulate": _conv_shift_accumulate,
-           "numpy_winograd": _conv_winograd,
-           "numpy_im2col_chwn": _conv_im2col_chwn,
-           "numpy_im2col": _conv_im2col}[strategy]
-    y = np.empty((g.N, g.K, g.P, g.Q), dtype=ct)
-    run(x, w, b, g, y)  # y = conv + bias
-    _activation(y, g.activation)
-    return (y if y.dtype == x.dtype else y.astype(x.dtype)), strategy
+    y = np.empty((g.N, g.K, g.P, g.Q), dtype=x.dtype)
+    rows = _active(g.P, g.sh, g.pt, g.R, g.dh, g.H)
+    cols = _active(g.Q, g.sw, g.pl, g.S, g.dw, g.W)
+    whole = rows == (0, g.P) and cols == (0, g.Q)
+    if not whole:
+        _fill_padding_outputs(y, w, b, g, rows, cols, ct)
+        if rows[0] == rows[1] or cols[0] == cols[1]:
+            return y, strategy
+    limit = workspace_limit()
+    if whole:
+        # one sample fits: straight into y (float16: into one float32 output, rounded once at the end)
+        other = _weight_bytes(strategy, g, w.shape, ct, w.dtype != ct or not w.flags.c_contiguous)
+        if x.dtype != ct:
+            other += math.prod(y.shape) * ct.itemsize
+        copy_1x1 = x.dtype != ct or not x.flags.c_contiguous  # _conv_1x1 copies such input per chunk
+        if _strategy_bytes(strategy, g, ct, 1, copy_1x1) + other <= limit:
+            trim_workspace(limit - other)
+            out = y if x.dtype == ct else np.empty(y.shape, ct)
+            _RUN[strategy](x, w.astype(ct, copy=False), b, g, out, limit - other)
+            _activation(out, g.activation)
+            if out is not y:
+                np.copyto(y, out)
+            return y, strategy
+    _conv_tiled(x, w, b, g, y, strategy, ct, rows, cols, limit)
+    return y, strategy
+
+
+def _active(P: int, s: int, pad: int, R: int, d: int, H: int) -> tuple[int, int]:
+    """Outputs ``[lo, hi)`` along one axis whose window ``[p*s - pad, p*s - pad + (R-1)*d]`` meets the
+    input ``[0, H)``; the others read only padding. (With dilation a window that meets the input may
+    still skip it; those are computed like the rest.)"""
+    lo = max(0, -(-(pad - (R - 1) * d) // s))
+    hi = min(P, (H - 1 + pad) // s + 1)
+    return (lo, hi) if lo < hi else (0, 0)
+
+
+def _nonfinite_filters(w: np.ndarray) -> np.ndarray:
+    """Per filter of ``w`` (K, Cg, R, S): does it hold an inf or NaN? (max and min reductions, no
+    temporary the size of ``w``.)"""
+    if w.size == 0:
+        return np.zeros(w.shape[0], bool)
+    return ~(np.isfinite(w.max(axis=(1, 2, 3))) & np.isfinite(w.min(axis=(1, 2, 3))))
+
+
+def _padding_value(w: np.ndarray, b, ct) -> np.ndarray:
+    """Per filter, conv + bias of an output whose taps all read padding: ``sum(0 * w) + b``, i.e. ``b``,
+    or NaN where the filter holds an inf or NaN (``0 * inf``)."""
+    c = np.zeros(w.shape[0], ct)
+    c[_nonfinite_filters(w)] = np.nan
+    if b is not None:
+        c += b
+    return c
+
+
+def _fill_padding_outputs(y, w, b, g, rows, cols, ct) -> None:
+    """Write the outputs outside ``rows`` x ``cols`` (windows wholly in the padding): the per-filter
+    constant of ``_padding_value`` after the activation."""
+    c = _padding_value(w, b, ct)
+    _activation(c, g.activation)
+    c = c.astype(y.dtype)[None, :, None, None]
+    (p0, p1), (q0, q1) = rows, cols
+    y[:, :, :p0] = c
+    y[:, :, p1:] = c
+    y[:, :, p0:p1, :q0] = c
+    y[:, :, p0:p1, q1:] = c
+
+
+# --------------------------------------------------------------------------------------------
+# memory: what each strategy asks of the workspace, and tiles when one sample does not fit
+# --------------------------------------------------------------------------------------------
+
+def _accepts(strategy: str, g: ConvGeometry) -> bool:
+    """Can ``strategy`` compute geometry ``g`` at all (a tile of a split filter may not be 3x3 any more)?"""
+    if strategy == "numpy_matmul_1x1":
+        return (g.R, g.S, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr) == (1, 1, 1, 1, 0, 0, 0, 0)
+    if strategy == "numpy_shift_accumulate":
+        return g.Cg == 1
+    if strategy == "numpy_winograd":
+        return (g.R, g.S, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
+    return True
+
+
+def _im2col_layout(g: ConvGeometry, batch_inner: bool, from_input_ok: bool):
+    """``(padded, wide, Qw, M, slack, from_input, plane)`` of ``_conv_im2col`` (see there)."""
+    padded = ((g.P - 1) * g.sh + (g.R - 1) * g.dh + 1, (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1)
+    wide = g.sh == 1 and g.sw == 1 and not batch_inner
+    Qw = padded[1] if wide else g.Q  # GEMM columns per output row
+    M = g.P * Qw  # GEMM columns per sample
+    slack = (g.S - 1) * g.dw if wide else 0  # the last wide row of the last plane reads this far past it
+    from_input = (from_input_ok and not wide and not batch_inner and g.pt == 0 and g.pl == 0
+                  and padded[0] <= g.H and padded[1] <= g.W)  # every tap inside x: gather from x itself
+    plane = 0 if from_input else padded[0] * padded[1]
+    return padded, wide, Qw, M, slack, from_input, plane
+
+
+def _gemm_rows(Kg: int, ct) -> int:
+    """Filters per group in the GEMM (``_gemm_weights`` pads some float32 ``Kg`` to a multiple of 8)."""
+    return -(-Kg // 8) * 8 if np.dtype(ct) == np.float32 and Kg < 16 and Kg % 8 >= 5 else Kg
+
+
+def _im2col_specs(g: ConvGeometry, ct, n: int, batch_inner: bool, from_input_ok: bool = False):
+    """The workspace ``_conv_im2col`` asks for a chunk of ``n`` samples."""
+    _, _, _, M, slack, _, plane = _im2col_layout(g, batch_inner, from_input_ok)
+    RS = g.R * g.S
+    return (((n * g.C * plane + slack,), ct), ((g.groups, g.Cg * RS, n * M), ct),
+            ((g.groups, _gemm_rows(g.Kg, ct), n * M), ct))
+
+
+def _winograd_specs(g: ConvGeometry, ct, n: int):
+    """The workspace ``_conv_winograd`` asks for a chunk of ``n`` samples."""
+    TP, TQ = winograd.tile_counts(g.P, g.Q)
+    size = PhasePlanes.size_for((2, 2), winograd.padded_extent(TP, TQ))
+    tiles = (n, TP, TQ + 1)
+    return (((n, g.C, size), ct), ((4, 2, g.C) + tiles, ct), ((4, 4, g.C) + tiles, ct),
+            ((4, 4, g.K) + tiles, ct), ((2, 4, g.K) + tiles, ct), ((g.K,) + tiles, ct))
+
+
+def _shift_specs(g: ConvGeometry, ct, slots: int, nb: int):
+    """The workspace ``_conv_shift_accumulate`` asks for: per thread slot, ``nb`` channels' phase planes
+    (``PhasePlanes.for_taps(g)``) and two wide-row accumulators."""
+    used = ((g.P - 1) * g.sh + (g.R - 1) * g.dh + 1, (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1)
+    size = PhasePlanes.size_for((g.sh, g.sw), used, (g.S - 1) * g.dw // g.sw)
+    L = g.P * -(-used[1] // g.sw)
+    return (((slots, nb, size), ct), ((slots, nb, g.Kg, L), ct), ((slots, nb, g.Kg, L), ct))
+
+
+def _strategy_bytes(strategy: str, g: ConvGeometry, ct, n: int, copy_1x1: bool = False) -> int:
+    """Workspace bytes ``strategy`` needs at least for ``n`` samples of ``g`` (one thread for
+    ``numpy_shift_accumulate``)."""
+    if strategy in ("numpy_im2col", "numpy_im2col_chwn"):
+        return workspace_bytes(*_im2col_specs(g, ct, n, strategy == "numpy_im2col_chwn"))
+    if strategy == "numpy_winograd":
+        return workspace_bytes(*_winograd_specs(g, ct, n))
+    if strategy == "numpy_shift_accumulate":
+        return workspace_bytes(*_shift_specs(g, ct, 1, 1))
+    if copy_1x1:
+        return workspace_bytes(((n, g.C, g.H, g.W), ct))
+    return 0  # numpy_matmul_1x1 reading the input in place: _conv_1x1 decides per call
+
+
+def _weight_bytes(strategy: str, g: ConvGeometry, wshape, ct, copies: bool) -> int:
+    """Bounds the temporaries a strategy derives from its weight of ``wshape``: a compute-dtype /
+    contiguous copy (``copies``), the GEMM operand padded with zero filters, Winograd's ``U``."""
+    size = math.prod(wshape) * np.dtype(ct).itemsize
+    extra = size if copies else 0
+    if strategy in ("numpy_im2col", "numpy_im2col_chwn"):
+        if _gemm_rows(g.Kg, ct) != g.Kg:
+            extra += size * _gemm_rows(g.Kg, ct) // g.Kg
+    elif strategy == "numpy_winograd":
+        extra += size + size * 16 // 9 + 16 * 9 * np.dtype(ct).itemsize  # reshape copy, U, kron(G, G)
+    return extra + 4 * _ALIGN
+
+
+def _window(p0: int, p1: int, s: int, pad: int, r0: int, r1: int, d: int, H: int):
+    """Input rows ``[h0, h1)`` that outputs ``[p0, p1)`` read with filter rows ``[r0, r1)``, and the
+    padding ``(top, bottom)`` around them; None when they read only padding."""
+    a = p0 * s - pad + r0 * d  # first row read
+    e = (p1 - 1) * s - pad + (r1 - 1) * d  # last row read
+    h0, h1 = min(max(a, 0), H), max(min(e + 1, H), 0)
+    if h1 <= h0:
+        return None
+    return h0, h1, h0 - a, e - (h1 - 1)
+
+
+# Orders in which tile dimensions are split (each only if needed): output rows and columns first; or the
+# filter taps first, for dilated windows so tall or wide that one output row's window alone overflows.
+_TILE_ORDERS = (("n", "p", "q", "G", "k", "c", "r", "s"), ("n", "r", "s", "p", "q", "G", "k", "c"))
+
+
+def _tile_geometry(g: ConvGeometry, t: dict) -> ConvGeometry:
+    """The sizes of a tile of ``t`` (sizes per dimension name of ``_TILE_ORDERS``), as a geometry without
+    padding whose input is the tile's whole window (what the strategies' workspace depends on; ``g``
+    itself for the whole convolution)."""
+    if (t["n"], t["p"], t["q"], t["G"], t["k"], t["c"], t["r"], t["s"]) == (
+            g.N, g.P, g.Q, g.groups, g.Kg, g.Cg, g.R, g.S):
+        return g
+    groups = t["G"]
+    Cc, Kc = (g.Cg, g.Kg) if groups > 1 else (t["c"], t["k"])
+    R, S = t["r"], t["s"]
+    return dataclasses.replace(
+        g, N=t["n"], C=groups * Cc, K=groups * Kc, groups=groups, R=R, S=S, P=t["p"], Q=t["q"],
+        H=(t["p"] - 1) * g.sh + (R - 1) * g.dh + 1, W=(t["q"] - 1) * g.sw + (S - 1) * g.dw + 1,
+        pt=0, pb=0, pl=0, pr=0, flip=False, activation=None)
+
+
+def _tile_cost(g, strategy, ct, t: dict) -> tuple[int, int]:
+    """``(bytes, output buffer bytes)`` of a tile of sizes ``t``: its output buffer (and a second one
+    when the sum over channels or filter taps is split), the strategy's workspace for one sample and
+    the weight temporaries."""
+    gt = _tile_geometry(g, t)
+    split_sum = (t["c"], t["r"], t["s"]) != (g.Cg, g.R, g.S)
+    buf = t["n"] * gt.K * t["p"] * t["q"] * np.dtype(ct).itemsize
+    run = strategy if _accepts(strategy, gt) else "numpy_im2col"
+    wshape = (gt.K, gt.Cg, gt.R, gt.S)
+    total = (buf * (2 if split_sum else 1) + _strategy_bytes(run, gt, ct, 1, copy_1x1=True)
+             + _weight_bytes(run, gt, wshape, ct, True))
+    return total, buf * (2 if split_sum else 1)
+
+
+def _plan_tiles(g, strategy, ct, rows, cols, limit) -> dict:
+    """Tile sizes: the whole active region if it fits; else, for each order of ``_TILE_ORDERS``, a
+    dimension is split only when the tile does not fit the limit with that dimension at 1, and the
+    first one that does is made as large as fits; the plan with the fewest tiles wins (the first order
+    on a tie). A tile of one output, one filter, one channel and one tap is the smallest."""
+    full = dict(n=g.N, p=rows[1] - rows[0], q=cols[1] - cols[0], G=g.groups, k=g.Kg, c=g.Cg, r=g.R, s=g.S)
+    if _tile_cost(g, strategy, ct, full)[0] <= limit:
+        return full
+    best, best_count = None, None
+    for order in _TILE_ORDERS:
+        t = dict(full)
+        for name in order:
+            if name in ("k", "c") and t["G"] > 1:
+                continue  # filters and channels are split within one group
+            t[name] = 1
+            if _tile_cost(g, strategy, ct, t)[0] > limit:
+                continue
+            lo, hi = 1, full[name]
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                t[name] = mid
+                lo, hi = (mid, hi) if _tile_cost(g, strategy, ct, t)[0] <= limit else (lo, mid - 1)
+            t[name] = lo
+            break
+        count = 1
+        for name, size in full.items():
+            count *= -(-size // t[name])
+        if best is None or count < best_count:
+            best, best_count = t, count
+    return best
+
+
+def _ranges(start: int, stop: int, step: int):
+    return [(i, min(stop, i + step)) for i in range(start, stop, step)]
+
+
+def _conv_tiled(x, w, b, g, y, strategy, ct, rows, cols, limit) -> None:
+    """The active outputs ``rows`` x ``cols`` in tiles sized by ``_plan_tiles``: each tile is a
+    convolution of its own (a view of the input, the padding it reads, the weight's slice), computed in
+    the compute dtype into a tile buffer (partial sums over channel / tap pieces added up in it), then
+    activated and stored into ``y``."""
+    t = _plan_tiles(g, strategy, ct, rows, cols, limit)
+    buf_bytes = _tile_cost(g, strategy, ct, t)[1]
+    budget = max(0, limit - buf_bytes)  # for the strategy's workspace and weights
+    trim_workspace(budget)
+    split_sum = (t["c"], t["r"], t["s"]) != (g.Cg, g.R, g.S)
+    elems = t["n"] * (t["G"] * g.Kg if t["G"] > 1 else t["k"]) * t["p"] * t["q"]
+    acc_flat = np.empty(elems, ct)
+    part_flat = np.empty(elems, ct) if split_sum else None
+    for G0, G1 in _ranges(0, g.groups, t["G"]):
+        for k0, k1 in (_ranges(0, g.Kg, t["k"]) if G1 - G0 == 1 else [(0, g.Kg)]):
+            f0, f1 = G0 * g.Kg + k0, (G1 - 1) * g.Kg + k1  # filters of the tile
+            for n0, n1 in _ranges(0, g.N, t["n"]):
+                for p0, p1 in _ranges(rows[0], rows[1], t["p"]):
+                    for q0, q1 in _ranges(cols[0], cols[1], t["q"]):
+                        shape = (n1 - n0, f1 - f0, p1 - p0, q1 - q0)
+                        acc = acc_flat[:math.prod(shape)].reshape(shape)
+                        first = True
+                        for c0, c1 in (_ranges(0, g.Cg, t["c"]) if G1 - G0 == 1 else [(0, g.Cg)]):
+                            for r0, r1 in _ranges(0, g.R, t["r"]):
+                                for s0, s1 in _ranges(0, g.S, t["s"]):
+                                    dst = acc if first else part_flat[:acc.size].reshape(shape)
+                                    _conv_piece(x, w, None if b is None or not first else b[f0:f1], g, dst,
+                                                strategy, ct, budget, (n0, n1), (p0, p1), (q0, q1),
+                                                (G0, G1), (f0, f1), (c0, c1), (r0, r1), (s0, s1))
+                                    if not first:
+                                        acc += dst
+                                    first = False
+                        _activation(acc, g.activation)
+                        y[n0:n1, f0:f1, p0:p1, q0:q1] = acc
+
+
+def _conv_piece(x, w, b, g, dst, strategy, ct, budget, n, p, q, G, f, c, r, s) -> None:
+    """``dst`` = conv + ``b`` over one tile (see ``_conv_tiled``): samples ``n``, output rows ``p`` and
+    columns ``q``, groups ``G``, filters ``f`` (absolute), channels ``c`` within the group, filter rows
+    ``r`` and columns ``s``."""
+    (G0, G1), (c0, c1) = G, c
+    ch0, ch1 = G0 * g.Cg + c0, (G1 - 1) * g.Cg + c1
+    ws = w[f[0]:f[1], c0:c1, r[0]:r[1], s[0]:s[1]]
+    rows = _window(p[0], p[1], g.sh, g.pt, r[0], r[1], g.dh, g.H)
+    cols = _window(q[0], q[1], g.sw, g.pl, s[0], s[1], g.dw, g.W)
+    if rows is None or cols is None:  # these taps read only padding: 0 * w
+        dst[...] = _padding_value(ws, b, ct)[None, :, None, None]
+        return
+    (h0, h1, pt, pb), (v0, v1, pl, pr) = rows, cols
+    sizes = dict(N=n[1] - n[0], C=ch1 - ch0, H=h1 - h0, W=v1 - v0, K=f[1] - f[0], R=r[1] - r[0], S=s[1] - s[0],
+                 groups=G1 - G0, pt=pt, pb=pb, pl=pl, pr=pr, P=p[1] - p[0], Q=q[1] - q[0])
+    if all(getattr(g, k) == v for k, v in sizes.items()):
+        gs = g  # the whole convolution (the strategies read neither flip nor the activation)
+    else:
+        gs = dataclasses.replace(g, flip=False, activation=None, has_bias=b is not None, **sizes)
+    run = strategy if _accepts(strategy, gs) else "numpy_im2col"
+    wc = np.ascontiguousarray(ws, dtype=ct)  # at most one copy (the strategies' reshapes are views)
+    _RUN[run](x[n[0]:n[1], ch0:ch1, h0:h1, v0:v1], wc, b, gs, dst,
+              max(0, budget - _weight_bytes(run, gs, ws.shape, ct, True)))
 
 
 _blas_primed = False
@@ -211,14 +515,14 @@ def prime_blas() -> None:
 # strategies: each writes conv + bias into y (compute dtype)
 # --------------------------------------------------------------------------------------------
 
-def _conv_1x1(x, w, b, g, y):
+def _conv_1x1(x, w, b, g, y, budget):
     """``(groups, Kg, Cg) @ (n, groups, Cg, H*W)`` straight into y, then the bias."""
     ct = y.dtype
     prime_blas()
     plane = g.H * g.W
     wg = w.reshape(g.groups, g.Kg, g.Cg)
     copy = x.dtype != ct or not x.flags.c_contiguous
-    chunk = _chunk(g, workspace_bytes(((g.C, plane), ct)), plane) if copy else g.N
+    chunk = _chunk(g, g.C * plane * ct.itemsize, plane, budget, _ALIGN) if copy else g.N
     for n0 in range(0, g.N, chunk):
         n = min(chunk, g.N - n0)
         xs = x[n0:n0 + n]
@@ -232,7 +536,7 @@ def _conv_1x1(x, w, b, g, y):
         y += b[:, None, None]
 
 
-def _conv_im2col(x, w, b, g, y, batch_inner=False):
+def _conv_im2col(x, w, b, g, y, budget, batch_inner=False):
     """Per chunk of samples: padded copy, columns ``(groups, Cg*R*S, GEMM columns)`` by one strided
     copy, one GEMM per group ``(Kg, Cg*R*S) @ (Cg*R*S, GEMM columns)``, then into y (NCHW) with the bias.
     The copies move contiguous runs as long as the layout allows (NumPy's per-run cost dominates short
@@ -251,20 +555,11 @@ def _conv_im2col(x, w, b, g, y, batch_inner=False):
     ct = y.dtype
     prime_blas()
     RS = g.R * g.S
-    padded = ((g.P - 1) * g.sh + (g.R - 1) * g.dh + 1, (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1)
-    plane = padded[0] * padded[1]
-    wide = g.sh == 1 and g.sw == 1 and not batch_inner
-    Qw = padded[1] if wide else g.Q  # GEMM columns per output row
-    M = g.P * Qw  # GEMM columns per sample
-    slack = (g.S - 1) * g.dw if wide else 0  # the last wide row of the last plane reads this far past it
-    from_input = (not wide and not batch_inner and x.dtype == ct and g.pt == 0 and g.pl == 0
-                  and padded[0] <= g.H and padded[1] <= g.W)  # every tap inside x: gather from x itself
-    if from_input:
-        plane = 0  # no padded copy
+    padded, wide, Qw, M, slack, from_input, plane = _im2col_layout(g, batch_inner, x.dtype == ct)
     wmat = _gemm_weights(w.reshape(g.groups, g.Kg, g.Cg * RS))  # rows (c, r, s), as the gathered columns
     Kp = wmat.shape[1]  # filters per group in the GEMM, zero filters included
-    per_sample = workspace_bytes(((g.C * plane,), ct), ((g.C * RS, M), ct), ((g.groups * Kp, M), ct))
-    chunk = _chunk(g, per_sample, M)
+    per_sample = (g.C * plane + g.C * RS * M + g.groups * Kp * M) * ct.itemsize
+    chunk = _chunk(g, per_sample, M, budget, slack * ct.itemsize + 3 * _ALIGN)
     if batch_inner:
         chunk = min(chunk, BATCH_INNER_CHUNK)
     bias = None if b is None else b.reshape(g.groups, g.Kg, 1, 1)
@@ -312,11 +607,11 @@ def _gemm_weights(wmat: np.ndarray) -> np.ndarray:
     return padded
 
 
-def _conv_im2col_chwn(x, w, b, g, y):
-    _conv_im2col(x, w, b, g, y, batch_inner=True)
+def _conv_im2col_chwn(x, w, b, g, y, budget):
+    _conv_im2col(x, w, b, g, y, budget, batch_inner=True)
 
 
-def _conv_winograd(x, w, b, g, y):
+def _conv_winograd(x, w, b, g, y, budget):
     """Per chunk of samples: the stride-2 phase planes of the padded input and the input transform
     ``V`` (channel blocks on the thread pool), 16 GEMMs per group ``U[a, b] (Kg, Cg) @ V[a, b] (Cg,
     n*TP*(TQ+1))``, then the output transform and the store of each output phase ``y[:, :, a::2,
@@ -327,9 +622,8 @@ def _conv_winograd(x, w, b, g, y):
     T = TP * (TQ + 1)  # tiles per image, with the junk column
     planes_of = PhasePlanes(g.H, g.W, g.pt, g.pl, (2, 2), winograd.padded_extent(TP, TQ))
     U = winograd.weight_transform(w, g.groups)
-    per_sample = workspace_bytes(((g.C, planes_of.size), ct), ((8, g.C, T), ct), ((16, g.C, T), ct),
-                                 ((16, g.K, T), ct), ((8, g.K, T), ct), ((g.K, T), ct))
-    chunk = _chunk(g, per_sample, T)
+    per_sample = (g.C * planes_of.size + 24 * g.C * T + 25 * g.K * T) * ct.itemsize
+    chunk = _chunk(g, per_sample, T, budget, 6 * _ALIGN)
     for n0 in range(0, g.N, chunk):
         n = min(chunk, g.N - n0)
         planes, t, V, M, s, out = workspace(
@@ -357,11 +651,13 @@ def _slices(size: int, parts: int) -> list[slice]:
     return [slice(size * i // parts, size * (i + 1) // parts) for i in range(parts)]
 
 
-def _chunk(g: ConvGeometry, per_sample: int, rows: int) -> int:
-    """Samples per chunk, for ``rows`` GEMM rows (output positions) per sample: see GEMM_ROWS."""
+def _chunk(g: ConvGeometry, per_sample: int, rows: int, budget: int, fixed: int = 0) -> int:
+    """Samples per chunk, for ``rows`` GEMM rows (output positions) per sample: see GEMM_ROWS. A chunk's
+    workspace, ``n * per_sample + fixed`` bytes at most, stays within ``budget`` (the caller made sure
+    one sample fits)."""
     per_sample = max(per_sample, 1)
     wanted = min(-(-GEMM_ROWS // rows), max(1, CHUNK_BYTES // per_sample))
-    return max(1, min(g.N, wanted, workspace_limit() // per_sample))
+    return max(1, min(g.N, wanted, (budget - fixed) // per_sample))
 
 
 def _fill_padded(x: np.ndarray, g: ConvGeometry, xp: np.ndarray) -> None:
@@ -397,21 +693,27 @@ def _gather_wide(flat: np.ndarray, cols: np.ndarray, g: ConvGeometry, n: int, pa
                                  (Hu * Qw * item, g.dh * Qw * item, g.dw * item, g.C * Hu * Qw * item, item)))
 
 
-def _conv_shift_accumulate(x, w, b, g, y):
+def _conv_shift_accumulate(x, w, b, g, y, budget):
     """Depthwise-like convolution (one input channel per group, ``Kg`` filters per group): for each
     block of channels of one sample, fill the block's phase planes, then every tap ``(r, s)`` adds
-    ``w * tap`` into a wide-row accumulator; blocks run on the thread pool."""
+    ``w * tap`` into a wide-row accumulator; blocks run on the thread pool, each thread in its own slot
+    of the caller's workspace (threads and block size reduced until the slots fit ``budget``)."""
     ct = y.dtype
     pp = PhasePlanes.for_taps(g)
     L = g.P * pp.Wph
     wg = w.reshape(g.groups, g.Kg, g.R * g.S)  # Cg == 1
     block = max(1, min(g.groups, SHIFT_ACCUMULATE_BLOCK // (g.Kg * L)))
+    per_channel = (pp.size + 2 * g.Kg * L) * ct.itemsize
+    block = max(1, min(block, (budget - 3 * _ALIGN) // per_channel))
+    tasks = [(i, g0) for i in range(g.N) for g0 in range(0, g.groups, block)]
+    slots = max(1, min(pool_threads(len(tasks)), (budget - 3 * _ALIGN) // (block * per_channel)))
+    planes_s, acc_s, tmp_s = workspace(*_shift_specs(g, ct, slots, block))
 
-    def run(task):
+    def run(task, slot):
         i, g0 = task
         g1 = min(g.groups, g0 + block)
         nb = g1 - g0
-        planes, acc, tmp = workspace(((nb, pp.size), ct), ((nb, g.Kg, L), ct), ((nb, g.Kg, L), ct))
+        planes, acc, tmp = planes_s[slot, :nb], acc_s[slot, :nb], tmp_s[slot, :nb]
         pp.fill(x[i, g0:g1], planes)
         for t, off in enumerate(pp.offsets):
             src = planes[:, None, off:off + L]
@@ -424,7 +726,15 @@ def _conv_shift_accumulate(x, w, b, g, y):
         res = acc.reshape(nb * g.Kg, g.P, pp.Wph)[:, :, :g.Q]
         _store(y[i, g0 * g.Kg:g1 * g.Kg], res, None if b is None else b[g0 * g.Kg:g1 * g.Kg, None, None])
 
-    parallel_map(run, [(i, g0) for i in range(g.N) for g0 in range(0, g.groups, block)])
+    parallel_map(run, tasks, threads=slots, slots=True)
+
+
+# strategy name -> function(x, w, b, g, y, budget): y = conv + bias, its workspace within budget bytes
+_RUN = {"numpy_matmul_1x1": _conv_1x1,
+        "numpy_shift_accumulate": _conv_shift_accumulate,
+        "numpy_winograd": _conv_winograd,
+        "numpy_im2col_chwn": _conv_im2col_chwn,
+        "numpy_im2col": _conv_im2col}
 
 
 class PhasePlanes:
@@ -444,6 +754,12 @@ class PhasePlanes:
         self._parts = [(((a * sw + bb) * image),) + rows + cols
                        for a, rows in enumerate(_phase_ranges(H, pad_top, sh, used_h))
                        for bb, cols in enumerate(_phase_ranges(W, pad_left, sw, used_w))]
+
+    @staticmethod
+    def size_for(strides, used, slack: int = 0) -> int:
+        """``size`` of ``PhasePlanes(..., strides, used, slack)``."""
+        (sh, sw), (used_h, used_w) = strides, used
+        return sh * sw * -(-used_h // sh) * -(-used_w // sw) + slack
 
     @classmethod
     def for_taps(cls, g: ConvGeometry) -> "PhasePlanes":
@@ -503,12 +819,21 @@ def _store(dst: np.ndarray, res: np.ndarray, bias) -> None:
         np.add(res, bias, out=dst)
 
 
+ACTIVATION_SLAB = 1 << 18  # leaky_relu's mask covers this many values at a time
+
+
 def _activation(y: np.ndarray, act) -> None:
-    """In place: the fused activation (NaN propagates through each)."""
+    """In place (``y`` C-contiguous): the fused activation (NaN propagates through each)."""
     if act == "relu":
         np.maximum(y, 0, out=y)  # np.maximum propagates NaN
     elif act == "leaky_relu":
-        np.multiply(y, LEAKY_RELU_SLOPE, out=y, where=y < 0)
+        flat = y.reshape(-1)
+        mask = np.empty(min(flat.size, ACTIVATION_SLAB), bool)
+        for i in range(0, flat.size, ACTIVATION_SLAB):
+            part = flat[i:i + ACTIVATION_SLAB]
+            m = mask[:part.size]
+            np.less(part, 0, out=m)
+            np.multiply(part, LEAKY_RELU_SLOPE, out=part, where=m)
     elif act == "sigmoid":
         # 1 / (1 + exp(-y)); exp overflow to inf gives the correct limit 0 (NumpyBackend silences the
         # overflow warning).

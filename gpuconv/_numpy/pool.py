@@ -5,8 +5,10 @@ tap lands inside the input form a rectangle (the tap's input row ``oh*sh - ph + 
 so each pass is one strided slice of the input combined into one rectangle of the output: no padded copy
 of the input is made, padding simply never takes part (which is exactly -inf for max and 0 for average).
 
-float16 max pooling (plain and adaptive) runs in float32 (exact: every float16 is a float32 and max only
-compares), chunk by chunk of samples, because NumPy's float16 loops are not vectorised; the result is
+float16 is computed in float32 without converting the input: NumPy's float16 loops are not vectorised, and
+a ufunc given a float16 input and a float32 output casts the input chunk by chunk in its buffer (measured
+on 8x64x112x112, 3x3/2 max pooling: 31 ms, against 45 ms converting the input first and 116 ms in
+float16). Max pooling stays exact (every float16 is a float32 and max only compares) and the result is
 cast back exactly. Indices are worked out only when asked for: plain max pooling finds each window's
 winner from the finished maxima, adaptive max pooling tracks it during the reduction.
 
@@ -14,239 +16,509 @@ Adaptive pooling is separable: reduce the columns of each output column window f
 each output row window. For max that order also keeps PyTorch's tie and NaN rules (first maximum in
 row-major order; the last NaN in row-major order wins). Adaptive average pooling whose windows all have
 the same size (``H % OH == 0`` and ``W % OW == 0``: non-overlapping) is one reshape and one reduction
-instead; global average pooling (1x1 output) is a BLAS matrix-vector product with a vector of ones.
+instead; global average pooling (1x1 output) is a BLAS matrix-vector product with a vector of ones
+(planes contiguous in float32 / float64; otherwise one sum over both axes, float16 summed in float32).
+
+Memory: besides the output (and the indices), every temporary (float32 results of float16 input, tap
+numbers and masks for the indices, divisors, the column pass of adaptive pooling) is carved from the
+workspace (``_workspace``), and the output is computed in blocks (``_blocks``: samples, then channels of
+one sample, then rows, then columns) small enough that a block's temporaries stay within
+``workspace_limit()``; global max pooling with indices takes planes too large for it in bands of rows.
+Max pooling of float32 / float64 without indices needs no temporary at all. The input is never copied
+as a whole, float16 included (global max pooling with indices copies blocks of planes whose rows are not
+consecutive, or float16 ones, into the workspace: ``np.argmax`` needs a flat plane).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 
 import numpy as np
 
 from .._geometry import AdaptiveGeometry, PoolGeometry, adaptive_window
-from ._workspace import workspace, workspace_limit
+from ._workspace import trim_workspace, workspace, workspace_bytes, workspace_limit
 
 
-def _tap_range(out_size: int, in_size: int, offset: int, stride: int) -> tuple[int, int, int]:
-    """Outputs ``o`` in ``[lo, hi)`` read input ``o*stride + offset`` inside ``[0, in_size)``; returns
-    ``(lo, hi, first input index)``."""
-    lo = max(0, -(offset // stride)) if offset < 0 else 0  # ceil(-offset / stride) for negative offsets
-    hi = min(out_size, (in_size - 1 - offset) // stride + 1) if in_size - 1 - offset >= 0 else 0
+SMALL_ARRAY_BYTES = 1 << 18  # arrays up to this size are allocated directly, not from the workspace
+TAKE_SLAB = 1 << 16  # indices looked up per np.take call (it allocates a buffer of its output's size)
+
+
+def _ranges(size: int, step: int):
+    return [(i, min(size, i + step)) for i in range(0, size, step)]
+
+
+def _blocks(shape, specs, extra=None):
+    """Blocks ``((a0, a1), (b0, b1), ...)`` covering an array of ``shape``, each C-contiguous in it
+    (whole items of the first axis; or one item and a run of the second; ...), as large as the workspace
+    limit allows: ``workspace_bytes(*specs(*sizes)) + extra(*sizes)`` (``extra``: temporaries NumPy
+    allocates itself) at most ``workspace_limit()``, unless a block of one element of every axis is
+    already larger. The caller's kept workspace is trimmed to leave room for ``extra``."""
+    limit = workspace_limit()
+
+    def cost(sizes):
+        return workspace_bytes(*specs(*sizes)) + (extra(*sizes) if extra else 0)
+
+    sizes = list(shape)
+    for d in range(len(shape)):
+        if cost(sizes) <= limit:
+            break
+        sizes[d] = 1
+        if cost(sizes) > limit:
+            continue
+        lo, hi = 1, shape[d]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            sizes[d] = mid
+            lo, hi = (mid, hi) if cost(sizes) <= limit else (lo, mid - 1)
+        sizes[d] = lo
+        break
+    if extra:
+        trim_workspace(limit - extra(*sizes))
+    return itertools.product(*(_ranges(n, k) for n, k in zip(shape, sizes)))
+
+
+def _compute_dtype(dtype) -> np.dtype:
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+def _tap_range(o0: int, o1: int, in_size: int, offset: int, stride: int) -> tuple[int, int, int]:
+    """Outputs ``o`` in ``[lo, hi)`` (within ``[o0, o1)``) read input ``o*stride + offset`` inside
+    ``[0, in_size)``; returns ``(lo, hi, first input index)``."""
+    lo = max(o0, -(offset // stride)) if offset < 0 else o0  # ceil(-offset / stride) for negative offsets
+    hi = min(o1, (in_size - 1 - offset) // stride + 1) if in_size - 1 - offset >= 0 else o0
     return lo, max(lo, hi), lo * stride + offset
 
 
-def _taps(g: PoolGeometry, dilation=True):
-    """Yield, in row-major window order, ``(i, j, out_rect, in_rect)`` for every tap that reaches the input."""
+def _taps(g: PoolGeometry, rows, cols, dilation=True):
+    """Yield, in row-major window order, ``(i, j, out_rect, in_rect)`` for every tap that reaches the input
+    from an output of the block ``rows`` x ``cols`` (``(start, stop)`` each); ``out_rect`` is relative to
+    the block, ``in_rect`` indexes the input planes."""
     dh, dw = (g.dh, g.dw) if dilation else (1, 1)
+    (o0, o1), (q0, q1) = rows, cols
     for i in range(g.kh):
-        h_lo, h_hi, h0 = _tap_range(g.OH, g.H, i * dh - g.ph, g.sh)
+        h_lo, h_hi, h0 = _tap_range(o0, o1, g.H, i * dh - g.ph, g.sh)
         if h_hi <= h_lo:
             continue
         for j in range(g.kw):
-            w_lo, w_hi, w0 = _tap_range(g.OW, g.W, j * dw - g.pw, g.sw)
+            w_lo, w_hi, w0 = _tap_range(q0, q1, g.W, j * dw - g.pw, g.sw)
             if w_hi <= w_lo:
                 continue
-            out_rect = (slice(None), slice(None), slice(h_lo, h_hi), slice(w_lo, w_hi))
+            out_rect = (slice(None), slice(None), slice(h_lo - o0, h_hi - o0), slice(w_lo - q0, w_hi - q0))
             in_rect = (slice(None), slice(None),
                        slice(h0, h0 + (h_hi - h_lo - 1) * g.sh + 1, g.sh),
                        slice(w0, w0 + (w_hi - w_lo - 1) * g.sw + 1, g.sw))
             yield i, j, out_rect, in_rect
 
 
-def _nan_wins_update(best, arg, v, v_index):
-    """PyTorch's max rule: take ``v`` when ``v > best`` or ``v`` is NaN (so the last NaN wins)."""
-    upd = v > best
-    upd |= np.isnan(v)
+def _isnan(a, out) -> None:
+    """``out = isnan(a)``. (NumPy 2.4's ``isnan`` / ``isinf`` / ``isfinite`` on float32 and float64 write
+    wrong values into an ``out`` that is not contiguous, e.g. a slice of the last axis; ``a != a`` is
+    the same mask, and the comparison loops take any ``out``.)"""
+    np.not_equal(a, a, out=out)
+
+
+def _nan_wins_update(best, arg, v, v_index, upd, isnan):
+    """PyTorch's max rule: take ``v`` when ``v > best`` or ``v`` is NaN (so the last NaN wins). ``upd``
+    and ``isnan``: boolean scratch of ``best``'s shape."""
+    np.greater(v, best, out=upd)
+    _isnan(v, isnan)
+    upd |= isnan
     np.copyto(best, v, where=upd)
     np.copyto(arg, v_index, where=upd)
 
 
-def _max_in_float32(x: np.ndarray, g, return_indices: bool, run):
-    """``run(x, g, return_indices) -> (y, idx)`` on ``x``, float16 ``x`` in float32 chunks of samples
-    (NumPy's float16 loops are not vectorised; every float16 is a float32 and a max only compares, so
-    the values and indices are exact). The chunks keep the copy within ``workspace_limit()``."""
-    if x.dtype != np.float16:
-        return run(x, g, return_indices)
+def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
     y = np.empty(g.output_shape, dtype=x.dtype)
     idx = np.empty(g.output_shape, dtype=np.int64) if return_indices else None
-    chunk = max(1, min(g.N, workspace_limit() // (4 * g.C * g.H * g.W)))
-    for n0 in range(0, g.N, chunk):
-        n = min(chunk, g.N - n0)
-        (x32,) = workspace(((n, g.C, g.H, g.W), np.float32))
-        x32[...] = x[n0:n0 + n]
-        y32, i32 = run(x32, dataclasses.replace(g, N=n), return_indices)
-        y[n0:n0 + n] = y32  # exact: y32 holds float16 values
+    f16 = x.dtype == np.float16
+    if not f16 and not return_indices:  # no temporaries: one block
+        _max_pool_block(x, g, y, None, (0, g.OH), (0, g.OW), [])
+        return y, idx, "numpy_max_pool"
+    tap_type = np.min_scalar_type(max(g.kh * g.kw - 1, 0))
+
+    def specs(n, c, m, k):
+        sp = [((n, c, m, k), np.float32)] if f16 else []
         if return_indices:
-            idx[n0:n0 + n] = i32
-    return y, idx
+            sp += [((n, c, m, k), tap_type), ((n, c, m, k), np.bool_), ((m, k), np.int64), ((m, k), np.bool_)]
+        return sp
+
+    def extra(n, c, m, k):
+        return (m + k) * AXIS_BYTES
+
+    for (n0, n1), (c0, c1), rows, cols in _blocks(g.output_shape, specs, extra):
+        block = (slice(n0, n1), slice(c0, c1), slice(*rows), slice(*cols))
+        scratch = workspace(*specs(n1 - n0, c1 - c0, rows[1] - rows[0], cols[1] - cols[0]))
+        _max_pool_block(x[n0:n1, c0:c1], g, y[block], None if idx is None else idx[block], rows, cols, scratch)
+    return y, idx, "numpy_max_pool"
 
 
-def max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
-    return _max_in_float32(x, g, return_indices, _max_pool2d) + ("numpy_max_pool",)
-
-
-def _max_pool2d(x: np.ndarray, g: PoolGeometry, return_indices: bool):
-    y = np.full(g.output_shape, -np.inf, dtype=x.dtype)
-    taps = list(_taps(g))
+def _max_pool_block(x, g: PoolGeometry, y, idx, rows, cols, scratch) -> None:
+    """Max pooling of the output block ``rows`` x ``cols`` of planes ``x`` into ``y`` (and ``idx``);
+    ``scratch``: a float32 block for float16 ``x``, then the index scratch (see ``max_pool2d``)."""
+    scratch = list(scratch)
+    acc = scratch.pop(0) if x.dtype == np.float16 else y
+    acc.fill(-np.inf)
+    taps = list(_taps(g, rows, cols))
     for _, _, out_rect, in_rect in taps:
-        np.maximum(y[out_rect], x[in_rect], out=y[out_rect])  # np.maximum propagates NaN
-    return y, (_argmax_indices(x, y, g, taps) if return_indices else None)
+        np.maximum(acc[out_rect], x[in_rect], out=acc[out_rect])  # np.maximum propagates NaN
+    if idx is not None:
+        _argmax_indices(x, acc, g, taps, rows, cols, idx, *scratch)
+    if acc is not y:
+        np.copyto(y, acc)  # exact: acc holds float16 values
 
 
-def _argmax_indices(x: np.ndarray, y: np.ndarray, g: PoolGeometry, taps) -> np.ndarray:
-    """``h*W + w`` of each window's winner under PyTorch's rule (a value replaces the best so far when
-    it is greater or NaN): the first in-bounds cell equal to the maximum, or in a window holding NaN its
-    last NaN (in row-major window order).
+def _argmax_indices(x, y, g: PoolGeometry, taps, rows, cols, idx, tap, mask, base, empty) -> None:
+    """``idx`` = ``h*W + w`` of each window's winner under PyTorch's rule (a value replaces the best so
+    far when it is greater or NaN): the first in-bounds cell equal to the maximum, or in a window holding
+    NaN its last NaN (in row-major window order). ``tap``, ``mask`` (the block's shape), ``base``,
+    ``empty`` (``rows`` x ``cols``): scratch.
 
     Found from the finished maxima ``y`` rather than tracked during the max passes: visiting the taps in
     reverse order and overwriting the winner's tap number wherever ``x == y`` leaves the first match; one
     forward pass over the taps, only when some maximum is NaN, leaves the last NaN. A window of ``-inf``
     matches at its first in-bounds cell, PyTorch's initial index. Tap numbers are kept in the smallest
-    integer type and turned into flat indices at the end. ``taps``: ``list(_taps(g))``.
+    integer type and turned into flat indices at the end. ``taps``: ``list(_taps(g, rows, cols))``.
 
     With dilation a window can hold no input cell at all (every tap in the padding, e.g. W = 1, kw = 2,
     dw = 2, pw = 1: taps -1 and 1); its maximum is -inf and its index PyTorch's initial one, ``h*W + w``
     of the first tap at or after row 0 and column 0, a position outside the window (and perhaps
     outside the plane), as PyTorch's CPU and CUDA kernels and our CUDA kernel give."""
-    tap = np.zeros(g.output_shape, dtype=np.min_scalar_type(max(len(taps) - 1, 0)))
+    tap.fill(0)
     for t in range(len(taps) - 1, -1, -1):
         _, _, out_rect, in_rect = taps[t]
-        np.copyto(tap[out_rect], t, where=x[in_rect] == y[out_rect])
-    nan = np.isnan(y)
-    if nan.any():
+        np.equal(x[in_rect], y[out_rect], out=mask[out_rect])
+        np.copyto(tap[out_rect], t, where=mask[out_rect])
+    _isnan(y, mask)
+    if mask.any():
         for t, (_, _, out_rect, in_rect) in enumerate(taps):
-            np.copyto(tap[out_rect], t, where=np.isnan(x[in_rect]))
+            _isnan(x[in_rect], mask[out_rect])
+            np.copyto(tap[out_rect], t, where=mask[out_rect])
     # index = (oh*sh - ph + i*dh) * W + (ow*sw - pw + j*dw) for tap t = (i, j)
     offsets = np.array([i * g.dh * g.W + j * g.dw for i, j, _, _ in taps] or [0], dtype=np.int64)
-    base = ((np.arange(g.OH, dtype=np.int64) * g.sh - g.ph)[:, None] * g.W
-            + (np.arange(g.OW, dtype=np.int64) * g.sw - g.pw)[None, :])
-    idx = np.take(offsets, tap)
+    (o0, o1), (q0, q1) = rows, cols
+    flat_tap, flat_idx = tap.reshape(-1), idx.reshape(-1)  # both C-contiguous blocks
+    for i in range(0, flat_idx.size, TAKE_SLAB):  # np.take buffers its output: in slabs, a small buffer
+        np.take(offsets, flat_tap[i:i + TAKE_SLAB], out=flat_idx[i:i + TAKE_SLAB], mode="clip")
+    np.add(((np.arange(o0, o1, dtype=np.int64) * g.sh - g.ph) * g.W)[:, None],
+           (np.arange(q0, q1, dtype=np.int64) * g.sw - g.pw)[None, :], out=base)
     idx += base
-    first_h, empty_h = _first_tap(g.OH, g.sh, g.ph, g.kh, g.dh, g.H)
-    first_w, empty_w = _first_tap(g.OW, g.sw, g.pw, g.kw, g.dw, g.W)
-    empty = empty_h[:, None] | empty_w[None, :]
+    first_h, empty_h = _first_tap(o0, o1, g.sh, g.ph, g.kh, g.dh, g.H)
+    first_w, empty_w = _first_tap(q0, q1, g.sw, g.pw, g.kw, g.dw, g.W)
+    np.logical_or(empty_h[:, None], empty_w[None, :], out=empty)
     if empty.any():  # windows without an input cell: PyTorch's initial index
-        np.copyto(idx, first_h[:, None] * g.W + first_w[None, :], where=empty)
-    return idx
+        np.add((first_h * g.W)[:, None], first_w[None, :], out=base)
+        np.copyto(idx, base, where=empty)
 
 
-def _first_tap(out_size: int, stride: int, pad: int, k: int, dilation: int, size: int):
-    """Along one axis, for each output: the first tap at or after 0 (``start + j*dilation``, ``j`` not
-    bounded by ``k``, as PyTorch steps its start), and whether the window has no tap in ``[0, size)``."""
-    start = np.arange(out_size, dtype=np.int64) * stride - pad
+def _first_tap(o0: int, o1: int, stride: int, pad: int, k: int, dilation: int, size: int):
+    """Along one axis, for outputs ``[o0, o1)``: the first tap at or after 0 (``start + j*dilation``,
+    ``j`` not bounded by ``k``, as PyTorch steps its start), and whether the window has no tap in
+    ``[0, size)``."""
+    start = np.arange(o0, o1, dtype=np.int64) * stride - pad
     first = np.where(start < 0, start + (-start + dilation - 1) // dilation * dilation, start)
     return first, (first >= size) | (first > start + (k - 1) * dilation)
 
 
-def avg_pool_divisor(g: PoolGeometry, count_include_pad: bool, divisor_override) -> np.ndarray:
-    """(OH, OW) divisor of each window, PyTorch's rule: with count_include_pad the window clipped to
-    the padded input (explicit padding counts, the ceil_mode overhang does not); without it, the
-    in-bounds cells; ``divisor_override`` replaces both."""
+def _divisor_axes(g: PoolGeometry, rows, cols, count_include_pad: bool, divisor_override):
+    """The divisor of output ``(oh, ow)`` is ``dh[oh] * dw[ow]``: returns ``(dh, dw)`` for the block
+    ``rows`` x ``cols`` (int64), PyTorch's rule: with count_include_pad the window clipped to the padded
+    input (explicit padding counts, the ceil_mode overhang does not); without it, the in-bounds cells;
+    ``divisor_override`` replaces both."""
     if divisor_override:
-        return np.full((g.OH, g.OW), divisor_override, dtype=np.int64)
+        return (np.full(rows[1] - rows[0], divisor_override, dtype=np.int64),
+                np.ones(cols[1] - cols[0], dtype=np.int64))
 
-    def extent(out_size, k, s, p, size):
-        start = np.arange(out_size, dtype=np.int64) * s - p
+    def extent(o0, o1, k, s, p, size):
+        start = np.arange(o0, o1, dtype=np.int64) * s - p
         end = np.minimum(start + k, size + p)
         if count_include_pad:
             return end - start
         return np.minimum(end, size) - np.maximum(start, 0)
 
-    return (extent(g.OH, g.kh, g.sh, g.ph, g.H)[:, None]
-            * extent(g.OW, g.kw, g.sw, g.pw, g.W)[None, :])
+    return (extent(*rows, g.kh, g.sh, g.ph, g.H), extent(*cols, g.kw, g.sw, g.pw, g.W))
+
+
+def avg_pool_divisor(g: PoolGeometry, count_include_pad: bool, divisor_override) -> np.ndarray:
+    """(OH, OW) divisor of each window (see ``_divisor_axes``)."""
+    dh, dw = _divisor_axes(g, (0, g.OH), (0, g.OW), count_include_pad, divisor_override)
+    return dh[:, None] * dw[None, :]
 
 
 def avg_pool2d(x: np.ndarray, g: PoolGeometry, count_include_pad: bool, divisor_override):
-    ct = np.float32 if x.dtype == np.float16 else x.dtype
-    acc = np.zeros(g.output_shape, dtype=ct)
-    for _, _, out_rect, in_rect in _taps(g, dilation=False):
-        acc[out_rect] += x[in_rect]
-    divisor = avg_pool_divisor(g, count_include_pad, divisor_override).astype(ct)
+    ct = _compute_dtype(x.dtype)
+    f16 = ct != x.dtype  # float16: summed in a float32 block
+    y = (np.empty if f16 else np.zeros)(g.output_shape, dtype=x.dtype)  # (zeros: calloc'ed, no pass)
+    if not f16 and g.OH * g.OW * ct.itemsize <= SMALL_ARRAY_BYTES:  # no workspace needed: one block
+        _avg_pool_block(x, g, y, None, np.empty((g.OH, g.OW), ct), (0, g.OH), (0, g.OW), count_include_pad,
+                        divisor_override)
+        return y, "numpy_avg_pool"
+
+    def specs(n, c, m, k):
+        return ([((n, c, m, k), ct)] if f16 else []) + [((m, k), ct)]
+
+    def extra(n, c, m, k):
+        return (m + k) * AXIS_BYTES
+
+    for (n0, n1), (c0, c1), rows, cols in _blocks(g.output_shape, specs, extra):
+        scratch = workspace(*specs(n1 - n0, c1 - c0, rows[1] - rows[0], cols[1] - cols[0]))
+        _avg_pool_block(x[n0:n1, c0:c1], g, y[n0:n1, c0:c1, slice(*rows), slice(*cols)],
+                        scratch[0] if f16 else None, scratch[-1], rows, cols, count_include_pad, divisor_override)
+    return y, "numpy_avg_pool"
+
+
+def _avg_pool_block(x, g: PoolGeometry, y, acc, divisor, rows, cols, count_include_pad, divisor_override):
+    """Average pooling of the output block ``rows`` x ``cols`` of planes ``x`` into ``y`` (zeros), summed
+    in ``acc`` (float32, for float16) or in ``y`` itself (``acc`` None); ``divisor``: scratch of
+    ``rows`` x ``cols``."""
+    if acc is None:
+        acc = y
+    else:
+        acc.fill(0)
+    for _, _, out_rect, in_rect in _taps(g, rows, cols, dilation=False):
+        np.add(acc[out_rect], x[in_rect], out=acc[out_rect])
+    dh, dw = _divisor_axes(g, rows, cols, count_include_pad, divisor_override)
+    np.multiply(dh.astype(divisor.dtype)[:, None], dw.astype(divisor.dtype)[None, :], out=divisor)
     # A window with no in-bounds cell (divisor 0) averages to 0, as PyTorch; cannot occur with the
     # pad <= kernel/2 and ceil_mode rules, kept so a 0 divisor never produces NaN.
-    np.divide(acc, divisor, out=acc, where=divisor != 0)
-    return acc.astype(x.dtype, copy=False), "numpy_avg_pool"
+    if divisor.min() > 0:
+        np.divide(acc, divisor, out=acc)
+    else:
+        np.divide(acc, divisor, out=acc, where=divisor != 0)
+    if acc is not y:
+        np.copyto(y, acc)
 
 
-def _global_max_pool2d(x: np.ndarray, return_indices: bool):
-    """Max over each whole plane. ``np.max`` propagates NaN; ``np.argmax`` returns the first maximum
-    (PyTorch's tie rule) but the first NaN, where PyTorch's rule keeps the last one, so planes holding
-    NaN are searched again from the end."""
-    N, C, H, W = x.shape
-    if not return_indices:
-        return x.max(axis=(2, 3), keepdims=True), None
-    flat = x.reshape(N, C, H * W)
-    idx = flat.argmax(axis=2)
-    y = np.take_along_axis(flat, idx[..., None], axis=2)
-    nan = np.isnan(y[..., 0])
-    if nan.any():
-        idx[nan] = H * W - 1 - np.isnan(flat[nan][:, ::-1]).argmax(axis=1)
-    return y.reshape(N, C, 1, 1), idx.reshape(N, C, 1, 1)
+def _planes_flat(x: np.ndarray):
+    """``x`` (n, c, H, W) as (n, c, H*W) without a copy, or None when its rows are not consecutive."""
+    n, c, H, W = x.shape
+    if (W == 1 or x.strides[3] == x.itemsize) and (H == 1 or x.strides[2] == W * x.itemsize):
+        return x.reshape(n, c, H * W)
+    return None
 
 
-def _adaptive_windows(g: AdaptiveGeometry):
-    """The ``[start, end)`` windows of the output rows and of the output columns."""
-    return ([adaptive_window(i, g.H, g.OH) for i in range(g.OH)],
-            [adaptive_window(i, g.W, g.OW) for i in range(g.OW)])
+def _windows(o0: int, o1: int, size: int, out: int):
+    """The ``[start, end)`` adaptive windows of outputs ``o0..o1-1`` along an axis of ``size``."""
+    return [adaptive_window(i, size, out) for i in range(o0, o1)]
 
 
-def _adaptive_reduce(x, axis: int, windows, op: str):
-    """Reduce ``x`` along ``axis`` over each ``[start, end)`` window; returns values (and, for 'max',
-    the argmax position along that axis with PyTorch's NaN rule; 'max_value' is the max alone, NaN
-    propagating, without the argmax bookkeeping)."""
-    shape = list(x.shape)
-    shape[axis] = len(windows)
-    ct = np.float32 if (op == "sum" and x.dtype == np.float16) else x.dtype
-    out = np.empty(shape, dtype=ct)
-    arg = np.empty(shape, dtype=np.int64) if op == "max" else None  # (argmax only for 'max')
-    lead = (slice(None),) * axis
-    for o, (start, end) in enumerate(windows):
-        dst = lead + (o,)
-        if op == "sum":
-            np.sum(x[lead + (slice(start, end),)], axis=axis, dtype=ct, out=out[dst])
-            continue
-        if op == "max_value":
-            np.max(x[lead + (slice(start, end),)], axis=axis, out=out[dst])
-            continue
-        best, where = out[dst], arg[dst]
-        best.fill(-np.inf)
-        where.fill(start)
-        for t in range(start, end):
-            _nan_wins_update(best, where, x[lead + (t,)], t)
-    return out, arg
+def _span_bound(m: int, size: int, out: int) -> int:
+    """Input rows read by any ``m`` consecutive adaptive windows, at most (``ceil(o1*size/out) -
+    floor(o0*size/out) < m*size/out + 2``)."""
+    return min(size, m * size // out + 2)
+
+
+WINDOW_BYTES = 128  # a window as a Python tuple of two ints, at most (blocks count it: _windows per block)
+AXIS_BYTES = 64  # per output row / column of a block: the int64 1-D arrays of indices and divisors
 
 
 def adaptive_avg_pool2d(x: np.ndarray, g: AdaptiveGeometry):
-    ct = np.float32 if x.dtype == np.float16 else x.dtype
+    ct = _compute_dtype(x.dtype)
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    f16 = ct != x.dtype
     if g.H % g.OH == 0 and g.W % g.OW == 0:  # equal, non-overlapping windows
         kh, kw = g.H // g.OH, g.W // g.OW
-        if g.OH == g.OW == 1:  # global: (N, C, H*W) @ ones, a BLAS GEMV
-            y = np.matmul(x.reshape(g.N, g.C, kh * kw).astype(ct, copy=False), np.ones(kh * kw, ct))
-        else:
-            y = x.reshape(g.N, g.C, g.OH, kh, g.OW, kw).sum(axis=(3, 5), dtype=ct)
-        y /= kh * kw
-        return y.reshape(g.output_shape).astype(x.dtype, copy=False), "numpy_adaptive_avg_pool"
-    hwin, wwin = _adaptive_windows(g)
-    cols, _ = _adaptive_reduce(x, 3, wwin, "sum")
-    sums, _ = _adaptive_reduce(cols, 2, hwin, "sum")
-    counts = (np.array([e - s for s, e in hwin])[:, None] * np.array([e - s for s, e in wwin])[None, :])
-    sums /= counts.astype(sums.dtype)
-    return sums.astype(x.dtype, copy=False), "numpy_adaptive_avg_pool"
+        if g.OH == g.OW == 1:
+            _global_avg_pool(x, y, ct)
+            return y, "numpy_adaptive_avg_pool"
+        xr = x.reshape(g.N, g.C, g.OH, kh, g.OW, kw)  # splitting axes: always a view
+
+        def specs(n, c, m, k):
+            return [((n, c, m, k), ct)] if f16 else []
+
+        for (n0, n1), (c0, c1), (o0, o1), (q0, q1) in _blocks(g.output_shape, specs):
+            yb = y[n0:n1, c0:c1, o0:o1, q0:q1]
+            (acc,) = workspace(*specs(n1 - n0, c1 - c0, o1 - o0, q1 - q0)) or (yb,)
+            np.sum(xr[n0:n1, c0:c1, o0:o1, :, q0:q1], axis=(3, 5), dtype=ct, out=acc)
+            acc /= kh * kw
+            if f16:
+                np.copyto(yb, acc)
+        return y, "numpy_adaptive_avg_pool"
+
+    def specs(n, c, m, k):  # the column sums, the counts, the float32 block of float16
+        rows = _span_bound(m, g.H, g.OH)
+        return [((n, c, rows, k), ct), ((m, k), ct)] + ([((n, c, m, k), ct)] if f16 else [])
+
+    def extra(n, c, m, k):
+        return (m + k) * (WINDOW_BYTES + AXIS_BYTES)
+
+    for (n0, n1), (c0, c1), (o0, o1), (q0, q1) in _blocks(g.output_shape, specs, extra):
+        n, c, m, k = n1 - n0, c1 - c0, o1 - o0, q1 - q0
+        hwin, wwin = _windows(o0, o1, g.H, g.OH), _windows(q0, q1, g.W, g.OW)
+        r0, r1 = hwin[0][0], hwin[-1][1]
+        cols, counts, *acc = workspace(((n, c, r1 - r0, k), ct), *specs(n, c, m, k)[1:])
+        yb = y[n0:n1, c0:c1, o0:o1, q0:q1]
+        acc = acc[0] if f16 else yb
+        xb = x[n0:n1, c0:c1, r0:r1]
+        for j, (s0, s1) in enumerate(wwin):
+            np.sum(xb[..., s0:s1], axis=3, dtype=ct, out=cols[..., j])
+        for i, (s0, s1) in enumerate(hwin):
+            np.sum(cols[:, :, s0 - r0:s1 - r0], axis=2, dtype=ct, out=acc[:, :, i])
+        np.multiply(np.array([e - s for s, e in hwin], ct)[:, None],
+                    np.array([e - s for s, e in wwin], ct)[None, :], out=counts)
+        acc /= counts
+        if f16:
+            np.copyto(yb, acc)
+    return y, "numpy_adaptive_avg_pool"
+
+
+def _global_avg_pool(x: np.ndarray, y: np.ndarray, ct) -> None:
+    """Global average pooling into ``y`` (N, C, 1, 1): ``(N, C, H*W) @ ones``, a BLAS GEMV, when the
+    planes are contiguous in the compute dtype and the ones fit the workspace; otherwise a sum over
+    both axes (float16 summed in float32: NumPy casts it chunk by chunk, no copy)."""
+    N, C, H, W = x.shape
+    flat = _planes_flat(x) if x.dtype == ct else None
+    plane = H * W
+    if flat is not None and plane * ct.itemsize <= SMALL_ARRAY_BYTES:
+        np.matmul(flat, np.ones(plane, ct), out=y.reshape(N, C))
+        y /= plane
+        return
+    if flat is not None and workspace_bytes(((plane,), ct)) <= workspace_limit():
+        (ones,) = workspace(((plane,), ct))
+        ones.fill(1)
+        np.matmul(flat, ones, out=y.reshape(N, C))
+        y /= plane
+        return
+
+    def specs(n, c):
+        return [((n, c), ct)] if ct != x.dtype else []
+
+    for (n0, n1), (c0, c1) in _blocks((N, C), specs):
+        yb = y[n0:n1, c0:c1, 0, 0]
+        (acc,) = workspace(*specs(n1 - n0, c1 - c0)) or (yb,)
+        np.sum(x[n0:n1, c0:c1], axis=(2, 3), dtype=ct, out=acc)
+        acc /= plane
+        if acc is not yb:
+            np.copyto(yb, acc)
 
 
 def adaptive_max_pool2d(x: np.ndarray, g: AdaptiveGeometry, return_indices: bool):
-    return _max_in_float32(x, g, return_indices, _adaptive_max_pool2d) + ("numpy_adaptive_max_pool",)
-
-
-def _adaptive_max_pool2d(x: np.ndarray, g: AdaptiveGeometry, return_indices: bool):
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    idx = np.empty(g.output_shape, dtype=np.int64) if return_indices else None
     if g.OH == g.OW == 1:  # global max pooling: one reduction per plane
-        return _global_max_pool2d(x, return_indices)
-    hwin, wwin = _adaptive_windows(g)
+        _global_max_pool(x, y, idx)
+        return y, idx, "numpy_adaptive_max_pool"
+    vt = _compute_dtype(x.dtype)  # float16 compared in float32 (exact)
+    f16 = vt != x.dtype
+
     # Columns first, then rows: see the module docstring for why this order keeps PyTorch's rule.
-    op = "max" if return_indices else "max_value"
-    colmax, colarg = _adaptive_reduce(x, 3, wwin, op)       # (N, C, H, OW), argmax column
-    y, rowarg = _adaptive_reduce(colmax, 2, hwin, op)       # (N, C, OH, OW), argmax row
-    if not return_indices:
-        return y, None
-    col = np.take_along_axis(colarg, rowarg, axis=2)
-    return y, rowarg * g.W + col
+    def specs(n, c, m, k):
+        rows = _span_bound(m, g.H, g.OH)
+        sp = [((n, c, rows, k), vt)]  # column maxima
+        if return_indices:  # their columns, update masks for the column and the row pass, row winners
+            sp += [((n, c, rows, k), np.int64), ((n, c, rows), np.bool_), ((n, c, rows), np.bool_),
+                   ((n, c, k), np.bool_), ((n, c, k), np.bool_), ((n, c, m, k), np.int64)]
+        return sp + ([((n, c, m, k), vt)] if f16 else [])
+
+    def extra(n, c, m, k):  # the windows, np.take_along_axis's result
+        return (m + k) * WINDOW_BYTES + (n * c * m * k * 8 if return_indices else 0)
+
+    for (n0, n1), (c0, c1), (o0, o1), (q0, q1) in _blocks(g.output_shape, specs, extra):
+        n, c, m, k = n1 - n0, c1 - c0, o1 - o0, q1 - q0
+        hwin, wwin = _windows(o0, o1, g.H, g.OH), _windows(q0, q1, g.W, g.OW)
+        r0, r1 = hwin[0][0], hwin[-1][1]
+        sp = specs(n, c, m, k)
+        sp[0] = ((n, c, r1 - r0, k), vt)
+        if return_indices:
+            sp[1:4] = [((n, c, r1 - r0, k), np.int64), ((n, c, r1 - r0), np.bool_), ((n, c, r1 - r0), np.bool_)]
+        scratch = workspace(*sp)
+        block = (slice(n0, n1), slice(c0, c1), slice(o0, o1), slice(q0, q1))
+        yb = y[block]
+        acc = scratch[-1] if f16 else yb
+        xb = x[n0:n1, c0:c1, r0:r1]
+        colmax = scratch[0]
+        if not return_indices:
+            for j, (s0, s1) in enumerate(wwin):
+                np.maximum.reduce(xb[..., s0:s1], axis=3, dtype=vt, out=colmax[..., j])
+            for i, (s0, s1) in enumerate(hwin):
+                np.maximum.reduce(colmax[:, :, s0 - r0:s1 - r0], axis=2, out=acc[:, :, i])
+        else:
+            colarg, upd, isnan, upd2, isnan2, rowarg = scratch[1:7]
+            for j, (s0, s1) in enumerate(wwin):
+                best, where = colmax[..., j], colarg[..., j]
+                best.fill(-np.inf)
+                where.fill(s0)
+                for t in range(s0, s1):
+                    _nan_wins_update(best, where, xb[..., t], t, upd, isnan)
+            for i, (s0, s1) in enumerate(hwin):
+                best, where = acc[:, :, i], rowarg[:, :, i]
+                best.fill(-np.inf)
+                where.fill(s0 - r0)
+                for t in range(s0, s1):
+                    _nan_wins_update(best, where, colmax[:, :, t - r0], t - r0, upd2, isnan2)
+            ib = idx[block]
+            col = np.take_along_axis(colarg, rowarg, axis=2)
+            rowarg += r0
+            np.multiply(rowarg, g.W, out=ib)
+            ib += col
+        if f16:
+            np.copyto(yb, acc)  # exact: acc holds float16 values
+    return y, idx, "numpy_adaptive_max_pool"
+
+
+def _global_max_pool(x: np.ndarray, y: np.ndarray, idx) -> None:
+    """Max over each whole plane into ``y`` (N, C, 1, 1), and with ``idx`` its index under PyTorch's rule
+    (the first maximum; in a plane holding NaN, its last NaN). Without indices one NaN-propagating
+    reduction. With indices: ``np.argmax`` over each plane flattened (the first maximum, but the first
+    NaN), the planes holding NaN searched again from the end; planes whose rows are not consecutive, or
+    float16 ones, are copied (in the compute dtype) into the workspace a block at a time, and planes too
+    large for it are taken in bands of rows whose winners are merged by the same rule."""
+    N, C, H, W = x.shape
+    vt = _compute_dtype(x.dtype)
+    if idx is None:
+        def specs(n, c):
+            return [((n, c), vt)] if vt != x.dtype else []
+
+        for (n0, n1), (c0, c1) in _blocks((N, C), specs):
+            yb = y[n0:n1, c0:c1, 0, 0]
+            (acc,) = workspace(*specs(n1 - n0, c1 - c0)) or (yb,)
+            np.maximum.reduce(x[n0:n1, c0:c1], axis=(2, 3), dtype=vt, out=acc)
+            if acc is not yb:
+                np.copyto(yb, acc)
+        return
+    in_place = vt == x.dtype and _planes_flat(x) is not None
+
+    def specs(n, c, h):
+        copy = [] if in_place else [((n, c, h * W), vt)]
+        return copy + [((n, c), vt), ((n, c), np.int64), ((n, c), np.bool_), ((n, c), np.bool_)]
+
+    def extra(n, c, h):  # argmax's result, take_along_axis's, the NaN mask
+        return n * c * (8 + vt.itemsize + 1)
+
+    for (n0, n1), (c0, c1), (h0, h1) in _blocks((N, C, H), specs, extra):
+        n, c = n1 - n0, c1 - c0
+        scratch = workspace(*specs(n, c, h1 - h0))
+        if in_place:
+            flat = _planes_flat(x[n0:n1, c0:c1, h0:h1])
+        else:
+            flat = scratch.pop(0).reshape(n, c, h1 - h0, W)
+            np.copyto(flat, x[n0:n1, c0:c1, h0:h1])
+            flat = flat.reshape(n, c, (h1 - h0) * W)
+        best, where, upd, isnan = scratch
+        arg = flat.argmax(axis=2)
+        vals = np.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
+        nan = np.isnan(vals)
+        for i, j in zip(*np.nonzero(nan)):
+            arg[i, j] = _last_nan(flat[i, j])
+        arg += h0 * W
+        yb, ib = y[n0:n1, c0:c1, 0, 0], idx[n0:n1, c0:c1, 0, 0]
+        if h0 == 0:
+            np.copyto(yb, vals)
+            np.copyto(ib, arg)
+        else:  # a later band of rows: PyTorch's rule decides between it and the rows before
+            np.copyto(best, yb)
+            np.copyto(where, ib)
+            _nan_wins_update(best, where, vals, arg, upd, isnan)
+            np.copyto(yb, best)
+            np.copyto(ib, where)
+
+
+def _last_nan(v: np.ndarray) -> int:
+    """Index of the last NaN of the 1-D ``v`` (which holds one), searched from the end in pieces so the
+    mask stays small."""
+    piece = 1 << 16
+    for stop in range(v.size, 0, -piece):
+        start = max(0, stop - piece)
+        hits = np.flatnonzero(np.isnan(v[start:stop]))
+        if hits.size:
+            return start + int(hits[-1])
+    raise ValueError("no NaN")
