@@ -98,15 +98,33 @@ class NvrtcUnavailable(RuntimeError):
 # Loading libnvrtc
 
 
-def _wheel_candidates() -> list[str]:
+def nvidia_wheel_dirs() -> list[str]:
+    """The folders of the ``nvidia`` namespace package, where NVIDIA's pip wheels (NVRTC here, the
+    disassemblers for tests/sass_check.py) put their libraries and tools."""
     try:
         spec = importlib.util.find_spec("nvidia")
     except (ImportError, ValueError):
         return []
     if spec is None or not spec.submodule_search_locations:
         return []
+    return list(spec.submodule_search_locations)
+
+
+def compile_jobs() -> int:
+    """Compile threads for a batch of NVRTC compiles: ``$GPUCONV_NVRTC_JOBS``, else one per usable CPU
+    (ctypes releases the GIL during each compile)."""
+    env = os.environ.get("GPUCONV_NVRTC_JOBS", "").strip()
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _wheel_candidates() -> list[str]:
     found = []
-    for root in spec.submodule_search_locations:
+    for root in nvidia_wheel_dirs():
         for pattern in ("cuda_nvrtc/lib/libnvrtc.so.12", "cu13/lib/libnvrtc.so.13",
                         "cuda_nvrtc/lib/libnvrtc.so.*", "*/lib/libnvrtc.so*"):
             for path in sorted(glob.glob(os.path.join(root, pattern))):

@@ -92,7 +92,6 @@ import argparse
 import dataclasses
 import functools
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -105,6 +104,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from tests import nvrtc_check as nv
 
 __all__ = [
     "ARCHS", "CATEGORIES", "FLOORS_PATH", "Block", "Function", "Instruction", "KernelReport",
@@ -132,22 +133,12 @@ class ToolUnavailable(RuntimeError):
 # Finding the tools
 
 
-def _wheel_dirs() -> list[str]:
-    try:
-        spec = importlib.util.find_spec("nvidia")
-    except (ImportError, ValueError):
-        return []
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    return list(spec.submodule_search_locations)
-
-
 def _tool_candidates(name: str) -> list[str]:
     env = os.environ.get(f"GPUCONV_{name.upper()}")
     if env:
         return [env]  # an explicit choice is not second-guessed
     found: list[str] = []
-    for root in _wheel_dirs():
+    for root in nv.nvidia_wheel_dirs():
         for pattern in (f"cu13/bin/{name}", f"cu1*/bin/{name}", f"cuda_{name}/bin/{name}", f"*/bin/{name}"):
             for path in sorted(glob.glob(os.path.join(root, pattern))):
                 if path not in found:
@@ -795,26 +786,14 @@ def compile_gemm_source(source: str, arch: str):
     """``nvrtc_check.compile_source`` of a registry source with the compile check's options."""
     from gpuconv._cuda import runtime
     from gpuconv._cuda.registry import INSTANTIATIONS
-    from tests import nvrtc_check as nv
     return nv.compile_source(runtime.load_source(source), INSTANTIATIONS[source], arch,
                              tuple(runtime.NVRTC_OPTIONS) + nv.CUPY_OPTIONS, program_name=source)
-
-
-def jobs() -> int:
-    """Compile threads: ``$GPUCONV_NVRTC_JOBS``, else one per CPU (as tests/test_nvrtc_compile.py)."""
-    env = os.environ.get("GPUCONV_NVRTC_JOBS", "").strip()
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def compile_all(pairs: Sequence[tuple[str, str]]) -> list:
     """``compile_gemm_source`` for each (source, arch), in a thread pool (ctypes releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=jobs(), thread_name_prefix="nvrtc") as pool:
+    with ThreadPoolExecutor(max_workers=nv.compile_jobs(), thread_name_prefix="nvrtc") as pool:
         return list(pool.map(lambda pair: compile_gemm_source(*pair), pairs))
 
 
@@ -825,7 +804,6 @@ def compile_all(pairs: Sequence[tuple[str, str]]) -> list:
 def nvrtc_key() -> str:
     """``"nvrtc12"`` / ``"nvrtc13"``: floors are kept per NVRTC major (cupy-cuda12x compiles with 12, cupy-cuda13x
     with 13, and their code differs)."""
-    from tests import nvrtc_check as nv
     return f"nvrtc{nv.nvrtc_version()[0]}"
 
 
@@ -1020,7 +998,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a kernel fails its floor")
     args = parser.parse_args(argv)
 
-    from tests import nvrtc_check as nv
     archs = args.arch or list(ARCHS)
     sources = args.source or gemm_sources()
     reports: list[KernelReport] = []

@@ -67,16 +67,6 @@ def _compile(source: str, arch: str) -> nv.CompileResult:
                              program_name=source)
 
 
-def _jobs() -> int:
-    env = os.environ.get("GPUCONV_NVRTC_JOBS", "").strip()
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 @pytest.fixture(scope="module")
 def compiled(request):
     """``compiled(source, arch) -> CompileResult``. The (source, arch) pairs the selected tests need are
@@ -96,7 +86,7 @@ def compiled(request):
             wanted.append((item.callspec.params["source"], item.callspec.params["arch"]))
     supported = set(nv.supported_archs())
     wanted = [t for t in dict.fromkeys(wanted) if t[1] in supported]
-    pool = ThreadPoolExecutor(max_workers=_jobs(), thread_name_prefix="nvrtc")
+    pool = ThreadPoolExecutor(max_workers=nv.compile_jobs(), thread_name_prefix="nvrtc")
     futures = {t: pool.submit(_compile, *t) for t in wanted}
 
     def get(source: str, arch: str) -> nv.CompileResult:
@@ -187,7 +177,7 @@ def test_resource_report(compiled):
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     total = sum(r.seconds for r in results.values())
     lines.append(f"{len(results)} NVRTC compiles, {total:.1f} s of compile time summed over "
-                 f"{_jobs()} worker thread(s); this test waited {time.perf_counter() - start:.1f} s")
+                 f"{nv.compile_jobs()} worker thread(s); this test waited {time.perf_counter() - start:.1f} s")
     print("\n" + "\n".join(lines))
 
     path = os.environ.get("GPUCONV_NVRTC_REPORT")

@@ -475,7 +475,7 @@ def reports(request):
     def get(source: str, arch: str) -> list[sc.KernelReport]:
         _need_tools()
         if "futures" not in state:
-            pool = state["pool"] = ThreadPoolExecutor(max_workers=sc.jobs(), thread_name_prefix="nvrtc")
+            pool = state["pool"] = ThreadPoolExecutor(max_workers=sc.nv.compile_jobs(), thread_name_prefix="nvrtc")
             state["futures"] = {t: pool.submit(sc.compile_gemm_source, *t) for t in dict.fromkeys(wanted)}
         futures = state["futures"]
         if (source, arch) not in futures:
