@@ -17,11 +17,10 @@
 //       loads (Vec4 in gemm_tile.cuh), else 0.
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 16,640 (large, float32 and
 //       float16), 8,448 (small, float32 and float16), 16,896 (small, float64).
-//   Registers (NVRTC 12.9, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (193-223 registers up to sm_90;
-//       254-255 on sm_100 / sm_120, at the 255 limit without spilling) and 2 with the 4x4 tile (<= 128), see
+//   Registers (NVRTC 12.9 and 13.0, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
+//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (195-219 registers up to sm_90;
+//       238-255 on sm_100 / sm_120, at the 255 limit without spilling) and 2 with the 4x4 tile (<= 128), see
 //       gemm_min_blocks_per_sm in gemm_tile.cuh.
-//   Main loop (tests/sass_check.py, sm_90, float32): 61.4% FMA with the 8x8 tile, 37.2% with the 4x4.
 //   Measured speed: not yet measured on a GPU.
 //
 // Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md). float16 is stored in

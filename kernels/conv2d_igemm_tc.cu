@@ -19,10 +19,9 @@
 //       64-bit grid-stride loop. Extra parameter vec_w as conv2d_igemm (4-wide weight loads).
 //   Shared memory: static, 2 * 16 * (BM + 8 + BN + 8) * 4 bytes = 34,816 (large), 18,432 (small), float for
 //       both types (the float16 operands are packed back to float16 pairs, exactly, as fragments are built).
-//   Registers (NVRTC 12.9, no spills; tests/test_nvrtc_compile.py prints them): large 219-235 on
-//       sm_80..sm_90, 230-242 on sm_100 / sm_120 (__launch_bounds__ asks for 1 block per SM, as
-//       conv2d_igemm's 8x8 tile), small 110-128 (2 per SM).
-//   Main loop (tests/sass_check.py, sm_90): about 20 other instructions per mma (TF32, large tile).
+//   Registers (NVRTC 12.9 and 13.0, no spills; tests/test_nvrtc_compile.py prints them): large 208-222 on
+//       sm_80..sm_90, 226-246 on sm_100 / sm_120 (__launch_bounds__ asks for 1 block per SM, as
+//       conv2d_igemm's 8x8 tile), small 105-123 (2 per SM).
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
 //   Measured speed: not yet measured on a GPU.

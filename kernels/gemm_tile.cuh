@@ -27,8 +27,7 @@
 //
 // An operand loader is a struct with
 //     void fetch(int k0);     // global -> registers: this thread's share of slice [k0, k0 + BK), 0 where
-//                             // the element lies outside the matrix (reduction, rows/columns, padding);
-//                             // called with k0 = 0, BK, 2*BK, ... in this order for each tile (gemm_slices)
+//                             // the element lies outside the matrix (reduction, rows/columns, padding)
 //     void stage(A (*dst)[LD]);  // registers -> one shared buffer (LD = Cfg::A_LD for A, Cfg::B_LD for B),
 //                                // each value through Cfg::staged()
 // and is set up per tile by the kernel (which rows / columns the tile covers).

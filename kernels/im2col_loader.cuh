@@ -14,12 +14,8 @@ namespace gpuconv {
 //
 // Thread t always loads column t % BN of the tile (so its pixel's decomposition is done once per tile, and
 // consecutive threads read consecutive pixels: coalesced along W for stride 1) and LOADS consecutive rows
-// (t / BN) * LOADS + i, i < LOADS, of each slice, stepping one tap from row to row. No division in the
-// slice loop: the first row's (c, r, s) of slice 0 and the step of one slice, BK taps = (dc, dr, ds), are
-// decomposed once per thread (constructor); begin_tile() restarts the walk and each fetch() starts where
-// the previous slice's start plus that step lands, carrying s into r and r into c (one compare each, as
-// ds < S and dr < R). That walk needs fetch(0), fetch(BK), fetch(2*BK), ... in this order after each
-// begin_tile(), which is how gemm_slices calls it.
+// (t / BN) * LOADS + i, i < LOADS, of each slice: one division pair per slice finds the first row's
+// (c, r, s), the following ones step by one tap.
 template <typename T, class Cfg>
 struct Im2colLoader {
     typedef typename acc_type<T>::type A;
@@ -32,9 +28,6 @@ struct Im2colLoader {
     int tap_dh, tap_dw;  // input step per filter tap: (dh, dw), or (-dh, -dw) with flip (see begin_tile)
     index_t HW, PQ, M;
     int col, row0;  // this thread's column of the tile and first row of each slice
-    int c0, r0, s0;  // the tap (c, r, s) of row row0 of slice 0
-    int dc, dr, ds;  // one slice, BK taps, as a tap step: BK = (dc*R + dr)*S + ds with dr < R, ds < S
-    int c_next, r_next, s_next;  // the tap of this thread's first row in the next fetch()
     // per tile:
     const T* xb;    // x + (n*C + g*Cg) * H*W: the first channel of this pixel's image and group
     int ih0, iw0;   // input row / column of tap (0, 0) (negative inside the top / left padding)
@@ -48,21 +41,9 @@ struct Im2colLoader {
           dw(dw_), P(P_), Q(Q_), flip(flip_), kred(Cg_ * R_ * S_), tap_dh(flip_ ? -dh_ : dh_),
           tap_dw(flip_ ? -dw_ : dw_), HW((index_t)H_ * W_),
           PQ((index_t)P_ * Q_), M(M_), col(tid % BN), row0((tid / BN) * LOADS),
-          xb(x_), ih0(0), iw0(0), col_ok(false) {
-        // The divisions of the whole loader, once per thread: row0 and BK as taps (row0 < BK; both are
-        // taps of one filter's reduction, whatever lies past kred is masked in fetch()).
-        const int RS = R * S;
-        c0 = row0 / RS;
-        r0 = (row0 - c0 * RS) / S;
-        s0 = row0 - c0 * RS - r0 * S;
-        dc = BK / RS;
-        dr = (BK - dc * RS) / S;
-        ds = BK - dc * RS - dr * S;
-        c_next = c0, r_next = r0, s_next = s0;
-    }
+          xb(x_), ih0(0), iw0(0), col_ok(false) {}
 
     __device__ __forceinline__ void begin_tile(index_t m0, int g) {
-        c_next = c0, r_next = r0, s_next = s0;  // each tile walks the reduction from its start
         col_ok = (index_t)col < M - m0;
         if (!col_ok) return;  // fetch() reads nothing for this column; the other members stay unused
         const index_t m = m0 + col;
@@ -86,16 +67,15 @@ struct Im2colLoader {
     __device__ __forceinline__ void fetch(int k0) {
         // Rows at or past kred (the reduction tail of the last slice) read 0; `row0 < kred - k0` cannot
         // overflow where `k0 + row0 < kred` could (k0 < kred <= INT_MAX).
-        int c = c_next, r = r_next, s = s_next;
-        // The next slice's first tap: this one's plus BK taps, carried (s_next + ds < 2S, r_next + dr + 1
-        // < 2R, so one subtraction each).
-        s_next += ds;
-        const int carry_s = s_next >= S;
-        s_next -= carry_s ? S : 0;
-        r_next += dr + carry_s;
-        const int carry_r = r_next >= R;
-        r_next -= carry_r ? R : 0;
-        c_next += dc + carry_r;
+        int c = 0, r = 0, s = 0;
+        if (row0 < kred - k0) {
+            const int kr = k0 + row0;
+            const int RS = R * S;
+            c = kr / RS;
+            const int rs = kr - c * RS;
+            r = rs / S;
+            s = rs - r * S;
+        }
         GPUCONV_UNROLL
         for (int i = 0; i < LOADS; ++i) {
             A v = A(0);
