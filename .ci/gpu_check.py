@@ -197,7 +197,6 @@ REHEARSAL_COMPILE = r"""
 import sys, time
 from concurrent.futures import ThreadPoolExecutor
 from gpuconv._cuda.registry import INSTANTIATIONS
-from gpuconv._cuda.runtime import NVRTC_OPTIONS, load_source
 from tests import nvrtc_check
 ok, why = nvrtc_check.nvrtc_available()
 if not ok:
@@ -205,8 +204,7 @@ if not ok:
     sys.exit(0)
 def build(source):
     t0 = time.perf_counter()
-    r = nvrtc_check.compile_source(load_source(source), INSTANTIATIONS[source], "sm_90",
-                                   NVRTC_OPTIONS + nvrtc_check.CUPY_OPTIONS)
+    r = nvrtc_check.compile_registry_source(source, "sm_90")
     return source, time.perf_counter() - t0, r
 t0 = time.perf_counter()
 with ThreadPoolExecutor(len(INSTANTIATIONS)) as pool:

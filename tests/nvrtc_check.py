@@ -74,8 +74,8 @@ from typing import Iterable, Sequence
 
 __all__ = [
     "ARCHS", "CUPY_OPTIONS", "PTXAS_VERBOSE", "CompileResult", "FunctionProperties", "KernelUsage",
-    "NvrtcUnavailable", "compile_source", "cubin_resources", "nvrtc_available", "nvrtc_library_path",
-    "nvrtc_version", "parse_ptxas_log", "supported_archs",
+    "NvrtcUnavailable", "compile_jobs", "compile_registry_source", "compile_source", "cubin_resources", "nvrtc_available", "nvrtc_library_path",
+    "nvidia_wheel_dirs", "nvrtc_version", "parse_ptxas_log", "supported_archs",
 ]
 
 # The architectures the compile check covers (Turing, Ampere A100, Ampere consumer, Ada, Hopper, Blackwell
@@ -528,6 +528,17 @@ def compile_source(code: str, name_expressions: Iterable[str], arch: str,
             spill_stores=props.spill_stores if props else -1, spill_loads=props.spill_loads if props else -1,
             stack_bytes=props.stack_bytes if props else -1))
     return result
+
+
+def compile_registry_source(source: str, arch: str) -> CompileResult:
+    """``compile_source`` of one kernel source as the GPU path builds it: the text the runtime loads
+    (headers spliced in), every name expression ``gpuconv._cuda.registry.INSTANTIATIONS`` lists for it, and
+    the runtime's options plus ``CUPY_OPTIONS``. Used by the compile check, the machine-code check and the
+    GPU check's rehearsal."""
+    from gpuconv._cuda import runtime
+    from gpuconv._cuda.registry import INSTANTIATIONS
+    return compile_source(runtime.load_source(source), INSTANTIATIONS[source], arch,
+                          tuple(runtime.NVRTC_OPTIONS) + CUPY_OPTIONS, program_name=source)
 
 
 if __name__ == "__main__":

@@ -782,19 +782,12 @@ def analyze_source(source: str, arch: str, result, tool: str = "nvdisasm") -> li
     return reports
 
 
-def compile_gemm_source(source: str, arch: str):
-    """``nvrtc_check.compile_source`` of a registry source with the compile check's options."""
-    from gpuconv._cuda import runtime
-    from gpuconv._cuda.registry import INSTANTIATIONS
-    return nv.compile_source(runtime.load_source(source), INSTANTIATIONS[source], arch,
-                             tuple(runtime.NVRTC_OPTIONS) + nv.CUPY_OPTIONS, program_name=source)
-
-
 def compile_all(pairs: Sequence[tuple[str, str]]) -> list:
-    """``compile_gemm_source`` for each (source, arch), in a thread pool (ctypes releases the GIL)."""
+    """``nvrtc_check.compile_registry_source`` for each (source, arch), in a thread pool (ctypes releases
+    the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=nv.compile_jobs(), thread_name_prefix="nvrtc") as pool:
-        return list(pool.map(lambda pair: compile_gemm_source(*pair), pairs))
+        return list(pool.map(lambda pair: nv.compile_registry_source(*pair), pairs))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -62,11 +62,6 @@ def _need_nvrtc() -> None:
         pytest.fail(f"GPUCONV_REQUIRE_NVRTC=1 but NVRTC is not available: {_NVRTC_WHY}", pytrace=False)
 
 
-def _compile(source: str, arch: str) -> nv.CompileResult:
-    return nv.compile_source(runtime.load_source(source), INSTANTIATIONS[source], arch, OPTIONS,
-                             program_name=source)
-
-
 @pytest.fixture(scope="module")
 def compiled(request):
     """``compiled(source, arch) -> CompileResult``. The (source, arch) pairs the selected tests need are
@@ -87,11 +82,11 @@ def compiled(request):
     supported = set(nv.supported_archs())
     wanted = [t for t in dict.fromkeys(wanted) if t[1] in supported]
     pool = ThreadPoolExecutor(max_workers=nv.compile_jobs(), thread_name_prefix="nvrtc")
-    futures = {t: pool.submit(_compile, *t) for t in wanted}
+    futures = {t: pool.submit(nv.compile_registry_source, *t) for t in wanted}
 
     def get(source: str, arch: str) -> nv.CompileResult:
         if (source, arch) not in futures:
-            futures[source, arch] = pool.submit(_compile, source, arch)
+            futures[source, arch] = pool.submit(nv.compile_registry_source, source, arch)
         return futures[source, arch].result()
 
     yield get

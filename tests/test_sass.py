@@ -476,10 +476,10 @@ def reports(request):
         _need_tools()
         if "futures" not in state:
             pool = state["pool"] = ThreadPoolExecutor(max_workers=sc.nv.compile_jobs(), thread_name_prefix="nvrtc")
-            state["futures"] = {t: pool.submit(sc.compile_gemm_source, *t) for t in dict.fromkeys(wanted)}
+            state["futures"] = {t: pool.submit(sc.nv.compile_registry_source, *t) for t in dict.fromkeys(wanted)}
         futures = state["futures"]
         if (source, arch) not in futures:
-            futures[source, arch] = state["pool"].submit(sc.compile_gemm_source, source, arch)
+            futures[source, arch] = state["pool"].submit(sc.nv.compile_registry_source, source, arch)
         key = ("reports", source, arch)
         if key not in state:
             result = futures[source, arch].result()
