@@ -196,7 +196,7 @@ REHEARSAL_COMPILE = r"""
 # parallel threads (ctypes releases the GIL), the same report lines as `python -m gpuconv precompile`.
 import sys, time
 from concurrent.futures import ThreadPoolExecutor
-from gpuconv._cuda.registry import INSTANTIATIONS
+from gpuconv._cuda.ops import INSTANTIATIONS
 from tests import nvrtc_check
 ok, why = nvrtc_check.nvrtc_available()
 if not ok:

@@ -2,8 +2,9 @@
 the same answers. Semantics follow ``torch.nn.functional`` (NCHW, cross-correlation)."""
 
 from ._backend import KernelRecord, backend_info, last_kernel
-from ._cuda.autotune import autotune_choices, clear_autotune_cache, set_autotune, set_tensor_cores
+from ._cuda.autotune import autotune_choices, clear_autotune_cache
 from ._cuda.runtime import precompile
+from ._cuda.settings import set_autotune, set_tensor_cores
 from .conv import conv2d
 from .pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from .shapes import conv2d_num_params, conv2d_output_shape, pool2d_output_shape

@@ -137,11 +137,11 @@ def main(argv=None) -> int:
                                    "process) waits for a compile. Prints the seconds per source and each "
                                    "kernel's registers, local memory, static shared memory and maximum block size.")
     p.set_defaults(func=cmd_precompile)
-    from . import benchmark
+    from . import bench
     p = sub.add_parser("bench", help="every gpuconv algorithm against PyTorch (cuDNN on a GPU, CPU otherwise)",
-                       description=benchmark.USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    benchmark.add_arguments(p)
-    p.set_defaults(func=benchmark.main)
+                       description=bench.USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.main)
     args = parser.parse_args(argv)
     return args.func(args)
 

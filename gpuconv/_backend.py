@@ -78,8 +78,8 @@ class NumpyBackend:
 @functools.lru_cache(maxsize=None)
 def _quiet_numpy_pool(op: str):
     """The NumPy pooling entry point ``op`` wrapped in ``_ieee_quiet``, made once per op (not per call)."""
-    from ._numpy import pool
-    return functools.partial(_ieee_quiet, getattr(pool, op))
+    from ._numpy import adaptive_pool, pool
+    return functools.partial(_ieee_quiet, getattr(adaptive_pool if op.startswith("adaptive") else pool, op))
 
 
 class CudaBackend:
@@ -94,9 +94,9 @@ class CudaBackend:
         from ._cuda import conv
         return conv.conv2d(self.runtime, x, w, b, g, algo)
 
-    def __getattr__(self, op):
-        from ._cuda import pool
-        return functools.partial(getattr(pool, op), self.runtime)
+    def __getattr__(self, op):  # pooling entry points: each op's one algorithm in the operation table
+        from ._cuda.ops import operation
+        return functools.partial(operation(op).algorithms["direct"].launch, self.runtime)
 
 
 @contextlib.contextmanager

@@ -107,8 +107,36 @@ def as_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class ConvOptions:
+    """What a conv2d call computes beyond its sizes: true convolution instead of cross-correlation, the
+    fused activation, and whether a bias is added. The autotuner's choice never depends on these (the
+    kernels handle every option identically); a backward op reads them to apply the activation's
+    derivative and to know whether a bias gradient exists."""
+
+    flip: bool = False  # True: true convolution (kernel rotated by 180 degrees)
+    activation: str | None = None
+    has_bias: bool = False
+
+    @property
+    def activation_code(self) -> int:
+        return ACTIVATIONS[self.activation]
+
+
+NO_OPTIONS = ConvOptions()
+
+
+@dataclass(frozen=True)
 class ConvGeometry:
-    """Every size of one conv2d call, resolved. Arrays are NCHW, weight is (K, C/groups, R, S)."""
+    """Every size of one conv2d call, resolved, plus its options (``ConvOptions``, kept apart). Arrays are
+    NCHW, weight is (K, C/groups, R, S).
+
+    The geometry always describes the forward convolution, input ``x`` (N, C, H, W) to output ``y``
+    (N, K, P, Q). Other directions reuse it unchanged: backward data (and a transposed convolution, which
+    is the same computation) produces an ``x``-shaped result from a ``y``-shaped one, backward filter a
+    weight-shaped one; an operation's direction says which side is computed. The per-dimension views
+    (``input_size``, ``kernel_size``, ``stride``, ``padding``, ``dilation``, ``output_size``) are what code
+    written for any number of spatial dimensions reads; the single-letter fields are the 2-D kernels'
+    parameters."""
 
     N: int
     C: int
@@ -128,9 +156,7 @@ class ConvGeometry:
     dw: int
     P: int  # output height
     Q: int  # output width
-    flip: bool = False  # True: true convolution (kernel rotated by 180 degrees)
-    activation: str | None = None
-    has_bias: bool = False
+    options: ConvOptions = NO_OPTIONS
 
     @property
     def Cg(self) -> int:
@@ -142,9 +168,56 @@ class ConvGeometry:
         """Filters per group."""
         return self.K // self.groups
 
+    # options, read through the geometry by the launch code and the NumPy path
+    @property
+    def flip(self) -> bool:
+        return self.options.flip
+
+    @property
+    def activation(self) -> str | None:
+        return self.options.activation
+
+    @property
+    def has_bias(self) -> bool:
+        return self.options.has_bias
+
     @property
     def activation_code(self) -> int:
-        return ACTIVATIONS[self.activation]
+        return self.options.activation_code
+
+    # per spatial dimension (H, W order)
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.H, self.W)
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return (self.R, self.S)
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return (self.sh, self.sw)
+
+    @property
+    def padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((low, high), ...)`` per dimension: ``((top, bottom), (left, right))``."""
+        return ((self.pt, self.pb), (self.pl, self.pr))
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return (self.dh, self.dw)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return (self.P, self.Q)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.K, self.Cg, self.R, self.S)
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
@@ -327,8 +400,8 @@ def conv_geometry(input_shape, weight_shape, bias_shape=None, stride=1, padding=
     P = conv_output_size(H, R, sh, pt, pb, dh)
     Q = conv_output_size(W, S, sw, pl, pr, dw)
     return ConvGeometry(N=N, C=C, H=H, W=W, K=K, R=R, S=S, groups=int(groups), sh=sh, sw=sw,
-                        pt=pt, pb=pb, pl=pl, pr=pr, dh=dh, dw=dw, P=P, Q=Q, flip=bool(flip),
-                        activation=activation, has_bias=bias_shape is not None)
+                        pt=pt, pb=pb, pl=pl, pr=pr, dh=dh, dw=dw, P=P, Q=Q,
+                        options=ConvOptions(bool(flip), activation, bias_shape is not None))
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,12 +41,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             kernel rotated by 180 degrees, as ``scipy.signal.convolve2d``), 'same' padding included.
         activation: None, ``'relu'``, ``'leaky_relu'`` (slope 0.01), ``'sigmoid'`` or ``'tanh'``,
             applied after the bias (fused into the kernel on the GPU). NaN propagates through each.
-        algo: ``'auto'``, or for CuPy arrays a specific CUDA algorithm (``gpuconv._cuda.conv.ALGOS``:
+        algo: ``'auto'``, or for CuPy arrays a specific CUDA algorithm (``gpuconv._cuda.ops.OPERATIONS``:
             ``'direct'``, ``'tiled'``, and the faster ones as they land). An algorithm that cannot handle
             the call raises ``ValueError``; nothing falls back silently. On CuPy arrays ``'auto'``
             measures the algorithms that accept the call once per shape, dtype and device and keeps the
             fastest (``gpuconv.set_autotune``, ``gpuconv.autotune_choices``); with measuring off, a
-            documented heuristic decides (``gpuconv._cuda.conv.choose_algo``). ``gpuconv.last_kernel()``
+            documented heuristic decides (``gpuconv._cuda.select.choose_algo``). ``gpuconv.last_kernel()``
             tells which kernel ran. Tensor cores are opt-in: ``'igemm_tc'`` (compute capability 8.0 or
             newer) computes float32 as TF32 (inputs and weights rounded to 10 mantissa bits, about 1e-3
             relative precision, as PyTorch with ``allow_tf32``) and float16 with float32 accumulation;
@@ -67,9 +67,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     x, w, b = a["input"], a["weight"], a["bias"]
     g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
                       flip, activation)
-    from ._cuda.conv import ALGOS
-    if algo != "auto" and algo not in ALGOS:
-        raise ValueError(f"conv2d(): unknown algo {algo!r}; expected 'auto' or one of {', '.join(ALGOS)}")
+    if algo != "auto":  # only a named algorithm needs the CUDA table (NumPy calls never load it otherwise)
+        from ._cuda.conv import check_algo
+        check_algo(algo)
     batched = x.ndim == 4
     x4 = x if batched else x[None]
     if g.N == 0:

@@ -14,6 +14,9 @@
 //       version (any R, S; taps staged in shared memory). All of them take any stride, asymmetric padding,
 //       dilation, flip, bias and fused activation at run time. Registers are capped by __launch_bounds__
 //       (depthwise_min_blocks below: 64 for 32-bit 3x3 / generic, 80 for 5x5; float64 128 / 168).
+//   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
+//       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
+//       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args).
 //   Launch shape: block = (TW, TH, PB) threads chosen by the host (gpuconv/_cuda/conv_depthwise.py,
 //       depthwise_tile / depthwise_planes_per_block): TW in {8, 16, 32} output columns (one per thread.x),
 //       TH thread rows (tile height TH * ROWS, ROWS = 4), and PB independent slices (threadIdx.z), each
@@ -24,13 +27,14 @@
 //       PB * sizeof(acc_type<T>) * (halo_h * halo_w + (FR == 0 ? R * S : 0))
 //       halo_h = (TH*ROWS - 1) * sh + (R - 1) * dh + 1,  halo_w = (TW - 1) * sw + (S - 1) * dw + 1.
 //       The host declines (ValueError naming the rule) when one slice does not fit in 48 KiB.
-//   Measured speed: not yet measured on a GPU.
+//   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md) restricted to Cg == 1:
 //   y[n,k,p,q] = act(b[k] + sum_{r,s} x[n, k/Kg, p*sh - pt + r*dh, q*sw - pl + s*dw] * w[k, 0, r, s]),
 // out-of-range x reading as 0, flip reading w[k, 0, R-1-r, S-1-s]. Staged values are held in the
 // accumulation type (float for float16) so the inner loops do no conversions.
 #include "common.cuh"
+#include "conv_params.cuh"
 
 namespace gpuconv {
 
@@ -64,14 +68,16 @@ conv2d_depthwise(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
                  const T* __restrict__ w,   // (K, 1, R, S), C-contiguous
                  const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
                  T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
-                 int N, int C, int H, int W, int K, int R, int S, int groups,
-                 int sh, int sw, int pt, int pl, int dh, int dw, int P, int Q,
-                 int flip, int has_bias, int act) {
+                 const __grid_constant__ ConvParams cp) {  // the geometry, by value (conv_params.cuh)
     typedef typename acc_type<T>::type A;
     static_assert((FR > 0) == (FS > 0), "specialize both filter dimensions or neither");
     static_assert(ROWS >= 1, "each thread owns at least one output row");
     constexpr bool FIXED = FR > 0;
     constexpr int NTAPS = FIXED ? FR * FS : 1;  // register taps (the generic kernel reads them from shared)
+    // The geometry (conv_params.cuh) under the names the body uses (constant-bank reads, as scalars were).
+    const int N = cp.N, C = cp.C, H = cp.H, W = cp.W, K = cp.K, R = cp.R, S = cp.S, groups = cp.groups;
+    const int sh = cp.sh, sw = cp.sw, pt = cp.pt, pl = cp.pl, dh = cp.dh, dw = cp.dw, P = cp.P, Q = cp.Q;
+    const int flip = cp.flip, has_bias = cp.has_bias, act = cp.act;
 
     // Filter size: a compile-time constant in the specializations (the host picks those only when
     // R == FR and S == FS), so the tap loops unroll; the runtime value otherwise.

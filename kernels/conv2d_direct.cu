@@ -6,10 +6,13 @@
 //                     then adds the bias and applies the fused activation. No data reuse between threads
 //                     other than what the caches give; it handles every geometry (any stride, asymmetric
 //                     padding, dilation, groups / depthwise, flip) and is the correctness baseline.
+//   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
+//       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
+//       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args).
 //   Launch shape: 1-D grid of 1-D blocks (the host uses 256 threads and caps the grid, see
 //                 gpuconv/_cuda/conv.py); a 64-bit grid-stride loop covers all N*K*P*Q outputs, so any
 //                 output size works with any grid. No shared memory (shared_mem = 0).
-//   Measured speed: not yet measured on a GPU.
+//   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics (docs/semantics.md, "conv2d"): cross-correlation,
 //   y[n,k,p,q] = act(b[k] + sum_{c in group(k), r, s} x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw] * w[k, c', r, s])
@@ -17,6 +20,7 @@
 // w[k, c', R-1-r, S-1-s] (true convolution).
 // float16 storage accumulates in float32 (acc_type), float32 in float32, float64 in float64.
 #include "common.cuh"
+#include "conv_params.cuh"
 
 namespace gpuconv {
 
@@ -25,10 +29,12 @@ __global__ void conv2d_direct(const T* __restrict__ x,   // (N, C, H, W), C-cont
                               const T* __restrict__ w,   // (K, Cg, R, S), C-contiguous
                               const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
                               T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
-                              int N, int C, int H, int W, int K, int R, int S, int groups,
-                              int sh, int sw, int pt, int pl, int dh, int dw, int P, int Q,
-                              int flip, int has_bias, int act) {
+                              const __grid_constant__ ConvParams cp) {  // the geometry, by value (conv_params.cuh)
     typedef typename acc_type<T>::type A;
+    // The geometry (conv_params.cuh) under the names the body uses (constant-bank reads, as scalars were).
+    const int N = cp.N, C = cp.C, H = cp.H, W = cp.W, K = cp.K, R = cp.R, S = cp.S, groups = cp.groups;
+    const int sh = cp.sh, sw = cp.sw, pt = cp.pt, pl = cp.pl, dh = cp.dh, dw = cp.dw, P = cp.P, Q = cp.Q;
+    const int flip = cp.flip, has_bias = cp.has_bias, act = cp.act;
     const int Cg = C / groups;  // input channels per group (the weight's second dimension)
     const int Kg = K / groups;  // filters per group
     // 64-bit: N*K*P*Q may exceed 2^31 even when every single dimension fits in an int.

@@ -10,19 +10,24 @@
 //       1x1 filter. The host declines every other geometry (gemm1x1_decline_reason).
 //   Tile configs: as conv2d_igemm (same host rule, gpuconv/_cuda/conv_igemm.py gemm_tile_for): "large"
 //       BM = BN = 128, BK = 8, TM = TN = 8 for float32 / float16; "small" BM = BN = 64, BK = 8, TM = TN = 4.
+//   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
+//       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
+//       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w and vec_x (below).
 //   Launch shape: 1-D block of 256 threads; 1-D grid over groups * ceil(M / BN) * ceil(Kg / BM) tiles with a
 //       64-bit grid-stride loop. Extra parameters: vec_w (Cg % 4 == 0 and w aligned: 4-wide weight loads),
 //       vec_x (stride 1, H*W % 4 == 0 and x aligned: 4-wide input loads).
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 16,640 (large, float32 and
 //       float16), 8,448 (small, float32 and float16), 16,896 (small, float64).
-//   Registers (NVRTC 12.9 and 13.0, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (152-163 registers up to sm_90;
-//       251-255 on sm_100 / sm_120, at the 255 limit without spilling) and 2 with the 4x4 tile (<= 128), see
+//   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
+//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (134-139 registers up to sm_90
+//       with NVRTC 13.5, 224-242 with 12.9; 194-255 on sm_100 / sm_120, at the 255 limit without spilling;
+//       one block of 256 threads fits either way) and 2 with the 4x4 tile (<= 128), see
 //       gemm_min_blocks_per_sm in gemm_tile.cuh.
-//   Measured speed: not yet measured on a GPU.
+//   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's for these geometries (see conv2d_direct.cu and docs/semantics.md).
 #include "common.cuh"
+#include "conv_params.cuh"
 #include "gemm_tile.cuh"
 
 namespace gpuconv {
@@ -55,10 +60,11 @@ struct PointwiseLoader {
     bool col_ok;    // per tile: the pixel (vector: all 4 pixels) exists
     A regs[REGS];
 
-    __device__ __forceinline__ PointwiseLoader(const T* x_, int C_, int H_, int W_, int Cg_, int sh_, int sw_,
-                                               int P_, int Q_, index_t M_, int vec_, int tid)
-        : x(x_), C(C_), W(W_), Cg(Cg_), sh(sh_), sw(sw_), Q(Q_), vec(vec_), HW((index_t)H_ * W_),
-          PQ((index_t)P_ * Q_), M(M_),
+    // cp: the kernel's geometry; Cg = C / groups and M = N*P*Q as the kernel computed them.
+    __device__ __forceinline__ PointwiseLoader(const T* x_, const ConvParams& cp, int Cg_, index_t M_, int vec_,
+                                               int tid)
+        : x(x_), C(cp.C), W(cp.W), Cg(Cg_), sh(cp.sh), sw(cp.sw), Q(cp.Q), vec(vec_), HW((index_t)cp.H * cp.W),
+          PQ((index_t)cp.P * cp.Q), M(M_),
           col(vec_ ? 4 * (tid % V_PER_ROW) : tid % BN),
           row0(vec_ ? tid / V_PER_ROW : (tid / BN) * S_LOADS),
           xb(x_), col_ok(false) {}
@@ -123,9 +129,7 @@ conv2d_gemm1x1(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
                const T* __restrict__ w,   // (K, Cg, 1, 1), C-contiguous
                const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
                T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
-               int N, int C, int H, int W, int K, int R, int S, int groups,
-               int sh, int sw, int pt, int pl, int dh, int dw, int P, int Q,
-               int flip, int has_bias, int act,
+               const __grid_constant__ ConvParams cp,  // the geometry, by value (conv_params.cuh)
                int vec_w,   // 1: 4-wide weight loads (host checked Cg % 4 == 0 and w's alignment)
                int vec_x) { // 1: 4-wide input loads (host checked stride 1, H*W % 4 == 0, x's alignment)
     typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
@@ -133,13 +137,13 @@ conv2d_gemm1x1(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
 
     // R = S = 1, pt = pl = 0 (the host declines anything else); dh, dw and flip have no effect on 1x1.
     const int tid = threadIdx.x;
-    const int Cg = C / groups;
-    const index_t PQ = (index_t)P * Q;
-    const index_t M = (index_t)N * PQ;
+    const int Cg = cp.C / cp.groups;
+    const index_t PQ = (index_t)cp.P * cp.Q;
+    const index_t M = (index_t)cp.N * PQ;
 
-    PointwiseLoader<T, Cfg> xl(x, C, H, W, Cg, sh, sw, P, Q, M, vec_x, tid);
-    gemm_conv_tiles<T, Cfg, RegisterTile<T, Cfg>>(w, b, y, xl, smem, Cg, K, groups, M, PQ, vec_w, has_bias, act,
-                                                  tid);
+    PointwiseLoader<T, Cfg> xl(x, cp, Cg, M, vec_x, tid);
+    gemm_conv_tiles<T, Cfg, RegisterTile<T, Cfg>>(w, b, y, xl, smem, Cg, cp.K, cp.groups, M, PQ, vec_w,
+                                                  cp.has_bias, cp.act, tid);
 }
 
 }  // namespace gpuconv

@@ -11,21 +11,26 @@
 //   Tile configs the host instantiates (gpuconv/_cuda/conv_igemm.py, gemm_tile_for): "large" BM = BN = 128,
 //       BK = 8, TM = TN = 8 (float32 / float16, groups with more than 64 filters and enough tiles to fill the
 //       GPU), "small" BM = BN = 64, BK = 8, TM = TN = 4 (float64 always, everything else otherwise).
+//   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
+//       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
+//       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w (below).
 //   Launch shape: 1-D block of (BM/TM) * (BN/TN) = 256 threads (both configs); 1-D grid over
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles, walked by a 64-bit grid-stride loop so the host may cap
 //       the grid. Extra parameter vec_w: 1 when the host found Cg*R*S % 4 == 0 and w aligned for 4-wide
 //       loads (Vec4 in gemm_tile.cuh), else 0.
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 16,640 (large, float32 and
 //       float16), 8,448 (small, float32 and float16), 16,896 (small, float64).
-//   Registers (NVRTC 12.9 and 13.0, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (195-219 registers up to sm_90;
-//       238-255 on sm_100 / sm_120, at the 255 limit without spilling) and 2 with the 4x4 tile (<= 128), see
+//   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
+//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (204-255 registers up to sm_90,
+//       255 -- the limit, without spilling -- on sm_86 / sm_89 with NVRTC 12.9; 192-255 on sm_100 / sm_120;
+//       one block of 256 threads fits either way) and 2 with the 4x4 tile (<= 128), see
 //       gemm_min_blocks_per_sm in gemm_tile.cuh.
-//   Measured speed: not yet measured on a GPU.
+//   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md). float16 is stored in
 // shared memory and accumulated as float32.
 #include "common.cuh"
+#include "conv_params.cuh"
 #include "gemm_tile.cuh"
 #include "im2col_loader.cuh"
 
@@ -37,23 +42,21 @@ conv2d_igemm(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
              const T* __restrict__ w,   // (K, Cg, R, S), C-contiguous
              const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
              T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
-             int N, int C, int H, int W, int K, int R, int S, int groups,
-             int sh, int sw, int pt, int pl, int dh, int dw, int P, int Q,
-             int flip, int has_bias, int act,
+             const __grid_constant__ ConvParams cp,  // the geometry, by value (conv_params.cuh)
              int vec_w) {  // 1: 4-wide weight loads (host checked Cg*R*S % 4 == 0 and w's alignment)
     typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
     __shared__ GemmSmem<typename acc_type<T>::type, Cfg> smem;
 
     // The host launches exactly Cfg::THREADS threads in x.
     const int tid = threadIdx.x;
-    const int Cg = C / groups;
-    const int kred = Cg * R * S;  // the host's 32-bit rule keeps this below 2^31
-    const index_t PQ = (index_t)P * Q;
-    const index_t M = (index_t)N * PQ;  // 64-bit: N*P*Q may exceed 2^31
+    const int Cg = cp.C / cp.groups;
+    const int kred = Cg * cp.R * cp.S;  // the host's 32-bit rule keeps this below 2^31
+    const index_t PQ = (index_t)cp.P * cp.Q;
+    const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
 
-    Im2colLoader<T, Cfg> xl(x, C, H, W, R, S, Cg, sh, sw, pt, pl, dh, dw, P, Q, flip, M, tid);
-    gemm_conv_tiles<T, Cfg, RegisterTile<T, Cfg>>(w, b, y, xl, smem, kred, K, groups, M, PQ, vec_w, has_bias,
-                                                  act, tid);
+    Im2colLoader<T, Cfg> xl(x, cp, Cg, M, tid);
+    gemm_conv_tiles<T, Cfg, RegisterTile<T, Cfg>>(w, b, y, xl, smem, kred, cp.K, cp.groups, M, PQ, vec_w,
+                                                  cp.has_bias, cp.act, tid);
 }
 
 }  // namespace gpuconv

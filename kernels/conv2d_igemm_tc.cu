@@ -15,22 +15,26 @@
 //   Tile configs the host instantiates (gpuconv/_cuda/conv_igemm_tc.py): "large" BM = BN = 128, 2 x 4 warps
 //       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 2 x 4
 //       warps (32 x 16 per warp: 2 x 2 mma tiles). Chosen by the same rule as conv2d_igemm's tiles.
+//   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
+//       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
+//       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w (below).
 //   Launch shape: 1-D block of 256 threads; 1-D grid over groups * ceil(M / BN) * ceil(Kg / BM) tiles with a
 //       64-bit grid-stride loop. Extra parameter vec_w as conv2d_igemm (4-wide weight loads).
 //   Shared memory: static, 2 * 16 * (BM + 8 + BN + 8) * 4 bytes = 34,816 (large), 18,432 (small), float for
 //       both types (the float16 operands are packed back to float16 pairs, exactly, as fragments are built).
-//   Registers (NVRTC 12.9 and 13.0, no spills; tests/test_nvrtc_compile.py prints them): large 208-222 on
-//       sm_80..sm_90, 226-246 on sm_100 / sm_120 (__launch_bounds__ asks for 1 block per SM, as
+//   Registers (NVRTC 12.9 and 13.5, no spills; tests/test_nvrtc_compile.py prints them): large 202-220 on
+//       sm_80..sm_90, 234-245 on sm_100 / sm_120 (__launch_bounds__ asks for 1 block per SM, as
 //       conv2d_igemm's 8x8 tile), small 105-123 (2 per SM).
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
-//   Measured speed: not yet measured on a GPU.
+//   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: conv2d_direct's (see conv2d_direct.cu and docs/semantics.md) for indexing, padding, bias,
 // activation and NaN / inf, but not its float32 arithmetic: TF32 operands carry 11 significant bits, so
 // float32 results agree with the float32 convolution to about 1e-3 relative to the sum of |terms|. The host
 // runs this kernel only when asked for by name, or from algo='auto' when the user has allowed tensor cores.
 #include "common.cuh"
+#include "conv_params.cuh"
 #include "gemm_tile.cuh"
 #include "im2col_loader.cuh"
 #include "tensor_core.cuh"
@@ -204,23 +208,21 @@ conv2d_igemm_tc(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
                 const T* __restrict__ w,   // (K, Cg, R, S), C-contiguous
                 const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
                 T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
-                int N, int C, int H, int W, int K, int R, int S, int groups,
-                int sh, int sw, int pt, int pl, int dh, int dw, int P, int Q,
-                int flip, int has_bias, int act,
+                const __grid_constant__ ConvParams cp,  // the geometry, by value (conv_params.cuh)
                 int vec_w) {  // 1: 4-wide weight loads (host checked Cg*R*S % 4 == 0 and w's alignment)
     typedef TensorCoreTileConfig<T, BM, BN, WARPS_M, WARPS_N> Cfg;
     __shared__ GemmSmem<float, Cfg> smem;
 
     // The host launches exactly Cfg::THREADS threads in x.
     const int tid = threadIdx.x;
-    const int Cg = C / groups;
-    const int kred = Cg * R * S;  // the host's 32-bit rule keeps this below 2^31
-    const index_t PQ = (index_t)P * Q;
-    const index_t M = (index_t)N * PQ;  // 64-bit: N*P*Q may exceed 2^31
+    const int Cg = cp.C / cp.groups;
+    const int kred = Cg * cp.R * cp.S;  // the host's 32-bit rule keeps this below 2^31
+    const index_t PQ = (index_t)cp.P * cp.Q;
+    const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
 
-    Im2colLoader<T, Cfg> xl(x, C, H, W, R, S, Cg, sh, sw, pt, pl, dh, dw, P, Q, flip, M, tid);
-    gemm_conv_tiles<T, Cfg, WarpMmaTile<T, Cfg>>(w, b, y, xl, smem, kred, K, groups, M, PQ, vec_w, has_bias, act,
-                                                 tid);
+    Im2colLoader<T, Cfg> xl(x, cp, Cg, M, tid);
+    gemm_conv_tiles<T, Cfg, WarpMmaTile<T, Cfg>>(w, b, y, xl, smem, kred, cp.K, cp.groups, M, PQ, vec_w,
+                                                 cp.has_bias, cp.act, tid);
 }
 
 }  // namespace gpuconv

@@ -10,17 +10,22 @@
 //       instantiates 1x1 and 3x3 for KB = 8, 3x3 and 5x5 for KB = 1, see SPECIALIZED_FILTERS in conv.py);
 //       FR = FS = 0 is the generic runtime-size version. Same coverage as conv2d_direct:
 //       stride, asymmetric padding, dilation, groups/depthwise, flip, bias, fused activation.
+//   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
+//       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
+//       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then cb (input channels
+//       staged per chunk).
 //   Launch shape: block = (TILE_Q, THREAD_ROWS = 8, 1) threads (16 x 8 = 128 for the 16x16 tile the host
 //       uses); 1-D grid over N * groups * ceil(Kg/KB) * ceil(P/TILE_P) * ceil(Q/TILE_Q) blocks, covered by
 //       a 64-bit grid-stride loop so the host may cap the grid. Dynamic shared memory, sized by the host
 //       (gpuconv/_cuda/conv.py, tiled_shared_bytes):
 //           sizeof(acc_type<T>) * cb * (halo_h * halo_w + KB * R * S)
 //           halo_h = (TILE_P - 1) * sh + (R - 1) * dh + 1,  halo_w = (TILE_Q - 1) * sw + (S - 1) * dw + 1.
-//   Measured speed: not yet measured on a GPU.
+//   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md). Staged values are held
 // in the accumulation type (float for float16) so the inner loop does no conversions.
 #include "common.cuh"
+#include "conv_params.cuh"
 
 namespace gpuconv {
 
@@ -33,14 +38,16 @@ __global__ void conv2d_tiled(const T* __restrict__ x,   // (N, C, H, W), C-conti
                              const T* __restrict__ w,   // (K, Cg, R, S), C-contiguous
                              const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
                              T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
-                             int N, int C, int H, int W, int K, int R, int S, int groups,
-                             int sh, int sw, int pt, int pl, int dh, int dw, int P, int Q,
-                             int flip, int has_bias, int act,
+                             const __grid_constant__ ConvParams cp,  // the geometry, by value (conv_params.cuh)
                              int cb) {  // input channels staged per chunk; the host sized shared memory for it
     typedef typename acc_type<T>::type A;
     constexpr int ROWS = TILE_P / CONV_TILED_THREAD_ROWS;  // output rows per thread
     static_assert(TILE_P % CONV_TILED_THREAD_ROWS == 0, "TILE_P must be a multiple of the thread rows");
     static_assert((FR > 0) == (FS > 0), "specialize both filter dimensions or neither");
+    // The geometry (conv_params.cuh) under the names the body uses (constant-bank reads, as scalars were).
+    const int N = cp.N, C = cp.C, H = cp.H, W = cp.W, K = cp.K, R = cp.R, S = cp.S, groups = cp.groups;
+    const int sh = cp.sh, sw = cp.sw, pt = cp.pt, pl = cp.pl, dh = cp.dh, dw = cp.dw, P = cp.P, Q = cp.Q;
+    const int flip = cp.flip, has_bias = cp.has_bias, act = cp.act;
 
     // Filter size: a compile-time constant in the specializations (the host only picks those when
     // R == FR and S == FS), so the tap loops below unroll; the runtime value otherwise.

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "conv_params.cuh"
 
 namespace gpuconv {
 
@@ -34,13 +35,12 @@ struct Im2colLoader {
     bool col_ok;    // the pixel exists (a partial last tile has columns past M)
     A regs[LOADS];
 
-    __device__ __forceinline__ Im2colLoader(const T* x_, int C_, int H_, int W_, int R_, int S_, int Cg_, int sh_,
-                                            int sw_, int pt_, int pl_, int dh_, int dw_, int P_, int Q_,
-                                            int flip_, index_t M_, int tid)
-        : x(x_), C(C_), H(H_), W(W_), R(R_), S(S_), Cg(Cg_), sh(sh_), sw(sw_), pt(pt_), pl(pl_), dh(dh_),
-          dw(dw_), P(P_), Q(Q_), flip(flip_), kred(Cg_ * R_ * S_), tap_dh(flip_ ? -dh_ : dh_),
-          tap_dw(flip_ ? -dw_ : dw_), HW((index_t)H_ * W_),
-          PQ((index_t)P_ * Q_), M(M_), col(tid % BN), row0((tid / BN) * LOADS),
+    // cp: the kernel's geometry; Cg = C / groups and M = N*P*Q as the kernel computed them.
+    __device__ __forceinline__ Im2colLoader(const T* x_, const ConvParams& cp, int Cg_, index_t M_, int tid)
+        : x(x_), C(cp.C), H(cp.H), W(cp.W), R(cp.R), S(cp.S), Cg(Cg_), sh(cp.sh), sw(cp.sw), pt(cp.pt),
+          pl(cp.pl), dh(cp.dh), dw(cp.dw), P(cp.P), Q(cp.Q), flip(cp.flip), kred(Cg_ * cp.R * cp.S),
+          tap_dh(cp.flip ? -cp.dh : cp.dh), tap_dw(cp.flip ? -cp.dw : cp.dw), HW((index_t)cp.H * cp.W),
+          PQ((index_t)cp.P * cp.Q), M(M_), col(tid % BN), row0((tid / BN) * LOADS),
           xb(x_), ih0(0), iw0(0), col_ok(false) {}
 
     __device__ __forceinline__ void begin_tile(index_t m0, int g) {

@@ -15,7 +15,7 @@
 //   Launch shape: 1-D grid of 1-D blocks (the host uses 256 threads and caps the grid, see
 //                 gpuconv/_cuda/pool.py); a 64-bit grid-stride loop covers all N*C*OH*OW outputs, so any
 //                 output size works with any grid. No shared memory (shared_mem = 0).
-//   Measured speed: not yet measured on a GPU.
+//   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Layouts: x is (N, C, H, W) C-contiguous, y (and the indices) (N, C, OH, OW) C-contiguous, so output
 // element i of the flat loop is y[i]. float16 reduces in float32 (acc_type), float32 in float32,

@@ -532,11 +532,11 @@ def compile_source(code: str, name_expressions: Iterable[str], arch: str,
 
 def compile_registry_source(source: str, arch: str) -> CompileResult:
     """``compile_source`` of one kernel source as the GPU path builds it: the text the runtime loads
-    (headers spliced in), every name expression ``gpuconv._cuda.registry.INSTANTIATIONS`` lists for it, and
+    (headers spliced in), every name expression ``gpuconv._cuda.ops.INSTANTIATIONS`` lists for it, and
     the runtime's options plus ``CUPY_OPTIONS``. Used by the compile check, the machine-code check and the
     GPU check's rehearsal."""
     from gpuconv._cuda import runtime
-    from gpuconv._cuda.registry import INSTANTIATIONS
+    from gpuconv._cuda.ops import INSTANTIATIONS
     return compile_source(runtime.load_source(source), INSTANTIATIONS[source], arch,
                           tuple(runtime.NVRTC_OPTIONS) + CUPY_OPTIONS, program_name=source)
 

@@ -1,7 +1,19 @@
-"""Textbook references, written straight from the definitions in docs/semantics.md.
+"""Textbook references, written straight from the definitions in docs/semantics.md: the one place every
+backend's tests (the shared matrices on NumPy / emulator / GPU, the per-kernel suites tests/test_cuda_*.py,
+the oracles) take their expected values from.
 
-Deliberately independent of gpuconv's code: loops over output positions and window cells, float64
-accumulation, output sizes computed here from the formulas. Slow but obviously correct.
+Holds: conv2d (``conv2d_ref``; ``reference_conv2d`` with gpuconv's argument forms, returning the magnitude
+that scales the error bound as well; ``reference_conv2d_tf32`` for the tensor-core kernels), the padding
+forms (``explicit_padding``, ``same_padding_ref``), the output sizes (``conv_out``, ``pool_out``), the
+activations, and every pooling (``max_pool2d_ref``, ``avg_pool2d_ref``, ``adaptive_pool2d_ref``).
+
+Deliberately independent of gpuconv's code (nothing here imports gpuconv): float64 arithmetic, output sizes
+computed here from the formulas; convolution as one explicit einsum per filter tap over the window it reads,
+pooling as loops over output positions and window cells. Slow but obviously correct; tests/test_conv.py and
+tests/test_pool.py check them against PyTorch when it is installed.
+
+Test files import helpers only from the support modules (this one, tests/tolerance.py, tests/support.py,
+tests/cases.py, tests/runners.py), never from another test_*.py file.
 """
 
 from __future__ import annotations
@@ -25,9 +37,41 @@ def same_padding_ref(size, k, s, d, flip=False):
     return (extra, total // 2) if flip else (total // 2, extra)
 
 
+def pair(v):
+    """``(v, v)`` for an int, else ``tuple(v)``: the (height, width) form of a size argument."""
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def explicit_padding(padding, k, s, d, hw, flip=False):
+    """(top, bottom, left, right) for every accepted padding form, from docs/semantics.md ("padding"): an
+    int, an (h, w) pair, ((top, bottom), (left, right)), 'valid', 'same' (``k``, ``s``, ``d``, ``hw``: the
+    filter's, stride's, dilation's and input's (height, width)); ``flip`` decides where an odd 'same'
+    total puts its extra pixel."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        pads = []
+        for size, kk, ss, dd in zip(hw, k, s, d):
+            pads += same_padding_ref(size, kk, ss, dd, flip)
+        return tuple(pads)
+    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
+        return padding[0] + padding[1]
+    ph, pw = pair(padding)
+    return (ph, ph, pw, pw)
+
+
 def conv2d_ref(x, w, b=None, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), groups=1, flip=False,
                activation=None):
-    """x (N, C, H, W), w (K, C/groups, R, S), pad = (top, bottom, left, right). Returns float64."""
+    """x (N, C, H, W), w (K, C/groups, R, S), pad = (top, bottom, left, right). Returns float64::
+
+        out[n, k, p, q] = b[k] + sum over c < Cg, r < R, s < S of
+                          xpad[n, g*Cg + c, p*sh + r*dh, q*sw + s*dw] * w[k, c, r', s']
+
+    then the activation, where Cg = C/groups, g = k // (K/groups) is filter k's group, ``xpad`` is ``x``
+    with ``pad`` zeros around it (zeros that are multiplied like any input, as in docs/semantics.md: an
+    infinite weight over padding gives NaN), and (r', s') = (R-1-r, S-1-s) for true convolution
+    (``flip``), (r, s) for cross-correlation. Written as one explicit einsum over the channels per group
+    and filter tap, on the window of ``xpad`` that tap reads; the output size comes from ``conv_out``."""
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     N, C, H, W = x.shape
@@ -35,28 +79,55 @@ def conv2d_ref(x, w, b=None, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
     sh, sw = stride
     dh, dw = dilation
     pt, pb, pl, pr = pad
-    P, Q = conv_out(H, R, sh, pt, pb, dh), conv_out(W, S, sw, pl, pr, dw)
+    P, Q = max(conv_out(H, R, sh, pt, pb, dh), 0), max(conv_out(W, S, sw, pl, pr, dw), 0)
+    xpad = np.zeros((N, C, H + pt + pb, W + pl + pr))
+    xpad[:, :, pt:pt + H, pl:pl + W] = x
+    rows, cols = sh * np.arange(P), sw * np.arange(Q)  # the top-left tap of each output's window
     Kg = K // groups
     y = np.zeros((N, K, P, Q))
-    for k in range(K):
-        c0 = (k // Kg) * Cg  # first input channel of filter k's group
-        for p in range(P):
-            for q in range(Q):
-                acc = np.zeros(N)
-                for r in range(R):
-                    ih = p * sh - pt + r * dh
-                    if not 0 <= ih < H:
-                        continue
-                    for s in range(S):
-                        iw = q * sw - pl + s * dw
-                        if not 0 <= iw < W:
-                            continue
-                        wr, ws = (R - 1 - r, S - 1 - s) if flip else (r, s)
-                        acc += x[:, c0:c0 + Cg, ih, iw] @ w[k, :, wr, ws]
-                y[:, k, p, q] = acc
+    for g in range(groups):
+        xg = xpad[:, g * Cg:(g + 1) * Cg]
+        ks = slice(g * Kg, (g + 1) * Kg)
+        for r in range(R):
+            for s in range(S):
+                window = xg[:, :, r * dh + rows[:, None], s * dw + cols[None, :]]  # (N, Cg, P, Q)
+                tap = w[ks, :, R - 1 - r, S - 1 - s] if flip else w[ks, :, r, s]  # (Kg, Cg)
+                y[:, ks] += np.einsum("ncpq,kc->nkpq", window, tap)
     if b is not None:
         y += np.asarray(b, dtype=np.float64)[None, :, None, None]
     return apply_activation(y, activation)
+
+
+def reference_conv2d(x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None):
+    """``conv2d_ref`` with gpuconv's argument forms (``stride`` / ``dilation`` an int or a pair, ``padding``
+    any form ``explicit_padding`` reads). Returns float64 ``(out, magnitude)``: ``magnitude`` is the same
+    convolution of ``|x|``, ``|w|`` and ``|b|`` without the activation, the sum of the absolute values of
+    the terms each output adds up, which scales the error bound (tests/tolerance.py)."""
+    stride, dilation = pair(stride), pair(dilation)
+    pad = explicit_padding(padding, np.shape(w)[2:], stride, dilation, np.shape(x)[2:], flip)
+    kw = dict(stride=stride, pad=pad, dilation=dilation, groups=groups, flip=flip)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = conv2d_ref(x, w, b, activation=activation, **kw)
+        magnitude = conv2d_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), **kw)
+    return out, magnitude
+
+
+def tf32_round(a):
+    """``a`` as float32 rounded to TF32 as cvt.rna.tf32.f32 does: 10 mantissa bits, to nearest, ties away
+    from zero (add half of the dropped part's range to the magnitude bits, then truncate); inf / NaN kept."""
+    out = np.array(a, dtype=np.float32, copy=True)
+    bits = out.view(np.uint32)
+    finite = np.isfinite(out)
+    bits[finite] = (bits[finite] + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
+    return out
+
+
+def reference_conv2d_tf32(x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None):
+    """``reference_conv2d`` as a TF32 tensor-core kernel computes it: float32 input and weights rounded to
+    TF32 first (``tf32_round``; the bias is added after the products, unrounded); float16 as is."""
+    if np.dtype(x.dtype) == np.float32:
+        x, w = tf32_round(x), tf32_round(w)
+    return reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
 
 
 def apply_activation(y, activation):

@@ -25,6 +25,10 @@ in test_cuda_conv.py, test_cuda_depthwise.py, test_cuda_igemm.py; an ASan build 
 counterpart is compute-sanitizer memcheck over the ``gpu`` tests (.ci/gpu), and the emulator's self-tests
 (tests/emulator). Host-side tests that launch nothing carry neither marker. tests/test_runner_parity.py
 checks that for each algorithm ``-m gpu`` collects at least as many cases as ``-m emulated``.
+
+A support module, like tests/reference.py (the textbook references), tests/tolerance.py (the one tolerance
+model), tests/cases.py (case lists and test data) and tests/support.py (layouts, ``check_conv``): test
+files import helpers only from these, never from another test_*.py file.
 """
 
 from __future__ import annotations
@@ -38,12 +42,13 @@ import pytest
 import gpuconv
 from gpuconv._backend import CudaBackend, use_backend
 
-from gpuconv._cuda.conv import ALGORITHMS
+from gpuconv._cuda.ops import operation
+from gpuconv._cuda import settings
 
 # Every registered CUDA algorithm joins the shared matrices, except the tensor-core ones: their float32 is
 # TF32, outside the matrices' float32 tolerance; tests/test_cuda_igemm_tc.py runs the same geometry matrix
 # on them against a TF32-rounded reference.
-CONV_ALGOS = tuple(name for name, a in ALGORITHMS.items() if not a.tensor_cores)
+CONV_ALGOS = tuple(name for name, a in operation("conv2d").algorithms.items() if not a.tensor_cores)
 
 # Algorithms for one kind of geometry only (they decline the rest, by their rule): in the shared matrices
 # their runner skips a case they decline (saying why); randomized tests (hypothesis) use the others.
@@ -52,7 +57,7 @@ SPECIALIZED_ALGOS = ("gemm1x1", "depthwise")
 
 @functools.lru_cache(maxsize=None)
 def emulated_runtime(reverse_threads=False):
-    from gpuconv._cuda.registry import INSTANTIATIONS
+    from gpuconv._cuda.ops import INSTANTIATIONS
     from gpuconv._cuda.runtime import kernels_dir
     from tests.emulator import EmulatedRuntime
     return EmulatedRuntime(kernels_dir(), INSTANTIATIONS, reverse_threads=reverse_threads)
@@ -107,7 +112,7 @@ RUNTIME_PARAMS = [pytest.param("emulated", id="emulated", marks=pytest.mark.emul
 def kernel_runtime(kind, algo=None):
     """The runtime of one of ``RUNTIME_PARAMS``: the emulator (every kernel source), or CuPy's on the
     current device. The GPU one skips the test without CuPy or a usable device, and, with ``algo``, on a
-    device that algorithm's device rule declines (``conv.device_reason``: ``igemm_tc`` below compute
+    device that algorithm's device rule declines (``select.device_reason``: ``igemm_tc`` below compute
     capability 8.0), with the rule's own words."""
     if kind == "emulated":
         return emulated_runtime()
@@ -117,7 +122,7 @@ def kernel_runtime(kind, algo=None):
     from gpuconv._cuda.runtime import CupyRuntime
     rt = CupyRuntime()
     if algo is not None:
-        from gpuconv._cuda.conv import device_reason
+        from gpuconv._cuda.select import device_reason
         reason = device_reason(algo, rt)
         if reason:
             pytest.skip(reason)
@@ -153,11 +158,10 @@ def with_thread_order(rt, order):
 
 
 def use_heuristic_auto(monkeypatch):
-    """For the rest of the test, ``algo='auto'`` takes ``conv.choose_algo``'s heuristic on a GPU too (where
+    """For the rest of the test, ``algo='auto'`` takes ``select.choose_algo``'s heuristic on a GPU too (where
     it would otherwise measure the candidates and keep the fastest), as it always does on the emulator,
     which cannot time kernels: for tests of the heuristic's choice."""
-    from gpuconv._cuda import autotune
-    monkeypatch.setattr(autotune, "_enabled", False)
+    monkeypatch.setattr(settings, "_enabled", False)
 
 
 # Host arrays keep their address modulo this on the device (CuPy's allocations are aligned to it).
@@ -319,24 +323,3 @@ try:
 except ImportError:  # the oracle is optional; tests that use it skip that comparison only
     torch = None
 
-
-def tolerance(dtype):
-    """Bound on |ours - reference| relative to the sum of |terms| (see assert_close_to_terms)."""
-    return {np.float16: 2e-3, np.float32: 2e-5, np.float64: 1e-12}[np.dtype(dtype).type]
-
-
-def assert_close_to_terms(actual, expected, magnitude, dtype, what=""):
-    """Elementwise ``|actual - expected| <= tol(dtype) * magnitude + tiny``, where ``magnitude`` is the
-    reference computed on absolute values (the size of the terms that were summed); NaN must match NaN."""
-    actual = np.asarray(actual, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
-    assert np.array_equal(nan_a, nan_e), f"{what}: NaN positions differ"
-    ok = ~nan_e
-    with np.errstate(invalid="ignore"):
-        err = np.abs(actual[ok] - expected[ok])
-        err[actual[ok] == expected[ok]] = 0  # equal infinities
-    bound = tolerance(dtype) * magnitude[ok] + 1e-300
-    worst = np.argmax(err - bound) if err.size else 0
-    assert np.all(err <= bound), (f"{what}: max error {err.flat[worst]:.3g} > bound {bound.flat[worst]:.3g} "
-                                  f"(dtype {np.dtype(dtype).name})")

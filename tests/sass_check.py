@@ -2,7 +2,7 @@
 
 Compiles the GEMM-style kernel sources (every ``kernels/*.cu`` that includes ``gemm_tile.cuh``:
 ``conv2d_igemm.cu``, ``conv2d_gemm1x1.cu``, ``conv2d_igemm_tc.cu``; every instantiation of
-``gpuconv._cuda.registry.INSTANTIATIONS``, all dtypes) with NVRTC for real architectures (``sm_90``,
+``gpuconv._cuda.ops.INSTANTIATIONS``, all dtypes) with NVRTC for real architectures (``sm_90``,
 ``sm_80``) through ``tests/nvrtc_check.py``, disassembles the CUBIN with ``nvdisasm`` (or ``cuobjdump
 -sass``), finds each kernel's main loop and reports what a profiler would show about its instruction mix.
 ``tests/test_sass.py`` turns the figures into a CI check against the floors committed in
@@ -721,7 +721,7 @@ def gemm_sources(instantiations: dict | None = None) -> list[str]:
     """The sources in the registry whose kernel file includes ``gemm_tile.cuh`` (the GEMM-style ones)."""
     from gpuconv._cuda import runtime
     if instantiations is None:
-        from gpuconv._cuda.registry import INSTANTIATIONS as instantiations
+        from gpuconv._cuda.ops import INSTANTIATIONS as instantiations
     root = runtime.kernels_dir()
     return sorted(s for s in instantiations
                   if re.search(r'#include\s+"gemm_tile\.cuh"', (root / s).read_text()))
@@ -752,8 +752,8 @@ def tile_label(name_expression: str) -> str:
 def _host_tile_names() -> dict[tuple, str]:
     names: dict[tuple, str] = {}
     try:
-        from gpuconv._cuda import conv_igemm, conv_igemm_tc
-        tiles = list(conv_igemm.TILES_BY_DTYPE.values())
+        from gpuconv._cuda import conv_igemm_tc, gemm
+        tiles = list(gemm.TILES_BY_DTYPE.values())
         for group in tiles:
             for t in group:
                 names[(t.bm, t.bn, t.bk, t.tm, t.tn)] = t.name
@@ -854,7 +854,7 @@ def measured_floor(rep: KernelReport) -> dict:
 
 _FLOORS_DOC = [
     "Floors of the SASS check (tests/test_sass.py, figures by tests/sass_check.py): per GEMM source, kernel",
-    "(name expression of gpuconv._cuda.registry.INSTANTIATIONS), architecture and NVRTC major, either",
+    "(name expression of gpuconv._cuda.ops.INSTANTIATIONS), architecture and NVRTC major, either",
     "fma_share_min (percent: FMA instructions / instructions of the main loop; CUDA-core kernels) or",
     "non_mma_per_mma_max (instructions of the main loop that are not MMA, per MMA; tensor-core kernels).",
     "'measured' is what the figure was when the floor was set (information only). A kernel below its floor",

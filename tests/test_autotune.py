@@ -15,9 +15,10 @@ import pytest
 
 import gpuconv
 from gpuconv._backend import CudaBackend, use_backend
-from gpuconv._cuda import autotune, conv
+from gpuconv._cuda import autotune, conv, select, settings
 from tests.reference import conv2d_ref
-from tests.runners import SpyRuntime, assert_close_to_terms, emulated_runtime
+from tests.runners import SpyRuntime, emulated_runtime
+from tests.tolerance import assert_close
 
 pytestmark = pytest.mark.emulated
 
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.emulated
 class TimedRuntime(SpyRuntime):
     """The emulator plus a fake ``time_ms``: the time of a call is ``fake_ms[algo]`` of the kernel it
     launched. Counts the timed calls; ``launches`` records every kernel launched."""
+
+    can_time = True
 
     def __init__(self, fake_ms, device="emulated-device"):
         super().__init__(emulated_runtime())
@@ -46,8 +49,8 @@ class TimedRuntime(SpyRuntime):
 def fresh_autotuner(monkeypatch):
     monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
     monkeypatch.delenv("GPUCONV_AUTOTUNE_CACHE", raising=False)
-    monkeypatch.setattr(autotune, "_enabled", None)
-    monkeypatch.setattr(autotune, "_cache_file", None)
+    monkeypatch.setattr(settings, "_enabled", None)
+    monkeypatch.setattr(settings, "_cache_file", None)
     autotune.clear_autotune_cache()
     yield
     autotune.clear_autotune_cache()
@@ -63,23 +66,23 @@ def _problem(seed=0, H=18):
 def _check(y, x, w, **kw):
     ref = conv2d_ref(x, w, None, stride=(1, 1), pad=(1, 1, 1, 1), dilation=(1, 1), groups=1)
     mag = conv2d_ref(np.abs(x), np.abs(w), None, stride=(1, 1), pad=(1, 1, 1, 1), dilation=(1, 1), groups=1)
-    assert_close_to_terms(y, ref, mag, np.float32)
+    assert_close(y, ref, mag, np.float32)
 
 
 def _fake_times(fastest):
     """Every registered algorithm 5 ms, ``fastest`` 1 ms."""
-    return {name: (1.0 if name == fastest else 5.0) for name in conv.ALGOS}
+    return {name: (1.0 if name == fastest else 5.0) for name in conv.OP.names}
 
 
 def test_measures_once_and_keeps_the_fastest():
     x, w = _problem()
-    g_heuristic = conv.choose_algo(gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 1), np.float32)
+    g_heuristic = select.choose_algo(gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 1), np.float32)
     fastest = "direct" if g_heuristic != "direct" else "tiled"  # differ from the heuristic on purpose
     rt = TimedRuntime(_fake_times(fastest))
     with use_backend(CudaBackend(rt)):
         y = gpuconv.conv2d(x, w, padding=1)
         assert gpuconv.last_kernel().kernel.startswith(f"gpuconv::conv2d_{fastest}<")
-        candidates = conv.candidates(gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 1), np.float32)
+        candidates = select.candidates(gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 1), np.float32)
         assert rt.timed == len(candidates) >= 2
         _check(y, x, w)
         y2 = gpuconv.conv2d(x, w, padding=1, activation="relu")  # same sizes: looked up, not measured again
@@ -89,7 +92,7 @@ def test_measures_once_and_keeps_the_fastest():
     (choice,) = gpuconv.autotune_choices()
     assert choice["algo"] == fastest and choice["how"] == "measured"
     assert set(choice["times_ms"]) == set(candidates) and choice["times_ms"][fastest] == 1.0
-    assert choice["key"].startswith("emulated-device|float32|N2 C3 H18 W19 K4 R3 S3 g1 s1,1 p1,1,1,1 d1,1")
+    assert choice["key"].startswith("conv2d forward|emulated-device|float32|N2 C3 H18 W19 K4 R3 S3 g1 s1,1 p1,1,1,1 d1,1")
 
 
 def test_a_new_shape_or_device_is_measured_again():
@@ -121,7 +124,7 @@ def test_measuring_off_uses_the_heuristic(how, monkeypatch):
     with use_backend(CudaBackend(rt)):
         y = gpuconv.conv2d(x, w, padding=1)
     assert rt.timed == 0
-    expected = conv.choose_algo(geom, np.float32)
+    expected = select.choose_algo(geom, np.float32)
     assert gpuconv.last_kernel().kernel.startswith(f"gpuconv::conv2d_{expected}<")
     assert [c["how"] for c in gpuconv.autotune_choices()] == ["heuristic"]
     _check(y, x, w)
@@ -165,6 +168,25 @@ def test_cache_file_from_the_environment(tmp_path, monkeypatch):
     assert path.is_file()
 
 
+def test_cache_files_of_the_first_format_are_read_as_conv2d_forward(tmp_path):
+    """Files written before choices were keyed by (op, direction) (``gpuconv-autotune-1``, keys without
+    the operation) still count: their entries are conv2d forward's; rewriting saves format 2."""
+    x, w = _problem()
+    geom = gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 1)
+    old_key = autotune.shape_key("emulated-device", geom, np.float32).split("|", 1)[1]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": "gpuconv-autotune-1",
+                                "choices": {old_key: {"algo": "tiled", "times_ms": {"tiled": 1.0}}}}))
+    gpuconv.set_autotune(cache_file=path)
+    rt = TimedRuntime(_fake_times("direct"))  # would pick direct if it measured
+    with use_backend(CudaBackend(rt)):
+        y = gpuconv.conv2d(x, w, padding=1)
+    assert rt.timed == 0 and gpuconv.last_kernel().kernel.startswith("gpuconv::conv2d_tiled<")
+    assert [(c["key"].split("|")[0], c["how"]) for c in gpuconv.autotune_choices()] == [
+        ("conv2d forward", "cache file")]
+    _check(y, x, w)
+
+
 def test_unreadable_cache_file_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{not json")
@@ -181,7 +203,7 @@ def test_only_algorithms_that_accept_the_call_are_measured():
     x = rng.standard_normal((1, 2, 125, 123)).astype(np.float32)
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
     geom = gpuconv._geometry.conv_geometry(x.shape, w.shape, None, 1, 0, 60)
-    names = conv.candidates(geom, np.float32)
+    names = select.candidates(geom, np.float32)
     assert "tiled" not in names and "direct" in names
     rt = TimedRuntime(_fake_times("direct"))
     with use_backend(CudaBackend(rt)):

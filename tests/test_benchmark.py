@@ -1,7 +1,8 @@
-"""``python -m gpuconv bench`` (gpuconv/benchmark.py): the suite, the pure figures (roofline, statistics,
-checks, schedule), the Markdown / README output, and CPU-mode smoke runs. No timing is asserted.
+"""``python -m gpuconv bench`` (the package gpuconv/bench/) and the README tool bench/update_readme.py: the
+suite, the pure figures (roofline, statistics, checks, schedule), the Markdown / README output, and CPU-mode
+smoke runs. No timing is asserted.
 
-The GPU timing loop needs CuPy and a device; its row logic (algorithms from ``gpuconv._cuda.conv.ALGOS``,
+The GPU timing loop needs CuPy and a device; its row logic (algorithms from ``gpuconv._cuda.conv.OP.names``,
 declined rows, the kernel record) is exercised here on the CPU emulator of our CUDA kernels.
 """
 
@@ -18,9 +19,15 @@ import numpy as np
 import pytest
 
 import gpuconv
-from gpuconv import benchmark as bm
+from gpuconv.bench import cli as bench_cli
+from gpuconv.bench import environment, peers, platforms, render, runner, stats, suite
+from gpuconv.bench import results as result_files
 from gpuconv._geometry import conv_geometry
 from gpuconv.__main__ import main as cli
+
+# The README tool of the repository (bench/update_readme.py, not part of the package), as --update-readme
+# loads it.
+readme_tool = bench_cli.load_readme_tool()
 
 try:
     import torch
@@ -37,7 +44,7 @@ def needs_torch(fn):
 # --------------------------------------------------------------------------------------------
 
 def test_suite_is_the_issue_layer_list():
-    cases = bm.build_suite()
+    cases = suite.build_suite()
     conv = {c.name: (c.N, c.C, c.H, c.K, c.R, c.stride, c.pad, c.groups) for c in cases
             if c.is_conv and c.dtype == "float32" and not c.name.endswith("N=1")}
     assert conv["ResNet-50 stem 7x7/2"] == (32, 3, 224, 64, 7, 2, 3, 1)
@@ -59,13 +66,13 @@ def test_suite_is_the_issue_layer_list():
 
 
 def test_quick_suite_is_a_subset():
-    full = {(c.name, c.dtype) for c in bm.build_suite()}
-    quick = bm.build_suite(quick=True)
-    assert {(c.name, c.dtype) for c in quick} == bm.QUICK <= full
+    full = {(c.name, c.dtype) for c in suite.build_suite()}
+    quick = suite.build_suite(quick=True)
+    assert {(c.name, c.dtype) for c in quick} == suite.QUICK <= full
 
 
 def test_cpu_scaling():
-    by_name = {(c.name, c.dtype): c for c in bm.build_suite(cpu=True)}
+    by_name = {(c.name, c.dtype): c for c in suite.build_suite(cpu=True)}
     assert by_name["VGG-16 conv1_2", "float32"].input_shape == (2, 64, 112, 112)
     assert by_name["LeNet-5 conv1", "float32"].N == 16
     assert by_name["conv5 3x3 N=1", "float32"].N == 1
@@ -75,22 +82,40 @@ def test_cpu_scaling():
 
 
 def test_select():
-    cases = bm.build_suite()
-    got = bm.select(cases, layers=["alexnet", " LENET-5"], dtypes=["float32"])
+    cases = suite.build_suite()
+    got = suite.select(cases, layers=["alexnet", " LENET-5"], dtypes=["float32"])
     assert [c.name for c in got] == ["AlexNet conv1", "AlexNet conv2", "AlexNet grouped conv2", "LeNet-5 conv1"]
-    assert all(c.dtype == "float16" for c in bm.select(cases, dtypes=["float16"]))
-    assert bm.select(cases) == cases
+    assert all(c.dtype == "float16" for c in suite.select(cases, dtypes=["float16"]))
+    assert suite.select(cases) == cases
+
+
+def test_targets_suite():
+    """``--targets``: the NumPy path's layers at their own batch sizes (not CPU-scaled), convolutions with a
+    bias; a case without a bias is stored as before (no ``bias`` key), one with a bias says so."""
+    cases = suite.build_targets()
+    conv = {c.name: (c.N, c.C, c.H, c.K, c.R, c.stride, c.pad, c.groups) for c in cases if c.is_conv}
+    assert conv["LeNet conv2"] == (64, 6, 14, 16, 5, 1, 0, 1)
+    assert conv["3x3/2 128->128 @56"] == (8, 128, 56, 128, 3, 2, 1, 1)
+    assert conv["depthwise 3x3 144 @56"] == (8, 144, 56, 144, 3, 1, 1, 144)
+    assert len(conv) == 7 and all(c.bias and c.dtype == "float32" for c in cases if c.is_conv)
+    (pool,) = [c for c in cases if not c.is_conv]
+    assert pool.input_shape == (8, 64, 112, 112) and not pool.bias
+    lenet = next(c for c in cases if c.name == "LeNet conv1")
+    assert lenet.bias_shape == (6,) and lenet.shape_label.endswith(" +bias") and lenet.record()["bias"] is True
+    assert lenet.nbytes == 4 * (64 * 32 * 32 + 64 * 6 * 28 * 28 + 6 * 25 + 6)
+    plain = suite.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
+    assert "bias" not in plain.record() and plain.bias_shape is None
 
 
 def test_case_flops_bytes_and_metric():
-    c = bm.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
+    c = suite.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
     assert c.flops == 2 * 32 * 64 * 56 * 56 * 64 * 9
     assert c.nbytes == 4 * (32 * 64 * 56 * 56 * 2 + 64 * 64 * 9)
     assert not c.memory_bound
-    dw = bm.Case("dw", "conv2d", 2, 8, 10, 8, 3, 1, 1, groups=8, dtype="float16")
+    dw = suite.Case("dw", "conv2d", 2, 8, 10, 8, 3, 1, 1, groups=8, dtype="float16")
     assert dw.flops == 2 * 2 * 8 * 100 * 9 and dw.memory_bound
     assert dw.nbytes == 2 * (2 * 8 * 100 * 2 + 8 * 9)
-    pool = bm.Case("p", "max_pool2d", 2, 3, 8, R=2, stride=2)
+    pool = suite.Case("p", "max_pool2d", 2, 3, 8, R=2, stride=2)
     assert pool.flops == 0 and pool.memory_bound and pool.kwargs == dict(kernel_size=2, stride=2, padding=0)
     assert pool.nbytes == 4 * (2 * 3 * 64 + 2 * 3 * 16)
 
@@ -100,65 +125,76 @@ def test_case_flops_bytes_and_metric():
 # --------------------------------------------------------------------------------------------
 
 def test_fp32_lanes_and_peak():
-    assert bm.fp32_lanes_per_sm((8, 0)) == 64  # A100
-    assert bm.fp32_lanes_per_sm((7, 0)) == 64  # V100
+    assert stats.fp32_lanes_per_sm((8, 0)) == 64  # A100
+    assert stats.fp32_lanes_per_sm((7, 0)) == 64  # V100
     for cc in ((8, 6), (8, 9), (9, 0)):
-        assert bm.fp32_lanes_per_sm(cc) == 128
-    assert bm.fp32_lanes_per_sm((99, 0)) is None
-    h100 = bm.fp32_peak_flops(132, (9, 0), 1_980_000)
+        assert stats.fp32_lanes_per_sm(cc) == 128
+    assert stats.fp32_lanes_per_sm((99, 0)) is None
+    h100 = stats.fp32_peak_flops(132, (9, 0), 1_980_000)
     assert h100 == pytest.approx(66.9e12, rel=1e-3)
-    a100 = bm.fp32_peak_flops(108, (8, 0), 1_410_000)
+    a100 = stats.fp32_peak_flops(108, (8, 0), 1_410_000)
     assert a100 == pytest.approx(19.5e12, rel=1e-2)
-    assert bm.fp32_peak_flops(132, (99, 0), 1_980_000) is None
-    assert bm.fp32_peak_flops(132, (9, 0), None) is None
+    assert stats.fp32_peak_flops(132, (99, 0), 1_980_000) is None
+    assert stats.fp32_peak_flops(132, (9, 0), None) is None
 
 
 def test_roofline_seconds():
-    assert bm.roofline_seconds(100e12, 1e9, 50e12, 2e12) == pytest.approx(2.0)  # compute-bound
-    assert bm.roofline_seconds(1e9, 4e12, 50e12, 2e12) == pytest.approx(2.0)  # memory-bound
-    assert bm.roofline_seconds(0, 4e12, None, 2e12) == pytest.approx(2.0)  # pooling: no peak needed
-    assert bm.roofline_seconds(1e9, 4e12, None, 2e12) is None
-    assert bm.roofline_seconds(1e9, 4e12, 50e12, None) is None
+    assert stats.roofline_seconds(100e12, 1e9, 50e12, 2e12) == pytest.approx(2.0)  # compute-bound
+    assert stats.roofline_seconds(1e9, 4e12, 50e12, 2e12) == pytest.approx(2.0)  # memory-bound
+    assert stats.roofline_seconds(0, 4e12, None, 2e12) == pytest.approx(2.0)  # pooling: no peak needed
+    assert stats.roofline_seconds(1e9, 4e12, None, 2e12) is None
+    assert stats.roofline_seconds(1e9, 4e12, 50e12, None) is None
 
 
 def test_summarize_and_geomean():
-    s = bm.summarize([0.003, 0.001, 0.002, 0.010])
+    s = stats.summarize([0.003, 0.001, 0.002, 0.010])
     assert s == dict(median_ms=pytest.approx(2.5), min_ms=pytest.approx(1.0), max_ms=pytest.approx(10.0), n=4)
-    assert bm.geomean([0.5, 2.0]) == pytest.approx(1.0)
-    assert bm.geomean([None]) is None
+    assert stats.geomean([0.5, 2.0]) == pytest.approx(1.0)
+    assert stats.geomean([None]) is None
 
 
 def test_schedule():
-    assert bm.schedule(3, 2, interleave=True) == [0, 1, 2, 2, 1, 0]
-    assert bm.schedule(2, 3, interleave=False) == [0, 0, 0, 1, 1, 1]
-    assert bm.schedule(0, 5, interleave=True) == []
+    assert stats.schedule(3, 2, interleave=True) == [0, 1, 2, 2, 1, 0]
+    assert stats.schedule(2, 3, interleave=False) == [0, 0, 0, 1, 1, 1]
+    assert stats.schedule(0, 5, interleave=True) == []
+
+
+def test_schedule_in_rounds():
+    """``--rounds``: blocked calls split into rounds, which contender goes first alternating; every
+    contender still gets ``repeats`` calls. One round is the plain blocked order."""
+    assert stats.schedule(2, 5, interleave=False, rounds=2) == [0, 0, 0, 1, 1, 1, 1, 1, 0, 0]
+    assert stats.schedule(2, 4, interleave=False, rounds=4) == [0, 1, 1, 0, 0, 1, 1, 0]
+    assert stats.schedule(2, 3, interleave=False, rounds=1) == stats.schedule(2, 3, interleave=False)
+    assert stats.schedule(3, 2, interleave=True, rounds=5) == stats.schedule(3, 2, interleave=True)
+    order = stats.schedule(3, 7, interleave=False, rounds=3)
+    assert [order.count(i) for i in range(3)] == [7, 7, 7]
 
 
 def test_check_close():
     ref = np.array([[1.0, -2.0], [0.0, 100.0]], np.float32)
-    ok = bm.check_close(ref + 1e-4, ref, 1e-3, 1e-3)
+    ok = stats.check_close(ref + 1e-4, ref, 1e-3, 1e-3)
     assert ok["ok"] and ok["max_abs_err"] == pytest.approx(1e-4, rel=1e-2) and ok["worst"] <= 1
-    assert bm.check_close(ref * 1.0005, ref, 1e-3, 1e-3)["ok"]  # relative part
-    bad = bm.check_close(ref + np.float32(0.01), ref, 1e-3, 1e-3)
+    assert stats.check_close(ref * 1.0005, ref, 1e-3, 1e-3)["ok"]  # relative part
+    bad = stats.check_close(ref + np.float32(0.01), ref, 1e-3, 1e-3)
     assert not bad["ok"] and bad["worst"] > 1
     nan = ref.copy()
     nan[0, 0] = np.nan
-    assert not bm.check_close(nan, ref, 1e-3, 1e-3)["ok"]
-    assert not bm.check_close(ref[:1], ref, 1e-3, 1e-3)["ok"]
-    assert bm.check_close(ref.astype(np.float16), ref, 1e-2, 1e-2)["ok"]
+    assert not stats.check_close(nan, ref, 1e-3, 1e-3)["ok"]
+    assert not stats.check_close(ref[:1], ref, 1e-3, 1e-3)["ok"]
+    assert stats.check_close(ref.astype(np.float16), ref, 1e-2, 1e-2)["ok"]
 
 
 def test_cuda_version_string_and_slug():
-    assert bm.cuda_version_string(12080) == "12.8"
-    assert bm.cuda_version_string(13000) == "13.0"
-    assert bm.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert environment.cuda_version_string(12080) == "12.8"
+    assert environment.cuda_version_string(13000) == "13.0"
+    assert environment.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
 
 
 # --------------------------------------------------------------------------------------------
 # contenders: check before timing, declined / error / wrong rows, schedule
 # --------------------------------------------------------------------------------------------
 
-class FakePlatform(bm.CpuPlatform):
+class FakePlatform(platforms.CpuPlatform):
     """CPU platform whose timer only records the order of the calls."""
 
     warmup = 1
@@ -181,27 +217,27 @@ def _declining():
 
 def test_prepare_statuses():
     plat, ref = FakePlatform(), np.ones(3, np.float32)
-    c = bm.Contender("tiled", "ours", _declining)
-    bm.prepare(plat, c, ref, "float32")
+    c = runner.Contender("tiled", "ours", _declining)
+    runner.prepare(plat, c, ref, "float32")
     assert (c.status, c.message) == ("declined", "tiled declines this geometry because reasons")
-    c = bm.Contender("auto", "ours", _declining)  # 'auto' must never decline
-    bm.prepare(plat, c, ref, "float32")
+    c = runner.Contender("auto", "ours", _declining)  # 'auto' must never decline
+    runner.prepare(plat, c, ref, "float32")
     assert c.status == "error"
-    c = bm.Contender("direct", "ours", lambda: 1 / 0)
-    bm.prepare(plat, c, ref, "float32")
+    c = runner.Contender("direct", "ours", lambda: 1 / 0)
+    runner.prepare(plat, c, ref, "float32")
     assert c.status == "error" and "ZeroDivisionError" in c.message
     gpuconv.max_pool2d(np.zeros((1, 1, 2, 2), np.float32), 2)  # something for last_kernel()
-    c = bm.Contender("direct", "ours", lambda: ref + 1)
-    bm.prepare(plat, c, ref, "float32")
+    c = runner.Contender("direct", "ours", lambda: ref + 1)
+    runner.prepare(plat, c, ref, "float32")
     assert c.status == "wrong" and not c.check["ok"] and c.kernel == "numpy_max_pool"
-    c = bm.Contender("direct", "ours", lambda: ref + 1e-5)
-    bm.prepare(plat, c, ref, "float32")
+    c = runner.Contender("direct", "ours", lambda: ref + 1e-5)
+    runner.prepare(plat, c, ref, "float32")
     assert c.status == "ok" and c.check["max_abs_err"] < 1e-4
-    c = bm.Contender("TF32", "peer_tf32", lambda: ref * 1.01, loose=True)
-    bm.prepare(plat, c, ref, "float32")
+    c = runner.Contender("TF32", "peer_tf32", lambda: ref * 1.01, loose=True)
+    runner.prepare(plat, c, ref, "float32")
     assert c.status == "ok"  # loose tolerance
-    c = bm.Contender("direct", "ours", lambda: ref)
-    bm.prepare(plat, c, None, "float32")
+    c = runner.Contender("direct", "ours", lambda: ref)
+    runner.prepare(plat, c, None, "float32")
     assert c.status == "unchecked"
 
 
@@ -209,9 +245,9 @@ def test_prepare_statuses():
 def test_only_checked_contenders_are_timed(interleave):
     plat = FakePlatform(interleave)
     order = []
-    cs = [bm.Contender(name, "ours", lambda n=name: order.append(n)) for name in "abc"]
+    cs = [runner.Contender(name, "ours", lambda n=name: order.append(n)) for name in "abc"]
     cs[0].status, cs[1].status, cs[2].status = "ok", "wrong", "unchecked"
-    bm.time_contenders(plat, cs, repeats=2)
+    runner.time_contenders(plat, cs, repeats=2)
     assert [len(c.times) for c in cs] == [2, 0, 2]
     assert order == (["a", "c", "c", "a"] if interleave else ["a", "a", "c", "c"])
     assert plat.calls.count("settle") == (2 if interleave else 1)
@@ -223,18 +259,18 @@ def test_only_checked_contenders_are_timed(interleave):
 
 def _gpu_like_results():
     """Results as a GPU run would give them, built from fake contenders (no GPU involved)."""
-    case = bm.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
-    pool = bm.Case("max-pool 3x3/2 pad 1", "max_pool2d", 32, 64, 112, R=3, stride=2, pad=1)
+    case = suite.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
+    pool = suite.Case("max-pool 3x3/2 pad 1", "max_pool2d", 32, 64, 112, R=3, stride=2, pad=1)
     roof = dict(peak_flops=66.9e12, peak_source="132 SMs x 128 FP32 lanes (sm_90) x 2 x 1980 MHz",
                 bandwidth=2.9e12, bandwidth_source="measured: device-to-device copy of 1024 MiB")
 
     def contender(label, role, status, times=(), **kw):
-        c = bm.Contender(label, role, None, status=status, **kw)
+        c = runner.Contender(label, role, None, status=status, **kw)
         c.times = [t * 1e-3 for t in times]
         if status in ("ok", "wrong"):
             c.check = dict(ok=status == "ok", max_abs_err=3e-6 if status == "ok" else 0.5, worst=0.1)
         return c
-    rows = bm.case_rows(case, [
+    rows = runner.case_rows(case, [
         contender("direct", "ours", "ok", (2.0, 2.2, 2.1), kernel="gpuconv::conv2d_direct<float>"),
         contender("tiled", "ours", "declined", message="tiled declines this geometry because it must"),
         contender("auto", "ours", "wrong", kernel="gpuconv::conv2d_direct<float>"),
@@ -242,16 +278,16 @@ def _gpu_like_results():
         contender("cuDNN TF32", "peer_tf32", "ok", (0.5, 0.5, 0.5)),
     ], roof, "PyTorch, float32, TF32 off")
     pool_kernel = "gpuconv::max_pool2d<float, false, 3, 3>"
-    rows += bm.case_rows(pool, [contender("auto", "ours", "ok", (0.5,), kernel=pool_kernel),
-                                contender("cuDNN", "peer", "ok", (0.25,))], roof, "PyTorch, float32, TF32 off")
-    return dict(schema=bm.SCHEMA, date="2026-01-02T03:04:05+00:00", commit="0123456789abcdef", dirty=False,
+    rows += runner.case_rows(pool, [contender("auto", "ours", "ok", (0.5,), kernel=pool_kernel),
+                                    contender("cuDNN", "peer", "ok", (0.25,))], roof, "PyTorch, float32, TF32 off")
+    return dict(schema=result_files.SCHEMA, date="2026-01-02T03:04:05+00:00", commit="0123456789abcdef", dirty=False,
                 device=dict(kind="gpu", name="NVIDIA H100 80GB HBM3", slug="nvidia-h100-80gb-hbm3",
                             compute_capability="9.0", sm_count=132, clock_mhz=1980.0, l2_bytes=50 << 20),
                 versions=dict(python="3.11", numpy="2.0", gpuconv="0.1.0", cupy="14.0", cuda_runtime="13.0",
                               driver="13.0", torch="2.9", cudnn="91000"),
                 peer=dict(label="cuDNN", missing=None, name="PyTorch 2.9"),
                 settings=dict(suite="full", filters={}, repeats=3, algos=["direct", "tiled", "auto"], scaling=None,
-                              tolerances=dict(bm.TOLERANCES, tf32=bm.TF32_TOLERANCE), timing="CUDA events",
+                              tolerances=dict(stats.TOLERANCES, tf32=stats.TF32_TOLERANCE), timing="CUDA events",
                               interleaved=True, warmup_calls=3),
                 roofline=roof, rows=rows, elapsed_s=60.0)
 
@@ -271,11 +307,11 @@ def test_rows_carry_figures():
     assert pool["metric"] == "B/s" and pool["peer_tf32"] is None
     assert pool["ours"]["roofline_fraction"] == pytest.approx(pool["bytes"] / 2.9e12 / 0.5e-3)
     json.dumps(rows)  # JSON-ready
-    assert [r["algo"] for r in bm.failed(_gpu_like_results())] == ["auto"]
+    assert [r["algo"] for r in runner.failed(_gpu_like_results())] == ["auto"]
 
 
 def test_render_markdown_gpu_like():
-    md = bm.render_markdown(_gpu_like_results(), level=2, image="x.png")
+    md = render.render_markdown(_gpu_like_results(), level=2, image="x.png")
     assert md.startswith("## gpuconv bench: NVIDIA H100 80GB HBM3, 2026-01-02\n")
     assert "| layer | shape | dtype | algo | kernel | ours ms | ours speed | roofline | cuDNN ms | cuDNN TF32 ms " \
            "| vs cuDNN | vs cuDNN TF32 | check |" in md
@@ -288,36 +324,37 @@ def test_render_markdown_gpu_like():
 
 def test_write_results_and_update_readme(tmp_path):
     results = _gpu_like_results()
-    paths = bm.write_results(results, tmp_path / "results", plot=False)
+    paths = result_files.write_results(results, tmp_path / "results", plot=False)
     assert paths["json"].name == "nvidia-h100-80gb-hbm3.json" and paths["md"].exists()
     loaded = json.loads(paths["json"].read_text())
     assert loaded["rows"][0]["ours"]["median_ms"] == pytest.approx(2.1)
     # quick / filtered runs never reach the README
     quick = dict(_gpu_like_results(), settings=dict(results["settings"], suite="quick"))
-    assert bm.write_results(quick, tmp_path / "results", plot=False)["json"].name.endswith("-quick.json")
+    assert result_files.write_results(quick, tmp_path / "results", plot=False)["json"].name.endswith("-quick.json")
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nintro\n\n## Benchmarks\n\n{bm.README_START}\nold\n{bm.README_END}\n\n## After\n")
-    assert bm.update_readme(readme, tmp_path / "results")
+    start, end = readme_tool.README_START, readme_tool.README_END
+    readme.write_text(f"# x\n\nintro\n\n## Benchmarks\n\n{start}\nold\n{end}\n\n## After\n")
+    assert readme_tool.update_readme(readme, tmp_path / "results")
     text = readme.read_text()
-    assert text.startswith("# x\n\nintro\n\n## Benchmarks\n\n") and text.endswith(f"{bm.README_END}\n\n## After\n")
+    assert text.startswith("# x\n\nintro\n\n## Benchmarks\n\n") and text.endswith(f"{end}\n\n## After\n")
     assert "old" not in text and "### gpuconv bench: NVIDIA H100 80GB HBM3, 2026-01-02" in text
     assert text.count("### gpuconv bench") == 1  # the quick file is left out
-    assert not bm.update_readme(readme, tmp_path / "results")  # idempotent
+    assert not readme_tool.update_readme(readme, tmp_path / "results")  # idempotent
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers"):
-        bm.update_readme(readme, tmp_path / "results")
+        readme_tool.update_readme(readme, tmp_path / "results")
 
 
 def test_plot_is_optional(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
     results = _gpu_like_results()
-    paths = bm.write_results(results, tmp_path, plot=True)
+    paths = result_files.write_results(results, tmp_path, plot=True)
     assert "png" not in paths and "matplotlib is not installed" in paths["md"].read_text()
 
 
 def test_plot(tmp_path):
     pytest.importorskip("matplotlib")
-    paths = bm.write_results(_gpu_like_results(), tmp_path, plot=True)
+    paths = result_files.write_results(_gpu_like_results(), tmp_path, plot=True)
     assert paths["png"].stat().st_size > 1000 and "](nvidia-h100-80gb-hbm3.png)" in paths["md"].read_text()
 
 
@@ -326,12 +363,12 @@ def test_render_rewrites_a_results_file(tmp_path, monkeypatch):
     and Markdown here, figures untouched; --update-readme regenerates the README from --out."""
     with monkeypatch.context() as m:  # restores sys.modules' own entry (a loaded matplotlib stays loaded)
         m.setitem(sys.modules, "matplotlib", None)
-        there = bm.write_results(_gpu_like_results(), tmp_path / "there", plot=True)
+        there = result_files.write_results(_gpu_like_results(), tmp_path / "there", plot=True)
     assert "png" not in there and "matplotlib is not installed" in there["md"].read_text()
     plotted = importlib.util.find_spec("matplotlib") is not None
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{bm.README_START}\nold\n{bm.README_END}\n")
-    monkeypatch.setattr(bm, "REPO_ROOT", tmp_path)
+    readme.write_text(f"# x\n\n{readme_tool.README_START}\nold\n{readme_tool.README_END}\n")
+    monkeypatch.setattr(bench_cli, "REPO_ROOT", tmp_path)
     args = ["bench", "--render", str(there["json"]), "--out", str(tmp_path / "here"), "--update-readme"]
     assert cli(args) == 0
     md = (tmp_path / "here" / "nvidia-h100-80gb-hbm3.md").read_text()
@@ -339,29 +376,41 @@ def test_render_rewrites_a_results_file(tmp_path, monkeypatch):
     before, after = (json.loads(p.read_text()) for p in (there["json"], tmp_path / "here" / there["json"].name))
     assert after["rows"] == before["rows"] and after["commit"] == before["commit"]
     assert "old" not in readme.read_text() and "NVIDIA H100 80GB HBM3, 2026-01-02" in readme.read_text()
-    (tmp_path / "bad.json").write_text(json.dumps(dict(schema=bm.SCHEMA + 1)))
+    (tmp_path / "bad.json").write_text(json.dumps(dict(schema=result_files.SCHEMA + 1)))
     assert cli(["bench", "--render", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 2
     assert cli(["bench", "--render", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_update_readme_needs_a_checkout(tmp_path, monkeypatch, capsys):
+    """--update-readme runs the checkout's bench/update_readme.py; where there is none (an installed
+    wheel), it says so and fails, after writing the results."""
+    there = result_files.write_results(_gpu_like_results(), tmp_path / "there", plot=False)
+    monkeypatch.setattr(bench_cli, "README_TOOL", tmp_path / "bench" / "update_readme.py")
+    args = ["bench", "--render", str(there["json"]), "--out", str(tmp_path / "here"), "--no-plot",
+            "--update-readme"]
+    assert cli(args) == 2
+    assert "--update-readme needs a source checkout" in capsys.readouterr().err
+    assert (tmp_path / "here" / there["json"].name).exists()
 
 
 # --------------------------------------------------------------------------------------------
 # CPU-mode runs through the command line
 # --------------------------------------------------------------------------------------------
 
-TINY = [bm.Case("tiny conv", "conv2d", 2, 3, 12, 4, 3, 1, 1),
-        bm.Case("tiny dw", "conv2d", 2, 4, 10, 4, 3, 2, 1, groups=4),
-        bm.Case("tiny max-pool", "max_pool2d", 2, 3, 8, R=3, stride=2, pad=1),
-        bm.Case("tiny global avg-pool", "adaptive_avg_pool2d", 2, 5, 4, R=1),
-        bm.Case("tiny conv", "conv2d", 2, 3, 12, 4, 3, 1, 1, dtype="float16")]
+TINY = [suite.Case("tiny conv", "conv2d", 2, 3, 12, 4, 3, 1, 1),
+        suite.Case("tiny dw", "conv2d", 2, 4, 10, 4, 3, 2, 1, groups=4),
+        suite.Case("tiny max-pool", "max_pool2d", 2, 3, 8, R=3, stride=2, pad=1),
+        suite.Case("tiny global avg-pool", "adaptive_avg_pool2d", 2, 5, 4, R=1),
+        suite.Case("tiny conv", "conv2d", 2, 3, 12, 4, 3, 1, 1, dtype="float16")]
 
 
 @pytest.fixture
 def tiny(monkeypatch):
     """The tiny suite, and cheap roofline measurements."""
-    monkeypatch.setattr(bm, "build_suite", lambda quick=False, cpu=False: list(TINY))
-    monkeypatch.setattr(bm, "measure_cpu_gemm", lambda: (1e10, 64))
-    monkeypatch.setattr(bm, "measure_cpu_bandwidth", lambda: (1e10, 1 << 20))
-    monkeypatch.setattr(bm.CpuPlatform, "settle_s", 0.0)
+    monkeypatch.setattr(bench_cli, "build_suite", lambda quick=False, cpu=False: list(TINY))
+    monkeypatch.setattr(platforms, "measure_cpu_gemm", lambda: (1e10, 64))
+    monkeypatch.setattr(platforms, "measure_cpu_bandwidth", lambda: (1e10, 1 << 20))
+    monkeypatch.setattr(platforms.CpuPlatform, "settle_s", 0.0)
 
 
 def _run(tmp_path, *args):
@@ -417,8 +466,8 @@ def test_cpu_run_fails_a_wrong_row(tmp_path, tiny, monkeypatch):
 
 
 def test_cpu_run_without_torch(tmp_path, tiny, monkeypatch):
-    monkeypatch.setattr(bm, "import_torch", lambda kind: (None, "PyTorch is not installed (pip install torch): "
-                                                                 "ours ran alone"))
+    monkeypatch.setattr(bench_cli, "import_torch", lambda kind: (None, "PyTorch is not installed (pip install torch): "
+                                                                       "ours ran alone"))
     code, results, md = _run(tmp_path)
     assert code == 0
     _assert_structure(results)
@@ -436,12 +485,40 @@ def test_cli_list_and_bad_algo(capsys, tmp_path):
     assert cli(["bench", "--device", "cpu", "--layers", "no such layer"]) == 2
 
 
+def test_cli_targets_and_rounds_options(capsys, tmp_path):
+    assert cli(["bench", "--device", "cpu", "--targets", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "LeNet conv2" in out and "+bias" in out and "ResNet" not in out
+    assert cli(["bench", "--device", "cpu", "--rounds", "0", "--out", str(tmp_path)]) == 2
+    assert "--rounds must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["bench", "--quick", "--targets"])
+
+
+@needs_torch
+def test_cpu_targets_run(tmp_path, monkeypatch):
+    """``--targets --rounds``: the NumPy path's layers with a bias, checked against PyTorch (bias included),
+    timed in alternating rounds; the Markdown reports the goals; the file is named for its suite."""
+    monkeypatch.setattr(platforms, "measure_cpu_gemm", lambda: (1e10, 64))
+    monkeypatch.setattr(platforms, "measure_cpu_bandwidth", lambda: (1e10, 1 << 20))
+    monkeypatch.setattr(platforms.CpuPlatform, "settle_s", 0.0)
+    code, results, md = _run(tmp_path, "--targets", "--rounds", "2", "--layers", "LeNet,max-pool")
+    assert code == 0 and results["settings"]["suite"] == "targets" and results["settings"]["scaling"] is None
+    assert [r["layer"] for r in results["rows"]] == ["LeNet conv1", "LeNet conv2", "max-pool 3x3/2 pad 1"]
+    for r in results["rows"]:
+        assert r["status"] == "ok" and r["peer"]["status"] == "ok" and r["ours"]["n"] == 2 == r["peer"]["n"]
+        assert r["case"].get("bias", False) == (r["op"] == "conv2d")
+    assert "2 rounds" in results["settings"]["timing"]
+    assert "Targets of the NumPy path, time ours / PyTorch" in md and "max-pool" in md.split("Targets")[-1]
+    assert next(tmp_path.glob("*.json")).name.endswith("-targets-partial.json")
+
+
 @needs_torch
 def test_quick_smoke(tmp_path):
     """The README's command on a machine without a GPU, with one repetition."""
     code, results, md = _run(tmp_path, "--quick", "--repeats", "1")
     assert code == 0
-    assert results["settings"]["suite"] == "quick" and len(results["rows"]) == len(bm.QUICK)
+    assert results["settings"]["suite"] == "quick" and len(results["rows"]) == len(suite.QUICK)
     assert all(r["status"] == "ok" for r in results["rows"])
 
 
@@ -452,13 +529,13 @@ def test_quick_smoke(tmp_path):
 @pytest.mark.emulated
 @needs_torch
 def test_gpu_row_logic_on_the_emulator(tmp_path):
-    """Every algorithm of ``gpuconv._cuda.conv.ALGOS`` + auto gets a row; an algorithm that declines a
+    """Every algorithm of ``gpuconv._cuda.conv.OP.names`` + auto gets a row; an algorithm that declines a
     geometry by its rule (tiled: a halo that does not fit in shared memory) gets a "declined" row, not a
     crash, and 'auto' runs what the heuristic picks (the emulator cannot time kernels)."""
     from gpuconv._backend import CudaBackend, use_backend
     from tests.runners import emulated_runtime
 
-    class EmulatedPlatform(bm.CpuPlatform):
+    class EmulatedPlatform(platforms.CpuPlatform):
         warmup = 1
         settle_s = 0.0
 
@@ -466,24 +543,24 @@ def test_gpu_row_logic_on_the_emulator(tmp_path):
             return use_backend(CudaBackend(emulated_runtime()))
 
         def conv_algos(self):
-            return bm.cuda_conv_algos()
+            return environment.cuda_conv_algos()
 
         def roofline(self):
             return dict(peak_flops=None, peak_source="n/a", bandwidth=None, bandwidth_source="n/a")
 
-    cases = [bm.Case("small", "conv2d", 1, 2, 6, 2, 3, 1, 1),
-             bm.Case("huge stride", "conv2d", 1, 1, 40, 2, 16, 8, 0)]
+    cases = [suite.Case("small", "conv2d", 1, 2, 6, 2, 3, 1, 1),
+             suite.Case("huge stride", "conv2d", 1, 1, 40, 2, 16, 8, 0)]
     plat = EmulatedPlatform(torch)
     algos = plat.conv_algos()
     assert "auto" in algos and len(algos) >= 2
-    results = bm.run_bench(plat, cases, algos, 1, suite="full")
+    results = runner.run_bench(plat, cases, algos, 1, suite="full")
     rows = {(r["layer"], r["algo"]): r for r in results["rows"]}
     assert len(rows) == 2 * len(algos)
-    from gpuconv._cuda import conv as cuda_conv
+    from gpuconv._cuda import select as cuda_select
     for (layer, algo), r in rows.items():
         case = next(c for c in cases if c.name == layer)
         geom = conv_geometry(case.input_shape, case.weight_shape, None, case.stride, case.pad, 1, case.groups)
-        if algo != "auto" and cuda_conv.decline_reason(algo, geom, np.float32) is not None:
+        if algo != "auto" and cuda_select.decline_reason(algo, geom, np.float32) is not None:
             # e.g. tiled for the huge stride (shared memory), depthwise / gemm1x1 outside their kind
             assert r["status"] == "declined" and f"{algo} declines" in r["message"], r
         else:
@@ -492,8 +569,9 @@ def test_gpu_row_logic_on_the_emulator(tmp_path):
     assert rows["huge stride", "tiled"]["status"] == "declined"
     assert "shared memory" in rows["huge stride", "tiled"]["message"]
     huge = conv_geometry(cases[1].input_shape, cases[1].weight_shape, None, cases[1].stride, cases[1].pad)
-    assert rows["huge stride", "auto"]["kernel"].startswith(f"gpuconv::conv2d_{cuda_conv.choose_algo(huge, np.float32)}<")
-    md = bm.render_markdown(results)
+    huge_algo = cuda_select.choose_algo(huge, np.float32)
+    assert rows["huge stride", "auto"]["kernel"].startswith(f"gpuconv::conv2d_{huge_algo}<")
+    md = render.render_markdown(results)
     assert "declined" in md
     assert math.isfinite(rows["small", "auto"]["speed_vs_peer"])
 
@@ -579,17 +657,18 @@ def test_gpu_platform_with_a_fake_cupy(monkeypatch):
 
     fake = FakeCupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    plat = bm.GpuPlatform(None)
+    plat = platforms.GpuPlatform(None)
     assert plat.flush_bytes == 2 * FakeCupy.L2 and plat.flush_buffer.nbytes >= plat.flush_bytes
-    assert plat.spin_cycles == bm.SPIN_US * 1980
-    cases = [bm.Case("small", "conv2d", 1, 2, 6, 2, 3, 1, 1), bm.Case("pool", "max_pool2d", 1, 2, 6, R=2, stride=2)]
+    assert plat.spin_cycles == platforms.SPIN_US * 1980
+    cases = [suite.Case("small", "conv2d", 1, 2, 6, 2, 3, 1, 1),
+             suite.Case("pool", "max_pool2d", 1, 2, 6, R=2, stride=2)]
     with use_backend(CudaBackend(emulated_runtime())):
-        results = bm.run_bench(plat, cases, plat.conv_algos(), 2, suite="full", peer_missing="no torch")
+        results = runner.run_bench(plat, cases, plat.conv_algos(), 2, suite="full", peer_missing="no torch")
     assert results["device"]["compute_capability"] == "9.0" and results["versions"]["cuda_runtime"] == "13.0"
     assert results["roofline"]["peak_flops"] == pytest.approx(132 * 128 * 2 * 1.98e9)
     assert results["settings"]["l2_flush_bytes"] == 2 * FakeCupy.L2 and results["settings"]["interleaved"]
     rows = results["rows"]
-    assert [r["algo"] for r in rows] == bm.cuda_conv_algos() + ["auto"]
+    assert [r["algo"] for r in rows] == environment.cuda_conv_algos() + ["auto"]
     ok = [r for r in rows if r["status"] == "ok"]
     for r in rows:
         if r["status"] == "declined":  # a specialized algorithm outside its kind (depthwise, gemm1x1)
@@ -608,10 +687,10 @@ def test_git_state_outside_git(tmp_path, monkeypatch):
     GPUCONV_BENCH_COMMIT, else none; inside this checkout, git's own answer wins over the variable."""
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # git must not find a parent repo
     monkeypatch.delenv("GPUCONV_BENCH_COMMIT", raising=False)
-    assert bm.git_state(tmp_path) == dict(commit=None, dirty=None)
+    assert environment.git_state(tmp_path) == dict(commit=None, dirty=None)
     monkeypatch.setenv("GPUCONV_BENCH_COMMIT", "0123abcd")
-    assert bm.git_state(tmp_path) == dict(commit="0123abcd", dirty=None)
-    inside = bm.git_state()
+    assert environment.git_state(tmp_path) == dict(commit="0123abcd", dirty=None)
+    inside = environment.git_state()
     if inside["commit"] is not None:  # a checkout (CI clones one)
         assert inside["commit"] != "0123abcd" and len(inside["commit"]) == 40
 
@@ -630,11 +709,11 @@ def _slow_cases(monkeypatch, seconds, fail_at=None):
         if fail_at is not None and len(done) == fail_at:
             raise KeyboardInterrupt
         time.sleep(seconds)
-        ours = bm.Contender("auto", "ours", None, status="ok", kernel="fake",
-                            check=dict(ok=True, max_abs_err=0.0, worst=0.0))
+        ours = runner.Contender("auto", "ours", None, status="ok", kernel="fake",
+                                check=dict(ok=True, max_abs_err=0.0, worst=0.0))
         ours.times = [max(seconds, 1e-3)]
-        return bm.case_rows(case, [ours], roof, "none")
-    monkeypatch.setattr(bm, "run_case", run_case)
+        return runner.case_rows(case, [ours], roof, "none")
+    monkeypatch.setattr(runner, "run_case", run_case)
     return done
 
 
@@ -643,22 +722,22 @@ def test_budget_stops_before_a_case_that_would_not_fit(tiny, monkeypatch):
     results name the cases left out. The checkpoint sees the results after the set-up and after every case."""
     done = _slow_cases(monkeypatch, 0.3)
     seen = []
-    results = bm.run_bench(bm.CpuPlatform(None), list(TINY), ["auto"], 1, suite="full", budget_s=0.5,
-                           checkpoint=lambda r: seen.append((r["state"], r["cases_done"], len(r["rows"]))))
+    results = runner.run_bench(platforms.CpuPlatform(None), list(TINY), ["auto"], 1, suite="full", budget_s=0.5,
+                               checkpoint=lambda r: seen.append((r["state"], r["cases_done"], len(r["rows"]))))
     assert done == [TINY[0].name]
     assert seen == [("running", 0, 0), ("running", 1, 1)]
     assert results["state"] == "budget" and results["cases_done"] == 1 and results["cases_total"] == len(TINY)
     assert results["cases_not_run"] == [f"{c.name} ({c.dtype})" for c in TINY[1:]]
     assert results["settings"]["budget_s"] == 0.5
-    md = bm.render_markdown(results)
+    md = render.render_markdown(results)
     assert f"**Incomplete run**: 1 of {len(TINY)} cases, stopped by its time budget of 0.5 s" in md
 
 
 def test_without_a_budget_every_case_runs(tiny, monkeypatch):
     done = _slow_cases(monkeypatch, 0.0)
-    results = bm.run_bench(bm.CpuPlatform(None), list(TINY), ["auto"], 1, suite="full")
+    results = runner.run_bench(platforms.CpuPlatform(None), list(TINY), ["auto"], 1, suite="full")
     assert done == [c.name for c in TINY] and results["state"] == "done" and results["cases_not_run"] == []
-    assert "Incomplete" not in bm.render_markdown(results)
+    assert "Incomplete" not in render.render_markdown(results)
 
 
 def test_an_interrupted_run_leaves_valid_json(tmp_path, tiny, monkeypatch):
@@ -670,7 +749,7 @@ def test_an_interrupted_run_leaves_valid_json(tmp_path, tiny, monkeypatch):
     (path,) = tmp_path.glob("*.json")  # no temporary file left beside it
     results = json.loads(path.read_text())
     assert results["state"] == "running" and results["cases_done"] == 1 and len(results["rows"]) == 1
-    assert "ended before it finished" in bm.render_markdown(results)
+    assert "ended before it finished" in render.render_markdown(results)
 
 
 def test_budget_must_be_positive(tmp_path, capsys):
@@ -712,36 +791,36 @@ def test_tf32_new_api_is_used_alone():
     """PyTorch 2.9+: only cudnn.conv.fp32_precision / cuda.matmul.fp32_precision are read and written (the
     fake raises on any legacy flag), and the state saved before the run is restored exactly."""
     t = _fake_torch(new_api=True)
-    saved = bm.tf32_state(t)
+    saved = peers.tf32_state(t)
     assert saved == ("precision", "none", "none")
-    bm.set_tf32(t, True)
+    peers.set_tf32(t, True)
     assert (t.backends.cudnn.conv.fp32_precision, t.backends.cuda.matmul.fp32_precision) == ("tf32", "tf32")
-    bm.set_tf32(t, False)
+    peers.set_tf32(t, False)
     assert (t.backends.cudnn.conv.fp32_precision, t.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
-    bm.restore_tf32_state(t, saved)
+    peers.restore_tf32_state(t, saved)
     assert (t.backends.cudnn.conv.fp32_precision, t.backends.cuda.matmul.fp32_precision) == ("none", "none")
 
 
 def test_tf32_legacy_api_on_older_pytorch():
     t = _fake_torch(new_api=False)
-    saved = bm.tf32_state(t)
+    saved = peers.tf32_state(t)
     assert saved == ("allow", True, True)
-    bm.set_tf32(t, False)
+    peers.set_tf32(t, False)
     assert t.backends.cudnn.values["allow_tf32"] is False and t.backends.cuda.matmul.values["allow_tf32"] is False
-    bm.restore_tf32_state(t, saved)
+    peers.restore_tf32_state(t, saved)
     assert t.backends.cudnn.values["allow_tf32"] is True and t.backends.cuda.matmul.values["allow_tf32"] is True
 
 
 @needs_torch
 def test_tf32_on_the_installed_pytorch():
     """The real PyTorch here: the switch round-trips without PyTorch's mixed-API error."""
-    saved = bm.tf32_state(torch)
+    saved = peers.tf32_state(torch)
     try:
-        bm.set_tf32(torch, False)
-        bm.set_tf32(torch, True)
+        peers.set_tf32(torch, False)
+        peers.set_tf32(torch, True)
     finally:
-        bm.restore_tf32_state(torch, saved)
-    assert bm.tf32_state(torch) == saved
+        peers.restore_tf32_state(torch, saved)
+    assert peers.tf32_state(torch) == saved
 
 
 def _torch_choosing(backend):
@@ -754,40 +833,40 @@ def test_peer_label_names_pytorchs_own_depthwise_kernel():
     """On a GPU the peer column is cuDNN, but PyTorch runs float32 depthwise layers on its own kernel: the
     row's peer says so (asked of PyTorch's dispatcher), and the table marks the time and explains it."""
     gpu = types.SimpleNamespace(kind="gpu", peer_label="cuDNN")
-    dw = bm.Case("MobileNetV2 dw 144", "conv2d", 32, 144, 56, 144, 3, 1, 1, 144)
-    dense = bm.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
+    dw = suite.Case("MobileNetV2 dw 144", "conv2d", 32, 144, 56, 144, 3, 1, 1, 144)
+    dense = suite.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
     gpu.torch = _torch_choosing("CudaDepthwise2d")
-    assert bm.peer_label(gpu, dw, None, None) == "PyTorch CudaDepthwise2d"
+    assert peers.peer_label(gpu, dw, None, None) == "PyTorch CudaDepthwise2d"
     gpu.torch = _torch_choosing("Cudnn")
-    assert bm.peer_label(gpu, dense, None, None) == "cuDNN"
+    assert peers.peer_label(gpu, dense, None, None) == "cuDNN"
     gpu.torch = types.SimpleNamespace(_C=types.SimpleNamespace())  # a PyTorch that cannot say
-    assert bm.peer_label(gpu, dw, None, None) == "cuDNN"
+    assert peers.peer_label(gpu, dw, None, None) == "cuDNN"
     cpu = types.SimpleNamespace(kind="cpu", peer_label="PyTorch", torch=_torch_choosing("Mkldnn"))
-    assert bm.peer_label(cpu, dense, None, None) == "PyTorch"
+    assert peers.peer_label(cpu, dense, None, None) == "PyTorch"
 
     results = _gpu_like_results()
     results["rows"][0]["peer"] = dict(results["rows"][0]["peer"], label="PyTorch CudaDepthwise2d")
-    md = bm.render_markdown(results)
-    assert f"{bm.OTHER_PEER_MARK} ResNet-50 3x3 (float32): the cuDNN column times PyTorch CudaDepthwise2d" in md
+    md = render.render_markdown(results)
+    assert f"{render.OTHER_PEER_MARK} ResNet-50 3x3 (float32): the cuDNN column times PyTorch CudaDepthwise2d" in md
     (row,) = [ln for ln in md.splitlines() if ln.startswith("| ResNet") and "| direct |" in ln]
-    assert f" {bm.OTHER_PEER_MARK} |" in row
+    assert f" {render.OTHER_PEER_MARK} |" in row
 
 
 @needs_torch
 def test_peer_backend_from_the_installed_pytorch():
     """PyTorch CPU's dispatcher answers for a real call (the GPU machine asks the same function)."""
-    case = bm.Case("dw", "conv2d", 1, 4, 8, 4, 3, 1, 1, 4)
+    case = suite.Case("dw", "conv2d", 1, 4, 8, 4, 3, 1, 1, 4)
     x, w = torch.zeros(case.input_shape), torch.zeros(case.weight_shape)
-    backend = bm.torch_conv_backend(torch, case, x, w)
+    backend = peers.torch_conv_backend(torch, case, x, w)
     assert backend is None or (backend.isidentifier() and "." not in backend)
 
 
 def test_run_time_is_in_seconds_when_short():
     results = _gpu_like_results()
     results["elapsed_s"] = 7.2
-    assert "the run took 7 s." in bm.render_markdown(results)
+    assert "the run took 7 s." in render.render_markdown(results)
     results["elapsed_s"] = 600.0
-    assert "the run took 10.0 min." in bm.render_markdown(results)
+    assert "the run took 10.0 min." in render.render_markdown(results)
 
 
 def test_plot_note_printed_once(tmp_path, tiny, monkeypatch, capsys):

@@ -8,50 +8,12 @@ import numpy as np
 import pytest
 
 import gpuconv
-from tests.cases import pairwise
-from tests.reference import conv2d_ref, same_padding_ref
-from tests.runners import CONV_RUNNERS, assert_close_to_terms, torch
-
-DTYPES = (np.float16, np.float32, np.float64)
-ACTIVATIONS = (None, "relu", "leaky_relu", "sigmoid", "tanh")
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def explicit_padding(padding, k, s, d, hw, flip=False):
-    """(top, bottom, left, right) for every accepted padding form, from docs/semantics.md ("padding");
-    ``flip`` decides where an odd 'same' total puts its extra pixel."""
-    if padding == "valid":
-        return (0, 0, 0, 0)
-    if padding == "same":
-        pads = []
-        for size, kk, ss, dd in zip(hw, k, s, d):
-            pads += same_padding_ref(size, kk, ss, dd, flip)
-        return tuple(pads)
-    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
-        return padding[0] + padding[1]
-    ph, pw = _pair(padding)
-    return (ph, ph, pw, pw)
-
-
-def make_layout(a, layout, rng):
-    """The same values as ``a`` in a non-contiguous layout."""
-    if layout == "contiguous":
-        return a
-    if layout == "sliced":  # every other channel of a bigger array, offset in H and W
-        n, c, h, w = a.shape
-        big = rng.standard_normal((n, 2 * c, h + 1, w + 2)).astype(a.dtype)
-        big[:, ::2, 1:, 1:w + 1] = a
-        view = big[:, ::2, 1:, 1:w + 1]
-    elif layout == "reversed":  # negative strides: channels, rows and columns stored back to front
-        view = np.ascontiguousarray(a[:, ::-1, ::-1, ::-1])[:, ::-1, ::-1, ::-1]
-    else:  # "transposed": channels-last storage seen as NCHW
-        view = np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    assert np.array_equal(view, a)  # (with C == 1 a transposed view is still contiguous: fine)
-    return view
-
+from gpuconv._numpy import _conv_strategies as numpy_strategies
+from tests.cases import ACTIVATIONS, DTYPES, pairwise
+from tests.reference import conv2d_ref, explicit_padding, pair
+from tests.runners import CONV_RUNNERS, torch
+from tests.support import make_layout
+from tests.tolerance import assert_close
 
 GROUPINGS = ("1", "2", "depthwise", "depthwise_x2")
 
@@ -61,7 +23,7 @@ def conv_case(c):
     C = c["C"]
     groups, K = {"1": (1, 6), "2": (2, 4), "depthwise": (C, C), "depthwise_x2": (C, 2 * C)}[c["groups"]]
     R, S = c["kernel"]
-    dh, dw = _pair(c["dilation"])
+    dh, dw = pair(c["dilation"])
     H = (R - 1) * dh + 1 + c["extra"][0]
     W = (S - 1) * dw + 1 + c["extra"][1]
     return dict(N=c["N"], C=C, H=H, W=W, K=K, R=R, S=S, groups=groups)
@@ -107,9 +69,9 @@ def prepared(index):
     b = rng.standard_normal(s["K"]).astype(dt) if c["bias"] else None
     kwargs = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=s["groups"],
                   flip=c["flip"], activation=c["activation"])
-    pad = explicit_padding(c["padding"], (s["R"], s["S"]), _pair(c["stride"]), _pair(c["dilation"]),
+    pad = explicit_padding(c["padding"], (s["R"], s["S"]), pair(c["stride"]), pair(c["dilation"]),
                            (s["H"], s["W"]), c["flip"])
-    ref_kw = dict(stride=_pair(c["stride"]), pad=pad, dilation=_pair(c["dilation"]), groups=s["groups"],
+    ref_kw = dict(stride=pair(c["stride"]), pad=pad, dilation=pair(c["dilation"]), groups=s["groups"],
                   flip=c["flip"])
     expected = conv2d_ref(x, w, b, activation=c["activation"], **ref_kw)
     magnitude = conv2d_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), **ref_kw)
@@ -126,7 +88,7 @@ def test_conv2d_matrix(runner, index):
     w = p["w"] if p["layout"] == "contiguous" else make_layout(p["w"], "sliced", rng)
     y = runner.call(gpuconv.conv2d, x, w, p["b"], **p["kwargs"])
     assert y.dtype == p["x"].dtype
-    assert_close_to_terms(y, p["expected"], p["magnitude"], y.dtype, f"{runner.id} case {index}")
+    assert_close(y, p["expected"], p["magnitude"], y.dtype, f"{runner.id} case {index}")
 
 
 NUMPY_GENERAL_STRATEGIES = ("numpy_im2col", "numpy_im2col_chwn")  # each runs every geometry
@@ -144,7 +106,7 @@ def test_numpy_general_strategies_on_the_matrix(monkeypatch, strategy, index):
     x = make_layout(p["x"], p["layout"], rng)
     y = gpuconv.conv2d(x, p["w"], p["b"], **p["kwargs"])
     assert gpuconv.last_kernel().kernel == strategy
-    assert_close_to_terms(y, p["expected"], p["magnitude"], y.dtype, f"{strategy} case {index}")
+    assert_close(y, p["expected"], p["magnitude"], y.dtype, f"{strategy} case {index}")
 
 
 @pytest.mark.parametrize("strategy,stride", [("numpy_im2col", 1), ("numpy_im2col", 2), ("numpy_im2col_chwn", 1)])
@@ -163,8 +125,8 @@ def test_numpy_gemm_filter_padding(monkeypatch, strategy, stride, kg, groups, dt
     assert gpuconv.last_kernel().kernel == strategy
     kw = dict(stride=(stride, stride), pad=(1, 1, 1, 1), dilation=(1, 1), groups=groups)
     magnitude = conv2d_ref(np.abs(x), np.abs(w), np.abs(b), **kw)
-    assert_close_to_terms(y, conv2d_ref(x, w, b, **kw), magnitude, y.dtype, f"Kg={kg}")
-    wmat = numpy_conv._gemm_weights(w.reshape(groups, kg, -1))
+    assert_close(y, conv2d_ref(x, w, b, **kw), magnitude, y.dtype, f"Kg={kg}")
+    wmat = numpy_strategies._gemm_weights(w.reshape(groups, kg, -1))
     padded = dtype == np.float32 and kg < 16 and kg % 8 >= 5
     assert wmat.shape == (groups, 8 * -(-kg // 8) if padded else kg, 3 * 3 * 2)
     np.testing.assert_array_equal(wmat[:, :kg], w.reshape(groups, kg, -1))
@@ -180,10 +142,9 @@ def test_numpy_strided_im2col_reads_the_input_in_place(monkeypatch, layout, dtyp
     """Strided im2col whose windows never reach the padding (none on top / left, unused bottom / right)
     gathers its columns straight from the input, whatever its strides, with no padded copy; float16
     (cast to float32) and padded layers make the copy. Values against the reference either way."""
-    from gpuconv._numpy import conv as numpy_conv
     fills = []
-    real_fill = numpy_conv._fill_padded
-    monkeypatch.setattr(numpy_conv, "_fill_padded", lambda *a: fills.append(1) or real_fill(*a))
+    real_fill = numpy_strategies._fill_padded
+    monkeypatch.setattr(numpy_strategies, "_fill_padded", lambda *a: fills.append(1) or real_fill(*a))
     rng = np.random.default_rng(11)
     groups = 4 // wshape[1]
     base = rng.standard_normal((2, 4, 11, 10)).astype(dtype)
@@ -192,14 +153,14 @@ def test_numpy_strided_im2col_reads_the_input_in_place(monkeypatch, layout, dtyp
     b = rng.standard_normal(wshape[0]).astype(dtype)
     y = gpuconv.conv2d(x, w, b, stride=stride, padding=padding, groups=groups)
     assert gpuconv.last_kernel().kernel == "numpy_im2col"
-    sh, sw = _pair(stride)
+    sh, sw = pair(stride)
     H, W = base.shape[2:]
     pt, pb, pl, pr = explicit_padding(padding, wshape[2:], (sh, sw), (1, 1), (H, W))
     rows, cols = (y.shape[2] - 1) * sh + wshape[2], (y.shape[3] - 1) * sw + wshape[3]  # read, padding included
     assert bool(fills) == (dtype == np.float16 or pt > 0 or pl > 0 or rows > H or cols > W)
     kw = dict(stride=(sh, sw), pad=(pt, pb, pl, pr), dilation=(1, 1), groups=groups)
     magnitude = conv2d_ref(np.abs(base), np.abs(w), np.abs(b), **kw)
-    assert_close_to_terms(y, conv2d_ref(base, w, b, **kw), magnitude, y.dtype, layout)
+    assert_close(y, conv2d_ref(base, w, b, **kw), magnitude, y.dtype, layout)
 
 
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed (second oracle)")
@@ -394,11 +355,11 @@ def test_numpy_depthwise_phase_planes(stride, dilation, padding, kg):
         b = rng.standard_normal(5 * kg).astype(dt)
         y = gpuconv.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=5)
         assert gpuconv.last_kernel().kernel == "numpy_shift_accumulate"
-        s, d = _pair(stride), _pair(dilation)
+        s, d = pair(stride), pair(dilation)
         pad = explicit_padding(padding, (3, 4), s, d, (13, 11))
         kw = dict(stride=s, pad=pad, dilation=d, groups=5)
         magnitude = conv2d_ref(np.abs(x), np.abs(w), np.abs(b), **kw)
-        assert_close_to_terms(y, conv2d_ref(x, w, b, **kw), magnitude, dt, f"{stride} {dilation} {padding}")
+        assert_close(y, conv2d_ref(x, w, b, **kw), magnitude, dt, f"{stride} {dilation} {padding}")
 
 
 @pytest.mark.parametrize("shape_w,groups,dtype", [
@@ -407,14 +368,13 @@ def test_numpy_depthwise_phase_planes(stride, dilation, padding, kg):
 def test_numpy_chunking_and_threads_match(monkeypatch, shape_w, groups, dtype):
     """Chunks of one sample (tiny GEMM_ROWS / workspace) and one or two threads give the same result; a
     non-contiguous input takes the copying paths."""
-    from gpuconv._numpy import conv as numpy_conv
     rng = np.random.default_rng(5)
     x = rng.standard_normal((5, 8, 12, 9)).astype(dtype)[:, ::2]
     w = rng.standard_normal(shape_w).astype(dtype)
     pad = 0 if shape_w[2] == 1 else 1
     full = gpuconv.conv2d(x, w, padding=pad, groups=groups)
-    monkeypatch.setattr(numpy_conv, "GEMM_ROWS", 1)
-    monkeypatch.setattr(numpy_conv, "SHIFT_ACCUMULATE_BLOCK", 1)
+    monkeypatch.setattr(numpy_strategies, "GEMM_ROWS", 1)
+    monkeypatch.setattr(numpy_strategies, "SHIFT_ACCUMULATE_BLOCK", 1)
     monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", "0.001")
     tol = 1e-5 if dtype == np.float32 else 1e-6  # float32 GEMMs of other sizes may round differently
     for threads in ("1", "2"):

@@ -1,16 +1,18 @@
 """The conv2d CUDA kernels (kernels/conv2d_direct.cu, kernels/conv2d_tiled.cu) and their launch code
-(gpuconv/_cuda/conv.py) against a textbook reference written here from the definition in
-docs/semantics.md. Every test that launches a kernel takes the ``rt`` fixture (tests/runners.py) and runs
-twice: executed on the CPU by tests/emulator (``[emulated-...]``, marked ``emulated``) and on a GPU
-(``[gpu-...]``, marked ``gpu``; skipped without CuPy or a device), with the same NumPy test data
-(``numpy_io``). On a GPU the reversed-thread-order case runs in the hardware's own order.
+(gpuconv/_cuda/conv.py) against the textbook reference (tests/reference.py, from the definition in
+docs/semantics.md) under the shared tolerance model (tests/tolerance.py). Every test that launches a
+kernel takes the ``rt`` fixture (tests/runners.py) and runs twice: executed on the CPU by tests/emulator
+(``[emulated-...]``, marked ``emulated``) and on a GPU (``[gpu-...]``, marked ``gpu``; skipped without
+CuPy or a device), with the same NumPy test data (``numpy_io``). On a GPU the reversed-thread-order case
+runs in the hardware's own order.
 
 Emulator only: ``test_no_out_of_bounds_access_under_asan`` (an AddressSanitizer build of the kernels; on a
 GPU, compute-sanitizer memcheck over the ``gpu`` tests, in .ci/gpu, is its counterpart). Host-side tests
 (instantiation lists, decline rules that launch nothing) carry no marker.
 
-The geometry matrix is pairwise-covering (every pair of values of any two dimensions occurs in some
-case), not a Cartesian product; the shared all-backend matrix lives in tests/test_conv.py.
+The geometry matrix (tests/cases.py, ``KERNEL_CASES``; igemm and igemm_tc run it too) is pairwise-covering
+(every pair of values of any two dimensions occurs in some case), not a Cartesian product; the shared
+all-backend matrix lives in tests/test_conv.py.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuconv._cuda import conv
+from gpuconv._cuda import conv, conv_direct, conv_tiled, limits, ops, select
 from gpuconv._geometry import conv_geometry
-from tests.cases import pairwise
+from tests.cases import KERNEL_CASES as CASES
+from tests.cases import KERNEL_DIMS as DIMS
+from tests.cases import kernel_case_data, kernel_case_id
+from tests.reference import reference_conv2d
 from tests.runners import SpyRuntime, numpy_io, runtime_fixture, use_heuristic_auto, with_thread_order
+from tests.support import noncontiguous_view
+from tests.tolerance import assert_close
 
 ALGOS = ("direct", "tiled")
 
@@ -33,183 +40,21 @@ rt = runtime_fixture()
 
 
 # --------------------------------------------------------------------------------------------
-# reference (from the definition, float64)
+# the pairwise geometry matrix (tests/cases.py: KERNEL_CASES, shared with igemm and igemm_tc)
 # --------------------------------------------------------------------------------------------
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _pads(padding):
-    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
-        return padding[0] + padding[1]
-    ph, pw = _pair(padding)
-    return (ph, ph, pw, pw)
-
-
-def reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation):
-    """out[n,k,p,q] = b[k] + sum_{c in group(k), r, s} x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw]
-    * w[k, c', r, s] (x zero outside the image; flip reads w[k, c', R-1-r, S-1-s]), then activation.
-    Loops over groups and taps; each step is one slice of the zero-padded input. Returns float64
-    (out, magnitude) where magnitude is the same sum over |terms| (+|b|), for error bounds."""
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    N, C, H, W = x.shape
-    K, Cg, R, S = w.shape
-    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
-    pt, pb, pl, pr = _pads(padding)
-    P = (H + pt + pb - dh * (R - 1) - 1) // sh + 1
-    Q = (W + pl + pr - dw * (S - 1) - 1) // sw + 1
-    xpad = np.zeros((N, C, H + pt + pb, W + pl + pr))
-    xpad[:, :, pt:pt + H, pl:pl + W] = x
-    if flip:
-        w = w[:, :, ::-1, ::-1]
-    Kg = K // groups
-    out, mag = np.zeros((N, K, P, Q)), np.zeros((N, K, P, Q))
-    for g in range(groups):
-        xs = xpad[:, g * Cg:(g + 1) * Cg]
-        ks = slice(g * Kg, (g + 1) * Kg)
-        for r in range(R):
-            for s in range(S):
-                # input row p*sh + r*dh of the padded image for p in [0, P), likewise columns
-                patch = xs[:, :, r * dh:r * dh + (P - 1) * sh + 1:sh, s * dw:s * dw + (Q - 1) * sw + 1:sw]
-                out[:, ks] += np.einsum("ncpq,kc->nkpq", patch, w[ks, :, r, s])
-                mag[:, ks] += np.einsum("ncpq,kc->nkpq", np.abs(patch), np.abs(w[ks, :, r, s]))
-    if b is not None:
-        b = np.asarray(b, dtype=np.float64)
-        out += b[None, :, None, None]
-        mag += np.abs(b)[None, :, None, None]
-    with np.errstate(over="ignore", invalid="ignore"):
-        if activation == "relu":
-            out = np.where(out < 0, 0.0, out)
-        elif activation == "leaky_relu":
-            out = np.where(out < 0, 0.01 * out, out)
-        elif activation == "sigmoid":
-            out = 1.0 / (1.0 + np.exp(-out))
-        elif activation == "tanh":
-            out = np.tanh(out)
-    return out, mag
-
-
-# Bound on |ours - reference| relative to (sum of |terms| + |result|). float16 accumulates in float32
-# and rounds the output to float16 (2^-11 relative); float32 sums at most a few hundred terms here.
-TOL = {np.float16: 5e-3, np.float32: 2e-5, np.float64: 1e-12}
-
-
-def assert_matches(y, ref, mag, dtype, what="", tol=None):
-    """``|y - ref| <= tol * (mag + |ref|)`` elementwise (``tol`` default ``TOL[dtype]``), NaN where ref has."""
-    y = np.asarray(y, dtype=np.float64)
-    assert y.shape == ref.shape, f"{what}: shape {y.shape} != {ref.shape}"
-    assert np.array_equal(np.isnan(y), np.isnan(ref)), f"{what}: NaN positions differ"
-    ok = ~np.isnan(ref)
-    with np.errstate(invalid="ignore"):
-        err = np.abs(y[ok] - ref[ok])
-    err[y[ok] == ref[ok]] = 0  # equal infinities
-    bound = (TOL[np.dtype(dtype).type] if tol is None else tol) * (mag[ok] + np.abs(ref[ok])) + 1e-300
-    if err.size:
-        worst = np.argmax(err - bound)
-        assert np.all(err <= bound), (f"{what}: max error {err[worst]:.3g} > bound {bound[worst]:.3g} "
-                                      f"at flat index {worst} (dtype {np.dtype(dtype).name})")
-
-
-# --------------------------------------------------------------------------------------------
-# cases
-# --------------------------------------------------------------------------------------------
-
-# (C, K, groups): Kg = 10 is one full filter block of 8 plus a partial one, and Cg = 10 is one full
-# channel chunk of 8 plus a partial one; Kg = 9 with Cg = 3 over two groups; depthwise (Kg = 1) and
-# depthwise x2 (Kg = 2) run the KB = 1 instantiation.
-CHANNELS = {"g1": (10, 10, 1), "g2": (6, 18, 2), "dw": (5, 5, 5), "dw2": (3, 6, 3)}
-
-DIMS = {
-    "hw": [(19, 21), (7, 9), (33, 17), (16, 16)],
-    "kernel": [(1, 1), (3, 3), (5, 5), (3, 1), (7, 7)],
-    "stride": [1, 2, 3, (1, 2)],
-    "padding": [0, 1, 2, ((0, 2), (1, 0))],
-    "dilation": [1, 2, (2, 1)],
-    "channels": list(CHANNELS),
-    "N": [1, 3],
-    "dtype": [np.float16, np.float32, np.float64],
-    "activation": [None, "relu", "leaky_relu", "sigmoid", "tanh"],
-    "flip": [False, True],
-    "bias": [True, False],
-    "layout": ["contiguous", "transposed", "sliced"],
-}
-
-
-def _geometry(case):
-    C, K, groups = CHANNELS[case["channels"]]
-    H, W = case["hw"]
-    R, S = case["kernel"]
-    return conv_geometry((case["N"], C, H, W), (K, C // groups, R, S), (K,) if case["bias"] else None,
-                         case["stride"], case["padding"], case["dilation"], groups, case["flip"],
-                         case["activation"])
-
-
-def _valid_for(geometry):
-    """A filter for ``pairwise``: the case has a geometry (its kernel fits the padded input)."""
-    def valid(case):
-        try:
-            geometry(case)
-        except ValueError:  # kernel larger than the padded input
-            return False
-        return True
-    return valid
-
-
-CASES = pairwise(DIMS, _valid_for(_geometry), seed=1)
-
-
-def _case_id(case, *extra):
-    """A readable test id for a matrix case (``extra``: further dimensions a kernel's matrix adds)."""
-    def f(v):
-        return str(v).replace(" ", "")
-    return "-".join([f"{case['N']}x{case['channels']}x{case['hw'][0]}x{case['hw'][1]}",
-                     f"k{case['kernel'][0]}x{case['kernel'][1]}", f"s{f(case['stride'])}",
-                     f"p{f(case['padding'])}", f"d{f(case['dilation'])}", np.dtype(case["dtype"]).name,
-                     str(case["activation"]), "flip" if case["flip"] else "xcorr",
-                     "bias" if case["bias"] else "nobias", case["layout"], *extra])
-
-
-def _layout(a, layout, rng):
-    """The same values as ``a`` in a non-contiguous view (or ``a`` itself for 'contiguous')."""
-    if layout == "contiguous" or a is None:
-        return a
-    v = None
-    if layout == "transposed" and a.ndim == 4:
-        v = np.ascontiguousarray(a.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
-    # otherwise, and where the transposed view is still contiguous (1 wide): a strided slice of a bigger
-    # array, reversed along the first axis
-    if v is None or v.flags.c_contiguous:
-        big = rng.standard_normal(tuple(2 * s + 1 for s in a.shape)).astype(a.dtype)
-        v = big[(slice(1, None, 2),) * a.ndim][::-1]
-        v[...] = a
-    assert not v.flags.c_contiguous and np.array_equal(v, a)
-    return v
-
-
-def _data(case, seed=0):
-    rng = np.random.default_rng(seed)
-    g = _geometry(case)
-    dt = case["dtype"]
-    x = rng.standard_normal((g.N, g.C, g.H, g.W)).astype(dt)
-    w = (rng.standard_normal((g.K, g.Cg, g.R, g.S)) / np.sqrt(g.Cg * g.R * g.S)).astype(dt)
-    b = rng.standard_normal(g.K).astype(dt) if case["bias"] else None
-    return g, x, w, b
-
 
 @pytest.mark.parametrize("algo", ALGOS)
-@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[kernel_case_id(c) for c in CASES])
 def test_matches_reference(rt, case, algo):
-    g, x, w, b = _data(case)
+    g, x, w, b = kernel_case_data(case)
     rng = np.random.default_rng(1)
-    xv, wv, bv = (_layout(a, case["layout"], rng) for a in (x, w, b))
+    xv, wv, bv = (noncontiguous_view(a, case["layout"], rng) for a in (x, w, b))
     y, kernel_id = numpy_io(rt, conv.conv2d, xv, wv, bv, g, algo)
     assert y.dtype == x.dtype and y.flags.c_contiguous and y.shape == g.output_shape
     assert kernel_id.startswith(f"gpuconv::conv2d_{algo}<")
     ref, mag = reference_conv2d(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
                                 g.activation)
-    assert_matches(y, ref, mag, case["dtype"], kernel_id)
+    assert_close(y, ref, mag, case["dtype"], kernel_id)
 
 
 def test_case_matrix_covers_the_brief():
@@ -230,7 +75,7 @@ def _run_both(rt, x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False
     ref, mag = reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
     for algo in ALGOS:
         y, kid = numpy_io(rt, conv.conv2d, x, w, b, g, algo)
-        assert_matches(y, ref, mag, x.dtype, kid)
+        assert_close(y, ref, mag, x.dtype, kid)
     return g
 
 
@@ -252,7 +97,7 @@ def test_kg_not_multiple_of_filter_block(rt):
     w = rng.standard_normal((34, 9, 3, 3)).astype(np.float32)
     b = rng.standard_normal(34).astype(np.float32)
     g = _run_both(rt, x, w, b, padding=1, groups=2)
-    assert conv.tiled_filter_block(g) == 8 and g.Kg % 8 == 1
+    assert conv_tiled.tiled_filter_block(g) == 8 and g.Kg % 8 == 1
 
 
 def test_nan_and_inf_propagate(rt):
@@ -277,7 +122,7 @@ def test_empty_image_with_padding(rt):
 def test_grid_stride_loops(rt, monkeypatch, dtype):
     """A grid capped below the block count: every kernel must cover the rest with its grid-stride loop
     (the tiled one with its barriers inside that loop)."""
-    monkeypatch.setattr(conv, "MAX_GRID_BLOCKS", 3)
+    monkeypatch.setattr(limits, "MAX_GRID_BLOCKS", 3)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 9, 20, 18)).astype(dtype)
     w = rng.standard_normal((10, 9, 3, 3)).astype(dtype)
@@ -295,16 +140,16 @@ def test_tiled_reverse_thread_order(rt, monkeypatch):
     before the others staged it (the emulator poisons shared memory with NaN bytes first) or after the
     next chunk overwrote it. Several channel chunks, a partial filter block, grid-stride over 2 blocks.
     (On a GPU: the same case in the hardware's thread order.)"""
-    monkeypatch.setattr(conv, "MAX_GRID_BLOCKS", 2)
+    monkeypatch.setattr(limits, "MAX_GRID_BLOCKS", 2)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 20, 19, 18)).astype(np.float32)
     w = rng.standard_normal((10, 20, 3, 3)).astype(np.float32)
     b = rng.standard_normal(10).astype(np.float32)
     g = conv_geometry(x.shape, w.shape, b.shape, 1, 1, 1, 1, False, None)
-    assert conv.tiled_channels_per_chunk(g, np.float32) < g.Cg
+    assert conv_tiled.tiled_channels_per_chunk(g, np.float32) < g.Cg
     ref, mag = reference_conv2d(x, w, b, 1, 1, 1, 1, False, None)
     y, kid = numpy_io(with_thread_order(rt, "reversed"), conv.conv2d, x, w, b, g, "tiled")
-    assert_matches(y, ref, mag, np.float32, kid)
+    assert_close(y, ref, mag, np.float32, kid)
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,11 +177,11 @@ def test_kernel_id_names_the_kernel_that_ran(rt, shape, groups, dtype, algo, exp
     assert kid == expected
     assert len(spy.launches) == 1
     source, name, grid, block, _, shared = spy.launches[0]
-    assert name == kid and name in conv.INSTANTIATIONS[source]
+    assert name == kid and name in ops.INSTANTIATIONS[source]
     if algo == "tiled":
-        assert block == (conv.TILE_Q, conv.TILED_THREAD_ROWS, 1)
-        cb = conv.tiled_channels_per_chunk(g, dtype)
-        assert shared == conv.tiled_shared_bytes(g, dtype, cb) <= conv.SHARED_LIMIT_BYTES
+        assert block == (conv_tiled.TILE_Q, conv_tiled.THREAD_ROWS, 1)
+        cb = conv_tiled.tiled_channels_per_chunk(g, dtype)
+        assert shared == conv_tiled.tiled_shared_bytes(g, dtype, cb) <= limits.SHARED_LIMIT_BYTES
     else:
         assert shared == 0
 
@@ -353,44 +198,40 @@ def test_auto_reports_the_chosen_kernel(rt, monkeypatch):
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
     big = conv_geometry(x.shape, w.shape, None, 1, 1)
     small = conv_geometry(x.shape, w.shape, None, 4, 0)  # 5x5 output: < 64 pixels
-    assert conv.heuristic_order(big) == ("igemm", "tiled", "direct")
-    assert conv.heuristic_order(small) == ("igemm", "direct", "tiled")
-    if "igemm" in conv.ALGORITHMS:
-        assert conv.choose_algo(big, np.float32) == conv.choose_algo(small, np.float32) == "igemm"
+    assert select.heuristic_order(big) == ("igemm", "tiled", "direct")
+    assert select.heuristic_order(small) == ("igemm", "direct", "tiled")
+    if "igemm" in conv.OP.algorithms:
+        assert select.choose_algo(big, np.float32) == select.choose_algo(small, np.float32) == "igemm"
         y, kid = numpy_io(rt, conv.conv2d, x, w, None, big, "auto")
         assert kid.startswith("gpuconv::conv2d_igemm<float, ")
     # Without igemm the basic order decides.
-    monkeypatch.delitem(conv.ALGORITHMS, "igemm", raising=False)
-    monkeypatch.setattr(conv, "ALGOS", tuple(a for a in conv.ALGOS if a != "igemm"))
-    assert conv.choose_algo(big, np.float32) == "tiled"
-    assert conv.choose_algo(small, np.float32) == "direct"
+    monkeypatch.delitem(conv.OP.algorithms, "igemm", raising=False)
+    assert select.choose_algo(big, np.float32) == "tiled"
+    assert select.choose_algo(small, np.float32) == "direct"
     y, kid = numpy_io(rt, conv.conv2d, x, w, None, big, "auto")
     assert kid == "gpuconv::conv2d_tiled<float, 16, 16, 8, 3, 3>"
     y, kid = numpy_io(rt, conv.conv2d, x, w, None, small, "auto")
     assert kid == "gpuconv::conv2d_direct<float>"
     ref, mag = reference_conv2d(x, w, None, 4, 0, 1, 1, False, None)
-    assert_matches(y, ref, mag, np.float32)
+    assert_close(y, ref, mag, np.float32)
 
 
 def test_instantiations_cover_every_request():
     """Every (dtype, KB, filter template) conv2d can pick is instantiated."""
     for dt in (np.float16, np.float32, np.float64):
-        assert conv.direct_name(dt) in conv.INSTANTIATIONS[conv.DIRECT_SOURCE]
+        assert conv_direct.direct_name(dt) in ops.INSTANTIATIONS[conv_direct.SOURCE]
         for kg in (1, 3, 4, 9):
             for R, S in ((1, 1), (3, 3), (5, 5), (7, 7), (3, 1), (1, 5)):
                 g = conv_geometry((1, kg, 9, 9), (kg, 1, R, S), groups=kg) if kg < 4 else \
                     conv_geometry((1, 2, 9, 9), (kg, 2, R, S))
-                name = conv.tiled_name(dt, conv.tiled_filter_block(g), *conv.tiled_filter_template(g))
-                assert name in conv.INSTANTIATIONS[conv.TILED_SOURCE]
+                name = conv_tiled.tiled_name(dt, conv_tiled.tiled_filter_block(g), *conv_tiled.tiled_filter_template(g))
+                assert name in ops.INSTANTIATIONS[conv_tiled.SOURCE]
 
 
-def test_registry_lists_conv_instantiations():
-    try:
-        from gpuconv._cuda.registry import INSTANTIATIONS
-    except ImportError as exc:  # gpuconv/_cuda/pool.py not written yet
-        pytest.skip(f"registry not importable yet: {exc}")
-    for source, names in conv.INSTANTIATIONS.items():
-        assert INSTANTIATIONS[source] == names
+def test_table_lists_conv_instantiations():
+    """Every conv2d algorithm's instantiations are compiled with its source."""
+    for a in conv.OP.algorithms.values():
+        assert set(a.instantiations) <= set(ops.INSTANTIATIONS[a.source])
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,21 +247,21 @@ def test_tiled_decline_rule(rt, monkeypatch):
     x = rng.standard_normal((1, 2, 125, 123)).astype(np.float32)
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
     g = conv_geometry(x.shape, w.shape, None, 1, 0, 60)
-    assert conv.tiled_halo(g) == (136, 136)
-    assert conv.tiled_shared_bytes(g, np.float32, 1) == 4 * (136 * 136 + 1 * 9)
-    reason = conv.tiled_decline_reason(g, np.float32)
+    assert conv_tiled.tiled_halo(g) == (136, 136)
+    assert conv_tiled.tiled_shared_bytes(g, np.float32, 1) == 4 * (136 * 136 + 1 * 9)
+    reason = conv_tiled.tiled_shared_limit_reason(g, np.float32)
     assert reason is not None and reason.startswith("tiled declines") and "48 KiB" in reason
     with pytest.raises(ValueError, match="tiled declines .* because .*shared memory"):
         numpy_io(rt, conv.conv2d, x, w, None, g, "tiled")
-    expected = "igemm" if "igemm" in conv.ALGORITHMS else "direct"
-    assert conv.choose_algo(g, np.float32) == expected
+    expected = "igemm" if "igemm" in conv.OP.algorithms else "direct"
+    assert select.choose_algo(g, np.float32) == expected
     ref, mag = reference_conv2d(x, w, None, 1, 0, 60, 1, False, None)
     y, kid = numpy_io(rt, conv.conv2d, x, w, None, g, "auto")
     assert kid.startswith(f"gpuconv::conv2d_{expected}<float")
-    assert_matches(y, ref, mag, np.float32)
+    assert_close(y, ref, mag, np.float32)
     y, kid = numpy_io(rt, conv.conv2d, x, w, None, g, "direct")
     assert kid == "gpuconv::conv2d_direct<float>"
-    assert_matches(y, ref, mag, np.float32)
+    assert_close(y, ref, mag, np.float32)
 
 
 def test_tiled_near_the_limit_runs_one_channel_per_chunk(rt):
@@ -431,25 +272,25 @@ def test_tiled_near_the_limit_runs_one_channel_per_chunk(rt):
     x = rng.standard_normal((1, 3, 85, 83)).astype(np.float32)
     w = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
     g = conv_geometry(x.shape, w.shape, None, 1, 1, 40)
-    assert conv.tiled_decline_reason(g, np.float32) is None
-    assert conv.tiled_channels_per_chunk(g, np.float32) == 1
-    assert conv.tiled_decline_reason(g, np.float64) is not None
-    assert conv.tiled_decline_reason(g, np.float16) is None  # float16 stages float32 values
+    assert conv_tiled.tiled_shared_limit_reason(g, np.float32) is None
+    assert conv_tiled.tiled_channels_per_chunk(g, np.float32) == 1
+    assert conv_tiled.tiled_shared_limit_reason(g, np.float64) is not None
+    assert conv_tiled.tiled_shared_limit_reason(g, np.float16) is None  # float16 stages float32 values
     _run_both(rt, x, w, None, padding=1, dilation=40)
 
 
 def test_decline_rule_is_a_pure_function_of_the_geometry():
     g = conv_geometry((1, 1, 200, 200), (1, 1, 3, 3), dilation=1)
-    assert conv.tiled_decline_reason(g, np.float64) is None
+    assert conv_tiled.tiled_shared_limit_reason(g, np.float64) is None
     huge = dataclasses.replace(g, dh=80, dw=80)  # sizes only; nothing is launched
-    assert "tiled declines" in conv.tiled_decline_reason(huge, np.float32)
+    assert "tiled declines" in conv_tiled.tiled_shared_limit_reason(huge, np.float32)
 
 
 def test_int32_size_rule_declines_before_launching():
     """Sizes travel as C int; a padded extent past 2^31 is refused for both algorithms (nothing runs)."""
     g = conv_geometry((1, 1, 4, 4), (1, 1, 1, 1))
     huge = dataclasses.replace(g, pb=2**31, P=2**31 + 4)
-    assert conv.int32_limit_reason(huge) is not None
+    assert conv_tiled.tiled_int32_limit_reason(huge) is not None
 
     class NoLaunch:
         xp = np
@@ -470,12 +311,12 @@ _ASAN_SCRIPT = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from gpuconv._cuda import conv
+from gpuconv._cuda import conv, ops
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from tests.emulator import EmulatedRuntime
 
-rt = EmulatedRuntime(kernels_dir(), conv.INSTANTIATIONS, sanitize=True)
+rt = EmulatedRuntime(kernels_dir(), ops.INSTANTIATIONS, sanitize=True)
 rng = np.random.default_rng(0)
 # (x shape, w shape, groups, stride, padding, dilation, flip, dtype): partial filter blocks in the LAST
 # group (reads past w's end if unguarded), border tiles, depthwise, KB = 1, dilation 40 (shared memory

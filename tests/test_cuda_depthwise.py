@@ -1,5 +1,5 @@
 """The depthwise conv2d CUDA algorithm (kernels/conv2d_depthwise.cu, gpuconv/_cuda/conv_depthwise.py)
-against the textbook reference of tests/test_cuda_conv.py. Every test that launches a kernel takes the
+against the textbook reference of tests/reference.py. Every test that launches a kernel takes the
 ``rt`` fixture (tests/runners.py) and runs twice: executed on the CPU by tests/emulator
 (``[emulated-...]``, marked ``emulated``) and on a GPU (``[gpu-...]``, marked ``gpu``; skipped without
 CuPy or a device), with the same NumPy test data (``numpy_io``). The reversed thread order is the
@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuconv._cuda import conv
-from gpuconv._cuda import conv_depthwise as dw
+from gpuconv._cuda import conv, conv_depthwise as dw, limits, ops, select
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
-from tests.cases import pairwise
+from tests.cases import kernel_case_id, pairwise, valid_for
+from tests.reference import reference_conv2d
 from tests.runners import SpyRuntime, numpy_io, runtime_fixture, use_heuristic_auto, with_thread_order
-from tests.test_cuda_conv import _case_id, _layout, _valid_for, assert_matches, reference_conv2d
+from tests.support import NoLaunch, noncontiguous_view
+from tests.tolerance import assert_close
 
 # The emulator and a GPU (tests/runners.py): every test that takes ``rt`` runs on both. Both thread orders
 # (with_thread_order): threads of each block started in reverse order expose a missing barrier (a thread
@@ -58,7 +59,7 @@ def _check(rt, x, w, b, stride=1, padding=0, dilation=1, flip=False, activation=
     assert y.dtype == x.dtype and y.flags.c_contiguous and y.shape == g.output_shape
     assert kid == dw.depthwise_name(x.dtype, *dw.depthwise_filter_template(g))
     ref, mag = reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
-    assert_matches(y, ref, mag, x.dtype, kid)
+    assert_close(y, ref, mag, x.dtype, kid)
     return g, kid
 
 
@@ -96,16 +97,16 @@ def _case_geometry(case):
                  case["padding"], case["dilation"], C, case["flip"], case["activation"])
 
 
-CASES = pairwise(DIMS, _valid_for(_case_geometry), seed=3)
+CASES = pairwise(DIMS, valid_for(_case_geometry), seed=3)
 
 
 def _view(a, layout, rng):
-    """The same values in a non-contiguous view (test_cuda_conv's _layout), except for one-element arrays
-    (a 1x1 image, a single 1x1 filter), every view of which is contiguous."""
-    return a if a is None or a.size <= 1 else _layout(a, layout, rng)
+    """The same values in a non-contiguous view (tests/support.py: noncontiguous_view), except for
+    one-element arrays (a 1x1 image, a single 1x1 filter), every view of which is contiguous."""
+    return a if a is None or a.size <= 1 else noncontiguous_view(a, layout, rng)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_case_id(c, c["order"]) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[kernel_case_id(c, c["order"]) for c in CASES])
 def test_matches_reference(rt, case):
     g = _case_geometry(case)
     rng = np.random.default_rng(0)
@@ -177,7 +178,7 @@ def test_grid_stride_loop(rt, monkeypatch, order, kernel, stride, dilation):
     """A grid capped at 3 blocks: the kernel covers the remaining work items with its grid-stride loop,
     with the barriers inside it (reversed order: a block restaging its slice while another thread still
     reads it would show). Small planes, so several work items per block in most of these."""
-    monkeypatch.setattr(dw, "MAX_GRID_BLOCKS", 3)
+    monkeypatch.setattr(limits, "MAX_GRID_BLOCKS", 3)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 6, 9, 13)).astype(np.float64)
     w = rng.standard_normal((12, 1) + kernel).astype(np.float64)
@@ -233,15 +234,15 @@ def test_auto_picks_depthwise_for_one_channel_per_filter(rt, monkeypatch):
     x = rng.standard_normal((1, 4, 12, 12)).astype(np.float32)
     w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
     g = conv_geometry(x.shape, w.shape, None, 1, 1, 1, 4)
-    assert conv.choose_algo(g, np.float32) == "depthwise"
+    assert select.choose_algo(g, np.float32) == "depthwise"
     y, kid = numpy_io(rt, conv.conv2d, x, w, None, g, "auto")
     assert kid == "gpuconv::conv2d_depthwise<float, 4, 3, 3>"
     ref, mag = reference_conv2d(x, w, None, 1, 1, 1, 4, False, None)
-    assert_matches(y, ref, mag, np.float32, kid)
+    assert_close(y, ref, mag, np.float32, kid)
     # Two input channels per filter: depthwise declines, auto takes the next algorithm.
     g2 = conv_geometry((1, 4, 12, 12), (8, 2, 3, 3), None, 1, 1, 1, 2)
-    assert conv.choose_algo(g2, np.float32) != "depthwise"
-    assert "depthwise" not in conv.candidates(g2, np.float32)
+    assert select.choose_algo(g2, np.float32) != "depthwise"
+    assert "depthwise" not in select.candidates(g2, np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def test_launch_uses_the_host_rule(rt, kernel, template, dtype):
     y, kid = numpy_io(spy, conv.conv2d, x, w, None, g, "depthwise")
     (source, name, grid, block, _, shared), = spy.launches
     assert source == dw.SOURCE and name == kid == dw.depthwise_name(dtype, *template)
-    assert name in dw.INSTANTIATIONS and name in conv.INSTANTIATIONS[source]
+    assert name in dw.INSTANTIATIONS and name in ops.INSTANTIATIONS[source]
     tw, th = dw.depthwise_tile(g)
     pb = dw.depthwise_planes_per_block(g, dtype)
     assert block == (tw, th, pb) and tw * th * pb <= dw.MAX_THREADS
@@ -295,27 +296,20 @@ def test_kernel_constants_match_the_host():
     launch on a GPU; the emulator ignores launch bounds, so this is checked here)."""
     text = (kernels_dir() / dw.SOURCE).read_text()
     assert int(re.search(r"CONV_DEPTHWISE_MAX_THREADS = (\d+);", text).group(1)) == dw.MAX_THREADS
-    assert "Measured speed: not yet measured on a GPU." in text
+    assert "Measured speed: the README's Benchmarks section" in text  # no figure in the header
 
 
 def test_instantiations():
     """Every (dtype, filter template) the host can pick is instantiated, and no more than 12 of them."""
     assert len(dw.INSTANTIATIONS) == len(set(dw.INSTANTIATIONS)) <= 12
-    assert list(dw.INSTANTIATIONS) == conv.INSTANTIATIONS[dw.SOURCE]
-    assert conv.ALGORITHMS["depthwise"] is dw.ALGO
+    assert list(dw.INSTANTIATIONS) == ops.INSTANTIATIONS[dw.SOURCE]
+    assert conv.OP.algorithms["depthwise"] is dw.ALGO
     for dt in (np.float16, np.float32, np.float64):
         for R, S in ((1, 1), (3, 3), (5, 5), (7, 7), (3, 1), (1, 5), (11, 11)):
             g = conv_geometry((1, 2, 12, 12), (2, 1, R, S), groups=2)
             assert dw.depthwise_name(dt, *dw.depthwise_filter_template(g)) in dw.INSTANTIATIONS
-    from gpuconv._cuda.registry import INSTANTIATIONS
+    from gpuconv._cuda.ops import INSTANTIATIONS
     assert INSTANTIATIONS[dw.SOURCE] == list(dw.INSTANTIATIONS)
-
-
-class NoLaunch:
-    xp = np
-
-    def function(self, *a):
-        raise AssertionError("must not launch")
 
 
 @pytest.mark.parametrize("x_shape, w_shape, groups", [((1, 4, 9, 9), (4, 2, 3, 3), 2),
@@ -325,7 +319,7 @@ def test_declines_more_than_one_channel_per_filter(x_shape, w_shape, groups):
     g = conv_geometry(x_shape, w_shape, None, 1, 1, 1, groups)
     reason = dw.depthwise_decline_reason(g, np.float32)
     assert reason.startswith("depthwise declines this geometry because each filter reads")
-    assert conv.decline_reason("depthwise", g, np.float32) == reason
+    assert select.decline_reason("depthwise", g, np.float32) == reason
     x = np.zeros(x_shape, np.float32)
     with pytest.raises(ValueError, match="^depthwise declines this geometry because"):
         conv.conv2d(NoLaunch(), x, np.zeros(w_shape, np.float32), None, g, "depthwise")
@@ -353,7 +347,7 @@ def test_shared_memory_decline_rule(rt):
     assert "76x92" in reason
     with pytest.raises(ValueError, match="depthwise declines .* shared memory"):
         conv.conv2d(NoLaunch(), x.astype(np.float64), w.astype(np.float64), None, g, "depthwise")
-    assert conv.choose_algo(g, np.float64) != "depthwise"
+    assert select.choose_algo(g, np.float64) != "depthwise"
 
 
 def test_shared_memory_rule_halves_items_per_block():

@@ -1,6 +1,6 @@
 """The GEMM-style conv2d kernels — ``igemm`` (kernels/conv2d_igemm.cu) and ``gemm1x1``
 (kernels/conv2d_gemm1x1.cu), both on kernels/gemm_tile.cuh — and their host rules
-(gpuconv/_cuda/conv_igemm.py, conv_gemm1x1.py) against the textbook reference of tests/test_cuda_conv.py.
+(gpuconv/_cuda/conv_igemm.py, conv_gemm1x1.py) against the textbook reference of tests/reference.py.
 Every test that launches a kernel takes the ``rt`` fixture (tests/runners.py) and runs twice: executed on
 the CPU by tests/emulator (``[emulated-...]``, marked ``emulated``) and on a GPU (``[gpu-...]``, marked
 ``gpu``; skipped without CuPy or a device), with the same NumPy test data (``numpy_io``, which keeps a
@@ -26,17 +26,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuconv._cuda import conv, conv_gemm1x1, conv_igemm, conv_igemm_tc
-from gpuconv._cuda.conv_igemm import LARGE_TILE, SMALL_TILE
+from gpuconv._cuda import abi, conv, conv_gemm1x1, conv_igemm, gemm, limits, ops, select
+from gpuconv._cuda.gemm import LARGE_TILE, SMALL_TILE
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
-from tests.cases import pairwise
+from tests.cases import GEMM_EDGE_CASES, KERNEL_CASES, conv_arrays, kernel_case_data, kernel_case_id, pairwise
+from tests.reference import reference_conv2d
 from tests.runners import SpyRuntime, numpy_io, runtime_fixture, use_heuristic_auto, with_thread_order
-from tests.test_cuda_conv import CASES as CONV_CASES
-from tests.test_cuda_conv import _case_id, _data, _layout, assert_matches, reference_conv2d
+from tests.support import NoLaunch, check_conv, noncontiguous_view
+from tests.tolerance import assert_close
 
-LAUNCH = {"igemm": conv_igemm.launch_igemm, "gemm1x1": conv_gemm1x1.launch_gemm1x1,
-          "igemm_tc": conv_igemm_tc.launch_igemm_tc}
 ORDERS = ("forward", "reversed")
 
 
@@ -46,43 +45,6 @@ ORDERS = ("forward", "reversed")
 
 # The emulator and a GPU (tests/runners.py): every test that takes ``rt`` runs on both.
 rt = runtime_fixture()
-
-
-class NoLaunch:
-    xp = np
-
-    def function(self, *a):
-        raise AssertionError("must not launch")
-
-
-def _arrays(shape_x, shape_w, dtype, bias=True, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape_x).astype(dtype)
-    fan_in = int(np.prod(shape_w[1:]))
-    w = (rng.standard_normal(shape_w) / np.sqrt(fan_in)).astype(dtype)
-    b = rng.standard_normal(shape_w[0]).astype(dtype) if bias else None
-    return x, w, b
-
-
-def _check(rt, algo, x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None,
-           reference=reference_conv2d, tol=None, **overrides):
-    """Run ``algo`` (through conv.conv2d, or with launch overrides straight through its launch function, as
-    conv.conv2d would call it) on ``rt`` and compare with ``reference`` (the textbook one, or
-    test_cuda_igemm_tc's on TF32-rounded inputs) at ``tol`` (assert_matches'; default: the dtype's).
-    Returns (geometry, kernel name, output)."""
-    g = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
-                      flip, activation)
-    if overrides:
-        assert conv.decline_reason(algo, g, x.dtype) is None
-        xc, wc = np.ascontiguousarray(x), np.ascontiguousarray(w)
-        y = np.full(g.output_shape, np.nan, dtype=x.dtype)  # every element must be written
-        kid = numpy_io(rt, LAUNCH[algo], xc, wc, wc if b is None else b, y, g, **overrides)
-    else:
-        y, kid = numpy_io(rt, conv.conv2d, x, w, b, g, algo)
-    assert y.dtype == x.dtype and y.shape == g.output_shape and y.flags.c_contiguous
-    ref, mag = reference(x, w, b, stride, padding, dilation, groups, flip, activation)
-    assert_matches(y, ref, mag, x.dtype, f"{kid} {overrides}", tol=tol)
-    return g, kid, y
 
 
 def _misaligned(a, elements=1):
@@ -99,31 +61,18 @@ def _misaligned(a, elements=1):
 # igemm: tile edges of both configs, every dtype, both thread orders
 # --------------------------------------------------------------------------------------------
 
-# (x shape, w shape, groups, stride, padding, dilation, flip, activation, bias): M = N*P*Q, Kg = K/groups,
-# reduction Cg*R*S, chosen around the tile sizes of the config named in the comment.
-EDGE_CASES = {
-    # small tile (64 x 64 x 8): Kg 63 / 65 / 64, M 65 / 63 / 128, reduction 9 / 7 / 16 (one slice +- 1, 2)
-    "small-k63-m65-r9": ((1, 1, 5, 13), (63, 1, 3, 3), 1, 1, 1, 1, False, "relu", True),
-    "small-k65-m63-r7": ((1, 7, 7, 9), (65, 7, 1, 1), 1, 1, 0, 1, True, None, False),
-    "small-k64-m128-r16": ((2, 4, 8, 8), (64, 4, 2, 2), 1, 1, ((0, 1), (1, 0)), 1, False, "sigmoid", True),
-    # large tile (128 x 128 x 8): Kg 127 / 129, M 129 / 127, reduction 25 / 8 (3 slices + 1, exactly 1)
-    "large-k127-m129-r25": ((3, 1, 1, 43), (127, 1, 5, 5), 1, 1, 2, 1, True, "leaky_relu", False),
-    "large-k129-m127-r8": ((1, 2, 1, 127), (129, 2, 1, 4), 1, 1, ((0, 0), (2, 1)), 1, False, "tanh", True),
-    # strided, dilated, grouped: 2 groups of Kg 65, M = 2*5*5 = 50, reduction 3*3*3 = 27
-    "groups-stride-dilation": ((2, 6, 11, 9), (130, 3, 3, 3), 2, (2, 2), 1, (2, 1), True, None, True),
-    # one of everything: 1 filter, 1 pixel, reduction 1
-    "tiny": ((1, 1, 1, 1), (1, 1, 1, 1), 1, 1, 0, 1, False, None, True),
-}
+# GEMM_EDGE_CASES (tests/cases.py, shared with igemm_tc): filters, pixels and reduction
+# around the tile sizes of both configs.
 
 
 def _edge_params():
     params = []
-    for name in EDGE_CASES:
+    for name in GEMM_EDGE_CASES:
         tiles = [SMALL_TILE] if name.startswith("small") else [LARGE_TILE] if name.startswith("large") \
             else [SMALL_TILE, LARGE_TILE]
         for tile in tiles:
-            for dt in conv_igemm.TILES_BY_DTYPE:
-                if tile in conv_igemm.TILES_BY_DTYPE[dt]:
+            for dt in gemm.TILES_BY_DTYPE:
+                if tile in gemm.TILES_BY_DTYPE[dt]:
                     params.append(pytest.param(name, tile, dt, id=f"{name}-{tile.name}-{dt.name}"))
     return params
 
@@ -131,25 +80,26 @@ def _edge_params():
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("name, tile, dtype", _edge_params())
 def test_igemm_tile_edges(rt, name, tile, dtype, order):
-    xs, ws, groups, stride, padding, dilation, flip, act, bias = EDGE_CASES[name]
-    x, w, b = _arrays(xs, ws, dtype, bias=bias, seed=len(name))
-    _, kid, _ = _check(with_thread_order(rt, order), "igemm", x, w, b, stride, padding, dilation, groups, flip, act,
-                       tile=tile)
+    xs, ws, groups, stride, padding, dilation, flip, act, bias = GEMM_EDGE_CASES[name]
+    x, w, b = conv_arrays(xs, ws, dtype, bias=bias, seed=len(name))
+    _, kid, _ = check_conv(with_thread_order(rt, order), "igemm", x, w, b, stride, padding, dilation, groups,
+                           flip, act, tile=tile)
     assert kid == conv_igemm.igemm_name(dtype, tile)
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=[_case_id(c) for c in CONV_CASES])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=[kernel_case_id(c) for c in KERNEL_CASES])
 def test_igemm_matches_reference(rt, case):
-    """The pairwise geometry matrix of test_cuda_conv (every stride / padding / dilation / grouping /
-    dtype / activation / flip / bias / non-contiguous layout) through conv.conv2d(algo='igemm')."""
-    g, x, w, b = _data(case)
+    """The kernel suites' pairwise geometry matrix (tests/cases.py, as test_cuda_conv: every stride /
+    padding / dilation / grouping / dtype / activation / flip / bias / non-contiguous layout) through
+    conv.conv2d(algo='igemm')."""
+    g, x, w, b = kernel_case_data(case)
     rng = np.random.default_rng(1)
-    xv, wv, bv = (_layout(a, case["layout"], rng) for a in (x, w, b))
+    xv, wv, bv = (noncontiguous_view(a, case["layout"], rng) for a in (x, w, b))
     y, kid = numpy_io(rt, conv.conv2d, xv, wv, bv, g, "igemm")
-    assert kid == conv_igemm.igemm_name(case["dtype"], conv_igemm.gemm_tile_for(g, case["dtype"]))
+    assert kid == conv_igemm.igemm_name(case["dtype"], gemm.gemm_tile_for(g, case["dtype"]))
     ref, mag = reference_conv2d(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
                                 g.activation)
-    assert_matches(y, ref, mag, case["dtype"], kid)
+    assert_close(y, ref, mag, case["dtype"], kid)
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
@@ -157,21 +107,21 @@ def test_igemm_matches_reference(rt, case):
 def test_igemm_weight_vector_loads(rt, dtype, vectorize):
     """Cg*R*S = 2*3*2 = 12 (a multiple of 4): the rule allows 4-wide weight loads; forcing them off gives the
     same answer. Kg = 70 spans two small filter tiles, so the second tile's loads start mid-buffer."""
-    x, w, b = _arrays((1, 2, 9, 10), (70, 2, 3, 2), dtype, seed=3)
+    x, w, b = conv_arrays((1, 2, 9, 10), (70, 2, 3, 2), dtype, seed=3)
     g = conv_geometry(x.shape, w.shape, b.shape, padding=1)
-    assert conv_igemm.weights_vectorizable(g, dtype, w.ctypes.data)
-    _check(rt, "igemm", x, w, b, padding=1, tile=SMALL_TILE, vectorize_weights=vectorize)
+    assert gemm.weights_vectorizable(g, dtype, w.ctypes.data)
+    check_conv(rt, "igemm", x, w, b, padding=1, tile=SMALL_TILE, vectorize_weights=vectorize)
 
 
 def test_igemm_misaligned_weights_fall_back_to_scalar_loads(rt):
     """A weight array starting 1 element past an aligned address: contiguous, so conv2d passes it as is;
     the rule turns vector loads off (the kernel would fault or read wrongly otherwise) and the result is right."""
-    x, w, b = _arrays((1, 4, 7, 8), (9, 4, 2, 2), np.float32, seed=4)
+    x, w, b = conv_arrays((1, 4, 7, 8), (9, 4, 2, 2), np.float32, seed=4)
     wm = _misaligned(w)
     g = conv_geometry(x.shape, w.shape, b.shape, padding=1)
-    assert not conv_igemm.weights_vectorizable(g, np.float32, wm.ctypes.data)
+    assert not gemm.weights_vectorizable(g, np.float32, wm.ctypes.data)
     spy = SpyRuntime(rt)
-    _check(spy, "igemm", x, wm, b, padding=1)
+    check_conv(spy, "igemm", x, wm, b, padding=1)
     assert spy.launches[-1].args[-1] == np.int32(0)  # vec_w
     with pytest.raises(ValueError, match="4-wide weight loads requested"):
         conv_igemm.launch_igemm(NoLaunch(), x, wm, b, np.empty(g.output_shape, np.float32), g,
@@ -182,13 +132,13 @@ def test_igemm_grid_stride_loop(rt, monkeypatch):
     """A grid capped below the tile count: blocks loop over tiles (grid-stride), each tile's prologue
     reusing shared memory after the previous tile's last barrier. 2 blocks for 2 groups x 3 pixel tiles x
     2 filter tiles = 12 tiles, both thread orders."""
-    monkeypatch.setattr(conv_igemm, "MAX_GRID_BLOCKS", 2)
-    x, w, b = _arrays((2, 4, 9, 8), (140, 2, 3, 3), np.float32, seed=5)
+    monkeypatch.setattr(limits, "MAX_GRID_BLOCKS", 2)
+    x, w, b = conv_arrays((2, 4, 9, 8), (140, 2, 3, 3), np.float32, seed=5)
     g = conv_geometry(x.shape, w.shape, b.shape, padding=1, groups=2)
-    assert conv_igemm.gemm_blocks(g, SMALL_TILE) == 2 * 3 * 2
+    assert gemm.gemm_blocks(g, SMALL_TILE) == 2 * 3 * 2
     for order_rt in (rt, with_thread_order(rt, "reversed")):
         spy = SpyRuntime(order_rt)
-        _check(spy, "igemm", x, w, b, padding=1, groups=2, activation="relu", tile=SMALL_TILE)
+        check_conv(spy, "igemm", x, w, b, padding=1, groups=2, activation="relu", tile=SMALL_TILE)
         assert spy.launches[-1].grid == (2, 1, 1)
 
 
@@ -198,12 +148,12 @@ def test_igemm_nan_inf_and_empty_image(rt):
     x[0, 0, 3, 4] = np.nan
     x[0, 2, 11, 9] = np.inf
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
-    _check(rt, "igemm", x, w, None, padding=1, activation="relu")
+    check_conv(rt, "igemm", x, w, None, padding=1, activation="relu")
     # H = 0 with padding: every tap reads padding, the output is act(bias).
     x0 = np.zeros((2, 3, 0, 5))
     w0 = np.ones((4, 3, 1, 1))
     b0 = np.array([1.0, -2.0, 3.0, -4.0])
-    g, _, _ = _check(rt, "igemm", x0, w0, b0, padding=1, activation="relu")
+    g, _, _ = check_conv(rt, "igemm", x0, w0, b0, padding=1, activation="relu")
     assert g.P == 2
 
 
@@ -240,7 +190,7 @@ def _gemm1x1_id(c):
 def test_gemm1x1_matches_reference(rt, case):
     N, C, H, W, K, groups = case["shape"]
     dt = np.dtype(case["dtype"])
-    x, w, b = _arrays((N, C, H, W), (K, C // groups, 1, 1), dt, bias=case["bias"], seed=7)
+    x, w, b = conv_arrays((N, C, H, W), (K, C // groups, 1, 1), dt, bias=case["bias"], seed=7)
     if not case["x_aligned"]:
         x = _misaligned(x)
     tile = {"rule": None, "small": SMALL_TILE, "large": LARGE_TILE}[case["tile"]]
@@ -249,11 +199,11 @@ def test_gemm1x1_matches_reference(rt, case):
     assert conv_gemm1x1.input_vectorizable(g, dt, x.ctypes.data) == expect_vec_x
     spy = SpyRuntime(rt)
     overrides = {} if tile is None else {"tile": tile}
-    _, kid, _ = _check(spy, "gemm1x1", x, w, b, case["stride"], 0, 1, groups, False, case["activation"],
-                    **overrides)
-    assert kid == conv_gemm1x1.gemm1x1_name(dt, tile or conv_igemm.gemm_tile_for(g, dt))
+    _, kid, _ = check_conv(spy, "gemm1x1", x, w, b, case["stride"], 0, 1, groups, False, case["activation"],
+                           **overrides)
+    assert kid == conv_gemm1x1.gemm1x1_name(dt, tile or gemm.gemm_tile_for(g, dt))
     assert spy.launches[-1].args[-1] == np.int32(expect_vec_x)
-    assert spy.launches[-1].args[-2] == np.int32(conv_igemm.weights_vectorizable(g, dt, w.ctypes.data))
+    assert spy.launches[-1].args[-2] == np.int32(gemm.weights_vectorizable(g, dt, w.ctypes.data))
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -262,25 +212,25 @@ def test_gemm1x1_large_tile_edges(rt, dtype, order):
     """The 128 x 128 tile at its edges: Kg = 129 (two filter tiles, the second with 1 row), M = 2*8*8 = 128
     (exactly one pixel tile, vector input loads), Cg = 12 (one full slice of 8 + 4); then M = 127 (scalar
     input loads, H*W odd) with Kg = 127."""
-    x, w, b = _arrays((2, 12, 8, 8), (129, 12, 1, 1), dtype, seed=8)
-    _check(with_thread_order(rt, order), "gemm1x1", x, w, b, activation="tanh", tile=LARGE_TILE)
-    x, w, b = _arrays((1, 12, 1, 127), (127, 12, 1, 1), dtype, seed=9)
-    _check(with_thread_order(rt, order), "gemm1x1", x, w, b, tile=LARGE_TILE)
+    x, w, b = conv_arrays((2, 12, 8, 8), (129, 12, 1, 1), dtype, seed=8)
+    check_conv(with_thread_order(rt, order), "gemm1x1", x, w, b, activation="tanh", tile=LARGE_TILE)
+    x, w, b = conv_arrays((1, 12, 1, 127), (127, 12, 1, 1), dtype, seed=9)
+    check_conv(with_thread_order(rt, order), "gemm1x1", x, w, b, tile=LARGE_TILE)
 
 
 @pytest.mark.parametrize("order", ORDERS)
 def test_gemm1x1_small_tile_vector_paths(rt, order):
     """Small tile, every combination of vector / scalar input and weight loads on the same data."""
-    x, w, b = _arrays((3, 8, 4, 7), (66, 8, 1, 1), np.float32, seed=10)  # H*W = 28, Cg = 8: both allowed
+    x, w, b = conv_arrays((3, 8, 4, 7), (66, 8, 1, 1), np.float32, seed=10)  # H*W = 28, Cg = 8: both allowed
     for vx in (True, False):
         for vw in (True, False):
-            _check(with_thread_order(rt, order), "gemm1x1", x, w, b, activation="relu", tile=SMALL_TILE,
+            check_conv(with_thread_order(rt, order), "gemm1x1", x, w, b, activation="relu", tile=SMALL_TILE,
                    vectorize_input=vx, vectorize_weights=vw)
 
 
 def test_gemm1x1_dilation_and_flip_do_not_matter(rt):
-    x, w, b = _arrays((2, 4, 5, 6), (3, 4, 1, 1), np.float64, seed=11)
-    _check(rt, "gemm1x1", x, w, b, stride=2, dilation=3, flip=True)
+    x, w, b = conv_arrays((2, 4, 5, 6), (3, 4, 1, 1), np.float64, seed=11)
+    check_conv(rt, "gemm1x1", x, w, b, stride=2, dilation=3, flip=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,30 +245,30 @@ def test_tile_config_rule():
     """LARGE for float32 / float16 when Kg > 64 and there are >= 128 large tiles; SMALL otherwise and
     always for float64 (documented in conv_igemm's docstring)."""
     big = _geom(N=8, C=64, H=64, W=64, K=128)  # 8*64*64 / 128 = 256 pixel tiles x 1 filter tile
-    assert conv_igemm.gemm_blocks(big, LARGE_TILE) == 256
+    assert gemm.gemm_blocks(big, LARGE_TILE) == 256
     for dt in (np.float16, np.float32):
-        assert conv_igemm.gemm_tile_for(big, dt) is LARGE_TILE
-    assert conv_igemm.gemm_tile_for(big, np.float64) is SMALL_TILE
+        assert gemm.gemm_tile_for(big, dt) is LARGE_TILE
+    assert gemm.gemm_tile_for(big, np.float64) is SMALL_TILE
     # Kg = 64: one small tile holds every filter of a group.
-    assert conv_igemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=64), np.float32) is SMALL_TILE
+    assert gemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=64), np.float32) is SMALL_TILE
     # Kg = 65 qualifies ...
-    assert conv_igemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=65), np.float32) is LARGE_TILE
+    assert gemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=65), np.float32) is LARGE_TILE
     # ... per group: 2 groups of 64 filters do not.
-    assert conv_igemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=128, groups=2), np.float32) is SMALL_TILE
+    assert gemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=128, groups=2), np.float32) is SMALL_TILE
     # the block-count threshold: 127 large tiles -> small, 128 -> large
     edge = _geom(N=1, C=4, H=127, W=128, K=96)
-    assert conv_igemm.gemm_blocks(edge, LARGE_TILE) == 127
-    assert conv_igemm.gemm_tile_for(edge, np.float32) is SMALL_TILE
+    assert gemm.gemm_blocks(edge, LARGE_TILE) == 127
+    assert gemm.gemm_tile_for(edge, np.float32) is SMALL_TILE
     edge = _geom(N=1, C=4, H=128, W=128, K=96)
-    assert conv_igemm.gemm_blocks(edge, LARGE_TILE) == 128
-    assert conv_igemm.gemm_tile_for(edge, np.float32) is LARGE_TILE
+    assert gemm.gemm_blocks(edge, LARGE_TILE) == 128
+    assert gemm.gemm_tile_for(edge, np.float32) is LARGE_TILE
     # the same rule for gemm1x1 (shared), and every config it picks is instantiated
     pw = _geom(N=8, C=64, H=64, W=64, K=128, R=1, S=1, padding=0)
-    assert conv_igemm.gemm_tile_for(pw, np.float32) is LARGE_TILE
-    for dt, tiles in conv_igemm.TILES_BY_DTYPE.items():
+    assert gemm.gemm_tile_for(pw, np.float32) is LARGE_TILE
+    for dt, tiles in gemm.TILES_BY_DTYPE.items():
         for t in tiles:
-            assert conv_igemm.igemm_name(dt, t) in conv.INSTANTIATIONS[conv_igemm.SOURCE]
-            assert conv_gemm1x1.gemm1x1_name(dt, t) in conv.INSTANTIATIONS[conv_gemm1x1.SOURCE]
+            assert conv_igemm.igemm_name(dt, t) in ops.INSTANTIATIONS[conv_igemm.SOURCE]
+            assert conv_gemm1x1.gemm1x1_name(dt, t) in ops.INSTANTIATIONS[conv_gemm1x1.SOURCE]
 
 
 def test_tile_configs_match_the_kernel():
@@ -329,17 +279,17 @@ def test_tile_configs_match_the_kernel():
     assert SMALL_TILE.shared_bytes(np.float32) == 8448 and SMALL_TILE.shared_bytes(np.float64) == 16896
     assert len(conv_igemm.INSTANTIATIONS) == len(conv_gemm1x1.INSTANTIATIONS) == 5
     text = (kernels_dir() / "gemm_tile.cuh").read_text()
-    assert f"static constexpr int A_PAD = {conv_igemm.GEMM_A_PAD};" in text
+    assert f"static constexpr int A_PAD = {gemm.GEMM_A_PAD};" in text
 
 
 def test_vectorization_rules():
     g12 = _geom(C=4, K=8, R=3, S=1)  # Cg*R*S = 12
     g9 = _geom(C=1, K=8)             # 9
     for dt, align in ((np.float16, 8), (np.float32, 16), (np.float64, 16)):
-        assert conv_igemm.weights_vectorizable(g12, dt, 4096)
-        assert conv_igemm.weights_vectorizable(g12, dt, 4096 + align)
-        assert not conv_igemm.weights_vectorizable(g12, dt, 4096 + align // 2)
-        assert not conv_igemm.weights_vectorizable(g9, dt, 4096)
+        assert gemm.weights_vectorizable(g12, dt, 4096)
+        assert gemm.weights_vectorizable(g12, dt, 4096 + align)
+        assert not gemm.weights_vectorizable(g12, dt, 4096 + align // 2)
+        assert not gemm.weights_vectorizable(g9, dt, 4096)
     pw = _geom(C=8, H=6, W=6, R=1, S=1, padding=0)         # H*W = 36
     assert conv_gemm1x1.input_vectorizable(pw, np.float32, 4096)
     assert not conv_gemm1x1.input_vectorizable(pw, np.float32, 4100)
@@ -350,14 +300,16 @@ def test_vectorization_rules():
 
 
 def test_launch_shape_follows_the_rules(rt):
-    x, w, b = _arrays((2, 8, 6, 7), (20, 8, 3, 3), np.float32, seed=12)
+    x, w, b = conv_arrays((2, 8, 6, 7), (20, 8, 3, 3), np.float32, seed=12)
     spy = SpyRuntime(rt)
-    g, kid, _ = _check(spy, "igemm", x, w, b, padding=1)
+    g, kid, _ = check_conv(spy, "igemm", x, w, b, padding=1)
     source, name, grid, block, args, shared = spy.launches[-1]
-    assert (source, name) == (conv_igemm.SOURCE, kid) and name in conv.INSTANTIATIONS[source]
+    assert (source, name) == (conv_igemm.SOURCE, kid) and name in ops.INSTANTIATIONS[source]
     assert block == (256, 1, 1) and shared == 0
-    assert grid == (conv_igemm.gemm_blocks(g, SMALL_TILE), 1, 1) == (2 * 6 * 7 // 64 + 1, 1, 1)
-    assert len(args) == 4 + 19 + 1 and all(type(a) is np.int32 for a in args[4:])
+    assert grid == (gemm.gemm_blocks(g, SMALL_TILE), 1, 1) == (2 * 6 * 7 // 64 + 1, 1, 1)
+    # the pointers, one ConvParams passed by value (a one-element structured array), vec_w
+    assert len(args) == 4 + 1 + 1 and args[4].dtype == abi.CONV_PARAMS_DTYPE and args[4].shape == (1,)
+    assert args[4][0]["P"] == g.P and type(args[5]) is np.int32
 
 
 def test_heuristic_prefers_the_gemm_kernels(rt, monkeypatch):
@@ -365,10 +317,10 @@ def test_heuristic_prefers_the_gemm_kernels(rt, monkeypatch):
     convolution (padded 1x1 included, since gemm1x1 declines it); 'auto' runs it (measuring off on a GPU)."""
     use_heuristic_auto(monkeypatch)
     pw = _geom(C=8, K=16, R=1, S=1, padding=0)
-    assert conv.choose_algo(pw, np.float32) == "gemm1x1"
-    assert conv.choose_algo(_geom(C=8, K=16, R=1, S=1, padding=1), np.float32) == "igemm"
-    assert conv.choose_algo(_geom(C=8, K=16), np.float64) == "igemm"
-    x, w, _ = _arrays((1, 8, 6, 6), (16, 8, 1, 1), np.float32, bias=False, seed=13)
+    assert select.choose_algo(pw, np.float32) == "gemm1x1"
+    assert select.choose_algo(_geom(C=8, K=16, R=1, S=1, padding=1), np.float32) == "igemm"
+    assert select.choose_algo(_geom(C=8, K=16), np.float64) == "igemm"
+    x, w, _ = conv_arrays((1, 8, 6, 6), (16, 8, 1, 1), np.float32, bias=False, seed=13)
     y, kid = numpy_io(rt, conv.conv2d, x, w, None, conv_geometry(x.shape, w.shape), "auto")
     assert kid == conv_gemm1x1.gemm1x1_name(np.float32, SMALL_TILE)
 
@@ -402,7 +354,7 @@ def test_int32_size_rule_declines_before_launching():
     for algo, huge in (("igemm", dataclasses.replace(g, pb=2**31, P=2**31 + 4)),
                        ("igemm", dataclasses.replace(g, N=2**31)),
                        ("gemm1x1", dataclasses.replace(g, H=2**31, P=2**31))):
-        reason = conv.decline_reason(algo, huge, np.float32)
+        reason = select.decline_reason(algo, huge, np.float32)
         assert reason.startswith(f"{algo} declines this geometry because")
         with pytest.raises(ValueError, match=f"{algo} declines .* 2\\^31-1"):
             conv.conv2d(NoLaunch(), x, np.ones((1, 1, 1, 1), np.float32), None, huge, algo)
@@ -418,15 +370,15 @@ _ASAN_SCRIPT = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from gpuconv._cuda import conv, conv_igemm, conv_gemm1x1
+from gpuconv._cuda import conv_gemm1x1, conv_igemm, gemm, ops
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from tests.emulator import EmulatedRuntime
-from tests.test_cuda_conv import reference_conv2d
+from tests.reference import reference_conv2d
 
-rt = EmulatedRuntime(kernels_dir(), conv.INSTANTIATIONS, sanitize=True)
+rt = EmulatedRuntime(kernels_dir(), ops.INSTANTIATIONS, sanitize=True)
 rng = np.random.default_rng(0)
-L, S = conv_igemm.LARGE_TILE, conv_igemm.SMALL_TILE
+L, S = gemm.LARGE_TILE, gemm.SMALL_TILE
 # Partial filter tiles in the LAST group (w read past its end if unguarded), partial pixel tiles at the end
 # of x / y, reduction tails, vector loads ending exactly at the end of w / x.
 CASES = [

@@ -3,17 +3,18 @@ its host side (gpuconv/_cuda/conv_igemm_tc.py; the opt-in in autotune.py and con
 
 On the CPU the emulator runs the kernel with its mma.sync emulated from the PTX ISA's fragment layouts
 (tests/emulator), so the lanes' fragment reads, the tile and epilogue bounds and the TF32 rounding are
-checked here. float32 is compared with the textbook reference computed on TF32-rounded inputs (rounded by
-this file's own ``tf32``), at the float32 tolerance: a fragment in the wrong place, a missing rounding or
-an unrounded operand fails. float16 is compared at the float16 tolerance (its products are exact). The
-geometry matrix is test_cuda_conv's; tile edges are test_cuda_igemm's, with both tile configs forced and
-both thread orders.
+checked here. float32 is compared with the textbook reference computed on TF32-rounded inputs
+(tests/reference.py: ``reference_conv2d_tf32``, rounding with ``tf32_round``), at the float32 tolerance
+(tests/tolerance.py): a fragment in the wrong place, a missing rounding or an unrounded operand fails.
+float16 is compared at the float16 tolerance (its products are exact). The geometry matrix is the kernel
+suites' (tests/cases.py: ``KERNEL_CASES``, as test_cuda_conv); tile edges are test_cuda_igemm's
+(``GEMM_EDGE_CASES``), with both tile configs forced and both thread orders.
 
 Every test that launches a kernel takes the ``rt`` fixture (tests/runners.py) and runs twice: on the
 emulator (``[emulated-...]``, marked ``emulated``) and on the real tensor cores of a GPU (``[gpu-...]``,
 marked ``gpu``; skipped without CuPy or a device, and on a device below compute capability 8.0 with
 igemm_tc's device rule as the reason), with the same NumPy test data (``numpy_io``). On a GPU, float32 is
-compared at ``GPU_TF32_TOL`` (the hardware's float32 accumulation order is its own), and the reversed
+compared at ``precision="tf32"`` (the hardware's float32 accumulation order is its own), and the reversed
 thread order is the hardware's own order. Nothing here is emulator-only; host-side tests (the opt-in,
 the device rule with a fake old GPU, the registry) carry no marker.
 """
@@ -24,14 +25,15 @@ import numpy as np
 import pytest
 
 import gpuconv
-from gpuconv._cuda import autotune, conv, conv_igemm, conv_igemm_tc
+from gpuconv._cuda import autotune, conv, conv_igemm_tc, limits, select, settings
 from gpuconv._cuda.conv_igemm_tc import TC_LARGE_TILE, TC_SMALL_TILE
 from gpuconv._geometry import conv_geometry
-from tests.runners import (SpyRuntime, numpy_io, on_gpu, runtime_fixture, use_heuristic_auto,
+from tests.cases import GEMM_EDGE_CASES, KERNEL_CASES, conv_arrays, kernel_case_data, kernel_case_id
+from tests.reference import reference_conv2d_tf32, tf32_round
+from tests.runners import (Runner, SpyRuntime, numpy_io, on_gpu, runtime_fixture, use_heuristic_auto,
                            with_thread_order)
-from tests.test_cuda_conv import CASES as CONV_CASES
-from tests.test_cuda_conv import _case_id, _data, _layout, assert_matches, reference_conv2d
-from tests.test_cuda_igemm import EDGE_CASES, _arrays, _check
+from tests.support import check_conv, noncontiguous_view
+from tests.tolerance import assert_close
 
 TILES = {"small": TC_SMALL_TILE, "large": TC_LARGE_TILE}
 ORDERS = ("forward", "reversed")
@@ -40,76 +42,57 @@ ORDERS = ("forward", "reversed")
 # ``rt`` runs on both.
 rt = runtime_fixture(algo="igemm_tc")
 
-# float32 on a GPU, relative to the sum of |terms|: the hardware's float32 accumulation order is its own.
-GPU_TF32_TOL = 1e-4
 
-
-def _tol(rt, dtype):
-    """assert_matches' tolerance for igemm_tc on ``rt``: GPU_TF32_TOL for float32 on a GPU, else the
-    dtype's (None)."""
-    return GPU_TF32_TOL if on_gpu(rt) and np.dtype(dtype) == np.float32 else None
-
-
-def tf32(a):
-    """``a`` as float32 rounded to TF32 as cvt.rna.tf32.f32 does: 10 mantissa bits, to nearest, ties away
-    from zero (add half of the dropped part's range to the magnitude bits, then truncate); inf / NaN kept."""
-    out = np.array(a, dtype=np.float32, copy=True)
-    bits = out.view(np.uint32)
-    finite = np.isfinite(out)
-    bits[finite] = (bits[finite] + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
-    return out
+def _precision(rt, dtype):
+    """The accumulation kind igemm_tc's result is compared at on ``rt`` (tests/tolerance.py): ``"tf32"`` for
+    float32 on a GPU (the hardware's float32 accumulation order is its own), else the default."""
+    return "tf32" if on_gpu(rt) and np.dtype(dtype) == np.float32 else None
 
 
 def test_tf32_rounding_helper():
-    """The test's own rounding, on values whose TF32 rounding is known."""
+    """The reference's TF32 rounding (tests/reference.py), on values whose TF32 rounding is known."""
     ulp = 2.0 ** -10  # TF32 spacing in [1, 2)
     big = np.finfo(np.float32).max  # above the largest TF32 number plus half its spacing: rounds to inf
     x = np.array([1 + ulp / 2, 1 + ulp / 2 - 2.0 ** -23, -(1 + ulp / 2), 1 + 3 * ulp / 2, big, -np.inf, np.nan],
                  np.float32)
-    r = tf32(x)
+    r = tf32_round(x)
     assert r[0] == 1 + ulp and r[1] == 1 and r[2] == -(1 + ulp) and r[3] == 1 + 2 * ulp  # ties away from 0
     assert r[4] == np.inf and r[5] == -np.inf and np.isnan(r[6])
 
 
-def expected(x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None):
-    """The reference igemm_tc must match: float32 on TF32-rounded input and weights (the bias is added in
-    float32 after the products, unrounded); float16 as is."""
-    if np.dtype(x.dtype) == np.float32:
-        x, w = tf32(x), tf32(w)
-    return reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, activation)
-
-
 def _run(rt, x, *args, **kwargs):
-    """igemm_tc through test_cuda_igemm's ``_check`` (conv.conv2d, or the launch function with overrides),
-    compared with ``expected`` at ``_tol``. Returns (geometry, kernel name, output)."""
-    return _check(rt, "igemm_tc", x, *args, reference=expected, tol=_tol(rt, x.dtype), **kwargs)
+    """igemm_tc through ``check_conv`` (tests/support.py: conv.conv2d, or the launch function with
+    overrides), compared with ``reference_conv2d_tf32`` at ``_precision``. Returns (geometry, kernel name,
+    output)."""
+    return check_conv(rt, "igemm_tc", x, *args, reference=reference_conv2d_tf32,
+                      precision=_precision(rt, x.dtype), **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
 # the geometry matrix, tile edges, grid-stride loop, NaN / inf, TF32 rounding
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=[_case_id(c) for c in CONV_CASES])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=[kernel_case_id(c) for c in KERNEL_CASES])
 def test_igemm_tc_matches_reference(rt, case):
-    """test_cuda_conv's pairwise matrix (stride / padding / dilation / grouping / activation / flip / bias /
+    """The kernel suites' pairwise matrix (stride / padding / dilation / grouping / activation / flip / bias /
     non-contiguous layouts) through conv.conv2d(algo='igemm_tc'); float64 is declined by its rule."""
-    g, x, w, b = _data(case)
+    g, x, w, b = kernel_case_data(case)
     rng = np.random.default_rng(1)
-    xv, wv, bv = (_layout(a, case["layout"], rng) for a in (x, w, b))
+    xv, wv, bv = (noncontiguous_view(a, case["layout"], rng) for a in (x, w, b))
     if np.dtype(case["dtype"]) == np.float64:
         with pytest.raises(ValueError, match="igemm_tc declines float64"):
             numpy_io(rt, conv.conv2d, xv, wv, bv, g, "igemm_tc")
         return
     y, kid = numpy_io(rt, conv.conv2d, xv, wv, bv, g, "igemm_tc")
     assert kid == conv_igemm_tc.tc_name(case["dtype"], conv_igemm_tc.tc_tile_for(g, case["dtype"]))
-    ref, mag = expected(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
+    ref, mag = reference_conv2d_tf32(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
                         g.activation)
-    assert_matches(y, ref, mag, case["dtype"], kid, tol=_tol(rt, case["dtype"]))
+    assert_close(y, ref, mag, case["dtype"], kid, precision=_precision(rt, case["dtype"]))
 
 
 def _edge_params():
     params = []
-    for name in EDGE_CASES:
+    for name in GEMM_EDGE_CASES:
         tiles = ["small"] if name.startswith("small") else ["large"] if name.startswith("large") \
             else ["small", "large"]
         for tile in tiles:
@@ -125,8 +108,8 @@ def test_igemm_tc_tile_edges(rt, name, tile, dtype, order):
     reduction now runs in slices of 16), each tile forced, both thread orders: with reversed threads a
     missing barrier reads an unstaged (NaN-poisoned) slice. (The geometry matrix's small shapes only ever
     take the small tile.)"""
-    xs, ws, groups, stride, padding, dilation, flip, act, bias = EDGE_CASES[name]
-    x, w, b = _arrays(xs, ws, dtype, bias=bias, seed=len(name))
+    xs, ws, groups, stride, padding, dilation, flip, act, bias = GEMM_EDGE_CASES[name]
+    x, w, b = conv_arrays(xs, ws, dtype, bias=bias, seed=len(name))
     _, kid, _ = _run(with_thread_order(rt, order), x, w, b, stride, padding, dilation, groups, flip, act,
                      tile=TILES[tile])
     assert kid == conv_igemm_tc.tc_name(dtype, TILES[tile])
@@ -135,14 +118,14 @@ def test_igemm_tc_tile_edges(rt, name, tile, dtype, order):
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_igemm_tc_weight_vector_loads(rt, vectorize):
     """Cg*R*S = 2*3*2 = 12 allows 4-wide weight loads; with and without them, two small filter tiles."""
-    x, w, b = _arrays((1, 2, 9, 10), (70, 2, 3, 2), np.float32, seed=3)
+    x, w, b = conv_arrays((1, 2, 9, 10), (70, 2, 3, 2), np.float32, seed=3)
     _run(rt, x, w, b, padding=1, tile=TC_SMALL_TILE, vectorize_weights=vectorize)
 
 
 def test_igemm_tc_grid_stride_loop(rt, monkeypatch):
     """A grid capped at 2 blocks for 12 tiles: each block loops, reusing shared memory tile after tile."""
-    monkeypatch.setattr(conv_igemm, "MAX_GRID_BLOCKS", 2)  # launch_gemm's cap
-    x, w, b = _arrays((2, 4, 9, 8), (140, 2, 3, 3), np.float16, seed=5)
+    monkeypatch.setattr(limits, "MAX_GRID_BLOCKS", 2)  # launch_gemm's cap
+    x, w, b = conv_arrays((2, 4, 9, 8), (140, 2, 3, 3), np.float16, seed=5)
     for order in ORDERS:
         spy = SpyRuntime(with_thread_order(rt, order))
         _run(spy, x, w, b, padding=1, groups=2, activation="relu", tile=TC_SMALL_TILE)
@@ -197,24 +180,24 @@ def test_auto_leaves_tensor_cores_out_unless_allowed(monkeypatch):
     monkeypatch.delenv("GPUCONV_TENSOR_CORES", raising=False)
     gpuconv.set_tensor_cores(None)
     g = _geom()
-    assert not autotune.tensor_cores_enabled()
-    assert "igemm_tc" not in conv.candidates(g, np.float32)
-    assert conv.choose_algo(g, np.float32) == "igemm"
+    assert not settings.tensor_cores_enabled()
+    assert "igemm_tc" not in select.candidates(g, np.float32)
+    assert select.choose_algo(g, np.float32) == "igemm"
     monkeypatch.setenv("GPUCONV_TENSOR_CORES", "1")
-    assert autotune.tensor_cores_enabled() and "igemm_tc" in conv.candidates(g, np.float32)
+    assert settings.tensor_cores_enabled() and "igemm_tc" in select.candidates(g, np.float32)
     gpuconv.set_tensor_cores(False)  # the call wins over the environment
     try:
-        assert "igemm_tc" not in conv.candidates(g, np.float32)
+        assert "igemm_tc" not in select.candidates(g, np.float32)
     finally:
         gpuconv.set_tensor_cores(None)
 
 
 def test_auto_heuristic_prefers_tensor_cores_when_allowed(tensor_cores):
-    assert conv.choose_algo(_geom(), np.float32) == "igemm_tc"
-    assert conv.choose_algo(_geom(), np.float16) == "igemm_tc"
-    assert conv.choose_algo(_geom(R=1), np.float32) == "igemm_tc"
-    assert conv.choose_algo(_geom(), np.float64) == "igemm"  # declined: no float64 tensor-core path
-    assert conv.choose_algo(_geom(C=16, K=16, groups=16), np.float32) == "depthwise"
+    assert select.choose_algo(_geom(), np.float32) == "igemm_tc"
+    assert select.choose_algo(_geom(), np.float16) == "igemm_tc"
+    assert select.choose_algo(_geom(R=1), np.float32) == "igemm_tc"
+    assert select.choose_algo(_geom(), np.float64) == "igemm"  # declined: no float64 tensor-core path
+    assert select.choose_algo(_geom(C=16, K=16, groups=16), np.float32) == "depthwise"
 
 
 class OldGpu:
@@ -230,34 +213,34 @@ class OldGpu:
 
 def test_devices_below_sm80_are_declined(tensor_cores):
     g = _geom()
-    x, w, _ = _arrays((2, 16, 9, 9), (32, 16, 3, 3), np.float32)
+    x, w, _ = conv_arrays((2, 16, 9, 9), (32, 16, 3, 3), np.float32)
     with pytest.raises(ValueError, match=r"igemm_tc needs a GPU of compute capability 8\.0 or newer; the "
                                          r"current device is 7\.5"):
         conv.conv2d(OldGpu(), x, w, None, g, "igemm_tc")
-    assert "igemm_tc" not in conv.candidates(g, np.float32, OldGpu())
-    assert conv.choose_algo(g, np.float32, OldGpu()) == "igemm"
+    assert "igemm_tc" not in select.candidates(g, np.float32, OldGpu())
+    assert select.choose_algo(g, np.float32, OldGpu()) == "igemm"
 
 
 def test_auto_runs_igemm_tc_when_allowed_and_keys_its_choice_apart(rt, tensor_cores, monkeypatch):
     """On the emulator (no timer), or with measuring off on a GPU, 'auto' takes the heuristic: igemm_tc once
     allowed, under a key of its own."""
     use_heuristic_auto(monkeypatch)
-    x, w, b = _arrays((1, 8, 7, 7), (16, 8, 3, 3), np.float32, seed=9)
+    x, w, b = conv_arrays((1, 8, 7, 7), (16, 8, 3, 3), np.float32, seed=9)
     g = conv_geometry(x.shape, w.shape, b.shape, padding=1)
     autotune.clear_autotune_cache()
     y, kid = numpy_io(rt, conv.conv2d, x, w, b, g, "auto")
     assert kid.startswith("gpuconv::conv2d_igemm_tc<float")
-    ref, mag = expected(x, w, b, padding=1)
-    assert_matches(y, ref, mag, np.float32, tol=_tol(rt, np.float32))
+    ref, mag = reference_conv2d_tf32(x, w, b, padding=1)
+    assert_close(y, ref, mag, np.float32, precision=_precision(rt, np.float32))
     keys = [c["key"] for c in gpuconv.autotune_choices()]
     assert any(k.endswith("|tensor cores") for k in keys)
     autotune.clear_autotune_cache()
 
 
 def test_algo_registry_marks_tensor_cores():
-    a = conv.ALGORITHMS["igemm_tc"]
+    a = conv.OP.algorithms["igemm_tc"]
     assert a.tensor_cores and a.min_compute_capability == 80
-    assert not any(conv.ALGORITHMS[n].tensor_cores for n in conv.ALGOS if n != "igemm_tc")
+    assert not any(conv.OP.algorithms[n].tensor_cores for n in conv.OP.names if n != "igemm_tc")
     assert set(a.instantiations) == {conv_igemm_tc.tc_name(dt, t) for dt in conv_igemm_tc.DTYPES
                                      for t in (TC_LARGE_TILE, TC_SMALL_TILE)}
 
@@ -267,13 +250,12 @@ def test_public_conv2d_runs_igemm_tc_and_records_it(rt):
     """``gpuconv.conv2d(..., algo='igemm_tc')`` through the public entry point (the shared matrices leave the
     tensor-core algorithms out): the result against the TF32 reference, and ``last_kernel()`` naming the
     kernel that ran, on the emulator and on a GPU."""
-    from tests.runners import Runner
     runner = Runner("gpu" if on_gpu(rt) else "emulated", "igemm_tc")
     for dtype in conv_igemm_tc.DTYPES:
-        x, w, b = _arrays((2, 6, 9, 11), (10, 3, 3, 3), dtype, seed=11)
+        x, w, b = conv_arrays((2, 6, 9, 11), (10, 3, 3, 3), dtype, seed=11)
         y = runner.call(gpuconv.conv2d, x, w, b, padding=1, groups=2, activation="relu")
         record = gpuconv.last_kernel()
         assert record.op == "conv2d" and record.backend == ("cupy" if on_gpu(rt) else "emulated")
         assert record.kernel.startswith("gpuconv::conv2d_igemm_tc<")
-        ref, mag = expected(x, w, b, padding=1, groups=2, activation="relu")
-        assert_matches(y, ref, mag, dtype, record.kernel, tol=_tol(rt, dtype))
+        ref, mag = reference_conv2d_tf32(x, w, b, padding=1, groups=2, activation="relu")
+        assert_close(y, ref, mag, dtype, record.kernel, precision=_precision(rt, dtype))

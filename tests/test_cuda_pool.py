@@ -1,6 +1,7 @@
-"""The pooling CUDA kernels (kernels/pool2d.cu) and their launch code (gpuconv/_cuda/pool.py) against
-textbook loop references written here straight from the definitions in docs/semantics.md (PyTorch's
-torch.nn.functional pooling), independent of the kernel code.
+"""The pooling CUDA kernels (kernels/pool2d.cu) and their launch code (gpuconv/_cuda/pool.py) against the
+textbook loop references of tests/reference.py (straight from the definitions in docs/semantics.md,
+PyTorch's torch.nn.functional pooling; independent of the kernel code, output sizes included), averages
+under the shared tolerance model (tests/tolerance.py), max pooling exactly.
 
 Every test that launches a kernel takes the ``rt`` fixture (tests/runners.py) and runs twice: executed on
 the CPU by tests/emulator (``[emulated-...]``, marked ``emulated``) and on a GPU (``[gpu-...]``, marked
@@ -8,8 +9,6 @@ the CPU by tests/emulator (``[emulated-...]``, marked ``emulated``) and on a GPU
 inputs keep their strides on the device). The reversed thread order is the emulator's; on a GPU that test
 runs in the hardware's own order. Nothing here is emulator-only; the host-side 32-bit rule test (nothing
 launched) carries no marker.
-
-The references loop over output positions and window taps, vectorised only across the (n, c) planes.
 """
 
 from __future__ import annotations
@@ -19,17 +18,16 @@ import itertools
 import numpy as np
 import pytest
 
-from gpuconv._cuda import pool
+from gpuconv._cuda import limits, ops, pool
 from gpuconv._geometry import AdaptiveGeometry, PoolGeometry, adaptive_geometry, pool_geometry
+from tests.reference import adaptive_pool2d_ref, avg_pool2d_ref, max_pool2d_ref, pair
 from tests.runners import SpyRuntime, numpy_io, runtime_fixture, with_thread_order
+from tests.tolerance import assert_close
 
 # inf - inf in the references of the -inf / NaN cases is intended
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 DTYPES = (np.float16, np.float32, np.float64)
-# (rtol, atol) for averages; max pooling is compared exactly (it only selects values).
-AVG_TOL = {np.dtype(np.float16): (2e-3, 2e-3), np.dtype(np.float32): (1e-5, 1e-6),
-           np.dtype(np.float64): (1e-12, 1e-13)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -38,105 +36,6 @@ AVG_TOL = {np.dtype(np.float16): (2e-3, 2e-3), np.dtype(np.float32): (1e-5, 1e-6
 
 # The emulator and a GPU (tests/runners.py): every test that takes ``rt`` runs on both.
 rt = runtime_fixture()
-
-
-# --------------------------------------------------------------------------------------------
-# references (from the definitions; float64 arithmetic; loops over outputs and taps)
-# --------------------------------------------------------------------------------------------
-
-def _first_tap_at_or_after_zero(start: int, step: int) -> int:
-    """PyTorch's initial argmax coordinate: the first tap start + j*step that is >= 0 (j may run past
-    the window when every tap is padding)."""
-    while start < 0:
-        start += step
-    return start
-
-
-def ref_max_pool(x, g: PoolGeometry):
-    """max over the window taps inside the input; -inf start; NaN wins; index h*W + w (first cell)."""
-    xv = np.asarray(x, dtype=np.float64)
-    N, C, H, W = xv.shape
-    y = np.empty((N, C, g.OH, g.OW))
-    idx = np.empty((N, C, g.OH, g.OW), dtype=np.int64)
-    for oh in range(g.OH):
-        h0 = oh * g.sh - g.ph
-        rows = [h0 + i * g.dh for i in range(g.kh) if 0 <= h0 + i * g.dh < H]
-        for ow in range(g.OW):
-            w0 = ow * g.sw - g.pw
-            cols = [w0 + j * g.dw for j in range(g.kw) if 0 <= w0 + j * g.dw < W]
-            first = _first_tap_at_or_after_zero(h0, g.dh) * W + _first_tap_at_or_after_zero(w0, g.dw)
-            y[:, :, oh, ow], idx[:, :, oh, ow] = _scan_max(xv, rows, cols, first)
-    return y, idx
-
-
-def _scan_max(xv, rows, cols, first_index):
-    """Max of ``xv[:, :, h, w]`` over the window, scanned row-major from -inf with PyTorch's rule (take a
-    value when greater or NaN) and its flat index ``h*W + w``, ``first_index`` until something is taken."""
-    N, C, _, W = xv.shape
-    best = np.full((N, C), -np.inf)
-    arg = np.full((N, C), first_index, dtype=np.int64)
-    for h in rows:  # row-major scan order
-        for w in cols:
-            v = xv[:, :, h, w]
-            take = (v > best) | np.isnan(v)
-            best = np.where(take, v, best)
-            arg = np.where(take, h * W + w, arg)
-    return best, arg
-
-
-def ref_avg_pool(x, g: PoolGeometry, count_include_pad: bool, divisor_override):
-    xv = np.asarray(x, dtype=np.float64)
-    N, C, H, W = xv.shape
-    y = np.empty((N, C, g.OH, g.OW))
-    for oh in range(g.OH):
-        h0 = oh * g.sh - g.ph
-        for ow in range(g.OW):
-            w0 = ow * g.sw - g.pw
-            total = np.zeros((N, C))
-            cells = 0
-            for h in range(h0, h0 + g.kh):
-                for w in range(w0, w0 + g.kw):
-                    if 0 <= h < H and 0 <= w < W:
-                        total += xv[:, :, h, w]
-                        cells += 1
-            if divisor_override:
-                divisor = divisor_override
-            elif count_include_pad:
-                divisor = (min(h0 + g.kh, H + g.ph) - h0) * (min(w0 + g.kw, W + g.pw) - w0)
-            else:
-                divisor = cells
-            y[:, :, oh, ow] = total / divisor
-    return y
-
-
-def _adaptive_window(i: int, size: int, out: int) -> range:
-    """[floor(i*size/out), ceil((i+1)*size/out))."""
-    return range((i * size) // out, -((-(i + 1) * size) // out))
-
-
-def ref_adaptive_max(x, g: AdaptiveGeometry):
-    xv = np.asarray(x, dtype=np.float64)
-    N, C, H, W = xv.shape
-    y = np.empty((N, C, g.OH, g.OW))
-    idx = np.empty((N, C, g.OH, g.OW), dtype=np.int64)
-    for oh in range(g.OH):
-        rows = _adaptive_window(oh, H, g.OH)
-        for ow in range(g.OW):
-            cols = _adaptive_window(ow, W, g.OW)
-            y[:, :, oh, ow], idx[:, :, oh, ow] = _scan_max(xv, rows, cols, rows[0] * W + cols[0])
-    return y, idx
-
-
-def ref_adaptive_avg(x, g: AdaptiveGeometry):
-    xv = np.asarray(x, dtype=np.float64)
-    N, C, H, W = xv.shape
-    y = np.empty((N, C, g.OH, g.OW))
-    for oh in range(g.OH):
-        rows = _adaptive_window(oh, H, g.OH)
-        for ow in range(g.OW):
-            cols = _adaptive_window(ow, W, g.OW)
-            y[:, :, oh, ow] = sum(xv[:, :, h, w] for h in rows for w in cols) / (len(rows) * len(cols))
-    return y
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,8 +64,8 @@ def run_max(rt, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fa
     y, idx, name = numpy_io(rt, pool.max_pool2d, x, g, return_indices)
     _check_output(y, g.output_shape, x.dtype)
     assert name == pool.max_name(x.dtype, return_indices, *_window_args(g.kh, g.kw))
-    assert name in pool.INSTANTIATIONS[pool.SOURCE]
-    ref_y, ref_idx = ref_max_pool(x, g)
+    assert name in ops.INSTANTIATIONS[pool.SOURCE]
+    ref_y, ref_idx = max_pool2d_ref(x, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw), (g.dh, g.dw), ceil_mode)
     np.testing.assert_array_equal(y, ref_y.astype(x.dtype))  # NaN == NaN here
     if return_indices:
         assert idx.dtype == np.int64 and idx.shape == g.output_shape and idx.flags.c_contiguous
@@ -182,11 +81,18 @@ def run_avg(rt, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_i
     y, name = numpy_io(rt, pool.avg_pool2d, x, g, count_include_pad, divisor_override)
     _check_output(y, g.output_shape, x.dtype)
     assert name == pool.avg_name(x.dtype, *_window_args(g.kh, g.kw))
-    assert name in pool.INSTANTIATIONS[pool.SOURCE]
-    rtol, atol = AVG_TOL[np.dtype(x.dtype)]
-    np.testing.assert_allclose(y.astype(np.float64), ref_avg_pool(x, g, count_include_pad, divisor_override),
-                               rtol=rtol, atol=atol)
+    assert name in ops.INSTANTIATIONS[pool.SOURCE]
+    window = ((g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw), ceil_mode, count_include_pad, divisor_override)
+    expected = avg_pool2d_ref(x, *window)
+    magnitude = np.abs(avg_pool2d_ref(np.abs(x), *window))
+    assert_close(y, expected, magnitude, x.dtype, name, precision="pool")
     return g, y
+
+
+def _adaptive_output(x, output_size):
+    """The output (height, width) an ``output_size`` asks for (None: the input's)."""
+    oh, ow = pair(output_size)
+    return (x.shape[2] if oh is None else oh, x.shape[3] if ow is None else ow)
 
 
 def run_adaptive_max(rt, x, output_size, return_indices=True):
@@ -194,8 +100,9 @@ def run_adaptive_max(rt, x, output_size, return_indices=True):
     y, idx, name = numpy_io(rt, pool.adaptive_max_pool2d, x, g, return_indices)
     _check_output(y, g.output_shape, x.dtype)
     assert name == pool.adaptive_max_name(x.dtype, return_indices)
-    assert name in pool.INSTANTIATIONS[pool.SOURCE]
-    ref_y, ref_idx = ref_adaptive_max(x, g)
+    assert name in ops.INSTANTIATIONS[pool.SOURCE]
+    assert g.output_shape == x.shape[:2] + _adaptive_output(x, output_size)
+    ref_y, ref_idx = adaptive_pool2d_ref(x, _adaptive_output(x, output_size), "max")
     np.testing.assert_array_equal(y, ref_y.astype(x.dtype))
     if return_indices:
         assert idx.dtype == np.int64 and idx.shape == g.output_shape
@@ -210,9 +117,10 @@ def run_adaptive_avg(rt, x, output_size):
     y, name = numpy_io(rt, pool.adaptive_avg_pool2d, x, g)
     _check_output(y, g.output_shape, x.dtype)
     assert name == pool.adaptive_avg_name(x.dtype)
-    assert name in pool.INSTANTIATIONS[pool.SOURCE]
-    rtol, atol = AVG_TOL[np.dtype(x.dtype)]
-    np.testing.assert_allclose(y.astype(np.float64), ref_adaptive_avg(x, g), rtol=rtol, atol=atol)
+    assert name in ops.INSTANTIATIONS[pool.SOURCE]
+    out_hw = _adaptive_output(x, output_size)
+    magnitude = adaptive_pool2d_ref(np.abs(x), out_hw, "avg")
+    assert_close(y, adaptive_pool2d_ref(x, out_hw, "avg"), magnitude, x.dtype, name, precision="pool")
     return g, y
 
 
@@ -434,7 +342,7 @@ def test_kernel_ids_and_fixed_windows(rt):
         "gpuconv::adaptive_avg_pool2d<double>"
     assert kernel_id(pool.adaptive_max_pool2d, x, adaptive_geometry(x.shape, 2), False) == \
         "gpuconv::adaptive_max_pool2d<float, false>"
-    names = pool.INSTANTIATIONS[pool.SOURCE]
+    names = ops.INSTANTIATIONS[pool.SOURCE]
     assert len(names) == len(set(names)) == 36
 
 
@@ -465,7 +373,7 @@ def test_launch_shape_and_scalar_types(rt):
 
 def test_grid_stride_loop(rt, monkeypatch):
     # One block of 256 threads for 2*3*15*15 = 1350 outputs: every thread loops over several outputs.
-    monkeypatch.setattr(pool, "MAX_GRID_BLOCKS", 1)
+    monkeypatch.setattr(limits, "MAX_GRID_BLOCKS", 1)
     x = _data((2, 3, 16, 16), np.float32, seed=10, ties=True)
     run_max(rt, x, 2, 1)
     run_avg(rt, x, 3, 1, 1)
@@ -476,10 +384,10 @@ def test_grid_stride_loop(rt, monkeypatch):
 def test_int32_limits():
     g = PoolGeometry(N=1, C=1, H=2**31 - 2, W=4, kh=2, kw=2, sh=2, sw=2, ph=1, pw=0, dh=1, dw=1,
                      OH=2**30, OW=2)
-    assert "exceeds 2^31-1" in pool.int32_limit_reason(g)
+    assert "exceeds 2^31-1" in pool.pool_int32_limit_reason(g)
     ok = PoolGeometry(N=1, C=1, H=1000, W=4, kh=2, kw=2, sh=2, sw=2, ph=1, pw=0, dh=1, dw=1, OH=501, OW=2)
-    assert pool.int32_limit_reason(ok) is None
-    assert pool.int32_limit_reason(AdaptiveGeometry(N=1, C=1, H=4, W=4, OH=2**31, OW=1)) is not None
+    assert pool.pool_int32_limit_reason(ok) is None
+    assert pool.pool_int32_limit_reason(AdaptiveGeometry(N=1, C=1, H=4, W=4, OH=2**31, OW=1)) is not None
 
     class _NoRuntime:
         xp = np

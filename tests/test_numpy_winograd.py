@@ -16,10 +16,11 @@ except ImportError:  # optional: only the randomized test needs it (it skips bel
 import gpuconv
 from gpuconv._numpy import conv as numpy_conv
 from gpuconv._numpy import winograd
-from tests.cases import pairwise
-from tests.reference import conv2d_ref
-from tests.runners import assert_close_to_terms, torch
-from tests.test_conv import ACTIVATIONS, DTYPES, explicit_padding, make_layout
+from tests.cases import ACTIVATIONS, DTYPES, pairwise
+from tests.reference import conv2d_ref, explicit_padding
+from tests.runners import torch
+from tests.support import make_layout
+from tests.tolerance import assert_close
 
 B_T, G, A_T = (np.array(m, np.float64) for m in (winograd.B_T, winograd.G, winograd.A_T))
 
@@ -101,7 +102,7 @@ def _check(x, w, b, padding, groups, flip=False, activation=None, expect="numpy_
     pad = explicit_padding(padding, (3, 3), (1, 1), (1, 1), x.shape[2:])
     kw = dict(pad=pad, groups=groups, flip=flip)
     magnitude = conv2d_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), **kw)
-    assert_close_to_terms(y, conv2d_ref(x, w, b, activation=activation, **kw), magnitude, x.dtype,
+    assert_close(y, conv2d_ref(x, w, b, activation=activation, **kw), magnitude, x.dtype,
                           f"padding={padding} groups={groups} x{x.shape}")
     assert y.dtype == x.dtype
     return y
@@ -175,7 +176,7 @@ def test_winograd_rule(shape_w, kw, hw, winograd_expected):
     g, s, d = kw.get("groups", 1), kw.get("stride", 1), kw.get("dilation", 1)
     pad = explicit_padding(kw.get("padding", 1), shape_w[2:], (s, s), (d, d), hw)
     ref_kw = dict(stride=(s, s), pad=pad, dilation=(d, d), groups=g)
-    assert_close_to_terms(y, conv2d_ref(x, w, **ref_kw), conv2d_ref(np.abs(x), np.abs(w), **ref_kw), np.float32)
+    assert_close(y, conv2d_ref(x, w, **ref_kw), conv2d_ref(np.abs(x), np.abs(w), **ref_kw), np.float32)
 
 
 @pytest.mark.parametrize("where", ["input", "weight"])
@@ -237,4 +238,4 @@ def test_winograd_against_torch():
     F = torch.nn.functional
     expected = F.relu(F.conv2d(*(torch.from_numpy(a).double() for a in (x, w, b)), padding=1)).numpy()
     magnitude = conv2d_ref(np.abs(x), np.abs(w), np.abs(b), pad=(1, 1, 1, 1))
-    assert_close_to_terms(y, expected, magnitude, np.float32)
+    assert_close(y, expected, magnitude, np.float32)

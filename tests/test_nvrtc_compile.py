@@ -2,7 +2,7 @@
 
 No GPU is needed: ``tests/nvrtc_check.py`` drives libnvrtc through ctypes (``pip install
 ".[compile-check]"``, i.e. ``nvidia-cuda-nvrtc-cu12``). For each source file in
-``gpuconv._cuda.registry.INSTANTIATIONS`` and each architecture in ``nvrtc_check.ARCHS`` the test compiles
+``gpuconv._cuda.ops.INSTANTIATIONS`` and each architecture in ``nvrtc_check.ARCHS`` the test compiles
 ``load_source(source)`` -- the text the runtime hands to ``cupy.RawModule`` -- with every name expression of
 that file in one program (as the runtime does), with the runtime's ``NVRTC_OPTIONS`` plus what CuPy and
 the checker add (see ``nvrtc_check``'s docstring), and asserts: NVRTC succeeds (the full log otherwise),
@@ -45,7 +45,7 @@ OPTIONS = tuple(runtime.NVRTC_OPTIONS) + nv.CUPY_OPTIONS
 
 def _load_registry():
     try:
-        from gpuconv._cuda.registry import INSTANTIATIONS
+        from gpuconv._cuda.ops import INSTANTIATIONS
     except Exception as exc:  # noqa: BLE001 - reported by test_registry, not a collection error
         return {}, f"{type(exc).__name__}: {exc}"
     return dict(INSTANTIATIONS), ""
@@ -98,8 +98,8 @@ def compiled(request):
 
 
 def test_registry():
-    assert not _REGISTRY_ERROR, f"gpuconv._cuda.registry does not import: {_REGISTRY_ERROR}"
-    assert INSTANTIATIONS, "registry.INSTANTIATIONS is empty: nothing would be compile-checked"
+    assert not _REGISTRY_ERROR, f"gpuconv._cuda.ops does not import: {_REGISTRY_ERROR}"
+    assert INSTANTIATIONS, "ops.INSTANTIATIONS is empty: nothing would be compile-checked"
     root = runtime.kernels_dir()
     for source, exprs in INSTANTIATIONS.items():
         assert (root / source).is_file(), f"{source} is in INSTANTIATIONS but not in {root}"

@@ -10,12 +10,9 @@ import pytest
 
 import gpuconv
 from tests.cases import pairwise
-from tests.reference import adaptive_pool2d_ref, avg_pool2d_ref, max_pool2d_ref, pool_out
-from tests.runners import POOL_RUNNERS, assert_close_to_terms, torch
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+from tests.reference import adaptive_pool2d_ref, avg_pool2d_ref, max_pool2d_ref, pair, pool_out
+from tests.runners import POOL_RUNNERS, torch
+from tests.tolerance import assert_close
 
 
 POOL_DIMS = {
@@ -35,8 +32,8 @@ POOL_DIMS = {
 
 
 def _geometry(c):
-    (kh, kw), (ph, pw), (dh, dw) = c["kernel"], _pair(c["padding"]), _pair(c["dilation"])
-    sh, sw = c["kernel"] if c["stride"] is None else _pair(c["stride"])
+    (kh, kw), (ph, pw), (dh, dw) = c["kernel"], pair(c["padding"]), pair(c["dilation"])
+    sh, sw = c["kernel"] if c["stride"] is None else pair(c["stride"])
     return (kh, kw), (sh, sw), (ph, pw), (dh, dw)
 
 
@@ -112,7 +109,7 @@ def test_avg_pool2d_matrix(runner, index):
         magnitude = np.abs(avg_pool2d_ref(np.abs(x), k, s, p, *args))
     y = runner.call(gpuconv.avg_pool2d, _view(x, c["layout"]), c["kernel"], c["stride"], c["padding"], *args)
     assert y.dtype == x.dtype
-    assert_close_to_terms(y, expected, magnitude, x.dtype, f"{runner.id} case {index}")
+    assert_close(y, expected, magnitude, x.dtype, f"{runner.id} case {index}", precision="pool")
 
 
 ADAPTIVE = [((5, 7), 1), ((5, 7), (2, 3)), ((8, 8), 4), ((3, 9), (7, 5)), ((4, 5), (10, 12)),
@@ -126,7 +123,7 @@ ADAPTIVE = [((5, 7), 1), ((5, 7), (2, 3)), ((8, 8), 4), ((3, 9), (7, 5)), ((4, 5
 def test_adaptive_pools(runner, dtype, data, size, out):
     rng = np.random.default_rng(zlib.crc32(repr((size, out, data)).encode()))  # (hash() is salted per run)
     x = make_data((2, 3) + size, np.dtype(dtype), data, rng)
-    oh, ow = _pair(out) if not isinstance(out, tuple) else out
+    oh, ow = pair(out) if not isinstance(out, tuple) else out
     out_hw = (size[0] if oh is None else oh, size[1] if ow is None else ow)
     exp_vals, exp_idx = adaptive_pool2d_ref(x, out_hw, "max")
     y, idx = runner.call(gpuconv.adaptive_max_pool2d, _view(x, "sliced"), out, return_indices=True)
@@ -137,7 +134,7 @@ def test_adaptive_pools(runner, dtype, data, size, out):
     magnitude = adaptive_pool2d_ref(np.abs(x), out_hw, "avg")
     ya = runner.call(gpuconv.adaptive_avg_pool2d, x, out)
     assert ya.dtype == x.dtype and ya.shape == (2, 3) + out_hw
-    assert_close_to_terms(ya, expected, magnitude, x.dtype, runner.id)
+    assert_close(ya, expected, magnitude, x.dtype, runner.id, precision="pool")
 
 
 @pytest.mark.parametrize("runner", POOL_RUNNERS)
@@ -201,7 +198,7 @@ def test_max_pool2d_windows_without_input_cells(runner, dtype, shape, kernel, st
     """-inf, and PyTorch's initial index: ``h*W + w`` of the first tap at or after row 0 and column 0,
     which lies outside the window (PyTorch 2.13 CPU gives the same, checked when installed)."""
     x = np.random.default_rng(9).standard_normal(shape).astype(dtype)
-    k, s, p, d = _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)
+    k, s, p, d = pair(kernel), pair(stride), pair(padding), pair(dilation)
     exp_vals, exp_idx = max_pool2d_ref(x, k, s, p, d, ceil_mode)
     y, idx = runner.call(gpuconv.max_pool2d, x, kernel, stride, padding, dilation, ceil_mode,
                          return_indices=True)
@@ -281,11 +278,11 @@ def test_numpy_adaptive_avg_equal_windows(dtype, size, out):
     """Equal, non-overlapping windows take the reshape-and-reduce path (global pooling: a GEMV)."""
     rng = np.random.default_rng(8)
     x = make_data((2, 3) + size, np.dtype(dtype), "nan", rng)
-    out_hw = _pair(out)
+    out_hw = pair(out)
     y = gpuconv.adaptive_avg_pool2d(_view(x, "sliced"), out)
     assert y.dtype == x.dtype and y.shape == (2, 3) + out_hw
     magnitude = adaptive_pool2d_ref(np.abs(x), out_hw, "avg")
-    assert_close_to_terms(y, adaptive_pool2d_ref(x, out_hw, "avg"), magnitude, x.dtype, "numpy")
+    assert_close(y, adaptive_pool2d_ref(x, out_hw, "avg"), magnitude, x.dtype, "numpy", precision="pool")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

@@ -12,7 +12,7 @@ import pytest
 
 import gpuconv
 from gpuconv._cuda import runtime
-from gpuconv._cuda.registry import INSTANTIATIONS
+from gpuconv._cuda.ops import INSTANTIATIONS
 from gpuconv.__main__ import main as cli
 
 

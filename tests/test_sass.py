@@ -36,7 +36,7 @@ NVRTC_MAJORS = ("nvrtc12", "nvrtc13")  # the NVRTC majors CI runs the check with
 
 
 def _registry():
-    from gpuconv._cuda.registry import INSTANTIATIONS
+    from gpuconv._cuda.ops import INSTANTIATIONS
     return dict(INSTANTIATIONS)
 
 

@@ -24,7 +24,8 @@ import pytest
 
 import gpuconv
 from tests.reference import same_padding_ref
-from tests.runners import CONV_RUNNERS, GENERAL_CONV_RUNNERS, assert_close_to_terms
+from tests.runners import CONV_RUNNERS, GENERAL_CONV_RUNNERS
+from tests.tolerance import assert_close
 
 signal = pytest.importorskip("scipy.signal", reason="SciPy is not installed (optional oracle)")
 pytestmark = pytest.mark.scipy
@@ -86,7 +87,7 @@ def test_single_channel_matches_scipy(runner, mode, kernel, flip):
     x, w = _data(rng, (1, 1) + IMAGE, (1, 1) + kernel)
     expected, magnitude = scipy_conv(x, w, None, mode, flip)
     y = runner.call(gpuconv.conv2d, x, w, None, padding=gpuconv_padding(mode, kernel), flip=flip)
-    assert_close_to_terms(y, expected, magnitude, y.dtype, f"{runner.id} {mode} {kernel} flip={flip}")
+    assert_close(y, expected, magnitude, y.dtype, f"{runner.id} {mode} {kernel} flip={flip}")
 
 
 @pytest.mark.parametrize("runner", GENERAL_CONV_RUNNERS)
@@ -104,7 +105,7 @@ def test_channels_bias_and_dilation_match_scipy(runner, mode, dtype):
             expected, magnitude = scipy_conv(x, w, b, mode, flip, dilation)
             y = runner.call(gpuconv.conv2d, x, w, b, padding=gpuconv_padding(mode, kernel, dilation),
                             dilation=dilation, flip=flip)
-            assert_close_to_terms(y, expected, magnitude, dtype,
+            assert_close(y, expected, magnitude, dtype,
                                   f"{runner.id} {mode} {kernel} dilation={dilation} flip={flip}")
 
 
@@ -130,7 +131,7 @@ def test_strided_same_samples_scipys_full_result(runner, kernel, stride, dilatio
         cols = slice(ew - 1 - pl, ew - 1 - pl + (Q - 1) * stride[1] + 1, stride[1])
         y = runner.call(gpuconv.conv2d, x, w, None, stride=stride, padding="same", dilation=dilation, flip=flip)
         assert y.shape == (1, 1, P, Q)
-        assert_close_to_terms(y, full[..., rows, cols], full_mag[..., rows, cols], y.dtype,
+        assert_close(y, full[..., rows, cols], full_mag[..., rows, cols], y.dtype,
                               f"{runner.id} {kernel} stride={stride} flip={flip}")
 
 

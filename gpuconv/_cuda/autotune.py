@@ -1,15 +1,18 @@
-"""``algo='auto'`` for conv2d on the GPU: measure every algorithm that accepts the call, once per shape,
+"""``algo='auto'`` on the GPU: measure every algorithm that accepts the call, once per operation, shape,
 dtype and device, and keep the fastest (as ``torch.backends.cudnn.benchmark`` does).
 
-* The first call of a shape runs each candidate (``conv.candidates``) once to compile and warm it, then
+* The first call of a shape runs each candidate (``select.candidates``) once to compile and warm it, then
   ``REPEATS`` more times between CUDA events on the current stream, and keeps the minimum; the call's
   output comes from the winner, run once more afterwards. Later calls of that shape look the choice up.
+* Choices are keyed by (op, direction) as well as device, dtype and sizes, so a backward pass's choice
+  never collides with the forward one of the same shape.
 * Choices live in memory per process; with a cache file (``set_autotune(cache_file=...)`` or the
   environment variable ``GPUCONV_AUTOTUNE_CACHE``) they are also written to and read from a JSON file,
-  keyed on the device's name and compute capability and gpuconv's version.
+  keyed on the device's name and compute capability and gpuconv's version. Files of the first format
+  (``gpuconv-autotune-1``, conv2d forward only, keys without the operation) are read as conv2d forward.
 * Measuring is on by default; ``set_autotune(False)`` or ``GPUCONV_AUTOTUNE=0`` switches it off, and a
-  runtime that cannot time kernels (the tests' CPU emulator) never measures: ``conv.choose_algo``'s
-  documented heuristic decides then, and the record says so.
+  runtime that cannot time kernels (the tests' CPU emulator: ``can_time`` False) never measures:
+  ``select.choose_algo``'s documented heuristic decides then, and the record says so.
 * ``autotune_choices()`` lists what was decided, with the measured times.
 * Tensor-core algorithms (``igemm_tc``; float32 as TF32) are candidates only after
   ``set_tensor_cores(True)`` or with ``GPUCONV_TENSOR_CORES=1``; their choices are kept under keys of their
@@ -22,20 +25,21 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .._geometry import ConvGeometry
+from . import settings
+from .algo import FORWARD
+
+# The operation table and the selection rules import every algorithm module; they are imported where
+# needed, so that ``import gpuconv`` (which exports this module's functions) stays light.
 
 REPEATS = 3
+FORMAT = "gpuconv-autotune-2"
+_FORMAT_1 = "gpuconv-autotune-1"  # conv2d forward only; keys began with the device
 
-_lock = threading.Lock()
-_enabled: bool | None = None  # None: read GPUCONV_AUTOTUNE
-_tensor_cores: bool | None = None  # None: read GPUCONV_TENSOR_CORES
-_cache_file: str | None = None  # None: read GPUCONV_AUTOTUNE_CACHE
 _choices: dict[str, "Choice"] = {}
 _loaded_files: set[str] = set()
 
@@ -48,70 +52,34 @@ class Choice:
     times_ms: dict[str, float] = field(default_factory=dict)
 
 
-def set_autotune(enabled: bool | None = None, *, cache_file: str | os.PathLike | None = None) -> None:
-    """Switch measuring for ``conv2d(..., algo='auto')`` on CuPy arrays on or off (``None`` leaves it as
-    it is; the default is on unless ``GPUCONV_AUTOTUNE=0``), and optionally set the JSON file that
-    keeps choices across processes (``''`` for none; default ``GPUCONV_AUTOTUNE_CACHE``)."""
-    global _enabled, _cache_file
-    with _lock:
-        if enabled is not None:
-            _enabled = bool(enabled)
-        if cache_file is not None:
-            _cache_file = os.fspath(cache_file)
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    return default if not value else value not in ("0", "false", "no", "off")
-
-
-def autotune_enabled() -> bool:
-    if _enabled is not None:
-        return _enabled
-    return _env_flag("GPUCONV_AUTOTUNE", True)
-
-
-def set_tensor_cores(enabled: bool | None) -> None:
-    """Let ``conv2d(..., algo='auto')`` on CuPy arrays use tensor-core kernels (``igemm_tc``: float32
-    computed as TF32, about 1e-3 relative precision, as PyTorch's default ``allow_tf32`` for convolutions;
-    float16 with float32 accumulation). Off by default (``GPUCONV_TENSOR_CORES=1`` switches it on);
-    ``None`` goes back to the environment variable. ``algo='igemm_tc'`` runs them whatever this says."""
-    global _tensor_cores
-    with _lock:
-        _tensor_cores = None if enabled is None else bool(enabled)
-
-
-def tensor_cores_enabled() -> bool:
-    if _tensor_cores is not None:
-        return _tensor_cores
-    return _env_flag("GPUCONV_TENSOR_CORES", False)
-
-
 def autotune_choices() -> list[dict]:
-    """What ``algo='auto'`` decided so far in this process: one dict per (device, dtype, shape) with
-    ``key``, ``algo``, ``how`` ('measured', 'cache file' or 'heuristic') and ``times_ms`` per candidate."""
-    with _lock:
+    """What ``algo='auto'`` decided so far in this process: one dict per (operation, device, dtype, shape)
+    with ``key``, ``algo``, ``how`` ('measured', 'cache file' or 'heuristic') and ``times_ms`` per
+    candidate."""
+    with settings.lock:
         return [asdict(c) for c in _choices.values()]
 
 
 def clear_autotune_cache() -> None:
     """Forget the in-memory choices (the cache file, if any, is left alone and read again)."""
-    with _lock:
+    with settings.lock:
         _choices.clear()
         _loaded_files.clear()
 
 
-def _cache_path() -> Path | None:
-    name = _cache_file if _cache_file is not None else os.environ.get("GPUCONV_AUTOTUNE_CACHE", "")
-    return Path(name).expanduser() if name else None
-
-
-def shape_key(device: str, geom: ConvGeometry, dtype) -> str:
-    """What the choice depends on: the device, the dtype and every size of the call (not the data, the
-    bias, flip or the activation, which the kernels handle identically)."""
+def shape_key(device: str, geom, dtype, op: str = "conv2d", direction: str = FORWARD) -> str:
+    """What the choice depends on: the operation, the device, the dtype and every size of the call (not
+    the data, the bias, flip or the activation, which the kernels handle identically)."""
     g = geom
-    return (f"{device}|{np.dtype(dtype).name}|N{g.N} C{g.C} H{g.H} W{g.W} K{g.K} R{g.R} S{g.S} g{g.groups} "
-            f"s{g.sh},{g.sw} p{g.pt},{g.pb},{g.pl},{g.pr} d{g.dh},{g.dw}")
+    return (f"{op} {direction}|{device}|{np.dtype(dtype).name}|N{g.N} C{g.C} H{g.H} W{g.W} K{g.K} R{g.R} "
+            f"S{g.S} g{g.groups} s{g.sh},{g.sw} p{g.pt},{g.pb},{g.pl},{g.pr} d{g.dh},{g.dw}")
+
+
+def _known_algo(key: str, algo) -> bool:
+    from .ops import OPERATIONS
+    op_direction = key.split("|", 1)[0].split(" ")
+    o = OPERATIONS.get(tuple(op_direction)) if len(op_direction) == 2 else None
+    return o is not None and algo in o.algorithms
 
 
 def _load(path: Path) -> None:
@@ -125,9 +93,10 @@ def _load(path: Path) -> None:
     except (OSError, ValueError) as exc:
         raise ValueError(f"gpuconv autotune cache file {path} is unreadable ({exc}); delete it or point "
                          "GPUCONV_AUTOTUNE_CACHE elsewhere") from exc
-    from . import conv
+    prefix = f"conv2d {FORWARD}|" if data.get("format") == _FORMAT_1 else ""
     for key, entry in data.get("choices", {}).items():
-        if entry.get("algo") in conv.ALGORITHMS and key not in _choices:
+        key = prefix + key
+        if _known_algo(key, entry.get("algo")) and key not in _choices:
             _choices[key] = Choice(key, entry["algo"], "cache file", dict(entry.get("times_ms", {})))
 
 
@@ -135,35 +104,36 @@ def _save(path: Path) -> None:
     entries = {c.key: {"algo": c.algo, "times_ms": c.times_ms} for c in _choices.values() if c.how != "heuristic"}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"format": "gpuconv-autotune-1", "choices": entries}, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps({"format": FORMAT, "choices": entries}, indent=1, sort_keys=True))
     os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file, never half of one
 
 
-def choose(rt, geom: ConvGeometry, dtype, launch) -> str:
+def choose(rt, geom, dtype, launch, op: str = "conv2d", direction: str = FORWARD) -> str:
     """The algorithm ``algo='auto'`` runs for this call on runtime ``rt``. ``launch(name)`` runs candidate
     ``name`` into the call's output buffer (so measuring needs no extra memory)."""
-    from . import conv
-    timer = getattr(rt, "time_ms", None)
-    key = shape_key(rt.device_key() if hasattr(rt, "device_key") else rt.name, geom, dtype)
-    if tensor_cores_enabled():
+    from . import select
+    key = shape_key(rt.device_key(), geom, dtype, op, direction)
+    if settings.tensor_cores_enabled():
         key += "|tensor cores"  # a different candidate set: its own choice
-    if timer is None or not autotune_enabled():
-        algo = conv.choose_algo(geom, dtype, rt)
-        with _lock:
+    if not rt.can_time or not settings.autotune_enabled():
+        algo = select.choose_algo(geom, dtype, rt, op, direction)
+        with settings.lock:
             _choices[key] = Choice(key, algo, "heuristic")
         return algo
-    path = _cache_path()
-    with _lock:
+    path = settings.cache_path()
+    with settings.lock:
         if path is not None:
             _load(path)
         known = _choices.get(key)
-    if known is not None and known.how != "heuristic" and conv.decline_reason(known.algo, geom, dtype) is None:
+    if (known is not None and known.how != "heuristic"
+            and select.decline_reason(known.algo, geom, dtype, op, direction) is None):
         return known.algo
-    names = conv.candidates(geom, dtype, rt)
-    times = {name: timer(lambda name=name: launch(name), REPEATS) for name in names}
+    names = select.candidates(geom, dtype, rt, op, direction)
+    times = {name: rt.time_ms(lambda name=name: launch(name), REPEATS) for name in names}
     best = min(names, key=times.__getitem__)
-    with _lock:
+    with settings.lock:
         _choices[key] = Choice(key, best, "measured", {n: round(t, 6) for n, t in times.items()})
         if path is not None:
             _save(path)
     return best
+

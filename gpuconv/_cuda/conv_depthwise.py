@@ -17,7 +17,7 @@ Host rules (plain functions of ``(geom, dtype)``, so tests and users can ask the
   reads more than one input channel, when a size does not fit a C ``int`` (the 32-bit rule, with the
   tile's overhang), or when one slice's input rectangle does not fit 48 KiB of shared memory.
 
-Timings: not yet measured on a GPU; the tile sizes are reasoned, not tuned.
+The tile sizes are reasoned (docs/architecture.md, "Tuning status").
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from __future__ import annotations
 import numpy as np
 
 from .._geometry import ConvGeometry
-from . import algo as _algo
-from .algo import ACC_BYTES, CTYPE, MAX_GRID_BLOCKS, SHARED_LIMIT_BYTES, ConvAlgo, ceil_div, geometry_args
+from . import limits
+from .abi import conv_kernel_args
+from .algo import FORWARD, Algorithm
+from .limits import ACC_BYTES, CTYPE, SHARED_LIMIT_BYTES, ceil_div
 
 SOURCE = "conv2d_depthwise.cu"
 
@@ -108,11 +110,11 @@ def depthwise_shared_bytes(geom: ConvGeometry, dtype) -> int:
     return depthwise_planes_per_block(geom, dtype) * depthwise_slice_bytes(geom, dtype)
 
 
-def int32_limit_reason(geom: ConvGeometry) -> str | None:
+def depthwise_int32_limit_reason(geom: ConvGeometry) -> str | None:
     """The 32-bit size rule with the tile's overhang: the kernel forms input coordinates up to one tile
     (TH*ROWS rows x TW columns, times the stride) past the last output."""
     tw, th = depthwise_tile(geom)
-    return _algo.int32_limit_reason(geom, th * ROWS * geom.sh, tw * geom.sw)
+    return limits.conv_int32_limit_reason(geom, th * ROWS * geom.sh, tw * geom.sw)
 
 
 def depthwise_decline_reason(geom: ConvGeometry, dtype) -> str | None:
@@ -122,7 +124,7 @@ def depthwise_decline_reason(geom: ConvGeometry, dtype) -> str | None:
         return (f"depthwise declines this geometry because each filter reads C/groups = {geom.Cg} input "
                 f"channels (C={geom.C}, groups={geom.groups}); it handles only one input channel per filter "
                 f"(groups == C, K a multiple of C); use algo='tiled' or 'direct'")
-    reason = int32_limit_reason(geom)
+    reason = depthwise_int32_limit_reason(geom)
     if reason is not None:
         return f"depthwise declines this geometry because {reason}"
     need = depthwise_slice_bytes(geom, dtype)
@@ -147,15 +149,12 @@ def _launch(rt, x, w, b, y, geom: ConvGeometry) -> str:
     name = depthwise_name(dtype, *depthwise_filter_template(geom))
     tw, th = depthwise_tile(geom)
     pb = depthwise_planes_per_block(geom, dtype)
-    # MAX_GRID_BLOCKS is read from this module at call time (tests lower it to force the grid-stride loop).
-    # At least one block: with N == 0 the grid-stride loop simply does nothing (a 0-block grid is an
-    # invalid launch configuration).
-    blocks = max(1, min(ceil_div(depthwise_items(geom), pb), MAX_GRID_BLOCKS))
-    rt.function(SOURCE, name)((blocks, 1, 1), (tw, th, pb), [x, w, b, y] + geometry_args(geom),
+    blocks = limits.grid_blocks(depthwise_items(geom), pb)
+    rt.function(SOURCE, name)((blocks, 1, 1), (tw, th, pb), [x, w, b, y] + conv_kernel_args(geom),
                               shared_mem=pb * depthwise_slice_bytes(geom, dtype))
     return name
 
 
-ALGO = ConvAlgo("depthwise", SOURCE, INSTANTIATIONS, depthwise_decline_reason, _launch,
-                "one input channel per filter: a TW x 4*TH output tile of one plane per block slice, its "
-                "input tile + halo staged in shared memory, 3x3/5x5 taps in registers")
+ALGO = Algorithm("depthwise", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, depthwise_decline_reason, _launch,
+                 "one input channel per filter: a TW x 4*TH output tile of one plane per block slice, its "
+                 "input tile + halo staged in shared memory, 3x3/5x5 taps in registers")

@@ -16,10 +16,10 @@ for speed. It needs compute capability 8.0 (Ampere) or newer (``MIN_COMPUTE_CAPA
 named call raises ``ValueError`` and ``'auto'`` leaves it out.
 
 Tile configs (template arguments ``BM, BN, WARPS_M, WARPS_N``): ``large`` 128 x 128 with 2 x 4 warps, ``small``
-64 x 64 with 2 x 4 warps, chosen by igemm's rule (``conv_igemm.gemm_tile_for``: large when a group has more
+64 x 64 with 2 x 4 warps, chosen by igemm's rule (``gemm.gemm_tile_for``: large when a group has more
 than 64 filters and the large tiles number at least 128). Weight loads are 4-wide under igemm's rule.
 
-Timings: not yet measured on a GPU; the tiles are igemm's, not tuned for tensor cores.
+The tiles are igemm's, not tuned for tensor cores.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._geometry import ConvGeometry
-from .algo import ConvAlgo, int32_limit_reason
-from .conv_igemm import (LARGE_TILE, _resolve_vectorize, data_pointer, gemm_kernel_name, gemm_tile_for,
-                         launch_gemm, weights_vectorizable)
+from .algo import FORWARD, Algorithm
+from .gemm import (LARGE_TILE, data_pointer, gemm_kernel_name, gemm_tile_for, launch_gemm, resolve_vectorize,
+                   weights_vectorizable)
+from .limits import conv_decline_reason
 
 SOURCE = "conv2d_igemm_tc.cu"
 KERNEL = "conv2d_igemm_tc"
@@ -80,20 +81,20 @@ def igemm_tc_decline_reason(geom: ConvGeometry, dtype) -> str | None:
     if np.dtype(dtype) not in DTYPES:
         return (f"igemm_tc declines {np.dtype(dtype)}: its tensor-core products take float32 (as TF32) or "
                 "float16; use algo='igemm'")
-    reason = int32_limit_reason(geom)
-    return None if reason is None else f"igemm_tc declines this geometry because {reason}"
+    return conv_decline_reason("igemm_tc", geom)
 
 
 def launch_igemm_tc(rt, x, w, b, y, geom: ConvGeometry, *, tile: TensorCoreTile | None = None,
                     vectorize_weights: bool | None = None) -> str:
-    """ConvAlgo.launch for igemm_tc. ``tile`` / ``vectorize_weights`` override the rules (tests)."""
+    """The launch of igemm_tc. ``tile`` / ``vectorize_weights`` override the rules (tests)."""
     dtype = np.dtype(x.dtype)
     tile = tc_tile_for(geom, dtype) if tile is None else tile
-    vec_w = _resolve_vectorize(vectorize_weights, weights_vectorizable(geom, dtype, data_pointer(w)), "weight")
+    vec_w = resolve_vectorize(vectorize_weights, weights_vectorizable(geom, dtype, data_pointer(w)), "weight")
     return launch_gemm(rt, SOURCE, KERNEL, x, w, b, y, geom, tile, [np.int32(1 if vec_w else 0)], tiles=TILES)
 
 
-ALGO = ConvAlgo("igemm_tc", SOURCE, INSTANTIATIONS, igemm_tc_decline_reason, launch_igemm_tc,
-                "implicit GEMM on tensor cores (mma.sync): igemm's shared slices, 16x8 mma tiles per warp; "
-                "float32 as TF32, float16 with float32 accumulation; sm_80+, opt-in",
-                tensor_cores=True, min_compute_capability=MIN_COMPUTE_CAPABILITY)
+ALGO = Algorithm("igemm_tc", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, igemm_tc_decline_reason,
+                 launch_igemm_tc,
+                 "implicit GEMM on tensor cores (mma.sync): igemm's shared slices, 16x8 mma tiles per warp; "
+                 "float32 as TF32, float16 with float32 accumulation; sm_80+, opt-in",
+                 tensor_cores=True, min_compute_capability=MIN_COMPUTE_CAPABILITY)

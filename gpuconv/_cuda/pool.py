@@ -1,7 +1,7 @@
 """Launch code for the pooling CUDA kernels (``kernels/pool2d.cu``).
 
 One kernel per op, each one thread per output element over the flattened ``N*C*OH*OW`` outputs (1-D grid
-of ``POOL_BLOCK``-thread blocks, capped at ``MAX_GRID_BLOCKS`` and covered by the kernels' 64-bit
+of ``POOL_BLOCK``-thread blocks, capped at ``limits.MAX_GRID_BLOCKS`` and covered by the kernels' 64-bit
 grid-stride loop):
 
 * ``max_pool2d<T, WITH_INDEX, KH, KW>`` / ``avg_pool2d<T, KH, KW>``: ``KH, KW`` is the window size when
@@ -12,7 +12,8 @@ grid-stride loop):
 gets a 1-element placeholder it never touches). Which instantiation ran is returned as its name
 expression (e.g. ``"gpuconv::max_pool2d<float, false, 3, 3>"``).
 
-Timings: not yet measured on a GPU; the block size and the fixed windows are reasoned, not tuned.
+Each op is one ``Algorithm`` (``ALGORITHMS``, named ``direct``) in the operation table (``ops.py``); the
+block size and the fixed windows are reasoned (docs/architecture.md, "Tuning status").
 """
 
 from __future__ import annotations
@@ -20,21 +21,17 @@ from __future__ import annotations
 import numpy as np
 
 from .._geometry import AdaptiveGeometry, PoolGeometry
+from . import limits
+from .algo import FORWARD, Algorithm, accepts_everything
+from .limits import CTYPE as _CTYPE
 
 SOURCE = "pool2d.cu"
 
-# C++ storage type per NumPy dtype (kernels/common.cuh).
-_CTYPE = {np.dtype(np.float16): "gpuconv::half", np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-
 POOL_BLOCK = 256  # threads per block (1-D)
-# The kernels loop grid-stride in 64-bit, so the grid can be capped; 2^20 blocks are far more than any
-# GPU keeps resident at once.
-MAX_GRID_BLOCKS = 1 << 20
 # Window sizes with a compile-time instantiation (2x2: the classic stride-2 downsampling; 3x3: ResNet's
 # stem pooling and 3x3 average pools). Every other size runs the generic (0, 0) kernel.
 FIXED_WINDOWS = ((2, 2), (3, 3))
 
-_INT32_MAX = 2**31 - 1
 _BOOLS = (False, True)
 
 
@@ -67,11 +64,12 @@ def adaptive_avg_name(dtype) -> str:
 
 _WINDOWS = ((0, 0),) + FIXED_WINDOWS
 
-INSTANTIATIONS: dict[str, list[str]] = {
-    SOURCE: ([max_name(dt, wi, kh, kw) for dt in _CTYPE for wi in _BOOLS for kh, kw in _WINDOWS]
-             + [avg_name(dt, kh, kw) for dt in _CTYPE for kh, kw in _WINDOWS]
-             + [adaptive_max_name(dt, wi) for dt in _CTYPE for wi in _BOOLS]
-             + [adaptive_avg_name(dt) for dt in _CTYPE]),
+# What each op's launch may request (all in SOURCE).
+INSTANTIATIONS = {
+    "max_pool2d": tuple(max_name(dt, wi, kh, kw) for dt in _CTYPE for wi in _BOOLS for kh, kw in _WINDOWS),
+    "avg_pool2d": tuple(avg_name(dt, kh, kw) for dt in _CTYPE for kh, kw in _WINDOWS),
+    "adaptive_max_pool2d": tuple(adaptive_max_name(dt, wi) for dt in _CTYPE for wi in _BOOLS),
+    "adaptive_avg_pool2d": tuple(adaptive_avg_name(dt) for dt in _CTYPE),
 }
 
 
@@ -84,7 +82,7 @@ def window_template(geom: PoolGeometry) -> tuple[int, int]:
     return (geom.kh, geom.kw) if (geom.kh, geom.kw) in FIXED_WINDOWS else (0, 0)
 
 
-def int32_limit_reason(geom) -> str | None:
+def pool_int32_limit_reason(geom) -> str | None:
     """The kernels take sizes as C ``int`` and form window coordinates in ``int`` (plane offsets, flat
     indices and divisors are 64-bit). The largest coordinate a pooling kernel forms is below
     ``H + 2*p + s + d*k`` (window start ``oh*s - p < H + p``, plus the window extent ``(k-1)*d + 1``);
@@ -95,10 +93,7 @@ def int32_limit_reason(geom) -> str | None:
                  "OH": geom.OH, "OW": geom.OW}
     else:
         sizes = {"H": geom.H, "W": geom.W, "OH": geom.OH, "OW": geom.OW}
-    for name, v in sizes.items():
-        if v > _INT32_MAX:
-            return f"{name} = {v} exceeds 2^31-1, the largest size the CUDA pooling kernels take"
-    return None
+    return limits.int32_limit_reason(sizes, "pooling")
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +105,7 @@ def _prepare(rt, x, geom, fn: str):
     xp = rt.xp
     dtype = np.dtype(x.dtype)
     _ctype(dtype)
-    reason = int32_limit_reason(geom)
+    reason = pool_int32_limit_reason(geom)
     if reason is not None:
         raise ValueError(f"{fn}: {reason}")
     return xp.ascontiguousarray(x), xp.empty(geom.output_shape, dtype=dtype), dtype
@@ -125,8 +120,7 @@ def _indices(rt, geom, return_indices: bool):
 
 
 def _launch(rt, name: str, geom, args) -> None:
-    total = geom.N * geom.C * geom.OH * geom.OW
-    grid = min(-(-total // POOL_BLOCK), MAX_GRID_BLOCKS)
+    grid = limits.grid_blocks(geom.N * geom.C * geom.OH * geom.OW, POOL_BLOCK)
     rt.function(SOURCE, name)((grid, 1, 1), (POOL_BLOCK, 1, 1), args)
 
 
@@ -177,3 +171,16 @@ def adaptive_max_pool2d(rt, x, geom: AdaptiveGeometry, return_indices: bool):
     g = geom
     _launch(rt, name, g, [x, y, idx, np.int64(g.N * g.C)] + _i32(g.H, g.W, g.OH, g.OW))
     return y, (idx if return_indices else None), name
+
+
+def _pool_algorithm(op: str, launch) -> Algorithm:
+    """The one kernel of a pooling op, as its table entry (its 32-bit limit is checked at launch, where
+    the message names the op)."""
+    return Algorithm("direct", op, FORWARD, SOURCE, INSTANTIATIONS[op], accepts_everything, launch,
+                     "one thread per output element over its window")
+
+
+# The op's launch signature: (rt, x, geom, *options) -> (y, [indices,] kernel_id); see each function.
+ALGORITHMS = tuple(_pool_algorithm(op, launch) for op, launch in (
+    ("max_pool2d", max_pool2d), ("avg_pool2d", avg_pool2d),
+    ("adaptive_max_pool2d", adaptive_max_pool2d), ("adaptive_avg_pool2d", adaptive_avg_pool2d)))

@@ -1,11 +1,7 @@
-"""Loading the kernel sources and compiling them, once per device, through ``cupy.RawModule``.
+"""The runtime the launch code talks to (:class:`Runtime`), and the CuPy one: loading the kernel sources and
+compiling them, once per device, through ``cupy.RawModule``.
 
-A *runtime* is the small interface the launch code in ``conv.py`` / ``pool.py`` needs:
-
-* ``xp``: the array module (``cupy``; the tests' CPU emulator uses ``numpy``);
-* ``function(source, name_expression)``: a kernel callable as ``k(grid, block, args, shared_mem=0)``.
-
-Every template instantiation the launch code may request is listed in ``registry.INSTANTIATIONS`` and
+Every template instantiation the launch code may request is listed in ``ops.INSTANTIATIONS`` and
 compiled in one NVRTC call per source file; the compile-check test uses the same list and options.
 """
 
@@ -17,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 # Options passed to NVRTC by every runtime compile (the compile-check test uses exactly these, plus
 # the architecture). CuPy adds its own architecture flag for the current device.
@@ -60,10 +57,39 @@ def load_source(source: str) -> str:
     return expand(source)
 
 
+@runtime_checkable
+class Runtime(Protocol):
+    """Everything the launch code (``conv.py``, ``pool.py``, ``autotune.py``, ``select.py``) uses of a runtime.
+    :class:`CupyRuntime` is the real one; the tests' CPU emulator (``tests/emulator``) is the other, and a
+    test checks both against this protocol."""
+
+    name: str  # 'cupy' or 'emulated': the backend named in gpuconv.last_kernel()
+    xp: Any  # the array module: cupy, or numpy for the emulator
+    can_time: bool  # whether time_ms works (the autotuner measures only then)
+
+    def function(self, source: str, name_expression: str) -> Callable:
+        """A kernel callable as ``k(grid, block, args, shared_mem=0)``."""
+
+    def synchronize(self) -> None:
+        """Wait for every launched kernel to finish."""
+
+    def compute_capability(self) -> int | None:
+        """The current device's compute capability as an int (``90`` for 9.0); None when there is no
+        device to decline algorithms for (the emulator)."""
+
+    def device_key(self) -> str:
+        """Names the current device for the autotuner's choices and cache file."""
+
+    def time_ms(self, fn: Callable[[], Any], repeats: int) -> float:
+        """Device time of ``fn()``, the minimum of ``repeats`` runs after one untimed run."""
+
+
 class CupyRuntime:
     """Kernels compiled by CuPy's NVRTC path, memoised per (device, source file)."""
 
     name = "cupy"
+    can_time = True
+    xp: Any  # cupy, set on construction (importing CuPy is deferred until a CuPy array arrives)
 
     def __init__(self):
         import cupy
@@ -119,7 +145,7 @@ def _compute_capability(device_id: int) -> int:
 @functools.lru_cache(maxsize=None)
 def _module(device_id: int, source: str):
     import cupy
-    from .registry import INSTANTIATIONS
+    from .ops import INSTANTIATIONS
     with cupy.cuda.Device(device_id):
         return cupy.RawModule(code=load_source(source), options=NVRTC_OPTIONS,
                               name_expressions=tuple(INSTANTIATIONS[source]))
@@ -183,7 +209,7 @@ def precompile(device=None, *, workers: int | None = None) -> list[SourceCompile
     and maximum block size; a source that fails to compile carries its error instead of raising.
     ``python -m gpuconv precompile`` prints the same."""
     import cupy
-    from .registry import INSTANTIATIONS
+    from .ops import INSTANTIATIONS
     device_id = cupy.cuda.Device(device).id if device is not None else cupy.cuda.Device().id
     sources = sorted(INSTANTIATIONS)
     with ThreadPoolExecutor(max_workers=workers or len(sources)) as pool:

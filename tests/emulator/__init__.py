@@ -3,6 +3,8 @@ and runs every CUDA thread as a fiber on the CPU, behind the same small interfac
 ``gpuconv._cuda.runtime.CupyRuntime`` (``xp``, ``function(source, name_expression)``, ``synchronize()``).
 
 Arrays are NumPy arrays; a kernel receives ``arr.ctypes.data`` where CuPy would pass a device pointer.
+A struct parameter passed by value (``gpuconv::ConvParams``) receives the bytes of a one-element NumPy array
+whose dtype has the struct's size, as CuPy passes a one-element ``numpy.ndarray`` by value.
 Before every launch each argument is checked against the kernel's real parameter list, which the
 *compiler* reports (the generated wrapper takes ``&name_expression`` and deduces the parameter types), so
 the classic CuPy mistakes — a Python ``int`` (always an 8-byte ``long long`` in CuPy) for an ``int``
@@ -40,7 +42,7 @@ __all__ = ["EmulatedRuntime", "EmuKernel", "EmuModule", "compile_module", "compi
 
 HERE = Path(__file__).resolve().parent
 _HARNESS_FILES = ("cuda_compat.h", "fiber_runtime.h", "__init__.py")
-_ABI = 1
+_ABI = 2  # gpuemu_abi_version() in fiber_runtime.h: 2 = variable-sized argument slots
 
 BASE_FLAGS = (
     "-O2", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden", "-fno-gnu-unique", "-Wl,-Bsymbolic",
@@ -145,6 +147,23 @@ def _describe(a) -> str:
     return type(a).__name__
 
 
+def _slot_size(size: int) -> int:
+    """Bytes of one argument slot: the parameter's size rounded up to 16 (at least 16)."""
+    return max(16, (size + 15) // 16 * 16)
+
+
+def slot_layout(sizes) -> tuple[list[int], int]:
+    """Where each argument goes in the launch buffer, from the parameter sizes: (offsets, total bytes).
+    Each parameter starts at a multiple of 16 and takes its size rounded up to 16; the buffer holds at least
+    one slot. gpuemu_launch in fiber_runtime.h computes the same layout from the same sizes (and rejects a
+    buffer of another length)."""
+    offsets, off = [], 0
+    for size in sizes:
+        offsets.append(off)
+        off += _slot_size(size)
+    return offsets, max(16, off)
+
+
 # ------------------------------------------------------------------------------------------------
 # Kernels
 # ------------------------------------------------------------------------------------------------
@@ -181,6 +200,7 @@ class EmuKernel:
         self.index = index
         self.name: str = module.name_expressions[index]
         self.params: list[Param] = module._params[index]
+        self._offsets, self._argbytes = slot_layout(p.size for p in self.params)
         self.reverse_threads = reverse_threads
         self.max_dynamic_shared_size_bytes = DEFAULT_DYNAMIC_SHARED
 
@@ -195,21 +215,31 @@ class EmuKernel:
 
     # -- argument marshalling (CuPy's rules, then a check against the real parameter) -------------
     def _marshal(self, args) -> bytearray:
-        """The argument values packed in 16-byte slots, after checking each against its parameter."""
+        """The argument values packed in their slots (``slot_layout``), after checking each against its
+        parameter."""
         if type(args) is not tuple and not isinstance(args, (tuple, list)):
             raise TypeError(f"{self.name}: args must be a tuple, got {type(args).__name__}")
         params = self.params
         if len(args) != len(params):
             sig = ", ".join(p.type for p in params)
             raise TypeError(f"{self.name}: kernel takes {len(params)} argument(s) ({sig}), got {len(args)}")
-        buf = bytearray(16 * max(1, len(params)))
-        off = 0
+        buf = bytearray(self._argbytes)
+        offsets = self._offsets
         for i, a in enumerate(args):
             p = params[i]
+            off = offsets[i]
             t = type(a)
             if t is numpy.ndarray or isinstance(a, numpy.ndarray):
+                if p.kind == "o":
+                    # A struct parameter: CuPy passes a one-element numpy.ndarray BY VALUE, its raw bytes
+                    # becoming the parameter, without looking at the dtype; a wrong size is garbage on a GPU.
+                    self._struct_bytes(i, p, a, buf, off)
+                    continue
                 if not p.is_pointer:
                     self._bad(i, p, f"numpy.ndarray of dtype {a.dtype} (passed as a pointer)")
+                if a.dtype.names is not None:
+                    raise TypeError(f"{self.name} argument {i}: kernel takes a pointer ({p.type}), got numpy.ndarray "
+                                    f"of structured dtype {a.dtype} (a struct passed by value, not an array)")
                 if p.pointee_size:
                     dt = a.dtype
                     if dt.itemsize != p.pointee_size or _ARRAY_KIND.get(dt.kind) != p.pointee_kind:
@@ -246,8 +276,20 @@ class EmuKernel:
                 struct.pack_into("<dd", buf, off, a.real, a.imag)
             else:
                 raise TypeError(f"{self.name} argument {i}: CuPy cannot pass {t.__module__}.{t.__name__} to a kernel")
-            off += 16
         return buf
+
+    def _struct_bytes(self, i: int, p: Param, a: numpy.ndarray, buf: bytearray, off: int) -> None:
+        """Copy a one-element array's bytes into struct parameter i's slot, after checking its size."""
+        dt = a.dtype
+        what = f"numpy.ndarray of dtype {dt} ({dt.itemsize} bytes per element, {a.size} element(s))"
+        if a.size != 1:
+            raise TypeError(f"{self.name} argument {i}: kernel takes a {p.size}-byte struct by value (C++ parameter "
+                            f"type: {p.type}), got {what}; CuPy passes only a one-element numpy.ndarray by value")
+        if dt.hasobject or dt.itemsize != p.size:
+            raise TypeError(f"{self.name} argument {i}: kernel takes a {p.size}-byte struct by value (C++ parameter "
+                            f"type: {p.type}), got {what}: CuPy would pass its {dt.itemsize} bytes unchecked and "
+                            "the kernel would read garbage")
+        buf[off:off + p.size] = a.tobytes()
 
     def _bad(self, i, p: Param, got: str):
         raise TypeError(f"{self.name} argument {i}: kernel takes {p.describe()}, got {got} "
@@ -270,7 +312,7 @@ class EmuKernel:
                              "CUDA_ERROR_INVALID_VALUE)")
         buf = self._marshal(args)
         lib = self.module._lib
-        if lib.gpuemu_launch(self.index, g[0], g[1], g[2], b[0], b[1], b[2], shared_mem, bytes(buf),
+        if lib.gpuemu_launch(self.index, g[0], g[1], g[2], b[0], b[1], b[2], shared_mem, bytes(buf), len(buf),
                              1 if self.reverse_threads else 0) != 0:
             raise RuntimeError(f"{self.name} grid {g} block {b}: {lib.gpuemu_last_error().decode(errors='replace')}")
 
@@ -301,7 +343,7 @@ class EmuModule:
         lib.gpuemu_config.restype = ctypes.c_char_p
         lib.gpuemu_launch.restype = ctypes.c_int
         lib.gpuemu_launch.argtypes = [ctypes.c_int] + [ctypes.c_uint] * 6 + [ctypes.c_size_t, ctypes.c_char_p,
-                                                                              ctypes.c_int]
+                                                                              ctypes.c_size_t, ctypes.c_int]
         lib.gpuemu_last_error.restype = ctypes.c_char_p
         lib.gpuemu_bench_switch.restype = ctypes.c_double
         lib.gpuemu_bench_switch.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -462,6 +504,19 @@ class EmulatedRuntime:
 
     def synchronize(self):
         pass
+
+    # The rest of gpuconv._cuda.runtime.Runtime: no device to describe and no clock to time kernels by.
+    can_time = False  # algo='auto' takes the documented heuristic (the autotuner never measures)
+
+    def compute_capability(self):
+        """None: no GPU, so no algorithm is declined for the device (every kernel runs on the CPU)."""
+        return None
+
+    def device_key(self) -> str:
+        return self.name
+
+    def time_ms(self, fn, repeats: int) -> float:
+        raise NotImplementedError("the emulator cannot time kernels (can_time is False)")
 
 
 def run_script_under_asan(script: str, root, timeout: int = 900):

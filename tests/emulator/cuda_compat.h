@@ -78,6 +78,7 @@
 #define __align__(n) __attribute__((aligned(n)))
 #define __constant__  // plain (read-only in practice) globals; host-side writes are not supported
 #define __managed__
+#define __grid_constant__  // a read-only by-value kernel parameter (ConvParams); each fiber gets its own copy
 // One copy per OS thread == one copy per block (a worker thread runs one block at a time). A `static`
 // local keeps the CUDA meaning "one variable shared by all threads of the block" instead of one per fiber.
 #define __shared__ static thread_local

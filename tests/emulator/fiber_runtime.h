@@ -695,6 +695,10 @@ template <class T> const char* type_name() {
 }
 
 template <class T> ParamInfo param_info(const char* name) {
+    // Each argument's slot starts at a multiple of 16 (gpuemu_launch), so that is the most alignment a
+    // parameter may need; a struct passed by value must also be copyable as bytes (CuPy passes bytes).
+    static_assert(alignof(T) <= 16, "the emulator aligns kernel parameters to at most 16 bytes");
+    static_assert(std::is_trivially_copyable<T>::value, "a kernel parameter must be trivially copyable");
     using P = typename std::remove_cv<typename std::remove_pointer<T>::type>::type;
     constexpr bool ptr = std::is_pointer<T>::value;
     constexpr bool p_arith = ptr && (std::is_arithmetic<P>::value || std::is_enum<P>::value || is_fp<P>::value);
@@ -753,7 +757,7 @@ extern "C" void __assert_fail(const char* assertion, const char* file, unsigned 
 // ---------------------------------------------------------------------------------------------------
 // The C interface __init__.py uses through ctypes
 // ---------------------------------------------------------------------------------------------------
-GPUEMU_EXPORT int gpuemu_abi_version() { return 1; }
+GPUEMU_EXPORT int gpuemu_abi_version() { return 2; }  // _ABI in __init__.py
 GPUEMU_EXPORT int gpuemu_count() { return gpuemu_nentries; }
 GPUEMU_EXPORT const char* gpuemu_name(int k) { return gpuemu_entries[k].name; }
 GPUEMU_EXPORT int gpuemu_nparams(int k) { return gpuemu_entries[k].nparams; }
@@ -786,22 +790,46 @@ static int gpuemu_run(gpuemu::Launch& L, int workers) {
     return 0;
 }
 
-// Run kernel k over the grid. `argbuf` holds the arguments in 16-byte slots (one per parameter);
+// Run kernel k over the grid. `argbuf` holds the arguments, `argbytes` long, in slots laid out from the
+// parameter sizes: parameter i starts at the sum of the previous slots, each its parameter's size rounded up
+// to 16 (at least 16), so every argument is 16-byte aligned; a struct passed by value takes as many bytes as
+// it needs. __init__.py's slot_layout computes the same layout, and a buffer of another length is refused.
 // flags: 1 = reverse thread order. GPUCONV_EMU_WORKERS and GPUCONV_EMU_POISON are read here, per launch.
 // Returns 0, or -1 with the message in gpuemu_last_error().
 GPUEMU_EXPORT int gpuemu_launch(int k, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                                 unsigned int by, unsigned int bz, size_t shared_bytes, const char* argbuf,
-                                int flags) {
+                                size_t argbytes, int flags) {
     const int n = gpuemu_entries[k].nparams;
+    const gpuemu::ParamInfo* params = gpuemu_entries[k].params;
+    size_t offsets_small[64];
+    std::vector<size_t> offsets_big;
+    size_t* offsets = offsets_small;
+    if (n > 64) {
+        offsets_big.resize(n);
+        offsets = offsets_big.data();
+    }
+    size_t total = 0;
+    for (int i = 0; i < n; ++i) {
+        offsets[i] = total;
+        const size_t size = static_cast<size_t>(params[i].size);
+        total += size <= 16 ? 16 : (size + 15) / 16 * 16;
+    }
+    if (total < 16) total = 16;
+    if (argbytes != total) {
+        gpuemu::this_worker()->last_error = std::string(gpuemu_entries[k].name) + ": argument buffer of " +
+                                            std::to_string(argbytes) + " bytes, the parameters' slots take " +
+                                            std::to_string(total) + " (emulator layout mismatch)";
+        return -1;
+    }
     // An aligned copy of the values (each CUDA thread then copies from here into its parameters).
     alignas(16) unsigned char values[16 * 64];
     std::vector<unsigned char> big;
     unsigned char* vals = values;
-    if (n > 64) {
-        big.resize(16 * static_cast<size_t>(n) + 16);
+    if (total > sizeof(values)) {
+        big.resize(total + 16);
         vals = big.data() + (16 - reinterpret_cast<uintptr_t>(big.data()) % 16) % 16;
     }
-    std::memcpy(vals, argbuf, 16 * static_cast<size_t>(n));
+    std::memcpy(vals, argbuf, total);
     void* argv[64];
     std::vector<void*> argv_big;
     void** args = argv;
@@ -809,7 +837,7 @@ GPUEMU_EXPORT int gpuemu_launch(int k, unsigned int gx, unsigned int gy, unsigne
         argv_big.resize(n);
         args = argv_big.data();
     }
-    for (int i = 0; i < n; ++i) args[i] = vals + 16 * i;
+    for (int i = 0; i < n; ++i) args[i] = vals + offsets[i];
     gpuemu::Launch L;
     L.invoke = gpuemu_entries[k].invoke;
     L.fp = gpuemu_entries[k].fp;

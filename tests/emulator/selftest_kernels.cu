@@ -86,6 +86,25 @@ __global__ void echo_args(double* __restrict__ out, int i32, long long i64, unsi
     out[4] = f64; out[5] = __half2float(f16); out[6] = b ? 1.0 : 0.0; out[7] = u8;
 }
 
+// Structs passed by value (as gpuconv::ConvParams is): every thread echoes the fields into its own row of
+// out, with the int arguments around the structs showing that each argument lands in its own slot.
+struct Small {  // 12 bytes (2 of them padding), 4-byte aligned
+    int a;
+    float b;
+    short c;
+};
+struct Wide {   // 32 bytes, 8-byte aligned: an argument slot wider than 16 bytes
+    double d[3];
+    int i;
+};
+__global__ void echo_structs(double* __restrict__ out, int before, const __grid_constant__ Small s, Wide w,
+                             int after) {
+    double* row = out + 9 * (blockIdx.x * blockDim.x + threadIdx.x);
+    row[0] = before; row[1] = s.a; row[2] = s.b; row[3] = s.c;
+    row[4] = w.d[0]; row[5] = w.d[1]; row[6] = w.d[2]; row[7] = w.i; row[8] = after;
+    w.i = -1;  // the thread's own copy, as on a GPU: the other threads still see the argument
+}
+
 // Intrinsics and the CUDA overloads of min/max.
 __global__ void math_checks(float* __restrict__ out, float nan) {
     if (threadIdx.x != 0) return;

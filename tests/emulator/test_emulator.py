@@ -31,6 +31,7 @@ NAMES = [
     "selftest::index3d",
     "selftest::early_exit",
     "selftest::echo_args",
+    "selftest::echo_structs",
     "selftest::math_checks",
     "selftest::count_atomic",
     "selftest::failing",
@@ -276,6 +277,85 @@ def test_scalar_kinds_and_sizes_are_checked(rt):
         with pytest.raises(TypeError, match=pattern):
             k(1, 1, tuple(args))
     k(1, 1, tuple(good))
+
+
+# Structs by value: the host mirrors of selftest::Small and selftest::Wide (selftest_kernels.cu).
+SMALL = np.dtype([("a", np.int32), ("b", np.float32), ("c", np.int16)], align=True)
+WIDE = np.dtype([("d", np.float64, (3,)), ("i", np.int32)], align=True)
+
+
+def _structs(a=7, b=-2.5, c=-300, d=(1.25, -3.0, 1e300), i=-123456):
+    s = np.zeros(1, SMALL)
+    s[0] = (a, b, c)
+    w = np.zeros(1, WIDE)
+    w[0] = (d, i)
+    return s, w
+
+
+def test_slot_layout():
+    # Each argument at a multiple of 16, its size rounded up to 16 (at least 16); at least one slot.
+    assert emu.slot_layout([8, 4, 12, 32, 4]) == ([0, 16, 32, 48, 80], 96)
+    assert emu.slot_layout([76, 1, 17]) == ([0, 80, 96], 128)
+    assert emu.slot_layout([]) == ([], 16)
+    assert SMALL.itemsize == 12 and WIDE.itemsize == 32
+
+
+def test_structs_by_value_arrive_intact(any_rt):
+    k = any_rt.function(SRC, "selftest::echo_structs")
+    assert [p.size for p in k.params] == [8, 4, 12, 32, 4] and [p.kind for p in k.params] == ["p", "i", "o", "o", "i"]
+    s, w = _structs()
+    out = np.full((2, 4, 9), np.nan)
+    k(2, 4, (out, i32(-11), s, w, i32(99)))
+    # Every thread of every block sees the same values (each its own copy: one thread writing to its copy of
+    # w changes nothing for the others).
+    np.testing.assert_array_equal(out, np.broadcast_to([-11, 7, -2.5, -300, 1.25, -3.0, 1e300, -123456, 99],
+                                                       (2, 4, 9)))
+
+
+def test_struct_arguments_are_checked(rt):
+    k = rt.function(SRC, "selftest::echo_structs")
+    out = np.zeros(9)
+    s, w = _structs()
+    small8 = np.zeros(1, np.dtype([("a", np.int32), ("b", np.float32)]))
+    for index, bad, pattern in [
+        (2, small8, r"argument 2: kernel takes a 12-byte struct by value \(C\+\+ parameter type: selftest::Small\), "
+                    r"got numpy.ndarray of dtype .* \(8 bytes per element, 1 element\(s\)\): CuPy would pass its "
+                    r"8 bytes unchecked"),
+        (3, s, r"argument 3: kernel takes a 32-byte struct by value \(C\+\+ parameter type: selftest::Wide\), got "
+               r"numpy.ndarray .*12 bytes"),
+        (2, np.zeros(2, SMALL), r"argument 2: .*2 element\(s\)\); CuPy passes only a one-element numpy.ndarray "
+                                r"by value"),
+        (2, np.zeros(1, object), r"argument 2: kernel takes a 12-byte struct by value"),
+        (2, np.int32(7), r"argument 2: kernel takes a 12-byte value, got numpy.int32 \(4 bytes\) \(C\+\+ parameter "
+                         r"type: selftest::Small\)"),
+        (2, 7, r"argument 2: kernel takes a 12-byte value, got Python int"),
+        (2, 1.5, r"argument 2: kernel takes a 12-byte value, got Python float"),
+        (0, s, r"argument 0: kernel takes a pointer \(double\*\), got numpy.ndarray of structured dtype"),
+        (0, np.zeros(4, SMALL), r"argument 0: kernel takes a pointer \(double\*\), got numpy.ndarray of structured"),
+        (1, s, r"argument 1: kernel takes a 4-byte integer, got numpy.ndarray"),
+    ]:
+        args = [out, i32(1), s, w, i32(2)]
+        args[index] = bad
+        with pytest.raises(TypeError, match=pattern):
+            k(1, 1, tuple(args))
+    # A struct array for a pointer to arithmetic elements is refused too (vector_add's const float*).
+    a = np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match=r"argument 0: kernel takes a pointer \(const float\*\), got numpy.ndarray "
+                                        r"of structured dtype"):
+        rt.function(SRC, "selftest::vector_add")(1, 4, (np.zeros(1, np.dtype([("x", np.float32)])), a, a, i32(4)))
+    k(1, 1, (out, i32(1), s, w, i32(2)))  # the good call
+
+
+def test_launch_refuses_an_argument_buffer_of_another_layout(rt):
+    # The C++ side computes the slot layout itself and refuses a buffer of another length (Python and C++
+    # disagreeing on the layout would otherwise hand the kernel shifted bytes).
+    k = rt.function(SRC, "selftest::echo_structs")
+    s, w = _structs()
+    buf = k._marshal((np.zeros(9), i32(1), s, w, i32(2)))
+    assert len(buf) == 96
+    lib = k.module._lib
+    assert lib.gpuemu_launch(k.index, 1, 1, 1, 1, 1, 1, 0, bytes(buf[:80]), 80, 0) == -1
+    assert "argument buffer of 80 bytes, the parameters' slots take 96" in lib.gpuemu_last_error().decode()
 
 
 @pytest.mark.parametrize("grid,block,shared,exc,pattern", [

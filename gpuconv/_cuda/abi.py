@@ -1,0 +1,65 @@
+"""The conv kernels' argument ABI: what every conv2d kernel takes after its four pointers ``x, w, b, y``.
+
+That is ONE parameter, ``const __grid_constant__ ConvParams cp`` (``kernels/conv_params.cuh``): a struct of
+19 ``int`` fields ``N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias, act`` passed
+by value, followed by the kernel's own algorithm-specific scalars (tiled's ``cb``, igemm's ``vec_w``, ...).
+``CONV_PARAMS_DTYPE`` is its host-side mirror and ``conv_kernel_args(geom)`` builds the argument.
+(``__grid_constant__``: see conv_params.cuh; without it the compiler kept every field in a register.)
+
+Why a struct, and not a macro for the parameter list or a generated list of scalars:
+
+* one definition per side: the C++ struct in ``conv_params.cuh`` and this NumPy dtype, instead of the same
+  19 parameters spelled out in every kernel signature (and in every new kernel: the backward data / filter
+  kernels) and 19 values listed in the launch code;
+* a new kernel takes one parameter, and a new field is added in two places, not in every kernel;
+* the two layouts are checked against each other by a test (``tests/test_abi.py``): the header's field
+  names against this dtype's; a probe kernel run by the CPU emulator (g++) reports ``sizeof`` and every
+  ``offsetof`` and copies every ``ConvParams`` field it received, through the real header, into an int
+  array, compared field by field with what the host packed; NVRTC checks size, alignment and member
+  order with ``static_assert``s; and ``conv2d_direct`` run by the emulator with these arguments computes
+  the convolution. The emulator also rejects a struct argument whose size is not the parameter's. A macro
+  or a generated list would keep the layout implicit, checked by nothing, and CuPy passes a wrong-sized
+  argument silently.
+
+How CuPy passes it: a one-element ``numpy.ndarray`` kernel argument is passed BY VALUE, its raw bytes
+becoming the parameter (``cupy/cuda/function.pyx``, ``_pointer``: "All numpy.ndarray work with CNumpyArray
+to pass a kernel argument by value. Here we allow only arrays of size one"). So the argument is
+``numpy.zeros(1, CONV_PARAMS_DTYPE)`` filled from the geometry: 76 bytes, the fields at the offsets of the
+C++ struct (plain ints, natural 4-byte alignment, no padding). CuPy checks nothing about it: a dtype of
+the wrong size or order would be read as garbage by the kernel, hence the test. (A ``cupy.ndarray``
+argument is a device pointer; a ``numpy.ndarray`` argument is never a pointer.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._geometry import ConvGeometry
+
+# The fields of ConvParams (kernels/conv_params.cuh), in the struct's order.
+CONV_PARAMS_FIELDS: tuple[str, ...] = ("N", "C", "H", "W", "K", "R", "S", "groups", "sh", "sw", "pt", "pl",
+                                       "dh", "dw", "P", "Q", "flip", "has_bias", "act")
+
+# Host-side mirror of ConvParams: 19 native-endian int32 in the struct's order, C layout (align=True: the
+# offsets a C compiler gives, here 0, 4, ..., 72).
+CONV_PARAMS_DTYPE = np.dtype([(name, np.int32) for name in CONV_PARAMS_FIELDS], align=True)
+assert CONV_PARAMS_DTYPE.itemsize == 76 == 4 * len(CONV_PARAMS_FIELDS), CONV_PARAMS_DTYPE.itemsize
+
+
+def conv_params(geom: ConvGeometry) -> np.ndarray:
+    """The ``ConvParams`` of ``geom``: a one-element array of ``CONV_PARAMS_DTYPE`` (what CuPy passes by
+    value as the kernel's struct parameter)."""
+    values = (geom.N, geom.C, geom.H, geom.W, geom.K, geom.R, geom.S, geom.groups, geom.sh, geom.sw, geom.pt,
+              geom.pl, geom.dh, geom.dw, geom.P, geom.Q, 1 if geom.flip else 0, 1 if geom.has_bias else 0,
+              geom.activation_code)
+    for name, value in zip(CONV_PARAMS_FIELDS, values):
+        if not -2**31 <= value < 2**31:  # NumPy might wrap it; the host's 32-bit rule should prevent this
+            raise OverflowError(f"ConvParams.{name} = {value} does not fit the kernel's 32-bit int")
+    return np.array([values], CONV_PARAMS_DTYPE)
+
+
+def conv_kernel_args(geom: ConvGeometry) -> list:
+    """The arguments every conv2d kernel takes after its pointers: ``[conv_params(geom)]``, one
+    ``ConvParams`` passed by value (a list, so the launch code writes ``[x, w, b, y] + conv_kernel_args(geom)
+    + extra``)."""
+    return [conv_params(geom)]

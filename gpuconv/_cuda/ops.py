@@ -1,0 +1,86 @@
+"""The operation table: every (op, direction) the CUDA path computes, and the algorithms of each.
+
+``OPERATIONS[(op, direction)]`` is an :class:`Operation`; its ``algorithms`` map ``algo=`` names to
+:class:`~gpuconv._cuda.algo.Algorithm` records, in the order ``algo='auto'`` measures them. Today:
+
+==================================  ============================================================
+(op, direction)                     algorithms
+==================================  ============================================================
+(conv2d, forward)                   direct, tiled, depthwise, igemm, gemm1x1, igemm_tc
+(max_pool2d, forward)               direct
+(avg_pool2d, forward)               direct
+(adaptive_max_pool2d, forward)      direct
+(adaptive_avg_pool2d, forward)      direct
+==================================  ============================================================
+
+Every algorithm of one operation takes the same launch arguments (``Operation.launch_signature``). Which
+algorithm runs is decided elsewhere (``select.py`` for the rules, ``autotune.py`` for measuring); this
+module only lists. ``INSTANTIATIONS[source]`` collects, per kernel source, every name expression the
+algorithms request: the runtime compiles each source once with all of them, and the NVRTC compile check
+and the machine-code check compile exactly this list.
+
+Adding an algorithm: a module ``conv_<name>.py`` defining ``ALGO`` (see docs/architecture.md), listed below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import conv_depthwise, conv_direct, conv_gemm1x1, conv_igemm, conv_igemm_tc, conv_tiled, pool
+from .algo import FORWARD, Algorithm
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One (op, direction): its algorithms by name and the arguments every one of them is launched with."""
+
+    op: str
+    direction: str
+    algorithms: dict[str, Algorithm]
+    launch_signature: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.op, self.direction)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.algorithms)
+
+
+def _operation(op: str, direction: str, algorithms, launch_signature: str) -> Operation:
+    table = {}
+    for a in algorithms:
+        if (a.op, a.direction) != (op, direction) or a.name in table:
+            raise AssertionError(f"algorithm {a.name} of {a.key} listed under ({op}, {direction}) or twice")
+        table[a.name] = a
+    return Operation(op, direction, table, launch_signature)
+
+
+CONV_FORWARD_ALGORITHMS = (conv_direct.ALGO, conv_tiled.ALGO, conv_depthwise.ALGO, conv_igemm.ALGO,
+                           conv_gemm1x1.ALGO, conv_igemm_tc.ALGO)
+
+OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
+    _operation("conv2d", FORWARD, CONV_FORWARD_ALGORITHMS,
+               "(rt, x, w, b, y, geom) -> kernel id: C-contiguous x and w; b the bias or, without one, any "
+               "valid array of x's dtype the kernel never reads; y a new C-contiguous (N, K, P, Q) array the "
+               "kernel fills completely"),
+    *(_operation(a.op, FORWARD, (a,), "(rt, x, geom, *options) -> (y, [indices,] kernel id)")
+      for a in pool.ALGORITHMS),
+)}
+
+
+def operation(op: str, direction: str = FORWARD) -> Operation:
+    return OPERATIONS[(op, direction)]
+
+
+def _instantiations() -> dict[str, list[str]]:
+    by_source: dict[str, list[str]] = {}
+    for o in OPERATIONS.values():
+        for a in o.algorithms.values():
+            names = by_source.setdefault(a.source, [])
+            names.extend(n for n in a.instantiations if n not in names)
+    return by_source
+
+
+INSTANTIATIONS: dict[str, list[str]] = _instantiations()

@@ -1,0 +1,98 @@
+"""Which algorithm may run, and which the heuristic prefers, for one call of an (op, direction): plain
+functions of the geometry, the dtype and the runtime, apart from any launch code.
+
+* ``decline_reason`` / ``device_reason``: why a named algorithm cannot run this call (the geometry or dtype,
+  or the device's compute capability); raised as ``ValueError`` when the user asked for it by name.
+* ``candidates``: what ``algo='auto'`` may run (what the autotuner measures): the algorithms that accept
+  the call, in table order, without tensor-core ones unless ``gpuconv.set_tensor_cores(True)``.
+* ``choose_algo``: the documented heuristic, used where kernels are not measured (no timer, or measuring
+  off). Per operation, ``HEURISTICS`` gives the preference order; operations with one algorithm need none.
+
+The heuristic is reasoned (docs/architecture.md, "Tuning status").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._geometry import ConvGeometry
+from . import settings
+from .algo import FORWARD
+from .conv_tiled import TILE_P, TILE_Q
+from .ops import operation
+
+# Below this many output pixels per plane, a 16x16 tile would leave more than 3/4 of its threads idle.
+AUTO_MIN_TILED_PIXELS = (TILE_P * TILE_Q) // 4
+
+
+def decline_reason(algo: str, geom, dtype, op: str = "conv2d", direction: str = FORWARD) -> str | None:
+    return operation(op, direction).algorithms[algo].decline_reason(geom, np.dtype(dtype))
+
+
+def device_reason(algo: str, rt, op: str = "conv2d", direction: str = FORWARD) -> str | None:
+    """Why ``algo`` cannot run on the runtime's current device (compute capability too old), or None.
+    A runtime whose ``compute_capability()`` is None (the tests' CPU emulator) runs every algorithm."""
+    need = operation(op, direction).algorithms[algo].min_compute_capability
+    if not need:
+        return None
+    cc = rt.compute_capability()
+    if cc is None or cc >= need:
+        return None
+    return (f"{algo} needs a GPU of compute capability {need // 10}.{need % 10} or newer; the current device "
+            f"is {cc // 10}.{cc % 10}")
+
+
+def candidates(geom, dtype, rt=None, op: str = "conv2d", direction: str = FORWARD) -> list[str]:
+    """The algorithms ``'auto'`` may run for this call, in table order (what the autotuner measures):
+    those that accept the geometry and dtype, and the device of ``rt`` (when given), leaving out
+    tensor-core algorithms (TF32 for float32) unless ``gpuconv.set_tensor_cores(True)``."""
+    tensor_cores = settings.tensor_cores_enabled()
+    algorithms = operation(op, direction).algorithms
+    return [name for name, a in algorithms.items() if a.decline_reason(geom, np.dtype(dtype)) is None
+            and (tensor_cores or not a.tensor_cores)
+            and (rt is None or device_reason(name, rt, op, direction) is None)]
+
+
+def heuristic_order(geom: ConvGeometry) -> tuple[str, ...]:
+    """Preference order of conv2d forward's ``choose_algo`` for this geometry (names not registered are
+    skipped):
+
+    * one input channel per group (depthwise and similar): ``depthwise``, then ``tiled``;
+    * a 1x1 filter: ``gemm1x1`` (a plain GEMM over channels), then ``igemm``, ``tiled``;
+    * otherwise ``igemm`` (implicit GEMM), then ``tiled``;
+    * ``direct`` last; and ``direct`` before ``tiled`` when an output plane has fewer than 64 pixels
+      (P*Q < 64), where a 16x16 tile would leave more than three quarters of its threads idle.
+    """
+    small = geom.P * geom.Q < AUTO_MIN_TILED_PIXELS
+    basic = ("direct", "tiled") if small else ("tiled", "direct")
+    if geom.Cg == 1:
+        return ("depthwise",) + basic
+    if geom.R == 1 and geom.S == 1:
+        return ("gemm1x1", "igemm") + basic
+    return ("igemm",) + basic
+
+
+def conv_forward_order(geom: ConvGeometry) -> tuple[str, ...]:
+    """``heuristic_order`` with ``igemm_tc`` put first for every layer but depthwise-like ones (it is a
+    candidate only when tensor cores are allowed)."""
+    order = heuristic_order(geom)
+    return order if geom.Cg == 1 else ("igemm_tc",) + order
+
+
+# (op, direction) -> the preference order of its algorithms for a geometry; operations not listed have
+# one algorithm.
+HEURISTICS = {("conv2d", FORWARD): conv_forward_order}
+
+
+def choose_algo(geom, dtype, rt=None, op: str = "conv2d", direction: str = FORWARD) -> str:
+    """The heuristic for ``algo='auto'`` where kernels are not measured (see ``autotune``): the first
+    algorithm of the operation's preference order that ``candidates`` allows, else the operation's first
+    algorithm, its baseline (conv2d forward's ``direct`` accepts every geometry within the 32-bit size
+    rule; the caller raises when even that declines)."""
+    o = operation(op, direction)
+    order = HEURISTICS[o.key](geom) if o.key in HEURISTICS else o.names
+    allowed = candidates(geom, dtype, rt, op, direction)
+    for name in order:
+        if name in allowed:
+            return name
+    return o.names[0]

@@ -1,0 +1,207 @@
+"""The benchmark's layers: the suite (ResNet-50, VGG-16, AlexNet, MobileNetV2, LeNet-5; N=1 and float16
+variants), its quick subset, its CPU-sized version, the NumPy path's target layers, and how one layer is
+called (the same for gpuconv and ``torch.nn.functional``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+import gpuconv
+
+# (name, (N, C, H=W, K, R=S, stride, pad, groups)), float32, N=32 unless given.
+CONV_LAYERS = [
+    ("ResNet-50 stem 7x7/2", (32, 3, 224, 64, 7, 2, 3, 1)),
+    ("ResNet-50 3x3", (32, 64, 56, 64, 3, 1, 1, 1)),
+    ("1x1 expand", (32, 64, 56, 256, 1, 1, 0, 1)),
+    ("1x1 stride 2", (32, 256, 56, 512, 1, 2, 0, 1)),
+    ("conv4 3x3", (32, 256, 14, 256, 3, 1, 1, 1)),
+    ("conv5 3x3", (32, 512, 7, 512, 3, 1, 1, 1)),
+    ("VGG-16 conv1_2", (32, 64, 224, 64, 3, 1, 1, 1)),
+    ("VGG-16 conv4_2", (32, 512, 28, 512, 3, 1, 1, 1)),
+    ("AlexNet conv1", (32, 3, 224, 64, 11, 4, 2, 1)),
+    ("AlexNet conv2", (32, 64, 27, 192, 5, 1, 2, 1)),
+    ("AlexNet grouped conv2", (32, 96, 27, 256, 5, 1, 2, 2)),
+    ("MobileNetV2 dw 96 /2", (32, 96, 112, 96, 3, 2, 1, 96)),
+    ("MobileNetV2 dw 144", (32, 144, 56, 144, 3, 1, 1, 144)),
+    ("MobileNetV2 dw 576", (32, 576, 14, 576, 3, 1, 1, 576)),
+    ("LeNet-5 conv1", (256, 1, 32, 6, 5, 1, 0, 1)),
+]
+# (name, op, (N, C, H=W), window (adaptive: output size), stride, pad)
+POOL_LAYERS = [
+    ("max-pool 3x3/2 pad 1", "max_pool2d", (32, 64, 112), 3, 2, 1),
+    ("avg-pool 2x2/2", "avg_pool2d", (32, 64, 112), 2, 2, 0),
+    ("global avg-pool", "adaptive_avg_pool2d", (32, 2048, 7), 1, 1, 0),
+]
+LATENCY_LAYERS = ("ResNet-50 3x3", "1x1 expand", "conv5 3x3", "MobileNetV2 dw 144")  # also at N=1
+FP16_LAYERS = ("ResNet-50 3x3", "1x1 expand", "MobileNetV2 dw 144", "max-pool 3x3/2 pad 1")  # also float16
+QUICK = {("ResNet-50 3x3", "float32"), ("1x1 expand", "float32"), ("MobileNetV2 dw 144", "float32"),
+         ("LeNet-5 conv1", "float32"), ("max-pool 3x3/2 pad 1", "float32"), ("global avg-pool", "float32"),
+         ("conv5 3x3 N=1", "float32"), ("MobileNetV2 dw 144", "float16")}
+
+# The CPU-sized suite: batch divided by CPU_BATCH_DIVISOR (N=1 rows unchanged), images of
+# CPU_HALVE_FROM pixels or more halved.
+CPU_BATCH_DIVISOR = 16
+CPU_HALVE_FROM = 112
+CPU_SCALING = (f"CPU-sized suite: batch N divided by {CPU_BATCH_DIVISOR} (32 -> 2, 256 -> 16; the N=1 rows "
+               f"unchanged), images of {CPU_HALVE_FROM} px or more halved (224 -> 112, 112 -> 56)")
+
+# The NumPy path's target layers (``--targets``, CPU): the layer list and batches the NumPy fallback was
+# tuned on, float32, convolutions with a bias; and its goals, as time ratios ours / PyTorch CPU.
+TARGET_CONV_LAYERS = [
+    ("LeNet conv1", (64, 1, 32, 6, 5, 1, 0, 1)),
+    ("LeNet conv2", (64, 6, 14, 16, 5, 1, 0, 1)),
+    ("AlexNet conv1", (8, 3, 224, 64, 11, 4, 2, 1)),
+    ("3x3 256->256 @56", (4, 256, 56, 256, 3, 1, 1, 1)),
+    ("1x1 256->64 @56", (8, 256, 56, 64, 1, 1, 0, 1)),
+    ("3x3/2 128->128 @56", (8, 128, 56, 128, 3, 2, 1, 1)),
+    ("depthwise 3x3 144 @56", (8, 144, 56, 144, 3, 1, 1, 144)),
+]
+TARGET_POOL_LAYERS = [("max-pool 3x3/2 pad 1", "max_pool2d", (8, 64, 112), 3, 2, 1)]
+TARGETS = dict(conv_geomean=1.5, conv_worst=3.0, max_pool=2.0)  # ours / PyTorch time, at most
+
+
+@dataclass(frozen=True)
+class Case:
+    """One layer of the suite. Square images and filters. Pooling: ``R`` is the window (adaptive pooling:
+    the output size) and ``K``/``groups`` are unused. ``bias``: convolutions called with a bias."""
+
+    name: str
+    op: str  # 'conv2d' | 'max_pool2d' | 'avg_pool2d' | 'adaptive_avg_pool2d' (gpuconv = torch names)
+    N: int
+    C: int
+    H: int
+    K: int = 0
+    R: int = 0
+    stride: int = 1
+    pad: int = 0
+    groups: int = 1
+    dtype: str = "float32"
+    bias: bool = False
+
+    @property
+    def is_conv(self) -> bool:
+        return self.op == "conv2d"
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.N, self.C, self.H, self.H)
+
+    @property
+    def weight_shape(self) -> tuple | None:
+        return (self.K, self.C // self.groups, self.R, self.R) if self.is_conv else None
+
+    @property
+    def bias_shape(self) -> tuple | None:
+        return (self.K,) if self.is_conv and self.bias else None
+
+    @property
+    def kwargs(self) -> dict:
+        """Keyword arguments of the call, the same for gpuconv and torch.nn.functional."""
+        if self.is_conv:
+            return dict(stride=self.stride, padding=self.pad, groups=self.groups)
+        if self.op == "adaptive_avg_pool2d":
+            return dict(output_size=self.R)
+        return dict(kernel_size=self.R, stride=self.stride, padding=self.pad)
+
+    @property
+    def output_shape(self) -> tuple:
+        if self.is_conv:
+            return gpuconv.conv2d_output_shape(self.input_shape, self.weight_shape, self.stride, self.pad,
+                                               groups=self.groups)
+        if self.op == "adaptive_avg_pool2d":
+            return (self.N, self.C, self.R, self.R)
+        return gpuconv.pool2d_output_shape(self.input_shape, self.R, self.stride, self.pad)
+
+    @property
+    def flops(self) -> int:
+        """2 per multiply-add for convolutions; 0 for pooling (judged by bytes)."""
+        if not self.is_conv:
+            return 0
+        N, K, P, Q = self.output_shape
+        return 2 * N * K * P * Q * (self.C // self.groups) * self.R * self.R
+
+    @property
+    def nbytes(self) -> int:
+        """Input + weight (+ bias) + output bytes."""
+        shapes = [self.input_shape, self.output_shape] + ([self.weight_shape] if self.is_conv else [])
+        shapes += [self.bias_shape] if self.bias_shape else []
+        return np.dtype(self.dtype).itemsize * sum(math.prod(s) for s in shapes)
+
+    @property
+    def memory_bound(self) -> bool:
+        """Pooling and depthwise layers: reported in bytes/s rather than FLOP/s."""
+        return not self.is_conv or (self.groups == self.C and self.C > 1)
+
+    @property
+    def shape_label(self) -> str:
+        n, c, h = self.N, self.C, self.H
+        if self.is_conv:
+            g = f" g{self.groups}" if self.groups > 1 else ""
+            b = " +bias" if self.bias else ""
+            return f"{n}x{c}x{h}x{h}, {self.K}x{self.R}x{self.R}/{self.stride} p{self.pad}{g}{b}"
+        if self.op == "adaptive_avg_pool2d":
+            return f"{n}x{c}x{h}x{h} -> {self.R}x{self.R}"
+        return f"{n}x{c}x{h}x{h}, {self.R}x{self.R}/{self.stride} p{self.pad}"
+
+    def record(self) -> dict:
+        """The case as the results file stores it (``bias`` only when set, as files before it had none)."""
+        d = dataclasses.asdict(self)
+        if not d["bias"]:
+            del d["bias"]
+        return d
+
+
+def scale_for_cpu(case: Case) -> Case:
+    """The CPU-sized version of a case (see ``CPU_SCALING``)."""
+    n = case.N if case.N == 1 else max(1, case.N // CPU_BATCH_DIVISOR)
+    h = case.H // 2 if case.H >= CPU_HALVE_FROM else case.H
+    return replace(case, N=n, H=h)
+
+
+def build_suite(*, quick: bool = False, cpu: bool = False) -> list[Case]:
+    """The issue's layer list (float32), then the N=1 latency variants, then the float16 variants;
+    ``quick`` keeps the ``QUICK`` subset; ``cpu`` applies ``scale_for_cpu``."""
+    base = [Case(name, "conv2d", N, C, H, K, R, s, p, g) for name, (N, C, H, K, R, s, p, g) in CONV_LAYERS]
+    base += [Case(name, op, N, C, H, R=k, stride=s, pad=p) for name, op, (N, C, H), k, s, p in POOL_LAYERS]
+    by_name = {c.name: c for c in base}
+    cases = (base + [replace(by_name[n], name=f"{n} N=1", N=1) for n in LATENCY_LAYERS]
+             + [replace(by_name[n], dtype="float16") for n in FP16_LAYERS])
+    if quick:
+        cases = [c for c in cases if (c.name, c.dtype) in QUICK]
+    if cpu:
+        cases = [scale_for_cpu(c) for c in cases]
+    return cases
+
+
+def build_targets() -> list[Case]:
+    """The NumPy path's target layers (``TARGET_CONV_LAYERS`` with a bias, then ``TARGET_POOL_LAYERS``),
+    float32, at their own CPU batch sizes (not scaled)."""
+    cases = [Case(name, "conv2d", N, C, H, K, R, s, p, g, bias=True)
+             for name, (N, C, H, K, R, s, p, g) in TARGET_CONV_LAYERS]
+    return cases + [Case(name, op, N, C, H, R=k, stride=s, pad=p) for name, op, (N, C, H), k, s, p in
+                    TARGET_POOL_LAYERS]
+
+
+def select(cases, layers=None, dtypes=None) -> list[Case]:
+    """Cases whose name contains one of ``layers`` (case-insensitive substrings) and whose dtype is in
+    ``dtypes``; None keeps all."""
+    out = []
+    for c in cases:
+        if layers and not any(s.strip().lower() in c.name.lower() for s in layers if s.strip()):
+            continue
+        if dtypes and c.dtype not in dtypes:
+            continue
+        out.append(c)
+    return out
+
+
+def call_op(lib, case: Case, x, w, b=None, **extra):
+    """``lib.<op>(x[, w, b], **case.kwargs, **extra)`` for lib = gpuconv or torch.nn.functional."""
+    fn = getattr(lib, case.op)
+    if not case.is_conv:
+        return fn(x, **case.kwargs)
+    return fn(x, w, **case.kwargs, **extra) if b is None else fn(x, w, b, **case.kwargs, **extra)
