@@ -47,16 +47,7 @@ conv2d_igemm(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
     typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
     __shared__ GemmSmem<typename acc_type<T>::type, Cfg> smem;
 
-    // The host launches exactly Cfg::THREADS threads in x.
-    const int tid = threadIdx.x;
-    const int Cg = cp.C / cp.groups;
-    const int kred = Cg * cp.R * cp.S;  // the host's 32-bit rule keeps this below 2^31
-    const index_t PQ = (index_t)cp.P * cp.Q;
-    const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
-
-    Im2colLoader<T, Cfg> xl(x, cp, Cg, M, tid);
-    gemm_conv_tiles<T, Cfg, RegisterTile<T, Cfg>>(w, b, y, xl, smem, kred, cp.K, cp.groups, M, PQ, vec_w,
-                                                  cp.has_bias, cp.act, tid);
+    implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>>(x, w, b, y, cp, vec_w, smem);
 }
 
 }  // namespace gpuconv

@@ -6,6 +6,7 @@
 
 #include "common.cuh"
 #include "conv_params.cuh"
+#include "gemm_tile.cuh"
 
 namespace gpuconv {
 
@@ -106,5 +107,23 @@ struct Im2colLoader {
         for (int i = 0; i < LOADS; ++i) dst[row0 + i][col] = Cfg::staged(regs[i]);
     }
 };
+
+// One launch of an implicit-GEMM convolution: the GEMM's sizes from the geometry, then gemm_tile.cuh's
+// grid-stride loop over output tiles with Im2colLoader as the B operand and Tile doing the products
+// (RegisterTile on CUDA cores in conv2d_igemm, WarpMmaTile on tensor cores in conv2d_igemm_tc). The host
+// launches exactly Cfg::THREADS threads in x.
+template <typename T, class Cfg, class Tile, class Smem>
+__device__ __forceinline__ void implicit_gemm_conv(const T* x, const T* w, const T* b, T* y, const ConvParams& cp,
+                                                   int vec_w, Smem& smem) {
+    const int tid = threadIdx.x;
+    const int Cg = cp.C / cp.groups;
+    const int kred = Cg * cp.R * cp.S;  // the host's 32-bit rule keeps this below 2^31
+    const index_t PQ = (index_t)cp.P * cp.Q;
+    const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
+
+    Im2colLoader<T, Cfg> xl(x, cp, Cg, M, tid);
+    gemm_conv_tiles<T, Cfg, Tile>(w, b, y, xl, smem, kred, cp.K, cp.groups, M, PQ, vec_w, cp.has_bias, cp.act,
+                                  tid);
+}
 
 }  // namespace gpuconv
