@@ -25,11 +25,21 @@ FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 @dataclass(frozen=True)
 class KernelRecord:
-    """What ran for one call: operation, backend (``'numpy'``, ``'cupy'``, ``'emulated'``), kernel id."""
+    """What ran for one call: operation, backend (``'numpy'``, ``'cupy'``, ``'emulated'``), kernel id.
+
+    A call that runs several kernels (a backward pass computing more than one gradient) records each, in
+    order, in ``kernels``; ``kernel`` is then their ids joined by ``" + "``. ``direction`` is the
+    operation's direction (``'forward'``, or a backward one)."""
 
     op: str
     backend: str
     kernel: str
+    direction: str = "forward"
+    kernels: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.kernels:
+            object.__setattr__(self, "kernels", (self.kernel,))
 
 
 _last_kernel: contextvars.ContextVar[KernelRecord | None] = contextvars.ContextVar("gpuconv_last_kernel",
@@ -42,8 +52,9 @@ def last_kernel() -> KernelRecord | None:
     return _last_kernel.get()
 
 
-def record(op: str, backend: str, kernel: str) -> None:
-    _last_kernel.set(KernelRecord(op, backend, kernel))
+def record(op: str, backend: str, *kernels: str, direction: str = "forward") -> None:
+    """Record what a call ran: one kernel id, or several in the order they ran."""
+    _last_kernel.set(KernelRecord(op, backend, " + ".join(kernels), direction, kernels))
 
 
 # --------------------------------------------------------------------------------------------

@@ -124,3 +124,12 @@ def test_operation_table():
             assert (a.name, a.op, a.direction) == (name, *key)
             assert set(a.instantiations) <= set(ops.INSTANTIATIONS[a.source])
     assert set(ops.INSTANTIATIONS) == {a.source for o in ops.OPERATIONS.values() for a in o.algorithms.values()}
+
+
+def test_a_call_may_record_several_kernels():
+    """A backward call runs one kernel per gradient: the record keeps each, in order."""
+    from gpuconv import _backend
+    _backend.record("conv2d", "emulated", "k_data", "k_filter", direction="backward")
+    rec = _backend.last_kernel()
+    assert (rec.op, rec.direction, rec.kernels, rec.kernel) == (
+        "conv2d", "backward", ("k_data", "k_filter"), "k_data + k_filter")

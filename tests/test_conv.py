@@ -262,6 +262,7 @@ def test_numpy_strategies_are_reported():
     assert gpuconv.last_kernel().kernel == "numpy_shift_accumulate"
     gpuconv.conv2d(np.zeros((2, 4, 20, 20), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
     assert gpuconv.last_kernel() == gpuconv.KernelRecord("conv2d", "numpy", "numpy_im2col")
+    assert gpuconv.last_kernel().kernels == ("numpy_im2col",) and gpuconv.last_kernel().direction == "forward"
     gpuconv.conv2d(x, rng.standard_normal((3, 4, 3, 3)).astype(np.float32), stride=2)
     assert gpuconv.last_kernel().kernel == "numpy_im2col"
     gpuconv.conv2d(np.zeros((2, 4, 7, 7), np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32))

@@ -1,0 +1,21 @@
+"""Gradients of gpuconv's forward ops, with ``torch.nn.grad``'s names and argument order.
+
+    gpuconv.grad.conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False)
+    gpuconv.grad.conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False)
+    gpuconv.grad.conv2d_bias(grad_output)
+    gpuconv.grad.max_pool2d_input(input_size, grad_output, indices, kernel_size, stride=None, padding=0, dilation=1,
+                                  ceil_mode=False)
+    gpuconv.grad.avg_pool2d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False,
+                                  count_include_pad=True, divisor_override=None)
+    gpuconv.grad.adaptive_avg_pool2d_input(input_size, grad_output)
+    gpuconv.grad.adaptive_max_pool2d_input(input_size, grad_output, indices)
+
+``gpuconv.conv2d_backward`` and ``gpuconv.conv_transpose2d`` are the convolution's combined backward and its
+transposed form. docs/semantics.md ("Gradients") has the rules.
+"""
+
+from ._grad_conv import conv2d_bias, conv2d_input, conv2d_weight
+from ._grad_pool import adaptive_avg_pool2d_input, adaptive_max_pool2d_input, avg_pool2d_input, max_pool2d_input
+
+__all__ = ["conv2d_input", "conv2d_weight", "conv2d_bias", "max_pool2d_input", "avg_pool2d_input",
+           "adaptive_avg_pool2d_input", "adaptive_max_pool2d_input"]
