@@ -5,6 +5,7 @@ from ._backend import KernelRecord, backend_info, last_kernel
 from ._cuda.autotune import autotune_choices, clear_autotune_cache
 from ._cuda.runtime import precompile
 from ._cuda.settings import set_autotune, set_tensor_cores
+from ._grad_conv import conv2d_backward, conv_transpose2d
 from .conv import conv2d
 from .pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from .shapes import conv2d_num_params, conv2d_output_shape, pool2d_output_shape
@@ -12,7 +13,8 @@ from .shapes import conv2d_num_params, conv2d_output_shape, pool2d_output_shape
 __version__ = "0.1.0"
 
 __all__ = [
-    "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+    "conv2d", "conv2d_backward", "conv_transpose2d",
+    "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
     "conv2d_output_shape", "pool2d_output_shape", "conv2d_num_params",
     "backend_info", "last_kernel", "KernelRecord", "set_autotune", "autotune_choices", "clear_autotune_cache",
     "set_tensor_cores", "precompile", "__version__",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m gpuconv info``, ``demo``, ``precompile`` and ``bench``."""
+"""Command line: ``python -m gpuconv info``, ``demo``, ``train``, ``precompile`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -47,50 +47,8 @@ def cmd_precompile(args) -> int:
     return 1 if failed else 0
 
 
-# LeNet-5: (name, kind, out_channels / features, kernel)
-LENET5 = [("conv1", "conv", 6, 5), ("pool1", "maxpool", None, 2), ("conv2", "conv", 16, 5),
-          ("pool2", "maxpool", None, 2), ("conv3", "conv", 120, 5), ("fc1", "fc", 84, None),
-          ("fc2", "fc", 10, None)]
-
-
-def lenet5_forward(x, params, xp, sync, timings=None):
-    """LeNet-5 forward pass with gpuconv layers; fully connected layers are 1x1 convolutions over a
-    (N, features, 1, 1) tensor. Appends (name, shape, params, seconds, kernel) to ``timings``."""
-    for name, kind, _, _ in LENET5:
-        t0 = time.perf_counter()
-        w, b = params.get(name, (None, None))
-        if kind == "conv":
-            x = gpuconv.conv2d(x, w, b, activation="tanh")
-        elif kind == "maxpool":
-            x = gpuconv.max_pool2d(x, 2, 2)
-        else:
-            x = gpuconv.conv2d(x, w, b, activation="tanh" if name != "fc2" else None)
-        sync()
-        if timings is not None:
-            n_params = 0 if w is None else int(w.size + b.size)
-            timings.append((name, tuple(x.shape), n_params, time.perf_counter() - t0,
-                            gpuconv.last_kernel().kernel))
-    return x
-
-
-def lenet5_params(xp, dtype, rng):
-    params, channels = {}, 1
-    for name, kind, out, k in LENET5:
-        if kind == "conv":
-            shape = (out, channels, k, k)
-        elif kind == "fc":
-            shape = (out, channels, 1, 1)
-        else:
-            continue
-        fan_in = shape[1] * shape[2] * shape[3]
-        w = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(dtype)
-        b = np.zeros(out, dtype)
-        params[name] = (xp.asarray(w), xp.asarray(b))
-        channels = out
-    return params
-
-
 def cmd_demo(args) -> int:
+    from . import lenet
     use_gpu = gpuconv.backend_info()["cupy"]["available"] and args.device != "cpu"
     if args.device == "gpu" and not use_gpu:
         print(f"demo: --device gpu asked for, but {gpuconv.backend_info()['cupy']['reason']}", file=sys.stderr)
@@ -106,11 +64,22 @@ def cmd_demo(args) -> int:
         def sync():
             pass
     rng = np.random.default_rng(0)
-    params = lenet5_params(xp, np.float32, rng)
+    params = lenet.lenet5_params(xp, np.float32, rng)
     x = xp.asarray(rng.standard_normal((args.batch, 1, 32, 32)).astype(np.float32))
-    lenet5_forward(x, params, xp, sync)  # warm-up: compiles kernels on a GPU
+    lenet.forward(x, params)  # warm-up: compiles kernels on a GPU
+    sync()
     timings = []
-    y = lenet5_forward(x, params, xp, sync, timings)
+    t0 = [time.perf_counter()]
+
+    def on_layer(name, out):
+        sync()
+        now = time.perf_counter()
+        w = params.get(name, (None, None))[0]
+        n_params = 0 if w is None else int(w.size + params[name][1].size)
+        timings.append((name, tuple(out.shape), n_params, now - t0[0], gpuconv.last_kernel().kernel))
+        t0[0] = time.perf_counter()
+
+    y = lenet.forward(x, params, on_layer=on_layer)
     device = "GPU (CuPy, gpuconv CUDA kernels)" if use_gpu else "CPU (NumPy fallback)"
     print(f"LeNet-5 forward, batch {args.batch}, float32, on {device}")
     print(f"{'layer':<7}{'output shape':<22}{'params':>9}{'time ms':>10}  kernel")
@@ -118,7 +87,7 @@ def cmd_demo(args) -> int:
         print(f"{name:<7}{str(shape):<22}{n_params:>9,}{secs * 1e3:>10.3f}  {kernel}")
     total = sum(t[2] for t in timings)
     print(f"{'total':<7}{str(tuple(y.shape)):<22}{total:>9,}{sum(t[3] for t in timings) * 1e3:>10.3f}")
-    return 0 if total == 61706 else 1
+    return 0 if total == lenet.NUM_PARAMS else 1
 
 
 def main(argv=None) -> int:
@@ -137,6 +106,11 @@ def main(argv=None) -> int:
                                    "process) waits for a compile. Prints the seconds per source and each "
                                    "kernel's registers, local memory, static shared memory and maximum block size.")
     p.set_defaults(func=cmd_precompile)
+    from . import train
+    p = sub.add_parser("train", help="train LeNet-5 on scikit-learn's digits with gpuconv's forward and backward ops",
+                       description=train.__doc__)
+    train.add_arguments(p)
+    p.set_defaults(func=train.main)
     from . import bench
     p = sub.add_parser("bench", help="every gpuconv algorithm against PyTorch (cuDNN on a GPU, CPU otherwise)",
                        description=bench.USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -82,6 +82,11 @@ class NumpyBackend:
         from ._numpy import conv
         return _ieee_quiet(conv.conv2d, x, w, b, g)
 
+    def pool_backward(self, op, go, idx, g, *options):
+        """The input gradient of pooling op ``op`` (``gpuconv/_numpy/pool_grad.py``): ``(grad_input, kernel)``."""
+        from ._numpy import pool_grad
+        return _ieee_quiet(getattr(pool_grad, op), go, idx, g, *options)
+
     def __getattr__(self, op):  # pooling entry points: max_pool2d, avg_pool2d, adaptive_*
         return _quiet_numpy_pool(op)
 
@@ -104,6 +109,12 @@ class CudaBackend:
     def conv2d(self, x, w, b, g, algo):
         from ._cuda import conv
         return conv.conv2d(self.runtime, x, w, b, g, algo)
+
+    def pool_backward(self, op, go, idx, g, *options):
+        """The input gradient of pooling op ``op``: its one backward algorithm in the operation table
+        (``gpuconv/_cuda/pool_grad.py``): ``(grad_input, kernel)``."""
+        from ._cuda.ops import operation
+        return operation(op, "backward").algorithms["direct"].launch(self.runtime, go, idx, g, *options)
 
     def __getattr__(self, op):  # pooling entry points: each op's one algorithm in the operation table
         from ._cuda.ops import operation

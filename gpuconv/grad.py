@@ -11,7 +11,7 @@
     gpuconv.grad.adaptive_max_pool2d_input(input_size, grad_output, indices)
 
 ``gpuconv.conv2d_backward`` and ``gpuconv.conv_transpose2d`` are the convolution's combined backward and its
-transposed form. docs/semantics.md ("Gradients") has the rules.
+transposed form. docs/gradients.md and docs/pooling-gradients.md have the rules.
 """
 
 from ._grad_conv import conv2d_bias, conv2d_input, conv2d_weight

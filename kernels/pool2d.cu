@@ -10,8 +10,8 @@
 //   adaptive_avg_pool2d<T>:              mean over the same adaptive window.
 //   KH, KW: 0 = window size read at run time; > 0 = that size at compile time (the host instantiates
 //   2x2 and 3x3), which unrolls the tap loops. Every variant runs the same window code
-//   (pool_span / adaptive_span -> reduce_window with a MaxReducer or SumReducer), so the four ops
-//   cannot drift apart.
+//   (pool_span / adaptive_span, in pool_window.cuh -> reduce_window with a MaxReducer or SumReducer), so
+//   the four ops cannot drift apart.
 //   Launch shape: 1-D grid of 1-D blocks (the host uses 256 threads and caps the grid, see
 //                 gpuconv/_cuda/pool.py); a 64-bit grid-stride loop covers all N*C*OH*OW outputs, so any
 //                 output size works with any grid. No shared memory (shared_mem = 0).
@@ -22,50 +22,9 @@
 // float64 in float64. Sizes are int (the host checks every coordinate formed here fits, see
 // int32_limit_reason in pool.py); plane offsets, flat indices and divisors are 64-bit.
 #include "common.cuh"
+#include "pool_window.cuh"
 
 namespace gpuconv {
-
-__device__ __forceinline__ int pool_imin(int a, int b) { return a < b ? a : b; }
-
-// The in-bounds taps of a window along one axis: begin, begin + step, ... while < end; every one of
-// them lies in [0, size). count = how many (0 when the window holds no input cell at all).
-struct Span {
-    int begin;
-    int end;
-    int step;
-    int count;
-};
-
-// A max/avg pooling window along one axis: k taps `step` apart (the dilation; 1 for avg) from `start`,
-// which is negative inside the leading padding. Clamped exactly as PyTorch does, because padding taps
-// never take part: they are -inf for max and 0 for the avg sum (the avg divisor is computed apart).
-__device__ __forceinline__ Span pool_span(int start, int k, int step, int size) {
-    Span s;
-    s.step = step;
-    // One past the last tap, but not past the input: trailing padding and the ceil_mode overhang past
-    // size + padding are not input cells.
-    s.end = pool_imin(start + (k - 1) * step + 1, size);
-    // First tap at or after 0: skip the whole taps in the leading padding, staying on the tap grid
-    // start + j*step (with dilation the first in-bounds tap may be past 0). This is also PyTorch's
-    // initial argmax position.
-    s.begin = start < 0 ? start + ((-start + step - 1) / step) * step : start;
-    // With dilation every tap may be padding (e.g. k=2, d=3, p=1, H=2: taps -1 and 2), then end <= begin
-    // and the window is empty.
-    s.count = s.end > s.begin ? (s.end - s.begin - 1) / step + 1 : 0;
-    return s;
-}
-
-// Adaptive window i of out_size over size: [floor(i*size/out_size), ceil((i+1)*size/out_size)). Never
-// empty (ceil((i+1)*s/o) > i*s/o >= floor(i*s/o)), and inside [0, size) since i < out_size. The
-// products are 64-bit: i*size may exceed 2^31 even though the quotients fit in an int.
-__device__ __forceinline__ Span adaptive_span(int i, int size, int out_size) {
-    Span s;
-    s.step = 1;
-    s.begin = (int)(((index_t)i * size) / out_size);
-    s.end = (int)(((index_t)(i + 1) * size + out_size - 1) / out_size);
-    s.count = s.end - s.begin;
-    return s;
-}
 
 // Reducers: what reduce_window does with each in-bounds cell (value v at flat plane index at).
 template <typename A, bool WITH_INDEX>
@@ -112,26 +71,6 @@ __device__ __forceinline__ void reduce_window(const T* __restrict__ plane, int W
     }
 }
 
-// Flat output index i -> (plane = n*C + c, oh, ow). Each quotient fits in an int except the plane.
-struct OutputPos {
-    index_t plane;
-    int oh;
-    int ow;
-};
-__device__ __forceinline__ OutputPos output_pos(index_t i, int OH, int OW) {
-    OutputPos p;
-    p.ow = (int)(i % OW);
-    const index_t rest = i / OW;
-    p.oh = (int)(rest % OH);
-    p.plane = rest / OH;
-    return p;
-}
-
-// 64-bit grid-stride loop over the flat outputs: total = N*C*OH*OW may exceed 2^31.
-#define GPUCONV_FOR_EACH_OUTPUT(i, total)                                                \
-    for (index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total);       \
-         i += (index_t)gridDim.x * blockDim.x)
-
 template <typename T, bool WITH_INDEX, int KH, int KW>
 __global__ void max_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguous
                            T* __restrict__ y,        // (N, C, OH, OW), C-contiguous, fully written
@@ -141,7 +80,7 @@ __global__ void max_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguo
                            int dh, int dw) {
     typedef typename acc_type<T>::type A;
     const index_t plane_size = (index_t)H * W;
-    GPUCONV_FOR_EACH_OUTPUT(i, planes * OH * OW) {
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * OH * OW) {
         const OutputPos p = output_pos(i, OH, OW);
         // Window origin in input coordinates; negative inside the top/left padding.
         const Span rows = pool_span(p.oh * sh - ph, KH > 0 ? KH : kh, dh, H);
@@ -164,7 +103,7 @@ __global__ void avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguo
     const index_t plane_size = (index_t)H * W;
     const int KH_ = KH > 0 ? KH : kh;
     const int KW_ = KW > 0 ? KW : kw;
-    GPUCONV_FOR_EACH_OUTPUT(i, planes * OH * OW) {
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * OH * OW) {
         const OutputPos p = output_pos(i, OH, OW);
         const int h0 = p.oh * sh - ph;  // window origin; negative inside the top/left padding
         const int w0 = p.ow * sw - pw;
@@ -195,7 +134,7 @@ __global__ void adaptive_max_pool2d(const T* __restrict__ x,  // (N, C, H, W), C
                                     index_t planes, int H, int W, int OH, int OW) {
     typedef typename acc_type<T>::type A;
     const index_t plane_size = (index_t)H * W;
-    GPUCONV_FOR_EACH_OUTPUT(i, planes * OH * OW) {
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * OH * OW) {
         const OutputPos p = output_pos(i, OH, OW);
         const Span rows = adaptive_span(p.oh, H, OH);
         const Span cols = adaptive_span(p.ow, W, OW);
@@ -212,7 +151,7 @@ __global__ void adaptive_avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C
                                     index_t planes, int H, int W, int OH, int OW) {
     typedef typename acc_type<T>::type A;
     const index_t plane_size = (index_t)H * W;
-    GPUCONV_FOR_EACH_OUTPUT(i, planes * OH * OW) {
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * OH * OW) {
         const OutputPos p = output_pos(i, OH, OW);
         const Span rows = adaptive_span(p.oh, H, OH);
         const Span cols = adaptive_span(p.ow, W, OW);
@@ -222,7 +161,5 @@ __global__ void adaptive_avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C
         store<T>(y + i, r.sum / (A)((index_t)rows.count * cols.count));
     }
 }
-
-#undef GPUCONV_FOR_EACH_OUTPUT
 
 }  // namespace gpuconv

@@ -100,7 +100,7 @@ def test_precompile_builds_every_source_and_reports_each_kernel(fake_cupy):
 
 def test_precompile_reports_a_broken_source_without_raising(fake_cupy):
     broken = "pool2d.cu"
-    fake_cupy(broken_source="max_pool2d")  # text found only in kernels/pool2d.cu's code
+    fake_cupy(broken_source="MaxReducer")  # text found only in kernels/pool2d.cu's code
     results = {r.source: r for r in gpuconv.precompile()}
     assert results[broken].error is not None and "compile error" in results[broken].error
     assert all(r.error is None for s, r in results.items() if s != broken)

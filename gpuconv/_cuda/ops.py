@@ -11,6 +11,10 @@
 (avg_pool2d, forward)               direct
 (adaptive_max_pool2d, forward)      direct
 (adaptive_avg_pool2d, forward)      direct
+(max_pool2d, backward)              direct
+(avg_pool2d, backward)              direct
+(adaptive_max_pool2d, backward)     direct
+(adaptive_avg_pool2d, backward)     direct
 ==================================  ============================================================
 
 Every algorithm of one operation takes the same launch arguments (``Operation.launch_signature``). Which
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import conv_depthwise, conv_direct, conv_gemm1x1, conv_igemm, conv_igemm_tc, conv_tiled, pool
+from . import conv_depthwise, conv_direct, conv_gemm1x1, conv_igemm, conv_igemm_tc, conv_tiled, pool, pool_grad
 from .algo import FORWARD, Algorithm
 
 
@@ -67,6 +71,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
                "kernel fills completely"),
     *(_operation(a.op, FORWARD, (a,), "(rt, x, geom, *options) -> (y, [indices,] kernel id)")
       for a in pool.ALGORITHMS),
+    *(_operation(a.op, a.direction, (a,), "(rt, grad_output, indices or None, geom, *options) -> (grad_input, "
+                 "kernel id): geom the forward call's geometry; indices int64 for the max ops")
+      for a in pool_grad.ALGORITHMS),
 )}
 
 
