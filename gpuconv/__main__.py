@@ -49,20 +49,14 @@ def cmd_precompile(args) -> int:
 
 def cmd_demo(args) -> int:
     from . import lenet
-    use_gpu = gpuconv.backend_info()["cupy"]["available"] and args.device != "cpu"
-    if args.device == "gpu" and not use_gpu:
-        print(f"demo: --device gpu asked for, but {gpuconv.backend_info()['cupy']['reason']}", file=sys.stderr)
+    from .train import array_module
+    xp, device = array_module(args.device, "demo")
+    if xp is None:
         return 2
-    if use_gpu:
-        import cupy as xp
 
-        def sync():
+    def sync():
+        if xp is not np:
             xp.cuda.get_current_stream().synchronize()
-    else:
-        xp = np
-
-        def sync():
-            pass
     rng = np.random.default_rng(0)
     params = lenet.lenet5_params(xp, np.float32, rng)
     x = xp.asarray(rng.standard_normal((args.batch, 1, 32, 32)).astype(np.float32))
@@ -80,7 +74,6 @@ def cmd_demo(args) -> int:
         t0[0] = time.perf_counter()
 
     y = lenet.forward(x, params, on_layer=on_layer)
-    device = "GPU (CuPy, gpuconv CUDA kernels)" if use_gpu else "CPU (NumPy fallback)"
     print(f"LeNet-5 forward, batch {args.batch}, float32, on {device}")
     print(f"{'layer':<7}{'output shape':<22}{'params':>9}{'time ms':>10}  kernel")
     for name, shape, n_params, secs, kernel in timings:

@@ -123,17 +123,25 @@ def save_plot(history: History, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(args) -> int:
+def array_module(device: str, command: str):
+    """``(xp, where)`` for ``--device`` auto / cpu / gpu: CuPy when it is usable and not refused, else NumPy;
+    ``(None, None)`` after saying why when ``gpu`` was asked for and CuPy is not usable."""
     import gpuconv
-    use_gpu = gpuconv.backend_info()["cupy"]["available"] and args.device != "cpu"
-    if args.device == "gpu" and not use_gpu:
-        print(f"train: --device gpu asked for, but {gpuconv.backend_info()['cupy']['reason']}", file=sys.stderr)
-        return 2
+    cupy_info = gpuconv.backend_info()["cupy"]
+    use_gpu = cupy_info["available"] and device != "cpu"
+    if device == "gpu" and not use_gpu:
+        print(f"{command}: --device gpu asked for, but {cupy_info['reason']}", file=sys.stderr)
+        return None, None
     if use_gpu:
-        import cupy as xp
-    else:
-        xp = np
-    where = "GPU (CuPy, gpuconv CUDA kernels)" if use_gpu else "CPU (NumPy path)"
+        import cupy
+        return cupy, "GPU (CuPy, gpuconv CUDA kernels)"
+    return np, "CPU (NumPy path)"
+
+
+def main(args) -> int:
+    xp, where = array_module(args.device, "train")
+    if xp is None:
+        return 2
     try:
         print(f"LeNet-5 ({lenet.NUM_PARAMS:,} parameters) on scikit-learn's digits, float32, on {where}; "
               f"{args.epochs} epochs, batch {args.batch}, SGD lr {args.lr} momentum 0.9")

@@ -104,3 +104,10 @@ def test_without_scikit_learn_it_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_sklearn)
     assert cli(["train", "--device", "cpu", "--epochs", "1"]) == 2
     assert "pip install 'gpuconv[train]'" in capsys.readouterr().err
+
+
+def test_demo_runs_the_same_network_forward(capsys):
+    assert cli(["demo", "--batch", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "on CPU (NumPy path)" in out and out.rstrip().splitlines()[-1].split()[:2] == ["total", "(2,"]
+    assert "61,706" in out.rstrip().splitlines()[-1]
