@@ -8,6 +8,7 @@ declined rows, the kernel record) is exercised here on the CPU emulator of our C
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import time
@@ -884,3 +885,203 @@ def test_help_speaks_to_users(capsys):
     assert "cuDNN" in text and "--budget-s" in text and "--quick" in text
     for internal in ("scale_for_cpu", "TOLERANCES", "SPIN_US", "gpuconv._cuda", "ALGOS"):
         assert internal not in text
+
+
+# --------------------------------------------------------------------------------------------
+# gradients: the backward rows (--backward)
+# --------------------------------------------------------------------------------------------
+
+TINY_BACKWARD = [suite.Case("tiny conv", "conv2d", 2, 3, 12, 4, 3, 1, 1, direction="backward_data"),
+                 suite.Case("tiny conv", "conv2d", 2, 3, 12, 4, 3, 1, 1, direction="backward_filter"),
+                 suite.Case("tiny dw", "conv2d", 2, 4, 10, 4, 3, 2, 1, groups=4, direction="backward_filter"),
+                 suite.Case("tiny max-pool", "max_pool2d", 2, 3, 8, R=3, stride=2, pad=1, direction="backward"),
+                 suite.Case("tiny avg-pool", "avg_pool2d", 2, 3, 8, R=2, stride=2, direction="backward"),
+                 suite.Case("tiny global avg-pool", "adaptive_avg_pool2d", 2, 5, 4, R=1, direction="backward")]
+
+
+def test_backward_suite():
+    cases = suite.build_backward()
+    n_conv, n_pool = len(suite.CONV_LAYERS), len(suite.POOL_LAYERS)
+    assert len(cases) == 2 * n_conv + n_pool
+    assert all(c.dtype == "float32" and c.is_backward and not c.name.endswith("N=1") for c in cases)
+    conv = [c for c in cases if c.is_conv]
+    assert [c.direction for c in conv[:2]] == ["backward_data", "backward_filter"]
+    assert {c.direction for c in cases if not c.is_conv} == {"backward"}
+    assert conv[0].title == "ResNet-50 stem 7x7/2 backward data" and conv[0].record()["direction"] == "backward_data"
+    forward = suite.build_suite()
+    assert all(not c.is_backward and "direction" not in c.record() and c.title == c.name for c in forward)
+    assert not any(c.is_backward for c in suite.build_suite(quick=True))  # --quick stays forward only
+    cpu = suite.build_backward(cpu=True)
+    assert [(c.N, c.H) for c in cpu] == [(suite.scale_for_cpu(c).N, suite.scale_for_cpu(c).H) for c in cases]
+    mp = next(c for c in cases if c.op == "max_pool2d")
+    fwd = dataclasses.replace(mp, direction="forward")
+    assert mp.nbytes == fwd.nbytes + 8 * math.prod(mp.output_shape) and mp.flops == fwd.flops == 0
+    assert conv[0].flops == dataclasses.replace(conv[0], direction="forward").flops
+
+
+def test_check_close_relative_to_magnitude():
+    """A gradient near 0 from terms that cancel passes when its error is small against the terms."""
+    ref = np.array([1e-6, 1.0], np.float32)
+    out = ref + np.float32(5e-3)
+    assert not stats.check_close(out, ref, 1e-3, 1e-3)["ok"]
+    chk = stats.check_close(out, ref, 1e-3, 1e-3, magnitude=np.array([10.0, 10.0], np.float32))
+    assert chk["ok"] and chk["magnitude_max"] == 10.0
+    assert not stats.check_close(out + 1, ref, 1e-3, 1e-3, magnitude=np.array([10.0, 10.0], np.float32))["ok"]
+
+
+@pytest.fixture
+def tiny_backward(tiny, monkeypatch):
+    monkeypatch.setattr(bench_cli, "build_backward", lambda cpu=False: list(TINY_BACKWARD))
+
+
+@needs_torch
+def test_cpu_backward_run(tmp_path, tiny_backward):
+    """``--backward``: every gradient checked against PyTorch's autograd kernels, then timed; a table of its
+    own, the summary line and the NumPy path's bar; the file is named for its suite."""
+    code, results, md = _run(tmp_path, "--backward")
+    assert code == 0 and results["settings"]["suite"] == "backward"
+    _assert_structure(results)
+    rows = results["rows"]
+    assert [(r["layer"], r["direction"]) for r in rows] == [(c.name, c.direction) for c in TINY_BACKWARD]
+    for r, c in zip(rows, TINY_BACKWARD):
+        assert r["status"] == "ok" and r["check"]["ok"] and r["check"]["magnitude_max"] > 0, r
+        assert r["reference"].startswith("PyTorch autograd") and r["peer"]["status"] == "ok"
+        assert r["op"] == c.op and r["case"]["direction"] == c.direction and r["algo"] == "auto"
+        assert r["ours"]["n"] == 2 == r["peer"]["n"] and r["speed_vs_peer"] > 0
+        assert r["kernel"].startswith("numpy_")
+    assert next(tmp_path.glob("*.json")).name.endswith("-backward.json")
+    assert "Gradients (backward):" in md and "| layer | shape | dtype | gradient | kernel |" in md
+    assert "| layer | shape | dtype | algo |" not in md  # no forward table
+    assert "| tiny conv | 2x3x12x12, 4x3x3/1 p1 | float32 | filter |" in md
+    ratio = render.geomean([1 / r["speed_vs_peer"] for r in rows])
+    assert f"backward: geometric mean of time ours / PyTorch = {ratio:.2f} over {len(rows)} rows" in md
+    assert "within 2x of PyTorch CPU in geometric mean: " + ("met." if ratio <= 2 else "**not met**.") in md
+    again = render.render_markdown(json.loads(next(tmp_path.glob("*.json")).read_text()))
+    assert again == render.render_markdown(results)  # JSON round trip
+
+
+@needs_torch
+def test_cpu_backward_run_fails_a_wrong_gradient(tmp_path, tiny_backward, monkeypatch):
+    real = gpuconv.grad.conv2d_weight
+    monkeypatch.setattr(gpuconv.grad, "conv2d_weight", lambda *a, **k: real(*a, **k) * 1.01)
+    code, results, md = _run(tmp_path, "--backward", "--layers", "tiny conv")
+    assert code == 1
+    data, filt = results["rows"]
+    assert data["status"] == "ok" and filt["status"] == "wrong" and "median_ms" not in filt["ours"]
+    assert "**WRONG**" in md
+
+
+def test_cpu_backward_run_without_torch(tmp_path, tiny_backward, monkeypatch):
+    monkeypatch.setattr(bench_cli, "import_torch", lambda kind: (None, "no torch"))
+    code, results, md = _run(tmp_path, "--backward")
+    assert code == 0
+    assert all(r["status"] == "unchecked" and r["peer"] is None for r in results["rows"])
+    assert "backward: nothing timed against PyTorch." in md
+
+
+def _with_backward_rows(results):
+    """``results`` with two gradient rows appended (a GPU run's, from fake contenders)."""
+    case = suite.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
+    rows = []
+    for direction, ms in (("backward_data", 4.0), ("backward_filter", 1.0)):
+        c = runner.Contender("auto", "ours", None, status="ok", kernel="gpuconv::conv2d_bwd<float>",
+                             check=dict(ok=True, max_abs_err=1e-6), times=[ms * 1e-3])
+        p = runner.Contender("cuDNN", "peer", None, status="ok", check=dict(ok=True, max_abs_err=0.0), times=[1e-3])
+        rows += runner.case_rows(dataclasses.replace(case, direction=direction), [c, p], results["roofline"],
+                                 "PyTorch autograd's kernels, float32, TF32 off")
+    return dict(results, rows=results["rows"] + rows)
+
+
+def test_render_backward_rows_apart():
+    """Gradient rows: a table of their own after the forward one, which is unchanged; the forward summary
+    counts forward rows only; a ``backward:`` line (no CPU bar on a GPU)."""
+    plain = _gpu_like_results()
+    both = _with_backward_rows(plain)
+    md_plain, md_both = render.render_markdown(plain), render.render_markdown(both)
+    forward_table = "\n".join(render.render_table(plain))
+    assert forward_table in md_both and forward_table in md_plain
+    assert "\n".join(render.render_table(both)) == forward_table
+    back = render.render_table(both, backward=True)
+    assert len(back) == 4 and "| gradient |" in back[0] and "| data |" in back[2] and "| filter |" in back[3]
+    assert md_both.index(forward_table) < md_both.index("Gradients (backward):")
+    summary_plain = render.render_summary(plain)
+    assert summary_plain[0] in md_both  # forward geometric means unchanged
+    assert "backward: geometric mean of time ours / cuDNN = 2.00 over 2 rows" in md_both
+    assert "data 4.00 over 1, filter 1.00 over 1" in md_both and "Bar of the NumPy" not in md_both
+    assert "Gradients (backward)" not in md_plain and "backward:" not in md_plain
+    assert render._compact_kernels("a + a + b") == "a ×2 + b" and render._compact_kernels("a") == "a"
+
+
+def test_old_results_files_render_as_before(tmp_path):
+    """Files written before gradients (no ``direction`` anywhere): forward only, no gradient section; the
+    round trip through write_results keeps the rendering."""
+    from pathlib import Path
+    files = sorted((Path(__file__).parent.parent / "bench" / "results").glob("*.json"))
+    for f in files:
+        old = json.loads(f.read_text())
+        assert not any("direction" in r for r in old["rows"])
+        md = render.render_markdown(old)
+        assert "Gradients" not in md and "backward" not in md
+        assert md.count("\n| ") == len(old["rows"]) + 1  # header + one line per row (separator starts "|-")
+        paths = result_files.rerender(f, tmp_path / f.stem, plot=False)
+        assert render.render_markdown(json.loads(paths["json"].read_text())) == md
+
+
+@pytest.mark.emulated
+@needs_torch
+def test_gpu_backward_rows_on_the_emulator():
+    """Gradient rows with our CUDA kernels (run by the emulator): one 'auto' row per gradient, checked
+    against PyTorch, its kernel recorded."""
+    from gpuconv._backend import CudaBackend, use_backend
+    from tests.runners import emulated_runtime
+
+    class EmulatedPlatform(platforms.CpuPlatform):
+        warmup = 1
+        settle_s = 0.0
+
+        def session(self):
+            return use_backend(CudaBackend(emulated_runtime()))
+
+        def roofline(self):
+            return dict(peak_flops=None, peak_source="n/a", bandwidth=None, bandwidth_source="n/a")
+
+    cases = [c for c in TINY_BACKWARD if c.name != "tiny dw"]
+    results = runner.run_bench(EmulatedPlatform(torch), cases, ["auto"], 1, suite="backward")
+    rows = results["rows"]
+    assert [r["direction"] for r in rows] == [c.direction for c in cases]
+    for r in rows:
+        assert r["status"] == "ok" and r["check"]["ok"] and r["kernel"].startswith("gpuconv::"), r
+        assert r["speed_vs_peer"] > 0
+    assert "backward: geometric mean" in render.render_markdown(results)
+
+
+@pytest.mark.emulated
+def test_gpu_platform_backward_with_a_fake_cupy(monkeypatch):
+    """GpuPlatform with gradient rows through the fake CuPy: without torch the reference is gpuconv's NumPy
+    path on host copies (with its magnitude), every timed call flushed, spun and event-timed."""
+    from gpuconv._backend import CudaBackend, use_backend
+    from tests.runners import emulated_runtime
+
+    fake = FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    plat = platforms.GpuPlatform(None)
+    cases = [TINY_BACKWARD[0], TINY_BACKWARD[1], TINY_BACKWARD[3]]
+    with use_backend(CudaBackend(emulated_runtime())):
+        results = runner.run_bench(plat, cases, plat.conv_algos(), 2, suite="backward", peer_missing="no torch")
+    rows = results["rows"]
+    assert [(r["layer"], r["direction"], r["algo"]) for r in rows] == [(c.name, c.direction, "auto") for c in cases]
+    for r in rows:
+        assert r["status"] == "ok" and r["reference"].startswith("gpuconv's NumPy path") and r["peer"] is None
+        assert r["check"]["magnitude_max"] > 0 and r["ours"]["n"] == 2 and r["kernel"].startswith("gpuconv::")
+    timed = "".join("F" if e == "flush" else "S" if e == "spin" else "E" for e in fake.log)
+    assert "FSEE" * (2 * len(rows)) in timed
+
+
+def test_cli_backward_options(capsys):
+    assert cli(["bench", "--device", "cpu", "--backward", "--list", "--layers", "conv5,global"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split("  ")[0] for ln in out] == ["conv5 3x3 backward data", "conv5 3x3 backward filter",
+                                                  "global avg-pool backward input"]
+    for other in ("--quick", "--targets"):
+        with pytest.raises(SystemExit):
+            cli(["bench", "--backward", other])

@@ -39,6 +39,14 @@ Method
   measured at start (bytes read + written). CPU: peak = a measured float32 GEMM (``numpy.matmul``,
   all BLAS threads), bandwidth = a measured copy on all cores.
 
+Gradients (``--backward``, instead of the forward suite; not part of ``--quick``): for the suite's float32
+layers, ``gpuconv.grad``'s input ('data') and weight ('filter') gradients of the convolutions and input
+gradients of the pooling layers against the ATen backward ops PyTorch's autograd runs (cuDNN on a GPU),
+checked and timed as above (the check relative to the same gradient of the operands' absolute values, see
+``backward``). Their rows carry ``direction`` (absent: forward, as in every file written before) and get a
+table of their own with the geometric mean of time ours / PyTorch; on the CPU, the NumPy path's bar
+(``suite.BACKWARD_BAR``: within 2x of PyTorch in geometric mean), met or not.
+
 Output: ``<out>/<device>.json`` (every figure, versions, commit), ``.md`` (the table) and ``.png`` (speed
 relative to the peer per layer, and the roofline; needs matplotlib, the ``plot`` extra). Full-suite
 results in ``bench/results`` feed the README's "Benchmarks" section (``bench/update_readme.py`` of the
@@ -47,7 +55,8 @@ repository, not part of the package).
 Modules, one concern each (none imports ``cli``; ``cli`` ties them together):
 ``suite`` (the layers, ``Case``), ``stats`` (roofline, statistics, checks, call order), ``environment``
 (commit, CPU name, versions, log), ``peers`` (PyTorch: import, TF32 switches, its kernel choice),
-``platforms`` (CPU and GPU: device, roofline figures, arrays, timing), ``runner`` (a case, a run),
+``platforms`` (CPU and GPU: device, roofline figures, arrays, timing), ``backward`` (a gradient's operands,
+calls and reference), ``runner`` (a case, a run),
 ``render`` (a results file as Markdown), ``plot`` (its PNG), ``results`` (the files: JSON schema, names,
 writing, re-rendering), ``cli`` (``python -m gpuconv bench``).
 """
@@ -57,7 +66,8 @@ from .cli import USAGE, add_arguments, main
 from .results import SCHEMA, rerender, write_json, write_results
 from .render import render_markdown
 from .runner import failed, run_bench
-from .suite import Case, build_suite, build_targets, select
+from .suite import Case, build_backward, build_suite, build_targets, select
 
 __all__ = ["USAGE", "add_arguments", "main", "SCHEMA", "rerender", "write_json", "write_results",
-           "render_markdown", "failed", "run_bench", "Case", "build_suite", "build_targets", "select"]
+           "render_markdown", "failed", "run_bench", "Case", "build_backward", "build_suite", "build_targets",
+           "select"]

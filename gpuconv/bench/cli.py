@@ -12,10 +12,10 @@ from pathlib import Path
 from .environment import REPO_ROOT, log
 from .peers import import_torch
 from .platforms import make_platform, resolve_device
-from .render import render_markdown
+from .render import render_markdown, row_name
 from .results import rerender, write_json, write_results
 from .runner import failed, run_bench
-from .suite import CPU_SCALING, build_suite, build_targets, select
+from .suite import BACKWARD_BAR, CPU_SCALING, build_backward, build_suite, build_targets, select
 
 # The repository's README tool, beside the package in a source checkout (absent from an installed wheel).
 README_TOOL = REPO_ROOT / "bench" / "update_readme.py"
@@ -47,6 +47,8 @@ examples:
   python -m gpuconv bench --list                  the layers, their sizes and FLOPs, nothing timed
   python -m gpuconv bench --device cpu --targets --rounds 5 --repeats 15
                                                   the NumPy path's target layers and goals against PyTorch
+  python -m gpuconv bench --backward --out /tmp/bwd
+                                                  the gradients (gpuconv.grad) against PyTorch's autograd
 """
 
 
@@ -58,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "convolutions with a bias, their own batch sizes) and its goals against PyTorch: "
                             "time ratio ours / PyTorch at most 1.5 in geometric mean over the convolutions, "
                             "3 for the worst one, 2 for max-pooling")
+    which.add_argument("--backward", action="store_true",
+                       help="instead of the forward suite, the gradients of its float32 layers against the "
+                            "kernels PyTorch's autograd runs: convolutions' input ('data') and weight "
+                            "('filter') gradients, pooling's input gradient (gpuconv.grad); on the CPU with "
+                            f"the NumPy path's bar, within {BACKWARD_BAR:g}x of PyTorch in geometric mean")
     p.add_argument("--layers", metavar="NAMES",
                    help="only layers whose name contains one of these comma-separated substrings (see --list)")
     p.add_argument("--algos", metavar="NAMES",
@@ -135,11 +142,13 @@ def main(args) -> int:
         return 2
     layers = args.layers.split(",") if args.layers else None
     dtypes = None if args.dtype == "all" else [args.dtype]
-    suite = build_targets() if args.targets else build_suite(quick=args.quick, cpu=kind == "cpu")
+    suite = (build_targets() if args.targets else build_backward(cpu=kind == "cpu") if args.backward else
+             build_suite(quick=args.quick, cpu=kind == "cpu"))
     cases = select(suite, layers, dtypes)
     if args.list:
+        width = max([26] + [len(c.title) + 2 for c in cases])
         for c in cases:
-            print(f"{c.name:<26}{c.dtype:<9}{c.shape_label:<36}{c.flops / 1e9:9.3f} GFLOP{c.nbytes / 2**20:9.1f} MiB")
+            print(f"{c.title:<{width}}{c.dtype:<9}{c.shape_label:<36}{c.flops / 1e9:9.3f} GFLOP{c.nbytes / 2**20:9.1f} MiB")
         return 0
     if not cases:
         log("bench: no layer matches the filters")
@@ -168,7 +177,7 @@ def main(args) -> int:
         log(f"bench: --budget-s must be positive, got {args.budget_s:g}")
         return 2
     out_dir = Path(args.out)
-    suite_name = "quick" if args.quick else "targets" if args.targets else "full"
+    suite_name = "quick" if args.quick else "targets" if args.targets else "backward" if args.backward else "full"
     results = run_bench(plat, cases, algos, repeats, suite=suite_name, filters=filters, peer_missing=missing,
                         scaling=CPU_SCALING if kind == "cpu" and not args.targets else None,
                         budget_s=args.budget_s, checkpoint=partial(write_json, out_dir=out_dir))
@@ -180,6 +189,6 @@ def main(args) -> int:
         return 2
     bad = failed(results)
     if bad:
-        log(f"bench: {len(bad)} row(s) of ours failed: " + ", ".join(f"{r['layer']} {r['dtype']} {r['algo']} "
+        log(f"bench: {len(bad)} row(s) of ours failed: " + ", ".join(f"{row_name(r)} {r['dtype']} {r['algo']} "
                                                                    f"({r['status']})" for r in bad))
     return 1 if bad else 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .render import device_title, fmt_rate
+from .render import device_title, fmt_rate, row_name
 
 
 def plot_results(results: dict, path: Path) -> str | None:
@@ -21,7 +21,7 @@ def plot_results(results: dict, path: Path) -> str | None:
     except ImportError:
         return "No plot: matplotlib is not installed (pip install 'gpuconv[plot]')."
     rows, p, roof = results["rows"], results["peer"]["label"], results["roofline"]
-    layers = list(dict.fromkeys((r["layer"], r["dtype"]) for r in rows))
+    layers = list(dict.fromkeys((row_name(r), r["dtype"]) for r in rows))  # a gradient: a bar of its own
     algos = list(dict.fromkeys(r["algo"] for r in rows))
     if not layers:
         return "No plot: no rows."
@@ -30,7 +30,7 @@ def plot_results(results: dict, path: Path) -> str | None:
     for j, algo in enumerate(algos):
         ys, xs = [], []
         for i, key in enumerate(layers):
-            r = next((r for r in rows if (r["layer"], r["dtype"]) == key and r["algo"] == algo), None)
+            r = next((r for r in rows if (row_name(r), r["dtype"]) == key and r["algo"] == algo), None)
             if r and r["speed_vs_peer"]:
                 ys.append(i + (j - (len(algos) - 1) / 2) * height)
                 xs.append(r["speed_vs_peer"])
@@ -65,7 +65,7 @@ def plot_results(results: dict, path: Path) -> str | None:
             for r in conv:
                 f = r[key]
                 if f and f.get("flop_per_s"):
-                    seen[(r["layer"], r["dtype"])] = (r["flops"] / r["bytes"], f["flop_per_s"])
+                    seen[(row_name(r), r["dtype"])] = (r["flops"] / r["bytes"], f["flop_per_s"])
             if seen:
                 ax2.scatter(*zip(*seen.values()), marker=marker, color=color,
                             label=p if key == "peer" else f"{p} TF32")

@@ -5,7 +5,7 @@ counts, notes)."""
 from __future__ import annotations
 
 from .stats import geomean
-from .suite import TARGETS
+from .suite import BACKWARD_BAR, DIRECTIONS, TARGETS
 
 
 def fmt_rate(v, unit: str) -> str:
@@ -84,6 +84,12 @@ def describe_run(results: dict) -> list[str]:
     if d["kind"] == "gpu":
         lines[-1] += (f" The {peer['label']} column is PyTorch with TF32 off (pooling: PyTorch's own CUDA "
                       "kernels); its TF32 column has TF32 on, PyTorch's default for convolutions.")
+    if any(is_backward(r) for r in results["rows"]):
+        lines += ["", "Gradients: gpuconv.grad (its kernels picked by heuristic, no algorithm choice) against the "
+                      "ATen backward ops PyTorch's autograd runs; inputs as the forward's, the output's gradient "
+                      "~ N(0, 1); max-pooling with each side's own forward indices. Checked against the "
+                      "reference relative to the same gradient of the operands' absolute values: |ours - ref| <= "
+                      "atol + rtol x that magnitude, tolerances as above. FLOPs and bytes as the forward's."]
     if s.get("scaling"):
         lines += ["", s["scaling"] + "."]
     if peer.get("missing"):
@@ -100,11 +106,24 @@ def describe_run(results: dict) -> list[str]:
     return lines
 
 
-def render_table(results: dict) -> list[str]:
-    rows = results["rows"]
+def is_backward(row: dict) -> bool:
+    """A gradient's row (``direction``); rows without the key, as all rows before gradients, are forward."""
+    return row.get("direction", "forward") != "forward"
+
+
+def row_name(row: dict) -> str:
+    """The layer, and the gradient for a backward row ("conv5 3x3 backward filter")."""
+    return f"{row['layer']} backward {DIRECTIONS[row['direction']]}" if is_backward(row) else row["layer"]
+
+
+def render_table(results: dict, backward: bool = False) -> list[str]:
+    """The forward rows' table, or with ``backward`` the gradients' (a ``gradient`` column, no ``algo``)."""
+    rows = [r for r in results["rows"] if is_backward(r) == backward]
     p = results["peer"]["label"]
     with_tf32 = any(r["peer_tf32"] for r in rows)
     head = ["layer", "shape", "dtype", "algo", "kernel", "ours ms", "ours speed", "roofline", f"{p} ms"]
+    if backward:
+        head[2:4] = ["dtype", "gradient"]
     head += [f"{p} TF32 ms"] if with_tf32 else []
     head += [f"vs {p}"] + ([f"vs {p} TF32"] if with_tf32 else []) + ["check"]
     lines = ["| " + " | ".join(head) + " |",
@@ -114,7 +133,9 @@ def render_table(results: dict) -> list[str]:
         o = r["ours"]
         rate = o.get("byte_per_s") if r["metric"] == "B/s" else o.get("flop_per_s")
         frac = o.get("roofline_fraction")
-        cells = [r["layer"], r["shape"], r["dtype"], r["algo"], f"`{r['kernel']}`" if r["kernel"] else "—",
+        kernel = _compact_kernels(r["kernel"]) if backward and r["kernel"] else r["kernel"]
+        cells = [r["layer"], r["shape"], r["dtype"], DIRECTIONS[r["direction"]] if backward else r["algo"],
+                 f"`{kernel}`" if kernel else "—",
                  _fmt_ms(o), fmt_rate(rate, r["metric"]) if rate else "—", _fmt_fraction(frac),
                  _fmt_ms(r["peer"]) + _other_peer_mark(r["peer"], p)]
         cells += [_fmt_ms(r["peer_tf32"]) + _other_peer_mark(r["peer_tf32"], f"{p} TF32")] if with_tf32 else []
@@ -122,6 +143,14 @@ def render_table(results: dict) -> list[str]:
         cells += [_fmt_check(o)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines
+
+
+def _compact_kernels(kernel: str) -> str:
+    """``"a + a + b"`` as ``"a ×2 + b"`` (a strided input gradient runs one kernel per stride phase)."""
+    counts = {}
+    for k in kernel.split(" + "):
+        counts[k] = counts.get(k, 0) + 1
+    return " + ".join(k if n == 1 else f"{k} ×{n}" for k, n in counts.items())
 
 
 OTHER_PEER_MARK = "†"
@@ -135,30 +164,33 @@ def _other_peer_mark(figs: dict | None, column_label: str) -> str:
 def render_summary(results: dict) -> list[str]:
     rows, p = results["rows"], results["peer"]["label"]
     lines = []
-    algos = list(dict.fromkeys(r["algo"] for r in rows))
+    forward = [r for r in rows if not is_backward(r)]
+    algos = list(dict.fromkeys(r["algo"] for r in forward))
     parts = []
     for a in algos:
-        sp = [r["speed_vs_peer"] for r in rows if r["algo"] == a and r["speed_vs_peer"] and r["dtype"] == "float32"]
+        sp = [r["speed_vs_peer"] for r in forward if r["algo"] == a and r["speed_vs_peer"] and r["dtype"] == "float32"]
         if sp:
             parts.append(f"{a} {geomean(sp):.2f}× over {len(sp)} float32 rows")
     if parts:
         lines.append(f"Geometric mean of the speed relative to {p} (above 1: ours faster): " + "; ".join(parts) + ".")
+    if any(is_backward(r) for r in rows):
+        lines += render_backward_summary(results)
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     lines.append("Rows: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".")
-    notes = [f"* {r['layer']} ({r['dtype']}), {r['algo']}: {r['status']}: {r['message']}"
+    notes = [f"* {row_name(r)} ({r['dtype']}), {r['algo']}: {r['status']}: {r['message']}"
              for r in rows if r["message"]]
     for r in rows:
         for key in ("peer", "peer_tf32"):
             f = r[key]
             if f and f["status"] not in ("ok", "unchecked"):
-                notes.append(f"* {r['layer']} ({r['dtype']}), {f['label']}: {f['status']}"
+                notes.append(f"* {row_name(r)} ({r['dtype']}), {f['label']}: {f['status']}"
                              + (f": {f['message']}" if f.get("message") else ""))
     for r in rows:
         f = r["peer"]
         if f and f["label"] != p:
-            notes.append(f"* {OTHER_PEER_MARK} {r['layer']} ({r['dtype']}): the {p} column times {f['label']}: "
+            notes.append(f"* {OTHER_PEER_MARK} {row_name(r)} ({r['dtype']}): the {p} column times {f['label']}: "
                          "PyTorch runs this layer on a kernel of its own, not on cuDNN.")
     notes = list(dict.fromkeys(notes))
     if notes:
@@ -166,6 +198,27 @@ def render_summary(results: dict) -> list[str]:
     if results["settings"].get("suite") == "targets":
         lines += ["", render_targets(rows, p)]
     return lines
+
+
+def render_backward_summary(results: dict) -> list[str]:
+    """The gradients' summary: time ours / peer in geometric mean over the timed backward rows (below 1: ours
+    faster), by gradient, and on the CPU the NumPy path's bar (``BACKWARD_BAR``)."""
+    p = results["peer"]["label"]
+    ratios = {}
+    for r in results["rows"]:
+        if is_backward(r) and r["speed_vs_peer"]:
+            ratios.setdefault(r["direction"], []).append(1 / r["speed_vs_peer"])
+    every = [x for v in ratios.values() for x in v]
+    if not every:
+        return [f"backward: nothing timed against {p}."]
+    parts = [f"{DIRECTIONS[d]} {geomean(v):.2f} over {len(v)}" for d, v in ratios.items()]
+    line = (f"backward: geometric mean of time ours / {p} = {geomean(every):.2f} over {len(every)} rows "
+            f"(below 1: ours faster; by gradient: {', '.join(parts)}).")
+    if results["device"]["kind"] == "cpu":
+        met = geomean(every) <= BACKWARD_BAR
+        line += (f" Bar of the NumPy path's gradients, within {BACKWARD_BAR:g}x of {p} CPU in geometric mean: "
+                 + ("met." if met else "**not met**."))
+    return [line]
 
 
 def render_targets(rows, p: str) -> str:
@@ -191,7 +244,12 @@ def device_title(device: dict) -> str:
 
 def render_markdown(results: dict, *, level: int = 1, image: str | None = None) -> str:
     title = f"{'#' * level} gpuconv bench: {device_title(results['device'])}, {results['date'][:10]}"
-    lines = [title, ""] + describe_run(results) + [""] + render_table(results) + [""] + render_summary(results)
+    lines = [title, ""] + describe_run(results) + [""]
+    if any(not is_backward(r) for r in results["rows"]) or not results["rows"]:
+        lines += render_table(results) + [""]
+    if any(is_backward(r) for r in results["rows"]):
+        lines += ["Gradients (backward):", ""] + render_table(results, backward=True) + [""]
+    lines += render_summary(results)
     if image:
         lines += ["", f"![speed relative to {results['peer']['label']} and roofline]({image})"]
     if results.get("plot_note"):

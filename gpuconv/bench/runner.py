@@ -15,6 +15,7 @@ import numpy as np
 
 import gpuconv
 
+from . import backward
 from .environment import git_state, log, tensor_core_algos
 from .peers import peer_label
 from .render import fmt_rate
@@ -52,12 +53,26 @@ def make_contenders(plat, case: Case, x, w, algos, b=None) -> list[Contender]:
     if torch is not None and out:
         tx, tw = plat.to_torch(x), None if w is None else plat.to_torch(w)
         tb = None if b is None else plat.to_torch(b)
-        peer = partial(call_op, torch.nn.functional, case, tx, tw, tb)
-        label = peer_label(plat, case, tx, tw)
-        out.append(Contender(label, "peer", peer, setup=partial(plat.set_tf32, False)))
-        if plat.kind == "gpu" and case.is_conv and case.dtype == "float32":
-            out.append(Contender(f"{label} TF32", "peer_tf32", peer, setup=partial(plat.set_tf32, True),
-                                 loose=True))
+        out += peer_contenders(plat, case, partial(call_op, torch.nn.functional, case, tx, tw, tb), tx, tw)
+    return out
+
+
+def peer_contenders(plat, case: Case, peer: Callable, tx, tw) -> list[Contender]:
+    """The peer (TF32 off) and, for float32 convolutions on a GPU, the peer with TF32 on."""
+    label = peer_label(plat, case, tx, tw)
+    out = [Contender(label, "peer", peer, setup=partial(plat.set_tf32, False))]
+    if plat.kind == "gpu" and case.is_conv and case.dtype == "float32":
+        out.append(Contender(f"{label} TF32", "peer_tf32", peer, setup=partial(plat.set_tf32, True),
+                             loose=True))
+    return out
+
+
+def backward_contenders(plat, case: Case, ops: dict) -> list[Contender]:
+    """A gradient: ours ('auto', ``gpuconv.grad`` picks its kernels), then the peer (and its TF32 column)."""
+    out = [Contender("auto", "ours", backward.ours_call(case, ops))]
+    if plat.torch is not None:
+        peer, tx, tw = backward.peer_call(plat, case, ops)
+        out += peer_contenders(plat, case, peer, tx, tw)
     return out
 
 
@@ -78,9 +93,9 @@ def reference(plat, case: Case, x, w, b=None):
     return ref, "PyTorch, float32" + (", TF32 off" if plat.kind == "gpu" else "")
 
 
-def prepare(plat, c: Contender, ref, dtype: str) -> None:
-    """The first call (compiles / picks the algorithm), its check against ``ref``, the other warm-up
-    calls. Sets ``c.status``: declined (an algorithm of ours refusing the case with ValueError), error,
+def prepare(plat, c: Contender, ref, dtype: str, magnitude=None) -> None:
+    """The first call (compiles / picks the algorithm), its check against ``ref`` (a gradient's: relative
+    to its ``magnitude``, see ``backward``), the other warm-up calls. Sets ``c.status``: declined (an algorithm of ours refusing the case with ValueError), error,
     wrong, unchecked (no reference) or ok."""
     try:
         if c.setup:
@@ -95,7 +110,7 @@ def prepare(plat, c: Contender, ref, dtype: str) -> None:
             if plat.torch is not None and plat.torch.is_tensor(out):
                 out = plat.from_torch(out)
             rtol, atol = TF32_TOLERANCE if c.loose else TOLERANCES[dtype]
-            c.check = check_close(out, ref, rtol, atol)
+            c.check = check_close(out, ref, rtol, atol, magnitude)
             c.status = "ok" if c.check["ok"] else "wrong"
         del out
         for _ in range(plat.warmup - 1):
@@ -162,34 +177,48 @@ def case_rows(case: Case, contenders, roof: dict, ref_source) -> list[dict]:
         if c.role != "ours":
             continue
         ours = figures(c, case, roof)
-        rows.append(dict(layer=case.name, op=case.op, dtype=case.dtype, shape=case.shape_label,
-                         case=case.record(), flops=case.flops, bytes=case.nbytes,
-                         metric="B/s" if case.memory_bound else "FLOP/s", algo=c.label, status=c.status,
-                         message=c.message, kernel=c.kernel, check=c.check, reference=ref_source, ours=ours,
-                         peer=peer,
-                         peer_tf32=tf32, speed_vs_peer=speedup(ours, peer),
-                         speed_vs_peer_tf32=speedup(ours, tf32)))
+        row = dict(layer=case.name, op=case.op, dtype=case.dtype, shape=case.shape_label,
+                   case=case.record(), flops=case.flops, bytes=case.nbytes,
+                   metric="B/s" if case.memory_bound else "FLOP/s", algo=c.label, status=c.status,
+                   message=c.message, kernel=c.kernel, check=c.check, reference=ref_source, ours=ours,
+                   peer=peer,
+                   peer_tf32=tf32, speed_vs_peer=speedup(ours, peer),
+                   speed_vs_peer_tf32=speedup(ours, tf32))
+        if case.is_backward:  # forward rows have no "direction" key (files before gradients had none)
+            row = dict(row, direction=case.direction)
+        rows.append(row)
     return rows
 
 
 def run_case(plat, case: Case, algos, repeats: int, roof: dict, seed: int = 0) -> list[dict]:
-    x = plat.randn(case.input_shape, case.dtype, seed)
-    w = None
-    if case.is_conv:
-        fan_in = (case.C // case.groups) * case.R * case.R
-        w = plat.randn(case.weight_shape, case.dtype, seed + 1, scale=1 / math.sqrt(fan_in))
-    b = plat.randn(case.bias_shape, case.dtype, seed + 2) if case.bias_shape else None
-    try:
-        ref, ref_source = reference(plat, case, x, w, b)
-    except Exception as exc:
-        ref, ref_source = None, f"none: the reference failed ({type(exc).__name__}: {exc})"
-    contenders = make_contenders(plat, case, x, w, algos, b)
+    magnitude = None
+    if case.is_backward:
+        ops = backward.operands(plat, case, seed)
+        try:
+            ref, magnitude, ref_source = backward.reference(plat, case, ops)
+        except Exception as exc:
+            ref, ref_source = None, f"none: the reference failed ({type(exc).__name__}: {exc})"
+        contenders = backward_contenders(plat, case, ops)
+    else:
+        x = plat.randn(case.input_shape, case.dtype, seed)
+        w = None
+        if case.is_conv:
+            fan_in = (case.C // case.groups) * case.R * case.R
+            w = plat.randn(case.weight_shape, case.dtype, seed + 1, scale=1 / math.sqrt(fan_in))
+        b = plat.randn(case.bias_shape, case.dtype, seed + 2) if case.bias_shape else None
+        ops = dict(x=x, w=w, b=b)
+        del x, w, b
+        try:
+            ref, ref_source = reference(plat, case, ops["x"], ops["w"], ops["b"])
+        except Exception as exc:
+            ref, ref_source = None, f"none: the reference failed ({type(exc).__name__}: {exc})"
+        contenders = make_contenders(plat, case, ops["x"], ops["w"], algos, ops["b"])
     for c in contenders:
-        prepare(plat, c, ref, case.dtype)
-    del ref
+        prepare(plat, c, ref, case.dtype, magnitude)
+    del ref, magnitude
     time_contenders(plat, contenders, repeats)
     rows = case_rows(case, contenders, roof, ref_source)
-    del contenders, x, w, b
+    del contenders, ops
     plat.release()
     return rows
 
@@ -240,12 +269,12 @@ def run_bench(plat, cases, algos, repeats: int, *, suite: str, filters: dict | N
         for i, case in enumerate(cases, 1):
             spent = time.perf_counter() - t0
             if budget_s is not None and spent + longest > budget_s:
-                results["cases_not_run"] = [f"{c.name} ({c.dtype})" for c in cases[i - 1:]]
+                results["cases_not_run"] = [f"{c.title} ({c.dtype})" for c in cases[i - 1:]]
                 log(f"bench: time budget of {budget_s:g} s: {spent:.1f} s spent and the longest case took "
                     f"{longest:.1f} s, so the last {len(cases) - i + 1} case(s) are not run")
                 break
             t_case = time.perf_counter()
-            log(f"[{i:2d}/{len(cases)}] {case.name} ({case.dtype}, {case.shape_label}) ...")
+            log(f"[{i:2d}/{len(cases)}] {case.title} ({case.dtype}, {case.shape_label}) ...")
             case_result = run_case(plat, case, algos, repeats, roof)
             longest = max(longest, time.perf_counter() - t_case)
             results["rows"] += case_result

@@ -69,22 +69,28 @@ def array_module(a):
     return np
 
 
-def check_close(out, ref, rtol, atol) -> dict:
+def check_close(out, ref, rtol, atol, magnitude=None) -> dict:
     """``|out - ref| <= atol + rtol * |ref|`` everywhere (NaN fails), computed on the arrays' device.
-    Returns ``ok``, ``max_abs_err``, ``ref_max_abs``, ``worst`` (the largest ``|out-ref| / (atol +
-    rtol|ref|)``, <= 1 passes), ``rtol``, ``atol``."""
+    ``magnitude`` (gradients, which sum many terms that cancel): the same computation on the operands'
+    absolute values, the sum of ``|terms|`` per element, replaces ``|ref|`` in the bound, the scale that
+    rounding errors grow with. Returns ``ok``, ``max_abs_err``, ``ref_max_abs``, ``worst`` (the largest
+    ``|out-ref| / (atol + rtol|ref|)``, <= 1 passes), ``rtol``, ``atol`` (and ``magnitude_max``)."""
     if tuple(out.shape) != tuple(ref.shape):
         return dict(ok=False, reason=f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}",
                     rtol=rtol, atol=atol)
     xp = array_module(ref)
     a, b = out.astype(xp.float32), ref.astype(xp.float32)
     diff = xp.abs(a - b)
-    worst = diff / (atol + rtol * xp.abs(b))
+    scale = xp.abs(b) if magnitude is None else xp.abs(magnitude.astype(xp.float32))
+    worst = diff / (atol + rtol * scale)
     finite = bool(xp.all(xp.isfinite(a)))
-    return dict(ok=finite and bool(xp.all(worst <= 1)),
-                max_abs_err=float(diff.max()) if diff.size else 0.0,
-                ref_max_abs=float(xp.abs(b).max()) if b.size else 0.0,
-                worst=float(worst.max()) if worst.size else 0.0, rtol=rtol, atol=atol)
+    d = dict(ok=finite and bool(xp.all(worst <= 1)),
+             max_abs_err=float(diff.max()) if diff.size else 0.0,
+             ref_max_abs=float(xp.abs(b).max()) if b.size else 0.0,
+             worst=float(worst.max()) if worst.size else 0.0, rtol=rtol, atol=atol)
+    if magnitude is not None:
+        d["magnitude_max"] = float(scale.max()) if scale.size else 0.0
+    return d
 
 
 def schedule(n_contenders: int, repeats: int, interleave: bool, rounds: int = 1) -> list[int]:

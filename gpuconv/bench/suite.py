@@ -63,6 +63,12 @@ TARGET_CONV_LAYERS = [
 TARGET_POOL_LAYERS = [("max-pool 3x3/2 pad 1", "max_pool2d", (8, 64, 112), 3, 2, 1)]
 TARGETS = dict(conv_geomean=1.5, conv_worst=3.0, max_pool=2.0)  # ours / PyTorch time, at most
 
+# The backward suite (``--backward``): the gradients of the suite's float32 layers (not the N=1 or float16
+# variants); convolutions: the input gradient ('backward_data') and the weight gradient ('backward_filter');
+# pooling: the input gradient ('backward'), the names of ``gpuconv.last_kernel().direction``.
+DIRECTIONS = {"forward": "", "backward_data": "data", "backward_filter": "filter", "backward": "input"}
+BACKWARD_BAR = 2.0  # the NumPy path's gradients: time ours / PyTorch CPU at most this, in geometric mean
+
 
 @dataclass(frozen=True)
 class Case:
@@ -81,6 +87,16 @@ class Case:
     groups: int = 1
     dtype: str = "float32"
     bias: bool = False
+    direction: str = "forward"  # or a gradient: 'backward_data' | 'backward_filter' (conv), 'backward' (pool)
+
+    @property
+    def is_backward(self) -> bool:
+        return self.direction != "forward"
+
+    @property
+    def title(self) -> str:
+        """The name, with the gradient for a backward case (log lines, lists)."""
+        return f"{self.name} backward {DIRECTIONS[self.direction]}" if self.is_backward else self.name
 
     @property
     def is_conv(self) -> bool:
@@ -126,10 +142,12 @@ class Case:
 
     @property
     def nbytes(self) -> int:
-        """Input + weight (+ bias) + output bytes."""
+        """Input + weight (+ bias) + output bytes; a gradient reads and writes the same sizes (the output's
+        gradient for the output; max-pooling's input gradient also reads the int64 indices)."""
         shapes = [self.input_shape, self.output_shape] + ([self.weight_shape] if self.is_conv else [])
         shapes += [self.bias_shape] if self.bias_shape else []
-        return np.dtype(self.dtype).itemsize * sum(math.prod(s) for s in shapes)
+        indices = 8 * math.prod(self.output_shape) if self.is_backward and self.op == "max_pool2d" else 0
+        return np.dtype(self.dtype).itemsize * sum(math.prod(s) for s in shapes) + indices
 
     @property
     def memory_bound(self) -> bool:
@@ -148,10 +166,13 @@ class Case:
         return f"{n}x{c}x{h}x{h}, {self.R}x{self.R}/{self.stride} p{self.pad}"
 
     def record(self) -> dict:
-        """The case as the results file stores it (``bias`` only when set, as files before it had none)."""
+        """The case as the results file stores it (``bias`` only when set, ``direction`` only for a gradient,
+        as files before them had neither)."""
         d = dataclasses.asdict(self)
         if not d["bias"]:
             del d["bias"]
+        if not self.is_backward:
+            del d["direction"]
         return d
 
 
@@ -174,6 +195,17 @@ def build_suite(*, quick: bool = False, cpu: bool = False) -> list[Case]:
         cases = [c for c in cases if (c.name, c.dtype) in QUICK]
     if cpu:
         cases = [scale_for_cpu(c) for c in cases]
+    return cases
+
+
+def build_backward(*, cpu: bool = False) -> list[Case]:
+    """The backward suite: for each float32 layer of the suite (the issue's list), the convolution's input
+    and weight gradients, the pooling's input gradient; ``cpu`` applies ``scale_for_cpu``."""
+    cases, base = [], {name for name, _ in CONV_LAYERS} | {layer[0] for layer in POOL_LAYERS}
+    for c in build_suite(cpu=cpu):
+        if c.dtype == "float32" and c.name in base:
+            dirs = ("backward_data", "backward_filter") if c.is_conv else ("backward",)
+            cases += [replace(c, direction=d) for d in dirs]
     return cases
 
 
