@@ -1013,11 +1013,13 @@ def test_render_backward_rows_apart():
 
 
 def test_old_results_files_render_as_before(tmp_path):
-    """Files written before gradients (no ``direction`` anywhere): forward only, no gradient section; the
-    round trip through write_results keeps the rendering."""
+    """Forward-suite files (the committed ones written before gradients have no ``direction`` anywhere):
+    forward only, no gradient section; the round trip through write_results keeps the rendering."""
     from pathlib import Path
     files = sorted((Path(__file__).parent.parent / "bench" / "results").glob("*.json"))
-    for f in files:
+    forward_files = [f for f in files if json.loads(f.read_text())["settings"].get("suite") != "backward"]
+    assert forward_files
+    for f in forward_files:
         old = json.loads(f.read_text())
         assert not any("direction" in r for r in old["rows"])
         md = render.render_markdown(old)
@@ -1025,6 +1027,17 @@ def test_old_results_files_render_as_before(tmp_path):
         assert md.count("\n| ") == len(old["rows"]) + 1  # header + one line per row (separator starts "|-")
         paths = result_files.rerender(f, tmp_path / f.stem, plot=False)
         assert render.render_markdown(json.loads(paths["json"].read_text())) == md
+
+
+def test_committed_backward_results_render_as_filed(tmp_path):
+    """A committed backward-suite file re-renders to its committed Markdown, gradients section included."""
+    from pathlib import Path
+    results_dir = Path(__file__).parent.parent / "bench" / "results"
+    for f in sorted(results_dir.glob("*-backward.json")):
+        data = json.loads(f.read_text())
+        md = render.render_markdown(data)
+        assert "Gradients (backward):" in md and all(r.get("direction") for r in data["rows"])
+        assert f.with_suffix(".md").read_text().startswith(md.rstrip("\n"))  # the filed one adds its plot
 
 
 @pytest.mark.emulated
