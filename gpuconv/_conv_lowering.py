@@ -24,7 +24,8 @@ rotated back at the end.
 
 Memory beyond the result: backward data, one phase's output (about ``|gx| / (sh*sw)``) and the phase's
 sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most).
-Backward filter, a transposed copy of ``x`` (cut to the rows and columns read) and of ``gy``. Plus the
+Backward filter, a transposed copy of ``x`` (cut to the rows and columns read) and of ``gy`` (none on the
+NumPy path for depthwise-like float32 / float64 layers, ``depthwise_filter_numpy``). Plus the
 forward call's own workspace (the NumPy path: ``GPUCONV_NUMPY_WORKSPACE_MB``).
 
 Determinism: on the CUDA path the algorithm is the heuristic's (``select.choose_algo``), never the
@@ -126,6 +127,38 @@ def _read_extent(size, n_out, k, s, p_lo, d):
     return used, need - p_lo - used
 
 
+def _tap_outputs(n_out, size, s, p_lo, d, r):
+    """Outputs ``[o0, o1)`` whose tap ``r`` reads a real input position (``o*s - p_lo + r*d`` in ``[0, size)``),
+    and the first input position read."""
+    o0 = max(0, -(-(p_lo - r * d) // s))
+    o1 = min(n_out, (size - 1 + p_lo - r * d) // s + 1)
+    return o0, max(o0, o1), o0 * s - p_lo + r * d
+
+
+def depthwise_filter_numpy(x, gy, geom: ConvGeometry):
+    """The NumPy path's filter gradient of a depthwise-like convolution (one input channel per filter,
+    float32 / float64): per filter tap one ``einsum`` over strided views of ``x`` and ``gy``, ``gw[c*Kg + j, 0,
+    r, s] = sum_{n,p,q} x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw] * gy[n, c*Kg + j, p, q]``, the outputs
+    whose tap reads padding left out (they add 0). No copy of either operand; a fixed summation order per
+    tap (deterministic). The swapped-role forward call would be an R x S-output convolution with a P x Q
+    "filter", which the NumPy strategies run slowly (about 20x slower for MobileNet's layers)."""
+    import numpy as np
+    N, C = x.shape[:2]
+    Kg, R, S = geom.Kg, geom.R, geom.S
+    gy5 = gy.reshape(N, C, Kg, geom.P, geom.Q)
+    gw = np.zeros((C, Kg, R, S), dtype=gy.dtype)
+    for r in range(R):
+        p0, p1, h0 = _tap_outputs(geom.P, geom.H, geom.sh, geom.pt, geom.dh, r)
+        for s in range(S):
+            q0, q1, w0 = _tap_outputs(geom.Q, geom.W, geom.sw, geom.pl, geom.dw, s)
+            if p1 == p0 or q1 == q0:
+                continue
+            xs = x[:, :, h0:h0 + (p1 - p0 - 1) * geom.sh + 1:geom.sh, w0:w0 + (q1 - q0 - 1) * geom.sw + 1:geom.sw]
+            gw[:, :, r, s] = np.einsum("ncpq,ncjpq->cj", xs, gy5[:, :, :, p0:p1, q0:q1])
+    gw = gw.reshape(C * Kg, 1, R, S)
+    return np.ascontiguousarray(gw[:, :, ::-1, ::-1]) if geom.flip else gw
+
+
 def backward_filter(backend, x, gy, geom: ConvGeometry):
     """``gw (K, Cg, R, S)`` from ``x (N, C, H, W)`` and ``gy (N, K, P, Q)``, ``N > 0``. Returns ``(gw,
     kernel_id)``; ``kernel_id`` is None when every tap reads padding (zeros, nothing ran)."""
@@ -136,6 +169,8 @@ def backward_filter(backend, x, gy, geom: ConvGeometry):
     wu, pr = _read_extent(W, geom.Q, geom.S, geom.sw, geom.pl, geom.dw)
     if hu <= 0 or wu <= 0:
         return xp.zeros((K, Cg, geom.R, geom.S), dtype=gy.dtype), None
+    if not isinstance(backend, CudaBackend) and geom.Cg == 1 and x.dtype.itemsize >= 4:
+        return depthwise_filter_numpy(x, gy, geom), "numpy_depthwise_filter_taps"
     xt = x[:, :, :hu, :wu].reshape(N, G, Cg, hu, wu).transpose(2, 1, 0, 3, 4)
     xt = xp.ascontiguousarray(xt).reshape(Cg, G * N, hu, wu)
     gyt = xp.ascontiguousarray(gy.transpose(1, 0, 2, 3))  # (K, N, P, Q)
