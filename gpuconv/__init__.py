@@ -9,11 +9,12 @@ from ._grad_conv import conv2d_backward, conv_transpose2d
 from .conv import conv2d
 from .pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from .shapes import conv2d_num_params, conv2d_output_shape, pool2d_output_shape
+from . import grad  # noqa: E402  (gpuconv.grad.conv2d_input etc., as torch.nn.grad)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "conv2d", "conv2d_backward", "conv_transpose2d",
+    "conv2d", "conv2d_backward", "conv_transpose2d", "grad",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
     "conv2d_output_shape", "pool2d_output_shape", "conv2d_num_params",
     "backend_info", "last_kernel", "KernelRecord", "set_autotune", "autotune_choices", "clear_autotune_cache",

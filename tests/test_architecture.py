@@ -133,3 +133,17 @@ def test_a_call_may_record_several_kernels():
     rec = _backend.last_kernel()
     assert (rec.op, rec.direction, rec.kernels, rec.kernel) == (
         "conv2d", "backward", ("k_data", "k_filter"), "k_data + k_filter")
+
+
+def test_gradients_are_reachable_after_import_gpuconv_and_numpy_calls_load_no_cuda_table():
+    """``import gpuconv`` gives ``gpuconv.grad`` (as ``import torch`` gives ``torch.nn.grad``) and stays light:
+    a NumPy call, forward or backward, loads none of the CUDA algorithm modules."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, gpuconv\n"
+            "x = np.ones((1, 2, 5, 5), np.float32); w = np.ones((3, 2, 3, 3), np.float32)\n"
+            "y = gpuconv.conv2d(x, w)\n"
+            "gpuconv.grad.conv2d_input(x.shape, w, y); gpuconv.grad.conv2d_weight(x, w.shape, y)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('gpuconv._cuda.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "ops" not in out and "conv_igemm" not in out and "select" not in out, out
