@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 
 from ._backend import CudaBackend
-from ._geometry import ConvGeometry, conv_geometry
+from ._geometry import ConvGeometry, conv_geometry, tap_outputs
 
 
 def forward(backend, x, w, stride, padding, dilation, groups):
@@ -127,14 +127,6 @@ def _read_extent(size, n_out, k, s, p_lo, d):
     return used, need - p_lo - used
 
 
-def _tap_outputs(n_out, size, s, p_lo, d, r):
-    """Outputs ``[o0, o1)`` whose tap ``r`` reads a real input position (``o*s - p_lo + r*d`` in ``[0, size)``),
-    and the first input position read."""
-    o0 = max(0, -(-(p_lo - r * d) // s))
-    o1 = min(n_out, (size - 1 + p_lo - r * d) // s + 1)
-    return o0, max(o0, o1), o0 * s - p_lo + r * d
-
-
 def depthwise_filter_numpy(x, gy, geom: ConvGeometry):
     """The NumPy path's filter gradient of a depthwise-like convolution (one input channel per filter,
     float32 / float64): per filter tap one ``einsum`` over strided views of ``x`` and ``gy``, ``gw[c*Kg + j, 0,
@@ -148,9 +140,9 @@ def depthwise_filter_numpy(x, gy, geom: ConvGeometry):
     gy5 = gy.reshape(N, C, Kg, geom.P, geom.Q)
     gw = np.zeros((C, Kg, R, S), dtype=gy.dtype)
     for r in range(R):
-        p0, p1, h0 = _tap_outputs(geom.P, geom.H, geom.sh, geom.pt, geom.dh, r)
+        p0, p1, h0 = tap_outputs(0, geom.P, 0, geom.H, r * geom.dh - geom.pt, geom.sh)
         for s in range(S):
-            q0, q1, w0 = _tap_outputs(geom.Q, geom.W, geom.sw, geom.pl, geom.dw, s)
+            q0, q1, w0 = tap_outputs(0, geom.Q, 0, geom.W, s * geom.dw - geom.pl, geom.sw)
             if p1 == p0 or q1 == q0:
                 continue
             xs = x[:, :, h0:h0 + (p1 - p0 - 1) * geom.sh + 1:geom.sh, w0:w0 + (q1 - q0 - 1) * geom.sw + 1:geom.sw]

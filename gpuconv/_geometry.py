@@ -481,3 +481,12 @@ def adaptive_geometry(input_shape, output_size, fn: str = "adaptive_pool2d") -> 
 def adaptive_window(i: int, in_size: int, out_size: int) -> tuple[int, int]:
     """``[start, end)`` of adaptive window ``i``: ``floor(i*H/O)`` .. ``ceil((i+1)*H/O)``."""
     return (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
+
+
+def tap_outputs(o0: int, o1: int, in0: int, in1: int, offset: int, stride: int) -> tuple[int, int, int]:
+    """The outputs ``o`` in ``[lo, hi)`` (within ``[o0, o1)``) whose window tap reads input ``o*stride + offset``
+    inside ``[in0, in1)`` (``offset``: the tap's ``tap*dilation - padding``), and the input read by ``o = lo``.
+    An empty range has ``hi == lo``. Shared by the NumPy pooling passes and gradients."""
+    lo = max(o0, -((offset - in0) // stride))  # ceil((in0 - offset) / stride)
+    hi = min(o1, -((offset - in1) // stride))  # ceil((in1 - offset) / stride)
+    return lo, max(lo, hi), lo * stride + offset

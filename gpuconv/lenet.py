@@ -43,7 +43,7 @@ def _activation(name: str):
 
 def forward(x, params: dict, trace: list | None = None, on_layer=None):
     """The network's output ``(N, 10, 1, 1)`` for input ``(N, 1, 32, 32)``. With ``trace`` (a list), appends
-    what the backward pass needs per layer: ``(name, kind, input, output, pool indices)``. ``on_layer(name,
+    what the backward pass needs per layer: ``(name, kind, window, input, output, pool indices)``. ``on_layer(name,
     output)`` is called after each layer (the demo times layers with it)."""
     for name, kind, _, k in LENET5:
         if kind == "maxpool" and trace is None:
@@ -54,7 +54,7 @@ def forward(x, params: dict, trace: list | None = None, on_layer=None):
             w, b = params[name]
             y, idx = conv2d(x, w, b, activation=_activation(name)), None
         if trace is not None:
-            trace.append((name, kind, x, y, idx))
+            trace.append((name, kind, k, x, y, idx))
         if on_layer is not None:
             on_layer(name, y)
         x = y
@@ -68,9 +68,8 @@ def backward(grad_out, params: dict, trace: list) -> dict:
     from ._grad_conv import conv2d_backward
     grads = {}
     g = grad_out
-    for name, kind, x, y, idx in reversed(trace):
+    for name, kind, k, x, y, idx in reversed(trace):
         if kind == "maxpool":
-            k = next(k for n, _, _, k in LENET5 if n == name)
             g = grad.max_pool2d_input(x.shape, g, idx, k, k)
         else:
             w, _ = params[name]

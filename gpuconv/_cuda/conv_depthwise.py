@@ -124,9 +124,9 @@ def depthwise_decline_reason(geom: ConvGeometry, dtype) -> str | None:
         return (f"depthwise declines this geometry because each filter reads C/groups = {geom.Cg} input "
                 f"channels (C={geom.C}, groups={geom.groups}); it handles only one input channel per filter "
                 f"(groups == C, K a multiple of C); use algo='tiled' or 'direct'")
-    reason = depthwise_int32_limit_reason(geom)
+    reason = limits.declines("depthwise", depthwise_int32_limit_reason(geom))
     if reason is not None:
-        return f"depthwise declines this geometry because {reason}"
+        return reason
     need = depthwise_slice_bytes(geom, dtype)
     if need > SHARED_LIMIT_BYTES:
         halo_h, halo_w = depthwise_halo(geom)

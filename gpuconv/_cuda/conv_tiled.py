@@ -99,10 +99,7 @@ def tiled_shared_limit_reason(geom: ConvGeometry, dtype) -> str | None:
 
 
 def tiled_decline_reason(geom: ConvGeometry, dtype) -> str | None:
-    reason = tiled_int32_limit_reason(geom)
-    if reason is not None:
-        return f"tiled declines this geometry because {reason}"
-    return tiled_shared_limit_reason(geom, dtype)
+    return limits.declines("tiled", tiled_int32_limit_reason(geom)) or tiled_shared_limit_reason(geom, dtype)
 
 
 def launch_tiled(rt, x, w, b, y, geom: ConvGeometry) -> str:

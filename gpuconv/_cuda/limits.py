@@ -59,8 +59,12 @@ def conv_int32_limit_reason(geom, extra_h: int = 0, extra_w: int = 0) -> str | N
          "C/groups * kernel_h * kernel_w": geom.Cg * geom.R * geom.S}, "conv2d")
 
 
-def conv_decline_reason(algo: str, geom, extra_h: int = 0, extra_w: int = 0) -> str | None:
-    """``conv_int32_limit_reason`` as an algorithm's decline sentence ("<algo> declines this geometry
-    because ..."), or None."""
-    reason = conv_int32_limit_reason(geom, extra_h, extra_w)
+def declines(algo: str, reason: str | None) -> str | None:
+    """A size rule's ``reason`` as an algorithm's decline sentence ("<algo> declines this geometry because
+    ..."), or None when there is none."""
     return None if reason is None else f"{algo} declines this geometry because {reason}"
+
+
+def conv_decline_reason(algo: str, geom) -> str | None:
+    """``conv_int32_limit_reason`` (no overhang) as ``algo``'s decline sentence, or None."""
+    return declines(algo, conv_int32_limit_reason(geom))

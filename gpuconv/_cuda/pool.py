@@ -100,15 +100,17 @@ def pool_int32_limit_reason(geom) -> str | None:
 # launch
 # --------------------------------------------------------------------------------------------
 
-def _prepare(rt, x, geom, fn: str):
-    """Check dtype and int limits, make x C-contiguous, allocate y."""
+def prepare(rt, a, geom, fn: str, out_shape):
+    """Check ``a``'s dtype and ``geom``'s 32-bit rule (a ``ValueError`` naming ``fn``), make ``a`` C-contiguous
+    and allocate the ``out_shape`` result (the kernels write every element). Shared with the backward
+    launch code (``pool_grad.py``). Returns ``(a, result, dtype)``."""
     xp = rt.xp
-    dtype = np.dtype(x.dtype)
+    dtype = np.dtype(a.dtype)
     _ctype(dtype)
     reason = pool_int32_limit_reason(geom)
     if reason is not None:
         raise ValueError(f"{fn}: {reason}")
-    return xp.ascontiguousarray(x), xp.empty(geom.output_shape, dtype=dtype), dtype
+    return xp.ascontiguousarray(a), xp.empty(out_shape, dtype=dtype), dtype
 
 
 def _indices(rt, geom, return_indices: bool):
@@ -119,24 +121,31 @@ def _indices(rt, geom, return_indices: bool):
     return rt.xp.empty((1,), dtype=np.int64)
 
 
-def _launch(rt, name: str, geom, args) -> None:
-    grid = limits.grid_blocks(geom.N * geom.C * geom.OH * geom.OW, POOL_BLOCK)
-    rt.function(SOURCE, name)((grid, 1, 1), (POOL_BLOCK, 1, 1), args)
+def launch_1d(rt, source: str, name: str, work_items: int, args) -> None:
+    """One thread per work item: 1-D blocks of ``POOL_BLOCK`` threads, the grid capped (the kernels loop
+    grid-stride)."""
+    grid = limits.grid_blocks(work_items, POOL_BLOCK)
+    rt.function(source, name)((grid, 1, 1), (POOL_BLOCK, 1, 1), args)
 
 
-def _i32(*values) -> list:
+def int32_args(*values) -> list:
+    """Scalars for ``int`` kernel parameters (CuPy would pass a Python int as an 8-byte long long)."""
     return [np.int32(v) for v in values]
+
+
+def _launch(rt, name: str, geom, args) -> None:
+    launch_1d(rt, SOURCE, name, geom.N * geom.C * geom.OH * geom.OW, args)
 
 
 def max_pool2d(rt, x, geom: PoolGeometry, return_indices: bool):
     """Returns ``(y, indices or None, kernel_id)``."""
-    x, y, dtype = _prepare(rt, x, geom, "max_pool2d")
+    x, y, dtype = prepare(rt, x, geom, "max_pool2d", geom.output_shape)
     idx = _indices(rt, geom, return_indices)
     kh, kw = window_template(geom)
     name = max_name(dtype, bool(return_indices), kh, kw)
     g = geom
     _launch(rt, name, g, [x, y, idx, np.int64(g.N * g.C)]
-            + _i32(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw))
+            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw))
     return y, (idx if return_indices else None), name
 
 
@@ -144,32 +153,33 @@ def avg_pool2d(rt, x, geom: PoolGeometry, count_include_pad: bool, divisor_overr
     """Returns ``(y, kernel_id)``. ``geom`` must have dilation 1 (``avg_pool2d`` has none)."""
     if geom.dh != 1 or geom.dw != 1:
         raise ValueError("avg_pool2d has no dilation; the geometry must have dilation (1, 1)")
-    x, y, dtype = _prepare(rt, x, geom, "avg_pool2d")
+    x, y, dtype = prepare(rt, x, geom, "avg_pool2d", geom.output_shape)
     kh, kw = window_template(geom)
     name = avg_name(dtype, kh, kw)
     g = geom
     _launch(rt, name, g, [x, y, np.int64(g.N * g.C)]
-            + _i32(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, 1 if count_include_pad else 0)
+            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
+                         1 if count_include_pad else 0)
             + [np.int64(divisor_override or 0)])
     return y, name
 
 
 def adaptive_avg_pool2d(rt, x, geom: AdaptiveGeometry):
     """Returns ``(y, kernel_id)``."""
-    x, y, dtype = _prepare(rt, x, geom, "adaptive_avg_pool2d")
+    x, y, dtype = prepare(rt, x, geom, "adaptive_avg_pool2d", geom.output_shape)
     name = adaptive_avg_name(dtype)
     g = geom
-    _launch(rt, name, g, [x, y, np.int64(g.N * g.C)] + _i32(g.H, g.W, g.OH, g.OW))
+    _launch(rt, name, g, [x, y, np.int64(g.N * g.C)] + int32_args(g.H, g.W, g.OH, g.OW))
     return y, name
 
 
 def adaptive_max_pool2d(rt, x, geom: AdaptiveGeometry, return_indices: bool):
     """Returns ``(y, indices or None, kernel_id)``."""
-    x, y, dtype = _prepare(rt, x, geom, "adaptive_max_pool2d")
+    x, y, dtype = prepare(rt, x, geom, "adaptive_max_pool2d", geom.output_shape)
     idx = _indices(rt, geom, return_indices)
     name = adaptive_max_name(dtype, bool(return_indices))
     g = geom
-    _launch(rt, name, g, [x, y, idx, np.int64(g.N * g.C)] + _i32(g.H, g.W, g.OH, g.OW))
+    _launch(rt, name, g, [x, y, idx, np.int64(g.N * g.C)] + int32_args(g.H, g.W, g.OH, g.OW))
     return y, (idx if return_indices else None), name
 
 

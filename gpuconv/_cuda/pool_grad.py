@@ -25,7 +25,7 @@ import numpy as np
 from .._geometry import AdaptiveGeometry, PoolGeometry
 from . import limits
 from .algo import Algorithm, accepts_everything
-from .pool import FIXED_WINDOWS, POOL_BLOCK, _ctype, pool_int32_limit_reason, window_template
+from .pool import FIXED_WINDOWS, _ctype, int32_args, launch_1d, prepare, window_template
 
 SOURCE = "pool2d_backward.cu"
 BACKWARD = "backward"
@@ -61,24 +61,12 @@ INSTANTIATIONS = {
 
 
 def _prepare(rt, go, geom, fn: str):
-    """Check dtype and the 32-bit rule, make grad_output C-contiguous, allocate the gradient (every element
-    is written by the kernel: no zeroing)."""
-    dtype = np.dtype(go.dtype)
-    _ctype(dtype)
-    reason = pool_int32_limit_reason(geom)
-    if reason is not None:
-        raise ValueError(f"{fn}: {reason}")
-    xp = rt.xp
-    return xp.ascontiguousarray(go), xp.empty((geom.N, geom.C, geom.H, geom.W), dtype=dtype), dtype
+    """``pool.prepare`` for a gradient: ``grad_output`` C-contiguous, the input-shaped gradient allocated."""
+    return prepare(rt, go, geom, fn, (geom.N, geom.C, geom.H, geom.W))
 
 
 def _launch(rt, name: str, geom, args) -> None:
-    grid = limits.grid_blocks(geom.N * geom.C * geom.H * geom.W, POOL_BLOCK)
-    rt.function(SOURCE, name)((grid, 1, 1), (POOL_BLOCK, 1, 1), args)
-
-
-def _i32(*values) -> list:
-    return [np.int32(v) for v in values]
+    launch_1d(rt, SOURCE, name, geom.N * geom.C * geom.H * geom.W, args)
 
 
 def _index_array(rt, idx):
@@ -91,7 +79,7 @@ def max_pool2d(rt, go, idx, geom: PoolGeometry):
     name = max_name(dtype, *window_template(geom))
     g = geom
     _launch(rt, name, g, [go, _index_array(rt, idx), gi, np.int64(g.N * g.C)]
-            + _i32(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw))
+            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw))
     return gi, name
 
 
@@ -103,7 +91,8 @@ def avg_pool2d(rt, go, idx, geom: PoolGeometry, count_include_pad: bool, divisor
     name = avg_name(dtype, *window_template(geom))
     g = geom
     _launch(rt, name, g, [go, gi, np.int64(g.N * g.C)]
-            + _i32(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, 1 if count_include_pad else 0)
+            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
+                         1 if count_include_pad else 0)
             + [np.int64(divisor_override or 0)])
     return gi, name
 
@@ -113,7 +102,8 @@ def adaptive_max_pool2d(rt, go, idx, geom: AdaptiveGeometry):
     go, gi, dtype = _prepare(rt, go, geom, "adaptive_max_pool2d_input")
     name = adaptive_max_name(dtype)
     g = geom
-    _launch(rt, name, g, [go, _index_array(rt, idx), gi, np.int64(g.N * g.C)] + _i32(g.H, g.W, g.OH, g.OW))
+    _launch(rt, name, g, [go, _index_array(rt, idx), gi, np.int64(g.N * g.C)]
+            + int32_args(g.H, g.W, g.OH, g.OW))
     return gi, name
 
 
@@ -122,7 +112,7 @@ def adaptive_avg_pool2d(rt, go, idx, geom: AdaptiveGeometry):
     go, gi, dtype = _prepare(rt, go, geom, "adaptive_avg_pool2d_input")
     name = adaptive_avg_name(dtype)
     g = geom
-    _launch(rt, name, g, [go, gi, np.int64(g.N * g.C)] + _i32(g.H, g.W, g.OH, g.OW))
+    _launch(rt, name, g, [go, gi, np.int64(g.N * g.C)] + int32_args(g.H, g.W, g.OH, g.OW))
     return gi, name
 
 

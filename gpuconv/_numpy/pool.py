@@ -36,7 +36,7 @@ import itertools
 
 import numpy as np
 
-from .._geometry import PoolGeometry
+from .._geometry import PoolGeometry, tap_outputs
 from ._workspace import trim_workspace, workspace, workspace_bytes, workspace_limit
 
 
@@ -83,14 +83,6 @@ def _compute_dtype(dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
-def _tap_range(o0: int, o1: int, in_size: int, offset: int, stride: int) -> tuple[int, int, int]:
-    """Outputs ``o`` in ``[lo, hi)`` (within ``[o0, o1)``) read input ``o*stride + offset`` inside
-    ``[0, in_size)``; returns ``(lo, hi, first input index)``."""
-    lo = max(o0, -(offset // stride)) if offset < 0 else o0  # ceil(-offset / stride) for negative offsets
-    hi = min(o1, (in_size - 1 - offset) // stride + 1) if in_size - 1 - offset >= 0 else o0
-    return lo, max(lo, hi), lo * stride + offset
-
-
 def _taps(g: PoolGeometry, rows, cols, dilation=True):
     """Yield, in row-major window order, ``(i, j, out_rect, in_rect)`` for every tap that reaches the input
     from an output of the block ``rows`` x ``cols`` (``(start, stop)`` each); ``out_rect`` is relative to
@@ -98,11 +90,11 @@ def _taps(g: PoolGeometry, rows, cols, dilation=True):
     dh, dw = (g.dh, g.dw) if dilation else (1, 1)
     (o0, o1), (q0, q1) = rows, cols
     for i in range(g.kh):
-        h_lo, h_hi, h0 = _tap_range(o0, o1, g.H, i * dh - g.ph, g.sh)
+        h_lo, h_hi, h0 = tap_outputs(o0, o1, 0, g.H, i * dh - g.ph, g.sh)
         if h_hi <= h_lo:
             continue
         for j in range(g.kw):
-            w_lo, w_hi, w0 = _tap_range(q0, q1, g.W, j * dw - g.pw, g.sw)
+            w_lo, w_hi, w0 = tap_outputs(q0, q1, 0, g.W, j * dw - g.pw, g.sw)
             if w_hi <= w_lo:
                 continue
             out_rect = (slice(None), slice(None), slice(h_lo - o0, h_hi - o0), slice(w_lo - q0, w_hi - q0))

@@ -29,21 +29,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._geometry import AdaptiveGeometry, PoolGeometry, adaptive_window
+from .._geometry import AdaptiveGeometry, PoolGeometry, adaptive_window, tap_outputs
 from ._workspace import workspace
 from .pool import AXIS_BYTES, _blocks, _compute_dtype, _divisor_axes
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _tap_sources(out_size: int, in0: int, in1: int, offset: int, stride: int) -> tuple[int, int, int]:
-    """Outputs ``o`` in ``[lo, hi)`` (within ``[0, out_size)``) whose tap reads input ``o*stride + offset``
-    inside ``[in0, in1)``; returns ``(lo, hi, that input for o = lo)``."""
-    lo = max(0, _ceil_div(in0 - offset, stride))
-    hi = min(out_size, _ceil_div(in1 - offset, stride))
-    return lo, max(lo, hi), lo * stride + offset
 
 
 def _gather_taps(g: PoolGeometry, rows, cols):
@@ -53,11 +45,11 @@ def _gather_taps(g: PoolGeometry, rows, cols):
     input coordinates of its first cell."""
     (h0, h1), (w0, w1) = rows, cols
     for i in range(g.kh):
-        o_lo, o_hi, hf = _tap_sources(g.OH, h0, h1, i * g.dh - g.ph, g.sh)
+        o_lo, o_hi, hf = tap_outputs(0, g.OH, h0, h1, i * g.dh - g.ph, g.sh)
         if o_hi <= o_lo:
             continue
         for j in range(g.kw):
-            q_lo, q_hi, wf = _tap_sources(g.OW, w0, w1, j * g.dw - g.pw, g.sw)
+            q_lo, q_hi, wf = tap_outputs(0, g.OW, w0, w1, j * g.dw - g.pw, g.sw)
             if q_hi <= q_lo:
                 continue
             in_rect = (slice(hf - h0, hf - h0 + (o_hi - o_lo - 1) * g.sh + 1, g.sh),
