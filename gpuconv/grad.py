@@ -10,12 +10,19 @@
     gpuconv.grad.adaptive_avg_pool2d_input(input_size, grad_output)
     gpuconv.grad.adaptive_max_pool2d_input(input_size, grad_output, indices)
 
+    gpuconv.grad.conv1d_input / conv1d_weight / conv1d_bias, conv3d_input / conv3d_weight / conv3d_bias: the same
+                                  for gpuconv.conv1d / conv3d (torch.nn.grad's names and argument order)
+
 ``gpuconv.conv2d_backward`` and ``gpuconv.conv_transpose2d`` are the convolution's combined backward and its
 transposed form. docs/gradients.md and docs/pooling-gradients.md have the rules.
 """
 
 from ._grad_conv import conv2d_bias, conv2d_input, conv2d_weight
+from .conv_nd import (conv1d_bias, conv1d_input, conv1d_weight, conv3d_bias, conv3d_input,
+                      conv3d_weight)
 from ._grad_pool import adaptive_avg_pool2d_input, adaptive_max_pool2d_input, avg_pool2d_input, max_pool2d_input
 
-__all__ = ["conv2d_input", "conv2d_weight", "conv2d_bias", "max_pool2d_input", "avg_pool2d_input",
+__all__ = ["conv2d_input", "conv2d_weight", "conv2d_bias",
+           "conv1d_input", "conv1d_weight", "conv1d_bias", "conv3d_input", "conv3d_weight", "conv3d_bias",
+           "max_pool2d_input", "avg_pool2d_input",
            "adaptive_avg_pool2d_input", "adaptive_max_pool2d_input"]

@@ -1,0 +1,193 @@
+"""conv1d / conv3d and their gradients lowered onto the 2-D convolution both backends have (issue 18, first
+step: a generalised N-D implicit-GEMM kernel comes later). docs/semantics.md ("conv1d and conv3d") has the
+rules; this module the arithmetic. Inputs are validated arrays and a resolved ``ConvNdGeometry``.
+
+* **1-D** is the 2-D convolution of unit height: ``x (N, C, L)`` seen as ``(N, C, 1, L)``, ``w (K, Cg, S)``
+  as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()`` (``R = 1``, no height padding). The 2-D
+  kernels (and the NumPy strategies) then run one filter row: no work per tap beyond their index math. The
+  gradients are the 2-D gradients' lowering (``_conv_lowering``) on the same views.
+* **3-D, the depth-tap lowering** (on both paths): ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd],
+  w[:, :, t])``. For each depth tap ``t`` in order ``0..T-1``, the output depths whose tap reads inside the
+  input (``_geometry.tap_outputs``) are gathered as one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)``
+  (``n <= OD``; a copy, in the accumulation dtype), convolved by ONE batched 2-D call (``plane(N*n)``), and
+  added into the accumulator ``acc (N, K, OD, OH, OW)``. Taps are added in a fixed order and every 2-D kernel
+  computes each output in one thread in a fixed order: bitwise deterministic. Bias and activation are
+  applied once after the sum. float16 is gathered and computed in float32 (the 2-D calls run their float32
+  kernels) and rounded once at the end, as a float16 conv2d accumulates in float32.
+  A tap that reads the depth padding adds ``0 * w`` (docs/semantics.md: padding is a zero multiplied like
+  any input): zero, or NaN for a filter slice holding inf or NaN, which is added there too (one check of
+  the weight, no work for finite weights).
+  Gradients, the same way: backward data runs, per tap, the 2-D input gradient of the tap's planes
+  (``_conv_lowering.backward_data``) and adds it into the input depths the tap read; backward filter runs
+  per tap the 2-D filter gradient over the ``N*n`` planes (``_conv_lowering.backward_filter``): filter slice
+  ``gw[:, :, t]``, written once.
+
+Memory beyond the result, 3-D: the accumulator is the output itself for float32 / float64 (float16: one
+float32 output-sized buffer); per tap, the gathered planes of the input (at most ``N*OD*C*H*W`` values, as
+many as the input when stride and dilation are 1) and the tap's 2-D result (at most output-sized), freed
+before the next tap; plus the 2-D call's own workspace. Backward data likewise (an input-sized accumulator
+in float32 for float16, per tap the gathered ``gy`` planes and the 2-D result); backward filter, the gathered
+``x`` and ``gy`` planes of one tap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _conv_lowering
+from ._backend import CudaBackend
+from ._geometry import LEAKY_RELU_SLOPE, tap_outputs
+from ._geometry_nd import ConvNdGeometry
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """float16 is computed in float32; float32 and float64 in themselves."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+def resolve_algo(backend, geom2d, dtype, algo) -> str:
+    """``algo`` for one 2-D call: a name or ``'auto'`` as it is, or a policy ``algo(geom2d, dtype, runtime)``
+    (``gpuconv.cudnn``'s tensor-core and auto-tune mapping) asked on the CUDA path; NumPy runs ``'auto'``."""
+    if not callable(algo):
+        return algo
+    return algo(geom2d, np.dtype(dtype), backend.runtime) if isinstance(backend, CudaBackend) else "auto"
+
+
+def apply_epilogue(xp, acc, b, activation) -> None:
+    """In place on ``acc`` (N, K, ...): ``+ bias`` then the activation (the kernels' formulas; NaN propagates)."""
+    if b is not None:
+        acc += b.astype(acc.dtype, copy=False).reshape((1, -1) + (1,) * (acc.ndim - 2))
+    if activation == "relu":
+        xp.maximum(acc, 0, out=acc)
+    elif activation == "leaky_relu":
+        acc[...] = xp.where(acc < 0, acc * acc.dtype.type(LEAKY_RELU_SLOPE), acc)
+    elif activation == "sigmoid":
+        acc[...] = 1 / (1 + xp.exp(-acc))
+    elif activation == "tanh":
+        xp.tanh(acc, out=acc)
+
+
+def tap_range(geom: ConvNdGeometry, t: int, n_out: int, size: int):
+    """Depth tap ``t``: ``(lo, hi, d0)``: outputs ``[lo, hi)`` (of ``n_out``) read input depths ``d0, d0 + sd,
+    ...`` inside ``[0, size)``."""
+    (sd, *_), ((pd, _), *_), (dd, *_) = geom.stride, geom.padding, geom.dilation
+    return tap_outputs(0, n_out, 0, size, t * dd - pd, sd)
+
+
+def _planes(xp, a, lo, hi, step, ct):
+    """``a[:, :, lo:hi:step]`` (N, C, n, H, W) as ``(N*n, C, H, W)``, contiguous, in ``ct``: one copy."""
+    s = a[:, :, lo:hi:step]
+    N, C, n, H, W = s.shape
+    out = xp.empty((N, n, C, H, W), dtype=ct)
+    out[...] = s.transpose(0, 2, 1, 3, 4)
+    return out.reshape(N * n, C, H, W)
+
+
+def effective_weight(w, geom: ConvNdGeometry):
+    """``w``, or rotated by 180 degrees in every spatial dimension (``flip``)."""
+    return w[(slice(None), slice(None)) + (slice(None, None, -1),) * geom.nd] if geom.flip else w
+
+
+# --------------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------------
+
+def forward(backend, x, w, b, geom: ConvNdGeometry, algo="auto"):
+    """``y (N, K, *output_size)`` (new, C-contiguous, x's dtype) and the list of kernel ids that ran."""
+    if geom.nd == 1:
+        g2 = geom.as_2d()
+        y, kernel = backend.conv2d(x[:, :, None, :], w[:, :, None, :], b, g2,
+                                   resolve_algo(backend, g2, x.dtype, algo))
+        return y[:, :, 0, :], [f"conv1d as conv2d of height 1: {kernel}"]
+    return _forward_3d(backend, x, w, b, geom, algo)
+
+
+def _forward_3d(backend, x, w, b, geom, algo):
+    xp = backend.xp
+    ct = compute_dtype(x.dtype)
+    N, K = geom.N, geom.K
+    D, T, OD = geom.input_size[0], geom.kernel_size[0], geom.output_size[0]
+    sd = geom.stride[0]
+    acc = xp.zeros(geom.output_shape, dtype=ct)
+    we = effective_weight(w, geom)
+    nonfinite = None if bool(xp.isfinite(we).all()) else ~xp.isfinite(we).reshape(K, -1, T, *we.shape[3:])
+    kernels = []
+    for t in range(T):
+        lo, hi, d0 = tap_range(geom, t, OD, D)
+        if nonfinite is not None:  # this tap reads the depth padding outside [lo, hi): 0 * w there
+            bad = nonfinite[:, :, t].reshape(K, -1).any(axis=1)
+            acc[:, bad, :lo] = np.nan
+            acc[:, bad, hi:] = np.nan
+        n = hi - lo
+        if n <= 0:
+            continue
+        xs = _planes(xp, x, d0, d0 + (n - 1) * sd + 1, sd, ct)
+        wt = xp.ascontiguousarray(we[:, :, t], dtype=ct)
+        g2 = geom.plane(N * n)
+        y, kernel = backend.conv2d(xs, wt, None, g2, resolve_algo(backend, g2, ct, algo))
+        del xs
+        acc[:, :, lo:hi] += y.reshape(N, n, K, *geom.output_size[1:]).transpose(0, 2, 1, 3, 4)
+        del y
+        kernels.append(f"conv3d depth tap {t}/{T} (conv2d over {N}x{n} planes): {kernel}")
+    apply_epilogue(xp, acc, b, geom.activation)
+    out = acc if acc.dtype == x.dtype else acc.astype(x.dtype)
+    return out, kernels or ["none (every depth tap reads padding)"]
+
+
+# --------------------------------------------------------------------------------------------
+# gradients
+# --------------------------------------------------------------------------------------------
+
+def backward_data(backend, gy, w, geom: ConvNdGeometry, size):
+    """``gx (N, C, *size)`` from ``gy (N, K, ...)`` (``gy`` may be shorter than the forward output, as in a
+    transposed convolution with ``output_padding >= stride``). Returns ``(gx, kernel_ids)``."""
+    if geom.nd == 1:
+        g2 = geom.as_2d()
+        gx, ks = _conv_lowering.backward_data(backend, gy[:, :, None, :], w[:, :, None, :], g2, 1, size[0])
+        return gx[:, :, 0, :], [f"conv1d as conv2d of height 1: {k}" for k in ks]
+    xp = backend.xp
+    ct = compute_dtype(gy.dtype)
+    N, C, K = gy.shape[0], geom.C, geom.K
+    D, T, sd = size[0], geom.kernel_size[0], geom.stride[0]
+    gx = xp.zeros((N, C) + tuple(size), dtype=ct)
+    we = effective_weight(w, geom)
+    kernels = []
+    for t in range(T):
+        lo, hi, d0 = tap_range(geom, t, gy.shape[2], D)
+        n = hi - lo
+        if n <= 0:
+            continue
+        gys = _planes(xp, gy, lo, hi, 1, ct)
+        wt = xp.ascontiguousarray(we[:, :, t], dtype=ct)
+        g2 = geom.plane(N * n, size[1:])
+        gxs, ks = _conv_lowering.backward_data(backend, gys, wt, g2, size[1], size[2])
+        del gys
+        gx[:, :, d0:d0 + (n - 1) * sd + 1:sd] += gxs.reshape(N, n, C, *size[1:]).transpose(0, 2, 1, 3, 4)
+        kernels += [f"conv3d depth tap {t}/{T} (conv2d input gradient over {N}x{n} planes): {k}" for k in ks]
+    return (gx if gx.dtype == gy.dtype else gx.astype(gy.dtype)), kernels
+
+
+def backward_filter(backend, x, gy, geom: ConvNdGeometry):
+    """``gw (K, Cg, *kernel_size)`` from ``x (N, C, ...)`` and ``gy (N, K, ...)``, ``N > 0``. Returns ``(gw,
+    kernel_ids)`` (empty when every tap reads padding: zeros)."""
+    if geom.nd == 1:
+        gw, k = _conv_lowering.backward_filter(backend, x[:, :, None, :], gy[:, :, None, :], geom.as_2d())
+        return gw[:, :, 0, :], [] if k is None else [f"conv1d as conv2d of height 1: {k}"]
+    xp = backend.xp
+    ct = compute_dtype(gy.dtype)
+    N, T, D, sd = geom.N, geom.kernel_size[0], geom.input_size[0], geom.stride[0]
+    gw = xp.zeros((geom.K, geom.Cg) + geom.kernel_size, dtype=ct)
+    kernels = []
+    for t in range(T):
+        lo, hi, d0 = tap_range(geom, t, geom.output_size[0], D)
+        n = hi - lo
+        if n <= 0:
+            continue
+        xs = _planes(xp, x, d0, d0 + (n - 1) * sd + 1, sd, ct)
+        gys = _planes(xp, gy, lo, hi, 1, ct)
+        gwt, k = _conv_lowering.backward_filter(backend, xs, gys, geom.plane(N * n))
+        gw[:, :, t] = gwt
+        if k is not None:
+            kernels.append(f"conv3d depth tap {t}/{T} (conv2d filter gradient over {N}x{n} planes): {k}")
+    gw = effective_weight(gw, geom)
+    return xp.ascontiguousarray(gw, dtype=gy.dtype), kernels

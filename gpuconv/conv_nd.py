@@ -1,0 +1,248 @@
+"""``gpuconv.conv1d`` / ``gpuconv.conv3d``, their gradients (``gpuconv.grad.conv1d_input`` ... ``conv3d_bias``,
+``torch.nn.grad``'s names and argument order) and ``gpuconv.conv_transpose1d`` / ``conv_transpose3d``.
+
+Each function checks its arrays (``_backend.coerce_arrays``: the arrays decide the backend), resolves the
+forward call (``_geometry_nd.conv_nd_geometry``: conv2d's rules and messages for 1 or 3 spatial dimensions)
+and runs the lowering onto the 2-D convolution (``_conv_nd``: 1-D as a unit-height conv2d, 3-D as a sum over
+depth taps of batched 2-D convolutions). ``gpuconv.last_kernel()`` names the lowering and every 2-D kernel.
+docs/semantics.md, "conv1d and conv3d", has the rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _backend, _conv_nd
+from ._geometry import _is_int, _shape_str
+from ._geometry_nd import KERNEL, as_tuple, conv_nd_geometry, explicit_padding
+
+__all__ = ["conv1d", "conv3d", "conv1d_input", "conv1d_weight", "conv1d_bias", "conv3d_input", "conv3d_weight",
+           "conv3d_bias", "conv_transpose1d", "conv_transpose3d"]
+
+
+def _forward(n, input, weight, bias, stride, padding, dilation, groups, flip, activation, algo):
+    fn = f"conv{n}d"
+    backend, a = _backend.coerce_arrays(fn, optional=("bias",), input=input, weight=weight, bias=bias)
+    x, w, b = a["input"], a["weight"], a["bias"]
+    g = conv_nd_geometry(n, tuple(x.shape), tuple(w.shape), None if b is None else tuple(b.shape), stride,
+                         padding, dilation, groups, flip, activation)
+    if isinstance(algo, str) and algo != "auto":
+        from ._cuda.conv import check_algo
+        check_algo(algo)
+        if backend.xp is np:
+            raise ValueError(f"algo={algo!r} selects a CUDA kernel, but the inputs are NumPy arrays, which run "
+                             "the NumPy path; use algo='auto' or pass CuPy arrays")
+    batched = x.ndim == n + 2
+    xb = x if batched else x[None]
+    if g.N == 0:
+        y, kernels = backend.xp.empty(g.output_shape, dtype=x.dtype), ["none (empty output)"]
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            y, kernels = _conv_nd.forward(backend, xb, w, b, g, algo)
+    _backend.record(fn, backend.name, *kernels)
+    return y if batched else y[0]
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, flip=False, activation=None,
+           algo="auto"):
+    """1-D convolution (cross-correlation, as ``torch.nn.functional.conv1d``): ``input (N, C, L)`` or
+    unbatched ``(C, L)``, ``weight (K, C/groups, S)``, ``bias (K,)`` or None; output ``(N, K, Lo)``,
+    ``Lo = floor((L + pl + pr - d*(S-1) - 1) / s) + 1``. ``stride`` / ``dilation``: int or ``(s,)``;
+    ``padding``: int, ``(p,)``, ``((left, right),)``, ``'valid'`` or ``'same'`` (conv2d's rule per axis);
+    ``flip``, ``activation``, ``groups``, dtypes, errors and ``algo`` as ``gpuconv.conv2d``. Runs as the 2-D
+    convolution of unit height (views, no copy) on both paths."""
+    return _forward(1, input, weight, bias, stride, padding, dilation, groups, flip, activation, algo)
+
+
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, flip=False, activation=None,
+           algo="auto"):
+    """3-D convolution (cross-correlation, as ``torch.nn.functional.conv3d``): ``input (N, C, D, H, W)`` or
+    unbatched ``(C, D, H, W)``, ``weight (K, C/groups, T, R, S)``; output ``(N, K, OD, OH, OW)`` with conv2d's
+    size formula per axis. ``stride`` / ``dilation``: int or triple; ``padding``: int, triple, ``((front,
+    back), (top, bottom), (left, right))``, ``'valid'`` or ``'same'``. ``flip`` rotates the kernel in all
+    three axes. Runs as the depth-tap lowering (``_conv_nd``): per depth tap one batched 2-D convolution,
+    summed in a fixed order (deterministic); ``algo`` names the 2-D algorithm every tap runs."""
+    return _forward(3, input, weight, bias, stride, padding, dilation, groups, flip, activation, algo)
+
+
+# --------------------------------------------------------------------------------------------
+# gradients
+# --------------------------------------------------------------------------------------------
+
+def _size_arg(fn, name, size, ranks):
+    if not (isinstance(size, (tuple, list)) and all(_is_int(v) for v in size)):
+        raise TypeError(f"{fn}(): {name} must be a tuple of ints, got {size!r}")
+    if len(size) not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ValueError(f"{fn}(): {name} must have {want} entries, got {name}={_shape_str(size)}")
+    if min(size) < 0:
+        raise ValueError(f"{fn}(): {name} must not have negative entries, got {name}={_shape_str(size)}")
+    return tuple(int(v) for v in size)
+
+
+def _check_grad_output(fn, gy, geom, batched, what):
+    expected = geom.output_shape if batched else geom.output_shape[1:]
+    if tuple(gy.shape) != tuple(expected):
+        raise ValueError(f"{fn}(): expected grad_output of size {_shape_str(expected)} (the forward output "
+                         f"of {what}), but got grad_output of size {_shape_str(gy.shape)}")
+    return gy if batched else gy[None]
+
+
+def _data(backend, gy, w, geom, size):
+    N, C = gy.shape[0], geom.C
+    if 0 in (N, C) + tuple(size):
+        return backend.xp.zeros((N, C) + tuple(size), dtype=gy.dtype), ["none (empty output)"]
+    with np.errstate(over="ignore", invalid="ignore"):
+        gx, kernels = _conv_nd.backward_data(backend, gy, w, geom, size)
+    return gx, kernels or ["none (no filter tap reaches the input: zeros)"]
+
+
+def _input(n, input_size, weight, grad_output, stride, padding, dilation, groups, flip):
+    fn = f"conv{n}d_input"
+    backend, a = _backend.coerce_arrays(fn, weight=weight, grad_output=grad_output)
+    w, gy = a["weight"], a["grad_output"]
+    size = _size_arg(fn, "input_size", input_size, (n + 1, n + 2))
+    geom = conv_nd_geometry(n, size, tuple(w.shape), None, stride, padding, dilation, groups, flip)
+    batched = len(size) == n + 2
+    gyb = _check_grad_output(fn, gy, geom, batched,
+                             f"input_size={_shape_str(size)} and weight of size {_shape_str(w.shape)}")
+    gx, kernels = _data(backend, gyb, w, geom, geom.input_size)
+    _backend.record(f"conv{n}d", backend.name, *kernels, direction="backward_data")
+    return gx if batched else gx[0]
+
+
+def _weight(n, input, weight_size, grad_output, stride, padding, dilation, groups, flip):
+    fn = f"conv{n}d_weight"
+    backend, a = _backend.coerce_arrays(fn, input=input, grad_output=grad_output)
+    x, gy = a["input"], a["grad_output"]
+    wsize = _size_arg(fn, "weight_size", weight_size, (n + 2,))
+    geom = conv_nd_geometry(n, tuple(x.shape), wsize, None, stride, padding, dilation, groups, flip)
+    batched = x.ndim == n + 2
+    gyb = _check_grad_output(fn, gy, geom, batched,
+                             f"input of size {_shape_str(x.shape)} and weight_size={_shape_str(wsize)}")
+    if geom.N == 0 or 0 in geom.input_size:
+        gw, kernels = backend.xp.zeros(geom.weight_shape, dtype=gy.dtype), ["none (empty batch: zeros)"]
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            gw, kernels = _conv_nd.backward_filter(backend, x if batched else x[None], gyb, geom)
+        kernels = kernels or ["none (every tap reads padding: zeros)"]
+    _backend.record(f"conv{n}d", backend.name, *kernels, direction="backward_filter")
+    return gw
+
+
+def _bias(n, grad_output):
+    fn = f"conv{n}d_bias"
+    backend, a = _backend.coerce_arrays(fn, grad_output=grad_output)
+    gy = a["grad_output"]
+    if gy.ndim not in (n + 1, n + 2):
+        raise ValueError(f"{fn}(): expected grad_output of {n + 1} (unbatched) or {n + 2} (batched) dimensions, "
+                         f"(N, K, {', '.join(['*'] * n)}), but got grad_output of size {_shape_str(gy.shape)}")
+    gyb = gy if gy.ndim == n + 2 else gy[None]
+    ct = _conv_nd.compute_dtype(gy.dtype)
+    gb = backend.xp.sum(gyb, axis=(0,) + tuple(range(2, n + 2)), dtype=ct).astype(gy.dtype, copy=False)
+    _backend.record(f"conv{n}d", backend.name, f"{backend.xp.__name__}.sum", direction="backward_bias")
+    return gb
+
+
+def conv1d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
+    """Gradient of ``gpuconv.conv1d`` with respect to ``input`` (``torch.nn.grad.conv1d_input``): shape
+    ``input_size`` ``(N, C, L)`` or ``(C, L)``; ``grad_output`` the forward output's shape."""
+    return _input(1, input_size, weight, grad_output, stride, padding, dilation, groups, flip)
+
+
+def conv1d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
+    """Gradient of ``gpuconv.conv1d`` with respect to ``weight`` (``torch.nn.grad.conv1d_weight``): shape
+    ``weight_size`` ``(K, C/groups, S)``."""
+    return _weight(1, input, weight_size, grad_output, stride, padding, dilation, groups, flip)
+
+
+def conv1d_bias(grad_output):
+    """Gradient of ``conv1d``'s bias: ``grad_output (N, K, Lo)`` (or ``(K, Lo)``) summed over all but K."""
+    return _bias(1, grad_output)
+
+
+def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
+    """Gradient of ``gpuconv.conv3d`` with respect to ``input`` (``torch.nn.grad.conv3d_input``): shape
+    ``input_size`` ``(N, C, D, H, W)`` or unbatched; the depth-tap lowering of the 2-D input gradient."""
+    return _input(3, input_size, weight, grad_output, stride, padding, dilation, groups, flip)
+
+
+def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
+    """Gradient of ``gpuconv.conv3d`` with respect to ``weight`` (``torch.nn.grad.conv3d_weight``): shape
+    ``weight_size`` ``(K, C/groups, T, R, S)``; per depth tap one 2-D filter gradient."""
+    return _weight(3, input, weight_size, grad_output, stride, padding, dilation, groups, flip)
+
+
+def conv3d_bias(grad_output):
+    """Gradient of ``conv3d``'s bias: ``grad_output (N, K, OD, OH, OW)`` (or unbatched) summed over all but
+    K, float16 in float32 and rounded once."""
+    return _bias(3, grad_output)
+
+
+# --------------------------------------------------------------------------------------------
+# transposed convolution
+# --------------------------------------------------------------------------------------------
+
+def _transpose(n, input, weight, bias, stride, padding, output_padding, groups, dilation):
+    fn = f"conv_transpose{n}d"
+    backend, a = _backend.coerce_arrays(fn, optional=("bias",), input=input, weight=weight, bias=bias)
+    x, w, b = a["input"], a["weight"], a["bias"]
+    st = as_tuple(stride, n, "stride", minimum=1)
+    dl = as_tuple(dilation, n, "dilation", minimum=1)
+    op = as_tuple(output_padding, n, "output_padding", minimum=0)
+    if isinstance(padding, str):
+        raise TypeError(f"{fn}(): argument 'padding' must be an int, a tuple of {n} ints or {n} (low, high) "
+                        f"pairs, not str ({padding!r})")
+    pads = explicit_padding(padding, n, (1,) * n, (1,) * n, (1,) * n, (1,) * n)
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups <= 0:
+        raise ValueError(f"non-positive groups is not supported, got groups={groups}")
+    if x.ndim not in (n + 1, n + 2):
+        raise ValueError(f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to {fn}, but got input "
+                         f"of size: {_shape_str(x.shape)}")
+    if w.ndim != n + 2:
+        raise ValueError(f"weight must be {n + 2}-D (in_channels, out_channels/groups, {KERNEL[n]}), got weight "
+                         f"of size {_shape_str(w.shape)}")
+    if min(w.shape) <= 0:
+        raise ValueError(f"weight of size {_shape_str(w.shape)} has an empty dimension")
+    xb = x if x.ndim == n + 2 else x[None]
+    N, Cin, size = xb.shape[0], xb.shape[1], tuple(xb.shape[2:])
+    if w.shape[0] % groups:
+        raise ValueError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+                         f"but got weight of size {_shape_str(w.shape)} instead")
+    if Cin != w.shape[0]:
+        raise ValueError(f"Given transposed=1, weight of size {_shape_str(w.shape)}, expected "
+                         f"input{_shape_str(x.shape)} to have {w.shape[0]} channels, but got {Cin} channels "
+                         f"instead")
+    Cout, kernel = w.shape[1] * groups, tuple(w.shape[2:])
+    if b is not None and tuple(b.shape) != (Cout,):
+        raise ValueError(f"Given transposed=1, weight of size {_shape_str(w.shape)}, expected bias to be "
+                         f"1-dimensional with {Cout} elements, but got bias of size {_shape_str(b.shape)} instead")
+    if any(not (op[i] < st[i] or op[i] < dl[i]) for i in range(n)):
+        raise ValueError(f"output padding must be smaller than either stride or dilation, but got "
+                         f"output_padding={op}, stride={st}, dilation={dl}")
+    out = tuple((size[i] - 1) * st[i] - sum(pads[i]) + dl[i] * (kernel[i] - 1) + op[i] + 1 for i in range(n))
+    if min(out) <= 0 or min(size) <= 0:
+        raise ValueError(f"Given input size per channel: ({' x '.join(map(str, size))}). Calculated output size "
+                         f"per channel: ({' x '.join(map(str, out))}). Output size is too small")
+    geom = conv_nd_geometry(n, (N, Cout) + out, tuple(w.shape), None, st, pads, dl, groups)
+    y, kernels = _data(backend, xb, w, geom, out)
+    if b is not None:
+        ct = _conv_nd.compute_dtype(y.dtype)
+        y = (y.astype(ct) + b.astype(ct).reshape((1, -1) + (1,) * n)).astype(y.dtype, copy=False)
+    _backend.record(f"conv{n}d", backend.name, *kernels, direction="backward_data")
+    return y if x.ndim == n + 2 else y[0]
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """Transposed 1-D convolution, ``torch.nn.functional.conv_transpose1d``'s semantics and weight layout:
+    ``input (N, C_in, L)``, ``weight (C_in, C_out/groups, S)``; output length ``(L-1)*s - pl - pr + d*(S-1)
+    + output_padding + 1``. ``padding``: int, ``(p,)`` or ``((left, right),)`` (no strings)."""
+    return _transpose(1, input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """Transposed 3-D convolution, ``torch.nn.functional.conv_transpose3d``'s semantics: ``input (N, C_in, D, H,
+    W)``, ``weight (C_in, C_out/groups, T, R, S)``; the input gradient of the matching conv3d."""
+    return _transpose(3, input, weight, bias, stride, padding, output_padding, groups, dilation)
