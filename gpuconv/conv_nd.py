@@ -28,10 +28,7 @@ def _forward(n, input, weight, bias, stride, padding, dilation, groups, flip, ac
                          padding, dilation, groups, flip, activation)
     if isinstance(algo, str) and algo != "auto":
         from ._cuda.conv import check_algo
-        check_algo(algo)
-        if backend.xp is np:
-            raise ValueError(f"algo={algo!r} selects a CUDA kernel, but the inputs are NumPy arrays, which run "
-                             "the NumPy path; use algo='auto' or pass CuPy arrays")
+        check_algo(algo)  # (the NumPy backend refuses a named algorithm itself)
     batched = x.ndim == n + 2
     xb = x if batched else x[None]
     if g.N == 0:

@@ -251,3 +251,96 @@ def adaptive_pool2d_ref(x, out_hw, op):
                             best, arg = v, h * W + w
                     vals[n, c, oh, ow], idx[n, c, oh, ow] = best, arg
     return vals if op == "avg" else (vals, idx)
+
+
+# --------------------------------------------------------------------------------------------
+# N-D convolution (conv1d, conv3d): the same definition for any number of spatial dimensions
+# --------------------------------------------------------------------------------------------
+
+def explicit_padding_nd(padding, k, s, d, size, flip=False):
+    """``((low, high), ...)`` per spatial dimension for gpuconv's N-D padding forms: an int, a tuple of ints,
+    a tuple of ``(low, high)`` pairs, 'valid', 'same' (``same_padding_ref`` per dimension)."""
+    n = len(k)
+    if padding == "valid":
+        return ((0, 0),) * n
+    if padding == "same":
+        return tuple(same_padding_ref(size[i], k[i], s[i], d[i], flip) for i in range(n))
+    if isinstance(padding, int):
+        return ((padding, padding),) * n
+    if isinstance(padding[0], (tuple, list)):
+        return tuple(tuple(p) for p in padding)
+    return tuple((p, p) for p in padding)
+
+
+def conv_nd_ref(x, w, b=None, stride=None, pad=None, dilation=None, groups=1, flip=False, activation=None):
+    """x (N, C, *size), w (K, C/groups, *k), pad ``((low, high), ...)``. Returns float64::
+
+        out[n, k, o...] = b[k] + sum over c < Cg and taps t... of
+                          xpad[n, g*Cg + c, o_i*s_i + t_i*d_i ...] * w[k, c, t'...]
+
+    then the activation; ``t' = k - 1 - t`` per dimension for true convolution (``flip``). One explicit
+    einsum per group and filter tap (``itertools.product`` over the taps) on the window of ``xpad`` the tap
+    reads; output sizes from ``conv_out``. Independent of gpuconv, as ``conv2d_ref``."""
+    import itertools
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n = x.ndim - 2
+    stride = stride or (1,) * n
+    dilation = dilation or (1,) * n
+    pad = pad or ((0, 0),) * n
+    N, C, size = x.shape[0], x.shape[1], x.shape[2:]
+    K, Cg, ks = w.shape[0], w.shape[1], w.shape[2:]
+    out = tuple(max(conv_out(size[i], ks[i], stride[i], pad[i][0], pad[i][1], dilation[i]), 0) for i in range(n))
+    xpad = np.pad(x, ((0, 0), (0, 0)) + tuple(pad))
+    Kg = K // groups
+    y = np.zeros((N, K) + out)
+    for g in range(groups):
+        xg = xpad[:, g * Cg:(g + 1) * Cg]
+        kg = slice(g * Kg, (g + 1) * Kg)
+        for taps in itertools.product(*(range(k) for k in ks)):
+            window = xg[(slice(None), slice(None)) + tuple(
+                slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(taps, dilation, out, stride))]
+            wt = tuple(k - 1 - t for k, t in zip(ks, taps)) if flip else taps
+            y[:, kg] += np.einsum("nc...,kc->nk...", window, w[(kg, slice(None)) + wt])
+    if b is not None:
+        y += np.asarray(b, dtype=np.float64).reshape((1, -1) + (1,) * n)
+    return apply_activation(y, activation)
+
+
+def reference_conv_nd(x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None):
+    """``conv_nd_ref`` with gpuconv's argument forms; returns float64 ``(out, magnitude)`` as
+    ``reference_conv2d``."""
+    n = np.ndim(x) - 2
+    stride = (stride,) * n if isinstance(stride, int) else tuple(stride)
+    dilation = (dilation,) * n if isinstance(dilation, int) else tuple(dilation)
+    pad = explicit_padding_nd(padding, np.shape(w)[2:], stride, dilation, np.shape(x)[2:], flip)
+    kw = dict(stride=stride, pad=pad, dilation=dilation, groups=groups, flip=flip)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = conv_nd_ref(x, w, b, activation=activation, **kw)
+        magnitude = conv_nd_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), **kw)
+    return out, magnitude
+
+
+def conv_nd_grads_ref(x, w, gy, stride, pad, dilation, groups, flip):
+    """``(gx, gw)`` in float64 from the definition (the adjoint of ``conv_nd_ref``): each output adds
+    ``xpad[window] * w[tap]``, so ``gy`` flows back to the partner of each factor, tap by tap."""
+    import itertools
+    x, w, gy = (np.asarray(a, dtype=np.float64) for a in (x, w, gy))
+    n = x.ndim - 2
+    Cg, ks, out = w.shape[1], w.shape[2:], gy.shape[2:]
+    K = w.shape[0]
+    Kg = K // groups
+    xpad = np.pad(x, ((0, 0), (0, 0)) + tuple(pad))
+    gxpad = np.zeros_like(xpad)
+    gw = np.zeros_like(w)
+    for g in range(groups):
+        cs, kg = slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)
+        for taps in itertools.product(*(range(k) for k in ks)):
+            sl = (slice(None), cs) + tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                                           for t, d, o, s in zip(taps, dilation, out, stride))
+            wt = (kg, slice(None)) + (tuple(k - 1 - t for k, t in zip(ks, taps)) if flip else taps)
+            xs, gs = xpad[sl], gy[:, kg]
+            gw[wt] += np.einsum("ncp,nkp->kc", xs.reshape(xs.shape[:2] + (-1,)), gs.reshape(gs.shape[:2] + (-1,)))
+            gxpad[sl] += np.einsum("nk...,kc->nc...", gy[:, kg], w[wt])
+    inner = (slice(None), slice(None)) + tuple(slice(lo, lo + s) for (lo, _), s in zip(pad, x.shape[2:]))
+    return gxpad[inner], gw
