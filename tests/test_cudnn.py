@@ -1,0 +1,350 @@
+"""``gpuconv.cudnn``: CuPy 13's ``cupy.cudnn`` convolution and pooling functions (issue 18), on the NumPy path and
+on our CUDA kernels through the emulator (a GPU where there is one), against PyTorch CPU (forward, autograd,
+pooling) and against SciPy through the calls sigpy's ``sigpy.conv`` makes (1-D / 2-D / 3-D, strides, 'full'
+and 'valid' as explicit padding, complex data split into four real convolutions by the caller); plus the
+argument mapping (tensor cores, auto-tune, layouts) and the errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import scipy.signal
+
+import gpuconv
+from gpuconv import cudnn
+from gpuconv._backend import CudaBackend, use_backend
+from gpuconv._geometry import conv_geometry
+from tests.runners import emulated_runtime, gpu_unavailable_reason, torch
+
+KINDS = [pytest.param("numpy", id="numpy"), pytest.param("emulated", id="emulated", marks=pytest.mark.emulated),
+         pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
+
+
+class On:
+    """Arrays and calls of one backend: ``arr`` turns NumPy test data into its arrays, ``host`` back."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        if kind == "gpu":
+            reason = gpu_unavailable_reason()
+            if reason:
+                pytest.skip(reason)
+            import cupy
+            self.arr, self.host = cupy.asarray, cupy.asnumpy
+        else:
+            self.arr, self.host = np.asarray, np.asarray
+
+    def __enter__(self):
+        self._ctx = (use_backend(CudaBackend(emulated_runtime())) if self.kind == "emulated"
+                     else contextlib.nullcontext())
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def _torch_fn(nd, name):
+    import torch.nn.functional as F
+    return getattr(F, f"{name}{nd}d")
+
+
+CONV_CASES = {  # nd, x shape, W shape, pad, stride, dilation, groups
+    "1d-full-s2": (1, (2, 4, 9), (6, 2, 3), (2,), (2,), (1,), 2),
+    "2d-dil": (2, (2, 3, 7, 6), (4, 3, 3, 2), (1, 0), (1, 2), (2, 1), 1),
+    "2d-full-s3": (2, (1, 2, 5, 6), (3, 2, 2, 3), (1, 2), (3, 1), (1, 1), 1),
+    "3d-g2": (3, (2, 4, 4, 5, 3), (4, 2, 2, 3, 2), (1, 2, 1), (1, 2, 1), (1, 1, 2), 2),
+    "3d-full-s2": (3, (1, 2, 3, 4, 5), (2, 2, 3, 2, 3), (2, 1, 2), (2, 1, 2), (1, 1, 1), 1),
+}
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", list(CONV_CASES))
+def test_convolution_functions_match_pytorch(kind, name):
+    nd, xs, ws, pad, stride, dil, groups = CONV_CASES[name]
+    rng = np.random.default_rng(0)
+    x, W, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(W, requires_grad=True)
+    yt = _torch_fn(nd, "conv")(xt, wt, torch.tensor(b), stride, pad, dil, groups)
+    gy = rng.standard_normal(yt.shape)
+    yt.backward(torch.tensor(gy))
+    bx = rng.standard_normal(xs[1])
+    with On(kind) as on:
+        y = on.arr(np.full(yt.shape, np.nan))
+        assert cudnn.convolution_forward(on.arr(x), on.arr(W), on.arr(b), y, pad, stride, dil, groups,
+                                         auto_tune=True, tensor_core="auto") is None
+        np.testing.assert_allclose(on.host(y), yt.detach().numpy(), rtol=1e-11, atol=1e-11)
+        gx = on.arr(np.full(xs, np.nan))
+        cudnn.convolution_backward_data(on.arr(W), on.arr(gy), on.arr(bx), gx, pad, stride, dil, groups,
+                                        deterministic=True, auto_tune=False, tensor_core="never")
+        expected = xt.grad.numpy() + bx.reshape((1, -1) + (1,) * nd)
+        np.testing.assert_allclose(on.host(gx), expected, rtol=1e-11, atol=1e-11)
+        gW = on.arr(np.full(ws, np.nan))
+        cudnn.convolution_backward_filter(on.arr(x), on.arr(gy), gW, pad, stride, dil, groups,
+                                          deterministic=False, auto_tune=True, tensor_core="always")
+        np.testing.assert_allclose(on.host(gW), wt.grad.numpy(), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_float32_and_float16(kind):
+    rng = np.random.default_rng(1)
+    for dt, tol in ((np.float32, 1e-5), (np.float16, 2e-2)):
+        x = rng.standard_normal((2, 3, 6, 5, 4)).astype(dt)
+        W = rng.standard_normal((2, 3, 2, 2, 2)).astype(dt)
+        ref = gpuconv.conv3d(x.astype(np.float64), W.astype(np.float64), None, 1, 1)
+        with On(kind) as on:
+            y = on.arr(np.empty(ref.shape, dt))
+            cudnn.convolution_forward(on.arr(x), on.arr(W), None, y, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1,
+                                      auto_tune=False, tensor_core="never")
+            np.testing.assert_allclose(on.host(y).astype(np.float64), ref, rtol=tol, atol=tol * 4)
+
+
+# --------------------------------------------------------------------------------------------
+# pooling
+# --------------------------------------------------------------------------------------------
+
+POOL_MODES = {"max": cudnn.CUDNN_POOLING_MAX, "include": cudnn.CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING,
+              "exclude": cudnn.CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING}
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", list(POOL_MODES))
+def test_pooling_2d_matches_pytorch(kind, mode):
+    import torch.nn.functional as F
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 7, 8))
+    ksize, stride, pad = (3, 2), (2, 2), (1, 1)
+    xt = torch.tensor(x, requires_grad=True)
+    if mode == "max":
+        yt = F.max_pool2d(xt, ksize, stride, pad)
+    else:
+        yt = F.avg_pool2d(xt, ksize, stride, pad, count_include_pad=mode == "include")
+    gy = rng.standard_normal(yt.shape)
+    yt.backward(torch.tensor(gy))
+    with On(kind) as on:
+        y = on.arr(np.empty(yt.shape))
+        assert cudnn.pooling_forward(on.arr(x), y, ksize, stride, pad, POOL_MODES[mode]) is y
+        np.testing.assert_allclose(on.host(y), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+        gx = cudnn.pooling_backward(on.arr(x), y, on.arr(gy), ksize, stride, pad, POOL_MODES[mode])
+        assert gx.shape == x.shape
+        np.testing.assert_allclose(on.host(gx), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nd", [1, 3])
+def test_pooling_1d_3d_say_what_is_missing(nd):
+    x = np.ones((1, 2) + (4,) * nd)
+    missing = [f"max_pool{nd}d", f"avg_pool{nd}d"]
+    if all(hasattr(gpuconv, m) for m in missing):
+        pytest.skip("N-D pooling has landed")
+    with pytest.raises(NotImplementedError, match=rf"{nd}-D pooling needs gpuconv\.max_pool{nd}d"):
+        cudnn.pooling_forward(x, np.empty_like(x), (2,) * nd, (2,) * nd, (0,) * nd, cudnn.CUDNN_POOLING_MAX)
+    with pytest.raises(NotImplementedError, match=rf"gpuconv\.grad\.avg_pool{nd}d_input"):
+        cudnn.pooling_backward(x, x, x, (2,) * nd, (2,) * nd, (0,) * nd,
+                               cudnn.CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING)
+
+
+# --------------------------------------------------------------------------------------------
+# sigpy's calls (sigpy/conv.py's CUDA functions), on NumPy arrays: what a user switching the import runs
+# --------------------------------------------------------------------------------------------
+
+def _sigpy_params(data_shape, filt_shape, mode, strides):
+    """sigpy's parameter arithmetic for multi-channel data ``(B, c_i, *m)`` and filters ``(c_o, c_i, *n)``."""
+    D = len(filt_shape) - 2
+    m, n = tuple(data_shape[-D:]), tuple(filt_shape[-D:])
+    s = tuple(strides) if strides else (1,) * D
+    if mode == "full":
+        p = tuple((a + b - 1 + c - 1) // c for a, b, c in zip(m, n, s))
+        pads = tuple(b - 1 for b in n)
+    else:
+        p = tuple((a - b + 1 + c - 1) // c for a, b, c in zip(m, n, s))
+        pads = (0,) * D
+    return D, s, p, pads
+
+
+def _flip(a, D):
+    return a[(Ellipsis,) + (slice(None, None, -1),) * D]
+
+
+def sigpy_convolve(data, filt, mode, strides):
+    """As sigpy's ``_convolve_cuda``: true convolution = cross-correlation with the flipped filter."""
+    D, s, p, pads = _sigpy_params(data.shape, filt.shape, mode, strides)
+    out = np.empty((data.shape[0], filt.shape[0]) + p, dtype=data.dtype)
+    cudnn.convolution_forward(data, _flip(filt, D), None, out, pads, s, (1,) * D, 1, auto_tune=True,
+                              tensor_core="auto")
+    return out
+
+
+def sigpy_adjoint_data(output, filt, data_shape, mode, strides):
+    """As sigpy's ``_convolve_adjoint_data_cuda``."""
+    D, s, p, pads = _sigpy_params(data_shape, filt.shape, mode, strides)
+    data = np.empty(data_shape, dtype=output.dtype)
+    cudnn.convolution_backward_data(_flip(filt, D), output, None, data, pads, s, (1,) * D, 1,
+                                    deterministic=False, auto_tune=True, tensor_core="auto")
+    return data
+
+
+def sigpy_adjoint_filter(output, data, filt_shape, mode, strides):
+    """As sigpy's ``_convolve_adjoint_filter_cuda``."""
+    D, s, p, pads = _sigpy_params(data.shape, filt_shape, mode, strides)
+    filt = np.empty(filt_shape, dtype=output.dtype)
+    cudnn.convolution_backward_filter(data, output, filt, pads, s, (1,) * D, 1, deterministic=False,
+                                      auto_tune=True, tensor_core="auto")
+    return _flip(filt, D)
+
+
+def split_complex(func, a, b, *args):
+    """sigpy's ``_complex``: one complex convolution as four real ones."""
+    real = func(a.real.copy(), b.real.copy(), *args) - func(a.imag.copy(), b.imag.copy(), *args)
+    imag = func(a.imag.copy(), b.real.copy(), *args) + func(a.real.copy(), b.imag.copy(), *args)
+    return real + 1j * imag
+
+
+def scipy_convolve(data, filt, mode, strides):
+    """The definition sigpy's CPU path uses: per (batch, out, in) channel ``scipy.signal.convolve``, subsampled."""
+    D = filt.ndim - 2
+    s = tuple(strides) if strides else (1,) * D
+    out = None
+    for k in range(data.shape[0]):
+        for j in range(filt.shape[0]):
+            for i in range(filt.shape[1]):
+                r = scipy.signal.convolve(data[k, i], filt[j, i], mode=mode)[tuple(slice(None, None, c) for c in s)]
+                if out is None:
+                    out = np.zeros((data.shape[0], filt.shape[0]) + r.shape, dtype=np.result_type(data, filt))
+                out[k, j] += r
+    return out
+
+
+SIGPY_CASES = {
+    "1d-full": ((2, 3, 11), (2, 3, 4), "full", None),
+    "1d-valid-s2": ((1, 2, 12), (3, 2, 3), "valid", (2,)),
+    "2d-full-s2": ((2, 1, 7, 6), (2, 1, 3, 2), "full", (2, 1)),
+    "2d-valid": ((1, 2, 8, 5), (1, 2, 3, 3), "valid", None),
+    "3d-full-s": ((1, 2, 4, 5, 3), (2, 2, 2, 3, 2), "full", (1, 2, 2)),
+    "3d-valid": ((2, 1, 5, 4, 6), (1, 1, 3, 2, 3), "valid", None),
+}
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.values[0] != "gpu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize("name", list(SIGPY_CASES))
+def test_sigpy_calls(kind, dtype, name):
+    """sigpy's forward, adjoint-data and adjoint-filter CUDA functions, run with ``gpuconv.cudnn`` on NumPy
+    arrays: the forward equals SciPy's convolution (sigpy's CPU definition), and the two adjoints satisfy
+    ``<A x, y> == <x, A^H y>`` (data) and ``<A_x f, y> == <f, A_x^H y>`` (filter)."""
+    ds, fs, mode, strides = SIGPY_CASES[name]
+    rng = np.random.default_rng(3)
+
+    def rand(shape):
+        a = rng.standard_normal(shape)
+        return a + 1j * rng.standard_normal(shape) if dtype == np.complex128 else a
+
+    data, filt = rand(ds), rand(fs)
+    cplx = dtype == np.complex128
+    with On(kind):
+        fwd = (split_complex(sigpy_convolve, data, filt, mode, strides) if cplx
+               else sigpy_convolve(data, filt, mode, strides))
+        np.testing.assert_allclose(fwd, scipy_convolve(data, filt, mode, strides), rtol=1e-10, atol=1e-10)
+        y = rand(fwd.shape)
+        if cplx:  # sigpy conjugates the fixed operand for the adjoints
+            adj_d = split_complex(lambda o, f, *a: sigpy_adjoint_data(o, f, *a), y, filt.conj(), ds, mode, strides)
+            adj_f = split_complex(lambda o, d, *a: sigpy_adjoint_filter(o, d, *a), y, data.conj(), fs, mode, strides)
+        else:
+            adj_d = sigpy_adjoint_data(y, filt, ds, mode, strides)
+            adj_f = sigpy_adjoint_filter(y, data, fs, mode, strides)
+    lhs = np.vdot(fwd, y)
+    np.testing.assert_allclose(np.vdot(data, adj_d), lhs, rtol=1e-10)
+    np.testing.assert_allclose(np.vdot(filt, adj_f), lhs, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# the argument mapping
+# --------------------------------------------------------------------------------------------
+
+def test_constants_and_availability():
+    assert (cudnn.CUDNN_POOLING_MAX, cudnn.CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING,
+            cudnn.CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING) == (0, 1, 2)
+    assert (cudnn.CUDNN_CONVOLUTION, cudnn.CUDNN_CROSS_CORRELATION) == (0, 1)
+    assert (cudnn.CUDNN_TENSOR_NCHW, cudnn.CUDNN_TENSOR_NHWC) == (0, 1)
+    assert cudnn.is_available() == gpuconv.backend_info()["cupy"]["available"]
+
+
+def test_tensor_core_policy():
+    allowed = cudnn._tensor_cores_allowed
+    assert [allowed(m, np.float32) for m in ("always", "auto", "never")] == [True, False, False]
+    assert [allowed(m, np.float16) for m in ("always", "auto", "never")] == [True, True, False]
+    assert not allowed("always", np.float64)
+    with pytest.raises(ValueError, match="tensor_core must be either of 'always', 'auto', or 'never'"):
+        allowed("sometimes", np.float32)
+
+
+def test_algorithm_policy_on_the_cuda_path(monkeypatch):
+    """auto_tune with the policy gpuconv.set_tensor_cores set: our autotuner ('auto'); otherwise the heuristic's
+    order over the algorithms the policy allows (tensor-core kernels only when allowed)."""
+    from gpuconv._cuda import settings
+    monkeypatch.setattr(settings, "_tensor_cores", False)
+    rt = emulated_runtime()
+    g = conv_geometry((2, 8, 9, 9), (8, 8, 3, 3), None, 1, 1)
+    assert cudnn._algo_policy(True, False)(g, np.dtype(np.float32), rt) == "auto"
+    assert cudnn._algo_policy(False, False)(g, np.dtype(np.float32), rt) == "igemm"
+    assert cudnn._algo_policy(True, True)(g, np.dtype(np.float32), rt) == "igemm_tc"
+    assert cudnn._algo_policy(False, True)(g, np.dtype(np.float16), rt) == "igemm_tc"
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.values[0] != "numpy"])
+def test_tensor_core_always_runs_tensor_core_kernels(kind):
+    """tensor_core='always' on the CUDA path: float32 through igemm_tc (TF32), recorded."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    W = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    with On(kind) as on:
+        y = on.arr(np.empty((1, 8, 4, 4), np.float32))
+        cudnn.convolution_forward(on.arr(x), on.arr(W), None, y, (0, 0), (1, 1), (1, 1), 1, auto_tune=False,
+                                  tensor_core="always")
+        assert "igemm_tc" in gpuconv.last_kernel().kernel
+        ref = gpuconv.conv2d(x.astype(np.float64), W.astype(np.float64))
+        np.testing.assert_allclose(on.host(y), ref, rtol=1e-2, atol=1e-2)  # TF32
+        cudnn.convolution_forward(on.arr(x), on.arr(W), None, y, (0, 0), (1, 1), (1, 1), 1, auto_tune=False,
+                                  tensor_core="auto")
+        assert "igemm_tc" not in gpuconv.last_kernel().kernel
+
+
+ERR_X, ERR_W = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
+CONV_KW = dict(auto_tune=False, tensor_core="auto")
+ERRORS = [
+    (lambda: cudnn.convolution_forward(ERR_X, ERR_W, None, np.empty((1, 3, 4, 4)), (0, 0), (1, 1), (1, 1), 1,
+                                       **CONV_KW), ValueError, r"y must have shape \[1, 3, 3, 3\]"),
+    (lambda: cudnn.convolution_forward(ERR_X, ERR_W, None, np.empty((1, 3, 3, 3), np.float32), (0, 0), (1, 1),
+                                       (1, 1), 1, **CONV_KW), ValueError, r"y must have the inputs' dtype float64"),
+    (lambda: cudnn.convolution_forward(ERR_X, ERR_W, None, np.empty((1, 3, 3, 3)), (0, 0), (1, 1), (1, 1), 1,
+                                       d_layout=cudnn.CUDNN_TENSOR_NHWC, **CONV_KW), NotImplementedError,
+     r"d_layout=CUDNN_TENSOR_NHWC \(channels-last\) is not supported"),
+    (lambda: cudnn.convolution_forward(ERR_X, ERR_W, None, np.empty((1, 3, 3, 3)), (0,), (1, 1), (1, 1), 1,
+                                       **CONV_KW), ValueError, r"must be of same length as the spatial dimensions"),
+    (lambda: cudnn.convolution_forward(ERR_X, ERR_W, None, np.empty((1, 3, 3, 3)), (0, 0), (1, 1), (1, 1), 1,
+                                       auto_tune=False, tensor_core=True), ValueError, r"tensor_core must be"),
+    (lambda: cudnn.convolution_backward_data(ERR_W, np.ones((1, 3, 2, 3)), None, np.empty((1, 2, 5, 5)), (0, 0),
+                                             (1, 1), (1, 1), 1, deterministic=True, **CONV_KW), ValueError,
+     r"x \(the output gradient\) must have shape \[1, 3, 3, 3\]"),
+    (lambda: cudnn.convolution_backward_filter(ERR_X, np.ones((1, 3, 3, 3)), np.empty((3, 2, 3, 3), np.float16),
+                                               (0, 0), (1, 1), (1, 1), 1, deterministic=True, **CONV_KW),
+     ValueError, r"gW must have the inputs' dtype float64"),
+    (lambda: cudnn.pooling_forward(ERR_X, np.empty((1, 2, 4, 4)), (2, 2), (2, 2), (0, 0), cudnn.CUDNN_POOLING_MAX),
+     ValueError, r"y must have shape \[1, 2, 2, 2\]"),
+    (lambda: cudnn.pooling_forward(ERR_X, np.empty((1, 2, 2, 4))[..., ::2], (2, 2), (2, 2), (0, 0), 0), ValueError,
+     r"pooling_forward supports c-contiguous y only"),
+    (lambda: cudnn.pooling_forward(ERR_X, np.empty((1, 2, 2, 2)), (2, 2), (2,), (0, 0), 0), ValueError,
+     r"ksize, stride, and pad must be of same length"),
+    (lambda: cudnn.pooling_forward(ERR_X, np.empty((1, 2, 2, 2)), (2, 2), (2, 2), (0, 0), 7), ValueError,
+     r"unknown pooling mode 7"),
+]
+
+
+@pytest.mark.parametrize("call, exc, message", ERRORS, ids=[f"e{i}" for i in range(len(ERRORS))])
+def test_errors(call, exc, message):
+    with pytest.raises(exc, match=message):
+        call()
