@@ -6,7 +6,8 @@ rules; this module the arithmetic. Inputs are validated arrays and a resolved ``
   as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()`` (``R = 1``, no height padding). The 2-D
   kernels (and the NumPy strategies) then run one filter row: no work per tap beyond their index math. The
   gradients are the 2-D gradients' lowering (``_conv_lowering``) on the same views.
-* **3-D, the depth-tap lowering** (on both paths): ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd],
+* **3-D, the depth-tap lowering** (the CUDA path's forward and both paths' gradients; the NumPy forward runs
+  ``numpy_im2col3d``, ``_numpy/conv3d.py``, one GEMM over all taps, measured faster there): ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd],
   w[:, :, t])``. For each depth tap ``t`` in order ``0..T-1``, the output depths whose tap reads inside the
   input (``_geometry.tap_outputs``) are gathered as one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)``
   (``n <= OD``; a copy, in the accumulation dtype), convolved by ONE batched 2-D call (``plane(N*n)``), and
@@ -105,6 +106,12 @@ def forward(backend, x, w, b, geom: ConvNdGeometry, algo="auto"):
 def _forward_3d(backend, x, w, b, geom, algo):
     xp = backend.xp
     ct = compute_dtype(x.dtype)
+    if not isinstance(backend, CudaBackend):
+        from ._numpy import conv3d as numpy_conv3d
+        if numpy_conv3d.use_im2col3d(geom):
+            acc = numpy_conv3d.conv3d_im2col(x, effective_weight(w, geom), geom, ct)
+            apply_epilogue(np, acc, b, geom.activation)
+            return (acc if acc.dtype == x.dtype else acc.astype(x.dtype)), ["numpy_im2col3d"]
     N, K = geom.N, geom.K
     D, T, OD = geom.input_size[0], geom.kernel_size[0], geom.output_size[0]
     sd = geom.stride[0]

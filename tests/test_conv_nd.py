@@ -126,6 +126,33 @@ def test_forward_matches_reference(runner, n, case):
     assert_close(y, ref, mag, x.dtype, f"{runner} conv{n}d")
 
 
+@pytest.mark.parametrize("case", [pytest.param(c, id=f"3d-{i}") for i, c in enumerate(CASES[3])])
+def test_numpy_depth_taps_match_reference(monkeypatch, case):
+    """The NumPy forward runs ``numpy_im2col3d``; forced, the depth-tap lowering on NumPy gives the same."""
+    from gpuconv._numpy import conv3d as numpy_conv3d
+    monkeypatch.setattr(numpy_conv3d, "use_im2col3d", lambda geom: False)
+    x, w, b, kw = case_data(3, case)
+    y = gpuconv.conv3d(x, w, b, **kw, flip=case["flip"], activation=case["activation"])
+    ref, mag = reference_conv_nd(x, w, b, **kw, flip=case["flip"], activation=case["activation"])
+    assert_close(y, ref, mag, x.dtype, "numpy depth taps")
+    assert all(k.startswith("conv3d depth tap ") for k in gpuconv.last_kernel().kernels)
+
+
+@pytest.mark.parametrize("dt", [np.float16, np.float64])
+def test_numpy_im2col3d_chunks_within_the_workspace(monkeypatch, dt):
+    """With a workspace of a few KiB, one output depth per GEMM chunk; same values, recorded."""
+    monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", "0.004")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 4, 6, 5, 7)).astype(dt)
+    w = rng.standard_normal((6, 2, 3, 2, 3)).astype(dt)
+    b = rng.standard_normal(6).astype(dt)
+    kw = dict(stride=(1, 2, 1), padding=((1, 2), (0, 1), (2, 0)), dilation=(2, 1, 1), groups=2)
+    y = gpuconv.conv3d(x, w, b, **kw, flip=True, activation="sigmoid")
+    ref, mag = reference_conv_nd(x, w, b, **kw, flip=True, activation="sigmoid")
+    assert_close(y, ref, mag, dt, "numpy_im2col3d")
+    assert gpuconv.last_kernel().kernels == ("numpy_im2col3d",)
+
+
 @pytest.mark.parametrize("runner", [r for r in CONV_RUNNERS if r.values[0].kind != "numpy"])
 @pytest.mark.parametrize("n", [1, 3])
 def test_every_algorithm_runs_the_lowering(runner, n):
