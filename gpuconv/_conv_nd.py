@@ -123,8 +123,9 @@ def _forward_3d(backend, x, w, b, geom, algo):
         lo, hi, d0 = tap_range(geom, t, OD, D)
         if nonfinite is not None:  # this tap reads the depth padding outside [lo, hi): 0 * w there
             bad = nonfinite[:, :, t].reshape(K, -1).any(axis=1)
-            acc[:, bad, :lo] = np.nan
-            acc[:, bad, hi:] = np.nan
+            nan_where_bad = xp.where(bad, ct.type(np.nan), ct.type(0)).reshape(1, K, 1, 1, 1)
+            acc[:, :, :lo] += nan_where_bad
+            acc[:, :, hi:] += nan_where_bad
         n = hi - lo
         if n <= 0:
             continue

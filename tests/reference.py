@@ -6,6 +6,9 @@ Holds: conv2d (``conv2d_ref``; ``reference_conv2d`` with gpuconv's argument form
 that scales the error bound as well; ``reference_conv2d_tf32`` for the tensor-core kernels), the padding
 forms (``explicit_padding``, ``same_padding_ref``), the output sizes (``conv_out``, ``pool_out``), the
 activations, and every pooling (``max_pool2d_ref``, ``avg_pool2d_ref``, ``adaptive_pool2d_ref``).
+For conv1d / conv3d: ``conv_nd_ref`` (any number of spatial dimensions), ``reference_conv_nd`` (gpuconv's N-D
+argument forms, with the magnitude), ``explicit_padding_nd`` and ``conv_nd_grads_ref`` (the input and filter
+gradients from the definition).
 
 Deliberately independent of gpuconv's code (nothing here imports gpuconv): float64 arithmetic, output sizes
 computed here from the formulas; convolution as one explicit einsum per filter tap over the window it reads,

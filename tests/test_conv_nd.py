@@ -252,15 +252,17 @@ GRAD_CASES = {
 }
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "sliced"])
 @pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("name", list(GRAD_CASES))
-def test_gradients_match_reference(runner, name):
+def test_gradients_match_reference(runner, name, layout):
     n, xs, ws, stride, padding, dilation, groups, flip, dt = GRAD_CASES[name]
     rng = np.random.default_rng(6)
     x, w = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     y = gpuconv.conv1d(x, w, **kw, flip=flip) if n == 1 else gpuconv.conv3d(x, w, **kw, flip=flip)
     gy = rng.standard_normal(y.shape).astype(dt)
+    x, w, gy = (noncontiguous_view(a, layout, rng) for a in (x, w, gy))
     s, d = _t(stride, n), _t(dilation, n)
     pad = explicit_padding_nd(padding, ws[2:], s, d, xs[2:], flip)
     gx_ref, gw_ref = conv_nd_grads_ref(x, w, gy, s, pad, d, groups, flip)
