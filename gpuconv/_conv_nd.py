@@ -7,8 +7,8 @@ rules; this module the arithmetic. Inputs are validated arrays and a resolved ``
   kernels (and the NumPy strategies) then run one filter row: no work per tap beyond their index math. The
   gradients are the 2-D gradients' lowering (``_conv_lowering``) on the same views.
 * **3-D, the depth-tap lowering** (the CUDA path's forward and both paths' gradients; the NumPy forward runs
-  ``numpy_im2col3d``, ``_numpy/conv3d.py``, one GEMM over all taps, measured faster there): ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd],
-  w[:, :, t])``. For each depth tap ``t`` in order ``0..T-1``, the output depths whose tap reads inside the
+  ``numpy_im2col3d``, ``_numpy/conv3d.py``, one GEMM over all taps, measured faster there):
+  ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd], w[:, :, t])``. For each depth tap ``t`` in order ``0..T-1``, the output depths whose tap reads inside the
   input (``_geometry.tap_outputs``) are gathered as one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)``
   (``n <= OD``; a copy, in the accumulation dtype), convolved by ONE batched 2-D call (``plane(N*n)``), and
   added into the accumulator ``acc (N, K, OD, OH, OW)``. Taps are added in a fixed order and every 2-D kernel
@@ -155,7 +155,7 @@ def backward_data(backend, gy, w, geom: ConvNdGeometry, size):
         return gx[:, :, 0, :], [f"conv1d as conv2d of height 1: {k}" for k in ks]
     xp = backend.xp
     ct = compute_dtype(gy.dtype)
-    N, C, K = gy.shape[0], geom.C, geom.K
+    N, C = gy.shape[0], geom.C
     D, T, sd = size[0], geom.kernel_size[0], geom.stride[0]
     gx = xp.zeros((N, C) + tuple(size), dtype=ct)
     we = effective_weight(w, geom)

@@ -291,7 +291,7 @@ def conv_nd_ref(x, w, b=None, stride=None, pad=None, dilation=None, groups=1, fl
     stride = stride or (1,) * n
     dilation = dilation or (1,) * n
     pad = pad or ((0, 0),) * n
-    N, C, size = x.shape[0], x.shape[1], x.shape[2:]
+    N, size = x.shape[0], x.shape[2:]
     K, Cg, ks = w.shape[0], w.shape[1], w.shape[2:]
     out = tuple(max(conv_out(size[i], ks[i], stride[i], pad[i][0], pad[i][1], dilation[i]), 0) for i in range(n))
     xpad = np.pad(x, ((0, 0), (0, 0)) + tuple(pad))
@@ -329,7 +329,6 @@ def conv_nd_grads_ref(x, w, gy, stride, pad, dilation, groups, flip):
     ``xpad[window] * w[tap]``, so ``gy`` flows back to the partner of each factor, tap by tap."""
     import itertools
     x, w, gy = (np.asarray(a, dtype=np.float64) for a in (x, w, gy))
-    n = x.ndim - 2
     Cg, ks, out = w.shape[1], w.shape[2:], gy.shape[2:]
     K = w.shape[0]
     Kg = K // groups
