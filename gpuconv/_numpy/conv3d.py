@@ -14,8 +14,9 @@ are multiplied like any input, so an infinite weight over padding gives NaN, as 
 columns ``(G, Cg*T*R*S, od*OH*OW)`` of a chunk of ``od`` output depths are gathered from a strided window view
 (stride and dilation applied) by one copy, and ``(G, Kg, Cg*T*R*S) @ columns`` gives the chunk's outputs.
 Memory beyond the output: the padded sample, and the columns and GEMM result of one chunk, chunked so that
-together they stay within ``workspace_limit()`` (at least one output depth per chunk); float16 adds a float32
-output (computed in float32, rounded once).
+together they stay within ``workspace_limit()``; float16 adds a float32 output (computed in float32, rounded
+once). Not tiled further (unlike conv2d's ``_conv_tiling``): a chunk holds at least one output depth, so a
+sample whose padded copy plus one output depth's columns exceed the limit exceeds it by that much.
 """
 
 from __future__ import annotations
