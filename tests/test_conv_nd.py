@@ -413,3 +413,50 @@ def test_2d_geometry_unchanged_by_nd_module():
     """conv2d's own validation (and messages) are untouched: the N-D geometry wraps them."""
     with pytest.raises(ValueError, match=r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv2d"):
         gpuconv.conv2d(np.ones((1, 2, 5, 5, 5)), np.ones((3, 2, 1, 1)))
+
+
+# --------------------------------------------------------------------------------------------
+# random problems (hypothesis, an optional test dependency: these tests only exist with it)
+# --------------------------------------------------------------------------------------------
+
+try:
+    from hypothesis import HealthCheck, given, settings, strategies as st
+except ImportError:
+    given = None
+
+if given is not None:
+    @st.composite
+    def nd_problems(draw):
+        n = draw(st.sampled_from([1, 3]))
+        groups = draw(st.sampled_from([1, 2]))
+        k = tuple(draw(st.integers(1, 3)) for _ in range(n))
+        s = tuple(draw(st.integers(1, 2)) for _ in range(n))
+        d = tuple(draw(st.integers(1, 2)) for _ in range(n))
+        pad = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(n))
+        size = tuple(draw(st.integers(max(1, (k[i] - 1) * d[i] + 1 - sum(pad[i])), 6)) for i in range(n))
+        return dict(n=n, N=draw(st.integers(1, 2)), C=groups * draw(st.integers(1, 2)),
+                    K=groups * draw(st.integers(1, 2)), groups=groups, k=k, s=s, d=d, pad=pad, size=size,
+                    flip=draw(st.booleans()), dtype=draw(st.sampled_from([np.float32, np.float64])),
+                    seed=draw(st.integers(0, 2**31)))
+
+    @pytest.mark.parametrize("runner", RUNNERS)
+    @settings(max_examples=12, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(p=nd_problems())
+    def test_random_problems_forward_and_gradients(runner, p):
+        rng = np.random.default_rng(p["seed"])
+        n, dt = p["n"], p["dtype"]
+        x = rng.standard_normal((p["N"], p["C"]) + p["size"]).astype(dt)
+        w = rng.standard_normal((p["K"], p["C"] // p["groups"]) + p["k"]).astype(dt)
+        kw = dict(stride=p["s"], padding=p["pad"], dilation=p["d"], groups=p["groups"])
+        y = runner.call(conv_fn(n), x, w, None, **kw, flip=p["flip"])
+        ref, mag = reference_conv_nd(x, w, None, **kw, flip=p["flip"])
+        assert_close(y, ref, mag, dt, f"{runner} conv{n}d")
+        gy = rng.standard_normal(y.shape).astype(dt)
+        gx_ref, gw_ref = conv_nd_grads_ref(x, w, gy, p["s"], p["pad"], p["d"], p["groups"], p["flip"])
+        gx_mag, gw_mag = conv_nd_grads_ref(np.abs(x), np.abs(w), np.abs(gy), p["s"], p["pad"], p["d"],
+                                           p["groups"], p["flip"])
+        gx = runner.call(getattr(gpuconv.grad, f"conv{n}d_input"), x.shape, w, gy, **kw, flip=p["flip"])
+        assert_close(gx, gx_ref, gx_mag, dt, f"{runner} conv{n}d_input")
+        gw = runner.call(getattr(gpuconv.grad, f"conv{n}d_weight"), x, w.shape, gy, **kw, flip=p["flip"])
+        assert_close(gw, gw_ref, gw_mag, dt, f"{runner} conv{n}d_weight")

@@ -353,3 +353,22 @@ ERRORS = [
 def test_errors(call, exc, message):
     with pytest.raises(exc, match=message):
         call()
+
+
+# CuPy v13.6.0's cupyx/cudnn.pyx: parameter names in order, the keyword-only ones after '*', defaults
+CUPY13_SIGNATURES = {
+    "convolution_forward": "x, W, b, y, pad, stride, dilation, groups, *, auto_tune, tensor_core, d_layout=0, "
+                           "w_layout=0",
+    "convolution_backward_filter": "x, gy, gW, pad, stride, dilation, groups, *, deterministic, auto_tune, "
+                                   "tensor_core, d_layout=0, w_layout=0",
+    "convolution_backward_data": "W, x, b, y, pad, stride, dilation, groups, *, deterministic, auto_tune, "
+                                 "tensor_core, d_layout=0, w_layout=0",
+    "pooling_forward": "x, y, ksize, stride, pad, mode",
+    "pooling_backward": "x, y, gy, ksize, stride, pad, mode",
+}
+
+
+@pytest.mark.parametrize("name", list(CUPY13_SIGNATURES))
+def test_signatures_are_cupy13s(name):
+    import inspect
+    assert str(inspect.signature(getattr(cudnn, name)))[1:-1] == CUPY13_SIGNATURES[name]
