@@ -437,7 +437,7 @@ OPS = ("max_pool2d", "avg_pool2d", "adaptive_max_pool2d", "adaptive_avg_pool2d")
 @pytest.mark.parametrize("op", OPS)
 def test_kernels_are_deterministic(rt, op, dtype, monkeypatch):
     """Bitwise the same gradient in either thread order, with any grid (a 3-block grid strides over every
-    input), twice; for max and avg pooling also bitwise the NumPy path's."""
+    input), twice; the NumPy path's within the tolerance model."""
     launch, go, idx, g, options = _kernel_inputs(op, dtype)
     first, name = numpy_io(rt, launch, go, idx, g, *options)
     assert name in ops.INSTANTIATIONS[pool_grad.SOURCE]
@@ -449,12 +449,18 @@ def test_kernels_are_deterministic(rt, op, dtype, monkeypatch):
         assert other.tobytes() == first.tobytes()
     from gpuconv._numpy import pool_grad as numpy_pool_grad
     on_numpy, _ = getattr(numpy_pool_grad, op)(go, idx, g, *options)
-    if op in ("max_pool2d", "avg_pool2d"):
-        assert on_numpy.tobytes() == first.tobytes()
-    else:  # NumPy sums these in another order (adaptive max: in float64)
+    # Cross-path agreement is the tolerance model's, not bitwise (each path is deterministic on its own):
+    # NumPy sums max-pool terms in output order, the gather kernel in tap order; adaptive max in float64.
+    if op == "max_pool2d":
+        magnitude = ref_max_grad(g.output_shape[:2] + (g.H, g.W), np.abs(go.astype(np.float64)), idx,
+                                 (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw), (g.dh, g.dw), g.ceil_mode)
+    elif op == "avg_pool2d":
+        magnitude = ref_avg_grad(g.output_shape[:2] + (g.H, g.W), np.abs(go.astype(np.float64)), (g.kh, g.kw),
+                                 (g.sh, g.sw), (g.ph, g.pw), g.ceil_mode, *options)
+    else:
         magnitude = ref_adaptive_grad(g.output_shape[:2] + (g.H, g.W), np.abs(go.astype(np.float64)), idx)
-        assert_close(first, on_numpy.astype(np.float64), magnitude, dtype,
-                     precision="pool" if op == "adaptive_avg_pool2d" else None)
+    assert_close(first, on_numpy.astype(np.float64), magnitude, dtype,
+                 precision="pool" if "avg" in op else None)
 
 
 def test_numpy_blocks_do_not_change_the_bits(monkeypatch):
