@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from . import _backend
-from ._geometry import adaptive_geometry, pool_geometry
+from ._pool_geometry import adaptive_geometry, pool_geometry
 
 
 def _input_size(fn: str, input_size) -> tuple[int, ...]:

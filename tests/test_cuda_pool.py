@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from gpuconv._cuda import limits, ops, pool
-from gpuconv._geometry import AdaptiveGeometry, PoolGeometry, adaptive_geometry, pool_geometry
+from gpuconv._pool_geometry import AdaptiveGeometry, PoolGeometry, adaptive_geometry, pool_geometry
 from tests.reference import adaptive_pool2d_ref, avg_pool2d_ref, max_pool2d_ref, pair
 from tests.runners import SpyRuntime, numpy_io, runtime_fixture, with_thread_order
 from tests.tolerance import assert_close

@@ -27,7 +27,7 @@ import pytest
 import gpuconv
 from gpuconv import _grad_pool as gp
 from gpuconv._cuda import limits, ops, pool_grad
-from gpuconv._geometry import adaptive_geometry, pool_geometry
+from gpuconv._pool_geometry import adaptive_geometry, pool_geometry
 from tests.cases import pairwise
 from tests.reference import adaptive_windows, pool_out
 from tests.runners import POOL_RUNNERS, SpyRuntime, numpy_io, on_gpu, runtime_fixture, torch, with_thread_order
@@ -489,7 +489,7 @@ def test_launch_shape_and_name(rt):
 
 
 def test_32bit_rule_refuses_before_allocating():
-    from gpuconv._geometry import PoolGeometry
+    from gpuconv._pool_geometry import PoolGeometry
     g = PoolGeometry(N=1, C=1, H=2**31, W=2, kh=2, kw=2, sh=2, sw=2, ph=0, pw=0, dh=1, dw=1, OH=2**30, OW=1)
 
     class NoRuntime:
@@ -573,7 +573,7 @@ def test_torch_size_is_an_input_size():
 _EDGE_CASES = r"""
 import numpy as np
 from gpuconv._cuda import limits, pool_grad
-from gpuconv._geometry import adaptive_geometry, pool_geometry
+from gpuconv._pool_geometry import adaptive_geometry, pool_geometry
 from gpuconv._numpy import pool_grad as numpy_pool_grad
 
 

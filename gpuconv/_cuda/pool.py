@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._geometry import AdaptiveGeometry, PoolGeometry
+from .._pool_geometry import AdaptiveGeometry, PoolGeometry
 from . import limits
 from .algo import FORWARD, Algorithm, accepts_everything
 from .limits import CTYPE as _CTYPE

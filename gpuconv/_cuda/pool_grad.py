@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._geometry import AdaptiveGeometry, PoolGeometry
+from .._pool_geometry import AdaptiveGeometry, PoolGeometry
 from . import limits
 from .algo import Algorithm, accepts_everything
 from .pool import FIXED_WINDOWS, _ctype, int32_args, launch_1d, prepare, window_template

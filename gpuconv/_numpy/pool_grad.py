@@ -38,7 +38,8 @@ import math
 
 import numpy as np
 
-from .._geometry import AdaptiveGeometry, PoolGeometry, adaptive_window, tap_outputs
+from .._geometry import tap_outputs
+from .._pool_geometry import AdaptiveGeometry, PoolGeometry, adaptive_window
 from ._workspace import workspace, workspace_limit
 from .pool import AXIS_BYTES, _blocks, _compute_dtype, _divisor_axes
 
