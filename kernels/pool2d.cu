@@ -97,6 +97,7 @@ __global__ void avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguo
                            T* __restrict__ y,        // (N, C, OH, OW), C-contiguous, fully written
                            index_t planes,           // N*C
                            int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw,
+                           int pb, int pr,           // bottom / right padding (ph, pw: top / left)
                            int count_include_pad,    // 0 / 1
                            index_t divisor_override) {  // 0: none; else replaces the divisor
     typedef typename acc_type<T>::type A;
@@ -115,14 +116,16 @@ __global__ void avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguo
         if (divisor_override != 0) {
             divisor = divisor_override;
         } else if (count_include_pad) {
-            // The window clipped to the padded input [-p, size + p): explicit padding counts, but not
-            // the ceil_mode overhang past size + p (PyTorch's rule; the window never starts before -p).
-            divisor = (index_t)(pool_imin(h0 + KH_, H + ph) - h0) * (pool_imin(w0 + KW_, W + pw) - w0);
+            // The window clipped to the padded input [-p_lo, size + p_hi): explicit padding counts, but
+            // not the ceil_mode overhang past size + p_hi (PyTorch's rule; the window never starts before
+            // -p_lo).
+            divisor = (index_t)(pool_imin(h0 + KH_, H + pb) - h0) * (pool_imin(w0 + KW_, W + pr) - w0);
         } else {
             divisor = (index_t)rows.count * cols.count;  // in-bounds cells only
         }
-        // divisor >= 1 here: without dilation every window holds an input cell (pad <= k/2, and with
-        // ceil_mode the last window starts before size + p); PyTorch does not guard it either.
+        // divisor >= 1 here: without dilation every window holds an input cell (each side's padding is
+        // below the window size, and with ceil_mode the last window starts before size + p_lo); PyTorch
+        // does not guard it either.
         store<T>(y + i, r.sum / (A)divisor);
     }
 }

@@ -20,7 +20,8 @@
 //   and 3x3, as the forward), which unrolls the tap loops.
 //   Parameters: go (N, C, OH, OW) and, for max, idx (N, C, OH, OW) int64, both C-contiguous; gi (N, C, H, W)
 //   C-contiguous, fully written (no zeroing needed); planes = N*C (64-bit); then the sizes and window
-//   arguments as int, avg's count_include_pad as int and divisor_override as 64-bit (0 = none).
+//   arguments as int (padding: ph, pw = top, left; avg also takes pb, pr = bottom, right), avg's
+//   count_include_pad as int and divisor_override as 64-bit (0 = none).
 //   Launch shape: 1-D grid of 1-D blocks (the host uses 256 threads and caps the grid, see
 //                 gpuconv/_cuda/pool_grad.py); a 64-bit grid-stride loop covers all N*C*H*W inputs. No
 //                 shared memory (shared_mem = 0).
@@ -37,7 +38,7 @@
 //
 // Accumulation: float16 in float32 (acc_type), float32 in float32, float64 in float64; one rounding to T
 // at the store. Sizes are int (the host checks every coordinate formed here fits, pool.py's
-// pool_int32_limit_reason: h + ph < H + 2*ph, a*dh < dh*kh, oh*sh - ph + kh < H + ph + sh + kh); plane
+// pool_int32_limit_reason: h + ph < H + ph + pb, a*dh < dh*kh, oh*sh - ph + kh < H + pb + sh + kh); plane
 // offsets, flat indices and divisors are 64-bit.
 #include "common.cuh"
 #include "pool_window.cuh"
@@ -53,12 +54,12 @@ __device__ __forceinline__ int tap_output(int h, int p, int a, int d, int s, int
     return o < out ? o : -1;
 }
 
-// avg_pool2d's divisor along one axis for the window starting at h0 = o*s - p (negative inside the
+// avg_pool2d's divisor along one axis for the window starting at h0 = o*s - p_lo (negative inside the
 // leading padding), exactly as pool2d.cu's forward computes it: with count_include_pad the window
-// clipped to the padded input [-p, size + p) (the ceil_mode overhang past size + p does not count),
-// without it the in-bounds cells.
-__device__ __forceinline__ int avg_extent(int h0, int k, int p, int size, int count_include_pad) {
-    if (count_include_pad) return pool_imin(h0 + k, size + p) - h0;
+// clipped to the padded input [-p_lo, size + p_hi) (the ceil_mode overhang past size + p_hi does not
+// count), without it the in-bounds cells.
+__device__ __forceinline__ int avg_extent(int h0, int k, int p_hi, int size, int count_include_pad) {
+    if (count_include_pad) return pool_imin(h0 + k, size + p_hi) - h0;
     const int lo = h0 > 0 ? h0 : 0;
     const int hi = pool_imin(h0 + k, size);
     return hi > lo ? hi - lo : 0;
@@ -102,7 +103,7 @@ __global__ void avg_pool2d_backward(const T* __restrict__ go,  // (N, C, OH, OW)
                                     T* __restrict__ gi,        // (N, C, H, W), fully written
                                     index_t planes,            // N*C
                                     int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph,
-                                    int pw,
+                                    int pw, int pb, int pr,      // padding top, left, bottom, right
                                     int count_include_pad,       // 0 / 1
                                     index_t divisor_override) {  // 0: none; else replaces the divisor
     typedef typename acc_type<T>::type A;
@@ -117,7 +118,7 @@ __global__ void avg_pool2d_backward(const T* __restrict__ go,  // (N, C, OH, OW)
         for (int a = 0; a < KH_; ++a) {
             const int oh = tap_output(p.oh, ph, a, 1, sh, OH);  // average pooling has no dilation
             if (oh < 0) continue;
-            const int div_h = avg_extent(oh * sh - ph, KH_, ph, H, count_include_pad);
+            const int div_h = avg_extent(oh * sh - ph, KH_, pb, H, count_include_pad);
 #pragma unroll
             for (int b = 0; b < KW_; ++b) {
                 const int ow = tap_output(p.ow, pw, b, 1, sw, OW);
@@ -125,7 +126,7 @@ __global__ void avg_pool2d_backward(const T* __restrict__ go,  // (N, C, OH, OW)
                 // The forward's divisor of output (oh, ow): >= 1, since this window holds (h, w).
                 const index_t divisor = divisor_override != 0
                     ? divisor_override
-                    : (index_t)div_h * avg_extent(ow * sw - pw, KW_, pw, W, count_include_pad);
+                    : (index_t)div_h * avg_extent(ow * sw - pw, KW_, pr, W, count_include_pad);
                 acc += load<T>(g + (index_t)oh * OW + ow) / (A)divisor;
             }
         }

@@ -85,11 +85,14 @@ def window_template(geom: PoolGeometry) -> tuple[int, int]:
 def pool_int32_limit_reason(geom) -> str | None:
     """The kernels take sizes as C ``int`` and form window coordinates in ``int`` (plane offsets, flat
     indices and divisors are 64-bit). The largest coordinate a pooling kernel forms is below
-    ``H + 2*p + s + d*k`` (window start ``oh*s - p < H + p``, plus the window extent ``(k-1)*d + 1``);
-    adaptive kernels form at most ``H`` and ``OH``. Returns why a geometry does not fit, or None."""
+    ``H + p_lo + p_hi + s + d*k`` (window start ``oh*s - p_lo < H + p_hi``, plus the window extent
+    ``(k-1)*d + 1``); adaptive kernels form at most ``H`` and ``OH``. Returns why a geometry does not fit,
+    or None."""
     if isinstance(geom, PoolGeometry):
-        sizes = {"H + 2*padding_h + stride_h + dilation_h*kernel_h": geom.H + 2 * geom.ph + geom.sh + geom.dh * geom.kh,
-                 "W + 2*padding_w + stride_w + dilation_w*kernel_w": geom.W + 2 * geom.pw + geom.sw + geom.dw * geom.kw,
+        sizes = {"H + padding_top + padding_bottom + stride_h + dilation_h*kernel_h":
+                 geom.H + geom.ph + geom.pb + geom.sh + geom.dh * geom.kh,
+                 "W + padding_left + padding_right + stride_w + dilation_w*kernel_w":
+                 geom.W + geom.pw + geom.pr + geom.sw + geom.dw * geom.kw,
                  "OH": geom.OH, "OW": geom.OW}
     else:
         sizes = {"H": geom.H, "W": geom.W, "OH": geom.OH, "OW": geom.OW}
@@ -158,7 +161,7 @@ def avg_pool2d(rt, x, geom: PoolGeometry, count_include_pad: bool, divisor_overr
     name = avg_name(dtype, kh, kw)
     g = geom
     _launch(rt, name, g, [x, y, np.int64(g.N * g.C)]
-            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
+            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.pb, g.pr,
                          1 if count_include_pad else 0)
             + [np.int64(divisor_override or 0)])
     return y, name

@@ -91,7 +91,7 @@ def avg_pool2d(rt, go, idx, geom: PoolGeometry, count_include_pad: bool, divisor
     name = avg_name(dtype, *window_template(geom))
     g = geom
     _launch(rt, name, g, [go, gi, np.int64(g.N * g.C)]
-            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
+            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.pb, g.pr,
                          1 if count_include_pad else 0)
             + [np.int64(divisor_override or 0)])
     return gi, name
