@@ -194,3 +194,86 @@ def adaptive_geometry(input_shape, output_size, fn: str = "adaptive_pool2d") -> 
 def adaptive_window(i: int, in_size: int, out_size: int) -> tuple[int, int]:
     """``[start, end)`` of adaptive window ``i``: ``floor(i*H/O)`` .. ``ceil((i+1)*H/O)``."""
     return (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
+
+
+# --------------------------------------------------------------------------------------------
+# 1-D and 3-D pooling
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PoolGeometryND:
+    """Every size of one 1-D or 3-D max/avg pooling call, resolved: per spatial axis (``L``, or ``D, H, W``)
+    the input size, kernel, stride, ``(low, high)`` padding, dilation and output size. ``plane`` is the
+    2-D geometry of the last two axes (for 1-D: a plane of one row, ``H = 1``), which the 1-D ops run on
+    and the 3-D ones compose."""
+
+    N: int
+    C: int
+    spatial: tuple
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    out: tuple
+    ceil_mode: bool = False
+
+    @property
+    def dims(self) -> int:
+        return len(self.spatial)
+
+    @property
+    def output_shape(self) -> tuple:
+        return (self.N, self.C, *self.out)
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.N, self.C, *self.spatial)
+
+    @property
+    def plane(self) -> PoolGeometry:
+        ax = [(1, 1, 1, (0, 0), 1, 1)] * (3 - self.dims) + list(zip(self.spatial, self.kernel, self.stride,
+                                                                   self.padding, self.dilation, self.out))
+        (H, kh, sh, (ph, pb), dh, OH), (W, kw, sw, (pw, pr), dw, OW) = ax[1:]
+        return PoolGeometry(N=self.N, C=self.C, H=H, W=W, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw,
+                            OH=OH, OW=OW, ceil_mode=self.ceil_mode, pb=pb, pr=pr)
+
+
+def as_tuple(value, n: int, name: str, *, minimum: int) -> tuple:
+    """An int or ``n`` ints -> a tuple of ``n`` ints, each ``>= minimum`` (``as_pair`` for any ``n``)."""
+    if _is_int(value):
+        t = (int(value),) * n
+    elif isinstance(value, (tuple, list)) and len(value) == n and all(_is_int(v) for v in value):
+        t = tuple(int(v) for v in value)
+    else:
+        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if min(t) < minimum:
+        raise ValueError(f"{name} must be {'positive' if minimum == 1 else 'non-negative'}, got {value!r}")
+    return t
+
+
+@_memoized
+def pool_geometry_nd(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                     fn: str = "pool", dims: int = 3) -> PoolGeometryND:
+    """Validate a ``dims``-D (1 or 3) max/avg pooling call (input ``(N, C, *spatial)`` or unbatched
+    ``(C, *spatial)``) and resolve every size, as ``pool_geometry`` does in 2-D."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) not in (dims + 1, dims + 2):
+        raise ValueError(f"{fn}: Expected {dims + 1}D or {dims + 2}D input, but got input of size: "
+                         f"{_shape_str(shape)}")
+    if min(shape[-dims - 1:]) <= 0:
+        raise ValueError(f"{fn}: Expected input's non-batch dimensions to have positive length, but input has "
+                         f"a shape of {_shape_str(shape)}")
+    N, C, *spatial = (1,) + shape if len(shape) == dims + 1 else shape
+    kernel = as_tuple(kernel_size, dims, "kernel_size", minimum=1)
+    empty = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
+    strides = kernel if empty else as_tuple(stride, dims, "stride", minimum=1)
+    dil = as_tuple(dilation, dims, "dilation", minimum=1)
+    pads = resolve_pool_padding(padding, kernel, strides, dil, spatial, fn)
+    out = tuple(pool_output_size(n, k, s, lo, d, ceil_mode, hi)
+                for n, k, s, (lo, hi), d in zip(spatial, kernel, strides, pads, dil))
+    if min(out) < 1:
+        raise ValueError(f"{fn}: Given input size: ({'x'.join(map(str, [C, *spatial]))}). Calculated output "
+                         f"size: ({'x'.join(map(str, [C, *out]))}). Output size is too small "
+                         f"(kernel_size={kernel}, stride={strides}, padding={pads}, dilation={dil})")
+    return PoolGeometryND(N=N, C=C, spatial=tuple(spatial), kernel=kernel, stride=strides, padding=pads,
+                          dilation=dil, out=out, ceil_mode=bool(ceil_mode))

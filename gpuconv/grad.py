@@ -9,6 +9,8 @@
                                   count_include_pad=True, divisor_override=None)
     gpuconv.grad.adaptive_avg_pool2d_input(input_size, grad_output)
     gpuconv.grad.adaptive_max_pool2d_input(input_size, grad_output, indices)
+    gpuconv.grad.max_pool1d_input / max_pool3d_input (as max_pool2d_input), avg_pool1d_input (no divisor_override,
+                                  as avg_pool1d) / avg_pool3d_input (as avg_pool2d_input)
 
 ``gpuconv.conv2d_backward`` and ``gpuconv.conv_transpose2d`` are the convolution's combined backward and its
 transposed form. docs/gradients.md and docs/pooling-gradients.md have the rules.
@@ -16,6 +18,8 @@ transposed form. docs/gradients.md and docs/pooling-gradients.md have the rules.
 
 from ._grad_conv import conv2d_bias, conv2d_input, conv2d_weight
 from ._grad_pool import adaptive_avg_pool2d_input, adaptive_max_pool2d_input, avg_pool2d_input, max_pool2d_input
+from ._grad_pool import avg_pool1d_input, avg_pool3d_input, max_pool1d_input, max_pool3d_input
 
 __all__ = ["conv2d_input", "conv2d_weight", "conv2d_bias", "max_pool2d_input", "avg_pool2d_input",
-           "adaptive_avg_pool2d_input", "adaptive_max_pool2d_input"]
+           "adaptive_avg_pool2d_input", "adaptive_max_pool2d_input",
+           "max_pool1d_input", "avg_pool1d_input", "max_pool3d_input", "avg_pool3d_input"]

@@ -356,3 +356,39 @@ def adaptive_max_pool2d(go: np.ndarray, idx: np.ndarray, g: AdaptiveGeometry):
         sums = np.bincount(target.reshape(-1), weights=weights, minlength=dump + 1)  # sequential, float64
         np.copyto(gi[n0:n1, c0:c1, h0:h1], sums[:dump].reshape(n, c, bh, W))
     return gi, "numpy_adaptive_max_pool_backward"
+
+
+# --------------------------------------------------------------------------------------------
+# 3-D pooling (1-D runs as 2-D pooling of one-row planes)
+# --------------------------------------------------------------------------------------------
+
+def max_pool3d(go: np.ndarray, idx: np.ndarray, g):
+    """``scatter_max`` over the three spatial axes (``g``: a ``PoolGeometryND``)."""
+    ct = _compute_dtype(go.dtype)
+    windows = tuple((k, s, lo, d) for k, s, (lo, _), d in zip(g.kernel, g.stride, g.padding, g.dilation))
+    acc = scatter_max(go, idx, g.spatial, windows, ct)
+    return _finish(acc, g.input_shape, go.dtype), "numpy_max_pool3d_backward"
+
+
+def avg_pool3d(go: np.ndarray, idx, g, count_include_pad: bool, divisor_override):
+    """Each output's term ``grad_output / divisor`` (the forward's 3-D divisor, ``pool_nd``) spread over its
+    window: for each output depth and each of its depth taps in order, the 2-D spread of that depth slice of
+    terms (``avg_pool2d`` with divisor 1) added to the tapped input slice, in the compute dtype."""
+    from .pool import avg_pool_divisor, divisor_extent
+    ct = _compute_dtype(go.dtype)
+    g2 = g.plane
+    (D, *_), (kd, *_), (sd, *_), ((pd, pd_hi), *_), (dd, *_) = (g.spatial, g.kernel, g.stride, g.padding,
+                                                               g.dilation)
+    if divisor_override:
+        div = np.full((g.out[0], 1, 1), divisor_override, dtype=np.int64)
+    else:
+        div = (divisor_extent(0, g.out[0], kd, sd, pd, pd_hi, D, count_include_pad)[:, None, None]
+               * avg_pool_divisor(g2, count_include_pad, None)[None])
+    terms = np.divide(go, div.astype(ct), dtype=ct)
+    gi = np.zeros(g.input_shape, dtype=ct)
+    for od in range(g.out[0]):
+        for z in (od * sd - pd + a * dd for a in range(kd)):
+            if 0 <= z < D:
+                spread, _ = avg_pool2d(terms[:, :, od], None, g2, True, 1)
+                gi[:, :, z] += spread
+    return (gi if gi.dtype == go.dtype else gi.astype(go.dtype)), "numpy_avg_pool3d_backward"

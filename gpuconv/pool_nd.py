@@ -1,0 +1,90 @@
+"""1-D and 3-D max / average pooling (``torch.nn.functional.max_pool1d`` / ``max_pool3d`` / ``avg_pool1d`` /
+``avg_pool3d``), with the padding forms of every gpuconv pooling op (docs/semantics.md, "Pooling").
+
+1-D pooling runs the 2-D ops on planes of one row (``(N, C, L)`` viewed as ``(N, C, 1, L)``, window
+``(1, k)``; the index ``h*W + w`` is then ``l``), on both paths; the CUDA kernels' compile-time ``(1, 2)``
+and ``(1, 3)`` windows make the row loop disappear. 3-D pooling runs on NumPy arrays (``_numpy/pool_nd.py``,
+composed from the 2-D passes); on CuPy arrays it raises ``NotImplementedError`` (no 3-D CUDA kernel yet).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _backend
+from ._pool_geometry import pool_geometry_nd
+
+CUDA_3D_MISSING = ("{fn}() on CuPy arrays is not implemented: gpuconv has no 3-D pooling CUDA kernels yet "
+                   "(the NumPy path computes it for NumPy arrays)")
+
+
+def _check_divisor(fn: str, divisor_override):
+    if divisor_override is not None:
+        if not isinstance(divisor_override, numbers.Integral) or isinstance(divisor_override, bool):
+            raise TypeError(f"{fn}(): divisor_override must be an int or None, got {divisor_override!r}")
+        if divisor_override == 0:
+            raise ValueError(f"{fn}(): divisor must be not zero (divisor_override=0)")
+        return int(divisor_override)
+    return None
+
+
+def _run(fn: str, input, dims: int, args, op2d, op3d, options, with_indices):
+    """Validate, build the geometry, run (1-D: the backend's 2-D op ``op2d`` on one-row planes; 3-D:
+    ``_numpy.pool_nd.<op3d>``), record, drop the batch dimension again for unbatched input.
+    ``with_indices``: None for average pooling (no indices), else whether to return them."""
+    backend, a = _backend.coerce_arrays(fn, input=input)
+    x = a["input"]
+    g = pool_geometry_nd(tuple(x.shape), *args, fn, dims)
+    xb = x if x.ndim == dims + 2 else x[None]
+    idx = None
+    if g.N == 0:
+        y, kernel = backend.xp.empty(g.output_shape, dtype=x.dtype), "none (empty output)"
+        if with_indices:
+            idx = backend.xp.empty(g.output_shape, dtype=np.int64)
+    elif dims == 1:
+        out = getattr(backend, op2d)(xb[:, :, None, :], g.plane, *options)
+        y, idx, kernel = out if with_indices is not None else (out[0], None, out[1])
+        y = y[:, :, 0]
+        idx = None if idx is None else idx[:, :, 0]
+    else:
+        if not isinstance(backend, _backend.NumpyBackend):
+            raise NotImplementedError(CUDA_3D_MISSING.format(fn=fn))
+        from ._numpy import pool_nd
+        out = _backend._ieee_quiet(getattr(pool_nd, op3d), xb, g, *options)
+        y, idx, kernel = out if with_indices is not None else (out[0], None, out[1])
+    _backend.record(fn, backend.name, kernel)
+    if x.ndim == dims + 1:
+        y = y[0]
+        idx = None if idx is None else idx[0]
+    return (y, idx) if with_indices else y
+
+
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """1-D max pooling of ``(N, C, L)`` (or ``(C, L)``), as ``torch.nn.functional.max_pool1d``; the rules of
+    :func:`gpuconv.max_pool2d` (NaN wins, first maximum, -inf padding). Indices: ``l``."""
+    return _run("max_pool1d", input, 1, (kernel_size, stride, padding, dilation, ceil_mode), "max_pool2d",
+                None, (bool(return_indices),), bool(return_indices))
+
+
+def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """1-D average pooling, as ``torch.nn.functional.avg_pool1d`` (which has no ``divisor_override``)."""
+    return _run("avg_pool1d", input, 1, (kernel_size, stride, padding, 1, ceil_mode), "avg_pool2d", None,
+                (bool(count_include_pad), None), None)
+
+
+def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """3-D max pooling of ``(N, C, D, H, W)`` (or ``(C, D, H, W)``), as ``torch.nn.functional.max_pool3d``;
+    indices ``d*H*W + h*W + w``. NumPy arrays only for now (CuPy arrays: ``NotImplementedError``)."""
+    return _run("max_pool3d", input, 3, (kernel_size, stride, padding, dilation, ceil_mode), None,
+                "max_pool3d", (bool(return_indices),), bool(return_indices))
+
+
+def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """3-D average pooling, as ``torch.nn.functional.avg_pool3d``; divisor as :func:`gpuconv.avg_pool2d`'s,
+    per axis. NumPy arrays only for now (CuPy arrays: ``NotImplementedError``)."""
+    dov = _check_divisor("avg_pool3d", divisor_override)
+    return _run("avg_pool3d", input, 3, (kernel_size, stride, padding, 1, ceil_mode), None, "avg_pool3d",
+                (bool(count_include_pad), dov), None)
