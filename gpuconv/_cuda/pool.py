@@ -29,8 +29,9 @@ SOURCE = "pool2d.cu"
 
 POOL_BLOCK = 256  # threads per block (1-D)
 # Window sizes with a compile-time instantiation (2x2: the classic stride-2 downsampling; 3x3: ResNet's
-# stem pooling and 3x3 average pools). Every other size runs the generic (0, 0) kernel.
-FIXED_WINDOWS = ((2, 2), (3, 3))
+# stem pooling and 3x3 average pools; 1x2 and 1x3: 1-D pooling, which runs on one-row planes, so that its
+# row loop is a compile-time single pass). Every other size runs the generic (0, 0) kernel.
+FIXED_WINDOWS = ((2, 2), (3, 3), (1, 2), (1, 3))
 
 _BOOLS = (False, True)
 
