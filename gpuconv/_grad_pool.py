@@ -134,13 +134,12 @@ def _output_size(grad_output) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# 1-D and 3-D pooling (1-D: the 2-D gradients on one-row planes; 3-D: NumPy only for now)
+# 1-D and 3-D pooling (1-D: the 2-D gradients on one-row planes)
 # --------------------------------------------------------------------------------------------
 
 def _run_nd(fn: str, op2d: str, dims: int, input_size, grad_output, indices, args, *options):
     """As ``_run`` for ``dims``-D pooling: ``input_size`` ``(N, C, *spatial)`` or ``(C, *spatial)``."""
     from ._pool_geometry import pool_geometry_nd
-    from .pool_nd import CUDA_3D_MISSING
     ok = isinstance(input_size, (tuple, list)) and all(
         isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in input_size)
     if not ok or len(input_size) not in (dims + 1, dims + 2) or min(input_size) < 0:
@@ -165,8 +164,6 @@ def _run_nd(fn: str, op2d: str, dims: int, input_size, grad_output, indices, arg
                                            g.plane, *options)
         gi = gi[:, :, 0]
     else:
-        if not isinstance(backend, _backend.NumpyBackend):
-            raise NotImplementedError(CUDA_3D_MISSING.format(fn=fn))
         gi, kernel = backend.pool_backward(op2d.replace("2d", "3d"), go, idx, g, *options)
     _backend.record(fn.replace("_input", ""), backend.name, kernel, direction="backward")
     return gi[0] if len(size) == dims + 1 else gi
@@ -194,8 +191,7 @@ def avg_pool1d_input(input_size, grad_output, kernel_size, stride=None, padding=
 
 def max_pool3d_input(input_size, grad_output, indices, kernel_size, stride=None, padding=0, dilation=1,
                      ceil_mode=False):
-    """Gradient of ``max_pool3d`` (indices ``d*H*W + h*W + w``): as :func:`max_pool2d_input`. NumPy arrays only
-    for now (CuPy arrays: ``NotImplementedError``)."""
+    """Gradient of ``max_pool3d`` (indices ``d*H*W + h*W + w``): as :func:`max_pool2d_input`."""
     _need_indices("max_pool3d_input", indices)
     return _run_nd("max_pool3d_input", "max_pool2d", 3, input_size, grad_output, indices,
                    (kernel_size, stride, padding, dilation, ceil_mode))
@@ -203,8 +199,7 @@ def max_pool3d_input(input_size, grad_output, indices, kernel_size, stride=None,
 
 def avg_pool3d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False,
                      count_include_pad=True, divisor_override=None):
-    """Gradient of ``avg_pool3d``: as :func:`avg_pool2d_input`. NumPy arrays only for now (CuPy arrays:
-    ``NotImplementedError``)."""
+    """Gradient of ``avg_pool3d``: as :func:`avg_pool2d_input`."""
     dov = _divisor("avg_pool3d_input", divisor_override)
     return _run_nd("avg_pool3d_input", "avg_pool2d", 3, input_size, grad_output, None,
                    (kernel_size, stride, padding, 1, ceil_mode), bool(count_include_pad), dov)

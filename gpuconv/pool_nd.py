@@ -3,8 +3,9 @@
 
 1-D pooling runs the 2-D ops on planes of one row (``(N, C, L)`` viewed as ``(N, C, 1, L)``, window
 ``(1, k)``; the index ``h*W + w`` is then ``l``), on both paths; the CUDA kernels' compile-time ``(1, 2)``
-and ``(1, 3)`` windows make the row loop disappear. 3-D pooling runs on NumPy arrays (``_numpy/pool_nd.py``,
-composed from the 2-D passes); on CuPy arrays it raises ``NotImplementedError`` (no 3-D CUDA kernel yet).
+and ``(1, 3)`` windows make the row loop disappear. 3-D pooling: on NumPy arrays ``_numpy/pool_nd.py``
+(composed from the 2-D passes), on CuPy arrays the 3-D kernels of ``kernels/pool2d.cu`` (the 2-D window code
+over each depth tap).
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ import numpy as np
 
 from . import _backend
 from ._pool_geometry import pool_geometry_nd
-
-CUDA_3D_MISSING = ("{fn}() on CuPy arrays is not implemented: gpuconv has no 3-D pooling CUDA kernels yet "
-                   "(the NumPy path computes it for NumPy arrays)")
-
 
 def _check_divisor(fn: str, divisor_override):
     if divisor_override is not None:
@@ -49,10 +46,11 @@ def _run(fn: str, input, dims: int, args, op2d, op3d, options, with_indices):
         y = y[:, :, 0]
         idx = None if idx is None else idx[:, :, 0]
     else:
-        if not isinstance(backend, _backend.NumpyBackend):
-            raise NotImplementedError(CUDA_3D_MISSING.format(fn=fn))
-        from ._numpy import pool_nd
-        out = _backend._ieee_quiet(getattr(pool_nd, op3d), xb, g, *options)
+        if isinstance(backend, _backend.NumpyBackend):
+            from ._numpy import pool_nd
+            out = _backend._ieee_quiet(getattr(pool_nd, op3d), xb, g, *options)
+        else:
+            out = getattr(backend, op3d)(xb, g, *options)
         y, idx, kernel = out if with_indices is not None else (out[0], None, out[1])
     _backend.record(fn, backend.name, kernel)
     if x.ndim == dims + 1:
@@ -76,7 +74,7 @@ def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
 def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """3-D max pooling of ``(N, C, D, H, W)`` (or ``(C, D, H, W)``), as ``torch.nn.functional.max_pool3d``;
-    indices ``d*H*W + h*W + w``. NumPy arrays only for now (CuPy arrays: ``NotImplementedError``)."""
+    indices ``d*H*W + h*W + w``."""
     return _run("max_pool3d", input, 3, (kernel_size, stride, padding, dilation, ceil_mode), None,
                 "max_pool3d", (bool(return_indices),), bool(return_indices))
 
@@ -84,7 +82,7 @@ def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """3-D average pooling, as ``torch.nn.functional.avg_pool3d``; divisor as :func:`gpuconv.avg_pool2d`'s,
-    per axis. NumPy arrays only for now (CuPy arrays: ``NotImplementedError``)."""
+    per axis."""
     dov = _check_divisor("avg_pool3d", divisor_override)
     return _run("avg_pool3d", input, 3, (kernel_size, stride, padding, 1, ceil_mode), None, "avg_pool3d",
                 (bool(count_include_pad), dov), None)

@@ -1,7 +1,7 @@
 """1-D and 3-D max / average pooling and their gradients (gpuconv.max_pool1d / avg_pool1d / max_pool3d /
-avg_pool3d, gpuconv.grad.*_pool{1,3}d_input) against the N-D textbook references (tests/reference.py) and
-PyTorch when installed: 1-D on every backend (it runs the 2-D kernels on one-row planes), 3-D on NumPy (on
-CuPy arrays it is a clear NotImplementedError: no 3-D CUDA kernel yet)."""
+avg_pool3d, gpuconv.grad.*_pool{1,3}d_input) on every backend (NumPy, the emulated kernels, a GPU) against
+the N-D textbook references (tests/reference.py) and PyTorch when installed. 1-D runs the 2-D kernels on
+one-row planes; 3-D has its own kernels (the 2-D window code over depth taps)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from gpuconv import grad as gp
 from tests.cases import pairwise
 from tests.reference import (avg_pool_nd_grad_ref, avg_pool_nd_ref, max_pool_nd_grad_ref, max_pool_nd_ref,
                              pool_out_nd, pool_pads_ref)
-from tests.runners import POOL_RUNNERS, Runner, torch
+from tests.runners import POOL_RUNNERS, torch
 from tests.tolerance import assert_close
 
 DIMS1 = {
@@ -141,10 +141,10 @@ def test_pool1d(runner, c):
         assert "avg_pool" in record.kernel
 
 
+@pytest.mark.parametrize("runner", POOL_RUNNERS)
 @pytest.mark.parametrize("c", CASES3, ids=[_cid(c) for c in CASES3])
-def test_pool3d_numpy(c):
-    _check(Runner("numpy"), c, 3, gpuconv.max_pool3d, gpuconv.avg_pool3d, gp.max_pool3d_input,
-           gp.avg_pool3d_input)
+def test_pool3d(runner, c):
+    _check(runner, c, 3, gpuconv.max_pool3d, gpuconv.avg_pool3d, gp.max_pool3d_input, gp.avg_pool3d_input)
 
 
 @pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
@@ -182,15 +182,32 @@ def test_against_pytorch():
 
 
 @pytest.mark.emulated
-def test_3d_on_the_cuda_path_is_not_implemented():
+@pytest.mark.parametrize("op", ["max", "avg"])
+def test_3d_kernels_are_deterministic(op):
+    """The 3-D kernels (forward, gradient) give bitwise the same result in either thread order, and the
+    names the table lists."""
     from gpuconv._backend import CudaBackend, use_backend
+    from gpuconv._cuda import ops
     from tests.runners import emulated_runtime
-    x = np.zeros((1, 1, 3, 3, 3), np.float32)
-    with use_backend(CudaBackend(emulated_runtime())):
-        with pytest.raises(NotImplementedError, match="max_pool3d.*no 3-D pooling CUDA kernels"):
-            gpuconv.max_pool3d(x, 2)
-        with pytest.raises(NotImplementedError, match="avg_pool3d_input.*no 3-D pooling CUDA kernels"):
-            gp.avg_pool3d_input(x.shape, np.zeros((1, 1, 1, 1, 1), np.float32), 2)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 5, 6, 7)).astype(np.float32)
+    results = []
+    for reverse in (False, True):
+        with use_backend(CudaBackend(emulated_runtime(reverse_threads=reverse))):
+            if op == "max":
+                y, idx = gpuconv.max_pool3d(x, 3, 1, 1, return_indices=True)
+                fwd = gpuconv.last_kernel().kernel
+                gi = gp.max_pool3d_input(x.shape, np.ones(y.shape, np.float32), idx, 3, 1, 1)
+            else:
+                y = gpuconv.avg_pool3d(x, (3, 2, 3), (1, 2, 1), ((1, 1), (0, 1), (2, 0)), False, False)
+                fwd = gpuconv.last_kernel().kernel
+                gi = gp.avg_pool3d_input(x.shape, np.ones(y.shape, np.float32), (3, 2, 3), (1, 2, 1),
+                                         ((1, 1), (0, 1), (2, 0)), False, False)
+            bwd = gpuconv.last_kernel().kernel
+        results.append((y.tobytes(), gi.tobytes()))
+    assert results[0] == results[1]
+    assert fwd in ops.INSTANTIATIONS["pool2d.cu"] and bwd in ops.INSTANTIATIONS["pool2d_backward.cu"]
+    assert fwd.startswith(f"gpuconv::{op}_pool3d<") and bwd.startswith(f"gpuconv::{op}_pool3d_backward<")
 
 
 def test_errors():

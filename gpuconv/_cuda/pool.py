@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._pool_geometry import AdaptiveGeometry, PoolGeometry
+from .._pool_geometry import AdaptiveGeometry, PoolGeometry, PoolGeometryND
 from . import limits
 from .algo import FORWARD, Algorithm, accepts_everything
 from .limits import CTYPE as _CTYPE
@@ -63,6 +63,14 @@ def adaptive_avg_name(dtype) -> str:
     return f"gpuconv::adaptive_avg_pool2d<{_ctype(dtype)}>"
 
 
+def max3d_name(dtype, with_index: bool) -> str:
+    return f"gpuconv::max_pool3d<{_ctype(dtype)}, {_b(with_index)}>"
+
+
+def avg3d_name(dtype) -> str:
+    return f"gpuconv::avg_pool3d<{_ctype(dtype)}>"
+
+
 _WINDOWS = ((0, 0),) + FIXED_WINDOWS
 
 # What each op's launch may request (all in SOURCE).
@@ -71,6 +79,8 @@ INSTANTIATIONS = {
     "avg_pool2d": tuple(avg_name(dt, kh, kw) for dt in _CTYPE for kh, kw in _WINDOWS),
     "adaptive_max_pool2d": tuple(adaptive_max_name(dt, wi) for dt in _CTYPE for wi in _BOOLS),
     "adaptive_avg_pool2d": tuple(adaptive_avg_name(dt) for dt in _CTYPE),
+    "max_pool3d": tuple(max3d_name(dt, wi) for dt in _CTYPE for wi in _BOOLS),
+    "avg_pool3d": tuple(avg3d_name(dt) for dt in _CTYPE),
 }
 
 
@@ -95,9 +105,23 @@ def pool_int32_limit_reason(geom) -> str | None:
                  "W + padding_left + padding_right + stride_w + dilation_w*kernel_w":
                  geom.W + geom.pw + geom.pr + geom.sw + geom.dw * geom.kw,
                  "OH": geom.OH, "OW": geom.OW}
+    elif isinstance(geom, PoolGeometryND):  # per axis, as in 2-D (depth, rows, columns)
+        sizes = {}
+        for name, n, k, s, (lo, hi), d, o in zip("DHW"[3 - geom.dims:], geom.spatial, geom.kernel, geom.stride,
+                                                 geom.padding, geom.dilation, geom.out):
+            sizes[f"{name} + padding + stride + dilation*kernel ({name} axis)"] = n + lo + hi + s + d * k
+            sizes[f"O{name}"] = o
     else:
         sizes = {"H": geom.H, "W": geom.W, "OH": geom.OH, "OW": geom.OW}
     return limits.int32_limit_reason(sizes, "pooling")
+
+
+def nd_args(g: PoolGeometryND, avg: bool) -> list:
+    """The 3-D kernels' scalar arguments: planes, then per axis (depth, rows, columns) the sizes, outputs,
+    kernel, stride, leading padding, and dilation (max) or trailing padding (avg)."""
+    last = [hi for _, hi in g.padding] if avg else list(g.dilation)
+    return [np.int64(g.N * g.C)] + int32_args(*g.spatial, *g.out, *g.kernel, *g.stride,
+                                              *(lo for lo, _ in g.padding), *last)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +211,25 @@ def adaptive_max_pool2d(rt, x, geom: AdaptiveGeometry, return_indices: bool):
     return y, (idx if return_indices else None), name
 
 
+def max_pool3d(rt, x, geom: PoolGeometryND, return_indices: bool):
+    """Returns ``(y, indices or None, kernel_id)``."""
+    x, y, dtype = prepare(rt, x, geom, "max_pool3d", geom.output_shape)
+    idx = _indices(rt, geom, return_indices)
+    name = max3d_name(dtype, bool(return_indices))
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.output_shape)), [x, y, idx] + nd_args(geom, False))
+    return y, (idx if return_indices else None), name
+
+
+def avg_pool3d(rt, x, geom: PoolGeometryND, count_include_pad: bool, divisor_override):
+    """Returns ``(y, kernel_id)``."""
+    x, y, dtype = prepare(rt, x, geom, "avg_pool3d", geom.output_shape)
+    name = avg3d_name(dtype)
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.output_shape)),
+              [x, y] + nd_args(geom, True) + int32_args(1 if count_include_pad else 0)
+              + [np.int64(divisor_override or 0)])
+    return y, name
+
+
 def _pool_algorithm(op: str, launch) -> Algorithm:
     """The one kernel of a pooling op, as its table entry (its 32-bit limit is checked at launch, where
     the message names the op)."""
@@ -197,4 +240,5 @@ def _pool_algorithm(op: str, launch) -> Algorithm:
 # The op's launch signature: (rt, x, geom, *options) -> (y, [indices,] kernel_id); see each function.
 ALGORITHMS = tuple(_pool_algorithm(op, launch) for op, launch in (
     ("max_pool2d", max_pool2d), ("avg_pool2d", avg_pool2d),
-    ("adaptive_max_pool2d", adaptive_max_pool2d), ("adaptive_avg_pool2d", adaptive_avg_pool2d)))
+    ("adaptive_max_pool2d", adaptive_max_pool2d), ("adaptive_avg_pool2d", adaptive_avg_pool2d),
+    ("max_pool3d", max_pool3d), ("avg_pool3d", avg_pool3d)))
