@@ -210,6 +210,35 @@ def test_3d_kernels_are_deterministic(op):
     assert fwd.startswith(f"gpuconv::{op}_pool3d<") and bwd.startswith(f"gpuconv::{op}_pool3d_backward<")
 
 
+@pytest.mark.parametrize("runner", POOL_RUNNERS)
+@pytest.mark.parametrize("dims", [1, 3])
+def test_indices_outside_their_window_contribute_nothing(runner, dims):
+    """The rule of docs/pooling-gradients.md on dilated, padded windows: random indices (in and out of the
+    window, out of the plane) are dropped unless they name an in-bounds tap of their output's window."""
+    rng = np.random.default_rng(11)
+    size = (2, 3, 13) if dims == 1 else (2, 3, 5, 6, 7)
+    args = ((3, 2, 1, 2, True) if dims == 1 else ((2, 3, 2), (1, 2, 2), ((1, 1), (1, 2), (0, 1)), (2, 2, 3), True))
+    x = rng.standard_normal(size).astype(np.float32)
+    fwd, grad = (gpuconv.max_pool1d, gp.max_pool1d_input) if dims == 1 else (gpuconv.max_pool3d, gp.max_pool3d_input)
+    y, idx = fwd(x, *args, return_indices=True)
+    plane = int(np.prod(size[2:]))
+    bad = idx.copy()
+    flat = bad.reshape(-1)
+    pick = rng.random(flat.size) < 0.5
+    flat[pick] = rng.integers(-3, plane + 3, int(pick.sum()))
+    flat[:3] = [2**62, -(2**63), plane]
+    go = rng.standard_normal(y.shape).astype(np.float32)
+    gi = runner.call(lambda g, i: grad(size, g, i, *args), go, bad)
+    k, s, p, d, cm = args
+    n = dims
+    k, s, d = ((k,) * n if isinstance(k, int) else k), ((s,) * n if isinstance(s, int) else s), \
+        ((d,) * n if isinstance(d, int) else d)
+    pads = pool_pads_ref(p, k, s, d, size[2:])
+    expected = max_pool_nd_grad_ref(size, go, bad, k, s, pads, d, cm)
+    magnitude = max_pool_nd_grad_ref(size, np.abs(go.astype(np.float64)), bad, k, s, pads, d, cm)
+    assert_close(gi, expected, magnitude, np.float32, "random indices")
+
+
 def test_errors():
     x = np.zeros((2, 3, 8))
     with pytest.raises(ValueError, match=r"max_pool1d: Expected 2D or 3D input"):
