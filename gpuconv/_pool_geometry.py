@@ -116,8 +116,8 @@ def resolve_pool_padding(padding, kernel, stride, dilation, spatial, fn: str) ->
     n = len(kernel)
     if _per_side_padding(padding):
         if isinstance(padding, (tuple, list)) and len(padding) != n:
-            raise TypeError(f"{fn}: padding must be an int, {n} ints, {n} (low, high) pairs, 'valid' or "
-                            f"'same', got {padding!r}")
+            raise TypeError(f"padding must be an int, {n} ints, {n} (low, high) pairs, 'valid' or 'same', "
+                            f"got {padding!r}")
         sides = []
         for a in range(0, n, 2):  # the conv parser takes two axes; an odd last axis is paired with itself
             axes = [a, a + 1] if a + 1 < n else [a, a]
@@ -136,7 +136,7 @@ def resolve_pool_padding(padding, kernel, stride, dilation, spatial, fn: str) ->
     elif isinstance(padding, (tuple, list)) and len(padding) == n and all(_is_int(p) for p in padding):
         pads = tuple(int(p) for p in padding)
     else:
-        raise TypeError(f"{fn}: padding must be an int, {n} ints, {n} (low, high) pairs, 'valid' or 'same', "
+        raise TypeError(f"padding must be an int, {n} ints, {n} (low, high) pairs, 'valid' or 'same', "
                         f"got {padding!r}")
     if min(pads) < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")

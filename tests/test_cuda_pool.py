@@ -347,8 +347,9 @@ def test_kernel_ids_and_fixed_windows(rt):
     assert kernel_id(pool.avg_pool2d, x, pool_geometry(x.shape, (1, 2)), True, None) == \
         "gpuconv::avg_pool2d<float, 1, 2>"
     names = ops.INSTANTIATIONS[pool.SOURCE]
-    # 3 dtypes x (max: 2 index modes x 5 windows; avg: 5 windows; adaptive max: 2; adaptive avg: 1)
-    assert len(names) == len(set(names)) == 54
+    # 3 dtypes x (max: 2 index modes x 5 windows; avg: 5 windows; adaptive max: 2; adaptive avg: 1;
+    # max 3-D: 2; avg 3-D: 1)
+    assert len(names) == len(set(names)) == 63
 
 
 def test_no_index_array_without_return_indices(rt):
