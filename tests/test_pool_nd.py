@@ -13,8 +13,10 @@ from gpuconv import grad as gp
 from tests.cases import pairwise
 from tests.reference import (avg_pool_nd_grad_ref, avg_pool_nd_ref, max_pool_nd_grad_ref, max_pool_nd_ref,
                              pool_out_nd, pool_pads_ref)
-from tests.runners import POOL_RUNNERS, torch
+from tests.runners import POOL_RUNNERS, numpy_io, runtime_fixture, torch, with_thread_order
 from tests.tolerance import assert_close
+
+rt = runtime_fixture()
 
 DIMS1 = {
     "kernel": [1, 2, 3, 5],
@@ -181,31 +183,26 @@ def test_against_pytorch():
                                F.avg_pool1d(t1, 4, 3, 2, True, False).numpy(), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.emulated
 @pytest.mark.parametrize("op", ["max", "avg"])
-def test_3d_kernels_are_deterministic(op):
-    """The 3-D kernels (forward, gradient) give bitwise the same result in either thread order, and the
-    names the table lists."""
-    from gpuconv._backend import CudaBackend, use_backend
-    from gpuconv._cuda import ops
-    from tests.runners import emulated_runtime
+def test_3d_kernels_are_deterministic(rt, op):
+    """The 3-D kernels (forward, gradient) give bitwise the same result in either thread order, twice, and
+    are the names the table lists."""
+    from gpuconv._cuda import ops, pool, pool_grad
+    from gpuconv._pool_geometry import pool_geometry_nd
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 3, 5, 6, 7)).astype(np.float32)
     results = []
-    for reverse in (False, True):
-        with use_backend(CudaBackend(emulated_runtime(reverse_threads=reverse))):
-            if op == "max":
-                y, idx = gpuconv.max_pool3d(x, 3, 1, 1, return_indices=True)
-                fwd = gpuconv.last_kernel().kernel
-                gi = gp.max_pool3d_input(x.shape, np.ones(y.shape, np.float32), idx, 3, 1, 1)
-            else:
-                y = gpuconv.avg_pool3d(x, (3, 2, 3), (1, 2, 1), ((1, 1), (0, 1), (2, 0)), False, False)
-                fwd = gpuconv.last_kernel().kernel
-                gi = gp.avg_pool3d_input(x.shape, np.ones(y.shape, np.float32), (3, 2, 3), (1, 2, 1),
-                                         ((1, 1), (0, 1), (2, 0)), False, False)
-            bwd = gpuconv.last_kernel().kernel
+    for r in (rt, with_thread_order(rt, "reversed"), rt):
+        if op == "max":
+            g = pool_geometry_nd(x.shape, 3, 1, 1, 1, False, "max_pool3d", 3)
+            y, idx, fwd = numpy_io(r, pool.max_pool3d, x, g, True)
+            gi, bwd = numpy_io(r, pool_grad.max_pool3d, np.ones(y.shape, np.float32), idx, g)
+        else:
+            g = pool_geometry_nd(x.shape, (3, 2, 3), (1, 2, 1), ((1, 1), (0, 1), (2, 0)), 1, False, "avg_pool3d", 3)
+            y, fwd = numpy_io(r, pool.avg_pool3d, x, g, False, None)
+            gi, bwd = numpy_io(r, pool_grad.avg_pool3d, np.ones(y.shape, np.float32), None, g, False, None)
         results.append((y.tobytes(), gi.tobytes()))
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
     assert fwd in ops.INSTANTIATIONS["pool2d.cu"] and bwd in ops.INSTANTIATIONS["pool2d_backward.cu"]
     assert fwd.startswith(f"gpuconv::{op}_pool3d<") and bwd.startswith(f"gpuconv::{op}_pool3d_backward<")
 
