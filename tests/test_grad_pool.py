@@ -465,6 +465,21 @@ def test_kernels_are_deterministic(rt, op, dtype, monkeypatch):
         assert on_numpy.tobytes() == first.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("count_include_pad, divisor_override", [(True, None), (False, 3)])
+def test_tiling_avg_windows_keep_the_kernels_bits(rt, dtype, count_include_pad, divisor_override):
+    """Windows that tile the input (stride = kernel, no padding) take the NumPy path's one-term-per-cell pass;
+    its bits are still the kernel's, a -0.0 term included (the kernel sums from +0.0)."""
+    from gpuconv._numpy import pool_grad as numpy_pool_grad
+    g = pool_geometry((2, 3, 6, 9), (2, 3))
+    go = _data(g.output_shape, dtype, seed=40)
+    go[0, 0, 0, 0] = -0.0
+    first, _ = numpy_io(rt, pool_grad.avg_pool2d, go, None, g, count_include_pad, divisor_override)
+    on_numpy, _ = numpy_pool_grad.avg_pool2d(go, None, g, count_include_pad, divisor_override)
+    assert on_numpy.tobytes() == first.tobytes()
+    assert not np.signbit(on_numpy[0, 0, 0, 0])
+
+
 def test_numpy_blocks_do_not_change_the_bits(monkeypatch):
     """Every input cell sums its terms in one fixed order however the NumPy path blocks the work."""
     for op in OPS:
