@@ -590,7 +590,7 @@ def test_torch_size_is_an_input_size():
 _EDGE_CASES = r"""
 import numpy as np
 from gpuconv._cuda import limits, pool_grad
-from gpuconv._pool_geometry import adaptive_geometry, pool_geometry
+from gpuconv._pool_geometry import adaptive_geometry, pool_geometry, pool_geometry_nd
 from gpuconv._numpy import pool_grad as numpy_pool_grad
 
 
@@ -602,14 +602,22 @@ def edge_cases():
              (0, 1), (1, 2), False), ()), ("max_pool2d", (1, 1, 9, 8), ((2, 3), 1, (1, 1), (3, 2), True), ()),
              ("avg_pool2d", (2, 3, 6, 7), (3, 2, 1, 1, True), (True, None)),
              ("avg_pool2d", (1, 2, 5, 9), ((2, 4), (3, 1), (1, 2), 1, True), (False, 3)),
-             ("adaptive_max_pool2d", (2, 2, 3, 5), (7, 11), ()), ("adaptive_avg_pool2d", (1, 3, 7, 2), (3, 5), ())]
+             ("adaptive_max_pool2d", (2, 2, 3, 5), (7, 11), ()), ("adaptive_avg_pool2d", (1, 3, 7, 2), (3, 5), ()),
+             # per-side padding, 3-D (dilation stepping over the volume, trailing padding, ceil_mode)
+             ("avg_pool2d", (1, 2, 5, 6), (3, 2, ((0, 2), (2, 1)), 1, True), (True, None)),
+             ("max_pool2d", (1, 2, 5, 6), (3, 2, ((2, 0), (1, 2)), 1, True), ()),
+             ("max_pool3d", (2, 2, 3, 5, 4), ((2, 3, 2), (1, 2, 2), ((1, 1), (1, 2), (0, 1)), (2, 2, 3), True), ()),
+             ("avg_pool3d", (1, 2, 4, 3, 5), ((3, 2, 3), (2, 1, 2), ((2, 0), (0, 1), (1, 1)), 1, True), (False, 5))]
     for op, shape, args, options in cases:
         for dtype in (np.float16, np.float32, np.float64):
-            g = adaptive_geometry(shape, args) if op.startswith("adaptive") else pool_geometry(shape, *args)
+            if op.endswith("3d"):
+                g = pool_geometry_nd(shape, *args, op, 3)
+            else:
+                g = adaptive_geometry(shape, args) if op.startswith("adaptive") else pool_geometry(shape, *args)
             go = rng.standard_normal(g.output_shape).astype(dtype)
             idx = None
-            if op.endswith("max_pool2d"):
-                idx = rng.integers(-3, g.H * g.W + 3, size=g.output_shape)
+            if "max_pool" in op:
+                idx = rng.integers(-3, int(np.prod(shape[2:])) + 3, size=g.output_shape)
                 idx.reshape(-1)[::5] = 2**62
                 idx.reshape(-1)[1::7] = -(2**63)
             yield op, go, idx, g, options
