@@ -8,7 +8,7 @@ from ._cuda.settings import set_autotune, set_tensor_cores
 from ._grad_conv import conv2d_backward, conv_transpose2d
 from .conv import conv2d
 from .pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
-from .pool_nd import avg_pool1d, avg_pool3d, max_pool1d, max_pool3d
+from .pool_nd import adaptive_avg_pool1d, adaptive_max_pool1d, avg_pool1d, avg_pool3d, max_pool1d, max_pool3d
 from .shapes import conv2d_num_params, conv2d_output_shape, pool2d_output_shape
 from . import grad  # noqa: E402  (gpuconv.grad.conv2d_input etc., as torch.nn.grad)
 
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "grad",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-    "max_pool1d", "avg_pool1d", "max_pool3d", "avg_pool3d",
+    "max_pool1d", "avg_pool1d", "max_pool3d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_max_pool1d",
     "conv2d_output_shape", "pool2d_output_shape", "conv2d_num_params",
     "backend_info", "last_kernel", "KernelRecord", "set_autotune", "autotune_choices", "clear_autotune_cache",
     "set_tensor_cores", "precompile", "__version__",

@@ -203,3 +203,36 @@ def avg_pool3d_input(input_size, grad_output, kernel_size, stride=None, padding=
     dov = _divisor("avg_pool3d_input", divisor_override)
     return _run_nd("avg_pool3d_input", "avg_pool2d", 3, input_size, grad_output, None,
                    (kernel_size, stride, padding, 1, ceil_mode), bool(count_include_pad), dov)
+
+
+def _adaptive1d_input(fn: str, op: str, input_size, grad_output, indices):
+    """1-D adaptive pooling gradients: the 2-D ones on one-row planes; the output size is grad_output's."""
+    ok = isinstance(input_size, (tuple, list)) and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in input_size)
+    if not ok or len(input_size) not in (2, 3) or min(input_size) < 0:
+        raise (ValueError if ok else TypeError)(
+            f"{fn}(): input_size must be a tuple of 3 ints (N, C, L) or 2 (C, L) with non-negative sizes, got "
+            f"{input_size!r}")
+    size = tuple(int(s) for s in input_size)
+    shape = tuple(getattr(grad_output, "shape", ()))
+    if len(shape) != len(size) or shape[:-1] != size[:-1] or shape[-1] < 1:
+        raise ValueError(f"{fn}(): grad_output must have the shape of input_size {list(size)} with its last size "
+                         f"replaced by the output size, got grad_output of shape {list(shape)}")
+    go4 = grad_output[..., None, :]
+    idx4 = indices[..., None, :] if hasattr(indices, "ndim") else indices  # not an array: _indices names it
+    size4 = size[:-1] + (1, size[-1])
+    gi = _run(fn, op, size4, go4, idx4, lambda s: adaptive_geometry(s, (1, shape[-1]), fn))
+    rec = _backend.last_kernel()
+    _backend.record(fn.replace("_input", ""), rec.backend, *rec.kernels, direction="backward")
+    return gi[..., 0, :]
+
+
+def adaptive_avg_pool1d_input(input_size, grad_output):
+    """Gradient of ``adaptive_avg_pool1d`` (as :func:`adaptive_avg_pool2d_input`)."""
+    return _adaptive1d_input("adaptive_avg_pool1d_input", "adaptive_avg_pool2d", input_size, grad_output, None)
+
+
+def adaptive_max_pool1d_input(input_size, grad_output, indices):
+    """Gradient of ``adaptive_max_pool1d`` (as :func:`adaptive_max_pool2d_input`; indices ``l``)."""
+    _need_indices("adaptive_max_pool1d_input", indices)
+    return _adaptive1d_input("adaptive_max_pool1d_input", "adaptive_max_pool2d", input_size, grad_output, indices)

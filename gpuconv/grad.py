@@ -11,6 +11,7 @@
     gpuconv.grad.adaptive_max_pool2d_input(input_size, grad_output, indices)
     gpuconv.grad.max_pool1d_input / max_pool3d_input (as max_pool2d_input), avg_pool1d_input (no divisor_override,
                                   as avg_pool1d) / avg_pool3d_input (as avg_pool2d_input)
+    gpuconv.grad.adaptive_avg_pool1d_input(input_size, grad_output), adaptive_max_pool1d_input(..., indices)
 
 ``gpuconv.conv2d_backward`` and ``gpuconv.conv_transpose2d`` are the convolution's combined backward and its
 transposed form. docs/gradients.md and docs/pooling-gradients.md have the rules.
@@ -19,7 +20,9 @@ transposed form. docs/gradients.md and docs/pooling-gradients.md have the rules.
 from ._grad_conv import conv2d_bias, conv2d_input, conv2d_weight
 from ._grad_pool import adaptive_avg_pool2d_input, adaptive_max_pool2d_input, avg_pool2d_input, max_pool2d_input
 from ._grad_pool import avg_pool1d_input, avg_pool3d_input, max_pool1d_input, max_pool3d_input
+from ._grad_pool import adaptive_avg_pool1d_input, adaptive_max_pool1d_input
 
 __all__ = ["conv2d_input", "conv2d_weight", "conv2d_bias", "max_pool2d_input", "avg_pool2d_input",
            "adaptive_avg_pool2d_input", "adaptive_max_pool2d_input",
-           "max_pool1d_input", "avg_pool1d_input", "max_pool3d_input", "avg_pool3d_input"]
+           "max_pool1d_input", "avg_pool1d_input", "max_pool3d_input", "avg_pool3d_input",
+           "adaptive_avg_pool1d_input", "adaptive_max_pool1d_input"]

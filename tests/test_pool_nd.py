@@ -236,6 +236,43 @@ def test_indices_outside_their_window_contribute_nothing(runner, dims):
     assert_close(gi, expected, magnitude, np.float32, "random indices")
 
 
+@pytest.mark.parametrize("runner", POOL_RUNNERS)
+@pytest.mark.parametrize("length, out", [(7, 1), (9, 4), (5, 5), (4, 9), (6, (3,))])
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_adaptive_pool1d(runner, length, out, dtype):
+    """Adaptive 1-D pooling and its gradients: the 2-D ops on one-row planes, against the adaptive reference
+    (a plane of one row) and PyTorch."""
+    from tests.reference import adaptive_pool2d_ref
+    rng = np.random.default_rng(length)
+    x = rng.standard_normal((2, 3, length)).astype(dtype)
+    o = out[0] if isinstance(out, tuple) else out
+    exp_avg = adaptive_pool2d_ref(x[:, :, None, :], (1, o), "avg")[:, :, 0]
+    exp_max, exp_idx = (a[:, :, 0] for a in adaptive_pool2d_ref(x[:, :, None, :], (1, o), "max"))
+    y = runner.call(lambda a: gpuconv.adaptive_avg_pool1d(a, out), x)
+    assert y.shape == (2, 3, o) and y.dtype == x.dtype
+    assert_close(y, exp_avg, np.abs(exp_avg) + 1, x.dtype, "adaptive avg 1-D", precision="pool")
+    ym, idx = runner.call(lambda a: gpuconv.adaptive_max_pool1d(a, out, True), x)
+    np.testing.assert_array_equal(ym.astype(np.float64), exp_max)
+    np.testing.assert_array_equal(idx, exp_idx)
+    go = rng.standard_normal(y.shape).astype(dtype)
+    gi = runner.call(lambda g: gp.adaptive_avg_pool1d_input(x.shape, g), go)
+    windows = [((i * length) // o, -(-((i + 1) * length) // o)) for i in range(o)]
+    ref = np.zeros(x.shape)
+    for i, (a, b) in enumerate(windows):
+        ref[:, :, a:b] += go[:, :, i:i + 1].astype(np.float64) / (b - a)
+    assert_close(gi, ref, np.abs(ref) + 1, x.dtype, "adaptive avg 1-D gradient", precision="pool")
+    gm = runner.call(lambda g, i: gp.adaptive_max_pool1d_input(x.shape[1:], g, i), go[0], idx[0])
+    ref = np.zeros(x.shape[1:])
+    for c in range(3):
+        for i in range(o):
+            ref[c, idx[0, c, i]] += go[0, c, i]
+    assert_close(gm, ref, np.abs(ref) + 1, x.dtype, "adaptive max 1-D gradient")
+    assert (gpuconv.last_kernel().op, gpuconv.last_kernel().direction) == ("adaptive_max_pool1d", "backward")
+    if torch is not None:
+        t = torch.tensor(x.astype(np.float64))
+        np.testing.assert_array_equal(idx, torch.nn.functional.adaptive_max_pool1d(t, o, True)[1].numpy())
+
+
 def test_errors():
     x = np.zeros((2, 3, 8))
     with pytest.raises(ValueError, match=r"max_pool1d: Expected 2D or 3D input"):
@@ -256,3 +293,13 @@ def test_errors():
         gp.max_pool3d_input((1, 1, 4, 4, 4), np.zeros((1, 1, 2, 2, 2)), None, 2)
     with pytest.raises(TypeError, match="input_size must be a tuple of 5 ints"):
         gp.avg_pool3d_input("x", np.zeros((1, 1, 2, 2, 2)), 2)
+    with pytest.raises(ValueError, match="adaptive_avg_pool1d: Expected 2D or 3D input"):
+        gpuconv.adaptive_avg_pool1d(np.zeros((1, 1, 2, 2)), 2)
+    with pytest.raises(TypeError, match="output_size must be an int"):
+        gpuconv.adaptive_max_pool1d(x, (2, 2))
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        gpuconv.adaptive_avg_pool1d(x, 0)
+    with pytest.raises(ValueError, match=r"adaptive_avg_pool1d_input\(\): grad_output must have the shape"):
+        gp.adaptive_avg_pool1d_input((2, 3, 8), np.zeros((2, 4, 3)))
+    with pytest.raises(TypeError, match="indices"):
+        gp.adaptive_max_pool1d_input((2, 3, 8), np.zeros((2, 3, 3)), None)
