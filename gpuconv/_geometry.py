@@ -7,10 +7,9 @@ backends (NumPy, CUDA) receive only that record: they never re-derive sizes, so 
 Formulas (PyTorch's; docs/semantics.md has them all, with the traps and the differences):
 
 * convolution output: ``P = floor((H + pt + pb - dh*(R-1) - 1) / sh) + 1`` (likewise ``Q``);
-* pooling output: ``floor((H + 2p - d*(k-1) - 1 + (s-1 if ceil_mode else 0)) / s) + 1``, then, with
-  ``ceil_mode``, one less if the last window would start at or past ``H + p``;
-* adaptive window ``i`` of ``O`` over ``H``: ``[floor(i*H/O), ceil((i+1)*H/O))``;
 * ``padding='same'``: see ``same_padding`` (the odd pixel's side depends on ``flip``).
+
+The pooling ops' geometry is in ``_pool_geometry`` (it reuses the helpers and the padding parser here).
 """
 
 from __future__ import annotations
@@ -229,47 +228,6 @@ class ConvGeometry:
         return 2 * self.N * self.K * self.P * self.Q * self.Cg * self.R * self.S
 
 
-@dataclass(frozen=True)
-class PoolGeometry:
-    """Every size of one max/avg pooling call, resolved (symmetric padding, as PyTorch)."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    ph: int
-    pw: int
-    dh: int
-    dw: int
-    OH: int
-    OW: int
-    ceil_mode: bool = False
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.N, self.C, self.OH, self.OW)
-
-
-@dataclass(frozen=True)
-class AdaptiveGeometry:
-    """Sizes of an adaptive pooling call; window ``i`` is ``[floor(i*H/OH), ceil((i+1)*H/OH))``."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    OH: int
-    OW: int
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.N, self.C, self.OH, self.OW)
-
-
 # --------------------------------------------------------------------------------------------
 # convolution
 # --------------------------------------------------------------------------------------------
@@ -402,85 +360,6 @@ def conv_geometry(input_shape, weight_shape, bias_shape=None, stride=1, padding=
     return ConvGeometry(N=N, C=C, H=H, W=W, K=K, R=R, S=S, groups=int(groups), sh=sh, sw=sw,
                         pt=pt, pb=pb, pl=pl, pr=pr, dh=dh, dw=dw, P=P, Q=Q,
                         options=ConvOptions(bool(flip), activation, bias_shape is not None))
-
-
-# --------------------------------------------------------------------------------------------
-# pooling
-# --------------------------------------------------------------------------------------------
-
-def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
-    """PyTorch's ``pooling_output_shape``, including the ceil_mode rule that the last window must
-    start inside the input or the left padding."""
-    out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
-def _pool_input_shape(input_shape, fn: str):
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) == 3:
-        return (1,) + input_shape
-    if len(input_shape) != 4:
-        raise ValueError(f"{fn}: Expected 3D or 4D input, but got input of size: {_shape_str(input_shape)}")
-    if input_shape[1] == 0 or input_shape[2] == 0 or input_shape[3] == 0:
-        raise ValueError(f"{fn}: Expected input's non-batch dimensions to have positive length, "
-                         f"but input has a shape of {_shape_str(input_shape)}")
-    return input_shape
-
-
-@_memoized
-def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                  fn: str = "pool2d") -> PoolGeometry:
-    """Validate a max/avg pooling call and resolve every size."""
-    N, C, H, W = _pool_input_shape(input_shape, fn)
-    if len(input_shape) == 3 and min(C, H, W) == 0:
-        raise ValueError(f"{fn}: Expected input's dimensions to have positive length, but input has a "
-                         f"shape of {_shape_str(input_shape)}")
-    kh, kw = as_pair(kernel_size, "kernel_size", minimum=1)
-    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
-        sh, sw = kh, kw
-    else:
-        sh, sw = as_pair(stride, "stride", minimum=1)
-    if isinstance(padding, str):
-        raise TypeError(f"{fn}: padding must be an int or a pair of ints, got {padding!r}")
-    ph, pw = as_pair(padding, "padding", minimum=0)
-    dh, dw = as_pair(dilation, "dilation", minimum=1)
-    if ph > kh // 2 or pw > kw // 2:
-        raise ValueError(f"{fn}: pad should be smaller than or equal to half of kernel size, but got "
-                         f"padding={(ph, pw)}, kernel_size={(kh, kw)}")
-    OH = pool_output_size(H, kh, sh, ph, dh, ceil_mode)
-    OW = pool_output_size(W, kw, sw, pw, dw, ceil_mode)
-    if OH < 1 or OW < 1:
-        raise ValueError(f"{fn}: Given input size: ({C}x{H}x{W}). Calculated output size: "
-                         f"({C}x{OH}x{OW}). Output size is too small (kernel_size={(kh, kw)}, "
-                         f"stride={(sh, sw)}, padding={(ph, pw)}, dilation={(dh, dw)})")
-    return PoolGeometry(N=N, C=C, H=H, W=W, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw,
-                        OH=OH, OW=OW, ceil_mode=bool(ceil_mode))
-
-
-@_memoized
-def adaptive_geometry(input_shape, output_size, fn: str = "adaptive_pool2d") -> AdaptiveGeometry:
-    """Validate an adaptive pooling call. ``output_size``: int, pair, or a pair with ``None``
-    entries meaning "same as the input"."""
-    N, C, H, W = _pool_input_shape(input_shape, fn)
-    if _is_int(output_size):
-        OH = OW = int(output_size)
-    elif (isinstance(output_size, (tuple, list)) and len(output_size) == 2
-          and all(v is None or _is_int(v) for v in output_size)):
-        oh, ow = output_size
-        OH, OW = (H if oh is None else int(oh)), (W if ow is None else int(ow))
-    else:
-        raise TypeError(f"{fn}: output_size must be an int or a pair of ints (an entry None keeps that input "
-                        f"size), got {output_size!r}")
-    if min(OH, OW) < 1:
-        raise ValueError(f"{fn}: output_size must be positive, got {output_size!r}")
-    return AdaptiveGeometry(N=N, C=C, H=H, W=W, OH=OH, OW=OW)
-
-
-def adaptive_window(i: int, in_size: int, out_size: int) -> tuple[int, int]:
-    """``[start, end)`` of adaptive window ``i``: ``floor(i*H/O)`` .. ``ceil((i+1)*H/O)``."""
-    return (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
 
 
 def tap_outputs(o0: int, o1: int, in0: int, in1: int, offset: int, stride: int) -> tuple[int, int, int]:

@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from . import _backend
-from ._geometry import adaptive_geometry, pool_geometry
+from ._pool_geometry import adaptive_geometry, pool_geometry
 
 
 def _input_size(fn: str, input_size) -> tuple[int, ...]:
@@ -131,3 +131,108 @@ def _output_size(grad_output) -> tuple[int, int]:
     input_size afterwards, with the shape message)."""
     shape = tuple(getattr(grad_output, "shape", ()))
     return (shape[-2], shape[-1]) if len(shape) >= 2 and min(shape[-2:]) > 0 else (1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# 1-D and 3-D pooling (1-D: the 2-D gradients on one-row planes)
+# --------------------------------------------------------------------------------------------
+
+def _run_nd(fn: str, op2d: str, dims: int, input_size, grad_output, indices, args, *options):
+    """As ``_run`` for ``dims``-D pooling: ``input_size`` ``(N, C, *spatial)`` or ``(C, *spatial)``."""
+    from ._pool_geometry import pool_geometry_nd
+    ok = isinstance(input_size, (tuple, list)) and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in input_size)
+    if not ok or len(input_size) not in (dims + 1, dims + 2) or min(input_size) < 0:
+        raise (ValueError if ok else TypeError)(
+            f"{fn}(): input_size must be a tuple of {dims + 2} ints (N, C, ...) or {dims + 1} (C, ...) with "
+            f"non-negative sizes, got {input_size!r}")
+    size = tuple(int(s) for s in input_size)
+    backend, a = _backend.coerce_arrays(fn, grad_output=grad_output)
+    go = a["grad_output"]
+    g = pool_geometry_nd(size, *args, fn, dims)
+    expected = g.output_shape if len(size) == dims + 2 else g.output_shape[1:]
+    if tuple(go.shape) != tuple(expected):
+        raise ValueError(f"{fn}(): grad_output has shape {list(go.shape)}, but the forward output for an input "
+                         f"of size {list(size)} with these arguments has shape {list(expected)}")
+    idx = None if indices is None else _indices(fn, indices, go, backend)
+    if len(size) == dims + 1:
+        go, idx = go[None], (None if idx is None else idx[None])
+    if g.N == 0:
+        gi, kernel = backend.xp.empty(g.input_shape, dtype=go.dtype), "none (empty output)"
+    elif dims == 1:
+        gi, kernel = backend.pool_backward(op2d, go[:, :, None, :], None if idx is None else idx[:, :, None, :],
+                                           g.plane, *options)
+        gi = gi[:, :, 0]
+    else:
+        gi, kernel = backend.pool_backward(op2d.replace("2d", "3d"), go, idx, g, *options)
+    _backend.record(fn.replace("_input", ""), backend.name, kernel, direction="backward")
+    return gi[0] if len(size) == dims + 1 else gi
+
+
+def _divisor(fn: str, divisor_override):
+    from .pool_nd import _check_divisor
+    return _check_divisor(fn, divisor_override)
+
+
+def max_pool1d_input(input_size, grad_output, indices, kernel_size, stride=None, padding=0, dilation=1,
+                     ceil_mode=False):
+    """Gradient of ``max_pool1d``: as :func:`max_pool2d_input` (indices ``l``)."""
+    _need_indices("max_pool1d_input", indices)
+    return _run_nd("max_pool1d_input", "max_pool2d", 1, input_size, grad_output, indices,
+                   (kernel_size, stride, padding, dilation, ceil_mode))
+
+
+def avg_pool1d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False,
+                     count_include_pad=True):
+    """Gradient of ``avg_pool1d``: as :func:`avg_pool2d_input`."""
+    return _run_nd("avg_pool1d_input", "avg_pool2d", 1, input_size, grad_output, None,
+                   (kernel_size, stride, padding, 1, ceil_mode), bool(count_include_pad), None)
+
+
+def max_pool3d_input(input_size, grad_output, indices, kernel_size, stride=None, padding=0, dilation=1,
+                     ceil_mode=False):
+    """Gradient of ``max_pool3d`` (indices ``d*H*W + h*W + w``): as :func:`max_pool2d_input`."""
+    _need_indices("max_pool3d_input", indices)
+    return _run_nd("max_pool3d_input", "max_pool2d", 3, input_size, grad_output, indices,
+                   (kernel_size, stride, padding, dilation, ceil_mode))
+
+
+def avg_pool3d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False,
+                     count_include_pad=True, divisor_override=None):
+    """Gradient of ``avg_pool3d``: as :func:`avg_pool2d_input`."""
+    dov = _divisor("avg_pool3d_input", divisor_override)
+    return _run_nd("avg_pool3d_input", "avg_pool2d", 3, input_size, grad_output, None,
+                   (kernel_size, stride, padding, 1, ceil_mode), bool(count_include_pad), dov)
+
+
+def _adaptive1d_input(fn: str, op: str, input_size, grad_output, indices):
+    """1-D adaptive pooling gradients: the 2-D ones on one-row planes; the output size is grad_output's."""
+    ok = isinstance(input_size, (tuple, list)) and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in input_size)
+    if not ok or len(input_size) not in (2, 3) or min(input_size) < 0:
+        raise (ValueError if ok else TypeError)(
+            f"{fn}(): input_size must be a tuple of 3 ints (N, C, L) or 2 (C, L) with non-negative sizes, got "
+            f"{input_size!r}")
+    size = tuple(int(s) for s in input_size)
+    shape = tuple(getattr(grad_output, "shape", ()))
+    if len(shape) != len(size) or shape[:-1] != size[:-1] or shape[-1] < 1:
+        raise ValueError(f"{fn}(): grad_output must have the shape of input_size {list(size)} with its last size "
+                         f"replaced by the output size, got grad_output of shape {list(shape)}")
+    go4 = grad_output[..., None, :]
+    idx4 = indices[..., None, :] if hasattr(indices, "ndim") else indices  # not an array: _indices names it
+    size4 = size[:-1] + (1, size[-1])
+    gi = _run(fn, op, size4, go4, idx4, lambda s: adaptive_geometry(s, (1, shape[-1]), fn))
+    rec = _backend.last_kernel()
+    _backend.record(fn.replace("_input", ""), rec.backend, *rec.kernels, direction="backward")
+    return gi[..., 0, :]
+
+
+def adaptive_avg_pool1d_input(input_size, grad_output):
+    """Gradient of ``adaptive_avg_pool1d`` (as :func:`adaptive_avg_pool2d_input`)."""
+    return _adaptive1d_input("adaptive_avg_pool1d_input", "adaptive_avg_pool2d", input_size, grad_output, None)
+
+
+def adaptive_max_pool1d_input(input_size, grad_output, indices):
+    """Gradient of ``adaptive_max_pool1d`` (as :func:`adaptive_max_pool2d_input`; indices ``l``)."""
+    _need_indices("adaptive_max_pool1d_input", indices)
+    return _adaptive1d_input("adaptive_max_pool1d_input", "adaptive_max_pool2d", input_size, grad_output, indices)

@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from . import _backend
-from ._geometry import adaptive_geometry, pool_geometry
+from ._pool_geometry import adaptive_geometry, pool_geometry
 
 
 def _run(fn, input, geometry, call, with_indices=False):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._geometry import _is_int, as_pair, conv_geometry, pool_geometry
+from ._geometry import _is_int, as_pair, conv_geometry
+from ._pool_geometry import pool_geometry
 
 
 def _shape(value, fn: str, name: str) -> tuple[int, ...]:

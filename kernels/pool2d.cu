@@ -1,4 +1,5 @@
-// pool2d.cu — 2-D max, average and adaptive pooling with PyTorch's semantics (docs/semantics.md, "Pooling").
+// pool2d.cu — 2-D max, average and adaptive pooling and 3-D max and average pooling with PyTorch's semantics
+// (docs/semantics.md, "Pooling"). (1-D pooling runs the 2-D kernels on one-row planes.)
 //
 // Kernels in this file (each: one thread per output element y[n, c, oh, ow]; the thread reduces its
 // window straight from global memory, no data reuse between threads other than what the caches give):
@@ -8,10 +9,11 @@
 //                                        divisor (count_include_pad / in-bounds count / divisor_override).
 //   adaptive_max_pool2d<T, WITH_INDEX>:  max_pool2d's reduction over [floor(i*H/O), ceil((i+1)*H/O)).
 //   adaptive_avg_pool2d<T>:              mean over the same adaptive window.
+//   max_pool3d<T, WITH_INDEX>, avg_pool3d<T>: the 2-D window code over each depth tap's slice (below).
 //   KH, KW: 0 = window size read at run time; > 0 = that size at compile time (the host instantiates
-//   2x2 and 3x3), which unrolls the tap loops. Every variant runs the same window code
-//   (pool_span / adaptive_span, in pool_window.cuh -> reduce_window with a MaxReducer or SumReducer), so
-//   the four ops cannot drift apart.
+//   2x2, 3x3, and 1x2, 1x3 for 1-D pooling), which unrolls the tap loops. Every variant runs the same
+//   window code (pool_span / adaptive_span, in pool_window.cuh -> reduce_window with a MaxReducer or
+//   SumReducer), so the ops cannot drift apart.
 //   Launch shape: 1-D grid of 1-D blocks (the host uses 256 threads and caps the grid, see
 //                 gpuconv/_cuda/pool.py); a 64-bit grid-stride loop covers all N*C*OH*OW outputs, so any
 //                 output size works with any grid. No shared memory (shared_mem = 0).
@@ -29,6 +31,7 @@ namespace gpuconv {
 // Reducers: what reduce_window does with each in-bounds cell (value v at flat plane index at).
 template <typename A, bool WITH_INDEX>
 struct MaxReducer {
+    typedef A value_type;
     A best;
     index_t arg;
     // Start at -inf (padding is -inf, so an all-padding or all--inf window gives -inf) with the window's
@@ -46,6 +49,7 @@ struct MaxReducer {
 
 template <typename A>
 struct SumReducer {
+    typedef A value_type;
     A sum;
     __device__ __forceinline__ SumReducer() : sum(A(0)) {}
     __device__ __forceinline__ void add(A v, index_t) { sum += v; }
@@ -97,6 +101,7 @@ __global__ void avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguo
                            T* __restrict__ y,        // (N, C, OH, OW), C-contiguous, fully written
                            index_t planes,           // N*C
                            int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw,
+                           int pb, int pr,           // bottom / right padding (ph, pw: top / left)
                            int count_include_pad,    // 0 / 1
                            index_t divisor_override) {  // 0: none; else replaces the divisor
     typedef typename acc_type<T>::type A;
@@ -115,14 +120,16 @@ __global__ void avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguo
         if (divisor_override != 0) {
             divisor = divisor_override;
         } else if (count_include_pad) {
-            // The window clipped to the padded input [-p, size + p): explicit padding counts, but not
-            // the ceil_mode overhang past size + p (PyTorch's rule; the window never starts before -p).
-            divisor = (index_t)(pool_imin(h0 + KH_, H + ph) - h0) * (pool_imin(w0 + KW_, W + pw) - w0);
+            // The window clipped to the padded input [-p_lo, size + p_hi): explicit padding counts, but
+            // not the ceil_mode overhang past size + p_hi (PyTorch's rule; the window never starts before
+            // -p_lo).
+            divisor = (index_t)(pool_imin(h0 + KH_, H + pb) - h0) * (pool_imin(w0 + KW_, W + pr) - w0);
         } else {
             divisor = (index_t)rows.count * cols.count;  // in-bounds cells only
         }
-        // divisor >= 1 here: without dilation every window holds an input cell (pad <= k/2, and with
-        // ceil_mode the last window starts before size + p); PyTorch does not guard it either.
+        // divisor >= 1 here: without dilation every window holds an input cell (each side's padding is
+        // below the window size, and with ceil_mode the last window starts before size + p_lo); PyTorch
+        // does not guard it either.
         store<T>(y + i, r.sum / (A)divisor);
     }
 }
@@ -159,6 +166,71 @@ __global__ void adaptive_avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C
         reduce_window<0, 0>(x + p.plane * plane_size, W, rows, cols, r);
         // Adaptive windows are never empty (see adaptive_span), so the count is >= 1.
         store<T>(y + i, r.sum / (A)((index_t)rows.count * cols.count));
+    }
+}
+
+// 3-D pooling: the 2-D window code run over the window's depth taps. Each depth tap z of output (od, oh, ow)
+// is one 2-D window of the input slice z, fed to the same reducer (an IndexOffset adds z*H*W to its
+// plane index), so the scan order is (depth, row, column), PyTorch's: the first maximum or the last NaN
+// wins, the sum is in that order. Parameters: x (N, C, D, H, W), y (N, C, OD, OH, OW), C-contiguous;
+// planes = N*C; sizes and window arguments as int per axis (depth, rows, columns; p*_hi: trailing
+// padding); avg's count_include_pad as int and divisor_override as 64-bit (0 = none). Window sizes at run
+// time (KH = KW = 0).
+template <typename R>
+struct IndexOffset {
+    R& r;
+    index_t offset;
+    __device__ __forceinline__ void add(typename R::value_type v, index_t at) { r.add(v, at + offset); }
+};
+
+template <typename T, bool WITH_INDEX>
+__global__ void max_pool3d(const T* __restrict__ x, T* __restrict__ y, index_t* __restrict__ idx,
+                           index_t planes, int D, int H, int W, int OD, int OH, int OW,
+                           int kd, int kh, int kw, int sd, int sh, int sw, int pd, int ph, int pw,
+                           int dd, int dh, int dw) {
+    typedef typename acc_type<T>::type A;
+    const index_t slice = (index_t)H * W;
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * OD * OH * OW) {
+        const VolumePos p = volume_pos(i, OD, OH, OW);
+        const Span deps = pool_span(p.d * sd - pd, kd, dd, D);
+        const Span rows = pool_span(p.h * sh - ph, kh, dh, H);
+        const Span cols = pool_span(p.w * sw - pw, kw, dw, W);
+        // PyTorch's initial index: each axis' first tap at or after 0 (outside the volume when the window
+        // holds no input cell; the output is then -inf).
+        MaxReducer<A, WITH_INDEX> r(((index_t)deps.begin * H + rows.begin) * W + cols.begin);
+        for (int a = 0; a < deps.count; ++a) {
+            const int z = deps.begin + a * deps.step;
+            IndexOffset<MaxReducer<A, WITH_INDEX> > rz{r, (index_t)z * slice};
+            reduce_window<0, 0>(x + (p.plane * D + z) * slice, W, rows, cols, rz);
+        }
+        store<T>(y + i, r.best);
+        if (WITH_INDEX) idx[i] = r.arg;
+    }
+}
+
+template <typename T>
+__global__ void avg_pool3d(const T* __restrict__ x, T* __restrict__ y, index_t planes, int D, int H, int W,
+                           int OD, int OH, int OW, int kd, int kh, int kw, int sd, int sh, int sw,
+                           int pd, int ph, int pw, int pd_hi, int ph_hi, int pw_hi,
+                           int count_include_pad, index_t divisor_override) {
+    typedef typename acc_type<T>::type A;
+    const index_t slice = (index_t)H * W;
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * OD * OH * OW) {
+        const VolumePos p = volume_pos(i, OD, OH, OW);
+        const int d0 = p.d * sd - pd, h0 = p.h * sh - ph, w0 = p.w * sw - pw;
+        const Span deps = pool_span(d0, kd, 1, D);  // average pooling has no dilation
+        const Span rows = pool_span(h0, kh, 1, H);
+        const Span cols = pool_span(w0, kw, 1, W);
+        SumReducer<A> r;
+        for (int a = 0; a < deps.count; ++a) {
+            reduce_window<0, 0>(x + (p.plane * D + deps.begin + a) * slice, W, rows, cols, r);
+        }
+        // >= 1: every window holds an input cell (each side's padding is below the window size)
+        const index_t divisor = divisor_override != 0
+            ? divisor_override
+            : (index_t)avg_extent(d0, kd, pd_hi, D, count_include_pad) * avg_extent(h0, kh, ph_hi, H, count_include_pad)
+                  * avg_extent(w0, kw, pw_hi, W, count_include_pad);
+        store<T>(y + i, r.sum / (A)divisor);
     }
 }
 

@@ -16,11 +16,14 @@
 //                                     rows adaptive_span(h, OH, H) = [floor(h*OH/H), ceil((h+1)*OH/H)),
 //                                     likewise columns (pool_window.cuh).
 //   adaptive_avg_pool2d_backward<T>:  go / (window rows * window cols) over the same outputs.
-//   KH, KW: 0 = window size read at run time; > 0 = that size at compile time (the host instantiates 2x2
-//   and 3x3, as the forward), which unrolls the tap loops.
+//   max_pool3d_backward<T>, avg_pool3d_backward<T>: the max / avg gathers over (d, h, w), depth taps
+//                                     outermost (bottom of the file).
+//   KH, KW: 0 = window size read at run time; > 0 = that size at compile time (the host instantiates 2x2,
+//   3x3, and 1x2, 1x3 for 1-D pooling, as the forward), which unrolls the tap loops.
 //   Parameters: go (N, C, OH, OW) and, for max, idx (N, C, OH, OW) int64, both C-contiguous; gi (N, C, H, W)
 //   C-contiguous, fully written (no zeroing needed); planes = N*C (64-bit); then the sizes and window
-//   arguments as int, avg's count_include_pad as int and divisor_override as 64-bit (0 = none).
+//   arguments as int (padding: ph, pw = top, left; avg also takes pb, pr = bottom, right), avg's
+//   count_include_pad as int and divisor_override as 64-bit (0 = none).
 //   Launch shape: 1-D grid of 1-D blocks (the host uses 256 threads and caps the grid, see
 //                 gpuconv/_cuda/pool_grad.py); a 64-bit grid-stride loop covers all N*C*H*W inputs. No
 //                 shared memory (shared_mem = 0).
@@ -37,7 +40,7 @@
 //
 // Accumulation: float16 in float32 (acc_type), float32 in float32, float64 in float64; one rounding to T
 // at the store. Sizes are int (the host checks every coordinate formed here fits, pool.py's
-// pool_int32_limit_reason: h + ph < H + 2*ph, a*dh < dh*kh, oh*sh - ph + kh < H + ph + sh + kh); plane
+// pool_int32_limit_reason: h + ph < H + ph + pb, a*dh < dh*kh, oh*sh - ph + kh < H + pb + sh + kh); plane
 // offsets, flat indices and divisors are 64-bit.
 #include "common.cuh"
 #include "pool_window.cuh"
@@ -51,17 +54,6 @@ __device__ __forceinline__ int tap_output(int h, int p, int a, int d, int s, int
     if (t < 0 || t % s != 0) return -1;
     const int o = t / s;
     return o < out ? o : -1;
-}
-
-// avg_pool2d's divisor along one axis for the window starting at h0 = o*s - p (negative inside the
-// leading padding), exactly as pool2d.cu's forward computes it: with count_include_pad the window
-// clipped to the padded input [-p, size + p) (the ceil_mode overhang past size + p does not count),
-// without it the in-bounds cells.
-__device__ __forceinline__ int avg_extent(int h0, int k, int p, int size, int count_include_pad) {
-    if (count_include_pad) return pool_imin(h0 + k, size + p) - h0;
-    const int lo = h0 > 0 ? h0 : 0;
-    const int hi = pool_imin(h0 + k, size);
-    return hi > lo ? hi - lo : 0;
 }
 
 template <typename T, int KH, int KW>
@@ -102,7 +94,7 @@ __global__ void avg_pool2d_backward(const T* __restrict__ go,  // (N, C, OH, OW)
                                     T* __restrict__ gi,        // (N, C, H, W), fully written
                                     index_t planes,            // N*C
                                     int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph,
-                                    int pw,
+                                    int pw, int pb, int pr,      // padding top, left, bottom, right
                                     int count_include_pad,       // 0 / 1
                                     index_t divisor_override) {  // 0: none; else replaces the divisor
     typedef typename acc_type<T>::type A;
@@ -117,7 +109,7 @@ __global__ void avg_pool2d_backward(const T* __restrict__ go,  // (N, C, OH, OW)
         for (int a = 0; a < KH_; ++a) {
             const int oh = tap_output(p.oh, ph, a, 1, sh, OH);  // average pooling has no dilation
             if (oh < 0) continue;
-            const int div_h = avg_extent(oh * sh - ph, KH_, ph, H, count_include_pad);
+            const int div_h = avg_extent(oh * sh - ph, KH_, pb, H, count_include_pad);
 #pragma unroll
             for (int b = 0; b < KW_; ++b) {
                 const int ow = tap_output(p.ow, pw, b, 1, sw, OW);
@@ -125,7 +117,7 @@ __global__ void avg_pool2d_backward(const T* __restrict__ go,  // (N, C, OH, OW)
                 // The forward's divisor of output (oh, ow): >= 1, since this window holds (h, w).
                 const index_t divisor = divisor_override != 0
                     ? divisor_override
-                    : (index_t)div_h * avg_extent(ow * sw - pw, KW_, pw, W, count_include_pad);
+                    : (index_t)div_h * avg_extent(ow * sw - pw, KW_, pr, W, count_include_pad);
                 acc += load<T>(g + (index_t)oh * OW + ow) / (A)divisor;
             }
         }
@@ -176,6 +168,75 @@ __global__ void adaptive_avg_pool2d_backward(const T* __restrict__ go,  // (N, C
             for (int ow = cols.begin; ow < cols.end; ++ow) {
                 const index_t count = (index_t)count_h * adaptive_span(ow, W, OW).count;
                 acc += load<T>(g + (index_t)oh * OW + ow) / (A)count;  // the forward's divisor
+            }
+        }
+        store<T>(gi + i, acc);
+    }
+}
+
+
+// 3-D: the same gathers with a depth tap loop outside the row and column ones (terms in tap order: depth,
+// then rows, then columns). Parameters as the 3-D forward kernels' (pool2d.cu), go/idx (N, C, OD, OH, OW),
+// gi (N, C, D, H, W); window sizes at run time.
+template <typename T>
+__global__ void max_pool3d_backward(const T* __restrict__ go, const index_t* __restrict__ idx,
+                                    T* __restrict__ gi, index_t planes, int D, int H, int W, int OD, int OH,
+                                    int OW, int kd, int kh, int kw, int sd, int sh, int sw, int pd, int ph,
+                                    int pw, int dd, int dh, int dw) {
+    typedef typename acc_type<T>::type A;
+    const index_t out_volume = (index_t)OD * OH * OW;
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * D * H * W) {
+        const VolumePos p = volume_pos(i, D, H, W);
+        const index_t target = ((index_t)p.d * H + p.h) * W + p.w;  // the index a window records for it
+        const T* g = go + p.plane * out_volume;
+        const index_t* ix = idx + p.plane * out_volume;
+        A acc = A(0);
+        for (int a = 0; a < kd; ++a) {
+            const int od = tap_output(p.d, pd, a, dd, sd, OD);
+            if (od < 0) continue;
+            for (int b = 0; b < kh; ++b) {
+                const int oh = tap_output(p.h, ph, b, dh, sh, OH);
+                if (oh < 0) continue;
+                for (int c = 0; c < kw; ++c) {
+                    const int ow = tap_output(p.w, pw, c, dw, sw, OW);
+                    if (ow < 0) continue;
+                    const index_t o = ((index_t)od * OH + oh) * OW + ow;
+                    if (ix[o] == target) acc += load<T>(g + o);
+                }
+            }
+        }
+        store<T>(gi + i, acc);
+    }
+}
+
+template <typename T>
+__global__ void avg_pool3d_backward(const T* __restrict__ go, T* __restrict__ gi, index_t planes, int D, int H,
+                                    int W, int OD, int OH, int OW, int kd, int kh, int kw, int sd, int sh,
+                                    int sw, int pd, int ph, int pw, int pd_hi, int ph_hi, int pw_hi,
+                                    int count_include_pad, index_t divisor_override) {
+    typedef typename acc_type<T>::type A;
+    const index_t out_volume = (index_t)OD * OH * OW;
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * D * H * W) {
+        const VolumePos p = volume_pos(i, D, H, W);
+        const T* g = go + p.plane * out_volume;
+        A acc = A(0);
+        for (int a = 0; a < kd; ++a) {
+            const int od = tap_output(p.d, pd, a, 1, sd, OD);  // average pooling has no dilation
+            if (od < 0) continue;
+            const int div_d = avg_extent(od * sd - pd, kd, pd_hi, D, count_include_pad);
+            for (int b = 0; b < kh; ++b) {
+                const int oh = tap_output(p.h, ph, b, 1, sh, OH);
+                if (oh < 0) continue;
+                const int div_h = avg_extent(oh * sh - ph, kh, ph_hi, H, count_include_pad);
+                for (int c = 0; c < kw; ++c) {
+                    const int ow = tap_output(p.w, pw, c, 1, sw, OW);
+                    if (ow < 0) continue;
+                    // The forward's divisor of output (od, oh, ow): >= 1, since this window holds the cell.
+                    const index_t divisor = divisor_override != 0
+                        ? divisor_override
+                        : (index_t)div_d * div_h * avg_extent(ow * sw - pw, kw, pw_hi, W, count_include_pad);
+                    acc += load<T>(g + ((index_t)od * OH + oh) * OW + ow) / (A)divisor;
+                }
             }
         }
         store<T>(gi + i, acc);

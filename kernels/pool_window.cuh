@@ -1,11 +1,14 @@
 // pool_window.cuh — the pooling windows, shared by the forward kernels (pool2d.cu) and the backward ones
-// (pool2d_backward.cu), so that both read the same clamping and adaptive-window arithmetic.
+// (pool2d_backward.cu), 2-D and 3-D, so that all read the same clamping, divisor and adaptive-window
+// arithmetic.
 //
 //   Span / pool_span:     the in-bounds taps of one max/avg window along one axis (PyTorch's clamping).
+//   avg_extent:           one axis' factor of an average window's divisor (forward and backward, 2-D, 3-D).
 //   adaptive_span:        adaptive window i of out_size over size, [floor(i*size/out), ceil((i+1)*size/out)).
 //                         With the roles swapped, adaptive_span(h, OH, H) is the range of OUTPUT rows whose
 //                         windows contain input row h (the backward kernels' gather range).
-//   OutputPos / output_pos: flat index -> (plane, row, col) of a C-contiguous (planes, rows, cols) array.
+//   OutputPos / output_pos: flat index -> (plane, row, col) of a C-contiguous (planes, rows, cols) array;
+//   VolumePos / volume_pos: the same for (planes, depth, rows, cols) (the 3-D kernels).
 //   GPUCONV_GRID_STRIDE_LOOP(i, total): 64-bit grid-stride loop over a flat range.
 #pragma once
 
@@ -41,6 +44,35 @@ __device__ __forceinline__ Span pool_span(int start, int k, int step, int size) 
     // and the window is empty.
     s.count = s.end > s.begin ? (s.end - s.begin - 1) / step + 1 : 0;
     return s;
+}
+
+// avg pooling's divisor factor along one axis for the window starting at h0 = o*s - p_lo (negative inside
+// the leading padding), as PyTorch computes it: with count_include_pad the window clipped to the padded
+// input [-p_lo, size + p_hi) (the ceil_mode overhang past size + p_hi does not count), without it the
+// in-bounds cells. The divisor of a window is the product of its axes' factors (or divisor_override).
+__device__ __forceinline__ int avg_extent(int h0, int k, int p_hi, int size, int count_include_pad) {
+    if (count_include_pad) return pool_imin(h0 + k, size + p_hi) - h0;
+    const int lo = h0 > 0 ? h0 : 0;
+    const int hi = pool_imin(h0 + k, size);
+    return hi > lo ? hi - lo : 0;
+}
+
+// A 3-D output or input position: flat index i of a C-contiguous (planes, D, H, W) array.
+struct VolumePos {
+    index_t plane;
+    int d;
+    int h;
+    int w;
+};
+__device__ __forceinline__ VolumePos volume_pos(index_t i, int D, int H, int W) {
+    VolumePos p;
+    p.w = (int)(i % W);
+    index_t rest = i / W;
+    p.h = (int)(rest % H);
+    rest /= H;
+    p.d = (int)(rest % D);
+    p.plane = rest / D;
+    return p;
 }
 
 // Adaptive window i of out_size over size: [floor(i*size/out_size), ceil((i+1)*size/out_size)). Never

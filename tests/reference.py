@@ -5,7 +5,9 @@ the oracles) take their expected values from.
 Holds: conv2d (``conv2d_ref``; ``reference_conv2d`` with gpuconv's argument forms, returning the magnitude
 that scales the error bound as well; ``reference_conv2d_tf32`` for the tensor-core kernels), the padding
 forms (``explicit_padding``, ``same_padding_ref``), the output sizes (``conv_out``, ``pool_out``), the
-activations, and every pooling (``max_pool2d_ref``, ``avg_pool2d_ref``, ``adaptive_pool2d_ref``).
+activations, and every pooling (``max_pool2d_ref``, ``avg_pool2d_ref``, ``adaptive_pool2d_ref``; over any
+number of spatial axes with per-side padding ``max_pool_nd_ref``, ``avg_pool_nd_ref`` and their gradients,
+the pooling padding forms ``pool_pads_ref``).
 For conv1d / conv3d: ``conv_nd_ref`` (any number of spatial dimensions), ``reference_conv_nd`` (gpuconv's N-D
 argument forms, with the magnitude), ``explicit_padding_nd`` and ``conv_nd_grads_ref`` (the input and filter
 gradients from the definition).
@@ -21,6 +23,7 @@ tests/cases.py, tests/runners.py), never from another test_*.py file.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -346,3 +349,126 @@ def conv_nd_grads_ref(x, w, gy, stride, pad, dilation, groups, flip):
             gxpad[sl] += np.einsum("nk...,kc->nc...", gy[:, kg], w[wt])
     inner = (slice(None), slice(None)) + tuple(slice(lo, lo + s) for (lo, _), s in zip(pad, x.shape[2:]))
     return gxpad[inner], gw
+# pooling over any number of spatial axes, with per-side padding (1-D, 2-D, 3-D; padding forms)
+# --------------------------------------------------------------------------------------------
+
+def pool_pads_ref(padding, kernel, stride, dilation, spatial):
+    """((low, high), ...) per axis for a pooling ``padding``: an int or one int per axis (symmetric), one
+    (low, high) pair per axis, 'valid', or 'same' (TensorFlow SAME = ONNX SAME_UPPER: output ceil(size/s),
+    total max((ceil(size/s)-1)*s + d*(k-1) + 1 - size, 0), the odd cell at the high end)."""
+    n = len(kernel)
+    if padding == "valid":
+        return ((0, 0),) * n
+    if padding == "same":
+        pads = []
+        for size, k, s, d in zip(spatial, kernel, stride, dilation):
+            total = max((math.ceil(size / s) - 1) * s + d * (k - 1) + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if isinstance(padding, int):
+        return ((padding, padding),) * n
+    if all(isinstance(p, int) for p in padding):
+        return tuple((p, p) for p in padding)
+    return tuple(tuple(p) for p in padding)
+
+
+def pool_out_nd(size, k, s, lo, hi, d, ceil_mode):
+    out = (size + lo + hi - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + lo:
+        out -= 1
+    return out
+
+
+def _windows_nd(spatial, kernel, stride, pads, dilation, ceil_mode):
+    """Yield (output position, window start, taps) for every output: taps are the in-bounds cells
+    (coordinate tuples) of the dilated window in row-major order."""
+    outs = [pool_out_nd(n, k, s, lo, hi, d, ceil_mode)
+            for n, k, s, (lo, hi), d in zip(spatial, kernel, stride, pads, dilation)]
+    for o in itertools.product(*(range(n) for n in outs)):
+        start = tuple(oi * s - lo for oi, s, (lo, _) in zip(o, stride, pads))
+        taps = [tuple(st + t * d for st, t, d in zip(start, tap, dilation))
+                for tap in itertools.product(*(range(k) for k in kernel))]
+        taps = [c for c in taps if all(0 <= ci < n for ci, n in zip(c, spatial))]
+        yield o, start, taps
+    return
+
+
+def _flat(c, spatial):
+    f = 0
+    for ci, n in zip(c, spatial):
+        f = f * n + ci
+    return f
+
+
+def max_pool_nd_ref(x, kernel, stride, pads, dilation, ceil_mode):
+    """(values, indices) of max pooling over x's trailing len(kernel) axes (x: (N, C, *spatial)); pads:
+    ((low, high), ...). Rules as max_pool2d_ref: -inf padding, NaN wins (last NaN), first maximum, a
+    window without an input cell -inf with its start stepped by the dilation until not negative."""
+    N, C, *spatial = x.shape
+    outs = [pool_out_nd(n, k, s, lo, hi, d, ceil_mode)
+            for n, k, s, (lo, hi), d in zip(spatial, kernel, stride, pads, dilation)]
+    vals, idx = np.zeros((N, C, *outs)), np.zeros((N, C, *outs), dtype=np.int64)
+    for o, start, taps in _windows_nd(spatial, kernel, stride, pads, dilation, ceil_mode):
+        for n in range(N):
+            for c in range(C):
+                if not taps:
+                    first = tuple(st if st >= 0 else st + (-st + d - 1) // d * d for st, d in zip(start, dilation))
+                    vals[(n, c, *o)], idx[(n, c, *o)] = -math.inf, _flat(first, spatial)
+                    continue
+                best, arg = -math.inf, taps[0]
+                for t in taps:
+                    v = float(x[(n, c, *t)])
+                    if v > best or math.isnan(v):
+                        best, arg = v, t
+                vals[(n, c, *o)], idx[(n, c, *o)] = best, _flat(arg, spatial)
+    return vals, idx
+
+
+def _avg_divisor(start, kernel, pads, spatial, taps, count_include_pad, divisor_override):
+    if divisor_override:
+        return divisor_override
+    if not count_include_pad:
+        return len(taps)
+    div = 1
+    for st, k, (_, hi), n in zip(start, kernel, pads, spatial):
+        div *= min(st + k, n + hi) - st  # the window clipped to the padded input (ceil overhang excluded)
+    return div
+
+
+def avg_pool_nd_ref(x, kernel, stride, pads, ceil_mode, count_include_pad, divisor_override=None):
+    N, C, *spatial = x.shape
+    x = np.asarray(x, dtype=np.float64)
+    outs = [pool_out_nd(n, k, s, lo, hi, 1, ceil_mode) for n, k, s, (lo, hi) in zip(spatial, kernel, stride, pads)]
+    y = np.zeros((N, C, *outs))
+    ones = (1,) * len(kernel)
+    for o, start, taps in _windows_nd(spatial, kernel, stride, pads, ones, ceil_mode):
+        div = _avg_divisor(start, kernel, pads, spatial, taps, count_include_pad, divisor_override)
+        y[(slice(None), slice(None), *o)] = sum((x[(slice(None), slice(None), *t)] for t in taps), 0.0) / div
+    return y
+
+
+def max_pool_nd_grad_ref(input_size, go, idx, kernel, stride, pads, dilation, ceil_mode):
+    """Each output's gradient added at its recorded index when it is an in-bounds tap of its window."""
+    N, C, *spatial = input_size
+    gi = np.zeros(input_size)
+    go = np.asarray(go, dtype=np.float64)
+    for o, start, taps in _windows_nd(spatial, kernel, stride, pads, dilation, ceil_mode):
+        cells = {_flat(t, spatial): t for t in taps}
+        for n in range(N):
+            for c in range(C):
+                t = cells.get(int(idx[(n, c, *o)]))
+                if t is not None:
+                    gi[(n, c, *t)] += go[(n, c, *o)]
+    return gi
+
+
+def avg_pool_nd_grad_ref(input_size, go, kernel, stride, pads, ceil_mode, count_include_pad, divisor_override=None):
+    N, C, *spatial = input_size
+    gi = np.zeros(input_size)
+    go = np.asarray(go, dtype=np.float64)
+    ones = (1,) * len(kernel)
+    for o, start, taps in _windows_nd(spatial, kernel, stride, pads, ones, ceil_mode):
+        div = _avg_divisor(start, kernel, pads, spatial, taps, count_include_pad, divisor_override)
+        for t in taps:
+            gi[(slice(None), slice(None), *t)] += go[(slice(None), slice(None), *o)] / div
+    return gi

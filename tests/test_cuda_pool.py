@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from gpuconv._cuda import limits, ops, pool
-from gpuconv._geometry import AdaptiveGeometry, PoolGeometry, adaptive_geometry, pool_geometry
+from gpuconv._pool_geometry import AdaptiveGeometry, PoolGeometry, adaptive_geometry, pool_geometry
 from tests.reference import adaptive_pool2d_ref, avg_pool2d_ref, max_pool2d_ref, pair
 from tests.runners import SpyRuntime, numpy_io, runtime_fixture, with_thread_order
 from tests.tolerance import assert_close
@@ -342,8 +342,14 @@ def test_kernel_ids_and_fixed_windows(rt):
         "gpuconv::adaptive_avg_pool2d<double>"
     assert kernel_id(pool.adaptive_max_pool2d, x, adaptive_geometry(x.shape, 2), False) == \
         "gpuconv::adaptive_max_pool2d<float, false>"
+    assert kernel_id(pool.max_pool2d, x, pool_geometry(x.shape, (1, 3), 2), True) == \
+        "gpuconv::max_pool2d<float, true, 1, 3>"  # 1-D pooling's windows
+    assert kernel_id(pool.avg_pool2d, x, pool_geometry(x.shape, (1, 2)), True, None) == \
+        "gpuconv::avg_pool2d<float, 1, 2>"
     names = ops.INSTANTIATIONS[pool.SOURCE]
-    assert len(names) == len(set(names)) == 36
+    # 3 dtypes x (max: 2 index modes x 5 windows; avg: 5 windows; adaptive max: 2; adaptive avg: 1;
+    # max 3-D: 2; avg 3-D: 1)
+    assert len(names) == len(set(names)) == 63
 
 
 def test_no_index_array_without_return_indices(rt):

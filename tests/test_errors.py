@@ -116,7 +116,8 @@ POOL_ERRORS = [
     ("max dilation 0", gpuconv.max_pool2d, (x(1, 1, 5, 5), 2), {"dilation": 0}, ValueError, r"dilation"),
     ("max negative padding", gpuconv.max_pool2d, (x(1, 1, 5, 5), 2), {"padding": -1}, ValueError,
      r"padding must be non-negative"),
-    ("max string padding", gpuconv.max_pool2d, (x(1, 1, 5, 5), 2), {"padding": "same"}, TypeError, r"padding"),
+    ("max string padding", gpuconv.max_pool2d, (x(1, 1, 5, 5), 2), {"padding": "full"}, ValueError,
+     r"Invalid padding string 'full'"),  # 'same' and 'valid' are pooling padding forms (issue 18)
     ("max int dtype", gpuconv.max_pool2d, (x(1, 1, 5, 5, dtype=np.int64), 2), {}, TypeError, r"int64"),
     ("max empty channels", gpuconv.max_pool2d, (x(1, 0, 5, 5), 2), {}, ValueError, r"non-batch dimensions"),
     ("avg pad > k/2", gpuconv.avg_pool2d, (x(1, 1, 5, 5), 3), {"padding": 2}, ValueError, r"pad should be"),
@@ -156,7 +157,7 @@ POOL_ERRORS = [
     ("max stride of three", gpuconv.max_pool2d, (x(1, 1, 5, 5), 2), {"stride": (1, 1, 1)}, TypeError,
      r"^stride must be an int or a pair of ints, got \(1, 1, 1\)$"),
     ("max padding of one", gpuconv.max_pool2d, (x(1, 1, 5, 5), 2), {"padding": (1,)}, TypeError,
-     r"^padding must be an int or a pair of ints, got \(1,\)$"),
+     r"^padding must be an int, 2 ints, 2 \(low, high\) pairs, 'valid' or 'same', got \(1,\)$"),
     ("max dilation float", gpuconv.max_pool2d, (x(1, 1, 5, 5), 2), {"dilation": 1.0}, TypeError,
      r"^dilation must be an int or a pair of ints, got 1.0$"),
 ]

@@ -154,6 +154,7 @@ def test_geometry_memo_does_not_remember_errors_or_keyword_calls():
     assert (g.groups, g.Cg) == (2, 1)
     assert _geometry._memo_key(((1, 2), [1, 2])) != _geometry._memo_key(([1, 2], (1, 2)))
     assert _geometry._memo_key((np.int64(1),)) is None
-    pool = _geometry.pool_geometry((1, 1, 9, 9), 3, 2, 1, 1, True, "max_pool2d")
-    assert pool == _fresh(_geometry.pool_geometry)((1, 1, 9, 9), 3, 2, 1, 1, True, "max_pool2d")
-    assert _geometry.pool_geometry((1, 1, 9, 9), 3, 2, 1, 1, True, "max_pool2d") is pool
+    from gpuconv import _pool_geometry
+    pool = _pool_geometry.pool_geometry((1, 1, 9, 9), 3, 2, 1, 1, True, "max_pool2d")
+    assert pool == _fresh(_pool_geometry.pool_geometry)((1, 1, 9, 9), 3, 2, 1, 1, True, "max_pool2d")
+    assert _pool_geometry.pool_geometry((1, 1, 9, 9), 3, 2, 1, 1, True, "max_pool2d") is pool

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._geometry import AdaptiveGeometry, PoolGeometry
+from .._pool_geometry import AdaptiveGeometry, PoolGeometry, PoolGeometryND
 from . import limits
 from .algo import FORWARD, Algorithm, accepts_everything
 from .limits import CTYPE as _CTYPE
@@ -29,8 +29,9 @@ SOURCE = "pool2d.cu"
 
 POOL_BLOCK = 256  # threads per block (1-D)
 # Window sizes with a compile-time instantiation (2x2: the classic stride-2 downsampling; 3x3: ResNet's
-# stem pooling and 3x3 average pools). Every other size runs the generic (0, 0) kernel.
-FIXED_WINDOWS = ((2, 2), (3, 3))
+# stem pooling and 3x3 average pools; 1x2 and 1x3: 1-D pooling, which runs on one-row planes, so that its
+# row loop is a compile-time single pass). Every other size runs the generic (0, 0) kernel.
+FIXED_WINDOWS = ((2, 2), (3, 3), (1, 2), (1, 3))
 
 _BOOLS = (False, True)
 
@@ -62,6 +63,14 @@ def adaptive_avg_name(dtype) -> str:
     return f"gpuconv::adaptive_avg_pool2d<{_ctype(dtype)}>"
 
 
+def max3d_name(dtype, with_index: bool) -> str:
+    return f"gpuconv::max_pool3d<{_ctype(dtype)}, {_b(with_index)}>"
+
+
+def avg3d_name(dtype) -> str:
+    return f"gpuconv::avg_pool3d<{_ctype(dtype)}>"
+
+
 _WINDOWS = ((0, 0),) + FIXED_WINDOWS
 
 # What each op's launch may request (all in SOURCE).
@@ -70,6 +79,8 @@ INSTANTIATIONS = {
     "avg_pool2d": tuple(avg_name(dt, kh, kw) for dt in _CTYPE for kh, kw in _WINDOWS),
     "adaptive_max_pool2d": tuple(adaptive_max_name(dt, wi) for dt in _CTYPE for wi in _BOOLS),
     "adaptive_avg_pool2d": tuple(adaptive_avg_name(dt) for dt in _CTYPE),
+    "max_pool3d": tuple(max3d_name(dt, wi) for dt in _CTYPE for wi in _BOOLS),
+    "avg_pool3d": tuple(avg3d_name(dt) for dt in _CTYPE),
 }
 
 
@@ -85,15 +96,32 @@ def window_template(geom: PoolGeometry) -> tuple[int, int]:
 def pool_int32_limit_reason(geom) -> str | None:
     """The kernels take sizes as C ``int`` and form window coordinates in ``int`` (plane offsets, flat
     indices and divisors are 64-bit). The largest coordinate a pooling kernel forms is below
-    ``H + 2*p + s + d*k`` (window start ``oh*s - p < H + p``, plus the window extent ``(k-1)*d + 1``);
-    adaptive kernels form at most ``H`` and ``OH``. Returns why a geometry does not fit, or None."""
+    ``H + p_lo + p_hi + s + d*k`` (window start ``oh*s - p_lo < H + p_hi``, plus the window extent
+    ``(k-1)*d + 1``); adaptive kernels form at most ``H`` and ``OH``. Returns why a geometry does not fit,
+    or None."""
     if isinstance(geom, PoolGeometry):
-        sizes = {"H + 2*padding_h + stride_h + dilation_h*kernel_h": geom.H + 2 * geom.ph + geom.sh + geom.dh * geom.kh,
-                 "W + 2*padding_w + stride_w + dilation_w*kernel_w": geom.W + 2 * geom.pw + geom.sw + geom.dw * geom.kw,
+        sizes = {"H + padding_top + padding_bottom + stride_h + dilation_h*kernel_h":
+                 geom.H + geom.ph + geom.pb + geom.sh + geom.dh * geom.kh,
+                 "W + padding_left + padding_right + stride_w + dilation_w*kernel_w":
+                 geom.W + geom.pw + geom.pr + geom.sw + geom.dw * geom.kw,
                  "OH": geom.OH, "OW": geom.OW}
+    elif isinstance(geom, PoolGeometryND):  # per axis, as in 2-D (depth, rows, columns)
+        sizes = {}
+        for name, n, k, s, (lo, hi), d, o in zip("DHW"[3 - geom.dims:], geom.spatial, geom.kernel, geom.stride,
+                                                 geom.padding, geom.dilation, geom.out):
+            sizes[f"{name} + padding + stride + dilation*kernel ({name} axis)"] = n + lo + hi + s + d * k
+            sizes[f"O{name}"] = o
     else:
         sizes = {"H": geom.H, "W": geom.W, "OH": geom.OH, "OW": geom.OW}
     return limits.int32_limit_reason(sizes, "pooling")
+
+
+def nd_args(g: PoolGeometryND, avg: bool) -> list:
+    """The 3-D kernels' scalar arguments: planes, then per axis (depth, rows, columns) the sizes, outputs,
+    kernel, stride, leading padding, and dilation (max) or trailing padding (avg)."""
+    last = [hi for _, hi in g.padding] if avg else list(g.dilation)
+    return [np.int64(g.N * g.C)] + int32_args(*g.spatial, *g.out, *g.kernel, *g.stride,
+                                              *(lo for lo, _ in g.padding), *last)
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,7 +186,7 @@ def avg_pool2d(rt, x, geom: PoolGeometry, count_include_pad: bool, divisor_overr
     name = avg_name(dtype, kh, kw)
     g = geom
     _launch(rt, name, g, [x, y, np.int64(g.N * g.C)]
-            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
+            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.pb, g.pr,
                          1 if count_include_pad else 0)
             + [np.int64(divisor_override or 0)])
     return y, name
@@ -183,6 +211,25 @@ def adaptive_max_pool2d(rt, x, geom: AdaptiveGeometry, return_indices: bool):
     return y, (idx if return_indices else None), name
 
 
+def max_pool3d(rt, x, geom: PoolGeometryND, return_indices: bool):
+    """Returns ``(y, indices or None, kernel_id)``."""
+    x, y, dtype = prepare(rt, x, geom, "max_pool3d", geom.output_shape)
+    idx = _indices(rt, geom, return_indices)
+    name = max3d_name(dtype, bool(return_indices))
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.output_shape)), [x, y, idx] + nd_args(geom, False))
+    return y, (idx if return_indices else None), name
+
+
+def avg_pool3d(rt, x, geom: PoolGeometryND, count_include_pad: bool, divisor_override):
+    """Returns ``(y, kernel_id)``."""
+    x, y, dtype = prepare(rt, x, geom, "avg_pool3d", geom.output_shape)
+    name = avg3d_name(dtype)
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.output_shape)),
+              [x, y] + nd_args(geom, True) + int32_args(1 if count_include_pad else 0)
+              + [np.int64(divisor_override or 0)])
+    return y, name
+
+
 def _pool_algorithm(op: str, launch) -> Algorithm:
     """The one kernel of a pooling op, as its table entry (its 32-bit limit is checked at launch, where
     the message names the op)."""
@@ -193,4 +240,5 @@ def _pool_algorithm(op: str, launch) -> Algorithm:
 # The op's launch signature: (rt, x, geom, *options) -> (y, [indices,] kernel_id); see each function.
 ALGORITHMS = tuple(_pool_algorithm(op, launch) for op, launch in (
     ("max_pool2d", max_pool2d), ("avg_pool2d", avg_pool2d),
-    ("adaptive_max_pool2d", adaptive_max_pool2d), ("adaptive_avg_pool2d", adaptive_avg_pool2d)))
+    ("adaptive_max_pool2d", adaptive_max_pool2d), ("adaptive_avg_pool2d", adaptive_avg_pool2d),
+    ("max_pool3d", max_pool3d), ("avg_pool3d", avg_pool3d)))

@@ -8,7 +8,8 @@ atomics and no zeroed output:
 
 * ``max_pool2d_backward<T, KH, KW>`` / ``avg_pool2d_backward<T, KH, KW>``: ``KH, KW`` as the forward's
   (``pool.FIXED_WINDOWS`` at compile time, else ``0, 0``);
-* ``adaptive_max_pool2d_backward<T>`` / ``adaptive_avg_pool2d_backward<T>``.
+* ``adaptive_max_pool2d_backward<T>`` / ``adaptive_avg_pool2d_backward<T>``;
+* ``max_pool3d_backward<T>`` / ``avg_pool3d_backward<T>`` (``geom``: a ``PoolGeometryND``, 5-D arrays).
 
 Each op is one ``Algorithm`` named ``direct`` under ``(op, "backward")`` in the operation table (``ops.py``),
 launched as ``(rt, grad_output, indices or None, geom, *options) -> (grad_input, kernel id)``: ``geom`` is
@@ -22,10 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._geometry import AdaptiveGeometry, PoolGeometry
+from .._pool_geometry import AdaptiveGeometry, PoolGeometry, PoolGeometryND
 from . import limits
 from .algo import Algorithm, accepts_everything
-from .pool import FIXED_WINDOWS, _ctype, int32_args, launch_1d, prepare, window_template
+from .pool import FIXED_WINDOWS, _ctype, int32_args, launch_1d, nd_args, prepare, window_template
 
 SOURCE = "pool2d_backward.cu"
 BACKWARD = "backward"
@@ -49,6 +50,14 @@ def adaptive_avg_name(dtype) -> str:
     return f"gpuconv::adaptive_avg_pool2d_backward<{_ctype(dtype)}>"
 
 
+def max3d_name(dtype) -> str:
+    return f"gpuconv::max_pool3d_backward<{_ctype(dtype)}>"
+
+
+def avg3d_name(dtype) -> str:
+    return f"gpuconv::avg_pool3d_backward<{_ctype(dtype)}>"
+
+
 _DTYPES = tuple(limits.CTYPE)
 
 # What each op's backward launch may request (all in SOURCE).
@@ -57,6 +66,8 @@ INSTANTIATIONS = {
     "avg_pool2d": tuple(avg_name(dt, kh, kw) for dt in _DTYPES for kh, kw in _WINDOWS),
     "adaptive_max_pool2d": tuple(adaptive_max_name(dt) for dt in _DTYPES),
     "adaptive_avg_pool2d": tuple(adaptive_avg_name(dt) for dt in _DTYPES),
+    "max_pool3d": tuple(max3d_name(dt) for dt in _DTYPES),
+    "avg_pool3d": tuple(avg3d_name(dt) for dt in _DTYPES),
 }
 
 
@@ -91,7 +102,7 @@ def avg_pool2d(rt, go, idx, geom: PoolGeometry, count_include_pad: bool, divisor
     name = avg_name(dtype, *window_template(geom))
     g = geom
     _launch(rt, name, g, [go, gi, np.int64(g.N * g.C)]
-            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
+            + int32_args(g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.pb, g.pr,
                          1 if count_include_pad else 0)
             + [np.int64(divisor_override or 0)])
     return gi, name
@@ -116,6 +127,25 @@ def adaptive_avg_pool2d(rt, go, idx, geom: AdaptiveGeometry):
     return gi, name
 
 
+def max_pool3d(rt, go, idx, geom: PoolGeometryND):
+    """Returns ``(grad_input, kernel_id)``."""
+    go, gi, dtype = prepare(rt, go, geom, "max_pool3d_input", geom.input_shape)
+    name = max3d_name(dtype)
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.input_shape)),
+              [go, _index_array(rt, idx), gi] + nd_args(geom, False))
+    return gi, name
+
+
+def avg_pool3d(rt, go, idx, geom: PoolGeometryND, count_include_pad: bool, divisor_override):
+    """Returns ``(grad_input, kernel_id)``; ``idx`` is unused (None)."""
+    go, gi, dtype = prepare(rt, go, geom, "avg_pool3d_input", geom.input_shape)
+    name = avg3d_name(dtype)
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.input_shape)),
+              [go, gi] + nd_args(geom, True) + int32_args(1 if count_include_pad else 0)
+              + [np.int64(divisor_override or 0)])
+    return gi, name
+
+
 def _algorithm(op: str, launch) -> Algorithm:
     return Algorithm("direct", op, BACKWARD, SOURCE, INSTANTIATIONS[op], accepts_everything, launch,
                      "one thread per input element gathers the outputs whose windows cover it")
@@ -123,4 +153,5 @@ def _algorithm(op: str, launch) -> Algorithm:
 
 ALGORITHMS = tuple(_algorithm(op, launch) for op, launch in (
     ("max_pool2d", max_pool2d), ("avg_pool2d", avg_pool2d),
-    ("adaptive_max_pool2d", adaptive_max_pool2d), ("adaptive_avg_pool2d", adaptive_avg_pool2d)))
+    ("adaptive_max_pool2d", adaptive_max_pool2d), ("adaptive_avg_pool2d", adaptive_avg_pool2d),
+    ("max_pool3d", max_pool3d), ("avg_pool3d", avg_pool3d)))

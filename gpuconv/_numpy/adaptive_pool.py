@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._geometry import AdaptiveGeometry, adaptive_window
+from .._pool_geometry import AdaptiveGeometry, adaptive_window
 from ._workspace import workspace, workspace_bytes, workspace_limit
 from .pool import AXIS_BYTES, SMALL_ARRAY_BYTES, _blocks, _compute_dtype, _nan_wins_update
 

@@ -36,7 +36,8 @@ import itertools
 
 import numpy as np
 
-from .._geometry import PoolGeometry, tap_outputs
+from .._geometry import tap_outputs
+from .._pool_geometry import PoolGeometry
 from ._workspace import trim_workspace, workspace, workspace_bytes, workspace_limit
 
 
@@ -222,14 +223,19 @@ def _divisor_axes(g: PoolGeometry, rows, cols, count_include_pad: bool, divisor_
         return (np.full(rows[1] - rows[0], divisor_override, dtype=np.int64),
                 np.ones(cols[1] - cols[0], dtype=np.int64))
 
-    def extent(o0, o1, k, s, p, size):
-        start = np.arange(o0, o1, dtype=np.int64) * s - p
-        end = np.minimum(start + k, size + p)
-        if count_include_pad:
-            return end - start
-        return np.minimum(end, size) - np.maximum(start, 0)
+    return (divisor_extent(*rows, g.kh, g.sh, g.ph, g.pb, g.H, count_include_pad),
+            divisor_extent(*cols, g.kw, g.sw, g.pw, g.pr, g.W, count_include_pad))
 
-    return (extent(*rows, g.kh, g.sh, g.ph, g.H), extent(*cols, g.kw, g.sw, g.pw, g.W))
+
+def divisor_extent(o0: int, o1: int, k: int, s: int, p_lo: int, p_hi: int, size: int, count_include_pad: bool):
+    """Along one axis, outputs ``[o0, o1)``: each window's share of the average's divisor (int64), the
+    divisor being the product over the axes. With count_include_pad the window clipped to the padded
+    input ``[-p_lo, size + p_hi)``; without, its in-bounds cells."""
+    start = np.arange(o0, o1, dtype=np.int64) * s - p_lo
+    end = np.minimum(start + k, size + p_hi)
+    if count_include_pad:
+        return end - start
+    return np.minimum(end, size) - np.maximum(start, 0)
 
 
 def avg_pool_divisor(g: PoolGeometry, count_include_pad: bool, divisor_override) -> np.ndarray:
