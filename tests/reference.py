@@ -349,6 +349,9 @@ def conv_nd_grads_ref(x, w, gy, stride, pad, dilation, groups, flip):
             gxpad[sl] += np.einsum("nk...,kc->nc...", gy[:, kg], w[wt])
     inner = (slice(None), slice(None)) + tuple(slice(lo, lo + s) for (lo, _), s in zip(pad, x.shape[2:]))
     return gxpad[inner], gw
+
+
+# --------------------------------------------------------------------------------------------
 # pooling over any number of spatial axes, with per-side padding (1-D, 2-D, 3-D; padding forms)
 # --------------------------------------------------------------------------------------------
 
