@@ -239,10 +239,7 @@ def _pool_fn(fn, nd, mode, grad=False):
                          f"CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING or CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING")
     kind = "max" if _MODES[mode] == "max" else "avg"
     name = f"{kind}_pool{nd}d" + ("_input" if grad else "")
-    f = getattr(gpuconv.grad if grad else gpuconv, name, None)
-    if f is None:
-        raise NotImplementedError(f"{fn}(): {nd}-D pooling needs gpuconv{'.grad' if grad else ''}.{name}, which "
-                                  f"gpuconv does not have yet (only 2-D pooling so far)")
+    f = getattr(gpuconv.grad if grad else gpuconv, name)
     return f, _MODES[mode]
 
 

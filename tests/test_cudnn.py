@@ -115,19 +115,24 @@ POOL_MODES = {"max": cudnn.CUDNN_POOLING_MAX, "include": cudnn.CUDNN_POOLING_AVE
               "exclude": cudnn.CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING}
 
 
+POOL_CASES = {1: ((2, 3, 11), (3,), (2,), (1,)), 2: ((2, 3, 7, 8), (3, 2), (2, 2), (1, 1)),
+              3: ((1, 2, 5, 6, 7), (3, 2, 3), (2, 2, 1), (1, 0, 1))}
+
+
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", list(POOL_MODES))
-def test_pooling_2d_matches_pytorch(kind, mode):
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_pooling_matches_pytorch(kind, mode, nd):
     import torch.nn.functional as F
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 3, 7, 8))
-    ksize, stride, pad = (3, 2), (2, 2), (1, 1)
+    shape, ksize, stride, pad = POOL_CASES[nd]
+    x = rng.standard_normal(shape)
     xt = torch.tensor(x, requires_grad=True)
     if mode == "max":
-        yt = F.max_pool2d(xt, ksize, stride, pad)
+        yt = getattr(F, f"max_pool{nd}d")(xt, ksize, stride, pad)
     else:
-        yt = F.avg_pool2d(xt, ksize, stride, pad, count_include_pad=mode == "include")
+        yt = getattr(F, f"avg_pool{nd}d")(xt, ksize, stride, pad, count_include_pad=mode == "include")
     gy = rng.standard_normal(yt.shape)
     yt.backward(torch.tensor(gy))
     with On(kind) as on:
@@ -137,19 +142,6 @@ def test_pooling_2d_matches_pytorch(kind, mode):
         gx = cudnn.pooling_backward(on.arr(x), y, on.arr(gy), ksize, stride, pad, POOL_MODES[mode])
         assert gx.shape == x.shape
         np.testing.assert_allclose(on.host(gx), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("nd", [1, 3])
-def test_pooling_1d_3d_say_what_is_missing(nd):
-    x = np.ones((1, 2) + (4,) * nd)
-    missing = [f"max_pool{nd}d", f"avg_pool{nd}d"]
-    if all(hasattr(gpuconv, m) for m in missing):
-        pytest.skip("N-D pooling has landed")
-    with pytest.raises(NotImplementedError, match=rf"{nd}-D pooling needs gpuconv\.max_pool{nd}d"):
-        cudnn.pooling_forward(x, np.empty_like(x), (2,) * nd, (2,) * nd, (0,) * nd, cudnn.CUDNN_POOLING_MAX)
-    with pytest.raises(NotImplementedError, match=rf"gpuconv\.grad\.avg_pool{nd}d_input"):
-        cudnn.pooling_backward(x, x, x, (2,) * nd, (2,) * nd, (0,) * nd,
-                               cudnn.CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING)
 
 
 # --------------------------------------------------------------------------------------------
