@@ -7,6 +7,7 @@ from ._cuda.runtime import precompile
 from ._cuda.settings import set_autotune, set_tensor_cores
 from ._grad_conv import conv2d_backward, conv_transpose2d
 from .conv import conv2d
+from ._receptive_field import ReceptiveField, receptive_field
 from .pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from .shapes import conv2d_num_params, conv2d_output_shape, pool2d_output_shape
 from . import grad  # noqa: E402  (gpuconv.grad.conv2d_input etc., as torch.nn.grad)
@@ -19,4 +20,5 @@ __all__ = [
     "conv2d_output_shape", "pool2d_output_shape", "conv2d_num_params",
     "backend_info", "last_kernel", "KernelRecord", "set_autotune", "autotune_choices", "clear_autotune_cache",
     "set_tensor_cores", "precompile", "__version__",
+    "receptive_field", "ReceptiveField",
 ]
