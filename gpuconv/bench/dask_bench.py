@@ -1,0 +1,225 @@
+"""``python -m gpuconv bench --dask``: ``gpuconv.dask`` on the CPU (NumPy chunks), three measurements.
+
+* **overhead**: one image through ``conv2d`` (3x3, padding 1, ReLU) as a single ``gpuconv.conv2d`` call and as
+  ``gpuconv.dask.conv2d`` on chunks, computed with dask's threaded scheduler (as many threads as cores) and
+  with the synchronous one; the ratio chunked / single is what the halos, the window copies and the
+  scheduling cost (both sides use gpuconv's own thread pool inside each call).
+* **scaling**: the same chunked graph on a ``distributed.LocalCluster`` of 1 and of 2 worker processes (one
+  thread each, ``GPUCONV_NUMPY_THREADS=1`` so that a worker uses one core), the input persisted on the
+  workers first and the output summed there; the speed-up from 1 to 2 workers.
+* **large image**: a float32 image larger than the workers' memory limit (by default 1 x 4 x 16384 x 16384,
+  4 GiB, on 2 workers of 1 GiB each), generated chunk by chunk on the workers, through conv -> ReLU -> 2x2
+  max pool (``map_layers``, one halo exchange) and summed chunk by chunk; records the wall time, every
+  worker's peak resident memory (``getrusage``), whether any worker was restarted (its process id changed),
+  and checks a corner of the output against the single call on the same input rows.
+
+Results: ``<out>/dask-<cpu>.json`` and ``.md`` (device, date, commit, command, figures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .environment import cpu_name, git_state, log, slugify
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (allocations, thread pools, imports on the workers)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _case(size: int, channels: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, channels, size, size), dtype=np.float32)
+    w = rng.standard_normal((channels, channels, 3, 3), dtype=np.float32) / (3 * channels ** 0.5)
+    b = rng.standard_normal(channels, dtype=np.float32)
+    return x, w, b
+
+
+def overhead(size: int = 2048, channels: int = 8, chunk: int = 512, repeats: int = 5) -> dict:
+    import dask.array as da
+
+    import gpuconv
+    import gpuconv.dask as gd
+    x, w, b = _case(size, channels)
+    y = gd.conv2d(da.from_array(x, chunks=(1, channels, chunk, chunk)), w, b, padding=1, activation="relu")
+    single = gpuconv.conv2d(x, w, b, padding=1, activation="relu")
+    err = float(np.abs(y.compute() - single).max())
+    t_single = _median_time(lambda: gpuconv.conv2d(x, w, b, padding=1, activation="relu"), repeats)
+    t_threads = _median_time(lambda: y.compute(scheduler="threads"), repeats)
+    t_sync = _median_time(lambda: y.compute(scheduler="sync"), repeats)
+    mpix = size * size / 1e6
+    return dict(shape=list(x.shape), weight=list(w.shape), chunk=chunk, chunks=len(y.chunks[2]) * len(y.chunks[3]),
+                repeats=repeats, max_abs_diff=err, single_s=t_single, threads_s=t_threads, sync_s=t_sync,
+                ratio_threads=t_threads / t_single, ratio_sync=t_sync / t_single,
+                single_mpix_s=mpix / t_single, threads_mpix_s=mpix / t_threads)
+
+
+def _cluster(workers: int, memory_limit, env: dict):
+    from distributed import Client, LocalCluster
+    os.environ.update(env)  # worker processes inherit the environment they are started with
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           memory_limit=memory_limit)
+    return cluster, Client(cluster)
+
+
+def scaling(size: int = 2048, channels: int = 8, chunk: int = 512, repeats: int = 5, workers=(1, 2)) -> dict:
+    import dask.array as da
+    from distributed import wait
+
+    import gpuconv.dask as gd
+    _, w, b = _case(8, channels)
+    rows, old = {}, os.environ.get("GPUCONV_NUMPY_THREADS")
+    for n in workers:
+        cluster, client = _cluster(n, "4GiB", {"GPUCONV_NUMPY_THREADS": "1"})
+        try:
+            x = da.random.default_rng(0).standard_normal((1, channels, size, size), dtype=np.float32,
+                                                         chunks=(1, channels, chunk, chunk)).persist()
+            wait(x)
+            total = gd.conv2d(x, w, b, padding=1, activation="relu").sum()
+            rows[n] = _median_time(lambda: client.compute(total).result(), repeats)
+        finally:
+            client.close()
+            cluster.close()
+    if old is None:
+        os.environ.pop("GPUCONV_NUMPY_THREADS", None)
+    else:
+        os.environ["GPUCONV_NUMPY_THREADS"] = old
+    mpix = size * size / 1e6
+    return dict(shape=[1, channels, size, size], chunk=chunk, repeats=repeats,
+                seconds={str(n): t for n, t in rows.items()}, mpix_s={str(n): mpix / t for n, t in rows.items()},
+                speedup=rows[workers[0]] / rows[workers[-1]] if len(rows) > 1 else None)
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def large_image(size: int = 16384, channels: int = 4, chunk: int = 1024, workers: int = 2,
+                memory_limit: str = "1GiB", workspace_mb: int = 64, check: int = 100) -> dict:
+    """The bounded-memory run (see the module docstring); returns its record. Spilling to disk is off, so
+    the image cannot go to disk instead of through the workers' memory; each worker keeps at most
+    ``workspace_mb`` of NumPy-path workspace per thread (``GPUCONV_NUMPY_WORKSPACE_MB``)."""
+    import dask
+    import dask.array as da
+    import distributed  # noqa: F401  (its configuration defaults, before they are changed below)
+    from dask.utils import parse_bytes
+
+    import gpuconv
+    import gpuconv.dask as gd
+    _, w, b = _case(8, channels)
+
+    def fn(a):
+        return gpuconv.max_pool2d(gpuconv.conv2d(a, w, b, activation="relu"), 2, 2)
+
+    field = gpuconv.receptive_field([dict(kernel_size=3), dict(kernel_size=2, stride=2)])
+    x = da.random.default_rng(1).standard_normal((1, channels, size, size), dtype=np.float32,
+                                                 chunks=(1, channels, chunk, chunk))
+    y = gd.map_layers(x, fn, field, padding=1)
+    old = os.environ.get("GPUCONV_NUMPY_WORKSPACE_MB")
+    with dask.config.set({"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}):
+        cluster, client = _cluster(workers, memory_limit, {"GPUCONV_NUMPY_WORKSPACE_MB": str(workspace_mb)})
+    if old is None:
+        os.environ.pop("GPUCONV_NUMPY_WORKSPACE_MB")
+    else:
+        os.environ["GPUCONV_NUMPY_WORKSPACE_MB"] = old
+    try:
+        spill_config = client.run(lambda: dask.config.get("distributed.worker.memory.spill"))
+        pids = client.run(os.getpid)
+        t = time.perf_counter()
+        total = float(client.compute(y.sum(dtype=np.float64)).result())
+        seconds = time.perf_counter() - t
+        peaks = client.run(_peak_rss_bytes)
+        pids_after = client.run(os.getpid)
+        corner = client.compute(y[:, :, :check, :check]).result()
+        x_corner = client.compute(x[:, :, :2 * check + 1, :2 * check + 1]).result()
+    finally:
+        client.close()
+        cluster.close()
+    ref = fn(np.pad(x_corner, ((0, 0), (0, 0), (1, 0), (1, 0))))[:, :, :check, :check]
+    return dict(shape=list(x.shape), image_bytes=int(x.nbytes), chunk=chunk, workers=workers,
+                memory_limit_bytes=int(parse_bytes(memory_limit)), workspace_mb=workspace_mb,
+                spill_to_disk=any(spill_config.values()), seconds=seconds, sum=total,
+                mpix_s=size * size / 1e6 / seconds,
+                peak_rss_bytes=sorted(peaks.values()), restarted=sorted(pids.values()) != sorted(pids_after.values()),
+                corner_max_abs_diff=float(np.abs(corner - ref).max()), finite=bool(np.isfinite(total)))
+
+
+def render(res: dict) -> str:
+    o, s, big = res.get("overhead"), res.get("scaling"), res.get("large_image")
+    lines = [f"# gpuconv.dask on the CPU ({res['device']})", "",
+             f"{res['date']}, commit {res['commit']}{' (dirty)' if res.get('dirty') else ''}, "
+             f"`{res['command']}`. The machine's 1-minute load average: {res['load_before']:.1f} before, "
+             f"{res['load_after']:.1f} after (above the core count, other processes shared the cores).", ""]
+    if o:
+        lines += ["## Overhead: chunked against one call", "",
+                  f"conv2d {o['shape']} * {o['weight']} (3x3, padding 1, bias, ReLU), float32, chunks of "
+                  f"{o['chunk']}x{o['chunk']} ({o['chunks']} chunks); median of {o['repeats']}.", "",
+                  "| path | seconds | Mpixel/s | ratio to one call |", "|---|---:|---:|---:|",
+                  f"| gpuconv.conv2d, one call | {o['single_s']:.3f} | {o['single_mpix_s']:.1f} | 1.00 |",
+                  f"| gpuconv.dask.conv2d, threaded scheduler | {o['threads_s']:.3f} | {o['threads_mpix_s']:.1f} | "
+                  f"{o['ratio_threads']:.2f} |",
+                  f"| gpuconv.dask.conv2d, synchronous scheduler | {o['sync_s']:.3f} | | {o['ratio_sync']:.2f} |",
+                  "", f"Largest difference from the single call: {o['max_abs_diff']:.3g}.", ""]
+    if s:
+        lines += ["## Scaling over worker processes", "",
+                  f"The same conv2d on {s['shape']} (chunks {s['chunk']}), input persisted on a LocalCluster, "
+                  f"output summed; one thread per worker, GPUCONV_NUMPY_THREADS=1; median of {s['repeats']}.", "",
+                  "| workers | seconds | Mpixel/s |", "|---:|---:|---:|"]
+        lines += [f"| {n} | {t:.3f} | {s['mpix_s'][n]:.1f} |" for n, t in s["seconds"].items()]
+        lines += ["", f"Speed-up from 1 to 2 workers: {s['speedup']:.2f}x.", ""]
+    if big:
+        gib = 2 ** 30
+        lines += ["## An image larger than the workers' memory", "",
+                  f"{big['shape']} float32 ({big['image_bytes'] / gib:.1f} GiB), generated on the workers in "
+                  f"chunks of {big['chunk']}x{big['chunk']}, conv 3x3 (padding 1) -> ReLU -> 2x2 max pool "
+                  f"(map_layers) -> sum, on {big['workers']} worker processes with a memory limit of "
+                  f"{big['memory_limit_bytes'] / gib:.2f} GiB each.", "",
+                  f"* wall time {big['seconds']:.1f} s ({big['mpix_s']:.1f} Mpixel/s of input)",
+                  "* peak resident memory per worker: " + ", ".join(f"{p / gib:.2f} GiB" for p in big["peak_rss_bytes"]),
+                  f"* workers restarted: {'yes' if big['restarted'] else 'none'}",
+                  f"* output corner against the single call: largest difference {big['corner_max_abs_diff']:.3g}", ""]
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    try:
+        import dask.array  # noqa: F401
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        log(f"bench --dask: needs dask[array] and distributed (pip install 'gpuconv[dask]'): {exc}")
+        return 2
+    quick = bool(getattr(args, "quick", False))
+    res = dict(device=f"{cpu_name()}, {os.cpu_count()} cores", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               command="python -m gpuconv " + " ".join(sys.argv[1:]), load_before=os.getloadavg()[0], **git_state())
+    log("bench --dask: overhead")
+    res["overhead"] = overhead(1024 if quick else 2048, repeats=3 if quick else 5)
+    log("bench --dask: scaling over 1 and 2 worker processes")
+    res["scaling"] = scaling(1024 if quick else 2048, repeats=3 if quick else 5)
+    if not quick:
+        log("bench --dask: an image larger than the workers' memory")
+        res["large_image"] = large_image()
+    res["load_after"] = os.getloadavg()[0]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / ("dask-" + slugify(f"cpu {cpu_name()} {os.cpu_count()}c") + ("-quick" if quick else ""))
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    text = render(res)
+    stem.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    log(f"wrote {stem}.json, {stem}.md")
+    return 0
