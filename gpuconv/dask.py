@@ -12,8 +12,8 @@ How an image is cut (docs/dask.md has the pictures and the reasons):
   where that range leaves the array (zeros for convolution and average pooling, -inf for max pooling,
   only at the array's real borders, where the global padding and the ceil-mode overhang lie), and runs
   the single-array gpuconv call with ``padding=0`` on it. Output chunk ``i`` holds the outputs whose
-  window starts in input chunk ``i``: boundaries are aligned to the stride, so every output pixel is
-  computed exactly once. Average pooling divides by the global divisor of each window (the
+  window's centre lies in input chunk ``i``: boundaries are aligned to the stride, so every output pixel
+  is computed exactly once. Average pooling divides by the global divisor of each window (the
   ``count_include_pad`` / ceil-mode rules of the whole array), not the chunk's.
 * Weights and bias (and ``map_layers``' function) are one node of the graph, which every task depends
   on: a distributed worker receives each once, not once per chunk.
@@ -65,12 +65,14 @@ class Axis:
         return o0 * self.stride - self.pad_lo, (o1 - 1) * self.stride - self.pad_lo + self.extent
 
     def output_chunks(self, in_chunks) -> tuple[int, ...]:
-        """Output chunk ``i``: the outputs whose window starts in input chunk ``i`` (empty ones dropped), i.e.
-        cuts at ``ceil((boundary + pad_lo) / stride)``: stride-aligned, each output in exactly one chunk."""
-        cuts, b = {0, self.out}, 0
+        """Output chunk ``i``: the outputs whose window's centre (row ``start + (extent-1)//2``) lies in input
+        chunk ``i`` (empty ones dropped), i.e. cuts at ``ceil((boundary + pad_lo - (extent-1)//2) / stride)``:
+        stride-aligned, each output in exactly one chunk, and a stride-1 'same' convolution keeps the
+        input's chunks (the next layer finds the chunks it was given)."""
+        cuts, b, centre = {0, self.out}, 0, (self.extent - 1) // 2
         for c in in_chunks[:-1]:
             b += c
-            cuts.add(min(max(-(-(b + self.pad_lo) // self.stride), 0), self.out))
+            cuts.add(min(max(-(-(b + self.pad_lo - centre) // self.stride), 0), self.out))
         cuts = sorted(cuts)
         return tuple(hi - lo for lo, hi in zip(cuts, cuts[1:]))
 
@@ -198,7 +200,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, f
     has several. Along H and W any chunking works: each output chunk reads the input rows and columns its
     windows need from the neighbouring chunks (the halo, ``d*(k-1) + 1 - s`` per side, however small the
     chunks), the global padding is added only at the array's borders, and output chunk boundaries are
-    aligned to the stride (output chunk ``i`` holds the outputs whose window starts in input chunk ``i``).
+    aligned to the stride (output chunk ``i`` holds the outputs whose window's centre lies in input chunk
+    ``i``: a stride-1 'same' convolution keeps the input's chunks).
     The output has one chunk along K.
 
     ``weight`` and ``bias`` are NumPy arrays for NumPy chunks, CuPy arrays for CuPy chunks (then every

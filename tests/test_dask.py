@@ -264,8 +264,10 @@ def test_weights_are_one_graph_node_and_tasks_read_only_their_neighbours():
     out_keys = [k for k in layer if isinstance(k, tuple) and k[0] == y.name]
     assert len(out_keys) == 2 * 4 * 4
     for k in out_keys:
-        inputs = [d for d in deps[k] if isinstance(d, tuple) and d[0] == x.name]
-        assert 1 <= len(inputs) <= 4  # its own block and the neighbours its halo reaches (down, right)
+        inputs = {d[2:] for d in deps[k] if isinstance(d, tuple) and d[0] == x.name}
+        # its own block and the neighbours its one-row halo reaches on each side, nothing else
+        assert inputs == {(0, i, j) for i in range(max(k[3] - 1, 0), min(k[3] + 2, 4))
+                          for j in range(max(k[4] - 1, 0), min(k[4] + 2, 4))}
         assert set(w_keys) <= set(deps[k])
     # a 1x1 convolution has no halo: one input block per output block
     y1 = gd.conv2d(x, w[:, :, :1, :1])
@@ -322,10 +324,15 @@ def test_map_layers_on_a_local_cluster(client):
 
 
 def test_output_chunks_follow_the_input_chunks_at_the_stride():
-    """Output chunk ``i`` holds the outputs whose window starts in input chunk ``i``; its pieces are the input
-    rows those windows cover, with the padding counted where they leave the array."""
+    """Output chunk ``i`` holds the outputs whose window's centre lies in input chunk ``i``; its pieces are the
+    input rows those windows cover, with the padding counted where they leave the array."""
     ax = gd.Axis(size=20, extent=5, stride=3, pad_lo=2, out=7)  # e.g. k=3, d=2, s=3, padding 2
-    assert ax.output_chunks((6, 6, 8)) == (3, 2, 2)  # cuts at ceil((6+2)/3)=3, ceil((12+2)/3)=5
-    assert ax.pieces(0, 3, (6, 6, 8)) == (0, [slice(0, 6), slice(0, 3)], (2, 0))  # rows [-2, 9)
-    assert ax.pieces(5, 7, (6, 6, 8)) == (2, [slice(1, 8)], (0, 1))  # rows [13, 21): one past the end
+    assert ax.output_chunks((6, 6, 8)) == (2, 2, 3)  # centre of o: 3*o; cuts at ceil(6/3)=2, ceil(12/3)=4
+    assert ax.pieces(0, 2, (6, 6, 8)) == (0, [slice(0, 6)], (2, 0))  # rows [-2, 6)
+    assert ax.pieces(4, 7, (6, 6, 8)) == (1, [slice(4, 6), slice(0, 8)], (0, 1))  # rows [10, 21): one past the end
     assert gd.Axis(size=4, extent=1, stride=1, pad_lo=3, out=10).pieces(0, 2, (2, 2)) == (0, [slice(0, 0)], (2, 0))
+    # a stride-1 'same' convolution keeps the chunks, and so does a 2x2/2 pool (halved)
+    x = da.zeros((1, 1, 30, 30), chunks=(1, 1, (8, 7, 9, 6), 10), dtype=np.float32)
+    y = gd.conv2d(x, np.ones((1, 1, 5, 3), np.float32), padding="same")
+    assert y.chunks == x.chunks
+    assert gd.max_pool2d(y, 2, 2).chunks[2:] == ((4, 4, 4, 3), (5, 5, 5))
