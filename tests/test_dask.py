@@ -336,3 +336,24 @@ def test_output_chunks_follow_the_input_chunks_at_the_stride():
     y = gd.conv2d(x, np.ones((1, 1, 5, 3), np.float32), padding="same")
     assert y.chunks == x.chunks
     assert gd.max_pool2d(y, 2, 2).chunks[2:] == ((4, 4, 4, 3), (5, 5, 5))
+
+
+def test_weights_reach_each_worker_at_most_once(client):
+    """Many chunks, two workers: each worker receives the weight and bias nodes at most once (from the
+    worker that holds them), never once per task (the workers' own transfer logs)."""
+    rng = np.random.default_rng(8)
+    x = da.from_array(rng.standard_normal((2, 3, 48, 48)).astype(np.float32), chunks=(1, 3, 8, 8))
+    w, b = rng.standard_normal((4, 3, 3, 3)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    y = gd.conv2d(x, w, b, padding=1)
+    consts = [k for k in y.dask.layers[y.name] if isinstance(k, str) and k.startswith("gpuconv-const-")]
+    assert len(consts) == 2 and y.npartitions == 72
+    client.run(lambda dask_worker: dask_worker.transfer_incoming_log.clear())
+    check_conv(x.compute(), w, b, dict(padding=1), client.compute(y).result())
+    # the constants were tasks of their own on the scheduler (held in a worker's memory), not inlined
+    stored = client.run_on_scheduler(lambda dask_scheduler: sorted({str(t[0]) for t in dask_scheduler.transition_log
+                                                                    if t[2] == "memory"}))
+    assert set(consts) <= set(stored)
+    logs = client.run(lambda dask_worker: [list(e["keys"]) for e in dask_worker.transfer_incoming_log])
+    for entries in logs.values():
+        for key in consts:
+            assert sum(key in keys for keys in entries) <= 1

@@ -7,11 +7,11 @@
 * **scaling**: the same chunked graph on a ``distributed.LocalCluster`` of 1 and of 2 worker processes (one
   thread each, ``GPUCONV_NUMPY_THREADS=1`` so that a worker uses one core), the input persisted on the
   workers first and the output summed there; the speed-up from 1 to 2 workers.
-* **large image**: a float32 image larger than the workers' memory limit (by default 1 x 4 x 16384 x 16384,
-  4 GiB, on 2 workers of 1 GiB each), generated chunk by chunk on the workers, through conv -> ReLU -> 2x2
-  max pool (``map_layers``, one halo exchange) and summed chunk by chunk; records the wall time, every
-  worker's peak resident memory (``getrusage``), whether any worker was restarted (its process id changed),
-  and checks a corner of the output against the single call on the same input rows.
+* **large image**: a float32 image larger than the workers' memory (by default 1 x 4 x 16384 x 16384, 4 GiB,
+  on 2 workers of 1.5 GiB each, spilling to disk and pausing off), generated chunk by chunk on the workers,
+  through conv -> ReLU -> 2x2 max pool (``map_layers``, one halo exchange) and summed chunk by chunk;
+  records the wall time, every worker's peak resident memory (``getrusage``), whether any worker was
+  restarted (its process id changed), and checks a corner of the output against the single call.
 
 Results: ``<out>/dask-<cpu>.json`` and ``.md`` (device, date, commit, command, figures).
 """
@@ -105,15 +105,22 @@ def scaling(size: int = 2048, channels: int = 8, chunk: int = 512, repeats: int 
                 speedup=rows[workers[0]] / rows[workers[-1]] if len(rows) > 1 else None)
 
 
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def large_image(size: int = 16384, channels: int = 4, chunk: int = 1024, workers: int = 2,
-                memory_limit: str = "1GiB", workspace_mb: int = 64, check: int = 100) -> dict:
+def large_image(size=16384, channels: int = 4, chunk=(512, 2048), workers: int = 2,
+                memory_limit: str = "1.5GiB", workspace_mb: int = 64, check: int = 100) -> dict:
     """The bounded-memory run (see the module docstring); returns its record. Spilling to disk is off, so
-    the image cannot go to disk instead of through the workers' memory; each worker keeps at most
-    ``workspace_mb`` of NumPy-path workspace per thread (``GPUCONV_NUMPY_WORKSPACE_MB``)."""
+    the image cannot go to disk instead of through the workers' memory, and pausing is off, so a worker
+    over its limit is killed (and seen as restarted) instead of waiting forever for memory that only its
+    own tasks would free; each worker keeps at most ``workspace_mb`` of NumPy-path workspace per thread
+    (``GPUCONV_NUMPY_WORKSPACE_MB``). What a worker holds beyond its running task is input blocks waiting
+    for the neighbours that read their halo, in the order the scheduler runs the chunks."""
     import dask
     import dask.array as da
     import distributed  # noqa: F401  (its configuration defaults, before they are changed below)
@@ -127,11 +134,12 @@ def large_image(size: int = 16384, channels: int = 4, chunk: int = 1024, workers
         return gpuconv.max_pool2d(gpuconv.conv2d(a, w, b, activation="relu"), 2, 2)
 
     field = gpuconv.receptive_field([dict(kernel_size=3), dict(kernel_size=2, stride=2)])
-    x = da.random.default_rng(1).standard_normal((1, channels, size, size), dtype=np.float32,
-                                                 chunks=(1, channels, chunk, chunk))
+    (H, W), (ch, cw) = (_pair(size), _pair(chunk))
+    x = da.random.default_rng(1).standard_normal((1, channels, H, W), dtype=np.float32, chunks=(1, channels, ch, cw))
     y = gd.map_layers(x, fn, field, padding=1)
     old = os.environ.get("GPUCONV_NUMPY_WORKSPACE_MB")
-    with dask.config.set({"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}):
+    with dask.config.set({"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+                          "distributed.worker.memory.pause": False}):
         cluster, client = _cluster(workers, memory_limit, {"GPUCONV_NUMPY_WORKSPACE_MB": str(workspace_mb)})
     if old is None:
         os.environ.pop("GPUCONV_NUMPY_WORKSPACE_MB")
@@ -151,10 +159,10 @@ def large_image(size: int = 16384, channels: int = 4, chunk: int = 1024, workers
         client.close()
         cluster.close()
     ref = fn(np.pad(x_corner, ((0, 0), (0, 0), (1, 0), (1, 0))))[:, :, :check, :check]
-    return dict(shape=list(x.shape), image_bytes=int(x.nbytes), chunk=chunk, workers=workers,
+    return dict(shape=list(x.shape), image_bytes=int(x.nbytes), chunk=[ch, cw], workers=workers,
                 memory_limit_bytes=int(parse_bytes(memory_limit)), workspace_mb=workspace_mb,
                 spill_to_disk=any(spill_config.values()), seconds=seconds, sum=total,
-                mpix_s=size * size / 1e6 / seconds,
+                mpix_s=H * W / 1e6 / seconds,
                 peak_rss_bytes=sorted(peaks.values()), restarted=sorted(pids.values()) != sorted(pids_after.values()),
                 corner_max_abs_diff=float(np.abs(corner - ref).max()), finite=bool(np.isfinite(total)))
 
@@ -186,9 +194,10 @@ def render(res: dict) -> str:
         gib = 2 ** 30
         lines += ["## An image larger than the workers' memory", "",
                   f"{big['shape']} float32 ({big['image_bytes'] / gib:.1f} GiB), generated on the workers in "
-                  f"chunks of {big['chunk']}x{big['chunk']}, conv 3x3 (padding 1) -> ReLU -> 2x2 max pool "
+                  f"chunks of {big['chunk'][0]}x{big['chunk'][1]}, conv 3x3 (padding 1) -> ReLU -> 2x2 max pool "
                   f"(map_layers) -> sum, on {big['workers']} worker processes with a memory limit of "
-                  f"{big['memory_limit_bytes'] / gib:.2f} GiB each.", "",
+                  f"{big['memory_limit_bytes'] / gib:.2f} GiB each (spilling to disk and pausing off, "
+                  f"GPUCONV_NUMPY_WORKSPACE_MB={big['workspace_mb']}).", "",
                   f"* wall time {big['seconds']:.1f} s ({big['mpix_s']:.1f} Mpixel/s of input)",
                   "* peak resident memory per worker: " + ", ".join(f"{p / gib:.2f} GiB" for p in big["peak_rss_bytes"]),
                   f"* workers restarted: {'yes' if big['restarted'] else 'none'}",
