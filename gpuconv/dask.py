@@ -2,10 +2,10 @@
 one device's or one machine's memory. Imported explicitly (``import gpuconv.dask``); ``import gpuconv``
 never imports dask. Needs the extra ``gpuconv[dask]`` (``dask[array]``; ``distributed`` for clusters).
 
-How an image is cut (docs/dask.md has the pictures and the reasons):
+How an image is cut (docs/dask.md has the details and the reasons):
 
-* Along N, chunks are independent. C is made one chunk (``x.rechunk({1: -1})``, a no-op when it is one
-  already): every output channel needs every input channel of its group.
+* Along N, chunks are independent. For conv2d, C is made one chunk (``x.rechunk({1: -1})``, a no-op when
+  it is one already): every output channel needs every input channel of its group; pooling keeps C's chunks.
 * Along H and W each output chunk is one task. It reads exactly the input rows and columns its outputs'
   windows cover, ``[o0*s - pad_lo, (o1-1)*s - pad_lo + d*(k-1) + 1)``, from however many input chunks hold
   them (so chunks smaller than the halo, and uneven last chunks, need no rechunking), adds the padding
