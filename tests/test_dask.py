@@ -357,3 +357,14 @@ def test_weights_reach_each_worker_at_most_once(client):
     for entries in logs.values():
         for key in consts:
             assert sum(key in keys for keys in entries) <= 1
+
+
+def test_import_gpuconv_imports_no_dask():
+    """``gpuconv.dask`` is imported explicitly; ``import gpuconv`` (and the benchmark's command line) stay
+    free of dask."""
+    import subprocess
+    import sys
+    code = ("import sys, gpuconv, gpuconv.bench.cli\n"
+            "assert not any(m == 'dask' or m.startswith(('dask.', 'distributed')) for m in sys.modules), "
+            "sorted(m for m in sys.modules if 'dask' in m)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

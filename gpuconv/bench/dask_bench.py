@@ -10,7 +10,7 @@
 * **large image**: a float32 image larger than the workers' memory (by default 1 x 4 x 16384 x 16384, 4 GiB,
   on 2 workers of 1.5 GiB each, spilling to disk and pausing off), generated chunk by chunk on the workers,
   through conv -> ReLU -> 2x2 max pool (``map_layers``, one halo exchange) and summed chunk by chunk;
-  records the wall time, every worker's peak resident memory (``getrusage``), whether any worker was
+  records the wall time, every worker's peak resident memory (``VmHWM``), whether any worker was
   restarted (its process id changed), and checks a corner of the output against the single call.
 
 Results: ``<out>/dask-<cpu>.json`` and ``.md`` (device, date, commit, command, figures).
@@ -110,7 +110,17 @@ def _pair(v):
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident memory: ``VmHWM`` of /proc/self/status, which belongs to the process
+    image (``getrusage``'s ``ru_maxrss`` would also count the parent's peak before the worker was spawned:
+    Linux carries it across fork and exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # elsewhere: KiB on Linux, bytes on macOS
 
 
 def large_image(size=16384, channels: int = 4, chunk=(512, 2048), workers: int = 2,
