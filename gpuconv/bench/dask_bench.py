@@ -13,7 +13,8 @@
   records the wall time, every worker's peak resident memory (``VmHWM``), whether any worker was
   restarted (its process id changed), and checks a corner of the output against the single call.
 
-Results: ``<out>/dask-<cpu>.json`` and ``.md`` (device, date, commit, command, figures).
+Results: ``<out>/dask-<cpu>.md`` (device, date, commit, command, figures; the raw record as JSON at its end,
+not as a ``.json`` file, which in bench/results would be read as a suite results file).
 """
 
 from __future__ import annotations
@@ -252,9 +253,10 @@ def main(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / ("dask-" + slugify(f"cpu {cpu_name()} {os.cpu_count()}c") + ("-quick" if quick else ""))
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
     text = render(res)
-    stem.with_suffix(".md").write_text(text + "\n")
+    # One Markdown file with the raw record at its end: the *.json files in bench/results are the suite's
+    # (its renderer and bench/update_readme.py read every one of them), whose schema this is not.
+    stem.with_suffix(".md").write_text(text + "\n## Raw figures\n\n```json\n" + json.dumps(res, indent=1) + "\n```\n")
     print(text)
-    log(f"wrote {stem}.json, {stem}.md")
+    log(f"wrote {stem}.md")
     return 0
