@@ -1,5 +1,5 @@
-"""The test tree with its optional dependencies missing: the oracles (PyTorch, SciPy), hypothesis and
-matplotlib may each be absent, and then their tests skip; collection never breaks."""
+"""The test tree with its optional dependencies missing: the oracles (PyTorch, SciPy), hypothesis,
+matplotlib, Dask / distributed and scikit-learn may each be absent, and then their tests skip; collection never breaks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("torch", "hypothesis", "scipy", "matplotlib", "cupy")
+OPTIONAL = ("torch", "hypothesis", "scipy", "matplotlib", "cupy", "dask", "distributed", "sklearn")
 
 
 def test_collection_without_optional_dependencies(tmp_path):

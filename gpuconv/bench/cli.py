@@ -65,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "kernels PyTorch's autograd runs: convolutions' input ('data') and weight "
                             "('filter') gradients, pooling's input gradient (gpuconv.grad); on the CPU with "
                             f"the NumPy path's bar, within {BACKWARD_BAR:g}x of PyTorch in geometric mean")
+    p.add_argument("--dask", action="store_true",
+                   help="instead of the suite, gpuconv.dask on the CPU: chunked against one call, 1 and 2 worker "
+                        "processes, an image larger than the workers' memory (gpuconv/bench/dask_bench.py); "
+                        "with --quick only the first two, smaller")
     p.add_argument("--layers", metavar="NAMES",
                    help="only layers whose name contains one of these comma-separated substrings (see --list)")
     p.add_argument("--algos", metavar="NAMES",
@@ -119,6 +123,9 @@ def _update_readme(results_dir: Path) -> int:
 
 
 def main(args) -> int:
+    if args.dask:
+        from .dask_bench import main as dask_main
+        return dask_main(args)
     if args.render:
         try:
             paths = rerender(Path(args.render), Path(args.out), plot=not args.no_plot)
