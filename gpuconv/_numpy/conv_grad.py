@@ -1,0 +1,206 @@
+"""Convolution gradients on the NumPy path computed directly (issue 17): im2col / col2im with BLAS GEMMs,
+instead of being lowered onto forward convolution calls (``gpuconv._conv_lowering``, which keeps the
+cases these do not serve better). ``gpuconv._conv_lowering`` asks :func:`data_strategy` /
+:func:`filter_strategy` and calls :func:`backward_data` / :func:`backward_filter`; the names below are
+what ``gpuconv.last_kernel()`` reports. Notation as docs/gradients.md.
+
+* ``numpy_col2im`` (backward data): per chunk of samples (and of ``gy`` rows when one sample does not
+  fit), ``gy`` is copied to ``(groups, Kg, n*P*Q)``, ONE GEMM per group ``w_eff^T (Cg*R*S, Kg) @ gy``
+  gives the column buffer ``(C, R, S, n, P, Q)``, and col2im adds tap ``(r, s)``'s slab into the strided
+  view ``gx[:, :, r*dh - pt + p*sh, s*dw - pl + q*sw]`` of the outputs whose tap lands inside the input
+  (``_geometry.tap_outputs``; taps landing in the padding are dropped, as PyTorch's col2im does). The
+  adds run per block of channels (cache-sized, on the thread pool: blocks write disjoint channels), the
+  taps in a fixed order ``r, s`` and the chunks in order, so the sum order is fixed: deterministic. No
+  stride phases, no padded copy of ``gy``.
+* ``numpy_im2col_filter`` (backward filter): per chunk of samples, the forward's im2col gather of ``x``
+  (``_conv_strategies._fill_padded`` / ``_gather``, straight from ``x`` when no window reads padding) to
+  ``(groups, Cg*R*S, n*P*Q)`` and ``gy`` copied to ``(groups, Kg, n*P*Q)``; ONE GEMM per group ``gy @
+  cols^T`` gives the chunk's ``(Kg, Cg*R*S)``, added to the result in chunk order (deterministic).
+
+float16 is computed in float32 (operands cast in the copies, an accumulator of the result's size in
+float32, rounded once at the end).
+
+Memory: besides the result, the workspace (``_workspace.workspace``) of one chunk, plus the weight
+transposed (data) / the float32 accumulator (float16) and one chunk's partial product (filter), all
+within ``workspace_limit()``; when not even one sample (data: one output row) fits, the strategies say
+None and the lowering runs (its forward calls tile).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._geometry import ConvGeometry, tap_outputs
+from ._conv_strategies import _fill_padded, _gather, prime_blas
+from ._workspace import parallel_map, pool_threads, trim_workspace, workspace, workspace_bytes, workspace_limit
+
+# A chunk's column buffer stays near this size when the batch allows (large enough that BLAS runs at
+# full speed and the per-chunk Python work vanishes; small enough not to thrash the caches more than
+# the GEMM must).
+CHUNK_BYTES = 32 * 2**20
+# col2im adds one block of channels at a time, all its taps, so that the block's part of gx stays in
+# the cache across the R*S adds; bytes of gx per block.
+COL2IM_BLOCK_BYTES = 256 * 2**10
+
+
+def compute_dtype(dtype) -> np.dtype:
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# backward data
+# --------------------------------------------------------------------------------------------
+
+def data_strategy(g: ConvGeometry, dtype, H: int, W: int, Pg: int, Qg: int):
+    """``'numpy_col2im'``, or None where the lowering stays (docs/gradients.md, "The NumPy path"):
+
+    * 1x1 filters without padding: the lowering's forward call is already one matmul per phase
+      (``numpy_matmul_1x1``), the same GEMM without a column buffer;
+    * depthwise-like layers (one input channel and at most 2 filters per group): the GEMM's inner
+      dimension would be ``Kg``; the lowering's ``numpy_shift_accumulate`` multiply-adds instead;
+    * when one output row's chunk does not fit the workspace limit (the lowering tiles).
+    """
+    if (g.R, g.S, g.pt, g.pb, g.pl, g.pr) == (1, 1, 0, 0, 0, 0):
+        return None
+    if g.Cg == 1 and g.Kg <= 2:
+        return None
+    if _data_plan(g, dtype, H, W, Pg, Qg) is None:
+        return None
+    return "numpy_col2im"
+
+
+def _data_plan(g, dtype, H, W, Pg, Qg):
+    """``(samples, rows)`` per chunk, or None when one output row does not fit."""
+    ct = compute_dtype(dtype)
+    item = ct.itemsize
+    fixed = math.prod((g.K, g.Cg, g.R, g.S)) * item  # the transposed weight
+    if np.dtype(dtype) != ct:
+        fixed += g.N * g.C * H * W * item  # the float32 accumulator
+    budget = workspace_limit() - fixed - 4 * 64
+    per_row = (g.K + g.C * g.R * g.S) * Qg * item  # gy copy + columns of one output row of one sample
+    if per_row > budget or Pg == 0:
+        return None
+    per_sample = per_row * Pg
+    if per_sample > budget:
+        return 1, max(1, min(Pg, budget // per_row))
+    n = max(1, min(g.N, CHUNK_BYTES // per_sample, budget // per_sample))
+    return n, Pg
+
+
+def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int):
+    """``gx (N, C, H, W)`` from ``gy (N, K, Pg, Qg)`` by ``numpy_col2im`` (``data_strategy`` said so)."""
+    ct = compute_dtype(gy.dtype)
+    N, K, Pg, Qg = gy.shape
+    G, Kg, Cg, R, S = g.groups, g.Kg, g.Cg, g.R, g.S
+    C = G * Cg
+    n_chunk, p_chunk = _data_plan(g, gy.dtype, H, W, Pg, Qg)
+    prime_blas()
+    we = w[:, :, ::-1, ::-1] if g.flip else w
+    wt = np.ascontiguousarray(we.reshape(G, Kg, Cg * R * S).transpose(0, 2, 1), dtype=ct)  # (G, CgRS, Kg)
+    acc = np.zeros((N, C, H, W), ct)
+    budget = workspace_limit() - wt.nbytes - (0 if acc.dtype == gy.dtype else acc.nbytes)
+    trim_workspace(budget)
+    for n0 in range(0, N, n_chunk):
+        n = min(n_chunk, N - n0)
+        for p0 in range(0, Pg, p_chunk):
+            pn = min(p_chunk, Pg - p0)
+            gyt, cols = workspace(((G, Kg, n, pn, Qg), ct), ((G, Cg * R * S, n * pn * Qg), ct))
+            np.copyto(gyt, gy[n0:n0 + n, :, p0:p0 + pn].reshape(n, G, Kg, pn, Qg).transpose(1, 2, 0, 3, 4))
+            np.matmul(wt, gyt.reshape(G, Kg, n * pn * Qg), out=cols)
+            _col2im(cols.reshape(C, R, S, n, pn, Qg), acc[n0:n0 + n], g, p0, H, W)
+    return (acc if acc.dtype == gy.dtype else acc.astype(gy.dtype)), "numpy_col2im"
+
+
+def _col2im(cols: np.ndarray, gx: np.ndarray, g: ConvGeometry, p0: int, H: int, W: int) -> None:
+    """``gx[i, c, p*sh - pt + r*dh, q*sw - pl + s*dw] += cols[c, r, s, i, p - p0, q]`` for the outputs
+    whose tap lands inside ``gx`` (rows ``p0 .. p0 + cols.shape[4]``), tap by tap in order, per block of
+    channels (disjoint blocks, so the thread pool keeps every element's sum order)."""
+    C, R, S, n, pn, Qg = cols.shape
+    rows = [tap_outputs(p0, p0 + pn, 0, H, r * g.dh - g.pt, g.sh) for r in range(R)]
+    colsq = [tap_outputs(0, Qg, 0, W, s * g.dw - g.pl, g.sw) for s in range(S)]
+    taps = [(r, s, rows[r], colsq[s]) for r in range(R) for s in range(S)
+            if rows[r][1] > rows[r][0] and colsq[s][1] > colsq[s][0]]
+    block = max(1, min(C, COL2IM_BLOCK_BYTES // max(1, n * H * W * gx.itemsize)))
+    blocks = [slice(c0, min(C, c0 + block)) for c0 in range(0, C, block)]
+    dst_all = gx.transpose(1, 0, 2, 3)  # (C, n, H, W): the columns' order
+
+    def run(cb):
+        dst_c = dst_all[cb]
+        for r, s, (pa, pb, h0), (qa, qb, w0) in taps:
+            dst = dst_c[:, :, h0:h0 + (pb - pa - 1) * g.sh + 1:g.sh, w0:w0 + (qb - qa - 1) * g.sw + 1:g.sw]
+            np.add(dst, cols[cb, r, s, :, pa - p0:pb - p0, qa:qb], out=dst)
+
+    parallel_map(run, blocks, threads=pool_threads(len(blocks)))
+
+
+# --------------------------------------------------------------------------------------------
+# backward filter
+# --------------------------------------------------------------------------------------------
+
+def _filter_layout(g: ConvGeometry, x_dtype):
+    """``(padded, from_input)``: the padded extent the windows read, and whether every window lies inside
+    ``x`` (no padding read) and ``x`` is in the compute dtype, so the gather reads ``x`` itself."""
+    padded = ((g.P - 1) * g.sh + (g.R - 1) * g.dh + 1, (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1)
+    from_input = (np.dtype(x_dtype) == compute_dtype(x_dtype) and g.pt == 0 and g.pl == 0
+                  and padded[0] <= g.H and padded[1] <= g.W)
+    return padded, from_input
+
+
+def _filter_specs(g: ConvGeometry, x_dtype, n: int):
+    ct = compute_dtype(x_dtype)
+    padded, from_input = _filter_layout(g, x_dtype)
+    plane = 0 if from_input else padded[0] * padded[1]
+    M = n * g.P * g.Q
+    return (((n * g.C * plane,), ct), ((g.groups, g.Cg * g.R * g.S, M), ct),
+            ((g.groups, g.Kg, M), ct), ((g.groups, g.Kg, g.Cg * g.R * g.S), ct))
+
+
+def filter_strategy(g: ConvGeometry, dtype):
+    """``'numpy_im2col_filter'``, or None where the lowering stays: depthwise layers (one input channel per
+    group and more than one group: their per-tap ``numpy_depthwise_filter_taps`` reads ``x`` in place,
+    where im2col would copy it R*S times for GEMMs of inner size 1), and when one sample's chunk does not
+    fit the workspace limit."""
+    if g.Cg == 1 and g.groups > 1:
+        return None
+    acc = math.prod((g.K, g.Cg, g.R, g.S)) * 4 if np.dtype(dtype) == np.float16 else 0
+    if workspace_bytes(*_filter_specs(g, dtype, 1)) + acc > workspace_limit():
+        return None
+    return "numpy_im2col_filter"
+
+
+def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
+    """``gw (K, Cg, R, S)`` by ``numpy_im2col_filter`` (``filter_strategy`` said so), ``N > 0``."""
+    ct = compute_dtype(x.dtype)
+    G, Kg, Cg, R, S, P, Q = g.groups, g.Kg, g.Cg, g.R, g.S, g.P, g.Q
+    padded, from_input = _filter_layout(g, x.dtype)
+    prime_blas()
+    acc = np.empty((G, Kg, Cg * R * S), ct)
+    budget = workspace_limit() - (0 if acc.dtype == gy.dtype else acc.nbytes)
+    per_sample = workspace_bytes(*_filter_specs(g, x.dtype, 1))
+    n_chunk = max(1, min(g.N, CHUNK_BYTES // per_sample, budget // per_sample))
+    while n_chunk > 1 and workspace_bytes(*_filter_specs(g, x.dtype, n_chunk)) > budget:
+        n_chunk -= 1
+    trim_workspace(budget)
+    for n0 in range(0, g.N, n_chunk):
+        n = min(n_chunk, g.N - n0)
+        M = n * P * Q
+        xp, cols, gyt, part = workspace(*_filter_specs(g, x.dtype, n))
+        cview = cols.reshape(g.C, R, S, n, P, Q)
+        if from_input:
+            _gather(x[n0:n0 + n], cview, g)
+        else:
+            xp = xp.reshape((n, g.C) + padded)
+            _fill_padded(x[n0:n0 + n], g, xp)
+            _gather(xp, cview, g)
+        np.copyto(gyt.reshape(G, Kg, n, P, Q), gy[n0:n0 + n].reshape(n, G, Kg, P, Q).transpose(1, 2, 0, 3, 4))
+        if n0 == 0:
+            np.matmul(gyt, cols.transpose(0, 2, 1), out=acc)
+        else:
+            np.matmul(gyt, cols.transpose(0, 2, 1), out=part)
+            acc += part
+    gw = acc.reshape(g.K, Cg, R, S)
+    if g.flip:
+        gw = gw[:, :, ::-1, ::-1]
+    return np.ascontiguousarray(gw, dtype=gy.dtype), "numpy_im2col_filter"
