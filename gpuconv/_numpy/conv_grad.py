@@ -66,27 +66,40 @@ def data_strategy(g: ConvGeometry, dtype, H: int, W: int, Pg: int, Qg: int):
         return None
     if g.Cg == 1 and g.Kg <= 2:
         return None
-    if _data_plan(g, dtype, H, W, Pg, Qg) is None:
+    if _data_plan(g, dtype, H, W, Pg, Qg, wide_ok=False) is None:
         return None
     return "numpy_col2im"
 
 
-def _data_plan(g, dtype, H, W, Pg, Qg):
-    """``(samples, rows)`` per chunk, or None when one output row does not fit."""
+def _wide_extent(g: ConvGeometry, H: int, W: int, Pg: int, Qg: int):
+    """``(Hp, Wp, slack)`` of the stride-1 wide layout: the padded accumulator planes (every tap of every
+    output lands inside, ``Hp >= Pg + (R-1)*dh`` and the input at row ``pt``), and the slack after each
+    plane that the last wide row's junk reaches."""
+    Hp = max(Pg + (g.R - 1) * g.dh, g.pt + H)
+    Wp = max(Qg + (g.S - 1) * g.dw, g.pl + W)
+    return Hp, Wp, (g.S - 1) * g.dw
+
+
+def _data_plan(g, dtype, H, W, Pg, Qg, wide_ok=True):
+    """``(samples, rows, wide)`` per chunk, or None when one output row does not fit. ``wide``: stride 1
+    and whole samples per chunk, the wide-row layout (``_col2im_wide``)."""
     ct = compute_dtype(dtype)
     item = ct.itemsize
-    fixed = math.prod((g.K, g.Cg, g.R, g.S)) * item  # the transposed weight
+    budget = workspace_limit() - math.prod((g.K, g.Cg, g.R, g.S)) * item - 4 * 64  # less the transposed weight
+    if wide_ok and g.sh == 1 and g.sw == 1:
+        Hp, Wp, slack = _wide_extent(g, H, W, Pg, Qg)
+        per_sample = ((g.K + g.C * g.R * g.S) * Pg * Wp + g.C * (Hp * Wp + slack)) * item
+        if per_sample <= budget:
+            return max(1, min(g.N, CHUNK_BYTES // per_sample, budget // per_sample)), Pg, True
     if np.dtype(dtype) != ct:
-        fixed += g.N * g.C * H * W * item  # the float32 accumulator
-    budget = workspace_limit() - fixed - 4 * 64
+        budget -= g.N * g.C * H * W * item  # the float32 accumulator
     per_row = (g.K + g.C * g.R * g.S) * Qg * item  # gy copy + columns of one output row of one sample
     if per_row > budget or Pg == 0:
         return None
     per_sample = per_row * Pg
     if per_sample > budget:
-        return 1, max(1, min(Pg, budget // per_row))
-    n = max(1, min(g.N, CHUNK_BYTES // per_sample, budget // per_sample))
-    return n, Pg
+        return 1, max(1, min(Pg, budget // per_row)), False
+    return max(1, min(g.N, CHUNK_BYTES // per_sample, budget // per_sample)), Pg, False
 
 
 def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int):
@@ -95,13 +108,28 @@ def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int
     N, K, Pg, Qg = gy.shape
     G, Kg, Cg, R, S = g.groups, g.Kg, g.Cg, g.R, g.S
     C = G * Cg
-    n_chunk, p_chunk = _data_plan(g, gy.dtype, H, W, Pg, Qg)
     prime_blas()
     we = w[:, :, ::-1, ::-1] if g.flip else w
     wt = np.ascontiguousarray(we.reshape(G, Kg, Cg * R * S).transpose(0, 2, 1), dtype=ct)  # (G, CgRS, Kg)
+    # wide rows add the junk columns' products of zero gy values; a non-finite weight would make them NaN
+    n_chunk, p_chunk, wide = _data_plan(g, gy.dtype, H, W, Pg, Qg, bool(np.isfinite(wt.sum())))
+    if wide:
+        gx = np.empty((N, C, H, W), gy.dtype)
+        Hp, Wp, slack = _wide_extent(g, H, W, Pg, Qg)
+        trim_workspace(workspace_limit() - wt.nbytes)
+        for n0 in range(0, N, n_chunk):
+            n = min(n_chunk, N - n0)
+            gyt, cols, acc = workspace(((G, Kg, n, Pg, Wp), ct), ((G, Cg * R * S, n * Pg * Wp), ct),
+                                       ((C, n, Hp * Wp + slack), ct))
+            gyt[..., Qg:] = 0
+            np.copyto(gyt[..., :Qg], gy[n0:n0 + n].reshape(n, G, Kg, Pg, Qg).transpose(1, 2, 0, 3, 4))
+            np.matmul(wt, gyt.reshape(G, Kg, n * Pg * Wp), out=cols)
+            _col2im_wide(cols.reshape(C, R, S, n, Pg * Wp), acc, g, Wp)
+            planes = acc[:, :, :Hp * Wp].reshape(C, n, Hp, Wp)[:, :, g.pt:g.pt + H, g.pl:g.pl + W]
+            np.copyto(gx[n0:n0 + n], planes.transpose(1, 0, 2, 3))
+        return gx, "numpy_col2im"
     acc = np.zeros((N, C, H, W), ct)
-    budget = workspace_limit() - wt.nbytes - (0 if acc.dtype == gy.dtype else acc.nbytes)
-    trim_workspace(budget)
+    trim_workspace(workspace_limit() - wt.nbytes - (0 if acc.dtype == gy.dtype else acc.nbytes))
     for n0 in range(0, N, n_chunk):
         n = min(n_chunk, N - n0)
         for p0 in range(0, Pg, p_chunk):
@@ -113,6 +141,32 @@ def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int
     return (acc if acc.dtype == gy.dtype else acc.astype(gy.dtype)), "numpy_col2im"
 
 
+def _channel_blocks(C: int, plane_bytes: int) -> list[slice]:
+    block = max(1, min(C, COL2IM_BLOCK_BYTES // max(1, plane_bytes)))
+    return [slice(c0, min(C, c0 + block)) for c0 in range(0, C, block)]
+
+
+def _col2im_wide(cols: np.ndarray, acc: np.ndarray, g: ConvGeometry, Wp: int) -> None:
+    """Stride 1, wide rows: ``acc[c, i, (p + r*dh)*Wp + q + s*dw] += cols[c, r, s, i, p*Wp + q]`` for all
+    ``q < Wp`` (the junk columns ``q >= Qg`` add exact zeros: their ``gy`` was zero), so each tap of a
+    (channel, sample) is one contiguous run. ``acc`` (C, n, Hp*Wp + slack) is zeroed here; each plane has
+    its own slack, so the channel blocks (on the thread pool) never touch each other's memory and every
+    element's sum order is the fixed tap order."""
+    C, R, S, n, L = cols.shape
+
+    def run(cb):
+        dst_c = acc[cb]
+        dst_c[...] = 0
+        for r in range(R):
+            for s in range(S):
+                off = r * g.dh * Wp + s * g.dw
+                dst = dst_c[:, :, off:off + L]
+                np.add(dst, cols[cb, r, s], out=dst)
+
+    blocks = _channel_blocks(C, n * acc.shape[2] * acc.itemsize)
+    parallel_map(run, blocks, threads=pool_threads(len(blocks)))
+
+
 def _col2im(cols: np.ndarray, gx: np.ndarray, g: ConvGeometry, p0: int, H: int, W: int) -> None:
     """``gx[i, c, p*sh - pt + r*dh, q*sw - pl + s*dw] += cols[c, r, s, i, p - p0, q]`` for the outputs
     whose tap lands inside ``gx`` (rows ``p0 .. p0 + cols.shape[4]``), tap by tap in order, per block of
@@ -122,8 +176,6 @@ def _col2im(cols: np.ndarray, gx: np.ndarray, g: ConvGeometry, p0: int, H: int, 
     colsq = [tap_outputs(0, Qg, 0, W, s * g.dw - g.pl, g.sw) for s in range(S)]
     taps = [(r, s, rows[r], colsq[s]) for r in range(R) for s in range(S)
             if rows[r][1] > rows[r][0] and colsq[s][1] > colsq[s][0]]
-    block = max(1, min(C, COL2IM_BLOCK_BYTES // max(1, n * H * W * gx.itemsize)))
-    blocks = [slice(c0, min(C, c0 + block)) for c0 in range(0, C, block)]
     dst_all = gx.transpose(1, 0, 2, 3)  # (C, n, H, W): the columns' order
 
     def run(cb):
@@ -132,6 +184,7 @@ def _col2im(cols: np.ndarray, gx: np.ndarray, g: ConvGeometry, p0: int, H: int, 
             dst = dst_c[:, :, h0:h0 + (pb - pa - 1) * g.sh + 1:g.sh, w0:w0 + (qb - qa - 1) * g.sw + 1:g.sw]
             np.add(dst, cols[cb, r, s, :, pa - p0:pb - p0, qa:qb], out=dst)
 
+    blocks = _channel_blocks(C, n * H * W * gx.itemsize)
     parallel_map(run, blocks, threads=pool_threads(len(blocks)))
 
 
