@@ -27,7 +27,8 @@ from tests.tolerance import assert_close
 
 # x shape, w shape, stride, padding, dilation, groups, flip
 GEOMETRIES = {
-    "3x3-s1-pad1": ((3, 5, 9, 8), (6, 5, 3, 3), 1, 1, 1, 1, False),
+    "3x3-s1-pad1": ((3, 5, 9, 16), (6, 5, 3, 3), 1, 1, 1, 1, False),
+    "wide-flip-dil": ((2, 4, 9, 20), (5, 4, 3, 3), 1, "same", (2, 1), 1, True),  # stride 1: wide rows
     "3x3-s2-same-flip": ((2, 4, 9, 10), (5, 4, 3, 3), 2, "same", 1, 1, True),
     "7x7-s2-p3-stem": ((2, 3, 17, 15), (4, 3, 7, 7), 2, 3, 1, 1, False),
     "11x11-s4-p2": ((1, 3, 27, 30), (5, 3, 11, 11), 4, 2, 1, 1, False),
@@ -77,6 +78,10 @@ LAYOUT_CASES = [(np.float16, "contiguous"), (np.float32, "contiguous"), (np.floa
 @pytest.mark.parametrize("dtype,layout", LAYOUT_CASES, ids=[f"{np.dtype(d).name}-{l}" for d, l in LAYOUT_CASES])
 @pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_direct_gradients_match_the_reference(name, dtype, layout):
+    if name in ("3x3-s1-pad1", "wide-flip-dil"):
+        xs, ws, stride, padding, dilation, groups, flip = GEOMETRIES[name]
+        g = conv_geometry(xs, ws, None, stride, padding, dilation, groups, flip)
+        assert conv_grad._data_plan(g, dtype, g.H, g.W, g.P, g.Q)[2]  # these two run the wide rows
     data_kernels, filter_kernel = _check(name, dtype, layout)
     exp_data, exp_filter = EXPECTED.get(name, (("numpy_col2im",), "numpy_im2col_filter"))
     if exp_data is None:
@@ -87,7 +92,7 @@ def test_direct_gradients_match_the_reference(name, dtype, layout):
 
 # workspace limits (MiB) that force: sample chunks of 1-2 (wide rows), exact rows chunked by gy rows,
 # and (data) the lowering, when not even one row fits
-@pytest.mark.parametrize("workspace_mb", ["0.045", "0.025", "0.01"])
+@pytest.mark.parametrize("workspace_mb", ["0.075", "0.04", "0.015"])
 @pytest.mark.parametrize("name,dtype", [("3x3-s1-pad1", np.float16), ("3x3-s1-pad1", np.float32),
                                         ("3x3-s2-same-flip", np.float64), ("asym-pad-dil", np.float32),
                                         ("single-channel", np.float16), ("groups3-5x3", np.float64),
@@ -119,17 +124,16 @@ def test_the_plans_cover_every_chunking(monkeypatch):
     xs, ws, stride, padding, dilation, groups, flip = GEOMETRIES["3x3-s1-pad1"]
     g = conv_geometry(xs, ws, None, stride, padding, dilation, groups, flip)
     seen = {}
-    for mb in ["0.045", "0.025", "0.01", "0.0015"]:
+    for mb in ["0.075", "0.04", "0.015", "0.0015"]:
         monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", mb)
         seen[mb] = (conv_grad._data_plan(g, np.float32, g.H, g.W, g.P, g.Q),
                     conv_grad.filter_strategy(g, np.float32))
-    assert seen["0.045"][0] == (2, g.P, True)  # wide rows, chunks of 2 and 1 samples
-    assert seen["0.025"][0] == (1, g.P, True)
-    assert seen["0.01"][0][0] == 1 and 1 < seen["0.01"][0][1] < g.P and not seen["0.01"][0][2]  # row chunks
+    assert seen["0.075"][0] == (2, g.P, True)  # wide rows, chunks of 2 and 1 samples
+    assert seen["0.04"][0] == (1, g.P, True)
+    assert seen["0.015"][0][0] == 1 and 1 < seen["0.015"][0][1] < g.P and not seen["0.015"][0][2]  # row chunks
     assert seen["0.0015"][0] is None  # the lowering
-    assert [seen[mb][1] for mb in ("0.045", "0.025", "0.01")] == ["numpy_im2col_filter"] * 2 + [None]
-    xp, cols, gyt, part = conv_grad._filter_specs(g, np.float32, 1)
-    assert _workspace.workspace_bytes(*conv_grad._filter_specs(g, np.float32, 2)) <= 0.045 * 2**20 < \
+    assert [seen[mb][1] for mb in ("0.075", "0.04", "0.015")] == ["numpy_im2col_filter"] * 2 + [None]
+    assert _workspace.workspace_bytes(*conv_grad._filter_specs(g, np.float32, 2)) <= 0.075 * 2**20 < \
         _workspace.workspace_bytes(*conv_grad._filter_specs(g, np.float32, 3))  # chunks of 2 and 1
 
 
@@ -160,7 +164,7 @@ def test_peak_memory_within_output_plus_workspace(monkeypatch):
 @pytest.mark.parametrize("name", ["3x3-s1-pad1", "7x7-s2-p3-stem", "groups3-5x3", "single-channel"])
 def test_bitwise_deterministic(monkeypatch, name):
     """The same call twice (and on one thread) gives the same bytes; with the workspace forcing chunks too."""
-    for mb in (None, "0.025"):
+    for mb in (None, "0.04"):
         if mb:
             monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", mb)
         x, w, gy, kw = _data(name, np.float32)
@@ -174,7 +178,7 @@ def test_bitwise_deterministic(monkeypatch, name):
 
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 @pytest.mark.torch
-@pytest.mark.parametrize("workspace_mb", [None, "0.01"])
+@pytest.mark.parametrize("workspace_mb", [None, "0.015"])
 @pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_match_torch_autograd(monkeypatch, name, workspace_mb):
     if workspace_mb:

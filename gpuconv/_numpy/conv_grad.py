@@ -43,6 +43,18 @@ CHUNK_BYTES = 32 * 2**20
 # col2im adds one block of channels at a time, all its taps, so that the block's part of gx stays in
 # the cache across the R*S adds; bytes of gx per block.
 COL2IM_BLOCK_BYTES = 256 * 2**10
+# Wide rows at stride 1 when the junk columns, ``(S-1)*dw`` per row, are at most 1/WIDE_MAX_JUNK of the
+# ``gy`` row (their GEMM columns are wasted flops): conv5's 7x7 planes with a 3x3 filter make 9-wide rows,
+# whose GEMM took 8.3 ms against 6.6 for exact rows (single thread); 56-wide rows gain from the
+# contiguous adds (ResNet-50 3x3: col2im 2.7 -> 1.0 ms).
+WIDE_MAX_JUNK = 8
+# Backward data stays on the lowering (a forward call on gy, which runs Winograd F(2x2, 3x3): 2.25x
+# fewer flops) for 3x3 stride-1 layers with at least this many channels (input and filters per group,
+# the forward's Winograd rule) and input images at least WINOGRAD_DATA_MIN_SIZE high and wide. Measured
+# (single thread, CPU time, alternating): VGG-16 conv4_2 (2x512x28x28) 65.6 ms by the lowering against
+# 92.7 by col2im; conv4 (2x256x14x14) 8.4 against 7.7.
+WINOGRAD_DATA_MIN_CHANNELS = 128
+WINOGRAD_DATA_MIN_SIZE = 28
 
 
 def compute_dtype(dtype) -> np.dtype:
@@ -60,11 +72,16 @@ def data_strategy(g: ConvGeometry, dtype, H: int, W: int, Pg: int, Qg: int):
       (``numpy_matmul_1x1``), the same GEMM without a column buffer;
     * depthwise-like layers (one input channel and at most 2 filters per group): the GEMM's inner
       dimension would be ``Kg``; the lowering's ``numpy_shift_accumulate`` multiply-adds instead;
+    * 3x3 stride-1 layers with many channels and large images, where the lowering's forward call runs
+      Winograd (``WINOGRAD_DATA_MIN_CHANNELS``, ``WINOGRAD_DATA_MIN_SIZE``);
     * when one output row's chunk does not fit the workspace limit (the lowering tiles).
     """
     if (g.R, g.S, g.pt, g.pb, g.pl, g.pr) == (1, 1, 0, 0, 0, 0):
         return None
     if g.Cg == 1 and g.Kg <= 2:
+        return None
+    if ((g.R, g.S, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) and min(H, W) >= WINOGRAD_DATA_MIN_SIZE
+            and min(g.Cg, g.Kg) >= WINOGRAD_DATA_MIN_CHANNELS):
         return None
     if _data_plan(g, dtype, H, W, Pg, Qg, wide_ok=False) is None:
         return None
@@ -86,7 +103,7 @@ def _data_plan(g, dtype, H, W, Pg, Qg, wide_ok=True):
     ct = compute_dtype(dtype)
     item = ct.itemsize
     budget = workspace_limit() - math.prod((g.K, g.Cg, g.R, g.S)) * item - 4 * 64  # less the transposed weight
-    if wide_ok and g.sh == 1 and g.sw == 1:
+    if wide_ok and g.sh == 1 and g.sw == 1 and WIDE_MAX_JUNK * (g.S - 1) * g.dw <= Qg:
         Hp, Wp, slack = _wide_extent(g, H, W, Pg, Qg)
         per_sample = ((g.K + g.C * g.R * g.S) * Pg * Wp + g.C * (Hp * Wp + slack)) * item
         if per_sample <= budget:
@@ -109,14 +126,16 @@ def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int
     G, Kg, Cg, R, S = g.groups, g.Kg, g.Cg, g.R, g.S
     C = G * Cg
     prime_blas()
-    we = w[:, :, ::-1, ::-1] if g.flip else w
-    wt = np.ascontiguousarray(we.reshape(G, Kg, Cg * R * S).transpose(0, 2, 1), dtype=ct)  # (G, CgRS, Kg)
+    # w^T as a view (BLAS reads it transposed; a copy of a large weight costs as much as the GEMM): the
+    # columns' rows are w's taps, so with flip column tap (r, s) is the correlation's (R-1-r, S-1-s)
+    wt = np.asarray(w, dtype=ct).reshape(G, Kg, Cg * R * S).transpose(0, 2, 1)  # (G, CgRS, Kg)
+    weight_copy = 0 if np.shares_memory(wt, w) else wt.nbytes
     # wide rows add the junk columns' products of zero gy values; a non-finite weight would make them NaN
     n_chunk, p_chunk, wide = _data_plan(g, gy.dtype, H, W, Pg, Qg, bool(np.isfinite(wt.sum())))
     if wide:
         gx = np.empty((N, C, H, W), gy.dtype)
         Hp, Wp, slack = _wide_extent(g, H, W, Pg, Qg)
-        trim_workspace(workspace_limit() - wt.nbytes)
+        trim_workspace(workspace_limit() - weight_copy)
         for n0 in range(0, N, n_chunk):
             n = min(n_chunk, N - n0)
             gyt, cols, acc = workspace(((G, Kg, n, Pg, Wp), ct), ((G, Cg * R * S, n * Pg * Wp), ct),
@@ -129,7 +148,7 @@ def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int
             np.copyto(gx[n0:n0 + n], planes.transpose(1, 0, 2, 3))
         return gx, "numpy_col2im"
     acc = np.zeros((N, C, H, W), ct)
-    trim_workspace(workspace_limit() - wt.nbytes - (0 if acc.dtype == gy.dtype else acc.nbytes))
+    trim_workspace(workspace_limit() - weight_copy - (0 if acc.dtype == gy.dtype else acc.nbytes))
     for n0 in range(0, N, n_chunk):
         n = min(n_chunk, N - n0)
         for p0 in range(0, Pg, p_chunk):
@@ -139,6 +158,11 @@ def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int
             np.matmul(wt, gyt.reshape(G, Kg, n * pn * Qg), out=cols)
             _col2im(cols.reshape(C, R, S, n, pn, Qg), acc[n0:n0 + n], g, p0, H, W)
     return (acc if acc.dtype == gy.dtype else acc.astype(gy.dtype)), "numpy_col2im"
+
+
+def _weight_tap(g: ConvGeometry, r: int, s: int) -> tuple[int, int]:
+    """The weight's tap that is the correlation's tap ``(r, s)`` (rotated by 180 degrees for flip)."""
+    return (g.R - 1 - r, g.S - 1 - s) if g.flip else (r, s)
 
 
 def _channel_blocks(C: int, plane_bytes: int) -> list[slice]:
@@ -161,7 +185,7 @@ def _col2im_wide(cols: np.ndarray, acc: np.ndarray, g: ConvGeometry, Wp: int) ->
             for s in range(S):
                 off = r * g.dh * Wp + s * g.dw
                 dst = dst_c[:, :, off:off + L]
-                np.add(dst, cols[cb, r, s], out=dst)
+                np.add(dst, cols[(cb,) + _weight_tap(g, r, s)], out=dst)
 
     blocks = _channel_blocks(C, n * acc.shape[2] * acc.itemsize)
     parallel_map(run, blocks, threads=pool_threads(len(blocks)))
@@ -182,7 +206,7 @@ def _col2im(cols: np.ndarray, gx: np.ndarray, g: ConvGeometry, p0: int, H: int, 
         dst_c = dst_all[cb]
         for r, s, (pa, pb, h0), (qa, qb, w0) in taps:
             dst = dst_c[:, :, h0:h0 + (pb - pa - 1) * g.sh + 1:g.sh, w0:w0 + (qb - qa - 1) * g.sw + 1:g.sw]
-            np.add(dst, cols[cb, r, s, :, pa - p0:pb - p0, qa:qb], out=dst)
+            np.add(dst, cols[(cb,) + _weight_tap(g, r, s)][:, :, pa - p0:pb - p0, qa:qb], out=dst)
 
     blocks = _channel_blocks(C, n * H * W * gx.itemsize)
     parallel_map(run, blocks, threads=pool_threads(len(blocks)))
