@@ -170,6 +170,10 @@ def backward_filter(backend, x, gy, geom: ConvGeometry):
         from ._numpy import conv_grad
         if conv_grad.filter_strategy(geom, x.dtype):
             return conv_grad.backward_filter(x, gy, geom)
+        if conv_grad.depthwise_filter_applies(geom, x.dtype):
+            gw = conv_grad.depthwise_filter(x, gy, geom)
+            if gw is not None:
+                return gw, "numpy_depthwise_filter_planes"
         if geom.Cg == 1 and x.dtype.itemsize >= 4:
             return depthwise_filter_numpy(x, gy, geom), "numpy_depthwise_filter_taps"
     xt = x[:, :, :hu, :wu].reshape(N, G, Cg, hu, wu).transpose(2, 1, 0, 3, 4)

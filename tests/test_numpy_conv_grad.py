@@ -43,7 +43,7 @@ GEOMETRIES = {
 }
 EXPECTED = {  # (data kernels, filter kernel) on the default workspace
     "1x1-s2": (("numpy_matmul_1x1",) * 1, "numpy_im2col_filter"),
-    "dw-mult2": (None, None),  # the lowering (its forward calls, the per-tap depthwise filter gradient)
+    "dw-mult2": (None, "numpy_depthwise_filter_planes"),  # data: the lowering's forward calls
 }
 
 
@@ -84,10 +84,8 @@ def test_direct_gradients_match_the_reference(name, dtype, layout):
         assert conv_grad._data_plan(g, dtype, g.H, g.W, g.P, g.Q)[2]  # these two run the wide rows
     data_kernels, filter_kernel = _check(name, dtype, layout)
     exp_data, exp_filter = EXPECTED.get(name, (("numpy_col2im",), "numpy_im2col_filter"))
-    if exp_data is None:
-        assert "numpy_col2im" not in data_kernels and filter_kernel != "numpy_im2col_filter"
-    else:
-        assert data_kernels == exp_data and filter_kernel == exp_filter
+    assert filter_kernel == exp_filter
+    assert ("numpy_col2im" not in data_kernels) if exp_data is None else data_kernels == exp_data
 
 
 # workspace limits (MiB) that force: sample chunks of 1-2 (wide rows), exact rows chunked by gy rows,
@@ -230,3 +228,46 @@ def test_transposed_convolution_with_short_gy_rows():
         assert gpuconv.last_kernel().kernels == ("numpy_col2im",)
         ty = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w), **kw).numpy()
         np.testing.assert_allclose(y, ty, rtol=1e-12, atol=1e-12)
+
+
+DW_GEOMETRIES = {  # x shape, w shape, stride, padding, dilation, groups, flip
+    "mobilenet-s1": ((2, 6, 11, 9), (6, 1, 3, 3), 1, 1, 1, 6, False),
+    "mobilenet-s2": ((3, 5, 12, 13), (5, 1, 3, 3), 2, 1, 1, 5, False),
+    "mult3-s(2,3)-dil-flip": ((2, 4, 13, 17), (12, 1, 3, 2), (2, 3), ((2, 0), (1, 3)), (2, 3), 4, True),
+    "5x5-same-n1": ((1, 3, 7, 6), (3, 1, 5, 5), 1, "same", 1, 3, True),
+}
+
+
+@pytest.mark.parametrize("workspace_mb", [None, "0.025"])  # 0.025: blocks of one channel
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("name", list(DW_GEOMETRIES))
+def test_depthwise_filter_planes(monkeypatch, name, dtype, workspace_mb):
+    if workspace_mb:
+        monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", workspace_mb)
+    xs, ws, stride, padding, dilation, groups, flip = DW_GEOMETRIES[name]
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip)
+    rng = np.random.default_rng(4)
+    x = make_layout(rng.standard_normal(xs).astype(dtype), "sliced", rng)
+    gy = rng.standard_normal(forward_shape(xs, ws, stride, padding, dilation, flip)).astype(dtype)
+    runs = [G.conv2d_weight(x, ws, gy, **kw) for _ in range(2)]
+    assert gpuconv.last_kernel().kernels == ("numpy_depthwise_filter_planes",)
+    assert runs[0].tobytes() == runs[1].tobytes() and runs[0].dtype == dtype
+    (_, ew, _), (_, mw, _) = reference_grads(x, np.zeros(ws), gy, **kw)
+    assert_close(runs[0], ew, mw, dtype, what=name)
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_depthwise_filter_with_non_finite_input_recomputed_by_taps(value):
+    """A zero of gy times an infinite plane value would be NaN where the exact sum has no such term: the
+    result is not all finite, so the per-tap einsum recomputes it (and says so)."""
+    xs, ws, stride, padding, dilation, groups, flip = DW_GEOMETRIES["mobilenet-s2"]
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs)
+    x[1, 2, 11, 12] = value  # read by few taps only (the last row and column)
+    gy = rng.standard_normal(forward_shape(xs, ws, stride, padding, dilation, flip))
+    got = G.conv2d_weight(x, ws, gy, **kw)
+    assert gpuconv.last_kernel().kernels == ("numpy_depthwise_filter_taps",)
+    (_, ew, _), (_, mw, _) = reference_grads(x, np.zeros(ws), gy, **kw)
+    assert np.isfinite(got).sum() == np.isfinite(ew).sum() > 0
+    assert_close(got, ew, mw, np.float64)

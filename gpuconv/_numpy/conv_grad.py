@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from .._geometry import ConvGeometry, tap_outputs
-from ._conv_strategies import _fill_padded, _gather, prime_blas
+from ._conv_strategies import PhasePlanes, _fill_padded, _gather, prime_blas
 from ._workspace import parallel_map, pool_threads, trim_workspace, workspace, workspace_bytes, workspace_limit
 
 # A chunk's column buffer stays near this size when the batch allows (large enough that BLAS runs at
@@ -281,3 +281,87 @@ def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
     if g.flip:
         gw = gw[:, :, ::-1, ::-1]
     return np.ascontiguousarray(gw, dtype=gy.dtype), "numpy_im2col_filter"
+
+
+# --------------------------------------------------------------------------------------------
+# depthwise filter gradient
+# --------------------------------------------------------------------------------------------
+
+# numpy_depthwise_filter_planes: channels per block (on the thread pool), so that a block's planes and
+# gy stay in the cache across the R*S dot products; bytes of planes + gy per block.
+DEPTHWISE_BLOCK_BYTES = 512 * 2**10
+
+
+def _dw_layout(g: ConvGeometry):
+    """``(PhasePlanes, size, tail)``: every sample's phase planes are ``size`` values, and a tap reads up
+    to ``tail`` values past the last sample's."""
+    pp = PhasePlanes.for_taps(g)
+    return pp, pp.size, max(pp.offsets)
+
+
+def _dw_channel_bytes(g: ConvGeometry, dtype) -> int:
+    pp, size, tail = _dw_layout(g)
+    return (g.N * size + tail + g.N * g.Kg * g.P * pp.Wph) * compute_dtype(dtype).itemsize
+
+
+def depthwise_filter_applies(g: ConvGeometry, dtype) -> bool:
+    """Depthwise-like layers (one input channel per group, more than one group) whose one channel's
+    planes fit the workspace limit."""
+    return g.Cg == 1 and g.groups > 1 and _dw_channel_bytes(g, dtype) + 2 * 64 <= workspace_limit()
+
+
+def depthwise_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
+    """``numpy_depthwise_filter_planes``: the filter gradient of a depthwise-like layer as BLAS dot products.
+    Per block of channels: the stride-phase planes of each (channel, sample) (``PhasePlanes.for_taps``:
+    tap ``(r, s)`` of output ``(p, q)`` reads ``offsets[r*S + s] + p*Wph + q``), and ``gy`` in wide rows
+    (``p*Wph + q``, the junk columns ``q >= Q`` zero); then tap ``t``'s gradient of channel ``c`` is one
+    dot product per sample, ``planes[c, n, offsets[t]:][:P*Wph] . gy_wide[c, n]`` (a batched ``matmul``
+    over the block's channels and samples, ``Kg`` columns; the zeros cancel the junk), summed over the
+    samples in order. A fixed order of products per tap (the BLAS dot of a given length), so
+    deterministic.
+
+    Non-finite inputs: a zero of ``gy`` times an infinite plane value would be NaN where the exact sum
+    has no such term, so a result that is not all finite is recomputed by the per-tap ``einsum``
+    (``_conv_lowering.depthwise_filter_numpy``, float32 / float64) by the caller: returns None then."""
+    ct = compute_dtype(x.dtype)
+    N, C = x.shape[:2]
+    Kg, R, S, P, Q = g.Kg, g.R, g.S, g.P, g.Q
+    pp, size, tail = _dw_layout(g)
+    L = P * pp.Wph  # a dot product's length: one sample's wide output rows
+    per_channel = _dw_channel_bytes(g, x.dtype)
+    budget = workspace_limit() - 2 * 64
+    block = max(1, min(C, DEPTHWISE_BLOCK_BYTES // per_channel))
+    slots = max(1, min(pool_threads(-(-C // block)), budget // (block * per_channel)))
+    while slots * block * per_channel > budget and block > 1:
+        block = max(1, block // 2)
+    trim_workspace(budget)
+    planes_s, gyw_s = workspace(((slots, block, N * size + tail), ct), ((slots, block, N, Kg, L), ct))
+    gw = np.empty((C, Kg, R * S), ct)
+    item = planes_s.itemsize
+    gy5 = gy.reshape(N, C, Kg, P, Q)
+
+    def run(c0, slot):
+        c1 = min(C, c0 + block)
+        cb = c1 - c0
+        planes, gyw = planes_s[slot, :cb], gyw_s[slot, :cb]
+        pp.fill(x[:, c0:c1].transpose(1, 0, 2, 3), planes[:, :N * size].reshape(cb, N, size))
+        planes[:, N * size:] = 0
+        wide = gyw.reshape(cb, N, Kg, P, pp.Wph)
+        wide[..., Q:] = 0
+        np.copyto(wide[..., :Q], gy5[:, c0:c1].transpose(1, 0, 2, 3, 4))
+        rhs = gyw.transpose(0, 1, 3, 2)  # (cb, N, L, Kg)
+        for t, off in enumerate(pp.offsets):
+            # (cb, N, 1, L) made directly on the contiguous block (as_strided costs 28 us a call); the
+            # length-1 axis gets a stride BLAS accepts as a row stride
+            view = np.ndarray((cb, N, 1, L), ct, buffer=planes, offset=off * item,
+                              strides=(planes.strides[0], size * item, L * item, item))
+            prod = np.matmul(view, rhs)  # (cb, N, 1, Kg)
+            gw[c0:c1, :, t] = prod[:, 0, 0] if N == 1 else prod.sum(axis=(1, 2))
+
+    parallel_map(run, range(0, C, block), threads=slots, slots=True)
+    if not np.isfinite(gw).all():
+        return None
+    gw = gw.reshape(C * Kg, 1, R, S)
+    if g.flip:
+        gw = gw[:, :, ::-1, ::-1]
+    return np.ascontiguousarray(gw, dtype=gy.dtype)
