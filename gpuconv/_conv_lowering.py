@@ -1,6 +1,12 @@
 """Convolution gradients lowered onto the forward convolution both backends already have (issue 17, first
 step; dedicated backward kernels come later). docs/gradients.md has the rules; this module the arithmetic.
 
+On NumPy arrays ``backward_data`` / ``backward_filter`` first ask ``gpuconv._numpy.conv_grad`` (im2col /
+col2im with BLAS GEMMs, and dot products over phase planes for depthwise filter gradients, chosen by its
+``data_strategy`` / ``filter_strategy`` / ``depthwise_filter_applies``); the lowering below runs where those
+say no (1x1 and depthwise backward data, Winograd-sized 3x3 layers, a workspace too small for one row). The
+CUDA path always runs the lowering.
+
 Everything here works on validated arrays and a resolved forward ``ConvGeometry`` (``gpuconv._geometry``):
 the public functions (``gpuconv._grad_conv``) check the user's arguments once. Notation as in
 docs/semantics.md: ``x (N, C, H, W)``, ``w (K, Cg, R, S)``, ``gy (N, K, P, Q)``, groups ``G``,
