@@ -14,8 +14,9 @@ what ``gpuconv.last_kernel()`` reports. Notation as docs/gradients.md.
   stride phases, no padded copy of ``gy``.
 * ``numpy_im2col_filter`` (backward filter): per chunk of samples, the forward's im2col gather of ``x``
   (``_conv_strategies._fill_padded`` / ``_gather``, straight from ``x`` when no window reads padding) to
-  ``(groups, Cg*R*S, n*P*Q)`` and ``gy`` copied to ``(groups, Kg, n*P*Q)``; ONE GEMM per group ``gy @
-  cols^T`` gives the chunk's ``(Kg, Cg*R*S)``, added to the result in chunk order (deterministic).
+  ``(groups, Cg*R*S, n*P*Q)`` and ``gy`` copied to ``(groups, Kg, n*P*Q)``; ONE GEMM per group ``cols @
+  gy^T`` gives the chunk's ``(Cg*R*S, Kg)`` (the gradient transposed), added to the result in chunk order
+  (deterministic).
 
 float16 is computed in float32 (operands cast in the copies, an accumulator of the result's size in
 float32, rounded once at the end).
@@ -231,7 +232,7 @@ def _filter_specs(g: ConvGeometry, x_dtype, n: int):
     plane = 0 if from_input else padded[0] * padded[1]
     M = n * g.P * g.Q
     return (((n * g.C * plane,), ct), ((g.groups, g.Cg * g.R * g.S, M), ct),
-            ((g.groups, g.Kg, M), ct), ((g.groups, g.Kg, g.Cg * g.R * g.S), ct))
+            ((g.groups, g.Kg, M), ct), ((g.groups, g.Cg * g.R * g.S, g.Kg), ct))
 
 
 def filter_strategy(g: ConvGeometry, dtype):
@@ -253,7 +254,9 @@ def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
     G, Kg, Cg, R, S, P, Q = g.groups, g.Kg, g.Cg, g.R, g.S, g.P, g.Q
     padded, from_input = _filter_layout(g, x.dtype)
     prime_blas()
-    acc = np.empty((G, Kg, Cg * R * S), ct)
+    # the GEMM as cols @ gy^T, (Cg*R*S, Kg), the transposed result: 10-20% faster with OpenBLAS than gy @
+    # cols^T (single thread: VGG-16 conv1_2's 23-26 ms against 28-30, ResNet-50 3x3 5.8-6.0 against 6.7-7.0)
+    acc = np.empty((G, Cg * R * S, Kg), ct)
     budget = workspace_limit() - (0 if acc.dtype == gy.dtype else acc.nbytes)
     per_sample = workspace_bytes(*_filter_specs(g, x.dtype, 1))
     n_chunk = max(1, min(g.N, CHUNK_BYTES // per_sample, budget // per_sample))
@@ -273,11 +276,11 @@ def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
             _gather(xp, cview, g)
         np.copyto(gyt.reshape(G, Kg, n, P, Q), gy[n0:n0 + n].reshape(n, G, Kg, P, Q).transpose(1, 2, 0, 3, 4))
         if n0 == 0:
-            np.matmul(gyt, cols.transpose(0, 2, 1), out=acc)
+            np.matmul(cols, gyt.transpose(0, 2, 1), out=acc)
         else:
-            np.matmul(gyt, cols.transpose(0, 2, 1), out=part)
+            np.matmul(cols, gyt.transpose(0, 2, 1), out=part)
             acc += part
-    gw = acc.reshape(g.K, Cg, R, S)
+    gw = acc.transpose(0, 2, 1).reshape(g.K, Cg, R, S)
     if g.flip:
         gw = gw[:, :, ::-1, ::-1]
     return np.ascontiguousarray(gw, dtype=gy.dtype), "numpy_im2col_filter"
