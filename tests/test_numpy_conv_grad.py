@@ -157,6 +157,17 @@ def test_peak_memory_within_output_plus_workspace(monkeypatch):
                 _workspace.release_workspace()
                 assert kernel in ("numpy_col2im", "numpy_im2col_filter")
                 assert peak - out_bytes <= limit + 4 * w.nbytes + 2**16, (dtype, stride, kernel, peak)
+        wd = rng.standard_normal((32, 1, 3, 3)).astype(dtype)  # depthwise, 2 filters per channel
+        for stride in (1, 2):
+            gy = rng.standard_normal(forward_shape(x.shape, wd.shape, stride, 1, 1, False)).astype(dtype)
+            _workspace.release_workspace()
+            tracemalloc.start()
+            G.conv2d_weight(x, wd.shape, gy, stride, 1, 1, 16)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            _workspace.release_workspace()
+            assert gpuconv.last_kernel().kernel == "numpy_depthwise_filter_planes"
+            assert peak <= limit + 8 * wd.nbytes + 2**16, (dtype, stride, peak)
 
 
 @pytest.mark.parametrize("name", ["3x3-s1-pad1", "7x7-s2-p3-stem", "groups3-5x3", "single-channel"])

@@ -14,9 +14,9 @@ what ``gpuconv.last_kernel()`` reports. Notation as docs/gradients.md.
   stride phases, no padded copy of ``gy``.
 * ``numpy_im2col_filter`` (backward filter): per chunk of samples, the forward's im2col gather of ``x``
   (``_conv_strategies._fill_padded`` / ``_gather``, straight from ``x`` when no window reads padding) to
-  ``(groups, Cg*R*S, n*P*Q)`` and ``gy`` copied to ``(groups, Kg, n*P*Q)``; ONE GEMM per group ``cols @
-  gy^T`` gives the chunk's ``(Cg*R*S, Kg)`` (the gradient transposed), added to the result in chunk order
-  (deterministic).
+  ``(groups, Cg*R*S, n*P*Q)`` and ``gy`` copied to ``(groups, Kg, n*P*Q)``; ONE GEMM per group ``gy @
+  cols^T`` (or, with many columns, ``cols @ gy^T``, the gradient transposed) gives the chunk's part, added
+  to the result in chunk order (deterministic).
 
 float16 is computed in float32 (operands cast in the copies, an accumulator of the result's size in
 float32, rounded once at the end).
@@ -49,6 +49,8 @@ COL2IM_BLOCK_BYTES = 256 * 2**10
 # whose GEMM took 8.3 ms against 6.6 for exact rows (single thread); 56-wide rows gain from the
 # contiguous adds (ResNet-50 3x3: col2im 2.7 -> 1.0 ms).
 WIDE_MAX_JUNK = 8
+# numpy_im2col_filter computes the transposed gradient (cols @ gy^T) from this many GEMM columns (N*P*Q) on.
+FILTER_TRANSPOSED_MIN_COLUMNS = 4096
 # Backward data stays on the lowering (a forward call on gy, which runs Winograd F(2x2, 3x3): 2.25x
 # fewer flops) for 3x3 stride-1 layers with at least this many channels (input and filters per group,
 # the forward's Winograd rule) and input images at least WINOGRAD_DATA_MIN_SIZE high and wide. Measured
@@ -254,9 +256,12 @@ def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
     G, Kg, Cg, R, S, P, Q = g.groups, g.Kg, g.Cg, g.R, g.S, g.P, g.Q
     padded, from_input = _filter_layout(g, x.dtype)
     prime_blas()
-    # the GEMM as cols @ gy^T, (Cg*R*S, Kg), the transposed result: 10-20% faster with OpenBLAS than gy @
-    # cols^T (single thread: VGG-16 conv1_2's 23-26 ms against 28-30, ResNet-50 3x3 5.8-6.0 against 6.7-7.0)
-    acc = np.empty((G, Cg * R * S, Kg), ct)
+    # with many GEMM columns, the GEMM as cols @ gy^T, the transposed result (Cg*R*S, Kg): 10-20% faster with
+    # OpenBLAS than gy @ cols^T (single thread: VGG-16 conv1_2's 23-26 ms against 28-30, ResNet-50 3x3
+    # 5.8-6.0 against 6.7-7.0); with few, transposing the result back costs more (conv5, 98 columns of a
+    # 512x4608 gradient: 18 ms against 10)
+    flipped = g.N * P * Q >= FILTER_TRANSPOSED_MIN_COLUMNS
+    acc = np.empty((G, Cg * R * S, Kg) if flipped else (G, Kg, Cg * R * S), ct)
     budget = workspace_limit() - (0 if acc.dtype == gy.dtype else acc.nbytes)
     per_sample = workspace_bytes(*_filter_specs(g, x.dtype, 1))
     n_chunk = max(1, min(g.N, CHUNK_BYTES // per_sample, budget // per_sample))
@@ -275,12 +280,13 @@ def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
             _fill_padded(x[n0:n0 + n], g, xp)
             _gather(xp, cview, g)
         np.copyto(gyt.reshape(G, Kg, n, P, Q), gy[n0:n0 + n].reshape(n, G, Kg, P, Q).transpose(1, 2, 0, 3, 4))
-        if n0 == 0:
-            np.matmul(cols, gyt.transpose(0, 2, 1), out=acc)
+        if flipped:
+            np.matmul(cols, gyt.transpose(0, 2, 1), out=acc if n0 == 0 else part)
         else:
-            np.matmul(cols, gyt.transpose(0, 2, 1), out=part)
-            acc += part
-    gw = acc.transpose(0, 2, 1).reshape(g.K, Cg, R, S)
+            np.matmul(gyt, cols.transpose(0, 2, 1), out=acc if n0 == 0 else part.reshape(acc.shape))
+        if n0 > 0:
+            acc += part.reshape(acc.shape)
+    gw = (acc.transpose(0, 2, 1) if flipped else acc).reshape(g.K, Cg, R, S)
     if g.flip:
         gw = gw[:, :, ::-1, ::-1]
     return np.ascontiguousarray(gw, dtype=gy.dtype), "numpy_im2col_filter"
