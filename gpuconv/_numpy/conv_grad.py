@@ -1,30 +1,35 @@
 """Convolution gradients on the NumPy path computed directly (issue 17): im2col / col2im with BLAS GEMMs,
-instead of being lowered onto forward convolution calls (``gpuconv._conv_lowering``, which keeps the
-cases these do not serve better). ``gpuconv._conv_lowering`` asks :func:`data_strategy` /
-:func:`filter_strategy` and calls :func:`backward_data` / :func:`backward_filter`; the names below are
-what ``gpuconv.last_kernel()`` reports. Notation as docs/gradients.md.
+and BLAS dot products over phase planes for depthwise filter gradients, instead of being lowered onto
+forward convolution calls (``gpuconv._conv_lowering``, which keeps the cases these do not serve better).
+``gpuconv._conv_lowering`` asks :func:`data_strategy` / :func:`filter_strategy` /
+:func:`depthwise_filter_applies` and calls :func:`backward_data` / :func:`backward_filter` /
+:func:`depthwise_filter`; the names below are what ``gpuconv.last_kernel()`` reports. docs/gradients.md
+("The NumPy path's own gradients") has the rule table; notation as there.
 
 * ``numpy_col2im`` (backward data): per chunk of samples (and of ``gy`` rows when one sample does not
-  fit), ``gy`` is copied to ``(groups, Kg, n*P*Q)``, ONE GEMM per group ``w_eff^T (Cg*R*S, Kg) @ gy``
-  gives the column buffer ``(C, R, S, n, P, Q)``, and col2im adds tap ``(r, s)``'s slab into the strided
-  view ``gx[:, :, r*dh - pt + p*sh, s*dw - pl + q*sw]`` of the outputs whose tap lands inside the input
-  (``_geometry.tap_outputs``; taps landing in the padding are dropped, as PyTorch's col2im does). The
-  adds run per block of channels (cache-sized, on the thread pool: blocks write disjoint channels), the
-  taps in a fixed order ``r, s`` and the chunks in order, so the sum order is fixed: deterministic. No
-  stride phases, no padded copy of ``gy``.
+  fit), ``gy`` is copied to ``(groups, Kg, n*P*Q)``, ONE GEMM per group ``w^T (Cg*R*S, Kg) @ gy`` (``w^T`` a
+  view, no copy) gives the column buffer ``(C, R, S, n, P, Q)``, and col2im adds each tap's slab into
+  ``gx``: at stride 1 with little junk in wide rows (``_col2im_wide``: contiguous adds into a padded
+  accumulator, cropped at the end), otherwise in exact rows (``_col2im``: strided views of the outputs whose
+  tap lands inside the input, ``_geometry.tap_outputs``; taps landing in the padding are dropped, as
+  PyTorch's col2im does). The adds run per block of channels (cache-sized, on the thread pool: blocks
+  write disjoint channels), the taps in a fixed order and the chunks in order: deterministic. No stride
+  phases.
 * ``numpy_im2col_filter`` (backward filter): per chunk of samples, the forward's im2col gather of ``x``
   (``_conv_strategies._fill_padded`` / ``_gather``, straight from ``x`` when no window reads padding) to
   ``(groups, Cg*R*S, n*P*Q)`` and ``gy`` copied to ``(groups, Kg, n*P*Q)``; ONE GEMM per group ``gy @
   cols^T`` (or, with many columns, ``cols @ gy^T``, the gradient transposed) gives the chunk's part, added
   to the result in chunk order (deterministic).
+* ``numpy_depthwise_filter_planes`` (depthwise filter gradient): :func:`depthwise_filter`.
 
-float16 is computed in float32 (operands cast in the copies, an accumulator of the result's size in
-float32, rounded once at the end).
+float16 is computed in float32 (operands cast in the copies, float32 accumulators, rounded once at the
+end).
 
-Memory: besides the result, the workspace (``_workspace.workspace``) of one chunk, plus the weight
-transposed (data) / the float32 accumulator (float16) and one chunk's partial product (filter), all
-within ``workspace_limit()``; when not even one sample (data: one output row) fits, the strategies say
-None and the lowering runs (its forward calls tile).
+Memory: besides the result, one chunk's (block's) workspace (``_workspace.workspace``), plus a cast or
+contiguous copy of the weight where it needs one (data), the float32 accumulator (float16, exact rows)
+and the filter gradient's accumulator, all within ``workspace_limit()``; when not even one sample (data:
+one output row; depthwise: one channel) fits, the strategies say no and the lowering runs (its forward
+calls tile).
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ COL2IM_BLOCK_BYTES = 256 * 2**10
 # Wide rows at stride 1 when the junk columns, ``(S-1)*dw`` per row, are at most 1/WIDE_MAX_JUNK of the
 # ``gy`` row (their GEMM columns are wasted flops): conv5's 7x7 planes with a 3x3 filter make 9-wide rows,
 # whose GEMM took 8.3 ms against 6.6 for exact rows (single thread); 56-wide rows gain from the
-# contiguous adds (ResNet-50 3x3: col2im 2.7 -> 1.0 ms).
+# contiguous adds (ResNet-50 3x3, single thread: the adds 2.3 ms in exact rows, 0.9-1.1 ms in wide rows,
+# which then crop the accumulator into gx, one copy of it).
 WIDE_MAX_JUNK = 8
 # numpy_im2col_filter computes the transposed gradient (cols @ gy^T) from this many GEMM columns (N*P*Q) on.
 FILTER_TRANSPOSED_MIN_COLUMNS = 4096
