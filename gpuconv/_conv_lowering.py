@@ -1,6 +1,12 @@
 """Convolution gradients lowered onto the forward convolution both backends already have (issue 17, first
 step; dedicated backward kernels come later). docs/gradients.md has the rules; this module the arithmetic.
 
+On NumPy arrays ``backward_data`` / ``backward_filter`` first ask ``gpuconv._numpy.conv_grad`` (im2col /
+col2im with BLAS GEMMs, and dot products over phase planes for depthwise filter gradients, chosen by its
+``data_strategy`` / ``filter_strategy`` / ``depthwise_filter_applies``); the lowering below runs where those
+say no (1x1 and depthwise backward data, Winograd-sized 3x3 layers, a workspace too small for one row). The
+CUDA path always runs the lowering.
+
 Everything here works on validated arrays and a resolved forward ``ConvGeometry`` (``gpuconv._geometry``):
 the public functions (``gpuconv._grad_conv``) check the user's arguments once. Notation as in
 docs/semantics.md: ``x (N, C, H, W)``, ``w (K, Cg, R, S)``, ``gy (N, K, P, Q)``, groups ``G``,
@@ -93,6 +99,11 @@ def backward_data(backend, gy, w, geom: ConvGeometry, H: int, W: int):
     with ``output_padding >= stride`` has rows no output reads). Returns ``(gx, kernel_ids)``."""
     xp = backend.xp
     N, K, Pg, Qg = gy.shape
+    if not isinstance(backend, CudaBackend):
+        from ._numpy import conv_grad
+        if conv_grad.data_strategy(geom, gy.dtype, H, W, Pg, Qg):
+            gx, kernel = conv_grad.backward_data(gy, w, geom, H, W)
+            return gx, [kernel]
     G, Kg, Cg = geom.groups, geom.Kg, geom.Cg
     we = effective_weight(w, geom)
     rows = axis_phases(H, Pg, geom.R, geom.sh, geom.pt, geom.dh)
@@ -161,8 +172,16 @@ def backward_filter(backend, x, gy, geom: ConvGeometry):
     wu, pr = _read_extent(W, geom.Q, geom.S, geom.sw, geom.pl, geom.dw)
     if hu <= 0 or wu <= 0:
         return xp.zeros((K, Cg, geom.R, geom.S), dtype=gy.dtype), None
-    if not isinstance(backend, CudaBackend) and geom.Cg == 1 and x.dtype.itemsize >= 4:
-        return depthwise_filter_numpy(x, gy, geom), "numpy_depthwise_filter_taps"
+    if not isinstance(backend, CudaBackend):
+        from ._numpy import conv_grad
+        if conv_grad.filter_strategy(geom, x.dtype):
+            return conv_grad.backward_filter(x, gy, geom)
+        if conv_grad.depthwise_filter_applies(geom, x.dtype):
+            gw = conv_grad.depthwise_filter(x, gy, geom)
+            if gw is not None:
+                return gw, "numpy_depthwise_filter_planes"
+        if geom.Cg == 1 and x.dtype.itemsize >= 4:
+            return depthwise_filter_numpy(x, gy, geom), "numpy_depthwise_filter_taps"
     xt = x[:, :, :hu, :wu].reshape(N, G, Cg, hu, wu).transpose(2, 1, 0, 3, 4)
     xt = xp.ascontiguousarray(xt).reshape(Cg, G * N, hu, wu)
     gyt = xp.ascontiguousarray(gy.transpose(1, 0, 2, 3))  # (K, N, P, Q)

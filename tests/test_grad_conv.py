@@ -295,7 +295,8 @@ def test_backward_output_mask_and_record():
     full = G.conv2d_backward(gy, x, w, 2)
     rec = gpuconv.last_kernel()
     assert (rec.op, rec.backend, rec.direction) == ("conv2d", "numpy", "backward")
-    assert len(rec.kernels) == 4 + 1 + 1  # 2x2 stride phases, the filter gradient, the bias sum
+    # the NumPy path's direct gradients (tests/test_numpy_conv_grad.py), then the bias sum
+    assert rec.kernels == ("numpy_col2im", "numpy_im2col_filter", "numpy.sum")
     for mask in [(True, False, False), (False, True, False), (False, False, True), (False, False, False)]:
         part = G.conv2d_backward(gy, x, w, 2, output_mask=mask)
         for m, p, f in zip(mask, part, full):
@@ -634,14 +635,14 @@ def test_activation_derivative_matches_definition():
                                 dict(stride=(1, 3), padding="same", dilation=1, flip=False),
                                 dict(stride=1, padding=4, dilation=2, flip=False)])
 def test_numpy_depthwise_filter_gradient_by_taps(dtype, kw):
-    """The NumPy path's own depthwise filter gradient (one einsum per tap over strided views, channel
-    multiplier 2, windows partly in the padding) against the textbook reference; non-contiguous operands."""
+    """The NumPy path's own depthwise filter gradient (dot products over phase planes, channel multiplier 2,
+    windows partly in the padding) against the textbook reference; non-contiguous operands."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 4, 11, 20)).astype(dtype)[:, :, :, ::2]
     w = rng.standard_normal((8, 1, 3, 3)).astype(dtype)
     y = gpuconv.conv2d(x, w, groups=4, **kw)
     gy = rng.standard_normal(y.shape).astype(dtype).transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)
     got = G.conv2d_weight(x, w.shape, gy, groups=4, **kw)
-    assert gpuconv.last_kernel().kernels == ("numpy_depthwise_filter_taps",)
+    assert gpuconv.last_kernel().kernels == ("numpy_depthwise_filter_planes",)  # tests/test_numpy_conv_grad.py
     (_, ew, _), (_, mw, _) = reference_grads(x, w, gy, groups=4, **kw)
     assert_close(got, ew, mw, dtype, what="depthwise filter gradient")
