@@ -36,7 +36,8 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from . import _backend
-from ._geometry import conv_geometry, pool_geometry, resolve_conv_padding
+from ._geometry import conv_geometry, resolve_conv_padding
+from ._pool_geometry import pool_geometry
 from ._numpy.pool import _divisor_axes
 from ._receptive_field import ReceptiveField
 from .conv import conv2d as _conv2d

@@ -132,6 +132,22 @@ def test_avg_pool2d_random_geometry_and_chunking(seed):
     assert_close(y, ref, magnitude, x.dtype, "dask avg_pool2d vs reference", precision="pool")
 
 
+@pytest.mark.parametrize("padding", ["same", ((2, 0), (1, 2)), ((0, 1), (3, 0))])
+def test_pooling_per_side_and_same_padding(padding):
+    """The pooling padding forms beyond PyTorch's (per side, TensorFlow's 'same') hold at chunk borders: equal
+    to the single call (itself tested against the per-side references in tests/test_pool_padding.py)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 13, 11)).astype(np.float32)
+    x[1, 2, 12, 0] = np.nan
+    for ceil in (False, True):
+        kw = dict(stride=(2, 3), padding=padding, ceil_mode=ceil)
+        y = gd.max_pool2d(chunked(rng, x), (3, 4), dilation=(1, 1), **kw).compute(scheduler="threads")
+        np.testing.assert_array_equal(y, gpuconv.max_pool2d(x, (3, 4), **kw))
+        for cip in (True, False):
+            y = gd.avg_pool2d(chunked(rng, x), (3, 4), count_include_pad=cip, **kw).compute(scheduler="threads")
+            np.testing.assert_array_equal(y, gpuconv.avg_pool2d(x, (3, 4), count_include_pad=cip, **kw))
+
+
 def test_pooling_keeps_channel_chunks():
     x = np.arange(2 * 4 * 9 * 9, dtype=np.float32).reshape(2, 4, 9, 9)
     y = gd.max_pool2d(da.from_array(x, chunks=(1, 2, 4, 5)), 3, 2, 1, ceil_mode=True)
