@@ -41,87 +41,263 @@
 
 namespace gpuconv {
 
-// Per storage type T: what a loader stages (staged) and the fragments of one mma from the staged slices:
-// as[kk][row] = A[row][kk] (A^T, gemm_tile.cuh), bs[kk][col] = B[kk][col]. `row` / `col` is the mma tile's
-// first row / column within the block tile, `kk` its first reduction index within the slice; layouts per
-// lane as in tensor_core.cuh.
-template <typename T> struct TensorCoreMma;
+// ---------------------------------------------------------------------------------------------------
+// Per storage type: the mma shape, and how a loader holds a fetched value (Raw) until it packs it into
+// the 32-bit words the mma takes. float: one TF32 word per reduction index, rounded (cvt.rna) as it is
+// staged, once per element. half: the float16 bits as they are (products of the values themselves are
+// exact), two consecutive reduction indices per word, the lower index in the low 16 bits.
+// ---------------------------------------------------------------------------------------------------
+template <typename T> struct TcKind;
 
-template <> struct TensorCoreMma<float> {  // TF32, m16n8k8
-    static constexpr int K = 8;
-    // Rounded to TF32 as it enters shared memory (once per element, not once per fragment read); the
-    // fragments then take the staged bits as they are.
-    __device__ __forceinline__ static float staged(float v) { return __uint_as_float(to_tf32(v)); }
-    template <int LD>
-    __device__ __forceinline__ static void load_a(unsigned (&a)[4], const float (*as)[LD], int kk, int row, int gid,
-                                                  int tig) {
-        a[0] = __float_as_uint(as[kk + tig][row + gid]);
-        a[1] = __float_as_uint(as[kk + tig][row + gid + 8]);
-        a[2] = __float_as_uint(as[kk + tig + 4][row + gid]);
-        a[3] = __float_as_uint(as[kk + tig + 4][row + gid + 8]);
-    }
-    template <int LD>
-    __device__ __forceinline__ static void load_b(unsigned (&b)[2], const float (*bs)[LD], int kk, int col, int gid,
-                                                  int tig) {
-        b[0] = __float_as_uint(bs[kk + tig][col + gid]);
-        b[1] = __float_as_uint(bs[kk + tig + 4][col + gid]);
-    }
+template <> struct TcKind<float> {  // TF32, m16n8k8
+    static constexpr int KSTEP = 8;  // reduction indices per mma
+    static constexpr int KPW = 1;    // reduction indices per 32-bit word
+    typedef float Raw;
+    __device__ __forceinline__ static Raw zero() { return 0.0f; }
+    __device__ __forceinline__ static Raw load(const float* p) { return *p; }
+    // Word t of a run of fetched values v (indices KPW*t ..).
+    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return to_tf32(v[t]); }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k8_tf32(d, a, b);
     }
 };
 
-template <> struct TensorCoreMma<half> {  // float16, m16n8k16; the staged floats are float16 values (exact)
-    static constexpr int K = 16;
-    __device__ __forceinline__ static float staged(float v) { return v; }
-    template <int LD>
-    __device__ __forceinline__ static void load_a(unsigned (&a)[4], const float (*as)[LD], int kk, int row, int gid,
-                                                  int tig) {
-        const int k = kk + 2 * tig;
-        a[0] = pack_half2(as[k][row + gid], as[k + 1][row + gid]);
-        a[1] = pack_half2(as[k][row + gid + 8], as[k + 1][row + gid + 8]);
-        a[2] = pack_half2(as[k + 8][row + gid], as[k + 9][row + gid]);
-        a[3] = pack_half2(as[k + 8][row + gid + 8], as[k + 9][row + gid + 8]);
-    }
-    template <int LD>
-    __device__ __forceinline__ static void load_b(unsigned (&b)[2], const float (*bs)[LD], int kk, int col, int gid,
-                                                  int tig) {
-        const int k = kk + 2 * tig;
-        b[0] = pack_half2(bs[k][col + gid], bs[k + 1][col + gid]);
-        b[1] = pack_half2(bs[k + 8][col + gid], bs[k + 9][col + gid]);
+template <> struct TcKind<half> {  // float16, m16n8k16
+    static constexpr int KSTEP = 16;
+    static constexpr int KPW = 2;
+    typedef unsigned short Raw;  // the float16 bits
+    __device__ __forceinline__ static Raw zero() { return 0; }
+    __device__ __forceinline__ static Raw load(const half* p) { return half_bits(*p); }
+    __device__ __forceinline__ static unsigned word(const Raw* v, int t) {
+        return (unsigned)v[2 * t] | ((unsigned)v[2 * t + 1] << 16);
     }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k16_f16(d, a, b);
     }
 };
 
-// The block tile: BM filters x BN pixels, BK = 16 reduction indices per slice (two tf32 k-steps of 8, or
-// one f16 k-step of 16), WARPS_M x WARPS_N warps of WM x WN outputs, each MT x NT mma tiles of 16 x 8.
-// Provides what gemm_tile.cuh's loaders and GemmSmem need (BM, BN, BK, THREADS, A_LD, B_LD, staged).
+// ---------------------------------------------------------------------------------------------------
+// The staged slices in fragment order. Of one operand slice (A: DIM = BM filters; B: DIM = BN pixels; BK
+// reduction indices), element (idx, k) with k = KSTEP*ks + (KSTEP/2)*hk + KPW*tig + e and idx = 16 blk +
+// 8h + gid is the reduction-index half a mma fragment word of lane (gid, tig) holds (tensor_core.cuh lists
+// the fragments; e: the float16 half of the word). The 4 words of lane (gid, tig), k-step ks and 16-wide
+// block blk form one 16-byte quad, in the order that lane's fragment registers take:
+//     A (blk = one 16-row mma tile):          word h + 2hk  = a[0], a[1], a[2], a[3]
+//     B (blk = two 8-column mma tiles j, j+1): word hk + 2h  = b_j[0], b_j[1], b_j+1[0], b_j+1[1]
+// so a lane reads each fragment with one 128-bit shared load (A: one per mma tile row, B: one per two mma
+// tile columns) straight into the mma's operand registers (a quad in any other order costs register
+// moves: ptxas's mma operands are consecutive registers). The 32 quads of one (ks, blk) are 512 contiguous
+// bytes, lane (gid, tig) at slot 4 gid + (tig ^ ((gid >> 1) & 3)): then every 8 lanes of a 128-bit read
+// (one phase) hit 8 different 16-byte bank groups, and the loaders' 64-bit stores (below: 16 threads of
+// one phase, one tig, cover 16 different 8-byte bank pairs) are conflict-free; without the XOR, 4 ways.
+// ---------------------------------------------------------------------------------------------------
+template <typename T, int DIM, int BK>
+struct FragLayout {
+    static constexpr int KSTEP = TcKind<T>::KSTEP, KPW = TcKind<T>::KPW;
+    static constexpr int BLOCKS = DIM / 16;
+    static constexpr int KS_WORDS = BLOCKS * 128;  // words per k-step
+    static_assert(DIM % 16 == 0 && BK % KSTEP == 0, "a slice holds whole 16-wide blocks and k-steps");
+    __device__ __forceinline__ static int slot(int gid, int tig) { return 4 * gid + (tig ^ ((gid >> 1) & 3)); }
+    // First word of the quad of (k-step ks, block blk, lane (gid, tig)).
+    __device__ __forceinline__ static int quad(int ks, int blk, int gid, int tig) {
+        return (ks * BLOCKS + blk) * 128 + 4 * slot(gid, tig);
+    }
+};
+
+// The block tile: BM filters x BN pixels, BK reduction indices per slice, WARPS_M x WARPS_N warps of
+// WM x WN outputs, each MT x NT mma tiles of 16 x 8. Provides what gemm_tile.cuh's GemmSmem and gemm_slices
+// need (BM, BN, BK, THREADS, A_LD, B_LD: a slice is BK / KPW rows of BM or BN 32-bit words, in fragment
+// order) and what Im2colLoader's constructor and begin_tile read (BN, BK, THREADS).
+// BK: as many reduction indices as 32 KB of double-buffered staging holds (TENSOR_CORE_STAGING_BYTES,
+// mirrored by gpuconv/_cuda/conv_igemm_tc.py; the 48 KB of static shared memory leave no room to double
+// it): float 128x128: 16 (two tf32 k-steps), float 64x64: 32, half 128x128: 32 (two f16 k-steps), half
+// 64x64: 64. A larger BK spreads the per-slice work (the tap walk, the barrier) over more mma.
+constexpr int TENSOR_CORE_STAGING_BYTES = 32768;
+
 template <typename T, int BM_, int BN_, int WARPS_M_, int WARPS_N_>
 struct TensorCoreTileConfig {
-    static constexpr int BM = BM_, BN = BN_, BK = 16;
+    static constexpr int BM = BM_, BN = BN_;
+    static constexpr int BK = TENSOR_CORE_STAGING_BYTES / (2 * (BM + BN) * 4 / TcKind<T>::KPW);
     static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
     static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
     static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
     static constexpr int MT = WM / 16, NT = WN / 8;
-    // Rows padded by 8 words: a tf32 fragment read as[kk + tig][row + gid] (bs likewise) then falls in bank
-    // (8*tig + gid) % 32, a different bank for each of the warp's 32 lanes; unpadded (BM, BN multiples of 32)
-    // the 4 lanes of equal gid would share one bank.
-    static constexpr int A_LD = BM + 8, B_LD = BN + 8;
-    static_assert(BM % (16 * WARPS_M) == 0 && BN % (8 * WARPS_N) == 0, "warp tiles must be whole mma tiles");
-    __device__ __forceinline__ static float staged(float v) { return TensorCoreMma<T>::staged(v); }
+    static constexpr int KPW = TcKind<T>::KPW, KSTEP = TcKind<T>::KSTEP;
+    static constexpr int A_LD = BM / KPW, B_LD = BN / KPW;
+    typedef FragLayout<T, BM, BK> LayoutA;
+    typedef FragLayout<T, BN, BK> LayoutB;
+    static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tiles must be whole 16x16 fragment blocks");
+    // The loaders' thread patterns (below) cover a slice exactly once: A as (BM / 2 row pairs) x (BK / (4 KPW)
+    // word groups), B as BN columns x (BK / KSTEP k-steps), one unit per thread.
+    static_assert((BM / 2) * (BK / (4 * KPW)) == THREADS, "A: one row pair x one 4-word group per thread");
+    static_assert(BN * (BK / KSTEP) == THREADS, "B: one column x one k-step per thread");
+    template <typename A> __device__ __forceinline__ static A staged(A v) { return v; }  // (Im2colLoader's contract)
 };
 
-// The tensor-core accumulator for gemm_tile.cuh's slice and tile loops: warp w computes rows
-// (w / WARPS_N) * WM .. + WM and columns (w % WARPS_N) * WN .. + WN of the block tile; this lane holds, of mma
-// tile (i, j), d[i][j][2h + e] = C[row0 + 16i + gid + 8h][col0 + 8j + 2tig + e] (h, e in {0, 1}).
+// ---------------------------------------------------------------------------------------------------
+// The reduction order: filter tap major. The GEMM's reduction runs over (tap, channel) with the tap
+// t = r*S + s outermost and the group's Cg channels innermost, in slices of BK channels of one tap (the
+// last slice of a tap zero-filled past Cg): slice number sl covers tap sl / C_SLICES, channels
+// (sl % C_SLICES) * BK ..., C_SLICES = ceil(Cg / BK). Within one slice every value a thread gathers for its
+// pixel comes from the same input position (ih, iw) of consecutive channels, so the tap's bounds test and
+// address are worked out once per slice, not per element as in the (c, r, s) order, and each element
+// costs one predicated load at a fixed channel stride. The loaders walk (tap, c0) incrementally:
+// gemm_slices calls fetch() for slices 0, 1, 2, ... in order (the k0 it passes, slice * BK, is that
+// order's position in the padded reduction R*S*C_SLICES*BK and is not needed). Rounding follows this
+// order; the result is bitwise deterministic as before.
+// ---------------------------------------------------------------------------------------------------
+
+// The A operand: weights A[row][(tap, c)] = w[k_first + row][c][r][s] (w is (K, Cg, R, S)). Thread tid
+// owns rows 16 blk + gid and 16 blk + gid + 8 (row pair rp = (tid / 2) % (BM / 2) = 8 blk + gid) and word
+// group (ks, hk) = (tid / BM, tid % 2): channels G*gi .. G*gi + G - 1, G = 4 KPW, gi = 2 ks + hk, of each
+// slice, at stride R*S in w. Its stage() writes the two rows' word tig as one 64-bit store (words h = 0,
+// 1 of the quad half hk); consecutive threads alternate hk, so one phase's 16 threads (8 row pairs x 2 hk)
+// cover all 32 banks.
+template <typename T, class Cfg>
+struct TapWeightLoader {
+    typedef TcKind<T> Kind;
+    static constexpr int G = 4 * Cfg::KPW;  // channels per row and slice
+    const T* w0;    // the weights of this thread's two filters in the tile (read only when row_ok)
+    const T* w1;
+    int kred, RS, Cg, chan0;
+    int row, c0, tap;  // this thread's first row in the tile; the slice fetched last
+    bool ok0, ok1;
+    int woff[4];    // word tig's 64-bit store: its first word in the slice
+    typename Kind::Raw v[2][G];
+
+    __device__ __forceinline__ TapWeightLoader(const ConvParams& cp, int Cg_, int tid)
+        : w0(nullptr), w1(nullptr), kred(Cg_ * cp.R * cp.S), RS(cp.R * cp.S), Cg(Cg_), c0(0), tap(0), ok0(false),
+          ok1(false) {
+        const int rp = (tid / 2) % (Cfg::BM / 2), hk = tid % 2, ks = tid / Cfg::BM;
+        row = 16 * (rp / 8) + rp % 8;
+        chan0 = G * (2 * ks + hk);
+        GPUCONV_UNROLL
+        for (int t = 0; t < 4; ++t) woff[t] = Cfg::LayoutA::quad(ks, rp / 8, rp % 8, t) + 2 * hk;
+    }
+
+    __device__ __forceinline__ void begin_tile(const T* w_tile, int rows) {
+        // Rows past the group's last filter read 0 and are never stored; w is not read for them.
+        ok0 = row < rows;
+        ok1 = row + 8 < rows;
+        w0 = ok0 ? w_tile + (index_t)row * kred : w_tile;
+        w1 = ok1 ? w_tile + (index_t)(row + 8) * kred : w_tile;
+        c0 = -Cfg::BK;  // the first fetch() steps to (tap 0, channel 0)
+        tap = 0;
+    }
+
+    __device__ __forceinline__ void fetch(int) {
+        c0 += Cfg::BK;
+        if (c0 >= Cg) {  // the tap's last channel slice was fetched: the next tap
+            c0 = 0;
+            ++tap;
+        }
+        // Channels of this thread's run that exist (<= 0: none): the run past Cg reads 0 (w holds the next
+        // filter's weights there).
+        const int lim = Cg - c0 - chan0;
+        const int lim0 = ok0 ? lim : 0, lim1 = ok1 ? lim : 0;
+        const index_t o = tap + (index_t)(c0 + chan0) * RS;
+        const T* p0 = w0 + o;
+        const T* p1 = w1 + o;
+        GPUCONV_UNROLL
+        for (int j = 0; j < G; ++j) {
+            v[0][j] = j < lim0 ? Kind::load(p0) : Kind::zero();
+            v[1][j] = j < lim1 ? Kind::load(p1) : Kind::zero();
+            p0 += RS;
+            p1 += RS;
+        }
+    }
+
+    __device__ __forceinline__ void stage(unsigned (*dst)[Cfg::A_LD]) {
+        unsigned* buf = &dst[0][0];
+        GPUCONV_UNROLL
+        for (int t = 0; t < 4; ++t) {
+            uint2 q;
+            q.x = Kind::word(v[0], t);
+            q.y = Kind::word(v[1], t);
+            *reinterpret_cast<uint2*>(buf + woff[t]) = q;
+        }
+    }
+};
+
+// The B operand: the im2col matrix in (tap, channel) order, B[(tap, c)][m] = x[n, g*Cg + c, ih, iw] with
+// (ih, iw) = tap (r, s)'s input position for pixel m (0 in the padding). Thread tid owns pixel (column)
+// tid % BN and k-step ks = tid / BN (channels KSTEP*ks .. + KSTEP - 1) of each slice. Per tile,
+// im2col_loader.cuh's Im2colLoader::begin_tile (the same column tid % BN) decomposes the pixel: its image's
+// first channel xb, the input position of tap (0, 0) and the signed tap steps (which carry the flip); this
+// loader walks the taps from there. Its stage() writes word tig of both k-step halves (hk = 0, 1) of the
+// column as one 64-bit store; one phase's 16 threads are 16 consecutive columns (8 gid x 2 h): all banks.
+template <typename T, class Cfg>
+struct TapIm2colLoader {
+    typedef TcKind<T> Kind;
+    static constexpr int L = Cfg::KSTEP;  // channels per column and slice
+    Im2colLoader<T, Cfg> px;  // the pixel of this thread's column, per tile (begin_tile); its fetch is unused
+    int chan0;
+    int c0, r, s;             // the slice fetched last: channels c0.., tap (r, s)
+    int woff[4];
+    int HWi;                  // H*W as int: the channel stride (the host's rule: 64 * H*W < 2^31)
+    typename Kind::Raw v[L];
+
+    __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
+        : px(x, cp, Cg, M, tid), HWi(cp.H * cp.W), chan0((tid / Cfg::BN) * L), c0(0), r(0), s(0) {
+        const int col = tid % Cfg::BN;
+        GPUCONV_UNROLL
+        for (int t = 0; t < 4; ++t) woff[t] = Cfg::LayoutB::quad(tid / Cfg::BN, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
+    }
+
+    __device__ __forceinline__ void begin_tile(index_t m0, int g) {
+        px.begin_tile(m0, g);
+        c0 = -Cfg::BK;
+        r = 0;
+        s = 0;
+    }
+
+    __device__ __forceinline__ void fetch(int) {
+        c0 += Cfg::BK;
+        if (c0 >= px.Cg) {  // next tap: s fastest, then r (w's order of (r, s))
+            c0 = 0;
+            if (++s == px.S) {
+                s = 0;
+                ++r;
+            }
+        }
+        const int ih = px.ih0 + r * px.tap_dh;
+        const int iw = px.iw0 + s * px.tap_dw;
+        // Halo / bounds, once per slice: a tap in the padding (or past the padded edge) reads 0 for all the
+        // run's channels, as does a column past the last pixel; x is never read outside the image. The
+        // unsigned compares also reject negative coordinates (top / left padding).
+        const bool ok = px.col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
+        const int lim = ok ? px.Cg - c0 - chan0 : 0;
+        const T* p = ok ? px.xb + (index_t)(c0 + chan0) * px.HW + (index_t)ih * px.W + iw : px.xb;
+        GPUCONV_UNROLL
+        for (int i = 0; i < L; ++i) {
+            v[i] = i < lim ? Kind::load(p) : Kind::zero();
+            p += HWi;
+        }
+    }
+
+    __device__ __forceinline__ void stage(unsigned (*dst)[Cfg::B_LD]) {
+        unsigned* buf = &dst[0][0];
+        GPUCONV_UNROLL
+        for (int t = 0; t < 4; ++t) {
+            uint2 q;
+            q.x = Kind::word(v, t);                   // k-step half hk = 0
+            q.y = Kind::word(v + 4 * Cfg::KPW, t);    // hk = 1
+            *reinterpret_cast<uint2*>(buf + woff[t]) = q;
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The tensor-core accumulator for gemm_slices: warp w computes rows (w / WARPS_N) * WM .. + WM and columns
+// (w % WARPS_N) * WN .. + WN of the block tile; this lane holds, of mma tile (i, j),
+// d[i][j][2h + e] = C[row0 + 16i + gid + 8h][col0 + 8j + 2tig + e] (h, e in {0, 1}).
+// ---------------------------------------------------------------------------------------------------
 template <typename T, class Cfg>
 struct WarpMmaTile {
-    typedef TensorCoreMma<T> Mma;
-    static_assert(Cfg::BK % Mma::K == 0, "a slice must hold whole mma k-steps");
+    typedef TcKind<T> Kind;
     float d[Cfg::MT][Cfg::NT][4];
     int row0, col0, gid, tig;
+    int fa, fb;  // this lane's first word in the A / B slice (k-step 0, the warp's first block)
 
     __device__ __forceinline__ explicit WarpMmaTile(int tid) {
         const int warp = tid / 32, lane = tid % 32;
@@ -129,6 +305,8 @@ struct WarpMmaTile {
         col0 = (warp % Cfg::WARPS_N) * Cfg::WN;
         gid = lane >> 2;
         tig = lane & 3;
+        fa = Cfg::LayoutA::quad(0, row0 / 16, gid, tig);
+        fb = Cfg::LayoutB::quad(0, col0 / 16, gid, tig);
         GPUCONV_UNROLL
         for (int i = 0; i < Cfg::MT; ++i) {
             GPUCONV_UNROLL
@@ -139,20 +317,29 @@ struct WarpMmaTile {
         }
     }
 
-    // One staged slice. Every thread calls this the same number of times (the mma is warp-collective, and
-    // block-collective under the emulator); zero-filled rows / columns (tails, padding) add exact zeros.
-    __device__ __forceinline__ void slice(const float (*as)[Cfg::A_LD], const float (*bs)[Cfg::B_LD]) {
+    // One staged slice: per k-step one 128-bit load per mma tile row (A) and per two mma tile columns (B),
+    // then MT x NT mma. Every thread calls this the same number of times (the mma is warp-collective, and
+    // block-collective under the emulator); zero-filled rows / columns / channels add exact zeros.
+    __device__ __forceinline__ void slice(const unsigned (*as)[Cfg::A_LD], const unsigned (*bs)[Cfg::B_LD]) {
+        const unsigned* A = &as[0][0] + fa;
+        const unsigned* B = &bs[0][0] + fb;
         GPUCONV_UNROLL
-        for (int kk = 0; kk < Cfg::BK; kk += Mma::K) {
-            unsigned a[Cfg::MT][4], b[Cfg::NT][2];
+        for (int ks = 0; ks < Cfg::BK / Kind::KSTEP; ++ks) {
+            uint4 qa[Cfg::MT], qb[Cfg::NT / 2];
             GPUCONV_UNROLL
-            for (int i = 0; i < Cfg::MT; ++i) Mma::load_a(a[i], as, kk, row0 + 16 * i, gid, tig);
+            for (int i = 0; i < Cfg::MT; ++i)
+                qa[i] = *reinterpret_cast<const uint4*>(A + ks * Cfg::LayoutA::KS_WORDS + 128 * i);
             GPUCONV_UNROLL
-            for (int j = 0; j < Cfg::NT; ++j) Mma::load_b(b[j], bs, kk, col0 + 8 * j, gid, tig);
+            for (int p = 0; p < Cfg::NT / 2; ++p)
+                qb[p] = *reinterpret_cast<const uint4*>(B + ks * Cfg::LayoutB::KS_WORDS + 128 * p);
             GPUCONV_UNROLL
             for (int i = 0; i < Cfg::MT; ++i) {
+                const unsigned a[4] = {qa[i].x, qa[i].y, qa[i].z, qa[i].w};
                 GPUCONV_UNROLL
-                for (int j = 0; j < Cfg::NT; ++j) Mma::mma(d[i][j], a[i], b[j]);
+                for (int j = 0; j < Cfg::NT; ++j) {
+                    const unsigned b[2] = {j % 2 ? qb[j / 2].z : qb[j / 2].x, j % 2 ? qb[j / 2].w : qb[j / 2].y};
+                    Kind::mma(d[i][j], a, b);
+                }
             }
         }
     }
@@ -199,6 +386,37 @@ struct WarpMmaTile {
     }
 };
 
+// The tile loop: a 64-bit grid-stride walk over (group, pixel tile, filter tile) in gemm_tile.cuh's order
+// (gemm_block_index), per tile the two tap-major loaders pointed at it, gemm_tile.cuh's double-buffered
+// slice loop (gemm_slices) over the padded reduction of R*S*C_SLICES slices, then the epilogue. The trip
+// counts depend only on blockIdx / gridDim and the geometry, so every thread reaches the same barriers.
+template <typename T, class Cfg>
+__device__ __forceinline__ void tensor_core_conv(const T* __restrict__ x, const T* __restrict__ w,
+                                                 const T* __restrict__ b, T* __restrict__ y, const ConvParams& cp,
+                                                 GemmSmem<unsigned, Cfg>& smem) {
+    const int tid = threadIdx.x;
+    const int Cg = cp.C / cp.groups, Kg = cp.K / cp.groups;
+    const int c_slices = Cg / Cfg::BK + (Cg % Cfg::BK != 0);
+    const int kred_padded = cp.R * cp.S * c_slices * Cfg::BK;  // the host's rule keeps this below 2^31
+    const index_t PQ = (index_t)cp.P * cp.Q;
+    const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
+    const index_t m_tiles = (M + Cfg::BN - 1) / Cfg::BN;
+    const int k_tiles = (Kg + Cfg::BM - 1) / Cfg::BM;
+    const index_t total = m_tiles * k_tiles * cp.groups;
+    TapWeightLoader<T, Cfg> wl(cp, Cg, tid);
+    TapIm2colLoader<T, Cfg> xl(x, cp, Cg, M, tid);
+    for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
+        const GemmBlockIndex bi = gemm_block_index(blk, k_tiles, m_tiles, Cfg::BM, Cfg::BN);
+        const int rows = Kg - bi.k_begin < Cfg::BM ? Kg - bi.k_begin : Cfg::BM;
+        const int k_first = bi.g * Kg + bi.k_begin;
+        wl.begin_tile(w + (index_t)k_first * wl.kred, rows);
+        xl.begin_tile(bi.m0, bi.g);
+        WarpMmaTile<T, Cfg> acc(tid);
+        gemm_slices<Cfg>(wl, xl, kred_padded, smem, acc);
+        acc.epilogue(b, y, cp.has_bias, cp.act, cp.K, k_first, rows, bi.m0, M, PQ);
+    }
+}
+
 // 64 accumulators per thread in the large tile (BM*BN / THREADS): one block per SM, as conv2d_igemm's 8x8
 // tile; the small tile's 16 allow two.
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N>
@@ -208,12 +426,10 @@ conv2d_igemm_tc(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
                 const T* __restrict__ w,   // (K, Cg, R, S), C-contiguous
                 const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
                 T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
-                const __grid_constant__ ConvParams cp,  // the geometry, by value (conv_params.cuh)
-                int vec_w) {  // 1: 4-wide weight loads (host checked Cg*R*S % 4 == 0 and w's alignment)
+                const __grid_constant__ ConvParams cp) {  // the geometry, by value (conv_params.cuh)
     typedef TensorCoreTileConfig<T, BM, BN, WARPS_M, WARPS_N> Cfg;
-    __shared__ GemmSmem<float, Cfg> smem;
-
-    implicit_gemm_conv<T, Cfg, WarpMmaTile<T, Cfg>>(x, w, b, y, cp, vec_w, smem);
+    __shared__ GemmSmem<unsigned, Cfg> smem;
+    tensor_core_conv<T, Cfg>(x, w, b, y, cp, smem);
 }
 
 }  // namespace gpuconv

@@ -115,13 +115,6 @@ def test_igemm_tc_tile_edges(rt, name, tile, dtype, order):
     assert kid == conv_igemm_tc.tc_name(dtype, TILES[tile])
 
 
-@pytest.mark.parametrize("vectorize", [True, False])
-def test_igemm_tc_weight_vector_loads(rt, vectorize):
-    """Cg*R*S = 2*3*2 = 12 allows 4-wide weight loads; with and without them, two small filter tiles."""
-    x, w, b = conv_arrays((1, 2, 9, 10), (70, 2, 3, 2), np.float32, seed=3)
-    _run(rt, x, w, b, padding=1, tile=TC_SMALL_TILE, vectorize_weights=vectorize)
-
-
 def test_igemm_tc_grid_stride_loop(rt, monkeypatch):
     """A grid capped at 2 blocks for 12 tiles: each block loops, reusing shared memory tile after tile."""
     monkeypatch.setattr(limits, "MAX_GRID_BLOCKS", 2)  # launch_gemm's cap

@@ -30,14 +30,17 @@ import numpy as np
 
 from .._geometry import ConvGeometry
 from .algo import FORWARD, Algorithm
-from .gemm import (LARGE_TILE, data_pointer, gemm_kernel_name, gemm_tile_for, launch_gemm, resolve_vectorize,
-                   weights_vectorizable)
-from .limits import conv_decline_reason
+from .gemm import LARGE_TILE, gemm_kernel_name, gemm_tile_for, launch_gemm
+from .limits import conv_decline_reason, declines, int32_limit_reason
 
 SOURCE = "conv2d_igemm_tc.cu"
 KERNEL = "conv2d_igemm_tc"
 MIN_COMPUTE_CAPABILITY = 80  # mma.sync m16n8k8 .tf32 and m16n8k16 .f16 with float32 accumulation: sm_80
 DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+# Bytes of double-buffered shared staging per block (TENSOR_CORE_STAGING_BYTES in the kernel): a tile's BK.
+STAGING_BYTES = 32768
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class TensorCoreTile:
     def template_args(self) -> str:
         return f"{self.bm}, {self.bn}, {self.warps_m}, {self.warps_n}"
 
+    def bk(self, dtype) -> int:
+        """Reduction indices per slice: as many as STAGING_BYTES of two buffers hold (float16 staged as
+        float16, float32 as TF32 words)."""
+        return STAGING_BYTES // (2 * (self.bm + self.bn) * np.dtype(dtype).itemsize)
+
 
 TC_LARGE_TILE = TensorCoreTile("large", 128, 128, 2, 4)
 TC_SMALL_TILE = TensorCoreTile("small", 64, 64, 2, 4)
@@ -77,20 +85,26 @@ INSTANTIATIONS = tuple(tc_name(dt, t) for dt in DTYPES for t in TILES)
 
 
 def igemm_tc_decline_reason(geom: ConvGeometry, dtype) -> str | None:
-    """float64 is declined; otherwise igemm's rule (only the shared 32-bit size limit)."""
+    """float64 is declined; otherwise the shared 32-bit size rule, plus the two ``int`` sizes of the
+    tap-major reduction (kernels/conv2d_igemm_tc.cu): the padded reduction R*S*ceil(Cg/BK)*BK and the
+    channel offsets of a loader's run, BK*H*W (BK = 64, the largest)."""
     if np.dtype(dtype) not in DTYPES:
         return (f"igemm_tc declines {np.dtype(dtype)}: its tensor-core products take float32 (as TF32) or "
                 "float16; use algo='igemm'")
-    return conv_decline_reason("igemm_tc", geom)
+    reason = conv_decline_reason("igemm_tc", geom)
+    if reason is None:
+        bk = max(t.bk(dt) for t in TILES for dt in DTYPES)
+        reason = declines("igemm_tc", int32_limit_reason(
+            {f"kernel_h * kernel_w * (C/groups rounded up to {bk})": geom.R * geom.S * -(-geom.Cg // bk) * bk,
+             f"{bk} * H * W": bk * geom.H * geom.W}, "conv2d"))
+    return reason
 
 
-def launch_igemm_tc(rt, x, w, b, y, geom: ConvGeometry, *, tile: TensorCoreTile | None = None,
-                    vectorize_weights: bool | None = None) -> str:
-    """The launch of igemm_tc. ``tile`` / ``vectorize_weights`` override the rules (tests)."""
+def launch_igemm_tc(rt, x, w, b, y, geom: ConvGeometry, *, tile: TensorCoreTile | None = None) -> str:
+    """The launch of igemm_tc. ``tile`` overrides the rule (tests)."""
     dtype = np.dtype(x.dtype)
     tile = tc_tile_for(geom, dtype) if tile is None else tile
-    vec_w = resolve_vectorize(vectorize_weights, weights_vectorizable(geom, dtype, data_pointer(w)), "weight")
-    return launch_gemm(rt, SOURCE, KERNEL, x, w, b, y, geom, tile, [np.int32(1 if vec_w else 0)], tiles=TILES)
+    return launch_gemm(rt, SOURCE, KERNEL, x, w, b, y, geom, tile, [], tiles=TILES)
 
 
 ALGO = Algorithm("igemm_tc", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, igemm_tc_decline_reason,
