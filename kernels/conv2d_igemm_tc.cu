@@ -124,12 +124,12 @@ struct TensorCoreTileConfig {
     static constexpr int MT = WM / 16, NT = WN / 8;
     static constexpr int KPW = TcKind<T>::KPW, KSTEP = TcKind<T>::KSTEP;
     static constexpr int A_LD = BM / KPW, B_LD = BN / KPW;
+    static constexpr int A_WORDS = BK * A_LD;  // 32-bit words of one staged A slice
     typedef FragLayout<T, BM, BK> LayoutA;
     typedef FragLayout<T, BN, BK> LayoutB;
     static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tiles must be whole 16x16 fragment blocks");
-    // The loaders' thread patterns (below) cover a slice exactly once: A as (BM / 2 row pairs) x (BK / (4 KPW)
-    // word groups), B as BN columns x (BK / KSTEP k-steps), one unit per thread.
-    static_assert((BM / 2) * (BK / (4 * KPW)) == THREADS, "A: one row pair x one 4-word group per thread");
+    // The B loader's thread pattern (below) covers a slice exactly once: BN columns x (BK / KSTEP) k-steps,
+    // one (column, k-step) per thread.
     static_assert(BN * (BK / KSTEP) == THREADS, "B: one column x one k-step per thread");
     template <typename A> __device__ __forceinline__ static A staged(A v) { return v; }  // (Im2colLoader's contract)
 };
@@ -147,75 +147,38 @@ struct TensorCoreTileConfig {
 // order; the result is bitwise deterministic as before.
 // ---------------------------------------------------------------------------------------------------
 
-// The A operand: weights A[row][(tap, c)] = w[k_first + row][c][r][s] (w is (K, Cg, R, S)). Thread tid
-// owns rows 16 blk + gid and 16 blk + gid + 8 (row pair rp = (tid / 2) % (BM / 2) = 8 blk + gid) and word
-// group (ks, hk) = (tid / BM, tid % 2): channels G*gi .. G*gi + G - 1, G = 4 KPW, gi = 2 ks + hk, of each
-// slice, at stride R*S in w. Its stage() writes the two rows' word tig as one 64-bit store (words h = 0,
-// 1 of the quad half hk); consecutive threads alternate hk, so one phase's 16 threads (8 row pairs x 2 hk)
-// cover all 32 banks.
+// The A operand: the weights, packed by the host (gpuconv/_cuda/conv_igemm_tc.py, pack_weights) into
+// exactly the staged slices' layout: per (group, filter tile, slice), the slice's A_WORDS 32-bit words in
+// fragment order (FragLayout, A's word order), TF32-rounded (cvt.rna's rounding, NaN kept) for float,
+// float16 pairs for half, zero for filters past the group's last and channels past Cg. So a slice is one
+// contiguous copy: thread tid moves 16-byte chunks tid, tid + THREADS, ... (coalesced 128-bit loads and
+// conflict-free 128-bit shared stores), with no bounds, no rounding and no gather in the main loop. Weights
+// are read many times per call (once per pixel tile), so doing this once per call is the cheaper place.
 template <typename T, class Cfg>
-struct TapWeightLoader {
-    typedef TcKind<T> Kind;
-    static constexpr int G = 4 * Cfg::KPW;  // channels per row and slice
-    const T* w0;    // the weights of this thread's two filters in the tile (read only when row_ok)
-    const T* w1;
-    int kred, RS, Cg, chan0;
-    int row, c0, tap;  // this thread's first row in the tile; the slice fetched last
-    bool ok0, ok1;
-    int woff[4];    // word tig's 64-bit store: its first word in the slice
-    typename Kind::Raw v[2][G];
+struct PackedWeightLoader {
+    static constexpr int CHUNKS = Cfg::A_WORDS / 4 / Cfg::THREADS;  // 16-byte chunks per thread and slice
+    static_assert(Cfg::A_WORDS % (4 * Cfg::THREADS) == 0, "a slice must be whole chunks per thread");
+    const uint4* p;  // this thread's first chunk of the next slice
+    int tid;
+    uint4 v[CHUNKS];
 
-    __device__ __forceinline__ TapWeightLoader(const ConvParams& cp, int Cg_, int tid)
-        : w0(nullptr), w1(nullptr), kred(Cg_ * cp.R * cp.S), RS(cp.R * cp.S), Cg(Cg_), c0(0), tap(0), ok0(false),
-          ok1(false) {
-        const int rp = (tid / 2) % (Cfg::BM / 2), hk = tid % 2, ks = tid / Cfg::BM;
-        row = 16 * (rp / 8) + rp % 8;
-        chan0 = G * (2 * ks + hk);
-        GPUCONV_UNROLL
-        for (int t = 0; t < 4; ++t) woff[t] = Cfg::LayoutA::quad(ks, rp / 8, rp % 8, t) + 2 * hk;
+    __device__ __forceinline__ explicit PackedWeightLoader(int tid_) : p(nullptr), tid(tid_) {}
+
+    // wp_tile: the tile's first slice (16-byte aligned: the host aligns the packed array, A_WORDS % 4 == 0).
+    __device__ __forceinline__ void begin_tile(const unsigned* wp_tile) {
+        p = reinterpret_cast<const uint4*>(wp_tile) + tid;
     }
 
-    __device__ __forceinline__ void begin_tile(const T* w_tile, int rows) {
-        // Rows past the group's last filter read 0 and are never stored; w is not read for them.
-        ok0 = row < rows;
-        ok1 = row + 8 < rows;
-        w0 = ok0 ? w_tile + (index_t)row * kred : w_tile;
-        w1 = ok1 ? w_tile + (index_t)(row + 8) * kred : w_tile;
-        c0 = -Cfg::BK;  // the first fetch() steps to (tap 0, channel 0)
-        tap = 0;
-    }
-
-    __device__ __forceinline__ void fetch(int) {
-        c0 += Cfg::BK;
-        if (c0 >= Cg) {  // the tap's last channel slice was fetched: the next tap
-            c0 = 0;
-            ++tap;
-        }
-        // Channels of this thread's run that exist (<= 0: none): the run past Cg reads 0 (w holds the next
-        // filter's weights there).
-        const int lim = Cg - c0 - chan0;
-        const int lim0 = ok0 ? lim : 0, lim1 = ok1 ? lim : 0;
-        const index_t o = tap + (index_t)(c0 + chan0) * RS;
-        const T* p0 = w0 + o;
-        const T* p1 = w1 + o;
+    __device__ __forceinline__ void fetch(int) {  // slices in order (see "The reduction order")
         GPUCONV_UNROLL
-        for (int j = 0; j < G; ++j) {
-            v[0][j] = j < lim0 ? Kind::load(p0) : Kind::zero();
-            v[1][j] = j < lim1 ? Kind::load(p1) : Kind::zero();
-            p0 += RS;
-            p1 += RS;
-        }
+        for (int i = 0; i < CHUNKS; ++i) v[i] = p[i * Cfg::THREADS];
+        p += Cfg::A_WORDS / 4;
     }
 
     __device__ __forceinline__ void stage(unsigned (*dst)[Cfg::A_LD]) {
-        unsigned* buf = &dst[0][0];
+        uint4* d = reinterpret_cast<uint4*>(&dst[0][0]) + tid;
         GPUCONV_UNROLL
-        for (int t = 0; t < 4; ++t) {
-            uint2 q;
-            q.x = Kind::word(v[0], t);
-            q.y = Kind::word(v[1], t);
-            *reinterpret_cast<uint2*>(buf + woff[t]) = q;
-        }
+        for (int i = 0; i < CHUNKS; ++i) d[i * Cfg::THREADS] = v[i];
     }
 };
 
@@ -391,28 +354,30 @@ struct WarpMmaTile {
 // slice loop (gemm_slices) over the padded reduction of R*S*C_SLICES slices, then the epilogue. The trip
 // counts depend only on blockIdx / gridDim and the geometry, so every thread reaches the same barriers.
 template <typename T, class Cfg>
-__device__ __forceinline__ void tensor_core_conv(const T* __restrict__ x, const T* __restrict__ w,
+__device__ __forceinline__ void tensor_core_conv(const T* __restrict__ x, const unsigned* __restrict__ wp,
                                                  const T* __restrict__ b, T* __restrict__ y, const ConvParams& cp,
                                                  GemmSmem<unsigned, Cfg>& smem) {
     const int tid = threadIdx.x;
     const int Cg = cp.C / cp.groups, Kg = cp.K / cp.groups;
     const int c_slices = Cg / Cfg::BK + (Cg % Cfg::BK != 0);
-    const int kred_padded = cp.R * cp.S * c_slices * Cfg::BK;  // the host's rule keeps this below 2^31
+    const int slices = cp.R * cp.S * c_slices;  // per tile
     const index_t PQ = (index_t)cp.P * cp.Q;
     const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
     const index_t m_tiles = (M + Cfg::BN - 1) / Cfg::BN;
     const int k_tiles = (Kg + Cfg::BM - 1) / Cfg::BM;
     const index_t total = m_tiles * k_tiles * cp.groups;
-    TapWeightLoader<T, Cfg> wl(cp, Cg, tid);
+    PackedWeightLoader<T, Cfg> wl(tid);
     TapIm2colLoader<T, Cfg> xl(x, cp, Cg, M, tid);
     for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
         const GemmBlockIndex bi = gemm_block_index(blk, k_tiles, m_tiles, Cfg::BM, Cfg::BN);
         const int rows = Kg - bi.k_begin < Cfg::BM ? Kg - bi.k_begin : Cfg::BM;
         const int k_first = bi.g * Kg + bi.k_begin;
-        wl.begin_tile(w + (index_t)k_first * wl.kred, rows);
+        // The packed weights of (group g, filter tile k_begin / BM): slices * A_WORDS words each, in order.
+        wl.begin_tile(wp + ((index_t)bi.g * k_tiles + bi.k_begin / Cfg::BM) * slices * Cfg::A_WORDS);
         xl.begin_tile(bi.m0, bi.g);
         WarpMmaTile<T, Cfg> acc(tid);
-        gemm_slices<Cfg>(wl, xl, kred_padded, smem, acc);
+        // gemm_slices' reduction length: slices * BK (the host's rule keeps it below 2^31).
+        gemm_slices<Cfg>(wl, xl, slices * Cfg::BK, smem, acc);
         acc.epilogue(b, y, cp.has_bias, cp.act, cp.K, k_first, rows, bi.m0, M, PQ);
     }
 }
@@ -423,13 +388,13 @@ template <typename T, int BM, int BN, int WARPS_M, int WARPS_N>
 __global__ void __launch_bounds__(32 * WARPS_M * WARPS_N,
                                   gemm_min_blocks_per_sm(BM * BN / (32 * WARPS_M * WARPS_N), 1))
 conv2d_igemm_tc(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
-                const T* __restrict__ w,   // (K, Cg, R, S), C-contiguous
+                const unsigned* __restrict__ wp,  // the weights packed in slices (PackedWeightLoader)
                 const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
                 T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
                 const __grid_constant__ ConvParams cp) {  // the geometry, by value (conv_params.cuh)
     typedef TensorCoreTileConfig<T, BM, BN, WARPS_M, WARPS_N> Cfg;
     __shared__ GemmSmem<unsigned, Cfg> smem;
-    tensor_core_conv<T, Cfg>(x, w, b, y, cp, smem);
+    tensor_core_conv<T, Cfg>(x, wp, b, y, cp, smem);
 }
 
 }  // namespace gpuconv

@@ -24,13 +24,14 @@ The tiles are igemm's, not tuned for tensor cores.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._geometry import ConvGeometry
 from .algo import FORWARD, Algorithm
-from .gemm import LARGE_TILE, gemm_kernel_name, gemm_tile_for, launch_gemm
+from .gemm import LARGE_TILE, data_pointer, gemm_kernel_name, gemm_tile_for, launch_gemm
 from .limits import conv_decline_reason, declines, int32_limit_reason
 
 SOURCE = "conv2d_igemm_tc.cu"
@@ -100,11 +101,71 @@ def igemm_tc_decline_reason(geom: ConvGeometry, dtype) -> str | None:
     return reason
 
 
+# --------------------------------------------------------------------------------------------
+# the packed weights (the kernel's A operand)
+# --------------------------------------------------------------------------------------------
+
+KSTEP = {np.dtype(np.float32): 8, np.dtype(np.float16): 16}  # reduction indices per mma (m16n8k8 / k16)
+
+
+@functools.lru_cache(maxsize=None)
+def _slice_order(bm: int, bk: int, dtype) -> np.ndarray:
+    """Where each 32-bit word of one staged A slice comes from: an int array (words, KPW) of flat indices
+    into the slice's (bm filters, bk reduction indices) block, KPW = reduction indices per word (1 for TF32,
+    2 for float16 pairs, low half first). The kernel's fragment order (FragLayout in
+    kernels/conv2d_igemm_tc.cu): word 4 q + c, q = (ks * bm/16 + blk) * 32 + slot, slot = 4 gid + (tig ^
+    ((gid >> 1) & 3)), c = h + 2 hk, holds row 16 blk + 8 h + gid, reduction index KSTEP ks + KSTEP/2 hk +
+    KPW tig (+ e)."""
+    dtype = np.dtype(dtype)
+    kstep, kpw = KSTEP[dtype], 4 // dtype.itemsize
+    pos = np.arange(bk * bm // kpw)
+    q, c = pos // 4, pos % 4
+    ks, blk, slot = q // 32 // (bm // 16), q // 32 % (bm // 16), q % 32
+    gid = slot // 4
+    tig = (slot % 4) ^ ((gid >> 1) & 3)
+    row = 16 * blk + 8 * (c % 2) + gid
+    k = kstep * ks + kstep // 2 * (c // 2) + kpw * tig
+    return (row * bk + k)[:, None] + np.arange(kpw)[None, :]
+
+
+def tf32_bits(xp, a):
+    """float32 array ``a`` rounded to TF32 as cvt.rna.tf32.f32 rounds (nearest, ties away from zero; inf
+    stays inf, a finite value past the largest TF32 number becomes inf, NaN stays NaN), as uint32 bits."""
+    bits = xp.ascontiguousarray(a).view(xp.uint32)
+    rounded = (bits + xp.uint32(0x1000)) & xp.uint32(0xFFFFE000)
+    return xp.where(xp.isnan(a), bits, rounded)
+
+
+def pack_weights(xp, w, geom: ConvGeometry, tile: TensorCoreTile):
+    """The kernel's A operand: w (K, Cg, R, S) as 32-bit words, per (group, filter tile, slice) one staged
+    slice in fragment order (``_slice_order``), slices tap-major (tap r*S + s outer, channel slices of BK
+    inner), filters past the group's last and channels past Cg zero. A 1-D uint32 array on xp's device,
+    16-byte aligned: the workspace of igemm_tc, groups * ceil(Kg/BM)*BM * R*S * ceil(Cg/BK)*BK elements
+    of w's size (float16 packed in pairs), plus as much again transiently while it is built."""
+    dtype = np.dtype(w.dtype)
+    bm, bk = tile.bm, tile.bk(dtype)
+    g, kg, cg, rs = geom.groups, geom.Kg, geom.Cg, geom.R * geom.S
+    kt, cs = -(-kg // bm), -(-cg // bk)
+    padded = xp.zeros((g, kt * bm, cs * bk, rs), dtype)
+    padded[:, :kg, :cg, :] = w.reshape(g, kg, cg, rs)
+    blocks = padded.reshape(g, kt, bm, cs, bk, rs).transpose(0, 1, 5, 3, 2, 4).reshape(g, kt, rs, cs, bm * bk)
+    words = blocks[..., xp.asarray(_slice_order(bm, bk, dtype))]  # (g, kt, rs, cs, words, KPW)
+    words = tf32_bits(xp, words) if dtype == np.float32 else xp.ascontiguousarray(words).view(xp.uint32)
+    n = words.size
+    out = xp.empty(n + 4, xp.uint32)  # 16-byte aligned for the kernel's 128-bit loads
+    first = (-data_pointer(out) % 16) // 4
+    out = out[first:first + n]
+    out[...] = words.reshape(-1)
+    return out
+
+
 def launch_igemm_tc(rt, x, w, b, y, geom: ConvGeometry, *, tile: TensorCoreTile | None = None) -> str:
-    """The launch of igemm_tc. ``tile`` overrides the rule (tests)."""
+    """The launch of igemm_tc: the weights packed (``pack_weights``, the workspace), then the kernel.
+    ``tile`` overrides the rule (tests)."""
     dtype = np.dtype(x.dtype)
     tile = tc_tile_for(geom, dtype) if tile is None else tile
-    return launch_gemm(rt, SOURCE, KERNEL, x, w, b, y, geom, tile, [], tiles=TILES)
+    wp = pack_weights(rt.xp, w, geom, tile)
+    return launch_gemm(rt, SOURCE, KERNEL, x, wp, b, y, geom, tile, [], tiles=TILES)
 
 
 ALGO = Algorithm("igemm_tc", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, igemm_tc_decline_reason,
