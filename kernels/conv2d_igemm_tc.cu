@@ -54,7 +54,9 @@ template <> struct TcKind<float> {  // TF32, m16n8k8
     static constexpr int KPW = 1;    // reduction indices per 32-bit word
     typedef float Raw;
     __device__ __forceinline__ static Raw zero() { return 0.0f; }
-    __device__ __forceinline__ static Raw load(const float* p) { return *p; }
+    // __ldg: a global, read-only load also where the compiler cannot see that p points into global memory
+    // (the gather's pointer is opaque_pointer()'d, tensor_core.cuh).
+    __device__ __forceinline__ static Raw load(const float* p) { return __ldg(p); }
     // Word t of a run of fetched values v (indices KPW*t ..).
     __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return to_tf32(v[t]); }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
@@ -65,12 +67,17 @@ template <> struct TcKind<float> {  // TF32, m16n8k8
 template <> struct TcKind<half> {  // float16, m16n8k16
     static constexpr int KSTEP = 16;
     static constexpr int KPW = 2;
-    typedef unsigned short Raw;  // the float16 bits
+    // The float16 bits, zero-extended: a 32-bit register zeroed as a whole (no 16-bit merge per element).
+    typedef unsigned Raw;
     __device__ __forceinline__ static Raw zero() { return 0; }
-    __device__ __forceinline__ static Raw load(const half* p) { return half_bits(*p); }
-    __device__ __forceinline__ static unsigned word(const Raw* v, int t) {
-        return (unsigned)v[2 * t] | ((unsigned)v[2 * t + 1] << 16);
+    __device__ __forceinline__ static Raw load(const half* p) {
+#if defined(GPUCONV_EMULATED)
+        return half_bits(*p);
+#else
+        return __ldg(reinterpret_cast<const unsigned short*>(p));  // (half is our 2-byte struct here)
+#endif
     }
+    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return v[2 * t] | (v[2 * t + 1] << 16); }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k16_f16(d, a, b);
     }
@@ -197,7 +204,7 @@ struct TapIm2colLoader {
     int chan0;
     int c0, r, s;             // the slice fetched last: channels c0.., tap (r, s)
     int woff[4];
-    int HWi;                  // H*W as int: the channel stride (the host's rule: 64 * H*W < 2^31)
+    int HWi;                  // H*W as int: the channel stride
     typename Kind::Raw v[L];
 
     __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
@@ -230,7 +237,8 @@ struct TapIm2colLoader {
         // unsigned compares also reject negative coordinates (top / left padding).
         const bool ok = px.col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
         const int lim = ok ? px.Cg - c0 - chan0 : 0;
-        const T* p = ok ? px.xb + (index_t)(c0 + chan0) * px.HW + (index_t)ih * px.W + iw : px.xb;
+        // int offset within the image's group of channels (the host's rule: C/groups * H*W < 2^31).
+        const T* p = opaque_pointer(px.xb + (ok ? (c0 + chan0) * HWi + ih * px.W + iw : 0));
         GPUCONV_UNROLL
         for (int i = 0; i < L; ++i) {
             v[i] = i < lim ? Kind::load(p) : Kind::zero();

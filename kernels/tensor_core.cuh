@@ -85,6 +85,17 @@ __device__ __forceinline__ unsigned short half_bits(half h) { return h.bits; }
 
 #endif
 
+// Hides how pointer p was computed from the compiler (an empty asm that "changes" it; no instruction). The
+// tensor-core kernel's gather forms one pointer per slice and steps it by a channel stride per element:
+// without this, ptxas folded the pointer's own 32-bit terms into every element's address and rebuilt each
+// one from 64-bit sums and shifts (up to 4 instructions per element instead of 1).
+template <typename T> __device__ __forceinline__ const T* opaque_pointer(const T* p) {
+#if !defined(GPUCONV_EMULATED) && defined(__CUDA_ARCH__)
+    asm volatile("" : "+l"(p));
+#endif
+    return p;
+}
+
 __device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
     return (unsigned)half_bits(float_to_half(lo)) | ((unsigned)half_bits(float_to_half(hi)) << 16);
 }
