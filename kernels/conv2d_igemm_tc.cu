@@ -136,8 +136,9 @@ struct TensorCoreTileConfig {
     typedef FragLayout<T, BN, BK> LayoutB;
     static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tiles must be whole 16x16 fragment blocks");
     // The B loader's thread pattern (below) covers a slice exactly once: BN columns x (BK / KSTEP) k-steps,
-    // one (column, k-step) per thread.
-    static_assert(BN * (BK / KSTEP) == THREADS, "B: one column x one k-step per thread");
+    // B_KSTEPS consecutive k-steps of one column per thread.
+    static constexpr int B_KSTEPS = BN * (BK / KSTEP) / THREADS;
+    static_assert(B_KSTEPS >= 1 && B_KSTEPS * THREADS == BN * (BK / KSTEP), "B: whole k-steps of one column");
     template <typename A> __device__ __forceinline__ static A staged(A v) { return v; }  // (Im2colLoader's contract)
 };
 
@@ -199,7 +200,7 @@ struct PackedWeightLoader {
 template <typename T, class Cfg>
 struct TapIm2colLoader {
     typedef TcKind<T> Kind;
-    static constexpr int L = Cfg::KSTEP;  // channels per column and slice
+    static constexpr int L = Cfg::KSTEP * Cfg::B_KSTEPS;  // channels per column and slice
     Im2colLoader<T, Cfg> px;  // the pixel of this thread's column, per tile (begin_tile); its fetch is unused
     int chan0;
     int c0, r, s;             // the slice fetched last: channels c0.., tap (r, s)
@@ -211,7 +212,8 @@ struct TapIm2colLoader {
         : px(x, cp, Cg, M, tid), HWi(cp.H * cp.W), chan0((tid / Cfg::BN) * L), c0(0), r(0), s(0) {
         const int col = tid % Cfg::BN;
         GPUCONV_UNROLL
-        for (int t = 0; t < 4; ++t) woff[t] = Cfg::LayoutB::quad(tid / Cfg::BN, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
+        for (int t = 0; t < 4; ++t)
+            woff[t] = Cfg::LayoutB::quad((tid / Cfg::BN) * Cfg::B_KSTEPS, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
     }
 
     __device__ __forceinline__ void begin_tile(index_t m0, int g) {
@@ -249,11 +251,14 @@ struct TapIm2colLoader {
     __device__ __forceinline__ void stage(unsigned (*dst)[Cfg::B_LD]) {
         unsigned* buf = &dst[0][0];
         GPUCONV_UNROLL
-        for (int t = 0; t < 4; ++t) {
-            uint2 q;
-            q.x = Kind::word(v, t);                   // k-step half hk = 0
-            q.y = Kind::word(v + 4 * Cfg::KPW, t);    // hk = 1
-            *reinterpret_cast<uint2*>(buf + woff[t]) = q;
+        for (int k = 0; k < Cfg::B_KSTEPS; ++k) {
+            GPUCONV_UNROLL
+            for (int t = 0; t < 4; ++t) {
+                uint2 q;
+                q.x = Kind::word(v + k * Cfg::KSTEP, t);                   // k-step half hk = 0
+                q.y = Kind::word(v + k * Cfg::KSTEP + 4 * Cfg::KPW, t);    // hk = 1
+                *reinterpret_cast<uint2*>(buf + woff[t] + k * Cfg::LayoutB::KS_WORDS) = q;
+            }
         }
     }
 };

@@ -69,7 +69,7 @@ class TensorCoreTile:
 
 
 TC_LARGE_TILE = TensorCoreTile("large", 128, 128, 2, 4)
-TC_SMALL_TILE = TensorCoreTile("small", 64, 64, 2, 4)
+TC_SMALL_TILE = TensorCoreTile("small", 64, 64, 2, 2)
 TILES = (TC_LARGE_TILE, TC_SMALL_TILE)
 
 
