@@ -3,28 +3,39 @@
 //
 // Kernel in this file:
 //   conv2d_igemm_tc<T, BM, BN, WARPS_M, WARPS_N>: conv2d_igemm's GEMM — per conv group, (Kg filters) x
-//       (M = N*P*Q pixels), the reduction Cg*R*S gathered from x on the fly by Im2colLoader (im2col_loader.cuh)
-//       — with the same double-buffered shared slices (gemm_tile.cuh: GemmWeightLoader, gemm_slices,
-//       gemm_conv_tiles; BK = 16), but the block's (WARPS_M x WARPS_N) warps each compute a
-//       (BM/WARPS_M) x (BN/WARPS_N) warp tile made of 16x8 mma tiles (tensor_core.cuh), whose fragments the
-//       lanes read straight from the staged slices. Covers every geometry conv2d_igemm does.
-//   T = float: mma m16n8k8 on TF32 operands (each weight and input value rounded to 10 mantissa bits with
-//       cvt.rna as the loaders stage it into shared memory), float32 products and sums: what cuDNN and
-//       PyTorch compute for float32 when TF32 is allowed. T = half: mma m16n8k16 on the float16 values
-//       themselves (exact), float32 accumulation, as conv2d_igemm's float16 path.
+//       (M = N*P*Q pixels) over the reduction of Cg channels x R*S taps, the im2col operand gathered from x
+//       on the fly — with its own pipeline for tensor cores:
+//       * the reduction runs tap-major in slices of BK channels of one tap ("The reduction order" below),
+//         so the gather tests a tap's bounds once per slice and loads each element at a fixed channel
+//         stride (im2col_loader.cuh's Im2colLoader::begin_tile decomposes each thread's pixel per tile);
+//       * the weights come packed by the host (gpuconv/_cuda/conv_igemm_tc.py pack_weights: the workspace,
+//         once per call) in exactly the staged slices' layout, TF32-rounded for float: a slice of A is two
+//         to four 128-bit copies per thread, with no bounds, rounding or gather in the main loop;
+//       * both operands are staged in mma fragment order (FragLayout): each lane reads a fragment with one
+//         128-bit shared load (one per 16-row mma tile of A, one per two 8-column mma tiles of B) straight
+//         into the mma's operand registers;
+//       * gemm_tile.cuh's double-buffered slice loop (gemm_slices: one barrier per slice, the next slice's
+//         global loads in flight while this one is computed), GemmSmem, gemm_block_index and
+//         gemm_min_blocks_per_sm are reused as they are.
+//       Covers every geometry conv2d_igemm does.
+//   T = float: mma m16n8k8 on TF32 operands (weights rounded by the host, input values with cvt.rna as the
+//       gather stages them: 10 mantissa bits, nearest, ties away), float32 products and sums: what cuDNN
+//       and PyTorch compute for float32 when TF32 is allowed. T = half: mma m16n8k16 on the float16 values
+//       themselves (exact products), float32 accumulation, as conv2d_igemm's float16 path.
 //   Tile configs the host instantiates (gpuconv/_cuda/conv_igemm_tc.py): "large" BM = BN = 128, 2 x 4 warps
-//       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 2 x 4
-//       warps (32 x 16 per warp: 2 x 2 mma tiles). Chosen by the same rule as conv2d_igemm's tiles.
-//   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
-//       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
-//       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w (below).
-//   Launch shape: 1-D block of 256 threads; 1-D grid over groups * ceil(M / BN) * ceil(Kg / BM) tiles with a
-//       64-bit grid-stride loop. Extra parameter vec_w as conv2d_igemm (4-wide weight loads).
-//   Shared memory: static, 2 * 16 * (BM + 8 + BN + 8) * 4 bytes = 34,816 (large), 18,432 (small), float for
-//       both types (the float16 operands are packed back to float16 pairs, exactly, as fragments are built).
-//   Registers (NVRTC 12.9 and 13.5, no spills; tests/test_nvrtc_compile.py prints them): large 202-220 on
-//       sm_80..sm_90, 234-245 on sm_100 / sm_120 (__launch_bounds__ asks for 1 block per SM, as
-//       conv2d_igemm's 8x8 tile), small 105-123 (2 per SM).
+//       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 2 x 2
+//       warps (32 x 32 per warp: 2 x 4 mma tiles, 32 accumulators). Chosen by conv2d_igemm's tile rule. BK
+//       (TensorCoreTileConfig): float large 16, float small 32, half large 32, half small 64.
+//   Parameters: the pointers x, wp (the packed weights, 32-bit words), b, y, then the geometry as one
+//       ConvParams cp passed by value (kernels/conv_params.cuh; the host fills it with
+//       gpuconv/_cuda/abi.py conv_kernel_args).
+//   Launch shape: 1-D block of 32 * WARPS_M * WARPS_N threads (256 large, 128 small); 1-D grid over
+//       groups * ceil(M / BN) * ceil(Kg / BM) tiles with a 64-bit grid-stride loop.
+//   Shared memory: static, 32 KB (TENSOR_CORE_STAGING_BYTES: two buffers of A and B slices) per block.
+//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13): non-mma instructions per mma 4.3 / 4.3
+//       (float large), 4.7 / 4.7 (half large), 7.3 (small tiles; the gathered operand costs twice as
+//       much per mma with 64 filters per block as with 128). Floors in tests/sass_floors.json.
+//   Registers (no spills; tests/test_nvrtc_compile.py prints them): REGISTERS_LINE
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).

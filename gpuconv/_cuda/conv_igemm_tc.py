@@ -1,12 +1,12 @@
 """``igemm_tc``: the implicit-GEMM conv2d on tensor cores (``kernels/conv2d_igemm_tc.cu``).
 
-The same GEMM as ``igemm`` (filters x N*P*Q pixels per group, the im2col matrix gathered on the fly, the
-same double-buffered shared slices and loaders), with each warp's products done by PTX ``mma.sync``:
+The same GEMM as ``igemm`` (filters x N*P*Q pixels per group, the im2col matrix gathered on the fly), with
+each warp's products done by PTX ``mma.sync`` and a pipeline of its own (the kernel's header):
 
-* float32 as **TF32**: every weight and input value is rounded to a 10-bit mantissa (``cvt.rna``) before the
-  product, sums in float32, as cuDNN / PyTorch compute float32 convolutions with TF32 allowed (their
-  default). Results then agree with the float32 convolution to about 1e-3 relative to the sum of the
-  terms' magnitudes, not to float32 rounding;
+* float32 as **TF32**: every weight and input value is rounded to a 10-bit mantissa (``cvt.rna``'s
+  rounding) before the product, sums in float32, as cuDNN / PyTorch compute float32 convolutions with TF32
+  allowed (their default). Results then agree with the float32 convolution to about 1e-3 relative to the
+  sum of the terms' magnitudes, not to float32 rounding;
 * float16 on the float16 values themselves (exact products), float32 accumulation (as ``igemm``'s float16);
 * float64 is declined (tensor cores here have no float64 path).
 
@@ -16,10 +16,18 @@ for speed. It needs compute capability 8.0 (Ampere) or newer (``MIN_COMPUTE_CAPA
 named call raises ``ValueError`` and ``'auto'`` leaves it out.
 
 Tile configs (template arguments ``BM, BN, WARPS_M, WARPS_N``): ``large`` 128 x 128 with 2 x 4 warps, ``small``
-64 x 64 with 2 x 4 warps, chosen by igemm's rule (``gemm.gemm_tile_for``: large when a group has more
-than 64 filters and the large tiles number at least 128). Weight loads are 4-wide under igemm's rule.
+64 x 64 with 2 x 2 warps, chosen by igemm's rule (``gemm.gemm_tile_for``: large when a group has more than
+64 filters and the large tiles number at least 128); the autotuner measures the algorithm with that
+rule's tile. The reduction runs tap-major in slices of ``bk`` channels (``TensorCoreTile.bk``: as many as
+32 KB of double-buffered staging hold), each tap's channels padded to a multiple of ``bk`` with zeros (a
+layer with few channels per group, e.g. C = 3, multiplies mostly zeros: igemm suits it better).
 
-The tiles are igemm's, not tuned for tensor cores.
+**Workspace**: the weights packed once per call (``pack_weights``) into the kernel's staged-slice layout,
+TF32-rounded for float32: ``groups * ceil(Kg/BM)*BM * R*S * ceil(Cg/bk)*bk`` elements of w's size (as
+much again transiently while it is built), freed when the call returns.
+
+The tiles are reasoned from the hardware and the machine code (``tests/sass_check.py``), not yet tuned on a
+GPU.
 """
 
 from __future__ import annotations
