@@ -250,7 +250,7 @@ struct TapIm2colLoader {
         // unsigned compares also reject negative coordinates (top / left padding).
         const bool ok = px.col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
         const int lim = ok ? px.Cg - c0 - chan0 : 0;
-        // int offset within the image's group of channels (the host's rule: C/groups * H*W < 2^31).
+        // int offset within the image's group of channels (the host's rule: ceil(Cg/BK)*BK * H*W < 2^31).
         const T* p = opaque_pointer(px.xb + (ok ? (c0 + chan0) * HWi + ih * px.W + iw : 0));
         GPUCONV_UNROLL
         for (int i = 0; i < L; ++i) {

@@ -125,3 +125,16 @@ def test_channel_tail_with_groups_stride_dilation_flip(rt, dtype):
     check_conv(rt, "igemm_tc", x, w, b, stride=2, padding=((1, 0), (0, 1)), dilation=(2, 1), groups=2,
                flip=True, activation="relu", reference=reference_conv2d_tf32,
                precision="tf32" if on_gpu(rt) and dtype == np.float32 else None, tile=t)
+
+
+def test_declines_what_its_int_offsets_cannot_hold():
+    """The tap-major gather forms channel offsets within one image's group of channels as int: a 2 x 6000 x
+    6000 input (72M elements per image, 64 * 36M > 2^31 with the channels padded to a slice) is declined
+    with the size named, as is a padded reduction past 2^31; an ordinary layer is not."""
+    big = conv_geometry((1, 2, 6000, 6000), (4, 2, 3, 3), None, padding=1)
+    reason = conv_igemm_tc.igemm_tc_decline_reason(big, np.float32)
+    assert reason is not None and "(C/groups rounded up to 64) * H * W = 2304000000" in reason
+    wide = conv_geometry((1, 1, 8, 8), (4, 1, 6000, 6000), None, padding=3000)
+    assert "kernel_h * kernel_w" in conv_igemm_tc.igemm_tc_decline_reason(wide, np.float16)
+    assert conv_igemm_tc.igemm_tc_decline_reason(conv_geometry((1, 64, 56, 56), (64, 64, 3, 3), None),
+                                                 np.float32) is None

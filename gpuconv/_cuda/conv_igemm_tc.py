@@ -95,8 +95,8 @@ INSTANTIATIONS = tuple(tc_name(dt, t) for dt in DTYPES for t in TILES)
 
 def igemm_tc_decline_reason(geom: ConvGeometry, dtype) -> str | None:
     """float64 is declined; otherwise the shared 32-bit size rule, plus the two ``int`` sizes of the
-    tap-major reduction (kernels/conv2d_igemm_tc.cu): the padded reduction R*S*ceil(Cg/BK)*BK and the
-    channel offsets of a loader's run, BK*H*W (BK = 64, the largest)."""
+    tap-major reduction (kernels/conv2d_igemm_tc.cu): the padded reduction R*S*ceil(Cg/BK)*BK and the gather's
+    offsets within one image's group of channels, ceil(Cg/BK)*BK*H*W (BK = 64, the largest)."""
     if np.dtype(dtype) not in DTYPES:
         return (f"igemm_tc declines {np.dtype(dtype)}: its tensor-core products take float32 (as TF32) or "
                 "float16; use algo='igemm'")
@@ -105,7 +105,7 @@ def igemm_tc_decline_reason(geom: ConvGeometry, dtype) -> str | None:
         bk = max(t.bk(dt) for t in TILES for dt in DTYPES)
         reason = declines("igemm_tc", int32_limit_reason(
             {f"kernel_h * kernel_w * (C/groups rounded up to {bk})": geom.R * geom.S * -(-geom.Cg // bk) * bk,
-             f"{bk} * H * W": bk * geom.H * geom.W}, "conv2d"))
+             f"(C/groups rounded up to {bk}) * H * W": -(-geom.Cg // bk) * bk * geom.H * geom.W}, "conv2d"))
     return reason
 
 
