@@ -32,9 +32,10 @@
 //   Launch shape: 1-D block of 32 * WARPS_M * WARPS_N threads (256 large, 128 small); 1-D grid over
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles with a 64-bit grid-stride loop.
 //   Shared memory: static, 32 KB (TENSOR_CORE_STAGING_BYTES: two buffers of A and B slices) per block.
-//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13): non-mma instructions per mma 4.3 / 4.3
-//       (float large), 4.7 / 4.7 (half large), 7.3 (small tiles; the gathered operand costs twice as
-//       much per mma with 64 filters per block as with 128). Floors in tests/sass_floors.json.
+//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.x): non-mma instructions per mma 4.34 / 4.28
+//       (float large), 4.72 / 4.66 (half large), 7.34 / 6.47 (float small), 7.28 / 7.25 (half small: the
+//       gathered operand costs twice as much per mma with 64 filters per block as with 128). Floors in
+//       tests/sass_floors.json.
 //   Registers (no spills; tests/test_nvrtc_compile.py prints them): REGISTERS_LINE
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
@@ -203,20 +204,21 @@ struct PackedWeightLoader {
 
 // The B operand: the im2col matrix in (tap, channel) order, B[(tap, c)][m] = x[n, g*Cg + c, ih, iw] with
 // (ih, iw) = tap (r, s)'s input position for pixel m (0 in the padding). Thread tid owns pixel (column)
-// tid % BN and k-step ks = tid / BN (channels KSTEP*ks .. + KSTEP - 1) of each slice. Per tile,
+// tid % BN and the B_KSTEPS k-steps from (tid / BN) * B_KSTEPS (L = KSTEP * B_KSTEPS consecutive channels)
+// of each slice. Per tile,
 // im2col_loader.cuh's Im2colLoader::begin_tile (the same column tid % BN) decomposes the pixel: its image's
 // first channel xb, the input position of tap (0, 0) and the signed tap steps (which carry the flip); this
 // loader walks the taps from there. Its stage() writes word tig of both k-step halves (hk = 0, 1) of the
-// column as one 64-bit store; one phase's 16 threads are 16 consecutive columns (8 gid x 2 h): all banks.
+// column as one 64-bit store per k-step; one phase's 16 threads are 16 consecutive columns (8 gid x 2 h): all banks.
 template <typename T, class Cfg>
 struct TapIm2colLoader {
     typedef TcKind<T> Kind;
     static constexpr int L = Cfg::KSTEP * Cfg::B_KSTEPS;  // channels per column and slice
     Im2colLoader<T, Cfg> px;  // the pixel of this thread's column, per tile (begin_tile); its fetch is unused
-    int chan0;
-    int c0, r, s;             // the slice fetched last: channels c0.., tap (r, s)
-    int woff[4];
     int HWi;                  // H*W as int: the channel stride
+    int chan0;                // this thread's first channel of each slice
+    int c0, r, s;             // the slice fetched last: channels c0.., tap (r, s)
+    int woff[4];              // word tig's 64-bit store: its first word in the slice
     typename Kind::Raw v[L];
 
     __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
