@@ -36,7 +36,10 @@
 //       (float large), 4.72 / 4.66 (half large), 7.34 / 6.47 (float small), 7.28 / 7.25 (half small: the
 //       gathered operand costs twice as much per mma with 64 filters per block as with 128). Floors in
 //       tests/sass_floors.json.
-//   Registers (no spills; tests/test_nvrtc_compile.py prints them): REGISTERS_LINE
+//   Registers (NVRTC 13, no spills, no stack; tests/test_nvrtc_compile.py prints them): large 192-203 on
+//       sm_80..sm_90 (float; half 200-211), 218-234 on sm_100 / sm_120, within __launch_bounds__'s one
+//       block per SM (64 accumulators per thread); small 168-194 on sm_80..sm_90, 188-208 on sm_100 /
+//       sm_120, within its two blocks of 128 threads per SM (256 registers).
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
