@@ -3,28 +3,43 @@
 //
 // Kernel in this file:
 //   conv2d_igemm_tc<T, BM, BN, WARPS_M, WARPS_N>: conv2d_igemm's GEMM — per conv group, (Kg filters) x
-//       (M = N*P*Q pixels), the reduction Cg*R*S gathered from x on the fly by Im2colLoader (im2col_loader.cuh)
-//       — with the same double-buffered shared slices (gemm_tile.cuh: GemmWeightLoader, gemm_slices,
-//       gemm_conv_tiles; BK = 16), but the block's (WARPS_M x WARPS_N) warps each compute a
-//       (BM/WARPS_M) x (BN/WARPS_N) warp tile made of 16x8 mma tiles (tensor_core.cuh), whose fragments the
-//       lanes read straight from the staged slices. Covers every geometry conv2d_igemm does.
-//   T = float: mma m16n8k8 on TF32 operands (each weight and input value rounded to 10 mantissa bits with
-//       cvt.rna as the loaders stage it into shared memory), float32 products and sums: what cuDNN and
-//       PyTorch compute for float32 when TF32 is allowed. T = half: mma m16n8k16 on the float16 values
-//       themselves (exact), float32 accumulation, as conv2d_igemm's float16 path.
+//       (M = N*P*Q pixels) over the reduction of Cg channels x R*S taps, the im2col operand gathered from x
+//       on the fly — with its own pipeline for tensor cores:
+//       * the reduction runs tap-major in slices of BK channels of one tap ("The reduction order" below),
+//         so the gather tests a tap's bounds once per slice and loads each element at a fixed channel
+//         stride (im2col_loader.cuh's Im2colLoader::begin_tile decomposes each thread's pixel per tile);
+//       * the weights come packed by the host (gpuconv/_cuda/conv_igemm_tc.py pack_weights: the workspace,
+//         once per call) in exactly the staged slices' layout, TF32-rounded for float: a slice of A is two
+//         to four 128-bit copies per thread, with no bounds, rounding or gather in the main loop;
+//       * both operands are staged in mma fragment order (FragLayout): each lane reads a fragment with one
+//         128-bit shared load (one per 16-row mma tile of A, one per two 8-column mma tiles of B) straight
+//         into the mma's operand registers;
+//       * gemm_tile.cuh's double-buffered slice loop (gemm_slices: one barrier per slice, the next slice's
+//         global loads in flight while this one is computed), GemmSmem, gemm_block_index and
+//         gemm_min_blocks_per_sm are reused as they are.
+//       Covers every geometry conv2d_igemm does.
+//   T = float: mma m16n8k8 on TF32 operands (weights rounded by the host, input values with cvt.rna as the
+//       gather stages them: 10 mantissa bits, nearest, ties away), float32 products and sums: what cuDNN
+//       and PyTorch compute for float32 when TF32 is allowed. T = half: mma m16n8k16 on the float16 values
+//       themselves (exact products), float32 accumulation, as conv2d_igemm's float16 path.
 //   Tile configs the host instantiates (gpuconv/_cuda/conv_igemm_tc.py): "large" BM = BN = 128, 2 x 4 warps
-//       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 2 x 4
-//       warps (32 x 16 per warp: 2 x 2 mma tiles). Chosen by the same rule as conv2d_igemm's tiles.
-//   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
-//       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
-//       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w (below).
-//   Launch shape: 1-D block of 256 threads; 1-D grid over groups * ceil(M / BN) * ceil(Kg / BM) tiles with a
-//       64-bit grid-stride loop. Extra parameter vec_w as conv2d_igemm (4-wide weight loads).
-//   Shared memory: static, 2 * 16 * (BM + 8 + BN + 8) * 4 bytes = 34,816 (large), 18,432 (small), float for
-//       both types (the float16 operands are packed back to float16 pairs, exactly, as fragments are built).
-//   Registers (NVRTC 12.9 and 13.5, no spills; tests/test_nvrtc_compile.py prints them): large 202-220 on
-//       sm_80..sm_90, 234-245 on sm_100 / sm_120 (__launch_bounds__ asks for 1 block per SM, as
-//       conv2d_igemm's 8x8 tile), small 105-123 (2 per SM).
+//       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 2 x 2
+//       warps (32 x 32 per warp: 2 x 4 mma tiles, 32 accumulators). Chosen by conv2d_igemm's tile rule. BK
+//       (TensorCoreTileConfig): float large 16, float small 32, half large 32, half small 64.
+//   Parameters: the pointers x, wp (the packed weights, 32-bit words), b, y, then the geometry as one
+//       ConvParams cp passed by value (kernels/conv_params.cuh; the host fills it with
+//       gpuconv/_cuda/abi.py conv_kernel_args).
+//   Launch shape: 1-D block of 32 * WARPS_M * WARPS_N threads (256 large, 128 small); 1-D grid over
+//       groups * ceil(M / BN) * ceil(Kg / BM) tiles with a 64-bit grid-stride loop.
+//   Shared memory: static, 32 KB (TENSOR_CORE_STAGING_BYTES: two buffers of A and B slices) per block.
+//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.x): non-mma instructions per mma 4.34 / 4.28
+//       (float large), 4.72 / 4.66 (half large), 7.34 / 6.47 (float small), 7.28 / 7.25 (half small: the
+//       gathered operand costs twice as much per mma with 64 filters per block as with 128). Floors in
+//       tests/sass_floors.json.
+//   Registers (NVRTC 13, no spills, no stack; tests/test_nvrtc_compile.py prints them): large 192-203 on
+//       sm_80..sm_90 (float; half 200-211), 218-234 on sm_100 / sm_120, within __launch_bounds__'s one
+//       block per SM (64 accumulators per thread); small 168-194 on sm_80..sm_90, 188-208 on sm_100 /
+//       sm_120, within its two blocks of 128 threads per SM (256 registers).
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
@@ -41,87 +56,240 @@
 
 namespace gpuconv {
 
-// Per storage type T: what a loader stages (staged) and the fragments of one mma from the staged slices:
-// as[kk][row] = A[row][kk] (A^T, gemm_tile.cuh), bs[kk][col] = B[kk][col]. `row` / `col` is the mma tile's
-// first row / column within the block tile, `kk` its first reduction index within the slice; layouts per
-// lane as in tensor_core.cuh.
-template <typename T> struct TensorCoreMma;
+// ---------------------------------------------------------------------------------------------------
+// Per storage type: the mma shape, and how a loader holds a fetched value (Raw) until it packs it into
+// the 32-bit words the mma takes. float: one TF32 word per reduction index, rounded (cvt.rna) as it is
+// staged, once per element. half: the float16 bits as they are (products of the values themselves are
+// exact), two consecutive reduction indices per word, the lower index in the low 16 bits.
+// ---------------------------------------------------------------------------------------------------
+template <typename T> struct TcKind;
 
-template <> struct TensorCoreMma<float> {  // TF32, m16n8k8
-    static constexpr int K = 8;
-    // Rounded to TF32 as it enters shared memory (once per element, not once per fragment read); the
-    // fragments then take the staged bits as they are.
-    __device__ __forceinline__ static float staged(float v) { return __uint_as_float(to_tf32(v)); }
-    template <int LD>
-    __device__ __forceinline__ static void load_a(unsigned (&a)[4], const float (*as)[LD], int kk, int row, int gid,
-                                                  int tig) {
-        a[0] = __float_as_uint(as[kk + tig][row + gid]);
-        a[1] = __float_as_uint(as[kk + tig][row + gid + 8]);
-        a[2] = __float_as_uint(as[kk + tig + 4][row + gid]);
-        a[3] = __float_as_uint(as[kk + tig + 4][row + gid + 8]);
-    }
-    template <int LD>
-    __device__ __forceinline__ static void load_b(unsigned (&b)[2], const float (*bs)[LD], int kk, int col, int gid,
-                                                  int tig) {
-        b[0] = __float_as_uint(bs[kk + tig][col + gid]);
-        b[1] = __float_as_uint(bs[kk + tig + 4][col + gid]);
-    }
+template <> struct TcKind<float> {  // TF32, m16n8k8
+    static constexpr int KSTEP = 8;  // reduction indices per mma
+    static constexpr int KPW = 1;    // reduction indices per 32-bit word
+    typedef float Raw;
+    __device__ __forceinline__ static Raw zero() { return 0.0f; }
+    // __ldg: a global, read-only load also where the compiler cannot see that p points into global memory
+    // (the gather's pointer is opaque_pointer()'d, tensor_core.cuh).
+    __device__ __forceinline__ static Raw load(const float* p) { return __ldg(p); }
+    // Word t of a run of fetched values v (indices KPW*t ..).
+    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return to_tf32(v[t]); }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k8_tf32(d, a, b);
     }
 };
 
-template <> struct TensorCoreMma<half> {  // float16, m16n8k16; the staged floats are float16 values (exact)
-    static constexpr int K = 16;
-    __device__ __forceinline__ static float staged(float v) { return v; }
-    template <int LD>
-    __device__ __forceinline__ static void load_a(unsigned (&a)[4], const float (*as)[LD], int kk, int row, int gid,
-                                                  int tig) {
-        const int k = kk + 2 * tig;
-        a[0] = pack_half2(as[k][row + gid], as[k + 1][row + gid]);
-        a[1] = pack_half2(as[k][row + gid + 8], as[k + 1][row + gid + 8]);
-        a[2] = pack_half2(as[k + 8][row + gid], as[k + 9][row + gid]);
-        a[3] = pack_half2(as[k + 8][row + gid + 8], as[k + 9][row + gid + 8]);
+template <> struct TcKind<half> {  // float16, m16n8k16
+    static constexpr int KSTEP = 16;
+    static constexpr int KPW = 2;
+    // The float16 bits, zero-extended: a 32-bit register zeroed as a whole (no 16-bit merge per element).
+    typedef unsigned Raw;
+    __device__ __forceinline__ static Raw zero() { return 0; }
+    __device__ __forceinline__ static Raw load(const half* p) {
+#if defined(GPUCONV_EMULATED)
+        return half_bits(*p);
+#else
+        return __ldg(reinterpret_cast<const unsigned short*>(p));  // (half is our 2-byte struct here)
+#endif
     }
-    template <int LD>
-    __device__ __forceinline__ static void load_b(unsigned (&b)[2], const float (*bs)[LD], int kk, int col, int gid,
-                                                  int tig) {
-        const int k = kk + 2 * tig;
-        b[0] = pack_half2(bs[k][col + gid], bs[k + 1][col + gid]);
-        b[1] = pack_half2(bs[k + 8][col + gid], bs[k + 9][col + gid]);
-    }
+    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return v[2 * t] | (v[2 * t + 1] << 16); }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k16_f16(d, a, b);
     }
 };
 
-// The block tile: BM filters x BN pixels, BK = 16 reduction indices per slice (two tf32 k-steps of 8, or
-// one f16 k-step of 16), WARPS_M x WARPS_N warps of WM x WN outputs, each MT x NT mma tiles of 16 x 8.
-// Provides what gemm_tile.cuh's loaders and GemmSmem need (BM, BN, BK, THREADS, A_LD, B_LD, staged).
+// ---------------------------------------------------------------------------------------------------
+// The staged slices in fragment order. Of one operand slice (A: DIM = BM filters; B: DIM = BN pixels; BK
+// reduction indices), element (idx, k) with k = KSTEP*ks + (KSTEP/2)*hk + KPW*tig + e and idx = 16 blk +
+// 8h + gid is the reduction-index half a mma fragment word of lane (gid, tig) holds (tensor_core.cuh lists
+// the fragments; e: the float16 half of the word). The 4 words of lane (gid, tig), k-step ks and 16-wide
+// block blk form one 16-byte quad, in the order that lane's fragment registers take:
+//     A (blk = one 16-row mma tile):          word h + 2hk  = a[0], a[1], a[2], a[3]
+//     B (blk = two 8-column mma tiles j, j+1): word hk + 2h  = b_j[0], b_j[1], b_j+1[0], b_j+1[1]
+// so a lane reads each fragment with one 128-bit shared load (A: one per mma tile row, B: one per two mma
+// tile columns) straight into the mma's operand registers (a quad in any other order costs register
+// moves: ptxas's mma operands are consecutive registers). The 32 quads of one (ks, blk) are 512 contiguous
+// bytes, lane (gid, tig) at slot 4 gid + (tig ^ ((gid >> 1) & 3)): then every 8 lanes of a 128-bit read
+// (one phase) hit 8 different 16-byte bank groups, and the loaders' 64-bit stores (below: 16 threads of
+// one phase, one tig, cover 16 different 8-byte bank pairs) are conflict-free; without the XOR, 4 ways.
+// ---------------------------------------------------------------------------------------------------
+template <typename T, int DIM, int BK>
+struct FragLayout {
+    static constexpr int KSTEP = TcKind<T>::KSTEP, KPW = TcKind<T>::KPW;
+    static constexpr int BLOCKS = DIM / 16;
+    static constexpr int KS_WORDS = BLOCKS * 128;  // words per k-step
+    static_assert(DIM % 16 == 0 && BK % KSTEP == 0, "a slice holds whole 16-wide blocks and k-steps");
+    __device__ __forceinline__ static int slot(int gid, int tig) { return 4 * gid + (tig ^ ((gid >> 1) & 3)); }
+    // First word of the quad of (k-step ks, block blk, lane (gid, tig)).
+    __device__ __forceinline__ static int quad(int ks, int blk, int gid, int tig) {
+        return (ks * BLOCKS + blk) * 128 + 4 * slot(gid, tig);
+    }
+};
+
+// The block tile: BM filters x BN pixels, BK reduction indices per slice, WARPS_M x WARPS_N warps of
+// WM x WN outputs, each MT x NT mma tiles of 16 x 8. Provides what gemm_tile.cuh's GemmSmem and gemm_slices
+// need (BM, BN, BK, THREADS, A_LD, B_LD: a slice is BK / KPW rows of BM or BN 32-bit words, in fragment
+// order) and what Im2colLoader's constructor and begin_tile read (BN, BK, THREADS).
+// BK: as many reduction indices as 32 KB of double-buffered staging holds (TENSOR_CORE_STAGING_BYTES,
+// mirrored by gpuconv/_cuda/conv_igemm_tc.py; the 48 KB of static shared memory leave no room to double
+// it): float 128x128: 16 (two tf32 k-steps), float 64x64: 32, half 128x128: 32 (two f16 k-steps), half
+// 64x64: 64. A larger BK spreads the per-slice work (the tap walk, the barrier) over more mma.
+constexpr int TENSOR_CORE_STAGING_BYTES = 32768;
+
 template <typename T, int BM_, int BN_, int WARPS_M_, int WARPS_N_>
 struct TensorCoreTileConfig {
-    static constexpr int BM = BM_, BN = BN_, BK = 16;
+    static constexpr int BM = BM_, BN = BN_;
+    static constexpr int BK = TENSOR_CORE_STAGING_BYTES / (2 * (BM + BN) * 4 / TcKind<T>::KPW);
     static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
     static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
     static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
     static constexpr int MT = WM / 16, NT = WN / 8;
-    // Rows padded by 8 words: a tf32 fragment read as[kk + tig][row + gid] (bs likewise) then falls in bank
-    // (8*tig + gid) % 32, a different bank for each of the warp's 32 lanes; unpadded (BM, BN multiples of 32)
-    // the 4 lanes of equal gid would share one bank.
-    static constexpr int A_LD = BM + 8, B_LD = BN + 8;
-    static_assert(BM % (16 * WARPS_M) == 0 && BN % (8 * WARPS_N) == 0, "warp tiles must be whole mma tiles");
-    __device__ __forceinline__ static float staged(float v) { return TensorCoreMma<T>::staged(v); }
+    static constexpr int KPW = TcKind<T>::KPW, KSTEP = TcKind<T>::KSTEP;
+    static constexpr int A_LD = BM / KPW, B_LD = BN / KPW;
+    static constexpr int A_WORDS = BK * A_LD;  // 32-bit words of one staged A slice
+    typedef FragLayout<T, BM, BK> LayoutA;
+    typedef FragLayout<T, BN, BK> LayoutB;
+    static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tiles must be whole 16x16 fragment blocks");
+    // The B loader's thread pattern (below) covers a slice exactly once: BN columns x (BK / KSTEP) k-steps,
+    // B_KSTEPS consecutive k-steps of one column per thread.
+    static constexpr int B_KSTEPS = BN * (BK / KSTEP) / THREADS;
+    static_assert(B_KSTEPS >= 1 && B_KSTEPS * THREADS == BN * (BK / KSTEP), "B: whole k-steps of one column");
+    template <typename A> __device__ __forceinline__ static A staged(A v) { return v; }  // (Im2colLoader's contract)
 };
 
-// The tensor-core accumulator for gemm_tile.cuh's slice and tile loops: warp w computes rows
-// (w / WARPS_N) * WM .. + WM and columns (w % WARPS_N) * WN .. + WN of the block tile; this lane holds, of mma
-// tile (i, j), d[i][j][2h + e] = C[row0 + 16i + gid + 8h][col0 + 8j + 2tig + e] (h, e in {0, 1}).
+// ---------------------------------------------------------------------------------------------------
+// The reduction order: filter tap major. The GEMM's reduction runs over (tap, channel) with the tap
+// t = r*S + s outermost and the group's Cg channels innermost, in slices of BK channels of one tap (the
+// last slice of a tap zero-filled past Cg): slice number sl covers tap sl / C_SLICES, channels
+// (sl % C_SLICES) * BK ..., C_SLICES = ceil(Cg / BK). Within one slice every value a thread gathers for its
+// pixel comes from the same input position (ih, iw) of consecutive channels, so the tap's bounds test and
+// address are worked out once per slice, not per element as in the (c, r, s) order, and each element
+// costs one predicated load at a fixed channel stride. The loaders walk (tap, c0) incrementally:
+// gemm_slices calls fetch() for slices 0, 1, 2, ... in order (the k0 it passes, slice * BK, is that
+// order's position in the padded reduction R*S*C_SLICES*BK and is not needed). Rounding follows this
+// order; the result is bitwise deterministic as before.
+// ---------------------------------------------------------------------------------------------------
+
+// The A operand: the weights, packed by the host (gpuconv/_cuda/conv_igemm_tc.py, pack_weights) into
+// exactly the staged slices' layout: per (group, filter tile, slice), the slice's A_WORDS 32-bit words in
+// fragment order (FragLayout, A's word order), TF32-rounded (cvt.rna's rounding, NaN kept) for float,
+// float16 pairs for half, zero for filters past the group's last and channels past Cg. So a slice is one
+// contiguous copy: thread tid moves 16-byte chunks tid, tid + THREADS, ... (coalesced 128-bit loads and
+// conflict-free 128-bit shared stores), with no bounds, no rounding and no gather in the main loop. Weights
+// are read many times per call (once per pixel tile), so doing this once per call is the cheaper place.
+template <typename T, class Cfg>
+struct PackedWeightLoader {
+    static constexpr int CHUNKS = Cfg::A_WORDS / 4 / Cfg::THREADS;  // 16-byte chunks per thread and slice
+    static_assert(Cfg::A_WORDS % (4 * Cfg::THREADS) == 0, "a slice must be whole chunks per thread");
+    const uint4* p;  // this thread's first chunk of the next slice
+    int tid;
+    uint4 v[CHUNKS];
+
+    __device__ __forceinline__ explicit PackedWeightLoader(int tid_) : p(nullptr), tid(tid_) {}
+
+    // wp_tile: the tile's first slice (16-byte aligned: the host aligns the packed array, A_WORDS % 4 == 0).
+    __device__ __forceinline__ void begin_tile(const unsigned* wp_tile) {
+        p = reinterpret_cast<const uint4*>(wp_tile) + tid;
+    }
+
+    __device__ __forceinline__ void fetch(int) {  // slices in order (see "The reduction order")
+        GPUCONV_UNROLL
+        for (int i = 0; i < CHUNKS; ++i) v[i] = p[i * Cfg::THREADS];
+        p += Cfg::A_WORDS / 4;
+    }
+
+    __device__ __forceinline__ void stage(unsigned (*dst)[Cfg::A_LD]) {
+        uint4* d = reinterpret_cast<uint4*>(&dst[0][0]) + tid;
+        GPUCONV_UNROLL
+        for (int i = 0; i < CHUNKS; ++i) d[i * Cfg::THREADS] = v[i];
+    }
+};
+
+// The B operand: the im2col matrix in (tap, channel) order, B[(tap, c)][m] = x[n, g*Cg + c, ih, iw] with
+// (ih, iw) = tap (r, s)'s input position for pixel m (0 in the padding). Thread tid owns pixel (column)
+// tid % BN and the B_KSTEPS k-steps from (tid / BN) * B_KSTEPS (L = KSTEP * B_KSTEPS consecutive channels)
+// of each slice. Per tile,
+// im2col_loader.cuh's Im2colLoader::begin_tile (the same column tid % BN) decomposes the pixel: its image's
+// first channel xb, the input position of tap (0, 0) and the signed tap steps (which carry the flip); this
+// loader walks the taps from there. Its stage() writes word tig of both k-step halves (hk = 0, 1) of the
+// column as one 64-bit store per k-step; one phase's 16 threads are 16 consecutive columns (8 gid x 2 h): all banks.
+template <typename T, class Cfg>
+struct TapIm2colLoader {
+    typedef TcKind<T> Kind;
+    static constexpr int L = Cfg::KSTEP * Cfg::B_KSTEPS;  // channels per column and slice
+    Im2colLoader<T, Cfg> px;  // the pixel of this thread's column, per tile (begin_tile); its fetch is unused
+    int HWi;                  // H*W as int: the channel stride
+    int chan0;                // this thread's first channel of each slice
+    int c0, r, s;             // the slice fetched last: channels c0.., tap (r, s)
+    int woff[4];              // word tig's 64-bit store: its first word in the slice
+    typename Kind::Raw v[L];
+
+    __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
+        : px(x, cp, Cg, M, tid), HWi(cp.H * cp.W), chan0((tid / Cfg::BN) * L), c0(0), r(0), s(0) {
+        const int col = tid % Cfg::BN;
+        GPUCONV_UNROLL
+        for (int t = 0; t < 4; ++t)
+            woff[t] = Cfg::LayoutB::quad((tid / Cfg::BN) * Cfg::B_KSTEPS, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
+    }
+
+    __device__ __forceinline__ void begin_tile(index_t m0, int g) {
+        px.begin_tile(m0, g);
+        c0 = -Cfg::BK;
+        r = 0;
+        s = 0;
+    }
+
+    __device__ __forceinline__ void fetch(int) {
+        c0 += Cfg::BK;
+        if (c0 >= px.Cg) {  // next tap: s fastest, then r (w's order of (r, s))
+            c0 = 0;
+            if (++s == px.S) {
+                s = 0;
+                ++r;
+            }
+        }
+        const int ih = px.ih0 + r * px.tap_dh;
+        const int iw = px.iw0 + s * px.tap_dw;
+        // Halo / bounds, once per slice: a tap in the padding (or past the padded edge) reads 0 for all the
+        // run's channels, as does a column past the last pixel; x is never read outside the image. The
+        // unsigned compares also reject negative coordinates (top / left padding).
+        const bool ok = px.col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
+        const int lim = ok ? px.Cg - c0 - chan0 : 0;
+        // int offset within the image's group of channels (the host's rule: ceil(Cg/BK)*BK * H*W < 2^31).
+        const T* p = opaque_pointer(px.xb + (ok ? (c0 + chan0) * HWi + ih * px.W + iw : 0));
+        GPUCONV_UNROLL
+        for (int i = 0; i < L; ++i) {
+            v[i] = i < lim ? Kind::load(p) : Kind::zero();
+            p += HWi;
+        }
+    }
+
+    __device__ __forceinline__ void stage(unsigned (*dst)[Cfg::B_LD]) {
+        unsigned* buf = &dst[0][0];
+        GPUCONV_UNROLL
+        for (int k = 0; k < Cfg::B_KSTEPS; ++k) {
+            GPUCONV_UNROLL
+            for (int t = 0; t < 4; ++t) {
+                uint2 q;
+                q.x = Kind::word(v + k * Cfg::KSTEP, t);                   // k-step half hk = 0
+                q.y = Kind::word(v + k * Cfg::KSTEP + 4 * Cfg::KPW, t);    // hk = 1
+                *reinterpret_cast<uint2*>(buf + woff[t] + k * Cfg::LayoutB::KS_WORDS) = q;
+            }
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The tensor-core accumulator for gemm_slices: warp w computes rows (w / WARPS_N) * WM .. + WM and columns
+// (w % WARPS_N) * WN .. + WN of the block tile; this lane holds, of mma tile (i, j),
+// d[i][j][2h + e] = C[row0 + 16i + gid + 8h][col0 + 8j + 2tig + e] (h, e in {0, 1}).
+// ---------------------------------------------------------------------------------------------------
 template <typename T, class Cfg>
 struct WarpMmaTile {
-    typedef TensorCoreMma<T> Mma;
-    static_assert(Cfg::BK % Mma::K == 0, "a slice must hold whole mma k-steps");
+    typedef TcKind<T> Kind;
     float d[Cfg::MT][Cfg::NT][4];
     int row0, col0, gid, tig;
+    int fa, fb;  // this lane's first word in the A / B slice (k-step 0, the warp's first block)
 
     __device__ __forceinline__ explicit WarpMmaTile(int tid) {
         const int warp = tid / 32, lane = tid % 32;
@@ -129,6 +297,8 @@ struct WarpMmaTile {
         col0 = (warp % Cfg::WARPS_N) * Cfg::WN;
         gid = lane >> 2;
         tig = lane & 3;
+        fa = Cfg::LayoutA::quad(0, row0 / 16, gid, tig);
+        fb = Cfg::LayoutB::quad(0, col0 / 16, gid, tig);
         GPUCONV_UNROLL
         for (int i = 0; i < Cfg::MT; ++i) {
             GPUCONV_UNROLL
@@ -139,20 +309,29 @@ struct WarpMmaTile {
         }
     }
 
-    // One staged slice. Every thread calls this the same number of times (the mma is warp-collective, and
-    // block-collective under the emulator); zero-filled rows / columns (tails, padding) add exact zeros.
-    __device__ __forceinline__ void slice(const float (*as)[Cfg::A_LD], const float (*bs)[Cfg::B_LD]) {
+    // One staged slice: per k-step one 128-bit load per mma tile row (A) and per two mma tile columns (B),
+    // then MT x NT mma. Every thread calls this the same number of times (the mma is warp-collective, and
+    // block-collective under the emulator); zero-filled rows / columns / channels add exact zeros.
+    __device__ __forceinline__ void slice(const unsigned (*as)[Cfg::A_LD], const unsigned (*bs)[Cfg::B_LD]) {
+        const unsigned* A = &as[0][0] + fa;
+        const unsigned* B = &bs[0][0] + fb;
         GPUCONV_UNROLL
-        for (int kk = 0; kk < Cfg::BK; kk += Mma::K) {
-            unsigned a[Cfg::MT][4], b[Cfg::NT][2];
+        for (int ks = 0; ks < Cfg::BK / Kind::KSTEP; ++ks) {
+            uint4 qa[Cfg::MT], qb[Cfg::NT / 2];
             GPUCONV_UNROLL
-            for (int i = 0; i < Cfg::MT; ++i) Mma::load_a(a[i], as, kk, row0 + 16 * i, gid, tig);
+            for (int i = 0; i < Cfg::MT; ++i)
+                qa[i] = *reinterpret_cast<const uint4*>(A + ks * Cfg::LayoutA::KS_WORDS + 128 * i);
             GPUCONV_UNROLL
-            for (int j = 0; j < Cfg::NT; ++j) Mma::load_b(b[j], bs, kk, col0 + 8 * j, gid, tig);
+            for (int p = 0; p < Cfg::NT / 2; ++p)
+                qb[p] = *reinterpret_cast<const uint4*>(B + ks * Cfg::LayoutB::KS_WORDS + 128 * p);
             GPUCONV_UNROLL
             for (int i = 0; i < Cfg::MT; ++i) {
+                const unsigned a[4] = {qa[i].x, qa[i].y, qa[i].z, qa[i].w};
                 GPUCONV_UNROLL
-                for (int j = 0; j < Cfg::NT; ++j) Mma::mma(d[i][j], a[i], b[j]);
+                for (int j = 0; j < Cfg::NT; ++j) {
+                    const unsigned b[2] = {j % 2 ? qb[j / 2].z : qb[j / 2].x, j % 2 ? qb[j / 2].w : qb[j / 2].y};
+                    Kind::mma(d[i][j], a, b);
+                }
             }
         }
     }
@@ -199,21 +378,52 @@ struct WarpMmaTile {
     }
 };
 
+// The tile loop: a 64-bit grid-stride walk over (group, pixel tile, filter tile) in gemm_tile.cuh's order
+// (gemm_block_index), per tile the two tap-major loaders pointed at it, gemm_tile.cuh's double-buffered
+// slice loop (gemm_slices) over the padded reduction of R*S*C_SLICES slices, then the epilogue. The trip
+// counts depend only on blockIdx / gridDim and the geometry, so every thread reaches the same barriers.
+template <typename T, class Cfg>
+__device__ __forceinline__ void tensor_core_conv(const T* __restrict__ x, const unsigned* __restrict__ wp,
+                                                 const T* __restrict__ b, T* __restrict__ y, const ConvParams& cp,
+                                                 GemmSmem<unsigned, Cfg>& smem) {
+    const int tid = threadIdx.x;
+    const int Cg = cp.C / cp.groups, Kg = cp.K / cp.groups;
+    const int c_slices = Cg / Cfg::BK + (Cg % Cfg::BK != 0);
+    const int slices = cp.R * cp.S * c_slices;  // per tile
+    const index_t PQ = (index_t)cp.P * cp.Q;
+    const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
+    const index_t m_tiles = (M + Cfg::BN - 1) / Cfg::BN;
+    const int k_tiles = (Kg + Cfg::BM - 1) / Cfg::BM;
+    const index_t total = m_tiles * k_tiles * cp.groups;
+    PackedWeightLoader<T, Cfg> wl(tid);
+    TapIm2colLoader<T, Cfg> xl(x, cp, Cg, M, tid);
+    for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
+        const GemmBlockIndex bi = gemm_block_index(blk, k_tiles, m_tiles, Cfg::BM, Cfg::BN);
+        const int rows = Kg - bi.k_begin < Cfg::BM ? Kg - bi.k_begin : Cfg::BM;
+        const int k_first = bi.g * Kg + bi.k_begin;
+        // The packed weights of (group g, filter tile k_begin / BM): slices * A_WORDS words each, in order.
+        wl.begin_tile(wp + ((index_t)bi.g * k_tiles + bi.k_begin / Cfg::BM) * slices * Cfg::A_WORDS);
+        xl.begin_tile(bi.m0, bi.g);
+        WarpMmaTile<T, Cfg> acc(tid);
+        // gemm_slices' reduction length: slices * BK (the host's rule keeps it below 2^31).
+        gemm_slices<Cfg>(wl, xl, slices * Cfg::BK, smem, acc);
+        acc.epilogue(b, y, cp.has_bias, cp.act, cp.K, k_first, rows, bi.m0, M, PQ);
+    }
+}
+
 // 64 accumulators per thread in the large tile (BM*BN / THREADS): one block per SM, as conv2d_igemm's 8x8
 // tile; the small tile's 16 allow two.
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N>
 __global__ void __launch_bounds__(32 * WARPS_M * WARPS_N,
                                   gemm_min_blocks_per_sm(BM * BN / (32 * WARPS_M * WARPS_N), 1))
 conv2d_igemm_tc(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
-                const T* __restrict__ w,   // (K, Cg, R, S), C-contiguous
+                const unsigned* __restrict__ wp,  // the weights packed in slices (PackedWeightLoader)
                 const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
                 T* __restrict__ y,         // (N, K, P, Q), C-contiguous, fully written
-                const __grid_constant__ ConvParams cp,  // the geometry, by value (conv_params.cuh)
-                int vec_w) {  // 1: 4-wide weight loads (host checked Cg*R*S % 4 == 0 and w's alignment)
+                const __grid_constant__ ConvParams cp) {  // the geometry, by value (conv_params.cuh)
     typedef TensorCoreTileConfig<T, BM, BN, WARPS_M, WARPS_N> Cfg;
-    __shared__ GemmSmem<float, Cfg> smem;
-
-    implicit_gemm_conv<T, Cfg, WarpMmaTile<T, Cfg>>(x, w, b, y, cp, vec_w, smem);
+    __shared__ GemmSmem<unsigned, Cfg> smem;
+    tensor_core_conv<T, Cfg>(x, wp, b, y, cp, smem);
 }
 
 }  // namespace gpuconv

@@ -9,8 +9,9 @@
 //   mma_m16n8k16_f16(d, a, b):  d += A * B, A 16x16, B 16x8, float16 inputs, float32 accumulation (sm_80+).
 //   to_tf32(f):                 cvt.rna.tf32.f32: f rounded to TF32 (10 mantissa bits, nearest, ties away
 //                               from zero), as the bit pattern the tf32 mma takes.
-//   pack_half2(lo, hi):         two floats as float16 (round to nearest even) in one register, lo in the low
-//                               16 bits, the .f16x2 operand of the f16 mma.
+//   half_bits(h):               a float16's 16 bits (the f16 mma's operands are pairs of them).
+//   opaque_pointer(p):          p, with how it was computed hidden from ptxas (an empty asm; a no-op under
+//                               the emulator): keeps a gather's per-element addresses at one instruction.
 // Fragments, per lane (groupID gid = lane / 4, tig = lane % 4; D is 16x8 for both shapes):
 //   tf32: a = A[gid][tig], A[gid+8][tig], A[gid][tig+4], A[gid+8][tig+4]; b = B[tig][gid], B[tig+4][gid]
 //   f16:  a = A[gid][2tig..+1], A[gid+8][2tig..+1], A[gid][2tig+8..+9], A[gid+8][2tig+8..+9] (pairs packed);
@@ -85,8 +86,16 @@ __device__ __forceinline__ unsigned short half_bits(half h) { return h.bits; }
 
 #endif
 
-__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
-    return (unsigned)half_bits(float_to_half(lo)) | ((unsigned)half_bits(float_to_half(hi)) << 16);
+// Hides how pointer p was computed from the compiler (an empty asm that "changes" it; no instruction). The
+// tensor-core kernel's gather forms one pointer per slice and steps it by a channel stride per element:
+// without this, ptxas folded the pointer's own 32-bit terms into every element's address and rebuilt each
+// one from 64-bit sums and shifts (up to 4 instructions per element instead of 1).
+template <typename T> __device__ __forceinline__ const T* opaque_pointer(const T* p) {
+#if !defined(GPUCONV_EMULATED) && defined(__CUDA_ARCH__)
+    asm volatile("" : "+l"(p));
+#endif
+    return p;
 }
+
 
 }  // namespace gpuconv

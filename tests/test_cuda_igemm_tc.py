@@ -105,21 +105,14 @@ def _edge_params():
 @pytest.mark.parametrize("name, tile, dtype, order", _edge_params())
 def test_igemm_tc_tile_edges(rt, name, tile, dtype, order):
     """Filters, pixels and reduction just below / at / above the tile sizes (test_cuda_igemm's cases; the
-    reduction now runs in slices of 16), each tile forced, both thread orders: with reversed threads a
-    missing barrier reads an unstaged (NaN-poisoned) slice. (The geometry matrix's small shapes only ever
-    take the small tile.)"""
+    channel slices around BK are tests/test_cuda_igemm_tc_pipeline.py's), each tile forced, both thread
+    orders: with reversed threads a missing barrier reads an unstaged (NaN-poisoned) slice. (The geometry
+    matrix's small shapes only ever take the small tile.)"""
     xs, ws, groups, stride, padding, dilation, flip, act, bias = GEMM_EDGE_CASES[name]
     x, w, b = conv_arrays(xs, ws, dtype, bias=bias, seed=len(name))
     _, kid, _ = _run(with_thread_order(rt, order), x, w, b, stride, padding, dilation, groups, flip, act,
                      tile=TILES[tile])
     assert kid == conv_igemm_tc.tc_name(dtype, TILES[tile])
-
-
-@pytest.mark.parametrize("vectorize", [True, False])
-def test_igemm_tc_weight_vector_loads(rt, vectorize):
-    """Cg*R*S = 2*3*2 = 12 allows 4-wide weight loads; with and without them, two small filter tiles."""
-    x, w, b = conv_arrays((1, 2, 9, 10), (70, 2, 3, 2), np.float32, seed=3)
-    _run(rt, x, w, b, padding=1, tile=TC_SMALL_TILE, vectorize_weights=vectorize)
 
 
 def test_igemm_tc_grid_stride_loop(rt, monkeypatch):
