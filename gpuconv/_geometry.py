@@ -299,25 +299,28 @@ def _padding_pair(pair, padding) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def check_conv_shapes(input_shape, weight_shape, bias_shape=None, groups=1):
-    """Validate ranks and channel counts; returns the batched input shape ``(N, C, H, W)``."""
+KERNEL_AXES = {1: "kL", 2: "kH, kW", 3: "kD, kH, kW"}
+
+
+def check_conv_shapes(input_shape, weight_shape, bias_shape=None, groups=1, n=2, fn="conv2d"):
+    """Validate ranks and channel counts of a convolution over ``n`` spatial dimensions (conv1d / conv2d /
+    conv3d: PyTorch's messages); returns the batched input shape ``(N, C, *spatial)``."""
     input_shape = tuple(int(s) for s in input_shape)
     weight_shape = tuple(int(s) for s in weight_shape)
-    if len(weight_shape) != 4:
-        raise ValueError(f"weight must be 4-D (out_channels, in_channels/groups, kH, kW), "
+    if len(weight_shape) != n + 2:
+        raise ValueError(f"weight must be {n + 2}-D (out_channels, in_channels/groups, {KERNEL_AXES[n]}), "
                          f"got weight of size {_shape_str(weight_shape)}")
-    if len(input_shape) == 3:
+    if len(input_shape) == n + 1:
         input_shape = (1,) + input_shape
-    elif len(input_shape) != 4:
-        raise ValueError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, "
+    elif len(input_shape) != n + 2:
+        raise ValueError(f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to {fn}, "
                          f"but got input of size: {_shape_str(input_shape)}")
     if not _is_int(groups):
         raise TypeError(f"groups must be an int, got {groups!r}")
     if groups <= 0:
         raise ValueError(f"non-positive groups is not supported, got groups={groups}")
-    N, C, H, W = input_shape
-    K, Cg, R, S = weight_shape
-    if min(K, Cg, R, S) <= 0:
+    C, K, Cg = input_shape[1], weight_shape[0], weight_shape[1]
+    if min(weight_shape) <= 0:
         raise ValueError(f"weight of size {_shape_str(weight_shape)} has an empty dimension")
     if K % groups != 0:
         raise ValueError(f"Given groups={groups}, expected weight to be divisible by {groups} at "

@@ -21,10 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._geometry import (ACTIVATIONS, ConvGeometry, ConvOptions, NO_OPTIONS, _is_int, _memoized, _shape_str,
-                        conv_geometry, conv_output_size, same_padding)
+                        check_conv_shapes, conv_geometry, conv_output_size, same_padding)
 
 SPATIAL = {1: "L", 3: "D, H, W"}  # the spatial axes' names, for messages
-KERNEL = {1: "kL", 3: "kD, kH, kW"}
 
 
 @dataclass(frozen=True)
@@ -137,48 +136,12 @@ def explicit_padding(padding, n, kernel, stride, dilation, size, flip=False) -> 
     return tuple((p, p) for p in as_tuple(padding, n, "padding", minimum=0))
 
 
-def check_shapes(n: int, fn: str, input_shape, weight_shape, bias_shape, groups) -> tuple:
-    """Ranks and channel counts (conv2d's rules and messages for ``n`` spatial dimensions); returns the
-    batched input shape."""
-    input_shape = tuple(int(s) for s in input_shape)
-    weight_shape = tuple(int(s) for s in weight_shape)
-    if len(weight_shape) != n + 2:
-        raise ValueError(f"weight must be {n + 2}-D (out_channels, in_channels/groups, {KERNEL[n]}), "
-                         f"got weight of size {_shape_str(weight_shape)}")
-    if len(input_shape) == n + 1:
-        input_shape = (1,) + input_shape
-    elif len(input_shape) != n + 2:
-        raise ValueError(f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to {fn}, "
-                         f"but got input of size: {_shape_str(input_shape)}")
-    if not _is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups <= 0:
-        raise ValueError(f"non-positive groups is not supported, got groups={groups}")
-    C, K, Cg = input_shape[1], weight_shape[0], weight_shape[1]
-    if min(weight_shape) <= 0:
-        raise ValueError(f"weight of size {_shape_str(weight_shape)} has an empty dimension")
-    if K % groups != 0:
-        raise ValueError(f"Given groups={groups}, expected weight to be divisible by {groups} at "
-                         f"dimension 0, but got weight of size {_shape_str(weight_shape)} instead")
-    if C % groups != 0:
-        raise ValueError(f"Given groups={groups}, expected input{_shape_str(input_shape)} to have a "
-                         f"channel count divisible by {groups}, but got {C} channels instead")
-    if Cg * groups != C:
-        raise ValueError(f"Given groups={groups}, weight of size {_shape_str(weight_shape)}, expected "
-                         f"input{_shape_str(input_shape)} to have {Cg * groups} channels, but got "
-                         f"{C} channels instead")
-    if bias_shape is not None and tuple(bias_shape) != (K,):
-        raise ValueError(f"Given weight of size {_shape_str(weight_shape)}, expected bias to be 1-dimensional "
-                         f"with {K} elements, but got bias of size {_shape_str(bias_shape)} instead")
-    return input_shape
-
-
 @_memoized
 def conv_nd_geometry(n, input_shape, weight_shape, bias_shape=None, stride=1, padding=0, dilation=1, groups=1,
                      flip=False, activation=None) -> ConvNdGeometry:
     """Validate a conv1d (``n = 1``) or conv3d (``n = 3``) call and resolve every size."""
     fn = f"conv{n}d"
-    N, C, *size = check_shapes(n, fn, input_shape, weight_shape, bias_shape, groups)
+    N, C, *size = check_conv_shapes(input_shape, weight_shape, bias_shape, groups, n, fn)
     K, Cg, *kernel = (int(s) for s in weight_shape)
     st = as_tuple(stride, n, "stride", minimum=1)
     dl = as_tuple(dilation, n, "dilation", minimum=1)

@@ -14,7 +14,8 @@ import numpy as np
 
 from . import _backend, _conv_nd
 from ._geometry import _is_int, _shape_str
-from ._geometry_nd import KERNEL, as_tuple, conv_nd_geometry, explicit_padding
+from ._geometry import KERNEL_AXES
+from ._geometry_nd import as_tuple, conv_nd_geometry, explicit_padding
 
 __all__ = ["conv1d", "conv3d", "conv1d_input", "conv1d_weight", "conv1d_bias", "conv3d_input", "conv3d_weight",
            "conv3d_bias", "conv_transpose1d", "conv_transpose3d"]
@@ -199,7 +200,7 @@ def _transpose(n, input, weight, bias, stride, padding, output_padding, groups, 
         raise ValueError(f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to {fn}, but got input "
                          f"of size: {_shape_str(x.shape)}")
     if w.ndim != n + 2:
-        raise ValueError(f"weight must be {n + 2}-D (in_channels, out_channels/groups, {KERNEL[n]}), got weight "
+        raise ValueError(f"weight must be {n + 2}-D (in_channels, out_channels/groups, {KERNEL_AXES[n]}), got weight "
                          f"of size {_shape_str(w.shape)}")
     if min(w.shape) <= 0:
         raise ValueError(f"weight of size {_shape_str(w.shape)} has an empty dimension")
