@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backend, _conv_nd
-from ._geometry import _is_int, _shape_str
-from ._geometry import KERNEL_AXES
+from ._geometry import KERNEL_AXES, _is_int, _shape_str
+from ._grad_conv import _check_grad_output, _size_arg
 from ._geometry_nd import as_tuple, conv_nd_geometry, explicit_padding
 
 __all__ = ["conv1d", "conv3d", "conv1d_input", "conv1d_weight", "conv1d_bias", "conv3d_input", "conv3d_weight",
@@ -66,25 +66,6 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 # --------------------------------------------------------------------------------------------
 # gradients
 # --------------------------------------------------------------------------------------------
-
-def _size_arg(fn, name, size, ranks):
-    if not (isinstance(size, (tuple, list)) and all(_is_int(v) for v in size)):
-        raise TypeError(f"{fn}(): {name} must be a tuple of ints, got {size!r}")
-    if len(size) not in ranks:
-        want = " or ".join(str(r) for r in ranks)
-        raise ValueError(f"{fn}(): {name} must have {want} entries, got {name}={_shape_str(size)}")
-    if min(size) < 0:
-        raise ValueError(f"{fn}(): {name} must not have negative entries, got {name}={_shape_str(size)}")
-    return tuple(int(v) for v in size)
-
-
-def _check_grad_output(fn, gy, geom, batched, what):
-    expected = geom.output_shape if batched else geom.output_shape[1:]
-    if tuple(gy.shape) != tuple(expected):
-        raise ValueError(f"{fn}(): expected grad_output of size {_shape_str(expected)} (the forward output "
-                         f"of {what}), but got grad_output of size {_shape_str(gy.shape)}")
-    return gy if batched else gy[None]
-
 
 def _data(backend, gy, w, geom, size):
     N, C = gy.shape[0], geom.C
