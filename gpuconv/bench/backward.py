@@ -31,8 +31,7 @@ def operands(plat, case: Case, seed: int = 0) -> dict:
     x = plat.randn(case.input_shape, case.dtype, seed)
     w = None
     if case.is_conv:
-        fan_in = (case.C // case.groups) * case.R * case.R
-        w = plat.randn(case.weight_shape, case.dtype, seed + 1, scale=1 / math.sqrt(fan_in))
+        w = plat.randn(case.weight_shape, case.dtype, seed + 1, scale=1 / math.sqrt(case.fan_in))
     return dict(x=x, w=w, g=plat.randn(case.output_shape, case.dtype, seed + 3))
 
 

@@ -54,14 +54,14 @@ def set_tf32(torch, on: bool) -> None:
 
 def torch_conv_backend(torch, case: Case, tx, tw) -> str | None:
     """The convolution backend PyTorch picks for this call (``'Cudnn'``, ``'CudaDepthwise2d'``, ``'Mkldnn'``,
-    ...), asked of PyTorch itself (``torch._C._select_conv_backend``, the dispatcher ``F.conv2d`` uses);
+    ...), asked of PyTorch itself (``torch._C._select_conv_backend``, the dispatcher ``F.conv1d/2d/3d`` use);
     None for pooling or when this PyTorch cannot say."""
     select_backend = getattr(torch._C, "_select_conv_backend", None)
     if not case.is_conv or select_backend is None:
         return None
-    s, p = [case.stride] * 2, [case.pad] * 2
+    s, p, d = list(case.strides), list(case.pads), list(case.dilations)
     try:
-        backend = select_backend(tx, tw, None, s, p, [1, 1], False, [0, 0], case.groups, None)
+        backend = select_backend(tx, tw, None, s, p, d, False, [0] * case.dims, case.groups, None)
     except Exception:  # a private API: another signature in another PyTorch version
         return None
     return str(backend).rsplit(".", 1)[-1]

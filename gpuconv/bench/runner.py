@@ -203,8 +203,7 @@ def run_case(plat, case: Case, algos, repeats: int, roof: dict, seed: int = 0) -
         x = plat.randn(case.input_shape, case.dtype, seed)
         w = None
         if case.is_conv:
-            fan_in = (case.C // case.groups) * case.R * case.R
-            w = plat.randn(case.weight_shape, case.dtype, seed + 1, scale=1 / math.sqrt(fan_in))
+            w = plat.randn(case.weight_shape, case.dtype, seed + 1, scale=1 / math.sqrt(case.fan_in))
         b = plat.randn(case.bias_shape, case.dtype, seed + 2) if case.bias_shape else None
         ops = dict(x=x, w=w, b=b)
         del x, w, b
