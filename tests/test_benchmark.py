@@ -47,14 +47,15 @@ def needs_torch(fn):
 def test_suite_is_the_issue_layer_list():
     cases = suite.build_suite()
     conv = {c.name: (c.N, c.C, c.H, c.K, c.R, c.stride, c.pad, c.groups) for c in cases
-            if c.is_conv and c.dtype == "float32" and not c.name.endswith("N=1")}
+            if c.is_conv and c.dims == 2 and c.dtype == "float32" and not c.name.endswith("N=1")}
     assert conv["ResNet-50 stem 7x7/2"] == (32, 3, 224, 64, 7, 2, 3, 1)
     assert conv["1x1 stride 2"] == (32, 256, 56, 512, 1, 2, 0, 1)
     assert conv["AlexNet grouped conv2"] == (32, 96, 27, 256, 5, 1, 2, 2)
     assert conv["MobileNetV2 dw 96 /2"] == (32, 96, 112, 96, 3, 2, 1, 96)
     assert conv["LeNet-5 conv1"] == (256, 1, 32, 6, 5, 1, 0, 1)
     assert len(conv) == 15
-    pools = {c.name: c for c in cases if not c.is_conv and c.dtype == "float32"}
+    pools = {c.name: c for c in cases if not c.is_conv and c.dims == 2 and c.dtype == "float32"}
+    assert len(pools) == 3
     assert pools["max-pool 3x3/2 pad 1"].output_shape == (32, 64, 56, 56)
     assert pools["avg-pool 2x2/2"].output_shape == (32, 64, 56, 56)
     assert pools["global avg-pool"].output_shape == (32, 2048, 1, 1)
@@ -80,6 +81,14 @@ def test_cpu_scaling():
     assert by_name["max-pool 3x3/2 pad 1", "float32"].input_shape == (2, 64, 56, 56)
     assert by_name["ResNet-50 3x3", "float32"].H == 56  # below 112: unchanged
     assert by_name["AlexNet conv1", "float32"].output_shape == (2, 64, 27, 27)
+    # 3-D: batch divided, each axis of 64 or more halved; 1-D: batch divided (at least 1), length unchanged
+    assert by_name["C3D conv1", "float32"].input_shape == (1, 3, 16, 56, 56)
+    assert by_name["C3D conv3a", "float32"].input_shape == (1, 128, 8, 28, 28)
+    assert by_name["3-D U-Net 32 3x3x3 @64", "float32"].input_shape == (1, 32, 32, 32, 32)
+    assert by_name["3-D U-Net 32 3x3x3 @64", "float32"].H == 32  # an int size stays an int
+    assert by_name["C3D pool1 1x2x2", "float32"].output_shape == (1, 64, 16, 28, 28)
+    assert by_name["wav2vec2 conv1d 512 k3/2", "float32"].input_shape == (1, 512, 8000)
+    assert by_name["Conformer dw conv1d k31", "float32"].input_shape == (2, 256, 512)
 
 
 def test_select():
@@ -119,6 +128,65 @@ def test_case_flops_bytes_and_metric():
     pool = suite.Case("p", "max_pool2d", 2, 3, 8, R=2, stride=2)
     assert pool.flops == 0 and pool.memory_bound and pool.kwargs == dict(kernel_size=2, stride=2, padding=0)
     assert pool.nbytes == 4 * (2 * 3 * 64 + 2 * 3 * 16)
+
+
+# --------------------------------------------------------------------------------------------
+# the 1-D and 3-D rows
+# --------------------------------------------------------------------------------------------
+
+def test_nd_layers_in_the_suite():
+    """Issue 18's rows: 1-D audio layers and 3-D video / volume layers, float32, forward only (not in the
+    backward suite), one of them (C3D conv1) in --quick."""
+    cases = {c.name: c for c in suite.build_suite() if c.dims != 2}
+    assert set(cases) == {layer[0] for layer in suite.ND_LAYERS}
+    assert {c.op for c in cases.values()} == {"conv1d", "conv3d", "max_pool3d"}
+    assert all(c.dtype == "float32" and not c.is_backward for c in cases.values())
+    w2v, conformer, tcn = (cases[n] for n in ("wav2vec2 conv1d 512 k3/2", "Conformer dw conv1d k31",
+                                              "TCN conv1d k3 d4"))
+    assert w2v.weight_shape == (512, 512, 3) and w2v.output_shape == (8, 512, 3999)
+    assert conformer.weight_shape == (256, 1, 31) and conformer.memory_bound and conformer.output_shape[-1] == 512
+    assert tcn.kwargs == dict(stride=1, padding=4, groups=1, dilation=4) and tcn.output_shape == (16, 256, 2048)
+    c3d = cases["C3D conv1"]
+    assert c3d.input_shape == (16, 3, 16, 112, 112) and c3d.weight_shape == (64, 3, 3, 3, 3)
+    assert c3d.kwargs == dict(stride=1, padding=1, groups=1)  # no dilation key: 2-D calls are unchanged
+    pool = cases["C3D pool1 1x2x2"]
+    assert pool.kwargs == dict(kernel_size=(1, 2, 2), stride=(1, 2, 2), padding=0)
+    assert pool.output_shape == (16, 64, 16, 56, 56)
+    assert not any(c.dims != 2 for c in suite.build_backward())
+    assert [c.name for c in suite.build_suite(quick=True) if c.dims != 2] == ["C3D conv1"]
+
+
+def test_nd_case_flops_bytes_labels_and_record():
+    c = suite.Case("v", "conv3d", 2, 4, (5, 9, 7), 6, (3, 1, 2), (1, 2, 1), (1, 0, 1), 2)
+    assert c.dims == 3 and c.weight_shape == (6, 2, 3, 1, 2) and c.fan_in == 2 * 3 * 1 * 2
+    assert c.output_shape == (2, 6, 5, 5, 8)
+    assert c.flops == 2 * (2 * 6 * 5 * 5 * 8) * (2 * 3 * 1 * 2)
+    assert c.nbytes == 4 * (2 * 4 * 5 * 9 * 7 + 2 * 6 * 5 * 5 * 8 + 6 * 2 * 3 * 1 * 2)
+    assert c.shape_label == "2x4x5x9x7, 6x3x1x2/1x2x1 p1x0x1 g2" and not c.memory_bound
+    d = suite.Case("d", "conv1d", 1, 3, 20, 5, 3, 2, 4, dilation=4, bias=True)
+    assert d.output_shape == (1, 5, 10) and d.shape_label == "1x3x20, 5x3/2 p4 d4 +bias"
+    assert d.record()["dilation"] == 4 and "dilation" not in c.record()
+    assert d.flops == 2 * 5 * 10 * 3 * 3
+    p = suite.Case("p", "max_pool3d", 1, 2, (4, 6, 6), R=(1, 2, 2), stride=(1, 2, 2), direction="backward")
+    assert p.output_shape == (1, 2, 4, 3, 3) and p.flops == 0 and p.memory_bound
+    assert p.nbytes == 4 * (2 * 4 * 6 * 6 + 2 * 4 * 3 * 3) + 8 * (2 * 4 * 3 * 3)  # with the int64 indices
+    assert p.shape_label == "1x2x4x6x6, 1x2x2/1x2x2 p0"
+    # the 2-D labels and records are as the committed results files have them
+    sq = suite.Case("ResNet-50 3x3", "conv2d", 32, 64, 56, 64, 3, 1, 1)
+    assert sq.shape_label == "32x64x56x56, 64x3x3/1 p1" and sq.output_shape == (32, 64, 56, 56)
+    assert set(sq.record()) == {"name", "op", "N", "C", "H", "K", "R", "stride", "pad", "groups", "dtype"}
+
+
+@needs_torch
+def test_output_shapes_are_pytorchs():
+    """Every forward case's output shape, FLOP count's filter and weight shape are those PyTorch's own call
+    gives (on shape-only 'meta' tensors: nothing is computed)."""
+    F = torch.nn.functional
+    for c in suite.build_suite() + suite.build_suite(cpu=True) + suite.build_targets():
+        x = torch.empty(c.input_shape, device="meta")
+        w = torch.empty(c.weight_shape, device="meta") if c.is_conv else None
+        y = suite.call_op(F, c, x, w)
+        assert tuple(y.shape) == c.output_shape, c.title
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,16 +591,62 @@ def test_quick_smoke(tmp_path):
     assert all(r["status"] == "ok" for r in results["rows"])
 
 
+TINY_ND = [suite.Case("tiny conv1d", "conv1d", 2, 6, 37, 4, 3, 2, 4, 2, dilation=4),
+           suite.Case("tiny dw conv1d", "conv1d", 2, 5, 23, 5, 7, 1, 3, 5),
+           suite.Case("tiny conv3d", "conv3d", 2, 3, (5, 9, 7), 4, 3, (1, 2, 1), 1),
+           suite.Case("tiny conv3d", "conv3d", 1, 3, (5, 9, 7), 4, (1, 3, 3), 1, (0, 1, 1), dtype="float16"),
+           suite.Case("tiny max-pool3d", "max_pool3d", 2, 3, (4, 9, 8), R=(1, 2, 2), stride=(1, 2, 2))]
+
+
+@needs_torch
+def test_cpu_run_checks_nd_rows(tmp_path, tiny, monkeypatch):
+    """1-D and 3-D rows run through the command line on the CPU: each checked against PyTorch (F.conv1d /
+    F.conv3d / F.max_pool3d) before it is timed, the kernels gpuconv.last_kernel() names in the table."""
+    monkeypatch.setattr(bench_cli, "build_suite", lambda quick=False, cpu=False: list(TINY_ND))
+    code, results, md = _run(tmp_path)
+    assert code == 0
+    _assert_structure(results)
+    rows = results["rows"]
+    assert [(r["layer"], r["op"], r["dtype"]) for r in rows] == [(c.name, c.op, c.dtype) for c in TINY_ND]
+    for r, c in zip(rows, TINY_ND):
+        assert r["status"] == "ok" and r["check"]["ok"] and r["peer"]["status"] == "ok" and r["ours"]["n"] == 2
+        assert r["flops"] == c.flops and r["bytes"] == c.nbytes and r["shape"] == c.shape_label
+        assert r["case"]["H"] == (list(c.H) if isinstance(c.H, tuple) else c.H)
+        assert f"| {r['layer']} | {r['shape']} | {r['dtype']} | auto | `{r['kernel']}` |" in md
+    assert rows[0]["kernel"].startswith("conv1d as conv2d of height 1: numpy_")
+    assert rows[0]["case"]["dilation"] == 4 and rows[1]["metric"] == "B/s"
+    assert rows[2]["kernel"].startswith("numpy_") and "3d" in rows[2]["kernel"]
+    assert rows[4]["kernel"] == "numpy_max_pool3d"
+
+
+@needs_torch
+def test_cpu_run_fails_a_wrong_nd_row(tmp_path, tiny, monkeypatch):
+    real = gpuconv.conv3d
+    monkeypatch.setattr(gpuconv, "conv3d", lambda *a, **k: real(*a, **k) * 1.01)
+    monkeypatch.setattr(bench_cli, "build_suite", lambda quick=False, cpu=False: list(TINY_ND))
+    code, results, md = _run(tmp_path, "--layers", "tiny conv3d", "--dtype", "float32")
+    assert code == 1 and [r["status"] for r in results["rows"]] == ["wrong"]
+
+
+@needs_torch
+def test_suite_nd_row_on_the_cpu(tmp_path, monkeypatch):
+    """A real row of the suite at its CPU size (the cheapest one), through the command line."""
+    monkeypatch.setattr(platforms, "measure_cpu_gemm", lambda: (1e10, 64))
+    monkeypatch.setattr(platforms, "measure_cpu_bandwidth", lambda: (1e10, 1 << 20))
+    monkeypatch.setattr(platforms.CpuPlatform, "settle_s", 0.0)
+    code, results, md = _run(tmp_path, "--layers", "Conformer dw conv1d", "--repeats", "1")
+    assert code == 0
+    (row,) = results["rows"]
+    assert row["status"] == "ok" and row["shape"] == "2x256x512, 256x31/1 p15 g256" and row["metric"] == "B/s"
+    assert row["kernel"].startswith("conv1d as conv2d of height 1: ") and row["peer"]["status"] == "ok"
+
+
 # --------------------------------------------------------------------------------------------
 # the GPU rows' logic on the CPU emulator of our CUDA kernels
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.emulated
-@needs_torch
-def test_gpu_row_logic_on_the_emulator(tmp_path):
-    """Every algorithm of ``gpuconv._cuda.conv.OP.names`` + auto gets a row; an algorithm that declines a
-    geometry by its rule (tiled: a halo that does not fit in shared memory) gets a "declined" row, not a
-    crash, and 'auto' runs what the heuristic picks (the emulator cannot time kernels)."""
+def _emulated_platform():
+    """The CPU platform with our CUDA kernels run by the emulator (every algorithm of ours, no roofline)."""
     from gpuconv._backend import CudaBackend, use_backend
     from tests.runners import emulated_runtime
 
@@ -549,9 +663,18 @@ def test_gpu_row_logic_on_the_emulator(tmp_path):
         def roofline(self):
             return dict(peak_flops=None, peak_source="n/a", bandwidth=None, bandwidth_source="n/a")
 
+    return EmulatedPlatform(torch)
+
+
+@pytest.mark.emulated
+@needs_torch
+def test_gpu_row_logic_on_the_emulator(tmp_path):
+    """Every algorithm of ``gpuconv._cuda.conv.OP.names`` + auto gets a row; an algorithm that declines a
+    geometry by its rule (tiled: a halo that does not fit in shared memory) gets a "declined" row, not a
+    crash, and 'auto' runs what the heuristic picks (the emulator cannot time kernels)."""
     cases = [suite.Case("small", "conv2d", 1, 2, 6, 2, 3, 1, 1),
              suite.Case("huge stride", "conv2d", 1, 1, 40, 2, 16, 8, 0)]
-    plat = EmulatedPlatform(torch)
+    plat = _emulated_platform()
     algos = plat.conv_algos()
     assert "auto" in algos and len(algos) >= 2
     results = runner.run_bench(plat, cases, algos, 1, suite="full")
@@ -575,6 +698,31 @@ def test_gpu_row_logic_on_the_emulator(tmp_path):
     md = render.render_markdown(results)
     assert "declined" in md
     assert math.isfinite(rows["small", "auto"]["speed_vs_peer"])
+
+
+@pytest.mark.emulated
+@needs_torch
+def test_gpu_nd_rows_on_the_emulator():
+    """The 1-D and 3-D rows on the CUDA path (emulated): a row per algorithm of ours, each the 2-D algorithm
+    the lowering runs (declined where that algorithm declines the 2-D convolutions), checked against
+    PyTorch; max_pool3d's one kernel as 'auto'; the kernel names say the lowering and the CUDA kernel."""
+    cases = [suite.Case("c1", "conv1d", 1, 3, 11, 4, 3, 2, 2, dilation=2),
+             suite.Case("c3", "conv3d", 1, 2, (3, 5, 4), 3, 3, 1, 1),
+             suite.Case("p3", "max_pool3d", 1, 2, (3, 4, 4), R=(1, 2, 2), stride=(1, 2, 2))]
+    plat = _emulated_platform()
+    algos = plat.conv_algos()
+    results = runner.run_bench(plat, cases, algos, 1, suite="full")
+    rows = {(r["layer"], r["algo"]): r for r in results["rows"]}
+    assert len(rows) == 2 * len(algos) + 1
+    for (layer, algo), r in rows.items():
+        if r["status"] == "declined":
+            assert algo != "auto" and f"{algo} declines" in r["message"], r
+            continue
+        assert r["status"] == "ok" and r["check"]["ok"] and r["peer"]["status"] == "ok", r
+        assert "gpuconv::" in r["kernel"]
+    assert rows["c1", "auto"]["kernel"].startswith("conv1d as conv2d of height 1: gpuconv::conv2d_")
+    assert "gpuconv::conv2d_" in rows["c3", "auto"]["kernel"]
+    assert rows["c3", "direct"]["status"] == "ok" and rows["p3", "auto"]["status"] == "ok"
 
 
 class FakeCupy:

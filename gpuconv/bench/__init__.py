@@ -7,6 +7,12 @@ against PyTorch CPU (all its threads) on a CPU-sized suite (``scale_for_cpu``), 
 the layers the NumPy path was tuned on (with a bias) against its goals (``suite.TARGETS``). Without
 PyTorch, ours runs alone and the peer is reported missing (gpuconv never needs torch).
 
+The suite (``suite.py``) also has 1-D and 3-D rows (``suite.ND_LAYERS``: ``conv1d`` / ``conv3d`` /
+``max_pool3d`` against ``F.conv1d`` / ``F.conv3d`` / ``F.max_pool3d``), forward and float32 only; a ``Case``
+holds its spatial size, window, stride and pad as an int (every axis) or one per axis, its op naming the
+number of axes. On a GPU each such row's algorithm is the 2-D algorithm the N-D lowering runs
+(``gpuconv/_conv_nd.py``), and the kernel column is ``gpuconv.last_kernel()``'s, the lowering included.
+
 Method
 ------
 * Inputs ``x ~ N(0, 1)``, weights ``~ N(0, 1/fan_in)``, no bias; PyTorch gets the very same arrays

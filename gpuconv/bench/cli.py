@@ -28,7 +28,8 @@ def default_out_dir() -> Path:
 
 USAGE = """\
 Times gpuconv against the library you would otherwise use, on the convolution and pooling layers of
-ResNet-50, VGG-16, AlexNet, MobileNetV2 and LeNet-5 (float32, some float16, some at batch 1):
+ResNet-50, VGG-16, AlexNet, MobileNetV2 and LeNet-5 (float32, some float16, some at batch 1), and on 1-D
+audio layers (wav2vec2, Conformer, TCN) and 3-D video / volume layers (C3D, a 3-D U-Net), float32:
 
   on a GPU (CuPy installed, a CUDA device present): every CUDA algorithm of gpuconv against PyTorch's
     cuDNN convolutions (TF32 off, and TF32 on in a column of its own) and PyTorch's pooling kernels;
