@@ -81,9 +81,9 @@ def test_cpu_scaling():
     assert by_name["max-pool 3x3/2 pad 1", "float32"].input_shape == (2, 64, 56, 56)
     assert by_name["ResNet-50 3x3", "float32"].H == 56  # below 112: unchanged
     assert by_name["AlexNet conv1", "float32"].output_shape == (2, 64, 27, 27)
-    # 3-D: batch divided, each axis of 64 or more halved; 1-D: batch divided (at least 1), length unchanged
+    # 3-D: batch divided, each axis of 28 or more halved; 1-D: batch divided (at least 1), length unchanged
     assert by_name["C3D conv1", "float32"].input_shape == (1, 3, 16, 56, 56)
-    assert by_name["C3D conv3a", "float32"].input_shape == (1, 128, 8, 28, 28)
+    assert by_name["C3D conv3a", "float32"].input_shape == (1, 128, 8, 14, 14)
     assert by_name["3-D U-Net 32 3x3x3 @64", "float32"].input_shape == (1, 32, 32, 32, 32)
     assert by_name["3-D U-Net 32 3x3x3 @64", "float32"].H == 32  # an int size stays an int
     assert by_name["C3D pool1 1x2x2", "float32"].output_shape == (1, 64, 16, 28, 28)

@@ -59,10 +59,10 @@ QUICK = {("ResNet-50 3x3", "float32"), ("1x1 expand", "float32"), ("MobileNetV2 
 # costs a cube's worth), 1-D sequences unchanged (already cheap at the divided batch).
 CPU_BATCH_DIVISOR = 16
 CPU_HALVE_FROM = 112
-CPU_HALVE_FROM_3D = 64
+CPU_HALVE_FROM_3D = 28
 CPU_SCALING = (f"CPU-sized suite: batch N divided by {CPU_BATCH_DIVISOR} (32 -> 2, 256 -> 16, at least 1; the "
                f"N=1 rows unchanged), images of {CPU_HALVE_FROM} px or more halved (224 -> 112, 112 -> 56), "
-               f"3-D axes of {CPU_HALVE_FROM_3D} or more halved (112 -> 56, 64 -> 32), 1-D lengths unchanged")
+               f"3-D axes of {CPU_HALVE_FROM_3D} or more halved (112 -> 56, 64 -> 32, 28 -> 14), 1-D lengths unchanged")
 
 # The NumPy path's target layers (``--targets``, CPU): the layer list and batches the NumPy fallback was
 # tuned on, float32, convolutions with a bias; and its goals, as time ratios ours / PyTorch CPU.
