@@ -1,6 +1,6 @@
 """The benchmark's layers: the suite (ResNet-50, VGG-16, AlexNet, MobileNetV2, LeNet-5; N=1 and float16
-variants; 1-D audio and 3-D video / volume layers), its quick subset, its CPU-sized version, the NumPy path's target layers, and how one layer is
-called (the same for gpuconv and ``torch.nn.functional``)."""
+variants; 1-D audio and 3-D video / volume layers), its quick subset, its CPU-sized version, the NumPy
+path's target layers, and how one layer is called (the same for gpuconv and ``torch.nn.functional``)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ CPU_HALVE_FROM = 112
 CPU_HALVE_FROM_3D = 28
 CPU_SCALING = (f"CPU-sized suite: batch N divided by {CPU_BATCH_DIVISOR} (32 -> 2, 256 -> 16, at least 1; the "
                f"N=1 rows unchanged), images of {CPU_HALVE_FROM} px or more halved (224 -> 112, 112 -> 56), "
-               f"3-D axes of {CPU_HALVE_FROM_3D} or more halved (112 -> 56, 64 -> 32, 28 -> 14), 1-D lengths unchanged")
+               f"3-D axes of {CPU_HALVE_FROM_3D} or more halved (112 -> 56, 64 -> 32, 28 -> 14), "
+               "1-D lengths unchanged")
 
 # The NumPy path's target layers (``--targets``, CPU): the layer list and batches the NumPy fallback was
 # tuned on, float32, convolutions with a bias; and its goals, as time ratios ours / PyTorch CPU.
@@ -110,7 +111,7 @@ class Case:
     convolutions called with a bias."""
 
     name: str
-    op: str  # 'conv1d' | 'conv2d' | 'conv3d' | 'max_pool2d' | 'max_pool3d' | 'avg_pool2d' | 'adaptive_avg_pool2d' ...
+    op: str  # 'conv1d' | 'conv2d' | 'conv3d' | 'max_pool2d' | 'max_pool3d' | 'avg_pool2d' | 'adaptive_avg_pool2d'...
     N: int
     C: int
     H: int | tuple
@@ -261,8 +262,8 @@ def scale_for_cpu(case: Case) -> Case:
 
 
 def build_suite(*, quick: bool = False, cpu: bool = False) -> list[Case]:
-    """The issue's layer list (float32) and the 1-D / 3-D layers, then the N=1 latency variants, then the float16 variants;
-    ``quick`` keeps the ``QUICK`` subset; ``cpu`` applies ``scale_for_cpu``."""
+    """The issue's layer list (float32) and the 1-D / 3-D layers, then the N=1 latency variants, then the
+    float16 variants; ``quick`` keeps the ``QUICK`` subset; ``cpu`` applies ``scale_for_cpu``."""
     base = [Case(name, "conv2d", N, C, H, K, R, s, p, g) for name, (N, C, H, K, R, s, p, g) in CONV_LAYERS]
     base += [Case(name, op, N, C, H, R=k, stride=s, pad=p) for name, op, (N, C, H), k, s, p in POOL_LAYERS]
     base += [Case(name, op, N, C, H, K, R, s, p, g, dilation=d)
