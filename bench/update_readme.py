@@ -47,12 +47,14 @@ def readme_section(all_results, readme_dir: Path) -> str:
              "",
              "`python -m gpuconv bench` times every gpuconv algorithm against the library one would use instead "
              "(PyTorch: cuDNN on a GPU, its CPU kernels on a CPU) on the layers of ResNet-50, VGG-16, AlexNet, "
-             "MobileNetV2 and LeNet-5, checks every result against PyTorch before timing it, and writes "
+             "MobileNetV2 and LeNet-5 and on 1-D audio (wav2vec2, Conformer, TCN) and 3-D video / volume (C3D, 3-D "
+             "U-Net) layers, checks every result against PyTorch before timing it, and writes "
              "`bench/results/<device>.json`, `.md` and `.png`. On a machine without a GPU, "
              "`python -m gpuconv bench --quick` runs a subset in well under a minute. Options: "
              "`--layers SUBSTRING,...`, `--algos direct,tiled,auto`, `--dtype float32|float16|all`, `--repeats N`, "
              "`--device auto|cpu|gpu`, `--budget-s SECONDS`, `--out DIR`, `--list`, `--no-plot`, `--update-readme`, "
-             "`--targets` (on the CPU: the layers the NumPy path was tuned on, with its goals), `--rounds R` "
+             "`--targets` (on the CPU: the layers the NumPy path was tuned on, with its goals), `--backward` (the "
+             "gradients), `--dask` (gpuconv.dask against single calls), `--rounds R` "
              "(`python -m gpuconv bench --help` says what each does). On a GPU, a peer time marked † was measured "
              "on one of PyTorch's own kernels, which PyTorch prefers to cuDNN for that layer.",
              ""]
