@@ -1,4 +1,5 @@
-"""``gpuconv.dask``: conv2d and pooling on ``dask.array`` arrays (NCHW), for batches and images larger than
+"""``gpuconv.dask``: convolution and pooling in 1, 2 and 3 spatial dimensions (NCL, NCHW, NCDHW) and conv2d's
+gradients on ``dask.array`` arrays, for batches and images larger than
 one device's or one machine's memory. Imported explicitly (``import gpuconv.dask``); ``import gpuconv``
 never imports dask. Needs the extra ``gpuconv[dask]`` (``dask[array]``; ``distributed`` for clusters).
 
@@ -6,7 +7,7 @@ How an image is cut (docs/dask.md has the details and the reasons):
 
 * Along N, chunks are independent. For conv2d, C is made one chunk (``x.rechunk({1: -1})``, a no-op when
   it is one already): every output channel needs every input channel of its group; pooling keeps C's chunks.
-* Along H and W each output chunk is one task. It reads exactly the input rows and columns its outputs'
+* Along the spatial axes (L; H, W; D, H, W) each output chunk is one task. It reads exactly the input rows and columns its outputs'
   windows cover, ``[o0*s - pad_lo, (o1-1)*s - pad_lo + d*(k-1) + 1)``, from however many input chunks hold
   them (so chunks smaller than the halo, and uneven last chunks, need no rechunking), adds the padding
   where that range leaves the array (zeros for convolution and average pooling, -inf for max pooling,
@@ -21,7 +22,8 @@ How an image is cut (docs/dask.md has the details and the reasons):
 Chunks may be NumPy or CuPy arrays: the tasks only slice, concatenate (``numpy.concatenate`` /
 ``numpy.pad``, which dispatch to CuPy through ``__array_function__``) and call gpuconv, so the same graph
 runs our CUDA kernels on CuPy chunks (the result keeps the input's ``meta``; weights must be of the
-chunks' kind). Gradients on dask arrays are not provided yet.
+chunks' kind). The graph machinery (per axis, for 1 to 3 axes) is ``_dask_graph``; the conv2d gradients
+(``conv2d_input``, ``conv2d_weight``, ``conv2d_bias``) are ``_dask_grad``'s.
 """
 
 from __future__ import annotations

@@ -236,3 +236,21 @@ def test_nd_and_gradients_on_a_local_cluster(client, seed):
                              gd.conv2d_weight(chunked(rng, x), w.shape, chunked(rng, gy), **kw)], sync=True)
     assert_close(gx, gx_ref, gx_mag, x.dtype, "conv2d_input on a cluster")
     assert_close(gw, gw_ref, gw_mag, x.dtype, "conv2d_weight on a cluster")
+
+
+def test_conv2d_input_tasks_read_only_the_grad_output_rows_that_reach_them():
+    """3x3, padding 1, stride 1, grad_output in 10x10 chunks: each input-gradient chunk (default chunking: the
+    same 10x10) depends on its own grad_output block and the neighbours one row/column away, nothing else;
+    conv2d_weight's partial tasks likewise, and one final sum."""
+    x = da.zeros((1, 2, 40, 40), chunks=(1, 2, 10, 10), dtype=np.float32)
+    gy = da.zeros((1, 3, 40, 40), chunks=(1, 3, 10, 10), dtype=np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    gx = gd.conv2d_input(x.shape, w, gy, padding=1)
+    assert gx.chunks == x.chunks
+    deps = gx.dask.get_all_dependencies()
+    for k in [k for k in gx.dask.layers[gx.name] if isinstance(k, tuple) and k[0] == gx.name]:
+        reads = {d[3:] for d in deps[k] if isinstance(d, tuple) and d[0] == gy.name}
+        assert reads == {(i, j) for i in range(max(k[3] - 1, 0), min(k[3] + 2, 4))
+                         for j in range(max(k[4] - 1, 0), min(k[4] + 2, 4))}
+    gw = gd.conv2d_weight(x, w.shape, gy, padding=1)
+    assert len([k for k in gw.dask.layers[gw.name] if isinstance(k, tuple)]) == 16 + 1
