@@ -139,8 +139,9 @@ def _run(op, blocks, slices, pads, pad_value, params, *consts):
 def _tasks(x, axes, op, params, consts, label, pad_value, chunk_params=None, token=()):
     """The tasks: one per output chunk ``(n, 0, i, j, ...)`` running ``op(window, params, *consts)`` on its
     window of ``x`` (N, C, *spatial; C one chunk). ``consts`` (arrays or ``_Const``, or None) are graph nodes
-    of their own, one each; a ``_Blocks`` const is the task's own block of that array; ``chunk_params(*ranges)``, if given, replaces ``params``
-    per chunk (the chunk's output range per axis as arguments). ``token``: every argument of the public call,
+    of their own, one each; a ``_Blocks`` const is the task's own block of that array;
+    ``chunk_params(*ranges)``, if given, replaces ``params`` per chunk (the chunk's output range per axis as
+    arguments). ``token``: every argument of the public call,
     for the output's name. Returns ``(dsk, name, output chunks per spatial axis)``."""
     nd = len(axes)
     out_chunks = tuple(ax.output_chunks(c) for ax, c in zip(axes, x.chunks[2:]))

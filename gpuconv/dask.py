@@ -1,20 +1,19 @@
-"""``gpuconv.dask``: convolution and pooling in 1, 2 and 3 spatial dimensions (NCL, NCHW, NCDHW) and conv2d's
-gradients on ``dask.array`` arrays, for batches and images larger than
-one device's or one machine's memory. Imported explicitly (``import gpuconv.dask``); ``import gpuconv``
-never imports dask. Needs the extra ``gpuconv[dask]`` (``dask[array]``; ``distributed`` for clusters).
+"""``gpuconv.dask``: convolution and pooling in 1, 2 and 3 spatial dimensions (NCL, NCHW, NCDHW) and the
+convolutions' gradients on ``dask.array`` arrays, for batches and images larger than one device's or one
+machine's memory. Imported explicitly (``import gpuconv.dask``); ``import gpuconv`` never imports dask. Needs the extra ``gpuconv[dask]`` (``dask[array]``; ``distributed`` for clusters).
 
 How an image is cut (docs/dask.md has the details and the reasons):
 
 * Along N, chunks are independent. For conv2d, C is made one chunk (``x.rechunk({1: -1})``, a no-op when
   it is one already): every output channel needs every input channel of its group; pooling keeps C's chunks.
-* Along the spatial axes (L; H, W; D, H, W) each output chunk is one task. It reads exactly the input rows and columns its outputs'
-  windows cover, ``[o0*s - pad_lo, (o1-1)*s - pad_lo + d*(k-1) + 1)``, from however many input chunks hold
-  them (so chunks smaller than the halo, and uneven last chunks, need no rechunking), adds the padding
-  where that range leaves the array (zeros for convolution and average pooling, -inf for max pooling,
-  only at the array's real borders, where the global padding and the ceil-mode overhang lie), and runs
-  the single-array gpuconv call with ``padding=0`` on it. Output chunk ``i`` holds the outputs whose
-  window's centre lies in input chunk ``i``: boundaries are aligned to the stride, so every output pixel
-  is computed exactly once. Average pooling divides by the global divisor of each window (the
+* Along the spatial axes (L; H, W; D, H, W) each output chunk is one task. It reads exactly the input rows and
+  columns its outputs' windows cover, ``[o0*s - pad_lo, (o1-1)*s - pad_lo + d*(k-1) + 1)``, from however many
+  input chunks hold them (so chunks smaller than the halo, and uneven last chunks, need no rechunking), adds
+  the padding where that range leaves the array (zeros for convolution and average pooling, -inf for max
+  pooling, only at the array's real borders, where the global padding and the ceil-mode overhang lie), and
+  runs the single-array gpuconv call with ``padding=0`` on it. Output chunk ``i`` holds the outputs whose
+  window's centre lies in input chunk ``i``: boundaries are aligned to the stride, so every output pixel is
+  computed exactly once. Average pooling divides by the global divisor of each window (the
   ``count_include_pad`` / ceil-mode rules of the whole array), not the chunk's.
 * Weights and bias (and ``map_layers``' function) are one node of the graph, which every task depends
   on: a distributed worker receives each once, not once per chunk.
@@ -22,8 +21,8 @@ How an image is cut (docs/dask.md has the details and the reasons):
 Chunks may be NumPy or CuPy arrays: the tasks only slice, concatenate (``numpy.concatenate`` /
 ``numpy.pad``, which dispatch to CuPy through ``__array_function__``) and call gpuconv, so the same graph
 runs our CUDA kernels on CuPy chunks (the result keeps the input's ``meta``; weights must be of the
-chunks' kind). The graph machinery (per axis, for 1 to 3 axes) is ``_dask_graph``; the conv2d gradients
-(``conv2d_input``, ``conv2d_weight``, ``conv2d_bias``) are ``_dask_grad``'s.
+chunks' kind). The graph machinery (per axis, for 1 to 3 axes) is ``_dask_graph``; the convolutions'
+gradients (``conv{1,2,3}d_input``, ``_weight``, ``_bias``) are ``_dask_grad``'s.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._dask_graph import Axis, _as_batched, _channelwise, _check_arrays, _Const, _finish, _windowed, _xp
-from ._geometry import conv_geometry, resolve_conv_padding
-from ._geometry_nd import conv_nd_geometry
+from ._geometry import resolve_conv_padding
 from ._numpy.pool import divisor_extent
 from ._pool_geometry import pool_geometry, pool_geometry_nd
 from ._receptive_field import ReceptiveField
@@ -46,10 +44,12 @@ from .pool_nd import avg_pool1d as _avg_pool1d
 from .pool_nd import avg_pool3d as _avg_pool3d
 from .pool_nd import max_pool1d as _max_pool1d
 from .pool_nd import max_pool3d as _max_pool3d
-from ._dask_grad import conv2d_bias, conv2d_input, conv2d_weight
+from ._dask_grad import (conv1d_bias, conv1d_input, conv1d_weight, conv2d_bias, conv2d_input, conv2d_weight,
+                         conv3d_bias, conv3d_input, conv3d_weight, conv_axes)
 
 __all__ = ["conv1d", "conv2d", "conv3d", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
-           "avg_pool3d", "map_layers", "conv2d_input", "conv2d_weight", "conv2d_bias"]
+           "avg_pool3d", "map_layers", "conv1d_input", "conv1d_weight", "conv1d_bias", "conv2d_input",
+           "conv2d_weight", "conv2d_bias", "conv3d_input", "conv3d_weight", "conv3d_bias"]
 
 _CONV = {1: _conv1d, 2: _conv2d, 3: _conv3d}
 _MAX = {1: _max_pool1d, 2: _max_pool2d, 3: _max_pool3d}
@@ -58,19 +58,6 @@ _MAX = {1: _max_pool1d, 2: _max_pool2d, 3: _max_pool3d}
 # ----------------------------------------------------------------------------------------------
 # convolution
 # ----------------------------------------------------------------------------------------------
-
-def conv_axes(nd, shape, weight_shape, bias_shape, stride, padding, dilation, groups, flip, activation):
-    """Check a conv{nd}d call as the single call does and resolve it: ``(one Axis per spatial axis, K,
-    (stride, dilation, groups, flip, activation) resolved, the geometry)``."""
-    if nd == 2:
-        g = conv_geometry(shape, weight_shape, bias_shape, stride, padding, dilation, groups, flip, activation)
-        axes = (Axis(g.H, g.dh * (g.R - 1) + 1, g.sh, g.pt, g.P), Axis(g.W, g.dw * (g.S - 1) + 1, g.sw, g.pl, g.Q))
-        return axes, g.K, (g.stride, g.dilation, g.groups, g.flip, g.activation), g
-    g = conv_nd_geometry(nd, shape, weight_shape, bias_shape, stride, padding, dilation, groups, flip, activation)
-    axes = tuple(Axis(n, d * (k - 1) + 1, s, lo, o) for n, k, s, (lo, _), d, o in
-                 zip(g.input_size, g.kernel_size, g.stride, g.padding, g.dilation, g.output_size))
-    return axes, g.K, (g.stride, g.dilation, g.groups, g.flip, g.activation), g
-
 
 def _conv_op(win, p, weight, bias):
     nd, (stride, dilation, groups, flip, activation) = p

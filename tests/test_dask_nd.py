@@ -1,5 +1,5 @@
-"""``gpuconv.dask`` in 1 and 3 spatial dimensions (conv1d/3d, max/avg_pool1d/3d) and the convolution's
-gradients (conv2d_input / conv2d_weight / conv2d_bias) against the single-array calls and the references
+"""``gpuconv.dask`` in 1 and 3 spatial dimensions (conv1d/3d, max/avg_pool1d/3d) and the convolutions'
+gradients (conv{1,2,3}d_input / _weight / _bias) against the single-array calls and the references
 of tests/reference.py, on random geometries and random chunkings (chunks smaller than the halo, uneven last
 chunks); a few cases on a ``distributed.LocalCluster``."""
 
@@ -139,13 +139,13 @@ def test_pool3d_per_side_and_same_padding(padding):
 
 
 # ------------------------------------------------------------------------------------------------
-# gradients of conv2d
+# gradients of conv1d / conv2d / conv3d
 # ------------------------------------------------------------------------------------------------
 
-def grad_case(rng):
-    x, w, _, kw = conv_case(rng, 2)
+def grad_case(rng, nd=2):
+    x, w, _, kw = conv_case(rng, nd)
     kw.pop("activation")
-    y = gpuconv.conv2d(x, w, None, **kw)
+    y = getattr(gpuconv, f"conv{nd}d")(x, w, None, **kw)
     gy = rng.standard_normal(y.shape).astype(x.dtype)
     stride, dilation = kw["stride"], kw["dilation"]
     pad = explicit_padding_nd(kw["padding"], w.shape[2:], stride, dilation, x.shape[2:], kw["flip"])
@@ -154,42 +154,45 @@ def grad_case(rng):
     return x, w, gy, kw, refs, mags
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_conv2d_weight_and_bias_gradients(seed):
-    rng = np.random.default_rng(3000 + seed)
-    x, w, gy, kw, (_, gw_ref), (_, gw_mag) = grad_case(rng)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(8))
+def test_conv_weight_and_bias_gradients(nd, seed):
+    rng = np.random.default_rng(3000 + 100 * nd + seed)
+    x, w, gy, kw, (_, gw_ref), (_, gw_mag) = grad_case(rng, nd)
     X, GY = chunked(rng, x, small=seed % 3 == 0), chunked(rng, gy)
-    gw = gd.conv2d_weight(X, w.shape, GY, **kw)
-    assert gw.shape == w.shape and gw.numblocks == (1, 1, 1, 1)
+    gw = getattr(gd, f"conv{nd}d_weight")(X, w.shape, GY, **kw)
+    assert gw.shape == w.shape and gw.numblocks == (1,) * (nd + 2)
     got = gw.compute(scheduler="threads")
     assert got.dtype == x.dtype
-    assert_close(got, gw_ref, gw_mag, x.dtype, f"dask conv2d_weight vs reference {kw}")
-    single = gg.conv2d_weight(x, w.shape, gy, **kw)
-    assert_close(got, single, gw_mag, x.dtype, f"dask conv2d_weight vs single call {kw}")
+    assert_close(got, gw_ref, gw_mag, x.dtype, f"dask conv{nd}d_weight vs reference {kw}")
+    single = getattr(gg, f"conv{nd}d_weight")(x, w.shape, gy, **kw)
+    assert_close(got, single, gw_mag, x.dtype, f"dask conv{nd}d_weight vs single call {kw}")
     # a fixed summation order: the same bits whatever the scheduler
     np.testing.assert_array_equal(gw.compute(scheduler="sync"), got)
-    gb = gd.conv2d_bias(GY).compute(scheduler="threads")
+    gb = getattr(gd, f"conv{nd}d_bias")(GY).compute(scheduler="threads")
     assert gb.dtype == x.dtype
-    assert_close(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), np.abs(gy).astype(np.float64).sum(axis=(0, 2, 3)),
-                 x.dtype, "dask conv2d_bias")
-    assert_close(gb, gg.conv2d_bias(gy), np.abs(gy).astype(np.float64).sum(axis=(0, 2, 3)), x.dtype,
-                 "dask conv2d_bias vs single call")
+    axes = (0,) + tuple(range(2, nd + 2))
+    mag = np.abs(gy).astype(np.float64).sum(axis=axes)
+    assert_close(gb, gy.astype(np.float64).sum(axis=axes), mag, x.dtype, "dask conv_bias")
+    assert_close(gb, getattr(gg, f"conv{nd}d_bias")(gy), mag, x.dtype, "dask conv_bias vs single call")
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_conv2d_input_gradient(seed):
-    rng = np.random.default_rng(4000 + seed)
-    x, w, gy, kw, (gx_ref, _), (gx_mag, _) = grad_case(rng)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(8))
+def test_conv_input_gradient(nd, seed):
+    rng = np.random.default_rng(4000 + 100 * nd + seed)
+    x, w, gy, kw, (gx_ref, _), (gx_mag, _) = grad_case(rng, nd)
     GY = chunked(rng, gy, small=seed % 3 == 0)
     chunks = None if seed % 2 else tuple(random_chunks(rng, n, seed % 4 == 0) for n in x.shape[2:])
-    gx = gd.conv2d_input(x.shape, w, GY, **kw, chunks=chunks)
+    gx = getattr(gd, f"conv{nd}d_input")(x.shape, w, GY, **kw, chunks=chunks)
     assert gx.shape == x.shape and gx.chunks[0] == GY.chunks[0] and all(min(c) > 0 for c in gx.chunks)
     if chunks is not None:
         assert gx.chunks[2:] == chunks
     got = gx.compute(scheduler="threads")
     assert got.dtype == x.dtype
-    assert_close(got, gx_ref, gx_mag, x.dtype, f"dask conv2d_input vs reference {kw}")
-    assert_close(got, gg.conv2d_input(x.shape, w, gy, **kw), gx_mag, x.dtype, f"dask conv2d_input vs single {kw}")
+    assert_close(got, gx_ref, gx_mag, x.dtype, f"dask conv{nd}d_input vs reference {kw}")
+    single = getattr(gg, f"conv{nd}d_input")(x.shape, w, gy, **kw)
+    assert_close(got, single, gx_mag, x.dtype, f"dask conv{nd}d_input vs single {kw}")
 
 
 def test_conv2d_input_skipped_rows_and_unbatched():
@@ -231,11 +234,13 @@ def test_nd_and_gradients_on_a_local_cluster(client, seed):
     np.testing.assert_array_equal(got, gpuconv.max_pool1d(xp, k, s, p, d, ceil))
     got = client.compute(gd.avg_pool3d(chunked(rng, x), 2, 1, 1, True, False)).result()
     np.testing.assert_array_equal(got, gpuconv.avg_pool3d(x, 2, 1, 1, True, False))
-    x, w, gy, kw, (gx_ref, gw_ref), (gx_mag, gw_mag) = grad_case(rng)
-    gx, gw = client.compute([gd.conv2d_input(x.shape, w, chunked(rng, gy), **kw),
-                             gd.conv2d_weight(chunked(rng, x), w.shape, chunked(rng, gy), **kw)], sync=True)
-    assert_close(gx, gx_ref, gx_mag, x.dtype, "conv2d_input on a cluster")
-    assert_close(gw, gw_ref, gw_mag, x.dtype, "conv2d_weight on a cluster")
+    nd = 2 + seed
+    x, w, gy, kw, (gx_ref, gw_ref), (gx_mag, gw_mag) = grad_case(rng, nd)
+    gx, gw = client.compute([getattr(gd, f"conv{nd}d_input")(x.shape, w, chunked(rng, gy), **kw),
+                             getattr(gd, f"conv{nd}d_weight")(chunked(rng, x), w.shape, chunked(rng, gy), **kw)],
+                            sync=True)
+    assert_close(gx, gx_ref, gx_mag, x.dtype, f"conv{nd}d_input on a cluster")
+    assert_close(gw, gw_ref, gw_mag, x.dtype, f"conv{nd}d_weight on a cluster")
 
 
 def test_conv2d_input_tasks_read_only_the_grad_output_rows_that_reach_them():
