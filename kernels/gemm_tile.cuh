@@ -47,10 +47,10 @@ struct GemmTileConfig {
     static constexpr int THREADS_M = BM / TM;
     static constexpr int THREADS_N = BN / TN;
     static constexpr int THREADS = THREADS_M * THREADS_N;
-    // A is staged transposed, a[kk][row]. The scalar weight loader has 8 consecutive threads write the 8
-    // kk of one row: with a row length of BM (a multiple of 32 words) they would all hit one bank; 4 extra
-    // words shift consecutive kk rows by 4 banks, so a warp's 32 stores land in 32 different banks (and
-    // rows stay 16-byte aligned). The host mirrors this (GEMM_A_PAD in gpuconv/_cuda/conv_igemm.py).
+    // A is staged transposed, a[kk][row]. The weight loader has a warp store 32 consecutive rows of one kk
+    // (conflict-free for any row length); the 4 extra words per row are kept because they keep rows 16-byte
+    // aligned for the 128-bit fragment reads and give a different bank to the same row of consecutive kk
+    // (the loader's second slot). The host mirrors this (GEMM_A_PAD in gpuconv/_cuda/gemm.py).
     static constexpr int A_PAD = 4;
     static constexpr int A_LD = BM + A_PAD;
     static constexpr int B_LD = BN;  // B slices unpadded: a warp's reads b[kk][tx + j*THREADS_N] are consecutive
@@ -58,6 +58,7 @@ struct GemmTileConfig {
     // config of conv2d_igemm_tc.cu rounds float32 to TF32 at this point, once per element).
     template <typename A> __device__ __forceinline__ static A staged(A v) { return v; }
     static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "fragments are read 4 at a time (128-bit shared loads)");
     static_assert(BK % 4 == 0, "4-wide vector loads need BK to be a multiple of 4");
 };
 
@@ -112,83 +113,74 @@ template <> struct Vec4<half> {
 
 // ---------------------------------------------------------------------------------------------------
 // The A operand: a BM x BK slice of the group's weights (rows = filters, contiguous along the reduction).
+//
+// Slot e = tid + i * THREADS holds the 4 consecutive reduction indices kk = 4 * (e / BM) .. + 3 of row
+// e % BM (THREADS % BM == 0: a thread's row is the same in every slot, its slots are KK_STEP apart along
+// the reduction). Rows fastest: a warp stages 32 consecutive rows of one kk row of the transposed staging
+// (consecutive words, no bank conflict whatever the row padding). With 4-wide loads (vec) a slot is one
+// Vec4 load, otherwise 4 scalar loads of the same addresses, so both paths share every address and all of
+// the staging code. The pointer advances by BK per fetch: fetch() must be called for k0 = 0, BK, 2*BK, ...
+// in order, once each, after begin_tile() (gemm_slices does exactly that).
 // ---------------------------------------------------------------------------------------------------
 template <typename T, class Cfg>
 struct GemmWeightLoader {
     typedef typename acc_type<T>::type A;
     static constexpr int BM = Cfg::BM, BK = Cfg::BK, THREADS = Cfg::THREADS;
-    // Scalar pattern: thread t reads reduction index t % BK of rows t / BK + i * S_STEP, so consecutive
-    // threads read consecutive (contiguous) weights of a row.
-    static constexpr int S_STEP = THREADS / BK;
-    static constexpr int S_LOADS = BM / S_STEP;
-    // Vector pattern: slot e = t + i * THREADS loads the 4 reduction indices 4 * (e % V_PER_ROW) .. + 3
-    // of row e / V_PER_ROW; with fewer slots than threads the surplus threads load nothing.
-    static constexpr int V_PER_ROW = BK / 4;
-    static constexpr int V_SLOTS = BM * V_PER_ROW;
-    static constexpr int V_LOADS = (V_SLOTS + THREADS - 1) / THREADS;
-    static constexpr int REGS = S_LOADS > 4 * V_LOADS ? S_LOADS : 4 * V_LOADS;
-    static_assert(THREADS % BK == 0 && BM % S_STEP == 0, "scalar weight pattern must tile BM x BK exactly");
+    static constexpr int KK_STEP = 4 * (THREADS / BM);  // reduction indices between a thread's slots
+    static constexpr int LOADS = (BK + KK_STEP - 1) / KK_STEP;  // slots per thread (the last may not exist)
+    static_assert(THREADS % BM == 0 && BK % 4 == 0, "weight slots: a fixed row per thread, 4 indices per slot");
 
-    const T* w;  // first weight of the tile's first filter: w + (g*Kg + k_begin) * kred
-    int kred;    // row length (Cg*R*S)
-    int rows;    // filters the tile really has: BM, or fewer in a group's last tile
-    int vec;     // 1: kred % 4 == 0 and w is ALIGN-byte aligned (the host checked), use Vec4 loads
-    int tid;
-    A regs[REGS];  // the fetched slice, held until stage()
+    const T* wp;  // per tile: this thread's row, at reduction index k0 + kk0 of the next fetch
+    int kred;     // row length (Cg*R*S)
+    int vec;      // 1: kred % 4 == 0 and w is ALIGN-byte aligned (the host checked), use Vec4 loads
+    int row;      // this thread's row (filter) of the tile
+    int kk0;      // reduction index of its first slot within a slice
+    bool row_ok;  // per tile: the row is one of the tile's filters
+    A regs[4 * LOADS];  // the fetched slice, held until stage()
 
-    __device__ __forceinline__ GemmWeightLoader(int kred_, int vec_, int tid_)
-        : w(nullptr), kred(kred_), rows(0), vec(vec_), tid(tid_) {}
+    __device__ __forceinline__ GemmWeightLoader(int kred_, int vec_, int tid)
+        : wp(nullptr), kred(kred_), vec(vec_), row(tid % BM), kk0(4 * (tid / BM)), row_ok(false) {}
 
-    __device__ __forceinline__ void begin_tile(const T* w_tile, int rows_) { w = w_tile; rows = rows_; }
+    // w_tile: first weight of the tile's first filter (w + (g*Kg + k_begin) * kred); rows: filters the tile
+    // really has (BM, or fewer in a group's last tile).
+    __device__ __forceinline__ void begin_tile(const T* w_tile, int rows) {
+        row_ok = row < rows;
+        // Rows past the group's last filter read 0 and are never stored; w is never read there (it may be the
+        // next group, or past the end), so the pointer is only formed for rows that exist.
+        wp = row_ok ? w_tile + (index_t)row * kred + kk0 : w_tile;
+    }
 
     __device__ __forceinline__ void fetch(int k0) {
-        // Bounds are written as `x < limit - k0` (never `k0 + x < limit`): k0 + BK may exceed INT_MAX when
-        // kred is close to it, limit - k0 cannot overflow (0 <= k0 < kred).
-        if (vec) {
-            GPUCONV_UNROLL
-            for (int i = 0; i < V_LOADS; ++i) {
-                const int e = tid + i * THREADS;
-                const int row = e / V_PER_ROW;
-                const int kk = 4 * (e % V_PER_ROW);
-                A v0 = A(0), v1 = A(0), v2 = A(0), v3 = A(0);
-                // kred % 4 == 0 and kk % 4 == 0: the 4 elements are all inside the row or all past its end
-                // (the reduction tail), which reads as 0. Rows past the group's last filter read 0 too and
-                // are never stored; w is never read there (it may be the next group, or past the end).
-                if (e < V_SLOTS && row < rows && kk < kred - k0)
-                    Vec4<T>::load(w + (index_t)row * kred + k0 + kk, v0, v1, v2, v3);
-                regs[4 * i] = v0; regs[4 * i + 1] = v1; regs[4 * i + 2] = v2; regs[4 * i + 3] = v3;
+        // Elements past the row's end (the reduction tail) read 0. Written `x < kred - k0 - kk0` (never
+        // `k0 + x < kred`): k0 + BK may exceed INT_MAX when kred is close to it, kred - k0 cannot overflow.
+        const int left = row_ok ? kred - k0 - kk0 : 0;
+        GPUCONV_UNROLL
+        for (int i = 0; i < LOADS; ++i) {
+            A v[4] = {A(0), A(0), A(0), A(0)};
+            if (vec) {
+                // kred % 4 == 0 and the slot starts at a multiple of 4: its 4 elements are all inside the row
+                // or all past its end.
+                if (i * KK_STEP < left) Vec4<T>::load(wp + i * KK_STEP, v[0], v[1], v[2], v[3]);
+            } else {
+                GPUCONV_UNROLL
+                for (int e = 0; e < 4; ++e)
+                    if (i * KK_STEP + e < left) v[e] = load<T>(wp + i * KK_STEP + e);
             }
-        } else {
-            const int kk = tid % BK;
             GPUCONV_UNROLL
-            for (int i = 0; i < S_LOADS; ++i) {
-                const int row = tid / BK + i * S_STEP;
-                A v = A(0);
-                if (row < rows && kk < kred - k0)  // same zero-fill rule as above, per element
-                    v = load<T>(w + (index_t)row * kred + k0 + kk);
-                regs[i] = v;
-            }
+            for (int e = 0; e < 4; ++e) regs[4 * i + e] = v[e];
         }
+        if (row_ok) wp += BK;  // the next slice (only for rows that exist: see begin_tile)
     }
 
     // Transposed store: dst[kk][row]. Every (row, kk) of the slice is written by exactly one thread, zeros
     // included, so nothing of the previous slice (or the NaN poison of the emulator) survives.
     __device__ __forceinline__ void stage(A (*dst)[Cfg::A_LD]) {
-        if (vec) {
-            GPUCONV_UNROLL
-            for (int i = 0; i < V_LOADS; ++i) {
-                const int e = tid + i * THREADS;
-                if (e < V_SLOTS) {
-                    const int row = e / V_PER_ROW;
-                    const int kk = 4 * (e % V_PER_ROW);
-                    GPUCONV_UNROLL
-                    for (int v = 0; v < 4; ++v) dst[kk + v][row] = Cfg::staged(regs[4 * i + v]);
-                }
+        GPUCONV_UNROLL
+        for (int i = 0; i < LOADS; ++i) {
+            if (BK % KK_STEP == 0 || kk0 + i * KK_STEP < BK) {  // the slot exists
+                GPUCONV_UNROLL
+                for (int e = 0; e < 4; ++e) dst[kk0 + i * KK_STEP + e][row] = Cfg::staged(regs[4 * i + e]);
             }
-        } else {
-            const int kk = tid % BK;
-            GPUCONV_UNROLL
-            for (int i = 0; i < S_LOADS; ++i) dst[kk][tid / BK + i * S_STEP] = Cfg::staged(regs[i]);
         }
     }
 };
@@ -238,9 +230,10 @@ __device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, Gemm
 
 // ---------------------------------------------------------------------------------------------------
 // The CUDA-core accumulator: this thread's TM x TN tile of C in registers, FMAs from shared memory.
-// Thread tid computes filters ty*TM + i (i < TM) and pixels tx + j*THREADS_N (j < TN) of the block tile,
-// ty = tid / THREADS_N, tx = tid % THREADS_N. Pixels are interleaved (not TN contiguous ones) so that a
-// warp's reads of b[kk][tx + j*THREADS_N] hit consecutive banks and its stores to y are consecutive.
+// Thread tid computes filters ty*TM + i (i < TM) and pixels col_of(j) (j < TN) of the block tile,
+// ty = tid / THREADS_N, tx = tid % THREADS_N: TN / 4 groups of 4 consecutive pixels, groups 4*THREADS_N
+// apart, so that both operands' fragments are read with 128-bit shared loads (with pixels interleaved one
+// by one, as before issue 16, B took TN 32-bit loads per kk) and a warp's loads stay conflict-free.
 // ---------------------------------------------------------------------------------------------------
 template <typename T, class Cfg>
 struct RegisterTile {
@@ -256,6 +249,14 @@ struct RegisterTile {
         }
     }
 
+    // Column (pixel) of the block tile that result column j of this thread is: TN / 4 groups of 4
+    // consecutive pixels, group h starting at h * 4 * THREADS_N + 4 * tx.
+    __device__ __forceinline__ int col_of(int j) const { return (j / 4) * (4 * Cfg::THREADS_N) + 4 * tx + (j % 4); }
+
+    // Per kk, a thread reads its TM filters (TM / 4 x 128-bit: as[kk][ty*TM .. +TM-1] is contiguous and
+    // 16-byte aligned, A_LD % 4 == 0) and its TN pixels (TN / 4 x 128-bit, 4 consecutive per group) from
+    // shared memory, then does TM x TN FMAs. A warp's 16 (THREADS_N) distinct tx read 64 consecutive words
+    // of a B row (no bank conflict); its 2 ty read 2 addresses of the A row (broadcast).
     __device__ __forceinline__ void slice(const A (*as)[Cfg::A_LD], const A (*bs)[Cfg::B_LD]) {
         GPUCONV_UNROLL
         for (int kk = 0; kk < Cfg::BK; ++kk) {
@@ -263,7 +264,7 @@ struct RegisterTile {
             GPUCONV_UNROLL
             for (int i = 0; i < Cfg::TM; ++i) af[i] = as[kk][ty * Cfg::TM + i];
             GPUCONV_UNROLL
-            for (int j = 0; j < Cfg::TN; ++j) bf[j] = bs[kk][tx + j * Cfg::THREADS_N];
+            for (int j = 0; j < Cfg::TN; ++j) bf[j] = bs[kk][col_of(j)];
             GPUCONV_UNROLL
             for (int i = 0; i < Cfg::TM; ++i) {
                 GPUCONV_UNROLL
@@ -285,33 +286,33 @@ struct RegisterTile {
             const int row = ty * Cfg::TM + i;
             bias[i] = (has_bias && row < rows) ? load<T>(b + k_first + row) : A(0);
         }
-        // Pixel m0 + tx as (image n, pixel pq within the image); column j is THREADS_N pixels further, so the
-        // later columns step (n, pq) instead of dividing again (PQ may be smaller than THREADS_N: a while loop).
-        index_t n = 0, pq = 0;
-        if ((index_t)tx < M - m0) {
-            n = (m0 + tx) / PQ;
-            pq = m0 + tx - n * PQ;
-        }
         GPUCONV_UNROLL
-        for (int j = 0; j < Cfg::TN; ++j) {
-            const int col = tx + j * Cfg::THREADS_N;
+        for (int h = 0; h < Cfg::TN / 4; ++h) {
+            const int col0 = col_of(4 * h);
             // Columns past the last pixel (partial last tile) were computed from zero-filled B and are not
-            // stored; columns only grow with j, so the rest are past it too.
-            if ((index_t)col >= M - m0) break;
-            T* yc = y + (n * K + k_first) * PQ + pq;  // 64-bit: y may exceed 2^31 elements
+            // stored; columns only grow with h and e, so the rest are past it too.
+            if ((index_t)col0 >= M - m0) break;
+            // Pixel m0 + col0 as (image n, pixel pq within the image); the group's next 3 pixels step
+            // (n, pq) instead of dividing again.
+            index_t n = (m0 + col0) / PQ;
+            index_t pq = m0 + col0 - n * PQ;
             GPUCONV_UNROLL
-            for (int i = 0; i < Cfg::TM; ++i) {
-                const int row = ty * Cfg::TM + i;
-                if (row < rows) {
-                    A v = acc[i][j];
-                    if (has_bias) v += bias[i];  // (only when there is one: keeps -0.0 as the sum made it)
-                    store<T>(yc + (index_t)row * PQ, activate(v, act));
+            for (int e = 0; e < 4; ++e) {
+                if ((index_t)(col0 + e) >= M - m0) break;
+                T* yc = y + (n * K + k_first) * PQ + pq;  // 64-bit: y may exceed 2^31 elements
+                GPUCONV_UNROLL
+                for (int i = 0; i < Cfg::TM; ++i) {
+                    const int row = ty * Cfg::TM + i;
+                    if (row < rows) {
+                        A v = acc[i][4 * h + e];
+                        if (has_bias) v += bias[i];  // (only when there is one: keeps -0.0 as the sum made it)
+                        store<T>(yc + (index_t)row * PQ, activate(v, act));
+                    }
                 }
-            }
-            pq += Cfg::THREADS_N;
-            while (pq >= PQ) {
-                pq -= PQ;
-                ++n;
+                if (++pq == PQ) {
+                    pq = 0;
+                    ++n;
+                }
             }
         }
     }

@@ -16,8 +16,13 @@ namespace gpuconv {
 //
 // Thread t always loads column t % BN of the tile (so its pixel's decomposition is done once per tile, and
 // consecutive threads read consecutive pixels: coalesced along W for stride 1) and LOADS consecutive rows
-// (t / BN) * LOADS + i, i < LOADS, of each slice: one division pair per slice finds the first row's
-// (c, r, s), the following ones step by one tap.
+// (t / BN) * LOADS + i, i < LOADS, of each slice.
+//
+// No division in the main loop: the tap (c, r, s) of the thread's first row is found by one division pair
+// per tile (begin_tile) and then advanced by BK taps per slice with the constant carry step (BK as
+// (dc, dr, ds), found once per launch in the constructor); within a slice the rows step by one tap. This is
+// why fetch() must be called for k0 = 0, BK, 2*BK, ... in that order, once each, after begin_tile()
+// (gemm_slices does exactly that).
 template <typename T, class Cfg>
 struct Im2colLoader {
     typedef typename acc_type<T>::type A;
@@ -30,8 +35,12 @@ struct Im2colLoader {
     int tap_dh, tap_dw;  // input step per filter tap: (dh, dw), or (-dh, -dw) with flip (see begin_tile)
     index_t HW, PQ, M;
     int col, row0;  // this thread's column of the tile and first row of each slice
+    int step_r, step_s;  // BK taps = step_c channels + step_r filter rows + step_s filter columns
+    index_t step_c_off;  // step_c * H*W (0 <= step_r < R, 0 <= step_s < S)
     // per tile:
-    const T* xb;    // x + (n*C + g*Cg) * H*W: the first channel of this pixel's image and group
+    const T* xc;    // x + (n*C + g*Cg + c) * H*W: channel c of this pixel's image and group, c = the tap of
+                    // the next slice's first row (row0)
+    int r, s;       // filter row / column of that tap
     int ih0, iw0;   // input row / column of tap (0, 0) (negative inside the top / left padding)
     bool col_ok;    // the pixel exists (a partial last tile has columns past M)
     A regs[LOADS];
@@ -42,7 +51,13 @@ struct Im2colLoader {
           pl(cp.pl), dh(cp.dh), dw(cp.dw), P(cp.P), Q(cp.Q), flip(cp.flip), kred(Cg_ * cp.R * cp.S),
           tap_dh(cp.flip ? -cp.dh : cp.dh), tap_dw(cp.flip ? -cp.dw : cp.dw), HW((index_t)cp.H * cp.W),
           PQ((index_t)cp.P * cp.Q), M(M_), col(tid % BN), row0((tid / BN) * LOADS),
-          xb(x_), ih0(0), iw0(0), col_ok(false) {}
+          xc(x_), r(0), s(0), ih0(0), iw0(0), col_ok(false) {
+        const int RS = R * S;
+        const int step_c = BK / RS;
+        step_r = (BK - step_c * RS) / S;
+        step_s = BK - step_c * RS - step_r * S;
+        step_c_off = (index_t)step_c * HW;
+    }
 
     __device__ __forceinline__ void begin_tile(index_t m0, int g) {
         col_ok = (index_t)col < M - m0;
@@ -52,7 +67,12 @@ struct Im2colLoader {
         const index_t pq = m - n * PQ;
         const int p = (int)(pq / Q);
         const int q = (int)(pq - (index_t)p * Q);
-        xb = x + ((index_t)n * C + (index_t)g * Cg) * HW;  // 64-bit: x may exceed 2^31 elements
+        // The tap of row row0 (< BK <= any kred it is used with, else fetch reads nothing).
+        const int RS = R * S;
+        const int c = row0 / RS;
+        r = (row0 - c * RS) / S;
+        s = row0 - c * RS - r * S;
+        xc = x + ((index_t)n * C + (index_t)g * Cg + c) * HW;  // 64-bit: x may exceed 2^31 elements
         // int: p*sh <= H + pt + pb - 1 - (R-1)*dh, which the host's 32-bit rule keeps below 2^31.
         ih0 = p * sh - pt;
         iw0 = q * sw - pl;
@@ -66,38 +86,45 @@ struct Im2colLoader {
     }
 
     __device__ __forceinline__ void fetch(int k0) {
-        // Rows at or past kred (the reduction tail of the last slice) read 0; `row0 < kred - k0` cannot
-        // overflow where `k0 + row0 < kred` could (k0 < kred <= INT_MAX).
-        int c = 0, r = 0, s = 0;
-        if (row0 < kred - k0) {
-            const int kr = k0 + row0;
-            const int RS = R * S;
-            c = kr / RS;
-            const int rs = kr - c * RS;
-            r = rs / S;
-            s = rs - r * S;
-        }
+        // Rows at or past kred (the reduction tail of the last slice) read 0: row i exists iff i < rem
+        // (`kred - k0` cannot overflow where `k0 + row0 < kred` could; k0 < kred <= INT_MAX). A column
+        // past M reads nothing at all.
+        const int rem = col_ok ? kred - k0 - row0 : 0;
+        const T* p = xc;
+        int rr = r, ss = s;
         GPUCONV_UNROLL
         for (int i = 0; i < LOADS; ++i) {
             A v = A(0);
-            if (col_ok && row0 + i < kred - k0) {
-                const int ih = ih0 + r * tap_dh;
-                const int iw = iw0 + s * tap_dw;
-                // Halo / bounds: taps that land in the padding (or, for a filter reaching past the padded
-                // edge, beyond it) read 0 by definition; x is never read outside the image. The unsigned
-                // compare also rejects negative coordinates (top / left padding).
-                if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    v = load<T>(xb + (index_t)c * HW + (index_t)ih * W + iw);
-            }
+            const int ih = ih0 + rr * tap_dh;
+            const int iw = iw0 + ss * tap_dw;
+            // Halo / bounds: taps that land in the padding (or, for a filter reaching past the padded
+            // edge, beyond it) read 0 by definition; x is never read outside the image. The unsigned
+            // compare also rejects negative coordinates (top / left padding).
+            // Inside the image ih and iw are >= 0: the offset is formed unsigned (one wide multiply-add,
+            // exact in 64 bits), cheaper than a signed 64-bit product.
+            if (i < rem && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                v = load<T>(p + ((unsigned long long)(unsigned)ih * (unsigned)W + (unsigned)iw));
             regs[i] = v;
             // Next tap: s fastest, then r, then c (the order of kr and of w's layout).
-            if (++s == S) {
-                s = 0;
-                if (++r == R) {
-                    r = 0;
-                    ++c;
+            if (++ss == S) {
+                ss = 0;
+                if (++rr == R) {
+                    rr = 0;
+                    p += HW;
                 }
             }
+        }
+        // The next slice's first row: BK taps further, = (step_c, step_r, step_s) with two carries.
+        xc += step_c_off;
+        s += step_s;
+        if (s >= S) {
+            s -= S;
+            ++r;
+        }
+        r += step_r;
+        if (r >= R) {
+            r -= R;
+            xc += HW;
         }
     }
 

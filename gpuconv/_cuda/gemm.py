@@ -64,8 +64,8 @@ class GemmTile:
         return ACC_BYTES[np.dtype(dtype)] * 2 * self.bk * (self.bm + GEMM_A_PAD + self.bn)
 
 
-LARGE_TILE = GemmTile("large", 128, 128, 8, 8, 8)
-SMALL_TILE = GemmTile("small", 64, 64, 8, 4, 4)
+LARGE_TILE = GemmTile("large", 128, 128, 16, 8, 8)
+SMALL_TILE = GemmTile("small", 64, 64, 16, 4, 4)
 # The configs instantiated per dtype (float64 runs the small tile only).
 TILES_BY_DTYPE = {np.dtype(np.float16): (LARGE_TILE, SMALL_TILE),
                   np.dtype(np.float32): (LARGE_TILE, SMALL_TILE),
