@@ -72,8 +72,9 @@ def _edge_params():
             else [SMALL_TILE, LARGE_TILE]
         for tile in tiles:
             for dt in gemm.TILES_BY_DTYPE:
-                if tile in gemm.TILES_BY_DTYPE[dt]:
-                    params.append(pytest.param(name, tile, dt, id=f"{name}-{tile.name}-{dt.name}"))
+                if any(t.name == tile.name for t in gemm.TILES_BY_DTYPE[dt]):  # float64: its own small tile
+                    params.append(pytest.param(name, gemm.tile_for_dtype(tile, dt), dt,
+                                               id=f"{name}-{tile.name}-{dt.name}"))
     return params
 
 
@@ -248,7 +249,9 @@ def test_tile_config_rule():
     assert gemm.gemm_blocks(big, LARGE_TILE) == 256
     for dt in (np.float16, np.float32):
         assert gemm.gemm_tile_for(big, dt) is LARGE_TILE
-    assert gemm.gemm_tile_for(big, np.float64) is SMALL_TILE
+    assert gemm.gemm_tile_for(big, np.float64) is gemm.SMALL_TILE_F64 == gemm.tile_for_dtype(SMALL_TILE, np.float64)
+    with pytest.raises(ValueError, match="tile large is not instantiated for float64"):
+        gemm.tile_for_dtype(LARGE_TILE, np.float64)
     # Kg = 64: one small tile holds every filter of a group.
     assert gemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=64), np.float32) is SMALL_TILE
     # Kg = 65 qualifies ...
@@ -276,7 +279,7 @@ def test_tile_configs_match_the_kernel():
     count the NVRTC check compiles."""
     assert LARGE_TILE.threads == SMALL_TILE.threads == 256
     assert LARGE_TILE.shared_bytes(np.float32) == LARGE_TILE.shared_bytes(np.float16) == 33280
-    assert SMALL_TILE.shared_bytes(np.float32) == 16896 and SMALL_TILE.shared_bytes(np.float64) == 33792
+    assert SMALL_TILE.shared_bytes(np.float32) == 16896 and gemm.SMALL_TILE_F64.shared_bytes(np.float64) == 16896
     assert len(conv_igemm.INSTANTIATIONS) == len(conv_gemm1x1.INSTANTIATIONS) == 5
     text = (kernels_dir() / "gemm_tile.cuh").read_text()
     assert f"static constexpr int A_PAD = {gemm.GEMM_A_PAD};" in text
