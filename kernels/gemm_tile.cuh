@@ -205,27 +205,29 @@ __device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, Gemm
     // all happened before that tile's final barrier below.
     __syncthreads();
 
-    for (int t = 0; t < slices; ++t) {
+    // Every slice but the last: fetch the next one, compute this one, stage the next one. The last slice
+    // is computed after the loop, so the loop body has no "is there a next slice" branches.
+    for (int t = 0; t + 1 < slices; ++t) {
         const int cur = t & 1;
-        const bool has_next = t + 1 < slices;
         // Issue the global loads of the next slice now; they complete while this slice is computed.
-        if (has_next) {
-            la.fetch((t + 1) * Cfg::BK);
-            lb.fetch((t + 1) * Cfg::BK);
-        }
+        la.fetch((t + 1) * Cfg::BK);
+        lb.fetch((t + 1) * Cfg::BK);
         acc.slice(sm.a[cur], sm.b[cur]);
         // Write the next slice into the other buffer. Safe without a barrier before it: that buffer was
         // last read while computing slice t-1, and every thread finished that before the barrier that
         // ended iteration t-1 (or, for t = 0, it has not been used in this tile).
-        if (has_next) {
-            la.stage(sm.a[cur ^ 1]);
-            lb.stage(sm.b[cur ^ 1]);
-        }
+        la.stage(sm.a[cur ^ 1]);
+        lb.stage(sm.b[cur ^ 1]);
         // The one barrier per slice: (1) the next buffer is complete before anyone computes from it, and
-        // (2) everyone is done reading buffer `cur` before iteration t+1 overwrites it with slice t+2 (or
-        // the next tile's prologue overwrites buffer 0).
+        // (2) everyone is done reading buffer `cur` before iteration t+1 overwrites it with slice t+2.
         __syncthreads();
     }
+    // The last slice (none when kred == 0: then there is nothing to sum). The
+    // barrier after it: everyone is done reading its buffer before the next tile's prologue overwrites
+    // buffer 0 (or, when it is buffer 1, before slice 1 of the next tile does). `slices` is the same for
+    // every thread, so every thread reaches the same barriers.
+    if (slices > 0) acc.slice(sm.a[(slices - 1) & 1], sm.b[(slices - 1) & 1]);
+    __syncthreads();
 }
 
 // ---------------------------------------------------------------------------------------------------
