@@ -13,13 +13,16 @@
 //
 // What lives here (device templates, parameterised by the tile config and by operand-loader functors):
 //   GemmTileConfig<BM, BN, BK, TM, TN>: a block computes a BM (filters) x BN (pixels) tile of C with
-//       (BM/TM) x (BN/TN) threads; each thread keeps a TM x TN tile of accumulators in registers.
+//       (BM/TM) x (BN/TN) threads; each thread keeps a TM x TN tile of accumulators in registers and reads
+//       its fragments of both operands with 128-bit shared loads (TM, TN multiples of 4). The host's
+//       configs (gpuconv/_cuda/gemm.py): 128x128x16 8x8, 64x128x16 4x8, 64x64x16 4x4, float64 64x64x8 4x4.
 //   GemmSmem: the double-buffered shared staging, A transposed (a[buf][kk][row]) so the inner loop reads
 //       a thread's TM filters contiguously, B as is (b[buf][kk][col]).
 //   GemmWeightLoader: the A loader every GEMM kernel uses (scalar, or 4-wide vector loads when the host says
 //       the weights allow them).
 //   gemm_slices: walks Kred in slices of BK; loads slice t+1 from global memory into registers while the
-//       tile's accumulator computes slice t from shared memory; one __syncthreads() per slice.
+//       tile's accumulator computes slice t from shared memory; one __syncthreads() per slice; the last
+//       slice is computed after the loop (no next-slice branches in the main loop).
 //   RegisterTile: the CUDA-core accumulator (a thread's TM x TN results, FMAs) and its epilogue (bias,
 //       activation, bounds-checked store into y). conv2d_igemm_tc.cu plugs a warp-MMA accumulator into
 //       the same slice and tile loops.
@@ -27,7 +30,10 @@
 //
 // An operand loader is a struct with
 //     void fetch(int k0);     // global -> registers: this thread's share of slice [k0, k0 + BK), 0 where
-//                             // the element lies outside the matrix (reduction, rows/columns, padding)
+//                             // the element lies outside the matrix (reduction, rows/columns, padding).
+//                             // Called for k0 = 0, BK, 2*BK, ... in order, once each per tile (after
+//                             // begin_tile): the loaders here advance their addresses by BK per call
+//                             // instead of forming them from k0 (no division or 64-bit product per slice).
 //     void stage(A (*dst)[LD]);  // registers -> one shared buffer (LD = Cfg::A_LD for A, Cfg::B_LD for B),
 //                                // each value through Cfg::staged()
 // and is set up per tile by the kernel (which rows / columns the tile covers).
