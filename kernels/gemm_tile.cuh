@@ -72,8 +72,9 @@ struct GemmTileConfig {
 // (256 threads x blocks)). Stated explicitly because without a minimum ptxas picked an occupancy target
 // of its own on sm_90 (80 registers for the 4x4 tile) and spilled. The 8x8 tile (64 accumulators) needs
 // more than the 128 registers two blocks would leave (ptxas spilled at 128), so it gets one block per SM
-// (8 warps, latency hidden by the 8x8 tile's independent FMAs); the 4x4 tile fits two (<= 128 registers).
-__host__ __device__ constexpr int gemm_min_blocks_per_sm(int tm, int tn) { return tm * tn >= 64 ? 1 : 2; }
+// (8 warps, latency hidden by the 8x8 tile's independent FMAs); so does the 4x8 tile (at 128 registers
+// ptxas spilled it on sm_100 / sm_120 with NVRTC 12.9); the 4x4 tile fits two (<= 128 registers).
+__host__ __device__ constexpr int gemm_min_blocks_per_sm(int tm, int tn) { return tm * tn >= 32 ? 1 : 2; }
 
 // Shared staging for one block: two buffers of each operand (double buffering), in the accumulation
 // type (float for float16), so the inner loop does no conversions. Size (bytes):
