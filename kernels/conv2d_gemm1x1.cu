@@ -13,17 +13,21 @@
 //   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
 //       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
 //       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w and vec_x (below).
-//   Launch shape: 1-D block of 256 threads (every config); 1-D grid over groups * ceil(M / BN) * ceil(Kg / BM) tiles with a
-//       64-bit grid-stride loop. Extra parameters: vec_w (Cg % 4 == 0 and w aligned: 4-wide weight loads),
+//   Launch shape: 1-D block of 256 threads (every config); 1-D grid over groups * ceil(M / BN) *
+//       ceil(Kg / BM) tiles with a 64-bit grid-stride loop. Extra parameters: vec_w (Cg % 4 == 0 and w aligned: 4-wide weight loads),
 //       vec_x (stride 1, H*W % 4 == 0 and x aligned: 4-wide input loads).
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 33,280 (large, float32 and
 //       float16), 25,088 (wide), 16,896 (small, float32 and float16; float64 with BK = 8).
 //   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (REGS_LARGE; one block of 256
-//       threads fits either way) and 2 with the 4x8 and 4x4 tiles (<= 128), see gemm_min_blocks_per_sm in
+//       __launch_bounds__ asks for 1 block per SM with the 8x8 and 4x8 thread tiles
+//       (8x8: 150-167 registers up to sm_90,
+//       212-247 on sm_100 / sm_120; 4x8: 111-117 up to sm_90, 175-197 on sm_100 / sm_120; one block of
+//       256 threads fits either way) and 2 with the 4x4 tile (<= 128), see gemm_min_blocks_per_sm in
 //       gemm_tile.cuh.
 //   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): float32 on sm_90 with NVRTC
-//       12.9, FMA share of the instructions of one slice: SASS_FIGURES.
+//       12.9, FMA share of the instructions of one slice:
+//       large 81.8% (1024 FMA / 1252), wide 73.0% (512 / 701),
+//       small 65.8% (256 / 389); before issue 16: 67.5% (128x128x8) and 43.7% (64x64x8).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's for these geometries (see conv2d_direct.cu and docs/semantics.md).

@@ -23,11 +23,15 @@
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 33,280 (large, float32 and
 //       float16), 25,088 (wide), 16,896 (small, float32 and float16; float64 with BK = 8).
 //   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (REGS_LARGE; one block of 256
-//       threads fits either way) and 2 with the 4x8 and 4x4 tiles (<= 128), see gemm_min_blocks_per_sm in
-//       gemm_tile.cuh.
+//       __launch_bounds__ asks for 1 block per SM with the 8x8 and 4x8 thread tiles
+//       (8x8: 188-219 registers up to sm_90,
+//       241-255 -- the limit, without spilling -- on sm_100 / sm_120; 4x8: 145-193 up to sm_90, 197-227 on
+//       sm_100 / sm_120; one block of 256 threads fits either way) and 2 with the 4x4 tile (<= 128), see
+//       gemm_min_blocks_per_sm in gemm_tile.cuh.
 //   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): float32 on sm_90 with NVRTC
-//       12.9, FMA share of the instructions of one slice: SASS_FIGURES.
+//       12.9, FMA share of the instructions of one slice:
+//       large 80.7% (1024 FMA / 1269), wide 71.7% (512 / 714),
+//       small 63.4% (256 / 404); before issue 16: 58.0% (128x128x8) and 34.5% (64x64x8).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md). float16 is stored in
