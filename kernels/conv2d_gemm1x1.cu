@@ -8,21 +8,26 @@
 //       checks, and with stride 1 (then B's rows are x's contiguous channel planes) 4-wide vector loads of 4
 //       consecutive pixels. Handles stride (any), groups, bias, activation; dilation and flip do not change a
 //       1x1 filter. The host declines every other geometry (gemm1x1_decline_reason).
-//   Tile configs: as conv2d_igemm (same host rule, gpuconv/_cuda/conv_igemm.py gemm_tile_for): "large"
-//       BM = BN = 128, BK = 8, TM = TN = 8 for float32 / float16; "small" BM = BN = 64, BK = 8, TM = TN = 4.
+//   Tile configs: as conv2d_igemm (same host rule, gpuconv/_cuda/gemm.py gemm_tile_for): "large"
+//       128x128x16 8x8, "wide" 64x128x16 4x8 (float32 / float16), "small" 64x64x16 4x4 (64x64x8 for float64).
 //   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
 //       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
 //       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w and vec_x (below).
-//   Launch shape: 1-D block of 256 threads; 1-D grid over groups * ceil(M / BN) * ceil(Kg / BM) tiles with a
-//       64-bit grid-stride loop. Extra parameters: vec_w (Cg % 4 == 0 and w aligned: 4-wide weight loads),
+//   Launch shape: 1-D block of 256 threads (every config); 1-D grid over groups * ceil(M / BN) *
+//       ceil(Kg / BM) tiles with a 64-bit grid-stride loop. Extra parameters: vec_w (Cg % 4 == 0 and w aligned: 4-wide weight loads),
 //       vec_x (stride 1, H*W % 4 == 0 and x aligned: 4-wide input loads).
-//   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 16,640 (large, float32 and
-//       float16), 8,448 (small, float32 and float16), 16,896 (small, float64).
+//   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 33,280 (large, float32 and
+//       float16), 25,088 (wide), 16,896 (small, float32 and float16; float64 with BK = 8).
 //   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (134-139 registers up to sm_90
-//       with NVRTC 13.5, 224-242 with 12.9; 194-255 on sm_100 / sm_120, at the 255 limit without spilling;
-//       one block of 256 threads fits either way) and 2 with the 4x4 tile (<= 128), see
-//       gemm_min_blocks_per_sm in gemm_tile.cuh.
+//       __launch_bounds__ asks for 1 block per SM with the 8x8 and 4x8 thread tiles
+//       (8x8: 150-167 registers up to sm_90,
+//       212-247 on sm_100 / sm_120; 4x8: 111-117 up to sm_90, 175-197 on sm_100 / sm_120; one block of
+//       256 threads fits either way) and 2 with the 4x4 tile (<= 128), see gemm_min_blocks_per_sm in
+//       gemm_tile.cuh.
+//   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): float32 on sm_90 with NVRTC
+//       12.9, FMA share of the instructions of one slice:
+//       large 81.8% (1024 FMA / 1252), wide 73.0% (512 / 701),
+//       small 65.8% (256 / 389); before issue 16: 67.5% (128x128x8) and 43.7% (64x64x8).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's for these geometries (see conv2d_direct.cu and docs/semantics.md).
@@ -48,6 +53,7 @@ struct PointwiseLoader {
     static constexpr int V_PER_ROW = BN / 4;
     static constexpr int V_SLOTS = BK * V_PER_ROW;
     static constexpr int V_LOADS = (V_SLOTS + THREADS - 1) / THREADS;
+    static constexpr int V_ROW_STEP = THREADS / V_PER_ROW;  // rows between a thread's vector slots
     static constexpr int REGS = S_LOADS > 4 * V_LOADS ? S_LOADS : 4 * V_LOADS;
     static_assert(THREADS % BN == 0 && (BK * BN) % THREADS == 0, "scalar pattern must tile BK x BN exactly");
     static_assert(BN % 4 == 0 && THREADS % V_PER_ROW == 0, "vector pattern: fixed columns per thread");
@@ -56,7 +62,8 @@ struct PointwiseLoader {
     int C, W, Cg, sh, sw, Q, vec;
     index_t HW, PQ, M;
     int col, row0;  // this thread's (first) column of the tile and first row of each slice
-    const T* xb;    // per tile: x + (n*C + g*Cg) * H*W + p*sh*W + q*sw, this pixel in the group's channel 0
+    const T* xk;    // per tile: x + (n*C + g*Cg + k0 + row0) * H*W + p*sh*W + q*sw, this pixel in channel
+                    // k0 + row0 of its group, k0 the next fetch's first channel (advanced by BK per fetch)
     bool col_ok;    // per tile: the pixel (vector: all 4 pixels) exists
     A regs[REGS];
 
@@ -67,7 +74,7 @@ struct PointwiseLoader {
           PQ((index_t)cp.P * cp.Q), M(M_),
           col(vec_ ? 4 * (tid % V_PER_ROW) : tid % BN),
           row0(vec_ ? tid / V_PER_ROW : (tid / BN) * S_LOADS),
-          xb(x_), col_ok(false) {}
+          xk(x_), col_ok(false) {}
 
     __device__ __forceinline__ void begin_tile(index_t m0, int g) {
         // Vector case: M % 4 == 0 and col % 4 == 0, so col < M - m0 means all 4 pixels exist.
@@ -78,31 +85,38 @@ struct PointwiseLoader {
         const index_t pq = m - n * PQ;
         const int p = (int)(pq / Q);
         const int q = (int)(pq - (index_t)p * Q);
-        // 64-bit offsets: x may exceed 2^31 elements. p*sh <= H-1 and q*sw <= W-1 (no padding).
-        xb = x + ((index_t)n * C + (index_t)g * Cg) * HW + (index_t)(p * sh) * W + q * sw;
+        // 64-bit offsets: x may exceed 2^31 elements. p*sh <= H-1 and q*sw <= W-1 (no padding). Only formed
+        // for a pixel that exists; row0 < BK may be past Cg (then nothing is read).
+        xk = x + ((index_t)n * C + (index_t)g * Cg + row0) * HW + (index_t)(p * sh) * W + q * sw;
     }
 
+    // Must be called for k0 = 0, BK, 2*BK, ... in order, once each, after begin_tile (gemm_slices does):
+    // xk advances by BK channels per call.
     __device__ __forceinline__ void fetch(int k0) {
-        // Channels at or past Cg (the last slice's tail) read 0 (written `row < Cg - k0`: no overflow).
+        // Channels at or past Cg (the last slice's tail) read 0: row row0 + r exists iff r < left (written
+        // `Cg - k0 - row0`: no overflow). A column past M reads nothing.
+        const int left = col_ok ? Cg - k0 - row0 : 0;
         if (vec) {
             GPUCONV_UNROLL
             for (int i = 0; i < V_LOADS; ++i) {
-                // Slot tid + i*THREADS is row row0 + i*(THREADS/V_PER_ROW); it exists iff that row < BK
-                // (a small tile has fewer slots than threads).
-                const int row = row0 + i * (THREADS / V_PER_ROW);
+                // Slot tid + i*THREADS is row row0 + i*V_ROW_STEP; it exists iff that row < BK (a small tile
+                // has fewer slots than threads).
                 A v0 = A(0), v1 = A(0), v2 = A(0), v3 = A(0);
-                if (row < BK && col_ok && row < Cg - k0)
-                    Vec4<T>::load(xb + (index_t)(k0 + row) * HW, v0, v1, v2, v3);
+                if (row0 + i * V_ROW_STEP < BK && i * V_ROW_STEP < left)
+                    Vec4<T>::load(xk + (index_t)(i * V_ROW_STEP) * HW, v0, v1, v2, v3);
                 regs[4 * i] = v0; regs[4 * i + 1] = v1; regs[4 * i + 2] = v2; regs[4 * i + 3] = v3;
             }
         } else {
+            const T* p = xk;
             GPUCONV_UNROLL
             for (int i = 0; i < S_LOADS; ++i) {
                 A v = A(0);
-                if (col_ok && row0 + i < Cg - k0) v = load<T>(xb + (index_t)(k0 + row0 + i) * HW);
+                if (i < left) v = load<T>(p);
                 regs[i] = v;
+                p += HW;  // the next channel (formed, not read, past the last one)
             }
         }
+        if (col_ok) xk += BK * HW;
     }
 
     // Every (row, col) of the slice is written by exactly one thread (zeros included).
@@ -110,7 +124,7 @@ struct PointwiseLoader {
         if (vec) {
             GPUCONV_UNROLL
             for (int i = 0; i < V_LOADS; ++i) {
-                const int row = row0 + i * (THREADS / V_PER_ROW);
+                const int row = row0 + i * V_ROW_STEP;
                 if (row < BK) {  // the slot exists: surplus threads of a small tile stage nothing
                     GPUCONV_UNROLL
                     for (int v = 0; v < 4; ++v) dst[row][col + v] = Cfg::staged(regs[4 * i + v]);

@@ -8,23 +8,30 @@
 //       shared slices of BK, TM x TN register tile per thread) is gemm_tile.cuh's, shared with
 //       conv2d_gemm1x1.cu and conv2d_igemm_tc.cu. Covers every geometry
 //       conv2d_direct does: stride, asymmetric padding, dilation, groups/depthwise, flip, bias, activation.
-//   Tile configs the host instantiates (gpuconv/_cuda/conv_igemm.py, gemm_tile_for): "large" BM = BN = 128,
-//       BK = 8, TM = TN = 8 (float32 / float16, groups with more than 64 filters and enough tiles to fill the
-//       GPU), "small" BM = BN = 64, BK = 8, TM = TN = 4 (float64 always, everything else otherwise).
+//   Tile configs the host instantiates (gpuconv/_cuda/gemm.py, gemm_tile_for, documented there): "large"
+//       BM = BN = 128, BK = 16, TM = TN = 8 (float32 / float16, groups with more than 64 filters and enough
+//       tiles to fill the GPU), "wide" BM = 64, BN = 128, BK = 16, TM = 4, TN = 8 (float32 / float16, 64 or
+//       fewer filters, or too few large tiles, when the wide tiles fill the GPU), "small" BM = BN = 64,
+//       BK = 16, TM = TN = 4 (float32 / float16 otherwise) and BK = 8 for float64 (always).
 //   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
 //       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
 //       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w (below).
-//   Launch shape: 1-D block of (BM/TM) * (BN/TN) = 256 threads (both configs); 1-D grid over
+//   Launch shape: 1-D block of (BM/TM) * (BN/TN) = 256 threads (every config); 1-D grid over
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles, walked by a 64-bit grid-stride loop so the host may cap
 //       the grid. Extra parameter vec_w: 1 when the host found Cg*R*S % 4 == 0 and w aligned for 4-wide
 //       loads (Vec4 in gemm_tile.cuh), else 0.
-//   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 16,640 (large, float32 and
-//       float16), 8,448 (small, float32 and float16), 16,896 (small, float64).
+//   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 33,280 (large, float32 and
+//       float16), 25,088 (wide), 16,896 (small, float32 and float16; float64 with BK = 8).
 //   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ asks for 1 block per SM with the 8x8 thread tile (204-255 registers up to sm_90,
-//       255 -- the limit, without spilling -- on sm_86 / sm_89 with NVRTC 12.9; 192-255 on sm_100 / sm_120;
-//       one block of 256 threads fits either way) and 2 with the 4x4 tile (<= 128), see
+//       __launch_bounds__ asks for 1 block per SM with the 8x8 and 4x8 thread tiles
+//       (8x8: 188-219 registers up to sm_90,
+//       241-255 -- the limit, without spilling -- on sm_100 / sm_120; 4x8: 145-193 up to sm_90, 197-227 on
+//       sm_100 / sm_120; one block of 256 threads fits either way) and 2 with the 4x4 tile (<= 128), see
 //       gemm_min_blocks_per_sm in gemm_tile.cuh.
+//   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): float32 on sm_90 with NVRTC
+//       12.9, FMA share of the instructions of one slice:
+//       large 80.7% (1024 FMA / 1269), wide 71.7% (512 / 714),
+//       small 63.4% (256 / 404); before issue 16: 58.0% (128x128x8) and 34.5% (64x64x8).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md). float16 is stored in

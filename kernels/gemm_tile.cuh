@@ -13,13 +13,16 @@
 //
 // What lives here (device templates, parameterised by the tile config and by operand-loader functors):
 //   GemmTileConfig<BM, BN, BK, TM, TN>: a block computes a BM (filters) x BN (pixels) tile of C with
-//       (BM/TM) x (BN/TN) threads; each thread keeps a TM x TN tile of accumulators in registers.
+//       (BM/TM) x (BN/TN) threads; each thread keeps a TM x TN tile of accumulators in registers and reads
+//       its fragments of both operands with 128-bit shared loads (TM, TN multiples of 4). The host's
+//       configs (gpuconv/_cuda/gemm.py): 128x128x16 8x8, 64x128x16 4x8, 64x64x16 4x4, float64 64x64x8 4x4.
 //   GemmSmem: the double-buffered shared staging, A transposed (a[buf][kk][row]) so the inner loop reads
 //       a thread's TM filters contiguously, B as is (b[buf][kk][col]).
 //   GemmWeightLoader: the A loader every GEMM kernel uses (scalar, or 4-wide vector loads when the host says
 //       the weights allow them).
 //   gemm_slices: walks Kred in slices of BK; loads slice t+1 from global memory into registers while the
-//       tile's accumulator computes slice t from shared memory; one __syncthreads() per slice.
+//       tile's accumulator computes slice t from shared memory; one __syncthreads() per slice; the last
+//       slice is computed after the loop (no next-slice branches in the main loop).
 //   RegisterTile: the CUDA-core accumulator (a thread's TM x TN results, FMAs) and its epilogue (bias,
 //       activation, bounds-checked store into y). conv2d_igemm_tc.cu plugs a warp-MMA accumulator into
 //       the same slice and tile loops.
@@ -27,7 +30,10 @@
 //
 // An operand loader is a struct with
 //     void fetch(int k0);     // global -> registers: this thread's share of slice [k0, k0 + BK), 0 where
-//                             // the element lies outside the matrix (reduction, rows/columns, padding)
+//                             // the element lies outside the matrix (reduction, rows/columns, padding).
+//                             // Called for k0 = 0, BK, 2*BK, ... in order, once each per tile (after
+//                             // begin_tile): the loaders here advance their addresses by BK per call
+//                             // instead of forming them from k0 (no division or 64-bit product per slice).
 //     void stage(A (*dst)[LD]);  // registers -> one shared buffer (LD = Cfg::A_LD for A, Cfg::B_LD for B),
 //                                // each value through Cfg::staged()
 // and is set up per tile by the kernel (which rows / columns the tile covers).
@@ -47,10 +53,10 @@ struct GemmTileConfig {
     static constexpr int THREADS_M = BM / TM;
     static constexpr int THREADS_N = BN / TN;
     static constexpr int THREADS = THREADS_M * THREADS_N;
-    // A is staged transposed, a[kk][row]. The scalar weight loader has 8 consecutive threads write the 8
-    // kk of one row: with a row length of BM (a multiple of 32 words) they would all hit one bank; 4 extra
-    // words shift consecutive kk rows by 4 banks, so a warp's 32 stores land in 32 different banks (and
-    // rows stay 16-byte aligned). The host mirrors this (GEMM_A_PAD in gpuconv/_cuda/conv_igemm.py).
+    // A is staged transposed, a[kk][row]. The weight loader has a warp store 32 consecutive rows of one kk
+    // (conflict-free for any row length); the 4 extra words per row are kept because they keep rows 16-byte
+    // aligned for the 128-bit fragment reads and give a different bank to the same row of consecutive kk
+    // (the loader's second slot). The host mirrors this (GEMM_A_PAD in gpuconv/_cuda/gemm.py).
     static constexpr int A_PAD = 4;
     static constexpr int A_LD = BM + A_PAD;
     static constexpr int B_LD = BN;  // B slices unpadded: a warp's reads b[kk][tx + j*THREADS_N] are consecutive
@@ -58,6 +64,7 @@ struct GemmTileConfig {
     // config of conv2d_igemm_tc.cu rounds float32 to TF32 at this point, once per element).
     template <typename A> __device__ __forceinline__ static A staged(A v) { return v; }
     static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "fragments are read 4 at a time (128-bit shared loads)");
     static_assert(BK % 4 == 0, "4-wide vector loads need BK to be a multiple of 4");
 };
 
@@ -65,8 +72,9 @@ struct GemmTileConfig {
 // (256 threads x blocks)). Stated explicitly because without a minimum ptxas picked an occupancy target
 // of its own on sm_90 (80 registers for the 4x4 tile) and spilled. The 8x8 tile (64 accumulators) needs
 // more than the 128 registers two blocks would leave (ptxas spilled at 128), so it gets one block per SM
-// (8 warps, latency hidden by the 8x8 tile's independent FMAs); the 4x4 tile fits two (<= 128 registers).
-__host__ __device__ constexpr int gemm_min_blocks_per_sm(int tm, int tn) { return tm * tn >= 64 ? 1 : 2; }
+// (8 warps, latency hidden by the 8x8 tile's independent FMAs); so does the 4x8 tile (at 128 registers
+// ptxas spilled it on sm_100 / sm_120 with NVRTC 12.9); the 4x4 tile fits two (<= 128 registers).
+__host__ __device__ constexpr int gemm_min_blocks_per_sm(int tm, int tn) { return tm * tn >= 32 ? 1 : 2; }
 
 // Shared staging for one block: two buffers of each operand (double buffering), in the accumulation
 // type (float for float16), so the inner loop does no conversions. Size (bytes):
@@ -112,83 +120,74 @@ template <> struct Vec4<half> {
 
 // ---------------------------------------------------------------------------------------------------
 // The A operand: a BM x BK slice of the group's weights (rows = filters, contiguous along the reduction).
+//
+// Slot e = tid + i * THREADS holds the 4 consecutive reduction indices kk = 4 * (e / BM) .. + 3 of row
+// e % BM (THREADS % BM == 0: a thread's row is the same in every slot, its slots are KK_STEP apart along
+// the reduction). Rows fastest: a warp stages 32 consecutive rows of one kk row of the transposed staging
+// (consecutive words, no bank conflict whatever the row padding). With 4-wide loads (vec) a slot is one
+// Vec4 load, otherwise 4 scalar loads of the same addresses, so both paths share every address and all of
+// the staging code. The pointer advances by BK per fetch: fetch() must be called for k0 = 0, BK, 2*BK, ...
+// in order, once each, after begin_tile() (gemm_slices does exactly that).
 // ---------------------------------------------------------------------------------------------------
 template <typename T, class Cfg>
 struct GemmWeightLoader {
     typedef typename acc_type<T>::type A;
     static constexpr int BM = Cfg::BM, BK = Cfg::BK, THREADS = Cfg::THREADS;
-    // Scalar pattern: thread t reads reduction index t % BK of rows t / BK + i * S_STEP, so consecutive
-    // threads read consecutive (contiguous) weights of a row.
-    static constexpr int S_STEP = THREADS / BK;
-    static constexpr int S_LOADS = BM / S_STEP;
-    // Vector pattern: slot e = t + i * THREADS loads the 4 reduction indices 4 * (e % V_PER_ROW) .. + 3
-    // of row e / V_PER_ROW; with fewer slots than threads the surplus threads load nothing.
-    static constexpr int V_PER_ROW = BK / 4;
-    static constexpr int V_SLOTS = BM * V_PER_ROW;
-    static constexpr int V_LOADS = (V_SLOTS + THREADS - 1) / THREADS;
-    static constexpr int REGS = S_LOADS > 4 * V_LOADS ? S_LOADS : 4 * V_LOADS;
-    static_assert(THREADS % BK == 0 && BM % S_STEP == 0, "scalar weight pattern must tile BM x BK exactly");
+    static constexpr int KK_STEP = 4 * (THREADS / BM);  // reduction indices between a thread's slots
+    static constexpr int LOADS = (BK + KK_STEP - 1) / KK_STEP;  // slots per thread (the last may not exist)
+    static_assert(THREADS % BM == 0 && BK % 4 == 0, "weight slots: a fixed row per thread, 4 indices per slot");
 
-    const T* w;  // first weight of the tile's first filter: w + (g*Kg + k_begin) * kred
-    int kred;    // row length (Cg*R*S)
-    int rows;    // filters the tile really has: BM, or fewer in a group's last tile
-    int vec;     // 1: kred % 4 == 0 and w is ALIGN-byte aligned (the host checked), use Vec4 loads
-    int tid;
-    A regs[REGS];  // the fetched slice, held until stage()
+    const T* wp;  // per tile: this thread's row, at reduction index k0 + kk0 of the next fetch
+    int kred;     // row length (Cg*R*S)
+    int vec;      // 1: kred % 4 == 0 and w is ALIGN-byte aligned (the host checked), use Vec4 loads
+    int row;      // this thread's row (filter) of the tile
+    int kk0;      // reduction index of its first slot within a slice
+    bool row_ok;  // per tile: the row is one of the tile's filters
+    A regs[4 * LOADS];  // the fetched slice, held until stage()
 
-    __device__ __forceinline__ GemmWeightLoader(int kred_, int vec_, int tid_)
-        : w(nullptr), kred(kred_), rows(0), vec(vec_), tid(tid_) {}
+    __device__ __forceinline__ GemmWeightLoader(int kred_, int vec_, int tid)
+        : wp(nullptr), kred(kred_), vec(vec_), row(tid % BM), kk0(4 * (tid / BM)), row_ok(false) {}
 
-    __device__ __forceinline__ void begin_tile(const T* w_tile, int rows_) { w = w_tile; rows = rows_; }
+    // w_tile: first weight of the tile's first filter (w + (g*Kg + k_begin) * kred); rows: filters the tile
+    // really has (BM, or fewer in a group's last tile).
+    __device__ __forceinline__ void begin_tile(const T* w_tile, int rows) {
+        row_ok = row < rows;
+        // Rows past the group's last filter read 0 and are never stored; w is never read there (it may be the
+        // next group, or past the end), so the pointer is only formed for rows that exist.
+        wp = row_ok ? w_tile + (index_t)row * kred + kk0 : w_tile;
+    }
 
     __device__ __forceinline__ void fetch(int k0) {
-        // Bounds are written as `x < limit - k0` (never `k0 + x < limit`): k0 + BK may exceed INT_MAX when
-        // kred is close to it, limit - k0 cannot overflow (0 <= k0 < kred).
-        if (vec) {
-            GPUCONV_UNROLL
-            for (int i = 0; i < V_LOADS; ++i) {
-                const int e = tid + i * THREADS;
-                const int row = e / V_PER_ROW;
-                const int kk = 4 * (e % V_PER_ROW);
-                A v0 = A(0), v1 = A(0), v2 = A(0), v3 = A(0);
-                // kred % 4 == 0 and kk % 4 == 0: the 4 elements are all inside the row or all past its end
-                // (the reduction tail), which reads as 0. Rows past the group's last filter read 0 too and
-                // are never stored; w is never read there (it may be the next group, or past the end).
-                if (e < V_SLOTS && row < rows && kk < kred - k0)
-                    Vec4<T>::load(w + (index_t)row * kred + k0 + kk, v0, v1, v2, v3);
-                regs[4 * i] = v0; regs[4 * i + 1] = v1; regs[4 * i + 2] = v2; regs[4 * i + 3] = v3;
+        // Elements past the row's end (the reduction tail) read 0. Written `x < kred - k0 - kk0` (never
+        // `k0 + x < kred`): k0 + BK may exceed INT_MAX when kred is close to it, kred - k0 cannot overflow.
+        const int left = row_ok ? kred - k0 - kk0 : 0;
+        GPUCONV_UNROLL
+        for (int i = 0; i < LOADS; ++i) {
+            A v[4] = {A(0), A(0), A(0), A(0)};
+            if (vec) {
+                // kred % 4 == 0 and the slot starts at a multiple of 4: its 4 elements are all inside the row
+                // or all past its end.
+                if (i * KK_STEP < left) Vec4<T>::load(wp + i * KK_STEP, v[0], v[1], v[2], v[3]);
+            } else {
+                GPUCONV_UNROLL
+                for (int e = 0; e < 4; ++e)
+                    if (i * KK_STEP + e < left) v[e] = load<T>(wp + i * KK_STEP + e);
             }
-        } else {
-            const int kk = tid % BK;
             GPUCONV_UNROLL
-            for (int i = 0; i < S_LOADS; ++i) {
-                const int row = tid / BK + i * S_STEP;
-                A v = A(0);
-                if (row < rows && kk < kred - k0)  // same zero-fill rule as above, per element
-                    v = load<T>(w + (index_t)row * kred + k0 + kk);
-                regs[i] = v;
-            }
+            for (int e = 0; e < 4; ++e) regs[4 * i + e] = v[e];
         }
+        if (row_ok) wp += BK;  // the next slice (only for rows that exist: see begin_tile)
     }
 
     // Transposed store: dst[kk][row]. Every (row, kk) of the slice is written by exactly one thread, zeros
     // included, so nothing of the previous slice (or the NaN poison of the emulator) survives.
     __device__ __forceinline__ void stage(A (*dst)[Cfg::A_LD]) {
-        if (vec) {
-            GPUCONV_UNROLL
-            for (int i = 0; i < V_LOADS; ++i) {
-                const int e = tid + i * THREADS;
-                if (e < V_SLOTS) {
-                    const int row = e / V_PER_ROW;
-                    const int kk = 4 * (e % V_PER_ROW);
-                    GPUCONV_UNROLL
-                    for (int v = 0; v < 4; ++v) dst[kk + v][row] = Cfg::staged(regs[4 * i + v]);
-                }
+        GPUCONV_UNROLL
+        for (int i = 0; i < LOADS; ++i) {
+            if (BK % KK_STEP == 0 || kk0 + i * KK_STEP < BK) {  // the slot exists
+                GPUCONV_UNROLL
+                for (int e = 0; e < 4; ++e) dst[kk0 + i * KK_STEP + e][row] = Cfg::staged(regs[4 * i + e]);
             }
-        } else {
-            const int kk = tid % BK;
-            GPUCONV_UNROLL
-            for (int i = 0; i < S_LOADS; ++i) dst[kk][tid / BK + i * S_STEP] = Cfg::staged(regs[i]);
         }
     }
 };
@@ -213,34 +212,37 @@ __device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, Gemm
     // all happened before that tile's final barrier below.
     __syncthreads();
 
-    for (int t = 0; t < slices; ++t) {
+    // Every slice but the last: fetch the next one, compute this one, stage the next one. The last slice
+    // is computed after the loop, so the loop body has no "is there a next slice" branches.
+    for (int t = 0; t + 1 < slices; ++t) {
         const int cur = t & 1;
-        const bool has_next = t + 1 < slices;
         // Issue the global loads of the next slice now; they complete while this slice is computed.
-        if (has_next) {
-            la.fetch((t + 1) * Cfg::BK);
-            lb.fetch((t + 1) * Cfg::BK);
-        }
+        la.fetch((t + 1) * Cfg::BK);
+        lb.fetch((t + 1) * Cfg::BK);
         acc.slice(sm.a[cur], sm.b[cur]);
         // Write the next slice into the other buffer. Safe without a barrier before it: that buffer was
         // last read while computing slice t-1, and every thread finished that before the barrier that
         // ended iteration t-1 (or, for t = 0, it has not been used in this tile).
-        if (has_next) {
-            la.stage(sm.a[cur ^ 1]);
-            lb.stage(sm.b[cur ^ 1]);
-        }
+        la.stage(sm.a[cur ^ 1]);
+        lb.stage(sm.b[cur ^ 1]);
         // The one barrier per slice: (1) the next buffer is complete before anyone computes from it, and
-        // (2) everyone is done reading buffer `cur` before iteration t+1 overwrites it with slice t+2 (or
-        // the next tile's prologue overwrites buffer 0).
+        // (2) everyone is done reading buffer `cur` before iteration t+1 overwrites it with slice t+2.
         __syncthreads();
     }
+    // The last slice (none when kred == 0: then there is nothing to sum). The
+    // barrier after it: everyone is done reading its buffer before the next tile's prologue overwrites
+    // buffer 0 (or, when it is buffer 1, before slice 1 of the next tile does). `slices` is the same for
+    // every thread, so every thread reaches the same barriers.
+    if (slices > 0) acc.slice(sm.a[(slices - 1) & 1], sm.b[(slices - 1) & 1]);
+    __syncthreads();
 }
 
 // ---------------------------------------------------------------------------------------------------
 // The CUDA-core accumulator: this thread's TM x TN tile of C in registers, FMAs from shared memory.
-// Thread tid computes filters ty*TM + i (i < TM) and pixels tx + j*THREADS_N (j < TN) of the block tile,
-// ty = tid / THREADS_N, tx = tid % THREADS_N. Pixels are interleaved (not TN contiguous ones) so that a
-// warp's reads of b[kk][tx + j*THREADS_N] hit consecutive banks and its stores to y are consecutive.
+// Thread tid computes filters ty*TM + i (i < TM) and pixels col_of(j) (j < TN) of the block tile,
+// ty = tid / THREADS_N, tx = tid % THREADS_N: TN / 4 groups of 4 consecutive pixels, groups 4*THREADS_N
+// apart, so that both operands' fragments are read with 128-bit shared loads (with pixels interleaved one
+// by one, as before issue 16, B took TN 32-bit loads per kk) and a warp's loads stay conflict-free.
 // ---------------------------------------------------------------------------------------------------
 template <typename T, class Cfg>
 struct RegisterTile {
@@ -256,6 +258,14 @@ struct RegisterTile {
         }
     }
 
+    // Column (pixel) of the block tile that result column j of this thread is: TN / 4 groups of 4
+    // consecutive pixels, group h starting at h * 4 * THREADS_N + 4 * tx.
+    __device__ __forceinline__ int col_of(int j) const { return (j / 4) * (4 * Cfg::THREADS_N) + 4 * tx + (j % 4); }
+
+    // Per kk, a thread reads its TM filters (TM / 4 x 128-bit: as[kk][ty*TM .. +TM-1] is contiguous and
+    // 16-byte aligned, A_LD % 4 == 0) and its TN pixels (TN / 4 x 128-bit, 4 consecutive per group) from
+    // shared memory, then does TM x TN FMAs. A warp's 16 (THREADS_N) distinct tx read 64 consecutive words
+    // of a B row (no bank conflict); its 2 ty read 2 addresses of the A row (broadcast).
     __device__ __forceinline__ void slice(const A (*as)[Cfg::A_LD], const A (*bs)[Cfg::B_LD]) {
         GPUCONV_UNROLL
         for (int kk = 0; kk < Cfg::BK; ++kk) {
@@ -263,7 +273,7 @@ struct RegisterTile {
             GPUCONV_UNROLL
             for (int i = 0; i < Cfg::TM; ++i) af[i] = as[kk][ty * Cfg::TM + i];
             GPUCONV_UNROLL
-            for (int j = 0; j < Cfg::TN; ++j) bf[j] = bs[kk][tx + j * Cfg::THREADS_N];
+            for (int j = 0; j < Cfg::TN; ++j) bf[j] = bs[kk][col_of(j)];
             GPUCONV_UNROLL
             for (int i = 0; i < Cfg::TM; ++i) {
                 GPUCONV_UNROLL
@@ -285,33 +295,33 @@ struct RegisterTile {
             const int row = ty * Cfg::TM + i;
             bias[i] = (has_bias && row < rows) ? load<T>(b + k_first + row) : A(0);
         }
-        // Pixel m0 + tx as (image n, pixel pq within the image); column j is THREADS_N pixels further, so the
-        // later columns step (n, pq) instead of dividing again (PQ may be smaller than THREADS_N: a while loop).
-        index_t n = 0, pq = 0;
-        if ((index_t)tx < M - m0) {
-            n = (m0 + tx) / PQ;
-            pq = m0 + tx - n * PQ;
-        }
         GPUCONV_UNROLL
-        for (int j = 0; j < Cfg::TN; ++j) {
-            const int col = tx + j * Cfg::THREADS_N;
+        for (int h = 0; h < Cfg::TN / 4; ++h) {
+            const int col0 = col_of(4 * h);
             // Columns past the last pixel (partial last tile) were computed from zero-filled B and are not
-            // stored; columns only grow with j, so the rest are past it too.
-            if ((index_t)col >= M - m0) break;
-            T* yc = y + (n * K + k_first) * PQ + pq;  // 64-bit: y may exceed 2^31 elements
+            // stored; columns only grow with h and e, so the rest are past it too.
+            if ((index_t)col0 >= M - m0) break;
+            // Pixel m0 + col0 as (image n, pixel pq within the image); the group's next 3 pixels step
+            // (n, pq) instead of dividing again.
+            index_t n = (m0 + col0) / PQ;
+            index_t pq = m0 + col0 - n * PQ;
             GPUCONV_UNROLL
-            for (int i = 0; i < Cfg::TM; ++i) {
-                const int row = ty * Cfg::TM + i;
-                if (row < rows) {
-                    A v = acc[i][j];
-                    if (has_bias) v += bias[i];  // (only when there is one: keeps -0.0 as the sum made it)
-                    store<T>(yc + (index_t)row * PQ, activate(v, act));
+            for (int e = 0; e < 4; ++e) {
+                if ((index_t)(col0 + e) >= M - m0) break;
+                T* yc = y + (n * K + k_first) * PQ + pq;  // 64-bit: y may exceed 2^31 elements
+                GPUCONV_UNROLL
+                for (int i = 0; i < Cfg::TM; ++i) {
+                    const int row = ty * Cfg::TM + i;
+                    if (row < rows) {
+                        A v = acc[i][4 * h + e];
+                        if (has_bias) v += bias[i];  // (only when there is one: keeps -0.0 as the sum made it)
+                        store<T>(yc + (index_t)row * PQ, activate(v, act));
+                    }
                 }
-            }
-            pq += Cfg::THREADS_N;
-            while (pq >= PQ) {
-                pq -= PQ;
-                ++n;
+                if (++pq == PQ) {
+                    pq = 0;
+                    ++n;
+                }
             }
         }
     }

@@ -14,26 +14,39 @@ namespace gpuconv {
 // with kr = (c*R + r)*S + s, m = (n*P + p)*Q + q, (r', s') = (r, s), or (R-1-r, S-1-s) with flip (true
 // convolution pairs weight tap (r, s) with the mirrored input tap), and 0 outside the image (padding).
 //
-// Thread t always loads column t % BN of the tile (so its pixel's decomposition is done once per tile, and
-// consecutive threads read consecutive pixels: coalesced along W for stride 1) and LOADS consecutive rows
-// (t / BN) * LOADS + i, i < LOADS, of each slice: one division pair per slice finds the first row's
-// (c, r, s), the following ones step by one tap.
+// Thread t loads one row of each slice, row0 = t / CW, at LOADS pixel columns t % CW + j * CW (j < LOADS,
+// CW = THREADS / BK column threads): consecutive threads read consecutive pixels (coalesced along W for
+// stride 1), and the tap (c, r, s) of the row -- with its offsets -- is worked out once per slice for all
+// of the thread's LOADS pixels. Each pixel's decomposition is done once per tile (begin_tile).
+//
+// No division in the main loop: the tap of row0 is found by one division pair per tile and then advanced
+// by BK taps per slice with a constant carry step (BK as (step_c, step_r, step_s), found once per launch in
+// the constructor). This is why fetch() must be called for k0 = 0, BK, 2*BK, ... in that order, once each,
+// after begin_tile() (gemm_slices does exactly that).
 template <typename T, class Cfg>
 struct Im2colLoader {
     typedef typename acc_type<T>::type A;
     static constexpr int BN = Cfg::BN, BK = Cfg::BK;
-    static constexpr int LOADS = BK * BN / Cfg::THREADS;  // rows per thread per slice
-    static_assert(Cfg::THREADS % BN == 0 && (BK * BN) % Cfg::THREADS == 0, "pattern must tile BK x BN exactly");
+    static constexpr int LOADS = BK * BN / Cfg::THREADS;  // pixels per thread per slice (all in one row)
+    static constexpr int CW = Cfg::THREADS / BK;          // threads per row of a slice
+    static_assert(Cfg::THREADS % BK == 0 && CW * LOADS == BN, "pattern must tile BK x BN exactly");
 
     const T* x;
     int C, H, W, R, S, Cg, sh, sw, pt, pl, dh, dw, P, Q, flip, kred;
     int tap_dh, tap_dw;  // input step per filter tap: (dh, dw), or (-dh, -dw) with flip (see begin_tile)
     index_t HW, PQ, M;
-    int col, row0;  // this thread's column of the tile and first row of each slice
+    int col, row0;  // this thread's first column of the tile and its row of each slice
+    int step_r, step_s;  // BK taps = step_c channels + step_r filter rows + step_s filter columns
+    index_t step_c_off;  // step_c * H*W (0 <= step_r < R, 0 <= step_s < S)
     // per tile:
-    const T* xb;    // x + (n*C + g*Cg) * H*W: the first channel of this pixel's image and group
-    int ih0, iw0;   // input row / column of tap (0, 0) (negative inside the top / left padding)
-    bool col_ok;    // the pixel exists (a partial last tile has columns past M)
+    index_t coff;   // c * H*W for the tap (c, r, s) of the next slice's row row0
+    int r, s;
+    // per tile and pixel j: the address of x[n, g*Cg, ih0, iw0] (outside x when (ih0, iw0) lies in the
+    // padding; only addresses of taps inside the image are ever read), and the input row / column of tap (0, 0) (negative inside the top /
+    // left padding). A pixel past M (a partial last tile) gets a row ih0 that every tap puts above the
+    // image (ih0 + dih <= -1 for every tap row offset dih), so it reads nothing.
+    const char* pix[LOADS];
+    int ih0[LOADS], iw0[LOADS];
     A regs[LOADS];
 
     // cp: the kernel's geometry; Cg = C / groups and M = N*P*Q as the kernel computed them.
@@ -41,70 +54,93 @@ struct Im2colLoader {
         : x(x_), C(cp.C), H(cp.H), W(cp.W), R(cp.R), S(cp.S), Cg(Cg_), sh(cp.sh), sw(cp.sw), pt(cp.pt),
           pl(cp.pl), dh(cp.dh), dw(cp.dw), P(cp.P), Q(cp.Q), flip(cp.flip), kred(Cg_ * cp.R * cp.S),
           tap_dh(cp.flip ? -cp.dh : cp.dh), tap_dw(cp.flip ? -cp.dw : cp.dw), HW((index_t)cp.H * cp.W),
-          PQ((index_t)cp.P * cp.Q), M(M_), col(tid % BN), row0((tid / BN) * LOADS),
-          xb(x_), ih0(0), iw0(0), col_ok(false) {}
+          PQ((index_t)cp.P * cp.Q), M(M_), col(tid % CW), row0(tid / CW), coff(0), r(0), s(0) {
+        const int RS = R * S;
+        const int step_c = BK / RS;
+        step_r = (BK - step_c * RS) / S;
+        step_s = BK - step_c * RS - step_r * S;
+        step_c_off = (index_t)step_c * HW;
+    }
 
     __device__ __forceinline__ void begin_tile(index_t m0, int g) {
-        col_ok = (index_t)col < M - m0;
-        if (!col_ok) return;  // fetch() reads nothing for this column; the other members stay unused
-        const index_t m = m0 + col;
-        const index_t n = m / PQ;
-        const index_t pq = m - n * PQ;
-        const int p = (int)(pq / Q);
-        const int q = (int)(pq - (index_t)p * Q);
-        xb = x + ((index_t)n * C + (index_t)g * Cg) * HW;  // 64-bit: x may exceed 2^31 elements
-        // int: p*sh <= H + pt + pb - 1 - (R-1)*dh, which the host's 32-bit rule keeps below 2^31.
-        ih0 = p * sh - pt;
-        iw0 = q * sw - pl;
-        if (flip) {
-            // Flip: weight tap (r, s) pairs with input tap (R-1-r, S-1-s), i.e. row
-            // ih0 + (R-1-r)*dh = (ih0 + (R-1)*dh) - r*dh: start at the last tap and step backwards
-            // (fetch() uses the signed steps tap_dh / tap_dw), so the gather itself is flip-free.
-            ih0 += (R - 1) * dh;
-            iw0 += (S - 1) * dw;
+        GPUCONV_UNROLL
+        for (int j = 0; j < LOADS; ++j) {
+            // Tap row offsets dih are r * dh in [0, (R-1)*dh], or -r * dh with flip: -1 less the largest.
+            // (R-1)*dh < 2^31 (the host's 32-bit rule), so this and ih0 + dih stay within int.
+            ih0[j] = flip ? -1 : -(R - 1) * dh - 1;
+            iw0[j] = 0;
+            pix[j] = reinterpret_cast<const char*>(x);
+            const index_t m = m0 + col + j * CW;
+            if (m >= M) continue;  // past M: the sentinel row above, nothing is read
+            const index_t n = m / PQ;
+            const index_t pq = m - n * PQ;
+            const int p = (int)(pq / Q);
+            const int q = (int)(pq - (index_t)p * Q);
+            // int: p*sh <= H + pt + pb - 1 - (R-1)*dh, which the host's 32-bit rule keeps below 2^31.
+            int ih = p * sh - pt, iw = q * sw - pl;
+            if (flip) {
+                // Flip: weight tap (r, s) pairs with input tap (R-1-r, S-1-s), i.e. row
+                // ih0 + (R-1-r)*dh = (ih0 + (R-1)*dh) - r*dh: start at the last tap and step backwards
+                // (fetch() uses the signed steps tap_dh / tap_dw), so the gather itself is flip-free.
+                ih += (R - 1) * dh;
+                iw += (S - 1) * dw;
+            }
+            ih0[j] = ih;
+            iw0[j] = iw;
+            // 64-bit: x may exceed 2^31 elements.
+            const index_t off = ((index_t)n * C + (index_t)g * Cg) * HW + (index_t)ih * W + iw;
+            pix[j] = reinterpret_cast<const char*>(x) + off * (index_t)sizeof(T);
         }
+        // The tap of row row0 (< BK; when it is >= kred, fetch reads nothing).
+        const int RS = R * S;
+        const int c = row0 / RS;
+        r = (row0 - c * RS) / S;
+        s = row0 - c * RS - r * S;
+        coff = (index_t)c * HW;
     }
 
     __device__ __forceinline__ void fetch(int k0) {
-        // Rows at or past kred (the reduction tail of the last slice) read 0; `row0 < kred - k0` cannot
-        // overflow where `k0 + row0 < kred` could (k0 < kred <= INT_MAX).
-        int c = 0, r = 0, s = 0;
-        if (row0 < kred - k0) {
-            const int kr = k0 + row0;
-            const int RS = R * S;
-            c = kr / RS;
-            const int rs = kr - c * RS;
-            r = rs / S;
-            s = rs - r * S;
-        }
+        // The row exists iff row0 < kred - k0 (rows past kred, the reduction tail, read 0; this form cannot
+        // overflow where k0 + row0 < kred could: k0 < kred <= INT_MAX).
+        const bool row_ok = row0 < kred - k0;
+        const int dih = r * tap_dh, diw = s * tap_dw;
+        // Offset (bytes) of tap (c, r, s) from each pixel's tap (0, 0) of channel 0: the same for every pixel.
+        index_t off = (coff + (index_t)dih * W + diw) * (index_t)sizeof(T);
+#if !defined(GPUCONV_EMULATED)
+        // Formed once per slice: opaque to the compiler from here, so it is not re-formed (a 64-bit
+        // multiply-add) inside each of the LOADS predicated loads below.
+        asm("mov.b64 %0, %0;" : "+l"(off));
+#endif
         GPUCONV_UNROLL
-        for (int i = 0; i < LOADS; ++i) {
+        for (int j = 0; j < LOADS; ++j) {
             A v = A(0);
-            if (col_ok && row0 + i < kred - k0) {
-                const int ih = ih0 + r * tap_dh;
-                const int iw = iw0 + s * tap_dw;
-                // Halo / bounds: taps that land in the padding (or, for a filter reaching past the padded
-                // edge, beyond it) read 0 by definition; x is never read outside the image. The unsigned
-                // compare also rejects negative coordinates (top / left padding).
-                if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    v = load<T>(xb + (index_t)c * HW + (index_t)ih * W + iw);
-            }
-            regs[i] = v;
-            // Next tap: s fastest, then r, then c (the order of kr and of w's layout).
-            if (++s == S) {
-                s = 0;
-                if (++r == R) {
-                    r = 0;
-                    ++c;
-                }
-            }
+            const int ih = ih0[j] + dih;
+            const int iw = iw0[j] + diw;
+            // Halo / bounds: taps that land in the padding (or, for a filter reaching past the padded
+            // edge, beyond it) read 0 by definition; x is never read outside the image. The unsigned
+            // compare also rejects negative coordinates (top / left padding).
+            if (row_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                v = load<T>(reinterpret_cast<const T*>(pix[j] + off));
+            regs[j] = v;
+        }
+        // The next slice's row: BK taps further, = (step_c, step_r, step_s) with two carries.
+        coff += step_c_off;
+        s += step_s;
+        if (s >= S) {
+            s -= S;
+            ++r;
+        }
+        r += step_r;
+        if (r >= R) {
+            r -= R;
+            coff += HW;
         }
     }
 
     // Every (row, col) of the slice is written by exactly one thread (zeros included).
     __device__ __forceinline__ void stage(A (*dst)[Cfg::B_LD]) {
         GPUCONV_UNROLL
-        for (int i = 0; i < LOADS; ++i) dst[row0 + i][col] = Cfg::staged(regs[i]);
+        for (int j = 0; j < LOADS; ++j) dst[row0][col + j * CW] = Cfg::staged(regs[j]);
     }
 };
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from gpuconv._cuda import abi, conv, conv_gemm1x1, conv_igemm, gemm, limits, ops, select
-from gpuconv._cuda.gemm import LARGE_TILE, SMALL_TILE
+from gpuconv._cuda.gemm import LARGE_TILE, SMALL_TILE, WIDE_TILE
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from tests.cases import GEMM_EDGE_CASES, KERNEL_CASES, conv_arrays, kernel_case_data, kernel_case_id, pairwise
@@ -68,12 +68,14 @@ def _misaligned(a, elements=1):
 def _edge_params():
     params = []
     for name in GEMM_EDGE_CASES:
-        tiles = [SMALL_TILE] if name.startswith("small") else [LARGE_TILE] if name.startswith("large") \
-            else [SMALL_TILE, LARGE_TILE]
+        # The wide tile (64 filters like the small one, 128 pixels like the large one) runs every case.
+        tiles = [SMALL_TILE, WIDE_TILE] if name.startswith("small") else [LARGE_TILE, WIDE_TILE] \
+            if name.startswith("large") else [SMALL_TILE, WIDE_TILE, LARGE_TILE]
         for tile in tiles:
             for dt in gemm.TILES_BY_DTYPE:
-                if tile in gemm.TILES_BY_DTYPE[dt]:
-                    params.append(pytest.param(name, tile, dt, id=f"{name}-{tile.name}-{dt.name}"))
+                if any(t.name == tile.name for t in gemm.TILES_BY_DTYPE[dt]):  # float64: its own small tile
+                    params.append(pytest.param(name, gemm.tile_for_dtype(tile, dt), dt,
+                                               id=f"{name}-{tile.name}-{dt.name}"))
     return params
 
 
@@ -242,23 +244,30 @@ def _geom(N=1, C=8, H=16, W=16, K=64, R=3, S=3, groups=1, stride=1, padding=1):
 
 
 def test_tile_config_rule():
-    """LARGE for float32 / float16 when Kg > 64 and there are >= 128 large tiles; SMALL otherwise and
-    always for float64 (documented in conv_igemm's docstring)."""
+    """LARGE for float32 / float16 when Kg > 64 and there are >= 128 large tiles; else WIDE when there are
+    >= 128 wide tiles; SMALL otherwise and always for float64 (documented in gemm.py's docstring)."""
     big = _geom(N=8, C=64, H=64, W=64, K=128)  # 8*64*64 / 128 = 256 pixel tiles x 1 filter tile
     assert gemm.gemm_blocks(big, LARGE_TILE) == 256
     for dt in (np.float16, np.float32):
         assert gemm.gemm_tile_for(big, dt) is LARGE_TILE
-    assert gemm.gemm_tile_for(big, np.float64) is SMALL_TILE
-    # Kg = 64: one small tile holds every filter of a group.
-    assert gemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=64), np.float32) is SMALL_TILE
+    assert gemm.gemm_tile_for(big, np.float64) is gemm.SMALL_TILE_F64 == gemm.tile_for_dtype(SMALL_TILE, np.float64)
+    with pytest.raises(ValueError, match="tile large is not instantiated for float64"):
+        gemm.tile_for_dtype(LARGE_TILE, np.float64)
+    # Kg = 64: a 64-row tile holds every filter of a group; 256 wide tiles fill the GPU.
+    assert gemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=64), np.float32) is WIDE_TILE
+    # ... fewer than 128 wide tiles (127 x 1): the small tile (4x the large tile's blocks)
+    few = _geom(N=1, C=8, H=127, W=128, K=64)
+    assert gemm.gemm_blocks(few, WIDE_TILE) == 127
+    assert gemm.gemm_tile_for(few, np.float32) is SMALL_TILE
+    assert gemm.gemm_tile_for(_geom(N=1, C=8, H=128, W=128, K=64), np.float16) is WIDE_TILE
     # Kg = 65 qualifies ...
     assert gemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=65), np.float32) is LARGE_TILE
     # ... per group: 2 groups of 64 filters do not.
-    assert gemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=128, groups=2), np.float32) is SMALL_TILE
-    # the block-count threshold: 127 large tiles -> small, 128 -> large
+    assert gemm.gemm_tile_for(_geom(N=8, C=64, H=64, W=64, K=128, groups=2), np.float32) is WIDE_TILE
+    # the block-count threshold: 127 large tiles -> wide (254 of them), 128 -> large
     edge = _geom(N=1, C=4, H=127, W=128, K=96)
     assert gemm.gemm_blocks(edge, LARGE_TILE) == 127
-    assert gemm.gemm_tile_for(edge, np.float32) is SMALL_TILE
+    assert gemm.gemm_tile_for(edge, np.float32) is WIDE_TILE
     edge = _geom(N=1, C=4, H=128, W=128, K=96)
     assert gemm.gemm_blocks(edge, LARGE_TILE) == 128
     assert gemm.gemm_tile_for(edge, np.float32) is LARGE_TILE
@@ -274,10 +283,11 @@ def test_tile_config_rule():
 def test_tile_configs_match_the_kernel():
     """256 threads, the documented shared memory (static, in the accumulation type), and the instantiation
     count the NVRTC check compiles."""
-    assert LARGE_TILE.threads == SMALL_TILE.threads == 256
-    assert LARGE_TILE.shared_bytes(np.float32) == LARGE_TILE.shared_bytes(np.float16) == 16640
-    assert SMALL_TILE.shared_bytes(np.float32) == 8448 and SMALL_TILE.shared_bytes(np.float64) == 16896
-    assert len(conv_igemm.INSTANTIATIONS) == len(conv_gemm1x1.INSTANTIATIONS) == 5
+    assert LARGE_TILE.threads == WIDE_TILE.threads == SMALL_TILE.threads == gemm.SMALL_TILE_F64.threads == 256
+    assert WIDE_TILE.shared_bytes(np.float32) == 2 * 16 * (64 + 4 + 128) * 4 == 25088
+    assert LARGE_TILE.shared_bytes(np.float32) == LARGE_TILE.shared_bytes(np.float16) == 33280
+    assert SMALL_TILE.shared_bytes(np.float32) == 16896 and gemm.SMALL_TILE_F64.shared_bytes(np.float64) == 16896
+    assert len(conv_igemm.INSTANTIATIONS) == len(conv_gemm1x1.INSTANTIATIONS) == 7
     text = (kernels_dir() / "gemm_tile.cuh").read_text()
     assert f"static constexpr int A_PAD = {gemm.GEMM_A_PAD};" in text
 

@@ -371,7 +371,8 @@ def test_local_memory_is_seen_anywhere():
 
 
 def test_tile_labels():
-    assert sc.tile_label("gpuconv::conv2d_igemm<float, 128, 128, 8, 8, 8>") == "float 128x128x8 8x8 (large)"
+    assert sc.tile_label("gpuconv::conv2d_igemm<float, 128, 128, 16, 8, 8>") == "float 128x128x16 8x8 (large)"
+    assert sc.tile_label("gpuconv::conv2d_igemm<float, 64, 128, 16, 4, 8>") == "float 64x128x16 4x8 (wide)"
     assert sc.tile_label("gpuconv::conv2d_gemm1x1<gpuconv::half, 64, 64, 8, 4, 4>") == "half 64x64x8 4x4 (small)"
     assert sc.tile_label("gpuconv::conv2d_igemm_tc<float, 128, 128, 2, 4>") == "float 128x128 2x4 warps (large)"
 

@@ -22,7 +22,7 @@ import numpy as np
 from .._geometry import ConvGeometry
 from .algo import FORWARD, Algorithm
 from .gemm import (GemmTile, data_pointer, gemm_instantiations, gemm_kernel_name, gemm_tile_for, launch_gemm,
-                   resolve_vectorize, vec4_aligned, weights_vectorizable)
+                   resolve_vectorize, tile_for_dtype, vec4_aligned, weights_vectorizable)
 from .limits import conv_decline_reason
 
 SOURCE = "conv2d_gemm1x1.cu"
@@ -31,7 +31,8 @@ INSTANTIATIONS = gemm_instantiations(KERNEL)
 
 
 def gemm1x1_name(dtype, tile: GemmTile) -> str:
-    return gemm_kernel_name(KERNEL, dtype, tile)
+    """The kernel's name expression for ``tile`` (by name: float64's "small" is its own config)."""
+    return gemm_kernel_name(KERNEL, dtype, tile_for_dtype(tile, dtype))
 
 
 def gemm1x1_decline_reason(geom: ConvGeometry, dtype) -> str | None:
@@ -55,7 +56,7 @@ def launch_gemm1x1(rt, x, w, b, y, geom: ConvGeometry, *, tile: GemmTile | None 
                    vectorize_weights: bool | None = None, vectorize_input: bool | None = None) -> str:
     """The launch of gemm1x1; the keyword overrides are for tests (as in conv_igemm.launch_igemm)."""
     dtype = np.dtype(x.dtype)
-    tile = gemm_tile_for(geom, dtype) if tile is None else tile
+    tile = gemm_tile_for(geom, dtype) if tile is None else tile_for_dtype(tile, dtype)
     vec_w = resolve_vectorize(vectorize_weights, weights_vectorizable(geom, dtype, data_pointer(w)), "weight")
     vec_x = resolve_vectorize(vectorize_input, input_vectorizable(geom, dtype, data_pointer(x)), "input")
     return launch_gemm(rt, SOURCE, KERNEL, x, w, b, y, geom, tile,

@@ -14,7 +14,7 @@ import numpy as np
 from .._geometry import ConvGeometry
 from .algo import FORWARD, Algorithm
 from .gemm import (GemmTile, data_pointer, gemm_instantiations, gemm_kernel_name, gemm_tile_for, launch_gemm,
-                   resolve_vectorize, weights_vectorizable)
+                   resolve_vectorize, tile_for_dtype, weights_vectorizable)
 from .limits import conv_decline_reason
 
 SOURCE = "conv2d_igemm.cu"
@@ -23,7 +23,8 @@ INSTANTIATIONS = gemm_instantiations(KERNEL)
 
 
 def igemm_name(dtype, tile: GemmTile) -> str:
-    return gemm_kernel_name(KERNEL, dtype, tile)
+    """The kernel's name expression for ``tile`` (by name: float64's "small" is its own config)."""
+    return gemm_kernel_name(KERNEL, dtype, tile_for_dtype(tile, dtype))
 
 
 def igemm_decline_reason(geom: ConvGeometry, dtype) -> str | None:
@@ -37,7 +38,7 @@ def launch_igemm(rt, x, w, b, y, geom: ConvGeometry, *, tile: GemmTile | None = 
     """The launch of igemm. ``tile`` / ``vectorize_weights`` override the rules (tests use this to run
     every config on small shapes; forcing vector loads the rule forbids raises ValueError)."""
     dtype = np.dtype(x.dtype)
-    tile = gemm_tile_for(geom, dtype) if tile is None else tile
+    tile = gemm_tile_for(geom, dtype) if tile is None else tile_for_dtype(tile, dtype)
     vec_w = resolve_vectorize(vectorize_weights, weights_vectorizable(geom, dtype, data_pointer(w)), "weight")
     return launch_gemm(rt, SOURCE, KERNEL, x, w, b, y, geom, tile, [np.int32(1 if vec_w else 0)])
 

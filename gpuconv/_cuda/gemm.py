@@ -8,13 +8,19 @@ gathered on the fly, or for 1x1 filters the input itself).
 
 Rules (plain functions of the geometry and dtype, plus array addresses for vectorization):
 
-* ``gemm_tile_for``: the tile config. ``LARGE_TILE`` (128 filters x 128 pixels per block, 8x8 per thread)
-  for float32 / float16 when a group has more than 64 filters (``Kg >= LARGE_TILE_MIN_FILTERS``; with 64 or
-  fewer, one 64-row small tile holds them all and a 128-row tile would be at least half zeros) and the
-  large tiles still number at least ``LARGE_TILE_MIN_BLOCKS`` = 128 (about one block per SM on the GPUs
-  we target: 108 SMs on A100, 132 on H100; fewer tiles would leave SMs idle, where 4x as many small tiles
-  spread better). ``SMALL_TILE`` (64 x 64, 4x4 per thread) otherwise, and always for float64: 64 double
-  accumulators would take 128 of a thread's 255 registers before any operand.
+* ``gemm_tile_for``: the tile config, first match of
+  1. ``LARGE_TILE`` (128 filters x 128 pixels per block, 8x8 per thread) for float32 / float16 when a group
+     has more than 64 filters (``Kg >= LARGE_TILE_MIN_FILTERS``; with 64 or fewer a 128-row tile would be at
+     least half zeros) and the large tiles number at least ``MIN_BLOCKS`` = 128 (about one block per SM on
+     the GPUs we target: 108 SMs on A100, 132 on H100; fewer would leave SMs idle);
+  2. ``WIDE_TILE`` (64 filters x 128 pixels, 4x8 per thread; issue 16: the tile for layers with 64 or fewer
+     filters, ResNet's first stage, VGG conv1) for float32 / float16 when the wide tiles number at least
+     ``MIN_BLOCKS``: half the blocks of the small tile, twice its FMAs per loaded element;
+  3. the small tile (64 x 64, 4x4 per thread, 4x the large tile's blocks) otherwise: layers too small to
+     fill the GPU with bigger tiles; always for float64 (its own ``SMALL_TILE_F64``, BK = 8;
+     ``tile_for_dtype`` maps a tile name to a dtype's config): 64 double accumulators would take 128 of a
+     thread's 255 registers before any operand.
+  Every config: BK = 16 reduction indices per slice (8 for float64), 256 threads.
 * ``weights_vectorizable``: 4-wide weight loads (float4, 2 x double2, 4 halves) when each weight row
   (Cg*R*S elements) is a multiple of 4 and w's address is aligned to ``VEC_ALIGN_BYTES`` (16, or 8 for
   float16); then every 4-element group the kernel loads is aligned too. Otherwise scalar loads.
@@ -64,14 +70,18 @@ class GemmTile:
         return ACC_BYTES[np.dtype(dtype)] * 2 * self.bk * (self.bm + GEMM_A_PAD + self.bn)
 
 
-LARGE_TILE = GemmTile("large", 128, 128, 8, 8, 8)
-SMALL_TILE = GemmTile("small", 64, 64, 8, 4, 4)
+LARGE_TILE = GemmTile("large", 128, 128, 16, 8, 8)
+SMALL_TILE = GemmTile("small", 64, 64, 16, 4, 4)
+WIDE_TILE = GemmTile("wide", 64, 128, 16, 4, 8)
+# float64's small tile keeps BK = 8: with 16 its loaders' registers push the 4x4 double tile past the 128
+# registers of two blocks per SM (ptxas spilled on sm_100).
+SMALL_TILE_F64 = GemmTile("small", 64, 64, 8, 4, 4)
 # The configs instantiated per dtype (float64 runs the small tile only).
-TILES_BY_DTYPE = {np.dtype(np.float16): (LARGE_TILE, SMALL_TILE),
-                  np.dtype(np.float32): (LARGE_TILE, SMALL_TILE),
-                  np.dtype(np.float64): (SMALL_TILE,)}
+TILES_BY_DTYPE = {np.dtype(np.float16): (LARGE_TILE, WIDE_TILE, SMALL_TILE),
+                  np.dtype(np.float32): (LARGE_TILE, WIDE_TILE, SMALL_TILE),
+                  np.dtype(np.float64): (SMALL_TILE_F64,)}
 LARGE_TILE_MIN_FILTERS = 65   # Kg > 64: more filters than one small tile holds
-LARGE_TILE_MIN_BLOCKS = 128   # large tiles needed to keep a 108..132-SM GPU busy
+MIN_BLOCKS = 128   # large (wide) tiles needed to keep a 108..132-SM GPU busy
 
 # Address alignment (bytes) a 4-wide vector load needs (Vec4<T>::ALIGN in kernels/gemm_tile.cuh).
 VEC_ALIGN_BYTES = {np.dtype(np.float16): 8, np.dtype(np.float32): 16, np.dtype(np.float64): 16}
@@ -86,14 +96,27 @@ def gemm_blocks(geom: ConvGeometry, tile) -> int:
     return geom.groups * ceil_div(geom.N * geom.P * geom.Q, tile.bn) * ceil_div(geom.Kg, tile.bm)
 
 
+def tile_for_dtype(tile: GemmTile, dtype) -> GemmTile:
+    """The config of ``dtype`` named like ``tile`` (a tile's name, "large" / "small", is what a caller
+    chooses; float64's "small" is ``SMALL_TILE_F64``). ValueError when the dtype has no such tile."""
+    dtype = np.dtype(dtype)
+    for t in TILES_BY_DTYPE[dtype]:
+        if t.name == tile.name:
+            return t
+    raise ValueError(f"tile {tile.name} is not instantiated for {dtype}")
+
+
 def gemm_tile_for(geom: ConvGeometry, dtype) -> GemmTile:
     """The tile config of the GEMM kernels (see the module docstring): LARGE_TILE for float32 / float16
-    when Kg >= LARGE_TILE_MIN_FILTERS and there are >= LARGE_TILE_MIN_BLOCKS large tiles, else SMALL_TILE."""
+    when Kg >= LARGE_TILE_MIN_FILTERS and there are >= MIN_BLOCKS large tiles, else WIDE_TILE when there are
+    >= MIN_BLOCKS wide tiles, else the dtype's small tile."""
     dtype = np.dtype(dtype)
     if LARGE_TILE not in TILES_BY_DTYPE[dtype]:
-        return SMALL_TILE
-    if geom.Kg >= LARGE_TILE_MIN_FILTERS and gemm_blocks(geom, LARGE_TILE) >= LARGE_TILE_MIN_BLOCKS:
+        return tile_for_dtype(SMALL_TILE, dtype)
+    if geom.Kg >= LARGE_TILE_MIN_FILTERS and gemm_blocks(geom, LARGE_TILE) >= MIN_BLOCKS:
         return LARGE_TILE
+    if gemm_blocks(geom, WIDE_TILE) >= MIN_BLOCKS:
+        return WIDE_TILE
     return SMALL_TILE
 
 
