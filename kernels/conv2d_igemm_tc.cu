@@ -7,7 +7,7 @@
 //       on the fly — with its own pipeline for tensor cores:
 //       * the reduction runs tap-major in slices of BK channels of one tap ("The reduction order" below),
 //         so the gather tests a tap's bounds once per slice and loads each element at a fixed channel
-//         stride (im2col_loader.cuh's Im2colLoader::begin_tile decomposes each thread's pixel per tile);
+//         stride (im2col_loader.cuh's Im2colGeometry::pixel_origin decomposes each thread's pixel per tile);
 //       * the weights come packed by the host (gpuconv/_cuda/conv_igemm_tc.py pack_weights: the workspace,
 //         once per call) in exactly the staged slices' layout, TF32-rounded for float: a slice of A is two
 //         to four 128-bit copies per thread, with no bounds, rounding or gather in the main loop;
@@ -129,7 +129,7 @@ struct FragLayout {
 // The block tile: BM filters x BN pixels, BK reduction indices per slice, WARPS_M x WARPS_N warps of
 // WM x WN outputs, each MT x NT mma tiles of 16 x 8. Provides what gemm_tile.cuh's GemmSmem and gemm_slices
 // need (BM, BN, BK, THREADS, A_LD, B_LD: a slice is BK / KPW rows of BM or BN 32-bit words, in fragment
-// order) and what Im2colLoader's constructor and begin_tile read (BN, BK, THREADS).
+// order) and what TapIm2colLoader reads (BN, KSTEP, B_KSTEPS, B_LD).
 // BK: as many reduction indices as 32 KB of double-buffered staging holds (TENSOR_CORE_STAGING_BYTES,
 // mirrored by gpuconv/_cuda/conv_igemm_tc.py; the 48 KB of static shared memory leave no room to double
 // it): float 128x128: 16 (two tf32 k-steps), float 64x64: 32, half 128x128: 32 (two f16 k-steps), half
@@ -154,7 +154,6 @@ struct TensorCoreTileConfig {
     // B_KSTEPS consecutive k-steps of one column per thread.
     static constexpr int B_KSTEPS = BN * (BK / KSTEP) / THREADS;
     static_assert(B_KSTEPS >= 1 && B_KSTEPS * THREADS == BN * (BK / KSTEP), "B: whole k-steps of one column");
-    template <typename A> __device__ __forceinline__ static A staged(A v) { return v; }  // (Im2colLoader's contract)
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -208,16 +207,21 @@ struct PackedWeightLoader {
 // The B operand: the im2col matrix in (tap, channel) order, B[(tap, c)][m] = x[n, g*Cg + c, ih, iw] with
 // (ih, iw) = tap (r, s)'s input position for pixel m (0 in the padding). Thread tid owns pixel (column)
 // tid % BN and the B_KSTEPS k-steps from (tid / BN) * B_KSTEPS (L = KSTEP * B_KSTEPS consecutive channels)
-// of each slice. Per tile,
-// im2col_loader.cuh's Im2colLoader::begin_tile (the same column tid % BN) decomposes the pixel: its image's
-// first channel xb, the input position of tap (0, 0) and the signed tap steps (which carry the flip); this
+// of each slice. Per tile, im2col_loader.cuh's Im2colGeometry::pixel_origin decomposes the pixel: its image's
+// first channel xb and the input position of its first tap (the signed tap steps carry the flip); this
 // loader walks the taps from there. Its stage() writes word tig of both k-step halves (hk = 0, 1) of the
 // column as one 64-bit store per k-step; one phase's 16 threads are 16 consecutive columns (8 gid x 2 h): all banks.
 template <typename T, class Cfg>
 struct TapIm2colLoader {
     typedef TcKind<T> Kind;
     static constexpr int L = Cfg::KSTEP * Cfg::B_KSTEPS;  // channels per column and slice
-    Im2colLoader<T, Cfg> px;  // the pixel of this thread's column, per tile (begin_tile); its fetch is unused
+    Im2colGeometry<T> px;     // the geometry; pixel_origin decomposes this thread's pixel per tile
+    int col;                  // this thread's pixel (column) of the tile
+    // per tile: x at this pixel's image and group (channel 0), the input position of its first tap, and
+    // whether the pixel exists (a partial last tile has columns past M)
+    const T* xb;
+    int ih0, iw0;
+    bool col_ok;
     int HWi;                  // H*W as int: the channel stride
     int chan0;                // this thread's first channel of each slice
     int c0, r, s;             // the slice fetched last: channels c0.., tap (r, s)
@@ -225,15 +229,16 @@ struct TapIm2colLoader {
     typename Kind::Raw v[L];
 
     __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
-        : px(x, cp, Cg, M, tid), HWi(cp.H * cp.W), chan0((tid / Cfg::BN) * L), c0(0), r(0), s(0) {
-        const int col = tid % Cfg::BN;
+        : px(x, cp, Cg, M), col(tid % Cfg::BN), xb(x), ih0(0), iw0(0), col_ok(false), HWi(cp.H * cp.W),
+          chan0((tid / Cfg::BN) * L), c0(0), r(0), s(0) {
         GPUCONV_UNROLL
         for (int t = 0; t < 4; ++t)
             woff[t] = Cfg::LayoutB::quad((tid / Cfg::BN) * Cfg::B_KSTEPS, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
     }
 
     __device__ __forceinline__ void begin_tile(index_t m0, int g) {
-        px.begin_tile(m0, g);
+        col_ok = (index_t)col < px.M - m0;
+        if (col_ok) xb = px.x + px.pixel_origin(m0 + col, g, ih0, iw0);
         c0 = -Cfg::BK;
         r = 0;
         s = 0;
@@ -248,15 +253,15 @@ struct TapIm2colLoader {
                 ++r;
             }
         }
-        const int ih = px.ih0 + r * px.tap_dh;
-        const int iw = px.iw0 + s * px.tap_dw;
+        const int ih = ih0 + r * px.tap_dh;
+        const int iw = iw0 + s * px.tap_dw;
         // Halo / bounds, once per slice: a tap in the padding (or past the padded edge) reads 0 for all the
         // run's channels, as does a column past the last pixel; x is never read outside the image. The
         // unsigned compares also reject negative coordinates (top / left padding).
-        const bool ok = px.col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
+        const bool ok = col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
         const int lim = ok ? px.Cg - c0 - chan0 : 0;
         // int offset within the image's group of channels (the host's rule: ceil(Cg/BK)*BK * H*W < 2^31).
-        const T* p = opaque_pointer(px.xb + (ok ? (c0 + chan0) * HWi + ih * px.W + iw : 0));
+        const T* p = opaque_pointer(xb + (ok ? (c0 + chan0) * HWi + ih * px.W + iw : 0));
         GPUCONV_UNROLL
         for (int i = 0; i < L; ++i) {
             v[i] = i < lim ? Kind::load(p) : Kind::zero();

@@ -1,7 +1,8 @@
-// im2col_loader.cuh — the B operand loader of the implicit-GEMM conv kernels (conv2d_igemm.cu on CUDA
-// cores, conv2d_igemm_tc.cu on tensor cores): gathers a BK x BN slice of the im2col matrix from x on the fly,
-// with stride, asymmetric padding (read as 0), dilation and flip in its index math. Plugs into gemm_tile.cuh's
-// slice loop (fetch / stage; see the operand-loader contract there).
+// im2col_loader.cuh — the implicit GEMM's view of x: Im2colGeometry (the geometry and the decomposition of
+// an output pixel, shared with conv2d_igemm_tc.cu's own gather) and Im2colLoader, conv2d_igemm.cu's B operand
+// loader, which gathers a BK x BN slice of the im2col matrix from x on the fly, with stride, asymmetric
+// padding (read as 0), dilation and flip in its index math, and plugs into gemm_tile.cuh's slice loop
+// (fetch / stage; see the operand-loader contract there); implicit_gemm_conv, the igemm kernel's body.
 #pragma once
 
 #include "common.cuh"
@@ -9,6 +10,45 @@
 #include "gemm_tile.cuh"
 
 namespace gpuconv {
+
+// The convolution's geometry as the im2col gathers see it, and the one place an output pixel m is
+// decomposed into its image and the input position of its first tap (Im2colLoader below, per pixel per
+// tile; conv2d_igemm_tc.cu's TapIm2colLoader, one pixel per thread).
+template <typename T>
+struct Im2colGeometry {
+    const T* x;
+    int C, H, W, R, S, Cg, sh, sw, pt, pl, dh, dw, P, Q, flip, kred;
+    int tap_dh, tap_dw;  // input step per filter tap: (dh, dw), or (-dh, -dw) with flip (see pixel_origin)
+    index_t HW, PQ, M;
+
+    // cp: the kernel's geometry; Cg = C / groups and M = N*P*Q as the kernel computed them.
+    __device__ __forceinline__ Im2colGeometry(const T* x_, const ConvParams& cp, int Cg_, index_t M_)
+        : x(x_), C(cp.C), H(cp.H), W(cp.W), R(cp.R), S(cp.S), Cg(Cg_), sh(cp.sh), sw(cp.sw), pt(cp.pt),
+          pl(cp.pl), dh(cp.dh), dw(cp.dw), P(cp.P), Q(cp.Q), flip(cp.flip), kred(Cg_ * cp.R * cp.S),
+          tap_dh(cp.flip ? -cp.dh : cp.dh), tap_dw(cp.flip ? -cp.dw : cp.dw), HW((index_t)cp.H * cp.W),
+          PQ((index_t)cp.P * cp.Q), M(M_) {}
+
+    // Output pixel m (< M) of group g: sets (ih, iw), the input row / column of the first tap the gather
+    // walks from (negative inside the top / left padding), and returns the element offset of
+    // x[n, g*Cg, 0, 0] (64-bit: x may exceed 2^31 elements).
+    __device__ __forceinline__ index_t pixel_origin(index_t m, int g, int& ih, int& iw) const {
+        const index_t n = m / PQ;
+        const index_t pq = m - n * PQ;
+        const int p = (int)(pq / Q);
+        const int q = (int)(pq - (index_t)p * Q);
+        // int: p*sh <= H + pt + pb - 1 - (R-1)*dh, which the host's 32-bit rule keeps below 2^31.
+        ih = p * sh - pt;
+        iw = q * sw - pl;
+        if (flip) {
+            // Flip: weight tap (r, s) pairs with input tap (R-1-r, S-1-s), i.e. row
+            // ih + (R-1-r)*dh = (ih + (R-1)*dh) - r*dh: start at the last tap and step backwards
+            // (the gathers use the signed steps tap_dh / tap_dw), so the gather itself is flip-free.
+            ih += (R - 1) * dh;
+            iw += (S - 1) * dw;
+        }
+        return ((index_t)n * C + (index_t)g * Cg) * HW;
+    }
+};
 
 // The B operand of the implicit GEMM: B[kr, m] = x[n, g*Cg + c, p*sh - pt + r'*dh, q*sw - pl + s'*dw]
 // with kr = (c*R + r)*S + s, m = (n*P + p)*Q + q, (r', s') = (r, s), or (R-1-r, S-1-s) with flip (true
@@ -24,17 +64,16 @@ namespace gpuconv {
 // the constructor). This is why fetch() must be called for k0 = 0, BK, 2*BK, ... in that order, once each,
 // after begin_tile() (gemm_slices does exactly that).
 template <typename T, class Cfg>
-struct Im2colLoader {
+struct Im2colLoader : Im2colGeometry<T> {
     typedef typename acc_type<T>::type A;
+    typedef Im2colGeometry<T> Geo;
+    using Geo::x; using Geo::H; using Geo::W; using Geo::R; using Geo::S; using Geo::dh; using Geo::flip;
+    using Geo::kred; using Geo::tap_dh; using Geo::tap_dw; using Geo::HW; using Geo::M;
     static constexpr int BN = Cfg::BN, BK = Cfg::BK;
     static constexpr int LOADS = BK * BN / Cfg::THREADS;  // pixels per thread per slice (all in one row)
     static constexpr int CW = Cfg::THREADS / BK;          // threads per row of a slice
     static_assert(Cfg::THREADS % BK == 0 && CW * LOADS == BN, "pattern must tile BK x BN exactly");
 
-    const T* x;
-    int C, H, W, R, S, Cg, sh, sw, pt, pl, dh, dw, P, Q, flip, kred;
-    int tap_dh, tap_dw;  // input step per filter tap: (dh, dw), or (-dh, -dw) with flip (see begin_tile)
-    index_t HW, PQ, M;
     int col, row0;  // this thread's first column of the tile and its row of each slice
     int step_r, step_s;  // BK taps = step_c channels + step_r filter rows + step_s filter columns
     index_t step_c_off;  // step_c * H*W (0 <= step_r < R, 0 <= step_s < S)
@@ -49,12 +88,8 @@ struct Im2colLoader {
     int ih0[LOADS], iw0[LOADS];
     A regs[LOADS];
 
-    // cp: the kernel's geometry; Cg = C / groups and M = N*P*Q as the kernel computed them.
     __device__ __forceinline__ Im2colLoader(const T* x_, const ConvParams& cp, int Cg_, index_t M_, int tid)
-        : x(x_), C(cp.C), H(cp.H), W(cp.W), R(cp.R), S(cp.S), Cg(Cg_), sh(cp.sh), sw(cp.sw), pt(cp.pt),
-          pl(cp.pl), dh(cp.dh), dw(cp.dw), P(cp.P), Q(cp.Q), flip(cp.flip), kred(Cg_ * cp.R * cp.S),
-          tap_dh(cp.flip ? -cp.dh : cp.dh), tap_dw(cp.flip ? -cp.dw : cp.dw), HW((index_t)cp.H * cp.W),
-          PQ((index_t)cp.P * cp.Q), M(M_), col(tid % CW), row0(tid / CW), coff(0), r(0), s(0) {
+        : Geo(x_, cp, Cg_, M_), col(tid % CW), row0(tid / CW), coff(0), r(0), s(0) {
         const int RS = R * S;
         const int step_c = BK / RS;
         step_r = (BK - step_c * RS) / S;
@@ -72,23 +107,11 @@ struct Im2colLoader {
             pix[j] = reinterpret_cast<const char*>(x);
             const index_t m = m0 + col + j * CW;
             if (m >= M) continue;  // past M: the sentinel row above, nothing is read
-            const index_t n = m / PQ;
-            const index_t pq = m - n * PQ;
-            const int p = (int)(pq / Q);
-            const int q = (int)(pq - (index_t)p * Q);
-            // int: p*sh <= H + pt + pb - 1 - (R-1)*dh, which the host's 32-bit rule keeps below 2^31.
-            int ih = p * sh - pt, iw = q * sw - pl;
-            if (flip) {
-                // Flip: weight tap (r, s) pairs with input tap (R-1-r, S-1-s), i.e. row
-                // ih0 + (R-1-r)*dh = (ih0 + (R-1)*dh) - r*dh: start at the last tap and step backwards
-                // (fetch() uses the signed steps tap_dh / tap_dw), so the gather itself is flip-free.
-                ih += (R - 1) * dh;
-                iw += (S - 1) * dw;
-            }
+            int ih, iw;
+            const index_t image = this->pixel_origin(m, g, ih, iw);
             ih0[j] = ih;
             iw0[j] = iw;
-            // 64-bit: x may exceed 2^31 elements.
-            const index_t off = ((index_t)n * C + (index_t)g * Cg) * HW + (index_t)ih * W + iw;
+            const index_t off = image + (index_t)ih * W + iw;
             pix[j] = reinterpret_cast<const char*>(x) + off * (index_t)sizeof(T);
         }
         // The tap of row row0 (< BK; when it is >= kred, fetch reads nothing).
@@ -146,7 +169,7 @@ struct Im2colLoader {
 
 // One launch of an implicit-GEMM convolution: the GEMM's sizes from the geometry, then gemm_tile.cuh's
 // grid-stride loop over output tiles with Im2colLoader as the B operand and Tile doing the products
-// (RegisterTile on CUDA cores in conv2d_igemm, WarpMmaTile on tensor cores in conv2d_igemm_tc). The host
+// (RegisterTile on CUDA cores in conv2d_igemm; conv2d_igemm_tc has a pipeline of its own). The host
 // launches exactly Cfg::THREADS threads in x.
 template <typename T, class Cfg, class Tile, class Smem>
 __device__ __forceinline__ void implicit_gemm_conv(const T* x, const T* w, const T* b, T* y, const ConvParams& cp,
