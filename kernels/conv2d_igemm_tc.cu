@@ -32,8 +32,8 @@
 //   Launch shape: 1-D block of 32 * WARPS_M * WARPS_N threads (256 large, 128 small); 1-D grid over
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles with a 64-bit grid-stride loop.
 //   Shared memory: static, 32 KB (TENSOR_CORE_STAGING_BYTES: two buffers of A and B slices) per block.
-//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.x): non-mma instructions per mma 4.34 / 4.28
-//       (float large), 4.72 / 4.66 (half large), 7.34 / 6.47 (float small), 7.28 / 7.25 (half small: the
+//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.x): non-mma instructions per mma 4.31 / 3.88
+//       (float large), 4.75 / 4.75 (half large), 6.91 / 6.12 (float small), 6.91 / 6.97 (half small: the
 //       gathered operand costs twice as much per mma with 64 filters per block as with 128). Floors in
 //       tests/sass_floors.json.
 //   Registers (NVRTC 13, no spills, no stack; tests/test_nvrtc_compile.py prints them): large 192-203 on
