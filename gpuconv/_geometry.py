@@ -124,8 +124,53 @@ class ConvOptions:
 NO_OPTIONS = ConvOptions()
 
 
+class ConvViews:
+    """What a convolution's geometry derives from its fields, for any number of spatial dimensions (the
+    dataclasses below give N, C, K, groups, options and the per-dimension views input_size, kernel_size,
+    output_size): channels per group, the options read through the geometry by the launch code and the
+    NumPy path, and the array shapes."""
+
+    @property
+    def Cg(self) -> int:
+        """Input channels per group (the weight's second dimension)."""
+        return self.C // self.groups
+
+    @property
+    def Kg(self) -> int:
+        """Filters per group."""
+        return self.K // self.groups
+
+    @property
+    def flip(self) -> bool:
+        return self.options.flip
+
+    @property
+    def activation(self) -> str | None:
+        return self.options.activation
+
+    @property
+    def has_bias(self) -> bool:
+        return self.options.has_bias
+
+    @property
+    def activation_code(self) -> int:
+        return self.options.activation_code
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.N, self.C) + tuple(self.input_size)
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.K, self.Cg) + tuple(self.kernel_size)
+
+    @property
+    def output_shape(self) -> tuple:
+        return (self.N, self.K) + tuple(self.output_size)
+
+
 @dataclass(frozen=True)
-class ConvGeometry:
+class ConvGeometry(ConvViews):
     """Every size of one conv2d call, resolved, plus its options (``ConvOptions``, kept apart). Arrays are
     NCHW, weight is (K, C/groups, R, S).
 
@@ -157,33 +202,6 @@ class ConvGeometry:
     Q: int  # output width
     options: ConvOptions = NO_OPTIONS
 
-    @property
-    def Cg(self) -> int:
-        """Input channels per group (the weight's second dimension)."""
-        return self.C // self.groups
-
-    @property
-    def Kg(self) -> int:
-        """Filters per group."""
-        return self.K // self.groups
-
-    # options, read through the geometry by the launch code and the NumPy path
-    @property
-    def flip(self) -> bool:
-        return self.options.flip
-
-    @property
-    def activation(self) -> str | None:
-        return self.options.activation
-
-    @property
-    def has_bias(self) -> bool:
-        return self.options.has_bias
-
-    @property
-    def activation_code(self) -> int:
-        return self.options.activation_code
-
     # per spatial dimension (H, W order)
     @property
     def input_size(self) -> tuple[int, int]:
@@ -209,18 +227,6 @@ class ConvGeometry:
     @property
     def output_size(self) -> tuple[int, int]:
         return (self.P, self.Q)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.N, self.C, self.H, self.W)
-
-    @property
-    def weight_shape(self) -> tuple[int, int, int, int]:
-        return (self.K, self.Cg, self.R, self.S)
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.N, self.K, self.P, self.Q)
 
     @property
     def flops(self) -> int:

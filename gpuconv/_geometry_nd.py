@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._geometry import (ACTIVATIONS, ConvGeometry, ConvOptions, NO_OPTIONS, _is_int, _memoized, _shape_str,
+from ._geometry import (ACTIVATIONS, ConvGeometry, ConvOptions, ConvViews, NO_OPTIONS, _is_int, _memoized, _shape_str,
                         check_conv_shapes, conv_geometry, conv_output_size, same_padding)
 
 SPATIAL = {1: "L", 3: "D, H, W"}  # the spatial axes' names, for messages
 
 
 @dataclass(frozen=True)
-class ConvNdGeometry:
+class ConvNdGeometry(ConvViews):
     """Every size of one conv1d / conv3d call, resolved. ``input (N, C, *input_size)``, ``weight (K, C/groups,
     *kernel_size)``, output ``(N, K, *output_size)``; ``padding`` is ``((low, high), ...)`` per dimension."""
 
@@ -46,34 +46,6 @@ class ConvNdGeometry:
     @property
     def nd(self) -> int:
         return len(self.input_size)
-
-    @property
-    def Cg(self) -> int:
-        return self.C // self.groups
-
-    @property
-    def Kg(self) -> int:
-        return self.K // self.groups
-
-    @property
-    def flip(self) -> bool:
-        return self.options.flip
-
-    @property
-    def activation(self):
-        return self.options.activation
-
-    @property
-    def input_shape(self) -> tuple:
-        return (self.N, self.C) + self.input_size
-
-    @property
-    def weight_shape(self) -> tuple:
-        return (self.K, self.Cg) + self.kernel_size
-
-    @property
-    def output_shape(self) -> tuple:
-        return (self.N, self.K) + self.output_size
 
     def as_2d(self) -> ConvGeometry:
         """A 1-D call as the 2-D convolution of unit height it is (options kept)."""
