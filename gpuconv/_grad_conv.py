@@ -15,7 +15,8 @@ import numpy as np
 
 from . import _backend
 from ._conv_lowering import backward_data, backward_filter
-from ._geometry import LEAKY_RELU_SLOPE, _is_int, _shape_str, as_pair, conv_geometry, resolve_conv_padding
+from ._geometry import (KERNEL_AXES, LEAKY_RELU_SLOPE, _is_int, _shape_str, as_pair, conv_geometry,
+                        resolve_conv_padding)
 
 __all__ = ["conv2d_input", "conv2d_weight", "conv2d_bias", "conv2d_backward", "conv_transpose2d"]
 
@@ -230,6 +231,36 @@ def _transpose_padding(padding):
     return resolve_conv_padding(padding, (1, 1), (1, 1), (1, 1), (1, 1))
 
 
+def check_transpose_shapes(n: int, fn: str, x, w, b, groups):
+    """A transposed convolution's ranks, channels and bias over ``n`` spatial dimensions (PyTorch's
+    messages); returns ``(x batched, C_out)``."""
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups <= 0:
+        raise ValueError(f"non-positive groups is not supported, got groups={groups}")
+    if x.ndim not in (n + 1, n + 2):
+        raise ValueError(f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to {fn}, but got input "
+                         f"of size: {_shape_str(x.shape)}")
+    if w.ndim != n + 2:
+        raise ValueError(f"weight must be {n + 2}-D (in_channels, out_channels/groups, {KERNEL_AXES[n]}), got "
+                         f"weight of size {_shape_str(w.shape)}")
+    if min(w.shape) <= 0:
+        raise ValueError(f"weight of size {_shape_str(w.shape)} has an empty dimension")
+    xb = x if x.ndim == n + 2 else x[None]
+    if w.shape[0] % groups:
+        raise ValueError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+                         f"but got weight of size {_shape_str(w.shape)} instead")
+    if xb.shape[1] != w.shape[0]:
+        raise ValueError(f"Given transposed=1, weight of size {_shape_str(w.shape)}, expected "
+                         f"input{_shape_str(x.shape)} to have {w.shape[0]} channels, but got {xb.shape[1]} channels "
+                         f"instead")
+    Cout = w.shape[1] * groups
+    if b is not None and tuple(b.shape) != (Cout,):
+        raise ValueError(f"Given transposed=1, weight of size {_shape_str(w.shape)}, expected bias to be "
+                         f"1-dimensional with {Cout} elements, but got bias of size {_shape_str(b.shape)} instead")
+    return xb, Cout
+
+
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """Transposed convolution, ``torch.nn.functional.conv_transpose2d``'s semantics and weight layout:
     ``input (N, C_in, H, W)`` (or unbatched), ``weight (C_in, C_out/groups, R, S)``, ``bias (C_out,)``;
@@ -244,31 +275,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     dh, dw = as_pair(dilation, "dilation", minimum=1)
     oph, opw = as_pair(output_padding, "output_padding", minimum=0)
     pt, pb, pl, pr = _transpose_padding(padding)
-    if not _is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups <= 0:
-        raise ValueError(f"non-positive groups is not supported, got groups={groups}")
-    if x.ndim not in (3, 4):
-        raise ValueError(f"Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, but got input "
-                         f"of size: {_shape_str(x.shape)}")
-    if w.ndim != 4:
-        raise ValueError(f"weight must be 4-D (in_channels, out_channels/groups, kH, kW), got weight of size "
-                         f"{_shape_str(w.shape)}")
-    if min(w.shape) <= 0:
-        raise ValueError(f"weight of size {_shape_str(w.shape)} has an empty dimension")
-    x4 = x if x.ndim == 4 else x[None]
-    N, Cin, H, W = x4.shape
-    if w.shape[0] % groups:
-        raise ValueError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
-                         f"but got weight of size {_shape_str(w.shape)} instead")
-    if Cin != w.shape[0]:
-        raise ValueError(f"Given transposed=1, weight of size {_shape_str(w.shape)}, expected "
-                         f"input{_shape_str(x.shape)} to have {w.shape[0]} channels, but got {Cin} channels "
-                         f"instead")
-    Cout, R, S = w.shape[1] * groups, w.shape[2], w.shape[3]
-    if b is not None and tuple(b.shape) != (Cout,):
-        raise ValueError(f"Given transposed=1, weight of size {_shape_str(w.shape)}, expected bias to be "
-                         f"1-dimensional with {Cout} elements, but got bias of size {_shape_str(b.shape)} instead")
+    x4, Cout = check_transpose_shapes(2, fn, x, w, b, groups)
+    N, _, H, W = x4.shape
+    R, S = w.shape[2], w.shape[3]
     if not (oph < sh or oph < dh) or not (opw < sw or opw < dw):
         raise ValueError(f"output padding must be smaller than either stride or dilation, but got "
                          f"output_padding_height: {oph} output_padding_width: {opw} stride_height: {sh} "

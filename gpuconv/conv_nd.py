@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backend, _conv_nd
-from ._geometry import KERNEL_AXES, _is_int, _shape_str
-from ._grad_conv import _check_grad_output, _size_arg
+from ._geometry import _shape_str
+from ._grad_conv import _check_grad_output, _size_arg, check_transpose_shapes
 from ._geometry_nd import as_tuple, conv_nd_geometry, explicit_padding
 
 __all__ = ["conv1d", "conv3d", "conv1d_input", "conv1d_weight", "conv1d_bias", "conv3d_input", "conv3d_weight",
@@ -173,31 +173,8 @@ def _transpose(n, input, weight, bias, stride, padding, output_padding, groups, 
         raise TypeError(f"{fn}(): argument 'padding' must be an int, a tuple of {n} ints or {n} (low, high) "
                         f"pairs, not str ({padding!r})")
     pads = explicit_padding(padding, n, (1,) * n, (1,) * n, (1,) * n, (1,) * n)
-    if not _is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups <= 0:
-        raise ValueError(f"non-positive groups is not supported, got groups={groups}")
-    if x.ndim not in (n + 1, n + 2):
-        raise ValueError(f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to {fn}, but got input "
-                         f"of size: {_shape_str(x.shape)}")
-    if w.ndim != n + 2:
-        raise ValueError(f"weight must be {n + 2}-D (in_channels, out_channels/groups, {KERNEL_AXES[n]}), got weight "
-                         f"of size {_shape_str(w.shape)}")
-    if min(w.shape) <= 0:
-        raise ValueError(f"weight of size {_shape_str(w.shape)} has an empty dimension")
-    xb = x if x.ndim == n + 2 else x[None]
-    N, Cin, size = xb.shape[0], xb.shape[1], tuple(xb.shape[2:])
-    if w.shape[0] % groups:
-        raise ValueError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
-                         f"but got weight of size {_shape_str(w.shape)} instead")
-    if Cin != w.shape[0]:
-        raise ValueError(f"Given transposed=1, weight of size {_shape_str(w.shape)}, expected "
-                         f"input{_shape_str(x.shape)} to have {w.shape[0]} channels, but got {Cin} channels "
-                         f"instead")
-    Cout, kernel = w.shape[1] * groups, tuple(w.shape[2:])
-    if b is not None and tuple(b.shape) != (Cout,):
-        raise ValueError(f"Given transposed=1, weight of size {_shape_str(w.shape)}, expected bias to be "
-                         f"1-dimensional with {Cout} elements, but got bias of size {_shape_str(b.shape)} instead")
+    xb, Cout = check_transpose_shapes(n, fn, x, w, b, groups)
+    N, size, kernel = xb.shape[0], tuple(xb.shape[2:]), tuple(w.shape[2:])
     if any(not (op[i] < st[i] or op[i] < dl[i]) for i in range(n)):
         raise ValueError(f"output padding must be smaller than either stride or dilation, but got "
                          f"output_padding={op}, stride={st}, dilation={dl}")
