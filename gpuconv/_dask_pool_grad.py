@@ -26,6 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 from . import _grad_pool
 from ._dask_graph import (Axis, InputAxis, _as_batched, _Blocks, _check_arrays, _Const, _finish, _tasks, _windowed,
                           _xp)
+from ._dask_grad import _default_chunks
 from ._numpy.pool import divisor_extent
 from ._pool_geometry import pool_geometry, pool_geometry_nd
 from .pool import max_pool2d as _max_pool2d
@@ -166,15 +167,6 @@ def _grad_window(gwin, p, idx):
         src.append(slice(max(a, wa) - wa, min(b, wb) - wa))
     gx[tuple(dst)] = part[tuple(src)]
     return gx
-
-
-def _default_chunks(ax: Axis, gy_chunks):
-    cuts, o = {0, ax.size}, 0
-    for c in gy_chunks[:-1]:
-        o += c
-        cuts.add(min(max(o * ax.stride - ax.pad_lo + (ax.extent - 1) // 2, 0), ax.size))
-    cuts = sorted(cuts)
-    return tuple(hi - lo for lo, hi in zip(cuts, cuts[1:]))
 
 
 def pool_input(kind, nd, input_size, grad_output, indices, kernel_size, stride, padding, dilation, ceil_mode,

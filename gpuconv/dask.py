@@ -1,6 +1,6 @@
-"""``gpuconv.dask``: convolution and pooling in 1, 2 and 3 spatial dimensions (NCL, NCHW, NCDHW) and the
-convolutions' gradients on ``dask.array`` arrays, for batches and images larger than one device's or one
-machine's memory. Imported explicitly (``import gpuconv.dask``); ``import gpuconv`` never imports dask.
+"""``gpuconv.dask``: convolution and pooling in 1, 2 and 3 spatial dimensions (NCL, NCHW, NCDHW), max
+pooling's indices, and the convolutions' and poolings' gradients on ``dask.array`` arrays, for batches and
+images larger than one device's or one machine's memory. Imported explicitly (``import gpuconv.dask``); ``import gpuconv`` never imports dask.
 Needs the extra ``gpuconv[dask]`` (``dask[array]``; ``distributed`` for clusters).
 
 How an image is cut (docs/dask.md has the details and the reasons):
@@ -23,7 +23,8 @@ Chunks may be NumPy or CuPy arrays: the tasks only slice, concatenate (``numpy.c
 ``numpy.pad``, which dispatch to CuPy through ``__array_function__``) and call gpuconv, so the same graph
 runs our CUDA kernels on CuPy chunks (the result keeps the input's ``meta``; weights must be of the
 chunks' kind). The graph machinery (per axis, for 1 to 3 axes) is ``_dask_graph``; the convolutions'
-gradients (``conv{1,2,3}d_input``, ``_weight``, ``_bias``) are ``_dask_grad``'s.
+gradients (``conv{1,2,3}d_input``, ``_weight``, ``_bias``) are ``_dask_grad``'s; max pooling's
+``return_indices=True`` and the pooling gradients (``{max,avg}_pool{1,2,3}d_input``) ``_dask_pool_grad``'s.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import numpy as np
 from ._dask_graph import Axis, _as_batched, _channelwise, _check_arrays, _Const, _finish, _windowed, _xp
 from ._geometry import resolve_conv_padding
 from ._numpy.pool import divisor_extent
-from ._pool_geometry import pool_geometry, pool_geometry_nd
 from ._receptive_field import ReceptiveField
 from .conv import conv2d as _conv2d
 from .conv_nd import conv1d as _conv1d
@@ -45,7 +45,7 @@ from .pool_nd import avg_pool1d as _avg_pool1d
 from .pool_nd import avg_pool3d as _avg_pool3d
 from .pool_nd import max_pool1d as _max_pool1d
 from .pool_nd import max_pool3d as _max_pool3d
-from ._dask_pool_grad import max_pool_indices, pool_input
+from ._dask_pool_grad import max_pool_indices, pool_fields, pool_input
 from ._dask_grad import (conv1d_bias, conv1d_input, conv1d_weight, conv2d_bias, conv2d_input, conv2d_weight,
                          conv3d_bias, conv3d_input, conv3d_weight, conv_axes)
 
@@ -119,13 +119,7 @@ def _pool(nd, fn, x, kernel_size, stride, padding, dilation, ceil_mode):
     the geometry)`` of a {max,avg}_pool{nd}d call, checked as the single call checks it."""
     xb, unbatched = _as_batched(x, fn, nd, one_channel_chunk=False)
     _check_arrays(fn, xb)
-    if nd == 2:
-        g = pool_geometry(xb.shape, kernel_size, stride, padding, dilation, ceil_mode, fn)
-        fields = ((g.H, g.kh, g.sh, (g.ph, g.pb), g.dh, g.OH), (g.W, g.kw, g.sw, (g.pw, g.pr), g.dw, g.OW))
-    else:
-        g = pool_geometry_nd(xb.shape, kernel_size, stride, padding, dilation, ceil_mode, fn, nd)
-        fields = tuple(zip(g.spatial, g.kernel, g.stride, g.padding, g.dilation, g.out))
-    axes = tuple(Axis(n, d * (k - 1) + 1, s, lo, o) for n, k, s, (lo, _), d, o in fields)
+    fields, axes, g = pool_fields(nd, xb.shape, kernel_size, stride, padding, dilation, ceil_mode, fn)
     return xb, unbatched, fields, axes, g
 
 
