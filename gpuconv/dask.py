@@ -1,7 +1,7 @@
 """``gpuconv.dask``: convolution and pooling in 1, 2 and 3 spatial dimensions (NCL, NCHW, NCDHW), max
 pooling's indices, and the convolutions' and poolings' gradients on ``dask.array`` arrays, for batches and
-images larger than one device's or one machine's memory. Imported explicitly (``import gpuconv.dask``); ``import gpuconv`` never imports dask.
-Needs the extra ``gpuconv[dask]`` (``dask[array]``; ``distributed`` for clusters).
+images larger than one device's or one machine's memory. Imported explicitly (``import gpuconv.dask``);
+``import gpuconv`` never imports dask. Needs the extra ``gpuconv[dask]`` (``dask[array]``; ``distributed`` for clusters).
 
 How an image is cut (docs/dask.md has the details and the reasons):
 

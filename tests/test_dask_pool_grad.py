@@ -146,3 +146,25 @@ def test_unbatched_and_errors():
         gd.avg_pool2d_input(x.shape, da.from_array(go), 3, 2, 1, chunks=((3, 3), (6,)))
     with pytest.raises(TypeError, match="input_size"):
         gd.avg_pool2d_input("x", da.from_array(go), 3, 2, 1)
+
+
+def test_forward_indices_and_gradients_on_a_local_cluster():
+    """The pair tasks, the indices' window tasks and the gradients through worker processes (pickled)."""
+    distributed = pytest.importorskip("distributed")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 13, 11)).astype(np.float32)
+    x[:, :, :3, :3] = -np.inf
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  memory_limit="2GiB") as cluster, distributed.Client(cluster) as c:
+        y, idx = gd.max_pool2d(da.from_array(x, chunks=(1, 2, 4, 3)), 3, 2, ((1, 0), (1, 1)), 1, True,
+                               return_indices=True)
+        y0, i0 = gpuconv.max_pool2d(x, 3, 2, ((1, 0), (1, 1)), 1, True, return_indices=True)
+        got_y, got_i = c.compute([y, idx], sync=True)
+        np.testing.assert_array_equal(got_y, y0)
+        np.testing.assert_array_equal(got_i, i0)
+        go = rng.standard_normal(y0.shape).astype(np.float32)
+        gdn = da.from_array(go, chunks=(1, 3, 2, 3))
+        g = c.compute(gd.max_pool2d_input(x.shape, gdn, idx, 3, 2, ((1, 0), (1, 1)), 1, True), sync=True)
+        np.testing.assert_array_equal(g, gg.max_pool2d_input(x.shape, go, i0, 3, 2, ((1, 0), (1, 1)), 1, True))
+        g = c.compute(gd.avg_pool2d_input(x.shape, gdn, 3, 2, ((1, 0), (1, 1)), True, False), sync=True)
+        np.testing.assert_array_equal(g, gg.avg_pool2d_input(x.shape, go, 3, 2, ((1, 0), (1, 1)), True, False))
