@@ -1,7 +1,7 @@
-"""``gpuconv.dask``: convolution and pooling in 1, 2 and 3 spatial dimensions (NCL, NCHW, NCDHW) and the
-convolutions' gradients on ``dask.array`` arrays, for batches and images larger than one device's or one
-machine's memory. Imported explicitly (``import gpuconv.dask``); ``import gpuconv`` never imports dask.
-Needs the extra ``gpuconv[dask]`` (``dask[array]``; ``distributed`` for clusters).
+"""``gpuconv.dask``: convolution and pooling in 1, 2 and 3 spatial dimensions (NCL, NCHW, NCDHW), max
+pooling's indices, and the convolutions' and poolings' gradients on ``dask.array`` arrays, for batches and
+images larger than one device's or one machine's memory. Imported explicitly (``import gpuconv.dask``);
+``import gpuconv`` never imports dask. Needs the extra ``gpuconv[dask]`` (``dask[array]``; ``distributed`` for clusters).
 
 How an image is cut (docs/dask.md has the details and the reasons):
 
@@ -23,7 +23,8 @@ Chunks may be NumPy or CuPy arrays: the tasks only slice, concatenate (``numpy.c
 ``numpy.pad``, which dispatch to CuPy through ``__array_function__``) and call gpuconv, so the same graph
 runs our CUDA kernels on CuPy chunks (the result keeps the input's ``meta``; weights must be of the
 chunks' kind). The graph machinery (per axis, for 1 to 3 axes) is ``_dask_graph``; the convolutions'
-gradients (``conv{1,2,3}d_input``, ``_weight``, ``_bias``) are ``_dask_grad``'s.
+gradients (``conv{1,2,3}d_input``, ``_weight``, ``_bias``) are ``_dask_grad``'s; max pooling's
+``return_indices=True`` and the pooling gradients (``{max,avg}_pool{1,2,3}d_input``) ``_dask_pool_grad``'s.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import numpy as np
 from ._dask_graph import Axis, _as_batched, _channelwise, _check_arrays, _Const, _finish, _windowed, _xp
 from ._geometry import resolve_conv_padding
 from ._numpy.pool import divisor_extent
-from ._pool_geometry import pool_geometry, pool_geometry_nd
 from ._receptive_field import ReceptiveField
 from .conv import conv2d as _conv2d
 from .conv_nd import conv1d as _conv1d
@@ -45,12 +45,15 @@ from .pool_nd import avg_pool1d as _avg_pool1d
 from .pool_nd import avg_pool3d as _avg_pool3d
 from .pool_nd import max_pool1d as _max_pool1d
 from .pool_nd import max_pool3d as _max_pool3d
+from ._dask_pool_grad import max_pool_indices, pool_fields, pool_input
 from ._dask_grad import (conv1d_bias, conv1d_input, conv1d_weight, conv2d_bias, conv2d_input, conv2d_weight,
                          conv3d_bias, conv3d_input, conv3d_weight, conv_axes)
 
 __all__ = ["conv1d", "conv2d", "conv3d", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
            "avg_pool3d", "map_layers", "conv1d_input", "conv1d_weight", "conv1d_bias", "conv2d_input",
-           "conv2d_weight", "conv2d_bias", "conv3d_input", "conv3d_weight", "conv3d_bias"]
+           "conv2d_weight", "conv2d_bias", "conv3d_input", "conv3d_weight", "conv3d_bias",
+           "max_pool1d_input", "max_pool2d_input", "max_pool3d_input", "avg_pool1d_input", "avg_pool2d_input",
+           "avg_pool3d_input"]
 
 _CONV = {1: _conv1d, 2: _conv2d, 3: _conv3d}
 _MAX = {1: _max_pool1d, 2: _max_pool2d, 3: _max_pool3d}
@@ -116,13 +119,7 @@ def _pool(nd, fn, x, kernel_size, stride, padding, dilation, ceil_mode):
     the geometry)`` of a {max,avg}_pool{nd}d call, checked as the single call checks it."""
     xb, unbatched = _as_batched(x, fn, nd, one_channel_chunk=False)
     _check_arrays(fn, xb)
-    if nd == 2:
-        g = pool_geometry(xb.shape, kernel_size, stride, padding, dilation, ceil_mode, fn)
-        fields = ((g.H, g.kh, g.sh, (g.ph, g.pb), g.dh, g.OH), (g.W, g.kw, g.sw, (g.pw, g.pr), g.dw, g.OW))
-    else:
-        g = pool_geometry_nd(xb.shape, kernel_size, stride, padding, dilation, ceil_mode, fn, nd)
-        fields = tuple(zip(g.spatial, g.kernel, g.stride, g.padding, g.dilation, g.out))
-    axes = tuple(Axis(n, d * (k - 1) + 1, s, lo, o) for n, k, s, (lo, _), d, o in fields)
+    fields, axes, g = pool_fields(nd, xb.shape, kernel_size, stride, padding, dilation, ceil_mode, fn)
     return xb, unbatched, fields, axes, g
 
 
@@ -133,9 +130,10 @@ def _max_op(win, p):
 
 def _max(nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     fn = f"max_pool{nd}d"
-    if return_indices:
-        raise ValueError(f"gpuconv.dask.{fn}(): return_indices=True is not supported on dask arrays")
     xb, unbatched, f, axes, g = _pool(nd, fn, x, kernel_size, stride, padding, dilation, ceil_mode)
+    if return_indices:
+        y, idx = max_pool_indices(nd, xb, f, axes, g, fn)
+        return _finish(y, unbatched), _finish(idx, unbatched)
     params = _Const((nd, tuple(a[1] for a in f), tuple(a[2] for a in f), tuple(a[4] for a in f)))
     return _finish(_channelwise(xb, axes, _max_op, params, fn, -np.inf, token=g), unbatched)
 
@@ -144,8 +142,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """:func:`gpuconv.max_pool2d` of a ``dask.array.Array`` (NCHW or CHW), lazily; chunks and halos as
     :func:`conv2d` (C keeps its chunks: pooling is per channel). Each chunk's window is padded with -inf
     only where it leaves the array (the padding, and with ``ceil_mode`` the last window's overhang), so
-    results equal the single call's exactly, NaN rules included. ``return_indices=True`` is not supported
-    (a chunk's indices would be local to its window)."""
+    results equal the single call's exactly, NaN rules included. ``return_indices=True``: ``(values,
+    indices)``, two dask arrays; each chunk's window-local indices are made the single call's (flat in the
+    whole plane, ``h*W + w``) by its window's origin, so they equal the single call's exactly."""
     return _max(2, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
@@ -223,6 +222,59 @@ def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
                divisor_override=None):
     """:func:`gpuconv.avg_pool3d` of a ``dask.array.Array`` (NCDHW or CDHW), lazily, as :func:`avg_pool2d`."""
     return _avg(3, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+# ----------------------------------------------------------------------------------------------
+# pooling gradients (``_dask_pool_grad``)
+# ----------------------------------------------------------------------------------------------
+
+def max_pool2d_input(input_size, grad_output, indices, kernel_size, stride=None, padding=0, dilation=1,
+                     ceil_mode=False, *, chunks=None):
+    """:func:`gpuconv.grad.max_pool2d_input` of dask ``grad_output`` and ``indices`` (as
+    :func:`max_pool2d`'s ``return_indices=True`` gives them: flat in the whole plane), lazily: a dask array of
+    ``input_size``, chunked along N as ``grad_output``, one chunk along C, along H and W as ``chunks``
+    (default: ``grad_output``'s boundaries carried to the input rows of their windows' centres). Each chunk
+    reads the ``grad_output`` and ``indices`` rows whose windows overlap it; an index outside the chunk
+    contributes nothing to it."""
+    return pool_input("max", 2, input_size, grad_output, indices, kernel_size, stride, padding, dilation,
+                      ceil_mode, chunks=chunks)
+
+
+def max_pool1d_input(input_size, grad_output, indices, kernel_size, stride=None, padding=0, dilation=1,
+                     ceil_mode=False, *, chunks=None):
+    """:func:`gpuconv.grad.max_pool1d_input` on dask arrays, as :func:`max_pool2d_input`."""
+    return pool_input("max", 1, input_size, grad_output, indices, kernel_size, stride, padding, dilation,
+                      ceil_mode, chunks=chunks)
+
+
+def max_pool3d_input(input_size, grad_output, indices, kernel_size, stride=None, padding=0, dilation=1,
+                     ceil_mode=False, *, chunks=None):
+    """:func:`gpuconv.grad.max_pool3d_input` on dask arrays, as :func:`max_pool2d_input`."""
+    return pool_input("max", 3, input_size, grad_output, indices, kernel_size, stride, padding, dilation,
+                      ceil_mode, chunks=chunks)
+
+
+def avg_pool2d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False,
+                     count_include_pad=True, divisor_override=None, *, chunks=None):
+    """:func:`gpuconv.grad.avg_pool2d_input` of a dask ``grad_output``, lazily, chunked as
+    :func:`max_pool2d_input`. Each window's gradient is divided by the whole array's divisor of that window
+    (``count_include_pad``, ceil mode, per-side padding, ``divisor_override``), not the chunk's."""
+    return pool_input("avg", 2, input_size, grad_output, None, kernel_size, stride, padding, 1, ceil_mode,
+                      count_include_pad, divisor_override, chunks)
+
+
+def avg_pool1d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False,
+                     count_include_pad=True, *, chunks=None):
+    """:func:`gpuconv.grad.avg_pool1d_input` on a dask array, as :func:`avg_pool2d_input`."""
+    return pool_input("avg", 1, input_size, grad_output, None, kernel_size, stride, padding, 1, ceil_mode,
+                      count_include_pad, None, chunks)
+
+
+def avg_pool3d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False,
+                     count_include_pad=True, divisor_override=None, *, chunks=None):
+    """:func:`gpuconv.grad.avg_pool3d_input` on a dask array, as :func:`avg_pool2d_input`."""
+    return pool_input("avg", 3, input_size, grad_output, None, kernel_size, stride, padding, 1, ceil_mode,
+                      count_include_pad, divisor_override, chunks)
 
 
 # ----------------------------------------------------------------------------------------------
