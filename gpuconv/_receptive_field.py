@@ -23,27 +23,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._geometry import _is_int, as_pair
+from ._geometry import _is_int
+from ._geometry_nd import as_tuple
 
 _KEYS = ("kernel_size", "stride", "padding", "dilation")
 
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    """The receptive field of a chain of layers, per spatial axis (H, W).
+    """The receptive field of a chain of layers, per spatial axis (``L``; ``H, W``; or ``D, H, W``).
 
     Attributes:
-        size: ``(E_h, E_w)``, input rows / columns one output pixel depends on (its extent).
-        stride: ``(S_h, S_w)``, the product of the layers' strides: neighbouring outputs' windows start
+        size: ``E`` per axis, input rows / columns one output pixel depends on (its extent).
+        stride: ``S`` per axis, the product of the layers' strides: neighbouring outputs' windows start
             this far apart in the input.
-        padding: ``((top, bottom), (left, right))``, the layers' paddings counted in input rows/columns.
+        padding: ``(low, high)`` per axis, the layers' paddings counted in input rows/columns.
         layers: how many layers were composed.
     """
 
-    size: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[tuple[int, int], tuple[int, int]]
+    size: tuple
+    stride: tuple
+    padding: tuple
     layers: int
+
+    @property
+    def ndim(self) -> int:
+        """The number of spatial axes (1, 2 or 3)."""
+        return len(self.size)
 
     @property
     def halo(self) -> tuple[int, int]:
@@ -51,25 +57,26 @@ class ReceptiveField:
         output, i.e. the overlap of neighbouring chunks' windows."""
         return tuple(max(e - s, 0) for e, s in zip(self.size, self.stride))
 
-    def output_size(self, input_size) -> tuple[int, int]:
-        """The chain's output ``(P, Q)`` for an input ``(H, W)`` (an entry < 1: the input is too small)."""
-        H, W = as_pair(input_size, "input_size", minimum=0)
+    def output_size(self, input_size) -> tuple:
+        """The chain's output size per axis for an input of ``input_size`` (an int or one per axis; an
+        entry < 1: the input is too small)."""
+        size = as_tuple(input_size, self.ndim, "input_size", minimum=0)
         return tuple((n + lo + hi - e) // s + 1
-                     for n, e, s, (lo, hi) in zip((H, W), self.size, self.stride, self.padding))
+                     for n, e, s, (lo, hi) in zip(size, self.size, self.stride, self.padding))
 
     def input_window(self, start: int, stop: int, axis: int) -> tuple[int, int]:
-        """Input rows (``axis=0``) or columns (``axis=1``) ``[a, b)`` that outputs ``[start, stop)`` read,
-        in the coordinates of the unpadded input: ``a`` may be negative and ``b`` past the input's end,
-        by at most the padding on that side."""
-        if axis not in (0, 1):
-            raise ValueError(f"axis must be 0 (rows) or 1 (columns), got {axis!r}")
+        """Input positions ``[a, b)`` along spatial ``axis`` (0: the first spatial axis, e.g. rows) that outputs
+        ``[start, stop)`` read, in the coordinates of the unpadded input: ``a`` may be negative and ``b``
+        past the input's end, by at most the padding on that side."""
+        if not (_is_int(axis) and 0 <= axis < self.ndim):
+            raise ValueError(f"axis must be a spatial axis, 0 to {self.ndim - 1}, got {axis!r}")
         if not (_is_int(start) and _is_int(stop)) or not 0 <= start < stop:
             raise ValueError(f"need 0 <= start < stop, got start={start!r}, stop={stop!r}")
         e, s, lo = self.size[axis], self.stride[axis], self.padding[axis][0]
         return start * s - lo, (stop - 1) * s - lo + e
 
 
-def _layer_params(i: int, layer):
+def _layer_params(i: int, layer, n: int):
     if not isinstance(layer, dict):
         raise TypeError(f"receptive_field(): layer {i} must be a dict with 'kernel_size' and optionally "
                         f"'stride', 'padding', 'dilation', got {type(layer).__name__}")
@@ -79,30 +86,42 @@ def _layer_params(i: int, layer):
                          "(and an optional 'op' label)")
     if "kernel_size" not in layer:
         raise ValueError(f"receptive_field(): layer {i} has no 'kernel_size'")
-    k = as_pair(layer["kernel_size"], f"layer {i} kernel_size", minimum=1)
-    s = as_pair(layer.get("stride", 1), f"layer {i} stride", minimum=1)
-    d = as_pair(layer.get("dilation", 1), f"layer {i} dilation", minimum=1)
+    k = as_tuple(layer["kernel_size"], n, f"layer {i} kernel_size", minimum=1)
+    s = as_tuple(layer.get("stride", 1), n, f"layer {i} stride", minimum=1)
+    d = as_tuple(layer.get("dilation", 1), n, f"layer {i} dilation", minimum=1)
     p = layer.get("padding", 0)
-    if isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(v, (tuple, list)) for v in p):
-        pads = tuple(as_pair(v, f"layer {i} padding", minimum=0) for v in p)
-    elif isinstance(p, str):
+    if isinstance(p, str):
         raise ValueError(f"receptive_field(): layer {i} padding={p!r}: the amount depends on the input size; "
-                         "give the resolved ints ((top, bottom), (left, right)) instead")
+                         "give the resolved ints, (low, high) per axis, instead")
+    if isinstance(p, (tuple, list)) and len(p) == n and all(isinstance(v, (tuple, list)) for v in p):
+        pads = tuple(as_tuple(v, 2, f"layer {i} padding", minimum=0) for v in p)
     else:
-        ph, pw = as_pair(p, f"layer {i} padding", minimum=0)
-        pads = ((ph, ph), (pw, pw))
+        pads = tuple((v, v) for v in as_tuple(p, n, f"layer {i} padding", minimum=0))
     return k, s, d, pads
 
 
-def receptive_field(layers) -> ReceptiveField:
+def _spatial_axes(layers) -> int:
+    """The number of spatial axes the layers' tuples spell out (2 when every parameter is an int)."""
+    for layer in layers:
+        if isinstance(layer, dict):
+            for key in _KEYS:
+                v = layer.get(key)
+                if isinstance(v, (tuple, list)):
+                    return len(v)
+    return 2
+
+
+def receptive_field(layers, ndim=None) -> ReceptiveField:
     """The receptive field, total stride and summed padding of a chain of sliding-window layers.
 
     Args:
         layers: the layers in the order they run, each a dict ``{'kernel_size': k, 'stride': s,
             'padding': p, 'dilation': d}`` (defaults: stride 1, padding 0, dilation 1; for pooling write
             the stride, as it has no default here; an ``'op'`` entry is allowed as a label and ignored).
-            ``k``, ``s``, ``d``: int or ``(h, w)``; ``p``: int, ``(h, w)`` or ``((top, bottom), (left,
-            right))``. Pointwise layers (activations, bias, batch norm) change nothing: leave them out.
+            ``k``, ``s``, ``d``: int or one per spatial axis; ``p``: int, one per axis or ``(low, high)``
+            per axis. Pointwise layers (activations, bias, batch norm) change nothing: leave them out.
+        ndim: the number of spatial axes (1, 2 or 3); by default the length of the first tuple among the
+            layers' parameters, else 2.
 
     Returns a :class:`ReceptiveField` (``size``, ``stride``, ``padding``, ``halo``, ``output_size(hw)``,
     ``input_window(start, stop, axis)``). An empty chain is the identity (size 1, stride 1).
@@ -115,14 +134,16 @@ def receptive_field(layers) -> ReceptiveField:
     """
     if isinstance(layers, dict) or not hasattr(layers, "__iter__"):
         raise TypeError(f"receptive_field(): layers must be a list of layer dicts, got {type(layers).__name__}")
-    size, jump, lo, hi, n = [1, 1], [1, 1], [0, 0], [0, 0], 0
+    layers = list(layers)
+    n = _spatial_axes(layers) if ndim is None else ndim
+    if n not in (1, 2, 3):
+        raise ValueError(f"receptive_field(): ndim must be 1, 2 or 3, got {n!r}")
+    size, jump, lo, hi = [1] * n, [1] * n, [0] * n, [0] * n
     for i, layer in enumerate(layers):
-        k, s, d, pads = _layer_params(i, layer)
-        for a in (0, 1):
+        k, s, d, pads = _layer_params(i, layer, n)
+        for a in range(n):
             size[a] += d[a] * (k[a] - 1) * jump[a]
             lo[a] += pads[a][0] * jump[a]
             hi[a] += pads[a][1] * jump[a]
             jump[a] *= s[a]
-        n += 1
-    return ReceptiveField(size=tuple(size), stride=tuple(jump), padding=((lo[0], hi[0]), (lo[1], hi[1])),
-                          layers=n)
+    return ReceptiveField(size=tuple(size), stride=tuple(jump), padding=tuple(zip(lo, hi)), layers=len(layers))

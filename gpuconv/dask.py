@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._dask_graph import Axis, _as_batched, _channelwise, _check_arrays, _Const, _finish, _windowed, _xp
-from ._geometry import resolve_conv_padding
+from ._geometry_nd import explicit_padding
 from ._numpy.pool import divisor_extent
 from ._receptive_field import ReceptiveField
 from .conv import conv2d as _conv2d
@@ -286,26 +286,27 @@ def _layers_op(win, p, fn):
     y = fn.value(win)
     if tuple(y.shape[2:]) != expected or y.shape[0] != win.shape[0]:
         raise ValueError(f"gpuconv.dask.map_layers(): fn returned shape {tuple(y.shape)} for a window of shape "
-                         f"{tuple(win.shape)}; the receptive field says (N, K, {expected[0]}, {expected[1]}): "
+                         f"{tuple(win.shape)}; the receptive field says (N, K, {', '.join(map(str, expected))}): "
                          "it does not describe fn (fn's layers must be unpadded, without ceil_mode)")
     return y
 
 
 def map_layers(x, fn, field: ReceptiveField, *, padding=0, out_channels=None, dtype=None):
     """Run ``fn``, a chain of gpuconv calls (conv -> relu -> pool -> conv ...), over a ``dask.array.Array``
-    (NCHW or CHW) with one halo exchange for the whole chain: each output chunk's task assembles the input
-    window its outputs need (``field.input_window``) and calls ``fn`` on it once. The result equals
-    ``fn`` applied to the whole (padded) array.
+    (N, C and the field's 1, 2 or 3 spatial axes, or unbatched) with one halo exchange for the whole chain:
+    each output chunk's task assembles the input window its outputs need (``field.input_window``) and calls
+    ``fn`` on it once. The result equals ``fn`` applied to the whole (padded) array.
 
     Args:
-        fn: NCHW array -> NCHW array of the same kind, made of sliding-window layers with no padding
+        fn: array -> array of the same kind and rank, made of sliding-window layers with no padding
             (``padding=0`` / ``'valid'``) and no ``ceil_mode``, and pointwise steps. A layer's padding would pad
             every window, not just the image's border; pad the chain's input instead (``padding``), or
             chain :func:`conv2d` / :func:`max_pool2d` calls (one halo exchange each) for per-layer padding.
             ``fn`` is one node of the graph: weights it captures travel to each worker once.
         field: ``gpuconv.receptive_field(layers)`` of ``fn``'s sliding-window layers (their padding must be
-            0; checked: a chunk whose output does not have the size the field gives raises ``ValueError``).
-        padding: zeros added around ``x`` (int, ``(h, w)`` or ``((top, bottom), (left, right))``) at the
+            0; checked: a chunk whose output does not have the size the field gives raises ``ValueError``);
+            its number of spatial axes is the array's.
+        padding: zeros added around ``x`` (int, one int per spatial axis, or ``(low, high)`` per axis) at the
             array's real borders before the chain, as ``fn(pad(x))``.
         out_channels, dtype: of ``fn``'s output; when omitted, found by calling ``fn`` once on a zero window
             of one receptive field (shape ``(1, C) + field.size``).
@@ -313,32 +314,32 @@ def map_layers(x, fn, field: ReceptiveField, *, padding=0, out_channels=None, dt
     if not isinstance(field, ReceptiveField):
         raise TypeError(f"gpuconv.dask.map_layers(): field must be a gpuconv.receptive_field(...) result, got "
                         f"{type(field).__name__}")
-    if field.padding != ((0, 0), (0, 0)):
+    nd = field.ndim
+    if any(field.padding[a] != (0, 0) for a in range(nd)):
         raise ValueError(f"gpuconv.dask.map_layers(): the field's layers are padded ({field.padding}); fn's layers "
                          "must be unpadded, since a layer's padding would pad every chunk's window and not "
                          "only the image's border. Pad the input instead (padding=...)")
     if isinstance(padding, str):
         raise TypeError(f"gpuconv.dask.map_layers(): padding must be ints, got {padding!r}")
-    x4, unbatched = _as_batched(x, "map_layers", 2)
-    pt, pb, pl, pr = resolve_conv_padding(padding, field.size, field.stride, (1, 1), x4.shape[2:])
-    out = [(n + lo + hi - e) // s + 1 for n, e, s, (lo, hi) in
-           zip(x4.shape[2:], field.size, field.stride, ((pt, pb), (pl, pr)))]
+    x4, unbatched = _as_batched(x, "map_layers", nd)
+    pads = explicit_padding(padding, nd, field.size, field.stride, (1,) * nd, x4.shape[2:])
+    out = [(n + lo + hi - e) // s + 1 for n, e, s, (lo, hi) in zip(x4.shape[2:], field.size, field.stride, pads)]
     if min(out) < 1:
         raise ValueError(f"gpuconv.dask.map_layers(): input of size {list(x4.shape)} with padding "
-                         f"{((pt, pb), (pl, pr))} is smaller than the receptive field {field.size}")
+                         f"{pads} is smaller than the receptive field {field.size}")
     if out_channels is None or dtype is None:
         probe = fn(_xp(x4._meta).zeros((1, x4.shape[1]) + field.size, dtype=x4.dtype))
-        if tuple(probe.shape) != (1, probe.shape[1], 1, 1):
+        if tuple(probe.shape) != (1, probe.shape[1]) + (1,) * nd:
             raise ValueError(f"gpuconv.dask.map_layers(): fn returned shape {tuple(probe.shape)} for one receptive "
-                             f"field {(1, x4.shape[1]) + field.size}, expected (1, K, 1, 1): the field does not "
-                             "describe fn")
+                             f"field {(1, x4.shape[1]) + field.size}, expected {(1, 'K') + (1,) * nd}: the field "
+                             "does not describe fn")
         out_channels = probe.shape[1] if out_channels is None else out_channels
         dtype = probe.dtype if dtype is None else dtype
-    axes = tuple(Axis(n, e, s, lo, o) for n, e, s, lo, o in
-                 zip(x4.shape[2:], field.size, field.stride, (pt, pl), out))
+    axes = tuple(Axis(n, e, s, lo, o) for n, e, s, (lo, _), o in
+                 zip(x4.shape[2:], field.size, field.stride, pads, out))
 
-    def chunk_params(rows, cols):
-        return rows[1] - rows[0], cols[1] - cols[0]
+    def chunk_params(*ranges):
+        return tuple(b - a for a, b in ranges)
 
     y = _windowed(x4, axes, _layers_op, _Const(None), (_Const(fn),), int(out_channels), np.dtype(dtype),
                   "map_layers", 0, chunk_params, (field, out_channels, str(dtype)))

@@ -258,3 +258,64 @@ def test_conv2d_input_tasks_read_only_the_grad_output_rows_that_reach_them():
                          for j in range(max(k[4] - 1, 0), min(k[4] + 2, 4))}
     gw = gd.conv2d_weight(x, w.shape, gy, padding=1)
     assert len([k for k in gw.dask.layers[gw.name] if isinstance(k, tuple)]) == 16 + 1
+
+
+# --------------------------------------------------------------------------------------------
+# map_layers and receptive_field in 1 and 3 spatial dimensions
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nd", [1, 3])
+def test_receptive_field_nd_against_impulse_responses(nd):
+    """Each axis' size and stride as an impulse pushed through the real chain shows them: the outputs an
+    input cell reaches, and where a neighbouring output's window starts."""
+    layers = [dict(kernel_size=(3,) * nd, dilation=(2,) + (1,) * (nd - 1)),
+              dict(kernel_size=(2,) * nd, stride=(2,) * nd),
+              dict(kernel_size=(3,) * nd, stride=(1,) + (2,) * (nd - 1))]
+    rf = gpuconv.receptive_field(layers)
+    assert rf.ndim == nd and rf.padding == ((0, 0),) * nd
+    conv, pool = (gpuconv.conv1d, gpuconv.max_pool1d) if nd == 1 else (gpuconv.conv3d, gpuconv.max_pool3d)
+
+    def chain(a):
+        a = conv(a, np.ones((1, 1) + (3,) * nd), dilation=(2,) + (1,) * (nd - 1))
+        a = pool(a, 2, 2)
+        return conv(a, np.ones((1, 1) + (3,) * nd), stride=(1,) + (2,) * (nd - 1))
+
+    size = (24,) * nd
+    assert chain(np.zeros((1, 1) + size)).shape[2:] == rf.output_size(size)
+    for axis in range(nd):  # the input cells output 0 (and output 1) of this axis depends on
+        for o in (0, 1):
+            reads = []
+            for i in range(size[axis]):
+                x = np.zeros((1, 1) + size)
+                x[(0, 0) + (0,) * axis + (i,) + (0,) * (nd - axis - 1)] = 1.0
+                y = chain(x)
+                if y[(0, 0) + (0,) * axis + (o,) + (0,) * (nd - axis - 1)] != 0:
+                    reads.append(i)
+            a, b = rf.input_window(o, o + 1, axis)
+            assert reads[0] >= a and reads[-1] < b and b - a == rf.size[axis]
+            assert a == o * rf.stride[axis]
+    with pytest.raises(ValueError, match="axis"):
+        rf.input_window(0, 1, nd)
+
+
+@pytest.mark.parametrize("nd", [1, 3])
+@pytest.mark.parametrize("seed", range(3))
+def test_map_layers_nd_equals_the_chain_on_the_whole_array(nd, seed):
+    rng = np.random.default_rng(300 + seed)
+    C = int(rng.integers(1, 3))
+    w1 = rng.standard_normal((3, C) + (3,) * nd).astype(np.float32)
+    w2 = rng.standard_normal((2, 3) + (2,) * nd).astype(np.float32)
+    conv, pool = (gpuconv.conv1d, gpuconv.max_pool1d) if nd == 1 else (gpuconv.conv3d, gpuconv.max_pool3d)
+
+    def fn(a):
+        return conv(pool(conv(a, w1, activation="relu"), 2, 2), w2, stride=2)
+
+    rf = gpuconv.receptive_field([dict(kernel_size=3), dict(kernel_size=2, stride=2),
+                                  dict(kernel_size=2, stride=2)], ndim=nd)
+    size = tuple(int(v) for v in rng.integers(17, 40 if nd == 1 else 20, size=nd))
+    x = rng.standard_normal((2, C) + size).astype(np.float32)
+    pad = tuple((int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(nd))
+    y = gd.map_layers(chunked(rng, x), fn, rf, padding=pad).compute(scheduler="threads")
+    whole = fn(np.pad(x, ((0, 0), (0, 0)) + pad))
+    assert y.shape == whole.shape
+    np.testing.assert_allclose(y, whole, rtol=1e-5, atol=1e-5)
