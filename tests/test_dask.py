@@ -383,3 +383,36 @@ def test_import_gpuconv_imports_no_dask():
             "assert not any(m == 'dask' or m.startswith(('dask.', 'distributed')) for m in sys.modules), "
             "sorted(m for m in sys.modules if 'dask' in m)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.gpu
+def test_cupy_chunks_stay_on_the_gpu_and_match_the_single_calls():
+    """CuPy-backed dask arrays (the array's meta is a CuPy array): every function's result is CuPy-backed,
+    runs our CUDA kernels per chunk and equals the single CuPy call (pooling bitwise; convolutions within
+    the tolerance model, each chunk being a call of its own)."""
+    from tests.runners import gpu_unavailable_reason
+    reason = gpu_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    import cupy as cp
+    rng = np.random.default_rng(11)
+    x = cp.asarray(rng.standard_normal((2, 3, 37, 29)).astype(np.float32))
+    w = cp.asarray(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    xd = da.from_array(x, chunks=(1, 3, 10, 8), asarray=False)
+    assert isinstance(xd._meta, cp.ndarray)
+    y = gd.conv2d(xd, w, padding="same", activation="relu")
+    assert isinstance(y._meta, cp.ndarray)
+    got = y.compute(scheduler="threads")
+    assert isinstance(got, cp.ndarray)
+    ref = gpuconv.conv2d(x, w, padding="same", activation="relu")
+    mag = gpuconv.conv2d(cp.abs(x), cp.abs(w), padding="same")
+    assert_close(cp.asnumpy(got), cp.asnumpy(ref).astype(np.float64), cp.asnumpy(mag), np.float32, "dask cupy conv2d")
+    v, i = gd.max_pool2d(xd, 3, 2, 1, return_indices=True)
+    v, i = v.compute(scheduler="threads"), i.compute(scheduler="threads")
+    rv, ri = gpuconv.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert isinstance(v, cp.ndarray) and bool((v == rv).all()) and bool((i == ri).all())
+    gx = gd.conv2d_input(x.shape, w, da.from_array(ref, chunks=(1, 4, 12, 12), asarray=False), padding="same")
+    gx = gx.compute(scheduler="threads")
+    rgx = gpuconv.grad.conv2d_input(x.shape, w, ref, padding="same")
+    assert isinstance(gx, cp.ndarray)
+    np.testing.assert_allclose(cp.asnumpy(gx), cp.asnumpy(rgx), rtol=1e-4, atol=1e-4)
