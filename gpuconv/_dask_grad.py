@@ -168,6 +168,18 @@ def _default_chunks(ax: Axis, gy_chunks):
     return tuple(hi - lo for lo, hi in zip(cuts, cuts[1:]))
 
 
+def input_axes(fn: str, nd: int, axes, gy, chunks, size):
+    """The input gradient's chunking per spatial axis (``chunks``, or by default ``grad_output``'s carried
+    over by ``_default_chunks``), checked against the input ``size``: ``(chunks, InputAxis records)``."""
+    if chunks is None:
+        chunks = tuple(_default_chunks(ax, c) for ax, c in zip(axes, gy.chunks[2:]))
+    chunks = tuple(tuple(int(c) for c in cs) for cs in chunks)
+    if len(chunks) != nd or any(sum(c) != n or min(c) < 1 for c, n in zip(chunks, size[2:])):
+        raise ValueError(f"gpuconv.dask.{fn}(): chunks must be one tuple per spatial axis of positive sizes "
+                         f"adding up to {size[2:]}, got {chunks}")
+    return chunks, tuple(InputAxis(ax, c) for ax, c in zip(axes, chunks))
+
+
 def conv1d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False,
                  chunks=None):
     """:func:`gpuconv.grad.conv1d_input` of a dask ``grad_output`` (NKL / KL), as :func:`conv2d_input`
@@ -201,13 +213,7 @@ def _input(nd, input_size, weight, grad_output, stride, padding, dilation, group
     size = size if len(size) == nd + 2 else (1,) + size
     _check_arrays(fn, gy, weight=weight)
     g, axes = _axes(fn, nd, size, tuple(weight.shape), gy, stride, padding, dilation, groups, flip)
-    if chunks is None:
-        chunks = tuple(_default_chunks(ax, c) for ax, c in zip(axes, gy.chunks[2:]))
-    chunks = tuple(tuple(int(c) for c in cs) for cs in chunks)
-    if len(chunks) != nd or any(sum(c) != n or min(c) < 1 for c, n in zip(chunks, size[2:])):
-        raise ValueError(f"gpuconv.dask.{fn}(): chunks must be one tuple per spatial axis of positive sizes "
-                         f"adding up to {size[2:]}, got {chunks}")
-    iaxes = tuple(InputAxis(ax, c) for ax, c in zip(axes, chunks))
+    chunks, iaxes = input_axes(fn, nd, axes, gy, chunks, size)
     resolved = (g.stride, g.dilation, g.groups, g.flip)
 
     def chunk_params(*ranges):

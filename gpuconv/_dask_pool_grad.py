@@ -24,9 +24,9 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from . import _grad_pool
-from ._dask_graph import (Axis, InputAxis, _as_batched, _Blocks, _check_arrays, _Const, _finish, _tasks, _windowed,
+from ._dask_graph import (Axis, _as_batched, _Blocks, _check_arrays, _Const, _finish, _tasks, _windowed,
                           _xp)
-from ._dask_grad import _default_chunks
+from ._dask_grad import input_axes
 from ._numpy.pool import divisor_extent
 from ._pool_geometry import pool_geometry, pool_geometry_nd
 from .pool import max_pool2d as _max_pool2d
@@ -197,13 +197,7 @@ def pool_input(kind, nd, input_size, grad_output, indices, kernel_size, stride, 
             raise ValueError(f"gpuconv.dask.{fn}(): indices must be int64 of grad_output's shape, got "
                              f"{ib.dtype} of shape {list(indices.shape)} and grad_output {list(grad_output.shape)}")
         ib = ib.rechunk(gy.chunks)
-    if chunks is None:
-        chunks = tuple(_default_chunks(ax, c) for ax, c in zip(axes, gy.chunks[2:]))
-    chunks = tuple(tuple(int(c) for c in cs) for cs in chunks)
-    if len(chunks) != nd or any(sum(c) != n or min(c) < 1 for c, n in zip(chunks, size[2:])):
-        raise ValueError(f"gpuconv.dask.{fn}(): chunks must be one tuple per spatial axis of positive sizes "
-                         f"adding up to {size[2:]}, got {chunks}")
-    iaxes = tuple(InputAxis(ax, c) for ax, c in zip(axes, chunks))
+    chunks, iaxes = input_axes(fn, nd, axes, gy, chunks, size)
     options = (bool(count_include_pad), divisor_override or None)
 
     def chunk_params(*ranges):
