@@ -150,11 +150,12 @@ struct GemmWeightLoader {
 
     // w_tile: first weight of the tile's first filter (w + (g*Kg + k_begin) * kred); rows: filters the tile
     // really has (BM, or fewer in a group's last tile).
-    __device__ __forceinline__ void begin_tile(const T* w_tile, int rows) {
+    // k_start: the reduction index of the first fetch (a multiple of BK; 0 unless split-K, see gemm_conv_tiles).
+    __device__ __forceinline__ void begin_tile(const T* w_tile, int rows, int k_start = 0) {
         row_ok = row < rows;
         // Rows past the group's last filter read 0 and are never stored; w is never read there (it may be the
         // next group, or past the end), so the pointer is only formed for rows that exist.
-        wp = row_ok ? w_tile + (index_t)row * kred + kk0 : w_tile;
+        wp = row_ok ? w_tile + (index_t)row * kred + k_start + kk0 : w_tile;
     }
 
     __device__ __forceinline__ void fetch(int k0) {
@@ -193,18 +194,19 @@ struct GemmWeightLoader {
 };
 
 // ---------------------------------------------------------------------------------------------------
-// The slice loop: walks the reduction in slices of BK, double-buffered, and hands each staged slice to the
+// The slice loop: walks slices s0 .. s1-1 of the reduction (BK indices each; the loaders were begun at
+// reduction index s0 * BK: s0 > 0 only for split-K), double-buffered, and hands each staged slice to the
 // tile's accumulator (`acc.slice(as, bs)`: RegisterTile below, or the warp-MMA tile of conv2d_igemm_tc.cu).
 // Must be called by every thread of the block (it contains __syncthreads()).
 // ---------------------------------------------------------------------------------------------------
 template <class Cfg, typename A, class LoadA, class LoadB, class Acc>
-__device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, GemmSmem<A, Cfg>& sm, Acc& acc) {
-    // Slice count without forming kred + BK - 1 (which can overflow an int near INT_MAX).
-    const int slices = kred / Cfg::BK + (kred % Cfg::BK != 0);
+__device__ __forceinline__ void gemm_slice_range(LoadA& la, LoadB& lb, int s0, int s1, GemmSmem<A, Cfg>& sm, Acc& acc) {
+    const int n = s1 - s0;   // slices of this range
+    int k0 = s0 * Cfg::BK;   // reduction index of the next fetch (s0 * BK <= kred: no overflow)
 
-    // Prologue: slice 0 into buffer 0.
-    la.fetch(0);
-    lb.fetch(0);
+    // Prologue: slice s0 into buffer 0.
+    la.fetch(k0);
+    lb.fetch(k0);
     la.stage(sm.a[0]);
     lb.stage(sm.b[0]);
     // Barrier: buffer 0 must be complete (written by all threads) before anyone computes from it. It also
@@ -214,11 +216,12 @@ __device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, Gemm
 
     // Every slice but the last: fetch the next one, compute this one, stage the next one. The last slice
     // is computed after the loop, so the loop body has no "is there a next slice" branches.
-    for (int t = 0; t + 1 < slices; ++t) {
+    for (int t = 0; t + 1 < n; ++t) {
         const int cur = t & 1;
         // Issue the global loads of the next slice now; they complete while this slice is computed.
-        la.fetch((t + 1) * Cfg::BK);
-        lb.fetch((t + 1) * Cfg::BK);
+        k0 += Cfg::BK;
+        la.fetch(k0);
+        lb.fetch(k0);
         acc.slice(sm.a[cur], sm.b[cur]);
         // Write the next slice into the other buffer. Safe without a barrier before it: that buffer was
         // last read while computing slice t-1, and every thread finished that before the barrier that
@@ -229,12 +232,19 @@ __device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, Gemm
         // (2) everyone is done reading buffer `cur` before iteration t+1 overwrites it with slice t+2.
         __syncthreads();
     }
-    // The last slice (none when kred == 0: then there is nothing to sum). The
+    // The last slice (none when the range is empty, kred == 0: then there is nothing to sum). The
     // barrier after it: everyone is done reading its buffer before the next tile's prologue overwrites
-    // buffer 0 (or, when it is buffer 1, before slice 1 of the next tile does). `slices` is the same for
+    // buffer 0 (or, when it is buffer 1, before slice 1 of the next tile does). `n` is the same for
     // every thread, so every thread reaches the same barriers.
-    if (slices > 0) acc.slice(sm.a[(slices - 1) & 1], sm.b[(slices - 1) & 1]);
+    if (n > 0) acc.slice(sm.a[(n - 1) & 1], sm.b[(n - 1) & 1]);
     __syncthreads();
+}
+
+// The whole reduction: slices 0 .. ceil(kred / BK) - 1.
+template <class Cfg, typename A, class LoadA, class LoadB, class Acc>
+__device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, GemmSmem<A, Cfg>& sm, Acc& acc) {
+    // Slice count without forming kred + BK - 1 (which can overflow an int near INT_MAX).
+    gemm_slice_range<Cfg>(la, lb, 0, kred / Cfg::BK + (kred % Cfg::BK != 0), sm, acc);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -325,6 +335,24 @@ struct RegisterTile {
             }
         }
     }
+
+    // Split-K epilogue: the raw partial sums (no bias, no activation: gemm_splitk_reduce adds them after
+    // summing the splits) into this split's plane ws[K][M] of the workspace, ws[k_first + row][m0 + col].
+    // Every (filter, pixel) of the tile that exists is written by exactly one thread of one block.
+    __device__ __forceinline__ void store_partial(A* __restrict__ ws, int k_first, int rows, index_t m0,
+                                                  index_t M) const {
+        GPUCONV_UNROLL
+        for (int j = 0; j < Cfg::TN; ++j) {
+            const int col = col_of(j);
+            if ((index_t)col >= M - m0) continue;  // past the last pixel (partial last tile)
+            A* wc = ws + (index_t)k_first * M + m0 + col;
+            GPUCONV_UNROLL
+            for (int i = 0; i < Cfg::TM; ++i) {
+                const int row = ty * Cfg::TM + i;
+                if (row < rows) wc[(index_t)row * M] = acc[i][j];
+            }
+        }
+    }
 };
 
 // Blocks of a GEMM-style conv kernel, in order (group, pixel tile, filter tile), filter tile fastest:
@@ -349,27 +377,51 @@ __device__ __forceinline__ GemmBlockIndex gemm_block_index(index_t blk, int k_ti
 // tile, filter tile) tiles; per tile the weight loader and `xl` are pointed at it, the slice loop
 // accumulates, the accumulator's epilogue stores. The trip count depends only on blockIdx / gridDim, so
 // every thread of a block reaches the same __syncthreads() (in gemm_slices).
-template <typename T, class Cfg, class Acc, class LoadB>
+//
+// Split-K (SPLIT, conv2d_igemm_splitk only): the walk covers splits x tiles blocks, split
+// slowest; block (split, tile) sums slices [split * split_slices, min(+ split_slices, slices)) of the
+// reduction (the loaders begin at that slice's reduction index, so they still advance by BK per fetch
+// and the main loop is unchanged) and stores its raw partial sums into plane `split` of ws, [splits][K][M]
+// in the accumulation type; gemm_splitk_reduce (conv2d_igemm.cu) then sums the planes in fixed order.
+template <typename T, class Cfg, class Acc, class LoadB, bool SPLIT = false>
 __device__ __forceinline__ void gemm_conv_tiles(const T* __restrict__ w, const T* __restrict__ b,
                                                 T* __restrict__ y, LoadB& xl,
                                                 GemmSmem<typename acc_type<T>::type, Cfg>& smem, int kred, int K,
                                                 int groups, index_t M, index_t PQ, int vec_w, int has_bias,
-                                                int act, int tid) {
+                                                int act, int tid, int splits = 1, int split_slices = 0,
+                                                typename acc_type<T>::type* __restrict__ ws = nullptr) {
     const int Kg = K / groups;
     const index_t m_tiles = (M + Cfg::BN - 1) / Cfg::BN;
     const int k_tiles = (Kg + Cfg::BM - 1) / Cfg::BM;
-    const index_t total = m_tiles * k_tiles * groups;
+    const index_t tiles = m_tiles * k_tiles * groups;
+    const index_t total = tiles * (SPLIT ? splits : 1);
+    const int slices = kred / Cfg::BK + (kred % Cfg::BK != 0);
     GemmWeightLoader<T, Cfg> wl(kred, vec_w, tid);
     for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
-        const GemmBlockIndex bi = gemm_block_index(blk, k_tiles, m_tiles, Cfg::BM, Cfg::BN);
+        int split = 0;
+        index_t tile = blk;
+        if constexpr (SPLIT) {
+            split = (int)(blk / tiles);
+            tile = blk - (index_t)split * tiles;
+        }
+        const GemmBlockIndex bi = gemm_block_index(tile, k_tiles, m_tiles, Cfg::BM, Cfg::BN);
         // Filters this tile really has: BM, except in a group's last tile when Kg % BM != 0.
         const int rows = Kg - bi.k_begin < Cfg::BM ? Kg - bi.k_begin : Cfg::BM;
         const int k_first = bi.g * Kg + bi.k_begin;
-        wl.begin_tile(w + (index_t)k_first * kred, rows);
-        xl.begin_tile(bi.m0, bi.g);
         Acc acc(tid);
-        gemm_slices<Cfg>(wl, xl, kred, smem, acc);
-        acc.epilogue(b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ);
+        if constexpr (SPLIT) {
+            const int s0 = split * split_slices;
+            const int s1 = slices - s0 < split_slices ? slices : s0 + split_slices;
+            wl.begin_tile(w + (index_t)k_first * kred, rows, s0 * Cfg::BK);
+            xl.begin_tile(bi.m0, bi.g, s0 * Cfg::BK);
+            gemm_slice_range<Cfg>(wl, xl, s0, s1, smem, acc);
+            acc.store_partial(ws + (index_t)split * K * M, k_first, rows, bi.m0, M);
+        } else {
+            wl.begin_tile(w + (index_t)k_first * kred, rows);
+            xl.begin_tile(bi.m0, bi.g);
+            gemm_slice_range<Cfg>(wl, xl, 0, slices, smem, acc);
+            acc.epilogue(b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ);
+        }
     }
 }
 

@@ -61,8 +61,9 @@ struct Im2colGeometry {
 //
 // No division in the main loop: the tap of row0 is found by one division pair per tile and then advanced
 // by BK taps per slice with a constant carry step (BK as (step_c, step_r, step_s), found once per launch in
-// the constructor). This is why fetch() must be called for k0 = 0, BK, 2*BK, ... in that order, once each,
-// after begin_tile() (gemm_slices does exactly that).
+// the constructor). This is why fetch() must be called for k0 = k_start, k_start + BK, ... in that order,
+// once each, after begin_tile(m0, g, k_start) (gemm_slice_range does exactly that; k_start = 0 but for
+// split-K's later splits).
 template <typename T, class Cfg>
 struct Im2colLoader : Im2colGeometry<T> {
     typedef typename acc_type<T>::type A;
@@ -97,7 +98,8 @@ struct Im2colLoader : Im2colGeometry<T> {
         step_c_off = (index_t)step_c * HW;
     }
 
-    __device__ __forceinline__ void begin_tile(index_t m0, int g) {
+    // k_start: the reduction index of the first fetch (a multiple of BK; > 0 for split-K's later splits).
+    __device__ __forceinline__ void begin_tile(index_t m0, int g, int k_start = 0) {
         GPUCONV_UNROLL
         for (int j = 0; j < LOADS; ++j) {
             // Tap row offsets dih are r * dh in [0, (R-1)*dh], or -r * dh with flip: -1 less the largest.
@@ -114,11 +116,13 @@ struct Im2colLoader : Im2colGeometry<T> {
             const index_t off = image + (index_t)ih * W + iw;
             pix[j] = reinterpret_cast<const char*>(x) + off * (index_t)sizeof(T);
         }
-        // The tap of row row0 (< BK; when it is >= kred, fetch reads nothing).
-        const int RS = R * S;
-        const int c = row0 / RS;
-        r = (row0 - c * RS) / S;
-        s = row0 - c * RS - r * S;
+        // The tap of reduction row k_start + row0 (when it is >= kred, fetch reads nothing): one division
+        // pair per tile, unsigned: k_start + row0 < kred + BK <= INT_MAX + BK fits 32 unsigned bits.
+        const unsigned RS = (unsigned)(R * S);
+        const unsigned kr = (unsigned)k_start + (unsigned)row0;
+        const unsigned c = kr / RS;
+        r = (int)((kr - c * RS) / (unsigned)S);
+        s = (int)(kr - c * RS - (unsigned)r * (unsigned)S);
         coff = (index_t)c * HW;
     }
 
@@ -171,9 +175,11 @@ struct Im2colLoader : Im2colGeometry<T> {
 // grid-stride loop over output tiles with Im2colLoader as the B operand and Tile doing the products
 // (RegisterTile on CUDA cores in conv2d_igemm; conv2d_igemm_tc has a pipeline of its own). The host
 // launches exactly Cfg::THREADS threads in x.
-template <typename T, class Cfg, class Tile, class Smem>
+// Split-K (SPLIT): `splits` ranges of `split_slices` slices each, partial sums into ws (gemm_conv_tiles).
+template <typename T, class Cfg, class Tile, class Smem, bool SPLIT = false>
 __device__ __forceinline__ void implicit_gemm_conv(const T* x, const T* w, const T* b, T* y, const ConvParams& cp,
-                                                   int vec_w, Smem& smem) {
+                                                   int vec_w, Smem& smem, int splits = 1, int split_slices = 0,
+                                                   typename acc_type<T>::type* ws = nullptr) {
     const int tid = threadIdx.x;
     const int Cg = cp.C / cp.groups;
     const int kred = Cg * cp.R * cp.S;  // the host's 32-bit rule keeps this below 2^31
@@ -181,8 +187,9 @@ __device__ __forceinline__ void implicit_gemm_conv(const T* x, const T* w, const
     const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
 
     Im2colLoader<T, Cfg> xl(x, cp, Cg, M, tid);
-    gemm_conv_tiles<T, Cfg, Tile>(w, b, y, xl, smem, kred, cp.K, cp.groups, M, PQ, vec_w, cp.has_bias, cp.act,
-                                  tid);
+    gemm_conv_tiles<T, Cfg, Tile, Im2colLoader<T, Cfg>, SPLIT>(w, b, y, xl, smem, kred, cp.K, cp.groups, M, PQ,
+                                                              vec_w, cp.has_bias, cp.act, tid, splits,
+                                                              split_slices, ws);
 }
 
 }  // namespace gpuconv

@@ -98,7 +98,14 @@ def test_igemm_matches_reference(rt, case):
     rng = np.random.default_rng(1)
     xv, wv, bv = (noncontiguous_view(a, case["layout"], rng) for a in (x, w, b))
     y, kid = numpy_io(rt, conv.conv2d, xv, wv, bv, g, "igemm")
-    assert kid == conv_igemm.igemm_name(case["dtype"], gemm.gemm_tile_for(g, case["dtype"]))
+    tile = gemm.gemm_tile_for(g, case["dtype"])
+    splits, _ = conv_igemm.splitk_ranges(g, tile, conv_igemm.splitk_for(g, tile))
+    if splits == 1:
+        assert kid == conv_igemm.igemm_name(case["dtype"], tile)
+    else:  # split-K (tests/test_cuda_splitk.py): the rule chose it for this few-block case
+        assert kid == conv_igemm.igemm_kernel_id(
+            gemm.gemm_kernel_name(conv_igemm.SPLIT_KERNEL, case["dtype"], gemm.tile_for_dtype(tile, case["dtype"])),
+            splits, case["dtype"])
     ref, mag = reference_conv2d(x, w, b, case["stride"], case["padding"], case["dilation"], g.groups, g.flip,
                                 g.activation)
     assert_close(y, ref, mag, case["dtype"], kid)
@@ -287,7 +294,9 @@ def test_tile_configs_match_the_kernel():
     assert WIDE_TILE.shared_bytes(np.float32) == 2 * 16 * (64 + 4 + 128) * 4 == 25088
     assert LARGE_TILE.shared_bytes(np.float32) == LARGE_TILE.shared_bytes(np.float16) == 33280
     assert SMALL_TILE.shared_bytes(np.float32) == 16896 and gemm.SMALL_TILE_F64.shared_bytes(np.float64) == 16896
-    assert len(conv_igemm.INSTANTIATIONS) == len(conv_gemm1x1.INSTANTIATIONS) == 7
+    assert len(conv_gemm1x1.INSTANTIATIONS) == 7
+    # igemm: 7 tiles, the same 7 as split-K kernels, and split-K's reduce kernel per dtype.
+    assert len(conv_igemm.INSTANTIATIONS) == 7 + 7 + 3
     text = (kernels_dir() / "gemm_tile.cuh").read_text()
     assert f"static constexpr int A_PAD = {gemm.GEMM_A_PAD};" in text
 
@@ -399,7 +408,13 @@ CASES = [
     ("gemm1x1", (3, 16, 5, 4), (66, 8, 1, 1), 2, 1, 0, 1, False, np.float64, S),
     ("gemm1x1", (1, 9, 7, 5), (63, 9, 1, 1), 1, 2, 0, 1, False, np.float16, S),
 ]
-for algo, xs, ws, groups, stride, padding, dilation, flip, dt, tile in CASES:
+# Split-K (its workspace and the reduce kernel): the last range short, the last slice partial.
+SPLIT_CASES = [
+    ("igemm", (1, 20, 5, 7), (130, 10, 3, 3), 2, 1, 1, 1, True, np.float32, S, 3),
+    ("igemm", (2, 17, 4, 3), (65, 17, 3, 3), 1, 1, 1, 1, False, np.float64, S, 8),
+    ("igemm", (1, 33, 3, 43), (129, 33, 1, 3), 1, 2, 1, 1, False, np.float16, L, 2),
+]
+for algo, xs, ws, groups, stride, padding, dilation, flip, dt, tile, *splits in CASES + SPLIT_CASES:
     x = rng.standard_normal(xs).astype(dt)
     w = rng.standard_normal(ws).astype(dt)
     b = rng.standard_normal(ws[0]).astype(dt)
@@ -407,7 +422,7 @@ for algo, xs, ws, groups, stride, padding, dilation, flip, dt, tile in CASES:
     ref, _ = reference_conv2d(x, w, b, stride, padding, dilation, groups, flip, "tanh")
     y = np.empty(g.output_shape, dt)
     launch = conv_igemm.launch_igemm if algo == "igemm" else conv_gemm1x1.launch_gemm1x1
-    launch(rt, x, w, b, y, g, tile=tile)
+    launch(rt, x, w, b, y, g, tile=tile, **({"splits": splits[0]} if splits else {}))
     tol = 1e-2 if dt == np.float16 else 1e-5
     assert np.allclose(ref, y.astype(np.float64), rtol=tol, atol=tol), (algo, xs)
 print("asan ok")

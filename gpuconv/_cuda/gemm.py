@@ -159,17 +159,18 @@ def gemm_instantiations(kernel: str) -> tuple[str, ...]:
 
 
 def launch_gemm(rt, source: str, kernel: str, x, w, b, y, geom: ConvGeometry, tile, extra: list,
-                tiles=None) -> str:
+                tiles=None, splits: int = 1) -> str:
     """One launch of a GEMM-style kernel: 1-D blocks of ``tile.threads``, one per tile up to the grid cap
     (the kernel's grid-stride loop covers the rest; at least one block, which finds no tile when the
     output is empty). Shared memory is static, so ``shared_mem`` stays 0. ``tile`` must be one of
     ``tiles``, the configs instantiated for x's dtype (default ``TILES_BY_DTYPE``; igemm_tc passes its
     own tensor-core tiles, which have the same ``bm``, ``bn``, ``threads`` and ``template_args``).
-    ``extra``: the kernel's own scalars after the shared conv parameters."""
+    ``extra``: the kernel's own scalars after the shared conv parameters. ``splits``: split-K's reduction
+    ranges (igemm; the grid covers splits x tiles blocks)."""
     dtype = np.dtype(x.dtype)
     if tile not in (TILES_BY_DTYPE[dtype] if tiles is None else tiles):
         raise ValueError(f"{kernel}: tile {tile.name} is not instantiated for {dtype}")
     name = gemm_kernel_name(kernel, dtype, tile)
-    grid = limits.grid_blocks(gemm_blocks(geom, tile))
+    grid = limits.grid_blocks(gemm_blocks(geom, tile) * splits)
     rt.function(source, name)((grid, 1, 1), (tile.threads, 1, 1), [x, w, b, y] + conv_kernel_args(geom) + extra)
     return name
