@@ -36,7 +36,7 @@
 //       (8x8: 188-219 registers up to sm_90,
 //       241-255 -- the limit, without spilling -- on sm_100 / sm_120; 4x8: 145-193 up to sm_90, 197-227 on
 //       sm_100 / sm_120; one block of 256 threads fits either way) and 2 with the 4x4 tile (<= 128), see
-//       gemm_min_blocks_per_sm in gemm_tile.cuh.
+//       gemm_min_blocks_per_sm in gemm_tile.cuh; conv2d_igemm_splitk<double> asks for 1 (splitk_min_blocks_per_sm).
 //   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): float32 on sm_90 with NVRTC
 //       12.9, FMA share of the instructions of one slice:
 //       large 80.7% (1024 FMA / 1269), wide 71.7% (512 / 714),
