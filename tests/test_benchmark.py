@@ -882,6 +882,21 @@ def test_budget_stops_before_a_case_that_would_not_fit(tiny, monkeypatch):
     assert f"**Incomplete run**: 1 of {len(TINY)} cases, stopped by its time budget of 0.5 s" in md
 
 
+def test_budget_spent_on_start_up_still_runs_the_first_case(tiny, monkeypatch):
+    """A loaded machine can spend the whole budget on the roofline measurement: the first case still
+    runs (a results file without rows says nothing), the rest are left out."""
+    done = _slow_cases(monkeypatch, 0.0)
+    roofline = platforms.CpuPlatform.roofline
+
+    def slow_roofline(self):
+        time.sleep(0.3)
+        return roofline(self)
+    monkeypatch.setattr(platforms.CpuPlatform, "roofline", slow_roofline)
+    results = runner.run_bench(platforms.CpuPlatform(None), list(TINY), ["auto"], 1, suite="full", budget_s=0.1)
+    assert done == [TINY[0].name] and results["cases_done"] == 1 and len(results["rows"]) == 1
+    assert results["state"] == "budget" and len(results["cases_not_run"]) == len(TINY) - 1
+
+
 def test_without_a_budget_every_case_runs(tiny, monkeypatch):
     done = _slow_cases(monkeypatch, 0.0)
     results = runner.run_bench(platforms.CpuPlatform(None), list(TINY), ["auto"], 1, suite="full")
