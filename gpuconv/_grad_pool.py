@@ -3,8 +3,8 @@ PyTorch's style, then the backend's ``pool_backward`` (NumPy: ``_numpy/pool_grad
 ``_cuda/pool_grad.py`` and ``kernels/pool2d_backward.cu``). The rules: docs/pooling-gradients.md.
 
 Every function takes the forward call's ``input_size`` (``(N, C, H, W)``, or ``(C, H, W)`` with an unbatched
-``grad_output``; 1-D and 3-D ops one spatial size fewer / more) and its arguments; ``grad_output`` must have exactly the forward's output shape; the max
-ops take the forward's ``indices`` (int64, ``h*W + w`` within each plane, the shape of ``grad_output``).
+``grad_output``; the 1-D and 3-D ops one spatial size fewer / more) and its arguments; ``grad_output`` must
+have exactly the forward's output shape; the max ops take the forward's ``indices`` (int64, ``h*W + w`` within each plane, the shape of ``grad_output``).
 The result has ``input_size`` and ``grad_output``'s dtype, C-contiguous, and is the same bitwise on every run.
 """
 

@@ -1,7 +1,7 @@
-// pool2d.cu — 2-D max, average and adaptive pooling and 3-D max and average pooling with PyTorch's semantics
+// pool2d.cu — 2-D and 3-D max, average and adaptive pooling with PyTorch's semantics
 // (docs/semantics.md, "Pooling"). (1-D pooling runs the 2-D kernels on one-row planes.)
 //
-// Kernels in this file (each: one thread per output element y[n, c, oh, ow]; the thread reduces its
+// Kernels in this file (each: one thread per output element y[n, c, (od,) oh, ow]; the thread reduces its
 // window straight from global memory, no data reuse between threads other than what the caches give):
 //   max_pool2d<T, WITH_INDEX, KH, KW>:   running max (NaN wins) over the dilated window clamped to the
 //                                        input; WITH_INDEX also writes the argmax h*W + w of the plane.
@@ -21,8 +21,8 @@
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Layouts: x is (N, C, H, W) C-contiguous, y (and the indices) (N, C, OH, OW) C-contiguous (3-D: a depth axis
-// after C in each), so output element i of the flat loop is y[i]. float16 reduces in float32 (acc_type), float32 in float32,
-// float64 in float64. Sizes are int (the host checks every coordinate formed here fits, see
+// after C in each), so output element i of the flat loop is y[i]. float16 reduces in float32 (acc_type),
+// float32 in float32, float64 in float64. Sizes are int (the host checks every coordinate formed here fits, see
 // int32_limit_reason in pool.py); plane offsets, flat indices and divisors are 64-bit.
 #include "common.cuh"
 #include "pool_window.cuh"

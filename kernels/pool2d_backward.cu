@@ -3,7 +3,7 @@
 // every output whose window covers its element. Nothing is scattered, so there are no atomics and no
 // two threads ever write one element.
 //
-// Kernels in this file (each: one thread per input-gradient element gi[n, c, h, w]):
+// Kernels in this file (each: one thread per input-gradient element gi[n, c, (d,) h, w]):
 //   max_pool2d_backward<T, KH, KW>:   sum of go[n, c, oh, ow] over the outputs whose window has a tap on
 //                                     (h, w) and whose recorded index equals h*W + w. Tap (a, b) of output
 //                                     (oh, ow) is (oh*sh - ph + a*dh, ow*sw - pw + b*dw), so for each tap
@@ -22,8 +22,8 @@
 //   KH, KW: 0 = window size read at run time; > 0 = that size at compile time (the host instantiates 2x2,
 //   3x3, and 1x2, 1x3 for 1-D pooling, as the forward), which unrolls the tap loops.
 //   Parameters: go (N, C, OH, OW) and, for max, idx (N, C, OH, OW) int64, both C-contiguous; gi (N, C, H, W)
-//   C-contiguous (3-D: a depth axis after C in each), fully written (no zeroing needed); planes = N*C (64-bit); then the sizes and window
-//   arguments as int (padding: ph, pw = top, left; avg also takes pb, pr = bottom, right), avg's
+//   C-contiguous (3-D: a depth axis after C in each), fully written (no zeroing needed); planes = N*C
+//   (64-bit); then the sizes and window arguments as int (padding: ph, pw = top, left; avg also takes pb, pr = bottom, right), avg's
 //   count_include_pad as int and divisor_override as 64-bit (0 = none).
 //   Launch shape: 1-D grid of 1-D blocks (the host uses 256 threads and caps the grid, see
 //                 gpuconv/_cuda/pool_grad.py); a 64-bit grid-stride loop covers all N*C*H*W inputs. No

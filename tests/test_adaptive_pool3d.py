@@ -31,10 +31,13 @@ class ReversedRunner(Runner):
             return fn(*arrays, **kwargs)
 
 
+# A GPU has no reversed order (tests/runners.py, with_thread_order): its "reversed" case is one more run on
+# the hardware's own order, so that -m gpu collects as many cases as -m emulated (tests/test_runner_parity.py).
 RUNNERS = [pytest.param(Runner("numpy"), id="numpy"),
            pytest.param(Runner("emulated"), id="emulated", marks=pytest.mark.emulated),
            pytest.param(ReversedRunner("emulated"), id="emulated-reversed", marks=pytest.mark.emulated),
-           pytest.param(Runner("gpu"), id="gpu", marks=pytest.mark.gpu)]
+           pytest.param(Runner("gpu"), id="gpu", marks=pytest.mark.gpu),
+           pytest.param(Runner("gpu"), id="gpu-reversed", marks=pytest.mark.gpu)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,7 +285,8 @@ def test_numpy_blocks_match(monkeypatch, workspace_mb, dtype):
             y, idx = gpuconv.adaptive_max_pool3d(view, out, True)
             ya = gpuconv.adaptive_avg_pool3d(view, out)
             go = np.linspace(-1, 1, y.size).reshape(y.shape).astype(dtype)
-            res += [y, idx, ya, gp.adaptive_avg_pool3d_input(x.shape, go), gp.adaptive_max_pool3d_input(x.shape, go, idx)]
+            res += [y, idx, ya, gp.adaptive_avg_pool3d_input(x.shape, go),
+                    gp.adaptive_max_pool3d_input(x.shape, go, idx)]
         results.append([r.tobytes() for r in res])
     assert results[0] == results[1]
 
