@@ -11,6 +11,7 @@ from .conv_nd import conv1d, conv3d, conv_transpose1d, conv_transpose3d
 from ._receptive_field import ReceptiveField, receptive_field
 from .pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from .pool_nd import adaptive_avg_pool1d, adaptive_max_pool1d, avg_pool1d, avg_pool3d, max_pool1d, max_pool3d
+from .pool_nd import adaptive_avg_pool3d, adaptive_max_pool3d
 from .shapes import conv2d_num_params, conv2d_output_shape, pool2d_output_shape
 from . import grad  # noqa: E402  (gpuconv.grad.conv2d_input etc., as torch.nn.grad)
 from . import cudnn  # noqa: E402  (drop-in for CuPy 13's cupy.cudnn convolution and pooling functions)
@@ -26,4 +27,5 @@ __all__ = [
     "backend_info", "last_kernel", "KernelRecord", "set_autotune", "autotune_choices", "clear_autotune_cache",
     "set_tensor_cores", "precompile", "__version__",
     "receptive_field", "ReceptiveField",
+    "adaptive_avg_pool3d", "adaptive_max_pool3d",
 ]

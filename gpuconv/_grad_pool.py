@@ -3,8 +3,8 @@ PyTorch's style, then the backend's ``pool_backward`` (NumPy: ``_numpy/pool_grad
 ``_cuda/pool_grad.py`` and ``kernels/pool2d_backward.cu``). The rules: docs/pooling-gradients.md.
 
 Every function takes the forward call's ``input_size`` (``(N, C, H, W)``, or ``(C, H, W)`` with an unbatched
-``grad_output``) and its arguments; ``grad_output`` must have exactly the forward's output shape; the max
-ops take the forward's ``indices`` (int64, ``h*W + w`` within each plane, the shape of ``grad_output``).
+``grad_output``; the 1-D and 3-D ops one spatial size fewer / more) and its arguments; ``grad_output`` must
+have exactly the forward's output shape; the max ops take the forward's ``indices`` (int64, ``h*W + w`` within each plane, the shape of ``grad_output``).
 The result has ``input_size`` and ``grad_output``'s dtype, C-contiguous, and is the same bitwise on every run.
 """
 
@@ -236,3 +236,49 @@ def adaptive_max_pool1d_input(input_size, grad_output, indices):
     """Gradient of ``adaptive_max_pool1d`` (as :func:`adaptive_max_pool2d_input`; indices ``l``)."""
     _need_indices("adaptive_max_pool1d_input", indices)
     return _adaptive1d_input("adaptive_max_pool1d_input", "adaptive_max_pool2d", input_size, grad_output, indices)
+
+
+# --------------------------------------------------------------------------------------------
+# 3-D adaptive pooling
+# --------------------------------------------------------------------------------------------
+
+def _adaptive3d_input(fn: str, op: str, input_size, grad_output, indices):
+    """3-D adaptive pooling gradients: the output size is grad_output's last three sizes; ``input_size``
+    ``(N, C, D, H, W)`` or ``(C, D, H, W)`` (then an unbatched grad_output)."""
+    from ._pool_geometry import adaptive_geometry_nd
+    ok = isinstance(input_size, (tuple, list)) and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in input_size)
+    if not ok or len(input_size) not in (4, 5) or min(input_size) < 0:
+        raise (ValueError if ok else TypeError)(
+            f"{fn}(): input_size must be a tuple of 5 ints (N, C, D, H, W) or 4 (C, D, H, W) with non-negative "
+            f"sizes, got {input_size!r}")
+    size = tuple(int(s) for s in input_size)
+    backend, a = _backend.coerce_arrays(fn, grad_output=grad_output)
+    go = a["grad_output"]
+    shape = tuple(go.shape)
+    if len(shape) != len(size) or shape[:-3] != size[:-3] or min(shape[-3:]) < 1:
+        raise ValueError(f"{fn}(): grad_output must have the shape of input_size {list(size)} with its last three "
+                         f"sizes replaced by the output size, got grad_output of shape {list(shape)}")
+    g = adaptive_geometry_nd(size, shape[-3:], fn, 3)
+    idx = None if indices is None else _indices(fn, indices, go, backend)
+    if len(size) == 4:
+        go, idx = go[None], (None if idx is None else idx[None])
+    if g.N == 0:
+        gi, kernel = backend.xp.empty(g.input_shape, dtype=go.dtype), "none (empty output)"
+    else:
+        gi, kernel = backend.pool_backward(op, go, idx, g)
+    _backend.record(op, backend.name, kernel, direction="backward")
+    return gi[0] if len(size) == 4 else gi
+
+
+def adaptive_avg_pool3d_input(input_size, grad_output):
+    """Gradient of ``adaptive_avg_pool3d``: output ``(i, j, k)``'s gradient divided by its window's cell count is
+    added to every cell of its window. The output size is grad_output's."""
+    return _adaptive3d_input("adaptive_avg_pool3d_input", "adaptive_avg_pool3d", input_size, grad_output, None)
+
+
+def adaptive_max_pool3d_input(input_size, grad_output, indices):
+    """Gradient of ``adaptive_max_pool3d``: each output's gradient added at its recorded index (``d*H*W + h*W +
+    w``) when that index is a cell of its window (every forward index is), as :func:`max_pool2d_input`."""
+    _need_indices("adaptive_max_pool3d_input", indices)
+    return _adaptive3d_input("adaptive_max_pool3d_input", "adaptive_max_pool3d", input_size, grad_output, indices)

@@ -1,5 +1,5 @@
 """Pooling geometry: argument normalisation, validation and output sizes of the pooling ops (1-D, 2-D,
-3-D max/avg, adaptive 2-D), split from ``_geometry`` (the convolution's) whose helpers it reuses, the
+3-D max/avg, adaptive 2-D and 3-D), split from ``_geometry`` (the convolution's) whose helpers it reuses, the
 padding parser included. Formulas (PyTorch's; docs/semantics.md, "Pooling"):
 
 * output: ``floor((H + p_lo + p_hi - d*(k-1) - 1 + (s-1 if ceil_mode else 0)) / s) + 1``, then, with
@@ -57,7 +57,9 @@ class PoolGeometry:
 
 @dataclass(frozen=True)
 class AdaptiveGeometry:
-    """Sizes of an adaptive pooling call; window ``i`` is ``[floor(i*H/OH), ceil((i+1)*H/OH))``."""
+    """Sizes of a 2-D adaptive pooling call; window ``i`` is ``[floor(i*H/OH), ceil((i+1)*H/OH))``.
+    ``spatial`` / ``out`` / ``dims`` / ``input_shape``: the interface it shares with ``AdaptiveGeometryND``,
+    which the N-D code (NumPy and CUDA) reads."""
 
     N: int
     C: int
@@ -66,9 +68,46 @@ class AdaptiveGeometry:
     OH: int
     OW: int
 
+    dims = 2
+
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.N, self.C, self.OH, self.OW)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def spatial(self) -> tuple[int, int]:
+        return (self.H, self.W)
+
+    @property
+    def out(self) -> tuple[int, int]:
+        return (self.OH, self.OW)
+
+
+@dataclass(frozen=True)
+class AdaptiveGeometryND:
+    """Sizes of an adaptive pooling call over ``dims`` spatial axes (3: ``D, H, W``): per axis the input size
+    ``spatial`` and the output size ``out``; window ``i`` of an axis is ``[floor(i*n/o), ceil((i+1)*n/o))``."""
+
+    N: int
+    C: int
+    spatial: tuple
+    out: tuple
+
+    @property
+    def dims(self) -> int:
+        return len(self.spatial)
+
+    @property
+    def output_shape(self) -> tuple:
+        return (self.N, self.C, *self.out)
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.N, self.C, *self.spatial)
 
 
 
@@ -172,23 +211,46 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
                         OH=OH, OW=OW, ceil_mode=bool(ceil_mode), pb=pb, pr=pr)
 
 
+def _adaptive_output_size(output_size, spatial, fn: str) -> tuple:
+    """``output_size`` (an int, or one int or None per axis; None keeps that input size) -> one positive int
+    per axis of ``spatial``."""
+    n = len(spatial)
+    if _is_int(output_size):
+        out = (int(output_size),) * n
+    elif (isinstance(output_size, (tuple, list)) and len(output_size) == n
+          and all(v is None or _is_int(v) for v in output_size)):
+        out = tuple(size if v is None else int(v) for v, size in zip(output_size, spatial))
+    else:
+        raise TypeError(f"{fn}: output_size must be an int or a {('pair', 'triple')[n - 2]} of ints (an entry "
+                        f"None keeps that input size), got {output_size!r}")
+    if min(out) < 1:
+        raise ValueError(f"{fn}: output_size must be positive, got {output_size!r}")
+    return out
+
+
 @_memoized
 def adaptive_geometry(input_shape, output_size, fn: str = "adaptive_pool2d") -> AdaptiveGeometry:
-    """Validate an adaptive pooling call. ``output_size``: int, pair, or a pair with ``None``
+    """Validate a 2-D adaptive pooling call. ``output_size``: int, pair, or a pair with ``None``
     entries meaning "same as the input"."""
     N, C, H, W = _pool_input_shape(input_shape, fn)
-    if _is_int(output_size):
-        OH = OW = int(output_size)
-    elif (isinstance(output_size, (tuple, list)) and len(output_size) == 2
-          and all(v is None or _is_int(v) for v in output_size)):
-        oh, ow = output_size
-        OH, OW = (H if oh is None else int(oh)), (W if ow is None else int(ow))
-    else:
-        raise TypeError(f"{fn}: output_size must be an int or a pair of ints (an entry None keeps that input "
-                        f"size), got {output_size!r}")
-    if min(OH, OW) < 1:
-        raise ValueError(f"{fn}: output_size must be positive, got {output_size!r}")
+    OH, OW = _adaptive_output_size(output_size, (H, W), fn)
     return AdaptiveGeometry(N=N, C=C, H=H, W=W, OH=OH, OW=OW)
+
+
+@_memoized
+def adaptive_geometry_nd(input_shape, output_size, fn: str = "adaptive_pool3d", dims: int = 3) -> AdaptiveGeometryND:
+    """Validate a ``dims``-D adaptive pooling call (input ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``;
+    PyTorch's messages): ``output_size`` an int or ``dims`` entries, each an int or None (that input size)."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) not in (dims + 1, dims + 2):
+        raise ValueError(f"{fn}: Expected {dims + 1}D or {dims + 2}D input, but got input of size: "
+                         f"{_shape_str(shape)}")
+    if min(shape[-dims - 1:]) <= 0:
+        raise ValueError(f"{fn}: Expected input's non-batch dimensions to have positive length, but input has "
+                         f"a shape of {_shape_str(shape)}")
+    N, C, *spatial = (1,) + shape if len(shape) == dims + 1 else shape
+    out = _adaptive_output_size(output_size, tuple(spatial), fn)
+    return AdaptiveGeometryND(N=N, C=C, spatial=tuple(spatial), out=out)
 
 
 def adaptive_window(i: int, in_size: int, out_size: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@
     gpuconv.grad.max_pool1d_input / max_pool3d_input (as max_pool2d_input), avg_pool1d_input (no divisor_override,
                                   as avg_pool1d) / avg_pool3d_input (as avg_pool2d_input)
     gpuconv.grad.adaptive_avg_pool1d_input(input_size, grad_output), adaptive_max_pool1d_input(..., indices)
+    gpuconv.grad.adaptive_avg_pool3d_input(input_size, grad_output), adaptive_max_pool3d_input(..., indices)
 
     gpuconv.grad.conv1d_input / conv1d_weight / conv1d_bias, conv3d_input / conv3d_weight / conv3d_bias: the same
                                   for gpuconv.conv1d / conv3d (torch.nn.grad's names and argument order)
@@ -26,9 +27,11 @@ from .conv_nd import (conv1d_bias, conv1d_input, conv1d_weight, conv3d_bias, con
 from ._grad_pool import adaptive_avg_pool2d_input, adaptive_max_pool2d_input, avg_pool2d_input, max_pool2d_input
 from ._grad_pool import avg_pool1d_input, avg_pool3d_input, max_pool1d_input, max_pool3d_input
 from ._grad_pool import adaptive_avg_pool1d_input, adaptive_max_pool1d_input
+from ._grad_pool import adaptive_avg_pool3d_input, adaptive_max_pool3d_input
 
 __all__ = ["conv2d_input", "conv2d_weight", "conv2d_bias",
            "conv1d_input", "conv1d_weight", "conv1d_bias", "conv3d_input", "conv3d_weight", "conv3d_bias",
            "max_pool2d_input", "avg_pool2d_input", "adaptive_avg_pool2d_input", "adaptive_max_pool2d_input",
            "max_pool1d_input", "avg_pool1d_input", "max_pool3d_input", "avg_pool3d_input",
-           "adaptive_avg_pool1d_input", "adaptive_max_pool1d_input"]
+           "adaptive_avg_pool1d_input", "adaptive_max_pool1d_input",
+           "adaptive_avg_pool3d_input", "adaptive_max_pool3d_input"]

@@ -1,11 +1,13 @@
 """1-D and 3-D max / average pooling (``torch.nn.functional.max_pool1d`` / ``max_pool3d`` / ``avg_pool1d`` /
-``avg_pool3d``), with the padding forms of every gpuconv pooling op (docs/semantics.md, "Pooling").
+``avg_pool3d``), with the padding forms of every gpuconv pooling op (docs/semantics.md, "Pooling"), and 1-D and
+3-D adaptive pooling.
 
 1-D pooling (adaptive included) runs the 2-D ops on planes of one row (``(N, C, L)`` viewed as ``(N, C, 1, L)``, window
 ``(1, k)``; the index ``h*W + w`` is then ``l``), on both paths; the CUDA kernels' compile-time ``(1, 2)``
 and ``(1, 3)`` windows make the row loop disappear. 3-D pooling: on NumPy arrays ``_numpy/pool_nd.py``
 (composed from the 2-D passes), on CuPy arrays the 3-D kernels of ``kernels/pool2d.cu`` (the 2-D window code
-over each depth tap).
+over each depth tap). Adaptive 3-D pooling runs the N-D adaptive code of both paths (``_numpy/adaptive_pool.py``;
+the ``adaptive_*_pool<T, ..., 3>`` kernels, the 2-D ones' family).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from . import _backend
 from ._geometry import _is_int
-from ._pool_geometry import adaptive_geometry, pool_geometry_nd
+from ._pool_geometry import adaptive_geometry, adaptive_geometry_nd, pool_geometry_nd
 
 def _check_divisor(fn: str, divisor_override):
     if divisor_override is not None:
@@ -125,3 +127,40 @@ def adaptive_avg_pool1d(input, output_size):
 def adaptive_max_pool1d(input, output_size, return_indices=False):
     """1-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool1d`` (indices ``l``)."""
     return _adaptive1d("adaptive_max_pool1d", input, output_size, "adaptive_max_pool2d", bool(return_indices))
+
+
+def _adaptive3d(fn: str, input, output_size, with_indices):
+    """3-D adaptive pooling: validate, run the backend's ``fn`` on ``(N, C, D, H, W)`` unless the output is
+    empty, record, drop the batch dimension again for unbatched input. ``with_indices``: None for average."""
+    backend, a = _backend.coerce_arrays(fn, input=input)
+    x = a["input"]
+    g = adaptive_geometry_nd(tuple(x.shape), output_size, fn, 3)
+    xb = x if x.ndim == 5 else x[None]
+    idx = None
+    if g.N == 0:
+        y, kernel = backend.xp.empty(g.output_shape, dtype=x.dtype), "none (empty output)"
+        idx = backend.xp.empty(g.output_shape, dtype=np.int64) if with_indices else None
+    else:
+        out = getattr(backend, fn)(xb, g, *(() if with_indices is None else (with_indices,)))
+        y, idx, kernel = out if with_indices is not None else (out[0], None, out[1])
+    _backend.record(fn, backend.name, kernel)
+    if x.ndim == 4:
+        y, idx = y[0], (None if idx is None else idx[0])
+    return (y, idx) if with_indices else y
+
+
+def adaptive_avg_pool3d(input, output_size):
+    """3-D adaptive average pooling of ``(N, C, D, H, W)`` (or ``(C, D, H, W)``), as
+    ``torch.nn.functional.adaptive_avg_pool3d``: output ``(i, j, k)`` averages the window ``[floor(i*D/OD),
+    ceil((i+1)*D/OD))`` x (likewise rows and columns). ``output_size``: an int, or a triple whose entries are
+    ints or None (keep that input size); sizes must be positive (as :func:`gpuconv.adaptive_avg_pool2d`).
+    float16 sums in float32."""
+    return _adaptive3d("adaptive_avg_pool3d", input, output_size, None)
+
+
+def adaptive_max_pool3d(input, output_size, return_indices=False):
+    """3-D adaptive max pooling over :func:`adaptive_avg_pool3d`'s windows, as
+    ``torch.nn.functional.adaptive_max_pool3d``, with :func:`gpuconv.max_pool2d`'s NaN and tie rules in
+    (depth, row, column) order; indices (int64) ``d*H*W + h*W + w`` within each (n, c) volume. Returns ``y`` or
+    ``(y, indices)``."""
+    return _adaptive3d("adaptive_max_pool3d", input, output_size, bool(return_indices))

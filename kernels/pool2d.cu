@@ -1,15 +1,16 @@
-// pool2d.cu — 2-D max, average and adaptive pooling and 3-D max and average pooling with PyTorch's semantics
+// pool2d.cu — 2-D and 3-D max, average and adaptive pooling with PyTorch's semantics
 // (docs/semantics.md, "Pooling"). (1-D pooling runs the 2-D kernels on one-row planes.)
 //
-// Kernels in this file (each: one thread per output element y[n, c, oh, ow]; the thread reduces its
+// Kernels in this file (each: one thread per output element y[n, c, (od,) oh, ow]; the thread reduces its
 // window straight from global memory, no data reuse between threads other than what the caches give):
 //   max_pool2d<T, WITH_INDEX, KH, KW>:   running max (NaN wins) over the dilated window clamped to the
 //                                        input; WITH_INDEX also writes the argmax h*W + w of the plane.
 //   avg_pool2d<T, KH, KW>:               sum of the window clamped to the input, divided by PyTorch's
 //                                        divisor (count_include_pad / in-bounds count / divisor_override).
-//   adaptive_max_pool2d<T, WITH_INDEX>:  max_pool2d's reduction over [floor(i*H/O), ceil((i+1)*H/O)).
-//   adaptive_avg_pool2d<T>:              mean over the same adaptive window.
 //   max_pool3d<T, WITH_INDEX>, avg_pool3d<T>: the 2-D window code over each depth tap's slice (below).
+//   adaptive_max_pool<T, WITH_INDEX, DIMS>: max_pool2d's reduction over [floor(i*H/O), ceil((i+1)*H/O)) per
+//                                        axis, DIMS = 2 or 3 (one kernel family; 2-D folds the depth away).
+//   adaptive_avg_pool<T, DIMS>:          mean over the same adaptive window.
 //   KH, KW: 0 = window size read at run time; > 0 = that size at compile time (the host instantiates
 //   2x2, 3x3, and 1x2, 1x3 for 1-D pooling), which unrolls the tap loops. Every variant runs the same
 //   window code (pool_span / adaptive_span, in pool_window.cuh -> reduce_window with a MaxReducer or
@@ -19,9 +20,9 @@
 //                 output size works with any grid. No shared memory (shared_mem = 0).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
-// Layouts: x is (N, C, H, W) C-contiguous, y (and the indices) (N, C, OH, OW) C-contiguous, so output
-// element i of the flat loop is y[i]. float16 reduces in float32 (acc_type), float32 in float32,
-// float64 in float64. Sizes are int (the host checks every coordinate formed here fits, see
+// Layouts: x is (N, C, H, W) C-contiguous, y (and the indices) (N, C, OH, OW) C-contiguous (3-D: a depth axis
+// after C in each), so output element i of the flat loop is y[i]. float16 reduces in float32 (acc_type),
+// float32 in float32, float64 in float64. Sizes are int (the host checks every coordinate formed here fits, see
 // int32_limit_reason in pool.py); plane offsets, flat indices and divisors are 64-bit.
 #include "common.cuh"
 #include "pool_window.cuh"
@@ -134,41 +135,6 @@ __global__ void avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguo
     }
 }
 
-template <typename T, bool WITH_INDEX>
-__global__ void adaptive_max_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguous
-                                    T* __restrict__ y,        // (N, C, OH, OW), C-contiguous
-                                    index_t* __restrict__ idx,  // like y when WITH_INDEX, else unused
-                                    index_t planes, int H, int W, int OH, int OW) {
-    typedef typename acc_type<T>::type A;
-    const index_t plane_size = (index_t)H * W;
-    GPUCONV_GRID_STRIDE_LOOP(i, planes * OH * OW) {
-        const OutputPos p = output_pos(i, OH, OW);
-        const Span rows = adaptive_span(p.oh, H, OH);
-        const Span cols = adaptive_span(p.ow, W, OW);
-        MaxReducer<A, WITH_INDEX> r((index_t)rows.begin * W + cols.begin);
-        reduce_window<0, 0>(x + p.plane * plane_size, W, rows, cols, r);
-        store<T>(y + i, r.best);
-        if (WITH_INDEX) idx[i] = r.arg;
-    }
-}
-
-template <typename T>
-__global__ void adaptive_avg_pool2d(const T* __restrict__ x,  // (N, C, H, W), C-contiguous
-                                    T* __restrict__ y,        // (N, C, OH, OW), C-contiguous
-                                    index_t planes, int H, int W, int OH, int OW) {
-    typedef typename acc_type<T>::type A;
-    const index_t plane_size = (index_t)H * W;
-    GPUCONV_GRID_STRIDE_LOOP(i, planes * OH * OW) {
-        const OutputPos p = output_pos(i, OH, OW);
-        const Span rows = adaptive_span(p.oh, H, OH);
-        const Span cols = adaptive_span(p.ow, W, OW);
-        SumReducer<A> r;
-        reduce_window<0, 0>(x + p.plane * plane_size, W, rows, cols, r);
-        // Adaptive windows are never empty (see adaptive_span), so the count is >= 1.
-        store<T>(y + i, r.sum / (A)((index_t)rows.count * cols.count));
-    }
-}
-
 // 3-D pooling: the 2-D window code run over the window's depth taps. Each depth tap z of output (od, oh, ow)
 // is one 2-D window of the input slice z, fed to the same reducer (an IndexOffset adds z*H*W to its
 // plane index), so the scan order is (depth, row, column), PyTorch's: the first maximum or the last NaN
@@ -231,6 +197,60 @@ __global__ void avg_pool3d(const T* __restrict__ x, T* __restrict__ y, index_t p
             : (index_t)avg_extent(d0, kd, pd_hi, D, count_include_pad) * avg_extent(h0, kh, ph_hi, H, count_include_pad)
                   * avg_extent(w0, kw, pw_hi, W, count_include_pad);
         store<T>(y + i, r.sum / (A)divisor);
+    }
+}
+
+// Adaptive pooling, 2-D and 3-D in one kernel per op: DIMS (2 or 3) at compile time. Output (od, oh, ow) reduces
+// the adaptive windows adaptive_span(od, D, OD) x adaptive_span(oh, H, OH) x adaptive_span(ow, W, OW), each depth
+// slice z of it a 2-D window fed to the reducer through an IndexOffset (z*H*W), so the scan order is (depth,
+// row, column), PyTorch's (first maximum, last NaN; sums in that order). With DIMS = 2 the depth axis is one
+// slice at compile time (D = OD = 1, whatever the host passes): the depth decode, span and loop fold away and
+// the kernel is the plain 2-D one. Parameters: x (N, C, [D,] H, W), y and idx (N, C, [OD,] OH, OW), C-contiguous;
+// planes = N*C; the sizes as int (D, OD unused for DIMS = 2).
+template <typename T, bool WITH_INDEX, int DIMS>
+__global__ void adaptive_max_pool(const T* __restrict__ x, T* __restrict__ y,
+                                  index_t* __restrict__ idx,  // like y when WITH_INDEX, else unused
+                                  index_t planes, int D, int H, int W, int OD, int OH, int OW) {
+    static_assert(DIMS == 2 || DIMS == 3, "adaptive pooling kernels are 2-D or 3-D");
+    typedef typename acc_type<T>::type A;
+    const int D_ = DIMS == 3 ? D : 1;
+    const int OD_ = DIMS == 3 ? OD : 1;
+    const index_t slice = (index_t)H * W;
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * OD_ * OH * OW) {
+        const VolumePos p = volume_pos(i, OD_, OH, OW);
+        const Span deps = adaptive_span(p.d, D_, OD_);
+        const Span rows = adaptive_span(p.h, H, OH);
+        const Span cols = adaptive_span(p.w, W, OW);
+        // Adaptive windows are never empty: the first cell is a real one (PyTorch's initial index).
+        MaxReducer<A, WITH_INDEX> r(((index_t)deps.begin * H + rows.begin) * W + cols.begin);
+        for (int z = deps.begin; z < deps.end; ++z) {
+            IndexOffset<MaxReducer<A, WITH_INDEX> > rz{r, (index_t)z * slice};
+            reduce_window<0, 0>(x + (p.plane * D_ + z) * slice, W, rows, cols, rz);
+        }
+        store<T>(y + i, r.best);
+        if (WITH_INDEX) idx[i] = r.arg;
+    }
+}
+
+template <typename T, int DIMS>
+__global__ void adaptive_avg_pool(const T* __restrict__ x, T* __restrict__ y, index_t planes, int D, int H, int W,
+                                  int OD, int OH, int OW) {
+    static_assert(DIMS == 2 || DIMS == 3, "adaptive pooling kernels are 2-D or 3-D");
+    typedef typename acc_type<T>::type A;
+    const int D_ = DIMS == 3 ? D : 1;
+    const int OD_ = DIMS == 3 ? OD : 1;
+    const index_t slice = (index_t)H * W;
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * OD_ * OH * OW) {
+        const VolumePos p = volume_pos(i, OD_, OH, OW);
+        const Span deps = adaptive_span(p.d, D_, OD_);
+        const Span rows = adaptive_span(p.h, H, OH);
+        const Span cols = adaptive_span(p.w, W, OW);
+        SumReducer<A> r;
+        for (int z = deps.begin; z < deps.end; ++z) {
+            reduce_window<0, 0>(x + (p.plane * D_ + z) * slice, W, rows, cols, r);
+        }
+        // Adaptive windows are never empty (see adaptive_span), so the count is >= 1 (64-bit: a huge window).
+        store<T>(y + i, r.sum / (A)((index_t)deps.count * rows.count * cols.count));
     }
 }
 

@@ -3,7 +3,7 @@
 // every output whose window covers its element. Nothing is scattered, so there are no atomics and no
 // two threads ever write one element.
 //
-// Kernels in this file (each: one thread per input-gradient element gi[n, c, h, w]):
+// Kernels in this file (each: one thread per input-gradient element gi[n, c, (d,) h, w]):
 //   max_pool2d_backward<T, KH, KW>:   sum of go[n, c, oh, ow] over the outputs whose window has a tap on
 //                                     (h, w) and whose recorded index equals h*W + w. Tap (a, b) of output
 //                                     (oh, ow) is (oh*sh - ph + a*dh, ow*sw - pw + b*dw), so for each tap
@@ -12,24 +12,25 @@
 //   avg_pool2d_backward<T, KH, KW>:   sum of go / divisor over the outputs whose window covers (h, w), with
 //                                     the forward's divisor (count_include_pad / in-bounds count /
 //                                     divisor_override) recomputed per output as the forward computes it.
-//   adaptive_max_pool2d_backward<T>:  as max, over the outputs whose adaptive window contains (h, w): output
-//                                     rows adaptive_span(h, OH, H) = [floor(h*OH/H), ceil((h+1)*OH/H)),
-//                                     likewise columns (pool_window.cuh).
-//   adaptive_avg_pool2d_backward<T>:  go / (window rows * window cols) over the same outputs.
 //   max_pool3d_backward<T>, avg_pool3d_backward<T>: the max / avg gathers over (d, h, w), depth taps
-//                                     outermost (bottom of the file).
+//                                     outermost.
+//   adaptive_max_pool_backward<T, DIMS>: as max, over the outputs whose adaptive window contains the cell:
+//                                     output rows adaptive_span(h, OH, H) = [floor(h*OH/H), ceil((h+1)*OH/H)),
+//                                     likewise columns and (DIMS = 3) depth (pool_window.cuh).
+//   adaptive_avg_pool_backward<T, DIMS>: go / (the window's cell count) over the same outputs.
+//   (both at the bottom of the file; DIMS = 2 or 3, one kernel family, 2-D folds the depth axis away)
 //   KH, KW: 0 = window size read at run time; > 0 = that size at compile time (the host instantiates 2x2,
 //   3x3, and 1x2, 1x3 for 1-D pooling, as the forward), which unrolls the tap loops.
 //   Parameters: go (N, C, OH, OW) and, for max, idx (N, C, OH, OW) int64, both C-contiguous; gi (N, C, H, W)
-//   C-contiguous, fully written (no zeroing needed); planes = N*C (64-bit); then the sizes and window
-//   arguments as int (padding: ph, pw = top, left; avg also takes pb, pr = bottom, right), avg's
+//   C-contiguous (3-D: a depth axis after C in each), fully written (no zeroing needed); planes = N*C
+//   (64-bit); then the sizes and window arguments as int (padding: ph, pw = top, left; avg also takes pb, pr = bottom, right), avg's
 //   count_include_pad as int and divisor_override as 64-bit (0 = none).
 //   Launch shape: 1-D grid of 1-D blocks (the host uses 256 threads and caps the grid, see
 //                 gpuconv/_cuda/pool_grad.py); a 64-bit grid-stride loop covers all N*C*H*W inputs. No
 //                 shared memory (shared_mem = 0).
 //   Determinism: each gi element is written once, by the one thread that owns it, from a sum whose terms
 //                are added in a fixed order (tap rows a ascending then tap columns b ascending; adaptive:
-//                output rows then output columns ascending), independent of the launch shape, the grid
+//                output depths, then rows, then columns ascending), independent of the launch shape, the grid
 //                cap and the order threads run in: the same inputs give bitwise the same gradient.
 //   Max-pool index rule: an output's gradient goes to its recorded index when that index is a cell of its
 //                window, which every index the forward records is, except the placeholder of a dilated
@@ -125,56 +126,6 @@ __global__ void avg_pool2d_backward(const T* __restrict__ go,  // (N, C, OH, OW)
     }
 }
 
-template <typename T>
-__global__ void adaptive_max_pool2d_backward(const T* __restrict__ go,         // (N, C, OH, OW)
-                                             const index_t* __restrict__ idx,  // (N, C, OH, OW) int64
-                                             T* __restrict__ gi,               // (N, C, H, W)
-                                             index_t planes, int H, int W, int OH, int OW) {
-    typedef typename acc_type<T>::type A;
-    const index_t out_plane = (index_t)OH * OW;
-    GPUCONV_GRID_STRIDE_LOOP(i, planes * H * W) {
-        const OutputPos p = output_pos(i, H, W);
-        const index_t target = (index_t)p.oh * W + p.ow;
-        const T* g = go + p.plane * out_plane;
-        const index_t* ix = idx + p.plane * out_plane;
-        // The outputs whose adaptive windows contain row h / column w (never empty).
-        const Span rows = adaptive_span(p.oh, OH, H);
-        const Span cols = adaptive_span(p.ow, OW, W);
-        A acc = A(0);
-        for (int oh = rows.begin; oh < rows.end; ++oh) {
-            for (int ow = cols.begin; ow < cols.end; ++ow) {
-                const index_t o = (index_t)oh * OW + ow;
-                if (ix[o] == target) acc += load<T>(g + o);
-            }
-        }
-        store<T>(gi + i, acc);
-    }
-}
-
-template <typename T>
-__global__ void adaptive_avg_pool2d_backward(const T* __restrict__ go,  // (N, C, OH, OW)
-                                             T* __restrict__ gi,        // (N, C, H, W)
-                                             index_t planes, int H, int W, int OH, int OW) {
-    typedef typename acc_type<T>::type A;
-    const index_t out_plane = (index_t)OH * OW;
-    GPUCONV_GRID_STRIDE_LOOP(i, planes * H * W) {
-        const OutputPos p = output_pos(i, H, W);
-        const T* g = go + p.plane * out_plane;
-        const Span rows = adaptive_span(p.oh, OH, H);
-        const Span cols = adaptive_span(p.ow, OW, W);
-        A acc = A(0);
-        for (int oh = rows.begin; oh < rows.end; ++oh) {
-            const int count_h = adaptive_span(oh, H, OH).count;  // the forward's window of output row oh
-            for (int ow = cols.begin; ow < cols.end; ++ow) {
-                const index_t count = (index_t)count_h * adaptive_span(ow, W, OW).count;
-                acc += load<T>(g + (index_t)oh * OW + ow) / (A)count;  // the forward's divisor
-            }
-        }
-        store<T>(gi + i, acc);
-    }
-}
-
-
 // 3-D: the same gathers with a depth tap loop outside the row and column ones (terms in tap order: depth,
 // then rows, then columns). Parameters as the 3-D forward kernels' (pool2d.cu), go/idx (N, C, OD, OH, OW),
 // gi (N, C, D, H, W); window sizes at run time.
@@ -236,6 +187,71 @@ __global__ void avg_pool3d_backward(const T* __restrict__ go, T* __restrict__ gi
                         ? divisor_override
                         : (index_t)div_d * div_h * avg_extent(ow * sw - pw, kw, pw_hi, W, count_include_pad);
                     acc += load<T>(g + ((index_t)od * OH + oh) * OW + ow) / (A)divisor;
+                }
+            }
+        }
+        store<T>(gi + i, acc);
+    }
+}
+
+// Adaptive, 2-D and 3-D in one kernel per op (DIMS at compile time, as the forward's): the outputs whose windows
+// contain depth d / row h / column w are the ranges adaptive_span(d, OD, D) x adaptive_span(h, OH, H) x
+// adaptive_span(w, OW, W), visited ascending (depth, then rows, then columns). With DIMS = 2 the depth axis is
+// one slice at compile time (D = OD = 1, whatever the host passes), so the depth loop folds away and the kernel
+// is the plain 2-D gather. go/idx (N, C, [OD,] OH, OW), gi (N, C, [D,] H, W), C-contiguous.
+template <typename T, int DIMS>
+__global__ void adaptive_max_pool_backward(const T* __restrict__ go, const index_t* __restrict__ idx,
+                                           T* __restrict__ gi, index_t planes, int D, int H, int W, int OD,
+                                           int OH, int OW) {
+    static_assert(DIMS == 2 || DIMS == 3, "adaptive pooling kernels are 2-D or 3-D");
+    typedef typename acc_type<T>::type A;
+    const int D_ = DIMS == 3 ? D : 1;
+    const int OD_ = DIMS == 3 ? OD : 1;
+    const index_t out_volume = (index_t)OD_ * OH * OW;
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * D_ * H * W) {
+        const VolumePos p = volume_pos(i, D_, H, W);
+        const index_t target = ((index_t)p.d * H + p.h) * W + p.w;  // the index a window records for it
+        const T* g = go + p.plane * out_volume;
+        const index_t* ix = idx + p.plane * out_volume;
+        // The outputs whose adaptive windows contain this cell, per axis (never empty).
+        const Span deps = adaptive_span(p.d, OD_, D_);
+        const Span rows = adaptive_span(p.h, OH, H);
+        const Span cols = adaptive_span(p.w, OW, W);
+        A acc = A(0);
+        for (int od = deps.begin; od < deps.end; ++od) {
+            for (int oh = rows.begin; oh < rows.end; ++oh) {
+                for (int ow = cols.begin; ow < cols.end; ++ow) {
+                    const index_t o = ((index_t)od * OH + oh) * OW + ow;
+                    if (ix[o] == target) acc += load<T>(g + o);
+                }
+            }
+        }
+        store<T>(gi + i, acc);
+    }
+}
+
+template <typename T, int DIMS>
+__global__ void adaptive_avg_pool_backward(const T* __restrict__ go, T* __restrict__ gi, index_t planes, int D,
+                                           int H, int W, int OD, int OH, int OW) {
+    static_assert(DIMS == 2 || DIMS == 3, "adaptive pooling kernels are 2-D or 3-D");
+    typedef typename acc_type<T>::type A;
+    const int D_ = DIMS == 3 ? D : 1;
+    const int OD_ = DIMS == 3 ? OD : 1;
+    const index_t out_volume = (index_t)OD_ * OH * OW;
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * D_ * H * W) {
+        const VolumePos p = volume_pos(i, D_, H, W);
+        const T* g = go + p.plane * out_volume;
+        const Span deps = adaptive_span(p.d, OD_, D_);
+        const Span rows = adaptive_span(p.h, OH, H);
+        const Span cols = adaptive_span(p.w, OW, W);
+        A acc = A(0);
+        for (int od = deps.begin; od < deps.end; ++od) {
+            const int count_d = adaptive_span(od, D_, OD_).count;  // the forward's window of output depth od
+            for (int oh = rows.begin; oh < rows.end; ++oh) {
+                const index_t count_dh = (index_t)count_d * adaptive_span(oh, H, OH).count;
+                for (int ow = cols.begin; ow < cols.end; ++ow) {
+                    const index_t count = count_dh * adaptive_span(ow, W, OW).count;  // the forward's divisor
+                    acc += load<T>(g + ((index_t)od * OH + oh) * OW + ow) / (A)count;
                 }
             }
         }

@@ -8,7 +8,8 @@
 //                         With the roles swapped, adaptive_span(h, OH, H) is the range of OUTPUT rows whose
 //                         windows contain input row h (the backward kernels' gather range).
 //   OutputPos / output_pos: flat index -> (plane, row, col) of a C-contiguous (planes, rows, cols) array;
-//   VolumePos / volume_pos: the same for (planes, depth, rows, cols) (the 3-D kernels).
+//   VolumePos / volume_pos: the same for (planes, depth, rows, cols) (the 3-D kernels, and the adaptive ones,
+//                         2-D as depth 1).
 //   GPUCONV_GRID_STRIDE_LOOP(i, total): 64-bit grid-stride loop over a flat range.
 #pragma once
 

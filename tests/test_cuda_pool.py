@@ -339,17 +339,17 @@ def test_kernel_ids_and_fixed_windows(rt):
         "gpuconv::avg_pool2d<gpuconv::half, 3, 3>"
     assert kernel_id(pool.avg_pool2d, x, pool_geometry(x.shape, 4), True, None) == "gpuconv::avg_pool2d<float, 0, 0>"
     assert kernel_id(pool.adaptive_avg_pool2d, x.astype(np.float64), adaptive_geometry(x.shape, 2)) == \
-        "gpuconv::adaptive_avg_pool2d<double>"
+        "gpuconv::adaptive_avg_pool<double, 2>"
     assert kernel_id(pool.adaptive_max_pool2d, x, adaptive_geometry(x.shape, 2), False) == \
-        "gpuconv::adaptive_max_pool2d<float, false>"
+        "gpuconv::adaptive_max_pool<float, false, 2>"
     assert kernel_id(pool.max_pool2d, x, pool_geometry(x.shape, (1, 3), 2), True) == \
         "gpuconv::max_pool2d<float, true, 1, 3>"  # 1-D pooling's windows
     assert kernel_id(pool.avg_pool2d, x, pool_geometry(x.shape, (1, 2)), True, None) == \
         "gpuconv::avg_pool2d<float, 1, 2>"
     names = ops.INSTANTIATIONS[pool.SOURCE]
-    # 3 dtypes x (max: 2 index modes x 5 windows; avg: 5 windows; adaptive max: 2; adaptive avg: 1;
-    # max 3-D: 2; avg 3-D: 1)
-    assert len(names) == len(set(names)) == 63
+    # 3 dtypes x (max: 2 index modes x 5 windows; avg: 5 windows; adaptive max: 2 x (2-D, 3-D);
+    # adaptive avg: 2-D, 3-D; max 3-D: 2; avg 3-D: 1)
+    assert len(names) == len(set(names)) == 72
 
 
 def test_no_index_array_without_return_indices(rt):

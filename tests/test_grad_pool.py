@@ -590,7 +590,7 @@ def test_torch_size_is_an_input_size():
 _EDGE_CASES = r"""
 import numpy as np
 from gpuconv._cuda import limits, pool_grad
-from gpuconv._pool_geometry import adaptive_geometry, pool_geometry, pool_geometry_nd
+from gpuconv._pool_geometry import adaptive_geometry, adaptive_geometry_nd, pool_geometry, pool_geometry_nd
 from gpuconv._numpy import pool_grad as numpy_pool_grad
 
 
@@ -607,10 +607,15 @@ def edge_cases():
              ("avg_pool2d", (1, 2, 5, 6), (3, 2, ((0, 2), (2, 1)), 1, True), (True, None)),
              ("max_pool2d", (1, 2, 5, 6), (3, 2, ((2, 0), (1, 2)), 1, True), ()),
              ("max_pool3d", (2, 2, 3, 5, 4), ((2, 3, 2), (1, 2, 2), ((1, 1), (1, 2), (0, 1)), (2, 2, 3), True), ()),
-             ("avg_pool3d", (1, 2, 4, 3, 5), ((3, 2, 3), (2, 1, 2), ((2, 0), (0, 1), (1, 1)), 1, True), (False, 5))]
+             ("avg_pool3d", (1, 2, 4, 3, 5), ((3, 2, 3), (2, 1, 2), ((2, 0), (0, 1), (1, 1)), 1, True), (False, 5)),
+             # adaptive 3-D: an output larger than the input on some axes, not dividing on others
+             ("adaptive_max_pool3d", (2, 2, 3, 5, 4), (7, 2, 9), ()),
+             ("adaptive_avg_pool3d", (1, 3, 7, 2, 5), (3, 5, 2), ())]
     for op, shape, args, options in cases:
         for dtype in (np.float16, np.float32, np.float64):
-            if op.endswith("3d"):
+            if op.startswith("adaptive") and len(shape) == 5:
+                g = adaptive_geometry_nd(shape, args, op, 3)
+            elif op.endswith("3d"):
                 g = pool_geometry_nd(shape, *args, op, 3)
             else:
                 g = adaptive_geometry(shape, args) if op.startswith("adaptive") else pool_geometry(shape, *args)

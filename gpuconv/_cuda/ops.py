@@ -15,6 +15,8 @@
 (avg_pool2d, backward)              direct
 (adaptive_max_pool2d, backward)     direct
 (adaptive_avg_pool2d, backward)     direct
+(adaptive_max_pool3d, fwd/bwd)      direct
+(adaptive_avg_pool3d, fwd/bwd)      direct
 ==================================  ============================================================
 
 Every algorithm of one operation takes the same launch arguments (``Operation.launch_signature``). Which

@@ -6,7 +6,9 @@ grid-stride loop):
 
 * ``max_pool2d<T, WITH_INDEX, KH, KW>`` / ``avg_pool2d<T, KH, KW>``: ``KH, KW`` is the window size when
   it is one of ``FIXED_WINDOWS`` (loops unrolled at compile time), else ``0, 0`` (run-time size);
-* ``adaptive_max_pool2d<T, WITH_INDEX>`` / ``adaptive_avg_pool2d<T>``.
+* ``adaptive_max_pool<T, WITH_INDEX, DIMS>`` / ``adaptive_avg_pool<T, DIMS>``: one kernel family for the 2-D and
+  3-D adaptive ops (``DIMS`` 2 or 3; the 2-D instantiation folds the depth axis away);
+* ``max_pool3d<T, WITH_INDEX>`` / ``avg_pool3d<T>``.
 
 ``WITH_INDEX`` is a compile-time bool, so ``return_indices=False`` allocates no index array (the kernel
 gets a 1-element placeholder it never touches). Which instantiation ran is returned as its name
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._pool_geometry import AdaptiveGeometry, PoolGeometry, PoolGeometryND
+from .._pool_geometry import PoolGeometry, PoolGeometryND
 from . import limits
 from .algo import FORWARD, Algorithm, accepts_everything
 from .limits import CTYPE as _CTYPE
@@ -55,12 +57,12 @@ def avg_name(dtype, kh: int = 0, kw: int = 0) -> str:
     return f"gpuconv::avg_pool2d<{_ctype(dtype)}, {kh}, {kw}>"
 
 
-def adaptive_max_name(dtype, with_index: bool) -> str:
-    return f"gpuconv::adaptive_max_pool2d<{_ctype(dtype)}, {_b(with_index)}>"
+def adaptive_max_name(dtype, with_index: bool, dims: int = 2) -> str:
+    return f"gpuconv::adaptive_max_pool<{_ctype(dtype)}, {_b(with_index)}, {dims}>"
 
 
-def adaptive_avg_name(dtype) -> str:
-    return f"gpuconv::adaptive_avg_pool2d<{_ctype(dtype)}>"
+def adaptive_avg_name(dtype, dims: int = 2) -> str:
+    return f"gpuconv::adaptive_avg_pool<{_ctype(dtype)}, {dims}>"
 
 
 def max3d_name(dtype, with_index: bool) -> str:
@@ -81,6 +83,8 @@ INSTANTIATIONS = {
     "adaptive_avg_pool2d": tuple(adaptive_avg_name(dt) for dt in _CTYPE),
     "max_pool3d": tuple(max3d_name(dt, wi) for dt in _CTYPE for wi in _BOOLS),
     "avg_pool3d": tuple(avg3d_name(dt) for dt in _CTYPE),
+    "adaptive_max_pool3d": tuple(adaptive_max_name(dt, wi, 3) for dt in _CTYPE for wi in _BOOLS),
+    "adaptive_avg_pool3d": tuple(adaptive_avg_name(dt, 3) for dt in _CTYPE),
 }
 
 
@@ -111,8 +115,10 @@ def pool_int32_limit_reason(geom) -> str | None:
                                                  geom.padding, geom.dilation, geom.out):
             sizes[f"{name} + padding + stride + dilation*kernel ({name} axis)"] = n + lo + hi + s + d * k
             sizes[f"O{name}"] = o
-    else:
-        sizes = {"H": geom.H, "W": geom.W, "OH": geom.OH, "OW": geom.OW}
+    else:  # adaptive, 2-D or 3-D: the sizes themselves
+        sizes = {}
+        for name, n, o in zip("DHW"[3 - geom.dims:], geom.spatial, geom.out):
+            sizes[name], sizes[f"O{name}"] = n, o
     return limits.int32_limit_reason(sizes, "pooling")
 
 
@@ -192,23 +198,32 @@ def avg_pool2d(rt, x, geom: PoolGeometry, count_include_pad: bool, divisor_overr
     return y, name
 
 
-def adaptive_avg_pool2d(rt, x, geom: AdaptiveGeometry):
-    """Returns ``(y, kernel_id)``."""
-    x, y, dtype = prepare(rt, x, geom, "adaptive_avg_pool2d", geom.output_shape)
-    name = adaptive_avg_name(dtype)
-    g = geom
-    _launch(rt, name, g, [x, y, np.int64(g.N * g.C)] + int32_args(g.H, g.W, g.OH, g.OW))
+def adaptive_args(g) -> list:
+    """The adaptive kernels' scalar arguments: planes, then ``D, H, W, OD, OH, OW`` (2-D: ``D = OD = 1``, which
+    the ``DIMS = 2`` kernels do not read)."""
+    pad = (1,) * (3 - g.dims)
+    return [np.int64(g.N * g.C)] + int32_args(*pad, *g.spatial, *pad, *g.out)
+
+
+def adaptive_avg_pool(rt, x, geom):
+    """2-D or 3-D (``geom``: ``AdaptiveGeometry`` or ``AdaptiveGeometryND``). Returns ``(y, kernel_id)``."""
+    x, y, dtype = prepare(rt, x, geom, f"adaptive_avg_pool{geom.dims}d", geom.output_shape)
+    name = adaptive_avg_name(dtype, geom.dims)
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.output_shape)), [x, y] + adaptive_args(geom))
     return y, name
 
 
-def adaptive_max_pool2d(rt, x, geom: AdaptiveGeometry, return_indices: bool):
-    """Returns ``(y, indices or None, kernel_id)``."""
-    x, y, dtype = prepare(rt, x, geom, "adaptive_max_pool2d", geom.output_shape)
+def adaptive_max_pool(rt, x, geom, return_indices: bool):
+    """2-D or 3-D. Returns ``(y, indices or None, kernel_id)``."""
+    x, y, dtype = prepare(rt, x, geom, f"adaptive_max_pool{geom.dims}d", geom.output_shape)
     idx = _indices(rt, geom, return_indices)
-    name = adaptive_max_name(dtype, bool(return_indices))
-    g = geom
-    _launch(rt, name, g, [x, y, idx, np.int64(g.N * g.C)] + int32_args(g.H, g.W, g.OH, g.OW))
+    name = adaptive_max_name(dtype, bool(return_indices), geom.dims)
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.output_shape)), [x, y, idx] + adaptive_args(geom))
     return y, (idx if return_indices else None), name
+
+
+adaptive_avg_pool2d = adaptive_avg_pool3d = adaptive_avg_pool
+adaptive_max_pool2d = adaptive_max_pool3d = adaptive_max_pool
 
 
 def max_pool3d(rt, x, geom: PoolGeometryND, return_indices: bool):
@@ -241,4 +256,5 @@ def _pool_algorithm(op: str, launch) -> Algorithm:
 ALGORITHMS = tuple(_pool_algorithm(op, launch) for op, launch in (
     ("max_pool2d", max_pool2d), ("avg_pool2d", avg_pool2d),
     ("adaptive_max_pool2d", adaptive_max_pool2d), ("adaptive_avg_pool2d", adaptive_avg_pool2d),
-    ("max_pool3d", max_pool3d), ("avg_pool3d", avg_pool3d)))
+    ("max_pool3d", max_pool3d), ("avg_pool3d", avg_pool3d),
+    ("adaptive_max_pool3d", adaptive_max_pool3d), ("adaptive_avg_pool3d", adaptive_avg_pool3d)))

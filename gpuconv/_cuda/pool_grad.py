@@ -8,12 +8,13 @@ atomics and no zeroed output:
 
 * ``max_pool2d_backward<T, KH, KW>`` / ``avg_pool2d_backward<T, KH, KW>``: ``KH, KW`` as the forward's
   (``pool.FIXED_WINDOWS`` at compile time, else ``0, 0``);
-* ``adaptive_max_pool2d_backward<T>`` / ``adaptive_avg_pool2d_backward<T>``;
-* ``max_pool3d_backward<T>`` / ``avg_pool3d_backward<T>`` (``geom``: a ``PoolGeometryND``, 5-D arrays).
+* ``max_pool3d_backward<T>`` / ``avg_pool3d_backward<T>`` (``geom``: a ``PoolGeometryND``, 5-D arrays);
+* ``adaptive_max_pool_backward<T, DIMS>`` / ``adaptive_avg_pool_backward<T, DIMS>``: the 2-D and 3-D adaptive
+  ops (``geom``: ``AdaptiveGeometry`` / ``AdaptiveGeometryND``), one kernel family as the forward's.
 
 Each op is one ``Algorithm`` named ``direct`` under ``(op, "backward")`` in the operation table (``ops.py``),
 launched as ``(rt, grad_output, indices or None, geom, *options) -> (grad_input, kernel id)``: ``geom`` is
-the FORWARD call's geometry (``PoolGeometry`` / ``AdaptiveGeometry``), ``grad_output`` 4-D of its output
+the FORWARD call's geometry (``PoolGeometry`` / ``AdaptiveGeometry`` / ...ND), ``grad_output`` of its output
 shape, ``indices`` int64 of that shape for the max ops (None for the others); options: avg's
 ``(count_include_pad, divisor_override)``. Validation of shapes and dtypes is the caller's
 (``gpuconv/_grad_pool.py``); this module checks the 32-bit rule and makes the inputs C-contiguous.
@@ -23,10 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._pool_geometry import AdaptiveGeometry, PoolGeometry, PoolGeometryND
+from .._pool_geometry import PoolGeometry, PoolGeometryND
 from . import limits
 from .algo import Algorithm, accepts_everything
-from .pool import FIXED_WINDOWS, _ctype, int32_args, launch_1d, nd_args, prepare, window_template
+from .pool import FIXED_WINDOWS, _ctype, adaptive_args, int32_args, launch_1d, nd_args, prepare, window_template
 
 SOURCE = "pool2d_backward.cu"
 BACKWARD = "backward"
@@ -42,12 +43,12 @@ def avg_name(dtype, kh: int = 0, kw: int = 0) -> str:
     return f"gpuconv::avg_pool2d_backward<{_ctype(dtype)}, {kh}, {kw}>"
 
 
-def adaptive_max_name(dtype) -> str:
-    return f"gpuconv::adaptive_max_pool2d_backward<{_ctype(dtype)}>"
+def adaptive_max_name(dtype, dims: int = 2) -> str:
+    return f"gpuconv::adaptive_max_pool_backward<{_ctype(dtype)}, {dims}>"
 
 
-def adaptive_avg_name(dtype) -> str:
-    return f"gpuconv::adaptive_avg_pool2d_backward<{_ctype(dtype)}>"
+def adaptive_avg_name(dtype, dims: int = 2) -> str:
+    return f"gpuconv::adaptive_avg_pool_backward<{_ctype(dtype)}, {dims}>"
 
 
 def max3d_name(dtype) -> str:
@@ -68,6 +69,8 @@ INSTANTIATIONS = {
     "adaptive_avg_pool2d": tuple(adaptive_avg_name(dt) for dt in _DTYPES),
     "max_pool3d": tuple(max3d_name(dt) for dt in _DTYPES),
     "avg_pool3d": tuple(avg3d_name(dt) for dt in _DTYPES),
+    "adaptive_max_pool3d": tuple(adaptive_max_name(dt, 3) for dt in _DTYPES),
+    "adaptive_avg_pool3d": tuple(adaptive_avg_name(dt, 3) for dt in _DTYPES),
 }
 
 
@@ -108,23 +111,24 @@ def avg_pool2d(rt, go, idx, geom: PoolGeometry, count_include_pad: bool, divisor
     return gi, name
 
 
-def adaptive_max_pool2d(rt, go, idx, geom: AdaptiveGeometry):
-    """Returns ``(grad_input, kernel_id)``."""
-    go, gi, dtype = _prepare(rt, go, geom, "adaptive_max_pool2d_input")
-    name = adaptive_max_name(dtype)
-    g = geom
-    _launch(rt, name, g, [go, _index_array(rt, idx), gi, np.int64(g.N * g.C)]
-            + int32_args(g.H, g.W, g.OH, g.OW))
+def adaptive_max_pool(rt, go, idx, geom):
+    """2-D or 3-D. Returns ``(grad_input, kernel_id)``."""
+    go, gi, dtype = prepare(rt, go, geom, f"adaptive_max_pool{geom.dims}d_input", geom.input_shape)
+    name = adaptive_max_name(dtype, geom.dims)
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.input_shape)), [go, _index_array(rt, idx), gi] + adaptive_args(geom))
     return gi, name
 
 
-def adaptive_avg_pool2d(rt, go, idx, geom: AdaptiveGeometry):
-    """Returns ``(grad_input, kernel_id)``; ``idx`` is unused (None)."""
-    go, gi, dtype = _prepare(rt, go, geom, "adaptive_avg_pool2d_input")
-    name = adaptive_avg_name(dtype)
-    g = geom
-    _launch(rt, name, g, [go, gi, np.int64(g.N * g.C)] + int32_args(g.H, g.W, g.OH, g.OW))
+def adaptive_avg_pool(rt, go, idx, geom):
+    """2-D or 3-D. Returns ``(grad_input, kernel_id)``; ``idx`` is unused (None)."""
+    go, gi, dtype = prepare(rt, go, geom, f"adaptive_avg_pool{geom.dims}d_input", geom.input_shape)
+    name = adaptive_avg_name(dtype, geom.dims)
+    launch_1d(rt, SOURCE, name, int(np.prod(geom.input_shape)), [go, gi] + adaptive_args(geom))
     return gi, name
+
+
+adaptive_avg_pool2d = adaptive_avg_pool3d = adaptive_avg_pool
+adaptive_max_pool2d = adaptive_max_pool3d = adaptive_max_pool
 
 
 def max_pool3d(rt, go, idx, geom: PoolGeometryND):
@@ -154,4 +158,5 @@ def _algorithm(op: str, launch) -> Algorithm:
 ALGORITHMS = tuple(_algorithm(op, launch) for op, launch in (
     ("max_pool2d", max_pool2d), ("avg_pool2d", avg_pool2d),
     ("adaptive_max_pool2d", adaptive_max_pool2d), ("adaptive_avg_pool2d", adaptive_avg_pool2d),
-    ("max_pool3d", max_pool3d), ("avg_pool3d", avg_pool3d)))
+    ("max_pool3d", max_pool3d), ("avg_pool3d", avg_pool3d),
+    ("adaptive_max_pool3d", adaptive_max_pool3d), ("adaptive_avg_pool3d", adaptive_avg_pool3d)))

@@ -1,14 +1,24 @@
-"""Adaptive pooling on the CPU with NumPy (``pool.py`` holds max and average pooling and the shared block and
-NaN helpers; its docstring describes both).
+"""Adaptive pooling on the CPU with NumPy, over any number of spatial axes: 2-D and 3-D run the same code (the
+geometry's ``spatial`` / ``out`` say how many axes; 1-D is the 2-D code on one-row planes). ``pool.py`` holds
+max and average pooling and the shared block and NaN helpers; its docstring describes both.
 
-Adaptive pooling is separable: reduce the columns of each output column window first, then the rows of
-each output row window. For max that order also keeps PyTorch's tie and NaN rules (first maximum in
-row-major order; the last NaN in row-major order wins). Adaptive average pooling whose windows all have
-the same size (``H % OH == 0`` and ``W % OW == 0``: non-overlapping) is one reshape and one reduction
-instead; global average pooling (1x1 output) is a BLAS matrix-vector product with a vector of ones.
+Adaptive pooling is separable: reduce the last axis over each of its output windows first, then the axis
+before it, ..., the first spatial axis last. For max that order also keeps PyTorch's tie and NaN rules (the
+first maximum in row-major (depth, row, column) order; the last NaN in that order wins): each pass keeps, per
+line, the first maximum or the last NaN of its window, so the later passes see each line's winner and pick,
+by the same rule, the first line holding the maximum or the last line holding a NaN. The winners' coordinates
+(one per pass) are composed into the flat index at the end. Adaptive average pooling whose windows all have
+the same size (every ``n % o == 0``: non-overlapping) is one reshape and one reduction instead; global average
+pooling (output 1 on every axis) is a BLAS matrix-vector product with a vector of ones.
+
+Memory: the output (and indices), plus per block of outputs (``pool._blocks``, bounded by
+``workspace_limit()``) each pass's partial result (the first axes still at the span of input the block's
+windows read), for max with indices each pass's winners and two masks, and for float16 a float32 block.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -16,12 +26,17 @@ from .._pool_geometry import AdaptiveGeometry, adaptive_window
 from ._workspace import workspace, workspace_bytes, workspace_limit
 from .pool import AXIS_BYTES, SMALL_ARRAY_BYTES, _blocks, _compute_dtype, _nan_wins_update
 
+
 def _planes_flat(x: np.ndarray):
-    """``x`` (n, c, H, W) as (n, c, H*W) without a copy, or None when its rows are not consecutive."""
-    n, c, H, W = x.shape
-    if (W == 1 or x.strides[3] == x.itemsize) and (H == 1 or x.strides[2] == W * x.itemsize):
-        return x.reshape(n, c, H * W)
-    return None
+    """``x`` (n, c, *spatial) as (n, c, prod(spatial)) without a copy, or None when its planes are not each
+    one contiguous run."""
+    n, c, *spatial = x.shape
+    step = x.itemsize
+    for size, stride in zip(reversed(spatial), reversed(x.strides[2:])):
+        if size != 1 and stride != step:
+            return None
+        step *= size
+    return x.reshape(n, c, math.prod(spatial))
 
 
 def _windows(o0: int, o1: int, size: int, out: int):
@@ -38,63 +53,99 @@ def _span_bound(m: int, size: int, out: int) -> int:
 WINDOW_BYTES = 128  # a window as a Python tuple of two ints, at most (blocks count it: _windows per block)
 
 
-def adaptive_avg_pool2d(x: np.ndarray, g: AdaptiveGeometry):
+def _at(a: np.ndarray, axis: int, key) -> np.ndarray:
+    """``a[..., key, ...]`` with ``key`` on ``axis``."""
+    return a[(slice(None),) * axis + (key,)]
+
+
+def _pass_shapes(n: int, c: int, m, spans) -> list:
+    """The results of the separable passes for an ``n x c x m[0] x ...`` block of outputs, in pass order (last
+    axis first): the pass over axis ``a`` has reduced the axes from ``a`` on to their ``m`` windows, the axes
+    before ``a`` are still the ``spans`` of input the block reads. The last one is the block's shape."""
+    d = len(m)
+    return [(n, c, *spans[:a], *m[a:]) for a in range(d - 1, -1, -1)]
+
+
+def _bounds(g, m) -> list:
+    return [_span_bound(mi, size, o) for mi, size, o in zip(m, g.spatial, g.out)]
+
+
+def _block(g, block):
+    """``(n, c, m, windows, spans, slices)`` of an output block ``((n0, n1), (c0, c1), (o0, o1), ...)``:
+    ``windows`` per axis; ``spans`` the ``(start, stop)`` of input they read; ``slices`` index the input."""
+    (n0, n1), (c0, c1), *ob = block
+    wins = [_windows(o0, o1, size, o) for (o0, o1), size, o in zip(ob, g.spatial, g.out)]
+    spans = [(w[0][0], w[-1][1]) for w in wins]
+    slices = (slice(n0, n1), slice(c0, c1), *(slice(r0, r1) for r0, r1 in spans))
+    return n1 - n0, c1 - c0, [o1 - o0 for o0, o1 in ob], wins, spans, slices
+
+
+def _name(g, op: str) -> str:
+    return f"numpy_adaptive_{op}_pool" + ("3d" if g.dims == 3 else "")
+
+
+def adaptive_avg_pool(x: np.ndarray, g):
+    """Adaptive average pooling of ``x`` (N, C, *spatial) over ``g`` (``AdaptiveGeometry`` or ``...ND``)."""
     ct = _compute_dtype(x.dtype)
     y = np.empty(g.output_shape, dtype=x.dtype)
     f16 = ct != x.dtype
-    if g.H % g.OH == 0 and g.W % g.OW == 0:  # equal, non-overlapping windows
-        kh, kw = g.H // g.OH, g.W // g.OW
-        if g.OH == g.OW == 1:
+    d = g.dims
+    if all(n % o == 0 for n, o in zip(g.spatial, g.out)):  # equal, non-overlapping windows
+        if all(o == 1 for o in g.out):
             _global_avg_pool(x, y, ct)
-            return y, "numpy_adaptive_avg_pool"
-        xr = x.reshape(g.N, g.C, g.OH, kh, g.OW, kw)  # splitting axes: always a view
+            return y, _name(g, "avg")
+        ks = [n // o for n, o in zip(g.spatial, g.out)]
+        xr = x.reshape(g.N, g.C, *(v for o, k in zip(g.out, ks) for v in (o, k)))  # splitting axes: a view
 
-        def specs(n, c, m, k):
-            return [((n, c, m, k), ct)] if f16 else []
+        def specs(n, c, *m):
+            return [((n, c, *m), ct)] if f16 else []
 
-        for (n0, n1), (c0, c1), (o0, o1), (q0, q1) in _blocks(g.output_shape, specs):
-            yb = y[n0:n1, c0:c1, o0:o1, q0:q1]
-            (acc,) = workspace(*specs(n1 - n0, c1 - c0, o1 - o0, q1 - q0)) or (yb,)
-            np.sum(xr[n0:n1, c0:c1, o0:o1, :, q0:q1], axis=(3, 5), dtype=ct, out=acc)
-            acc /= kh * kw
+        for block in _blocks(g.output_shape, specs):
+            yb = y[tuple(slice(*r) for r in block)]
+            (acc,) = workspace(*specs(*(r1 - r0 for r0, r1 in block))) or (yb,)
+            xb = xr[(slice(*block[0]), slice(*block[1]), *(s for r in block[2:] for s in (slice(*r), slice(None))))]
+            np.sum(xb, axis=tuple(range(3, 3 + 2 * d, 2)), dtype=ct, out=acc)
+            acc /= math.prod(ks)
             if f16:
                 np.copyto(yb, acc)
-        return y, "numpy_adaptive_avg_pool"
+        return y, _name(g, "avg")
 
-    def specs(n, c, m, k):  # the column sums, the counts, the float32 block of float16
-        rows = _span_bound(m, g.H, g.OH)
-        return [((n, c, rows, k), ct), ((m, k), ct)] + ([((n, c, m, k), ct)] if f16 else [])
+    def specs(n, c, *m, spans=None):  # the passes but the last, the counts, the float32 block of float16
+        shapes = _pass_shapes(n, c, m, spans or _bounds(g, m))
+        return [(s, ct) for s in shapes[:-1]] + [(tuple(m), ct)] + ([(shapes[-1], ct)] if f16 else [])
 
-    def extra(n, c, m, k):
-        return (m + k) * (WINDOW_BYTES + AXIS_BYTES)
+    def extra(n, c, *m):
+        return sum(m) * (WINDOW_BYTES + AXIS_BYTES)
 
-    for (n0, n1), (c0, c1), (o0, o1), (q0, q1) in _blocks(g.output_shape, specs, extra):
-        n, c, m, k = n1 - n0, c1 - c0, o1 - o0, q1 - q0
-        hwin, wwin = _windows(o0, o1, g.H, g.OH), _windows(q0, q1, g.W, g.OW)
-        r0, r1 = hwin[0][0], hwin[-1][1]
-        cols, counts, *acc = workspace(((n, c, r1 - r0, k), ct), *specs(n, c, m, k)[1:])
-        yb = y[n0:n1, c0:c1, o0:o1, q0:q1]
-        acc = acc[0] if f16 else yb
-        xb = x[n0:n1, c0:c1, r0:r1]
-        for j, (s0, s1) in enumerate(wwin):
-            np.sum(xb[..., s0:s1], axis=3, dtype=ct, out=cols[..., j])
-        for i, (s0, s1) in enumerate(hwin):
-            np.sum(cols[:, :, s0 - r0:s1 - r0], axis=2, dtype=ct, out=acc[:, :, i])
-        np.multiply(np.array([e - s for s, e in hwin], ct)[:, None],
-                    np.array([e - s for s, e in wwin], ct)[None, :], out=counts)
+    for block in _blocks(g.output_shape, specs, extra):
+        n, c, m, wins, spans, slices = _block(g, block)
+        bufs = workspace(*specs(n, c, *m, spans=[r1 - r0 for r0, r1 in spans]))
+        passes, counts = bufs[:d - 1], bufs[d - 1]
+        yb = y[tuple(slice(*r) for r in block)]
+        acc = bufs[d] if f16 else yb
+        cur = x[slices]
+        for p, a in enumerate(range(d - 1, -1, -1)):  # last axis first
+            out = passes[p] if a else acc
+            for j, (s0, s1) in enumerate(wins[a]):
+                r0 = spans[a][0]
+                np.sum(_at(cur, a + 2, slice(s0 - r0, s1 - r0)), axis=a + 2, dtype=ct, out=_at(out, a + 2, j))
+            cur = out
+        counts.fill(1)
+        for a, w in enumerate(wins):  # the window sizes' product, each factor exact in ct
+            counts *= np.array([e - s for s, e in w], ct).reshape((-1,) + (1,) * (d - 1 - a))
         acc /= counts
         if f16:
             np.copyto(yb, acc)
-    return y, "numpy_adaptive_avg_pool"
+    return y, _name(g, "avg")
 
 
 def _global_avg_pool(x: np.ndarray, y: np.ndarray, ct) -> None:
-    """Global average pooling into ``y`` (N, C, 1, 1): ``(N, C, H*W) @ ones``, a BLAS GEMV, when the
-    planes are contiguous in the compute dtype and the ones fit the workspace; otherwise a sum over
-    both axes (float16 summed in float32: NumPy casts it chunk by chunk, no copy)."""
-    N, C, H, W = x.shape
+    """Global average pooling into ``y`` (N, C, 1, ...): ``(N, C, plane) @ ones``, a BLAS GEMV, when the
+    planes are contiguous in the compute dtype and the ones fit the workspace; otherwise a sum over every
+    spatial axis (float16 summed in float32: NumPy casts it chunk by chunk, no copy)."""
+    N, C, *spatial = x.shape
     flat = _planes_flat(x) if x.dtype == ct else None
-    plane = H * W
+    plane = math.prod(spatial)
     if flat is not None and plane * ct.itemsize <= SMALL_ARRAY_BYTES:
         np.matmul(flat, np.ones(plane, ct), out=y.reshape(N, C))
         y /= plane
@@ -109,96 +160,111 @@ def _global_avg_pool(x: np.ndarray, y: np.ndarray, ct) -> None:
     def specs(n, c):
         return [((n, c), ct)] if ct != x.dtype else []
 
+    zeros = (0,) * len(spatial)
     for (n0, n1), (c0, c1) in _blocks((N, C), specs):
-        yb = y[n0:n1, c0:c1, 0, 0]
+        yb = y[(slice(n0, n1), slice(c0, c1)) + zeros]
         (acc,) = workspace(*specs(n1 - n0, c1 - c0)) or (yb,)
-        np.sum(x[n0:n1, c0:c1], axis=(2, 3), dtype=ct, out=acc)
+        np.sum(x[n0:n1, c0:c1], axis=tuple(range(2, 2 + len(spatial))), dtype=ct, out=acc)
         acc /= plane
         if acc is not yb:
             np.copyto(yb, acc)
 
 
-def adaptive_max_pool2d(x: np.ndarray, g: AdaptiveGeometry, return_indices: bool):
+def adaptive_max_pool(x: np.ndarray, g, return_indices: bool):
+    """Adaptive max pooling of ``x`` (N, C, *spatial) over ``g``, indices flat within each (n, c) plane."""
     y = np.empty(g.output_shape, dtype=x.dtype)
     idx = np.empty(g.output_shape, dtype=np.int64) if return_indices else None
-    if g.OH == g.OW == 1:  # global max pooling: one reduction per plane
+    if all(o == 1 for o in g.out):  # global max pooling: one reduction per plane
         _global_max_pool(x, y, idx)
-        return y, idx, "numpy_adaptive_max_pool"
+        return y, idx, _name(g, "max")
     vt = _compute_dtype(x.dtype)  # float16 compared in float32 (exact)
     f16 = vt != x.dtype
+    d = g.dims
 
-    # Columns first, then rows: see the module docstring for why this order keeps PyTorch's rule.
-    def specs(n, c, m, k):
-        rows = _span_bound(m, g.H, g.OH)
-        sp = [((n, c, rows, k), vt)]  # column maxima
-        if return_indices:  # their columns, update masks for the column and the row pass, row winners
-            sp += [((n, c, rows, k), np.int64), ((n, c, rows), np.bool_), ((n, c, rows), np.bool_),
-                   ((n, c, k), np.bool_), ((n, c, k), np.bool_), ((n, c, m, k), np.int64)]
-        return sp + ([((n, c, m, k), vt)] if f16 else [])
+    # Last axis first: see the module docstring for why this order keeps PyTorch's rule.
+    def specs(n, c, *m, spans=None):  # each pass' maxima (the last: the output block, or float32 of float16)
+        shapes = _pass_shapes(n, c, m, spans or _bounds(g, m))
+        sp = [(s, vt) for s in shapes[:-1]]
+        if return_indices:  # each pass' winners (coordinates in the span), and its two masks
+            axes = range(d + 1, 1, -1)
+            sp += [(s, np.int64) for s in shapes]
+            sp += [(s[:a] + s[a + 1:], np.bool_) for s, a in zip(shapes, axes) for _ in range(2)]
+        return sp + ([(shapes[-1], vt)] if f16 else [])
 
-    def extra(n, c, m, k):  # the windows, np.take_along_axis's result
-        return (m + k) * WINDOW_BYTES + (n * c * m * k * 8 if return_indices else 0)
+    def extra(n, c, *m):  # the windows; composing the indices: take_along_axis's results, the flat spans
+        return sum(m) * WINDOW_BYTES + (n * c * math.prod(m) * 8 * (2 * d - 3) if return_indices else 0)
 
-    for (n0, n1), (c0, c1), (o0, o1), (q0, q1) in _blocks(g.output_shape, specs, extra):
-        n, c, m, k = n1 - n0, c1 - c0, o1 - o0, q1 - q0
-        hwin, wwin = _windows(o0, o1, g.H, g.OH), _windows(q0, q1, g.W, g.OW)
-        r0, r1 = hwin[0][0], hwin[-1][1]
-        sp = specs(n, c, m, k)
-        sp[0] = ((n, c, r1 - r0, k), vt)
-        if return_indices:
-            sp[1:4] = [((n, c, r1 - r0, k), np.int64), ((n, c, r1 - r0), np.bool_), ((n, c, r1 - r0), np.bool_)]
-        scratch = workspace(*sp)
-        block = (slice(n0, n1), slice(c0, c1), slice(o0, o1), slice(q0, q1))
-        yb = y[block]
-        acc = scratch[-1] if f16 else yb
-        xb = x[n0:n1, c0:c1, r0:r1]
-        colmax = scratch[0]
-        if not return_indices:
-            for j, (s0, s1) in enumerate(wwin):
-                np.maximum.reduce(xb[..., s0:s1], axis=3, dtype=vt, out=colmax[..., j])
-            for i, (s0, s1) in enumerate(hwin):
-                np.maximum.reduce(colmax[:, :, s0 - r0:s1 - r0], axis=2, out=acc[:, :, i])
-        else:
-            colarg, upd, isnan, upd2, isnan2, rowarg = scratch[1:7]
-            for j, (s0, s1) in enumerate(wwin):
-                best, where = colmax[..., j], colarg[..., j]
-                best.fill(-np.inf)
-                where.fill(s0)
-                for t in range(s0, s1):
-                    _nan_wins_update(best, where, xb[..., t], t, upd, isnan)
-            for i, (s0, s1) in enumerate(hwin):
-                best, where = acc[:, :, i], rowarg[:, :, i]
-                best.fill(-np.inf)
-                where.fill(s0 - r0)
-                for t in range(s0, s1):
-                    _nan_wins_update(best, where, colmax[:, :, t - r0], t - r0, upd2, isnan2)
-            ib = idx[block]
-            col = np.take_along_axis(colarg, rowarg, axis=2)
-            rowarg += r0
-            np.multiply(rowarg, g.W, out=ib)
-            ib += col
+    for block in _blocks(g.output_shape, specs, extra):
+        n, c, m, wins, spans, slices = _block(g, block)
+        sizes = [r1 - r0 for r0, r1 in spans]
+        scratch = workspace(*specs(n, c, *m, spans=sizes))
+        yb = y[tuple(slice(*r) for r in block)]
+        acc = scratch.pop() if f16 else yb
+        best = scratch[:d - 1] + [acc]
+        args = scratch[d - 1:2 * d - 1]
+        masks = scratch[2 * d - 1:]
+        cur = x[slices]
+        for p, a in enumerate(range(d - 1, -1, -1)):
+            out, r0 = best[p], spans[a][0]
+            for j, (s0, s1) in enumerate(wins[a]):
+                if not return_indices:
+                    np.maximum.reduce(_at(cur, a + 2, slice(s0 - r0, s1 - r0)), axis=a + 2, dtype=vt,
+                                      out=_at(out, a + 2, j))
+                    continue
+                b, w = _at(out, a + 2, j), _at(args[p], a + 2, j)
+                b.fill(-np.inf)
+                w.fill(s0 - r0)
+                for t in range(s0 - r0, s1 - r0):
+                    _nan_wins_update(b, w, _at(cur, a + 2, t), t, masks[2 * p], masks[2 * p + 1])
+            cur = out
+        if return_indices:  # flat index = ((z + r0_0) * H + h + r0_1) * W + ...; the pass over axis a: args[d-1-a]
+            ib = idx[tuple(slice(*r) for r in block)]
+            flat = args[d - 1]  # the first axis' coordinate in its span, then the flat index in the spans
+            np.add(flat, spans[0][0], out=ib)
+            for a in range(1, d):
+                q = math.prod(m[a:])
+                coord = np.take_along_axis(args[d - 1 - a].reshape(n, c, -1, q), flat.reshape(n, c, -1, q),
+                                           axis=2).reshape(n, c, *m)
+                if a < d - 1:
+                    flat = flat * sizes[a] + coord
+                ib *= g.spatial[a]
+                ib += coord
+                ib += spans[a][0]
         if f16:
             np.copyto(yb, acc)  # exact: acc holds float16 values
-    return y, idx, "numpy_adaptive_max_pool"
+    return y, idx, _name(g, "max")
+
+
+def adaptive_avg_pool2d(x: np.ndarray, g: AdaptiveGeometry):
+    return adaptive_avg_pool(x, g)
+
+
+def adaptive_max_pool2d(x: np.ndarray, g: AdaptiveGeometry, return_indices: bool):
+    return adaptive_max_pool(x, g, return_indices)
+
+
+adaptive_avg_pool3d, adaptive_max_pool3d = adaptive_avg_pool, adaptive_max_pool  # g: an AdaptiveGeometryND
 
 
 def _global_max_pool(x: np.ndarray, y: np.ndarray, idx) -> None:
-    """Max over each whole plane into ``y`` (N, C, 1, 1), and with ``idx`` its index under PyTorch's rule
+    """Max over each whole plane into ``y`` (N, C, 1, ...), and with ``idx`` its index under PyTorch's rule
     (the first maximum; in a plane holding NaN, its last NaN). Without indices one NaN-propagating
     reduction. With indices: ``np.argmax`` over each plane flattened (the first maximum, but the first
     NaN), the planes holding NaN searched again from the end; planes whose rows are not consecutive, or
     float16 ones, are copied (in the compute dtype) into the workspace a block at a time, and planes too
-    large for it are taken in bands of rows whose winners are merged by the same rule."""
-    N, C, H, W = x.shape
+    large for it are taken in bands of the first spatial axis whose winners are merged by the same rule."""
+    N, C, H, *rest = x.shape
+    W = math.prod(rest)  # cells per step of the first spatial axis
+    zeros = (0,) * (1 + len(rest))
     vt = _compute_dtype(x.dtype)
     if idx is None:
         def specs(n, c):
             return [((n, c), vt)] if vt != x.dtype else []
 
         for (n0, n1), (c0, c1) in _blocks((N, C), specs):
-            yb = y[n0:n1, c0:c1, 0, 0]
+            yb = y[(slice(n0, n1), slice(c0, c1)) + zeros]
             (acc,) = workspace(*specs(n1 - n0, c1 - c0)) or (yb,)
-            np.maximum.reduce(x[n0:n1, c0:c1], axis=(2, 3), dtype=vt, out=acc)
+            np.maximum.reduce(x[n0:n1, c0:c1], axis=tuple(range(2, x.ndim)), dtype=vt, out=acc)
             if acc is not yb:
                 np.copyto(yb, acc)
         return
@@ -217,7 +283,7 @@ def _global_max_pool(x: np.ndarray, y: np.ndarray, idx) -> None:
         if in_place:
             flat = _planes_flat(x[n0:n1, c0:c1, h0:h1])
         else:
-            flat = scratch.pop(0).reshape(n, c, h1 - h0, W)
+            flat = scratch.pop(0).reshape(n, c, h1 - h0, *rest)
             np.copyto(flat, x[n0:n1, c0:c1, h0:h1])
             flat = flat.reshape(n, c, (h1 - h0) * W)
         best, where, upd, isnan = scratch
@@ -227,7 +293,7 @@ def _global_max_pool(x: np.ndarray, y: np.ndarray, idx) -> None:
         for i, j in zip(*np.nonzero(nan)):
             arg[i, j] = _last_nan(flat[i, j])
         arg += h0 * W
-        yb, ib = y[n0:n1, c0:c1, 0, 0], idx[n0:n1, c0:c1, 0, 0]
+        yb, ib = y[(slice(n0, n1), slice(c0, c1)) + zeros], idx[(slice(n0, n1), slice(c0, c1)) + zeros]
         if h0 == 0:
             np.copyto(yb, vals)
             np.copyto(ib, arg)

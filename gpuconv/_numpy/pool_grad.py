@@ -17,12 +17,14 @@ block (input row ``oh*sh - ph + i*dh``), so each tap is one vectorised addition.
 receives its terms in the kernels' order and precision (float16 in a float32 block), so this path gives
 bitwise the CUDA kernel's average-pooling gradient (no scatter: one tap's slice never names a cell twice).
 
-Adaptive average pooling is separable: each block of input rows first receives ``grad_output / rows of the
-window`` of each output row whose window covers it (output rows ascending), then each output column's
-window of columns that divided by its width (ascending); when the windows tile the input (global pooling
-included) that is one broadcast of each output's term over its window. Adaptive max pooling sends each
-output's gradient to its recorded index with ``np.bincount`` (a sequential float64 sum, in output order)
-over a block of input rows, an index outside the output's window going to a discarded slot.
+Adaptive pooling (2-D and 3-D run the same code: ``adaptive_avg_pool`` / ``adaptive_max_pool`` over the
+geometry's ``spatial`` / ``out``). Average is separable: each block of the first input axis first receives
+``grad_output / window length`` of each output along that axis whose window covers it (ascending), then each
+later axis in turn spreads the previous pass's values, divided by its windows' lengths, over its windows
+(ascending); when the windows tile the input (global pooling included) that is one broadcast of each output's
+term over its window. Adaptive max pooling sends each output's gradient to its recorded index with
+``np.bincount`` (a sequential float64 sum, in output order) over a block of the first input axis, an index
+outside the output's window going to a discarded slot.
 
 Memory: besides the gradient (for max pooling the float32 sums of float16, and one extra element), the
 temporaries of a block (max: the offsets, targets, coordinates and masks of a block of at most
@@ -39,7 +41,7 @@ import math
 import numpy as np
 
 from .._geometry import tap_outputs
-from .._pool_geometry import AdaptiveGeometry, PoolGeometry, adaptive_window
+from .._pool_geometry import PoolGeometry, adaptive_window
 from ._workspace import workspace, workspace_limit
 from .pool import AXIS_BYTES, _blocks, _compute_dtype, _divisor_axes
 
@@ -272,101 +274,141 @@ def _row_bound(bh: int, size: int, out: int) -> int:
     return min(out, bh * out // size + 2)
 
 
-def adaptive_avg_pool2d(go: np.ndarray, idx, g: AdaptiveGeometry):
+def _at(a: np.ndarray, axis: int, key) -> np.ndarray:
+    """``a[..., key, ...]`` with ``key`` on ``axis``."""
+    return a[(slice(None),) * axis + (key,)]
+
+
+def _name(g, op: str) -> str:
+    return f"numpy_adaptive_{op}_pool" + ("3d" if g.dims == 3 else "") + "_backward"
+
+
+def adaptive_avg_pool(go: np.ndarray, idx, g):
+    """Adaptive average pooling's input gradient over any number of spatial axes (``g``: ``AdaptiveGeometry``
+    or ``AdaptiveGeometryND``), separable: per block of the first input axis, the first axis' pass spreads
+    ``grad_output / window length`` of each covering output (ascending) over its window, then each later
+    axis in turn spreads the previous pass's values, divided by its windows' lengths, over its windows."""
     ct = _compute_dtype(go.dtype)
     f16 = ct != go.dtype
-    if g.H % g.OH == 0 and g.W % g.OW == 0:  # windows tile the input (global pooling included)
-        return _tiled_adaptive_avg(go, g, ct), "numpy_adaptive_avg_pool_backward"
-    gi = (np.empty if f16 else np.zeros)((g.N, g.C, g.H, g.W), dtype=go.dtype)
-    wwin = [adaptive_window(j, g.W, g.OW) for j in range(g.OW)]
+    if all(n % o == 0 for n, o in zip(g.spatial, g.out)):  # windows tile the input (global pooling included)
+        return _tiled_adaptive_avg(go, g, ct), _name(g, "avg")
+    d, (H, *rest), (OH, *orest) = g.dims, g.spatial, g.out
+    gi = (np.empty if f16 else np.zeros)(g.input_shape, dtype=go.dtype)
+    wins = [[adaptive_window(j, n, o) for j in range(o)] for n, o in zip(g.spatial, g.out)]
 
-    def specs(n, c, bh):  # rows pass, one output row of terms, one column of terms, the float32 block
-        sp = [((n, c, bh, g.OW), ct), ((n, c, 1, g.OW), ct), ((n, c, bh, 1), ct)]
-        return sp + ([((n, c, bh, g.W), ct)] if f16 else [])
+    def shapes(n, c, bh):  # the passes' results: axes before a at input sizes, a and after at output sizes
+        return [(n, c, bh, *rest[:a - 1], *orest[a - 1:]) for a in range(1, d + 1)]
+
+    def specs(n, c, bh):  # each pass but the last, each pass' terms, the float32 block
+        sh = shapes(n, c, bh)
+        terms = [(s[:a + 2] + (1,) + s[a + 3:], ct) for a, s in enumerate(sh)]
+        return [(s, ct) for s in sh[:-1]] + terms + ([(sh[-1], ct)] if f16 else [])
 
     def extra(n, c, bh):
-        return (bh + g.OW) * AXIS_BYTES
-
-    for (n0, n1), (c0, c1), (h0, h1) in _blocks((g.N, g.C, g.H), specs, extra):
-        rows, row_terms, col_terms, *acc = workspace(*specs(n1 - n0, c1 - c0, h1 - h0))
-        block = (slice(n0, n1), slice(c0, c1), slice(h0, h1))
-        acc = acc[0] if f16 else gi[block]
-        if f16:
-            acc.fill(0)
-        rows.fill(0)
-        for oh in range(*_covering_outputs(h0, h1, g.H, g.OH)):
-            s, e = adaptive_window(oh, g.H, g.OH)
-            a, b = max(s, h0), min(e, h1)
-            if a < b:
-                np.divide(go[n0:n1, c0:c1, oh:oh + 1], ct.type(e - s), out=row_terms)
-                np.add(rows[:, :, a - h0:b - h0], row_terms, out=rows[:, :, a - h0:b - h0])
-        for ow, (s, e) in enumerate(wwin):
-            np.divide(rows[..., ow:ow + 1], ct.type(e - s), out=col_terms)
-            np.add(acc[..., s:e], col_terms, out=acc[..., s:e])
-        if f16:
-            np.copyto(gi[block], acc)
-    return gi, "numpy_adaptive_avg_pool_backward"
-
-
-def _tiled_adaptive_avg(go, g: AdaptiveGeometry, ct):
-    """Adaptive average pooling whose windows tile the input (``H % OH == 0``, ``W % OW == 0``): every cell
-    lies in exactly one window, so the gradient is each output's term broadcast over its window, the term
-    computed as the general path computes it (``grad_output / rows`` then ``/ columns``, in ``ct``): the
-    same bits. One pass over the gradient, the terms ``grad_output``-sized."""
-    hh, ww = g.H // g.OH, g.W // g.OW
-    terms = np.divide(go, ct.type(hh), dtype=ct)
-    np.divide(terms, ct.type(ww), out=terms)
-    gi = np.empty((g.N, g.C, g.H, g.W), dtype=go.dtype)
-    np.copyto(gi.reshape(g.N, g.C, g.OH, hh, g.OW, ww), terms[:, :, :, None, :, None], casting="same_kind")
-    return gi
-
-
-def adaptive_max_pool2d(go: np.ndarray, idx: np.ndarray, g: AdaptiveGeometry):
-    gi = np.empty((g.N, g.C, g.H, g.W), dtype=go.dtype)
-    H, W = g.H, g.W
-    hwin = np.array([adaptive_window(i, H, g.OH) for i in range(g.OH)], dtype=np.int64).reshape(g.OH, 2)
-    wwin = np.array([adaptive_window(j, W, g.OW) for j in range(g.OW)], dtype=np.int64).reshape(g.OW, 2)
-
-    def specs(n, c, bh):  # per output of the rows meeting the block: row, column, target; a mask
-        m = (n, c, _row_bound(bh, H, g.OH), g.OW)
-        return [(m, np.int64), (m, np.int64), (m, np.int64), (m, np.bool_), (m, np.bool_)]
-
-    def extra(n, c, bh):  # the weights flattened and as float64, bincount's result
-        return n * c * _row_bound(bh, H, g.OH) * g.OW * 16 + (n * c * bh * W + 1) * 8 + (bh + g.OW) * AXIS_BYTES
+        return (bh + sum(orest)) * AXIS_BYTES
 
     for (n0, n1), (c0, c1), (h0, h1) in _blocks((g.N, g.C, H), specs, extra):
         n, c, bh = n1 - n0, c1 - c0, h1 - h0
-        o_lo, o_hi = _covering_outputs(h0, h1, H, g.OH)
-        shape = (n, c, o_hi - o_lo, g.OW)
-        hq, wq, target, ok, tmp = (_scratch(a.reshape(-1), shape) for a in workspace(*specs(n, c, bh)))
+        bufs = workspace(*specs(n, c, bh))
+        passes, terms = bufs[:d - 1], bufs[d - 1:2 * d - 1]
+        block = (slice(n0, n1), slice(c0, c1), slice(h0, h1))
+        acc = bufs[-1] if f16 else gi[block]
+        outs = passes + [acc]
+        for o in outs if f16 else passes:  # (gi itself is zeros)
+            o.fill(0)
+        for oh in range(*_covering_outputs(h0, h1, H, OH)):  # the first axis: only the block's rows
+            s, e = wins[0][oh]
+            a, b = max(s, h0), min(e, h1)
+            if a < b:
+                np.divide(go[n0:n1, c0:c1, oh:oh + 1], ct.type(e - s), out=terms[0])
+                np.add(outs[0][:, :, a - h0:b - h0], terms[0], out=outs[0][:, :, a - h0:b - h0])
+        for a in range(1, d):  # each later axis: its output windows ascending
+            ax = a + 2
+            for o, (s, e) in enumerate(wins[a]):
+                np.divide(_at(outs[a - 1], ax, slice(o, o + 1)), ct.type(e - s), out=terms[a])
+                np.add(_at(outs[a], ax, slice(s, e)), terms[a], out=_at(outs[a], ax, slice(s, e)))
+        if f16:
+            np.copyto(gi[block], acc)
+    return gi, _name(g, "avg")
+
+
+def _tiled_adaptive_avg(go, g, ct):
+    """Adaptive average pooling whose windows tile the input (every ``n % o == 0``): every cell lies in exactly
+    one window, so the gradient is each output's term broadcast over its window, the term computed as the
+    general path computes it (``grad_output`` divided by each axis' window length in turn, in ``ct``): the
+    same bits. One pass over the gradient, the terms ``grad_output``-sized."""
+    ks = [n // o for n, o in zip(g.spatial, g.out)]
+    terms = np.divide(go, ct.type(ks[0]), dtype=ct)
+    for k in ks[1:]:
+        np.divide(terms, ct.type(k), out=terms)
+    gi = np.empty(g.input_shape, dtype=go.dtype)
+    split = gi.reshape(g.N, g.C, *(v for o, k in zip(g.out, ks) for v in (o, k)))
+    np.copyto(split, terms[(Ellipsis,) + (slice(None), None) * g.dims], casting="same_kind")
+    return gi
+
+
+def adaptive_max_pool(go: np.ndarray, idx: np.ndarray, g):
+    """Adaptive max pooling's input gradient over any number of spatial axes: per block of the first input
+    axis, ``np.bincount`` of the covering outputs' gradients at their indices (flat in the plane), an index
+    that is not a cell of its output's window going to a discarded slot."""
+    gi = np.empty(g.input_shape, dtype=go.dtype)
+    (H, *rest), (OH, *orest), d = g.spatial, g.out, g.dims
+    inner, plane = math.prod(rest), math.prod(g.spatial)
+    wins = [np.array([adaptive_window(j, n, o) for j in range(o)], dtype=np.int64).reshape(o, 2)
+            for n, o in zip(g.spatial, g.out)]
+
+    def specs(n, c, bh):  # per output of the rows meeting the block: rest, quotient, coordinate, target; masks
+        m = (n, c, _row_bound(bh, H, OH), *orest)
+        return [(m, np.int64)] * 4 + [(m, np.bool_), (m, np.bool_)]
+
+    def extra(n, c, bh):  # the weights flattened and as float64, bincount's result
+        return (n * c * _row_bound(bh, H, OH) * math.prod(orest) * 16 + (n * c * bh * inner + 1) * 8
+                + (bh + sum(orest)) * AXIS_BYTES)
+
+    for (n0, n1), (c0, c1), (h0, h1) in _blocks((g.N, g.C, H), specs, extra):
+        n, c, bh = n1 - n0, c1 - c0, h1 - h0
+        o_lo, o_hi = _covering_outputs(h0, h1, H, OH)
+        shape = (n, c, o_hi - o_lo, *orest)
+        t, quo, coord, target, ok, tmp = (_scratch(a.reshape(-1), shape) for a in workspace(*specs(n, c, bh)))
         ib = idx[n0:n1, c0:c1, o_lo:o_hi]
         # valid: the index names a cell of its own window, inside this block's rows (docs/pooling-gradients.md)
         np.greater_equal(ib, 0, out=ok)
-        np.less(ib, H * W, out=tmp)
+        np.less(ib, plane, out=tmp)
         ok &= tmp
-        np.floor_divide(ib, W, out=hq)
-        np.remainder(ib, W, out=wq)
-        for arr, lo_hi, axis in ((hq, hwin[o_lo:o_hi], 2), (wq, wwin, 3)):
-            shape_b = [1, 1, 1, 1]
-            shape_b[axis] = -1
-            np.greater_equal(arr, lo_hi[:, 0].reshape(shape_b), out=tmp)
+        np.copyto(t, ib)
+        for a in range(d - 1, -1, -1):  # last axis first: coordinate = t % size, t //= size
+            if a:
+                np.floor_divide(t, g.spatial[a], out=quo)
+                np.multiply(quo, g.spatial[a], out=coord)
+                np.subtract(t, coord, out=coord)
+                t, quo = quo, t
+            else:  # in [0, H) for a valid index; also inside the block's rows
+                coord = t
+                np.greater_equal(coord, h0, out=tmp)
+                ok &= tmp
+                np.less(coord, h1, out=tmp)
+                ok &= tmp
+            lo_hi = wins[a][o_lo:o_hi] if a == 0 else wins[a]
+            shape_b = [1] * (d + 2)
+            shape_b[a + 2] = -1
+            np.greater_equal(coord, lo_hi[:, 0].reshape(shape_b), out=tmp)
             ok &= tmp
-            np.less(arr, lo_hi[:, 1].reshape(shape_b), out=tmp)
+            np.less(coord, lo_hi[:, 1].reshape(shape_b), out=tmp)
             ok &= tmp
-        np.greater_equal(hq, h0, out=tmp)
-        ok &= tmp
-        np.less(hq, h1, out=tmp)
-        ok &= tmp
-        # target = ((plane in block) * bh + h - h0) * W + w; invalid ones go to the discarded last slot
-        plane = (np.arange(n * c, dtype=np.int64) * (bh * W) - h0 * W).reshape(n, c, 1, 1)
-        np.add(ib, plane, out=target)
-        dump = n * c * bh * W
+        # target = (plane in block * bh + h - h0) * inner + rest; invalid ones go to the discarded last slot
+        offsets = (np.arange(n * c, dtype=np.int64) * (bh * inner) - h0 * inner).reshape((n, c) + (1,) * d)
+        np.add(ib, offsets, out=target)
+        dump = n * c * bh * inner
         np.logical_not(ok, out=tmp)
         np.copyto(target, dump, where=tmp)
         weights = go[n0:n1, c0:c1, o_lo:o_hi].reshape(-1)
         sums = np.bincount(target.reshape(-1), weights=weights, minlength=dump + 1)  # sequential, float64
-        np.copyto(gi[n0:n1, c0:c1, h0:h1], sums[:dump].reshape(n, c, bh, W))
-    return gi, "numpy_adaptive_max_pool_backward"
+        np.copyto(gi[n0:n1, c0:c1, h0:h1], sums[:dump].reshape((n, c, bh, *rest)))
+    return gi, _name(g, "max")
+
+
+adaptive_avg_pool2d = adaptive_avg_pool3d = adaptive_avg_pool
+adaptive_max_pool2d = adaptive_max_pool3d = adaptive_max_pool
 
 
 # --------------------------------------------------------------------------------------------
