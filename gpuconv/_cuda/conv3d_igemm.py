@@ -24,7 +24,7 @@ from .abi import conv3d_kernel_args
 from .algo import FORWARD, Algorithm
 from .gemm import (data_pointer, gemm_blocks, gemm_instantiations, gemm_kernel_name, gemm_tile_for,
                    resolve_vectorize, tile_for_dtype, TILES_BY_DTYPE, weights_vectorizable)
-from .limits import declines, grid_blocks, int32_limit_reason
+from .limits import CTYPE, declines, grid_blocks, int32_limit_reason
 
 SOURCE = "conv3d_igemm.cu"
 KERNEL = "conv3d_igemm"
@@ -84,3 +84,20 @@ def launch_conv3d_igemm(rt, x, w, b, y, geom, *, tile=None, vectorize_weights: b
 ALGO = Algorithm("igemm", "conv3d", FORWARD, SOURCE, INSTANTIATIONS, conv3d_igemm_decline_reason,
                  launch_conv3d_igemm,
                  "implicit GEMM over (c, t, r, s): conv2d's igemm body with the 3-D gather geometry, one launch")
+
+
+def conv3d(rt, x, w, b, geom):
+    """Run one conv3d forward on runtime ``rt``: ``(y, kernel_id)``, ``y`` a new C-contiguous (N, K, OD, P, Q)
+    array of x's dtype. ValueError when the kernel declines the geometry (checked before allocating)."""
+    xp = rt.xp
+    dtype = np.dtype(x.dtype)
+    if dtype not in CTYPE:
+        raise TypeError(f"conv3d CUDA kernels support float16, float32 and float64, got {dtype}")
+    reason = conv3d_igemm_decline_reason(geom, dtype)
+    if reason is not None:
+        raise ValueError(reason)
+    x = xp.ascontiguousarray(x)
+    w = xp.ascontiguousarray(w)
+    b = w if b is None else xp.ascontiguousarray(b)  # no bias: any valid pointer, never read
+    y = xp.empty(geom.output_shape, dtype=dtype)
+    return y, launch_conv3d_igemm(rt, x, w, b, y, geom)
