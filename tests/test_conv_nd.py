@@ -156,7 +156,9 @@ def test_numpy_im2col3d_chunks_within_the_workspace(monkeypatch, dt):
 @pytest.mark.parametrize("runner", [r for r in CONV_RUNNERS if r.values[0].kind != "numpy"])
 @pytest.mark.parametrize("n", [1, 3])
 def test_every_algorithm_runs_the_lowering(runner, n):
-    """``algo=`` names the 2-D algorithm the 1-D call (or every depth tap) runs; the record says so."""
+    """``algo=`` names the 2-D algorithm the 1-D call runs. 3-D: ``'auto'`` and ``'igemm'`` run the one
+    ``conv3d_igemm`` launch; any other name runs the depth-tap lowering with that 2-D algorithm per tap, and
+    the record's first entry says so."""
     rng = np.random.default_rng(5)
     size, k = ((11,), (3,)) if n == 1 else ((4, 5, 6), (2, 3, 3))
     x = rng.standard_normal((2, 4) + size).astype(np.float32)
@@ -166,10 +168,15 @@ def test_every_algorithm_runs_the_lowering(runner, n):
     assert_close(y, ref, mag, x.dtype, str(runner))
     rec = gpuconv.last_kernel()
     assert rec.op == f"conv{n}d"
-    want = "conv1d as conv2d of height 1: gpuconv::conv2d_" if n == 1 else "conv3d depth tap "
-    assert all(k.startswith(want) for k in rec.kernels), rec.kernels
-    if n == 3:
-        assert len(rec.kernels) == 2
+    algo = runner.algo
+    if n == 1:
+        assert all(k.startswith("conv1d as conv2d of height 1: gpuconv::conv2d_") for k in rec.kernels), rec.kernels
+    elif algo in ("auto", "igemm"):
+        assert rec.kernels == ("gpuconv::conv3d_igemm<float, 64, 64, 16, 4, 4>",)
+    else:
+        first, *taps = rec.kernels
+        assert first == f"conv3d depth-tap lowering (algo={algo!r} names a 2-D algorithm, run per depth tap)"
+        assert len(taps) == 2 and all(k.startswith("conv3d depth tap ") for k in taps), rec.kernels
 
 
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")
