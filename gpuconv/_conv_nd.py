@@ -19,9 +19,10 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   lowering.
 * **3-D, the depth-tap lowering** (both paths' gradients; the forward as said above):
   ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd], w[:, :, t])``. For each depth tap ``t`` in order
-  ``0..T-1``, the output depths whose tap reads inside the input (``_geometry.tap_outputs``) are gathered as one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)``
-  (``n <= OD``; a copy, in the accumulation dtype), convolved by ONE batched 2-D call (``plane(N*n)``), and
-  added into the accumulator ``acc (N, K, OD, OH, OW)``. Taps are added in a fixed order and every 2-D kernel
+  ``0..T-1``, the output depths whose tap reads inside the input (``_geometry.tap_outputs``) are gathered as
+  one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)`` (``n <= OD``; a copy, in the accumulation
+  dtype), convolved by ONE batched 2-D call (``plane(N*n)``), and added into the accumulator
+  ``acc (N, K, OD, OH, OW)``. Taps are added in a fixed order and every 2-D kernel
   computes each output in one thread in a fixed order: bitwise deterministic. Bias and activation are
   applied once after the sum. float16 is gathered and computed in float32 (the 2-D calls run their float32
   kernels) and rounded once at the end, as a float16 conv2d accumulates in float32.
