@@ -114,6 +114,17 @@ struct Im2colGeometry3d : Im2colGeometry<T> {
     }
 };
 
+// Im2colLoader's state for the depth axis: none in 2-D, so that the 2-D loader holds exactly what it did
+// before the 3-D one existed (and compiles to the same machine code).
+template <int ND, int LOADS>
+struct Im2colDepthState {};
+template <int LOADS>
+struct Im2colDepthState<3, LOADS> {
+    int step_t;      // BK taps' depth-tap digit (0 <= step_t < KD)
+    int t;           // per tile: the depth tap of the next slice's row
+    int id0[LOADS];  // per tile and pixel: the input depth of tap 0 (negative inside the front padding)
+};
+
 // The B operand of the implicit GEMM: B[kr, m] = x[n, g*Cg + c, p*sh - pt + r'*dh, q*sw - pl + s'*dw]
 // with kr = (c*R + r)*S + s, m = (n*P + p)*Q + q, (r', s') = (r, s), or (R-1-r, S-1-s) with flip (true
 // convolution pairs weight tap (r, s) with the mirrored input tap), and 0 outside the image (padding).
@@ -131,17 +142,6 @@ struct Im2colGeometry3d : Im2colGeometry<T> {
 // the constructor; 3-D: (step_c, step_t, step_r, step_s), one carry more). This is why fetch() must be
 // called for k0 = k_start, k_start + BK, ... in that order, once each, after begin_tile(m0, g, k_start)
 // (gemm_slice_range does exactly that; k_start = 0 but for split-K's later splits).
-// Im2colLoader's state for the depth axis: none in 2-D, so that the 2-D loader holds exactly what it did
-// before the 3-D one existed (and compiles to the same machine code).
-template <int ND, int LOADS>
-struct Im2colDepthState {};
-template <int LOADS>
-struct Im2colDepthState<3, LOADS> {
-    int step_t;      // BK taps' depth-tap digit (0 <= step_t < KD)
-    int t;           // per tile: the depth tap of the next slice's row
-    int id0[LOADS];  // per tile and pixel: the input depth of tap 0 (negative inside the front padding)
-};
-
 template <typename T, class Cfg, class G = Im2colGeometry<T>>
 struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREADS> {
     typedef typename acc_type<T>::type A;
