@@ -19,15 +19,17 @@
 //   Launch shape: 1-D block of (BM/TM) * (BN/TN) = 256 threads; 1-D grid over
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles, walked by a 64-bit grid-stride loop.
 //   Shared memory: static, as conv2d_igemm: 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes.
-//   Registers: __launch_bounds__ as conv2d_igemm (gemm_min_blocks_per_sm: one block per SM for the 8x8 and
-//       4x8 thread tiles, two for 4x4) except float64, one block per SM (conv3d_min_blocks_per_sm below);
-//       tests/test_nvrtc_compile.py checks every instantiation for spills on sm_75..sm_120 and prints them.
-//   Main loop (SASS, python -m tests.sass_check --source conv3d_igemm.cu): float32 on sm_90 with NVRTC 12.9,
-//       FMA share of one slice's instructions: large 79.1% (1024 FMA / 1295), wide 69.0% (512 / 742), small
-//       59.7% (256 / 429), against conv2d_igemm's 80.6 / 71.7 / 63.4%: the depth digit's carry, the depth
-//       offset and one more compare per gathered element. Not in tests/sass_floors.json yet (sass_check's
-//       gemm_sources() takes the files that include gemm_tile.cuh themselves; this one gets it through
-//       im2col_loader.cuh).
+//   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
+//       __launch_bounds__ as conv2d_igemm (gemm_min_blocks_per_sm: one block per SM for the 8x8 and 4x8
+//       thread tiles, two for 4x4) except float64, one block per SM (conv3d_min_blocks_per_sm below). NVRTC
+//       12.9: 8x8 200-229 up to sm_90, 247-255 (the limit, without spilling) on sm_100 / sm_120; 4x8 178-233;
+//       4x4 125-128 (at the two-block bound); float64 156-194.
+//   Main loop (SASS, python -m tests.sass_check --source conv3d_igemm.cu): float32 on sm_90, FMA share of one
+//       slice's instructions, NVRTC 12.9: large 79.1% (1024 FMA / 1295), wide 69.0% (512 / 742), small
+//       59.7% (256 / 429); NVRTC 13.5: 79.0% (1296), 69.0% (742), 60.2% (425). conv2d_igemm's (NVRTC 12.9):
+//       80.6 / 71.7 / 63.4%: the depth digit's carry, the depth offset and one more compare per gathered
+//       element. Not in tests/sass_floors.json yet (sass_check's gemm_sources() takes the files that include
+//       gemm_tile.cuh themselves; this one gets it through im2col_loader.cuh).
 //   Measured speed: not yet (no GPU run of this kernel so far).
 //
 // Semantics: exactly conv3d's (docs/semantics.md, "conv1d and conv3d"): each output is one thread's sum over
