@@ -1,12 +1,14 @@
 """conv1d / conv3d (issue 18): forward, gradients (``gpuconv.grad.conv1d_input`` ... ``conv3d_bias``) and the
 transposed forms, on the NumPy path, on our CUDA kernels through the emulator (the launch code really runs:
-1-D as a unit-height conv2d, 3-D as the depth-tap lowering) and on a GPU where there is one, against
+1-D as a unit-height conv2d, the 3-D forward as conv3d_igemm -- tests/test_cuda_conv3d.py has that kernel's
+own suite -- or, for another named 2-D algorithm, the depth-tap lowering, and the 3-D gradients as the
+depth-tap lowering) and on a GPU where there is one, against
 
 * the textbook N-D reference (tests/reference.py ``conv_nd_ref`` / ``conv_nd_grads_ref``, written from the
   definition, itself checked against PyTorch here) under the one tolerance model;
 * PyTorch CPU (``F.conv1d`` / ``F.conv3d``, autograd, ``F.conv_transpose1d`` / ``3d``; skipped without torch);
 
-plus what ``last_kernel()`` records, bitwise determinism of the 3-D lowering in both thread orders, the
+plus what ``last_kernel()`` records, bitwise determinism of the 3-D CUDA path in both thread orders, the
 1-D path passing views (no copy), non-finite weights over depth padding, and argument errors.
 """
 
@@ -340,8 +342,9 @@ def test_conv_transpose_matches_pytorch(runner, name):
 
 @pytest.mark.parametrize("kind", [p.values[0] for p in RUNTIME_PARAMS])
 def test_conv3d_lowering_is_bitwise_deterministic(kind):
-    """Forward and both gradients of the 3-D lowering give the same bytes on the emulator with the threads of
-    each block started in both orders (on a GPU in the hardware's own order), with the same kernels."""
+    """Forward (conv3d_igemm) and both gradients (the depth-tap lowering) give the same bytes on the emulator
+    with the threads of each block started in both orders (on a GPU in the hardware's own order), with the
+    same kernels."""
     rt = kernel_runtime(kind)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 3, 5, 4, 5)).astype(np.float32)
