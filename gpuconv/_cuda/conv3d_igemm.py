@@ -22,8 +22,8 @@ import numpy as np
 from .._geometry import ConvGeometry
 from .abi import conv3d_kernel_args
 from .algo import FORWARD, Algorithm
-from .gemm import (data_pointer, gemm_blocks, gemm_instantiations, gemm_kernel_name, gemm_tile_for,
-                   resolve_vectorize, tile_for_dtype, TILES_BY_DTYPE, weights_vectorizable)
+from .gemm import (TILES_BY_DTYPE, data_pointer, gemm_blocks, gemm_instantiations, gemm_kernel_name,
+                   gemm_tile_for, resolve_vectorize, tile_for_dtype, weights_vectorizable)
 from .limits import CTYPE, declines, grid_blocks, int32_limit_reason
 
 SOURCE = "conv3d_igemm.cu"
