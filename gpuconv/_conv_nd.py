@@ -1,17 +1,28 @@
-"""conv1d / conv3d and their gradients lowered onto the 2-D convolution both backends have (issue 18, first
-step: a generalised N-D implicit-GEMM kernel comes later). docs/semantics.md ("conv1d and conv3d") has the
-rules; this module the arithmetic. Inputs are validated arrays and a resolved ``ConvNdGeometry``.
+"""conv1d / conv3d and their gradients on both backends (issue 18). docs/semantics.md ("conv1d and conv3d") has
+the rules; this module the arithmetic. Inputs are validated arrays and a resolved ``ConvNdGeometry``.
 
 * **1-D** is the 2-D convolution of unit height: ``x (N, C, L)`` seen as ``(N, C, 1, L)``, ``w (K, Cg, S)``
   as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()`` (``R = 1``, no height padding). The 2-D
-  kernels (and the NumPy strategies) then run one filter row: no work per tap beyond their index math. The
+  kernels (and the NumPy strategies) then run one filter row: no work per tap beyond their index math
+  (docs/architecture.md, "N spatial dimensions", says what the unused height costs the GEMM kernels). The
   gradients are the 2-D gradients' lowering (``_conv_lowering``) on the same views.
-* **3-D, the depth-tap lowering** (the CUDA path's forward and both paths' gradients; the NumPy forward runs
-  ``numpy_im2col3d``, ``_numpy/conv3d.py``, one GEMM over all taps, measured faster there):
-  ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd], w[:, :, t])``. For each depth tap ``t`` in order ``0..T-1``, the output depths whose tap reads inside the
-  input (``_geometry.tap_outputs``) are gathered as one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)``
-  (``n <= OD``; a copy, in the accumulation dtype), convolved by ONE batched 2-D call (``plane(N*n)``), and
-  added into the accumulator ``acc (N, K, OD, OH, OW)``. Taps are added in a fixed order and every 2-D kernel
+* **3-D forward, CUDA: one launch of ``conv3d_igemm``** (``_cuda/conv3d_igemm.py``, kernels/conv3d_igemm.cu:
+  conv2d's implicit GEMM with the depth axis in its gather geometry): every stride, padding, dilation,
+  groups, flip, bias, activation and dtype, in one kernel; ``last_kernel()`` names it. ``algo``: ``'auto'``
+  and ``'igemm'`` run it (``'igemm'`` raises its ValueError when it declines, ``'auto'`` then runs the
+  lowering below); any other 2-D algorithm name runs the depth-tap lowering with that algorithm per tap (as
+  before the kernel existed); a policy (``gpuconv.cudnn``'s) is asked with one tap's 2-D geometry and its
+  answer run the same way, except that any answer without tensor cores runs ``conv3d_igemm`` (a tensor-core
+  answer, ``igemm_tc``, exists in 2-D only: the lowering). Whenever the CUDA path runs the lowering, the
+  record's first entry says why (``conv3d depth-tap lowering (<reason>)``). The NumPy forward runs
+  ``numpy_im2col3d`` (``_numpy/conv3d.py``, one GEMM over all taps) where it fits its workspace, else the
+  lowering.
+* **3-D, the depth-tap lowering** (both paths' gradients; the forward as said above):
+  ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd], w[:, :, t])``. For each depth tap ``t`` in order
+  ``0..T-1``, the output depths whose tap reads inside the input (``_geometry.tap_outputs``) are gathered as
+  one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)`` (``n <= OD``; a copy, in the accumulation
+  dtype), convolved by ONE batched 2-D call (``plane(N*n)``), and added into the accumulator
+  ``acc (N, K, OD, OH, OW)``. Taps are added in a fixed order and every 2-D kernel
   computes each output in one thread in a fixed order: bitwise deterministic. Bias and activation are
   applied once after the sum. float16 is gathered and computed in float32 (the 2-D calls run their float32
   kernels) and rounded once at the end, as a float16 conv2d accumulates in float32.
@@ -23,11 +34,12 @@ rules; this module the arithmetic. Inputs are validated arrays and a resolved ``
   per tap the 2-D filter gradient over the ``N*n`` planes (``_conv_lowering.backward_filter``): filter slice
   ``gw[:, :, t]``, written once.
 
-Memory beyond the result, 3-D: the accumulator is the output itself for float32 / float64 (float16: one
-float32 output-sized buffer); per tap, the gathered planes of the input (at most ``N*OD*C*H*W`` values, as
-many as the input when stride and dilation are 1) and the tap's 2-D result (at most output-sized), freed
-before the next tap; plus the 2-D call's own workspace. Backward data likewise (an input-sized accumulator
-in float32 for float16, per tap the gathered ``gy`` planes and the 2-D result); backward filter, the gathered
+Memory beyond the result, 3-D: ``conv3d_igemm`` none (C-contiguous copies of non-contiguous inputs aside).
+The lowering: the accumulator is the output itself for float32 / float64 (float16: one float32
+output-sized buffer); per tap, the gathered planes of the input (at most ``N*OD*C*H*W`` values, as many as
+the input when stride and dilation are 1) and the tap's 2-D result (at most output-sized), freed before
+the next tap; plus the 2-D call's own workspace. Backward data likewise (an input-sized accumulator in
+float32 for float16, per tap the gathered ``gy`` planes and the 2-D result); backward filter, the gathered
 ``x`` and ``gy`` planes of one tap.
 """
 
@@ -103,10 +115,43 @@ def forward(backend, x, w, b, geom: ConvNdGeometry, algo="auto"):
     return _forward_3d(backend, x, w, b, geom, algo)
 
 
+def cuda_3d_plan(backend, geom: ConvNdGeometry, dtype, algo):
+    """What the CUDA forward of a 3-D call runs (the module docstring's rule): ``(None, None)`` for
+    ``conv3d_igemm``, or ``(algo2d, reason)`` for the depth-tap lowering with ``algo2d`` per tap."""
+    from ._cuda import conv3d_igemm, ops
+    ct = compute_dtype(dtype)
+    if callable(algo):
+        g2 = geom.plane(geom.N * geom.output_size[0])
+        algo = resolve_algo(backend, g2, ct, algo)
+        a2 = ops.operation("conv2d").algorithms.get(algo)
+        if a2 is not None and a2.tensor_cores:
+            return algo, f"the algorithm policy chose {algo}: tensor cores exist in the 2-D kernels only"
+        policy = algo
+        algo = "auto"
+    else:
+        policy = None
+    if algo not in ("auto", "igemm"):
+        return algo, f"algo={algo!r} names a 2-D algorithm, run per depth tap"
+    reason = conv3d_igemm.conv3d_igemm_decline_reason(geom, dtype)
+    if reason is None:
+        return None, None
+    if algo == "igemm" and policy is None:
+        raise ValueError(reason)  # asked for by name: no fallback
+    return policy or "auto", reason
+
+
 def _forward_3d(backend, x, w, b, geom, algo):
     xp = backend.xp
     ct = compute_dtype(x.dtype)
-    if not isinstance(backend, CudaBackend):
+    prefix = []
+    if isinstance(backend, CudaBackend):
+        algo, why = cuda_3d_plan(backend, geom, x.dtype, algo)
+        if algo is None:
+            from ._cuda import conv3d_igemm
+            y, kernel = conv3d_igemm.conv3d(backend.runtime, x, w, b, geom)
+            return y, [kernel]
+        prefix = [f"conv3d depth-tap lowering ({why})"]
+    else:
         from ._numpy import conv3d as numpy_conv3d
         if numpy_conv3d.use_im2col3d(geom):
             acc = numpy_conv3d.conv3d_im2col(x, effective_weight(w, geom), geom, ct)
@@ -139,7 +184,7 @@ def _forward_3d(backend, x, w, b, geom, algo):
         kernels.append(f"conv3d depth tap {t}/{T} (conv2d over {N}x{n} planes): {kernel}")
     apply_epilogue(xp, acc, b, geom.activation)
     out = acc if acc.dtype == x.dtype else acc.astype(x.dtype)
-    return out, kernels or ["none (every depth tap reads padding)"]
+    return out, prefix + (kernels or ["none (every depth tap reads padding)"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // conv_params.cuh — ConvParams: the geometry every conv2d kernel takes, as ONE parameter passed by value
-// after its pointers (x, w, b, y), instead of 19 scalar parameters repeated in every kernel.
+// after its pointers (x, w, b, y), instead of 19 scalar parameters repeated in every kernel; Conv3dParams:
+// the same for a 3-D convolution (conv3d_igemm.cu), a ConvParams of the (H, W) plane plus the depth axis.
 //
 // The host fills it from the same definition's mirror, gpuconv/_cuda/abi.py (CONV_PARAMS_DTYPE, a NumPy
 // structured dtype with these fields in this order; CuPy passes a one-element numpy.ndarray's bytes as a
@@ -32,5 +33,17 @@ struct ConvParams {
     int act;         // fused activation, an Activation code (common.cuh)
 };
 static_assert(sizeof(ConvParams) == 19 * sizeof(int), "ConvParams: 19 ints, no padding (abi.py mirrors it)");
+
+// A 3-D convolution x (N, C, D, H, W) -> y (N, K, OD, P, Q), w (K, C / groups, KD, R, S): hw is the ConvParams
+// of the (H, W) plane (N, C, K, groups, the plane's sizes, strides, paddings, dilations, P, Q, and flip,
+// has_bias, act for the whole convolution), then the depth axis. Mirrored by abi.py's CONV3D_PARAMS_DTYPE
+// (hw as a nested ConvParams, then these ints); the same rules as ConvParams (ints only, no padding).
+struct Conv3dParams {
+    ConvParams hw;   // the (H, W) plane, as a conv2d kernel would take it
+    int D, KD;       // input depth, filter depth
+    int sd, pf, dd;  // depth stride, front zero padding (the back padding follows from OD), depth dilation
+    int OD;          // output depth
+};
+static_assert(sizeof(Conv3dParams) == 25 * sizeof(int), "Conv3dParams: 25 ints, no padding (abi.py mirrors it)");
 
 }  // namespace gpuconv

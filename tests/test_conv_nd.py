@@ -1,12 +1,14 @@
 """conv1d / conv3d (issue 18): forward, gradients (``gpuconv.grad.conv1d_input`` ... ``conv3d_bias``) and the
 transposed forms, on the NumPy path, on our CUDA kernels through the emulator (the launch code really runs:
-1-D as a unit-height conv2d, 3-D as the depth-tap lowering) and on a GPU where there is one, against
+1-D as a unit-height conv2d, the 3-D forward as conv3d_igemm -- tests/test_cuda_conv3d.py has that kernel's
+own suite -- or, for another named 2-D algorithm, the depth-tap lowering, and the 3-D gradients as the
+depth-tap lowering) and on a GPU where there is one, against
 
 * the textbook N-D reference (tests/reference.py ``conv_nd_ref`` / ``conv_nd_grads_ref``, written from the
   definition, itself checked against PyTorch here) under the one tolerance model;
 * PyTorch CPU (``F.conv1d`` / ``F.conv3d``, autograd, ``F.conv_transpose1d`` / ``3d``; skipped without torch);
 
-plus what ``last_kernel()`` records, bitwise determinism of the 3-D lowering in both thread orders, the
+plus what ``last_kernel()`` records, bitwise determinism of the 3-D CUDA path in both thread orders, the
 1-D path passing views (no copy), non-finite weights over depth padding, and argument errors.
 """
 
@@ -156,7 +158,9 @@ def test_numpy_im2col3d_chunks_within_the_workspace(monkeypatch, dt):
 @pytest.mark.parametrize("runner", [r for r in CONV_RUNNERS if r.values[0].kind != "numpy"])
 @pytest.mark.parametrize("n", [1, 3])
 def test_every_algorithm_runs_the_lowering(runner, n):
-    """``algo=`` names the 2-D algorithm the 1-D call (or every depth tap) runs; the record says so."""
+    """``algo=`` names the 2-D algorithm the 1-D call runs. 3-D: ``'auto'`` and ``'igemm'`` run the one
+    ``conv3d_igemm`` launch; any other name runs the depth-tap lowering with that 2-D algorithm per tap, and
+    the record's first entry says so."""
     rng = np.random.default_rng(5)
     size, k = ((11,), (3,)) if n == 1 else ((4, 5, 6), (2, 3, 3))
     x = rng.standard_normal((2, 4) + size).astype(np.float32)
@@ -166,10 +170,15 @@ def test_every_algorithm_runs_the_lowering(runner, n):
     assert_close(y, ref, mag, x.dtype, str(runner))
     rec = gpuconv.last_kernel()
     assert rec.op == f"conv{n}d"
-    want = "conv1d as conv2d of height 1: gpuconv::conv2d_" if n == 1 else "conv3d depth tap "
-    assert all(k.startswith(want) for k in rec.kernels), rec.kernels
-    if n == 3:
-        assert len(rec.kernels) == 2
+    algo = runner.algo
+    if n == 1:
+        assert all(k.startswith("conv1d as conv2d of height 1: gpuconv::conv2d_") for k in rec.kernels), rec.kernels
+    elif algo in ("auto", "igemm"):
+        assert rec.kernels == ("gpuconv::conv3d_igemm<float, 64, 64, 16, 4, 4>",)
+    else:
+        first, *taps = rec.kernels
+        assert first == f"conv3d depth-tap lowering (algo={algo!r} names a 2-D algorithm, run per depth tap)"
+        assert len(taps) == 2 and all(k.startswith("conv3d depth tap ") for k in taps), rec.kernels
 
 
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")
@@ -333,8 +342,9 @@ def test_conv_transpose_matches_pytorch(runner, name):
 
 @pytest.mark.parametrize("kind", [p.values[0] for p in RUNTIME_PARAMS])
 def test_conv3d_lowering_is_bitwise_deterministic(kind):
-    """Forward and both gradients of the 3-D lowering give the same bytes on the emulator with the threads of
-    each block started in both orders (on a GPU in the hardware's own order), with the same kernels."""
+    """Forward (conv3d_igemm) and both gradients (the depth-tap lowering) give the same bytes on the emulator
+    with the threads of each block started in both orders (on a GPU in the hardware's own order), with the
+    same kernels."""
     rt = kernel_runtime(kind)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 3, 5, 4, 5)).astype(np.float32)

@@ -1,4 +1,5 @@
-"""The conv kernels' argument ABI: what every conv2d kernel takes after its four pointers ``x, w, b, y``.
+"""The conv kernels' argument ABI: what every conv2d kernel takes after its four pointers ``x, w, b, y``
+(and ``conv3d_igemm``'s 3-D extension, ``Conv3dParams``, at the end).
 
 That is ONE parameter, ``const __grid_constant__ ConvParams cp`` (``kernels/conv_params.cuh``): a struct of
 19 ``int`` fields ``N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias, act`` passed
@@ -63,3 +64,36 @@ def conv_kernel_args(geom: ConvGeometry) -> list:
     ``ConvParams`` passed by value (a list, so the launch code writes ``[x, w, b, y] + conv_kernel_args(geom)
     + extra``)."""
     return [conv_params(geom)]
+
+
+# --------------------------------------------------------------------------------------------
+# 3-D: Conv3dParams (kernels/conv_params.cuh) = the (H, W) plane's ConvParams ``hw``, then the depth axis.
+# --------------------------------------------------------------------------------------------
+
+# The depth fields of Conv3dParams after ``hw``, in the struct's order.
+CONV3D_DEPTH_FIELDS: tuple[str, ...] = ("D", "KD", "sd", "pf", "dd", "OD")
+CONV3D_PARAMS_DTYPE = np.dtype([("hw", CONV_PARAMS_DTYPE)] + [(n, np.int32) for n in CONV3D_DEPTH_FIELDS],
+                               align=True)
+assert CONV3D_PARAMS_DTYPE.itemsize == 100 == 76 + 4 * len(CONV3D_DEPTH_FIELDS), CONV3D_PARAMS_DTYPE.itemsize
+
+
+def conv3d_params(geom) -> np.ndarray:
+    """The ``Conv3dParams`` of a 3-D ``ConvNdGeometry``: ``hw`` is the ConvParams of the (H, W) plane (N, C,
+    K, groups, the plane's sizes, stride, top / left padding, dilation, P, Q, and the call's flip, bias and
+    activation), then D, KD, sd, pf (front padding), dd, OD. A one-element array of
+    ``CONV3D_PARAMS_DTYPE`` (100 bytes, passed by value like ``conv_params``)."""
+    assert geom.nd == 3, geom
+    (D, H, W), (KD, R, S), (sd, sh, sw) = geom.input_size, geom.kernel_size, geom.stride
+    ((pf, _), (pt, _), (pl, _)), (dd, dh, dw), (OD, P, Q) = geom.padding, geom.dilation, geom.output_size
+    hw = (geom.N, geom.C, H, W, geom.K, R, S, geom.groups, sh, sw, pt, pl, dh, dw, P, Q, 1 if geom.flip else 0,
+          1 if geom.has_bias else 0, geom.activation_code)
+    depth = (D, KD, sd, pf, dd, OD)
+    for name, value in zip(CONV_PARAMS_FIELDS + CONV3D_DEPTH_FIELDS, hw + depth):
+        if not -2**31 <= value < 2**31:
+            raise OverflowError(f"Conv3dParams.{name} = {value} does not fit the kernel's 32-bit int")
+    return np.array([(hw,) + depth], CONV3D_PARAMS_DTYPE)
+
+
+def conv3d_kernel_args(geom) -> list:
+    """What ``conv3d_igemm`` takes after its pointers (before its own ``vec_w``): ``[conv3d_params(geom)]``."""
+    return [conv3d_params(geom)]

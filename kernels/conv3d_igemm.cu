@@ -1,0 +1,66 @@
+// conv3d_igemm.cu — implicit-GEMM 3-D convolution: conv2d_igemm's kernel body with a depth axis.
+//
+// Kernel in this file:
+//   conv3d_igemm<T, BM, BN, BK, TM, TN>: per conv group, y is the (Kg filters) x (M = N*OD*P*Q pixels)
+//       product of the group's weights (Kg x Cg*KD*R*S, read as stored: w is (K, Cg, KD, R, S)) and the 3-D
+//       im2col matrix (Cg*KD*R*S x M), gathered from x (N, C, D, H, W) on the fly. It is the same body as
+//       conv2d_igemm (im2col_loader.cuh's implicit_gemm_conv, gemm_tile.cuh's tiles and slice loop,
+//       RegisterTile's products and epilogue) instantiated with the 3-D geometry Im2colGeometry3d: the depth
+//       lives only there and in Im2colLoader's tap walk ((c, t, r, s), division-free, one carry more than
+//       2-D; one more bounds compare per element). Covers every geometry: stride, asymmetric padding
+//       (-> 0), dilation, groups/depthwise, flip (all three axes), bias, activation.
+//   Tile configs: the 2-D GEMM kernels' (gpuconv/_cuda/gemm.py TILES_BY_DTYPE), chosen by the same rule
+//       (gemm_tile_for, applied to the 3-D GEMM's M, filters per group and reduction length; see
+//       gpuconv/_cuda/conv3d_igemm.py). No split-K (yet): one kernel, every block a full reduction.
+//   Parameters: the pointers x, w, b, y, then the geometry as one Conv3dParams cp passed by value
+//       (kernels/conv_params.cuh: the (H, W) plane's ConvParams, then D, KD, sd, pf, dd, OD; the host fills
+//       it with gpuconv/_cuda/abi.py conv3d_kernel_args), then vec_w: 1 when the host found Cg*KD*R*S % 4
+//       == 0 and w aligned for 4-wide loads (Vec4 in gemm_tile.cuh), else 0.
+//   Launch shape: 1-D block of (BM/TM) * (BN/TN) = 256 threads; 1-D grid over
+//       groups * ceil(M / BN) * ceil(Kg / BM) tiles, walked by a 64-bit grid-stride loop.
+//   Shared memory: static, as conv2d_igemm: 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes.
+//   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
+//       __launch_bounds__ as conv2d_igemm (gemm_min_blocks_per_sm: one block per SM for the 8x8 and 4x8
+//       thread tiles, two for 4x4) except float64, one block per SM (conv3d_min_blocks_per_sm below). NVRTC
+//       12.9: 8x8 200-229 up to sm_90, 247-255 (the limit, without spilling) on sm_100 / sm_120; 4x8 178-233;
+//       4x4 125-128 (at the two-block bound); float64 156-194.
+//   Main loop (SASS, python -m tests.sass_check --source conv3d_igemm.cu): float32 on sm_90, FMA share of one
+//       slice's instructions, NVRTC 12.9: large 79.1% (1024 FMA / 1295), wide 69.0% (512 / 742), small
+//       59.7% (256 / 429); NVRTC 13.5: 79.0% (1296), 69.0% (742), 60.2% (425). conv2d_igemm's (NVRTC 12.9):
+//       80.6 / 71.7 / 63.4%: the depth digit's carry, the depth offset and one more compare per gathered
+//       element. Not in tests/sass_floors.json yet (sass_check's gemm_sources() takes the files that include
+//       gemm_tile.cuh themselves; this one gets it through im2col_loader.cuh).
+//   Measured speed: not yet (no GPU run of this kernel so far).
+//
+// Semantics: exactly conv3d's (docs/semantics.md, "conv1d and conv3d"): each output is one thread's sum over
+// (c, t, r, s) in slice order, so results are bitwise the same run to run and in any block / thread order.
+// float16 is stored in shared memory and accumulated as float32.
+#include "common.cuh"
+#include "conv_params.cuh"
+#include "im2col_loader.cuh"
+
+namespace gpuconv {
+
+// Blocks per SM asked of __launch_bounds__: conv2d_igemm's (gemm_min_blocks_per_sm), but one for float64:
+// at two (128 registers) the depth's extra loader state made the 4x4 double tile spill (8 bytes of stack on
+// sm_90 with NVRTC 12.9).
+__host__ __device__ constexpr int conv3d_min_blocks_per_sm(int bytes, int tm, int tn) {
+    return bytes == 8 ? 1 : gemm_min_blocks_per_sm(tm, tn);
+}
+
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), conv3d_min_blocks_per_sm(sizeof(T), TM, TN))
+conv3d_igemm(const T* __restrict__ x,   // (N, C, D, H, W), C-contiguous
+             const T* __restrict__ w,   // (K, Cg, KD, R, S), C-contiguous
+             const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
+             T* __restrict__ y,         // (N, K, OD, P, Q), C-contiguous, fully written
+             const __grid_constant__ Conv3dParams cp,  // the geometry, by value (conv_params.cuh)
+             int vec_w) {  // 1: 4-wide weight loads (host checked Cg*KD*R*S % 4 == 0 and w's alignment)
+    typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
+    __shared__ GemmSmem<typename acc_type<T>::type, Cfg> smem;
+
+    implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>, GemmSmem<typename acc_type<T>::type, Cfg>, false,
+                       Im2colGeometry3d<T>>(x, w, b, y, cp, vec_w, smem);
+}
+
+}  // namespace gpuconv
