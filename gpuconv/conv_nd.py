@@ -3,8 +3,10 @@
 
 Each function checks its arrays (``_backend.coerce_arrays``: the arrays decide the backend), resolves the
 forward call (``_geometry_nd.conv_nd_geometry``: conv2d's rules and messages for 1 or 3 spatial dimensions)
-and runs the lowering onto the 2-D convolution (``_conv_nd``: 1-D as a unit-height conv2d, 3-D as a sum over
-depth taps of batched 2-D convolutions). ``gpuconv.last_kernel()`` names the lowering and every 2-D kernel.
+and runs it (``_conv_nd``): 1-D as a unit-height conv2d; 3-D on CUDA arrays as one ``conv3d_igemm`` launch
+(``algo`` ``'auto'`` / ``'igemm'``), otherwise -- NumPy's 3-D gradients, another named 2-D algorithm, a
+geometry the kernel declines -- as a sum over depth taps of batched 2-D convolutions (the depth-tap
+lowering). ``gpuconv.last_kernel()`` names what ran, the lowering and its reason included.
 docs/semantics.md, "conv1d and conv3d", has the rules.
 """
 
@@ -58,8 +60,11 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     unbatched ``(C, D, H, W)``, ``weight (K, C/groups, T, R, S)``; output ``(N, K, OD, OH, OW)`` with conv2d's
     size formula per axis. ``stride`` / ``dilation``: int or triple; ``padding``: int, triple, ``((front,
     back), (top, bottom), (left, right))``, ``'valid'`` or ``'same'``. ``flip`` rotates the kernel in all
-    three axes. Runs as the depth-tap lowering (``_conv_nd``): per depth tap one batched 2-D convolution,
-    summed in a fixed order (deterministic); ``algo`` names the 2-D algorithm every tap runs."""
+    three axes. On CUDA arrays ``algo='auto'`` / ``'igemm'`` run one ``conv3d_igemm`` launch (the implicit
+    GEMM with a depth axis in its gather); another 2-D algorithm name, or a geometry that kernel declines
+    under ``'auto'``, runs the depth-tap lowering (``_conv_nd``: per depth tap one batched 2-D convolution
+    with that algorithm, summed in a fixed order), the reason first in ``last_kernel()``. NumPy arrays run
+    the NumPy path's 3-D strategies. Deterministic either way."""
     return _forward(3, input, weight, bias, stride, padding, dilation, groups, flip, activation, algo)
 
 

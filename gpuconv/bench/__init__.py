@@ -10,8 +10,9 @@ PyTorch, ours runs alone and the peer is reported missing (gpuconv never needs t
 The suite (``suite.py``) also has 1-D and 3-D rows (``suite.ND_LAYERS``: ``conv1d`` / ``conv3d`` /
 ``max_pool3d`` against ``F.conv1d`` / ``F.conv3d`` / ``F.max_pool3d``), forward and float32 only; a ``Case``
 holds its spatial size, window, stride and pad as an int (every axis) or one per axis, its op naming the
-number of axes. On a GPU each such row's algorithm is the 2-D algorithm the N-D lowering runs
-(``gpuconv/_conv_nd.py``), and the kernel column is ``gpuconv.last_kernel()``'s, the lowering included.
+number of axes. On a GPU a 3-D row with algorithm ``auto`` / ``igemm`` runs one ``conv3d_igemm`` launch, a
+row naming another 2-D algorithm the depth-tap lowering (``gpuconv/_conv_nd.py``) with it, 1-D rows the 2-D
+kernels on a unit-height view; the kernel column is ``gpuconv.last_kernel()``'s, the lowering included.
 
 Method
 ------
