@@ -15,6 +15,7 @@
 (avg_pool2d, backward)              direct
 (adaptive_max_pool2d, backward)     direct
 (adaptive_avg_pool2d, backward)     direct
+(conv2d, backward_filter)           depthwise, igemm (conv_backward_filter.py; table order is the choice)
 ==================================  ============================================================
 
 Every algorithm of one operation takes the same launch arguments (``Operation.launch_signature``). Which
@@ -31,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import conv_depthwise, conv_direct, conv_gemm1x1, conv_igemm, conv_igemm_tc, conv_tiled, pool, pool_grad
+from . import conv_backward_filter  # (conv2d, backward_filter)
 from .algo import FORWARD, Algorithm
 
 
@@ -74,6 +76,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
     *(_operation(a.op, a.direction, (a,), "(rt, grad_output, indices or None, geom, *options) -> (grad_input, "
                  "kernel id): geom the forward call's geometry; indices int64 for the max ops")
       for a in pool_grad.ALGORITHMS),
+    _operation("conv2d", conv_backward_filter.BACKWARD_FILTER, conv_backward_filter.ALGORITHMS,
+               "(rt, x, gy, out, geom) -> (gw, kernel id): out the activated forward output or None"),
 )}
 
 
