@@ -27,7 +27,8 @@
 //   the activation whose derivative is applied, cp.flip true convolution), then splits (>= 1) and
 //   split_slices (igemm: slices of BK pixels per range) / split_len (depthwise: pixels per range).
 //   All arrays C-contiguous. N*P*Q must leave room for one more slice below 2^31 (the host's rule:
-//   the slice loop's reduction index is an int).
+//   the slice loop's reduction index is an int), and Cg*H*W plus the filter's reach below 2^31 (the
+//   igemm B loader's per-column tap offsets are ints).
 // Launch shapes: igemm: 1-D blocks of (BM/TM)*(BN/TN) = 256 threads, 1-D grid over splits x groups x
 //   ceil(Cg*R*S / BN) x ceil(Kg / BM) tiles (64-bit grid-stride loop, so the host may cap it); depthwise
 //   and bias: 1-D blocks of BWF_THREADS = 256, grid over K*splits (K) items, grid-stride.
@@ -108,17 +109,21 @@ struct PixelStep {
 
 // ---------------------------------------------------------------------------------------------------
 // The A operand: A[k, m] = gy'[n, g*Kg + k, p, q], m = (n*P + p)*Q + q, staged transposed (a[kk][row]).
-// Thread t holds reduction index kk = t % BK of every slice and rows t / BK + j * (THREADS / BK): a warp
-// reads 16 consecutive pixels of 2 filters (contiguous along P*Q within a sample) and its staging stores
-// hit each bank at most twice (rows are A_LD = BM + 4 words apart). One pixel per thread, so its offset
-// is formed once per slice for all of its rows. Rows past the tile's filters and pixels past N*P*Q read 0.
-// fetch(k0) must be called for k0 = k_start, k_start + BK, ... in order (gemm_tile.cuh's contract).
+// Thread t holds reduction index kk = t / RW of every slice (RW = THREADS / BK threads per slice row, the
+// B loader's kk, so both read the pixel of ONE PixelCursor, owned by the B loader) and rows t % RW + j * RW:
+// a warp stages 2 kk rows of 16 consecutive filters (stores at most 2-way bank-conflicted: rows are
+// A_LD = BM + 4 words apart); its global reads are 2 pixels of 16 filters, the neighbouring pixels of the
+// same 32-byte sectors being read by the block's other warps in the same slice (L1). One pixel per
+// thread, so its offset is formed once per slice for all of its rows. Rows past the tile's filters and
+// pixels past N*P*Q read 0. fetch(k0) must be called for k0 = k_start, k_start + BK, ... in order
+// (gemm_tile.cuh's contract), each BEFORE the B loader's fetch(k0), which steps the shared cursor
+// (gemm_slice_range calls la.fetch, then lb.fetch).
 // ---------------------------------------------------------------------------------------------------
 template <typename T, class Cfg>
 struct GyRowLoader {
     typedef typename acc_type<T>::type A;
     static constexpr int BK = Cfg::BK, THREADS = Cfg::THREADS;
-    static constexpr int ROW_STEP = THREADS / BK;
+    static constexpr int ROW_STEP = THREADS / BK;  // RW
     static constexpr int LOADS = Cfg::BM / ROW_STEP;  // rows per thread
     static_assert(THREADS % BK == 0 && LOADS * ROW_STEP == Cfg::BM, "gy slots must tile BM x BK exactly");
 
@@ -126,40 +131,39 @@ struct GyRowLoader {
     const T* out;
     int P, Q, act, kk, row0;
     index_t M, KPQ;   // N*P*Q; K*P*Q (one sample of gy)
-    PixelStep stepk;  // BK pixels
-    PixelCursor cur;  // this thread's pixel of the next fetch
-    index_t row_off[LOADS];  // per tile: (k_first + row) * P*Q, or -1 for rows past the tile's filters
+    const PixelCursor* cur;  // this thread's pixel of the next fetch (the B loader's, which steps it)
+    // per tile: offset of (filter k_first + row0, pixel 0) in gy; rows of the thread's slots that exist
+    // (slot j is row row0 + j * ROW_STEP). Two values rather than a 64-bit offset per slot: registers.
+    index_t tile_off;
+    int rows_left;
     A regs[LOADS];
 
-    __device__ __forceinline__ GyRowLoader(const T* gy_, const T* out_, const ConvParams& cp, index_t M_, int tid)
-        : gy(gy_), out(out_), P(cp.P), Q(cp.Q), act(cp.act), kk(tid % BK), row0(tid / BK), M(M_),
-          KPQ((index_t)cp.K * cp.P * cp.Q), stepk(BK, cp.P, cp.Q) {}
+    __device__ __forceinline__ GyRowLoader(const T* gy_, const T* out_, const ConvParams& cp, index_t M_, int tid,
+                                           const PixelCursor* cur_)
+        : gy(gy_), out(out_), P(cp.P), Q(cp.Q), act(cp.act), kk(tid / ROW_STEP), row0(tid % ROW_STEP), M(M_),
+          KPQ((index_t)cp.K * cp.P * cp.Q), cur(cur_) {}
 
-    __device__ __forceinline__ void begin_tile(int k_first, int rows, int k_start) {
-        const index_t PQ = (index_t)P * Q;
-        GPUCONV_UNROLL
-        for (int j = 0; j < LOADS; ++j) {
-            const int row = row0 + j * ROW_STEP;
-            row_off[j] = row < rows ? (index_t)(k_first + row) * PQ : index_t(-1);
-        }
-        cur.init((index_t)k_start + kk, P, Q);  // one division per tile
+    // (the cursor is set by the B loader's begin_tile)
+    __device__ __forceinline__ void begin_tile(int k_first, int rows) {
+        tile_off = (index_t)(k_first + row0) * P * Q;
+        rows_left = rows - row0;
     }
 
     __device__ __forceinline__ void fetch(int k0) {
         // The pixel exists iff kk < M - k0 (no overflow: k0 < M + BK <= INT_MAX by the host's rule).
         const bool ok = (index_t)kk < M - k0;
-        const index_t base = cur.n * KPQ + (index_t)cur.p * Q + cur.q;
+        const index_t base = cur->n * KPQ + (index_t)cur->p * Q + cur->q + tile_off;
+        const index_t row_step = (index_t)ROW_STEP * P * Q;
         GPUCONV_UNROLL
         for (int j = 0; j < LOADS; ++j) {
             A v = A(0);
-            if (ok && row_off[j] >= 0) {
-                const index_t off = base + row_off[j];
+            if (ok && j * ROW_STEP < rows_left) {  // rows past the tile's filters read 0
+                const index_t off = base + j * row_step;
                 v = load<T>(gy + off);
                 if (act != ACT_NONE) v = act_backward<A>(v, load<T>(out + off), act);
             }
             regs[j] = v;
         }
-        cur.step(stepk.sn, stepk.sp, stepk.sq, P, Q);
     }
 
     // Transposed store dst[kk][row]: every (kk, row) of the slice written by exactly one thread.
@@ -190,10 +194,12 @@ struct Im2colColumnLoader {
     int kk, col0, ih_base, iw_base;  // pixel (0, 0)'s first-tap row / column (padding, flip: pixel_origin)
     index_t CHW, group_off;           // C*H*W; per tile g*Cg*H*W
     PixelStep stepk;
-    PixelCursor cur;
+    PixelCursor cur;  // this thread's pixel of the next fetch (also read by the A loader: GyRowLoader)
     // per tile and column j: tap offset (elements) from the pixel's first tap, and its row / column
-    // offsets; dih = a large negative value for columns past Cg*R*S (every bounds check then fails)
-    index_t tap_off[LOADS];
+    // offsets; dih = a large negative value for columns past Cg*R*S (every bounds check then fails).
+    // int: |offset| < Cg*H*W + (R-1)*dh*W + (S-1)*dw, which the host's rule keeps below 2^31 (64-bit
+    // offsets here cost the float16 tile a spill on sm_75).
+    int tap_off[LOADS];
     int dih[LOADS], diw[LOADS];
     A regs[LOADS];
 
@@ -222,7 +228,7 @@ struct Im2colColumnLoader {
             const int s = rs - r * geo.S;
             dih[j] = r * geo.tap_dh;  // signed: negative steps with flip (Im2colGeometry)
             diw[j] = s * geo.tap_dw;
-            tap_off[j] = (index_t)c * geo.HW + (index_t)dih[j] * geo.W + diw[j];
+            tap_off[j] = c * (int)geo.HW + dih[j] * geo.W + diw[j];
         }
         cur.init((index_t)k_start + kk, geo.P, geo.Q);
     }
@@ -240,9 +246,10 @@ struct Im2colColumnLoader {
             // Halo / bounds: a tap in the padding reads 0 by definition; x is never read outside the
             // image (the unsigned compare rejects negative coordinates, the top / left padding).
             if (ok && (unsigned)h < (unsigned)geo.H && (unsigned)w < (unsigned)geo.W)
-                v = load<T>(geo.x + origin + tap_off[j]);
+                v = load<T>(geo.x + origin + (index_t)tap_off[j]);
             regs[j] = v;
         }
+        // Stepped after the A loader's fetch of this slice read it (gemm_slice_range: la.fetch, lb.fetch).
         cur.step(stepk.sn, stepk.sp, stepk.sq, geo.P, geo.Q);
     }
 
@@ -283,8 +290,9 @@ conv2d_backward_filter_igemm(const T* __restrict__ x,    // (N, C, H, W)
     const index_t tiles = n_tiles * k_tiles * cp.groups;
     const index_t total = tiles * splits;
 
-    GyRowLoader<T, Cfg> al(gy, out, cp, M, tid);
     Im2colColumnLoader<T, Cfg> bl(x, cp, Cg, M, tid);
+    GyRowLoader<T, Cfg> al(gy, out, cp, M, tid, &bl.cur);  // same kk per thread: one cursor for both
+    static_assert(decltype(al)::ROW_STEP == decltype(bl)::CW, "both loaders must give a thread the same pixel");
     // Split slowest: block (split, tile). The trip count depends only on blockIdx / gridDim, so every
     // thread of a block reaches the same barriers (in gemm_slice_range).
     for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
@@ -295,8 +303,8 @@ conv2d_backward_filter_igemm(const T* __restrict__ x,    // (N, C, H, W)
         const int s0 = split * split_slices;
         const int s1 = slices - s0 < split_slices ? slices : s0 + split_slices;
         RegisterTile<T, Cfg> acc(tid);
-        al.begin_tile(k_first, rows, s0 * BK);
-        bl.begin_tile(bi.m0, bi.g, s0 * BK);
+        al.begin_tile(k_first, rows);
+        bl.begin_tile(bi.m0, bi.g, s0 * BK);  // sets the shared cursor to pixel s0 * BK + kk
         gemm_slice_range<Cfg>(al, bl, s0, s1, smem, acc);
         // Every (filter, column) of the tile that exists, once, into plane `split` (raw sums: the reduce
         // kernel adds the planes in order and rounds once).
@@ -320,8 +328,10 @@ __device__ __forceinline__ void block_tree_sum(A (*red)[BWF_THREADS], int tid) {
     }
 }
 
+// Two blocks per SM stated explicitly: without a minimum ptxas picked a 64-register target of its own on
+// sm_86 / sm_89 and spilled the DW_TAPS accumulators.
 template <typename T>
-__global__ void __launch_bounds__(BWF_THREADS)
+__global__ void __launch_bounds__(BWF_THREADS, 2)
 conv2d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ gy,
                                  const T* __restrict__ out,  // when cp.act, else unread
                                  typename acc_type<T>::type* __restrict__ ws,  // [splits][K][R*S]
@@ -388,7 +398,7 @@ conv2d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ 
 }
 
 template <typename T>
-__global__ void __launch_bounds__(BWF_THREADS)
+__global__ void __launch_bounds__(BWF_THREADS, 2)
 conv2d_backward_bias(const T* __restrict__ gy, const T* __restrict__ out,  // out: when act, else unread
                      T* __restrict__ gb,  // (K,)
                      int N, int K, index_t PQ, int act) {

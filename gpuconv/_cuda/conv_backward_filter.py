@@ -27,7 +27,8 @@ copy of ``x`` / ``gy`` / ``out`` when one is not.
 ``launch_bias`` is the bias gradient with the derivative fused (``conv2d_backward_bias<T>``, same file).
 
 32-bit rule: the conv kernels' (``limits.conv_int32_limit_reason``) plus ``N*P*Q <= 2^31 - 1 - 64`` (the
-slice loop's reduction index is a C ``int``); a declined call runs the lowering (docs/gradients.md).
+slice loop's reduction index is a C ``int``) and ``Cg*H*W + (R-1)*dh*W + (S-1)*dw <= 2^31 - 1`` (the igemm
+loader's tap offsets are ``int``); a declined call runs the lowering (docs/gradients.md).
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def _size_reason(algo: str, geom: ConvGeometry) -> str | None:
     if reason is None and geom.N * geom.P * geom.Q > MAX_PIXELS:
         reason = (f"N*P*Q = {geom.N * geom.P * geom.Q} exceeds 2^31-65, the longest reduction the backward "
                   f"filter kernels take")
+    reach = geom.Cg * geom.H * geom.W + (geom.R - 1) * geom.dh * geom.W + (geom.S - 1) * geom.dw
+    if reason is None and reach > limits.INT32_MAX:
+        reason = (f"C/groups*H*W + the filter's reach = {reach} exceeds 2^31-1, the largest tap offset the "
+                  f"backward filter kernels take")
     return limits.declines(algo, reason)
 
 
