@@ -149,11 +149,11 @@ def _inputs(rt, x, gy, out, geom):
 
 def _launch(rt, depthwise: bool, x, gy, out, geom: ConvGeometry, splits: int | None):
     dtype = np.dtype(x.dtype)
-    x, gy, out, act = _inputs(rt, x, gy, out, geom)
     if splits is None:
         splits = splits_for(geom, dtype, depthwise)
     elif not 1 <= int(splits) <= SPLIT_MAX:
         raise ValueError(f"splits must be in 1..{SPLIT_MAX}, got {splits}")
+    x, gy, out, act = _inputs(rt, x, gy, out, geom)
     m = geom.N * geom.P * geom.Q
     nc = geom.Cg * geom.R * geom.S
     acc = np.dtype(np.float32) if dtype == np.float16 else dtype
