@@ -1,11 +1,12 @@
 // conv2d_backward_filter.cu — the filter (and bias) gradient of conv2d: deterministic, no atomics (issue 17).
 //
 // Kernels in this file:
-//   conv2d_backward_filter_igemm<T, BM, BN, BK, TM, TN>: per conv group g the implicit GEMM
+//   conv2d_backward_filter_igemm<T, BM, BN, BK, TM, TN, ACT>: per conv group g the implicit GEMM
 //           gw[Kg, Cg*R*S] = gy'[Kg, N*P*Q] @ im2col(x)[N*P*Q, Cg*R*S]
 //       whose REDUCTION runs over the N*P*Q output pixels (the forward's reduction Cg*R*S is this GEMM's
-//       column dimension). gy' = gy times the activation's derivative computed from `out` (fused into the
-//       gy loader, act != 0), gy itself otherwise. The reduction is cut into `splits` fixed ranges of
+//       column dimension). gy' = gy times the derivative of activation ACT (an Activation code, a template
+//       argument so that the main loop has no switch; cp.act is not read) computed from `out`, fused into
+//       the gy loader; gy itself for ACT_NONE. The reduction is cut into `splits` fixed ranges of
 //       split_slices slices of BK pixels; block (split, tile) sums its range and stores the raw partial sums
 //       into plane `split` of the workspace ws[splits][K][Cg*R*S] (float32; float64 for double).
 //       gemm_splitk_reduce<T> of conv2d_igemm.cu (loaded from THAT module by the host, N = 1, PQ = Cg*R*S)
@@ -119,7 +120,7 @@ struct PixelStep {
 // (gemm_tile.cuh's contract), each BEFORE the B loader's fetch(k0), which steps the shared cursor
 // (gemm_slice_range calls la.fetch, then lb.fetch).
 // ---------------------------------------------------------------------------------------------------
-template <typename T, class Cfg>
+template <typename T, class Cfg, int ACT>
 struct GyRowLoader {
     typedef typename acc_type<T>::type A;
     static constexpr int BK = Cfg::BK, THREADS = Cfg::THREADS;
@@ -129,7 +130,7 @@ struct GyRowLoader {
 
     const T* gy;
     const T* out;
-    int P, Q, act, kk, row0;
+    int P, Q, kk, row0;
     index_t M, KPQ;   // N*P*Q; K*P*Q (one sample of gy)
     const PixelCursor* cur;  // this thread's pixel of the next fetch (the B loader's, which steps it)
     // per tile: offset of (filter k_first + row0, pixel 0) in gy; rows of the thread's slots that exist
@@ -140,7 +141,7 @@ struct GyRowLoader {
 
     __device__ __forceinline__ GyRowLoader(const T* gy_, const T* out_, const ConvParams& cp, index_t M_, int tid,
                                            const PixelCursor* cur_)
-        : gy(gy_), out(out_), P(cp.P), Q(cp.Q), act(cp.act), kk(tid / ROW_STEP), row0(tid % ROW_STEP), M(M_),
+        : gy(gy_), out(out_), P(cp.P), Q(cp.Q), kk(tid / ROW_STEP), row0(tid % ROW_STEP), M(M_),
           KPQ((index_t)cp.K * cp.P * cp.Q), cur(cur_) {}
 
     // (the cursor is set by the B loader's begin_tile)
@@ -154,13 +155,16 @@ struct GyRowLoader {
         const bool ok = (index_t)kk < M - k0;
         const index_t base = cur->n * KPQ + (index_t)cur->p * Q + cur->q + tile_off;
         const index_t row_step = (index_t)ROW_STEP * P * Q;
+        const T* g = gy + base;
+        const T* o = out + base;  // (formed, never read without an activation)
         GPUCONV_UNROLL
         for (int j = 0; j < LOADS; ++j) {
             A v = A(0);
             if (ok && j * ROW_STEP < rows_left) {  // rows past the tile's filters read 0
-                const index_t off = base + j * row_step;
-                v = load<T>(gy + off);
-                if (act != ACT_NONE) v = act_backward<A>(v, load<T>(out + off), act);
+                v = load<T>(g + j * row_step);
+                // ACT is a template argument: no activation switch in the main loop (it cost ~20
+                // instructions per element as a run-time switch, tests/sass_check.py)
+                if (ACT != ACT_NONE) v = act_backward<A>(v, load<T>(o + j * row_step), ACT);
             }
             regs[j] = v;
         }
@@ -265,11 +269,11 @@ __host__ __device__ constexpr int bwf_min_blocks_per_sm(int bytes, int tm, int t
     return bytes == 8 ? 1 : gemm_min_blocks_per_sm(tm, tn);
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN>
+template <typename T, int BM, int BN, int BK, int TM, int TN, int ACT>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), bwf_min_blocks_per_sm(sizeof(T), TM, TN))
 conv2d_backward_filter_igemm(const T* __restrict__ x,    // (N, C, H, W)
                              const T* __restrict__ gy,   // (N, K, P, Q)
-                             const T* __restrict__ out,  // (N, K, P, Q) when cp.act, else unread
+                             const T* __restrict__ out,  // (N, K, P, Q) when ACT, else unread
                              typename acc_type<T>::type* __restrict__ ws,  // [splits][K][Cg*R*S]
                              const __grid_constant__ ConvParams cp,
                              int splits,        // reduction ranges (>= 1)
@@ -291,7 +295,7 @@ conv2d_backward_filter_igemm(const T* __restrict__ x,    // (N, C, H, W)
     const index_t total = tiles * splits;
 
     Im2colColumnLoader<T, Cfg> bl(x, cp, Cg, M, tid);
-    GyRowLoader<T, Cfg> al(gy, out, cp, M, tid, &bl.cur);  // same kk per thread: one cursor for both
+    GyRowLoader<T, Cfg, ACT> al(gy, out, cp, M, tid, &bl.cur);  // same kk per thread: one cursor for both
     static_assert(decltype(al)::ROW_STEP == decltype(bl)::CW, "both loaders must give a thread the same pixel");
     // Split slowest: block (split, tile). The trip count depends only on blockIdx / gridDim, so every
     // thread of a block reaches the same barriers (in gemm_slice_range).

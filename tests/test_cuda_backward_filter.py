@@ -24,7 +24,7 @@ from gpuconv import _grad_conv as G
 from gpuconv._backend import CudaBackend, use_backend
 from gpuconv._cuda import conv_backward_filter as B
 from gpuconv._cuda import ops
-from gpuconv._geometry import conv_geometry
+from gpuconv._geometry import ACTIVATIONS, conv_geometry
 from tests.reference import apply_activation, conv_nd_grads_ref, explicit_padding, pair
 from tests.runners import emulated_runtime, numpy_io, runtime_fixture, torch, with_thread_order
 from tests.support import noncontiguous_view
@@ -121,7 +121,8 @@ def test_matches_reference_in_both_thread_orders(rt, case, dtype):
 def test_fused_activation_derivative(rt, case, dtype, act):
     g, x, gy, out = _data(case, dtype, act, seed=1, layout="transposed")
     assert not x.flags.c_contiguous and not out.flags.c_contiguous
-    gw, _ = _run(rt, case, x, gy, out, g)
+    gw, kid = _run(rt, case, x, gy, out, g)
+    assert case in DEPTHWISE or kid.startswith(B.igemm_name(dtype, ACTIVATIONS[act]) + " ")
     exp, mag = _reference(case, x, gy, out, act)
     assert_close(gw, exp, mag, dtype, what=f"{case} {act}")
     # out is read only with an activation: without one (None) the same gy gives the plain gradient
@@ -190,7 +191,7 @@ def test_conv2d_backward_fuses_the_activation(monkeypatch, case, act):
                                       output=out, output_mask=(False, True, True))
         kernels = gpuconv.last_kernel().kernels
     algo = "depthwise" if case in DEPTHWISE else "igemm"
-    name = B.depthwise_name(np.float64) if algo == "depthwise" else B.igemm_name(np.float64)
+    name = B.depthwise_name(np.float64) if algo == "depthwise" else B.igemm_name(np.float64, ACTIVATIONS[act])
     assert kernels[0].startswith(name) and kernels[1] == B.bias_name(np.float64)
     stride2, pad, dilation2 = _explicit(case)
     gz = gy * DERIVATIVES[act](out)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._geometry import ConvGeometry
+from .._geometry import ACTIVATIONS, ConvGeometry
 from . import conv_igemm, limits
 from .abi import conv_params
 from .algo import Algorithm
@@ -61,8 +61,13 @@ def igemm_tile(dtype):
     return tile_for_dtype(SMALL_TILE, dtype)
 
 
-def igemm_name(dtype) -> str:
-    return f"gpuconv::conv2d_backward_filter_igemm<{_ct(dtype)}, {igemm_tile(dtype).template_args}>"
+ACTIVATION_CODES = tuple(sorted(ACTIVATIONS.values()))  # none, relu, leaky_relu, sigmoid, tanh
+
+
+def igemm_name(dtype, act: int = 0) -> str:
+    """igemm's name expression: the activation whose derivative its gy loader applies is a template
+    argument (no run-time switch in the main loop)."""
+    return f"gpuconv::conv2d_backward_filter_igemm<{_ct(dtype)}, {igemm_tile(dtype).template_args}, {act}>"
 
 
 def depthwise_name(dtype) -> str:
@@ -73,7 +78,8 @@ def bias_name(dtype) -> str:
     return f"gpuconv::conv2d_backward_bias<{_ct(dtype)}>"
 
 
-INSTANTIATIONS = tuple(f(dt) for dt in TILES_BY_DTYPE for f in (igemm_name, depthwise_name, bias_name))
+INSTANTIATIONS = tuple(n for dt in TILES_BY_DTYPE
+                       for n in [igemm_name(dt, a) for a in ACTIVATION_CODES] + [depthwise_name(dt), bias_name(dt)])
 
 
 def is_depthwise(geom: ConvGeometry) -> bool:
@@ -163,7 +169,7 @@ def _launch(rt, depthwise: bool, x, gy, out, geom: ConvGeometry, splits: int | N
     else:
         t = igemm_tile(dtype)
         splits, per = ranges(ceil_div(m, t.bk), int(splits))
-        name, block = igemm_name(dtype), t.threads
+        name, block = igemm_name(dtype, act), t.threads
         grid = grid_blocks(splits * geom.groups * ceil_div(geom.Kg, t.bm) * ceil_div(nc, t.bn))
     ws = rt.xp.empty((splits, geom.K, nc), dtype=acc)  # every element written by the first kernel
     rt.function(SOURCE, name)((grid, 1, 1), (block, 1, 1),
