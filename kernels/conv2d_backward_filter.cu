@@ -37,7 +37,7 @@
 //   thread; float64 64 x 64 x 8): this GEMM's rows are Kg filters and its columns Cg*R*S, both rarely large
 //   enough for a bigger tile to fill the GPU; the parallelism comes from the splits.
 // Shared memory: static, 16,896 bytes (igemm, every dtype); BWF_THREADS * DW_TAPS accumulators
-//   (8 KiB float, 16 KiB double) for depthwise, BWF_THREADS for bias.
+//   (9 KiB float, 18 KiB double) for depthwise, BWF_THREADS for bias.
 // Registers / spills: tests/test_nvrtc_compile.py (all architectures, NVRTC 12 and 13).
 // Measured speed: not yet (no GPU measurement; docs/gradients.md).
 #include "common.cuh"
@@ -48,7 +48,7 @@
 namespace gpuconv {
 
 #define BWF_THREADS 256
-#define DW_TAPS 8
+#define DW_TAPS 9  // a 3x3 filter (the common depthwise one) in one pass over the pixels
 
 // d loss / d pre-activation from g = d loss / d out and the activated value o (docs/gradients.md's table,
 // PyTorch's backward formulas). relu / leaky_relu SELECT rather than multiply: a NaN `out` is not > 0, so
@@ -200,7 +200,10 @@ struct Im2colColumnLoader {
     PixelStep stepk;
     PixelCursor cur;  // this thread's pixel of the next fetch (also read by the A loader: GyRowLoader)
     // per tile and column j: tap offset (elements) from the pixel's first tap, and its row / column
-    // offsets; dih = a large negative value for columns past Cg*R*S (every bounds check then fails).
+    // offsets. A column past Cg*R*S gets the row offset -1 - (ih_base + (P-1)*sh): every pixel's row
+    // ih_base + p*sh then lands at -1 or above it, outside the image, so it reads nothing (a sentinel
+    // instead of a per-load column test: fewer instructions in the main loop; |value| <= H + pt + pb,
+    // within int by the 32-bit rule).
     // int: |offset| < Cg*H*W + (R-1)*dh*W + (S-1)*dw, which the host's rule keeps below 2^31 (64-bit
     // offsets here cost the float16 tile a spill on sm_75).
     int tap_off[LOADS];
@@ -223,9 +226,8 @@ struct Im2colColumnLoader {
             const index_t col = col_first + col0 + j * CW;
             tap_off[j] = 0;
             diw[j] = 0;
-            // Sentinel for columns past the reduction's taps: a row every pixel puts above the image.
-            dih[j] = -geo.H - 1 - (geo.P - 1) * geo.sh - (geo.R - 1) * geo.dh - ih_base;
-            if (col >= geo.kred) continue;
+            dih[j] = -1 - (ih_base + (geo.P - 1) * geo.sh);  // the sentinel (above)
+            if (col >= geo.kred) continue;  // past the last tap (partial last column tile)
             const int c = (int)col / RS;  // once per tile and column
             const int rs = (int)col - c * RS;
             const int r = rs / geo.S;

@@ -45,7 +45,7 @@ from .limits import ACC_BYTES, CTYPE, ceil_div, grid_blocks
 BACKWARD_FILTER = "backward_filter"
 SOURCE = "conv2d_backward_filter.cu"
 THREADS = 256          # BWF_THREADS in the kernel file (depthwise and bias blocks)
-DW_TAPS = 8            # taps a depthwise thread accumulates at once (DW_TAPS in the kernel file)
+DW_TAPS = 9            # taps a depthwise thread accumulates at once (DW_TAPS in the kernel file)
 SMS = 132              # an H100 / H200's SMs: about two waves of blocks is the target
 SPLIT_MAX = conv_igemm.SPLITK_MAX  # 8: gemm_splitk_reduce sums at most GEMM_SPLITK_MAX planes
 MIN_SLICES = 8         # igemm: slices of BK pixels per range at least (amortises a tile's prologue / epilogue)
