@@ -23,10 +23,11 @@
 //   conv2d_backward_bias<T>: gb[k] = sum_{n, p, q} gy'[n, k, p, q] (the activation's derivative fused as
 //       above), one block per filter, a fixed-order tree reduction; written as T (float16 rounded once).
 //
-// Parameters: x (N, C, H, W), gy (N, K, P, Q), out (N, K, P, Q: the activated forward output, read only
-//   when cp.act != 0; else any valid pointer), ws, then ConvParams cp by value (conv_params.cuh; cp.act is
-//   the activation whose derivative is applied, cp.flip true convolution), then splits (>= 1) and
-//   split_slices (igemm: slices of BK pixels per range) / split_len (depthwise: pixels per range).
+// Parameters (igemm, depthwise): x (N, C, H, W), gy (N, K, P, Q), out (N, K, P, Q: the activated forward
+//   output, read only with an activation -- igemm's ACT, depthwise's cp.act -- else any valid pointer), ws,
+//   then ConvParams cp by value (conv_params.cuh; cp.flip: true convolution; has_bias unread), then splits
+//   (>= 1) and split_slices (igemm: slices of BK pixels per range) / split_len (depthwise: pixels per
+//   range). Bias: gy, out, gb (K,), N, K, P*Q, act.
 //   All arrays C-contiguous. N*P*Q must leave room for one more slice below 2^31 (the host's rule:
 //   the slice loop's reduction index is an int), and Cg*H*W plus the filter's reach below 2^31 (the
 //   igemm B loader's per-column tap offsets are ints).
@@ -38,7 +39,13 @@
 //   enough for a bigger tile to fill the GPU; the parallelism comes from the splits.
 // Shared memory: static, 16,896 bytes (igemm, every dtype); BWF_THREADS * DW_TAPS accumulators
 //   (9 KiB float, 18 KiB double) for depthwise, BWF_THREADS for bias.
-// Registers / spills: tests/test_nvrtc_compile.py (all architectures, NVRTC 12 and 13).
+// Registers (NVRTC 12.9 and 13, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them): igemm
+//   float / float16 122-128 (two blocks per SM: the 128-register bound is tight; the loaders share one
+//   pixel cursor and keep int tap offsets to stay under it), float64 154-186 (one block per SM,
+//   bwf_min_blocks_per_sm); depthwise 96-124; bias 52-96.
+// Main loop (SASS, tests/sass_check.py, floors in tests/sass_floors.json): igemm float32 on sm_90 with
+//   NVRTC 12.9, FMA share of one slice: about 56% without an activation, 51-54% with one (the forward's
+//   small tile: 63%); depthwise about 4% (one FMA per loaded input element: bound by its loads).
 // Measured speed: not yet (no GPU measurement; docs/gradients.md).
 #include "common.cuh"
 #include "conv_params.cuh"
@@ -69,18 +76,17 @@ __device__ __forceinline__ A act_backward(A g, A o, int act) {
 // A position m = (n*P + p)*Q + q of the reduction over output pixels, advanced by a constant step with
 // carries (no division after init): the loaders call step() once per slice, after their fetch.
 struct PixelCursor {
-    index_t n;
-    int p, q;
+    int n, p, q;  // int: n <= N (one past the last image for the reduction tail), N < 2^31
     __device__ __forceinline__ void init(index_t m, int P, int Q) {
         const index_t PQ = (index_t)P * Q;
-        n = m / PQ;
+        n = (int)(m / PQ);
         const int pq = (int)(m - n * PQ);
         p = pq / Q;
         q = pq - p * Q;
     }
     // step = (sn, sp, sq) with sp < P, sq < Q: each carry happens at most once (q + sq <= 2Q - 2, then
     // p + sp + 1 <= 2P - 1).
-    __device__ __forceinline__ void step(index_t sn, int sp, int sq, int P, int Q) {
+    __device__ __forceinline__ void step(int sn, int sp, int sq, int P, int Q) {
         q += sq;
         p += sp;
         n += sn;
@@ -97,11 +103,10 @@ struct PixelCursor {
 
 // A step of `count` pixels as (sn, sp, sq).
 struct PixelStep {
-    index_t sn;
-    int sp, sq;
+    int sn, sp, sq;
     __device__ __forceinline__ PixelStep(int count, int P, int Q) {
         const index_t PQ = (index_t)P * Q;
-        sn = count / PQ;
+        sn = (int)(count / PQ);
         const int rest = (int)(count - sn * PQ);
         sp = rest / Q;
         sq = rest - sp * Q;
@@ -153,7 +158,7 @@ struct GyRowLoader {
     __device__ __forceinline__ void fetch(int k0) {
         // The pixel exists iff kk < M - k0 (no overflow: k0 < M + BK <= INT_MAX by the host's rule).
         const bool ok = (index_t)kk < M - k0;
-        const index_t base = cur->n * KPQ + (index_t)cur->p * Q + cur->q + tile_off;
+        const index_t base = (index_t)cur->n * KPQ + (index_t)cur->p * Q + cur->q + tile_off;
         const index_t row_step = (index_t)ROW_STEP * P * Q;
         const T* g = gy + base;
         const T* o = out + base;  // (formed, never read without an activation)
@@ -243,7 +248,7 @@ struct Im2colColumnLoader {
         const bool ok = (index_t)kk < geo.M - k0;  // the pixel exists (past N*P*Q: the reduction tail)
         const int ih = ih_base + cur.p * geo.sh;
         const int iw = iw_base + cur.q * geo.sw;
-        const index_t origin = cur.n * CHW + group_off + (index_t)ih * geo.W + iw;
+        const index_t origin = (index_t)cur.n * CHW + group_off + (index_t)ih * geo.W + iw;
         GPUCONV_UNROLL
         for (int j = 0; j < LOADS; ++j) {
             A v = A(0);
@@ -378,12 +383,12 @@ conv2d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ 
             PixelCursor cur;
             cur.init(m0 + tid, cp.P, cp.Q);
             for (index_t m = m0 + tid; m < m1; m += BWF_THREADS) {
-                const index_t goff = (cur.n * cp.K + k) * PQ + (index_t)cur.p * cp.Q + cur.q;
+                const index_t goff = ((index_t)cur.n * cp.K + k) * PQ + (index_t)cur.p * cp.Q + cur.q;
                 A g = load<T>(gy + goff);
                 if (cp.act != ACT_NONE) g = act_backward<A>(g, load<T>(out + goff), cp.act);
                 const int ih = ih_base + cur.p * cp.sh;
                 const int iw = iw_base + cur.q * cp.sw;
-                const T* xc = x + (cur.n * cp.C + c) * HW;
+                const T* xc = x + ((index_t)cur.n * cp.C + c) * HW;
                 GPUCONV_UNROLL
                 for (int i = 0; i < DW_TAPS; ++i) {
                     const int h = ih + dih[i], w = iw + diw[i];
