@@ -245,6 +245,9 @@ def test_split_rule_ranges_and_workspace():
     assert B.splits_for(g, np.float32, True) == 8
     g = conv_geometry((1, 1024, 7, 7), (1024, 1, 3, 3), None, 1, 1, 1, 1024)
     assert B.splits_for(g, np.float32, True) == 1
+    # between one and two waves of blocks: 144 filters -> ceil(264 / 144) = 2 (MobileNetV2's dw 144)
+    g = conv_geometry((32, 144, 56, 56), (144, 1, 3, 3), None, 1, 1, 1, 144)
+    assert B.splits_for(g, np.float32, True) == 2
     assert B.ranges(18, 4) == (4, 5) and B.ranges(9, 8) == (5, 2) and B.ranges(7, 1) == (1, 7)
     assert B.SPLIT_MAX == 8
 

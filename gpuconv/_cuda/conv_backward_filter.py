@@ -118,7 +118,7 @@ def splits_for(geom: ConvGeometry, dtype, depthwise: bool) -> int:
         t = igemm_tile(dtype)
         blocks = geom.groups * ceil_div(geom.Kg, t.bm) * ceil_div(geom.Cg * geom.R * geom.S, t.bn)
         longest = ceil_div(m, t.bk) // MIN_SLICES
-    if blocks == 0 or blocks >= SMS:
+    if blocks == 0 or blocks >= 2 * SMS:  # two waves already: no split
         return 1
     splits = min(ceil_div(2 * SMS, blocks), longest, SPLIT_MAX)
     return splits if splits >= 2 else 1
