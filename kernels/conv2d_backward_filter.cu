@@ -40,9 +40,9 @@
 // Shared memory: static, 16,896 bytes (igemm, every dtype); BWF_THREADS * DW_TAPS accumulators
 //   (9 KiB float, 18 KiB double) for depthwise, BWF_THREADS for bias.
 // Registers (NVRTC 12.9 and 13, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them): igemm
-//   float / float16 122-128 (two blocks per SM: the 128-register bound is tight; the loaders share one
-//   pixel cursor and keep int tap offsets to stay under it), float64 154-186 (one block per SM,
-//   bwf_min_blocks_per_sm); depthwise 96-124; bias 52-96.
+//   float / float16 without an activation 122-128 (two blocks per SM: the 128-register bound is tight;
+//   the loaders share one pixel cursor and keep int tap offsets to stay under it); with one, and
+//   float64, one block per SM (bwf_min_blocks_per_sm); depthwise 96-124; bias 52-96.
 // Main loop (SASS, tests/sass_check.py, floors in tests/sass_floors.json): igemm float32 on sm_90 with
 //   NVRTC 12.9, FMA share of one slice: about 56% without an activation, 51-54% with one (the forward's
 //   small tile: 63%); depthwise about 4% (one FMA per loaded input element: bound by its loads).
@@ -271,13 +271,15 @@ struct Im2colColumnLoader {
 };
 
 // float64 asks for one block per SM, as conv2d_igemm_splitk<double> (its 4x4 double tile and the two
-// loaders' per-column state do not fit the 128 registers of two); float32 / float16 keep the tile's bound.
-__host__ __device__ constexpr int bwf_min_blocks_per_sm(int bytes, int tm, int tn) {
-    return bytes == 8 ? 1 : gemm_min_blocks_per_sm(tm, tn);
+// loaders' per-column state do not fit the 128 registers of two), and so do the fused-activation
+// instantiations (ACT != 0: the `out` loads in flight; at 128 registers NVRTC 12.9 spilled 4 bytes of the
+// float relu one on sm_100); float32 / float16 without an activation keep the tile's bound (two).
+__host__ __device__ constexpr int bwf_min_blocks_per_sm(int bytes, int act, int tm, int tn) {
+    return (bytes == 8 || act != 0) ? 1 : gemm_min_blocks_per_sm(tm, tn);
 }
 
 template <typename T, int BM, int BN, int BK, int TM, int TN, int ACT>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), bwf_min_blocks_per_sm(sizeof(T), TM, TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), bwf_min_blocks_per_sm(sizeof(T), ACT, TM, TN))
 conv2d_backward_filter_igemm(const T* __restrict__ x,    // (N, C, H, W)
                              const T* __restrict__ gy,   // (N, K, P, Q)
                              const T* __restrict__ out,  // (N, K, P, Q) when ACT, else unread
