@@ -4,8 +4,10 @@ step; dedicated backward kernels come later). docs/gradients.md has the rules; t
 On NumPy arrays ``backward_data`` / ``backward_filter`` first ask ``gpuconv._numpy.conv_grad`` (im2col /
 col2im with BLAS GEMMs, and dot products over phase planes for depthwise filter gradients, chosen by its
 ``data_strategy`` / ``filter_strategy`` / ``depthwise_filter_applies``); the lowering below runs where those
-say no (1x1 and depthwise backward data, Winograd-sized 3x3 layers, a workspace too small for one row). The
-CUDA path always runs the lowering.
+say no (1x1 and depthwise backward data, Winograd-sized 3x3 layers, a workspace too small for one row). On
+the CUDA path ``backward_filter`` runs the dedicated kernels of ``gpuconv/_cuda/conv_backward_filter.py``
+(``cuda_filter_algo``; the lowering only where they decline: ``N*P*Q`` past their 32-bit rule);
+``backward_data`` runs the lowering.
 
 Everything here works on validated arrays and a resolved forward ``ConvGeometry`` (``gpuconv._geometry``):
 the public functions (``gpuconv._grad_conv``) check the user's arguments once. Notation as in
@@ -162,9 +164,24 @@ def depthwise_filter_numpy(x, gy, geom: ConvGeometry):
     return np.ascontiguousarray(gw[:, :, ::-1, ::-1]) if geom.flip else gw
 
 
-def backward_filter(backend, x, gy, geom: ConvGeometry):
+def cuda_filter_algo(backend, geom: ConvGeometry, dtype) -> str | None:
+    """The CUDA backward-filter algorithm for this call (``gpuconv/_cuda/conv_backward_filter.py``: the
+    operation table's order, ``depthwise`` then ``igemm``), or None: not the CUDA path, or every algorithm
+    declines (the 32-bit rule, ``N*P*Q`` included), where the swapped forward call runs instead."""
+    if not isinstance(backend, CudaBackend):
+        return None
+    from ._cuda.select import choose_algo, decline_reason
+    algo = choose_algo(geom, dtype, backend.runtime, "conv2d", "backward_filter")
+    return None if decline_reason(algo, geom, dtype, "conv2d", "backward_filter") else algo
+
+
+def backward_filter(backend, x, gy, geom: ConvGeometry, out=None):
     """``gw (K, Cg, R, S)`` from ``x (N, C, H, W)`` and ``gy (N, K, P, Q)``, ``N > 0``. Returns ``(gw,
-    kernel_id)``; ``kernel_id`` is None when every tap reads padding (zeros, nothing ran)."""
+    kernel_id)``; ``kernel_id`` is None when every tap reads padding (zeros, nothing ran).
+
+    ``out``: the activated forward output, whose activation (``geom.activation``) has its derivative applied
+    to ``gy`` inside the CUDA kernel; only where ``cuda_filter_algo`` names one (the caller multiplies
+    ``gy`` itself elsewhere)."""
     xp = backend.xp
     N, C, H, W = x.shape
     G, Cg, K = geom.groups, geom.Cg, geom.K
@@ -172,6 +189,12 @@ def backward_filter(backend, x, gy, geom: ConvGeometry):
     wu, pr = _read_extent(W, geom.Q, geom.S, geom.sw, geom.pl, geom.dw)
     if hu <= 0 or wu <= 0:
         return xp.zeros((K, Cg, geom.R, geom.S), dtype=gy.dtype), None
+    algo = cuda_filter_algo(backend, geom, x.dtype)
+    if algo is not None:
+        from ._cuda.ops import operation
+        return operation("conv2d", "backward_filter").algorithms[algo].launch(backend.runtime, x, gy, out, geom)
+    if out is not None:
+        raise ValueError("backward_filter: out (a fused activation) is only taken by the CUDA kernels")
     if not isinstance(backend, CudaBackend):
         from ._numpy import conv_grad
         if conv_grad.filter_strategy(geom, x.dtype):

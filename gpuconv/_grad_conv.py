@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backend
-from ._conv_lowering import backward_data, backward_filter
+from ._conv_lowering import backward_data, backward_filter, cuda_filter_algo
 from ._geometry import (KERNEL_AXES, LEAKY_RELU_SLOPE, _is_int, _shape_str, as_pair, conv_geometry,
                         resolve_conv_padding)
 
@@ -69,11 +69,13 @@ def _data(backend, gy4, w, geom, H, W):
     return gx, kernels or ["none (no filter tap reaches the input: zeros)"]
 
 
-def _filter(backend, x4, gy4, geom):
+def _filter(backend, x4, gy4, geom, out4=None):
+    """``out4``: the activated forward output when the CUDA kernel applies the activation's derivative
+    itself (``cuda_filter_algo``), else None (``gy4`` is then the gradient of the pre-activation)."""
     if geom.N == 0 or 0 in (geom.H, geom.W):
         return backend.xp.zeros(geom.weight_shape, dtype=gy4.dtype), "none (empty batch: zeros)"
     with _quiet():
-        gw, kernel = backward_filter(backend, x4, gy4, geom)
+        gw, kernel = backward_filter(backend, x4, gy4, geom, out4)
     return gw, kernel or "none (every tap reads padding: zeros)"
 
 
@@ -82,6 +84,14 @@ def _bias(backend, gy4):
     dtype = gy4.dtype
     acc = xp.sum(gy4, axis=(0, 2, 3), dtype=_compute_dtype(dtype))
     return acc.astype(dtype, copy=False), f"{xp.__name__}.sum"
+
+
+def _bias_fused(backend, gy4, out4, geom):
+    """The bias gradient with the activation's derivative applied by the kernel (CUDA path)."""
+    from ._cuda.conv_backward_filter import launch_bias
+    if geom.N == 0 or geom.P * geom.Q == 0:
+        return backend.xp.zeros((geom.K,), dtype=gy4.dtype), "none (empty batch: zeros)"
+    return launch_bias(backend.runtime, gy4, out4, geom)
 
 
 def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
@@ -180,8 +190,10 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
 
     With an ``activation``, ``grad_output`` is the gradient with respect to the *activated* output and
     ``output`` (required; ``ValueError`` without it) is that forward result; ``grad_output`` is multiplied
-    by the activation's derivative computed from ``output`` (``activation_derivative_times``). In this step
-    that is an elementwise pre-pass (one array of ``grad_output``'s size), not yet fused into the kernels.
+    by the activation's derivative computed from ``output`` (``activation_derivative_times``'s formulas). On
+    the CUDA path the filter-gradient and bias kernels apply it themselves (reading ``grad_output`` and
+    ``output``); the data gradient and the NumPy path take an elementwise pre-pass (one array of
+    ``grad_output``'s size).
     Otherwise as ``conv2d_input``, ``conv2d_weight`` and ``conv2d_bias``; ``gpuconv.last_kernel()`` lists
     every kernel that ran (direction ``'backward'``)."""
     fn = "conv2d_backward"
@@ -201,19 +213,26 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
         if tuple(out.shape) != tuple(gy.shape):
             raise ValueError(f"{fn}(): expected output of size {_shape_str(gy.shape)} (the forward output "
                              f"of {what}), but got output of size {_shape_str(out.shape)}")
+    # The activation's derivative: fused into the CUDA filter-gradient and bias kernels (they read gy and
+    # out); an elementwise pre-pass (gz, one array of grad_output's size) only for the data gradient and
+    # for the NumPy path (docs/gradients.md, "Activation").
+    out4 = None if activation is None else (out if batched else out[None])
+    fused = activation is not None and cuda_filter_algo(backend, geom, gy4.dtype) is not None
+    gz = gy4
+    if activation is not None and (mask[0] or not fused):
         with _quiet():
-            gy4 = activation_derivative_times(backend.xp, gy4, out if batched else out[None], activation)
+            gz = activation_derivative_times(backend.xp, gy4, out4, activation)
     kernels = []
     gx = gw = gb = None
     if mask[0]:
-        gx, ks = _data(backend, gy4, w, geom, geom.H, geom.W)
+        gx, ks = _data(backend, gz, w, geom, geom.H, geom.W)
         gx = gx if batched else gx[0]
         kernels += ks
     if mask[1]:
-        gw, k = _filter(backend, x if batched else x[None], gy4, geom)
+        gw, k = _filter(backend, x if batched else x[None], *((gy4, geom, out4) if fused else (gz, geom)))
         kernels.append(k)
     if mask[2]:
-        gb, k = _bias(backend, gy4)
+        gb, k = _bias_fused(backend, gy4, out4, geom) if fused else _bias(backend, gz)
         kernels.append(k)
     _backend.record("conv2d", backend.name, *(kernels or ["none (output_mask all False)"]),
                     direction="backward")

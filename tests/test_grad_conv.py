@@ -1,4 +1,4 @@
-"""Convolution gradients (issue 17, first step): ``gpuconv.grad.conv2d_input`` / ``conv2d_weight`` /
+"""Convolution gradients (issue 17): ``gpuconv.grad.conv2d_input`` / ``conv2d_weight`` /
 ``conv2d_bias``, ``gpuconv.conv2d_backward`` and ``gpuconv.conv_transpose2d``, on the NumPy path and on our
 CUDA kernels (emulated here, real on a GPU), against
 
@@ -10,7 +10,8 @@ CUDA kernels (emulated here, real on a GPU), against
   == <w, conv2d_weight(...)>``;
 
 plus argument errors, what ``last_kernel()`` records, and bitwise determinism on the emulator in both
-thread orders.
+thread orders. On CUDA arrays the filter gradient runs the dedicated kernels (and, in ``conv2d_backward``
+with an activation, the fused bias kernel); their own suite is tests/test_cuda_backward_filter.py.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@
 (adaptive_avg_pool2d, backward)     direct
 (adaptive_max_pool3d, fwd/bwd)      direct
 (adaptive_avg_pool3d, fwd/bwd)      direct
+(conv2d, backward_filter)           depthwise, igemm (conv_backward_filter.py; table order is the choice)
 ==================================  ============================================================
 
 Every algorithm of one operation takes the same launch arguments (``Operation.launch_signature``). Which
@@ -33,8 +34,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import (conv3d_igemm, conv_depthwise, conv_direct, conv_gemm1x1, conv_igemm, conv_igemm_tc, conv_tiled, pool,
-               pool_grad)
+from . import (conv3d_igemm, conv_backward_filter, conv_depthwise, conv_direct, conv_gemm1x1, conv_igemm,
+               conv_igemm_tc, conv_tiled, pool, pool_grad)
 from .algo import FORWARD, Algorithm
 
 
@@ -81,6 +82,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
     *(_operation(a.op, a.direction, (a,), "(rt, grad_output, indices or None, geom, *options) -> (grad_input, "
                  "kernel id): geom the forward call's geometry; indices int64 for the max ops")
       for a in pool_grad.ALGORITHMS),
+    _operation("conv2d", conv_backward_filter.BACKWARD_FILTER, conv_backward_filter.ALGORITHMS,
+               "(rt, x, gy, out, geom) -> (gw, kernel id): out the activated forward output or None"),
 )}
 
 

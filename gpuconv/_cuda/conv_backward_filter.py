@@ -1,0 +1,223 @@
+"""The CUDA filter gradient of conv2d (``kernels/conv2d_backward_filter.cu``; rules in docs/gradients.md).
+
+Two algorithms of the operation ``(conv2d, backward_filter)``, both deterministic (no atomics; a fixed-order
+second pass), both applying the activation's derivative inside their loaders when given the forward's
+activated output ``out``:
+
+* ``depthwise`` (``Cg == 1`` and ``groups > 1``, declines the rest): one block per (filter, split), the
+  split's pixels walked by 256 threads, ``DW_TAPS`` taps at a time in registers, a fixed tree reduction per
+  block. Listed first, so the table order is the choice (``select.choose_algo``: no heuristic needed).
+* ``igemm`` (every other geometry): per group ``gw[Kg, Cg*R*S] = gy'[Kg, N*P*Q] @ im2col(x)^T`` on
+  gemm_tile.cuh's small tile (``gemm.SMALL_TILE``, float64 ``SMALL_TILE_F64``), the reduction over
+  ``N*P*Q`` cut into ``splits`` fixed ranges.
+
+Splits (``splits_for``): the blocks of one split (GEMM tiles, or K filters for depthwise) are scaled up to
+about two waves of ``SMS`` = 132 SMs: ``splits = min(ceil(2 * 132 / blocks), pixel slices // 8, 8)``
+(``SPLIT_MAX`` = 8 = ``GEMM_SPLITK_MAX`` of conv2d_igemm.cu, the most its reduce kernel sums; at least
+``MIN_SLICES`` = 8 slices of BK pixels per range for igemm, ``DW_MIN_PIXELS`` = 1024 pixels per range for
+depthwise), 1 when that is below 2. Each range is ``ceil(total / splits)`` long (only as many ranges as that
+takes, none empty). Each block stores its raw partial sums into a workspace ``[splits, K, Cg*R*S]`` of the
+accumulation type (float32; float64 for float64), ``workspace_bytes``; ``gemm_splitk_reduce<T>``, loaded
+from conv2d_igemm.cu's module, sums the ranges in fixed order 0..splits-1 and writes ``gw`` (with one range
+too: the one rounding of float16 happens there). Memory: the result plus that workspace, plus a C-contiguous
+copy of ``x`` / ``gy`` / ``out`` when one is not.
+
+``launch`` returns ``(gw, kernel id)``, the id naming both kernels and the ranges, e.g.
+``gpuconv::conv2d_backward_filter_igemm<float, 64, 64, 16, 4, 4> splits=4 + gpuconv::gemm_splitk_reduce<float>``.
+``launch_bias`` is the bias gradient with the derivative fused (``conv2d_backward_bias<T>``, same file).
+
+32-bit rule: the conv kernels' (``limits.conv_int32_limit_reason``) plus ``N*P*Q <= 2^31 - 1 - 64`` (the
+slice loop's reduction index is a C ``int``) and ``Cg*H*W + (R-1)*dh*W + (S-1)*dw <= 2^31 - 1`` (the igemm
+loader's tap offsets are ``int``); a declined call runs the lowering (docs/gradients.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._geometry import ACTIVATIONS, ConvGeometry
+from . import conv_igemm, limits
+from .abi import conv_params
+from .algo import Algorithm
+from .gemm import SMALL_TILE, TILES_BY_DTYPE, tile_for_dtype
+from .limits import ACC_BYTES, CTYPE, ceil_div, grid_blocks
+
+BACKWARD_FILTER = "backward_filter"
+SOURCE = "conv2d_backward_filter.cu"
+THREADS = 256          # BWF_THREADS in the kernel file (depthwise and bias blocks)
+DW_TAPS = 9            # taps a depthwise thread accumulates at once (DW_TAPS in the kernel file)
+SMS = 132              # an H100 / H200's SMs: about two waves of blocks is the target
+SPLIT_MAX = conv_igemm.SPLITK_MAX  # 8: gemm_splitk_reduce sums at most GEMM_SPLITK_MAX planes
+MIN_SLICES = 8         # igemm: slices of BK pixels per range at least (amortises a tile's prologue / epilogue)
+DW_MIN_PIXELS = 1024   # depthwise: pixels per range at least (4 per thread)
+MAX_PIXELS = limits.INT32_MAX - 64  # N*P*Q: the slice loop's int reduction index plus one slice
+
+
+def _ct(dtype) -> str:
+    return CTYPE[np.dtype(dtype)]
+
+
+def igemm_tile(dtype):
+    return tile_for_dtype(SMALL_TILE, dtype)
+
+
+ACTIVATION_CODES = tuple(sorted(ACTIVATIONS.values()))  # none, relu, leaky_relu, sigmoid, tanh
+
+
+def igemm_name(dtype, act: int = 0) -> str:
+    """igemm's name expression: the activation whose derivative its gy loader applies is a template
+    argument (no run-time switch in the main loop)."""
+    return f"gpuconv::conv2d_backward_filter_igemm<{_ct(dtype)}, {igemm_tile(dtype).template_args}, {act}>"
+
+
+def depthwise_name(dtype) -> str:
+    return f"gpuconv::conv2d_backward_filter_depthwise<{_ct(dtype)}>"
+
+
+def bias_name(dtype) -> str:
+    return f"gpuconv::conv2d_backward_bias<{_ct(dtype)}>"
+
+
+INSTANTIATIONS = tuple(n for dt in TILES_BY_DTYPE
+                       for n in [igemm_name(dt, a) for a in ACTIVATION_CODES] + [depthwise_name(dt), bias_name(dt)])
+
+
+def is_depthwise(geom: ConvGeometry) -> bool:
+    return geom.Cg == 1 and geom.groups > 1
+
+
+def _size_reason(algo: str, geom: ConvGeometry) -> str | None:
+    reason = limits.conv_int32_limit_reason(geom)
+    if reason is None and geom.N * geom.P * geom.Q > MAX_PIXELS:
+        reason = (f"N*P*Q = {geom.N * geom.P * geom.Q} exceeds 2^31-65, the longest reduction the backward "
+                  f"filter kernels take")
+    reach = geom.Cg * geom.H * geom.W + (geom.R - 1) * geom.dh * geom.W + (geom.S - 1) * geom.dw
+    if reason is None and reach > limits.INT32_MAX:
+        reason = (f"C/groups*H*W + the filter's reach = {reach} exceeds 2^31-1, the largest tap offset the "
+                  f"backward filter kernels take")
+    return limits.declines(algo, reason)
+
+
+def igemm_decline_reason(geom: ConvGeometry, dtype) -> str | None:
+    return _size_reason("igemm", geom)
+
+
+def depthwise_decline_reason(geom: ConvGeometry, dtype) -> str | None:
+    if not is_depthwise(geom):
+        return (f"depthwise declines this geometry because it has {geom.Cg} input channels per group and "
+                f"{geom.groups} groups (it needs 1 and more than 1)")
+    return _size_reason("depthwise", geom)
+
+
+def splits_for(geom: ConvGeometry, dtype, depthwise: bool) -> int:
+    """The rule of the module docstring: ranges of the N*P*Q reduction (before ``ranges`` evens them)."""
+    m = geom.N * geom.P * geom.Q
+    if depthwise:
+        blocks, longest = geom.K, m // DW_MIN_PIXELS
+    else:
+        t = igemm_tile(dtype)
+        blocks = geom.groups * ceil_div(geom.Kg, t.bm) * ceil_div(geom.Cg * geom.R * geom.S, t.bn)
+        longest = ceil_div(m, t.bk) // MIN_SLICES
+    if blocks == 0 or blocks >= 2 * SMS:  # two waves already: no split
+        return 1
+    splits = min(ceil_div(2 * SMS, blocks), longest, SPLIT_MAX)
+    return splits if splits >= 2 else 1
+
+
+def ranges(total: int, splits: int) -> tuple[int, int]:
+    """(ranges, length of each) for ``total`` units cut into at most ``splits``: ``ceil(total / splits)``
+    each, and only as many ranges as that takes (none empty; e.g. 18 in 4 -> 4 of 5, the last 3)."""
+    if splits <= 1 or total <= 1:
+        return 1, max(total, 1)
+    per = ceil_div(total, splits)
+    return ceil_div(total, per), per
+
+
+def workspace_bytes(geom: ConvGeometry, dtype, splits: int) -> int:
+    """The workspace of one call: splits x K x Cg*R*S elements of the accumulation type."""
+    return splits * geom.K * geom.Cg * geom.R * geom.S * ACC_BYTES[np.dtype(dtype)]
+
+
+def _params(geom: ConvGeometry, act: int) -> np.ndarray:
+    p = conv_params(geom)
+    p["act"] = np.int32(act)
+    p["has_bias"] = np.int32(0)
+    return p
+
+
+def _inputs(rt, x, gy, out, geom):
+    xp = rt.xp
+    x, gy = xp.ascontiguousarray(x), xp.ascontiguousarray(gy)
+    act = geom.activation_code if out is not None else 0
+    out = xp.ascontiguousarray(out) if act else gy  # unread without an activation
+    return x, gy, out, act
+
+
+def _launch(rt, depthwise: bool, x, gy, out, geom: ConvGeometry, splits: int | None):
+    dtype = np.dtype(x.dtype)
+    if splits is None:
+        splits = splits_for(geom, dtype, depthwise)
+    elif not 1 <= int(splits) <= SPLIT_MAX:
+        raise ValueError(f"splits must be in 1..{SPLIT_MAX}, got {splits}")
+    x, gy, out, act = _inputs(rt, x, gy, out, geom)
+    m = geom.N * geom.P * geom.Q
+    nc = geom.Cg * geom.R * geom.S
+    acc = np.dtype(np.float32) if dtype == np.float16 else dtype
+    if depthwise:
+        splits, per = ranges(m, int(splits))
+        name, grid, block = depthwise_name(dtype), grid_blocks(geom.K * splits), THREADS
+    else:
+        t = igemm_tile(dtype)
+        splits, per = ranges(ceil_div(m, t.bk), int(splits))
+        name, block = igemm_name(dtype, act), t.threads
+        grid = grid_blocks(splits * geom.groups * ceil_div(geom.Kg, t.bm) * ceil_div(nc, t.bn))
+    ws = rt.xp.empty((splits, geom.K, nc), dtype=acc)  # every element written by the first kernel
+    rt.function(SOURCE, name)((grid, 1, 1), (block, 1, 1),
+                              [x, gy, out, ws, _params(geom, act), np.int32(splits), np.int32(per)])
+    gw = rt.xp.empty(geom.weight_shape, dtype=dtype)
+    red = conv_igemm.reduce_name(dtype)
+    rgrid = (grid_blocks(nc, conv_igemm.REDUCE_THREADS), min(geom.K, conv_igemm.MAX_GRID_YZ), 1)
+    rt.function(conv_igemm.SOURCE, red)(rgrid, (conv_igemm.REDUCE_THREADS, 1, 1),
+                                        [ws, gw, gw, np.int32(splits), np.int32(1), np.int32(geom.K),
+                                         np.int64(nc), np.int32(0), np.int32(0)])
+    return gw, f"{name} splits={splits} + {red}"
+
+
+def launch_igemm(rt, x, gy, out, geom: ConvGeometry, *, splits: int | None = None):
+    """``(gw, kernel id)``: ``x (N, C, H, W)``, ``gy (N, K, P, Q)``, ``out`` the activated forward output
+    (``geom.activation``'s derivative is applied) or None; ``geom`` the forward's geometry, ``N > 0``.
+    ``splits`` overrides the rule (tests; cut to the ranges the reduction has)."""
+    return _launch(rt, False, x, gy, out, geom, splits)
+
+
+def launch_depthwise(rt, x, gy, out, geom: ConvGeometry, *, splits: int | None = None):
+    """As ``launch_igemm``, for a depthwise geometry (``Cg == 1``, ``groups > 1``)."""
+    if not is_depthwise(geom):
+        raise ValueError(depthwise_decline_reason(geom, x.dtype))
+    return _launch(rt, True, x, gy, out, geom, splits)
+
+
+def launch_bias(rt, gy, out, geom: ConvGeometry):
+    """``(gb, kernel id)``: ``gy`` summed over N, P, Q after the activation's derivative (``out`` the
+    activated forward output, ``geom.activation``), one block per filter, a fixed-order tree."""
+    dtype = np.dtype(gy.dtype)
+    xp = rt.xp
+    act = geom.activation_code if out is not None else 0
+    gy = xp.ascontiguousarray(gy)
+    out = xp.ascontiguousarray(out) if act else gy  # unread without an activation
+    gb = xp.empty((geom.K,), dtype=dtype)
+    name = bias_name(dtype)
+    rt.function(SOURCE, name)((grid_blocks(geom.K), 1, 1), (THREADS, 1, 1),
+                              [gy, out, gb, np.int32(geom.N), np.int32(geom.K), np.int64(geom.P * geom.Q),
+                               np.int32(act)])
+    return gb, name
+
+
+ALGORITHMS = (
+    Algorithm("depthwise", "conv2d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, depthwise_decline_reason,
+              launch_depthwise, "one block per (filter, pixel range), taps in registers, fixed tree "
+              "reduction; fixed-order sum of the ranges"),
+    Algorithm("igemm", "conv2d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, igemm_decline_reason, launch_igemm,
+              "implicit GEMM gy' @ im2col(x)^T per group, the N*P*Q reduction split into fixed ranges "
+              "summed in order (no atomics); activation derivative in the gy loader"),
+)

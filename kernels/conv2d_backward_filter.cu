@@ -1,0 +1,438 @@
+// conv2d_backward_filter.cu — the filter (and bias) gradient of conv2d: deterministic, no atomics (issue 17).
+//
+// Kernels in this file:
+//   conv2d_backward_filter_igemm<T, BM, BN, BK, TM, TN, ACT>: per conv group g the implicit GEMM
+//           gw[Kg, Cg*R*S] = gy'[Kg, N*P*Q] @ im2col(x)[N*P*Q, Cg*R*S]
+//       whose REDUCTION runs over the N*P*Q output pixels (the forward's reduction Cg*R*S is this GEMM's
+//       column dimension). gy' = gy times the derivative of activation ACT (an Activation code, a template
+//       argument so that the main loop has no switch; cp.act is not read) computed from `out`, fused into
+//       the gy loader; gy itself for ACT_NONE. The reduction is cut into `splits` fixed ranges of
+//       split_slices slices of BK pixels; block (split, tile) sums its range and stores the raw partial sums
+//       into plane `split` of the workspace ws[splits][K][Cg*R*S] (float32; float64 for double).
+//       gemm_splitk_reduce<T> of conv2d_igemm.cu (loaded from THAT module by the host, N = 1, PQ = Cg*R*S)
+//       then sums the planes in fixed order 0..splits-1 and writes gw, so the result is bitwise the same
+//       for every block / thread order and run. The tiling (RegisterTile, GemmSmem, gemm_slice_range,
+//       store_partial, gemm_block_index) is gemm_tile.cuh's; the operand loaders are this file's
+//       (GyRowLoader: A; Im2colColumnLoader: B), the index math of padding / stride / dilation / flip is
+//       Im2colGeometry's (im2col_loader.cuh: pixel_origin and tap_dh / tap_dw).
+//   conv2d_backward_filter_depthwise<T>: depthwise layers (Cg == 1, groups > 1), where the GEMM's tile
+//       would be almost all padding rows (Kg = 1 or 2 filters of 64) and columns (R*S of 64). One block per
+//       (filter k, split): its 256 threads walk the split's pixels (thread t: pixels t, t + 256, ...),
+//       each accumulating DW_TAPS taps at a time in registers, then a fixed-shape tree reduction in shared
+//       memory gives the taps' sums, stored into ws[split][k][tap]; the same gemm_splitk_reduce follows.
+//   conv2d_backward_bias<T>: gb[k] = sum_{n, p, q} gy'[n, k, p, q] (the activation's derivative fused as
+//       above), one block per filter, a fixed-order tree reduction; written as T (float16 rounded once).
+//
+// Parameters (igemm, depthwise): x (N, C, H, W), gy (N, K, P, Q), out (N, K, P, Q: the activated forward
+//   output, read only with an activation -- igemm's ACT, depthwise's cp.act -- else any valid pointer), ws,
+//   then ConvParams cp by value (conv_params.cuh; cp.flip: true convolution; has_bias unread), then splits
+//   (>= 1) and split_slices (igemm: slices of BK pixels per range) / split_len (depthwise: pixels per
+//   range). Bias: gy, out, gb (K,), N, K, P*Q, act.
+//   All arrays C-contiguous. N*P*Q must leave room for one more slice below 2^31 (the host's rule:
+//   the slice loop's reduction index is an int), and Cg*H*W plus the filter's reach below 2^31 (the
+//   igemm B loader's per-column tap offsets are ints).
+// Launch shapes: igemm: 1-D blocks of (BM/TM)*(BN/TN) = 256 threads, 1-D grid over splits x groups x
+//   ceil(Cg*R*S / BN) x ceil(Kg / BM) tiles (64-bit grid-stride loop, so the host may cap it); depthwise
+//   and bias: 1-D blocks of BWF_THREADS = 256, grid over K*splits (K) items, grid-stride.
+// Tile the host instantiates: the "small" config of gpuconv/_cuda/gemm.py only (64 x 64 x 16, 4 x 4 per
+//   thread; float64 64 x 64 x 8): this GEMM's rows are Kg filters and its columns Cg*R*S, both rarely large
+//   enough for a bigger tile to fill the GPU; the parallelism comes from the splits.
+// Shared memory: static, 16,896 bytes (igemm, every dtype); BWF_THREADS * DW_TAPS accumulators
+//   (9 KiB float, 18 KiB double) for depthwise, BWF_THREADS for bias.
+// Registers (NVRTC 12.9 and 13, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them): igemm
+//   float / float16 without an activation 122-128 (two blocks per SM: the 128-register bound is tight;
+//   the loaders share one pixel cursor and keep int tap offsets to stay under it); with one, and
+//   float64, one block per SM (bwf_min_blocks_per_sm); depthwise 96-124; bias 52-96.
+// Main loop (SASS, tests/sass_check.py, floors in tests/sass_floors.json): igemm float32 on sm_90 with
+//   NVRTC 12.9, FMA share of one slice: about 56% without an activation, 51-54% with one (the forward's
+//   small tile: 63%); depthwise about 4% (one FMA per loaded input element: bound by its loads).
+// Measured speed: not yet (no GPU measurement; docs/gradients.md).
+#include "common.cuh"
+#include "conv_params.cuh"
+#include "gemm_tile.cuh"
+#include "im2col_loader.cuh"
+
+namespace gpuconv {
+
+#define BWF_THREADS 256
+#define DW_TAPS 9  // a 3x3 filter (the common depthwise one) in one pass over the pixels
+
+// d loss / d pre-activation from g = d loss / d out and the activated value o (docs/gradients.md's table,
+// PyTorch's backward formulas). relu / leaky_relu SELECT rather than multiply: a NaN `out` is not > 0, so
+// it gives 0 (relu) or the slope times g (leaky_relu), and an infinite g where the derivative is 0 gives 0,
+// as PyTorch's threshold_backward / where. Same operation order as the NumPy pre-pass
+// (gpuconv/_grad_conv.py activation_derivative_times).
+template <typename A>
+__device__ __forceinline__ A act_backward(A g, A o, int act) {
+    switch (act) {
+        case ACT_RELU: return o > A(0) ? g : A(0);
+        case ACT_LEAKY_RELU: return o > A(0) ? g : g * A(0.01);
+        case ACT_SIGMOID: return g * (A(1) - o) * o;
+        case ACT_TANH: return g * (A(1) - o * o);
+        default: return g;
+    }
+}
+
+// A position m = (n*P + p)*Q + q of the reduction over output pixels, advanced by a constant step with
+// carries (no division after init): the loaders call step() once per slice, after their fetch.
+struct PixelCursor {
+    int n, p, q;  // int: n <= N (one past the last image for the reduction tail), N < 2^31
+    __device__ __forceinline__ void init(index_t m, int P, int Q) {
+        const index_t PQ = (index_t)P * Q;
+        n = (int)(m / PQ);
+        const int pq = (int)(m - n * PQ);
+        p = pq / Q;
+        q = pq - p * Q;
+    }
+    // step = (sn, sp, sq) with sp < P, sq < Q: each carry happens at most once (q + sq <= 2Q - 2, then
+    // p + sp + 1 <= 2P - 1).
+    __device__ __forceinline__ void step(int sn, int sp, int sq, int P, int Q) {
+        q += sq;
+        p += sp;
+        n += sn;
+        if (q >= Q) {
+            q -= Q;
+            ++p;
+        }
+        if (p >= P) {
+            p -= P;
+            ++n;
+        }
+    }
+};
+
+// A step of `count` pixels as (sn, sp, sq).
+struct PixelStep {
+    int sn, sp, sq;
+    __device__ __forceinline__ PixelStep(int count, int P, int Q) {
+        const index_t PQ = (index_t)P * Q;
+        sn = (int)(count / PQ);
+        const int rest = (int)(count - sn * PQ);
+        sp = rest / Q;
+        sq = rest - sp * Q;
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The A operand: A[k, m] = gy'[n, g*Kg + k, p, q], m = (n*P + p)*Q + q, staged transposed (a[kk][row]).
+// Thread t holds reduction index kk = t / RW of every slice (RW = THREADS / BK threads per slice row, the
+// B loader's kk, so both read the pixel of ONE PixelCursor, owned by the B loader) and rows t % RW + j * RW:
+// a warp stages 2 kk rows of 16 consecutive filters (stores at most 2-way bank-conflicted: rows are
+// A_LD = BM + 4 words apart); its global reads are 2 pixels of 16 filters, the neighbouring pixels of the
+// same 32-byte sectors being read by the block's other warps in the same slice (L1). One pixel per
+// thread, so its offset is formed once per slice for all of its rows. Rows past the tile's filters and
+// pixels past N*P*Q read 0. fetch(k0) must be called for k0 = k_start, k_start + BK, ... in order
+// (gemm_tile.cuh's contract), each BEFORE the B loader's fetch(k0), which steps the shared cursor
+// (gemm_slice_range calls la.fetch, then lb.fetch).
+// ---------------------------------------------------------------------------------------------------
+template <typename T, class Cfg, int ACT>
+struct GyRowLoader {
+    typedef typename acc_type<T>::type A;
+    static constexpr int BK = Cfg::BK, THREADS = Cfg::THREADS;
+    static constexpr int ROW_STEP = THREADS / BK;  // RW
+    static constexpr int LOADS = Cfg::BM / ROW_STEP;  // rows per thread
+    static_assert(THREADS % BK == 0 && LOADS * ROW_STEP == Cfg::BM, "gy slots must tile BM x BK exactly");
+
+    const T* gy;
+    const T* out;
+    int P, Q, kk, row0;
+    index_t M, KPQ;   // N*P*Q; K*P*Q (one sample of gy)
+    const PixelCursor* cur;  // this thread's pixel of the next fetch (the B loader's, which steps it)
+    // per tile: offset of (filter k_first + row0, pixel 0) in gy; rows of the thread's slots that exist
+    // (slot j is row row0 + j * ROW_STEP). Two values rather than a 64-bit offset per slot: registers.
+    index_t tile_off;
+    int rows_left;
+    A regs[LOADS];
+
+    __device__ __forceinline__ GyRowLoader(const T* gy_, const T* out_, const ConvParams& cp, index_t M_, int tid,
+                                           const PixelCursor* cur_)
+        : gy(gy_), out(out_), P(cp.P), Q(cp.Q), kk(tid / ROW_STEP), row0(tid % ROW_STEP), M(M_),
+          KPQ((index_t)cp.K * cp.P * cp.Q), cur(cur_) {}
+
+    // (the cursor is set by the B loader's begin_tile)
+    __device__ __forceinline__ void begin_tile(int k_first, int rows) {
+        tile_off = (index_t)(k_first + row0) * P * Q;
+        rows_left = rows - row0;
+    }
+
+    __device__ __forceinline__ void fetch(int k0) {
+        // The pixel exists iff kk < M - k0 (no overflow: k0 < M + BK <= INT_MAX by the host's rule).
+        const bool ok = (index_t)kk < M - k0;
+        const index_t base = (index_t)cur->n * KPQ + (index_t)cur->p * Q + cur->q + tile_off;
+        const index_t row_step = (index_t)ROW_STEP * P * Q;
+        const T* g = gy + base;
+        const T* o = out + base;  // (formed, never read without an activation)
+        GPUCONV_UNROLL
+        for (int j = 0; j < LOADS; ++j) {
+            A v = A(0);
+            if (ok && j * ROW_STEP < rows_left) {  // rows past the tile's filters read 0
+                v = load<T>(g + j * row_step);
+                // ACT is a template argument: no activation switch in the main loop (it cost ~20
+                // instructions per element as a run-time switch, tests/sass_check.py)
+                if (ACT != ACT_NONE) v = act_backward<A>(v, load<T>(o + j * row_step), ACT);
+            }
+            regs[j] = v;
+        }
+    }
+
+    // Transposed store dst[kk][row]: every (kk, row) of the slice written by exactly one thread.
+    __device__ __forceinline__ void stage(A (*dst)[Cfg::A_LD]) {
+        GPUCONV_UNROLL
+        for (int j = 0; j < LOADS; ++j) dst[kk][row0 + j * ROW_STEP] = Cfg::staged(regs[j]);
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The B operand: B[m, col] = x[n, g*Cg + c, p*sh - pt + r'*dh, q*sw - pl + s'*dw] (0 in the padding),
+// col = (c*R + r)*S + s, (r', s') = (r, s) or (R-1-r, S-1-s) with flip: Im2colGeometry's gather with the
+// roles of its axes swapped (the pixel m is this GEMM's reduction index, the tap its column).
+// Thread t holds reduction index kk = t / CW of every slice (CW = THREADS / BK threads per slice row)
+// and columns t % CW + j * CW: a warp stages 2 rows of 16 consecutive columns (stores at most 2-way
+// bank-conflicted). The tap of each column (its offset from the pixel's first tap) is found once per
+// tile; per slice the pixel's origin is formed once (one 64-bit multiply-add) for all of its columns.
+// ---------------------------------------------------------------------------------------------------
+template <typename T, class Cfg>
+struct Im2colColumnLoader {
+    typedef typename acc_type<T>::type A;
+    static constexpr int BK = Cfg::BK, BN = Cfg::BN, THREADS = Cfg::THREADS;
+    static constexpr int CW = THREADS / BK;
+    static constexpr int LOADS = BN / CW;  // columns per thread
+    static_assert(THREADS % BK == 0 && LOADS * CW == BN, "x slots must tile BK x BN exactly");
+
+    Im2colGeometry<T> geo;
+    int kk, col0, ih_base, iw_base;  // pixel (0, 0)'s first-tap row / column (padding, flip: pixel_origin)
+    index_t CHW, group_off;           // C*H*W; per tile g*Cg*H*W
+    PixelStep stepk;
+    PixelCursor cur;  // this thread's pixel of the next fetch (also read by the A loader: GyRowLoader)
+    // per tile and column j: tap offset (elements) from the pixel's first tap, and its row / column
+    // offsets. A column past Cg*R*S gets the row offset -1 - (ih_base + (P-1)*sh): every pixel's row
+    // ih_base + p*sh then lands at -1 or above it, outside the image, so it reads nothing (a sentinel
+    // instead of a per-load column test: fewer instructions in the main loop; |value| <= H + pt + pb,
+    // within int by the 32-bit rule).
+    // int: |offset| < Cg*H*W + (R-1)*dh*W + (S-1)*dw, which the host's rule keeps below 2^31 (64-bit
+    // offsets here cost the float16 tile a spill on sm_75).
+    int tap_off[LOADS];
+    int dih[LOADS], diw[LOADS];
+    A regs[LOADS];
+
+    __device__ __forceinline__ Im2colColumnLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
+        : geo(x, cp, Cg, M), kk(tid / CW), col0(tid % CW), CHW((index_t)cp.C * cp.H * cp.W), group_off(0),
+          stepk(BK, cp.P, cp.Q) {
+        // Pixel m = 0 (image 0, group 0): its first tap's input row / column, the only place the padding
+        // and flip enter the index math; every pixel's is ih_base + p*sh, iw_base + q*sw.
+        geo.pixel_origin(0, 0, ih_base, iw_base);
+    }
+
+    __device__ __forceinline__ void begin_tile(index_t col_first, int g, int k_start) {
+        const int RS = geo.R * geo.S;
+        group_off = (index_t)g * geo.Cg * geo.HW;
+        GPUCONV_UNROLL
+        for (int j = 0; j < LOADS; ++j) {
+            const index_t col = col_first + col0 + j * CW;
+            tap_off[j] = 0;
+            diw[j] = 0;
+            dih[j] = -1 - (ih_base + (geo.P - 1) * geo.sh);  // the sentinel (above)
+            if (col >= geo.kred) continue;  // past the last tap (partial last column tile)
+            const int c = (int)col / RS;  // once per tile and column
+            const int rs = (int)col - c * RS;
+            const int r = rs / geo.S;
+            const int s = rs - r * geo.S;
+            dih[j] = r * geo.tap_dh;  // signed: negative steps with flip (Im2colGeometry)
+            diw[j] = s * geo.tap_dw;
+            tap_off[j] = c * (int)geo.HW + dih[j] * geo.W + diw[j];
+        }
+        cur.init((index_t)k_start + kk, geo.P, geo.Q);
+    }
+
+    __device__ __forceinline__ void fetch(int k0) {
+        const bool ok = (index_t)kk < geo.M - k0;  // the pixel exists (past N*P*Q: the reduction tail)
+        const int ih = ih_base + cur.p * geo.sh;
+        const int iw = iw_base + cur.q * geo.sw;
+        const index_t origin = (index_t)cur.n * CHW + group_off + (index_t)ih * geo.W + iw;
+        GPUCONV_UNROLL
+        for (int j = 0; j < LOADS; ++j) {
+            A v = A(0);
+            const int h = ih + dih[j];
+            const int w = iw + diw[j];
+            // Halo / bounds: a tap in the padding reads 0 by definition; x is never read outside the
+            // image (the unsigned compare rejects negative coordinates, the top / left padding).
+            if (ok && (unsigned)h < (unsigned)geo.H && (unsigned)w < (unsigned)geo.W)
+                v = load<T>(geo.x + origin + (index_t)tap_off[j]);
+            regs[j] = v;
+        }
+        // Stepped after the A loader's fetch of this slice read it (gemm_slice_range: la.fetch, lb.fetch).
+        cur.step(stepk.sn, stepk.sp, stepk.sq, geo.P, geo.Q);
+    }
+
+    __device__ __forceinline__ void stage(A (*dst)[Cfg::B_LD]) {
+        GPUCONV_UNROLL
+        for (int j = 0; j < LOADS; ++j) dst[kk][col0 + j * CW] = Cfg::staged(regs[j]);
+    }
+};
+
+// float64 asks for one block per SM, as conv2d_igemm_splitk<double> (its 4x4 double tile and the two
+// loaders' per-column state do not fit the 128 registers of two), and so do the fused-activation
+// instantiations (ACT != 0: the `out` loads in flight; at 128 registers NVRTC 12.9 spilled 4 bytes of the
+// float relu one on sm_100); float32 / float16 without an activation keep the tile's bound (two).
+__host__ __device__ constexpr int bwf_min_blocks_per_sm(int bytes, int act, int tm, int tn) {
+    return (bytes == 8 || act != 0) ? 1 : gemm_min_blocks_per_sm(tm, tn);
+}
+
+template <typename T, int BM, int BN, int BK, int TM, int TN, int ACT>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), bwf_min_blocks_per_sm(sizeof(T), ACT, TM, TN))
+conv2d_backward_filter_igemm(const T* __restrict__ x,    // (N, C, H, W)
+                             const T* __restrict__ gy,   // (N, K, P, Q)
+                             const T* __restrict__ out,  // (N, K, P, Q) when ACT, else unread
+                             typename acc_type<T>::type* __restrict__ ws,  // [splits][K][Cg*R*S]
+                             const __grid_constant__ ConvParams cp,
+                             int splits,        // reduction ranges (>= 1)
+                             int split_slices)  // slices (of BK pixels) per range
+{
+    typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
+    typedef typename acc_type<T>::type A;
+    __shared__ GemmSmem<A, Cfg> smem;
+
+    const int tid = threadIdx.x;
+    const int Cg = cp.C / cp.groups;
+    const int Kg = cp.K / cp.groups;
+    const int NC = Cg * cp.R * cp.S;  // this GEMM's columns (the forward's reduction)
+    const index_t M = (index_t)cp.N * cp.P * cp.Q;  // the reduction, < 2^31 - BK (host rule)
+    const int slices = (int)(M / BK + (M % BK != 0));
+    const index_t n_tiles = (NC + BN - 1) / BN;
+    const int k_tiles = (Kg + BM - 1) / BM;
+    const index_t tiles = n_tiles * k_tiles * cp.groups;
+    const index_t total = tiles * splits;
+
+    Im2colColumnLoader<T, Cfg> bl(x, cp, Cg, M, tid);
+    GyRowLoader<T, Cfg, ACT> al(gy, out, cp, M, tid, &bl.cur);  // same kk per thread: one cursor for both
+    static_assert(decltype(al)::ROW_STEP == decltype(bl)::CW, "both loaders must give a thread the same pixel");
+    // Split slowest: block (split, tile). The trip count depends only on blockIdx / gridDim, so every
+    // thread of a block reaches the same barriers (in gemm_slice_range).
+    for (index_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
+        const int split = (int)(blk / tiles);
+        const GemmBlockIndex bi = gemm_block_index(blk - (index_t)split * tiles, k_tiles, n_tiles, BM, BN);
+        const int rows = Kg - bi.k_begin < BM ? Kg - bi.k_begin : BM;
+        const int k_first = bi.g * Kg + bi.k_begin;
+        const int s0 = split * split_slices;
+        const int s1 = slices - s0 < split_slices ? slices : s0 + split_slices;
+        RegisterTile<T, Cfg> acc(tid);
+        al.begin_tile(k_first, rows);
+        bl.begin_tile(bi.m0, bi.g, s0 * BK);  // sets the shared cursor to pixel s0 * BK + kk
+        gemm_slice_range<Cfg>(al, bl, s0, s1, smem, acc);
+        // Every (filter, column) of the tile that exists, once, into plane `split` (raw sums: the reduce
+        // kernel adds the planes in order and rounds once).
+        acc.store_partial(ws + (index_t)split * cp.K * NC, k_first, rows, bi.m0, NC);
+    }
+}
+
+// Sums red[i][0..BWF_THREADS) into red[i][0] for i < n, by a tree of fixed shape (which thread adds which
+// pair depends only on indices, never on timing: the same bits in any thread order). Called by every
+// thread of the block; each level's barrier orders its reads after the previous level's writes.
+template <typename A, int N>
+__device__ __forceinline__ void block_tree_sum(A (*red)[BWF_THREADS], int tid) {
+    __syncthreads();  // every thread's own value is stored
+    GPUCONV_UNROLL
+    for (int half = BWF_THREADS / 2; half > 0; half >>= 1) {
+        if (tid < half) {
+            GPUCONV_UNROLL
+            for (int i = 0; i < N; ++i) red[i][tid] += red[i][tid + half];
+        }
+        __syncthreads();
+    }
+}
+
+// Two blocks per SM stated explicitly: without a minimum ptxas picked a 64-register target of its own on
+// sm_86 / sm_89 and spilled the DW_TAPS accumulators.
+template <typename T>
+__global__ void __launch_bounds__(BWF_THREADS, 2)
+conv2d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ gy,
+                                 const T* __restrict__ out,  // when cp.act, else unread
+                                 typename acc_type<T>::type* __restrict__ ws,  // [splits][K][R*S]
+                                 const __grid_constant__ ConvParams cp,
+                                 int splits,           // pixel ranges (>= 1)
+                                 int split_len)        // pixels per range (the last may be shorter)
+{
+    typedef typename acc_type<T>::type A;
+    __shared__ A red[DW_TAPS][BWF_THREADS];
+    const int tid = threadIdx.x;
+    const int Kg = cp.K / cp.groups;
+    const int RS = cp.R * cp.S;
+    const index_t PQ = (index_t)cp.P * cp.Q;
+    const index_t M = (index_t)cp.N * PQ;
+    const index_t HW = (index_t)cp.H * cp.W;
+    Im2colGeometry<T> geo(x, cp, 1, M);
+    int ih_base, iw_base;
+    geo.pixel_origin(0, 0, ih_base, iw_base);  // padding and flip (see Im2colColumnLoader)
+    const PixelStep stride_step(BWF_THREADS, cp.P, cp.Q);
+
+    for (index_t item = blockIdx.x; item < (index_t)cp.K * splits; item += gridDim.x) {
+        const int split = (int)(item / cp.K);
+        const int k = (int)(item - (index_t)split * cp.K);
+        const int c = k / Kg;  // the one input channel of filter k
+        const index_t m0 = (index_t)split * split_len;
+        const index_t m1 = M - m0 < split_len ? M : m0 + split_len;
+        for (int t0 = 0; t0 < RS; t0 += DW_TAPS) {
+            int dih[DW_TAPS], diw[DW_TAPS];
+            A acc[DW_TAPS];
+            GPUCONV_UNROLL
+            for (int i = 0; i < DW_TAPS; ++i) {
+                const int t = t0 + i < RS ? t0 + i : RS - 1;  // past the last tap: computed, never stored
+                const int r = t / cp.S;
+                dih[i] = r * geo.tap_dh;
+                diw[i] = (t - r * cp.S) * geo.tap_dw;
+                acc[i] = A(0);
+            }
+            PixelCursor cur;
+            cur.init(m0 + tid, cp.P, cp.Q);
+            for (index_t m = m0 + tid; m < m1; m += BWF_THREADS) {
+                const index_t goff = ((index_t)cur.n * cp.K + k) * PQ + (index_t)cur.p * cp.Q + cur.q;
+                A g = load<T>(gy + goff);
+                if (cp.act != ACT_NONE) g = act_backward<A>(g, load<T>(out + goff), cp.act);
+                const int ih = ih_base + cur.p * cp.sh;
+                const int iw = iw_base + cur.q * cp.sw;
+                const T* xc = x + ((index_t)cur.n * cp.C + c) * HW;
+                GPUCONV_UNROLL
+                for (int i = 0; i < DW_TAPS; ++i) {
+                    const int h = ih + dih[i], w = iw + diw[i];
+                    // Halo: taps in the padding add nothing (x is never read outside the image).
+                    if ((unsigned)h < (unsigned)cp.H && (unsigned)w < (unsigned)cp.W)
+                        acc[i] += g * load<T>(xc + (index_t)h * cp.W + w);
+                }
+                cur.step(stride_step.sn, stride_step.sp, stride_step.sq, cp.P, cp.Q);
+            }
+            GPUCONV_UNROLL
+            for (int i = 0; i < DW_TAPS; ++i) red[i][tid] = acc[i];
+            block_tree_sum<A, DW_TAPS>(red, tid);
+            if (tid < DW_TAPS && t0 + tid < RS) ws[((index_t)split * cp.K + k) * RS + t0 + tid] = red[tid][0];
+            // Barrier: threads 0..DW_TAPS-1 read red[*][0] above before the next chunk (or item) rewrites it.
+            __syncthreads();
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(BWF_THREADS, 2)
+conv2d_backward_bias(const T* __restrict__ gy, const T* __restrict__ out,  // out: when act, else unread
+                     T* __restrict__ gb,  // (K,)
+                     int N, int K, index_t PQ, int act) {
+    typedef typename acc_type<T>::type A;
+    __shared__ A red[1][BWF_THREADS];
+    const int tid = threadIdx.x;
+    for (int k = blockIdx.x; k < K; k += gridDim.x) {
+        A acc = A(0);
+        for (int n = 0; n < N; ++n) {
+            const index_t base = ((index_t)n * K + k) * PQ;
+            for (index_t pq = tid; pq < PQ; pq += BWF_THREADS) {
+                A g = load<T>(gy + base + pq);
+                if (act != ACT_NONE) g = act_backward<A>(g, load<T>(out + base + pq), act);
+                acc += g;
+            }
+        }
+        red[0][tid] = acc;
+        block_tree_sum<A, 1>(red, tid);
+        if (tid == 0) store<T>(gb + k, red[0][0]);
+        __syncthreads();  // red[0][0] read before the next filter's values overwrite it
+    }
+}
+
+}  // namespace gpuconv
