@@ -68,6 +68,7 @@ TEST_GROUPS = (
     ("igemm", "igemm and not igemm_tc"),
     ("gemm1x1-depthwise", "gemm1x1 or depthwise"),
     ("igemm_tc", "igemm_tc"),
+    ("backward-filter-conv3d", "backward_filter or conv3d"),
     ("auto-and-rest", None),
 )
 # (phase, default timeout s, minimum share s kept for it when earlier phases run long)
@@ -77,7 +78,7 @@ TEST_GROUP_TIMEOUT = 150
 REHEARSAL_SAMPLE = 6  # tests per group in a rehearsal (the emulator is slow)
 REHEARSAL_BENCH_BUDGET_S = 4  # about the roofline measurement and a few quick CPU layers
 MEMCHECK_SAMPLE, RACECHECK_SAMPLE = 60, 24
-SHARED_MEMORY_KERNELS = "tiled or igemm or depthwise or gemm1x1"
+SHARED_MEMORY_KERNELS = "tiled or igemm or depthwise or gemm1x1 or backward_filter or conv3d"
 # What compute-sanitizer prints when it cannot instrument this device / driver.
 SANITIZER_REFUSALS = ("device not supported", "not supported on this", "unable to find injection library",
                       "no supported devices")
