@@ -73,7 +73,7 @@ template <> struct TcKind<float> {  // TF32, m16n8k8
     // (the gather's pointer is opaque_pointer()'d, tensor_core.cuh).
     __device__ __forceinline__ static Raw load(const float* p) { return __ldg(p); }
     // Word t of a run of fetched values v (indices KPW*t ..).
-    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return to_tf32(v[t]); }
+    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return tf32_operand_bits(v[t]); }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k8_tf32(d, a, b);
     }
@@ -92,7 +92,7 @@ template <> struct TcKind<half> {  // float16, m16n8k16
         return __ldg(reinterpret_cast<const unsigned short*>(p));  // (half is our 2-byte struct here)
 #endif
     }
-    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return v[2 * t] | (v[2 * t + 1] << 16); }
+    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return pack_halves(v[2 * t], v[2 * t + 1]); }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k16_f16(d, a, b);
     }
@@ -222,15 +222,17 @@ struct TapIm2colLoader {
     const T* xb;
     int ih0, iw0;
     bool col_ok;
-    int HWi;                  // H*W as int: the channel stride
+    int HWi;                  // H*W: the channel stride (elements)
     int chan0;                // this thread's first channel of each slice
-    int c0, r, s;             // the slice fetched last: channels c0.., tap (r, s)
+    int cleft;                // channels of the current tap left from this slice's first (Cg - c0)
+    int ih, iw, s;            // the current tap: its input position and its filter column
+    int coff;                 // (c0 + chan0) * H*W: this slice's first channel's offset (elements)
     int woff[4];              // word tig's 64-bit store: its first word in the slice
     typename Kind::Raw v[L];
 
     __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
         : px(x, cp, Cg, M), col(tid % Cfg::BN), xb(x), ih0(0), iw0(0), col_ok(false), HWi(cp.H * cp.W),
-          chan0((tid / Cfg::BN) * L), c0(0), r(0), s(0) {
+          chan0((tid / Cfg::BN) * L), cleft(0), ih(0), iw(0), s(0), coff(0) {
         GPUCONV_UNROLL
         for (int t = 0; t < 4; ++t)
             woff[t] = Cfg::LayoutB::quad((tid / Cfg::BN) * Cfg::B_KSTEPS, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
@@ -239,33 +241,39 @@ struct TapIm2colLoader {
     __device__ __forceinline__ void begin_tile(index_t m0, int g) {
         col_ok = (index_t)col < px.M - m0;
         if (col_ok) xb = px.x + px.pixel_origin(m0 + col, g, ih0, iw0);
-        c0 = -Cfg::BK;
-        r = 0;
-        s = 0;
+        // The state of a tap "before" tap (0, 0), with no channels left: the first fetch() steps to channel
+        // 0 of tap (0, 0) (s = -1 -> 0, iw0 - tap_dw -> iw0; S >= 1, so s never wraps there).
+        cleft = Cfg::BK;
+        coff = 0;
+        ih = ih0;
+        iw = iw0 - px.tap_dw;
+        s = -1;
     }
 
     __device__ __forceinline__ void fetch(int) {
-        c0 += Cfg::BK;
-        if (c0 >= px.Cg) {  // next tap: s fastest, then r (w's order of (r, s))
-            c0 = 0;
+        cleft -= Cfg::BK;
+        coff += Cfg::BK * HWi;
+        if (cleft <= 0) {  // next tap: s fastest, then r (w's order of (r, s))
+            cleft = px.Cg;
+            coff = chan0 * HWi;
+            iw += px.tap_dw;
             if (++s == px.S) {
                 s = 0;
-                ++r;
+                iw = iw0;
+                ih += px.tap_dh;
             }
         }
-        const int ih = ih0 + r * px.tap_dh;
-        const int iw = iw0 + s * px.tap_dw;
         // Halo / bounds, once per slice: a tap in the padding (or past the padded edge) reads 0 for all the
         // run's channels, as does a column past the last pixel; x is never read outside the image. The
         // unsigned compares also reject negative coordinates (top / left padding).
         const bool ok = col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
-        const int lim = ok ? px.Cg - c0 - chan0 : 0;
+        const int lim = ok ? cleft - chan0 : 0;
         // int offset within the image's group of channels (the host's rule: ceil(Cg/BK)*BK * H*W < 2^31).
-        const T* p = opaque_pointer(xb + (ok ? (c0 + chan0) * HWi + ih * px.W + iw : 0));
+        const T* p = opaque_pointer(xb + (ok ? coff + ih * px.W + iw : 0));
         GPUCONV_UNROLL
         for (int i = 0; i < L; ++i) {
             v[i] = i < lim ? Kind::load(p) : Kind::zero();
-            p += HWi;
+            p = opaque_pointer(p + HWi);
         }
     }
 

@@ -77,7 +77,7 @@ class TensorCoreTile:
 
 
 TC_LARGE_TILE = TensorCoreTile("large", 128, 128, 2, 4)
-TC_SMALL_TILE = TensorCoreTile("small", 64, 64, 2, 2)
+TC_SMALL_TILE = TensorCoreTile("small", 64, 64, 1, 2)
 TILES = (TC_LARGE_TILE, TC_SMALL_TILE)
 
 
