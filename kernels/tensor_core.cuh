@@ -100,15 +100,10 @@ __device__ __forceinline__ unsigned tf32_operand_bits(float f) {
     return fabsf(f) < __int_as_float(0x7F800000) ? u + 0x1000u : u;
 }
 
-// Two float16 bit patterns (zero-extended in 32-bit registers) as one f16x2 mma operand word, lo in the
-// low half: one PRMT instead of a shift and an OR.
-__device__ __forceinline__ unsigned pack_halves(unsigned lo, unsigned hi) {
-#if !defined(GPUCONV_EMULATED) && defined(__CUDA_ARCH__)
-    return __byte_perm(lo, hi, 0x5410);
-#else
-    return (lo & 0xFFFFu) | (hi << 16);
-#endif
-}
+// Two float16 bit patterns (in the low halves of 32-bit registers) as one f16x2 mma operand word, lo in
+// the low half: bytes 1, 0 of lo and 1, 0 of hi (selector 0x5410), one PRMT instead of a shift and an OR.
+// (The emulator provides __byte_perm: tests/emulator/cuda_compat.h.)
+__device__ __forceinline__ unsigned pack_halves(unsigned lo, unsigned hi) { return __byte_perm(lo, hi, 0x5410); }
 
 // Hides how pointer p was computed from the compiler (an empty asm that "changes" it; no instruction). The
 // tensor-core kernel's gather forms one pointer per slice and steps it by a channel stride per element:
