@@ -67,6 +67,12 @@ template <typename T> struct TcKind;
 template <> struct TcKind<float> {  // TF32, m16n8k8
     static constexpr int KSTEP = 8;  // reduction indices per mma
     static constexpr int KPW = 1;    // reduction indices per 32-bit word
+    // How the gather steps its pointer per element (TapIm2colLoader::fetch), chosen by the machine code
+    // (tests/sass_check.py): float, with each step hidden from the compiler, a chain of 64-bit adds (2
+    // instructions per element; left to itself ptxas rebuilt each address from 64-bit products, 3); half,
+    // the plain p + H*W, which ptxas turns into one IMAD.WIDE per element from the slice's pointer (for
+    // float it chose 3 instructions per element that way).
+    static constexpr bool OPAQUE_STEP = true;
     typedef float Raw;
     __device__ __forceinline__ static Raw zero() { return 0.0f; }
     // __ldg: a global, read-only load also where the compiler cannot see that p points into global memory
@@ -82,6 +88,7 @@ template <> struct TcKind<float> {  // TF32, m16n8k8
 template <> struct TcKind<half> {  // float16, m16n8k16
     static constexpr int KSTEP = 16;
     static constexpr int KPW = 2;
+    static constexpr bool OPAQUE_STEP = false;  // (see TcKind<float>)
     // The float16 bits, zero-extended: a 32-bit register zeroed as a whole (no 16-bit merge per element).
     typedef unsigned Raw;
     __device__ __forceinline__ static Raw zero() { return 0; }
@@ -273,7 +280,7 @@ struct TapIm2colLoader {
         GPUCONV_UNROLL
         for (int i = 0; i < L; ++i) {
             v[i] = i < lim ? Kind::load(p) : Kind::zero();
-            p = opaque_pointer(p + HWi);
+            p = Kind::OPAQUE_STEP ? opaque_pointer(p + HWi) : p + HWi;
         }
     }
 
