@@ -276,7 +276,8 @@ struct TapIm2colLoader {
         const bool ok = col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
         const int lim = ok ? cleft - chan0 : 0;
         // int offset within the image's group of channels (the host's rule: ceil(Cg/BK)*BK * H*W < 2^31).
-        const T* p = opaque_pointer(xb + (ok ? coff + ih * px.W + iw : 0));
+        // Formed whether or not the tap is in the image (no select): with lim = 0 nothing is read through it.
+        const T* p = opaque_pointer(xb + (coff + ih * px.W + iw));
         GPUCONV_UNROLL
         for (int i = 0; i < L; ++i) {
             v[i] = i < lim ? Kind::load(p) : Kind::zero();
