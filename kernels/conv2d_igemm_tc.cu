@@ -7,7 +7,8 @@
 //       on the fly — with its own pipeline for tensor cores:
 //       * the reduction runs tap-major in slices of BK channels of one tap ("The reduction order" below),
 //         so the gather tests a tap's bounds once per slice and loads each element at a fixed channel
-//         stride (im2col_loader.cuh's Im2colGeometry::pixel_origin decomposes each thread's pixel per tile);
+//         stride (im2col_loader.cuh's Im2colGeometry::pixel_origin decomposes each thread's pixel per tile,
+//         the loader then walks its taps and channel offsets incrementally, no multiply per slice but one);
 //       * the weights come packed by the host (gpuconv/_cuda/conv_igemm_tc.py pack_weights: the workspace,
 //         once per call) in exactly the staged slices' layout, TF32-rounded for float: a slice of A is two
 //         to four 128-bit copies per thread, with no bounds, rounding or gather in the main loop;
@@ -18,28 +19,33 @@
 //         global loads in flight while this one is computed), GemmSmem, gemm_block_index and
 //         gemm_min_blocks_per_sm are reused as they are.
 //       Covers every geometry conv2d_igemm does.
-//   T = float: mma m16n8k8 on TF32 operands (weights rounded by the host, input values with cvt.rna as the
-//       gather stages them: 10 mantissa bits, nearest, ties away), float32 products and sums: what cuDNN
+//   T = float: mma m16n8k8 on TF32 operands (weights rounded by the host, input values as the gather stages
+//       them, cvt.rna's rounding by tensor_core.cuh's tf32_operand_bits: 10 mantissa bits, nearest, ties
+//       away), float32 products and sums: what cuDNN
 //       and PyTorch compute for float32 when TF32 is allowed. T = half: mma m16n8k16 on the float16 values
 //       themselves (exact products), float32 accumulation, as conv2d_igemm's float16 path.
 //   Tile configs the host instantiates (gpuconv/_cuda/conv_igemm_tc.py): "large" BM = BN = 128, 2 x 4 warps
-//       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 2 x 2
-//       warps (32 x 32 per warp: 2 x 4 mma tiles, 32 accumulators). Chosen by conv2d_igemm's tile rule. BK
-//       (TensorCoreTileConfig): float large 16, float small 32, half large 32, half small 64.
+//       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 1 x 2
+//       warps of the same 64 x 32 warp tile (64 threads; until issue 16's second pass 2 x 2 warps of 32 x 32,
+//       which left the per-slice work and the B fragment loads spread over half as many mma per thread).
+//       Chosen by conv2d_igemm's tile rule. BK (TensorCoreTileConfig): float large 16, float small 32, half
+//       large 32, half small 64. The gathered operand's share per mma is 4 * KSTEP / BM elements whatever
+//       the warps, so the small tile (64 filters) gathers twice the large tile's per mma: 0.5 float32 or
+//       1 float16 element per mma, the bulk of its remaining non-mma instructions.
 //   Parameters: the pointers x, wp (the packed weights, 32-bit words), b, y, then the geometry as one
 //       ConvParams cp passed by value (kernels/conv_params.cuh; the host fills it with
 //       gpuconv/_cuda/abi.py conv_kernel_args).
-//   Launch shape: 1-D block of 32 * WARPS_M * WARPS_N threads (256 large, 128 small); 1-D grid over
+//   Launch shape: 1-D block of 32 * WARPS_M * WARPS_N threads (256 large, 64 small); 1-D grid over
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles with a 64-bit grid-stride loop.
 //   Shared memory: static, 32 KB (TENSOR_CORE_STAGING_BYTES: two buffers of A and B slices) per block.
-//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.x): non-mma instructions per mma 4.31 / 3.88
-//       (float large), 4.75 / 4.75 (half large), 6.91 / 6.12 (float small), 6.91 / 6.97 (half small: the
-//       gathered operand costs twice as much per mma with 64 filters per block as with 128). Floors in
-//       tests/sass_floors.json.
-//   Registers (NVRTC 13, no spills, no stack; tests/test_nvrtc_compile.py prints them): large 192-203 on
-//       sm_80..sm_90 (float; half 200-211), 218-234 on sm_100 / sm_120, within __launch_bounds__'s one
-//       block per SM (64 accumulators per thread); small 168-194 on sm_80..sm_90, 188-208 on sm_100 /
-//       sm_120, within its two blocks of 128 threads per SM (256 registers).
+//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.5): non-mma instructions per mma 3.81 / 3.88
+//       (float large), 4.28 / 4.19 (half large), 4.94 / 5.14 (float small), 5.70 / 5.69 (half small: one
+//       gathered float16 element per mma, each a compare, an address, a load, half a register clear and
+//       half a PRMT). Floors in tests/sass_floors.json.
+//   Registers (NVRTC 12.9 and 13.5, no spills, no stack; tests/test_nvrtc_compile.py prints them): large
+//       198-201 on sm_80..sm_90 (float; half 213-216), 216-240 on sm_100 / sm_120; small 242-248 (float),
+//       240-255 (half) on sm_80..sm_120. Both within __launch_bounds__'s one block per SM (64 accumulators
+//       per thread: 255 registers); the small tile's half instantiation has no room left.
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
@@ -58,8 +64,8 @@ namespace gpuconv {
 
 // ---------------------------------------------------------------------------------------------------
 // Per storage type: the mma shape, and how a loader holds a fetched value (Raw) until it packs it into
-// the 32-bit words the mma takes. float: one TF32 word per reduction index, rounded (cvt.rna) as it is
-// staged, once per element. half: the float16 bits as they are (products of the values themselves are
+// the 32-bit words the mma takes. float: one TF32 word per reduction index, rounded as cvt.rna rounds
+// (tensor_core.cuh tf32_operand_bits) as it is staged, once per element. half: the float16 bits as they are (products of the values themselves are
 // exact), two consecutive reduction indices per word, the lower index in the low 16 bits.
 // ---------------------------------------------------------------------------------------------------
 template <typename T> struct TcKind;
@@ -216,7 +222,9 @@ struct PackedWeightLoader {
 // tid % BN and the B_KSTEPS k-steps from (tid / BN) * B_KSTEPS (L = KSTEP * B_KSTEPS consecutive channels)
 // of each slice. Per tile, im2col_loader.cuh's Im2colGeometry::pixel_origin decomposes the pixel: its image's
 // first channel xb and the input position of its first tap (the signed tap steps carry the flip); this
-// loader walks the taps from there. Its stage() writes word tig of both k-step halves (hk = 0, 1) of the
+// loader walks the taps from there, one step per slice: the channels the tap has left, the tap's input
+// position and the slice's channel offset are stepped, not recomputed (one multiply per slice, ih * W),
+// and the run's L elements are loaded through one pointer stepped by H*W. Its stage() writes word tig of both k-step halves (hk = 0, 1) of the
 // column as one 64-bit store per k-step; one phase's 16 threads are 16 consecutive columns (8 gid x 2 h): all banks.
 template <typename T, class Cfg>
 struct TapIm2colLoader {
@@ -432,8 +440,8 @@ __device__ __forceinline__ void tensor_core_conv(const T* __restrict__ x, const 
     }
 }
 
-// 64 accumulators per thread in the large tile (BM*BN / THREADS): one block per SM, as conv2d_igemm's 8x8
-// tile; the small tile's 16 allow two.
+// 64 accumulators per thread in both tiles (BM*BN / THREADS): one block per SM at least, as conv2d_igemm's
+// 8x8 tile (the small tile's 64-thread blocks still fit several per SM by registers and shared memory).
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N>
 __global__ void __launch_bounds__(32 * WARPS_M * WARPS_N,
                                   gemm_min_blocks_per_sm(BM * BN / (32 * WARPS_M * WARPS_N), 1))

@@ -9,7 +9,11 @@
 //   mma_m16n8k16_f16(d, a, b):  d += A * B, A 16x16, B 16x8, float16 inputs, float32 accumulation (sm_80+).
 //   to_tf32(f):                 cvt.rna.tf32.f32: f rounded to TF32 (10 mantissa bits, nearest, ties away
 //                               from zero), as the bit pattern the tf32 mma takes.
+//   tf32_operand_bits(f):       f's bits as a tf32 mma operand that the mma reads as cvt.rna.tf32.f32(f)
+//                               (half a tf32 ulp added, the low 13 bits left for the tensor core to drop):
+//                               two instructions per element instead of cvt.rna's three.
 //   half_bits(h):               a float16's 16 bits (the f16 mma's operands are pairs of them).
+//   pack_halves(lo, hi):        two float16 bit patterns as one f16x2 operand word (one PRMT).
 //   opaque_pointer(p):          p, with how it was computed hidden from ptxas (an empty asm; a no-op under
 //                               the emulator): keeps a gather's per-element addresses at one instruction.
 // Fragments, per lane (groupID gid = lane / 4, tig = lane % 4; D is 16x8 for both shapes):
