@@ -7,7 +7,8 @@
 //       on the fly — with its own pipeline for tensor cores:
 //       * the reduction runs tap-major in slices of BK channels of one tap ("The reduction order" below),
 //         so the gather tests a tap's bounds once per slice and loads each element at a fixed channel
-//         stride (im2col_loader.cuh's Im2colGeometry::pixel_origin decomposes each thread's pixel per tile);
+//         stride (im2col_loader.cuh's Im2colGeometry::pixel_origin decomposes each thread's pixel per tile,
+//         the loader then walks its taps and channel offsets incrementally, no multiply per slice but one);
 //       * the weights come packed by the host (gpuconv/_cuda/conv_igemm_tc.py pack_weights: the workspace,
 //         once per call) in exactly the staged slices' layout, TF32-rounded for float: a slice of A is two
 //         to four 128-bit copies per thread, with no bounds, rounding or gather in the main loop;
@@ -18,28 +19,33 @@
 //         global loads in flight while this one is computed), GemmSmem, gemm_block_index and
 //         gemm_min_blocks_per_sm are reused as they are.
 //       Covers every geometry conv2d_igemm does.
-//   T = float: mma m16n8k8 on TF32 operands (weights rounded by the host, input values with cvt.rna as the
-//       gather stages them: 10 mantissa bits, nearest, ties away), float32 products and sums: what cuDNN
+//   T = float: mma m16n8k8 on TF32 operands (weights rounded by the host, input values as the gather stages
+//       them, cvt.rna's rounding by tensor_core.cuh's tf32_operand_bits: 10 mantissa bits, nearest, ties
+//       away), float32 products and sums: what cuDNN
 //       and PyTorch compute for float32 when TF32 is allowed. T = half: mma m16n8k16 on the float16 values
 //       themselves (exact products), float32 accumulation, as conv2d_igemm's float16 path.
 //   Tile configs the host instantiates (gpuconv/_cuda/conv_igemm_tc.py): "large" BM = BN = 128, 2 x 4 warps
-//       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 2 x 2
-//       warps (32 x 32 per warp: 2 x 4 mma tiles, 32 accumulators). Chosen by conv2d_igemm's tile rule. BK
-//       (TensorCoreTileConfig): float large 16, float small 32, half large 32, half small 64.
+//       (64 x 32 outputs per warp: 4 x 4 mma tiles, 64 accumulators per thread); "small" BM = BN = 64, 1 x 2
+//       warps of the same 64 x 32 warp tile (64 threads; until issue 16's second pass 2 x 2 warps of 32 x 32,
+//       which left the per-slice work and the B fragment loads spread over half as many mma per thread).
+//       Chosen by conv2d_igemm's tile rule. BK (TensorCoreTileConfig): float large 16, float small 32, half
+//       large 32, half small 64. The gathered operand's share per mma is 4 * KSTEP / BM elements whatever
+//       the warps, so the small tile (64 filters) gathers twice the large tile's per mma: 0.5 float32 or
+//       1 float16 element per mma, the bulk of its remaining non-mma instructions.
 //   Parameters: the pointers x, wp (the packed weights, 32-bit words), b, y, then the geometry as one
 //       ConvParams cp passed by value (kernels/conv_params.cuh; the host fills it with
 //       gpuconv/_cuda/abi.py conv_kernel_args).
-//   Launch shape: 1-D block of 32 * WARPS_M * WARPS_N threads (256 large, 128 small); 1-D grid over
+//   Launch shape: 1-D block of 32 * WARPS_M * WARPS_N threads (256 large, 64 small); 1-D grid over
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles with a 64-bit grid-stride loop.
 //   Shared memory: static, 32 KB (TENSOR_CORE_STAGING_BYTES: two buffers of A and B slices) per block.
-//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.x): non-mma instructions per mma 4.31 / 3.88
-//       (float large), 4.75 / 4.75 (half large), 6.91 / 6.12 (float small), 6.91 / 6.97 (half small: the
-//       gathered operand costs twice as much per mma with 64 filters per block as with 128). Floors in
-//       tests/sass_floors.json.
-//   Registers (NVRTC 13, no spills, no stack; tests/test_nvrtc_compile.py prints them): large 192-203 on
-//       sm_80..sm_90 (float; half 200-211), 218-234 on sm_100 / sm_120, within __launch_bounds__'s one
-//       block per SM (64 accumulators per thread); small 168-194 on sm_80..sm_90, 188-208 on sm_100 /
-//       sm_120, within its two blocks of 128 threads per SM (256 registers).
+//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.5): non-mma instructions per mma 3.81 / 3.88
+//       (float large), 4.28 / 4.19 (half large), 4.94 / 5.14 (float small), 5.70 / 5.69 (half small: one
+//       gathered float16 element per mma, each a compare, an address, a load, half a register clear and
+//       half a PRMT). Floors in tests/sass_floors.json.
+//   Registers (NVRTC 12.9 and 13.5, no spills, no stack; tests/test_nvrtc_compile.py prints them): large
+//       198-201 on sm_80..sm_90 (float; half 213-216), 216-240 on sm_100 / sm_120; small 242-248 (float),
+//       240-255 (half) on sm_80..sm_120. Both within __launch_bounds__'s one block per SM (64 accumulators
+//       per thread: 255 registers); the small tile's half instantiation has no room left.
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
@@ -58,8 +64,8 @@ namespace gpuconv {
 
 // ---------------------------------------------------------------------------------------------------
 // Per storage type: the mma shape, and how a loader holds a fetched value (Raw) until it packs it into
-// the 32-bit words the mma takes. float: one TF32 word per reduction index, rounded (cvt.rna) as it is
-// staged, once per element. half: the float16 bits as they are (products of the values themselves are
+// the 32-bit words the mma takes. float: one TF32 word per reduction index, rounded as cvt.rna rounds
+// (tensor_core.cuh tf32_operand_bits) as it is staged, once per element. half: the float16 bits as they are (products of the values themselves are
 // exact), two consecutive reduction indices per word, the lower index in the low 16 bits.
 // ---------------------------------------------------------------------------------------------------
 template <typename T> struct TcKind;
@@ -67,13 +73,19 @@ template <typename T> struct TcKind;
 template <> struct TcKind<float> {  // TF32, m16n8k8
     static constexpr int KSTEP = 8;  // reduction indices per mma
     static constexpr int KPW = 1;    // reduction indices per 32-bit word
+    // How the gather steps its pointer per element (TapIm2colLoader::fetch), chosen by the machine code
+    // (tests/sass_check.py): float, with each step hidden from the compiler, a chain of 64-bit adds (2
+    // instructions per element; left to itself ptxas rebuilt each address from 64-bit products, 3); half,
+    // the plain p + H*W, which ptxas turns into one IMAD.WIDE per element from the slice's pointer (for
+    // float it chose 3 instructions per element that way).
+    static constexpr bool OPAQUE_STEP = true;
     typedef float Raw;
     __device__ __forceinline__ static Raw zero() { return 0.0f; }
     // __ldg: a global, read-only load also where the compiler cannot see that p points into global memory
     // (the gather's pointer is opaque_pointer()'d, tensor_core.cuh).
     __device__ __forceinline__ static Raw load(const float* p) { return __ldg(p); }
     // Word t of a run of fetched values v (indices KPW*t ..).
-    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return to_tf32(v[t]); }
+    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return tf32_operand_bits(v[t]); }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k8_tf32(d, a, b);
     }
@@ -82,6 +94,7 @@ template <> struct TcKind<float> {  // TF32, m16n8k8
 template <> struct TcKind<half> {  // float16, m16n8k16
     static constexpr int KSTEP = 16;
     static constexpr int KPW = 2;
+    static constexpr bool OPAQUE_STEP = false;  // (see TcKind<float>)
     // The float16 bits, zero-extended: a 32-bit register zeroed as a whole (no 16-bit merge per element).
     typedef unsigned Raw;
     __device__ __forceinline__ static Raw zero() { return 0; }
@@ -92,7 +105,7 @@ template <> struct TcKind<half> {  // float16, m16n8k16
         return __ldg(reinterpret_cast<const unsigned short*>(p));  // (half is our 2-byte struct here)
 #endif
     }
-    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return v[2 * t] | (v[2 * t + 1] << 16); }
+    __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return pack_halves(v[2 * t], v[2 * t + 1]); }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k16_f16(d, a, b);
     }
@@ -209,7 +222,9 @@ struct PackedWeightLoader {
 // tid % BN and the B_KSTEPS k-steps from (tid / BN) * B_KSTEPS (L = KSTEP * B_KSTEPS consecutive channels)
 // of each slice. Per tile, im2col_loader.cuh's Im2colGeometry::pixel_origin decomposes the pixel: its image's
 // first channel xb and the input position of its first tap (the signed tap steps carry the flip); this
-// loader walks the taps from there. Its stage() writes word tig of both k-step halves (hk = 0, 1) of the
+// loader walks the taps from there, one step per slice: the channels the tap has left, the tap's input
+// position and the slice's channel offset are stepped, not recomputed (one multiply per slice, ih * W),
+// and the run's L elements are loaded through one pointer stepped by H*W. Its stage() writes word tig of both k-step halves (hk = 0, 1) of the
 // column as one 64-bit store per k-step; one phase's 16 threads are 16 consecutive columns (8 gid x 2 h): all banks.
 template <typename T, class Cfg>
 struct TapIm2colLoader {
@@ -222,15 +237,17 @@ struct TapIm2colLoader {
     const T* xb;
     int ih0, iw0;
     bool col_ok;
-    int HWi;                  // H*W as int: the channel stride
+    int HWi;                  // H*W: the channel stride (elements)
     int chan0;                // this thread's first channel of each slice
-    int c0, r, s;             // the slice fetched last: channels c0.., tap (r, s)
+    int cleft;                // channels of the current tap left from this slice's first (Cg - c0)
+    int ih, iw, s;            // the current tap: its input position and its filter column
+    int coff;                 // (c0 + chan0) * H*W: this slice's first channel's offset (elements)
     int woff[4];              // word tig's 64-bit store: its first word in the slice
     typename Kind::Raw v[L];
 
     __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
         : px(x, cp, Cg, M), col(tid % Cfg::BN), xb(x), ih0(0), iw0(0), col_ok(false), HWi(cp.H * cp.W),
-          chan0((tid / Cfg::BN) * L), c0(0), r(0), s(0) {
+          chan0((tid / Cfg::BN) * L), cleft(0), ih(0), iw(0), s(0), coff(0) {
         GPUCONV_UNROLL
         for (int t = 0; t < 4; ++t)
             woff[t] = Cfg::LayoutB::quad((tid / Cfg::BN) * Cfg::B_KSTEPS, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
@@ -239,33 +256,40 @@ struct TapIm2colLoader {
     __device__ __forceinline__ void begin_tile(index_t m0, int g) {
         col_ok = (index_t)col < px.M - m0;
         if (col_ok) xb = px.x + px.pixel_origin(m0 + col, g, ih0, iw0);
-        c0 = -Cfg::BK;
-        r = 0;
-        s = 0;
+        // The state of a tap "before" tap (0, 0), with no channels left: the first fetch() steps to channel
+        // 0 of tap (0, 0) (s = -1 -> 0, iw0 - tap_dw -> iw0; S >= 1, so s never wraps there).
+        cleft = Cfg::BK;
+        coff = 0;
+        ih = ih0;
+        iw = iw0 - px.tap_dw;
+        s = -1;
     }
 
     __device__ __forceinline__ void fetch(int) {
-        c0 += Cfg::BK;
-        if (c0 >= px.Cg) {  // next tap: s fastest, then r (w's order of (r, s))
-            c0 = 0;
+        cleft -= Cfg::BK;
+        coff += Cfg::BK * HWi;
+        if (cleft <= 0) {  // next tap: s fastest, then r (w's order of (r, s))
+            cleft = px.Cg;
+            coff = chan0 * HWi;
+            iw += px.tap_dw;
             if (++s == px.S) {
                 s = 0;
-                ++r;
+                iw = iw0;
+                ih += px.tap_dh;
             }
         }
-        const int ih = ih0 + r * px.tap_dh;
-        const int iw = iw0 + s * px.tap_dw;
         // Halo / bounds, once per slice: a tap in the padding (or past the padded edge) reads 0 for all the
         // run's channels, as does a column past the last pixel; x is never read outside the image. The
         // unsigned compares also reject negative coordinates (top / left padding).
         const bool ok = col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
-        const int lim = ok ? px.Cg - c0 - chan0 : 0;
+        const int lim = ok ? cleft - chan0 : 0;
         // int offset within the image's group of channels (the host's rule: ceil(Cg/BK)*BK * H*W < 2^31).
-        const T* p = opaque_pointer(xb + (ok ? (c0 + chan0) * HWi + ih * px.W + iw : 0));
+        // Formed whether or not the tap is in the image (no select): with lim = 0 nothing is read through it.
+        const T* p = opaque_pointer(xb + (coff + ih * px.W + iw));
         GPUCONV_UNROLL
         for (int i = 0; i < L; ++i) {
             v[i] = i < lim ? Kind::load(p) : Kind::zero();
-            p += HWi;
+            p = Kind::OPAQUE_STEP ? opaque_pointer(p + HWi) : p + HWi;
         }
     }
 
@@ -416,8 +440,8 @@ __device__ __forceinline__ void tensor_core_conv(const T* __restrict__ x, const 
     }
 }
 
-// 64 accumulators per thread in the large tile (BM*BN / THREADS): one block per SM, as conv2d_igemm's 8x8
-// tile; the small tile's 16 allow two.
+// 64 accumulators per thread in both tiles (BM*BN / THREADS): one block per SM at least, as conv2d_igemm's
+// 8x8 tile (the small tile's 64-thread blocks still fit several per SM by registers and shared memory).
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N>
 __global__ void __launch_bounds__(32 * WARPS_M * WARPS_N,
                                   gemm_min_blocks_per_sm(BM * BN / (32 * WARPS_M * WARPS_N), 1))

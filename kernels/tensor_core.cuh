@@ -9,7 +9,11 @@
 //   mma_m16n8k16_f16(d, a, b):  d += A * B, A 16x16, B 16x8, float16 inputs, float32 accumulation (sm_80+).
 //   to_tf32(f):                 cvt.rna.tf32.f32: f rounded to TF32 (10 mantissa bits, nearest, ties away
 //                               from zero), as the bit pattern the tf32 mma takes.
+//   tf32_operand_bits(f):       f's bits as a tf32 mma operand that the mma reads as cvt.rna.tf32.f32(f)
+//                               (half a tf32 ulp added, the low 13 bits left for the tensor core to drop):
+//                               two instructions per element instead of cvt.rna's three.
 //   half_bits(h):               a float16's 16 bits (the f16 mma's operands are pairs of them).
+//   pack_halves(lo, hi):        two float16 bit patterns as one f16x2 operand word (one PRMT).
 //   opaque_pointer(p):          p, with how it was computed hidden from ptxas (an empty asm; a no-op under
 //                               the emulator): keeps a gather's per-element addresses at one instruction.
 // Fragments, per lane (groupID gid = lane / 4, tig = lane % 4; D is 16x8 for both shapes):
@@ -86,6 +90,25 @@ __device__ __forceinline__ unsigned short half_bits(half h) { return h.bits; }
 
 #endif
 
+// The bits a tf32 mma operand should hold for f so that the mma reads cvt.rna.tf32.f32(f), in two
+// instructions instead of cvt.rna's three (ptxas expands cvt.rna.tf32.f32 on sm_80 / sm_90 to a finiteness
+// test, an add of half a tf32 ulp and a mask of the low 13 bits): the tensor core reads only the top 19
+// bits of a .tf32 operand (sign, exponent, 10 mantissa bits; CUTLASS's round_half_ulp_truncate relies on
+// the same), so the mask is left to it. For finite f, f's bits + 0x1000 truncated to 19 bits is exactly
+// cvt.rna's result (carries into the exponent included, up to inf past the largest tf32); inf and NaN
+// are passed unchanged, which the mma reads as cvt.rna's code reads them after its mask (a NaN whose
+// payload lies only in the low 13 bits reads as inf in both). The emulator's mma models the truncation
+// (tests/emulator/cuda_compat.h, tf32_operand).
+__device__ __forceinline__ unsigned tf32_operand_bits(float f) {
+    const unsigned u = __float_as_uint(f);
+    return fabsf(f) < __int_as_float(0x7F800000) ? u + 0x1000u : u;
+}
+
+// Two float16 bit patterns (in the low halves of 32-bit registers) as one f16x2 mma operand word, lo in
+// the low half: bytes 1, 0 of lo and 1, 0 of hi (selector 0x5410), one PRMT instead of a shift and an OR.
+// (The emulator provides __byte_perm: tests/emulator/cuda_compat.h.)
+__device__ __forceinline__ unsigned pack_halves(unsigned lo, unsigned hi) { return __byte_perm(lo, hi, 0x5410); }
+
 // Hides how pointer p was computed from the compiler (an empty asm that "changes" it; no instruction). The
 // tensor-core kernel's gather forms one pointer per slice and steps it by a channel stride per element:
 // without this, ptxas folded the pointer's own 32-bit terms into every element's address and rebuilt each
@@ -96,6 +119,5 @@ template <typename T> __device__ __forceinline__ const T* opaque_pointer(const T
 #endif
     return p;
 }
-
 
 }  // namespace gpuconv

@@ -16,7 +16,7 @@ for speed. It needs compute capability 8.0 (Ampere) or newer (``MIN_COMPUTE_CAPA
 named call raises ``ValueError`` and ``'auto'`` leaves it out.
 
 Tile configs (template arguments ``BM, BN, WARPS_M, WARPS_N``): ``large`` 128 x 128 with 2 x 4 warps, ``small``
-64 x 64 with 2 x 2 warps, chosen by igemm's rule (``gemm.gemm_tile_for``: large when a group has more than
+64 x 64 with 1 x 2 warps (64 threads; both tiles give each warp 64 x 32 outputs), chosen by igemm's rule (``gemm.gemm_tile_for``: large when a group has more than
 64 filters and the large tiles number at least 128); the autotuner measures the algorithm with that
 rule's tile. The reduction runs tap-major in slices of ``bk`` channels (``TensorCoreTile.bk``: as many as
 32 KB of double-buffered staging hold), each tap's channels padded to a multiple of ``bk`` with zeros (a
@@ -24,7 +24,12 @@ layer with few channels per group, e.g. C = 3, multiplies mostly zeros: igemm su
 
 **Workspace**: the weights packed once per call (``pack_weights``) into the kernel's staged-slice layout,
 TF32-rounded for float32: ``groups * ceil(Kg/BM)*BM * R*S * ceil(Cg/bk)*bk`` elements of w's size (as
-much again transiently while it is built), freed when the call returns.
+much again transiently while it is built), freed when the call returns. The packing is a few element-wise
+and gather kernels over that many elements on every call, not cached: w is a mutable array, and neither
+its identity nor its data pointer says whether it was written since (a cache keyed on them would return
+stale weights after an in-place update, e.g. an optimizer step). Its cost is that of reading w a few times
+over, small beside the convolution for all but the smallest layers; a caller who runs one weight array
+many times could keep the packed array, which would need an API of its own.
 
 The tiles are reasoned from the hardware and the machine code (``tests/sass_check.py``), not yet tuned on a
 GPU.
@@ -77,7 +82,7 @@ class TensorCoreTile:
 
 
 TC_LARGE_TILE = TensorCoreTile("large", 128, 128, 2, 4)
-TC_SMALL_TILE = TensorCoreTile("small", 64, 64, 2, 2)
+TC_SMALL_TILE = TensorCoreTile("small", 64, 64, 1, 2)
 TILES = (TC_LARGE_TILE, TC_SMALL_TILE)
 
 

@@ -520,3 +520,18 @@ inline unsigned gpuconv_emu_cvt_rna_tf32(float f) {
     if ((u & 0x7F800000u) == 0x7F800000u) return (u & 0x007FFFFFu) ? ((u & 0xFFFFE000u) | 0x00400000u) : u;
     return (u + 0x1000u) & 0xFFFFE000u;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Byte permute (issue 16, conv2d_igemm_tc.cu's float16 operand packing, kernels/tensor_core.cuh
+// pack_halves): CUDA's __byte_perm(x, y, s), i.e. PTX prmt.b32 in its default mode. The 8 input bytes are
+// x's bytes 0-3 then y's bytes 0-3 (least significant first); byte n of the result is the input byte that
+// the low 3 bits of s's nibble n select (the nibble's top bit is ignored, as CUDA documents). So a kernel
+// runs the same packing code in the emulator as on a GPU; tests/test_cuda_igemm_tc_operands.py checks the
+// packed float16 operands value by value against the inputs.
+// ---------------------------------------------------------------------------------------------------
+inline unsigned int __byte_perm(unsigned int x, unsigned int y, unsigned int s) {
+    const unsigned long long in = (static_cast<unsigned long long>(y) << 32) | x;
+    unsigned int r = 0;
+    for (int n = 0; n < 4; ++n) r |= static_cast<unsigned int>((in >> (8 * ((s >> (4 * n)) & 7))) & 0xFFu) << (8 * n);
+    return r;
+}
