@@ -138,7 +138,7 @@ struct PointwiseLoader {
 };
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_min_blocks_per_sm(TM, TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_blocks_per_sm((BM / TM) * (BN / TN), TM, TN))
 conv2d_gemm1x1(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
                const T* __restrict__ w,   // (K, Cg, 1, 1), C-contiguous
                const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)

@@ -53,7 +53,7 @@
 namespace gpuconv {
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_min_blocks_per_sm(TM, TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_blocks_per_sm((BM / TM) * (BN / TN), TM, TN))
 conv2d_igemm(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
              const T* __restrict__ w,   // (K, Cg, R, S), C-contiguous
              const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
@@ -72,12 +72,12 @@ conv2d_igemm(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
 // about 10 instructions per slice (tests/sass_check.py).
 // float64 asks for one block per SM: at two (128 registers) the split bookkeeping made the 4x4 tile spill
 // 12 bytes on sm_100 with NVRTC 13; float32 / float16 keep conv2d_igemm's bound.
-__host__ __device__ constexpr int splitk_min_blocks_per_sm(int bytes, int tm, int tn) {
-    return bytes == 8 ? 1 : gemm_min_blocks_per_sm(tm, tn);
+__host__ __device__ constexpr int splitk_min_blocks_per_sm(int bytes, int threads, int tm, int tn) {
+    return bytes == 8 ? 1 : gemm_blocks_per_sm(threads, tm, tn);
 }
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), splitk_min_blocks_per_sm(sizeof(T), TM, TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), splitk_min_blocks_per_sm(sizeof(T), (BM / TM) * (BN / TN), TM, TN))
 conv2d_igemm_splitk(const T* __restrict__ x, const T* __restrict__ w,
                     const T* __restrict__ b,  // unread (the reduce kernel adds the bias)
                     T* __restrict__ y,        // unwritten (the reduce kernel writes it)

@@ -15,6 +15,7 @@ Usage::
     python -m tests.sass_check --loop "float, 128"    # also print the main loop's SASS of matching kernels
     python -m tests.sass_check --json report.json     # every figure, machine-readable
     python -m tests.sass_check --readme               # the README's algorithm-table figures (markdown)
+    python -m tests.sass_check --update-readme        # ... written into README.md between its sass markers
     python -m tests.sass_check --write-floors         # rewrite tests/sass_floors.json from today's figures
 
 How the main loop is found
@@ -111,7 +112,8 @@ __all__ = [
     "ARCHS", "CATEGORIES", "FLOORS_PATH", "Block", "Function", "Instruction", "KernelReport",
     "Loop", "ToolUnavailable", "analyze_function", "analyze_source", "basic_blocks", "categorize",
     "check_floor", "disassemble", "find_loops", "find_tool", "floor_for", "gemm_sources", "is_fma", "is_mma",
-    "load_floors", "main_loop", "measured_floor", "parse_sass", "shared_load_width", "tile_label",
+    "is_reduction", "kernel_name", "load_floors", "main_loop", "measured_floor", "parse_sass", "shared_load_width",
+    "tile_label", "update_readme",
     "tools_available",
 ]
 
@@ -728,20 +730,39 @@ def gemm_sources(instantiations: dict | None = None) -> list[str]:
 
 
 _TEMPLATE = re.compile(r"<\s*(?:gpuconv::)?(\w+)\s*,\s*([\d,\s]+)>")
+_KERNEL = re.compile(r"(?:\w+::)*(\w+)\s*<")
+_DTYPE_ONLY = re.compile(r"<\s*(?:gpuconv::)?(\w+)\s*>")
+# Kernels of a GEMM source that have no GEMM main loop: split-K's reduction (one pass over the partial sums).
+REDUCTION_KERNELS = ("gemm_splitk_reduce",)
+
+
+def kernel_name(name_expression: str) -> str:
+    """The kernel's function name: ``"conv2d_igemm_splitk"`` for ``gpuconv::conv2d_igemm_splitk<float, ...>``."""
+    m = _KERNEL.match(name_expression.strip())
+    return m.group(1) if m else name_expression
+
+
+def is_reduction(name_expression: str) -> bool:
+    return kernel_name(name_expression) in REDUCTION_KERNELS
 
 
 def tile_label(name_expression: str) -> str:
     """``"float 128x128x8 8x8 (large)"`` for ``gpuconv::conv2d_igemm<float, 128, 128, 8, 8, 8>``,
-    ``"half 128x128 2x4 warps (large)"`` for the tensor-core kernel; the host's tile name in parentheses."""
+    ``"half 128x128 2x4 warps (large)"`` for the tensor-core kernel; the host's tile name in parentheses
+    (a SIMT tile's by its block shape BM x BN x BK); ``"float (reduction)"`` for split-K's reduction."""
     m = _TEMPLATE.search(name_expression)
     if not m:
+        d = _DTYPE_ONLY.search(name_expression)
+        if d and is_reduction(name_expression):
+            return f"{d.group(1)} (reduction)"
         return name_expression
     dtype, args = m.group(1), [int(a) for a in m.group(2).split(",") if a.strip()]
-    host = _host_tile_names().get(tuple(args), "")
-    suffix = f" ({host})" if host else ""
     if len(args) == 5:
         bm, bn, bk, tm, tn = args
-        return f"{dtype} {bm}x{bn}x{bk} {tm}x{tn}{suffix}"
+        host = _host_tile_names().get((bm, bn, bk), "")
+        return f"{dtype} {bm}x{bn}x{bk} {tm}x{tn}" + (f" ({host})" if host else "")
+    host = _host_tile_names().get(tuple(args), "")
+    suffix = f" ({host})" if host else ""
     if len(args) == 4:
         bm, bn, wm, wn = args
         return f"{dtype} {bm}x{bn} {wm}x{wn} warps{suffix}"
@@ -750,13 +771,14 @@ def tile_label(name_expression: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _host_tile_names() -> dict[tuple, str]:
+    """The host's tile names: SIMT tiles by block shape (bm, bn, bk), tensor-core tiles by (bm, bn, warps)."""
     names: dict[tuple, str] = {}
     try:
         from gpuconv._cuda import conv_igemm_tc, gemm
         tiles = list(gemm.TILES_BY_DTYPE.values())
         for group in tiles:
             for t in group:
-                names[(t.bm, t.bn, t.bk, t.tm, t.tn)] = t.name
+                names[(t.bm, t.bn, t.bk)] = t.name
         for t in conv_igemm_tc.TILES:
             names[(t.bm, t.bn, t.warps_m, t.warps_n)] = t.name
     except Exception:  # noqa: BLE001 - labels are cosmetic
@@ -915,14 +937,15 @@ def dump_floors(floors: dict) -> str:
 
 
 def format_table(reports: list[KernelReport]) -> str:
-    header = ["source", "kernel", "arch", "regs", "local", "loop instr", "path", "FMA", "FMA %", "MMA",
+    header = ["source", "kernel", "tile", "arch", "regs", "local", "loop instr", "path", "FMA", "FMA %", "MMA",
               "other/MMA", "LDS (count x bits)", "LDG", "STS", "BAR", "idiv", "calls", "ver"]
     rows = []
     for r in reports:
         if not r.loop_found:
-            rows.append([r.source, r.label, r.arch, str(r.registers), str(r.local)] + ["-"] * 13)
+            rows.append([r.source, kernel_name(r.name_expression), r.label, r.arch, str(r.registers),
+                         str(r.local)] + ["-"] * 13)
             continue
-        rows.append([r.source, r.label, r.arch, str(r.registers),
+        rows.append([r.source, kernel_name(r.name_expression), r.label, r.arch, str(r.registers),
                      f"{r.local}" + (f" (stack {r.stack_bytes})" if r.stack_bytes > 0 else ""),
                      str(r.instructions), str(r.path), str(r.fma), f"{r.fma_share:.1f}",
                      str(r.mma) if r.mma else "-", f"{r.non_mma_per_mma:.1f}" if r.mma else "-",
@@ -945,8 +968,14 @@ def format_categories(reports: list[KernelReport]) -> str:
     return "\n".join(lines)
 
 
+README_START = "<!-- sass:start -->"
+README_END = "<!-- sass:end -->"
+
+
 def format_readme(reports: list[KernelReport]) -> str:
-    """The README's markdown table: per kernel and tile, each architecture's main-loop figures side by side."""
+    """The README's markdown table: per kernel and tile, each architecture's main-loop figures side by side.
+    Split-K's reduction (``REDUCTION_KERNELS``) has no GEMM main loop: its row says what one iteration of
+    its loop over outputs is (instructions, global loads) instead of an FMA share."""
     archs = list(dict.fromkeys(r.arch for r in reports))
     by = {(r.source, r.name_expression, r.arch): r for r in reports}
     kernels = list(dict.fromkeys((r.source, r.name_expression, r.label) for r in reports))
@@ -959,12 +988,15 @@ def format_readme(reports: list[KernelReport]) -> str:
         return " + ".join(parts + ([f"{r.ldsm} x LDSM"] if r.ldsm else [])) or "-"
 
     for source, expr, label in kernels:
-        cells = [source.removesuffix(".cu"), label]
+        cells = [kernel_name(expr), label]
         found = [r for a in archs if (r := by.get((source, expr, a))) is not None and r.loop_found]
         for a in archs:
             r = by.get((source, expr, a))
             if r is None or not r.loop_found:
                 cells.append("-")
+            elif is_reduction(expr):
+                cells.append(f"reduction, no GEMM loop: {r.instructions} instructions, {r.ldg} global loads "
+                             "per output")
             elif r.mma:
                 cells.append(f"{r.mma} MMA / {r.instructions}: {r.non_mma_per_mma:.1f} other per MMA")
             else:
@@ -973,6 +1005,18 @@ def format_readme(reports: list[KernelReport]) -> str:
         cells.append(texts[0] if len(texts) == 1 else "; ".join(f"{r.arch}: {lds(r)}" for r in found))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def update_readme(reports: list[KernelReport], path: Path) -> None:
+    """Replace the table between README_START and README_END in ``path`` with ``format_readme``'s."""
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path}: no {README_START} ... {README_END} block")
+    major, minor = nv.nvrtc_version()
+    block = (f"{README_START}\n<!-- Generated by `python -m tests.sass_check --update-readme` (NVRTC {major}.{minor}); "
+             f"do not edit by hand. -->\n{format_readme(reports)}\n")
+    path.write_text(text[:start] + block + text[end:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -985,6 +1029,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--categories", action="store_true", help="also print the main loop's instruction classes")
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--readme", action="store_true", help="print the README's markdown table")
+    parser.add_argument("--update-readme", metavar="PATH", nargs="?", const=str(Path(__file__).parents[1] / "README.md"),
+                        help="rewrite the table between the sass markers of the README (default: the repository's)")
     parser.add_argument("--write-floors", action="store_true", help=f"rewrite {FLOORS_PATH.name} from today's "
                         "figures (this NVRTC major's entries)")
     parser.add_argument("--merge", action="store_true", help="with --write-floors: keep the other entries")
@@ -1026,6 +1072,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"nvrtc": f"{major}.{minor}", "tool": args.tool,
                                                "tool_version": tool_version(args.tool),
                                                "kernels": [r.as_dict() for r in reports]}, indent=1) + "\n")
+    if args.update_readme:
+        update_readme(reports, Path(args.update_readme))
+        print(f"\nupdated {args.update_readme}")
     if args.write_floors:
         write_floors(reports, nvrtc_key(), merge=args.merge)
         print(f"\nwrote {FLOORS_PATH}")
