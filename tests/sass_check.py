@@ -17,6 +17,7 @@ Usage::
     python -m tests.sass_check --readme               # the README's algorithm-table figures (markdown)
     python -m tests.sass_check --update-readme        # ... written into README.md between its sass markers
     python -m tests.sass_check --write-floors         # rewrite tests/sass_floors.json from today's figures
+    python -m tests.sass_check --source conv2d_igemm.cu --write-floors --merge   # ... one source's only
 
 How the main loop is found
 --------------------------
@@ -889,13 +890,27 @@ _FLOORS_DOC = [
 
 
 def write_floors(reports: list[KernelReport], nvrtc: str, path: Path = FLOORS_PATH, merge: bool = False) -> dict:
+    """Floors from ``reports`` under NVRTC major ``nvrtc``. ``merge``: keep the file's other entries (the
+    other NVRTC major's, other sources'), except kernels of a reported source that the reports no longer
+    name (an instantiation the registry dropped), which are removed, and never lower a floor the file has."""
     floors = load_floors(path) if (merge and Path(path).exists()) else {}
     out = {"_doc": _FLOORS_DOC, "fma_share_margin": FMA_SHARE_MARGIN,
            "non_mma_per_mma_margin": NON_MMA_PER_MMA_MARGIN, "floors": floors.get("floors", {})}
+    for source in dict.fromkeys(r.source for r in reports):
+        old = out["floors"].get(source, {})
+        names = dict.fromkeys(r.name_expression for r in reports if r.source == source)  # the reports' order
+        out["floors"][source] = {e: old.get(e, {}) for e in names}
     for rep in reports:
         entry = out["floors"].setdefault(rep.source, {}).setdefault(rep.name_expression, {})
         entry.setdefault("label", rep.label)
-        entry.setdefault(rep.arch, {})[nvrtc] = measured_floor(rep)
+        floor, before = measured_floor(rep), entry.get(rep.arch, {}).get(nvrtc, {})
+        # merging never lowers a floor (that is done by hand, with the reason in the commit): a kernel whose
+        # figure drifted down by less than the margin keeps the floor it had
+        if merge and floor.get("fma_share_min", -1) < before.get("fma_share_min", -1):
+            floor["fma_share_min"] = before["fma_share_min"]
+        if merge and floor.get("non_mma_per_mma_max", -1) > before.get("non_mma_per_mma_max", float("inf")):
+            floor["non_mma_per_mma_max"] = before["non_mma_per_mma_max"]
+        entry.setdefault(rep.arch, {})[nvrtc] = floor
     Path(path).write_text(dump_floors(out))
     return out
 

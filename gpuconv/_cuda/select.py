@@ -104,7 +104,14 @@ def choose_algo(geom, dtype, rt=None, op: str = "conv2d", direction: str = FORWA
     """The heuristic for ``algo='auto'`` where kernels are not measured (see ``autotune``): the first
     algorithm of the operation's preference order that ``candidates`` allows, else the operation's first
     algorithm, its baseline (conv2d forward's ``direct`` accepts every geometry within the 32-bit size
-    rule; the caller raises when even that declines)."""
+    rule; the caller raises when even that declines).
+
+    Within the GEMM algorithms the heuristic runs their own rules: the tile is ``gemm.gemm_tile_for``'s
+    (large 128x128 for more than 64 filters per group and >= 128 large tiles, else wide 64x128 for >= 128
+    wide tiles, else small 64x64; float64 always its small tile; every float32 / float16 tile 8x8 results
+    per thread), and igemm splits the reduction by ``conv_igemm.splitk_for`` when that tile launches
+    fewer blocks than an H100 has SMs. Where kernels are measured, ``tuning_candidates`` measures each of
+    those tiles and split-K on / off instead."""
     o = operation(op, direction)
     order = HEURISTICS[o.key](geom) if o.key in HEURISTICS else o.names
     allowed = candidates(geom, dtype, rt, op, direction)
