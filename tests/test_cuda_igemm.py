@@ -303,9 +303,14 @@ def test_tile_config_rule():
 
 
 def test_tile_configs_match_the_kernel():
-    """256 threads, the documented shared memory (static, in the accumulation type), and the instantiation
-    count the NVRTC check compiles."""
-    assert LARGE_TILE.threads == WIDE_TILE.threads == SMALL_TILE.threads == gemm.SMALL_TILE_F64.threads == 256
+    """The threads (8x8 per thread: 256, 128, 64; float64's 4x4: 256), the documented shared memory (static,
+    in the accumulation type), the instantiation count the NVRTC check compiles, and launch bounds that
+    follow the threads."""
+    assert [(t.tm, t.tn, t.threads) for t in (LARGE_TILE, WIDE_TILE, SMALL_TILE)] == [(8, 8, 256), (8, 8, 128),
+                                                                                    (8, 8, 64)]
+    assert gemm.SMALL_TILE_F64.threads == 256
+    for source in (conv_igemm.SOURCE, conv_gemm1x1.SOURCE):
+        assert "gemm_blocks_per_sm((BM / TM) * (BN / TN), TM, TN)" in (kernels_dir() / source).read_text()
     assert WIDE_TILE.shared_bytes(np.float32) == 2 * 16 * (64 + 4 + 128) * 4 == 25088
     assert LARGE_TILE.shared_bytes(np.float32) == LARGE_TILE.shared_bytes(np.float16) == 33280
     assert SMALL_TILE.shared_bytes(np.float32) == 16896 and gemm.SMALL_TILE_F64.shared_bytes(np.float64) == 16896
@@ -334,12 +339,13 @@ def test_vectorization_rules():
 
 
 def test_launch_shape_follows_the_rules(rt):
+    assert [t.threads for t in (LARGE_TILE, WIDE_TILE, SMALL_TILE, gemm.SMALL_TILE_F64)] == [256, 128, 64, 256]
     x, w, b = conv_arrays((2, 8, 6, 7), (20, 8, 3, 3), np.float32, seed=12)
     spy = SpyRuntime(rt)
     g, kid, _ = check_conv(spy, "igemm", x, w, b, padding=1)
     source, name, grid, block, args, shared = spy.launches[-1]
     assert (source, name) == (conv_igemm.SOURCE, kid) and name in ops.INSTANTIATIONS[source]
-    assert block == (256, 1, 1) and shared == 0
+    assert block == (SMALL_TILE.threads, 1, 1) == (64, 1, 1) and shared == 0  # 8x8 per thread, 64 x 64
     assert grid == (gemm.gemm_blocks(g, SMALL_TILE), 1, 1) == (2 * 6 * 7 // 64 + 1, 1, 1)
     # the pointers, one ConvParams passed by value (a one-element structured array), vec_w
     assert len(args) == 4 + 1 + 1 and args[4].dtype == abi.CONV_PARAMS_DTYPE and args[4].shape == (1,)
