@@ -180,7 +180,7 @@ def test_split_on_or_off_is_measured(split):
 
 
 @pytest.mark.emulated
-def test_gemm1x1_tiles_are_measured():
+def test_pointwise_kernel_tiles_are_measured():
     x, w = _data((2, 8, 9, 7), (12, 8, 1, 1), seed=2)
     wide = conv_gemm1x1.gemm1x1_name(F32, WIDE_TILE)
     rt = TileTimedRuntime({wide: 0.5})
