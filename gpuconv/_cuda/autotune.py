@@ -59,8 +59,8 @@ class Choice:
 
 def autotune_choices() -> list[dict]:
     """What ``algo='auto'`` decided so far in this process: one dict per (operation, device, dtype, shape)
-    with ``key``, ``algo``, ``how`` ('measured', 'cache file' or 'heuristic') and ``times_ms`` per
-    candidate."""
+    with ``key``, ``algo`` (an algorithm, or a variant of one such as ``igemm/wide``), ``how`` ('measured',
+    'cache file' or 'heuristic') and ``times_ms`` per candidate."""
     with settings.lock:
         return [asdict(c) for c in _choices.values()]
 
