@@ -9,25 +9,26 @@
 //       consecutive pixels. Handles stride (any), groups, bias, activation; dilation and flip do not change a
 //       1x1 filter. The host declines every other geometry (gemm1x1_decline_reason).
 //   Tile configs: as conv2d_igemm (same host rule, gpuconv/_cuda/gemm.py gemm_tile_for): "large"
-//       128x128x16 8x8, "wide" 64x128x16 4x8 (float32 / float16), "small" 64x64x16 4x4 (64x64x8 for float64).
+//       128x128x16, "wide" 64x128x16, "small" 64x64x16, all 8x8 per thread (256, 128, 64 threads; float32 /
+//       float16), and float64's "small" 64x64x8 4x4 (256 threads).
 //   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
 //       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
 //       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w and vec_x (below).
-//   Launch shape: 1-D block of 256 threads (every config); 1-D grid over groups * ceil(M / BN) *
+//   Launch shape: 1-D block of (BM/TM) * (BN/TN) threads (256, 128 or 64, above); 1-D grid over groups * ceil(M / BN) *
 //       ceil(Kg / BM) tiles with a 64-bit grid-stride loop. Extra parameters: vec_w (Cg % 4 == 0 and w aligned: 4-wide weight loads),
 //       vec_x (stride 1, H*W % 4 == 0 and x aligned: 4-wide input loads).
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 33,280 (large, float32 and
 //       float16), 25,088 (wide), 16,896 (small, float32 and float16; float64 with BK = 8).
 //   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ asks for 1 block per SM with the 8x8 and 4x8 thread tiles
-//       (8x8: 150-167 registers up to sm_90,
-//       212-247 on sm_100 / sm_120; 4x8: 111-117 up to sm_90, 175-197 on sm_100 / sm_120; one block of
-//       256 threads fits either way) and 2 with the 4x4 tile (<= 128), see gemm_min_blocks_per_sm in
-//       gemm_tile.cuh.
-//   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): float32 on sm_90 with NVRTC
-//       12.9, FMA share of the instructions of one slice:
-//       large 81.8% (1024 FMA / 1252), wide 73.0% (512 / 701),
-//       small 65.8% (256 / 389); before issue 16: 67.5% (128x128x8) and 43.7% (64x64x8).
+//       __launch_bounds__ asks for gemm_blocks_per_sm (gemm_tile.cuh) blocks per SM: 255 registers per
+//       thread for the 8x8 tiles (1 block of 256 threads, 2 of 128, 4 of 64), 128 for float64's 4x4 tile
+//       (2 blocks of 256). Used: large 150-167 up to sm_90, 213-247 on sm_100 / sm_120; wide 160-167 /
+//       221-254; small 166-181 / 210-247; float64 124-126 / 106-128.
+//   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): FMA share of the instructions
+//       of one slice, float32 on sm_90 with NVRTC 12.9 (13.5 the same):
+//       large 81.9% (1024 FMA / 1251), wide 77.4% (1024 / 1323), small 74.7% (1024 / 1371).
+//       Before the 8x8 wide / small tiles (4x8 and 4x4 on 256 threads): wide 73.0%, small 65.8%; before
+//       issue 16: 67.5% (128x128x8) and 43.7% (64x64x8).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's for these geometries (see conv2d_direct.cu and docs/semantics.md).
@@ -138,7 +139,7 @@ struct PointwiseLoader {
 };
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_min_blocks_per_sm(TM, TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_blocks_per_sm((BM / TM) * (BN / TN), TM, TN))
 conv2d_gemm1x1(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
                const T* __restrict__ w,   // (K, Cg, 1, 1), C-contiguous
                const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)

@@ -12,15 +12,16 @@
 //       (split-K, below), partial sums into a workspace.
 //   gemm_splitk_reduce<T>: split-K's second kernel (below): sums the partial-sum planes of the workspace
 //       in fixed order, adds bias, applies the activation, writes y.
-//   Tile configs the host instantiates (gpuconv/_cuda/gemm.py, gemm_tile_for, documented there): "large"
-//       BM = BN = 128, BK = 16, TM = TN = 8 (float32 / float16, groups with more than 64 filters and enough
-//       tiles to fill the GPU), "wide" BM = 64, BN = 128, BK = 16, TM = 4, TN = 8 (float32 / float16, 64 or
-//       fewer filters, or too few large tiles, when the wide tiles fill the GPU), "small" BM = BN = 64,
-//       BK = 16, TM = TN = 4 (float32 / float16 otherwise) and BK = 8 for float64 (always).
+//   Tile configs the host instantiates (gpuconv/_cuda/gemm.py, gemm_tile_for, documented there), every
+//       float32 / float16 one with 8x8 results per thread and BK = 16: "large" BM = BN = 128, 256 threads
+//       (groups with more than 64 filters and enough tiles to fill the GPU), "wide" BM = 64, BN = 128, 128
+//       threads (64 or fewer filters, or too few large tiles, when the wide tiles fill the GPU), "small"
+//       BM = BN = 64, 64 threads (otherwise); float64: "small" BM = BN = 64, BK = 8, TM = TN = 4, 256
+//       threads (always).
 //   Parameters: the pointers x, w, b, y, then the geometry as one ConvParams cp passed by value
 //       (kernels/conv_params.cuh: N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias,
 //       act; the host fills it with gpuconv/_cuda/abi.py conv_kernel_args), then vec_w (below).
-//   Launch shape: 1-D block of (BM/TM) * (BN/TN) = 256 threads (every config); 1-D grid over
+//   Launch shape: 1-D block of (BM/TM) * (BN/TN) threads (256, 128 or 64, above); 1-D grid over
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles, walked by a 64-bit grid-stride loop so the host may cap
 //       the grid. Extra parameter vec_w: 1 when the host found Cg*R*S % 4 == 0 and w aligned for 4-wide
 //       loads (Vec4 in gemm_tile.cuh), else 0.
@@ -32,15 +33,19 @@
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes = 33,280 (large, float32 and
 //       float16), 25,088 (wide), 16,896 (small, float32 and float16; float64 with BK = 8).
 //   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ asks for 1 block per SM with the 8x8 and 4x8 thread tiles
-//       (8x8: 188-219 registers up to sm_90,
-//       241-255 -- the limit, without spilling -- on sm_100 / sm_120; 4x8: 145-193 up to sm_90, 197-227 on
-//       sm_100 / sm_120; one block of 256 threads fits either way) and 2 with the 4x4 tile (<= 128), see
-//       gemm_min_blocks_per_sm in gemm_tile.cuh; conv2d_igemm_splitk<double> asks for 1 (splitk_min_blocks_per_sm).
-//   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): float32 on sm_90 with NVRTC
-//       12.9, FMA share of the instructions of one slice:
-//       large 80.7% (1024 FMA / 1269), wide 71.7% (512 / 714),
-//       small 63.4% (256 / 404); before issue 16: 58.0% (128x128x8) and 34.5% (64x64x8).
+//       __launch_bounds__ asks for gemm_blocks_per_sm (gemm_tile.cuh) blocks per SM: 255 registers per
+//       thread for the 8x8 tiles (1 block of 256 threads, 2 of 128, 4 of 64), 128 for float64's 4x4 tile
+//       (2 blocks of 256). Used, conv2d_igemm: large 186-227 up to sm_90, 241-255 on sm_100 / sm_120;
+//       wide 234-251 / 242-255; small 241-255 / 241-255 (255 is the limit; ptxas reports no spill and no
+//       stack); float64 128 / 108-128. conv2d_igemm_splitk: large 218-237 / 239-255, wide 235-255 /
+//       250-255, small 240-255 / 240-255; float64 (one block per SM, splitk_min_blocks_per_sm) 148-158 /
+//       156-180.
+//   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): FMA share of the instructions
+//       of one slice, float32 on sm_90 with NVRTC 12.9 (13.5 within 0.3 points):
+//       conv2d_igemm: large 80.6% (1024 FMA / 1271), wide 76.3% (1024 / 1342), small 73.7% (1024 / 1389);
+//       conv2d_igemm_splitk: large 80.1% (1024 / 1279), wide 75.8% (1024 / 1351), small 73.3% (1024 / 1397).
+//       Before the 8x8 wide / small tiles (4x8 on 256 threads, 4x4 on 256): wide 71.7%, small 63.4%
+//       (split-K: 71.5%, 61.7%); before issue 16: 58.0% (128x128x8) and 34.5% (64x64x8).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
 //
 // Semantics: exactly conv2d_direct's (see conv2d_direct.cu and docs/semantics.md). float16 is stored in
@@ -53,7 +58,7 @@
 namespace gpuconv {
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_min_blocks_per_sm(TM, TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_blocks_per_sm((BM / TM) * (BN / TN), TM, TN))
 conv2d_igemm(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
              const T* __restrict__ w,   // (K, Cg, R, S), C-contiguous
              const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)
@@ -72,12 +77,12 @@ conv2d_igemm(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
 // about 10 instructions per slice (tests/sass_check.py).
 // float64 asks for one block per SM: at two (128 registers) the split bookkeeping made the 4x4 tile spill
 // 12 bytes on sm_100 with NVRTC 13; float32 / float16 keep conv2d_igemm's bound.
-__host__ __device__ constexpr int splitk_min_blocks_per_sm(int bytes, int tm, int tn) {
-    return bytes == 8 ? 1 : gemm_min_blocks_per_sm(tm, tn);
+__host__ __device__ constexpr int splitk_min_blocks_per_sm(int bytes, int threads, int tm, int tn) {
+    return bytes == 8 ? 1 : gemm_blocks_per_sm(threads, tm, tn);
 }
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), splitk_min_blocks_per_sm(sizeof(T), TM, TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), splitk_min_blocks_per_sm(sizeof(T), (BM / TM) * (BN / TN), TM, TN))
 conv2d_igemm_splitk(const T* __restrict__ x, const T* __restrict__ w,
                     const T* __restrict__ b,  // unread (the reduce kernel adds the bias)
                     T* __restrict__ y,        // unwritten (the reduce kernel writes it)

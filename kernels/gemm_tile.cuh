@@ -15,7 +15,8 @@
 //   GemmTileConfig<BM, BN, BK, TM, TN>: a block computes a BM (filters) x BN (pixels) tile of C with
 //       (BM/TM) x (BN/TN) threads; each thread keeps a TM x TN tile of accumulators in registers and reads
 //       its fragments of both operands with 128-bit shared loads (TM, TN multiples of 4). The host's
-//       configs (gpuconv/_cuda/gemm.py): 128x128x16 8x8, 64x128x16 4x8, 64x64x16 4x4, float64 64x64x8 4x4.
+//       configs (gpuconv/_cuda/gemm.py): 128x128x16, 64x128x16 and 64x64x16, all 8x8 per thread (256, 128
+//       and 64 threads), and float64's 64x64x8 4x4 (256 threads).
 //   GemmSmem: the double-buffered shared staging, A transposed (a[buf][kk][row]) so the inner loop reads
 //       a thread's TM filters contiguously, B as is (b[buf][kk][col]).
 //   GemmWeightLoader: the A loader every GEMM kernel uses (scalar, or 4-wide vector loads when the host says
@@ -69,12 +70,18 @@ struct GemmTileConfig {
 };
 
 // Blocks per SM requested through __launch_bounds__ (which bounds the registers ptxas may use: 65536 /
-// (256 threads x blocks)). Stated explicitly because without a minimum ptxas picked an occupancy target
-// of its own on sm_90 (80 registers for the 4x4 tile) and spilled. The 8x8 tile (64 accumulators) needs
-// more than the 128 registers two blocks would leave (ptxas spilled at 128), so it gets one block per SM
-// (8 warps, latency hidden by the 8x8 tile's independent FMAs); so does the 4x8 tile (at 128 registers
-// ptxas spilled it on sm_100 / sm_120 with NVRTC 12.9); the 4x4 tile fits two (<= 128 registers).
-__host__ __device__ constexpr int gemm_min_blocks_per_sm(int tm, int tn) { return tm * tn >= 32 ? 1 : 2; }
+// (threads x blocks)). Stated explicitly because without a minimum ptxas picked an occupancy target of its
+// own on sm_90 (80 registers for a 4x4 tile of 256 threads) and spilled. A thread tile of 32 or more
+// accumulators gets the whole 255 registers (the 8x8 tile: 64 accumulators, its 16 + 16 fragments and the
+// loaders' next slice need more than 128; ptxas spilled at 128, and the 4x8 tile spilled at 128 on sm_100
+// / sm_120 with NVRTC 12.9): 1 block of 256 threads, 2 of 128, 4 of 64 per SM -- 8 warps either way,
+// latency hidden by the 8x8 tile's independent FMAs. The 4x4 tile (float64) fits 128 registers: 2 blocks
+// of 256 threads.
+__host__ __device__ constexpr int gemm_blocks_per_sm(int threads, int tm, int tn) {
+    return 65536 / (threads * (tm * tn >= 32 ? 256 : 128));
+}
+// The same for a 256-thread block (conv2d_igemm_tc.cu's tiles, by accumulators per thread).
+__host__ __device__ constexpr int gemm_min_blocks_per_sm(int tm, int tn) { return gemm_blocks_per_sm(256, tm, tn); }
 
 // Shared staging for one block: two buffers of each operand (double buffering), in the accumulation
 // type (float for float16), so the inner loop does no conversions. Size (bytes):
@@ -274,8 +281,10 @@ struct RegisterTile {
 
     // Per kk, a thread reads its TM filters (TM / 4 x 128-bit: as[kk][ty*TM .. +TM-1] is contiguous and
     // 16-byte aligned, A_LD % 4 == 0) and its TN pixels (TN / 4 x 128-bit, 4 consecutive per group) from
-    // shared memory, then does TM x TN FMAs. A warp's 16 (THREADS_N) distinct tx read 64 consecutive words
-    // of a B row (no bank conflict); its 2 ty read 2 addresses of the A row (broadcast).
+    // shared memory, then does TM x TN FMAs. A warp's THREADS_N distinct tx (16 in the 128-pixel tiles, 8
+    // in the 64-pixel one) read 4 * THREADS_N consecutive words of a B row per 128-bit load (no bank
+    // conflict); its 32 / THREADS_N distinct ty read that many TM-word runs of the A row, 8 banks apart
+    // with TM = 8 (no conflict), each a broadcast to its tx.
     __device__ __forceinline__ void slice(const A (*as)[Cfg::A_LD], const A (*bs)[Cfg::B_LD]) {
         GPUCONV_UNROLL
         for (int kk = 0; kk < Cfg::BK; ++kk) {

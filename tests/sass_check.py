@@ -15,7 +15,9 @@ Usage::
     python -m tests.sass_check --loop "float, 128"    # also print the main loop's SASS of matching kernels
     python -m tests.sass_check --json report.json     # every figure, machine-readable
     python -m tests.sass_check --readme               # the README's algorithm-table figures (markdown)
+    python -m tests.sass_check --update-readme        # ... written into README.md between its sass markers
     python -m tests.sass_check --write-floors         # rewrite tests/sass_floors.json from today's figures
+    python -m tests.sass_check --source conv2d_igemm.cu --write-floors --merge   # ... one source's only
 
 How the main loop is found
 --------------------------
@@ -111,7 +113,8 @@ __all__ = [
     "ARCHS", "CATEGORIES", "FLOORS_PATH", "Block", "Function", "Instruction", "KernelReport",
     "Loop", "ToolUnavailable", "analyze_function", "analyze_source", "basic_blocks", "categorize",
     "check_floor", "disassemble", "find_loops", "find_tool", "floor_for", "gemm_sources", "is_fma", "is_mma",
-    "load_floors", "main_loop", "measured_floor", "parse_sass", "shared_load_width", "tile_label",
+    "is_reduction", "kernel_name", "load_floors", "main_loop", "measured_floor", "parse_sass", "shared_load_width",
+    "tile_label", "update_readme",
     "tools_available",
 ]
 
@@ -728,20 +731,39 @@ def gemm_sources(instantiations: dict | None = None) -> list[str]:
 
 
 _TEMPLATE = re.compile(r"<\s*(?:gpuconv::)?(\w+)\s*,\s*([\d,\s]+)>")
+_KERNEL = re.compile(r"(?:\w+::)*(\w+)\s*<")
+_DTYPE_ONLY = re.compile(r"<\s*(?:gpuconv::)?(\w+)\s*>")
+# Kernels of a GEMM source that have no GEMM main loop: split-K's reduction (one pass over the partial sums).
+REDUCTION_KERNELS = ("gemm_splitk_reduce",)
+
+
+def kernel_name(name_expression: str) -> str:
+    """The kernel's function name: ``"conv2d_igemm_splitk"`` for ``gpuconv::conv2d_igemm_splitk<float, ...>``."""
+    m = _KERNEL.match(name_expression.strip())
+    return m.group(1) if m else name_expression
+
+
+def is_reduction(name_expression: str) -> bool:
+    return kernel_name(name_expression) in REDUCTION_KERNELS
 
 
 def tile_label(name_expression: str) -> str:
     """``"float 128x128x8 8x8 (large)"`` for ``gpuconv::conv2d_igemm<float, 128, 128, 8, 8, 8>``,
-    ``"half 128x128 2x4 warps (large)"`` for the tensor-core kernel; the host's tile name in parentheses."""
+    ``"half 128x128 2x4 warps (large)"`` for the tensor-core kernel; the host's tile name in parentheses
+    (a SIMT tile's by its block shape BM x BN x BK); ``"float (reduction)"`` for split-K's reduction."""
     m = _TEMPLATE.search(name_expression)
     if not m:
+        d = _DTYPE_ONLY.search(name_expression)
+        if d and is_reduction(name_expression):
+            return f"{d.group(1)} (reduction)"
         return name_expression
     dtype, args = m.group(1), [int(a) for a in m.group(2).split(",") if a.strip()]
-    host = _host_tile_names().get(tuple(args), "")
-    suffix = f" ({host})" if host else ""
     if len(args) == 5:
         bm, bn, bk, tm, tn = args
-        return f"{dtype} {bm}x{bn}x{bk} {tm}x{tn}{suffix}"
+        host = _host_tile_names().get((bm, bn, bk), "")
+        return f"{dtype} {bm}x{bn}x{bk} {tm}x{tn}" + (f" ({host})" if host else "")
+    host = _host_tile_names().get(tuple(args), "")
+    suffix = f" ({host})" if host else ""
     if len(args) == 4:
         bm, bn, wm, wn = args
         return f"{dtype} {bm}x{bn} {wm}x{wn} warps{suffix}"
@@ -750,13 +772,14 @@ def tile_label(name_expression: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _host_tile_names() -> dict[tuple, str]:
+    """The host's tile names: SIMT tiles by block shape (bm, bn, bk), tensor-core tiles by (bm, bn, warps)."""
     names: dict[tuple, str] = {}
     try:
         from gpuconv._cuda import conv_igemm_tc, gemm
         tiles = list(gemm.TILES_BY_DTYPE.values())
         for group in tiles:
             for t in group:
-                names[(t.bm, t.bn, t.bk, t.tm, t.tn)] = t.name
+                names[(t.bm, t.bn, t.bk)] = t.name
         for t in conv_igemm_tc.TILES:
             names[(t.bm, t.bn, t.warps_m, t.warps_n)] = t.name
     except Exception:  # noqa: BLE001 - labels are cosmetic
@@ -867,13 +890,27 @@ _FLOORS_DOC = [
 
 
 def write_floors(reports: list[KernelReport], nvrtc: str, path: Path = FLOORS_PATH, merge: bool = False) -> dict:
+    """Floors from ``reports`` under NVRTC major ``nvrtc``. ``merge``: keep the file's other entries (the
+    other NVRTC major's, other sources'), except kernels of a reported source that the reports no longer
+    name (an instantiation the registry dropped), which are removed, and never lower a floor the file has."""
     floors = load_floors(path) if (merge and Path(path).exists()) else {}
     out = {"_doc": _FLOORS_DOC, "fma_share_margin": FMA_SHARE_MARGIN,
            "non_mma_per_mma_margin": NON_MMA_PER_MMA_MARGIN, "floors": floors.get("floors", {})}
+    for source in dict.fromkeys(r.source for r in reports):
+        old = out["floors"].get(source, {})
+        names = dict.fromkeys(r.name_expression for r in reports if r.source == source)  # the reports' order
+        out["floors"][source] = {e: old.get(e, {}) for e in names}
     for rep in reports:
         entry = out["floors"].setdefault(rep.source, {}).setdefault(rep.name_expression, {})
         entry.setdefault("label", rep.label)
-        entry.setdefault(rep.arch, {})[nvrtc] = measured_floor(rep)
+        floor, before = measured_floor(rep), entry.get(rep.arch, {}).get(nvrtc, {})
+        # merging never lowers a floor (that is done by hand, with the reason in the commit): a kernel whose
+        # figure drifted down by less than the margin keeps the floor it had
+        if merge and floor.get("fma_share_min", -1) < before.get("fma_share_min", -1):
+            floor["fma_share_min"] = before["fma_share_min"]
+        if merge and floor.get("non_mma_per_mma_max", -1) > before.get("non_mma_per_mma_max", float("inf")):
+            floor["non_mma_per_mma_max"] = before["non_mma_per_mma_max"]
+        entry.setdefault(rep.arch, {})[nvrtc] = floor
     Path(path).write_text(dump_floors(out))
     return out
 
@@ -915,14 +952,15 @@ def dump_floors(floors: dict) -> str:
 
 
 def format_table(reports: list[KernelReport]) -> str:
-    header = ["source", "kernel", "arch", "regs", "local", "loop instr", "path", "FMA", "FMA %", "MMA",
+    header = ["source", "kernel", "tile", "arch", "regs", "local", "loop instr", "path", "FMA", "FMA %", "MMA",
               "other/MMA", "LDS (count x bits)", "LDG", "STS", "BAR", "idiv", "calls", "ver"]
     rows = []
     for r in reports:
         if not r.loop_found:
-            rows.append([r.source, r.label, r.arch, str(r.registers), str(r.local)] + ["-"] * 13)
+            rows.append([r.source, kernel_name(r.name_expression), r.label, r.arch, str(r.registers),
+                         str(r.local)] + ["-"] * 13)
             continue
-        rows.append([r.source, r.label, r.arch, str(r.registers),
+        rows.append([r.source, kernel_name(r.name_expression), r.label, r.arch, str(r.registers),
                      f"{r.local}" + (f" (stack {r.stack_bytes})" if r.stack_bytes > 0 else ""),
                      str(r.instructions), str(r.path), str(r.fma), f"{r.fma_share:.1f}",
                      str(r.mma) if r.mma else "-", f"{r.non_mma_per_mma:.1f}" if r.mma else "-",
@@ -945,8 +983,14 @@ def format_categories(reports: list[KernelReport]) -> str:
     return "\n".join(lines)
 
 
+README_START = "<!-- sass:start -->"
+README_END = "<!-- sass:end -->"
+
+
 def format_readme(reports: list[KernelReport]) -> str:
-    """The README's markdown table: per kernel and tile, each architecture's main-loop figures side by side."""
+    """The README's markdown table: per kernel and tile, each architecture's main-loop figures side by side.
+    Split-K's reduction (``REDUCTION_KERNELS``) has no GEMM main loop: its row says what one iteration of
+    its loop over outputs is (instructions, global loads) instead of an FMA share."""
     archs = list(dict.fromkeys(r.arch for r in reports))
     by = {(r.source, r.name_expression, r.arch): r for r in reports}
     kernels = list(dict.fromkeys((r.source, r.name_expression, r.label) for r in reports))
@@ -959,12 +1003,15 @@ def format_readme(reports: list[KernelReport]) -> str:
         return " + ".join(parts + ([f"{r.ldsm} x LDSM"] if r.ldsm else [])) or "-"
 
     for source, expr, label in kernels:
-        cells = [source.removesuffix(".cu"), label]
+        cells = [kernel_name(expr), label]
         found = [r for a in archs if (r := by.get((source, expr, a))) is not None and r.loop_found]
         for a in archs:
             r = by.get((source, expr, a))
             if r is None or not r.loop_found:
                 cells.append("-")
+            elif is_reduction(expr):
+                cells.append(f"reduction, no GEMM loop: {r.instructions} instructions, {r.ldg} global loads "
+                             "per output")
             elif r.mma:
                 cells.append(f"{r.mma} MMA / {r.instructions}: {r.non_mma_per_mma:.1f} other per MMA")
             else:
@@ -973,6 +1020,18 @@ def format_readme(reports: list[KernelReport]) -> str:
         cells.append(texts[0] if len(texts) == 1 else "; ".join(f"{r.arch}: {lds(r)}" for r in found))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def update_readme(reports: list[KernelReport], path: Path) -> None:
+    """Replace the table between README_START and README_END in ``path`` with ``format_readme``'s."""
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path}: no {README_START} ... {README_END} block")
+    major, minor = nv.nvrtc_version()
+    block = (f"{README_START}\n<!-- Generated by `python -m tests.sass_check --update-readme` (NVRTC {major}.{minor}); "
+             f"do not edit by hand. -->\n{format_readme(reports)}\n")
+    path.write_text(text[:start] + block + text[end:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -985,6 +1044,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--categories", action="store_true", help="also print the main loop's instruction classes")
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--readme", action="store_true", help="print the README's markdown table")
+    parser.add_argument("--update-readme", metavar="PATH", nargs="?", const=str(Path(__file__).parents[1] / "README.md"),
+                        help="rewrite the table between the sass markers of the README (default: the repository's)")
     parser.add_argument("--write-floors", action="store_true", help=f"rewrite {FLOORS_PATH.name} from today's "
                         "figures (this NVRTC major's entries)")
     parser.add_argument("--merge", action="store_true", help="with --write-floors: keep the other entries")
@@ -1026,6 +1087,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"nvrtc": f"{major}.{minor}", "tool": args.tool,
                                                "tool_version": tool_version(args.tool),
                                                "kernels": [r.as_dict() for r in reports]}, indent=1) + "\n")
+    if args.update_readme:
+        update_readme(reports, Path(args.update_readme))
+        print(f"\nupdated {args.update_readme}")
     if args.write_floors:
         write_floors(reports, nvrtc_key(), merge=args.merge)
         print(f"\nwrote {FLOORS_PATH}")

@@ -7,7 +7,8 @@ backwards), dilation, stride and asymmetric padding; pixel tiles cut short (pixe
 sentinel row and read nothing); weight rows whose length is not a multiple of 4 (scalar weight loads) and
 ones that are (vector loads, checked against the rule). gemm1x1's loader with channel counts around BK.
 
-Every case runs both tile configs the dtype has, forced through the launch's ``tile=`` override.
+Every case runs every tile config the dtype has (float32 / float16: large, wide, small), forced through
+the launch's ``tile=`` override.
 """
 
 from __future__ import annotations

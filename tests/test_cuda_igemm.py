@@ -172,7 +172,7 @@ def test_igemm_nan_inf_and_empty_image(rt):
 
 GEMM1X1_DIMS = {
     "dtype": [np.float16, np.float32, np.float64],
-    "tile": ["rule", "small", "large"],
+    "tile": ["rule", "small", "wide", "large"],
     "stride": [1, 2, (1, 3)],
     # (N, C, H, W, K, groups): H*W % 4 == 0 or not; Cg % 4 == 0 or not; Kg around the small tile
     "shape": [(2, 8, 6, 6, 65, 1), (3, 6, 5, 7, 10, 2), (1, 12, 8, 9, 63, 3), (2, 5, 4, 5, 7, 1)],
@@ -183,7 +183,7 @@ GEMM1X1_DIMS = {
 
 
 def _gemm1x1_valid(c):
-    return not (np.dtype(c["dtype"]) == np.float64 and c["tile"] == "large")
+    return not (np.dtype(c["dtype"]) == np.float64 and c["tile"] in ("large", "wide"))
 
 
 GEMM1X1_CASES = pairwise(GEMM1X1_DIMS, _gemm1x1_valid, seed=2)
@@ -202,7 +202,7 @@ def test_gemm1x1_matches_reference(rt, case):
     x, w, b = conv_arrays((N, C, H, W), (K, C // groups, 1, 1), dt, bias=case["bias"], seed=7)
     if not case["x_aligned"]:
         x = _misaligned(x)
-    tile = {"rule": None, "small": SMALL_TILE, "large": LARGE_TILE}[case["tile"]]
+    tile = {"rule": None, "small": SMALL_TILE, "wide": WIDE_TILE, "large": LARGE_TILE}[case["tile"]]
     g = conv_geometry(x.shape, w.shape, None, case["stride"], 0, 1, groups)
     expect_vec_x = g.sh == g.sw == 1 and (H * W) % 4 == 0 and case["x_aligned"]
     assert conv_gemm1x1.input_vectorizable(g, dt, x.ctypes.data) == expect_vec_x
@@ -228,13 +228,28 @@ def test_gemm1x1_large_tile_edges(rt, dtype, order):
 
 
 @pytest.mark.parametrize("order", ORDERS)
-def test_gemm1x1_small_tile_vector_paths(rt, order):
-    """Small tile, every combination of vector / scalar input and weight loads on the same data."""
+@pytest.mark.parametrize("tile", [SMALL_TILE, WIDE_TILE], ids=lambda t: t.name)
+def test_gemm1x1_small_tile_vector_paths(rt, tile, order):
+    """The 64-filter tiles (64 and 128 threads), every combination of vector / scalar input and weight loads
+    on the same data."""
     x, w, b = conv_arrays((3, 8, 4, 7), (66, 8, 1, 1), np.float32, seed=10)  # H*W = 28, Cg = 8: both allowed
     for vx in (True, False):
         for vw in (True, False):
-            check_conv(with_thread_order(rt, order), "gemm1x1", x, w, b, activation="relu", tile=SMALL_TILE,
-                   vectorize_input=vx, vectorize_weights=vw)
+            check_conv(with_thread_order(rt, order), "gemm1x1", x, w, b, activation="relu", tile=tile,
+                       vectorize_input=vx, vectorize_weights=vw)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("tile", [SMALL_TILE, WIDE_TILE], ids=lambda t: t.name)
+def test_gemm1x1_64_filter_tile_edges(rt, tile, dtype, order):
+    """The 64-filter tiles (8x8 per thread on 64 / 128 threads) at their edges: Kg = 65 (two filter tiles,
+    the second with 1 row), M = 2*8*(BN/16) = BN (exactly one pixel tile, vector input loads), Cg = 17 (a
+    full slice of 16 + 1); then M = BN + 1 (scalar input loads, H*W odd), Kg = 63, Cg = 16 (one slice)."""
+    x, w, b = conv_arrays((2, 17, 8, tile.bn // 16), (65, 17, 1, 1), dtype, seed=12)
+    check_conv(with_thread_order(rt, order), "gemm1x1", x, w, b, activation="relu", tile=tile)
+    x, w, b = conv_arrays((1, 16, 1, tile.bn + 1), (63, 16, 1, 1), dtype, seed=13)
+    check_conv(with_thread_order(rt, order), "gemm1x1", x, w, b, tile=tile)
 
 
 def test_gemm1x1_dilation_and_flip_do_not_matter(rt):
@@ -288,9 +303,14 @@ def test_tile_config_rule():
 
 
 def test_tile_configs_match_the_kernel():
-    """256 threads, the documented shared memory (static, in the accumulation type), and the instantiation
-    count the NVRTC check compiles."""
-    assert LARGE_TILE.threads == WIDE_TILE.threads == SMALL_TILE.threads == gemm.SMALL_TILE_F64.threads == 256
+    """The threads (8x8 per thread: 256, 128, 64; float64's 4x4: 256), the documented shared memory (static,
+    in the accumulation type), the instantiation count the NVRTC check compiles, and launch bounds that
+    follow the threads."""
+    assert [(t.tm, t.tn, t.threads) for t in (LARGE_TILE, WIDE_TILE, SMALL_TILE)] == [(8, 8, 256), (8, 8, 128),
+                                                                                    (8, 8, 64)]
+    assert gemm.SMALL_TILE_F64.threads == 256
+    for source in (conv_igemm.SOURCE, conv_gemm1x1.SOURCE):
+        assert "gemm_blocks_per_sm((BM / TM) * (BN / TN), TM, TN)" in (kernels_dir() / source).read_text()
     assert WIDE_TILE.shared_bytes(np.float32) == 2 * 16 * (64 + 4 + 128) * 4 == 25088
     assert LARGE_TILE.shared_bytes(np.float32) == LARGE_TILE.shared_bytes(np.float16) == 33280
     assert SMALL_TILE.shared_bytes(np.float32) == 16896 and gemm.SMALL_TILE_F64.shared_bytes(np.float64) == 16896
@@ -319,12 +339,13 @@ def test_vectorization_rules():
 
 
 def test_launch_shape_follows_the_rules(rt):
+    assert [t.threads for t in (LARGE_TILE, WIDE_TILE, SMALL_TILE, gemm.SMALL_TILE_F64)] == [256, 128, 64, 256]
     x, w, b = conv_arrays((2, 8, 6, 7), (20, 8, 3, 3), np.float32, seed=12)
     spy = SpyRuntime(rt)
     g, kid, _ = check_conv(spy, "igemm", x, w, b, padding=1)
     source, name, grid, block, args, shared = spy.launches[-1]
     assert (source, name) == (conv_igemm.SOURCE, kid) and name in ops.INSTANTIATIONS[source]
-    assert block == (256, 1, 1) and shared == 0
+    assert block == (SMALL_TILE.threads, 1, 1) == (64, 1, 1) and shared == 0  # 8x8 per thread, 64 x 64
     assert grid == (gemm.gemm_blocks(g, SMALL_TILE), 1, 1) == (2 * 6 * 7 // 64 + 1, 1, 1)
     # the pointers, one ConvParams passed by value (a one-element structured array), vec_w
     assert len(args) == 4 + 1 + 1 and args[4].dtype == abi.CONV_PARAMS_DTYPE and args[4].shape == (1,)

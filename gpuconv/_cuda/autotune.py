@@ -1,7 +1,9 @@
 """``algo='auto'`` on the GPU: measure every algorithm that accepts the call, once per operation, shape,
 dtype and device, and keep the fastest (as ``torch.backends.cudnn.benchmark`` does).
 
-* The first call of a shape runs each candidate (``select.candidates``) once to compile and warm it, then
+* The first call of a shape runs each candidate (``select.tuning_candidates``: the algorithms that accept
+  the call, the GEMM ones as one candidate per tile and split-K on / off, e.g. ``igemm/wide``,
+  ``igemm/small/split``) once to compile and warm it, then
   ``REPEATS`` more times between CUDA events on the current stream, and keeps the minimum; the call's
   output comes from the winner, run once more afterwards. Later calls of that shape look the choice up.
 * Choices are keyed by (op, direction) as well as device, dtype and sizes, so a backward pass's choice
@@ -10,6 +12,9 @@ dtype and device, and keep the fastest (as ``torch.backends.cudnn.benchmark`` do
   environment variable ``GPUCONV_AUTOTUNE_CACHE``) they are also written to and read from a JSON file,
   keyed on the device's name and compute capability and gpuconv's version. Files of the first format
   (``gpuconv-autotune-1``, conv2d forward only, keys without the operation) are read as conv2d forward.
+  An entry names an algorithm (``igemm``: its rule's tile, as entries written before the tiles were
+  measured) or a variant (``igemm/wide``); an entry naming neither (a variant this version lacks) is
+  skipped, and that shape is measured again.
 * Measuring is on by default; ``set_autotune(False)`` or ``GPUCONV_AUTOTUNE=0`` switches it off, and a
   runtime that cannot time kernels (the tests' CPU emulator: ``can_time`` False) never measures:
   ``select.choose_algo``'s documented heuristic decides then, and the record says so.
@@ -54,8 +59,8 @@ class Choice:
 
 def autotune_choices() -> list[dict]:
     """What ``algo='auto'`` decided so far in this process: one dict per (operation, device, dtype, shape)
-    with ``key``, ``algo``, ``how`` ('measured', 'cache file' or 'heuristic') and ``times_ms`` per
-    candidate."""
+    with ``key``, ``algo`` (an algorithm, or a variant of one such as ``igemm/wide``), ``how`` ('measured',
+    'cache file' or 'heuristic') and ``times_ms`` per candidate."""
     with settings.lock:
         return [asdict(c) for c in _choices.values()]
 
@@ -76,10 +81,17 @@ def shape_key(device: str, geom, dtype, op: str = "conv2d", direction: str = FOR
 
 
 def _known_algo(key: str, algo) -> bool:
+    """Whether a cache entry's ``algo`` names an algorithm or a variant of one of the key's operation."""
     from .ops import OPERATIONS
     op_direction = key.split("|", 1)[0].split(" ")
     o = OPERATIONS.get(tuple(op_direction)) if len(op_direction) == 2 else None
-    return o is not None and algo in o.algorithms
+    if o is None or not isinstance(algo, str):
+        return False
+    try:
+        o.algorithms[algo]  # resolves variant names too
+    except KeyError:
+        return False
+    return True
 
 
 def _load(path: Path) -> None:
@@ -109,8 +121,9 @@ def _save(path: Path) -> None:
 
 
 def choose(rt, geom, dtype, launch, op: str = "conv2d", direction: str = FORWARD) -> str:
-    """The algorithm ``algo='auto'`` runs for this call on runtime ``rt``. ``launch(name)`` runs candidate
-    ``name`` into the call's output buffer (so measuring needs no extra memory)."""
+    """The algorithm (or variant, ``<algorithm>/<variant>``) ``algo='auto'`` runs for this call on runtime
+    ``rt``. ``launch(name)`` runs candidate ``name`` into the call's output buffer (so measuring needs no
+    extra memory; the operation's ``algorithms[name]`` resolves variant names)."""
     from . import select
     key = shape_key(rt.device_key(), geom, dtype, op, direction)
     if settings.tensor_cores_enabled():
@@ -128,7 +141,7 @@ def choose(rt, geom, dtype, launch, op: str = "conv2d", direction: str = FORWARD
     if (known is not None and known.how != "heuristic"
             and select.decline_reason(known.algo, geom, dtype, op, direction) is None):
         return known.algo
-    names = select.candidates(geom, dtype, rt, op, direction)
+    names = select.tuning_candidates(geom, dtype, rt, op, direction)
     times = {name: rt.time_ms(lambda name=name: launch(name), REPEATS) for name in names}
     best = min(names, key=times.__getitem__)
     with settings.lock:

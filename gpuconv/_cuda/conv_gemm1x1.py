@@ -21,7 +21,7 @@ import numpy as np
 
 from .._geometry import ConvGeometry
 from .algo import FORWARD, Algorithm
-from .gemm import (GemmTile, data_pointer, gemm_instantiations, gemm_kernel_name, gemm_tile_for, launch_gemm,
+from .gemm import (GemmTile, TileVariants, data_pointer, gemm_instantiations, gemm_kernel_name, gemm_tile_for, launch_gemm,
                    resolve_vectorize, tile_for_dtype, vec4_aligned, weights_vectorizable)
 from .limits import conv_decline_reason
 
@@ -62,6 +62,9 @@ def launch_gemm1x1(rt, x, w, b, y, geom: ConvGeometry, *, tile: GemmTile | None 
     return launch_gemm(rt, SOURCE, KERNEL, x, w, b, y, geom, tile,
                        [np.int32(1 if vec_w else 0), np.int32(1 if vec_x else 0)])
 
+
+# What the autotuner measures of gemm1x1 (ops.VARIANTS): each tile (no split-K here).
+VARIANTS = TileVariants()
 
 ALGO = Algorithm("gemm1x1", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, gemm1x1_decline_reason,
                  launch_gemm1x1,

@@ -15,6 +15,10 @@ when that is below 2. Block (split, tile) stores its partial sums into a workspa
 workspace beside the output -- and ``gemm_splitk_reduce`` sums the splits in fixed order 0..splits-1 per
 output, adds the bias, applies the activation and writes y: bitwise the same in any block / thread order.
 The kernel id then reads ``<conv2d_igemm_splitk name> splitK=<splits> + <reduce name>``.
+
+Autotuning (``VARIANTS``, ``gemm.TileVariants``): ``algo='auto'`` measures igemm as ``igemm/<tile>`` for
+each admissible tile and ``igemm/<tile>/split`` where the split-K rule splits that tile; the kernel id
+(the name expression, whose template arguments are the tile) says which ran.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from .._geometry import ConvGeometry
 from .algo import FORWARD, Algorithm
-from .gemm import (TILES_BY_DTYPE, GemmTile, data_pointer, gemm_blocks, gemm_instantiations, gemm_kernel_name,
+from .gemm import (TILES_BY_DTYPE, GemmTile, TileVariants, data_pointer, gemm_blocks, gemm_instantiations, gemm_kernel_name,
                    gemm_tile_for, launch_gemm, resolve_vectorize, tile_for_dtype, weights_vectorizable)
 from .limits import ACC_BYTES, CTYPE, ceil_div, conv_decline_reason, grid_blocks
 
@@ -123,7 +127,10 @@ def igemm_kernel_id(split_name: str, splits: int, dtype) -> str:
     return f"{split_name} splitK={splits} + {reduce_name(dtype)}"
 
 
+# What the autotuner measures of igemm (ops.VARIANTS): each tile, unsplit and (where splitk_for splits) split.
+VARIANTS = TileVariants(splitk_for)
+
 ALGO = Algorithm("igemm", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, igemm_decline_reason, launch_igemm,
                  "implicit GEMM: filters x (N*P*Q pixels) per group, input gathered on the fly into "
-                 "double-buffered shared slices, 8x8 (4x4) register tile per thread; split-K with a "
+                 "double-buffered shared slices, 8x8 register tile per thread (4x4 for float64); split-K with a "
                  "fixed-order reduction when too few blocks")

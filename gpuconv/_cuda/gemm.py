@@ -9,18 +9,26 @@ gathered on the fly, or for 1x1 filters the input itself).
 Rules (plain functions of the geometry and dtype, plus array addresses for vectorization):
 
 * ``gemm_tile_for``: the tile config, first match of
-  1. ``LARGE_TILE`` (128 filters x 128 pixels per block, 8x8 per thread) for float32 / float16 when a group
-     has more than 64 filters (``Kg >= LARGE_TILE_MIN_FILTERS``; with 64 or fewer a 128-row tile would be at
-     least half zeros) and the large tiles number at least ``MIN_BLOCKS`` = 128 (about one block per SM on
-     the GPUs we target: 108 SMs on A100, 132 on H100; fewer would leave SMs idle);
-  2. ``WIDE_TILE`` (64 filters x 128 pixels, 4x8 per thread; issue 16: the tile for layers with 64 or fewer
-     filters, ResNet's first stage, VGG conv1) for float32 / float16 when the wide tiles number at least
-     ``MIN_BLOCKS``: half the blocks of the small tile, twice its FMAs per loaded element;
-  3. the small tile (64 x 64, 4x4 per thread, 4x the large tile's blocks) otherwise: layers too small to
-     fill the GPU with bigger tiles; always for float64 (its own ``SMALL_TILE_F64``, BK = 8;
-     ``tile_for_dtype`` maps a tile name to a dtype's config): 64 double accumulators would take 128 of a
-     thread's 255 registers before any operand.
-  Every config: BK = 16 reduction indices per slice (8 for float64), 256 threads.
+  1. ``LARGE_TILE`` (128 filters x 128 pixels per block, 8x8 per thread, 256 threads) for float32 / float16
+     when a group has more than 64 filters (``Kg >= LARGE_TILE_MIN_FILTERS``; with 64 or fewer a 128-row
+     tile would be at least half zeros) and the large tiles number at least ``MIN_BLOCKS`` = 128 (about
+     one block per SM on the GPUs we target: 108 SMs on A100, 132 on H100; fewer would leave SMs idle);
+  2. ``WIDE_TILE`` (64 filters x 128 pixels, 8x8 per thread, 128 threads; the tile for layers with 64 or
+     fewer filters, ResNet's first stage, VGG conv1) for float32 / float16 when the wide tiles number at
+     least ``MIN_BLOCKS``: half the blocks of the small tile, twice its FMAs per loaded element;
+  3. the small tile (64 x 64, 8x8 per thread, 64 threads; 4x the large tile's blocks) otherwise: layers
+     too small to fill the GPU with bigger tiles (split-K, ``conv_igemm.splitk_for``, then adds blocks
+     when even these are fewer than the SMs); always for float64 (its own ``SMALL_TILE_F64``, 4x4 per
+     thread, 256 threads, BK = 8; ``tile_for_dtype`` maps a tile name to a dtype's config): 64 double
+     accumulators would take 128 of a thread's 255 registers before any operand.
+  The block count rule is the same as before issue 16's tiles changed (the tiles keep their BM x BN);
+  what changed is the threads: every float32 / float16 tile runs the large tile's 8x8 per-thread
+  micro-kernel (the one that reaches 80 % FMA in the main loop), the smaller tiles with fewer threads
+  (4 and 2 warps; ``gemm_blocks_per_sm`` in gemm_tile.cuh keeps 2 and 4 such blocks per SM within the
+  registers). Every float32 / float16 config: BK = 16 reduction indices per slice.
+* ``TileVariants``: the tiles the autotuner measures for a GEMM algorithm
+  (``TileVariants``: the dtype's tiles, the large one only for Kg > 64, each with split-K on where the
+  algorithm has it and its rule splits the call), named ``<tile>`` or ``<tile>/split``.
 * ``weights_vectorizable``: 4-wide weight loads (float4, 2 x double2, 4 halves) when each weight row
   (Cg*R*S elements) is a multiple of 4 and w's address is aligned to ``VEC_ALIGN_BYTES`` (16, or 8 for
   float16); then every 4-element group the kernel loads is aligned too. Otherwise scalar loads.
@@ -47,7 +55,8 @@ GEMM_A_PAD = 4
 @dataclass(frozen=True)
 class GemmTile:
     """A block tile of the GEMM kernels: ``bm`` filters x ``bn`` pixels, the reduction in slices of ``bk``,
-    ``tm`` x ``tn`` results per thread (template arguments of the kernels, in this order)."""
+    ``tm`` x ``tn`` results per thread (template arguments of the kernels, in this order); ``threads`` =
+    (bm / tm) x (bn / tn) per block."""
 
     name: str
     bm: int
@@ -70,9 +79,12 @@ class GemmTile:
         return ACC_BYTES[np.dtype(dtype)] * 2 * self.bk * (self.bm + GEMM_A_PAD + self.bn)
 
 
+# Every float32 / float16 tile runs the 8x8 per-thread micro-kernel (issue 16: the 4x4 small tile reached
+# 63 % FMA in its main loop, the 4x8 wide one 72 %; 8x8 with fewer threads per block, 73.7-77.4 %): 256, 128
+# and 64 threads per block.
 LARGE_TILE = GemmTile("large", 128, 128, 16, 8, 8)
-SMALL_TILE = GemmTile("small", 64, 64, 16, 4, 4)
-WIDE_TILE = GemmTile("wide", 64, 128, 16, 4, 8)
+WIDE_TILE = GemmTile("wide", 64, 128, 16, 8, 8)
+SMALL_TILE = GemmTile("small", 64, 64, 16, 8, 8)
 # float64's small tile keeps BK = 8: with 16 its loaders' registers push the 4x4 double tile past the 128
 # registers of two blocks per SM (ptxas spilled on sm_100).
 SMALL_TILE_F64 = GemmTile("small", 64, 64, 8, 4, 4)
@@ -80,6 +92,8 @@ SMALL_TILE_F64 = GemmTile("small", 64, 64, 8, 4, 4)
 TILES_BY_DTYPE = {np.dtype(np.float16): (LARGE_TILE, WIDE_TILE, SMALL_TILE),
                   np.dtype(np.float32): (LARGE_TILE, WIDE_TILE, SMALL_TILE),
                   np.dtype(np.float64): (SMALL_TILE_F64,)}
+# A tile by its name (float64's "small" is SMALL_TILE_F64: launches map a name to the dtype's config).
+TILE_BY_NAME = {t.name: t for t in TILES_BY_DTYPE[np.dtype(np.float32)]}
 LARGE_TILE_MIN_FILTERS = 65   # Kg > 64: more filters than one small tile holds
 MIN_BLOCKS = 128   # large (wide) tiles needed to keep a 108..132-SM GPU busy
 
@@ -118,6 +132,57 @@ def gemm_tile_for(geom: ConvGeometry, dtype) -> GemmTile:
     if gemm_blocks(geom, WIDE_TILE) >= MIN_BLOCKS:
         return WIDE_TILE
     return SMALL_TILE
+
+
+# --------------------------------------------------------------------------------------------
+# the autotuner's variants: tiles, split-K on / off
+# --------------------------------------------------------------------------------------------
+
+SPLIT_SUFFIX = "split"
+
+
+@dataclass(frozen=True)
+class TileVariants:
+    """What the autotuner may measure of one GEMM algorithm besides its rule (``ops.VARIANTS``): each tile
+    of the dtype (``LARGE_TILE`` only when Kg >= LARGE_TILE_MIN_FILTERS: with fewer filters at least half
+    of its rows are zeros), and, for an algorithm with split-K (``splitk_for``: the number of ranges its
+    rule gives a tile), each tile the rule splits once more with the split. A variant is named
+    ``<tile name>`` (unsplit, ``splits=1``) or ``<tile name>/split`` (the rule's ranges)."""
+
+    splitk_for: object = None  # (geom, tile) -> ranges; None: no split-K
+
+    def names(self, geom: ConvGeometry, dtype) -> tuple[str, ...]:
+        out = []
+        for t in TILES_BY_DTYPE[np.dtype(dtype)]:
+            if t.name == LARGE_TILE.name and geom.Kg < LARGE_TILE_MIN_FILTERS:
+                continue
+            out.append(t.name)
+            if self.splitk_for is not None and self.splitk_for(geom, t) > 1:
+                out.append(f"{t.name}/{SPLIT_SUFFIX}")
+        return tuple(out)
+
+    def parse(self, variant: str) -> tuple[str, bool]:
+        """(tile name, split) of a variant name; ValueError for a name no tile / suffix has."""
+        tile, sep, suffix = variant.partition("/")
+        if tile not in TILE_BY_NAME or (sep and (suffix != SPLIT_SUFFIX or self.splitk_for is None)):
+            raise ValueError(f"unknown variant {variant!r}")
+        return tile, bool(sep)
+
+    def decline_reason(self, variant: str, geom: ConvGeometry, dtype) -> str | None:
+        """None when ``variant`` can run this call (one of ``names``), else why not."""
+        if variant not in self.names(geom, dtype):
+            return (f"variant {variant} does not apply to this call (its variants: "
+                    f"{', '.join(self.names(geom, dtype))})")
+        return None
+
+    def launch_options(self, variant: str) -> dict:
+        """The launch function's keyword overrides for ``variant``: ``tile`` (the float32 config of that
+        name; the launch maps it to the dtype's) and, with split-K, ``splits`` (1 unsplit, None the rule)."""
+        tile, split = self.parse(variant)
+        opts = {"tile": TILE_BY_NAME[tile]}
+        if self.splitk_for is not None:
+            opts["splits"] = None if split else 1
+        return opts
 
 
 def data_pointer(a) -> int:

@@ -27,12 +27,20 @@ module only lists. ``INSTANTIATIONS[source]`` collects, per kernel source, every
 algorithms request: the runtime compiles each source once with all of them, and the NVRTC compile check
 and the machine-code check compile exactly this list.
 
+Variants (issue 16): ``VARIANTS[(op, direction)][name]`` lists what the autotuner measures of an
+algorithm besides its rule (the GEMM algorithms: each tile, split-K on / off; ``gemm.TileVariants``). A
+variant is named ``<algorithm>/<variant>`` (``igemm/wide``, ``igemm/small/split``): ``algorithms[...]``
+resolves such a name to a derived :class:`~gpuconv._cuda.algo.Algorithm` (its launch pinned to the
+variant, its decline rule the algorithm's plus the variant's) without listing it, so ``algo=`` names, the
+candidate list and iteration stay the algorithms themselves; only the autotuner asks for variants.
+
 Adding an algorithm: a module ``conv_<name>.py`` defining ``ALGO`` (see docs/architecture.md), listed below.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 
 from . import (conv3d_igemm, conv_backward_filter, conv_depthwise, conv_direct, conv_gemm1x1, conv_igemm,
                conv_igemm_tc, conv_tiled, pool, pool_grad)
@@ -57,17 +65,47 @@ class Operation:
         return tuple(self.algorithms)
 
 
+class AlgorithmTable(dict):
+    """An operation's algorithms by name (a plain dict: iteration, ``in`` and ``len`` see only them), whose
+    lookup also resolves a variant name ``<algorithm>/<variant>`` of an algorithm listed in ``VARIANTS``
+    (KeyError for any other missing name)."""
+
+    def __init__(self, table, variants):
+        super().__init__(table)
+        self.variants = variants
+
+    def __missing__(self, key):
+        base, sep, variant = str(key).partition("/")
+        spec = self.variants.get(base) if sep else None
+        if spec is None:
+            raise KeyError(key)
+        try:
+            options = spec.launch_options(variant)
+        except ValueError:
+            raise KeyError(key) from None
+        a = self[base]
+
+        def decline_reason(geom, dtype):
+            return a.decline_reason(geom, dtype) or spec.decline_reason(variant, geom, dtype)
+
+        return replace(a, name=key, decline_reason=decline_reason, launch=functools.partial(a.launch, **options))
+
+
 def _operation(op: str, direction: str, algorithms, launch_signature: str) -> Operation:
     table = {}
     for a in algorithms:
         if (a.op, a.direction) != (op, direction) or a.name in table:
             raise AssertionError(f"algorithm {a.name} of {a.key} listed under ({op}, {direction}) or twice")
         table[a.name] = a
-    return Operation(op, direction, table, launch_signature)
+    return Operation(op, direction, AlgorithmTable(table, VARIANTS.get((op, direction), {})), launch_signature)
 
 
 CONV_FORWARD_ALGORITHMS = (conv_direct.ALGO, conv_tiled.ALGO, conv_depthwise.ALGO, conv_igemm.ALGO,
                            conv_gemm1x1.ALGO, conv_igemm_tc.ALGO)
+
+# (op, direction) -> algorithm name -> its variants (see the module docstring).
+VARIANTS = {("conv2d", FORWARD): {conv_igemm.ALGO.name: conv_igemm.VARIANTS,
+                                  conv_gemm1x1.ALGO.name: conv_gemm1x1.VARIANTS}}
 
 OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
     _operation("conv2d", FORWARD, CONV_FORWARD_ALGORITHMS,

@@ -5,6 +5,9 @@ functions of the geometry, the dtype and the runtime, apart from any launch code
   or the device's compute capability); raised as ``ValueError`` when the user asked for it by name.
 * ``candidates``: what ``algo='auto'`` may run (what the autotuner measures): the algorithms that accept
   the call, in table order, without tensor-core ones unless ``gpuconv.set_tensor_cores(True)``.
+* ``tuning_candidates``: what the autotuner measures: ``candidates`` with each algorithm that has variants
+  (``ops.VARIANTS``: the GEMM algorithms' tiles and split-K) replaced by its variants'
+  names, ``<algorithm>/<variant>`` (e.g. ``igemm/wide``, ``igemm/small/split``).
 * ``choose_algo``: the documented heuristic, used where kernels are not measured (no timer, or measuring
   off). Per operation, ``HEURISTICS`` gives the preference order; operations with one algorithm need none.
 
@@ -19,7 +22,7 @@ from .._geometry import ConvGeometry
 from . import settings
 from .algo import FORWARD
 from .conv_tiled import TILE_P, TILE_Q
-from .ops import operation
+from .ops import VARIANTS, operation
 
 # Below this many output pixels per plane, a 16x16 tile would leave more than 3/4 of its threads idle.
 AUTO_MIN_TILED_PIXELS = (TILE_P * TILE_Q) // 4
@@ -51,6 +54,19 @@ def candidates(geom, dtype, rt=None, op: str = "conv2d", direction: str = FORWAR
     return [name for name, a in algorithms.items() if a.decline_reason(geom, np.dtype(dtype)) is None
             and (tensor_cores or not a.tensor_cores)
             and (rt is None or device_reason(name, rt, op, direction) is None)]
+
+
+def tuning_candidates(geom, dtype, rt=None, op: str = "conv2d", direction: str = FORWARD) -> list[str]:
+    """What the autotuner measures for this call: each of ``candidates``, or, for an algorithm with variants
+    (``ops.VARIANTS``), each variant that applies (``<algorithm>/<variant>``, in the variants' order; one
+    of them is what the algorithm's own rule would run). ``operation(...).algorithms[name]`` resolves every
+    name returned."""
+    variants = VARIANTS.get((op, direction), {})
+    out = []
+    for name in candidates(geom, dtype, rt, op, direction):
+        spec = variants.get(name)
+        out += [name] if spec is None else [f"{name}/{v}" for v in spec.names(geom, np.dtype(dtype))]
+    return out
 
 
 def heuristic_order(geom: ConvGeometry) -> tuple[str, ...]:
@@ -88,7 +104,14 @@ def choose_algo(geom, dtype, rt=None, op: str = "conv2d", direction: str = FORWA
     """The heuristic for ``algo='auto'`` where kernels are not measured (see ``autotune``): the first
     algorithm of the operation's preference order that ``candidates`` allows, else the operation's first
     algorithm, its baseline (conv2d forward's ``direct`` accepts every geometry within the 32-bit size
-    rule; the caller raises when even that declines)."""
+    rule; the caller raises when even that declines).
+
+    Within the GEMM algorithms the heuristic runs their own rules: the tile is ``gemm.gemm_tile_for``'s
+    (large 128x128 for more than 64 filters per group and >= 128 large tiles, else wide 64x128 for >= 128
+    wide tiles, else small 64x64; float64 always its small tile; every float32 / float16 tile 8x8 results
+    per thread), and igemm splits the reduction by ``conv_igemm.splitk_for`` when that tile launches
+    fewer blocks than an H100 has SMs. Where kernels are measured, ``tuning_candidates`` measures each of
+    those tiles and split-K on / off instead."""
     o = operation(op, direction)
     order = HEURISTICS[o.key](geom) if o.key in HEURISTICS else o.names
     allowed = candidates(geom, dtype, rt, op, direction)
