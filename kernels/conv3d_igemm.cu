@@ -9,27 +9,27 @@
 //       lives only there and in Im2colLoader's tap walk ((c, t, r, s), division-free, one carry more than
 //       2-D; one more bounds compare per element). Covers every geometry: stride, asymmetric padding
 //       (-> 0), dilation, groups/depthwise, flip (all three axes), bias, activation.
-//   Tile configs: the 2-D GEMM kernels' (gpuconv/_cuda/gemm.py TILES_BY_DTYPE), chosen by the same rule
-//       (gemm_tile_for, applied to the 3-D GEMM's M, filters per group and reduction length; see
-//       gpuconv/_cuda/conv3d_igemm.py). No split-K (yet): one kernel, every block a full reduction.
+//   Tile configs: the 2-D GEMM kernels' large (128x128x16, 8x8 per thread, 256 threads) and wide (64x128x16,
+//       8x8, 128 threads), chosen by the same rule (gemm_tile_for on the 3-D GEMM's M, filters per group and
+//       reduction length; gpuconv/_cuda/conv3d_igemm.py); the small one differs: 64x64x16 with 4x4 per thread
+//       on 256 threads (SMALL_TILE_3D; conv2d's 8x8-on-64-threads small tile spilled 12 bytes with the depth
+//       digit's state), float64 64x64x8 4x4. No split-K (yet): one kernel, every block a full reduction.
 //   Parameters: the pointers x, w, b, y, then the geometry as one Conv3dParams cp passed by value
 //       (kernels/conv_params.cuh: the (H, W) plane's ConvParams, then D, KD, sd, pf, dd, OD; the host fills
 //       it with gpuconv/_cuda/abi.py conv3d_kernel_args), then vec_w: 1 when the host found Cg*KD*R*S % 4
 //       == 0 and w aligned for 4-wide loads (Vec4 in gemm_tile.cuh), else 0.
-//   Launch shape: 1-D block of (BM/TM) * (BN/TN) = 256 threads; 1-D grid over
+//   Launch shape: 1-D block of (BM/TM) * (BN/TN) threads (256, 128 or 256 as above); 1-D grid over
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles, walked by a 64-bit grid-stride loop.
 //   Shared memory: static, as conv2d_igemm: 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes.
 //   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them):
-//       __launch_bounds__ as conv2d_igemm (gemm_min_blocks_per_sm: one block per SM for the 8x8 and 4x8
-//       thread tiles, two for 4x4) except float64, one block per SM (conv3d_min_blocks_per_sm below). NVRTC
-//       12.9: 8x8 200-229 up to sm_90, 247-255 (the limit, without spilling) on sm_100 / sm_120; 4x8 178-233;
-//       4x4 125-128 (at the two-block bound); float64 156-194.
-//   Main loop (SASS, python -m tests.sass_check --source conv3d_igemm.cu): float32 on sm_90, FMA share of one
-//       slice's instructions, NVRTC 12.9: large 79.1% (1024 FMA / 1295), wide 69.0% (512 / 742), small
-//       59.7% (256 / 429); NVRTC 13.5: 79.0% (1296), 69.0% (742), 60.2% (425). conv2d_igemm's (NVRTC 12.9):
-//       80.6 / 71.7 / 63.4%: the depth digit's carry, the depth offset and one more compare per gathered
-//       element. Not in tests/sass_floors.json yet (sass_check's gemm_sources() takes the files that include
-//       gemm_tile.cuh themselves; this one gets it through im2col_loader.cuh).
+//       __launch_bounds__ asks for gemm_blocks_per_sm (gemm_tile.cuh) blocks per SM, as conv2d_igemm (255
+//       registers for the 8x8 tiles, 128 for 4x4), except float64, one block per SM
+//       (conv3d_min_blocks_per_sm below). sm_90, NVRTC 12.9: large 229, wide 252-255, small 127, float64 162.
+//   Main loop (SASS, python -m tests.sass_check --source conv3d_igemm.cu; floors in tests/sass_floors.json):
+//       float32 on sm_90, FMA share of one slice's instructions, NVRTC 12.9: large 79.1% (1024 FMA / 1295),
+//       wide 73.7% (1024 / 1389), small 59.7% (256 / 429); NVRTC 13.5: 79.0%, 73.5%, 60.2%. conv2d_igemm's:
+//       80.6 / 76.3 / 73.7%: the depth digit's carry, the depth offset and one more compare per gathered
+//       element, and the 4x4 small tile.
 //   Measured speed: not yet (no GPU run of this kernel so far).
 //
 // Semantics: exactly conv3d's (docs/semantics.md, "conv1d and conv3d"): each output is one thread's sum over
@@ -38,18 +38,21 @@
 #include "common.cuh"
 #include "conv_params.cuh"
 #include "im2col_loader.cuh"
+// gemm_tile.cuh also comes through im2col_loader.cuh; named here because it is what the SASS check
+// (tests/sass_check.py gemm_sources) looks for to list a GEMM-style source.
+#include "gemm_tile.cuh"
 
 namespace gpuconv {
 
-// Blocks per SM asked of __launch_bounds__: conv2d_igemm's (gemm_min_blocks_per_sm), but one for float64:
+// Blocks per SM asked of __launch_bounds__: conv2d_igemm's (gemm_blocks_per_sm), but one for float64:
 // at two (128 registers) the depth's extra loader state made the 4x4 double tile spill (8 bytes of stack on
 // sm_90 with NVRTC 12.9).
-__host__ __device__ constexpr int conv3d_min_blocks_per_sm(int bytes, int tm, int tn) {
-    return bytes == 8 ? 1 : gemm_min_blocks_per_sm(tm, tn);
+__host__ __device__ constexpr int conv3d_min_blocks_per_sm(int bytes, int threads, int tm, int tn) {
+    return bytes == 8 ? 1 : gemm_blocks_per_sm(threads, tm, tn);
 }
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), conv3d_min_blocks_per_sm(sizeof(T), TM, TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), conv3d_min_blocks_per_sm(sizeof(T), (BM / TM) * (BN / TN), TM, TN))
 conv3d_igemm(const T* __restrict__ x,   // (N, C, D, H, W), C-contiguous
              const T* __restrict__ w,   // (K, Cg, KD, R, S), C-contiguous
              const T* __restrict__ b,   // (K,) when has_bias, else any valid pointer (unread)

@@ -19,7 +19,7 @@ import pytest
 
 import gpuconv
 from gpuconv._backend import CudaBackend, NumpyBackend, use_backend
-from gpuconv._cuda.gemm import SMALL_TILE
+from gpuconv._cuda.conv3d_igemm import SMALL_TILE_3D
 from tests.cases import pairwise
 from tests.reference import conv_nd_grads_ref, explicit_padding_nd, reference_conv_nd
 from tests.runners import (CONV_RUNNERS, POOL_RUNNERS, RUNTIME_PARAMS, kernel_runtime, numpy_io, torch,
@@ -175,7 +175,7 @@ def test_every_algorithm_runs_the_lowering(runner, n):
     if n == 1:
         assert all(k.startswith("conv1d as conv2d of height 1: gpuconv::conv2d_") for k in rec.kernels), rec.kernels
     elif algo in ("auto", "igemm"):
-        t = SMALL_TILE  # the tile small float32 layers run
+        t = SMALL_TILE_3D  # the tile small float32 layers run
         assert rec.kernels == (f"gpuconv::conv3d_igemm<float, {t.bm}, {t.bn}, {t.bk}, {t.tm}, {t.tn}>",)
     else:
         first, *taps = rec.kernels

@@ -32,7 +32,7 @@ from tests.support import NoLaunch, noncontiguous_view
 from tests.tolerance import assert_close
 
 # The kernel small float32 layers run (the small tile's template arguments, whatever gemm.py makes them).
-SMALL_FLOAT_KERNEL = "gpuconv::conv3d_igemm<float, {0.bm}, {0.bn}, {0.bk}, {0.tm}, {0.tn}>".format(SMALL_TILE)
+SMALL_FLOAT_KERNEL = "gpuconv::conv3d_igemm<float, {0.bm}, {0.bn}, {0.bk}, {0.tm}, {0.tn}>".format(conv3d_igemm.SMALL_TILE_3D)
 
 ORDERS = ("forward", "reversed")
 
@@ -153,7 +153,7 @@ def _edge_params():
         for tile in (SMALL_TILE, WIDE_TILE, LARGE_TILE):
             for dt in gemm.TILES_BY_DTYPE:
                 if any(t.name == tile.name for t in gemm.TILES_BY_DTYPE[dt]):
-                    params.append(pytest.param(name, gemm.tile_for_dtype(tile, dt), dt,
+                    params.append(pytest.param(name, conv3d_igemm.tile_3d(tile, dt), dt,
                                                id=f"{name}-{tile.name}-{dt.name}"))
     return params
 
@@ -300,12 +300,16 @@ def test_gemm_view_has_the_3d_gemm_sizes():
     (OD, P, Q), (KD, R, S) = g.output_size, g.kernel_size
     assert (v.N * v.P * v.Q, v.Kg, v.groups, v.Cg * v.R * v.S) == (2 * OD * P * Q, 5, 2, 3 * KD * R * S)
     for dt in gemm.TILES_BY_DTYPE:
-        assert conv3d_igemm.tile_for(g, dt) == gemm.gemm_tile_for(v, dt)
+        assert conv3d_igemm.tile_for(g, dt) == conv3d_igemm.tile_3d(gemm.gemm_tile_for(v, dt), dt)
 
 
 def test_registered_and_instantiated():
     assert ops.operation("conv3d").algorithms == {"igemm": conv3d_igemm.ALGO}
-    assert ops.INSTANTIATIONS[conv3d_igemm.SOURCE] == list(gemm.gemm_instantiations("conv3d_igemm"))
+    assert ops.INSTANTIATIONS[conv3d_igemm.SOURCE] == list(conv3d_igemm.INSTANTIATIONS)
+    # conv2d's tiles, but the small float32 / float16 tile 4x4 per thread on 256 threads
+    assert conv3d_igemm.tile_3d(SMALL_TILE, np.float32) == conv3d_igemm.SMALL_TILE_3D
+    assert (conv3d_igemm.SMALL_TILE_3D.threads, conv3d_igemm.SMALL_TILE_3D.tm) == (256, 4)
+    assert conv3d_igemm.tile_3d(SMALL_TILE, np.float64) == gemm.SMALL_TILE_F64
     assert len(conv3d_igemm.INSTANTIATIONS) == 7
 
 

@@ -9,7 +9,10 @@ Tiles, weight vector loads and the grid are the 2-D GEMM kernels' (``gemm.py``, 
 not copied): ``gemm_view`` describes the 3-D GEMM as a ``ConvGeometry`` with the same GEMM sizes -- M as
 ``N*OD`` images of ``P x Q`` pixels, the same filters and groups, the reduction ``Cg*KD*R*S`` as a filter of
 ``KD*R`` rows and ``S`` columns -- which is all ``gemm_tile_for``, ``gemm_blocks`` and
-``weights_vectorizable`` read. No split-K (one kernel; every block sums a full reduction).
+``weights_vectorizable`` read. No split-K (one kernel; every block sums a full reduction). One difference:
+the small tile (``SMALL_TILE_3D``) keeps 4x4 results per thread on 256 threads, where conv2d's is 8x8 on 64
+threads: the depth digit's loader state on top of 64 accumulators spilled (12 bytes for float32 on sm_90
+with NVRTC 12.9 at 255 registers).
 
 Declines only what does not fit the kernel's 32-bit sizes (``conv3d_int32_limit_reason``); the caller
 (``_conv_nd``) then runs the depth-tap lowering and says so in the record.
@@ -22,13 +25,23 @@ import numpy as np
 from .._geometry import ConvGeometry
 from .abi import conv3d_kernel_args
 from .algo import FORWARD, Algorithm
-from .gemm import (TILES_BY_DTYPE, data_pointer, gemm_blocks, gemm_instantiations, gemm_kernel_name,
+from .gemm import (SMALL_TILE, TILES_BY_DTYPE, GemmTile, data_pointer, gemm_blocks, gemm_kernel_name,
                    gemm_tile_for, resolve_vectorize, tile_for_dtype, weights_vectorizable)
 from .limits import CTYPE, declines, grid_blocks, int32_limit_reason
 
 SOURCE = "conv3d_igemm.cu"
 KERNEL = "conv3d_igemm"
-INSTANTIATIONS = gemm_instantiations(KERNEL)
+# The small tile of the 3-D kernel (the module docstring): 64 x 64 x 16, 4x4 per thread, 256 threads.
+SMALL_TILE_3D = GemmTile("small", 64, 64, 16, 4, 4)
+TILES_3D = {dt: tuple(SMALL_TILE_3D if t == SMALL_TILE else t for t in tiles) for dt, tiles in TILES_BY_DTYPE.items()}
+INSTANTIATIONS = tuple(gemm_kernel_name(KERNEL, dt, t) for dt, tiles in TILES_3D.items() for t in tiles)
+
+
+def tile_3d(tile, dtype) -> GemmTile:
+    """The 3-D kernel's config of a 2-D tile (by name, for ``dtype``): ``SMALL_TILE_3D`` for float32 /
+    float16's small tile, the 2-D config otherwise."""
+    t = tile_for_dtype(tile, dtype)
+    return SMALL_TILE_3D if t == SMALL_TILE else t
 
 
 def gemm_view(geom) -> ConvGeometry:
@@ -55,12 +68,12 @@ def conv3d_igemm_decline_reason(geom, dtype) -> str | None:
 
 
 def conv3d_igemm_name(dtype, tile) -> str:
-    return gemm_kernel_name(KERNEL, dtype, tile_for_dtype(tile, dtype))
+    return gemm_kernel_name(KERNEL, dtype, tile_3d(tile, dtype))
 
 
 def tile_for(geom, dtype):
-    """The tile of a call: ``gemm_tile_for`` on its GEMM (``gemm_view``)."""
-    return gemm_tile_for(gemm_view(geom), dtype)
+    """The tile of a call: ``gemm_tile_for`` on its GEMM (``gemm_view``), as the 3-D kernel's config."""
+    return tile_3d(gemm_tile_for(gemm_view(geom), dtype), dtype)
 
 
 def launch_conv3d_igemm(rt, x, w, b, y, geom, *, tile=None, vectorize_weights: bool | None = None) -> str:
@@ -70,8 +83,8 @@ def launch_conv3d_igemm(rt, x, w, b, y, geom, *, tile=None, vectorize_weights: b
     Returns the kernel's name expression."""
     dtype = np.dtype(x.dtype)
     view = gemm_view(geom)
-    tile = gemm_tile_for(view, dtype) if tile is None else tile_for_dtype(tile, dtype)
-    if tile not in TILES_BY_DTYPE[dtype]:
+    tile = tile_3d(gemm_tile_for(view, dtype) if tile is None else tile, dtype)
+    if tile not in TILES_3D[dtype]:
         raise ValueError(f"{KERNEL}: tile {tile.name} is not instantiated for {dtype}")
     vec_w = resolve_vectorize(vectorize_weights, weights_vectorizable(view, dtype, data_pointer(w)), "weight")
     name = gemm_kernel_name(KERNEL, dtype, tile)
