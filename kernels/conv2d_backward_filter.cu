@@ -31,23 +31,23 @@
 //   All arrays C-contiguous. N*P*Q must leave room for one more slice below 2^31 (the host's rule:
 //   the slice loop's reduction index is an int), and Cg*H*W plus the filter's reach below 2^31 (the
 //   igemm B loader's per-column tap offsets are ints).
-// Launch shapes: igemm: 1-D blocks of (BM/TM)*(BN/TN) threads (64 for float32 / float16, 256 for
-//   float64), 1-D grid over splits x groups x
+// Launch shapes: igemm: 1-D blocks of (BM/TM)*(BN/TN) = 256 threads, 1-D grid over splits x groups x
 //   ceil(Cg*R*S / BN) x ceil(Kg / BM) tiles (64-bit grid-stride loop, so the host may cap it); depthwise
 //   and bias: 1-D blocks of BWF_THREADS = 256, grid over K*splits (K) items, grid-stride.
-// Tile the host instantiates: the "small" config of gpuconv/_cuda/gemm.py only (64 x 64 x 16, 8 x 8 per
-//   thread on 64 threads; float64 64 x 64 x 8, 4 x 4 on 256): this GEMM's rows are Kg filters and its
+// Tile the host instantiates: gpuconv/_cuda/gemm.py's SMALL_TILE_4X4 (64 x 64 x 16, 4 x 4 per thread on 256
+//   threads; the 8 x 8 small tile spilled 4 bytes with a fused activation on sm_120, NVRTC 13) and float64's
+//   SMALL_TILE_F64 (64 x 64 x 8, 4 x 4): this GEMM's rows are Kg filters and its
 //   columns Cg*R*S, both rarely large enough for a bigger tile to fill the GPU; the parallelism comes
 //   from the splits.
 // Shared memory: static, 16,896 bytes (igemm, every dtype); BWF_THREADS * DW_TAPS accumulators
 //   (9 KiB float, 18 KiB double) for depthwise, BWF_THREADS for bias.
 // Registers (NVRTC 12.9 and 13, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them): igemm
-//   float / float16 238-255 (the 8x8 tile's 255-register bound: gemm_blocks_per_sm, 4 blocks of 64
-//   threads per SM without an activation, 1 asked with one -- the same 255-register cap at 64 threads);
-//   float64 156-164, one block per SM (bwf_min_blocks_per_sm); depthwise 96-124; bias 52-96.
+//   float / float16 without an activation 122-128 (two blocks per SM, gemm_blocks_per_sm: the 128-register
+//   bound is tight; the loaders share one pixel cursor and keep int tap offsets to stay under it); with one,
+//   and float64, one block per SM (bwf_min_blocks_per_sm); depthwise 96-124; bias 52-96.
 // Main loop (SASS, tests/sass_check.py, floors in tests/sass_floors.json): igemm float32 on sm_90 with
-//   NVRTC 12.9, FMA share of one slice: 66.1% (1024 / 1548) without an activation, 60-62% with one (the
-//   forward's small tile: 73.7%); float64 43-47%; depthwise about 4% (one FMA per loaded input element: bound by its loads).
+//   NVRTC 12.9, FMA share of one slice: about 56% without an activation, 51-54% with one (the forward's
+//   8x8 small tile: 73.7%); float64 43-47%; depthwise about 4% (one FMA per loaded input element: bound by its loads).
 // Measured speed: not yet (no GPU measurement; docs/gradients.md).
 #include "common.cuh"
 #include "conv_params.cuh"

@@ -25,14 +25,14 @@ import numpy as np
 from .._geometry import ConvGeometry
 from .abi import conv3d_kernel_args
 from .algo import FORWARD, Algorithm
-from .gemm import (SMALL_TILE, TILES_BY_DTYPE, GemmTile, data_pointer, gemm_blocks, gemm_kernel_name,
-                   gemm_tile_for, resolve_vectorize, tile_for_dtype, weights_vectorizable)
+from .gemm import (SMALL_TILE, SMALL_TILE_4X4, TILES_BY_DTYPE, GemmTile, data_pointer, gemm_blocks,
+                   gemm_kernel_name, gemm_tile_for, resolve_vectorize, tile_for_dtype, weights_vectorizable)
 from .limits import CTYPE, declines, grid_blocks, int32_limit_reason
 
 SOURCE = "conv3d_igemm.cu"
 KERNEL = "conv3d_igemm"
 # The small tile of the 3-D kernel (the module docstring): 64 x 64 x 16, 4x4 per thread, 256 threads.
-SMALL_TILE_3D = GemmTile("small", 64, 64, 16, 4, 4)
+SMALL_TILE_3D = SMALL_TILE_4X4
 TILES_3D = {dt: tuple(SMALL_TILE_3D if t == SMALL_TILE else t for t in tiles) for dt, tiles in TILES_BY_DTYPE.items()}
 INSTANTIATIONS = tuple(gemm_kernel_name(KERNEL, dt, t) for dt, tiles in TILES_3D.items() for t in tiles)
 

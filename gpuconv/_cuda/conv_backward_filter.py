@@ -8,8 +8,8 @@ activated output ``out``:
   split's pixels walked by 256 threads, ``DW_TAPS`` taps at a time in registers, a fixed tree reduction per
   block. Listed first, so the table order is the choice (``select.choose_algo``: no heuristic needed).
 * ``igemm`` (every other geometry): per group ``gw[Kg, Cg*R*S] = gy'[Kg, N*P*Q] @ im2col(x)^T`` on
-  gemm_tile.cuh's small tile (``gemm.SMALL_TILE``, float64 ``SMALL_TILE_F64``), the reduction over
-  ``N*P*Q`` cut into ``splits`` fixed ranges.
+  gemm_tile.cuh's small tile as 4x4 per thread (``gemm.SMALL_TILE_4X4``, float64 ``SMALL_TILE_F64``), the
+  reduction over ``N*P*Q`` cut into ``splits`` fixed ranges.
 
 Splits (``splits_for``): the blocks of one split (GEMM tiles, or K filters for depthwise) are scaled up to
 about two waves of ``SMS`` = 132 SMs: ``splits = min(ceil(2 * 132 / blocks), pixel slices // 8, 8)``
@@ -39,7 +39,7 @@ from .._geometry import ACTIVATIONS, ConvGeometry
 from . import conv_igemm, limits
 from .abi import conv_params
 from .algo import Algorithm
-from .gemm import SMALL_TILE, TILES_BY_DTYPE, tile_for_dtype
+from .gemm import SMALL_TILE, SMALL_TILE_4X4, TILES_BY_DTYPE, tile_for_dtype
 from .limits import ACC_BYTES, CTYPE, ceil_div, grid_blocks
 
 BACKWARD_FILTER = "backward_filter"
@@ -58,7 +58,11 @@ def _ct(dtype) -> str:
 
 
 def igemm_tile(dtype):
-    return tile_for_dtype(SMALL_TILE, dtype)
+    """The filter-gradient GEMM's tile: ``SMALL_TILE_4X4`` (4x4 per thread, 256 threads) for float32 /
+    float16 -- the 8x8 ``SMALL_TILE`` spilled with a fused activation (4 bytes on sm_120, NVRTC 13) --
+    and float64's ``SMALL_TILE_F64``."""
+    t = tile_for_dtype(SMALL_TILE, dtype)
+    return SMALL_TILE_4X4 if t == SMALL_TILE else t
 
 
 ACTIVATION_CODES = tuple(sorted(ACTIVATIONS.values()))  # none, relu, leaky_relu, sigmoid, tanh

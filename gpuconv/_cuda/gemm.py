@@ -85,6 +85,11 @@ class GemmTile:
 LARGE_TILE = GemmTile("large", 128, 128, 16, 8, 8)
 WIDE_TILE = GemmTile("wide", 64, 128, 16, 8, 8)
 SMALL_TILE = GemmTile("small", 64, 64, 16, 8, 8)
+# The small tile as 4x4 results per thread on 256 threads (two blocks per SM at 128 registers): for kernels
+# whose loaders keep more state than 8x8 accumulators leave room for at 255 registers (SMALL_TILE spilled
+# there: conv3d_igemm's depth digit, 12 bytes on sm_90; the backward-filter igemm with a fused activation,
+# 4 bytes on sm_120 with NVRTC 13). conv2d_igemm / gemm1x1 do not instantiate it.
+SMALL_TILE_4X4 = GemmTile("small", 64, 64, 16, 4, 4)
 # float64's small tile keeps BK = 8: with 16 its loaders' registers push the 4x4 double tile past the 128
 # registers of two blocks per SM (ptxas spilled on sm_100).
 SMALL_TILE_F64 = GemmTile("small", 64, 64, 8, 4, 4)
