@@ -79,6 +79,9 @@ template <> struct TcKind<float> {  // TF32, m16n8k8
     // the plain p + H*W, which ptxas turns into one IMAD.WIDE per element from the slice's pointer (for
     // float it chose 3 instructions per element that way).
     static constexpr bool OPAQUE_STEP = true;
+    // Whether the gather may load by whole k-steps (TapIm2colLoader::BY_KSTEP): float, no (a compare and a
+    // zero per element in the unrolled loads); half, where a thread's run is several k-steps.
+    static constexpr bool KSTEP_GATHER = false;
     typedef float Raw;
     __device__ __forceinline__ static Raw zero() { return 0.0f; }
     // __ldg: a global, read-only load also where the compiler cannot see that p points into global memory
@@ -95,6 +98,7 @@ template <> struct TcKind<half> {  // float16, m16n8k16
     static constexpr int KSTEP = 16;
     static constexpr int KPW = 2;
     static constexpr bool OPAQUE_STEP = false;  // (see TcKind<float>)
+    static constexpr bool KSTEP_GATHER = true;  // (see TcKind<float>)
     // The float16 bits, zero-extended: a 32-bit register zeroed as a whole (no 16-bit merge per element).
     typedef unsigned Raw;
     __device__ __forceinline__ static Raw zero() { return 0; }
@@ -106,6 +110,12 @@ template <> struct TcKind<half> {  // float16, m16n8k16
 #endif
     }
     __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return pack_halves(v[2 * t], v[2 * t + 1]); }
+    // The word of reduction indices a, a + 1 of a run at p (channel stride hw) of which n channels exist.
+    __device__ __forceinline__ static unsigned tail_word(const half* p, int hw, int a, int n) {
+        const Raw lo = a < n ? load(p + a * hw) : zero();
+        const Raw hi = a + 1 < n ? load(p + (a + 1) * hw) : zero();
+        return pack_halves(lo, hi);
+    }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k16_f16(d, a, b);
     }
@@ -230,6 +240,11 @@ template <typename T, class Cfg>
 struct TapIm2colLoader {
     typedef TcKind<T> Kind;
     static constexpr int L = Cfg::KSTEP * Cfg::B_KSTEPS;  // channels per column and slice
+    // Load by whole k-steps (fetch, stage_tail): float16 runs of several k-steps (the small tile: 4). Chosen
+    // by the machine code (tests/sass_check.py, sm_90, NVRTC 12.9): it took the half small tile from 5.70 to
+    // 5.00 non-mma instructions per mma; the per-element path stays for the tiles where it measured better
+    // (half large, one k-step per run: 4.28 against 5.0; float: 3.81 / 4.94 against 4.1-5.5).
+    static constexpr bool BY_KSTEP = Kind::KSTEP_GATHER && Cfg::B_KSTEPS > 1;
     Im2colGeometry<T> px;     // the geometry; pixel_origin decomposes this thread's pixel per tile
     int col;                  // this thread's pixel (column) of the tile
     // per tile: x at this pixel's image and group (channel 0), the input position of its first tap, and
@@ -243,11 +258,12 @@ struct TapIm2colLoader {
     int ih, iw, s;            // the current tap: its input position and its filter column
     int coff;                 // (c0 + chan0) * H*W: this slice's first channel's offset (elements)
     int woff[4];              // word tig's 64-bit store: its first word in the slice
-    typename Kind::Raw v[L];
+    bool whole;               // BY_KSTEP: this slice's run exists whole (limit() >= L)
+    typename Kind::Raw v[L];  // (BY_KSTEP: past k-step live / KSTEP stale, see stage_tail)
 
     __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
         : px(x, cp, Cg, M), col(tid % Cfg::BN), xb(x), ih0(0), iw0(0), col_ok(false), HWi(cp.H * cp.W),
-          chan0((tid / Cfg::BN) * L), cleft(0), ih(0), iw(0), s(0), coff(0) {
+          chan0((tid / Cfg::BN) * L), cleft(0), ih(0), iw(0), s(0), coff(0), whole(true) {
         GPUCONV_UNROLL
         for (int t = 0; t < 4; ++t)
             woff[t] = Cfg::LayoutB::quad((tid / Cfg::BN) * Cfg::B_KSTEPS, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
@@ -263,6 +279,12 @@ struct TapIm2colLoader {
         ih = ih0;
         iw = iw0 - px.tap_dw;
         s = -1;
+        // BY_KSTEP stages stale values of v (then overwrites them): defined here, once per tile, so that v
+        // is not live across the epilogue (ptxas spilled there when v was defined once per kernel).
+        if constexpr (BY_KSTEP) {
+            GPUCONV_UNROLL
+            for (int i = 0; i < L; ++i) v[i] = Kind::zero();
+        }
     }
 
     __device__ __forceinline__ void fetch(int) {
@@ -278,20 +300,39 @@ struct TapIm2colLoader {
                 ih += px.tap_dh;
             }
         }
-        // Halo / bounds, once per slice: a tap in the padding (or past the padded edge) reads 0 for all the
-        // run's channels, as does a column past the last pixel; x is never read outside the image. The
-        // unsigned compares also reject negative coordinates (top / left padding).
-        const bool ok = col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
-        const int lim = ok ? cleft - chan0 : 0;
+        const int lim = limit();
+        const int live = lim < 0 ? 0 : lim < L ? lim : L;
+        whole = live == L;
+        // BY_KSTEP: only k-steps whose KSTEP channels all exist are loaded here, one predicate per k-step
+        // instead of a compare per element, and no register clear per element; the other k-steps keep
+        // stale values, which stage() stages and then overwrites (stage_tail: a k-step's remaining
+        // channels, zeros). Otherwise each element is loaded or zeroed here.
+        const int ks_live = live / Cfg::KSTEP;
         // int offset within the image's group of channels (the host's rule: ceil(Cg/BK)*BK * H*W < 2^31).
-        // Formed whether or not the tap is in the image (no select): with lim = 0 nothing is read through it.
-        const T* p = opaque_pointer(xb + (coff + ih * px.W + iw));
+        // Formed whether or not the tap is in the image (no select): with live = 0 nothing is read through it.
+        const T* p = opaque_pointer(run_start());
         GPUCONV_UNROLL
         for (int i = 0; i < L; ++i) {
-            v[i] = i < lim ? Kind::load(p) : Kind::zero();
+            if constexpr (BY_KSTEP) {
+                if (i / Cfg::KSTEP < ks_live) v[i] = Kind::load(p);
+            } else {
+                v[i] = i < lim ? Kind::load(p) : Kind::zero();
+            }
             p = Kind::OPAQUE_STEP ? opaque_pointer(p + HWi) : p + HWi;
         }
     }
+
+    // Halo / bounds, once per slice: a tap in the padding (or past the padded edge) reads 0 for all the
+    // run's channels, as does a column past the last pixel; x is never read outside the image. The
+    // unsigned compares also reject negative coordinates (top / left padding). So of the run, the channels
+    // below limit() exist (it may be negative or past L).
+    __device__ __forceinline__ int limit() const {
+        const bool ok = col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
+        return ok ? cleft - chan0 : 0;
+    }
+
+    // x at this slice's first channel of the run (pixel (ih, iw) of the current tap).
+    __device__ __forceinline__ const T* run_start() const { return xb + (coff + ih * px.W + iw); }
 
     __device__ __forceinline__ void stage(unsigned (*dst)[Cfg::B_LD]) {
         unsigned* buf = &dst[0][0];
@@ -304,6 +345,39 @@ struct TapIm2colLoader {
                 q.y = Kind::word(v + k * Cfg::KSTEP + 4 * Cfg::KPW, t);    // hk = 1
                 *reinterpret_cast<uint2*>(buf + woff[t] + k * Cfg::LayoutB::KS_WORDS) = q;
             }
+        }
+        if constexpr (BY_KSTEP) {
+            if (!whole) stage_tail(buf);
+        }
+    }
+
+    // BY_KSTEP, a slice whose run does not exist whole (a tap's last slice when BK does not divide Cg, a
+    // tap in the padding, a column past the last pixel): from k-step live / KSTEP on, stage() wrote stale
+    // values; this rewrites them: that k-step's words from the run's channels that exist (loaded here) and
+    // zeros, then zeros for the later k-steps. Same thread, same words, after stage()'s stores: program
+    // order makes these win, and the slice loop's barrier after stage() publishes them. Rolled loops, run
+    // only for such slices: the main loop's common path carries one predicate per k-step and no clears.
+    __device__ __forceinline__ void stage_tail(unsigned* buf) const {
+        static_assert(Cfg::KSTEP / Cfg::KPW == 8, "8 words per k-step and column: 4 tig x 2 halves hk");
+        const int lim = limit();
+        const int live = lim < 0 ? 0 : lim;  // (< L here)
+        int k = live / Cfg::KSTEP;
+        if (live % Cfg::KSTEP) {  // k-step k: channels a = KSTEP*k + KPW*u + ... of its word u
+            const unsigned xg = ((unsigned)(col % 8) >> 1) & 3;  // FragLayout::slot's XOR for this column
+            unsigned* base = buf + (woff[0] - 4 * (int)xg) + k * Cfg::LayoutB::KS_WORDS;
+            const T* p = run_start();
+#pragma unroll 1
+            for (unsigned u = 0; u < 8; ++u)  // word u: half hk = u / 4, tig u % 4
+                base[(u / 4) + 4 * ((u % 4) ^ xg)] = Kind::tail_word(p, HWi, Cfg::KSTEP * k + Cfg::KPW * u, live);
+            ++k;
+        }
+#pragma unroll 1
+        for (; k < Cfg::B_KSTEPS; ++k) {  // the later k-steps: zeros; this column's words (hk, tig) of k-step
+            uint2 zero;                      // k are base + k * KS_WORDS + 4j + hk, j = tig ^ xg: all four j
+            zero.x = zero.y = 0u;
+            unsigned* z = buf + (woff[0] - 4 * (int)(((unsigned)(col % 8) >> 1) & 3)) + k * Cfg::LayoutB::KS_WORDS;
+            GPUCONV_UNROLL
+            for (int j = 0; j < 4; ++j) *reinterpret_cast<uint2*>(z + 4 * j) = zero;
         }
     }
 };
