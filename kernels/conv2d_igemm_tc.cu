@@ -82,6 +82,9 @@ template <> struct TcKind<float> {  // TF32, m16n8k8
     // Whether the gather may load by whole k-steps (TapIm2colLoader::BY_KSTEP): float, no (a compare and a
     // zero per element in the unrolled loads); half, where a thread's run is several k-steps.
     static constexpr bool KSTEP_GATHER = false;
+    // Whether the gather holds its tap steps in registers (TapIm2colLoader's constructor): half, yes; float,
+    // no (NVRTC 13 then took float's small tile from 5.14 to 5.7 non-mma instructions per mma on sm_90).
+    static constexpr bool HOLD_TAP_STEPS = false;
     typedef float Raw;
     __device__ __forceinline__ static Raw zero() { return 0.0f; }
     // __ldg: a global, read-only load also where the compiler cannot see that p points into global memory
@@ -98,7 +101,8 @@ template <> struct TcKind<half> {  // float16, m16n8k16
     static constexpr int KSTEP = 16;
     static constexpr int KPW = 2;
     static constexpr bool OPAQUE_STEP = false;  // (see TcKind<float>)
-    static constexpr bool KSTEP_GATHER = true;  // (see TcKind<float>)
+    static constexpr bool KSTEP_GATHER = true;    // (see TcKind<float>)
+    static constexpr bool HOLD_TAP_STEPS = true;  // (see TcKind<float>)
     // The float16 bits, zero-extended: a 32-bit register zeroed as a whole (no 16-bit merge per element).
     typedef unsigned Raw;
     __device__ __forceinline__ static Raw zero() { return 0; }
@@ -258,12 +262,19 @@ struct TapIm2colLoader {
     int ih, iw, s;            // the current tap: its input position and its filter column
     int coff;                 // (c0 + chan0) * H*W: this slice's first channel's offset (elements)
     int woff[4];              // word tig's 64-bit store: its first word in the slice
+    int step_h, step_w;       // px.tap_dh, px.tap_dw, held (see the constructor)
     bool whole;               // BY_KSTEP: this slice's run exists whole (limit() >= L)
     typename Kind::Raw v[L];  // (BY_KSTEP: past k-step live / KSTEP stale, see stage_tail)
 
     __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
         : px(x, cp, Cg, M), col(tid % Cfg::BN), xb(x), ih0(0), iw0(0), col_ok(false), HWi(cp.H * cp.W),
-          chan0((tid / Cfg::BN) * L), cleft(0), ih(0), iw(0), s(0), coff(0), whole(true) {
+          chan0((tid / Cfg::BN) * L), cleft(0), ih(0), iw(0), s(0), coff(0), step_h(px.tap_dh), step_w(px.tap_dw), whole(true) {
+        // float16: held in registers; left to itself ptxas re-derives the signed steps from the parameters
+        // (flip ? -d : d) at every tap change, 8 instructions in the main loop (TcKind::HOLD_TAP_STEPS).
+        if constexpr (Kind::HOLD_TAP_STEPS) {
+            opaque_int(step_h);
+            opaque_int(step_w);
+        }
         GPUCONV_UNROLL
         for (int t = 0; t < 4; ++t)
             woff[t] = Cfg::LayoutB::quad((tid / Cfg::BN) * Cfg::B_KSTEPS, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
@@ -293,11 +304,11 @@ struct TapIm2colLoader {
         if (cleft <= 0) {  // next tap: s fastest, then r (w's order of (r, s))
             cleft = px.Cg;
             coff = chan0 * HWi;
-            iw += px.tap_dw;
+            iw += step_w;
             if (++s == px.S) {
                 s = 0;
                 iw = iw0;
-                ih += px.tap_dh;
+                ih += step_h;
             }
         }
         const int lim = limit();
@@ -358,17 +369,23 @@ struct TapIm2colLoader {
     // order makes these win, and the slice loop's barrier after stage() publishes them. Rolled loops, run
     // only for such slices: the main loop's common path carries one predicate per k-step and no clears.
     __device__ __forceinline__ void stage_tail(unsigned* buf) const {
-        static_assert(Cfg::KSTEP / Cfg::KPW == 8, "8 words per k-step and column: 4 tig x 2 halves hk");
+        static_assert(Cfg::KPW == 2 && Cfg::KSTEP == 16, "float16: 8 words per k-step and column, 4 tig x 2 hk");
         const int lim = limit();
         const int live = lim < 0 ? 0 : lim;  // (< L here)
         int k = live / Cfg::KSTEP;
-        if (live % Cfg::KSTEP) {  // k-step k: channels a = KSTEP*k + KPW*u + ... of its word u
-            const unsigned xg = ((unsigned)(col % 8) >> 1) & 3;  // FragLayout::slot's XOR for this column
-            unsigned* base = buf + (woff[0] - 4 * (int)xg) + k * Cfg::LayoutB::KS_WORDS;
-            const T* p = run_start();
+        if (live % Cfg::KSTEP) {  // k-step k, channel 16 k + e: its value, or 0 past the run's last
+            const unsigned x2 = (unsigned)(col % 8) & 6;  // 2 * FragLayout::slot's XOR for this column
+            // float16 e of the k-step: word hk + 4 * (tig ^ xg) (hk = e / 8, tig = e % 8 / 2), half e % 2
+            unsigned short* halves = reinterpret_cast<unsigned short*>(buf + (woff[0] - 2 * (int)x2) +
+                                                                       k * Cfg::LayoutB::KS_WORDS);
+            const T* q = run_start() + 16 * k * HWi;
+            const int n = live - 16 * k;
 #pragma unroll 1
-            for (unsigned u = 0; u < 8; ++u)  // word u: half hk = u / 4, tig u % 4
-                base[(u / 4) + 4 * ((u % 4) ^ xg)] = Kind::tail_word(p, HWi, Cfg::KSTEP * k + Cfg::KPW * u, live);
+            for (unsigned e = 0; e < 16; ++e) {
+                halves[(((e & 6u) ^ x2) << 2) | ((e & 8u) >> 2) | (e & 1u)] =
+                    (unsigned short)((int)e < n ? Kind::load(q) : Kind::zero());
+                q += HWi;
+            }
             ++k;
         }
 #pragma unroll 1

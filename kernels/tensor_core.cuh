@@ -122,6 +122,13 @@ __device__ __forceinline__ unsigned low_bits(int n) {
 #endif
 }
 
+// Hides how an int was computed from the compiler (as opaque_pointer), so that it is held, not re-derived.
+__device__ __forceinline__ void opaque_int(int& v) {
+#if !defined(GPUCONV_EMULATED) && defined(__CUDA_ARCH__)
+    asm volatile("" : "+r"(v));
+#endif
+}
+
 // Hides how pointer p was computed from the compiler (an empty asm that "changes" it; no instruction). The
 // tensor-core kernel's gather forms one pointer per slice and steps it by a channel stride per element:
 // without this, ptxas folded the pointer's own 32-bit terms into every element's address and rebuilt each
