@@ -31,7 +31,10 @@
 //       Chosen by conv2d_igemm's tile rule. BK (TensorCoreTileConfig): float large 16, float small 32, half
 //       large 32, half small 64. The gathered operand's share per mma is 4 * KSTEP / BM elements whatever
 //       the warps, so the small tile (64 filters) gathers twice the large tile's per mma: 0.5 float32 or
-//       1 float16 element per mma, the bulk of its remaining non-mma instructions.
+//       1 float16 element per mma, the bulk of its remaining non-mma instructions. So the float16 small
+//       tile (runs of 4 k-steps per thread) gathers by whole k-steps (TapIm2colLoader::BY_KSTEP): one
+//       predicate per k-step and no register clear per element, a run's partial k-step and zero k-steps
+//       rewritten after stage() by a rolled tail path (stage_tail) that only such slices run.
 //   Parameters: the pointers x, wp (the packed weights, 32-bit words), b, y, then the geometry as one
 //       ConvParams cp passed by value (kernels/conv_params.cuh; the host fills it with
 //       gpuconv/_cuda/abi.py conv_kernel_args).
@@ -39,13 +42,14 @@
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles with a 64-bit grid-stride loop.
 //   Shared memory: static, 32 KB (TENSOR_CORE_STAGING_BYTES: two buffers of A and B slices) per block.
 //   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.5): non-mma instructions per mma 3.81 / 3.88
-//       (float large), 4.28 / 4.19 (half large), 4.94 / 5.14 (float small), 5.70 / 5.69 (half small: one
-//       gathered float16 element per mma, each a compare, an address, a load, half a register clear and
-//       half a PRMT). Floors in tests/sass_floors.json.
+//       (float large), 3.97 / 4.16 (half large), 4.94 / 5.14 (float small), 4.92 / 4.92 (half small: one
+//       gathered float16 element per mma, each an address, a load, half a PRMT and a quarter of a store,
+//       plus the per-k-step predicates and the tail path's rolled loops; 5.70 / 5.69 with a compare and
+//       half a register clear per element). Floors in tests/sass_floors.json.
 //   Registers (NVRTC 12.9 and 13.5, no spills, no stack; tests/test_nvrtc_compile.py prints them): large
-//       198-201 on sm_80..sm_90 (float; half 213-216), 216-240 on sm_100 / sm_120; small 242-248 (float),
-//       240-255 (half) on sm_80..sm_120. Both within __launch_bounds__'s one block per SM (64 accumulators
-//       per thread: 255 registers); the small tile's half instantiation has no room left.
+//       198-201 on sm_80..sm_90 (float; half 210-214), 216-240 on sm_100 / sm_120 (half 221-238); small
+//       238-248 (float), 240-254 (half) on sm_80..sm_120. Both within __launch_bounds__'s one block per SM
+//       (64 accumulators per thread: 255 registers); the small tile's half instantiation has no room left.
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
