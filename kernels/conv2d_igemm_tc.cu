@@ -118,12 +118,6 @@ template <> struct TcKind<half> {  // float16, m16n8k16
 #endif
     }
     __device__ __forceinline__ static unsigned word(const Raw* v, int t) { return pack_halves(v[2 * t], v[2 * t + 1]); }
-    // The word of reduction indices a, a + 1 of a run at p (channel stride hw) of which n channels exist.
-    __device__ __forceinline__ static unsigned tail_word(const half* p, int hw, int a, int n) {
-        const Raw lo = a < n ? load(p + a * hw) : zero();
-        const Raw hi = a + 1 < n ? load(p + (a + 1) * hw) : zero();
-        return pack_halves(lo, hi);
-    }
     __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
         mma_m16n8k16_f16(d, a, b);
     }
@@ -250,8 +244,9 @@ struct TapIm2colLoader {
     static constexpr int L = Cfg::KSTEP * Cfg::B_KSTEPS;  // channels per column and slice
     // Load by whole k-steps (fetch, stage_tail): float16 runs of several k-steps (the small tile: 4). Chosen
     // by the machine code (tests/sass_check.py, sm_90, NVRTC 12.9): it took the half small tile from 5.70 to
-    // 5.00 non-mma instructions per mma; the per-element path stays for the tiles where it measured better
-    // (half large, one k-step per run: 4.28 against 5.0; float: 3.81 / 4.94 against 4.1-5.5).
+    // 5.00 non-mma instructions per mma (4.92 with HOLD_TAP_STEPS); the per-element path stays for the tiles
+    // where it measured better (half large, one k-step per run: 4.28 against 5.0; float: 3.81 / 4.94
+    // against 4.1-5.5).
     static constexpr bool BY_KSTEP = Kind::KSTEP_GATHER && Cfg::B_KSTEPS > 1;
     Im2colGeometry<T> px;     // the geometry; pixel_origin decomposes this thread's pixel per tile
     int col;                  // this thread's pixel (column) of the tile
@@ -394,7 +389,7 @@ struct TapIm2colLoader {
         }
 #pragma unroll 1
         for (; k < Cfg::B_KSTEPS; ++k) {  // the later k-steps: zeros; this column's words (hk, tig) of k-step
-            uint2 zero;                      // k are base + k * KS_WORDS + 4j + hk, j = tig ^ xg: all four j
+            uint2 zero;                      // k are woff[0] - 4 xg + k * KS_WORDS + 4j + hk, j = tig ^ xg: all j
             zero.x = zero.y = 0u;
             unsigned* z = buf + (woff[0] - 4 * (int)(((unsigned)(col % 8) >> 1) & 3)) + k * Cfg::LayoutB::KS_WORDS;
             GPUCONV_UNROLL

@@ -14,7 +14,8 @@
 //                               two instructions per element instead of cvt.rna's three.
 //   half_bits(h):               a float16's 16 bits (the f16 mma's operands are pairs of them).
 //   pack_halves(lo, hi):        two float16 bit patterns as one f16x2 operand word (one PRMT).
-//   low_bits(n):                the n lowest bits set, n in 0 .. 32 (one SHF).
+//   opaque_int(v):              v, held: how it was computed hidden from ptxas (as opaque_pointer), so that
+//                               it is kept in a register rather than re-derived where it is used.
 //   opaque_pointer(p):          p, with how it was computed hidden from ptxas (an empty asm; a no-op under
 //                               the emulator): keeps a gather's per-element addresses at one instruction.
 // Fragments, per lane (groupID gid = lane / 4, tig = lane % 4; D is 16x8 for both shapes):
@@ -109,18 +110,6 @@ __device__ __forceinline__ unsigned tf32_operand_bits(float f) {
 // the low half: bytes 1, 0 of lo and 1, 0 of hi (selector 0x5410), one PRMT instead of a shift and an OR.
 // (The emulator provides __byte_perm: tests/emulator/cuda_compat.h.)
 __device__ __forceinline__ unsigned pack_halves(unsigned lo, unsigned hi) { return __byte_perm(lo, hi, 0x5410); }
-
-// A mask of the n lowest bits, n in 0 .. 32 (a plain 1u << 32 is undefined): one funnel shift clamped at
-// 32 (SHF) instead of a shift, a subtract and a select for n = 32.
-__device__ __forceinline__ unsigned low_bits(int n) {
-#if !defined(GPUCONV_EMULATED) && defined(__CUDA_ARCH__)
-    unsigned m;
-    asm("shf.l.clamp.b32 %0, %1, %2, %3;\n" : "=r"(m) : "r"(~0u), "r"(0u), "r"(n));  // high word of (0:~0) << n
-    return m;
-#else
-    return n >= 32 ? ~0u : (1u << n) - 1u;
-#endif
-}
 
 // Hides how an int was computed from the compiler (as opaque_pointer), so that it is held, not re-derived.
 __device__ __forceinline__ void opaque_int(int& v) {
