@@ -31,7 +31,10 @@
 //       Chosen by conv2d_igemm's tile rule. BK (TensorCoreTileConfig): float large 16, float small 32, half
 //       large 32, half small 64. The gathered operand's share per mma is 4 * KSTEP / BM elements whatever
 //       the warps, so the small tile (64 filters) gathers twice the large tile's per mma: 0.5 float32 or
-//       1 float16 element per mma, the bulk of its remaining non-mma instructions.
+//       1 float16 element per mma, the bulk of its remaining non-mma instructions. So the float16 small
+//       tile (runs of 4 k-steps per thread) gathers by whole k-steps (TapIm2colLoader::BY_KSTEP): one
+//       predicate per k-step and no register clear per element, a run's partial k-step and zero k-steps
+//       rewritten after stage() by a rolled tail path (stage_tail) that only such slices run.
 //   Parameters: the pointers x, wp (the packed weights, 32-bit words), b, y, then the geometry as one
 //       ConvParams cp passed by value (kernels/conv_params.cuh; the host fills it with
 //       gpuconv/_cuda/abi.py conv_kernel_args).
@@ -39,13 +42,14 @@
 //       groups * ceil(M / BN) * ceil(Kg / BM) tiles with a 64-bit grid-stride loop.
 //   Shared memory: static, 32 KB (TENSOR_CORE_STAGING_BYTES: two buffers of A and B slices) per block.
 //   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.5): non-mma instructions per mma 3.81 / 3.88
-//       (float large), 4.28 / 4.19 (half large), 4.94 / 5.14 (float small), 5.70 / 5.69 (half small: one
-//       gathered float16 element per mma, each a compare, an address, a load, half a register clear and
-//       half a PRMT). Floors in tests/sass_floors.json.
+//       (float large), 3.97 / 4.16 (half large), 4.94 / 5.14 (float small), 4.92 / 4.92 (half small: one
+//       gathered float16 element per mma, each an address, a load, half a PRMT and a quarter of a store,
+//       plus the per-k-step predicates and the tail path's rolled loops; 5.70 / 5.69 with a compare and
+//       half a register clear per element). Floors in tests/sass_floors.json.
 //   Registers (NVRTC 12.9 and 13.5, no spills, no stack; tests/test_nvrtc_compile.py prints them): large
-//       198-201 on sm_80..sm_90 (float; half 213-216), 216-240 on sm_100 / sm_120; small 242-248 (float),
-//       240-255 (half) on sm_80..sm_120. Both within __launch_bounds__'s one block per SM (64 accumulators
-//       per thread: 255 registers); the small tile's half instantiation has no room left.
+//       198-201 on sm_80..sm_90 (float; half 210-214), 216-240 on sm_100 / sm_120 (half 221-238); small
+//       238-248 (float), 240-254 (half) on sm_80..sm_120. Both within __launch_bounds__'s one block per SM
+//       (64 accumulators per thread: 255 registers); the small tile's half instantiation has no room left.
 //   Needs compute capability 8.0 (Ampere) or newer: below sm_80 the mma bodies are __trap() and the host
 //       declines the device. Under the CPU emulator the mma is emulated (tests/emulator/cuda_compat.h).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
@@ -79,6 +83,12 @@ template <> struct TcKind<float> {  // TF32, m16n8k8
     // the plain p + H*W, which ptxas turns into one IMAD.WIDE per element from the slice's pointer (for
     // float it chose 3 instructions per element that way).
     static constexpr bool OPAQUE_STEP = true;
+    // Whether the gather may load by whole k-steps (TapIm2colLoader::BY_KSTEP): float, no (a compare and a
+    // zero per element in the unrolled loads); half, where a thread's run is several k-steps.
+    static constexpr bool KSTEP_GATHER = false;
+    // Whether the gather holds its tap steps in registers (TapIm2colLoader's constructor): half, yes; float,
+    // no (NVRTC 13 then took float's small tile from 5.14 to 5.7 non-mma instructions per mma on sm_90).
+    static constexpr bool HOLD_TAP_STEPS = false;
     typedef float Raw;
     __device__ __forceinline__ static Raw zero() { return 0.0f; }
     // __ldg: a global, read-only load also where the compiler cannot see that p points into global memory
@@ -95,6 +105,8 @@ template <> struct TcKind<half> {  // float16, m16n8k16
     static constexpr int KSTEP = 16;
     static constexpr int KPW = 2;
     static constexpr bool OPAQUE_STEP = false;  // (see TcKind<float>)
+    static constexpr bool KSTEP_GATHER = true;    // (see TcKind<float>)
+    static constexpr bool HOLD_TAP_STEPS = true;  // (see TcKind<float>)
     // The float16 bits, zero-extended: a 32-bit register zeroed as a whole (no 16-bit merge per element).
     typedef unsigned Raw;
     __device__ __forceinline__ static Raw zero() { return 0; }
@@ -230,6 +242,12 @@ template <typename T, class Cfg>
 struct TapIm2colLoader {
     typedef TcKind<T> Kind;
     static constexpr int L = Cfg::KSTEP * Cfg::B_KSTEPS;  // channels per column and slice
+    // Load by whole k-steps (fetch, stage_tail): float16 runs of several k-steps (the small tile: 4). Chosen
+    // by the machine code (tests/sass_check.py, sm_90, NVRTC 12.9): it took the half small tile from 5.70 to
+    // 5.00 non-mma instructions per mma (4.92 with HOLD_TAP_STEPS); the per-element path stays for the tiles
+    // where it measured better (half large, one k-step per run: 4.28 against 5.0; float: 3.81 / 4.94
+    // against 4.1-5.5).
+    static constexpr bool BY_KSTEP = Kind::KSTEP_GATHER && Cfg::B_KSTEPS > 1;
     Im2colGeometry<T> px;     // the geometry; pixel_origin decomposes this thread's pixel per tile
     int col;                  // this thread's pixel (column) of the tile
     // per tile: x at this pixel's image and group (channel 0), the input position of its first tap, and
@@ -243,11 +261,19 @@ struct TapIm2colLoader {
     int ih, iw, s;            // the current tap: its input position and its filter column
     int coff;                 // (c0 + chan0) * H*W: this slice's first channel's offset (elements)
     int woff[4];              // word tig's 64-bit store: its first word in the slice
-    typename Kind::Raw v[L];
+    int step_h, step_w;       // px.tap_dh, px.tap_dw, held (see the constructor)
+    bool whole;               // BY_KSTEP: this slice's run exists whole (limit() >= L)
+    typename Kind::Raw v[L];  // (BY_KSTEP: past k-step live / KSTEP stale, see stage_tail)
 
     __device__ __forceinline__ TapIm2colLoader(const T* x, const ConvParams& cp, int Cg, index_t M, int tid)
         : px(x, cp, Cg, M), col(tid % Cfg::BN), xb(x), ih0(0), iw0(0), col_ok(false), HWi(cp.H * cp.W),
-          chan0((tid / Cfg::BN) * L), cleft(0), ih(0), iw(0), s(0), coff(0) {
+          chan0((tid / Cfg::BN) * L), cleft(0), ih(0), iw(0), s(0), coff(0), step_h(px.tap_dh), step_w(px.tap_dw), whole(true) {
+        // float16: held in registers; left to itself ptxas re-derives the signed steps from the parameters
+        // (flip ? -d : d) at every tap change, 8 instructions in the main loop (TcKind::HOLD_TAP_STEPS).
+        if constexpr (Kind::HOLD_TAP_STEPS) {
+            opaque_int(step_h);
+            opaque_int(step_w);
+        }
         GPUCONV_UNROLL
         for (int t = 0; t < 4; ++t)
             woff[t] = Cfg::LayoutB::quad((tid / Cfg::BN) * Cfg::B_KSTEPS, col / 16, col % 8, t) + 2 * ((col / 8) % 2);
@@ -263,6 +289,12 @@ struct TapIm2colLoader {
         ih = ih0;
         iw = iw0 - px.tap_dw;
         s = -1;
+        // BY_KSTEP stages stale values of v (then overwrites them): defined here, once per tile, so that v
+        // is not live across the epilogue (ptxas spilled there when v was defined once per kernel).
+        if constexpr (BY_KSTEP) {
+            GPUCONV_UNROLL
+            for (int i = 0; i < L; ++i) v[i] = Kind::zero();
+        }
     }
 
     __device__ __forceinline__ void fetch(int) {
@@ -271,27 +303,46 @@ struct TapIm2colLoader {
         if (cleft <= 0) {  // next tap: s fastest, then r (w's order of (r, s))
             cleft = px.Cg;
             coff = chan0 * HWi;
-            iw += px.tap_dw;
+            iw += step_w;
             if (++s == px.S) {
                 s = 0;
                 iw = iw0;
-                ih += px.tap_dh;
+                ih += step_h;
             }
         }
-        // Halo / bounds, once per slice: a tap in the padding (or past the padded edge) reads 0 for all the
-        // run's channels, as does a column past the last pixel; x is never read outside the image. The
-        // unsigned compares also reject negative coordinates (top / left padding).
-        const bool ok = col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
-        const int lim = ok ? cleft - chan0 : 0;
+        const int lim = limit();
+        const int live = lim < 0 ? 0 : lim < L ? lim : L;
+        whole = live == L;
+        // BY_KSTEP: only k-steps whose KSTEP channels all exist are loaded here, one predicate per k-step
+        // instead of a compare per element, and no register clear per element; the other k-steps keep
+        // stale values, which stage() stages and then overwrites (stage_tail: a k-step's remaining
+        // channels, zeros). Otherwise each element is loaded or zeroed here.
+        const int ks_live = live / Cfg::KSTEP;
         // int offset within the image's group of channels (the host's rule: ceil(Cg/BK)*BK * H*W < 2^31).
-        // Formed whether or not the tap is in the image (no select): with lim = 0 nothing is read through it.
-        const T* p = opaque_pointer(xb + (coff + ih * px.W + iw));
+        // Formed whether or not the tap is in the image (no select): with live = 0 nothing is read through it.
+        const T* p = opaque_pointer(run_start());
         GPUCONV_UNROLL
         for (int i = 0; i < L; ++i) {
-            v[i] = i < lim ? Kind::load(p) : Kind::zero();
+            if constexpr (BY_KSTEP) {
+                if (i / Cfg::KSTEP < ks_live) v[i] = Kind::load(p);
+            } else {
+                v[i] = i < lim ? Kind::load(p) : Kind::zero();
+            }
             p = Kind::OPAQUE_STEP ? opaque_pointer(p + HWi) : p + HWi;
         }
     }
+
+    // Halo / bounds, once per slice: a tap in the padding (or past the padded edge) reads 0 for all the
+    // run's channels, as does a column past the last pixel; x is never read outside the image. The
+    // unsigned compares also reject negative coordinates (top / left padding). So of the run, the channels
+    // below limit() exist (it may be negative or past L).
+    __device__ __forceinline__ int limit() const {
+        const bool ok = col_ok && (unsigned)ih < (unsigned)px.H && (unsigned)iw < (unsigned)px.W;
+        return ok ? cleft - chan0 : 0;
+    }
+
+    // x at this slice's first channel of the run (pixel (ih, iw) of the current tap).
+    __device__ __forceinline__ const T* run_start() const { return xb + (coff + ih * px.W + iw); }
 
     __device__ __forceinline__ void stage(unsigned (*dst)[Cfg::B_LD]) {
         unsigned* buf = &dst[0][0];
@@ -304,6 +355,45 @@ struct TapIm2colLoader {
                 q.y = Kind::word(v + k * Cfg::KSTEP + 4 * Cfg::KPW, t);    // hk = 1
                 *reinterpret_cast<uint2*>(buf + woff[t] + k * Cfg::LayoutB::KS_WORDS) = q;
             }
+        }
+        if constexpr (BY_KSTEP) {
+            if (!whole) stage_tail(buf);
+        }
+    }
+
+    // BY_KSTEP, a slice whose run does not exist whole (a tap's last slice when BK does not divide Cg, a
+    // tap in the padding, a column past the last pixel): from k-step live / KSTEP on, stage() wrote stale
+    // values; this rewrites them: that k-step's words from the run's channels that exist (loaded here) and
+    // zeros, then zeros for the later k-steps. Same thread, same words, after stage()'s stores: program
+    // order makes these win, and the slice loop's barrier after stage() publishes them. Rolled loops, run
+    // only for such slices: the main loop's common path carries one predicate per k-step and no clears.
+    __device__ __forceinline__ void stage_tail(unsigned* buf) const {
+        static_assert(Cfg::KPW == 2 && Cfg::KSTEP == 16, "float16: 8 words per k-step and column, 4 tig x 2 hk");
+        const int lim = limit();
+        const int live = lim < 0 ? 0 : lim;  // (< L here)
+        int k = live / Cfg::KSTEP;
+        if (live % Cfg::KSTEP) {  // k-step k, channel 16 k + e: its value, or 0 past the run's last
+            const unsigned x2 = (unsigned)(col % 8) & 6;  // 2 * FragLayout::slot's XOR for this column
+            // float16 e of the k-step: word hk + 4 * (tig ^ xg) (hk = e / 8, tig = e % 8 / 2), half e % 2
+            unsigned short* halves = reinterpret_cast<unsigned short*>(buf + (woff[0] - 2 * (int)x2) +
+                                                                       k * Cfg::LayoutB::KS_WORDS);
+            const T* q = run_start() + 16 * k * HWi;
+            const int n = live - 16 * k;
+#pragma unroll 1
+            for (unsigned e = 0; e < 16; ++e) {
+                halves[(((e & 6u) ^ x2) << 2) | ((e & 8u) >> 2) | (e & 1u)] =
+                    (unsigned short)((int)e < n ? Kind::load(q) : Kind::zero());
+                q += HWi;
+            }
+            ++k;
+        }
+#pragma unroll 1
+        for (; k < Cfg::B_KSTEPS; ++k) {  // the later k-steps: zeros; this column's words (hk, tig) of k-step
+            uint2 zero;                      // k are woff[0] - 4 xg + k * KS_WORDS + 4j + hk, j = tig ^ xg: all j
+            zero.x = zero.y = 0u;
+            unsigned* z = buf + (woff[0] - 4 * (int)(((unsigned)(col % 8) >> 1) & 3)) + k * Cfg::LayoutB::KS_WORDS;
+            GPUCONV_UNROLL
+            for (int j = 0; j < 4; ++j) *reinterpret_cast<uint2*>(z + 4 * j) = zero;
         }
     }
 };

@@ -14,6 +14,8 @@
 //                               two instructions per element instead of cvt.rna's three.
 //   half_bits(h):               a float16's 16 bits (the f16 mma's operands are pairs of them).
 //   pack_halves(lo, hi):        two float16 bit patterns as one f16x2 operand word (one PRMT).
+//   opaque_int(v):              v, held: how it was computed hidden from ptxas (as opaque_pointer), so that
+//                               it is kept in a register rather than re-derived where it is used.
 //   opaque_pointer(p):          p, with how it was computed hidden from ptxas (an empty asm; a no-op under
 //                               the emulator): keeps a gather's per-element addresses at one instruction.
 // Fragments, per lane (groupID gid = lane / 4, tig = lane % 4; D is 16x8 for both shapes):
@@ -108,6 +110,13 @@ __device__ __forceinline__ unsigned tf32_operand_bits(float f) {
 // the low half: bytes 1, 0 of lo and 1, 0 of hi (selector 0x5410), one PRMT instead of a shift and an OR.
 // (The emulator provides __byte_perm: tests/emulator/cuda_compat.h.)
 __device__ __forceinline__ unsigned pack_halves(unsigned lo, unsigned hi) { return __byte_perm(lo, hi, 0x5410); }
+
+// Hides how an int was computed from the compiler (as opaque_pointer), so that it is held, not re-derived.
+__device__ __forceinline__ void opaque_int(int& v) {
+#if !defined(GPUCONV_EMULATED) && defined(__CUDA_ARCH__)
+    asm volatile("" : "+r"(v));
+#endif
+}
 
 // Hides how pointer p was computed from the compiler (an empty asm that "changes" it; no instruction). The
 // tensor-core kernel's gather forms one pointer per slice and steps it by a channel stride per element:

@@ -96,7 +96,11 @@ def _channel_edge_params():
     for dtype in (np.float32, np.float16):
         for tile in ("small", "large"):
             bk = TILES[tile].bk(dtype)
-            for cg in (bk - 1, bk, bk + 1):
+            # float16 small tile (runs of 4 k-steps gathered by whole k-steps, the rest in stage_tail):
+            # also runs of 3 channels (an odd part of k-step 0, then three zero k-steps), whole k-steps and
+            # zero ones (32), an even k-step part after whole k-steps (50).
+            extra = (3, 32, 50) if (np.dtype(dtype) == np.float16 and tile == "small") else ()
+            for cg in (bk - 1, bk, bk + 1) + extra:
                 for order in ("forward", "reversed"):
                     params.append(pytest.param(dtype, tile, cg, order,
                                                id=f"{np.dtype(dtype).name}-{tile}-cg{cg}-{order}"))
