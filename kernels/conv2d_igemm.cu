@@ -10,6 +10,12 @@
 //       conv2d_direct does: stride, asymmetric padding, dilation, groups/depthwise, flip, bias, activation.
 //   conv2d_igemm_splitk<T, BM, BN, BK, TM, TN>: the same GEMM over `splits` ranges of the reduction
 //       (split-K, below), partial sums into a workspace.
+//   conv2d_igemm_dgrad<T, BM, BN, BK, TM, TN, ACT>: conv2d_igemm whose gather multiplies each element of its
+//       input by the derivative of activation ACT (relu..tanh, a template argument: no switch in the main
+//       loop) computed from `out` at the same offset (Im2colLoader's DACT, act_backward in common.cuh): the
+//       data gradient's phase convolutions of gy' = gy * act'(out) without gy' in memory (issue 17;
+//       gpuconv/_conv_lowering.py backward_data). Extra parameter after vec_w: out, laid out as x. Never
+//       split; instantiated for the small and wide tiles only (float64: its small tile).
 //   gemm_splitk_reduce<T>: split-K's second kernel (below): sums the partial-sum planes of the workspace
 //       in fixed order, adds bias, applies the activation, writes y.
 //   Tile configs the host instantiates (gpuconv/_cuda/gemm.py, gemm_tile_for, documented there), every
@@ -69,6 +75,23 @@ conv2d_igemm(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
     __shared__ GemmSmem<typename acc_type<T>::type, Cfg> smem;
 
     implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>>(x, w, b, y, cp, vec_w, smem);
+}
+
+// The data gradient with the activation's derivative fused (issue 17): x is a phase's (cropped) gy, out
+// the forward's activated output cropped alike (same shape, C-contiguous), w the phase's sub-filter; the
+// gather reads gy' = act_backward(gy, out, ACT) (padding 0), so the elementwise pre-pass and its
+// temporary of gy's size are gone. cp comes without bias and activation (the phase call has neither).
+template <typename T, int BM, int BN, int BK, int TM, int TN, int ACT>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_blocks_per_sm((BM / TM) * (BN / TN), TM, TN))
+conv2d_igemm_dgrad(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
+                   T* __restrict__ y, const __grid_constant__ ConvParams cp, int vec_w,
+                   const T* __restrict__ out) {  // (N, C, H, W) as x: the activated forward output
+    typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
+    typedef GemmSmem<typename acc_type<T>::type, Cfg> Smem;
+    __shared__ Smem smem;
+
+    implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>, Smem, false, Im2colGeometry<T>, ACT>(
+        x, w, b, y, cp, vec_w, smem, 1, 0, nullptr, out);
 }
 
 // Split-K's first kernel: conv2d_igemm's tiles x `splits` reduction ranges, partial sums into ws (y is
