@@ -132,7 +132,10 @@ struct Im2colDepthState<3, LOADS> {
 // forward loaders hold exactly what they did before it existed (and compile to the same machine code).
 template <int DACT>
 struct Im2colDerivativeState {
-    const char* out;  // the activated forward output, laid out exactly as x (same shape, C-contiguous)
+    // Bytes from x to the activated forward output `out`, laid out exactly as x (same shape, C-contiguous):
+    // out's element at x's address a is at a + out_shift. One 64-bit value rather than a second pointer per
+    // pixel: the float16 8x8 tiles are at their 255-register bound.
+    index_t out_shift;
 };
 template <>
 struct Im2colDerivativeState<ACT_NONE> {};
@@ -189,7 +192,8 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
     __device__ __forceinline__ Im2colLoader(const T* x_, const typename Geo::Params& cp, int Cg_, index_t M_,
                                             int tid, const T* out_ = nullptr)
         : Geo(x_, cp, Cg_, M_), col(tid % CW), row0(tid / CW), coff(0), r(0), s(0) {
-        if constexpr (DACT != ACT_NONE) this->out = reinterpret_cast<const char*>(out_);
+        if constexpr (DACT != ACT_NONE)
+            this->out_shift = reinterpret_cast<const char*>(out_) - reinterpret_cast<const char*>(x_);
         if constexpr (ND == 2) {
             const int RS = R * S;
             const int step_c = BK / RS;
@@ -277,6 +281,13 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
         // multiply-add) inside each of the LOADS predicated loads below.
         asm("mov.b64 %0, %0;" : "+l"(off));
 #endif
+        index_t off_out = 0;  // (with DACT: out's offset of the same tap, formed once per slice)
+        if constexpr (DACT != ACT_NONE) {
+            off_out = off + this->out_shift;
+#if !defined(GPUCONV_EMULATED)
+            asm("mov.b64 %0, %0;" : "+l"(off_out));
+#endif
+        }
         GPUCONV_UNROLL
         for (int j = 0; j < LOADS; ++j) {
             A v = A(0);
@@ -291,10 +302,8 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
                     // The fused derivative: out's element at x's byte offset (same layout); a template
                     // argument, so no activation switch in the main loop. Only inside the image: the
                     // padding's 0 is gy' = 0 there (the pre-pass's zero padding of gy * act'(out)).
-                    if constexpr (DACT != ACT_NONE) {
-                        const char* o = this->out + (pix[j] - reinterpret_cast<const char*>(x)) + off;
-                        v = act_backward<A>(v, load<T>(reinterpret_cast<const T*>(o)), DACT);
-                    }
+                    if constexpr (DACT != ACT_NONE)
+                        v = act_backward<A>(v, load<T>(reinterpret_cast<const T*>(pix[j] + off_out)), DACT);
                 }
             } else {
                 const int id = this->id0[j] + did;
