@@ -32,7 +32,8 @@ rotated back at the end.
   rotated by 180 degrees, padding ``dh*(R-1) - pt``"); no zero insertion. A phase without taps stays zero.
 
 Memory beyond the result: backward data, one phase's output (about ``|gx| / (sh*sw)``) and the phase's
-sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most).
+sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most; with
+``out``, the fused derivative, ``out`` is cropped and copied alike).
 Backward filter, a transposed copy of ``x`` (cut to the rows and columns read) and of ``gy`` (none on the
 NumPy path for depthwise-like float32 / float64 layers, ``depthwise_filter_numpy``). Plus the
 forward call's own workspace (the NumPy path: ``GPUCONV_NUMPY_WORKSPACE_MB``).
