@@ -162,7 +162,9 @@ def test_tile_rule_names_and_declines():
     assert CI.dgrad_tile(big, np.float64) == TILES_BY_DTYPE[np.dtype(np.float64)][0]
     # 4 activations x (wide, small) for float16 / float32, small for float64: 20, all in the registry
     assert len(CI.DGRAD_INSTANTIATIONS) == 20
-    assert set(CI.DGRAD_INSTANTIATIONS) <= set(CI.INSTANTIATIONS)
+    from gpuconv._cuda.ops import INSTANTIATIONS
+    assert set(CI.DGRAD_INSTANTIATIONS) <= set(INSTANTIATIONS[CI.SOURCE])
+    assert not set(CI.DGRAD_INSTANTIATIONS) & set(CI.INSTANTIATIONS)  # igemm's own kernels: the forward's
     assert CI.dgrad_name(np.float32, SMALL_TILE, 3) == "gpuconv::conv2d_igemm_dgrad<float, 64, 64, 16, 8, 8, 3>"
     rt0 = emulated_runtime()
     gy = np.zeros((1, 3, 9, 9), np.float32)

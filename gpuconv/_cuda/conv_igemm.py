@@ -77,7 +77,7 @@ DGRAD_INSTANTIATIONS = tuple(dgrad_name(dt, t, act) for dt, tiles in TILES_BY_DT
                              if t.name in DGRAD_TILE_NAMES for act in DGRAD_ACTIVATIONS)
 
 INSTANTIATIONS = (gemm_instantiations(KERNEL) + gemm_instantiations(SPLIT_KERNEL)
-                  + tuple(reduce_name(dt) for dt in TILES_BY_DTYPE) + DGRAD_INSTANTIATIONS)
+                  + tuple(reduce_name(dt) for dt in TILES_BY_DTYPE))
 
 
 def reduction_slices(geom: ConvGeometry, tile: GemmTile) -> int:
@@ -187,7 +187,11 @@ def launch_dgrad(rt, gy, out, w, geom: ConvGeometry, act: int, *, tile: GemmTile
 # What the autotuner measures of igemm (ops.VARIANTS): each tile, unsplit and (where splitk_for splits) split.
 VARIANTS = TileVariants(splitk_for)
 
-ALGO = Algorithm("igemm", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, igemm_decline_reason, launch_igemm,
+# The registry compiles what ALGO lists for SOURCE (ops.INSTANTIATIONS: the runtime, the emulator, the NVRTC and
+# SASS checks): igemm's own kernels and conv2d_igemm_dgrad's, which share the source but are no algorithm of
+# the forward table.
+ALGO = Algorithm("igemm", "conv2d", FORWARD, SOURCE, INSTANTIATIONS + DGRAD_INSTANTIATIONS, igemm_decline_reason,
+                 launch_igemm,
                  "implicit GEMM: filters x (N*P*Q pixels) per group, input gathered on the fly into "
                  "double-buffered shared slices, 8x8 register tile per thread (4x4 for float64); split-K with a "
                  "fixed-order reduction when too few blocks")
