@@ -45,11 +45,15 @@
 //       wide 234-251 / 242-255; small 241-255 / 241-255 (255 is the limit; ptxas reports no spill and no
 //       stack); float64 128 / 108-128. conv2d_igemm_splitk: large 218-237 / 239-255, wide 235-255 /
 //       250-255, small 240-255 / 240-255; float64 (one block per SM, splitk_min_blocks_per_sm) 148-158 /
-//       156-180.
+//       156-180. conv2d_igemm_dgrad (sm_80 / sm_90, NVRTC 12.9, tests/sass_check.py): float32 / float16
+//       233-255, float64 127-128, no spills (out is addressed by one byte shift from x: with a second
+//       pointer per pixel the float16 tiles spilled up to 52 bytes on sm_90).
 //   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): FMA share of the instructions
 //       of one slice, float32 on sm_90 with NVRTC 12.9 (13.5 within 0.3 points):
 //       conv2d_igemm: large 80.6% (1024 FMA / 1271), wide 76.3% (1024 / 1342), small 73.7% (1024 / 1389);
 //       conv2d_igemm_splitk: large 80.1% (1024 / 1279), wide 75.8% (1024 / 1351), small 73.3% (1024 / 1397).
+//       conv2d_igemm_dgrad: wide 71.1-73.0%, small 68.7-70.5% (by activation: the derivative's load,
+//       convert and multiply or select per gathered element).
 //       Before the 8x8 wide / small tiles (4x8 on 256 threads, 4x4 on 256): wide 71.7%, small 63.4%
 //       (split-K: 71.5%, 61.7%); before issue 16: 58.0% (128x128x8) and 34.5% (64x64x8).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
