@@ -60,7 +60,7 @@ PUBLIC_CASES = {
     "stride2-asym-dil-groups-flip": ((2, 4, 11, 10), (6, 2, 3, 2), 2, ((1, 0), (2, 1)), (2, 1), 2, True),
     "stride1-same-flip": ((2, 3, 8, 7), (5, 3, 4, 3), 1, "same", (1, 2), 1, True),
     "stride-2x3-odd": ((1, 5, 13, 11), (4, 5, 3, 3), (2, 3), 1, 1, 1, False),
-    "depthwise-stride2": ((1, 3, 9, 9), (6, 1, 3, 3), 2, 1, 1, 3, False),
+    "dw-stride2": ((1, 3, 9, 9), (6, 1, 3, 3), 2, 1, 1, 3, False),
 }
 
 
@@ -252,7 +252,7 @@ def test_conv2d_backward_runs_no_prepass(monkeypatch, case, act):
 @pytest.mark.emulated
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("act", ACTS)
-def test_conv2d_backward_bitwise_as_prepass_on_igemm(monkeypatch, dtype, act):
+def test_conv2d_backward_bitwise_as_prepass_on_the_gemm_kernel(monkeypatch, dtype, act):
     """The fused data gradient against the pre-pass lowering with every phase call on igemm with the same
     tile (the lowering's heuristic forward replaced): bitwise for float32 / float64 and float16 relu."""
     case = "stride2-asym-dil-groups-flip"
