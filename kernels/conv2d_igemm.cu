@@ -46,7 +46,7 @@
 //       stack); float64 128 / 108-128. conv2d_igemm_splitk: large 218-237 / 239-255, wide 235-255 /
 //       250-255, small 240-255 / 240-255; float64 (one block per SM, splitk_min_blocks_per_sm) 148-158 /
 //       156-180. conv2d_igemm_dgrad (sm_80 / sm_90, NVRTC 12.9, tests/sass_check.py): float32 / float16
-//       233-255, float64 127-128, no spills (out is addressed by one byte shift from x: with a second
+//       233-255, float64 (one block per SM, as split-K) see tests/sass_floors.json, no spills (out is addressed by one byte shift from x: with a second
 //       pointer per pixel the float16 tiles spilled up to 52 bytes on sm_90).
 //   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): FMA share of the instructions
 //       of one slice, float32 on sm_90 with NVRTC 12.9 (13.5 within 0.3 points):
@@ -81,23 +81,6 @@ conv2d_igemm(const T* __restrict__ x,   // (N, C, H, W), C-contiguous
     implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>>(x, w, b, y, cp, vec_w, smem);
 }
 
-// The data gradient with the activation's derivative fused (issue 17): x is a phase's (cropped) gy, out
-// the forward's activated output cropped alike (same shape, C-contiguous), w the phase's sub-filter; the
-// gather reads gy' = act_backward(gy, out, ACT) (padding 0), so the elementwise pre-pass and its
-// temporary of gy's size are gone. cp comes without bias and activation (the phase call has neither).
-template <typename T, int BM, int BN, int BK, int TM, int TN, int ACT>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), gemm_blocks_per_sm((BM / TM) * (BN / TN), TM, TN))
-conv2d_igemm_dgrad(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                   T* __restrict__ y, const __grid_constant__ ConvParams cp, int vec_w,
-                   const T* __restrict__ out) {  // (N, C, H, W) as x: the activated forward output
-    typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
-    typedef GemmSmem<typename acc_type<T>::type, Cfg> Smem;
-    __shared__ Smem smem;
-
-    implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>, Smem, false, Im2colGeometry<T>, ACT>(
-        x, w, b, y, cp, vec_w, smem, 1, 0, nullptr, out);
-}
-
 // Split-K's first kernel: conv2d_igemm's tiles x `splits` reduction ranges, partial sums into ws (y is
 // not written here: gemm_splitk_reduce does). A kernel of its own (not a runtime switch of conv2d_igemm)
 // because the split bookkeeping's registers cost the 4x4 tile's main loop (at its 128-register bound)
@@ -122,6 +105,25 @@ conv2d_igemm_splitk(const T* __restrict__ x, const T* __restrict__ w,
 
     implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>, GemmSmem<typename acc_type<T>::type, Cfg>, true>(
         x, w, b, y, cp, vec_w, smem, splits, split_slices, ws);
+}
+
+// The data gradient with the activation's derivative fused (issue 17): x is a phase's (cropped) gy, out
+// the forward's activated output cropped alike (same shape, C-contiguous), w the phase's sub-filter; the
+// gather reads gy' = act_backward(gy, out, ACT) (padding 0), so the elementwise pre-pass and its
+// temporary of gy's size are gone. cp comes without bias and activation (the phase call has neither).
+// float64 asks for one block per SM as split-K does (splitk_min_blocks_per_sm): at two (128 registers) the
+// derivative's registers made the 4x4 tile spill 8 bytes with NVRTC 13.5 (sm_80, sm_90).
+template <typename T, int BM, int BN, int BK, int TM, int TN, int ACT>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), splitk_min_blocks_per_sm(sizeof(T), (BM / TM) * (BN / TN), TM, TN))
+conv2d_igemm_dgrad(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
+                   T* __restrict__ y, const __grid_constant__ ConvParams cp, int vec_w,
+                   const T* __restrict__ out) {  // (N, C, H, W) as x: the activated forward output
+    typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
+    typedef GemmSmem<typename acc_type<T>::type, Cfg> Smem;
+    __shared__ Smem smem;
+
+    implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>, Smem, false, Im2colGeometry<T>, ACT>(
+        x, w, b, y, cp, vec_w, smem, 1, 0, nullptr, out);
 }
 
 // The most reduction ranges split-K uses (gpuconv/_cuda/conv_igemm.py SPLITK_MAX, which tests check).
