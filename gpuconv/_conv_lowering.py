@@ -7,7 +7,8 @@ col2im with BLAS GEMMs, and dot products over phase planes for depthwise filter 
 say no (1x1 and depthwise backward data, Winograd-sized 3x3 layers, a workspace too small for one row). On
 the CUDA path ``backward_filter`` runs the dedicated kernels of ``gpuconv/_cuda/conv_backward_filter.py``
 (``cuda_filter_algo``; the lowering only where they decline: ``N*P*Q`` past their 32-bit rule);
-``backward_data`` runs the lowering.
+``backward_data`` runs the lowering, and with ``out`` (``conv2d_backward``'s activation on CUDA arrays) runs
+every phase call as ``conv2d_igemm_dgrad``, the activation's derivative applied in its gather.
 
 Everything here works on validated arrays and a resolved forward ``ConvGeometry`` (``gpuconv._geometry``):
 the public functions (``gpuconv._grad_conv``) check the user's arguments once. Notation as in
@@ -31,7 +32,8 @@ rotated back at the end.
   rotated by 180 degrees, padding ``dh*(R-1) - pt``"); no zero insertion. A phase without taps stays zero.
 
 Memory beyond the result: backward data, one phase's output (about ``|gx| / (sh*sw)``) and the phase's
-sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most).
+sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most; with
+``out``, the fused derivative, ``out`` is cropped and copied alike).
 Backward filter, a transposed copy of ``x`` (cut to the rows and columns read) and of ``gy`` (none on the
 NumPy path for depthwise-like float32 / float64 layers, ``depthwise_filter_numpy``). Plus the
 forward call's own workspace (the NumPy path: ``GPUCONV_NUMPY_WORKSPACE_MB``).
@@ -96,11 +98,48 @@ def axis_phases(size, n_out, k, s, p_lo, d):
     return phases
 
 
-def backward_data(backend, gy, w, geom: ConvGeometry, H: int, W: int):
+def _phase_calls(gy, geom: ConvGeometry, H: int, W: int):
+    """The phase calls of backward data: ``(a, b, rows, cols, taps, padding, dilation)`` per pair of row
+    and column phases with taps: input positions ``a::sh, b::sw`` are the correlation of ``gy[:, :, rows,
+    cols]`` with the effective filter's taps ``taps = (rtaps, ctaps)``, stride 1, padding and dilation as
+    given."""
+    Pg, Qg = gy.shape[2:]
+    rows = axis_phases(H, Pg, geom.R, geom.sh, geom.pt, geom.dh)
+    cols = axis_phases(W, Qg, geom.S, geom.sw, geom.pl, geom.dw)
+    for a, rtaps, rd, rlo, rhi, r0, r1 in rows:
+        for b, ctaps, cd, clo, chi, c0, c1 in cols:
+            yield a, b, slice(r0, r1), slice(c0, c1), (rtaps, ctaps), ((rlo, rhi), (clo, chi)), (rd, cd)
+
+
+def fused_data_reason(gy, geom: ConvGeometry, H: int, W: int) -> str | None:
+    """None when ``backward_data(..., out=...)`` can apply the activation's derivative inside
+    ``conv2d_igemm_dgrad`` for every phase call (CUDA path), else why not (igemm's 32-bit rule declines a
+    phase); the caller then runs the pre-pass and says so in the record."""
+    from ._cuda.conv_igemm import igemm_decline_reason
+    N, K = gy.shape[:2]
+    for _, _, rs, cs, (rtaps, ctaps), pad, dil in _phase_calls(gy, geom, H, W):
+        p, q = rs.stop - rs.start, cs.stop - cs.start
+        g = conv_geometry((N, K, p, q), (geom.groups * geom.Cg, geom.Kg, len(rtaps), len(ctaps)), None, 1, pad,
+                          dil, geom.groups)
+        reason = igemm_decline_reason(g, gy.dtype)
+        if reason is not None:
+            return reason
+    return None
+
+
+def backward_data(backend, gy, w, geom: ConvGeometry, H: int, W: int, out=None):
     """``gx (N, C, H, W)`` from ``gy (N, K, Pg, Qg)`` (``Pg <= geom.P`` is allowed: a transposed convolution
-    with ``output_padding >= stride`` has rows no output reads). Returns ``(gx, kernel_ids)``."""
+    with ``output_padding >= stride`` has rows no output reads). Returns ``(gx, kernel_ids)``.
+
+    ``out`` (CUDA arrays only; ``geom.activation`` set): the activated forward output, ``gy``'s shape; each
+    phase call then runs ``conv2d_igemm_dgrad``, which multiplies the gathered ``gy`` by the activation's
+    derivative computed from ``out`` (cropped exactly like ``gy``), instead of the heuristic's forward
+    kernel on a pre-multiplied ``gy`` (``fused_data_reason`` must be None)."""
     xp = backend.xp
     N, K, Pg, Qg = gy.shape
+    if out is not None and not (isinstance(backend, CudaBackend) and geom.activation is not None):
+        raise ValueError("backward_data: out (a fused activation derivative) is only taken by the CUDA path, "
+                         "with an activation")
     if not isinstance(backend, CudaBackend):
         from ._numpy import conv_grad
         if conv_grad.data_strategy(geom, gy.dtype, H, W, Pg, Qg):
@@ -108,22 +147,25 @@ def backward_data(backend, gy, w, geom: ConvGeometry, H: int, W: int):
             return gx, [kernel]
     G, Kg, Cg = geom.groups, geom.Kg, geom.Cg
     we = effective_weight(w, geom)
-    rows = axis_phases(H, Pg, geom.R, geom.sh, geom.pt, geom.dh)
-    cols = axis_phases(W, Qg, geom.S, geom.sw, geom.pl, geom.dw)
-    single = geom.sh == 1 and geom.sw == 1 and len(rows) == 1 and len(cols) == 1
+    calls = list(_phase_calls(gy, geom, H, W))
+    single = geom.sh == 1 and geom.sw == 1 and len(calls) == 1
     gx = None if single else xp.zeros((N, G * Cg, H, W), dtype=gy.dtype)
     kernels = []
-    for a, rtaps, rd, rlo, rhi, r0, r1 in rows:
-        for b, ctaps, cd, clo, chi, c0, c1 in cols:
-            sub = we[:, :, rtaps][:, :, :, ctaps]  # (K, Cg, J, Jc), fancy indexing: a copy
-            sub = sub.reshape(G, Kg, Cg, len(rtaps), len(ctaps)).transpose(0, 2, 1, 3, 4)
-            sub = xp.ascontiguousarray(sub.reshape(G * Cg, Kg, len(rtaps), len(ctaps)))
-            y, kernel = forward(backend, gy[:, :, r0:r1, c0:c1], sub, 1, ((rlo, rhi), (clo, chi)),
-                                (rd, cd), G)
-            kernels.append(kernel)
-            if single:
-                return y, kernels
-            gx[:, :, a::geom.sh, b::geom.sw] = y
+    for a, b, rs, cs, (rtaps, ctaps), pad, dil in calls:
+        sub = we[:, :, rtaps][:, :, :, ctaps]  # (K, Cg, J, Jc), fancy indexing: a copy
+        sub = sub.reshape(G, Kg, Cg, len(rtaps), len(ctaps)).transpose(0, 2, 1, 3, 4)
+        sub = xp.ascontiguousarray(sub.reshape(G * Cg, Kg, len(rtaps), len(ctaps)))
+        if out is None:
+            y, kernel = forward(backend, gy[:, :, rs, cs], sub, 1, pad, dil, G)
+        else:
+            from ._cuda.conv_igemm import launch_dgrad
+            g = conv_geometry((N, K, rs.stop - rs.start, cs.stop - cs.start), tuple(sub.shape), None, 1, pad, dil, G)
+            y, kernel = launch_dgrad(backend.runtime, gy[:, :, rs, cs], out[:, :, rs, cs], sub, g,
+                                     geom.activation_code)
+        kernels.append(kernel)
+        if single:
+            return y, kernels
+        gx[:, :, a::geom.sh, b::geom.sw] = y
     return gx, kernels
 
 

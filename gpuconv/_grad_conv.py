@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backend
-from ._conv_lowering import backward_data, backward_filter, cuda_filter_algo
+from ._conv_lowering import backward_data, backward_filter, cuda_filter_algo, fused_data_reason
 from ._geometry import (KERNEL_AXES, LEAKY_RELU_SLOPE, _is_int, _shape_str, as_pair, conv_geometry,
                         resolve_conv_padding)
 
@@ -61,11 +61,13 @@ def _compute_dtype(dtype) -> np.dtype:
 # the three gradients
 # --------------------------------------------------------------------------------------------
 
-def _data(backend, gy4, w, geom, H, W):
+def _data(backend, gy4, w, geom, H, W, out4=None):
+    """``out4``: the activated forward output when ``conv2d_igemm_dgrad`` applies the activation's
+    derivative itself (CUDA path, ``fused_data_reason`` None), else None."""
     if 0 in (geom.N, geom.C, H, W):
         return backend.xp.zeros((geom.N, geom.C, H, W), dtype=gy4.dtype), ["none (empty output)"]
     with _quiet():
-        gx, kernels = backward_data(backend, gy4, w, geom, H, W)
+        gx, kernels = backward_data(backend, gy4, w, geom, H, W, out4)
     return gx, kernels or ["none (no filter tap reaches the input: zeros)"]
 
 
@@ -192,8 +194,10 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     ``output`` (required; ``ValueError`` without it) is that forward result; ``grad_output`` is multiplied
     by the activation's derivative computed from ``output`` (``activation_derivative_times``'s formulas). On
     the CUDA path the filter-gradient and bias kernels apply it themselves (reading ``grad_output`` and
-    ``output``); the data gradient and the NumPy path take an elementwise pre-pass (one array of
-    ``grad_output``'s size).
+    ``output``), and so does the data gradient's ``conv2d_igemm_dgrad`` (its gather multiplies ``grad_output``
+    by the derivative); the NumPy path takes an elementwise pre-pass (one array of ``grad_output``'s size),
+    and so does a CUDA data gradient whose phase calls the dgrad kernel declines (its 32-bit rule; the record
+    then names the pre-pass and the reason).
     Otherwise as ``conv2d_input``, ``conv2d_weight`` and ``conv2d_bias``; ``gpuconv.last_kernel()`` lists
     every kernel that ran (direction ``'backward'``)."""
     fn = "conv2d_backward"
@@ -214,18 +218,28 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
             raise ValueError(f"{fn}(): expected output of size {_shape_str(gy.shape)} (the forward output "
                              f"of {what}), but got output of size {_shape_str(out.shape)}")
     # The activation's derivative: fused into the CUDA filter-gradient and bias kernels (they read gy and
-    # out); an elementwise pre-pass (gz, one array of grad_output's size) only for the data gradient and
-    # for the NumPy path (docs/gradients.md, "Activation").
+    # out) and into the CUDA data gradient's gather (conv2d_igemm_dgrad); an elementwise pre-pass (gz, one
+    # array of grad_output's size) for the NumPy path and where a CUDA kernel declines (docs/gradients.md,
+    # "Activation").
     out4 = None if activation is None else (out if batched else out[None])
     fused = activation is not None and cuda_filter_algo(backend, geom, gy4.dtype) is not None
+    fused_data, notes = False, []
+    if activation is not None and mask[0] and isinstance(backend, _backend.CudaBackend):
+        empty = 0 in (geom.N, geom.C, geom.H, geom.W)
+        reason = None if empty else fused_data_reason(gy4, geom, geom.H, geom.W)
+        fused_data = reason is None
+        if reason is not None:
+            notes.append(f"activation derivative pre-pass for the data gradient (conv2d_igemm_dgrad declines: "
+                         f"{reason})")
     gz = gy4
-    if activation is not None and (mask[0] or not fused):
+    if activation is not None and ((mask[0] and not fused_data) or ((mask[1] or mask[2]) and not fused)):
         with _quiet():
             gz = activation_derivative_times(backend.xp, gy4, out4, activation)
-    kernels = []
+    kernels = notes
     gx = gw = gb = None
     if mask[0]:
-        gx, ks = _data(backend, gz, w, geom, geom.H, geom.W)
+        gx, ks = _data(backend, gy4, w, geom, geom.H, geom.W, out4) if fused_data else \
+            _data(backend, gz, w, geom, geom.H, geom.W)
         gx = gx if batched else gx[0]
         kernels += ks
     if mask[1]:

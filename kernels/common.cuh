@@ -1,5 +1,5 @@
 // common.cuh — what every gpuconv kernel file shares: storage types, loads/stores with accumulation
-// type, the fused activations, -inf/NaN helpers, the dynamic-shared-memory and loop-unrolling macros.
+// type, the fused activations and their derivatives (act_backward), -inf/NaN helpers, the dynamic-shared-memory and loop-unrolling macros.
 //
 // Kept free of CUDA toolkit headers on purpose: CuPy compiles our sources with NVRTC at run time, and
 // a pip-installed CuPy may have no cuda_fp16.h to find. float16 is therefore our own 2-byte storage
@@ -85,6 +85,23 @@ __device__ __forceinline__ double activate(double v, int act) {
         case ACT_SIGMOID: return 1.0 / (1.0 + exp(-v));
         case ACT_TANH: return tanh(v);
         default: return v;
+    }
+}
+
+// d loss / d pre-activation from g = d loss / d out and the activated value o (docs/gradients.md's table,
+// PyTorch's backward formulas). relu / leaky_relu SELECT rather than multiply: a NaN `out` is not > 0, so
+// it gives 0 (relu) or the slope times g (leaky_relu), and an infinite g where the derivative is 0 gives 0,
+// as PyTorch's threshold_backward / where. Same operation order as the NumPy pre-pass
+// (gpuconv/_grad_conv.py activation_derivative_times). Used by conv2d_backward_filter.cu's gy loaders and,
+// for the data gradient, by im2col_loader.cuh's gather (conv2d_igemm_dgrad in conv2d_igemm.cu).
+template <typename A>
+__device__ __forceinline__ A act_backward(A g, A o, int act) {
+    switch (act) {
+        case ACT_RELU: return o > A(0) ? g : A(0);
+        case ACT_LEAKY_RELU: return o > A(0) ? g : g * A(0.01);
+        case ACT_SIGMOID: return g * (A(1) - o) * o;
+        case ACT_TANH: return g * (A(1) - o * o);
+        default: return g;
     }
 }
 

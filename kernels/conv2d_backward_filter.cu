@@ -59,22 +59,6 @@ namespace gpuconv {
 #define BWF_THREADS 256
 #define DW_TAPS 9  // a 3x3 filter (the common depthwise one) in one pass over the pixels
 
-// d loss / d pre-activation from g = d loss / d out and the activated value o (docs/gradients.md's table,
-// PyTorch's backward formulas). relu / leaky_relu SELECT rather than multiply: a NaN `out` is not > 0, so
-// it gives 0 (relu) or the slope times g (leaky_relu), and an infinite g where the derivative is 0 gives 0,
-// as PyTorch's threshold_backward / where. Same operation order as the NumPy pre-pass
-// (gpuconv/_grad_conv.py activation_derivative_times).
-template <typename A>
-__device__ __forceinline__ A act_backward(A g, A o, int act) {
-    switch (act) {
-        case ACT_RELU: return o > A(0) ? g : A(0);
-        case ACT_LEAKY_RELU: return o > A(0) ? g : g * A(0.01);
-        case ACT_SIGMOID: return g * (A(1) - o) * o;
-        case ACT_TANH: return g * (A(1) - o * o);
-        default: return g;
-    }
-}
-
 // A position m = (n*P + p)*Q + q of the reduction over output pixels, advanced by a constant step with
 // carries (no division after init): the loaders call step() once per slice, after their fetch.
 struct PixelCursor {

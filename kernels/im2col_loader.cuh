@@ -5,7 +5,10 @@
 // spatial dimensions lives in the geometry and in the loader's tap walk, nowhere else), which gathers a
 // BK x BN slice of the im2col matrix from x on the fly, with stride, asymmetric padding (read as 0), dilation
 // and flip in its index math, and plugs into gemm_tile.cuh's slice loop (fetch / stage; see the
-// operand-loader contract there); implicit_gemm_conv, the body of conv2d_igemm and conv3d_igemm.
+// operand-loader contract there); implicit_gemm_conv, the body of conv2d_igemm and conv3d_igemm. With a
+// derivative parameter DACT (2-D only; default ACT_NONE: no state, no code) the loader multiplies each gathered
+// element by the derivative of activation DACT computed from `out` at the same offset (act_backward,
+// common.cuh): conv2d_igemm_dgrad, the data gradient with the activation's derivative fused.
 #pragma once
 
 #include "common.cuh"
@@ -125,6 +128,18 @@ struct Im2colDepthState<3, LOADS> {
     int id0[LOADS];  // per tile and pixel: the input depth of tap 0 (negative inside the front padding)
 };
 
+// Im2colLoader's state for a fused activation derivative: none without one (DACT = ACT_NONE), so that the
+// forward loaders hold exactly what they did before it existed (and compile to the same machine code).
+template <int DACT>
+struct Im2colDerivativeState {
+    // Bytes from x to the activated forward output `out`, laid out exactly as x (same shape, C-contiguous):
+    // out's element at x's address a is at a + out_shift. One 64-bit value rather than a second pointer per
+    // pixel: the float16 8x8 tiles are at their 255-register bound.
+    index_t out_shift;
+};
+template <>
+struct Im2colDerivativeState<ACT_NONE> {};
+
 // The B operand of the implicit GEMM: B[kr, m] = x[n, g*Cg + c, p*sh - pt + r'*dh, q*sw - pl + s'*dw]
 // with kr = (c*R + r)*S + s, m = (n*P + p)*Q + q, (r', s') = (r, s), or (R-1-r, S-1-s) with flip (true
 // convolution pairs weight tap (r, s) with the mirrored input tap), and 0 outside the image (padding).
@@ -142,8 +157,11 @@ struct Im2colDepthState<3, LOADS> {
 // the constructor; 3-D: (step_c, step_t, step_r, step_s), one carry more). This is why fetch() must be
 // called for k0 = k_start, k_start + BK, ... in that order, once each, after begin_tile(m0, g, k_start)
 // (gemm_slice_range does exactly that; k_start = 0 but for split-K's later splits).
-template <typename T, class Cfg, class G = Im2colGeometry<T>>
-struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREADS> {
+// DACT != ACT_NONE (2-D): B[kr, m] = act_backward(x[...], out[...], DACT) at the same element of x and
+// `out` (the data gradient's gy and the forward's output, cropped alike); padding and rows past kred stay 0
+// (out is read only where x is).
+template <typename T, class Cfg, class G = Im2colGeometry<T>, int DACT = ACT_NONE>
+struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREADS>, Im2colDerivativeState<DACT> {
     typedef typename acc_type<T>::type A;
     typedef G Geo;
     static constexpr int ND = Geo::ND;
@@ -154,6 +172,7 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
     static constexpr int CW = Cfg::THREADS / BK;          // threads per row of a slice
     static_assert(Cfg::THREADS % BK == 0 && CW * LOADS == BN, "pattern must tile BK x BN exactly");
     static_assert(ND == 2 || ND == 3, "2 or 3 spatial dimensions");
+    static_assert(DACT == ACT_NONE || ND == 2, "the fused derivative is a 2-D data-gradient feature");
 
     int col, row0;  // this thread's first column of the tile and its row of each slice
     int step_r, step_s;  // BK taps = step_c channels + [step_t depth taps +] step_r filter rows + step_s columns
@@ -171,8 +190,10 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
     A regs[LOADS];
 
     __device__ __forceinline__ Im2colLoader(const T* x_, const typename Geo::Params& cp, int Cg_, index_t M_,
-                                            int tid)
+                                            int tid, const T* out_ = nullptr)
         : Geo(x_, cp, Cg_, M_), col(tid % CW), row0(tid / CW), coff(0), r(0), s(0) {
+        if constexpr (DACT != ACT_NONE)
+            this->out_shift = reinterpret_cast<const char*>(out_) - reinterpret_cast<const char*>(x_);
         if constexpr (ND == 2) {
             const int RS = R * S;
             const int step_c = BK / RS;
@@ -260,6 +281,13 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
         // multiply-add) inside each of the LOADS predicated loads below.
         asm("mov.b64 %0, %0;" : "+l"(off));
 #endif
+        index_t off_out = 0;  // (with DACT: out's offset of the same tap, formed once per slice)
+        if constexpr (DACT != ACT_NONE) {
+            off_out = off + this->out_shift;
+#if !defined(GPUCONV_EMULATED)
+            asm("mov.b64 %0, %0;" : "+l"(off_out));
+#endif
+        }
         GPUCONV_UNROLL
         for (int j = 0; j < LOADS; ++j) {
             A v = A(0);
@@ -269,8 +297,14 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
             // edge, beyond it) read 0 by definition; x is never read outside the image. The unsigned
             // compare also rejects negative coordinates (top / left / front padding).
             if constexpr (ND == 2) {
-                if (row_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                if (row_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W) {
                     v = load<T>(reinterpret_cast<const T*>(pix[j] + off));
+                    // The fused derivative: out's element at x's byte offset (same layout); a template
+                    // argument, so no activation switch in the main loop. Only inside the image: the
+                    // padding's 0 is gy' = 0 there (the pre-pass's zero padding of gy * act'(out)).
+                    if constexpr (DACT != ACT_NONE)
+                        v = act_backward<A>(v, load<T>(reinterpret_cast<const T*>(pix[j] + off_out)), DACT);
+                }
             } else {
                 const int id = this->id0[j] + did;
                 if (row_ok && (unsigned)id < (unsigned)this->D && (unsigned)ih < (unsigned)H
@@ -315,11 +349,14 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
 // The host launches exactly Cfg::THREADS threads in x. Geo: the geometry (Im2colGeometry: cp is a
 // ConvParams; Im2colGeometry3d: a Conv3dParams), M = N * outputs per image pixels, kred its reduction.
 // Split-K (SPLIT): `splits` ranges of `split_slices` slices each, partial sums into ws (gemm_conv_tiles).
-template <typename T, class Cfg, class Tile, class Smem, bool SPLIT = false, class Geo = Im2colGeometry<T>>
+// DACT / dout: the fused activation derivative of Im2colLoader (conv2d_igemm_dgrad; dout laid out as x).
+template <typename T, class Cfg, class Tile, class Smem, bool SPLIT = false, class Geo = Im2colGeometry<T>,
+          int DACT = ACT_NONE>
 __device__ __forceinline__ void implicit_gemm_conv(const T* x, const T* w, const T* b, T* y,
                                                    const typename Geo::Params& gp, int vec_w, Smem& smem,
                                                    int splits = 1, int split_slices = 0,
-                                                   typename acc_type<T>::type* ws = nullptr) {
+                                                   typename acc_type<T>::type* ws = nullptr,
+                                                   const T* dout = nullptr) {
     const ConvParams& cp = Geo::plane(gp);
     const int tid = threadIdx.x;
     const int Cg = cp.C / cp.groups;
@@ -327,8 +364,8 @@ __device__ __forceinline__ void implicit_gemm_conv(const T* x, const T* w, const
     const index_t PQ = Geo::outputs_per_image(gp);
     const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
 
-    Im2colLoader<T, Cfg, Geo> xl(x, gp, Cg, M, tid);
-    gemm_conv_tiles<T, Cfg, Tile, Im2colLoader<T, Cfg, Geo>, SPLIT>(w, b, y, xl, smem, kred, cp.K, cp.groups, M,
+    Im2colLoader<T, Cfg, Geo, DACT> xl(x, gp, Cg, M, tid, dout);
+    gemm_conv_tiles<T, Cfg, Tile, Im2colLoader<T, Cfg, Geo, DACT>, SPLIT>(w, b, y, xl, smem, kred, cp.K, cp.groups, M,
                                                                    PQ, vec_w, cp.has_bias, cp.act, tid, splits,
                                                                    split_slices, ws);
 }
