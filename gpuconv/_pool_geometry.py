@@ -55,47 +55,9 @@ class PoolGeometry:
         return ((self.ph, self.pb), (self.pw, self.pr))
 
 
-@dataclass(frozen=True)
-class AdaptiveGeometry:
-    """Sizes of a 2-D adaptive pooling call; window ``i`` is ``[floor(i*H/OH), ceil((i+1)*H/OH))``.
-    ``spatial`` / ``out`` / ``dims`` / ``input_shape``: the interface it shares with ``AdaptiveGeometryND``,
-    which the N-D code (NumPy and CUDA) reads."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    OH: int
-    OW: int
-
-    dims = 2
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.N, self.C, self.OH, self.OW)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.N, self.C, self.H, self.W)
-
-    @property
-    def spatial(self) -> tuple[int, int]:
-        return (self.H, self.W)
-
-    @property
-    def out(self) -> tuple[int, int]:
-        return (self.OH, self.OW)
-
-
-@dataclass(frozen=True)
-class AdaptiveGeometryND:
-    """Sizes of an adaptive pooling call over ``dims`` spatial axes (3: ``D, H, W``): per axis the input size
-    ``spatial`` and the output size ``out``; window ``i`` of an axis is ``[floor(i*n/o), ceil((i+1)*n/o))``."""
-
-    N: int
-    C: int
-    spatial: tuple
-    out: tuple
+class SpatialShapes:
+    """``dims``, ``input_shape`` and ``output_shape`` of a pooling geometry from its ``N``, ``C``, ``spatial``
+    (input size per spatial axis) and ``out`` (output size per axis): the interface the N-D code reads."""
 
     @property
     def dims(self) -> int:
@@ -109,6 +71,38 @@ class AdaptiveGeometryND:
     def input_shape(self) -> tuple:
         return (self.N, self.C, *self.spatial)
 
+
+@dataclass(frozen=True)
+class AdaptiveGeometry(SpatialShapes):
+    """Sizes of a 2-D adaptive pooling call; window ``i`` is ``[floor(i*H/OH), ceil((i+1)*H/OH))``.
+    ``spatial`` / ``out`` / ``dims`` / ``input_shape``: the interface it shares with ``AdaptiveGeometryND``,
+    which the N-D code (NumPy and CUDA) reads."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+
+    @property
+    def spatial(self) -> tuple[int, int]:
+        return (self.H, self.W)
+
+    @property
+    def out(self) -> tuple[int, int]:
+        return (self.OH, self.OW)
+
+
+@dataclass(frozen=True)
+class AdaptiveGeometryND(SpatialShapes):
+    """Sizes of an adaptive pooling call over ``dims`` spatial axes (3: ``D, H, W``): per axis the input size
+    ``spatial`` and the output size ``out``; window ``i`` of an axis is ``[floor(i*n/o), ceil((i+1)*n/o))``."""
+
+    N: int
+    C: int
+    spatial: tuple
+    out: tuple
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +257,7 @@ def adaptive_window(i: int, in_size: int, out_size: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class PoolGeometryND:
+class PoolGeometryND(SpatialShapes):
     """Every size of one 1-D or 3-D max/avg pooling call, resolved: per spatial axis (``L``, or ``D, H, W``)
     the input size, kernel, stride, ``(low, high)`` padding, dilation and output size. ``plane`` is the
     2-D geometry of the last two axes (for 1-D: a plane of one row, ``H = 1``), which the 1-D ops run on
@@ -278,18 +272,6 @@ class PoolGeometryND:
     dilation: tuple
     out: tuple
     ceil_mode: bool = False
-
-    @property
-    def dims(self) -> int:
-        return len(self.spatial)
-
-    @property
-    def output_shape(self) -> tuple:
-        return (self.N, self.C, *self.out)
-
-    @property
-    def input_shape(self) -> tuple:
-        return (self.N, self.C, *self.spatial)
 
     @property
     def plane(self) -> PoolGeometry:
