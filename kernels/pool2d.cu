@@ -211,16 +211,13 @@ template <typename T, bool WITH_INDEX, int DIMS>
 __global__ void adaptive_max_pool(const T* __restrict__ x, T* __restrict__ y,
                                   index_t* __restrict__ idx,  // like y when WITH_INDEX, else unused
                                   index_t planes, int D, int H, int W, int OD, int OH, int OW) {
-    static_assert(DIMS == 2 || DIMS == 3, "adaptive pooling kernels are 2-D or 3-D");
     typedef typename acc_type<T>::type A;
-    const int D_ = DIMS == 3 ? D : 1;
-    const int OD_ = DIMS == 3 ? OD : 1;
+    const int D_ = DIMS == 3 ? D : 1;  // adaptive_cell's depth (1 for DIMS = 2)
     const index_t slice = (index_t)H * W;
-    GPUCONV_GRID_STRIDE_LOOP(i, planes * OD_ * OH * OW) {
-        const VolumePos p = volume_pos(i, OD_, OH, OW);
-        const Span deps = adaptive_span(p.d, D_, OD_);
-        const Span rows = adaptive_span(p.h, H, OH);
-        const Span cols = adaptive_span(p.w, W, OW);
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * (DIMS == 3 ? OD : 1) * OH * OW) {
+        const AdaptiveCell cell = adaptive_cell<DIMS>(i, OD, OH, OW, D, H, W);  // output cell, input window
+        const VolumePos& p = cell.p;
+        const Span &deps = cell.deps, &rows = cell.rows, &cols = cell.cols;
         // Adaptive windows are never empty: the first cell is a real one (PyTorch's initial index).
         MaxReducer<A, WITH_INDEX> r(((index_t)deps.begin * H + rows.begin) * W + cols.begin);
         for (int z = deps.begin; z < deps.end; ++z) {
@@ -235,16 +232,13 @@ __global__ void adaptive_max_pool(const T* __restrict__ x, T* __restrict__ y,
 template <typename T, int DIMS>
 __global__ void adaptive_avg_pool(const T* __restrict__ x, T* __restrict__ y, index_t planes, int D, int H, int W,
                                   int OD, int OH, int OW) {
-    static_assert(DIMS == 2 || DIMS == 3, "adaptive pooling kernels are 2-D or 3-D");
     typedef typename acc_type<T>::type A;
-    const int D_ = DIMS == 3 ? D : 1;
-    const int OD_ = DIMS == 3 ? OD : 1;
+    const int D_ = DIMS == 3 ? D : 1;  // adaptive_cell's depth (1 for DIMS = 2)
     const index_t slice = (index_t)H * W;
-    GPUCONV_GRID_STRIDE_LOOP(i, planes * OD_ * OH * OW) {
-        const VolumePos p = volume_pos(i, OD_, OH, OW);
-        const Span deps = adaptive_span(p.d, D_, OD_);
-        const Span rows = adaptive_span(p.h, H, OH);
-        const Span cols = adaptive_span(p.w, W, OW);
+    GPUCONV_GRID_STRIDE_LOOP(i, planes * (DIMS == 3 ? OD : 1) * OH * OW) {
+        const AdaptiveCell cell = adaptive_cell<DIMS>(i, OD, OH, OW, D, H, W);  // output cell, input window
+        const VolumePos& p = cell.p;
+        const Span &deps = cell.deps, &rows = cell.rows, &cols = cell.cols;
         SumReducer<A> r;
         for (int z = deps.begin; z < deps.end; ++z) {
             reduce_window<0, 0>(x + (p.plane * D_ + z) * slice, W, rows, cols, r);

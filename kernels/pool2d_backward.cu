@@ -203,20 +203,18 @@ template <typename T, int DIMS>
 __global__ void adaptive_max_pool_backward(const T* __restrict__ go, const index_t* __restrict__ idx,
                                            T* __restrict__ gi, index_t planes, int D, int H, int W, int OD,
                                            int OH, int OW) {
-    static_assert(DIMS == 2 || DIMS == 3, "adaptive pooling kernels are 2-D or 3-D");
     typedef typename acc_type<T>::type A;
-    const int D_ = DIMS == 3 ? D : 1;
+    const int D_ = DIMS == 3 ? D : 1;  // adaptive_cell's depths (1 for DIMS = 2)
     const int OD_ = DIMS == 3 ? OD : 1;
     const index_t out_volume = (index_t)OD_ * OH * OW;
     GPUCONV_GRID_STRIDE_LOOP(i, planes * D_ * H * W) {
-        const VolumePos p = volume_pos(i, D_, H, W);
+        // Input cell; per axis the outputs whose adaptive windows contain it (never empty).
+        const AdaptiveCell cell = adaptive_cell<DIMS>(i, D, H, W, OD, OH, OW);
+        const VolumePos& p = cell.p;
+        const Span &deps = cell.deps, &rows = cell.rows, &cols = cell.cols;
         const index_t target = ((index_t)p.d * H + p.h) * W + p.w;  // the index a window records for it
         const T* g = go + p.plane * out_volume;
         const index_t* ix = idx + p.plane * out_volume;
-        // The outputs whose adaptive windows contain this cell, per axis (never empty).
-        const Span deps = adaptive_span(p.d, OD_, D_);
-        const Span rows = adaptive_span(p.h, OH, H);
-        const Span cols = adaptive_span(p.w, OW, W);
         A acc = A(0);
         for (int od = deps.begin; od < deps.end; ++od) {
             for (int oh = rows.begin; oh < rows.end; ++oh) {
@@ -233,17 +231,16 @@ __global__ void adaptive_max_pool_backward(const T* __restrict__ go, const index
 template <typename T, int DIMS>
 __global__ void adaptive_avg_pool_backward(const T* __restrict__ go, T* __restrict__ gi, index_t planes, int D,
                                            int H, int W, int OD, int OH, int OW) {
-    static_assert(DIMS == 2 || DIMS == 3, "adaptive pooling kernels are 2-D or 3-D");
     typedef typename acc_type<T>::type A;
-    const int D_ = DIMS == 3 ? D : 1;
+    const int D_ = DIMS == 3 ? D : 1;  // adaptive_cell's depths (1 for DIMS = 2)
     const int OD_ = DIMS == 3 ? OD : 1;
     const index_t out_volume = (index_t)OD_ * OH * OW;
     GPUCONV_GRID_STRIDE_LOOP(i, planes * D_ * H * W) {
-        const VolumePos p = volume_pos(i, D_, H, W);
+        // Input cell; per axis the outputs whose adaptive windows contain it (never empty).
+        const AdaptiveCell cell = adaptive_cell<DIMS>(i, D, H, W, OD, OH, OW);
+        const VolumePos& p = cell.p;
+        const Span &deps = cell.deps, &rows = cell.rows, &cols = cell.cols;
         const T* g = go + p.plane * out_volume;
-        const Span deps = adaptive_span(p.d, OD_, D_);
-        const Span rows = adaptive_span(p.h, OH, H);
-        const Span cols = adaptive_span(p.w, OW, W);
         A acc = A(0);
         for (int od = deps.begin; od < deps.end; ++od) {
             const int count_d = adaptive_span(od, D_, OD_).count;  // the forward's window of output depth od

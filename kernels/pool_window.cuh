@@ -10,6 +10,7 @@
 //   OutputPos / output_pos: flat index -> (plane, row, col) of a C-contiguous (planes, rows, cols) array;
 //   VolumePos / volume_pos: the same for (planes, depth, rows, cols) (the 3-D kernels, and the adaptive ones,
 //                         2-D as depth 1).
+//   AdaptiveCell / adaptive_cell<DIMS>: an adaptive kernel's cell and its three adaptive spans.
 //   GPUCONV_GRID_STRIDE_LOOP(i, total): 64-bit grid-stride loop over a flat range.
 #pragma once
 
@@ -86,6 +87,28 @@ __device__ __forceinline__ Span adaptive_span(int i, int size, int out_size) {
     s.end = (int)(((index_t)(i + 1) * size + out_size - 1) / out_size);
     s.count = s.end - s.begin;
     return s;
+}
+
+// The adaptive kernels' cell: flat index i of a C-contiguous (planes, D, H, W) array (the outputs in the
+// forward kernels, the input cells in the backward ones) and, per axis, the adaptive span of the other array
+// (oD, oH, oW) that pairs with it: the forward's input window, or the outputs whose windows contain the cell
+// (adaptive_span with the roles swapped, see above). DIMS = 2 fixes both depths at 1 at compile time (the
+// host's D values are then ignored), so the depth decode and span fold away.
+struct AdaptiveCell {
+    VolumePos p;
+    Span deps, rows, cols;
+};
+template <int DIMS>
+__device__ __forceinline__ AdaptiveCell adaptive_cell(index_t i, int D, int H, int W, int oD, int oH, int oW) {
+    static_assert(DIMS == 2 || DIMS == 3, "adaptive pooling kernels are 2-D or 3-D");
+    const int D_ = DIMS == 3 ? D : 1;
+    const int oD_ = DIMS == 3 ? oD : 1;
+    AdaptiveCell c;
+    c.p = volume_pos(i, D_, H, W);
+    c.deps = adaptive_span(c.p.d, oD_, D_);
+    c.rows = adaptive_span(c.p.h, oH, H);
+    c.cols = adaptive_span(c.p.w, oW, W);
+    return c;
 }
 
 // Flat index i of a C-contiguous (planes, OH, OW) array -> (plane = n*C + c, oh, ow) (the backward
