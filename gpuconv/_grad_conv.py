@@ -157,11 +157,17 @@ def conv2d_bias(grad_output):
 # --------------------------------------------------------------------------------------------
 
 def activation_derivative_times(xp, gy, out, activation):
-    """``gy * act'(pre-activation)`` computed from ``out = act(pre-activation)`` (PyTorch's backward
-    formulas): relu ``out > 0``; leaky_relu 1 where ``out > 0`` else 0.01 (``out > 0`` exactly where the
-    input is, so the value at 0 is PyTorch's slope); sigmoid ``out*(1 - out)``; tanh ``1 - out^2``.
-    float16 is computed in float32 and rounded once."""
+    """The pre-pass: ``gy * act'(pre-activation)`` computed from ``out = act(pre-activation)`` (PyTorch's
+    backward formulas): relu ``out > 0``; leaky_relu 1 where ``out > 0`` else 0.01 (``out > 0`` exactly
+    where the input is, so the value at 0 is PyTorch's slope); sigmoid ``out*(1 - out)``; tanh ``1 -
+    out^2``. float16 is computed in float32 and rounded once. On NumPy arrays by
+    ``_numpy.grad_activation.act_backward_into`` (the formulas the NumPy strategies fuse)."""
     ct = _compute_dtype(gy.dtype)
+    if xp is np:
+        from ._numpy.grad_activation import act_backward_into
+        r = np.empty(gy.shape, ct)
+        act_backward_into(r, gy, out, activation)
+        return r.astype(gy.dtype, copy=False)
     g, o = gy.astype(ct, copy=False), out.astype(ct, copy=False)
     if activation == "relu":
         r = xp.where(o > 0, g, xp.zeros((), dtype=ct))
@@ -218,10 +224,17 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
             raise ValueError(f"{fn}(): expected output of size {_shape_str(gy.shape)} (the forward output "
                              f"of {what}), but got output of size {_shape_str(out.shape)}")
     # The activation's derivative: fused into the CUDA filter-gradient and bias kernels (they read gy and
-    # out) and into the CUDA data gradient's gather (conv2d_igemm_dgrad); an elementwise pre-pass (gz, one
-    # array of grad_output's size) for the NumPy path and where a CUDA kernel declines (docs/gradients.md,
-    # "Activation").
+    # out) and into the CUDA data gradient's gather (conv2d_igemm_dgrad); on NumPy arrays into the chunk
+    # copies of the NumPy strategies (_numpy_backward); an elementwise pre-pass (gz, one array of
+    # grad_output's size) where those do not run (docs/gradients.md, "Activation").
     out4 = None if activation is None else (out if batched else out[None])
+    if activation is not None and not isinstance(backend, _backend.CudaBackend):
+        x4 = x if batched else x[None]
+        with _quiet():
+            gx, gw, gb, kernels = _numpy_backward(backend, gy4, x4, w, out4, geom, mask)
+        _backend.record("conv2d", backend.name, *(kernels or ["none (output_mask all False)"]),
+                        direction="backward")
+        return (gx if gx is None or batched else gx[0]), gw, gb
     fused = activation is not None and cuda_filter_algo(backend, geom, gy4.dtype) is not None
     fused_data, notes = False, []
     if activation is not None and mask[0] and isinstance(backend, _backend.CudaBackend):
@@ -251,6 +264,71 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     _backend.record("conv2d", backend.name, *(kernels or ["none (output_mask all False)"]),
                     direction="backward")
     return gx, gw, gb
+
+
+def _numpy_backward(backend, gy4, x4, w, out4, geom, mask):
+    """``conv2d_backward`` on NumPy arrays with an activation: each gradient whose NumPy strategy runs
+    (``numpy_col2im``, ``numpy_im2col_filter``, ``numpy_depthwise_filter_planes``) applies the derivative in
+    its chunk copies of ``gy`` (``_numpy.grad_activation``); the filter strategies also sum the bias
+    gradient from them. Where the lowering runs instead (its forward calls take no derivative) the
+    pre-pass ``gz`` is made, once, the record says so, and the gradients after it read ``gz`` (the
+    derivative is not computed twice). Without a filter gradient the bias runs ``bias_gradient``'s chunks.
+    Returns ``(gx, gw, gb, kernels)``."""
+    from ._conv_lowering import _read_extent
+    from ._numpy import conv_grad
+    from ._numpy.grad_activation import Derivative, bias_gradient, compute_dtype
+    dtype, H, W, P, Q = gy4.dtype, geom.H, geom.W, geom.P, geom.Q
+    state = dict(gy=gy4, act=Derivative(out4, geom.activation))  # after a pre-pass: gz, None
+    kernels, gx, gw, gb = [], None, None, None
+
+    def prepass(what, why):
+        kernels.append(f"activation derivative pre-pass for the {what} gradient ({why})")
+        if state["act"] is not None:
+            state.update(gy=activation_derivative_times(np, gy4, out4, geom.activation), act=None)
+        return state["gy"]
+
+    if mask[0]:
+        empty = 0 in (geom.N, geom.C, H, W)
+        reason = None if empty else conv_grad.data_decline_reason(geom, dtype, H, W, P, Q, state["act"])
+        if empty or reason is not None:
+            gx, ks = _data(backend, gy4 if empty else prepass("data", f"the lowering runs it: {reason}"), w,
+                           geom, H, W)
+            kernels += ks
+        else:
+            gx, k = conv_grad.backward_data(gy4, w, geom, H, W, state["act"])
+            kernels.append(k)
+    bias = np.empty(geom.K, compute_dtype(dtype)) if mask[2] else None
+    bias_done = False
+    if mask[1]:
+        reads = min(_read_extent(H, P, geom.R, geom.sh, geom.pt, geom.dh)[0],
+                    _read_extent(W, Q, geom.S, geom.sw, geom.pl, geom.dw)[0])
+        if geom.N == 0 or 0 in (H, W) or reads <= 0:
+            gw, k = _filter(backend, x4, gy4, geom)  # zeros: nothing reads gy
+        elif conv_grad.filter_strategy(geom, dtype, state["act"]):
+            gw, k = conv_grad.backward_filter(x4, state["gy"], geom, state["act"], bias)
+            bias_done = bias is not None
+        else:
+            gw, why = None, "the lowering runs it: one sample does not fit the workspace limit"
+            if conv_grad.depthwise_filter_applies(geom, dtype, state["act"]):
+                gw = conv_grad.depthwise_filter(x4, state["gy"], geom, state["act"], bias)
+                k, bias_done = "numpy_depthwise_filter_planes", gw is not None and bias is not None
+                why = "numpy_depthwise_filter_planes met a non-finite value: the lowering runs it"
+            elif geom.Cg == 1 and geom.groups > 1:
+                why = "the lowering runs it: one channel's planes do not fit the workspace limit"
+            if gw is None:
+                gw, k = _filter(backend, x4, prepass("filter", why), geom)
+        kernels.append(k)
+    if mask[2]:
+        if bias_done:
+            gb, k = bias.astype(dtype, copy=False), "numpy.sum (in the filter gradient's chunks)"
+        elif state["act"] is None:
+            gb, k = _bias(backend, state["gy"])
+        elif geom.N == 0 or P * Q == 0:
+            gb, k = np.zeros(geom.K, dtype), "none (empty batch: zeros)"
+        else:
+            gb, k = bias_gradient(gy4, state["act"]).astype(dtype, copy=False), "numpy.sum (chunks of gy * act')"
+        kernels.append(k)
+    return gx, gw, gb, kernels
 
 
 # --------------------------------------------------------------------------------------------

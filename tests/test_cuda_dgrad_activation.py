@@ -15,7 +15,7 @@ lowering (``gpuconv/_conv_lowering.py``) when ``conv2d_backward`` has an activat
   monkeypatched to raise: stride 1 and 2, dilation, groups, asymmetric and 'same' padding, flip; against
   the reference and PyTorch autograd (float64), bitwise equal across thread orders; the same call with the
   lowering's forward forced onto igemm with the dgrad tile and the pre-pass allowed gives bitwise the same
-  data gradient (float32 / float64). The NumPy path keeps its pre-pass; a declined phase runs the pre-pass
+  data gradient (float32 / float64). The NumPy path fuses it too (tests/test_numpy_grad_activation.py); a declined phase runs the pre-pass
   and the record says so.
 """
 
@@ -282,11 +282,13 @@ def test_conv2d_backward_bitwise_as_prepass_on_the_gemm_kernel(monkeypatch, dtyp
         assert_close(gxp, ex, mag, dtype, what=f"pre-pass {act}")
 
 
-def test_numpy_path_keeps_the_prepass(monkeypatch):
+def test_numpy_path_fuses_it_too(monkeypatch):
+    """The NumPy path applies the derivative in numpy_col2im's chunk copies (no pre-pass either; its own
+    suite: tests/test_numpy_grad_activation.py)."""
     case = "stride1-same-flip"
     x, w, gy, out = _public_data(case, np.float32, "tanh", seed=5)
     monkeypatch.setattr(G, "activation_derivative_times", _no_prepass)
     _, _, stride, padding, dilation, groups, flip = PUBLIC_CASES[case]
-    with pytest.raises(AssertionError, match="pre-pass called"):
-        G.conv2d_backward(gy, x, w, stride, padding, dilation, groups, flip=flip, activation="tanh", output=out,
-                          output_mask=(True, False, False))
+    G.conv2d_backward(gy, x, w, stride, padding, dilation, groups, flip=flip, activation="tanh", output=out,
+                      output_mask=(True, False, False))
+    assert gpuconv.last_kernel().kernels == ("numpy_col2im",)

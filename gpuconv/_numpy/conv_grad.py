@@ -25,6 +25,10 @@ forward convolution calls (``gpuconv._conv_lowering``, which keeps the cases the
 float16 is computed in float32 (operands cast in the copies, float32 accumulators, rounded once at the
 end).
 
+With ``conv2d_backward``'s activation the three take ``act`` (``grad_activation.Derivative``): the
+derivative is applied where they copy a chunk of ``gy`` (``grad_activation.load_gy``), and the filter
+gradients can sum the bias gradient from those copies (``bias``): no array of ``gy``'s size.
+
 Memory: besides the result, one chunk's (block's) workspace (``_workspace.workspace``), plus a cast or
 contiguous copy of the weight where it needs one (data), the float32 accumulator (float16, exact rows)
 and the filter gradient's accumulator, all within ``workspace_limit()``; when not even one sample (data:
@@ -40,12 +44,9 @@ import numpy as np
 
 from .._geometry import ConvGeometry, tap_outputs
 from ._conv_strategies import PhasePlanes, _fill_padded, _gather, prime_blas
+from .grad_activation import CHUNK_BYTES, Derivative, compute_dtype, load_gy as _load_gy, temp_bytes
 from ._workspace import parallel_map, pool_threads, trim_workspace, workspace, workspace_bytes, workspace_limit
 
-# A chunk's column buffer stays near this size when the batch allows (large enough that BLAS runs at
-# full speed and the per-chunk Python work vanishes; small enough not to thrash the caches more than
-# the GEMM must).
-CHUNK_BYTES = 32 * 2**20
 # col2im adds one block of channels at a time, all its taps, so that the block's part of gx stays in
 # the cache across the R*S adds; bytes of gx per block.
 COL2IM_BLOCK_BYTES = 256 * 2**10
@@ -66,16 +67,18 @@ WINOGRAD_DATA_MIN_CHANNELS = 128
 WINOGRAD_DATA_MIN_SIZE = 28
 
 
-def compute_dtype(dtype) -> np.dtype:
-    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
-
-
 # --------------------------------------------------------------------------------------------
 # backward data
 # --------------------------------------------------------------------------------------------
 
 def data_strategy(g: ConvGeometry, dtype, H: int, W: int, Pg: int, Qg: int):
-    """``'numpy_col2im'``, or None where the lowering stays (docs/gradients.md, "The NumPy path"):
+    """``'numpy_col2im'``, or None where the lowering stays (``data_decline_reason`` says why)."""
+    return None if data_decline_reason(g, dtype, H, W, Pg, Qg) else "numpy_col2im"
+
+
+def data_decline_reason(g: ConvGeometry, dtype, H: int, W: int, Pg: int, Qg: int, act: Derivative | None = None):
+    """None where ``numpy_col2im`` runs (with ``act``: its workspace less the derivative's temporaries), else
+    why the lowering stays (docs/gradients.md, "The NumPy path"):
 
     * 1x1 filters without padding: the lowering's forward call is already one matmul per phase
       (``numpy_matmul_1x1``), the same GEMM without a column buffer;
@@ -86,15 +89,15 @@ def data_strategy(g: ConvGeometry, dtype, H: int, W: int, Pg: int, Qg: int):
     * when one output row's chunk does not fit the workspace limit (the lowering tiles).
     """
     if (g.R, g.S, g.pt, g.pb, g.pl, g.pr) == (1, 1, 0, 0, 0, 0):
-        return None
+        return "1x1 filter without padding: one matmul per phase"
     if g.Cg == 1 and g.Kg <= 2:
-        return None
+        return "depthwise-like layer: multiply-adds"
     if ((g.R, g.S, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) and min(H, W) >= WINOGRAD_DATA_MIN_SIZE
             and min(g.Cg, g.Kg) >= WINOGRAD_DATA_MIN_CHANNELS):
-        return None
-    if _data_plan(g, dtype, H, W, Pg, Qg, wide_ok=False) is None:
-        return None
-    return "numpy_col2im"
+        return "3x3 stride-1 layer of Winograd size"
+    if _data_plan(g, dtype, H, W, Pg, Qg, wide_ok=False, act=act) is None:
+        return "one output row does not fit the workspace limit"
+    return None
 
 
 def _wide_extent(g: ConvGeometry, H: int, W: int, Pg: int, Qg: int):
@@ -106,12 +109,13 @@ def _wide_extent(g: ConvGeometry, H: int, W: int, Pg: int, Qg: int):
     return Hp, Wp, (g.S - 1) * g.dw
 
 
-def _data_plan(g, dtype, H, W, Pg, Qg, wide_ok=True):
+def _data_plan(g, dtype, H, W, Pg, Qg, wide_ok=True, act=None):
     """``(samples, rows, wide)`` per chunk, or None when one output row does not fit. ``wide``: stride 1
     and whole samples per chunk, the wide-row layout (``_col2im_wide``)."""
     ct = compute_dtype(dtype)
     item = ct.itemsize
-    budget = workspace_limit() - math.prod((g.K, g.Cg, g.R, g.S)) * item - 4 * 64  # less the transposed weight
+    budget = (workspace_limit() - math.prod((g.K, g.Cg, g.R, g.S)) * item - 4 * 64  # less the transposed weight
+              - temp_bytes(act, dtype))
     if wide_ok and g.sh == 1 and g.sw == 1 and WIDE_MAX_JUNK * (g.S - 1) * g.dw <= Qg:
         Hp, Wp, slack = _wide_extent(g, H, W, Pg, Qg)
         per_sample = ((g.K + g.C * g.R * g.S) * Pg * Wp + g.C * (Hp * Wp + slack)) * item
@@ -128,8 +132,10 @@ def _data_plan(g, dtype, H, W, Pg, Qg, wide_ok=True):
     return max(1, min(g.N, CHUNK_BYTES // per_sample, budget // per_sample)), Pg, False
 
 
-def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int):
-    """``gx (N, C, H, W)`` from ``gy (N, K, Pg, Qg)`` by ``numpy_col2im`` (``data_strategy`` said so)."""
+def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int, act: Derivative | None = None):
+    """``gx (N, C, H, W)`` from ``gy (N, K, Pg, Qg)`` by ``numpy_col2im`` (``data_strategy`` said so);
+    with ``act``, from ``gy`` times the activation's derivative, applied as each chunk of ``gy`` is
+    copied (``_load_gy``)."""
     ct = compute_dtype(gy.dtype)
     N, K, Pg, Qg = gy.shape
     G, Kg, Cg, R, S = g.groups, g.Kg, g.Cg, g.R, g.S
@@ -140,7 +146,8 @@ def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int
     wt = np.asarray(w, dtype=ct).reshape(G, Kg, Cg * R * S).transpose(0, 2, 1)  # (G, CgRS, Kg)
     weight_copy = 0 if np.shares_memory(wt, w) else wt.nbytes
     # wide rows add the junk columns' products of zero gy values; a non-finite weight would make them NaN
-    n_chunk, p_chunk, wide = _data_plan(g, gy.dtype, H, W, Pg, Qg, bool(np.isfinite(wt.sum())))
+    n_chunk, p_chunk, wide = _data_plan(g, gy.dtype, H, W, Pg, Qg, bool(np.isfinite(wt.sum())), act)
+    weight_copy += temp_bytes(act, gy.dtype)  # kept out of the workspace like the weight's copy
     if wide:
         gx = np.empty((N, C, H, W), gy.dtype)
         Hp, Wp, slack = _wide_extent(g, H, W, Pg, Qg)
@@ -150,7 +157,8 @@ def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int
             gyt, cols, acc = workspace(((G, Kg, n, Pg, Wp), ct), ((G, Cg * R * S, n * Pg * Wp), ct),
                                        ((C, n, Hp * Wp + slack), ct))
             gyt[..., Qg:] = 0
-            np.copyto(gyt[..., :Qg], gy[n0:n0 + n].reshape(n, G, Kg, Pg, Qg).transpose(1, 2, 0, 3, 4))
+            _load_gy(gyt[..., :Qg], lambda a: a[n0:n0 + n].reshape(n, G, Kg, Pg, Qg).transpose(1, 2, 0, 3, 4),
+                     gy, act)
             np.matmul(wt, gyt.reshape(G, Kg, n * Pg * Wp), out=cols)
             _col2im_wide(cols.reshape(C, R, S, n, Pg * Wp), acc, g, Wp)
             planes = acc[:, :, :Hp * Wp].reshape(C, n, Hp, Wp)[:, :, g.pt:g.pt + H, g.pl:g.pl + W]
@@ -163,7 +171,8 @@ def backward_data(gy: np.ndarray, w: np.ndarray, g: ConvGeometry, H: int, W: int
         for p0 in range(0, Pg, p_chunk):
             pn = min(p_chunk, Pg - p0)
             gyt, cols = workspace(((G, Kg, n, pn, Qg), ct), ((G, Cg * R * S, n * pn * Qg), ct))
-            np.copyto(gyt, gy[n0:n0 + n, :, p0:p0 + pn].reshape(n, G, Kg, pn, Qg).transpose(1, 2, 0, 3, 4))
+            _load_gy(gyt, lambda a: a[n0:n0 + n, :, p0:p0 + pn].reshape(n, G, Kg, pn, Qg).transpose(1, 2, 0, 3, 4),
+                     gy, act)
             np.matmul(wt, gyt.reshape(G, Kg, n * pn * Qg), out=cols)
             _col2im(cols.reshape(C, R, S, n, pn, Qg), acc[n0:n0 + n], g, p0, H, W)
     return (acc if acc.dtype == gy.dtype else acc.astype(gy.dtype)), "numpy_col2im"
@@ -243,7 +252,7 @@ def _filter_specs(g: ConvGeometry, x_dtype, n: int):
             ((g.groups, g.Kg, M), ct), ((g.groups, g.Cg * g.R * g.S, g.Kg), ct))
 
 
-def filter_strategy(g: ConvGeometry, dtype):
+def filter_strategy(g: ConvGeometry, dtype, act: Derivative | None = None):
     """``'numpy_im2col_filter'``, or None where the lowering stays: depthwise layers (one input channel per
     group and more than one group: their per-tap ``numpy_depthwise_filter_taps`` reads ``x`` in place,
     where im2col would copy it R*S times for GEMMs of inner size 1), and when one sample's chunk does not
@@ -251,13 +260,17 @@ def filter_strategy(g: ConvGeometry, dtype):
     if g.Cg == 1 and g.groups > 1:
         return None
     acc = math.prod((g.K, g.Cg, g.R, g.S)) * 4 if np.dtype(dtype) == np.float16 else 0
-    if workspace_bytes(*_filter_specs(g, dtype, 1)) + acc > workspace_limit():
+    if workspace_bytes(*_filter_specs(g, dtype, 1)) + acc + temp_bytes(act, dtype) > workspace_limit():
         return None
     return "numpy_im2col_filter"
 
 
-def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
-    """``gw (K, Cg, R, S)`` by ``numpy_im2col_filter`` (``filter_strategy`` said so), ``N > 0``."""
+def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry, act: Derivative | None = None,
+                    bias: np.ndarray | None = None):
+    """``gw (K, Cg, R, S)`` by ``numpy_im2col_filter`` (``filter_strategy`` said so), ``N > 0``. With
+    ``act``, of ``gy`` times the activation's derivative, applied as each chunk of ``gy`` is copied; with
+    ``bias`` (a ``(K,)`` array of the compute dtype), that chunk copy is also summed per filter into it
+    (the bias gradient, the chunks added in order)."""
     ct = compute_dtype(x.dtype)
     G, Kg, Cg, R, S, P, Q = g.groups, g.Kg, g.Cg, g.R, g.S, g.P, g.Q
     padded, from_input = _filter_layout(g, x.dtype)
@@ -268,7 +281,7 @@ def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
     # 512x4608 gradient: 18 ms against 10)
     flipped = g.N * P * Q >= FILTER_TRANSPOSED_MIN_COLUMNS
     acc = np.empty((G, Cg * R * S, Kg) if flipped else (G, Kg, Cg * R * S), ct)
-    budget = workspace_limit() - (0 if acc.dtype == gy.dtype else acc.nbytes)
+    budget = workspace_limit() - (0 if acc.dtype == gy.dtype else acc.nbytes) - temp_bytes(act, x.dtype)
     per_sample = workspace_bytes(*_filter_specs(g, x.dtype, 1))
     n_chunk = max(1, min(g.N, CHUNK_BYTES // per_sample, budget // per_sample))
     while n_chunk > 1 and workspace_bytes(*_filter_specs(g, x.dtype, n_chunk)) > budget:
@@ -285,7 +298,11 @@ def backward_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
             xp = xp.reshape((n, g.C) + padded)
             _fill_padded(x[n0:n0 + n], g, xp)
             _gather(xp, cview, g)
-        np.copyto(gyt.reshape(G, Kg, n, P, Q), gy[n0:n0 + n].reshape(n, G, Kg, P, Q).transpose(1, 2, 0, 3, 4))
+        _load_gy(gyt.reshape(G, Kg, n, P, Q), lambda a: a[n0:n0 + n].reshape(n, G, Kg, P, Q).transpose(1, 2, 0, 3, 4),
+                 gy, act)
+        if bias is not None:
+            part_b = gyt.sum(axis=2).reshape(g.K)
+            bias[...] = part_b if n0 == 0 else bias + part_b
         if flipped:
             np.matmul(cols, gyt.transpose(0, 2, 1), out=acc if n0 == 0 else part)
         else:
@@ -319,13 +336,15 @@ def _dw_channel_bytes(g: ConvGeometry, dtype) -> int:
     return (g.N * size + tail + g.N * g.Kg * g.P * pp.Wph) * compute_dtype(dtype).itemsize
 
 
-def depthwise_filter_applies(g: ConvGeometry, dtype) -> bool:
+def depthwise_filter_applies(g: ConvGeometry, dtype, act: Derivative | None = None) -> bool:
     """Depthwise-like layers (one input channel per group, more than one group) whose one channel's
-    planes fit the workspace limit."""
-    return g.Cg == 1 and g.groups > 1 and _dw_channel_bytes(g, dtype) + 2 * 64 <= workspace_limit()
+    planes (and the derivative's temporaries) fit the workspace limit."""
+    need = _dw_channel_bytes(g, dtype) + 2 * 64 + temp_bytes(act, dtype)
+    return g.Cg == 1 and g.groups > 1 and need <= workspace_limit()
 
 
-def depthwise_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
+def depthwise_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry, act: Derivative | None = None,
+                     bias: np.ndarray | None = None):
     """``numpy_depthwise_filter_planes``: the filter gradient of a depthwise-like layer as BLAS dot products.
     Per block of channels: the stride-phase planes of each (channel, sample) (``PhasePlanes.for_taps``:
     tap ``(r, s)`` of output ``(p, q)`` reads ``offsets[r*S + s] + p*Wph + q``), and ``gy`` in wide rows
@@ -337,23 +356,25 @@ def depthwise_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
 
     Non-finite inputs: a zero of ``gy`` times an infinite plane value would be NaN where the exact sum
     has no such term, so a result that is not all finite is recomputed by the per-tap ``einsum``
-    (``_conv_lowering.depthwise_filter_numpy``, float32 / float64) by the caller: returns None then."""
+    (``_conv_lowering.depthwise_filter_numpy``, float32 / float64) by the caller: returns None then.
+
+    ``act`` / ``bias`` as ``backward_filter``'s: the derivative applied as a block's ``gy`` is copied into
+    its wide rows, and the bias summed from those rows (each block owns its filters' entries)."""
     ct = compute_dtype(x.dtype)
     N, C = x.shape[:2]
     Kg, R, S, P, Q = g.Kg, g.R, g.S, g.P, g.Q
     pp, size, tail = _dw_layout(g)
     L = P * pp.Wph  # a dot product's length: one sample's wide output rows
-    per_channel = _dw_channel_bytes(g, x.dtype)
+    per_channel, extra = _dw_channel_bytes(g, x.dtype), temp_bytes(act, x.dtype)  # extra: per thread
     budget = workspace_limit() - 2 * 64
     block = max(1, min(C, DEPTHWISE_BLOCK_BYTES // per_channel))
-    slots = max(1, min(pool_threads(-(-C // block)), budget // (block * per_channel)))
-    while slots * block * per_channel > budget and block > 1:
+    slots = max(1, min(pool_threads(-(-C // block)), budget // (block * per_channel + extra)))
+    while slots * (block * per_channel + extra) > budget and block > 1:
         block = max(1, block // 2)
-    trim_workspace(budget)
+    trim_workspace(budget - slots * extra)
     planes_s, gyw_s = workspace(((slots, block, N * size + tail), ct), ((slots, block, N, Kg, L), ct))
     gw = np.empty((C, Kg, R * S), ct)
     item = planes_s.itemsize
-    gy5 = gy.reshape(N, C, Kg, P, Q)
 
     def run(c0, slot):
         c1 = min(C, c0 + block)
@@ -363,7 +384,9 @@ def depthwise_filter(x: np.ndarray, gy: np.ndarray, g: ConvGeometry):
         planes[:, N * size:] = 0
         wide = gyw.reshape(cb, N, Kg, P, pp.Wph)
         wide[..., Q:] = 0
-        np.copyto(wide[..., :Q], gy5[:, c0:c1].transpose(1, 0, 2, 3, 4))
+        _load_gy(wide[..., :Q], lambda a: a.reshape(N, C, Kg, P, Q)[:, c0:c1].transpose(1, 0, 2, 3, 4), gy, act)
+        if bias is not None:  # the junk columns are zeros
+            bias[c0 * Kg:c1 * Kg] = wide.sum(axis=(1, 3, 4)).reshape(-1)
         rhs = gyw.transpose(0, 1, 3, 2)  # (cb, N, L, Kg)
         for t, off in enumerate(pp.offsets):
             # (cb, N, 1, L) made directly on the contiguous block (as_strided costs 28 us a call); the
