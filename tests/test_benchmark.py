@@ -21,7 +21,7 @@ import pytest
 
 import gpuconv
 from gpuconv.bench import cli as bench_cli
-from gpuconv.bench import environment, peers, platforms, render, runner, stats, suite
+from gpuconv.bench import backward, environment, peers, platforms, render, runner, stats, suite
 from gpuconv.bench import results as result_files
 from gpuconv._geometry import conv_geometry
 from gpuconv.__main__ import main as cli
@@ -135,8 +135,8 @@ def test_case_flops_bytes_and_metric():
 # --------------------------------------------------------------------------------------------
 
 def test_nd_layers_in_the_suite():
-    """Issue 18's rows: 1-D audio layers and 3-D video / volume layers, float32, forward only (not in the
-    backward suite), one of them (C3D conv1) in --quick."""
+    """Issue 18's rows: 1-D audio layers and 3-D video / volume layers, float32 (their gradients: the backward
+    suite, test_backward_suite), one of them (C3D conv1) in --quick."""
     cases = {c.name: c for c in suite.build_suite() if c.dims != 2}
     assert set(cases) == {layer[0] for layer in suite.ND_LAYERS}
     assert {c.op for c in cases.values()} == {"conv1d", "conv3d", "max_pool3d"}
@@ -152,7 +152,6 @@ def test_nd_layers_in_the_suite():
     pool = cases["C3D pool1 1x2x2"]
     assert pool.kwargs == dict(kernel_size=(1, 2, 2), stride=(1, 2, 2), padding=0)
     assert pool.output_shape == (16, 64, 16, 56, 56)
-    assert not any(c.dims != 2 for c in suite.build_backward())
     assert [c.name for c in suite.build_suite(quick=True) if c.dims != 2] == ["C3D conv1"]
 
 
@@ -1066,7 +1065,17 @@ TINY_BACKWARD = [suite.Case("tiny conv", "conv2d", 2, 3, 12, 4, 3, 1, 1, directi
 def test_backward_suite():
     cases = suite.build_backward()
     n_conv, n_pool = len(suite.CONV_LAYERS), len(suite.POOL_LAYERS)
-    assert len(cases) == 2 * n_conv + n_pool
+    nd_conv = [layer for layer in suite.ND_LAYERS if layer[1].startswith("conv")]
+    assert len(cases) == 2 * n_conv + n_pool + 2 * len(nd_conv) + len(suite.ND_LAYERS) - len(nd_conv)
+    # the 1-D / 3-D layers after the 2-D ones, data and filter rows for each convolution, as the forward suite
+    nd = [c for c in cases if c.dims != 2]
+    assert cases[-len(nd):] == nd and [c.name for c in nd[::2][:len(nd_conv)]] == [layer[0] for layer in nd_conv]
+    assert [(c.op, c.direction) for c in nd[:2]] == [("conv1d", "backward_data"), ("conv1d", "backward_filter")]
+    assert {c.op for c in nd} == {"conv1d", "conv3d", "max_pool3d"}
+    forward_nd = {c.name: c for c in suite.build_suite() if c.dims != 2}
+    assert all(dataclasses.replace(c, direction="forward") == forward_nd[c.name] for c in nd)
+    tcn = next(c for c in nd if c.name == "TCN conv1d k3 d4")
+    assert tcn.title == "TCN conv1d k3 d4 backward data" and tcn.record()["dilation"] == 4
     assert all(c.dtype == "float32" and c.is_backward and not c.name.endswith("N=1") for c in cases)
     conv = [c for c in cases if c.is_conv]
     assert [c.direction for c in conv[:2]] == ["backward_data", "backward_filter"]
@@ -1133,6 +1142,54 @@ def test_cpu_backward_run_fails_a_wrong_gradient(tmp_path, tiny_backward, monkey
     data, filt = results["rows"]
     assert data["status"] == "ok" and filt["status"] == "wrong" and "median_ms" not in filt["ours"]
     assert "**WRONG**" in md
+
+
+TINY_ND_BACKWARD = [dataclasses.replace(c, direction=d) for c in TINY_ND if c.dtype == "float32"
+                    for d in (("backward_data", "backward_filter") if c.is_conv else ("backward",))]
+
+
+@needs_torch
+def test_cpu_backward_run_nd_rows(tmp_path, tiny, monkeypatch):
+    """1-D and 3-D gradient rows (issue 18): ``conv1d_input`` / ``conv1d_weight`` / ``conv3d_...`` and
+    ``max_pool3d_input`` against PyTorch autograd's kernels (``torch.nn.grad.conv1d_input`` ... with the
+    case's stride, padding, dilation and groups; ``max_pool3d_with_indices_backward``), checked, then timed."""
+    monkeypatch.setattr(bench_cli, "build_backward", lambda cpu=False: list(TINY_ND_BACKWARD))
+    code, results, md = _run(tmp_path, "--backward")
+    assert code == 0 and results["settings"]["suite"] == "backward"
+    rows = results["rows"]
+    assert [(r["layer"], r["op"], r["direction"]) for r in rows] == [(c.name, c.op, c.direction)
+                                                                     for c in TINY_ND_BACKWARD]
+    assert len(rows) == 7  # two conv1d and a conv3d layer (data, filter), a max_pool3d (input)
+    for r, c in zip(rows, TINY_ND_BACKWARD):
+        assert r["status"] == "ok" and r["check"]["ok"] and r["check"]["magnitude_max"] > 0, r
+        assert r["reference"].startswith("PyTorch autograd") and r["peer"]["status"] == "ok"
+        assert r["ours"]["n"] == 2 == r["peer"]["n"] and r["speed_vs_peer"] > 0
+        assert r["shape"] == c.shape_label and r["case"]["direction"] == c.direction
+    assert rows[0]["case"]["dilation"] == 4 and rows[0]["kernel"].startswith("conv1d as conv2d of height 1")
+    assert "| tiny conv3d | 2x3x5x9x7, 4x3x3x3/1x2x1 p1 | float32 | filter |" in md
+    assert "| tiny max-pool3d |" in md and f"over {len(rows)} rows" in md
+
+
+@needs_torch
+def test_nd_gradients_match_torch_at_their_sizes():
+    """``backward.ours_gradient`` and ``torch_gradient`` agree on each 1-D / 3-D layer's gradient shapes and
+    values (tiny batch and sizes of the real layers' geometry: stride, padding, dilation, groups, windows)."""
+    import torch
+    for c in suite.build_backward(cpu=True):
+        if c.dims == 2:
+            continue
+        small = dataclasses.replace(c, N=1, C=min(c.C, 8) if c.groups == 1 else 8, K=min(c.K, 8),
+                                    groups=1 if c.groups == 1 else 8,
+                                    H=tuple(min(h, 12) for h in c.size) if c.dims == 3 else min(c.H, 64))
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(small.input_shape).astype(np.float32)
+        w = rng.standard_normal(small.weight_shape).astype(np.float32) if small.is_conv else None
+        g = rng.standard_normal(small.output_shape).astype(np.float32)
+        tx, tg = torch.from_numpy(x), torch.from_numpy(g)
+        tw = None if w is None else torch.from_numpy(w)
+        ours = backward.ours_gradient(small, x, w, g, backward.ours_indices(small, x))
+        theirs = backward.torch_gradient(torch, small, tx, tw, tg, backward.torch_indices(torch, small, tx))
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=2e-4, atol=2e-4, err_msg=small.title)
 
 
 def test_cpu_backward_run_without_torch(tmp_path, tiny_backward, monkeypatch):

@@ -1,8 +1,11 @@
 """The gradient rows of the benchmark (``--backward``): a backward case's operands (the forward's input and
 weight, the output's gradient ``g ~ N(0, 1)``), our gradient (``gpuconv.grad``, its kernels picked by
-heuristic: one contender, 'auto'), PyTorch's (the ATen backward ops autograd runs for ``F.conv2d`` /
-``F.max_pool2d`` / ``F.avg_pool2d`` / ``F.adaptive_avg_pool2d``: cuDNN or PyTorch's own kernels on a GPU, its
-CPU kernels on the CPU) and the reference with its magnitude for the check.
+heuristic: one contender, 'auto'), PyTorch's (the ATen backward ops autograd runs for ``F.conv1d`` /
+``F.conv2d`` / ``F.conv3d`` (``torch.nn.grad.conv<n>d_input`` / ``_weight``), ``F.max_pool2d`` /
+``F.max_pool3d`` / ``F.avg_pool2d`` / ``F.adaptive_avg_pool2d``: cuDNN or PyTorch's own kernels on a GPU,
+its CPU kernels on the CPU) and the reference with its magnitude for the check. The 1-D and 3-D layers
+(``suite.ND_LAYERS``) go through the same functions, their ``op`` naming the gradient
+(``gpuconv.grad.conv1d_input`` ...), with the case's per-axis stride, padding and dilation.
 
 Max-pooling's gradient takes the indices of its forward: each side gets those of its own forward
 (``return_indices=True``), computed before anything is timed; the reference uses PyTorch's.
@@ -35,29 +38,32 @@ def operands(plat, case: Case, seed: int = 0) -> dict:
     return dict(x=x, w=w, g=plat.randn(case.output_shape, case.dtype, seed + 3))
 
 
+MAX_POOLS = ("max_pool2d", "max_pool3d")
+
+
 def ours_indices(case: Case, x):
     """gpuconv's max-pooling indices of ``x`` (None for the other ops)."""
-    if case.op != "max_pool2d":
+    if case.op not in MAX_POOLS:
         return None
-    return gpuconv.max_pool2d(x, case.R, case.stride, case.pad, return_indices=True)[1]
+    return getattr(gpuconv, case.op)(x, case.R, case.stride, case.pad, return_indices=True)[1]
 
 
 def torch_indices(torch, case: Case, tx):
-    if case.op != "max_pool2d":
+    if case.op not in MAX_POOLS:
         return None
-    return torch.nn.functional.max_pool2d(tx, case.R, case.stride, case.pad, return_indices=True)[1]
+    return getattr(torch.nn.functional, case.op)(tx, case.R, case.stride, case.pad, return_indices=True)[1]
 
 
 def ours_gradient(case: Case, x, w, g, indices=None):
     """The case's gradient with ``gpuconv.grad`` (``x`` is used for its shape only, except for the weight
-    gradient)."""
+    gradient); ``conv1d`` / ``conv3d`` cases with ``conv1d_input`` ... and their dilation."""
     G, s, p = gpuconv.grad, case.stride, case.pad
     if case.direction == "backward_data":
-        return G.conv2d_input(tuple(x.shape), w, g, s, p, 1, case.groups)
+        return getattr(G, f"{case.op}_input")(tuple(x.shape), w, g, s, p, case.dilation, case.groups)
     if case.direction == "backward_filter":
-        return G.conv2d_weight(x, tuple(w.shape), g, s, p, 1, case.groups)
-    if case.op == "max_pool2d":
-        return G.max_pool2d_input(tuple(x.shape), g, indices, case.R, s, p)
+        return getattr(G, f"{case.op}_weight")(x, tuple(w.shape), g, s, p, case.dilation, case.groups)
+    if case.op in MAX_POOLS:
+        return getattr(G, f"{case.op}_input")(tuple(x.shape), g, indices, case.R, s, p)
     if case.op == "avg_pool2d":
         return G.avg_pool2d_input(tuple(x.shape), g, case.R, s, p)
     if case.op == "adaptive_avg_pool2d":
@@ -69,12 +75,14 @@ def torch_gradient(torch, case: Case, tx, tw, tg, tindices=None):
     """The case's gradient with the ATen backward op PyTorch's autograd calls for it."""
     s, p, aten = case.stride, case.pad, torch.ops.aten
     if case.direction == "backward_data":
-        return torch.nn.grad.conv2d_input(tuple(tx.shape), tw, tg, s, p, 1, case.groups)
+        return getattr(torch.nn.grad, f"{case.op}_input")(tuple(tx.shape), tw, tg, s, p, case.dilation, case.groups)
     if case.direction == "backward_filter":
-        return torch.nn.grad.conv2d_weight(tx, tuple(tw.shape), tg, s, p, 1, case.groups)
-    k, s2, p2 = [case.R] * 2, [s] * 2, [p] * 2
-    if case.op == "max_pool2d":
-        return aten.max_pool2d_with_indices_backward(tg, tx, k, s2, p2, [1, 1], False, tindices)
+        return getattr(torch.nn.grad, f"{case.op}_weight")(tx, tuple(tw.shape), tg, s, p, case.dilation,
+                                                           case.groups)
+    k, s2, p2 = list(case.window), list(case.strides), list(case.pads)
+    if case.op in MAX_POOLS:
+        backward_op = getattr(aten, f"{case.op}_with_indices_backward")
+        return backward_op(tg, tx, k, s2, p2, [1] * case.dims, False, tindices)
     if case.op == "avg_pool2d":
         return aten.avg_pool2d_backward(tg, tx, k, s2, p2, False, True, None)
     if case.op == "adaptive_avg_pool2d":

@@ -79,8 +79,8 @@ TARGET_CONV_LAYERS = [
 TARGET_POOL_LAYERS = [("max-pool 3x3/2 pad 1", "max_pool2d", (8, 64, 112), 3, 2, 1)]
 TARGETS = dict(conv_geomean=1.5, conv_worst=3.0, max_pool=2.0)  # ours / PyTorch time, at most
 
-# The backward suite (``--backward``): the gradients of the suite's float32 layers (not the N=1 or float16
-# variants); convolutions: the input gradient ('backward_data') and the weight gradient ('backward_filter');
+# The backward suite (``--backward``): the gradients of the suite's float32 layers, 2-D then 1-D / 3-D (not
+# the N=1 or float16 variants); convolutions: the input gradient ('backward_data') and the weight gradient ('backward_filter');
 # pooling: the input gradient ('backward'), the names of ``gpuconv.last_kernel().direction``.
 DIRECTIONS = {"forward": "", "backward_data": "data", "backward_filter": "filter", "backward": "input"}
 BACKWARD_BAR = 2.0  # the NumPy path's gradients: time ours / PyTorch CPU at most this, in geometric mean
@@ -279,9 +279,11 @@ def build_suite(*, quick: bool = False, cpu: bool = False) -> list[Case]:
 
 
 def build_backward(*, cpu: bool = False) -> list[Case]:
-    """The backward suite: for each float32 2-D layer of the suite (the issue's list; not ``ND_LAYERS``), the
-    convolution's input and weight gradients, the pooling's input gradient; ``cpu`` applies ``scale_for_cpu``."""
-    cases, base = [], {name for name, _ in CONV_LAYERS} | {layer[0] for layer in POOL_LAYERS}
+    """The backward suite: for each float32 layer of the suite (the issue's 2-D list, then the 1-D / 3-D
+    ``ND_LAYERS``; not the N=1 or float16 variants), the convolution's input and weight gradients, the
+    pooling's input gradient; ``cpu`` applies ``scale_for_cpu``."""
+    cases, base = [], ({name for name, _ in CONV_LAYERS} | {layer[0] for layer in POOL_LAYERS}
+                       | {layer[0] for layer in ND_LAYERS})
     for c in build_suite(cpu=cpu):
         if c.dtype == "float32" and c.name in base:
             dirs = ("backward_data", "backward_filter") if c.is_conv else ("backward",)
