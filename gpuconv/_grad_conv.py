@@ -201,9 +201,11 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     by the activation's derivative computed from ``output`` (``activation_derivative_times``'s formulas). On
     the CUDA path the filter-gradient and bias kernels apply it themselves (reading ``grad_output`` and
     ``output``), and so does the data gradient's ``conv2d_igemm_dgrad`` (its gather multiplies ``grad_output``
-    by the derivative); the NumPy path takes an elementwise pre-pass (one array of ``grad_output``'s size),
-    and so does a CUDA data gradient whose phase calls the dgrad kernel declines (its 32-bit rule; the record
-    then names the pre-pass and the reason).
+    by the derivative); on NumPy arrays the strategies ``numpy_col2im``, ``numpy_im2col_filter`` and
+    ``numpy_depthwise_filter_planes`` apply it in their chunk copies of ``grad_output`` (``_numpy_backward``).
+    An elementwise pre-pass (one array of ``grad_output``'s size) remains where the lowering runs instead
+    (NumPy: 1x1 and depthwise data gradients, Winograd-sized layers, a workspace too small; CUDA: a phase
+    call the dgrad kernel declines by its 32-bit rule); the record then names the pre-pass and the reason.
     Otherwise as ``conv2d_input``, ``conv2d_weight`` and ``conv2d_bias``; ``gpuconv.last_kernel()`` lists
     every kernel that ran (direction ``'backward'``)."""
     fn = "conv2d_backward"

@@ -120,7 +120,8 @@ def test_act_backward_into_is_cuda_act_backward_bitwise(monkeypatch, act, dtype)
     expected = _where_formula(g3, o3, act)
     for block in (GA.DERIVATIVE_BLOCK, 5, 12, 40):
         monkeypatch.setattr(GA, "DERIVATIVE_BLOCK", block)
-        for gv, ov, ev in ((g3, o3, expected), (g3.transpose(2, 0, 1), o3.transpose(2, 0, 1), expected.transpose(2, 0, 1))):
+        views = ((g3, o3, expected), tuple(a.transpose(2, 0, 1) for a in (g3, o3, expected)))
+        for gv, ov, ev in views:
             d = np.empty(gv.shape, ct)
             with np.errstate(all="ignore"):
                 GA.act_backward_into(d, gv, ov, act)
@@ -229,8 +230,9 @@ def test_fused_matches_prepass_and_reference(workspace_mb, name, act, mask):
         pt, pb, pl, pr = explicit_padding(kw.get("padding", 0), w.shape[2:], stride, dil, x.shape[2:],
                                           kw.get("flip", False))
         args = (stride, ((pt, pb), (pl, pr)), dil, kw.get("groups", 1), kw.get("flip", False))
-        ex, mx = (conv_nd_grads_ref(x, w, used[0], *args)[0], conv_nd_grads_ref(np.abs(x), np.abs(w), np.abs(used[0]), *args)[0])
-        ew, mw = (conv_nd_grads_ref(x, w, used[1], *args)[1], conv_nd_grads_ref(np.abs(x), np.abs(w), np.abs(used[1]), *args)[1])
+        ex, ew = conv_nd_grads_ref(x, w, used[0], *args)[0], conv_nd_grads_ref(x, w, used[1], *args)[1]
+        mx = conv_nd_grads_ref(np.abs(x), np.abs(w), np.abs(used[0]), *args)[0]
+        mw = conv_nd_grads_ref(np.abs(x), np.abs(w), np.abs(used[1]), *args)[1]
         gb64 = used[2].astype(np.float64)
         refs = [(ex, mx), (ew, mw), (gb64.sum(axis=(0, 2, 3)), np.abs(gb64).sum(axis=(0, 2, 3)))]
         for i, (a, p, (e, m)) in enumerate(zip(got, pre, refs)):
@@ -322,7 +324,8 @@ def test_match_torch_autograd(workspace_mb, name, act):
     b = np.random.default_rng(8).standard_normal(w.shape[0]) * 0.3
     F = torch.nn.functional
     stride, dil = pair(kw.get("stride", 1)), pair(kw.get("dilation", 1))
-    pt, pb, pl, pr = explicit_padding(kw.get("padding", 0), w.shape[2:], stride, dil, x.shape[2:], kw.get("flip", False))
+    pt, pb, pl, pr = explicit_padding(kw.get("padding", 0), w.shape[2:], stride, dil, x.shape[2:],
+                                      kw.get("flip", False))
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     z = F.conv2d(F.pad(xt, (pl, pr, pt, pb)), wt.flip(2, 3) if kw.get("flip") else wt, bt, stride, 0, dil,
                  kw.get("groups", 1))

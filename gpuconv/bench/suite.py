@@ -80,8 +80,8 @@ TARGET_POOL_LAYERS = [("max-pool 3x3/2 pad 1", "max_pool2d", (8, 64, 112), 3, 2,
 TARGETS = dict(conv_geomean=1.5, conv_worst=3.0, max_pool=2.0)  # ours / PyTorch time, at most
 
 # The backward suite (``--backward``): the gradients of the suite's float32 layers, 2-D then 1-D / 3-D (not
-# the N=1 or float16 variants); convolutions: the input gradient ('backward_data') and the weight gradient ('backward_filter');
-# pooling: the input gradient ('backward'), the names of ``gpuconv.last_kernel().direction``.
+# the N=1 or float16 variants); convolutions: the input gradient ('backward_data') and the weight gradient
+# ('backward_filter'); pooling: the input gradient ('backward'), the names of ``gpuconv.last_kernel().direction``.
 DIRECTIONS = {"forward": "", "backward_data": "data", "backward_filter": "filter", "backward": "input"}
 BACKWARD_BAR = 2.0  # the NumPy path's gradients: time ours / PyTorch CPU at most this, in geometric mean
 
