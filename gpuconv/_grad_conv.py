@@ -274,11 +274,13 @@ def _numpy_backward(backend, gy4, x4, w, out4, geom, mask):
     its chunk copies of ``gy`` (``_numpy.grad_activation``); the filter strategies also sum the bias
     gradient from them. Where the lowering runs instead (its forward calls take no derivative) the
     pre-pass ``gz`` is made, once, the record says so, and the gradients after it read ``gz`` (the
-    derivative is not computed twice). Without a filter gradient the bias runs ``bias_gradient``'s chunks.
+    derivative is not computed twice); for the data gradient, when ``gy`` is larger than a chunk
+    (``grad_activation.prepass_samples``), per chunk of samples instead (no array of ``gy``'s size). Without a
+    filter gradient the bias runs ``bias_gradient``'s chunks.
     Returns ``(gx, gw, gb, kernels)``."""
     from ._conv_lowering import _read_extent
     from ._numpy import conv_grad
-    from ._numpy.grad_activation import Derivative, bias_gradient, compute_dtype
+    from ._numpy.grad_activation import Derivative, bias_gradient, compute_dtype, prepass_samples
     dtype, H, W, P, Q = gy4.dtype, geom.H, geom.W, geom.P, geom.Q
     state = dict(gy=gy4, act=Derivative(out4, geom.activation))  # after a pre-pass: gz, None
     kernels, gx, gw, gb = [], None, None, None
@@ -292,9 +294,21 @@ def _numpy_backward(backend, gy4, x4, w, out4, geom, mask):
     if mask[0]:
         empty = 0 in (geom.N, geom.C, H, W)
         reason = None if empty else conv_grad.data_decline_reason(geom, dtype, H, W, P, Q, state["act"])
-        if empty or reason is not None:
+        n_chunk = 0 if empty or reason is None else prepass_samples(gy4, geom.C * H * W)
+        if empty or (reason is not None and n_chunk >= geom.N):
             gx, ks = _data(backend, gy4 if empty else prepass("data", f"the lowering runs it: {reason}"), w,
                            geom, H, W)
+            kernels += ks
+        elif reason is not None:
+            # a sample's data gradient reads only its own gy: the pre-pass per chunk of samples, each chunk's
+            # lowering calls on it, so the temporary is one chunk (the filter gradient then fuses its own)
+            kernels.append(f"activation derivative pre-pass for the data gradient, per chunk of {n_chunk} "
+                           f"samples (the lowering runs it: {reason})")
+            gx = np.empty((geom.N, geom.C, H, W), dtype)
+            for n0 in range(0, geom.N, n_chunk):
+                sl = slice(n0, n0 + n_chunk)
+                gx[sl], ks = _data(backend, activation_derivative_times(np, gy4[sl], out4[sl], geom.activation),
+                                   w, geom, H, W)
             kernels += ks
         else:
             gx, k = conv_grad.backward_data(gy4, w, geom, H, W, state["act"])

@@ -13,8 +13,10 @@ is applied inside the kernels ... not as a separate pass").
   float16 (the fused product stays float32, the pre-pass rounded it); against the float64 textbook
   reference; against PyTorch autograd of ``act(F.conv2d(...))``.
 * The pre-pass does not run where the strategies run (``activation_derivative_times`` monkeypatched to
-  fail), and the peak memory (tracemalloc) stays within outputs + workspace limit + the derivative's block
-  temporaries, far below one array of ``gy``'s size (which the pre-pass cases do allocate).
+  fail), and the peak memory (tracemalloc) stays within outputs + workspace limit (which holds the
+  derivative's block temporaries) + small arrays, far below one array of ``gy``'s size; the data gradient
+  the lowering runs takes the pre-pass per chunk of samples (bitwise the whole pre-pass's result for
+  float32 / float64), one chunk of memory; with every sample in one chunk, the whole pre-pass.
 """
 
 from __future__ import annotations
@@ -402,11 +404,54 @@ def test_peak_memory_within_outputs_plus_workspace(monkeypatch, dtype):
             results = sum(a.nbytes for a in (gx, gw, gb) if a is not None)
             bound = limit_mb * 2**20 + 4 * w.nbytes + 2 * GA.UFUNC_BUFFERS + 2**16  # 2 pool threads' ufunc buffers
             assert peak - results <= bound, (act, kernels, peak, results)
-    # the 1x1 data gradient keeps the pre-pass: one array of gy's size (float16: and its float32 product)
+    # the 1x1 data gradient runs the lowering on a pre-pass per chunk of samples: a chunk, not gy
     x, w = rng.standard_normal((n, 8, 32, 32)).astype(dtype), rng.standard_normal((64, 8, 1, 1)).astype(dtype)
     out = gpuconv.conv2d(x, w, None, activation="relu")
     gy = rng.standard_normal(out.shape).astype(dtype)
     (gx, _, _), peak = _peak(lambda: G.conv2d_backward(gy, x, w, activation="relu", output=out,
                                                          output_mask=(True, False, False)))
-    assert gpuconv.last_kernel().kernels[0].startswith(PRE + " for the data gradient")
+    kernels = gpuconv.last_kernel().kernels
+    chunk = GA.prepass_samples(gy, gx[0].size)
+    assert chunk < n and kernels[0].startswith(PRE + f" for the data gradient, per chunk of {chunk} samples")
+    assert peak - gx.nbytes <= 1.25 * limit_mb * 2**20 + 2 * GA.UFUNC_BUFFERS + 2**16 < gy.nbytes, (kernels, peak)
+    # one chunk holding every sample: the whole pre-pass, one array of gy's size
+    monkeypatch.setenv("GPUCONV_NUMPY_WORKSPACE_MB", "256")
+    monkeypatch.setattr(GA, "CHUNK_BYTES", 2**40)
+    (gx, _, _), peak = _peak(lambda: G.conv2d_backward(gy, x, w, activation="relu", output=out,
+                                                         output_mask=(True, False, False)))
+    assert gpuconv.last_kernel().kernels[0] == (PRE + " for the data gradient (the lowering runs it: 1x1 filter "
+                                                "without padding: one matmul per phase)")
     assert peak - gx.nbytes >= gy.nbytes
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("name", ["1x1", "depthwise-s2", "nothing-fits"])
+def test_data_prepass_per_chunk_of_samples(workspace_mb, monkeypatch, name, act):
+    """Where the lowering runs the data gradient, a gy larger than a chunk gets the pre-pass per chunk of
+    samples (forced here: chunks of 1 and 2 samples): the same gradient as the whole pre-pass (float32 /
+    float64: bitwise, each sample's lowering calls being the same; float16 within the tolerance), the
+    record naming the chunks; the filter gradient then fuses its own derivative."""
+    for dtype in DTYPES:
+        workspace_mb(CASES[name][3], dtype)
+        x, w, out, gy, kw = _data(name, dtype, act, seed=11)
+        whole = G.conv2d_backward(gy, x, w, **kw, activation=act, output=out)
+        for chunk in [c for c in (1, 2) if c < x.shape[0]]:
+            monkeypatch.setattr(GA, "prepass_samples", lambda gy, gx_per_sample, c=chunk: c)
+            got = G.conv2d_backward(gy, x, w, **kw, activation=act, output=out)
+            kernels = gpuconv.last_kernel().kernels
+            assert kernels[0].startswith(PRE + f" for the data gradient, per chunk of {chunk} samples (the lowering")
+            e = _where_formula(gy, out, act).astype(np.float64)
+            stride, dil = pair(kw.get("stride", 1)), pair(kw.get("dilation", 1))
+            pt, pb, pl, pr = explicit_padding(kw.get("padding", 0), w.shape[2:], stride, dil, x.shape[2:])
+            args = (stride, ((pt, pb), (pl, pr)), dil, kw.get("groups", 1), False)
+            ex = conv_nd_grads_ref(x, w, e.astype(dtype), *args)[0]
+            mx = conv_nd_grads_ref(np.abs(x), np.abs(w), np.abs(e), *args)[0]
+            if dtype == np.float16:
+                mx = np.maximum(mx, np.finfo(np.float16).tiny)
+            assert_close(got[0], ex, mx, dtype, what=f"{name} {act} chunks of {chunk}")
+            if dtype != np.float16:
+                assert _same_bits(got[0], whole[0]), (name, act, chunk)
+            for a, b in zip(got[1:], whole[1:]):
+                np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-2 if dtype ==
+                                           np.float16 else 1e-5, atol=1e-2 if dtype == np.float16 else 1e-5)
+        monkeypatch.undo()

@@ -9,6 +9,7 @@ no filter gradient's chunks sum it. docs/gradients.md, "Activation".
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -121,6 +122,15 @@ def act_backward_into(dst: np.ndarray, g: np.ndarray, o: np.ndarray, activation:
             np.multiply(gb, d, out=d, dtype=ct)
         else:
             raise ValueError(f"act_backward_into: unknown activation {activation!r}")
+
+
+def prepass_samples(gy: np.ndarray, gx_per_sample: int) -> int:
+    """Samples per chunk of ``conv2d_backward``'s data-gradient pre-pass where the lowering runs (the
+    derivative of a chunk of ``gy``, in the compute dtype and in ``gy``'s, then the lowering's ``gx`` of the
+    chunk): those three take at most ``min(CHUNK_BYTES, workspace_limit() / 4)``, at least one sample."""
+    N, item = gy.shape[0], gy.dtype.itemsize
+    per_sample = math.prod(gy.shape[1:]) * (compute_dtype(gy.dtype).itemsize + item) + gx_per_sample * item
+    return max(1, min(N, min(CHUNK_BYTES, workspace_limit() // 4) // max(1, per_sample)))
 
 
 def load_gy(dst: np.ndarray, view, gy: np.ndarray, act: Derivative | None) -> None:
