@@ -122,9 +122,8 @@ def _bias(n, grad_output):
         raise ValueError(f"{fn}(): expected grad_output of {n + 1} (unbatched) or {n + 2} (batched) dimensions, "
                          f"(N, K, {', '.join(['*'] * n)}), but got grad_output of size {_shape_str(gy.shape)}")
     gyb = gy if gy.ndim == n + 2 else gy[None]
-    ct = _conv_nd.compute_dtype(gy.dtype)
-    gb = backend.xp.sum(gyb, axis=(0,) + tuple(range(2, n + 2)), dtype=ct).astype(gy.dtype, copy=False)
-    _backend.record(f"conv{n}d", backend.name, f"{backend.xp.__name__}.sum", direction="backward_bias")
+    gb, kernel = _conv_nd.backward_bias(backend, gyb)
+    _backend.record(f"conv{n}d", backend.name, kernel, direction="backward_bias")
     return gb
 
 
