@@ -17,7 +17,20 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   record's first entry says why (``conv3d depth-tap lowering (<reason>)``). The NumPy forward runs
   ``numpy_im2col3d`` (``_numpy/conv3d.py``, one GEMM over all taps) where it fits its workspace, else the
   lowering.
-* **3-D, the depth-tap lowering** (both paths' gradients; the forward as said above):
+* **3-D gradients, CUDA** (docs/gradients.md, "conv3d gradients on CUDA"): the filter gradient is ONE
+  launch of ``conv3d_backward_filter_igemm`` (``_cuda/conv_backward_filter.py``: conv2d's backward-filter
+  implicit GEMM with the 3-D gather geometry, reduction over ``N*OD*P*Q`` in fixed split ranges, then
+  ``gemm_splitk_reduce`` in fixed order); depthwise geometries (``Cg == 1``, ``groups > 1``) keep the depth-tap
+  lowering over the 2-D ``depthwise`` kernel. The data gradient is the stride-phase decomposition in all
+  three axes (``data_phase_calls``: ``_conv_lowering.axis_phases`` per axis), each phase ONE stride-1
+  ``conv3d_igemm`` launch on the cropped ``gy`` with the phase's sub-filter (regrouped ``(groups*Cg, Kg,
+  ...)``), written into ``gx[:, :, a::sd, b::sh, c::sw]``: one launch at stride 1, ``sd*sh*sw`` at most.
+  Where a kernel declines (its 32-bit rules) the lowering below runs and the record's first entry says
+  why (``conv3d depth-tap lowering (<reason>)``). The bias gradient (``backward_bias``) is
+  ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. No activation here: conv3d has no
+  public backward with one (the kernel's fused derivative, ``launch_igemm3d(..., out)``, is there for it).
+* **3-D, the depth-tap lowering** (the NumPy path's gradients, and CUDA where the kernels decline; the
+  forward as said above):
   ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd], w[:, :, t])``. For each depth tap ``t`` in order
   ``0..T-1``, the output depths whose tap reads inside the input (``_geometry.tap_outputs``) are gathered as
   one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)`` (``n <= OD``; a copy, in the accumulation
@@ -35,6 +48,11 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   ``gw[:, :, t]``, written once.
 
 Memory beyond the result, 3-D: ``conv3d_igemm`` none (C-contiguous copies of non-contiguous inputs aside).
+CUDA gradients: the filter gradient, the split workspace ``splits*K*Cg*KD*R*S`` accumulation-type values
+(``splits <= 8``; ``conv_backward_filter.workspace_bytes``) plus contiguous copies of non-contiguous ``x`` /
+``gy``; the data gradient, per phase the phase's sub-filter, a contiguous copy of the cropped ``gy`` (none
+when uncropped and contiguous: at most ``|gy|``) and the phase's output (about ``|gx| / (sd*sh*sw)``; none
+beyond ``gx`` at stride 1, where the one phase's output is ``gx``), freed before the next phase.
 The lowering: the accumulator is the output itself for float32 / float64 (float16: one float32
 output-sized buffer); per tap, the gathered planes of the input (at most ``N*OD*C*H*W`` values, as many as
 the input when stride and dilation are 1) and the tap's 2-D result (at most output-sized), freed before

@@ -6,7 +6,8 @@ forward call (``_geometry_nd.conv_nd_geometry``: conv2d's rules and messages for
 and runs it (``_conv_nd``): 1-D as a unit-height conv2d; 3-D on CUDA arrays as one ``conv3d_igemm`` launch
 (``algo`` ``'auto'`` / ``'igemm'``), otherwise -- NumPy's 3-D gradients, another named 2-D algorithm, a
 geometry the kernel declines -- as a sum over depth taps of batched 2-D convolutions (the depth-tap
-lowering). ``gpuconv.last_kernel()`` names what ran, the lowering and its reason included.
+lowering); their CUDA gradients run the 3-D kernels (``_conv_nd``). ``gpuconv.last_kernel()`` names what
+ran, the lowering and its reason included.
 docs/semantics.md, "conv1d and conv3d", has the rules.
 """
 
@@ -146,13 +147,15 @@ def conv1d_bias(grad_output):
 
 def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
     """Gradient of ``gpuconv.conv3d`` with respect to ``input`` (``torch.nn.grad.conv3d_input``): shape
-    ``input_size`` ``(N, C, D, H, W)`` or unbatched; the depth-tap lowering of the 2-D input gradient."""
+    ``input_size`` ``(N, C, D, H, W)`` or unbatched. CUDA: one stride-1 ``conv3d_igemm`` launch per stride
+    phase; NumPy: the depth-tap lowering of the 2-D input gradient."""
     return _input(3, input_size, weight, grad_output, stride, padding, dilation, groups, flip)
 
 
 def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
     """Gradient of ``gpuconv.conv3d`` with respect to ``weight`` (``torch.nn.grad.conv3d_weight``): shape
-    ``weight_size`` ``(K, C/groups, T, R, S)``; per depth tap one 2-D filter gradient."""
+    ``weight_size`` ``(K, C/groups, T, R, S)``. CUDA: one ``conv3d_backward_filter_igemm`` launch (depthwise:
+    per depth tap the 2-D depthwise kernel); NumPy: per depth tap one 2-D filter gradient."""
     return _weight(3, input, weight_size, grad_output, stride, padding, dilation, groups, flip)
 
 

@@ -1,4 +1,5 @@
-// conv2d_backward_filter.cu — the filter (and bias) gradient of conv2d: deterministic, no atomics (issue 17).
+// conv2d_backward_filter.cu — the filter (and bias) gradient of conv2d and conv3d: deterministic, no atomics
+// (issues 17, 18).
 //
 // Kernels in this file:
 //   conv2d_backward_filter_igemm<T, BM, BN, BK, TM, TN, ACT>: per conv group g the implicit GEMM
@@ -15,6 +16,15 @@
 //       store_partial, gemm_block_index) is gemm_tile.cuh's; the operand loaders are this file's
 //       (GyRowLoader: A; Im2colColumnLoader: B), the index math of padding / stride / dilation / flip is
 //       Im2colGeometry's (im2col_loader.cuh: pixel_origin and tap_dh / tap_dw).
+//   conv3d_backward_filter_igemm<T, BM, BN, BK, TM, TN, ACT>: the same body (backward_filter_igemm) with the
+//       3-D gather geometry Im2colGeometry3d (im2col_loader.cuh) as its template parameter, one kernel family:
+//           gw[Kg, Cg*KD*R*S] = gy'[Kg, N*OD*P*Q] @ im2col3d(x)[N*OD*P*Q, Cg*KD*R*S]
+//       The depth lives only in the geometry, in the pixel cursor's od digit (PixelCursorN<3>: one carry
+//       more) and in each column's depth offset (ColumnDepthState<3>: one more compare per gathered
+//       element), all under `if constexpr (ND == 3)`: the 2-D kernels compile to the same machine code as
+//       before the 3-D one existed (nvdisasm of every 2-D instantiation identical on sm_90 and sm_80, NVRTC
+//       12.9 and 13.5). Same tile, splits, workspace and reduce as 2-D; x (N, C, D, H, W), gy / out (N, K,
+//       OD, P, Q), ws [splits][K][Cg*KD*R*S], Conv3dParams cp (conv_params.cuh).
 //   conv2d_backward_filter_depthwise<T>: depthwise layers (Cg == 1, groups > 1), where the GEMM's tile
 //       would be almost all padding rows (Kg = 1 or 2 filters of 64) and columns (R*S of 64). One block per
 //       (filter k, split): its 256 threads walk the split's pixels (thread t: pixels t, t + 256, ...),
@@ -22,15 +32,16 @@
 //       memory gives the taps' sums, stored into ws[split][k][tap]; the same gemm_splitk_reduce follows.
 //   conv2d_backward_bias<T>: gb[k] = sum_{n, p, q} gy'[n, k, p, q] (the activation's derivative fused as
 //       above), one block per filter, a fixed-order tree reduction; written as T (float16 rounded once).
+//       conv3d's bias gradient runs it with PQ = OD*P*Q (gy seen as (N, K, 1, OD*P*Q)).
 //
 // Parameters (igemm, depthwise): x (N, C, H, W), gy (N, K, P, Q), out (N, K, P, Q: the activated forward
 //   output, read only with an activation -- igemm's ACT, depthwise's cp.act -- else any valid pointer), ws,
 //   then ConvParams cp by value (conv_params.cuh; cp.flip: true convolution; has_bias unread), then splits
 //   (>= 1) and split_slices (igemm: slices of BK pixels per range) / split_len (depthwise: pixels per
 //   range). Bias: gy, out, gb (K,), N, K, P*Q, act.
-//   All arrays C-contiguous. N*P*Q must leave room for one more slice below 2^31 (the host's rule:
-//   the slice loop's reduction index is an int), and Cg*H*W plus the filter's reach below 2^31 (the
-//   igemm B loader's per-column tap offsets are ints).
+//   All arrays C-contiguous. N*P*Q (3-D: N*OD*P*Q) must leave room for one more slice below 2^31 (the
+//   host's rule: the slice loop's reduction index is an int), and Cg*H*W (Cg*D*H*W) plus the filter's reach
+//   below 2^31 (the igemm B loader's per-column tap offsets are ints).
 // Launch shapes: igemm: 1-D blocks of (BM/TM)*(BN/TN) = 256 threads, 1-D grid over splits x groups x
 //   ceil(Cg*R*S / BN) x ceil(Kg / BM) tiles (64-bit grid-stride loop, so the host may cap it); depthwise
 //   and bias: 1-D blocks of BWF_THREADS = 256, grid over K*splits (K) items, grid-stride.
@@ -44,7 +55,10 @@
 // Registers (NVRTC 12.9 and 13, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them): igemm
 //   float / float16 without an activation 122-128 (two blocks per SM, gemm_blocks_per_sm: the 128-register
 //   bound is tight; the loaders share one pixel cursor and keep int tap offsets to stay under it); with one,
-//   and float64, one block per SM (bwf_min_blocks_per_sm); depthwise 96-124; bias 52-96.
+//   and float64, one block per SM (bwf_min_blocks_per_sm); depthwise 96-124; bias 52-96. 3-D igemm: float32
+//   without an activation 128 (two blocks per SM); float16 (also without one: it spilled 4 bytes at 128 on
+//   sm_120, NVRTC 13.5), every fused activation and float64 one block per SM (bwf3d_min_blocks_per_sm):
+//   140-193 registers.
 // Main loop (SASS, tests/sass_check.py, floors in tests/sass_floors.json): igemm float32 on sm_90 with
 //   NVRTC 12.9, FMA share of one slice: about 56% without an activation, 51-54% with one (the forward's
 //   8x8 small tile: 73.7%); float64 43-47%; depthwise about 4% (one FMA per loaded input element: bound by its loads).

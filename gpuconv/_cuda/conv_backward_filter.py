@@ -1,4 +1,5 @@
-"""The CUDA filter gradient of conv2d (``kernels/conv2d_backward_filter.cu``; rules in docs/gradients.md).
+"""The CUDA filter gradient of conv2d and conv3d (``kernels/conv2d_backward_filter.cu``; rules in
+docs/gradients.md).
 
 Two algorithms of the operation ``(conv2d, backward_filter)``, both deterministic (no atomics; a fixed-order
 second pass), both applying the activation's derivative inside their loaders when given the forward's
@@ -21,6 +22,15 @@ accumulation type (float32; float64 for float64), ``workspace_bytes``; ``gemm_sp
 from conv2d_igemm.cu's module, sums the ranges in fixed order 0..splits-1 and writes ``gw`` (with one range
 too: the one rounding of float16 happens there). Memory: the result plus that workspace, plus a C-contiguous
 copy of ``x`` / ``gy`` / ``out`` when one is not.
+
+3-D (``(conv3d, backward_filter)``, ``ALGORITHMS_3D``): ``igemm`` alone, the same kernel body instantiated
+with the 3-D gather geometry (``conv3d_backward_filter_igemm``, ``launch_igemm3d``): per group ``gw[Kg,
+Cg*KD*R*S] = gy'[Kg, N*OD*P*Q] @ im2col3d(x)^T``, the same tile, split rule (on ``N*OD*P*Q`` and
+``Cg*KD*R*S``), workspace ``[splits, K, Cg*KD*R*S]`` and reduce. It declines depthwise geometries
+(``igemm3d_decline_reason``: one useful filter row of the tile's 64; ``_conv_nd`` then runs the depth-tap
+lowering over the 2-D ``depthwise`` kernel and says so in the record) and its 32-bit rule (conv3d_igemm's
+sizes, ``N*OD*P*Q <= 2^31 - 65``, ``Cg*D*H*W`` plus the reach below 2^31). ``launch_bias`` takes a 3-D
+geometry too.
 
 ``launch`` returns ``(gw, kernel id)``, the id naming both kernels and the ranges, e.g.
 ``gpuconv::conv2d_backward_filter_igemm<float, 64, 64, 16, 4, 4> splits=4 + gpuconv::gemm_splitk_reduce<float>``.
