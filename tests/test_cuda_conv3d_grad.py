@@ -292,6 +292,57 @@ def test_against_torch_autograd(rt, case):
         np.testing.assert_allclose(gw, tw.numpy(), rtol=1e-10, atol=1e-10)
 
 
+def _random_geometries(count, seed):
+    """``count`` random valid 3-D calls ``(x shape, w shape, stride, padding, dilation, groups, flip)``: kernel
+    1-3, stride 1-3 (often past the kernel), dilation 1-2, asymmetric padding 0-2 per side, groups 1-3."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        groups = int(rng.integers(1, 4))
+        Cg, Kg = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        k, s, d = (tuple(int(v) for v in rng.integers(lo, hi, 3)) for lo, hi in ((1, 4), (1, 4), (1, 3)))
+        pad = tuple((int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(3))
+        size = tuple(int(v) for v in rng.integers(1, 9, 3))
+        if any(n + lo + hi < (kk - 1) * dd + 1 for n, (lo, hi), kk, dd in zip(size, pad, k, d)):
+            continue
+        out.append(((int(rng.integers(1, 4)), groups * Cg) + size, (groups * Kg, Cg) + k, s, pad, d, groups,
+                    bool(rng.integers(0, 2))))
+    return out
+
+
+@pytest.mark.parametrize("geometry", _random_geometries(16, seed=18), ids=lambda g: f"{g[0]}-{g[1]}-s{g[2]}")
+def test_random_geometries_match_reference(rt, geometry):
+    """A seeded sweep of odd geometries (float64): both gradients from the public functions against the
+    definition; the data gradient's phase count is the product of the axes' phases with taps."""
+    xs, ws, stride, pad, dilation, groups, flip = geometry
+    kw = dict(stride=stride, padding=pad, dilation=dilation, groups=groups, flip=flip)
+    g = conv_nd_geometry(3, xs, ws, None, **kw)
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x, w, gy = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(g.output_shape)
+    gx, kx = _public(rt, lambda w, gy: gpuconv.grad.conv3d_input(xs, w, gy, **kw), w, gy)
+    gw, kw_ = _public(rt, lambda x, gy: gpuconv.grad.conv3d_weight(x, ws, gy, **kw), x, gy)
+    ex, ew = conv_nd_grads_ref(x, w, gy, stride, pad, dilation, groups, flip)
+    np.testing.assert_allclose(gx, ex, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gw, ew, rtol=1e-10, atol=1e-10)
+    calls = _conv_nd.data_phase_calls(gy, g, g.input_size)
+    assert len(kx) == max(len(calls), 1)  # (no phase at all: "none (...)", zeros)
+    assert len(kw_) == 1 or kw_[0].startswith("conv3d depth-tap lowering (igemm declines this geometry because "
+                                              "it is depthwise")
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+def test_conv_transpose3d_output_padding_past_the_stride(rt):
+    """output_padding >= stride (allowed by a larger dilation): gy is shorter than the forward output of the
+    result's size; the rows no output reads get the bias only, as in PyTorch."""
+    rng = np.random.default_rng(9)
+    x, w, b = rng.standard_normal((2, 4, 3, 4, 2)), rng.standard_normal((4, 3, 2, 2, 3)), rng.standard_normal(3)
+    kw = dict(stride=(1, 2, 1), padding=(0, 1, 1), output_padding=(1, 2, 0), dilation=(2, 3, 1))
+    y, ks = _public(rt, lambda x, w, b: gpuconv.conv_transpose3d(x, w, b, **kw), x, w, b)
+    assert all("gpuconv::conv3d_igemm<double" in k for k in ks)
+    t = torch.nn.functional.conv_transpose3d(torch.tensor(x), torch.tensor(w), torch.tensor(b), **kw)
+    np.testing.assert_allclose(y, t.numpy(), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("which", ["data", "filter"])
 def test_declined_kernel_runs_the_lowering_and_says_why(rt, monkeypatch, which):
     """Where the 3-D kernels decline (their 32-bit rules; forced here on a small case), the depth-tap lowering
