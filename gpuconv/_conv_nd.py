@@ -20,8 +20,9 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
 * **3-D gradients, CUDA** (docs/gradients.md, "conv3d gradients on CUDA"): the filter gradient is ONE
   launch of ``conv3d_backward_filter_igemm`` (``_cuda/conv_backward_filter.py``: conv2d's backward-filter
   implicit GEMM with the 3-D gather geometry, reduction over ``N*OD*P*Q`` in fixed split ranges, then
-  ``gemm_splitk_reduce`` in fixed order); depthwise geometries (``Cg == 1``, ``groups > 1``) keep the depth-tap
-  lowering over the 2-D ``depthwise`` kernel. The data gradient is the stride-phase decomposition in all
+  ``gemm_splitk_reduce`` in fixed order), or for depthwise geometries (``Cg == 1``, ``groups > 1``) of
+  ``conv3d_backward_filter_depthwise`` (the 2-D depthwise body with the 3-D geometry), the operation
+  table's order deciding. The data gradient is the stride-phase decomposition in all
   three axes (``data_phase_calls``: ``_conv_lowering.axis_phases`` per axis), each phase ONE stride-1
   ``conv3d_igemm`` launch on the cropped ``gy`` with the phase's sub-filter (regrouped ``(groups*Cg, Kg,
   ...)``), written into ``gx[:, :, a::sd, b::sh, c::sw]``: one launch at stride 1, ``sd*sh*sw`` at most.
@@ -311,12 +312,14 @@ def backward_filter(backend, x, gy, geom: ConvNdGeometry):
         return gw[:, :, 0, :], [] if k is None else [f"conv1d as conv2d of height 1: {k}"]
     prefix = []
     if isinstance(backend, CudaBackend):
-        from ._cuda import conv_backward_filter as bwf
-        why = bwf.igemm3d_decline_reason(geom, x.dtype)
-        if why is None:
-            gw, kernel = bwf.launch_igemm3d(backend.runtime, x, gy, None, geom)
-            return gw, [kernel]
-        prefix = [f"conv3d depth-tap lowering ({why})"]
+        from ._cuda.ops import operation
+        algos = operation("conv3d", "backward_filter").algorithms  # depthwise, igemm: the first that takes it
+        reasons = [a.decline_reason(geom, x.dtype) for a in algos.values()]
+        for a, why in zip(algos.values(), reasons):
+            if why is None:
+                gw, kernel = a.launch(backend.runtime, x, gy, None, geom)
+                return gw, [kernel]
+        prefix = [f"conv3d depth-tap lowering ({'; '.join(reasons)})"]
     xp = backend.xp
     ct = compute_dtype(gy.dtype)
     N, T, D, sd = geom.N, geom.kernel_size[0], geom.input_size[0], geom.stride[0]

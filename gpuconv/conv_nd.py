@@ -155,7 +155,8 @@ def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
 def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
     """Gradient of ``gpuconv.conv3d`` with respect to ``weight`` (``torch.nn.grad.conv3d_weight``): shape
     ``weight_size`` ``(K, C/groups, T, R, S)``. CUDA: one ``conv3d_backward_filter_igemm`` launch (depthwise:
-    per depth tap the 2-D depthwise kernel); NumPy: per depth tap one 2-D filter gradient."""
+    ``conv3d_backward_filter_depthwise``) and the fixed-order split reduce; NumPy: per depth tap one 2-D filter
+    gradient."""
     return _weight(3, input, weight_size, grad_output, stride, padding, dilation, groups, flip)
 
 

@@ -25,6 +25,10 @@
 //       before the 3-D one existed (nvdisasm of every 2-D instantiation identical on sm_90 and sm_80, NVRTC
 //       12.9 and 13.5). Same tile, splits, workspace and reduce as 2-D; x (N, C, D, H, W), gy / out (N, K,
 //       OD, P, Q), ws [splits][K][Cg*KD*R*S], Conv3dParams cp (conv_params.cuh).
+//   conv3d_backward_filter_depthwise<T>: the depthwise body below (backward_filter_depthwise) with the 3-D
+//       geometry: taps (t, r, s), KD*R*S of them in chunks of DW_TAPS; pixels (n, od, p, q); one more compare
+//       per tap (the depth); the tap's offset formed in int (did*H*W + h*W + w, bounded by the host's
+//       rule). Same block shape, tree and workspace ws[splits][K][KD*R*S].
 //   conv2d_backward_filter_depthwise<T>: depthwise layers (Cg == 1, groups > 1), where the GEMM's tile
 //       would be almost all padding rows (Kg = 1 or 2 filters of 64) and columns (R*S of 64). One block per
 //       (filter k, split): its 256 threads walk the split's pixels (thread t: pixels t, t + 256, ...),
@@ -55,7 +59,8 @@
 // Registers (NVRTC 12.9 and 13, sm_75..sm_120, no spills; tests/test_nvrtc_compile.py prints them): igemm
 //   float / float16 without an activation 122-128 (two blocks per SM, gemm_blocks_per_sm: the 128-register
 //   bound is tight; the loaders share one pixel cursor and keep int tap offsets to stay under it); with one,
-//   and float64, one block per SM (bwf_min_blocks_per_sm); depthwise 96-124; bias 52-96. 3-D igemm: float32
+//   and float64, one block per SM (bwf_min_blocks_per_sm); depthwise 96-124 (3-D: 118-125); bias 52-96.
+//   3-D igemm: float32
 //   without an activation 128 (two blocks per SM); float16 (also without one: it spilled 4 bytes at 128 on
 //   sm_120, NVRTC 13.5), every fused activation and float64 one block per SM (bwf3d_min_blocks_per_sm):
 //   140-193 registers.
@@ -66,6 +71,7 @@
 //   54.7% without an activation (256 FMA / 468 instructions; 2-D 453), 51.2-52.4% with one; float16 54.2%,
 //   49.6-51.2%; float64 44.3%, 40.4-42.6%: the od digit's carry, the depth offset and one more compare per
 //   gathered element (NVRTC 13.5: 0.5-1 point higher).
+//   3-D depthwise: 240 instructions per pixel iteration for float32 (2-D 236), 10 FMA.
 // Measured speed: not yet (no GPU measurement; docs/gradients.md).
 #include "common.cuh"
 #include "conv_params.cuh"
@@ -479,29 +485,47 @@ __device__ __forceinline__ void block_tree_sum(A (*red)[BWF_THREADS], int tid) {
     }
 }
 
-// Two blocks per SM stated explicitly: without a minimum ptxas picked a 64-register target of its own on
-// sm_86 / sm_89 and spilled the DW_TAPS accumulators.
-template <typename T>
-__global__ void __launch_bounds__(BWF_THREADS, 2)
-conv2d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ gy,
-                                 const T* __restrict__ out,  // when cp.act, else unread
-                                 typename acc_type<T>::type* __restrict__ ws,  // [splits][K][R*S]
-                                 const __grid_constant__ ConvParams cp,
-                                 int splits,           // pixel ranges (>= 1)
-                                 int split_len)        // pixels per range (the last may be shorter)
-{
+// Per-tap depth offsets of the depthwise body: none in 2-D (the 2-D kernel holds what it did before the 3-D
+// one existed), DW_TAPS of them in 3-D.
+template <int ND>
+struct DepthwiseTapDepths {};
+template <>
+struct DepthwiseTapDepths<3> {
+    int did[DW_TAPS];
+};
+
+// The body of conv2d_backward_filter_depthwise and conv3d_backward_filter_depthwise (Geo: Im2colGeometry<T>
+// with a ConvParams, or Im2colGeometry3d<T> with a Conv3dParams; the depth only under `if constexpr (ND ==
+// 3)`): the taps are (r, s), or (t, r, s) in 3-D, RS = R*S or KD*R*S of them; the pixels (n, p, q) or (n,
+// od, p, q).
+template <typename T, class Geo>
+__device__ __forceinline__ void backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ gy,
+                                                          const T* __restrict__ out,
+                                                          typename acc_type<T>::type* __restrict__ ws,
+                                                          const typename Geo::Params& gp, int splits, int split_len,
+                                                          typename acc_type<T>::type (*red)[BWF_THREADS]) {
     typedef typename acc_type<T>::type A;
-    __shared__ A red[DW_TAPS][BWF_THREADS];
+    constexpr int ND = Geo::ND;
+    const ConvParams& cp = Geo::plane(gp);
     const int tid = threadIdx.x;
     const int Kg = cp.K / cp.groups;
-    const int RS = cp.R * cp.S;
-    const index_t PQ = (index_t)cp.P * cp.Q;
+    const int RS = Geo::reduction(gp, 1);  // the filter's taps (Cg == 1)
+    const index_t PQ = Geo::outputs_per_image(gp);  // (3-D: OD*P*Q)
     const index_t M = (index_t)cp.N * PQ;
     const index_t HW = (index_t)cp.H * cp.W;
-    Im2colGeometry<T> geo(x, cp, 1, M);
+    Geo geo(x, gp, 1, M);
     int ih_base, iw_base;
-    geo.pixel_origin(0, 0, ih_base, iw_base);  // padding and flip (see Im2colColumnLoader)
-    const PixelStep stride_step(BWF_THREADS, cp.P, cp.Q);
+    DepthwiseTapDepths<ND> depth;
+    int id_base = 0;  // (3-D: the input depth of pixel 0's first tap)
+    // padding and flip (see Im2colColumnLoader)
+    if constexpr (ND == 2) {
+        geo.pixel_origin(0, 0, ih_base, iw_base);
+    } else {
+        geo.pixel_origin(0, 0, id_base, ih_base, iw_base);
+    }
+    int OD = 1;
+    if constexpr (ND == 3) OD = geo.OD;
+    const PixelStepN<ND> stride_step(BWF_THREADS, cp.P, cp.Q, OD);
 
     for (index_t item = blockIdx.x; item < (index_t)cp.K * splits; item += gridDim.x) {
         const int split = (int)(item / cp.K);
@@ -514,29 +538,52 @@ conv2d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ 
             A acc[DW_TAPS];
             GPUCONV_UNROLL
             for (int i = 0; i < DW_TAPS; ++i) {
-                const int t = t0 + i < RS ? t0 + i : RS - 1;  // past the last tap: computed, never stored
+                int t = t0 + i < RS ? t0 + i : RS - 1;  // past the last tap: computed, never stored
+                if constexpr (ND == 3) {
+                    const int planes = cp.R * cp.S;
+                    const int td = t / planes;  // the depth tap
+                    depth.did[i] = td * geo.tap_dd;
+                    t -= td * planes;
+                }
                 const int r = t / cp.S;
                 dih[i] = r * geo.tap_dh;
                 diw[i] = (t - r * cp.S) * geo.tap_dw;
                 acc[i] = A(0);
             }
-            PixelCursor cur;
-            cur.init(m0 + tid, cp.P, cp.Q);
+            PixelCursorN<ND> cur;
+            cur.init(m0 + tid, cp.P, cp.Q, OD);
             for (index_t m = m0 + tid; m < m1; m += BWF_THREADS) {
-                const index_t goff = ((index_t)cur.n * cp.K + k) * PQ + (index_t)cur.p * cp.Q + cur.q;
+                index_t goff = ((index_t)cur.n * cp.K + k) * PQ + (index_t)cur.p * cp.Q + cur.q;
+                if constexpr (ND == 3) goff += (index_t)cur.od * cp.P * cp.Q;
                 A g = load<T>(gy + goff);
                 if (cp.act != ACT_NONE) g = act_backward<A>(g, load<T>(out + goff), cp.act);
                 const int ih = ih_base + cur.p * cp.sh;
                 const int iw = iw_base + cur.q * cp.sw;
-                const T* xc = x + ((index_t)cur.n * cp.C + c) * HW;
+                const T* xc;
+                int id = 0;
+                if constexpr (ND == 2) {
+                    xc = x + ((index_t)cur.n * cp.C + c) * HW;
+                } else {
+                    id = id_base + cur.od * geo.sd;
+                    xc = x + ((index_t)cur.n * cp.C + c) * geo.DHW + (index_t)id * HW;
+                }
                 GPUCONV_UNROLL
                 for (int i = 0; i < DW_TAPS; ++i) {
                     const int h = ih + dih[i], w = iw + diw[i];
                     // Halo: taps in the padding add nothing (x is never read outside the image).
-                    if ((unsigned)h < (unsigned)cp.H && (unsigned)w < (unsigned)cp.W)
-                        acc[i] += g * load<T>(xc + (index_t)h * cp.W + w);
+                    bool inside = (unsigned)h < (unsigned)cp.H && (unsigned)w < (unsigned)cp.W;
+                    if constexpr (ND == 3) inside = inside && (unsigned)(id + depth.did[i]) < (unsigned)geo.D;
+                    if (inside) {
+                        if constexpr (ND == 2) {
+                            acc[i] += g * load<T>(xc + (index_t)h * cp.W + w);
+                        } else {
+                            // int: |did*H*W + h*W + w| < the filter's depth reach * H*W + H*W, within the
+                            // host's rule (Cg*D*H*W + reach < 2^31); one 32-bit multiply-add per tap
+                            acc[i] += g * load<T>(xc + (depth.did[i] * (int)HW + h * cp.W + w));
+                        }
+                    }
                 }
-                cur.step(stride_step, cp.P, cp.Q);
+                cur.step(stride_step, cp.P, cp.Q, OD);
             }
             GPUCONV_UNROLL
             for (int i = 0; i < DW_TAPS; ++i) red[i][tid] = acc[i];
@@ -546,6 +593,32 @@ conv2d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ 
             __syncthreads();
         }
     }
+}
+
+// Two blocks per SM stated explicitly: without a minimum ptxas picked a 64-register target of its own on
+// sm_86 / sm_89 and spilled the DW_TAPS accumulators.
+template <typename T>
+__global__ void __launch_bounds__(BWF_THREADS, 2)
+conv2d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ gy,
+                                 const T* __restrict__ out,  // when cp.act, else unread
+                                 typename acc_type<T>::type* __restrict__ ws,  // [splits][K][R*S]
+                                 const __grid_constant__ ConvParams cp,
+                                 int splits,           // pixel ranges (>= 1)
+                                 int split_len)        // pixels per range (the last may be shorter)
+{
+    __shared__ typename acc_type<T>::type red[DW_TAPS][BWF_THREADS];
+    backward_filter_depthwise<T, Im2colGeometry<T>>(x, gy, out, ws, cp, splits, split_len, red);
+}
+
+// The 3-D instantiation: x (N, C, D, H, W), gy / out (N, K, OD, P, Q), ws [splits][K][KD*R*S], Conv3dParams.
+template <typename T>
+__global__ void __launch_bounds__(BWF_THREADS, 2)
+conv3d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ gy, const T* __restrict__ out,
+                                 typename acc_type<T>::type* __restrict__ ws, const __grid_constant__ Conv3dParams cp,
+                                 int splits, int split_len)
+{
+    __shared__ typename acc_type<T>::type red[DW_TAPS][BWF_THREADS];
+    backward_filter_depthwise<T, Im2colGeometry3d<T>>(x, gy, out, ws, cp, splits, split_len, red);
 }
 
 template <typename T>

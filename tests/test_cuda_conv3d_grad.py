@@ -1,6 +1,7 @@
 """conv3d's gradients on the CUDA path (issue 18): the filter gradient as ONE implicit GEMM over N*OD*P*Q
 (``conv3d_backward_filter_igemm``, kernels/conv2d_backward_filter.cu: conv2d's backward-filter body with the
-3-D gather geometry, fixed split ranges summed by ``gemm_splitk_reduce`` in order), the data gradient as the
+3-D gather geometry, fixed split ranges summed by ``gemm_splitk_reduce`` in order; depthwise layers:
+``conv3d_backward_filter_depthwise``, the 2-D depthwise body with the 3-D geometry), the data gradient as the
 stride-phase decomposition in three axes, each phase one stride-1 ``conv3d_igemm`` launch
 (``_conv_nd._cuda_data_3d``), and the bias gradient as ``conv2d_backward_bias`` over ``(N, K, 1, OD*P*Q)``.
 
@@ -17,6 +18,8 @@ including the depth-tap lowering and its reason where a kernel declines. Host-si
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -58,9 +61,9 @@ CASES = {
     "wide-taps": ((1, 5, 4, 5, 5), (3, 5, 3, 3, 3), 1, 0, 1, 1, False),
     "1x1x1-stride2-groups": ((2, 6, 5, 5, 5), (4, 3, 1, 1, 1), 2, 0, 1, 2, False),
     "depthwise-mult-stride": ((2, 4, 5, 6, 5), (8, 1, 3, 2, 3), (2, 1, 2), 1, 1, 4, True),
+    "depthwise-3x3x3-dilated-same": ((1, 3, 6, 7, 8), (3, 1, 3, 3, 3), 1, "same", (1, 2, 1), 3, False),
 }
-DEPTHWISE = {"depthwise-mult-stride"}  # the filter gradient keeps the depth-tap lowering (2-D depthwise kernel)
-KERNEL_CASES = [c for c in CASES if c not in DEPTHWISE]
+DEPTHWISE = {"depthwise-mult-stride", "depthwise-3x3x3-dilated-same"}  # 27 taps: three DW_TAPS chunks
 
 
 def _t(v):
@@ -116,7 +119,12 @@ def _reference(case, x, w, gy, out=None, act=None):
 
 
 def _launch_filter(rt, x, gy, out, g, splits=None):
-    return numpy_io(rt, lambda rt, x, gy, out: B.launch_igemm3d(rt, x, gy, out, g, splits=splits), x, gy, out)
+    launch = B.launch_depthwise3d if B.is_depthwise(g) else B.launch_igemm3d
+    return numpy_io(rt, lambda rt, x, gy, out: launch(rt, x, gy, out, g, splits=splits), x, gy, out)
+
+
+def _filter_name(case, dtype, act=0):
+    return B.depthwise3d_name(dtype) if case in DEPTHWISE else B.igemm3d_name(dtype, act)
 
 
 def _public(rt, fn, *arrays, **kwargs):
@@ -138,11 +146,11 @@ def _args(case):
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("case", list(CASES))
 def test_filter_kernel_matches_reference_in_both_thread_orders(rt, case, dtype):
     g, x, w, gy, _ = _data(case, dtype)
     (gw, kid), (gw2, kid2) = [_launch_filter(with_thread_order(rt, o), x, gy, None, g) for o in ORDERS]
-    assert kid == kid2 and kid.startswith(B.igemm3d_name(dtype) + " splits=")
+    assert kid == kid2 and kid.startswith(_filter_name(case, dtype) + " splits=")
     assert kid.endswith(" + gpuconv::gemm_splitk_reduce<" + B._ct(dtype) + ">")
     assert gw.dtype == dtype and gw.shape == CASES[case][1]
     _, _, exp, mag = _reference(case, x, w, gy)
@@ -152,38 +160,39 @@ def test_filter_kernel_matches_reference_in_both_thread_orders(rt, case, dtype):
 
 @pytest.mark.parametrize("act", list(DERIVATIVES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_filter_kernel_fuses_the_activation_derivative(rt, dtype, act):
-    case = "stride-gt-kernel-asym-groups-flip"
+@pytest.mark.parametrize("case", ["stride-gt-kernel-asym-groups-flip", "depthwise-mult-stride"])
+def test_filter_kernel_fuses_the_activation_derivative(rt, case, dtype, act):
     g, x, w, gy, out = _data(case, dtype, act, seed=1, layout="sliced")
     assert not out.flags.c_contiguous and not x.flags.c_contiguous
     gw, kid = _launch_filter(rt, x, gy, out, g)
-    assert kid.startswith(B.igemm3d_name(dtype, ACTIVATIONS[act]) + " ")
+    assert kid.startswith(_filter_name(case, dtype, ACTIVATIONS[act]) + " ")
     _, _, exp, mag = _reference(case, x, w, gy, out, act)
     assert_close(gw, exp, mag, dtype, what=f"{case} {act}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("splits", [1, 2, 3, 8])
-def test_filter_kernel_split_counts_bitwise_in_both_orders_and_runs(rt, splits, dtype):
-    case = "dilated-same"
+@pytest.mark.parametrize("case", ["dilated-same", "depthwise-3x3x3-dilated-same"])
+def test_filter_kernel_split_counts_bitwise_in_both_orders_and_runs(rt, case, splits, dtype):
     g, x, w, gy, out = _data(case, dtype, "tanh", seed=3)
     runs = [_launch_filter(with_thread_order(rt, o), x, gy, out, g, splits) for o in ORDERS + ("forward",)]
     gw, kid = runs[0]
     m = g.N * int(np.prod(g.output_size))
-    ranges, _ = B.ranges(-(-m // B.igemm_tile(dtype).bk), splits)
+    ranges, _ = B.ranges(m if case in DEPTHWISE else -(-m // B.igemm_tile(dtype).bk), splits)
     assert f" splits={ranges} + " in kid and (splits == 1 or ranges > 1)
     for other, k in runs[1:]:
         assert k == kid and other.tobytes() == gw.tobytes()
     _, _, exp, mag = _reference(case, x, w, gy, out, "tanh")
-    assert_close(gw, exp, mag, dtype, what=f"splits={splits}")
+    assert_close(gw, exp, mag, dtype, what=f"{case} splits={splits}")
 
 
 @pytest.mark.parametrize("layout", ["sliced", "transposed"])
-def test_filter_kernel_noncontiguous_inputs(rt, layout):
-    g, x, w, gy, _ = _data("plain", np.float32, seed=2, layout=layout)
+@pytest.mark.parametrize("case", ["plain", "depthwise-mult-stride"])
+def test_filter_kernel_noncontiguous_inputs(rt, case, layout):
+    g, x, w, gy, _ = _data(case, np.float32, seed=2, layout=layout)
     assert not x.flags.c_contiguous and not gy.flags.c_contiguous
     gw, _ = _launch_filter(rt, x, gy, None, g)
-    _, _, exp, mag = _reference("plain", x, w, gy)
+    _, _, exp, mag = _reference(case, x, w, gy)
     assert_close(gw, exp, mag, np.float32, what=layout)
 
 
@@ -216,11 +225,7 @@ def test_public_gradients_match_reference_and_record(rt, case, dtype):
     phases = _conv_nd.data_phase_calls(gy, g, g.input_size)
     assert len(kx) == len(phases) <= sd * sh * sw
     assert all(k.startswith("conv3d input gradient, stride phase (") and "gpuconv::conv3d_igemm<" in k for k in kx)
-    if case in DEPTHWISE:
-        assert kw[0].startswith("conv3d depth-tap lowering (igemm declines this geometry because it is depthwise")
-        assert all("conv2d_backward_filter_depthwise" in k for k in kw[1:])
-    else:
-        assert len(kw) == 1 and kw[0].startswith(B.igemm3d_name(dtype) + " splits=")
+    assert len(kw) == 1 and kw[0].startswith(_filter_name(case, dtype) + " splits=")
     assert kb == [B.bias_name(dtype)]
     for (a, ka), (b, kb2) in zip(results[0], results[1]):
         assert ka == kb2 and a.tobytes() == b.tobytes()  # bitwise, both thread orders
@@ -326,8 +331,8 @@ def test_random_geometries_match_reference(rt, geometry):
     np.testing.assert_allclose(gw, ew, rtol=1e-10, atol=1e-10)
     calls = _conv_nd.data_phase_calls(gy, g, g.input_size)
     assert len(kx) == max(len(calls), 1)  # (no phase at all: "none (...)", zeros)
-    assert len(kw_) == 1 or kw_[0].startswith("conv3d depth-tap lowering (igemm declines this geometry because "
-                                              "it is depthwise")
+    assert len(kw_) == 1 and kw_[0].startswith(B.depthwise3d_name(np.float64) if B.is_depthwise(g)
+                                               else B.igemm3d_name(np.float64))
 
 
 @pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
@@ -356,10 +361,13 @@ def test_declined_kernel_runs_the_lowering_and_says_why(rt, monkeypatch, which):
         result, kernels = _public(rt, fn, w, gy)
         exp = _reference(case, x, w, gy)[0]
     else:
-        monkeypatch.setattr(B, "igemm3d_decline_reason", lambda g, dtype: why)
+        algos = ops.operation("conv3d", "backward_filter").algorithms
+        for name in algos:
+            monkeypatch.setitem(algos, name, dataclasses.replace(algos[name], decline_reason=lambda g, dt: why))
         fn = lambda x, gy: gpuconv.grad.conv3d_weight(x, w.shape, gy, **_args(case))  # noqa: E731
         result, kernels = _public(rt, fn, x, gy)
         exp = _reference(case, x, w, gy)[2]
+        why = f"{why}; {why}"  # both algorithms' reasons
     assert kernels[0] == f"conv3d depth-tap lowering ({why})"
     assert all(k.startswith("conv3d depth tap ") for k in kernels[1:]) and len(kernels) > 1
     np.testing.assert_allclose(result, exp, rtol=1e-10, atol=1e-10)
@@ -397,12 +405,20 @@ def test_filter_rules_declines_and_table():
     assert "C/groups*D*H*W" in B.igemm3d_decline_reason(wide, np.float32)
     dw = conv_nd_geometry(3, (1, 4, 5, 5, 5), (8, 1, 3, 3, 3), None, 1, 1, 1, 4)
     assert "depthwise" in B.igemm3d_decline_reason(dw, np.float32)
+    assert B.depthwise3d_decline_reason(dw, np.float32) is None
+    assert "input channels per group" in B.depthwise3d_decline_reason(small, np.float32)
     with pytest.raises(ValueError, match="depthwise"):
         B.launch_igemm3d(None, np.zeros((1, 4, 5, 5, 5), np.float32), np.zeros((1, 8, 3, 3, 3), np.float32), None, dw)
+    with pytest.raises(ValueError, match="depthwise declines"):
+        B.launch_depthwise3d(None, np.zeros((2, 4, 5, 6, 7), np.float32), np.zeros((2, 6, 3, 4, 5), np.float32), None,
+                             small)
+    # depthwise: K = 8 blocks, 125 pixels < DW_MIN_PIXELS: one range
+    assert B.splits_for(dw, np.float32, True) == 1 and B.workspace_bytes(dw, np.float32, 1) == 8 * 27 * 4
     # the split rule on the 3-D GEMM: 1 x 1 tiles, N*OD*P*Q = 2*5*6*7 = 420 pixels = 27 slices -> 3
     assert B.splits_for(small, np.float32, False) == min(-(-2 * B.SMS // 1), 27 // B.MIN_SLICES, B.SPLIT_MAX)
     assert B.workspace_bytes(small, np.float32, 3) == 3 * 6 * 2 * 27 * 4
     assert B.workspace_bytes(small, np.float64, 2) == 2 * 6 * 2 * 27 * 8
     o = ops.operation("conv3d", "backward_filter")
-    assert o.names == ("igemm",) and all(n in ops.INSTANTIATIONS[B.SOURCE] for n in B.INSTANTIATIONS)
+    assert o.names == ("depthwise", "igemm") and all(n in ops.INSTANTIATIONS[B.SOURCE] for n in B.INSTANTIATIONS)
     assert sum("conv3d_backward_filter_igemm" in n for n in B.INSTANTIATIONS) == 3 * len(B.ACTIVATION_CODES)
+    assert sum("conv3d_backward_filter_depthwise" in n for n in B.INSTANTIATIONS) == 3

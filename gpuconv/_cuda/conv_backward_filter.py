@@ -23,14 +23,14 @@ from conv2d_igemm.cu's module, sums the ranges in fixed order 0..splits-1 and wr
 too: the one rounding of float16 happens there). Memory: the result plus that workspace, plus a C-contiguous
 copy of ``x`` / ``gy`` / ``out`` when one is not.
 
-3-D (``(conv3d, backward_filter)``, ``ALGORITHMS_3D``): ``igemm`` alone, the same kernel body instantiated
-with the 3-D gather geometry (``conv3d_backward_filter_igemm``, ``launch_igemm3d``): per group ``gw[Kg,
-Cg*KD*R*S] = gy'[Kg, N*OD*P*Q] @ im2col3d(x)^T``, the same tile, split rule (on ``N*OD*P*Q`` and
-``Cg*KD*R*S``), workspace ``[splits, K, Cg*KD*R*S]`` and reduce. It declines depthwise geometries
-(``igemm3d_decline_reason``: one useful filter row of the tile's 64; ``_conv_nd`` then runs the depth-tap
-lowering over the 2-D ``depthwise`` kernel and says so in the record) and its 32-bit rule (conv3d_igemm's
-sizes, ``N*OD*P*Q <= 2^31 - 65``, ``Cg*D*H*W`` plus the reach below 2^31). ``launch_bias`` takes a 3-D
-geometry too.
+3-D (``(conv3d, backward_filter)``, ``ALGORITHMS_3D``): the same two kernel bodies instantiated with the 3-D
+gather geometry, in the same order: ``depthwise`` (``conv3d_backward_filter_depthwise``,
+``launch_depthwise3d``: taps (t, r, s), pixels (n, od, p, q)) and ``igemm`` (``conv3d_backward_filter_igemm``,
+``launch_igemm3d``: per group ``gw[Kg, Cg*KD*R*S] = gy'[Kg, N*OD*P*Q] @ im2col3d(x)^T``), with the same
+tiles, split rule (on ``N*OD*P*Q`` and ``Cg*KD*R*S``), workspace ``[splits, K, Cg*KD*R*S]`` and reduce.
+32-bit rule (``_size_reason_3d``): conv3d_igemm's sizes, ``N*OD*P*Q <= 2^31 - 65``, ``Cg*D*H*W`` plus the
+reach below 2^31; ``_conv_nd`` runs the depth-tap lowering where both decline and says so in the record.
+``launch_bias`` takes a 3-D geometry too.
 
 ``launch`` returns ``(gw, kernel id)``, the id naming both kernels and the ranges, e.g.
 ``gpuconv::conv2d_backward_filter_igemm<float, 64, 64, 16, 4, 4> splits=4 + gpuconv::gemm_splitk_reduce<float>``.
@@ -90,6 +90,10 @@ def igemm3d_name(dtype, act: int = 0) -> str:
     return f"gpuconv::conv3d_backward_filter_igemm<{_ct(dtype)}, {igemm_tile(dtype).template_args}, {act}>"
 
 
+def depthwise3d_name(dtype) -> str:
+    return f"gpuconv::conv3d_backward_filter_depthwise<{_ct(dtype)}>"
+
+
 def depthwise_name(dtype) -> str:
     return f"gpuconv::conv2d_backward_filter_depthwise<{_ct(dtype)}>"
 
@@ -100,7 +104,7 @@ def bias_name(dtype) -> str:
 
 INSTANTIATIONS = tuple(n for dt in TILES_BY_DTYPE
                        for n in [igemm_name(dt, a) for a in ACTIVATION_CODES] + [depthwise_name(dt), bias_name(dt)]
-                       + [igemm3d_name(dt, a) for a in ACTIVATION_CODES])
+                       + [igemm3d_name(dt, a) for a in ACTIVATION_CODES] + [depthwise3d_name(dt)])
 
 
 def is_depthwise(geom: ConvGeometry) -> bool:
@@ -123,11 +127,9 @@ def igemm_decline_reason(geom: ConvGeometry, dtype) -> str | None:
     return _size_reason("igemm", geom)
 
 
-def igemm3d_decline_reason(geom, dtype) -> str | None:
-    """The 3-D kernel's rule (a 3-D ``ConvNdGeometry``): conv3d_igemm's 32-bit sizes, ``N*OD*P*Q <= 2^31 -
-    65`` and ``Cg*D*H*W`` plus the filter's reach below 2^31 (int tap offsets), as in 2-D; and not depthwise
-    (``Cg == 1``, ``groups > 1``: the GEMM tile would hold one useful filter row of 64, so the depth-tap
-    lowering over the 2-D ``depthwise`` kernel runs those)."""
+def _size_reason_3d(algo: str, geom) -> str | None:
+    """The 3-D kernels' 32-bit rule (a 3-D ``ConvNdGeometry``): conv3d_igemm's sizes, ``N*OD*P*Q <= 2^31 - 65``
+    and ``Cg*D*H*W`` plus the filter's reach below 2^31 (int tap offsets), as in 2-D."""
     from .conv3d_igemm import conv3d_int32_limit_reason
     reason = conv3d_int32_limit_reason(geom)
     m = _gemm(geom)[0]
@@ -138,10 +140,23 @@ def igemm3d_decline_reason(geom, dtype) -> str | None:
     if reason is None and reach > limits.INT32_MAX:
         reason = (f"C/groups*D*H*W + the filter's reach = {reach} exceeds 2^31-1, the largest tap offset the "
                   f"backward filter kernels take")
-    if reason is None and is_depthwise(geom):
-        reason = (f"it is depthwise ({geom.groups} groups of 1 input channel): one useful filter row of the "
-                  f"64-row tile; the 2-D depthwise kernel runs per depth tap")
-    return limits.declines("igemm", reason)
+    return limits.declines(algo, reason)
+
+
+def igemm3d_decline_reason(geom, dtype) -> str | None:
+    """3-D igemm: the 32-bit rule, and not depthwise (``Cg == 1``, ``groups > 1``: the GEMM tile would hold
+    one useful filter row of 64; the 3-D ``depthwise`` kernel runs those)."""
+    if is_depthwise(geom):
+        return (f"igemm declines this geometry because it is depthwise ({geom.groups} groups of 1 input "
+                f"channel): the depthwise kernel runs it")
+    return _size_reason_3d("igemm", geom)
+
+
+def depthwise3d_decline_reason(geom, dtype) -> str | None:
+    if not is_depthwise(geom):
+        return (f"depthwise declines this geometry because it has {geom.Cg} input channels per group and "
+                f"{geom.groups} groups (it needs 1 and more than 1)")
+    return _size_reason_3d("depthwise", geom)
 
 
 def depthwise_decline_reason(geom: ConvGeometry, dtype) -> str | None:
@@ -225,7 +240,7 @@ def _launch(rt, depthwise: bool, x, gy, out, geom, splits: int | None):
     acc = np.dtype(np.float32) if dtype == np.float16 else dtype
     if depthwise:
         splits, per = ranges(m, int(splits))
-        name, grid, block = depthwise_name(dtype), grid_blocks(geom.K * splits), THREADS
+        name, grid, block = (depthwise3d_name if nd3 else depthwise_name)(dtype), grid_blocks(geom.K * splits), THREADS
     else:
         t = igemm_tile(dtype)
         splits, per = ranges(ceil_div(m, t.bk), int(splits))
@@ -258,6 +273,15 @@ def launch_igemm3d(rt, x, gy, out, geom, *, splits: int | None = None):
     if reason is not None:
         raise ValueError(reason)
     return _launch(rt, False, x, gy, out, geom, splits)
+
+
+def launch_depthwise3d(rt, x, gy, out, geom, *, splits: int | None = None):
+    """As ``launch_depthwise`` for a depthwise 3-D ``ConvNdGeometry`` (``conv3d_backward_filter_depthwise``:
+    taps (t, r, s), pixels (n, od, p, q)). ValueError when it declines."""
+    reason = depthwise3d_decline_reason(geom, x.dtype)
+    if reason is not None:
+        raise ValueError(reason)
+    return _launch(rt, True, x, gy, out, geom, splits)
 
 
 def launch_depthwise(rt, x, gy, out, geom: ConvGeometry, *, splits: int | None = None):
@@ -294,8 +318,11 @@ ALGORITHMS = (
               "summed in order (no atomics); activation derivative in the gy loader"),
 )
 
-# (conv3d, backward_filter): the 3-D instantiation of igemm (depthwise 3-D declines: the lowering runs it)
+# (conv3d, backward_filter): the 3-D instantiations of both, in the same order (the table's order is the choice)
 ALGORITHMS_3D = (
+    Algorithm("depthwise", "conv3d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, depthwise3d_decline_reason,
+              launch_depthwise3d, "conv2d's depthwise filter-gradient body with the 3-D geometry: one block per "
+              "(filter, pixel range), taps (t, r, s) in registers, fixed tree; fixed-order sum of the ranges"),
     Algorithm("igemm", "conv3d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, igemm3d_decline_reason, launch_igemm3d,
               "implicit GEMM gy' @ im2col3d(x)^T per group over N*OD*P*Q, conv2d's backward-filter body with "
               "the 3-D gather geometry; fixed ranges summed in order"),

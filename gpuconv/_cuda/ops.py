@@ -19,7 +19,7 @@
 (adaptive_max_pool3d, fwd/bwd)      direct
 (adaptive_avg_pool3d, fwd/bwd)      direct
 (conv2d, backward_filter)           depthwise, igemm (conv_backward_filter.py; table order is the choice)
-(conv3d, backward_filter)           igemm (conv_backward_filter.py: the same kernel body, 3-D geometry)
+(conv3d, backward_filter)           depthwise, igemm (conv_backward_filter.py: the same bodies, 3-D geometry)
 ==================================  ============================================================
 
 Every algorithm of one operation takes the same launch arguments (``Operation.launch_signature``). Which
