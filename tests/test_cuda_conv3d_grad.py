@@ -15,6 +15,7 @@ than the kernel too), dilation, asymmetric and 'same' padding, groups and depthw
 activation derivative (kernel level: conv3d has no public backward with an activation), float16 / 32 / 64,
 non-contiguous inputs, N = 0 / 1 / 3, several split counts. The record (``last_kernel()``) is checked too,
 including the depth-tap lowering and its reason where a kernel declines. Host-side rules carry no marker.
+Emulator only, slow: an AddressSanitizer build of the 3-D filter kernels over tile edges and paddings.
 """
 
 from __future__ import annotations
@@ -422,3 +423,62 @@ def test_filter_rules_declines_and_table():
     assert o.names == ("depthwise", "igemm") and all(n in ops.INSTANTIATIONS[B.SOURCE] for n in B.INSTANTIATIONS)
     assert sum("conv3d_backward_filter_igemm" in n for n in B.INSTANTIATIONS) == 3 * len(B.ACTIVATION_CODES)
     assert sum("conv3d_backward_filter_depthwise" in n for n in B.INSTANTIATIONS) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# memory safety: AddressSanitizer build
+# --------------------------------------------------------------------------------------------
+
+_ASAN_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from gpuconv._cuda import conv_backward_filter as B
+from gpuconv._cuda.runtime import kernels_dir
+from gpuconv._geometry_nd import conv_nd_geometry
+from tests.emulator import EmulatedRuntime
+from tests.reference import conv_nd_grads_ref
+
+from gpuconv._cuda import conv_igemm
+reduces = [conv_igemm.reduce_name(dt) for dt in (np.float16, np.float32, np.float64)]  # gemm_splitk_reduce
+rt = EmulatedRuntime(kernels_dir(), {B.SOURCE: list(B.INSTANTIATIONS), conv_igemm.SOURCE: reduces}, sanitize=True)
+rng = np.random.default_rng(0)
+# partial filter tiles in the last group, partial column tiles, reduction tails, taps in every padding
+# (front and back too), flip; depthwise with 27 taps (three chunks) and a channel multiplier
+CASES = [
+    ((2, 6, 3, 5, 7), (140, 3, 2, 3, 3), 2, 1, 1, 1, True, np.float32, "tanh"),
+    ((1, 4, 4, 3, 13), (5, 4, 3, 1, 3), 1, (2, 1, 2), ((1, 2), (0, 1), (2, 0)), (1, 1, 2), False, np.float16, None),
+    ((3, 8, 2, 4, 5), (6, 8, 2, 3, 2), 1, 1, (1, 0, 0), 1, False, np.float64, "relu"),
+    ((2, 3, 4, 5, 6), (6, 1, 3, 3, 3), 3, (1, 2, 1), 1, (1, 1, 2), True, np.float32, "sigmoid"),
+]
+for xs, ws, groups, stride, padding, dilation, flip, dt, act in CASES:
+    g = conv_nd_geometry(3, xs, ws, None, stride, padding, dilation, groups, flip, act)
+    x = rng.standard_normal(xs).astype(dt)
+    gy = rng.standard_normal(g.output_shape).astype(dt)
+    out = None if act is None else rng.uniform(0.1, 0.9, g.output_shape).astype(dt)
+    launch = B.launch_depthwise3d if B.is_depthwise(g) else B.launch_igemm3d
+    for splits in (1, 3):
+        gw, _ = launch(rt, x, gy, out, g, splits=splits)
+        gz = gy.astype(np.float64)
+        if act == "tanh":
+            gz = gz * (1 - out.astype(np.float64) ** 2)
+        elif act == "sigmoid":
+            o = out.astype(np.float64)
+            gz = gz * o * (1 - o)
+        _, ref = conv_nd_grads_ref(x, np.zeros(ws), gz, g.stride, g.padding, g.dilation, groups, flip)
+        tol = 5e-2 if dt == np.float16 else 1e-4
+        assert np.allclose(ref, gw.astype(np.float64), rtol=tol, atol=tol), (xs, splits)
+print("asan ok")
+"""
+
+
+@pytest.mark.emulated
+@pytest.mark.slow  # a g++ AddressSanitizer build in a subprocess: CI runs it (-m slow)
+def test_filter_kernels_no_out_of_bounds_access_under_asan():
+    """The 3-D filter kernels at tile edges, compiled with -fsanitize=address: any read or write past x, gy,
+    out or the workspace fails."""
+    from pathlib import Path
+
+    from tests.emulator import run_script_under_asan
+    proc = run_script_under_asan(_ASAN_SCRIPT, Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0 and "asan ok" in proc.stdout, (proc.stdout + proc.stderr)[-6000:]
