@@ -17,7 +17,21 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   record's first entry says why (``conv3d depth-tap lowering (<reason>)``). The NumPy forward runs
   ``numpy_im2col3d`` (``_numpy/conv3d.py``, one GEMM over all taps) where it fits its workspace, else the
   lowering.
-* **3-D, the depth-tap lowering** (both paths' gradients; the forward as said above):
+* **3-D gradients, CUDA** (docs/gradients.md, "conv3d gradients on CUDA"): the filter gradient is ONE
+  launch of ``conv3d_backward_filter_igemm`` (``_cuda/conv_backward_filter.py``: conv2d's backward-filter
+  implicit GEMM with the 3-D gather geometry, reduction over ``N*OD*P*Q`` in fixed split ranges, then
+  ``gemm_splitk_reduce`` in fixed order), or for depthwise geometries (``Cg == 1``, ``groups > 1``) of
+  ``conv3d_backward_filter_depthwise`` (the 2-D depthwise body with the 3-D geometry), the operation
+  table's order deciding. The data gradient is the stride-phase decomposition in all
+  three axes (``data_phase_calls``: ``_conv_lowering.axis_phases`` per axis), each phase ONE stride-1
+  ``conv3d_igemm`` launch on the cropped ``gy`` with the phase's sub-filter (regrouped ``(groups*Cg, Kg,
+  ...)``), written into ``gx[:, :, a::sd, b::sh, c::sw]``: one launch at stride 1, ``sd*sh*sw`` at most.
+  Where a kernel declines (its 32-bit rules) the lowering below runs and the record's first entry says
+  why (``conv3d depth-tap lowering (<reason>)``). The bias gradient (``backward_bias``) is
+  ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. No activation here: conv3d has no
+  public backward with one (the kernel's fused derivative, ``launch_igemm3d(..., out)``, is there for it).
+* **3-D, the depth-tap lowering** (the NumPy path's gradients, and CUDA where the kernels decline; the
+  forward as said above):
   ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd], w[:, :, t])``. For each depth tap ``t`` in order
   ``0..T-1``, the output depths whose tap reads inside the input (``_geometry.tap_outputs``) are gathered as
   one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)`` (``n <= OD``; a copy, in the accumulation
@@ -35,6 +49,11 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   ``gw[:, :, t]``, written once.
 
 Memory beyond the result, 3-D: ``conv3d_igemm`` none (C-contiguous copies of non-contiguous inputs aside).
+CUDA gradients: the filter gradient, the split workspace ``splits*K*Cg*KD*R*S`` accumulation-type values
+(``splits <= 8``; ``conv_backward_filter.workspace_bytes``) plus contiguous copies of non-contiguous ``x`` /
+``gy``; the data gradient, per phase the phase's sub-filter, a contiguous copy of the cropped ``gy`` (none
+when uncropped and contiguous: at most ``|gy|``) and the phase's output (about ``|gx| / (sd*sh*sw)``; none
+beyond ``gx`` at stride 1, where the one phase's output is ``gx``), freed before the next phase.
 The lowering: the accumulator is the output itself for float32 / float64 (float16: one float32
 output-sized buffer); per tap, the gathered planes of the input (at most ``N*OD*C*H*W`` values, as many as
 the input when stride and dilation are 1) and the tap's 2-D result (at most output-sized), freed before
@@ -44,6 +63,8 @@ float32 for float16, per tap the gathered ``gy`` planes and the 2-D result); bac
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -191,13 +212,76 @@ def _forward_3d(backend, x, w, b, geom, algo):
 # gradients
 # --------------------------------------------------------------------------------------------
 
+def data_phase_calls(gy, geom: ConvNdGeometry, size):
+    """The stride-phase decomposition of the 3-D input gradient, ``_conv_lowering.axis_phases`` per axis: a
+    list of ``(phase, crop, taps, padding, dilation, g)``: input positions ``phase[0]::sd, phase[1]::sh,
+    phase[2]::sw`` are the stride-1 correlation of ``gy[:, :, crop]`` with the effective filter's taps
+    ``taps`` (one list per axis, in the order the correlation reads them) regrouped to ``(groups*Cg, Kg,
+    ...)``, ``padding`` / ``dilation`` as given; ``g`` that correlation's 3-D ``ConvNdGeometry``. Phases no
+    tap reaches are left out (their positions stay zero)."""
+    from ._conv_lowering import axis_phases
+    from ._geometry_nd import conv_nd_geometry
+    N, K = gy.shape[:2]
+    axes = [axis_phases(size[i], gy.shape[2 + i], geom.kernel_size[i], geom.stride[i], geom.padding[i][0],
+                        geom.dilation[i]) for i in range(3)]
+    calls = []
+    for combo in itertools.product(*axes):
+        crop = tuple(slice(start, stop) for *_, start, stop in combo)
+        taps = tuple(c[1] for c in combo)
+        pad = tuple((c[3], c[4]) for c in combo)
+        dil = tuple(c[2] for c in combo)
+        g = conv_nd_geometry(3, (N, K) + tuple(c.stop - c.start for c in crop),
+                             (geom.groups * geom.Cg, geom.Kg) + tuple(len(t) for t in taps), None, 1, pad, dil,
+                             geom.groups)
+        calls.append((tuple(c[0] for c in combo), crop, taps, pad, dil, g))
+    return calls
+
+
+def _cuda_data_3d(backend, gy, w, geom: ConvNdGeometry, size):
+    """The CUDA input gradient of a 3-D call: one stride-1 ``conv3d_igemm`` launch per stride phase (one at
+    stride 1, at most ``sd*sh*sw``), each written into its positions of ``gx``. Returns ``(gx, kernel ids,
+    None)``, or ``(None, None, reason)`` when the kernel declines a phase (checked before allocating)."""
+    from ._cuda import conv3d_igemm
+    calls = data_phase_calls(gy, geom, size)
+    for *_, g in calls:
+        reason = conv3d_igemm.conv3d_igemm_decline_reason(g, gy.dtype)
+        if reason is not None:
+            return None, None, reason
+    xp, rt = backend.xp, backend.runtime
+    N, G, Kg, Cg = gy.shape[0], geom.groups, geom.Kg, geom.Cg
+    sd, sh, sw = geom.stride
+    we = effective_weight(w, geom)
+    single = (sd, sh, sw) == (1, 1, 1) and len(calls) == 1
+    gx = None if single else xp.zeros((N, G * Cg) + tuple(size), dtype=gy.dtype)
+    kernels = []
+    for (a, b, c), crop, (td, tr, tc), _, _, g in calls:
+        sub = we[:, :, td][:, :, :, tr][:, :, :, :, tc]  # (K, Cg, Jd, Jr, Jc), fancy indexing: a copy
+        sub = sub.reshape((G, Kg, Cg) + sub.shape[2:]).transpose(0, 2, 1, 3, 4, 5)
+        sub = xp.ascontiguousarray(sub.reshape((G * Cg, Kg) + sub.shape[3:]))
+        y, kernel = conv3d_igemm.conv3d(rt, gy[(slice(None), slice(None)) + crop], sub, None, g)
+        kernels.append(f"conv3d input gradient, stride phase ({a}, {b}, {c}) of {sd}x{sh}x{sw}: {kernel}")
+        if single:
+            return y, kernels, None
+        gx[:, :, a::sd, b::sh, c::sw] = y
+        del y
+    return gx, kernels, None
+
+
 def backward_data(backend, gy, w, geom: ConvNdGeometry, size):
     """``gx (N, C, *size)`` from ``gy (N, K, ...)`` (``gy`` may be shorter than the forward output, as in a
-    transposed convolution with ``output_padding >= stride``). Returns ``(gx, kernel_ids)``."""
+    transposed convolution with ``output_padding >= stride``). Returns ``(gx, kernel_ids)``. 3-D: on CUDA
+    arrays the stride phases as ``conv3d_igemm`` launches (``_cuda_data_3d``), else the depth-tap lowering
+    (the record's first entry says why on the CUDA path)."""
     if geom.nd == 1:
         g2 = geom.as_2d()
         gx, ks = _conv_lowering.backward_data(backend, gy[:, :, None, :], w[:, :, None, :], g2, 1, size[0])
         return gx[:, :, 0, :], [f"conv1d as conv2d of height 1: {k}" for k in ks]
+    prefix = []
+    if isinstance(backend, CudaBackend):
+        gx, kernels, why = _cuda_data_3d(backend, gy, w, geom, size)
+        if gx is not None:
+            return gx, kernels
+        prefix = [f"conv3d depth-tap lowering ({why})"]
     xp = backend.xp
     ct = compute_dtype(gy.dtype)
     N, C = gy.shape[0], geom.C
@@ -217,7 +301,7 @@ def backward_data(backend, gy, w, geom: ConvNdGeometry, size):
         del gys
         gx[:, :, d0:d0 + (n - 1) * sd + 1:sd] += gxs.reshape(N, n, C, *size[1:]).transpose(0, 2, 1, 3, 4)
         kernels += [f"conv3d depth tap {t}/{T} (conv2d input gradient over {N}x{n} planes): {k}" for k in ks]
-    return (gx if gx.dtype == gy.dtype else gx.astype(gy.dtype)), kernels
+    return (gx if gx.dtype == gy.dtype else gx.astype(gy.dtype)), (prefix + kernels if kernels else kernels)
 
 
 def backward_filter(backend, x, gy, geom: ConvNdGeometry):
@@ -226,6 +310,16 @@ def backward_filter(backend, x, gy, geom: ConvNdGeometry):
     if geom.nd == 1:
         gw, k = _conv_lowering.backward_filter(backend, x[:, :, None, :], gy[:, :, None, :], geom.as_2d())
         return gw[:, :, 0, :], [] if k is None else [f"conv1d as conv2d of height 1: {k}"]
+    prefix = []
+    if isinstance(backend, CudaBackend):
+        from ._cuda.ops import operation
+        algos = operation("conv3d", "backward_filter").algorithms  # depthwise, igemm: the first that takes it
+        reasons = [a.decline_reason(geom, x.dtype) for a in algos.values()]
+        for a, why in zip(algos.values(), reasons):
+            if why is None:
+                gw, kernel = a.launch(backend.runtime, x, gy, None, geom)
+                return gw, [kernel]
+        prefix = [f"conv3d depth-tap lowering ({'; '.join(reasons)})"]
     xp = backend.xp
     ct = compute_dtype(gy.dtype)
     N, T, D, sd = geom.N, geom.kernel_size[0], geom.input_size[0], geom.stride[0]
@@ -243,4 +337,21 @@ def backward_filter(backend, x, gy, geom: ConvNdGeometry):
         if k is not None:
             kernels.append(f"conv3d depth tap {t}/{T} (conv2d filter gradient over {N}x{n} planes): {k}")
     gw = effective_weight(gw, geom)
-    return xp.ascontiguousarray(gw, dtype=gy.dtype), kernels
+    return xp.ascontiguousarray(gw, dtype=gy.dtype), (prefix + kernels if kernels else kernels)
+
+
+def backward_bias(backend, gy):
+    """``(gb (K,), kernel id)``: ``gy (N, K, *spatial)`` summed over all but K (float16 in float32, rounded
+    once). 3-D on CUDA arrays: ``conv2d_backward_bias`` over ``gy`` viewed as ``(N, K, 1, OD*P*Q)`` (one block
+    per filter, a fixed-order tree); otherwise NumPy's / CuPy's sum."""
+    N, K = gy.shape[:2]
+    L = int(np.prod(gy.shape[2:]))
+    if isinstance(backend, CudaBackend) and gy.ndim == 5 and gy.size > 0:
+        from ._cuda import conv_backward_filter as bwf
+        from ._geometry import conv_geometry
+        g = conv_geometry((N, 1, 1, L), (K, 1, 1, 1), None)  # output (N, K, 1, L): the bias kernel's view
+        return bwf.launch_bias(backend.runtime, gy.reshape(N, K, 1, L), None, g)
+    ct = compute_dtype(gy.dtype)
+    xp = backend.xp
+    gb = xp.sum(gy, axis=(0,) + tuple(range(2, gy.ndim)), dtype=ct).astype(gy.dtype, copy=False)
+    return gb, f"{xp.__name__}.sum"

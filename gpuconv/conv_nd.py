@@ -6,7 +6,8 @@ forward call (``_geometry_nd.conv_nd_geometry``: conv2d's rules and messages for
 and runs it (``_conv_nd``): 1-D as a unit-height conv2d; 3-D on CUDA arrays as one ``conv3d_igemm`` launch
 (``algo`` ``'auto'`` / ``'igemm'``), otherwise -- NumPy's 3-D gradients, another named 2-D algorithm, a
 geometry the kernel declines -- as a sum over depth taps of batched 2-D convolutions (the depth-tap
-lowering). ``gpuconv.last_kernel()`` names what ran, the lowering and its reason included.
+lowering); their CUDA gradients run the 3-D kernels (``_conv_nd``). ``gpuconv.last_kernel()`` names what
+ran, the lowering and its reason included.
 docs/semantics.md, "conv1d and conv3d", has the rules.
 """
 
@@ -122,9 +123,8 @@ def _bias(n, grad_output):
         raise ValueError(f"{fn}(): expected grad_output of {n + 1} (unbatched) or {n + 2} (batched) dimensions, "
                          f"(N, K, {', '.join(['*'] * n)}), but got grad_output of size {_shape_str(gy.shape)}")
     gyb = gy if gy.ndim == n + 2 else gy[None]
-    ct = _conv_nd.compute_dtype(gy.dtype)
-    gb = backend.xp.sum(gyb, axis=(0,) + tuple(range(2, n + 2)), dtype=ct).astype(gy.dtype, copy=False)
-    _backend.record(f"conv{n}d", backend.name, f"{backend.xp.__name__}.sum", direction="backward_bias")
+    gb, kernel = _conv_nd.backward_bias(backend, gyb)
+    _backend.record(f"conv{n}d", backend.name, kernel, direction="backward_bias")
     return gb
 
 
@@ -147,13 +147,16 @@ def conv1d_bias(grad_output):
 
 def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
     """Gradient of ``gpuconv.conv3d`` with respect to ``input`` (``torch.nn.grad.conv3d_input``): shape
-    ``input_size`` ``(N, C, D, H, W)`` or unbatched; the depth-tap lowering of the 2-D input gradient."""
+    ``input_size`` ``(N, C, D, H, W)`` or unbatched. CUDA: one stride-1 ``conv3d_igemm`` launch per stride
+    phase; NumPy: the depth-tap lowering of the 2-D input gradient."""
     return _input(3, input_size, weight, grad_output, stride, padding, dilation, groups, flip)
 
 
 def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
     """Gradient of ``gpuconv.conv3d`` with respect to ``weight`` (``torch.nn.grad.conv3d_weight``): shape
-    ``weight_size`` ``(K, C/groups, T, R, S)``; per depth tap one 2-D filter gradient."""
+    ``weight_size`` ``(K, C/groups, T, R, S)``. CUDA: one ``conv3d_backward_filter_igemm`` launch (depthwise:
+    ``conv3d_backward_filter_depthwise``) and the fixed-order split reduce; NumPy: per depth tap one 2-D filter
+    gradient."""
     return _weight(3, input, weight_size, grad_output, stride, padding, dilation, groups, flip)
 
 

@@ -9,7 +9,7 @@ multiplier and more taps than a thread's DW_TAPS), flip, every activation (deriv
 float16 / float32 / float64, N = 1 / 3, sizes that are not tile multiples, non-contiguous inputs, several
 split counts; bitwise equality between the emulator's two thread orders and between runs. Public-API tests:
 ``conv2d_backward`` with an activation runs no pre-pass for the filter / bias gradients, and agrees with
-``torch.autograd``; the 3-D filter gradient runs these kernels. Host-side tests (the split rule, the
+``torch.autograd``; the 3-D filter gradient runs their 3-D instantiation (tests/test_cuda_conv3d_grad.py). Host-side tests (the split rule, the
 ranges, the workspace, the declines) carry no marker.
 """
 
@@ -219,7 +219,8 @@ def test_conv2d_weight_and_3d_use_the_kernels():
         x3 = rng.standard_normal((1, 2, 5, 6, 7))
         gy3 = rng.standard_normal((1, 3, 3, 4, 5))
         gw3 = gpuconv.grad.conv3d_weight(x3, (3, 2, 3, 3, 3), gy3)
-        assert all(B.igemm_name(np.float64) in k for k in gpuconv.last_kernel().kernels)
+        assert gpuconv.last_kernel().kernels == (f"{B.igemm3d_name(np.float64)} splits=1 + "
+                                                 f"gpuconv::gemm_splitk_reduce<double>",)
     _, ew = conv_nd_grads_ref(x3, np.zeros((3, 2, 3, 3, 3)), gy3, (1, 1, 1), ((0, 0),) * 3, (1, 1, 1), 1, False)
     np.testing.assert_allclose(gw3, ew, rtol=1e-10, atol=1e-10)
 

@@ -1,4 +1,5 @@
-"""The CUDA filter gradient of conv2d (``kernels/conv2d_backward_filter.cu``; rules in docs/gradients.md).
+"""The CUDA filter gradient of conv2d and conv3d (``kernels/conv2d_backward_filter.cu``; rules in
+docs/gradients.md).
 
 Two algorithms of the operation ``(conv2d, backward_filter)``, both deterministic (no atomics; a fixed-order
 second pass), both applying the activation's derivative inside their loaders when given the forward's
@@ -22,6 +23,15 @@ from conv2d_igemm.cu's module, sums the ranges in fixed order 0..splits-1 and wr
 too: the one rounding of float16 happens there). Memory: the result plus that workspace, plus a C-contiguous
 copy of ``x`` / ``gy`` / ``out`` when one is not.
 
+3-D (``(conv3d, backward_filter)``, ``ALGORITHMS_3D``): the same two kernel bodies instantiated with the 3-D
+gather geometry, in the same order: ``depthwise`` (``conv3d_backward_filter_depthwise``,
+``launch_depthwise3d``: taps (t, r, s), pixels (n, od, p, q)) and ``igemm`` (``conv3d_backward_filter_igemm``,
+``launch_igemm3d``: per group ``gw[Kg, Cg*KD*R*S] = gy'[Kg, N*OD*P*Q] @ im2col3d(x)^T``), with the same
+tiles, split rule (on ``N*OD*P*Q`` and ``Cg*KD*R*S``), workspace ``[splits, K, Cg*KD*R*S]`` and reduce.
+32-bit rule (``_size_reason_3d``): conv3d_igemm's sizes, ``N*OD*P*Q <= 2^31 - 65``, ``Cg*D*H*W`` plus the
+reach below 2^31; ``_conv_nd`` runs the depth-tap lowering where both decline and says so in the record.
+``launch_bias`` takes a 3-D geometry too.
+
 ``launch`` returns ``(gw, kernel id)``, the id naming both kernels and the ranges, e.g.
 ``gpuconv::conv2d_backward_filter_igemm<float, 64, 64, 16, 4, 4> splits=4 + gpuconv::gemm_splitk_reduce<float>``.
 ``launch_bias`` is the bias gradient with the derivative fused (``conv2d_backward_bias<T>``, same file).
@@ -37,7 +47,7 @@ import numpy as np
 
 from .._geometry import ACTIVATIONS, ConvGeometry
 from . import conv_igemm, limits
-from .abi import conv_params
+from .abi import conv3d_params, conv_params
 from .algo import Algorithm
 from .gemm import SMALL_TILE, SMALL_TILE_4X4, TILES_BY_DTYPE, tile_for_dtype
 from .limits import ACC_BYTES, CTYPE, ceil_div, grid_blocks
@@ -74,6 +84,16 @@ def igemm_name(dtype, act: int = 0) -> str:
     return f"gpuconv::conv2d_backward_filter_igemm<{_ct(dtype)}, {igemm_tile(dtype).template_args}, {act}>"
 
 
+def igemm3d_name(dtype, act: int = 0) -> str:
+    """The 3-D instantiation of the same body (``conv3d_backward_filter_igemm``: the geometry
+    ``Im2colGeometry3d``), same tile and activations."""
+    return f"gpuconv::conv3d_backward_filter_igemm<{_ct(dtype)}, {igemm_tile(dtype).template_args}, {act}>"
+
+
+def depthwise3d_name(dtype) -> str:
+    return f"gpuconv::conv3d_backward_filter_depthwise<{_ct(dtype)}>"
+
+
 def depthwise_name(dtype) -> str:
     return f"gpuconv::conv2d_backward_filter_depthwise<{_ct(dtype)}>"
 
@@ -83,7 +103,8 @@ def bias_name(dtype) -> str:
 
 
 INSTANTIATIONS = tuple(n for dt in TILES_BY_DTYPE
-                       for n in [igemm_name(dt, a) for a in ACTIVATION_CODES] + [depthwise_name(dt), bias_name(dt)])
+                       for n in [igemm_name(dt, a) for a in ACTIVATION_CODES] + [depthwise_name(dt), bias_name(dt)]
+                       + [igemm3d_name(dt, a) for a in ACTIVATION_CODES] + [depthwise3d_name(dt)])
 
 
 def is_depthwise(geom: ConvGeometry) -> bool:
@@ -106,6 +127,38 @@ def igemm_decline_reason(geom: ConvGeometry, dtype) -> str | None:
     return _size_reason("igemm", geom)
 
 
+def _size_reason_3d(algo: str, geom) -> str | None:
+    """The 3-D kernels' 32-bit rule (a 3-D ``ConvNdGeometry``): conv3d_igemm's sizes, ``N*OD*P*Q <= 2^31 - 65``
+    and ``Cg*D*H*W`` plus the filter's reach below 2^31 (int tap offsets), as in 2-D."""
+    from .conv3d_igemm import conv3d_int32_limit_reason
+    reason = conv3d_int32_limit_reason(geom)
+    m = _gemm(geom)[0]
+    if reason is None and m > MAX_PIXELS:
+        reason = f"N*OD*P*Q = {m} exceeds 2^31-65, the longest reduction the backward filter kernels take"
+    (D, H, W), (KD, R, S), (dd, dh, dw) = geom.input_size, geom.kernel_size, geom.dilation
+    reach = geom.Cg * D * H * W + (KD - 1) * dd * H * W + (R - 1) * dh * W + (S - 1) * dw
+    if reason is None and reach > limits.INT32_MAX:
+        reason = (f"C/groups*D*H*W + the filter's reach = {reach} exceeds 2^31-1, the largest tap offset the "
+                  f"backward filter kernels take")
+    return limits.declines(algo, reason)
+
+
+def igemm3d_decline_reason(geom, dtype) -> str | None:
+    """3-D igemm: the 32-bit rule, and not depthwise (``Cg == 1``, ``groups > 1``: the GEMM tile would hold
+    one useful filter row of 64; the 3-D ``depthwise`` kernel runs those)."""
+    if is_depthwise(geom):
+        return (f"igemm declines this geometry because it is depthwise ({geom.groups} groups of 1 input "
+                f"channel): the depthwise kernel runs it")
+    return _size_reason_3d("igemm", geom)
+
+
+def depthwise3d_decline_reason(geom, dtype) -> str | None:
+    if not is_depthwise(geom):
+        return (f"depthwise declines this geometry because it has {geom.Cg} input channels per group and "
+                f"{geom.groups} groups (it needs 1 and more than 1)")
+    return _size_reason_3d("depthwise", geom)
+
+
 def depthwise_decline_reason(geom: ConvGeometry, dtype) -> str | None:
     if not is_depthwise(geom):
         return (f"depthwise declines this geometry because it has {geom.Cg} input channels per group and "
@@ -113,14 +166,24 @@ def depthwise_decline_reason(geom: ConvGeometry, dtype) -> str | None:
     return _size_reason("depthwise", geom)
 
 
-def splits_for(geom: ConvGeometry, dtype, depthwise: bool) -> int:
-    """The rule of the module docstring: ranges of the N*P*Q reduction (before ``ranges`` evens them)."""
-    m = geom.N * geom.P * geom.Q
+def _gemm(geom):
+    """``(M, NC, taps)`` of a 2-D ``ConvGeometry`` or 3-D ``ConvNdGeometry``: the reduction over output
+    pixels ``N*P*Q`` (``N*OD*P*Q``), the GEMM's columns ``Cg*R*S`` (``Cg*KD*R*S``) and the filter's taps."""
+    if getattr(geom, "nd", 2) == 3:
+        taps = int(np.prod(geom.kernel_size))
+        return geom.N * int(np.prod(geom.output_size)), geom.Cg * taps, taps
+    return geom.N * geom.P * geom.Q, geom.Cg * geom.R * geom.S, geom.R * geom.S
+
+
+def splits_for(geom, dtype, depthwise: bool) -> int:
+    """The rule of the module docstring: ranges of the N*P*Q (3-D: N*OD*P*Q) reduction (before ``ranges``
+    evens them)."""
+    m, nc, _ = _gemm(geom)
     if depthwise:
         blocks, longest = geom.K, m // DW_MIN_PIXELS
     else:
         t = igemm_tile(dtype)
-        blocks = geom.groups * ceil_div(geom.Kg, t.bm) * ceil_div(geom.Cg * geom.R * geom.S, t.bn)
+        blocks = geom.groups * ceil_div(geom.Kg, t.bm) * ceil_div(nc, t.bn)
         longest = ceil_div(m, t.bk) // MIN_SLICES
     if blocks == 0 or blocks >= 2 * SMS:  # two waves already: no split
         return 1
@@ -137,12 +200,20 @@ def ranges(total: int, splits: int) -> tuple[int, int]:
     return ceil_div(total, per), per
 
 
-def workspace_bytes(geom: ConvGeometry, dtype, splits: int) -> int:
-    """The workspace of one call: splits x K x Cg*R*S elements of the accumulation type."""
-    return splits * geom.K * geom.Cg * geom.R * geom.S * ACC_BYTES[np.dtype(dtype)]
+def workspace_bytes(geom, dtype, splits: int) -> int:
+    """The workspace of one call: splits x K x Cg*R*S (3-D: Cg*KD*R*S) elements of the accumulation type."""
+    return splits * geom.K * _gemm(geom)[1] * ACC_BYTES[np.dtype(dtype)]
 
 
-def _params(geom: ConvGeometry, act: int) -> np.ndarray:
+def _params(geom, act: int) -> np.ndarray:
+    """ConvParams (3-D: Conv3dParams, whose plane ``hw`` holds act and has_bias) with the derivative's
+    activation and no bias."""
+    if getattr(geom, "nd", 2) == 3:
+        p = conv3d_params(geom)
+        plane = p["hw"]
+        plane["act"], plane["has_bias"] = np.int32(act), np.int32(0)
+        p["hw"] = plane
+        return p
     p = conv_params(geom)
     p["act"] = np.int32(act)
     p["has_bias"] = np.int32(0)
@@ -157,23 +228,23 @@ def _inputs(rt, x, gy, out, geom):
     return x, gy, out, act
 
 
-def _launch(rt, depthwise: bool, x, gy, out, geom: ConvGeometry, splits: int | None):
+def _launch(rt, depthwise: bool, x, gy, out, geom, splits: int | None):
     dtype = np.dtype(x.dtype)
     if splits is None:
         splits = splits_for(geom, dtype, depthwise)
     elif not 1 <= int(splits) <= SPLIT_MAX:
         raise ValueError(f"splits must be in 1..{SPLIT_MAX}, got {splits}")
     x, gy, out, act = _inputs(rt, x, gy, out, geom)
-    m = geom.N * geom.P * geom.Q
-    nc = geom.Cg * geom.R * geom.S
+    m, nc, _ = _gemm(geom)
+    nd3 = getattr(geom, "nd", 2) == 3
     acc = np.dtype(np.float32) if dtype == np.float16 else dtype
     if depthwise:
         splits, per = ranges(m, int(splits))
-        name, grid, block = depthwise_name(dtype), grid_blocks(geom.K * splits), THREADS
+        name, grid, block = (depthwise3d_name if nd3 else depthwise_name)(dtype), grid_blocks(geom.K * splits), THREADS
     else:
         t = igemm_tile(dtype)
         splits, per = ranges(ceil_div(m, t.bk), int(splits))
-        name, block = igemm_name(dtype, act), t.threads
+        name, block = (igemm3d_name if nd3 else igemm_name)(dtype, act), t.threads
         grid = grid_blocks(splits * geom.groups * ceil_div(geom.Kg, t.bm) * ceil_div(nc, t.bn))
     ws = rt.xp.empty((splits, geom.K, nc), dtype=acc)  # every element written by the first kernel
     rt.function(SOURCE, name)((grid, 1, 1), (block, 1, 1),
@@ -194,6 +265,25 @@ def launch_igemm(rt, x, gy, out, geom: ConvGeometry, *, splits: int | None = Non
     return _launch(rt, False, x, gy, out, geom, splits)
 
 
+def launch_igemm3d(rt, x, gy, out, geom, *, splits: int | None = None):
+    """As ``launch_igemm`` for a 3-D ``ConvNdGeometry``: ``x (N, C, D, H, W)``, ``gy`` / ``out (N, K, OD, P,
+    Q)``; ``gw (K, Cg, KD, R, S)``, one ``conv3d_backward_filter_igemm`` launch (the reduction over N*OD*P*Q
+    in ``splits`` fixed ranges) and the fixed-order ``gemm_splitk_reduce``. ValueError when it declines."""
+    reason = igemm3d_decline_reason(geom, x.dtype)
+    if reason is not None:
+        raise ValueError(reason)
+    return _launch(rt, False, x, gy, out, geom, splits)
+
+
+def launch_depthwise3d(rt, x, gy, out, geom, *, splits: int | None = None):
+    """As ``launch_depthwise`` for a depthwise 3-D ``ConvNdGeometry`` (``conv3d_backward_filter_depthwise``:
+    taps (t, r, s), pixels (n, od, p, q)). ValueError when it declines."""
+    reason = depthwise3d_decline_reason(geom, x.dtype)
+    if reason is not None:
+        raise ValueError(reason)
+    return _launch(rt, True, x, gy, out, geom, splits)
+
+
 def launch_depthwise(rt, x, gy, out, geom: ConvGeometry, *, splits: int | None = None):
     """As ``launch_igemm``, for a depthwise geometry (``Cg == 1``, ``groups > 1``)."""
     if not is_depthwise(geom):
@@ -201,9 +291,11 @@ def launch_depthwise(rt, x, gy, out, geom: ConvGeometry, *, splits: int | None =
     return _launch(rt, True, x, gy, out, geom, splits)
 
 
-def launch_bias(rt, gy, out, geom: ConvGeometry):
+def launch_bias(rt, gy, out, geom):
     """``(gb, kernel id)``: ``gy`` summed over N, P, Q after the activation's derivative (``out`` the
-    activated forward output, ``geom.activation``), one block per filter, a fixed-order tree."""
+    activated forward output, ``geom.activation``), one block per filter, a fixed-order tree. A 3-D
+    ``ConvNdGeometry`` (``gy (N, K, OD, P, Q)``) runs the same kernel over ``OD*P*Q`` outputs per filter
+    and sample (a C-contiguous ``gy`` is that ``(N, K, OD*P*Q)`` array)."""
     dtype = np.dtype(gy.dtype)
     xp = rt.xp
     act = geom.activation_code if out is not None else 0
@@ -212,7 +304,7 @@ def launch_bias(rt, gy, out, geom: ConvGeometry):
     gb = xp.empty((geom.K,), dtype=dtype)
     name = bias_name(dtype)
     rt.function(SOURCE, name)((grid_blocks(geom.K), 1, 1), (THREADS, 1, 1),
-                              [gy, out, gb, np.int32(geom.N), np.int32(geom.K), np.int64(geom.P * geom.Q),
+                              [gy, out, gb, np.int32(geom.N), np.int32(geom.K), np.int64(_gemm(geom)[0] // max(geom.N, 1)),
                                np.int32(act)])
     return gb, name
 
@@ -224,4 +316,14 @@ ALGORITHMS = (
     Algorithm("igemm", "conv2d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, igemm_decline_reason, launch_igemm,
               "implicit GEMM gy' @ im2col(x)^T per group, the N*P*Q reduction split into fixed ranges "
               "summed in order (no atomics); activation derivative in the gy loader"),
+)
+
+# (conv3d, backward_filter): the 3-D instantiations of both, in the same order (the table's order is the choice)
+ALGORITHMS_3D = (
+    Algorithm("depthwise", "conv3d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, depthwise3d_decline_reason,
+              launch_depthwise3d, "conv2d's depthwise filter-gradient body with the 3-D geometry: one block per "
+              "(filter, pixel range), taps (t, r, s) in registers, fixed tree; fixed-order sum of the ranges"),
+    Algorithm("igemm", "conv3d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, igemm3d_decline_reason, launch_igemm3d,
+              "implicit GEMM gy' @ im2col3d(x)^T per group over N*OD*P*Q, conv2d's backward-filter body with "
+              "the 3-D gather geometry; fixed ranges summed in order"),
 )

@@ -19,6 +19,7 @@
 (adaptive_max_pool3d, fwd/bwd)      direct
 (adaptive_avg_pool3d, fwd/bwd)      direct
 (conv2d, backward_filter)           depthwise, igemm (conv_backward_filter.py; table order is the choice)
+(conv3d, backward_filter)           depthwise, igemm (conv_backward_filter.py: the same bodies, 3-D geometry)
 ==================================  ============================================================
 
 Every algorithm of one operation takes the same launch arguments (``Operation.launch_signature``). Which
@@ -122,6 +123,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
       for a in pool_grad.ALGORITHMS),
     _operation("conv2d", conv_backward_filter.BACKWARD_FILTER, conv_backward_filter.ALGORITHMS,
                "(rt, x, gy, out, geom) -> (gw, kernel id): out the activated forward output or None"),
+    _operation("conv3d", conv_backward_filter.BACKWARD_FILTER, conv_backward_filter.ALGORITHMS_3D,
+               "(rt, x, gy, out, geom) -> (gw, kernel id): as conv2d backward_filter with a 3-D ConvNdGeometry"),
 )}
 
 
