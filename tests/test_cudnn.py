@@ -112,6 +112,35 @@ def test_forward_float32_and_float16(kind):
 
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_backward_float32_and_float16(kind, nd):
+    """The two backward functions (backward_data with its bias) in float32 and float16 against PyTorch's
+    float64 autograd of the same (rounded) data: the result is rounded to the dtype once, plus the bias'."""
+    rng = np.random.default_rng(11 + nd)
+    xs, ws = (2, 4) + (9, 7, 6)[:nd], (6, 2) + (3, 2, 3)[:nd]
+    ones = (1,) * nd
+    for dt, tol in ((np.float32, 1e-5), (np.float16, 3e-3)):
+        x, W = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
+        b = rng.standard_normal(xs[1]).astype(dt)
+        xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+        wt = torch.tensor(W.astype(np.float64), requires_grad=True)
+        yt = _torch_fn(nd, "conv")(xt, wt, None, 1, 1, 1, 2)
+        gy = rng.standard_normal(yt.shape).astype(dt)
+        yt.backward(torch.tensor(gy.astype(np.float64)))
+        gx_ref = xt.grad.numpy() + b.astype(np.float64).reshape((1, -1) + (1,) * nd)
+        with On(kind) as on:
+            gx, gW = on.arr(np.full(xs, np.nan, dt)), on.arr(np.full(ws, np.nan, dt))
+            cudnn.convolution_backward_data(on.arr(W), on.arr(gy), on.arr(b), gx, ones, ones, ones, 2,
+                                            deterministic=True, auto_tune=False, tensor_core="auto")
+            cudnn.convolution_backward_filter(on.arr(x), on.arr(gy), gW, ones, ones, ones, 2, deterministic=True,
+                                              auto_tune=False, tensor_core="auto")
+            for got, ref in ((on.host(gx), gx_ref), (on.host(gW), wt.grad.numpy())):
+                assert got.dtype == dt
+                np.testing.assert_allclose(got.astype(np.float64), ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_cupy13_argument_forms_and_strided_arrays(kind, nd, dtype):
