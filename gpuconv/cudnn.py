@@ -97,8 +97,12 @@ def _nd(fn, name, a) -> int:
 
 
 def _tuples(fn, nd, **named):
+    """Each argument as a tuple of ``nd`` ints. ``dilation=None`` is ``(1,) * nd``, as CuPy 13's
+    ``_create_convolution_descriptor``; lists are accepted too (CuPy's Cython signature took tuples only)."""
     out = []
     for name, v in named.items():
+        if v is None and name == "dilation":
+            v = (1,) * nd
         if not (isinstance(v, (tuple, list)) and all(isinstance(e, (int, np.integer)) for e in v)):
             raise TypeError(f"{fn}(): {name} must be a tuple of ints, got {v!r}")
         if len(v) != nd:
@@ -108,12 +112,27 @@ def _tuples(fn, nd, **named):
     return out
 
 
-def _output_shape(nd, x_shape, w_shape, b_shape, pad, stride, dilation, groups):
-    """The forward output shape (and every check of the forward call)."""
-    if nd == 2:
-        return conv_geometry(tuple(x_shape), tuple(w_shape), b_shape, stride, pad, dilation, groups).output_shape
-    return conv_nd_geometry(nd, tuple(x_shape), tuple(w_shape), b_shape, stride, pad, dilation,
-                            groups).output_shape
+def _output_shape(fn, roles, nd, x_shape, w_shape, pad, stride, dilation, groups):
+    """The forward output shape (and every check of the forward call). The checks speak of PyTorch's
+    ``input`` / ``weight``; ``roles`` says which of the call's arrays those are (ValueError / TypeError
+    prefixed with the function and the roles)."""
+    try:
+        if nd == 2:
+            return conv_geometry(tuple(x_shape), tuple(w_shape), None, stride, pad, dilation, groups).output_shape
+        return conv_nd_geometry(nd, tuple(x_shape), tuple(w_shape), None, stride, pad, dilation,
+                                groups).output_shape
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{fn}(): {exc} ({roles})") from None
+
+
+def _bias(fn, b, n, what):
+    """``b`` as the ``(n,)`` vector the ops take. CuPy 13 reshaped ``b`` to ``(1, -1, 1, ...)`` for cuDNN's
+    addTensor, so any shape of ``n`` elements was accepted (``(K,)``, ``(1, K, 1, 1)``); so here."""
+    if b is None:
+        return None
+    if b.size != n:
+        raise ValueError(f"{fn}(): b must have {n} elements ({what}), got b of shape {_shape_str(b.shape)}")
+    return b.reshape(n)
 
 
 def _out_array(fn, name, out, like, shape, what):
@@ -157,8 +176,8 @@ def convolution_forward(x, W, b, y, pad, stride, dilation, groups, *, auto_tune,
     nd = _nd(fn, "x", x)
     pad, stride, dilation = _tuples(fn, nd, pad=pad, stride=stride, dilation=dilation)
     tc = _tensor_cores_allowed(tensor_core, x.dtype)
-    shape = _output_shape(nd, x.shape, W.shape, None if b is None else tuple(b.shape), pad, stride, dilation,
-                          groups)
+    shape = _output_shape(fn, "input = x, weight = W", nd, x.shape, W.shape, pad, stride, dilation, groups)
+    b = _bias(fn, b, shape[1], "W's output channels")
     _out_array(fn, "y", y, x, shape, "the convolution's output")
     y[...] = _conv_forward(backend, nd, x, W, b, pad, stride, dilation, groups,
                            _algo_policy(bool(auto_tune), tc))
@@ -181,21 +200,17 @@ def convolution_backward_data(W, x, b, y, pad, stride, dilation, groups, *, dete
     if not hasattr(y, "shape") or len(y.shape) != nd + 2:
         raise ValueError(f"{fn}(): y must be an array of {nd + 2} dimensions like x, got "
                          f"{getattr(y, 'shape', type(y).__name__)}")
-    expected = _output_shape(nd, y.shape, W.shape, None, pad, stride, dilation, groups)
+    expected = _output_shape(fn, "input = y, weight = W", nd, y.shape, W.shape, pad, stride, dilation, groups)
     if tuple(gy.shape) != tuple(expected):
         raise ValueError(f"{fn}(): x (the output gradient) must have shape {_shape_str(expected)}, the forward "
                          f"output for y of shape {_shape_str(y.shape)} and W of shape {_shape_str(W.shape)}, got "
                          f"x of shape {_shape_str(gy.shape)}")
-    C = y.shape[1]
     _out_array(fn, "y", y, gy, y.shape, "the input gradient")
-    if b is not None and tuple(b.shape) != (C,):
-        raise ValueError(f"{fn}(): b must have shape [{C}] (y's channels), got b of shape {_shape_str(b.shape)}")
+    b = _bias(fn, b, y.shape[1], "y's channels")
     from . import grad
-    gx = getattr(grad, f"conv{nd}d_input")(tuple(y.shape), W, gy, stride, pad, dilation, groups)
-    if b is not None:
-        ct = np.float32 if gx.dtype == np.float16 else gx.dtype
-        gx = (gx.astype(ct) + b.astype(ct).reshape((1, -1) + (1,) * nd)).astype(gx.dtype)
-    y[...] = gx
+    y[...] = getattr(grad, f"conv{nd}d_input")(tuple(y.shape), W, gy, stride, pad, dilation, groups)
+    if b is not None:  # one rounding per element, as cuDNN's addTensor (float16: NumPy / CuPy add in float32)
+        y += b.reshape((1, -1) + (1,) * nd)
 
 
 def convolution_backward_filter(x, gy, gW, pad, stride, dilation, groups, *, deterministic, auto_tune, tensor_core,
@@ -212,7 +227,7 @@ def convolution_backward_filter(x, gy, gW, pad, stride, dilation, groups, *, det
     if not hasattr(gW, "shape") or len(gW.shape) != nd + 2:
         raise ValueError(f"{fn}(): gW must be an array of {nd + 2} dimensions (K, C/groups, *kernel), got "
                          f"{getattr(gW, 'shape', type(gW).__name__)}")
-    expected = _output_shape(nd, x.shape, gW.shape, None, pad, stride, dilation, groups)
+    expected = _output_shape(fn, "input = x, weight = gW", nd, x.shape, gW.shape, pad, stride, dilation, groups)
     if tuple(gy.shape) != tuple(expected):
         raise ValueError(f"{fn}(): gy must have shape {_shape_str(expected)}, the forward output for x of shape "
                          f"{_shape_str(x.shape)} and gW of shape {_shape_str(gW.shape)}, got gy of shape "
@@ -248,7 +263,11 @@ def _pool_args(fn, x, ksize, stride, pad):
     if not (len(ksize) == len(stride) == len(pad)):
         raise ValueError(f"{fn}(): ksize, stride, and pad must be of same length, got ksize={ksize!r}, "
                          f"stride={stride!r}, pad={pad!r}")
-    return nd, _tuples(fn, nd, ksize=ksize, stride=stride, pad=pad)
+    ksize, stride, pad = _tuples(fn, nd, ksize=ksize, stride=stride, pad=pad)
+    # cuDNN pads each side by pad[i] and, unlike PyTorch, does not limit it to half the window: as explicit
+    # (low, high) pairs, gpuconv's pooling takes each side up to ksize - 1 (ONNX's rule) with the same windows,
+    # output size and divisors as the symmetric form (docs/cudnn.md)
+    return nd, (ksize, stride, tuple((p, p) for p in pad))
 
 
 def pooling_forward(x, y, ksize, stride, pad, mode):

@@ -2,7 +2,8 @@
 ``((top, bottom), (left, right))``, 'valid' and 'same' (TensorFlow SAME = ONNX SAME_UPPER) on max and average
 pooling and their gradients, on every backend, against the textbook references with per-side padding
 (tests/reference.py) and, where PyTorch is installed, against an explicit -inf / 0 padding followed by an
-unpadded PyTorch pool."""
+unpadded PyTorch pool: 2-D on NumPy, and 1-D / 2-D / 3-D with ceil_mode, dilation and 3-D indices on every
+backend."""
 
 from __future__ import annotations
 
@@ -168,3 +169,95 @@ def test_padding_rules_and_errors():
         gpuconv.avg_pool2d(x, 3, 1, 1.5)
     with pytest.raises(ValueError, match=r"avg_pool2d_input\(\): grad_output has shape"):
         gp.avg_pool2d_input(x.shape, np.zeros((1, 1, 6, 6)), 3, 2, "same")
+
+
+# 1-D / 2-D / 3-D, per-side and 'same' padding with ceil_mode, dilation (max) and count_include_pad both ways:
+# (shape, kernel, stride, padding, dilation, ceil_mode)
+ND_TORCH_CASES = {
+    "1d-pairs-ceil-dil": ((2, 3, 9), (3,), (2,), ((0, 3),), (2,), True),
+    "1d-same-ceil": ((1, 2, 8), (4,), (3,), "same", (1,), True),
+    "2d-pairs-ceil-dil": ((1, 2, 6, 7), (2, 3), (2, 2), ((1, 0), (0, 2)), (2, 1), True),
+    "3d-pairs-ceil": ((2, 2, 4, 5, 6), (2, 3, 2), (2, 2, 3), ((1, 0), (0, 2), (1, 1)), (1, 1, 1), True),
+    "3d-pairs-dil": ((1, 2, 5, 4, 7), (2, 2, 3), (1, 2, 2), ((0, 2), (1, 0), (2, 1)), (2, 1, 2), False),
+    "3d-same-ceil-dil": ((1, 3, 5, 6, 4), (3, 2, 2), (2, 3, 1), "same", (1, 2, 2), True),
+    # ceil_mode windows past the padded input (L = 7 + (0, 1): the last one overhangs by one and counts 2)
+    "1d-ceil-overhang": ((2, 2, 7), (3,), (2,), ((0, 1),), (1,), True),
+    # PyTorch keeps one more window, starting in the trailing padding: cut (depth 5 + (1, 1), k 2, s 2)
+    "3d-ceil-cut": ((1, 2, 5, 4, 3), (2, 2, 2), (2, 2, 2), ((1, 1), (0, 1), (1, 0)), (1, 1, 1), True),
+}
+
+
+def _torch_pool(op, a, k, s, d, ceil_mode):
+    """PyTorch pooling without padding in 1-D / 2-D / 3-D; ``'sum'``: window sums (1-D through 2-D, as
+    avg_pool1d has no divisor_override)."""
+    F = torch.nn.functional
+    n = len(k)
+    if op == "max":
+        return getattr(F, f"max_pool{n}d")(a, k, s, 0, d, ceil_mode, return_indices=True)
+    if n == 1:
+        return F.avg_pool2d(a[:, :, None], (1,) + k, (1,) + s, 0, ceil_mode, True, 1)[:, :, 0]
+    return getattr(F, f"avg_pool{n}d")(a, k, s, 0, ceil_mode, True, 1)
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+@pytest.mark.parametrize("runner", POOL_RUNNERS)
+@pytest.mark.parametrize("name", list(ND_TORCH_CASES))
+def test_nd_against_pytorch_on_explicitly_padded_input(runner, name):
+    """max / avg pooling in 1-D, 2-D, 3-D with per-side or 'same' padding, ceil_mode and dilation, against
+    PyTorch on the explicitly padded input (values, indices mapped back to ``d*H*W + h*W + w`` of the unpadded
+    input, and the gradients by autograd through the padding). With ceil_mode PyTorch may keep one more
+    window than gpuconv, one starting in the trailing padding (gpuconv's rule: a window starts inside the
+    input or the leading padding); it is cut off, and only there."""
+    shape, k, s, padding, d, ceil_mode = ND_TORCH_CASES[name]
+    n = len(k)
+    F = torch.nn.functional
+    x = _data(shape, "float64", "ties" if n == 3 else "normal", 8)
+    fn = {1: (gpuconv.max_pool1d, gpuconv.avg_pool1d, gp.max_pool1d_input, gp.avg_pool1d_input),
+          2: (gpuconv.max_pool2d, gpuconv.avg_pool2d, gp.max_pool2d_input, gp.avg_pool2d_input),
+          3: (gpuconv.max_pool3d, gpuconv.avg_pool3d, gp.max_pool3d_input, gp.avg_pool3d_input)}[n]
+    spatial = shape[2:]
+
+    def cut(t, pads):  # gpuconv's output size; PyTorch's is it or one more (a window starting in the trailing pad)
+        outs = [pool_out_nd(m, kk, ss, lo, hi, dd, ceil_mode) for m, kk, ss, (lo, hi), dd
+                in zip(spatial, k, s, pads, d if t is None else t)]
+        return outs
+
+    # max, with dilation
+    pads = pool_pads_ref(padding, k, s, d, spatial)
+    tp = tuple(v for lo_hi in reversed(pads) for v in lo_hi)
+    outs = cut(d, pads)
+    tx = torch.tensor(x, requires_grad=True)
+    ty, ti = _torch_pool("max", F.pad(tx, tp, value=-np.inf), k, s, d, ceil_mode)
+    assert all(a - b in (0, 1) for a, b in zip(ty.shape[2:], outs))
+    sl = (slice(None), slice(None)) + tuple(slice(0, o) for o in outs)
+    ty, ti = ty[sl], ti[sl]
+    y, idx = runner.call(lambda a: fn[0](a, k, s, padding, d, ceil_mode, True), x)
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    coords = np.unravel_index(ti.numpy(), [m + lo + hi for m, (lo, hi) in zip(spatial, pads)])
+    np.testing.assert_array_equal(idx, np.ravel_multi_index([c - lo for c, (lo, _) in zip(coords, pads)], spatial))
+    go = _data(y.shape, "float64", "normal", 9)
+    ty.backward(torch.tensor(go))
+    gi = runner.call(lambda g, i: fn[2](x.shape, g, i, k, s, padding, d, ceil_mode), go, idx)
+    np.testing.assert_allclose(gi, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+    # average (no dilation), counting the padding and not; per-side pads clipped to the undilated extent
+    ones = (1,) * n
+    if not isinstance(padding, str):
+        padding = tuple((min(lo, kk - 1), min(hi, kk - 1)) for (lo, hi), kk in zip(padding, k))
+    pads = pool_pads_ref(padding, k, s, ones, spatial)
+    tp = tuple(v for lo_hi in reversed(pads) for v in lo_hi)
+    outs = cut(ones, pads)
+    sl = (slice(None), slice(None)) + tuple(slice(0, o) for o in outs)
+    for include in (True, False):
+        tx = torch.tensor(x, requires_grad=True)
+        sums = _torch_pool("sum", F.pad(tx, tp), k, s, ones, ceil_mode)
+        if include:  # the window clipped to the padded input: PyTorch's own count on the padded input
+            count = _torch_pool("sum", torch.ones_like(F.pad(tx, tp)), k, s, ones, ceil_mode)
+        else:
+            count = _torch_pool("sum", F.pad(torch.ones_like(tx), tp), k, s, ones, ceil_mode)
+        ty = (sums / count)[sl]
+        y = runner.call(lambda a: fn[1](a, k, s, padding, ceil_mode, include), x)
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+        go = _data(y.shape, "float64", "normal", 10)
+        ty.backward(torch.tensor(go))
+        gi = runner.call(lambda g: fn[3](x.shape, g, k, s, padding, ceil_mode, include), go)
+        np.testing.assert_allclose(gi, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
