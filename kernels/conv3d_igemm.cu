@@ -66,4 +66,25 @@ conv3d_igemm(const T* __restrict__ x,   // (N, C, D, H, W), C-contiguous
                        Im2colGeometry3d<T>>(x, w, b, y, cp, vec_w, smem);
 }
 
+// Split-K's first kernel: conv3d_igemm's tiles x `splits` reduction ranges, partial sums into ws (y is not
+// written here: gemm_splitk_reduce in conv2d_igemm.cu does, one reduction kernel for every dimension). Its
+// own kernel, as conv2d_igemm_splitk, so that the unsplit kernel's main loop carries no split bookkeeping;
+// float64 at one block per SM as the unsplit one.
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), conv3d_min_blocks_per_sm(sizeof(T), (BM / TM) * (BN / TN), TM, TN))
+conv3d_igemm_splitk(const T* __restrict__ x, const T* __restrict__ w,
+                    const T* __restrict__ b,  // unread (the reduce kernel adds the bias)
+                    T* __restrict__ y,        // unwritten (the reduce kernel writes it)
+                    const __grid_constant__ Conv3dParams cp, int vec_w,
+                    int splits,        // reduction ranges (>= 2)
+                    int split_slices,  // slices (of BK) per range: ceil(slices / splits)
+                    typename acc_type<T>::type* __restrict__ ws) {  // [splits][K][N*OD*P*Q] partial sums
+    typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
+    typedef GemmSmem<typename acc_type<T>::type, Cfg> Smem;
+    __shared__ Smem smem;
+
+    implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>, Smem, true, Im2colGeometry3d<T>>(
+        x, w, b, y, cp, vec_w, smem, splits, split_slices, ws);
+}
+
 }  // namespace gpuconv

@@ -125,6 +125,15 @@ def tile_for_dtype(tile: GemmTile, dtype) -> GemmTile:
     raise ValueError(f"tile {tile.name} is not instantiated for {dtype}")
 
 
+def small_tile_4x4_for(tile: GemmTile, dtype) -> GemmTile:
+    """The config of ``dtype`` named like ``tile`` (``tile_for_dtype``), with float32 / float16's small tile
+    as ``SMALL_TILE_4X4`` (4x4 per thread, 256 threads): the one rule of the kernels whose loaders keep more
+    state than the 8x8 small tile leaves room for (conv3d_igemm, the backward-filter igemm). ValueError when
+    the dtype has no such tile."""
+    t = tile_for_dtype(tile, dtype)
+    return SMALL_TILE_4X4 if t == SMALL_TILE else t
+
+
 def gemm_tile_for(geom: ConvGeometry, dtype) -> GemmTile:
     """The tile config of the GEMM kernels (see the module docstring): LARGE_TILE for float32 / float16
     when Kg >= LARGE_TILE_MIN_FILTERS and there are >= MIN_BLOCKS large tiles, else WIDE_TILE when there are
