@@ -378,11 +378,15 @@ def test_gemm_view_has_the_3d_gemm_sizes():
 def test_registered_and_instantiated():
     assert ops.operation("conv3d").algorithms == {"igemm": conv3d_igemm.ALGO}
     assert ops.INSTANTIATIONS[conv3d_igemm.SOURCE] == list(conv3d_igemm.INSTANTIATIONS)
-    # conv2d's tiles, but the small float32 / float16 tile 4x4 per thread on 256 threads
+    # conv2d's tiles, but the small float32 / float16 tile with BK = 8 (8x8 per thread on 64 threads)
     assert conv3d_igemm.tile_3d(SMALL_TILE, np.float32) == conv3d_igemm.SMALL_TILE_3D
-    assert (conv3d_igemm.SMALL_TILE_3D.threads, conv3d_igemm.SMALL_TILE_3D.tm) == (256, 4)
+    t = conv3d_igemm.SMALL_TILE_3D
+    assert (t.bm, t.bn, t.bk, t.tm, t.tn, t.threads) == (64, 64, 8, 8, 8, 64)
     assert conv3d_igemm.tile_3d(SMALL_TILE, np.float64) == gemm.SMALL_TILE_F64
-    assert conv3d_igemm.tile_3d(SMALL_TILE, np.float32) == gemm.small_tile_4x4_for(SMALL_TILE, np.float32)
+    assert conv3d_igemm.tile_3d(gemm.WIDE_TILE, np.float16) == gemm.WIDE_TILE
+    assert conv3d_igemm.tile_3d(SMALL_TILE, np.float32) == gemm.with_small_tile(SMALL_TILE, np.float32, t)
+    assert gemm.small_tile_4x4_for(SMALL_TILE, np.float32) == gemm.SMALL_TILE_4X4
+    assert gemm.small_tile_4x4_for(SMALL_TILE, np.float64) == gemm.SMALL_TILE_F64
     assert len(conv3d_igemm.INSTANTIATIONS) == 14  # 7 tiles, unsplit and split
 
 

@@ -14,9 +14,13 @@ and groups, the reduction ``Cg*KD*R*S`` as a filter of ``KD*R`` rows and ``S`` c
 (``conv3d_igemm_splitk`` + conv2d_igemm.cu's ``gemm_splitk_reduce``) runs where the 2-D rule would split the
 same GEMM: deep layers with few output pixels (C3D's conv5 at 2 x 7 x 7 outputs, a 3-D U-Net's bottleneck);
 its workspace is ``splits * K * N*OD*P*Q`` accumulation-type elements (``igemm_nd``). One difference from
-2-D: the small tile (``SMALL_TILE_3D``, ``gemm.small_tile_4x4_for``) keeps 4x4 results per thread on 256
-threads, where conv2d's is 8x8 on 64 threads: the depth digit's loader state on top of 64 accumulators
-spilled (12 bytes for float32 on sm_90 with NVRTC 12.9 at 255 registers).
+2-D: the float32 / float16 small tile (``SMALL_TILE_3D``, ``gemm.with_small_tile``) is 64 x 64 x 8 with 8x8
+results per thread on 64 threads, where conv2d's is 64 x 64 x 16: with BK = 16 the depth digit's loader
+state (16 pixels per thread) on top of 64 accumulators spilled at 255 registers (12 bytes for float32 on
+sm_90 with NVRTC 12.9 before issue 18's changes, 4 after); BK = 8 halves the gathered pixels per thread
+(8) and fits (200-248 registers, sm_75..sm_120, NVRTC 12.9 and 13.5). Its main loop: 68.0 % FMA (sm_90,
+float32), against 59.7 % for the 4x4-on-256-threads tile it replaces (the backward-filter igemm's,
+``gemm.small_tile_4x4_for``).
 
 Declines only what does not fit the kernel's 32-bit sizes (``conv3d_int32_limit_reason``); the caller
 (``_conv_nd``) then runs the depth-tap lowering and says so in the record.
@@ -30,21 +34,22 @@ from .._geometry import ConvGeometry
 from . import igemm_nd
 from .abi import conv3d_kernel_args
 from .algo import FORWARD, Algorithm
-from .gemm import SMALL_TILE_4X4, TILES_BY_DTYPE, GemmTile, gemm_kernel_name, small_tile_4x4_for
+from .gemm import TILES_BY_DTYPE, GemmTile, gemm_kernel_name, with_small_tile
 from .limits import CTYPE, declines, int32_limit_reason
 
 SOURCE = "conv3d_igemm.cu"
 KERNEL = "conv3d_igemm"
 SPLIT_KERNEL = "conv3d_igemm_splitk"
-# The small tile of the 3-D kernel (the module docstring): 64 x 64 x 16, 4x4 per thread, 256 threads.
-SMALL_TILE_3D = SMALL_TILE_4X4
-TILES_3D = {dt: tuple(small_tile_4x4_for(t, dt) for t in tiles) for dt, tiles in TILES_BY_DTYPE.items()}
+# The float32 / float16 small tile of the 3-D kernel (the module docstring): 64 x 64 x 8, 8x8 per thread,
+# 64 threads (four blocks per SM at 255 registers, gemm_blocks_per_sm, as conv2d's small tile).
+SMALL_TILE_3D = GemmTile("small", 64, 64, 8, 8, 8)
+TILES_3D = {dt: tuple(with_small_tile(t, dt, SMALL_TILE_3D) for t in tiles) for dt, tiles in TILES_BY_DTYPE.items()}
 
 
 def tile_3d(tile, dtype) -> GemmTile:
     """The 3-D kernel's config of a 2-D tile (by name, for ``dtype``): ``SMALL_TILE_3D`` for float32 /
-    float16's small tile, the 2-D config otherwise (``gemm.small_tile_4x4_for``)."""
-    return small_tile_4x4_for(tile, dtype)
+    float16's small tile, the 2-D config otherwise (``gemm.with_small_tile``)."""
+    return with_small_tile(tile, dtype, SMALL_TILE_3D)
 
 
 FAMILY = igemm_nd.NdIgemm(SOURCE, KERNEL, SPLIT_KERNEL, TILES_3D, tile_3d)
