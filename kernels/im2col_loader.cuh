@@ -184,8 +184,8 @@ struct Im2colDerivativeState<ACT_NONE> {};
 // `if constexpr (ND == 3)`: with the 2-D geometry the loader is exactly the 2-D one (same machine code).
 // Geo = Im2colGeometry1d: no row, B[kr, m] = x[n, g*Cg + c, q*sw - pl + s'*dw] with kr = c*S + s, m = n*Q + q;
 // the row digit r, its step and carry, the per-pixel rows ih0 and the row compare exist only under
-// `if constexpr (ND >= 2)` paths, so in 1-D they compile away (the members r, step_r, ih0 are never touched
-// and take no register).
+// `if constexpr (ND >= 2)` paths, so in 1-D they compile away (the members r, step_r, ih0 are never read --
+// r's initial 0 is a dead store -- and take no register).
 //
 // Thread t loads one row of each slice, row0 = t / CW, at LOADS pixel columns t % CW + j * CW (j < LOADS,
 // CW = THREADS / BK column threads): consecutive threads read consecutive pixels (coalesced along W for
@@ -195,9 +195,9 @@ struct Im2colDerivativeState<ACT_NONE> {};
 // No division in the main loop: the tap of row0 is found by one division pair per tile and then advanced
 // by BK taps per slice with a constant carry step (BK as (step_c, step_r, step_s), found once per launch in
 // the constructor; 3-D: (step_c, step_t, step_r, step_s), one carry more; 1-D: (step_c, step_s), one carry
-// less). This is why fetch() must be
-// called for k0 = k_start, k_start + BK, ... in that order, once each, after begin_tile(m0, g, k_start)
-// (gemm_slice_range does exactly that; k_start = 0 but for split-K's later splits).
+// less). This is why fetch() must be called for k0 = k_start, k_start + BK, ... in that order, once each,
+// after begin_tile(m0, g, k_start) (gemm_slice_range does exactly that; k_start = 0 but for split-K's later
+// splits).
 // DACT != ACT_NONE (2-D): B[kr, m] = act_backward(x[...], out[...], DACT) at the same element of x and
 // `out` (the data gradient's gy and the forward's output, cropped alike); padding and rows past kred stay 0
 // (out is read only where x is).
