@@ -390,6 +390,20 @@ def test_registered_and_instantiated():
     assert len(conv3d_igemm.INSTANTIATIONS) == 14  # 7 tiles, unsplit and split
 
 
+def test_splitk_rule_on_c3d_conv5a():
+    """C3D's conv5a (512 filters, 3x3x3, 2 x 7 x 7 outputs): conv2d's split-K rule on the 3-D GEMM splits it at
+    small batches (fewer small tiles than an H100 has SMs), not at batch 16; the workspace is splits x K x
+    N*OD*P*Q float32 values."""
+    from gpuconv._cuda import igemm_nd
+    for N, splits in ((1, 8), (2, 8), (4, 5), (8, 3), (16, 1)):
+        g = conv_nd_geometry(3, (N, 512, 2, 7, 7), (512, 512, 3, 3, 3), None, 1, 1)
+        view = conv3d_igemm.gemm_view(g)
+        tile = conv3d_igemm.tile_for(g, np.float32)
+        assert tile == conv3d_igemm.SMALL_TILE_3D
+        assert conv3d_igemm.splitk_for(g, np.float32) == conv_igemm.splitk_for(view, tile) == splits, N
+        assert igemm_nd.workspace_bytes(view, np.float32, splits) == (0 if splits == 1 else splits * 512 * N * 98 * 4)
+
+
 def test_decline_rule_names_the_size():
     g = conv_nd_geometry(3, (1, 2, 4, 4, 4), (3, 2, 2, 2, 2))
     assert conv3d_igemm.conv3d_igemm_decline_reason(g, np.float32) is None

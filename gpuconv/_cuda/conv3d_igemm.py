@@ -12,7 +12,8 @@ as a ``ConvGeometry`` with the same GEMM sizes -- M as ``N*OD`` images of ``P x 
 and groups, the reduction ``Cg*KD*R*S`` as a filter of ``KD*R`` rows and ``S`` columns -- which is all
 ``gemm_tile_for``, ``gemm_blocks``, ``weights_vectorizable`` and ``splitk_for`` read. Split-K
 (``conv3d_igemm_splitk`` + conv2d_igemm.cu's ``gemm_splitk_reduce``) runs where the 2-D rule would split the
-same GEMM: deep layers with few output pixels (C3D's conv5 at 2 x 7 x 7 outputs, a 3-D U-Net's bottleneck);
+same GEMM: deep layers with few output pixels (C3D's conv5a, 512 filters at 2 x 7 x 7 outputs: 8 ranges at batch
+1-2, 5 at 4, 3 at 8, none at 16; a 3-D U-Net's 4^3 bottleneck);
 its workspace is ``splits * K * N*OD*P*Q`` accumulation-type elements (``igemm_nd``). One difference from
 2-D: the float32 / float16 small tile (``SMALL_TILE_3D``, ``gemm.with_small_tile``) is 64 x 64 x 8 with 8x8
 results per thread on 64 threads, where conv2d's is 64 x 64 x 16: with BK = 16 the depth digit's loader
