@@ -26,8 +26,9 @@
 //   Shared memory: static, as conv2d_igemm: 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) bytes.
 //   Registers: __launch_bounds__ asks for gemm_blocks_per_sm (gemm_tile.cuh) blocks per SM, as conv2d_igemm
 //       (255 registers for the 8x8 tiles, 128 for float64's 4x4), except float64's split-K kernel, one block
-//       per SM (conv1d_min_blocks_per_sm below). Figures: tests/test_nvrtc_compile.py prints them (NVRTC 12
-//       and 13, sm_75..sm_120, no spills), tests/sass_floors.json has the main loops'.
+//       per SM (conv1d_min_blocks_per_sm below). No spills on sm_75..sm_120 with NVRTC 12.9 and 13.5
+//       (tests/test_nvrtc_compile.py prints every figure). sm_90, NVRTC 12.9: large 193, wide 223, small 235,
+//       float64 128; conv1d_igemm_splitk 227 / 239 / 245, float64 144 (one block per SM).
 //   Main loop (SASS, python -m tests.sass_check --source conv1d_igemm.cu; floors in tests/sass_floors.json):
 //       float32 on sm_90, instructions per slice (FMA share), NVRTC 12.9: conv1d_igemm large / wide / small
 //       1241 / 1297 / 1347 (82.5 / 79.0 / 76.0 %), float64 253 (50.6 %); conv1d_igemm_splitk 1250 / 1310 /
