@@ -1,11 +1,18 @@
 """conv1d / conv3d and their gradients on both backends (issue 18). docs/semantics.md ("conv1d and conv3d") has
 the rules; this module the arithmetic. Inputs are validated arrays and a resolved ``ConvNdGeometry``.
 
-* **1-D** is the 2-D convolution of unit height: ``x (N, C, L)`` seen as ``(N, C, 1, L)``, ``w (K, Cg, S)``
-  as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()`` (``R = 1``, no height padding). The 2-D
-  kernels (and the NumPy strategies) then run one filter row: no work per tap beyond their index math
-  (docs/architecture.md, "N spatial dimensions", says what the unused height costs the GEMM kernels). The
-  gradients are the 2-D gradients' lowering (``_conv_lowering``) on the same views.
+* **1-D forward, CUDA: one launch of ``conv1d_igemm``** (``_cuda/conv1d_igemm.py``, kernels/conv1d_igemm.cu:
+  conv2d's implicit GEMM with the 1-D gather geometry, no row digit in its tap walk; split-K where conv2d's
+  rule splits): ``algo`` ``'auto'`` and ``'igemm'`` run it (``'igemm'`` raises its ValueError when it
+  declines, ``'auto'`` then runs the height-1 view below), except that ``'auto'`` on a call with one input
+  channel per group (depthwise-like, ``Cg == 1``) runs the height-1 view with conv2d's heuristic (its
+  depthwise kernel: an implicit GEMM would use one filter row of its 64 or 128); a policy (``gpuconv.cudnn``'s)
+  is asked with the height-1 geometry, a tensor-core answer (2-D only) runs the height-1 view with it, any
+  other conv1d_igemm. Every other case is the 2-D convolution of unit height: ``x (N, C, L)`` seen as
+  ``(N, C, 1, L)``, ``w (K, Cg, S)`` as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()``
+  (``R = 1``, no height padding), run by the 2-D kernels named by ``algo`` (and by the NumPy strategies);
+  the record's entry then reads ``conv1d as conv2d of height 1[ (<reason>)]: <kernel>``. The gradients are
+  the 2-D gradients' lowering (``_conv_lowering``) on the same views.
 * **3-D forward, CUDA: one launch of ``conv3d_igemm``** (``_cuda/conv3d_igemm.py``, kernels/conv3d_igemm.cu:
   conv2d's implicit GEMM with the depth axis in its gather geometry): every stride, padding, dilation,
   groups, flip, bias, activation and dtype, in one kernel; ``last_kernel()`` names it. ``algo``: ``'auto'``
@@ -48,8 +55,10 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   per tap the 2-D filter gradient over the ``N*n`` planes (``_conv_lowering.backward_filter``): filter slice
   ``gw[:, :, t]``, written once.
 
-Memory beyond the result, 3-D: ``conv3d_igemm`` none (C-contiguous copies of non-contiguous inputs aside).
-CUDA gradients: the filter gradient, the split workspace ``splits*K*Cg*KD*R*S`` accumulation-type values
+Memory beyond the result, 1-D and 3-D forward: ``conv1d_igemm`` / ``conv3d_igemm`` none unsplit, with split-K
+the workspace ``splits * K * N * outputs per image`` of the accumulation type (float32, float64 for float64;
+``_cuda/igemm_nd.py``), C-contiguous copies of non-contiguous inputs aside.
+CUDA 3-D gradients: the filter gradient, the split workspace ``splits*K*Cg*KD*R*S`` accumulation-type values
 (``splits <= 8``; ``conv_backward_filter.workspace_bytes``) plus contiguous copies of non-contiguous ``x`` /
 ``gy``; the data gradient, per phase the phase's sub-filter, a contiguous copy of the cropped ``gy`` (none
 when uncropped and contiguous: at most ``|gy|``) and the phase's output (about ``|gx| / (sd*sh*sw)``; none
@@ -129,11 +138,48 @@ def effective_weight(w, geom: ConvNdGeometry):
 def forward(backend, x, w, b, geom: ConvNdGeometry, algo="auto"):
     """``y (N, K, *output_size)`` (new, C-contiguous, x's dtype) and the list of kernel ids that ran."""
     if geom.nd == 1:
-        g2 = geom.as_2d()
-        y, kernel = backend.conv2d(x[:, :, None, :], w[:, :, None, :], b, g2,
-                                   resolve_algo(backend, g2, x.dtype, algo))
-        return y[:, :, 0, :], [f"conv1d as conv2d of height 1: {kernel}"]
+        return _forward_1d(backend, x, w, b, geom, algo)
     return _forward_3d(backend, x, w, b, geom, algo)
+
+
+def cuda_1d_plan(backend, geom: ConvNdGeometry, dtype, algo):
+    """What the CUDA forward of a 1-D call runs (the module docstring's rule): ``(None, None)`` for
+    ``conv1d_igemm``, or ``(algo2d, reason)`` for the height-1 view with ``algo2d`` (reason None: a 2-D
+    algorithm named by ``algo``)."""
+    from ._cuda import conv1d_igemm, ops
+    g2 = geom.as_2d()
+    if callable(algo):
+        algo = resolve_algo(backend, g2, dtype, algo)
+        a2 = ops.operation("conv2d").algorithms.get(algo)
+        if a2 is not None and a2.tensor_cores:
+            return algo, f"the algorithm policy chose {algo}: tensor cores exist in the 2-D kernels only"
+        policy = algo
+        algo = "auto"
+    else:
+        policy = None
+    if algo not in ("auto", "igemm"):
+        return algo, None
+    if algo == "auto" and policy is None and geom.Cg == 1:
+        return "auto", "one input channel per group: conv2d's heuristic (its depthwise kernel)"
+    reason = conv1d_igemm.conv1d_igemm_decline_reason(geom, dtype)
+    if reason is None:
+        return None, None
+    if algo == "igemm" and policy is None:
+        raise ValueError(reason)  # asked for by name: no fallback
+    return policy or "auto", reason
+
+
+def _forward_1d(backend, x, w, b, geom, algo):
+    why = None
+    if isinstance(backend, CudaBackend):
+        algo, why = cuda_1d_plan(backend, geom, x.dtype, algo)
+        if algo is None:
+            from ._cuda import conv1d_igemm
+            y, kernel = conv1d_igemm.conv1d(backend.runtime, x, w, b, geom)
+            return y, [kernel]
+    g2 = geom.as_2d()
+    y, kernel = backend.conv2d(x[:, :, None, :], w[:, :, None, :], b, g2, resolve_algo(backend, g2, x.dtype, algo))
+    return y[:, :, 0, :], [f"conv1d as conv2d of height 1{'' if why is None else f' ({why})'}: {kernel}"]
 
 
 def cuda_3d_plan(backend, geom: ConvNdGeometry, dtype, algo):

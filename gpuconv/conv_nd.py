@@ -3,11 +3,13 @@
 
 Each function checks its arrays (``_backend.coerce_arrays``: the arrays decide the backend), resolves the
 forward call (``_geometry_nd.conv_nd_geometry``: conv2d's rules and messages for 1 or 3 spatial dimensions)
-and runs it (``_conv_nd``): 1-D as a unit-height conv2d; 3-D on CUDA arrays as one ``conv3d_igemm`` launch
-(``algo`` ``'auto'`` / ``'igemm'``), otherwise -- NumPy's 3-D gradients, another named 2-D algorithm, a
-geometry the kernel declines -- as a sum over depth taps of batched 2-D convolutions (the depth-tap
-lowering); their CUDA gradients run the 3-D kernels (``_conv_nd``). ``gpuconv.last_kernel()`` names what
-ran, the lowering and its reason included.
+and runs it (``_conv_nd``): on CUDA arrays 1-D as one ``conv1d_igemm`` launch and 3-D as one
+``conv3d_igemm`` launch (``algo`` ``'auto'`` / ``'igemm'``; two launches with split-K), otherwise 1-D as a
+unit-height conv2d (another named 2-D algorithm, a depthwise-like call under ``'auto'``, NumPy arrays, the
+gradients) and 3-D -- NumPy's 3-D gradients, another named 2-D algorithm, a geometry the kernel declines --
+as a sum over depth taps of batched 2-D convolutions (the depth-tap lowering); the CUDA 3-D gradients run
+the 3-D kernels (``_conv_nd``). ``gpuconv.last_kernel()`` names what ran, the lowering and its reason
+included.
 docs/semantics.md, "conv1d and conv3d", has the rules.
 """
 
@@ -50,8 +52,11 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     unbatched ``(C, L)``, ``weight (K, C/groups, S)``, ``bias (K,)`` or None; output ``(N, K, Lo)``,
     ``Lo = floor((L + pl + pr - d*(S-1) - 1) / s) + 1``. ``stride`` / ``dilation``: int or ``(s,)``;
     ``padding``: int, ``(p,)``, ``((left, right),)``, ``'valid'`` or ``'same'`` (conv2d's rule per axis);
-    ``flip``, ``activation``, ``groups``, dtypes, errors and ``algo`` as ``gpuconv.conv2d``. Runs as the 2-D
-    convolution of unit height (views, no copy) on both paths."""
+    ``flip``, ``activation``, ``groups``, dtypes, errors and ``algo`` as ``gpuconv.conv2d``. On CUDA arrays
+    ``algo='auto'`` / ``'igemm'`` run one ``conv1d_igemm`` launch (the implicit GEMM with a 1-D gather: no
+    row axis; split-K where conv2d's rule splits), except a depthwise-like call (one input channel per
+    group) under ``'auto'``; that, another 2-D algorithm name and NumPy arrays run the 2-D convolution of
+    unit height (views, no copy), which ``last_kernel()`` says."""
     return _forward(1, input, weight, bias, stride, padding, dilation, groups, flip, activation, algo)
 
 

@@ -1,12 +1,13 @@
-// im2col_loader.cuh — the implicit GEMM's view of x, for 2 or 3 spatial dimensions: Im2colGeometry (the 2-D
+// im2col_loader.cuh — the implicit GEMM's view of x, for 1, 2 or 3 spatial dimensions: Im2colGeometry (the 2-D
 // geometry and the decomposition of an output pixel, shared with conv2d_igemm_tc.cu's own gather and the
-// backward kernels) and Im2colGeometry3d (the same plus a depth axis: conv3d_igemm.cu); Im2colLoader, the B
-// operand loader of the CUDA-core implicit GEMM for either geometry (a template parameter: the number of
-// spatial dimensions lives in the geometry and in the loader's tap walk, nowhere else), which gathers a
-// BK x BN slice of the im2col matrix from x on the fly, with stride, asymmetric padding (read as 0), dilation
-// and flip in its index math, and plugs into gemm_tile.cuh's slice loop (fetch / stage; see the
-// operand-loader contract there); implicit_gemm_conv, the body of conv2d_igemm and conv3d_igemm. With a
-// derivative parameter DACT (2-D only; default ACT_NONE: no state, no code) the loader multiplies each gathered
+// backward kernels), Im2colGeometry1d (a row without height: conv1d_igemm.cu) and Im2colGeometry3d (the 2-D
+// one plus a depth axis: conv3d_igemm.cu); Im2colLoader, the B operand loader of the CUDA-core implicit GEMM
+// for any of them (a template parameter: the number of spatial dimensions lives in the geometry and in the
+// loader's tap walk, nowhere else), which gathers a BK x BN slice of the im2col matrix from x on the fly,
+// with stride, asymmetric padding (read as 0), dilation and flip in its index math, and plugs into
+// gemm_tile.cuh's slice loop (fetch / stage; see the operand-loader contract there); implicit_gemm_conv, the
+// body of conv1d_igemm, conv2d_igemm and conv3d_igemm (and of their split-K kernels). With a derivative
+// parameter DACT (2-D only; default ACT_NONE: no state, no code) the loader multiplies each gathered
 // element by the derivative of activation DACT computed from `out` at the same offset (act_backward,
 // common.cuh): conv2d_igemm_dgrad, the data gradient with the activation's derivative fused.
 #pragma once
@@ -22,7 +23,7 @@ namespace gpuconv {
 // tile; conv2d_igemm_tc.cu's TapIm2colLoader, one pixel per thread).
 template <typename T>
 struct Im2colGeometry {
-    static constexpr int ND = 2;  // spatial dimensions (Im2colGeometry3d: 3)
+    static constexpr int ND = 2;  // spatial dimensions (Im2colGeometry1d: 1, Im2colGeometry3d: 3)
     typedef ConvParams Params;    // what the kernel receives (Im2colGeometry3d: Conv3dParams)
     const T* x;
     int C, H, W, R, S, Cg, sh, sw, pt, pl, dh, dw, P, Q, flip, kred;
@@ -117,6 +118,41 @@ struct Im2colGeometry3d : Im2colGeometry<T> {
     }
 };
 
+// The 1-D geometry: x (N, C, W) -> y (N, K, Q), w (K, Cg, S). The kernel receives the ConvParams of the 1-D
+// call as a convolution of unit height (H = R = P = 1, sh = dh = 1, pt = 0: gpuconv/_cuda/abi.py fills it
+// from the geometry's as_2d()), so the base holds the row's members; the 1-D code reads none of the height's
+// (H, R, sh, pt, dh, P, tap_dh): the loader's tap walk is (c, s) and a pixel is (n, q). The reduction runs
+// over (c, s), kred = Cg*S (w's (K, Cg, S) order), the pixels over (n, q), Q per image (y's (N, K, Q)).
+template <typename T>
+struct Im2colGeometry1d : Im2colGeometry<T> {
+    static constexpr int ND = 1;
+    typedef ConvParams Params;
+
+    __device__ __forceinline__ Im2colGeometry1d(const T* x_, const ConvParams& cp, int Cg_, index_t M_)
+        : Im2colGeometry<T>(x_, cp, Cg_, M_) {
+        this->kred = reduction(cp, Cg_);  // Cg*S (the base's Cg*R*S with R = 1, without reading R)
+    }
+
+    // Output pixel m (< M) of group g: sets iw, the input column of its first tap (with flip the last one,
+    // stepped backwards by the signed tap step: see the 2-D pixel_origin), and returns the element offset of
+    // x[n, g*Cg, 0] (64-bit). One division per pixel (the 2-D one divides twice: by P*Q, then by Q).
+    __device__ __forceinline__ index_t pixel_origin(index_t m, int g, int& iw) const {
+        const index_t n = m / this->Q;
+        const int q = (int)(m - n * this->Q);
+        // int: q*sw <= W + pl + pr - 1 - (S-1)*dw, which the host's 32-bit rule keeps below 2^31.
+        iw = q * this->sw - this->pl;
+        if (this->flip) iw += (this->S - 1) * this->dw;
+        return ((index_t)n * this->C + (index_t)g * this->Cg) * this->W;
+    }
+
+    // Elements between consecutive channels of x: W.
+    __device__ __forceinline__ index_t channel_stride() const { return (index_t)this->W; }
+    __device__ __forceinline__ static const ConvParams& plane(const Params& p) { return p; }
+    // int: the host's 32-bit rule keeps Cg*S below 2^31.
+    __device__ __forceinline__ static int reduction(const Params& p, int Cg) { return Cg * p.S; }
+    __device__ __forceinline__ static index_t outputs_per_image(const Params& p) { return (index_t)p.Q; }
+};
+
 // Im2colLoader's state for the depth axis: none in 2-D, so that the 2-D loader holds exactly what it did
 // before the 3-D one existed (and compiles to the same machine code).
 template <int ND, int LOADS>
@@ -146,6 +182,10 @@ struct Im2colDerivativeState<ACT_NONE> {};
 // Geo = Im2colGeometry3d: the same with a depth, B[kr, m] = x[n, g*Cg + c, od*sd - pf + t'*dd, ...] with
 // kr = ((c*KD + t)*R + r)*S + s and m = ((n*OD + od)*P + p)*Q + q. The depth exists only in the code under
 // `if constexpr (ND == 3)`: with the 2-D geometry the loader is exactly the 2-D one (same machine code).
+// Geo = Im2colGeometry1d: no row, B[kr, m] = x[n, g*Cg + c, q*sw - pl + s'*dw] with kr = c*S + s, m = n*Q + q;
+// the row digit r, its step and carry, the per-pixel rows ih0 and the row compare exist only under
+// `if constexpr (ND >= 2)` paths, so in 1-D they compile away (the members r, step_r, ih0 are never read --
+// r's initial 0 is a dead store -- and take no register).
 //
 // Thread t loads one row of each slice, row0 = t / CW, at LOADS pixel columns t % CW + j * CW (j < LOADS,
 // CW = THREADS / BK column threads): consecutive threads read consecutive pixels (coalesced along W for
@@ -154,9 +194,10 @@ struct Im2colDerivativeState<ACT_NONE> {};
 //
 // No division in the main loop: the tap of row0 is found by one division pair per tile and then advanced
 // by BK taps per slice with a constant carry step (BK as (step_c, step_r, step_s), found once per launch in
-// the constructor; 3-D: (step_c, step_t, step_r, step_s), one carry more). This is why fetch() must be
-// called for k0 = k_start, k_start + BK, ... in that order, once each, after begin_tile(m0, g, k_start)
-// (gemm_slice_range does exactly that; k_start = 0 but for split-K's later splits).
+// the constructor; 3-D: (step_c, step_t, step_r, step_s), one carry more; 1-D: (step_c, step_s), one carry
+// less). This is why fetch() must be called for k0 = k_start, k_start + BK, ... in that order, once each,
+// after begin_tile(m0, g, k_start) (gemm_slice_range does exactly that; k_start = 0 but for split-K's later
+// splits).
 // DACT != ACT_NONE (2-D): B[kr, m] = act_backward(x[...], out[...], DACT) at the same element of x and
 // `out` (the data gradient's gy and the forward's output, cropped alike); padding and rows past kred stay 0
 // (out is read only where x is).
@@ -171,7 +212,7 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
     static constexpr int LOADS = BK * BN / Cfg::THREADS;  // pixels per thread per slice (all in one row)
     static constexpr int CW = Cfg::THREADS / BK;          // threads per row of a slice
     static_assert(Cfg::THREADS % BK == 0 && CW * LOADS == BN, "pattern must tile BK x BN exactly");
-    static_assert(ND == 2 || ND == 3, "2 or 3 spatial dimensions");
+    static_assert(ND == 1 || ND == 2 || ND == 3, "1, 2 or 3 spatial dimensions");
     static_assert(DACT == ACT_NONE || ND == 2, "the fused derivative is a 2-D data-gradient feature");
 
     int col, row0;  // this thread's first column of the tile and its row of each slice
@@ -179,14 +220,14 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
     index_t step_c_off;  // step_c * channel stride (0 <= step_t < KD, 0 <= step_r < R, 0 <= step_s < S)
     // per tile:
     index_t coff;   // c * channel stride for the tap (c, [t,] r, s) of the next slice's row row0
-    int r, s;       // (3-D: t, the depth tap, in Im2colDepthState)
+    int r, s;       // (3-D: t, the depth tap, in Im2colDepthState; 1-D: r unused)
     // per tile and pixel j: the address of x[n, g*Cg, [id0,] ih0, iw0] (outside x when the position lies in
     // the padding; only addresses of taps inside the image are ever read), and the input row / column (3-D:
     // depth) of tap 0 (negative inside the top / left / front padding). A pixel past M (a partial last tile)
     // gets a row ih0 that every tap puts above the image (ih0 + dih <= -1 for every tap row offset dih), so
     // it reads nothing (3-D: whatever its depth).
     const char* pix[LOADS];
-    int ih0[LOADS], iw0[LOADS];  // (3-D: id0, in Im2colDepthState)
+    int ih0[LOADS], iw0[LOADS];  // (3-D: id0, in Im2colDepthState; 1-D: ih0 unused)
     A regs[LOADS];
 
     __device__ __forceinline__ Im2colLoader(const T* x_, const typename Geo::Params& cp, int Cg_, index_t M_,
@@ -194,7 +235,11 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
         : Geo(x_, cp, Cg_, M_), col(tid % CW), row0(tid / CW), coff(0), r(0), s(0) {
         if constexpr (DACT != ACT_NONE)
             this->out_shift = reinterpret_cast<const char*>(out_) - reinterpret_cast<const char*>(x_);
-        if constexpr (ND == 2) {
+        if constexpr (ND == 1) {
+            const int step_c = BK / S;
+            step_s = BK - step_c * S;
+            step_c_off = (index_t)step_c * this->channel_stride();
+        } else if constexpr (ND == 2) {
             const int RS = R * S;
             const int step_c = BK / RS;
             step_r = (BK - step_c * RS) / S;
@@ -216,16 +261,26 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
     __device__ __forceinline__ void begin_tile(index_t m0, int g, int k_start = 0) {
         GPUCONV_UNROLL
         for (int j = 0; j < LOADS; ++j) {
-            // Tap row offsets dih are r * dh in [0, (R-1)*dh], or -r * dh with flip: -1 less the largest.
-            // (R-1)*dh < 2^31 (the host's 32-bit rule), so this and ih0 + dih stay within int.
-            ih0[j] = flip ? -1 : -(R - 1) * dh - 1;
-            iw0[j] = 0;
+            if constexpr (ND == 1) {
+                // No row: the sentinel is the column. Tap column offsets diw are s * dw in [0, (S-1)*dw], or
+                // -s * dw with flip: -1 less the largest keeps every tap left of the row ((S-1)*dw < 2^31).
+                iw0[j] = flip ? -1 : -(S - 1) * this->dw - 1;
+            } else {
+                // Tap row offsets dih are r * dh in [0, (R-1)*dh], or -r * dh with flip: -1 less the largest.
+                // (R-1)*dh < 2^31 (the host's 32-bit rule), so this and ih0 + dih stay within int.
+                ih0[j] = flip ? -1 : -(R - 1) * dh - 1;
+                iw0[j] = 0;
+            }
             if constexpr (ND == 3) this->id0[j] = 0;  // (the sentinel row alone keeps such a pixel out)
             pix[j] = reinterpret_cast<const char*>(x);
             const index_t m = m0 + col + j * CW;
-            if (m >= M) continue;  // past M: the sentinel row above, nothing is read
+            if (m >= M) continue;  // past M: the sentinel row (1-D: column) above, nothing is read
             int ih, iw;
-            if constexpr (ND == 2) {
+            if constexpr (ND == 1) {
+                const index_t image = this->pixel_origin(m, g, iw);
+                iw0[j] = iw;
+                pix[j] = reinterpret_cast<const char*>(x) + (image + iw) * (index_t)sizeof(T);
+            } else if constexpr (ND == 2) {
                 const index_t image = this->pixel_origin(m, g, ih, iw);
                 ih0[j] = ih;
                 iw0[j] = iw;
@@ -242,10 +297,15 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
             }
         }
         // The tap of reduction row k_start + row0 (when it is >= kred, fetch reads nothing): one division
-        // pair per tile (3-D: three), unsigned: k_start + row0 < kred + BK <= INT_MAX + BK fits 32 unsigned bits.
+        // pair per tile (3-D: three, 1-D: one), unsigned: k_start + row0 < kred + BK <= INT_MAX + BK fits 32
+        // unsigned bits.
         const unsigned RS = (unsigned)(R * S);
         const unsigned kr = (unsigned)k_start + (unsigned)row0;
-        if constexpr (ND == 2) {
+        if constexpr (ND == 1) {
+            const unsigned c = kr / (unsigned)S;
+            s = (int)(kr - c * (unsigned)S);
+            coff = (index_t)c * this->channel_stride();
+        } else if constexpr (ND == 2) {
             const unsigned c = kr / RS;
             r = (int)((kr - c * RS) / (unsigned)S);
             s = (int)(kr - c * RS - (unsigned)r * (unsigned)S);
@@ -266,11 +326,13 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
         // The row exists iff row0 < kred - k0 (rows past kred, the reduction tail, read 0; this form cannot
         // overflow where k0 + row0 < kred could: k0 < kred <= INT_MAX).
         const bool row_ok = row0 < kred - k0;
-        const int dih = r * tap_dh, diw = s * tap_dw;
+        const int dih = ND == 1 ? 0 : r * tap_dh, diw = s * tap_dw;  // (1-D: no row, r is never set)
         // Offset (bytes) of tap (c, [t,] r, s) from each pixel's tap 0 of channel 0: the same for every pixel.
         index_t off;
         int did;  // 3-D: the depth offset of tap t
-        if constexpr (ND == 2) {
+        if constexpr (ND == 1) {
+            off = (coff + diw) * (index_t)sizeof(T);  // (dih unused: no row)
+        } else if constexpr (ND == 2) {
             off = (coff + (index_t)dih * W + diw) * (index_t)sizeof(T);
         } else {
             did = this->t * this->tap_dd;
@@ -291,12 +353,15 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
         GPUCONV_UNROLL
         for (int j = 0; j < LOADS; ++j) {
             A v = A(0);
-            const int ih = ih0[j] + dih;
+            const int ih = ND == 1 ? 0 : ih0[j] + dih;
             const int iw = iw0[j] + diw;
             // Halo / bounds: taps that land in the padding (or, for a filter reaching past the padded
             // edge, beyond it) read 0 by definition; x is never read outside the image. The unsigned
             // compare also rejects negative coordinates (top / left / front padding).
-            if constexpr (ND == 2) {
+            if constexpr (ND == 1) {
+                (void)ih;  // no row: only the column can leave the input
+                if (row_ok && (unsigned)iw < (unsigned)W) v = load<T>(reinterpret_cast<const T*>(pix[j] + off));
+            } else if constexpr (ND == 2) {
                 if (row_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W) {
                     v = load<T>(reinterpret_cast<const T*>(pix[j] + off));
                     // The fused derivative: out's element at x's byte offset (same layout); a template
@@ -314,24 +379,31 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
             regs[j] = v;
         }
         // The next slice's row: BK taps further, = (step_c, [step_t,] step_r, step_s) with two carries (3-D:
-        // three). Each digit plus its step plus a carry stays below twice its radix: one subtraction.
+        // three, 1-D: one). Each digit plus its step plus a carry stays below twice its radix: one subtraction.
         coff += step_c_off;
         s += step_s;
-        if (s >= S) {
-            s -= S;
-            ++r;
-        }
-        r += step_r;
-        if (r >= R) {
-            r -= R;
-            if constexpr (ND == 2) coff += HW;  // the next channel
-            else ++this->t;                         // the next depth tap
-        }
-        if constexpr (ND == 3) {
-            this->t += this->step_t;
-            if (this->t >= this->KD) {
-                this->t -= this->KD;
+        if constexpr (ND == 1) {
+            if (s >= S) {  // no row digit (nor depth) to carry into
+                s -= S;
                 coff += this->channel_stride();  // the next channel
+            }
+        } else {
+            if (s >= S) {
+                s -= S;
+                ++r;
+            }
+            r += step_r;
+            if (r >= R) {
+                r -= R;
+                if constexpr (ND == 2) coff += HW;  // the next channel
+                else ++this->t;                         // the next depth tap
+            }
+            if constexpr (ND == 3) {
+                this->t += this->step_t;
+                if (this->t >= this->KD) {
+                    this->t -= this->KD;
+                    coff += this->channel_stride();  // the next channel
+                }
             }
         }
     }
@@ -345,9 +417,10 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
 
 // One launch of an implicit-GEMM convolution: the GEMM's sizes from the geometry, then gemm_tile.cuh's
 // grid-stride loop over output tiles with Im2colLoader as the B operand and Tile doing the products
-// (RegisterTile on CUDA cores in conv2d_igemm and conv3d_igemm; conv2d_igemm_tc has a pipeline of its own).
-// The host launches exactly Cfg::THREADS threads in x. Geo: the geometry (Im2colGeometry: cp is a
-// ConvParams; Im2colGeometry3d: a Conv3dParams), M = N * outputs per image pixels, kred its reduction.
+// (RegisterTile on CUDA cores in conv1d_igemm, conv2d_igemm and conv3d_igemm; conv2d_igemm_tc has a pipeline
+// of its own). The host launches exactly Cfg::THREADS threads in x. Geo: the geometry (Im2colGeometry and
+// Im2colGeometry1d: cp is a ConvParams; Im2colGeometry3d: a Conv3dParams), M = N * outputs per image
+// pixels, kred its reduction.
 // Split-K (SPLIT): `splits` ranges of `split_slices` slices each, partial sums into ws (gemm_conv_tiles).
 // DACT / dout: the fused activation derivative of Im2colLoader (conv2d_igemm_dgrad; dout laid out as x).
 template <typename T, class Cfg, class Tile, class Smem, bool SPLIT = false, class Geo = Im2colGeometry<T>,

@@ -1,7 +1,8 @@
 """A performance signal without a GPU: the SASS of the GEMM-style kernels, main loop by main loop.
 
 Compiles the GEMM-style kernel sources (every ``kernels/*.cu`` that includes ``gemm_tile.cuh``:
-``conv2d_igemm.cu``, ``conv2d_gemm1x1.cu``, ``conv2d_igemm_tc.cu``; every instantiation of
+``conv2d_igemm.cu``, ``conv2d_gemm1x1.cu``, ``conv2d_igemm_tc.cu``, ``conv2d_backward_filter.cu``,
+``conv1d_igemm.cu``, ``conv3d_igemm.cu`` (found by ``gemm_sources``, not listed); every instantiation of
 ``gpuconv._cuda.ops.INSTANTIATIONS``, all dtypes) with NVRTC for real architectures (``sm_90``,
 ``sm_80``) through ``tests/nvrtc_check.py``, disassembles the CUBIN with ``nvdisasm`` (or ``cuobjdump
 -sass``), finds each kernel's main loop and reports what a profiler would show about its instruction mix.

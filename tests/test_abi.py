@@ -1,6 +1,7 @@
 """The conv kernels' argument ABI: the host's ``CONV_PARAMS_DTYPE`` (gpuconv/_cuda/abi.py) against the C++
 ``ConvParams`` (kernels/conv_params.cuh) that every conv2d kernel takes by value; at the end the same checks
-(header fields, emulator probe, NVRTC layout) for ``Conv3dParams`` / ``CONV3D_PARAMS_DTYPE`` (conv3d_igemm).
+(header fields, emulator probe, NVRTC layout) for ``Conv3dParams`` / ``CONV3D_PARAMS_DTYPE`` (conv3d_igemm),
+and conv1d_igemm's parameter: a ``ConvParams`` of the call as a unit-height convolution.
 
 CuPy passes the one-element array's bytes without looking at them, so nothing else would notice a field
 added, removed or reordered on one side only. Checked here:
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 
 from gpuconv._cuda.abi import (CONV3D_DEPTH_FIELDS, CONV3D_PARAMS_DTYPE, CONV_PARAMS_DTYPE, CONV_PARAMS_FIELDS,
-                                conv3d_kernel_args, conv_kernel_args, conv_params)
+                                conv1d_kernel_args, conv3d_kernel_args, conv_kernel_args, conv_params)
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry import conv_geometry
 from gpuconv._geometry_nd import conv_nd_geometry
@@ -335,3 +336,31 @@ def test_nvrtc_conv3d_layout_matches_the_dtype():
             "{ out[0] = cp.OD + cp.hw.act; }\n")
     result = nv.compile_source(code, ["abi3d_nvrtc_probe"], "sm_75", tuple(runtime.NVRTC_OPTIONS) + nv.CUPY_OPTIONS)
     assert result.ok, result.log
+
+
+# --------------------------------------------------------------------------------------------
+# conv1d_igemm: a ConvParams of the unit-height convolution (no struct of its own)
+# --------------------------------------------------------------------------------------------
+
+def test_conv1d_params_are_the_unit_height_conv_params():
+    g = conv_nd_geometry(1, (3, 4, 23), (6, 2, 5), (6,), 2, ((3, 1),), 2, 2, True, "tanh")
+    (arr,) = conv1d_kernel_args(g)
+    assert arr.dtype == CONV_PARAMS_DTYPE and arr.tobytes() == conv_params(g.as_2d()).tobytes()
+    (L,), (Q,) = g.input_size, g.output_size
+    assert {n: int(arr[0][n]) for n in CONV_PARAMS_FIELDS} == dict(
+        N=3, C=4, H=1, W=L, K=6, R=1, S=5, groups=2, sh=1, sw=2, pt=0, pl=3, dh=1, dw=2, P=1, Q=Q, flip=1, has_bias=1,
+        act=g.activation_code)
+
+
+def test_emulated_conv1d_kernels_take_one_conv_params():
+    """Both conv1d kernels, as the emulator compiled them from the registry: the four pointers, one 76-byte
+    ConvParams by value, then vec_w (split-K: splits, split_slices and the workspace pointer)."""
+    _need_gxx()
+    from gpuconv._cuda import conv1d_igemm
+    from tests.runners import emulated_runtime
+
+    rt = emulated_runtime()
+    for name, tail in ((conv1d_igemm.INSTANTIATIONS[0], [4]), (conv1d_igemm.INSTANTIATIONS[-1], [4, 4, 4, 8])):
+        k = rt.function(conv1d_igemm.SOURCE, name)
+        assert [p.size for p in k.params] == [8, 8, 8, 8, 76] + tail, name
+        assert k.params[4].type == "gpuconv::ConvParams"

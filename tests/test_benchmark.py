@@ -719,7 +719,8 @@ def test_gpu_nd_rows_on_the_emulator():
             continue
         assert r["status"] == "ok" and r["check"]["ok"] and r["peer"]["status"] == "ok", r
         assert "gpuconv::" in r["kernel"]
-    assert rows["c1", "auto"]["kernel"].startswith("conv1d as conv2d of height 1: gpuconv::conv2d_")
+    assert rows["c1", "auto"]["kernel"].startswith("gpuconv::conv1d_igemm<")  # one 1-D launch (issue 18)
+    assert rows["c1", "direct"]["kernel"].startswith("conv1d as conv2d of height 1: gpuconv::conv2d_direct<")
     assert rows["c3", "auto"]["kernel"].startswith("gpuconv::conv3d_igemm<")  # one 3-D launch (issue 18)
     assert rows["c3", "direct"]["kernel"].startswith("conv3d depth-tap lowering (")  # a 2-D algorithm per tap
     assert rows["c3", "direct"]["status"] == "ok" and rows["p3", "auto"]["status"] == "ok"

@@ -9,7 +9,10 @@ through reductions Cg*KD*R*S below, at and above BK and through every carry of t
 tile config is forced on small problems; both thread orders run (``with_thread_order``: a missing barrier
 shows as the emulator's NaN poison). Also: bitwise determinism, the grid-stride loop, 4-wide weight loads on
 and off, the public ``gpuconv.conv3d`` record (one kernel) and the lowering it keeps for what the kernel
-declines (stated in the record; ``algo='igemm'`` raises instead). Host-side rule tests carry no marker.
+declines (stated in the record; ``algo='igemm'`` raises instead). Split-K (``conv3d_igemm_splitk`` + the
+fixed-order reduction): forced range counts on every tile, the rule's split of a deep layer with few output
+pixels (C3D's conv5, scaled down), bitwise repeatable in both thread orders, its workspace. Host-side rule
+tests carry no marker.
 Emulator only, slow: an AddressSanitizer build over the tile edges.
 """
 
@@ -22,12 +25,12 @@ import pytest
 
 import gpuconv
 from gpuconv._backend import CudaBackend, use_backend
-from gpuconv._cuda import abi, conv3d_igemm, gemm, limits, ops
+from gpuconv._cuda import abi, conv3d_igemm, conv_igemm, gemm, limits, ops
 from gpuconv._cuda.gemm import LARGE_TILE, SMALL_TILE, WIDE_TILE
 from gpuconv._geometry_nd import conv_nd_geometry
 from tests.cases import pairwise
 from tests.reference import explicit_padding_nd, reference_conv_nd
-from tests.runners import numpy_io, runtime_fixture, torch, with_thread_order
+from tests.runners import SpyRuntime, numpy_io, runtime_fixture, torch, with_thread_order
 from tests.support import NoLaunch, noncontiguous_view
 from tests.tolerance import assert_close
 
@@ -125,7 +128,16 @@ def _case_id(i, c):
 def test_matches_reference(rt, case, order):
     x, w, b, kw = _case_data(case)
     _, kid, g = _check(with_thread_order(rt, order), x, w, b, kw, order)
-    assert kid == conv3d_igemm.conv3d_igemm_name(case["dtype"], conv3d_igemm.tile_for(g, case["dtype"]))
+    assert kid == _rule_kernel_id(g, case["dtype"])
+
+
+def _rule_kernel_id(g, dtype):
+    """The kernel id the rules give a call: the rule's tile, split where the split-K rule splits it."""
+    tile, view = conv3d_igemm.tile_for(g, dtype), conv3d_igemm.gemm_view(g)
+    n, _ = conv_igemm.splitk_ranges(view, tile, conv3d_igemm.splitk_for(g, dtype))
+    if n == 1:
+        return conv3d_igemm.conv3d_igemm_name(dtype, tile)
+    return conv_igemm.igemm_kernel_id(gemm.gemm_kernel_name(conv3d_igemm.SPLIT_KERNEL, dtype, tile), n, dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +176,7 @@ def test_tile_edges_and_tap_walk(rt, name, tile, dtype, order):
     xs, ws, groups, stride, padding, dilation, flip = EDGES[name]
     x, w, b = _arrays(xs, ws, dtype, seed=len(name))
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip, activation="tanh")
-    _, kid, _ = _check(with_thread_order(rt, order), x, w, b, kw, name, tile=tile)
+    _, kid, _ = _check(with_thread_order(rt, order), x, w, b, kw, name, tile=tile, splits=1)
     assert kid == conv3d_igemm.conv3d_igemm_name(dtype, tile)
 
 
@@ -214,6 +226,66 @@ def test_nonfinite_values_and_padding(rt):
     w[0, 0, 0] = np.inf  # filter 0's first depth tap: reads padding for output depth 0 only
     y, _, _ = _check(rt, x, w, None, dict(padding=(1, 0, 0)))
     assert np.isnan(y[0, 0, 0]).all() and np.isnan(y[0, 1, 1:, 1, 1]).all()
+
+
+# --------------------------------------------------------------------------------------------
+# split-K
+# --------------------------------------------------------------------------------------------
+
+SPLIT_CASES = {  # x shape, w shape, groups, stride, padding, dilation, flip, activation
+    "c3d-conv5-like": ((1, 12, 2, 3, 3), (9, 12, 3, 3, 3), 1, 1, 1, 1, False, "relu"),    # Cg*KD*R*S 324
+    "g2-strided": ((2, 16, 3, 5, 4), (6, 8, 2, 3, 3), 2, (1, 2, 1), (1, 0, 1), 1, True, "tanh"),  # 144 per group
+    "kg70": ((1, 9, 2, 4, 5), (70, 9, 2, 2, 3), 1, 1, ((1, 0), (0, 1), (1, 1)), (1, 2, 1), False, None),  # 108
+}
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("splits", [2, 3, 8])
+@pytest.mark.parametrize("tile", [LARGE_TILE, WIDE_TILE, SMALL_TILE], ids=lambda t: t.name)
+@pytest.mark.parametrize("name", list(SPLIT_CASES))
+def test_splitk_matches_reference(rt, name, tile, splits, order):
+    xs, ws, groups, stride, padding, dilation, flip, act = SPLIT_CASES[name]
+    x, w, b = _arrays(xs, ws, np.float32, seed=splits)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, flip=flip, activation=act)
+    tile = conv3d_igemm.tile_3d(tile, np.float32)
+    _, kid, g = _check(with_thread_order(rt, order), x, w, b, kw, f"{name} split {splits}", tile=tile, splits=splits)
+    n, _ = conv_igemm.splitk_ranges(conv3d_igemm.gemm_view(g), tile, splits)
+    split_name = gemm.gemm_kernel_name(conv3d_igemm.SPLIT_KERNEL, np.float32, tile)
+    assert kid == f"{split_name} splitK={n} + {conv_igemm.reduce_name(np.float32)}" and n >= 2
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_splitk_by_the_rule_is_bitwise_repeatable(rt, dtype):
+    """C3D's conv5 scaled down (deep, 2 x 3 x 3 outputs): the rule splits (as conv2d's would on the same
+    GEMM); the result is bitwise the same in both thread orders and run to run; the workspace is splits x K x
+    N*OD*P*Q of the accumulation type, and the reduce kernel is conv2d_igemm.cu's."""
+    x, w, b = _arrays((2, 16, 2, 3, 3), (8, 16, 3, 3, 3), dtype, seed=11)  # Cg*KD*R*S = 432: 27 slices of 16
+    kw = dict(padding=1, activation="leaky_relu")
+    g = _geometry(x, w, b, **kw)
+    tile = conv3d_igemm.tile_for(g, dtype)
+    n = conv3d_igemm.splitk_for(g, dtype)
+    assert n == conv_igemm.splitk_for(conv3d_igemm.gemm_view(g), tile) >= 2
+    spy = SpyRuntime(rt)
+    y, kid, _ = _check(spy, x, w, b, kw, "rule split")
+    assert kid.startswith(gemm.gemm_kernel_name(conv3d_igemm.SPLIT_KERNEL, dtype, tile) + f" splitK={n} + ")
+    (split, red) = spy.launches
+    assert (split.source, red.source) == (conv3d_igemm.SOURCE, conv_igemm.SOURCE)
+    ws = split.args[-1]
+    acc = np.float32 if dtype == np.float16 else dtype
+    assert tuple(ws.shape) == (n, 8, 2 * 2 * 3 * 3) and ws.dtype == acc
+    assert split.grid[0] == gemm.gemm_blocks(conv3d_igemm.gemm_view(g), tile) * n
+    runs = [_run(with_thread_order(rt, o), x, w, b, g)[0] for o in ("reversed", "forward")]
+    assert y.tobytes() == runs[0].tobytes() == runs[1].tobytes()
+
+
+def test_public_conv3d_splits_where_the_rule_does(rt):
+    x, w, b = _arrays((1, 16, 2, 3, 3), (8, 16, 3, 3, 3), np.float32, seed=12)
+    y, rec = _public(rt, x, w, b, padding=1)
+    ref, mag = reference_conv_nd(x, w, b, padding=1)
+    assert_close(y, ref, mag, np.float32, "public split")
+    (kid,) = rec.kernels
+    assert kid.startswith(gemm.gemm_kernel_name(conv3d_igemm.SPLIT_KERNEL, np.float32, conv3d_igemm.SMALL_TILE_3D)
+                          + " splitK=")
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,11 +378,30 @@ def test_gemm_view_has_the_3d_gemm_sizes():
 def test_registered_and_instantiated():
     assert ops.operation("conv3d").algorithms == {"igemm": conv3d_igemm.ALGO}
     assert ops.INSTANTIATIONS[conv3d_igemm.SOURCE] == list(conv3d_igemm.INSTANTIATIONS)
-    # conv2d's tiles, but the small float32 / float16 tile 4x4 per thread on 256 threads
+    # conv2d's tiles, but the small float32 / float16 tile with BK = 8 (8x8 per thread on 64 threads)
     assert conv3d_igemm.tile_3d(SMALL_TILE, np.float32) == conv3d_igemm.SMALL_TILE_3D
-    assert (conv3d_igemm.SMALL_TILE_3D.threads, conv3d_igemm.SMALL_TILE_3D.tm) == (256, 4)
+    t = conv3d_igemm.SMALL_TILE_3D
+    assert (t.bm, t.bn, t.bk, t.tm, t.tn, t.threads) == (64, 64, 8, 8, 8, 64)
     assert conv3d_igemm.tile_3d(SMALL_TILE, np.float64) == gemm.SMALL_TILE_F64
-    assert len(conv3d_igemm.INSTANTIATIONS) == 7
+    assert conv3d_igemm.tile_3d(gemm.WIDE_TILE, np.float16) == gemm.WIDE_TILE
+    assert conv3d_igemm.tile_3d(SMALL_TILE, np.float32) == gemm.with_small_tile(SMALL_TILE, np.float32, t)
+    assert gemm.small_tile_4x4_for(SMALL_TILE, np.float32) == gemm.SMALL_TILE_4X4
+    assert gemm.small_tile_4x4_for(SMALL_TILE, np.float64) == gemm.SMALL_TILE_F64
+    assert len(conv3d_igemm.INSTANTIATIONS) == 14  # 7 tiles, unsplit and split
+
+
+def test_splitk_rule_on_c3d_conv5a():
+    """C3D's conv5a (512 filters, 3x3x3, 2 x 7 x 7 outputs): conv2d's split-K rule on the 3-D GEMM splits it at
+    small batches (fewer small tiles than an H100 has SMs), not at batch 16; the workspace is splits x K x
+    N*OD*P*Q float32 values."""
+    from gpuconv._cuda import igemm_nd
+    for N, splits in ((1, 8), (2, 8), (4, 5), (8, 3), (16, 1)):
+        g = conv_nd_geometry(3, (N, 512, 2, 7, 7), (512, 512, 3, 3, 3), None, 1, 1)
+        view = conv3d_igemm.gemm_view(g)
+        tile = conv3d_igemm.tile_for(g, np.float32)
+        assert tile == conv3d_igemm.SMALL_TILE_3D
+        assert conv3d_igemm.splitk_for(g, np.float32) == conv_igemm.splitk_for(view, tile) == splits, N
+        assert igemm_nd.workspace_bytes(view, np.float32, splits) == (0 if splits == 1 else splits * 512 * N * 98 * 4)
 
 
 def test_decline_rule_names_the_size():
@@ -345,30 +436,32 @@ _ASAN_SCRIPT = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from gpuconv._cuda import conv3d_igemm, gemm, ops
+from gpuconv._cuda import conv3d_igemm, conv_igemm, gemm, ops
 from gpuconv._cuda.runtime import kernels_dir
 from gpuconv._geometry_nd import conv_nd_geometry
 from tests.emulator import EmulatedRuntime
 from tests.reference import reference_conv_nd
 
-rt = EmulatedRuntime(kernels_dir(), {conv3d_igemm.SOURCE: ops.INSTANTIATIONS[conv3d_igemm.SOURCE]}, sanitize=True)
+sources = (conv3d_igemm.SOURCE, conv_igemm.SOURCE)  # (split-K's reduction kernel is conv2d_igemm.cu's)
+rt = EmulatedRuntime(kernels_dir(), {s: ops.INSTANTIATIONS[s] for s in sources}, sanitize=True)
 rng = np.random.default_rng(0)
-L, S = gemm.LARGE_TILE, gemm.SMALL_TILE
+L, W, S = gemm.LARGE_TILE, gemm.WIDE_TILE, gemm.SMALL_TILE
 # Partial filter tiles in the LAST group, partial pixel tiles at the end of x / y, reduction tails, taps in
-# every padding (front and back too).
+# every padding (front and back too), split ranges of unequal length.
 CASES = [
-    ((2, 6, 3, 5, 7), (130, 3, 2, 3, 3), 2, 1, 1, 1, True, np.float32, S),
-    ((1, 4, 4, 3, 13), (129, 4, 3, 1, 3), 1, (2, 1, 2), ((1, 2), (0, 1), (2, 0)), (1, 1, 2), False, np.float16, L),
-    ((3, 8, 2, 4, 5), (65, 8, 2, 1, 2), 1, 1, (1, 0, 0), 1, False, np.float64, S),
+    ((2, 6, 3, 5, 7), (130, 3, 2, 3, 3), 2, 1, 1, 1, True, np.float32, S, 1),
+    ((1, 4, 4, 3, 13), (129, 4, 3, 1, 3), 1, (2, 1, 2), ((1, 2), (0, 1), (2, 0)), (1, 1, 2), False, np.float16, L, 1),
+    ((3, 8, 2, 4, 5), (65, 8, 2, 1, 2), 1, 1, (1, 0, 0), 1, False, np.float64, S, 1),
+    ((1, 12, 2, 3, 3), (70, 12, 3, 3, 3), 1, 1, 1, 1, True, np.float32, W, 3),
 ]
-for xs, ws, groups, stride, padding, dilation, flip, dt, tile in CASES:
+for xs, ws, groups, stride, padding, dilation, flip, dt, tile, splits in CASES:
     x = rng.standard_normal(xs).astype(dt)
     w = rng.standard_normal(ws).astype(dt)
     b = rng.standard_normal(ws[0]).astype(dt)
     g = conv_nd_geometry(3, xs, ws, b.shape, stride, padding, dilation, groups, flip, "tanh")
     ref, _ = reference_conv_nd(x, w, b, stride, padding, dilation, groups, flip, "tanh")
     y = np.empty(g.output_shape, dt)
-    conv3d_igemm.launch_conv3d_igemm(rt, x, w, b, y, g, tile=tile)
+    conv3d_igemm.launch_conv3d_igemm(rt, x, w, b, y, g, tile=conv3d_igemm.tile_3d(tile, dt), splits=splits)
     tol = 1e-2 if dt == np.float16 else 1e-5
     assert np.allclose(ref, y.astype(np.float64), rtol=tol, atol=tol), xs
 print("asan ok")

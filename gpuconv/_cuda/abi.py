@@ -1,5 +1,6 @@
 """The conv kernels' argument ABI: what every conv2d kernel takes after its four pointers ``x, w, b, y``
-(and ``conv3d_igemm``'s 3-D extension, ``Conv3dParams``, at the end).
+(and ``conv3d_igemm``'s 3-D extension, ``Conv3dParams``, and ``conv1d_igemm``'s unit-height ``ConvParams``,
+at the end).
 
 That is ONE parameter, ``const __grid_constant__ ConvParams cp`` (``kernels/conv_params.cuh``): a struct of
 19 ``int`` fields ``N, C, H, W, K, R, S, groups, sh, sw, pt, pl, dh, dw, P, Q, flip, has_bias, act`` passed
@@ -97,3 +98,21 @@ def conv3d_params(geom) -> np.ndarray:
 def conv3d_kernel_args(geom) -> list:
     """What ``conv3d_igemm`` takes after its pointers (before its own ``vec_w``): ``[conv3d_params(geom)]``."""
     return [conv3d_params(geom)]
+
+
+# --------------------------------------------------------------------------------------------
+# 1-D: conv1d_igemm takes a plain ConvParams, the call as a convolution of unit height.
+# --------------------------------------------------------------------------------------------
+
+def conv1d_params(geom) -> np.ndarray:
+    """The ``ConvParams`` of a 1-D ``ConvNdGeometry``: the call as the 2-D convolution of unit height it is
+    (``geom.as_2d()``: H = R = P = 1, sh = dh = 1, pt = 0; W, S, sw, pl, dw, Q the row's), flip, bias and
+    activation included. ``conv1d_igemm`` reads the row's fields only (kernels/im2col_loader.cuh,
+    Im2colGeometry1d)."""
+    assert geom.nd == 1, geom
+    return conv_params(geom.as_2d())
+
+
+def conv1d_kernel_args(geom) -> list:
+    """What ``conv1d_igemm`` takes after its pointers (before its own ``vec_w``): ``[conv1d_params(geom)]``."""
+    return [conv1d_params(geom)]

@@ -49,7 +49,7 @@ from .._geometry import ACTIVATIONS, ConvGeometry
 from . import conv_igemm, limits
 from .abi import conv3d_params, conv_params
 from .algo import Algorithm
-from .gemm import SMALL_TILE, SMALL_TILE_4X4, TILES_BY_DTYPE, tile_for_dtype
+from .gemm import SMALL_TILE, TILES_BY_DTYPE, small_tile_4x4_for
 from .limits import ACC_BYTES, CTYPE, ceil_div, grid_blocks
 
 BACKWARD_FILTER = "backward_filter"
@@ -71,8 +71,7 @@ def igemm_tile(dtype):
     """The filter-gradient GEMM's tile: ``SMALL_TILE_4X4`` (4x4 per thread, 256 threads) for float32 /
     float16 -- the 8x8 ``SMALL_TILE`` spilled with a fused activation (4 bytes on sm_120, NVRTC 13) --
     and float64's ``SMALL_TILE_F64``."""
-    t = tile_for_dtype(SMALL_TILE, dtype)
-    return SMALL_TILE_4X4 if t == SMALL_TILE else t
+    return small_tile_4x4_for(SMALL_TILE, dtype)
 
 
 ACTIVATION_CODES = tuple(sorted(ACTIVATIONS.values()))  # none, relu, leaky_relu, sigmoid, tanh

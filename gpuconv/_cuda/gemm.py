@@ -87,8 +87,9 @@ WIDE_TILE = GemmTile("wide", 64, 128, 16, 8, 8)
 SMALL_TILE = GemmTile("small", 64, 64, 16, 8, 8)
 # The small tile as 4x4 results per thread on 256 threads (two blocks per SM at 128 registers): for kernels
 # whose loaders keep more state than 8x8 accumulators leave room for at 255 registers (SMALL_TILE spilled
-# there: conv3d_igemm's depth digit, 12 bytes on sm_90; the backward-filter igemm with a fused activation,
-# 4 bytes on sm_120 with NVRTC 13). conv2d_igemm / gemm1x1 do not instantiate it.
+# there: the backward-filter igemm with a fused activation, 4 bytes on sm_120 with NVRTC 13; conv3d_igemm's
+# depth digit, 12 bytes on sm_90, which now runs 64x64x8 8x8 instead). conv2d_igemm / gemm1x1 do not
+# instantiate it.
 SMALL_TILE_4X4 = GemmTile("small", 64, 64, 16, 4, 4)
 # float64's small tile keeps BK = 8: with 16 its loaders' registers push the 4x4 double tile past the 128
 # registers of two blocks per SM (ptxas spilled on sm_100).
@@ -123,6 +124,22 @@ def tile_for_dtype(tile: GemmTile, dtype) -> GemmTile:
         if t.name == tile.name:
             return t
     raise ValueError(f"tile {tile.name} is not instantiated for {dtype}")
+
+
+def with_small_tile(tile: GemmTile, dtype, small: GemmTile) -> GemmTile:
+    """The config of ``dtype`` named like ``tile`` (``tile_for_dtype``), with float32 / float16's 8x8 small
+    tile replaced by ``small``: the one rule of the kernels whose loaders keep more state than the 8x8 small
+    tile (BK = 16, 64 threads, 255 registers) leaves room for -- conv3d_igemm (its depth digit: 64x64x8 8x8,
+    ``conv3d_igemm.SMALL_TILE_3D``) and the backward-filter igemm (``small_tile_4x4_for``). ValueError when
+    the dtype has no such tile."""
+    t = tile_for_dtype(tile, dtype)
+    return small if t == SMALL_TILE else t
+
+
+def small_tile_4x4_for(tile: GemmTile, dtype) -> GemmTile:
+    """``with_small_tile`` with ``SMALL_TILE_4X4`` (4x4 per thread, 256 threads): the backward-filter igemm's
+    tile (the 8x8 small tile spilled there with a fused activation, 4 bytes on sm_120 with NVRTC 13)."""
+    return with_small_tile(tile, dtype, SMALL_TILE_4X4)
 
 
 def gemm_tile_for(geom: ConvGeometry, dtype) -> GemmTile:

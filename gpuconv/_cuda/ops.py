@@ -7,6 +7,7 @@
 (op, direction)                     algorithms
 ==================================  ============================================================
 (conv2d, forward)                   direct, tiled, depthwise, igemm, gemm1x1, igemm_tc
+(conv1d, forward)                   igemm (conv1d_igemm.py)
 (conv3d, forward)                   igemm (conv3d_igemm.py)
 (max_pool2d, forward)               direct
 (avg_pool2d, forward)               direct
@@ -43,7 +44,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 
-from . import (conv3d_igemm, conv_backward_filter, conv_depthwise, conv_direct, conv_gemm1x1, conv_igemm,
+from . import (conv1d_igemm, conv3d_igemm, conv_backward_filter, conv_depthwise, conv_direct, conv_gemm1x1, conv_igemm,
                conv_igemm_tc, conv_tiled, pool, pool_grad)
 from .algo import FORWARD, Algorithm
 
@@ -113,6 +114,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
                "(rt, x, w, b, y, geom) -> kernel id: C-contiguous x and w; b the bias or, without one, any "
                "valid array of x's dtype the kernel never reads; y a new C-contiguous (N, K, P, Q) array the "
                "kernel fills completely"),
+    _operation("conv1d", FORWARD, (conv1d_igemm.ALGO,),
+               "(rt, x, w, b, y, geom) -> kernel id: as conv2d forward with a 1-D ConvNdGeometry, x (N, C, L), "
+               "y (N, K, Q)"),
     _operation("conv3d", FORWARD, (conv3d_igemm.ALGO,),
                "(rt, x, w, b, y, geom) -> kernel id: as conv2d forward with a 3-D ConvNdGeometry, x (N, C, D, H, "
                "W), y (N, K, OD, P, Q)"),
