@@ -33,8 +33,9 @@ rotated back at the end.
   rotated by 180 degrees, padding ``dh*(R-1) - pt``"); no zero insertion. A phase without taps stays zero.
 
 Memory beyond the result: backward data, one phase's output (about ``|gx| / (sh*sw)``) and the phase's
-sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most; with
-``out``, the fused derivative, ``out`` is cropped and copied alike).
+sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most); the
+CUDA kernel instead: its packed sub-filters (``|w|`` at most, plus their int32 gather index) and
+contiguous copies of a non-contiguous ``gy`` / ``out``.
 Backward filter, a transposed copy of ``x`` (cut to the rows and columns read) and of ``gy`` (none on the
 NumPy path for depthwise-like float32 / float64 layers, ``depthwise_filter_numpy``). Plus the
 forward call's own workspace (the NumPy path: ``GPUCONV_NUMPY_WORKSPACE_MB``).
@@ -42,7 +43,7 @@ forward call's own workspace (the NumPy path: ``GPUCONV_NUMPY_WORKSPACE_MB``).
 Determinism: on the CUDA path the algorithm is the heuristic's (``select.choose_algo``), never the
 autotuner's measurement (which could pick another algorithm in another process); each forward kernel
 computes an output in one thread in a fixed order, and the phase scatter is a plain copy, so equal inputs
-give bitwise-equal gradients.
+give bitwise-equal gradients (``conv2d_backward_data`` likewise: one thread per ``gx`` element).
 """
 
 from __future__ import annotations
