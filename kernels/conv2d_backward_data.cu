@@ -73,17 +73,29 @@ static_assert(sizeof(DgradPhase) == 10 * sizeof(int) && sizeof(DgradParams) == (
               "DgradParams: ints only, no padding (conv_backward_data.py mirrors it)");
 
 // The epilogue's output mapping (gemm_tile.cuh's Out): the phase's pixel pq = i*Q + j of image n and gx
-// channel k_first -> gx[n, k_first, a + sh*i, b + sw*j]. Reads the phase's fields from the kernel parameter
-// where it stores (not kept in registers across the main loop). int division: the host's 32-bit rule keeps
-// H*W (>= the phase's P*Q) below 2^31.
+// channel k_first -> gx[n, k_first, a + sh*i, b + sw*j]. (i, j) is found by one division per 4 pixels
+// (begin) and stepped with a carry after each (step; pq == 0 starts the next image): a division per pixel made the 8x8 tiles spill on
+// sm_100 (the epilogue holds the 64 accumulators). The phase's fields are read from the kernel parameter
+// where they are used (not kept in registers across the main loop). int: the host's 32-bit rule keeps H*W
+// (>= the phase's P*Q) below 2^31.
 struct PhaseOutput {
     static constexpr bool CONTIGUOUS = false;
     const DgradParams& p;
-    int z;  // the phase's index in p.ph
-    __device__ __forceinline__ index_t offset(index_t n, index_t pq, int K, int k_first, index_t) const {
-        const DgradPhase& ph = p.ph[z];
-        const int i = (int)pq / ph.Q;
-        const int j = (int)pq - i * ph.Q;
+    int i, j;  // the current pixel's row / column within the phase
+    __device__ __forceinline__ void begin(index_t pq) {
+        const int Q = p.ph[blockIdx.z].Q;
+        i = (int)pq / Q;
+        j = (int)pq - i * Q;
+    }
+    __device__ __forceinline__ void step(index_t pq) {
+        if (++j == p.ph[blockIdx.z].Q) {
+            j = 0;
+            ++i;
+        }
+        if (pq == 0) i = 0;  // the next image (the epilogue stepped n)
+    }
+    __device__ __forceinline__ index_t offset(index_t n, index_t, int K, int k_first, index_t) const {
+        const DgradPhase& ph = p.ph[blockIdx.z];
         return (n * K + k_first) * row_stride(0) + (index_t)(ph.a + p.fwd.sh * i) * p.fwd.W + ph.b + p.fwd.sw * j;
     }
     __device__ __forceinline__ index_t row_stride(index_t) const { return (index_t)p.fwd.H * p.fwd.W; }
@@ -114,12 +126,12 @@ conv2d_backward_data(const T* __restrict__ gy,   // (N, K, Pg, Qg)
         // skips a barrier of the GEMM below). Grid-stride over the phase's N*C*P*Q elements.
         const index_t PQ = (index_t)ph.P * ph.Q;
         const index_t total = (index_t)f.N * f.C * PQ;
-        PhaseOutput om{p, z};
+        PhaseOutput om{p, 0, 0};
         for (index_t e = (index_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
              e += (index_t)gridDim.x * blockDim.x) {
             const index_t nc = e / PQ;
-            store<T>(gx + om.offset(0, e - nc * PQ, 0, 0, PQ) + nc * om.row_stride(0),
-                     typename acc_type<T>::type(0));
+            om.begin(e - nc * PQ);
+            store<T>(gx + om.offset(0, 0, 0, 0, PQ) + nc * om.row_stride(0), typename acc_type<T>::type(0));
         }
         return;
     }
@@ -148,7 +160,7 @@ conv2d_backward_data(const T* __restrict__ gy,   // (N, K, Pg, Qg)
     cp.act = ACT_NONE;
     // b: unread (has_bias 0); out: unread without ACT.
     implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>, Smem, false, Im2colGeometry<T>, ACT, PhaseOutput>(
-        gy, wp + ph.w_off, gx, gx, cp, ph.vec_w, smem, 1, 0, nullptr, out, PhaseOutput{p, z});
+        gy, wp + ph.w_off, gx, gx, cp, ph.vec_w, smem, 1, 0, nullptr, out, PhaseOutput{p, 0, 0});
 }
 
 }  // namespace gpuconv

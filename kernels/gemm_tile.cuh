@@ -255,11 +255,15 @@ __device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, Gemm
 }
 
 // The epilogue's output mapping (RegisterTile::epilogue's and gemm_conv_tiles' Out parameter): element offset
-// of pixel (n, pq) of filter k_first in y, and the step between filters. This one is the forward's y (N, K,
-// P, Q), C-contiguous; CONTIGUOUS tells gemm_conv_tiles to call the accumulator's epilogue exactly as before
-// the parameter existed (the tensor-core accumulator's epilogue has none).
+// of pixel (n, pq) of filter k_first in y, and the step between filters; the epilogue copies it per group of 4
+// consecutive pixels, calls begin(pq) for the first and step(pq) after each with the next pixel's pq (0: the
+// next image; a mapping that decomposes pq further steps its digits there instead of dividing per pixel). This one is the forward's y (N, K, P, Q),
+// C-contiguous; CONTIGUOUS tells gemm_conv_tiles to call the accumulator's epilogue exactly as before the
+// parameter existed (the tensor-core accumulator's epilogue has none).
 struct GemmContiguousOutput {
     static constexpr bool CONTIGUOUS = true;
+    __device__ __forceinline__ void begin(index_t) {}
+    __device__ __forceinline__ void step(index_t) {}
     __device__ __forceinline__ index_t offset(index_t n, index_t pq, int K, int k_first, index_t PQ) const {
         return (n * K + k_first) * PQ + pq;
     }
@@ -340,23 +344,26 @@ struct RegisterTile {
             // (n, pq) instead of dividing again.
             index_t n = (m0 + col0) / PQ;
             index_t pq = m0 + col0 - n * PQ;
+            Out o = out;
+            o.begin(pq);  // (a mapping's own decomposition of pq, once per 4 pixels as n's)
             GPUCONV_UNROLL
             for (int e = 0; e < 4; ++e) {
                 if ((index_t)(col0 + e) >= M - m0) break;
-                T* yc = y + out.offset(n, pq, K, k_first, PQ);  // 64-bit: y may exceed 2^31 elements
+                T* yc = y + o.offset(n, pq, K, k_first, PQ);  // 64-bit: y may exceed 2^31 elements
                 GPUCONV_UNROLL
                 for (int i = 0; i < Cfg::TM; ++i) {
                     const int row = ty * Cfg::TM + i;
                     if (row < rows) {
                         A v = acc[i][4 * h + e];
                         if (has_bias) v += bias[i];  // (only when there is one: keeps -0.0 as the sum made it)
-                        store<T>(yc + (index_t)row * out.row_stride(PQ), activate(v, act));
+                        store<T>(yc + (index_t)row * o.row_stride(PQ), activate(v, act));
                     }
                 }
                 if (++pq == PQ) {
                     pq = 0;
                     ++n;
                 }
+                o.step(pq);
             }
         }
     }
