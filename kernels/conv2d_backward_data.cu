@@ -38,8 +38,16 @@
 //       4 x 4; never split (the phases are the extra blocks).
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) = 25,088 (wide), 16,896 (small,
 //       float32 / float16; float64 with BK = 8) bytes.
-//   Registers / main loop: see tests/sass_check.py's report and tests/sass_floors.json (no spills on any of
-//       the 7 architectures of tests/test_nvrtc_compile.py with NVRTC 12 and 13).
+//   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills, no stack; tests/test_nvrtc_compile.py):
+//       __launch_bounds__ asks for gemm_blocks_per_sm (255 per thread for the 8x8 tiles), float64 for one
+//       block per SM (dgrad_min_blocks_per_sm). Used on sm_90: wide 249-255, small 229-233, float64 164-168;
+//       the 8x8 small tile with an activation is at 254-255 on sm_100 (the epilogue steps the phase's (i, j)
+//       instead of dividing per pixel, see PhaseOutput: with the division it spilled 4 bytes).
+//   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): FMA share of one slice on
+//       sm_90, NVRTC 12.9 (13.5 within 0.4 points): float32 wide 75.9% (1024 FMA / 1350) without an
+//       activation, 70.6-72.6% with one (the derivative's load, convert and multiply or select per gathered
+//       element); small 74.2% (1024 / 1380), 69.1-71.1%; float16 wide 74.3%, 68.6-70.5%, small 71.2%,
+//       66.0-67.8%; float64 47.8%, 44.1-46.4%. (conv2d_igemm's own wide / small tiles: 76.3% / 73.7%.)
 //   Measured speed: not yet (no GPU measurement; docs/gradients.md).
 //
 // Semantics: docs/gradients.md ("The CUDA data gradient"). float16 is stored in shared memory and
