@@ -34,8 +34,8 @@ rotated back at the end.
 
 Memory beyond the result: backward data, one phase's output (about ``|gx| / (sh*sw)``) and the phase's
 sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most); the
-CUDA kernel instead: its packed sub-filters (``|w|`` at most, plus their int32 gather index) and
-contiguous copies of a non-contiguous ``gy`` / ``out``.
+CUDA kernel instead: its packed sub-filters (``|w|`` at most) and contiguous copies of a non-contiguous
+``gy`` / ``out``.
 Backward filter, a transposed copy of ``x`` (cut to the rows and columns read) and of ``gy`` (none on the
 NumPy path for depthwise-like float32 / float64 layers, ``depthwise_filter_numpy``). Plus the
 forward call's own workspace (the NumPy path: ``GPUCONV_NUMPY_WORKSPACE_MB``).

@@ -265,9 +265,17 @@ def test_plan_matches_the_lowering(case):
             if a in low:
                 assert (taps, pad) == low[a]
     phases = BD.plan(g, g.H, g.W, Pg, Qg)
-    index, offsets = BD.pack_index(g, phases)
-    assert len(index) <= int(np.prod(g.weight_shape)) and len(set(index.tolist())) == len(index)
-    assert offsets[0] == 0 and offsets == sorted(offsets)
+    w = np.arange(np.prod(g.weight_shape), dtype=np.float64).reshape(g.weight_shape)  # each tap its own value
+    wp, offsets = BD.pack_weights(np, w, g, phases)
+    assert wp.size <= w.size and len(set(wp.tolist())) == wp.size and offsets[0] == 0
+    we = w[:, :, ::-1, ::-1] if g.flip else w
+    for (_, _, rtaps, ctaps, *_), off in zip(phases, offsets):  # phase by phase (C, Kg, J, Jc)
+        if rtaps and ctaps:
+            block = wp[off:off + g.C * g.Kg * len(rtaps) * len(ctaps)].reshape(g.C, g.Kg, len(rtaps), len(ctaps))
+            for c in range(g.C):
+                gr, cc = divmod(c, g.Cg)
+                exp = we[gr * g.Kg:(gr + 1) * g.Kg, cc][:, rtaps][:, :, ctaps]
+                np.testing.assert_array_equal(block[c], exp)
 
 
 def test_tapless_phases_exist_in_the_matrix():

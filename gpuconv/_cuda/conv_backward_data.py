@@ -16,9 +16,9 @@ blocks write its zeros: ``gx`` is allocated with ``empty`` and written once, ele
 Workspace: the phases' sub-filters packed into one array ``wp`` (at most ``|w|`` elements; every tap
 belongs to one row phase and one column phase, a phase beyond ``H`` / ``W`` drops its taps), phase by
 phase ``(C, Kg, J, Jc)``: filter ``g*Cg + c`` of the phase's correlation is input channel ``g*Cg + c`` and its
-channels are group ``g``'s ``Kg`` filters. Packed by one gather (``xp.take`` with an int32 index built on
-the host from the geometry: ``|w|`` 4-byte indices, copied to the device, freed after the call). Plus
-C-contiguous copies of ``gy`` / ``out`` when they are not.
+channels are group ``g``'s ``Kg`` filters. Packed by one strided copy per phase with taps from a view of
+``w`` (``pack_weights``: the taps of a phase are an arithmetic progression, so a slice; no index array).
+Plus C-contiguous copies of ``gy`` / ``out`` when they are not.
 
 Tile (``data_tile``): ``gemm.gemm_tile_for`` on the whole gradient as one GEMM (``N*H*W`` pixels x ``Cg``
 channels per group, ``groups`` groups), the wide tile where it says large (only the wide and small tiles
@@ -124,25 +124,33 @@ def plan(geom: ConvGeometry, H: int, W: int, Pg: int, Qg: int) -> list[tuple]:
     return [(a, b, rt, ct, pr, pc, P, Q) for a, rt, pr, P in rows for b, ct, pc, Q in cols]
 
 
-def pack_index(geom: ConvGeometry, phases) -> tuple[np.ndarray, list[int]]:
-    """The gather index of the packed sub-filters (into ``w``'s C-contiguous elements; flip reads the rotated
-    taps) and each phase's offset in it: phase by phase ``(groups, Cg, Kg, J, Jc)`` = ``(C, Kg*J*Jc)``."""
-    G, Kg, Cg, R, S = geom.groups, geom.Kg, geom.Cg, geom.R, geom.S
-    k = (np.arange(G)[:, None] * Kg + np.arange(Kg)[None, :])[:, None, :, None, None]  # (G, 1, Kg, 1, 1)
-    c = np.arange(Cg)[None, :, None, None, None]
-    parts, offsets, off = [], [], 0
+def _taps_slice(taps: list[int]) -> slice:
+    """``taps`` (an arithmetic progression, as ``axis_plan`` gives them: descending, or a single tap) as a
+    slice, so that a phase's sub-filter is a view of ``w``."""
+    step = taps[1] - taps[0] if len(taps) > 1 else 1
+    stop = taps[-1] + step
+    return slice(taps[0], stop if stop >= 0 else None, step)
+
+
+def pack_weights(xp, w, geom: ConvGeometry, phases) -> tuple[object, list[int]]:
+    """The packed sub-filters (the workspace, at most ``|w|`` elements) and each phase's element offset in
+    it: phase by phase ``(groups, Cg, Kg, J, Jc)`` = ``(C, Kg*J*Jc)`` C-contiguous, tap ``(t, u)`` of the
+    phase's correlation = the effective (with flip: rotated) weight's tap ``(rtaps[t], ctaps[u])``. Each
+    phase's block is one strided copy of a view of ``w`` (one device copy per phase that has taps: no index
+    array, nothing from the host)."""
+    G, Kg, Cg = geom.groups, geom.Kg, geom.Cg
+    offsets, off = [], 0
     for _, _, rtaps, ctaps, *_ in phases:
         offsets.append(off)
-        if not rtaps or not ctaps:
-            continue
-        r = np.asarray(rtaps)
-        s = np.asarray(ctaps)
-        if geom.flip:  # the effective weight is w rotated by 180 degrees
-            r, s = R - 1 - r, S - 1 - s
-        idx = ((k * Cg + c) * R + r[None, None, None, :, None]) * S + s[None, None, None, None, :]
-        parts.append(idx.astype(np.int32).ravel())
-        off += parts[-1].size
-    return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), offsets
+        off += Cg * G * Kg * len(rtaps) * len(ctaps) if rtaps and ctaps else 0
+    wp = xp.empty(off, dtype=w.dtype)
+    we = w[:, :, ::-1, ::-1] if geom.flip else w  # a view: the effective weight
+    w5 = we.reshape(G, Kg, Cg, geom.R, geom.S)  # (splitting the first axis keeps it a view)
+    for (_, _, rtaps, ctaps, *_), o in zip(phases, offsets):
+        if rtaps and ctaps:
+            sub = w5[:, :, :, _taps_slice(rtaps), _taps_slice(ctaps)].transpose(0, 2, 1, 3, 4)
+            wp[o:o + sub.size].reshape(sub.shape)[...] = sub
+    return wp, offsets
 
 
 def _params(geom: ConvGeometry, Pg: int, Qg: int, H: int, W: int, phases, offsets, wp_address: int,
@@ -192,8 +200,7 @@ def launch(rt, gy, w, out, geom: ConvGeometry, H: int, W: int, *, tile: GemmTile
         raise ValueError(f"{KERNEL}: tile {tile.name} is not instantiated (only {TILE_NAMES})")
     N, K, Pg, Qg = gy.shape
     phases = plan(geom, H, W, Pg, Qg)
-    index, offsets = pack_index(geom, phases)
-    wp = xp.take(xp.ascontiguousarray(w).ravel(), xp.asarray(index))  # the workspace: <= |w| elements
+    wp, offsets = pack_weights(xp, w, geom, phases)  # the workspace: <= |w| elements
     gy = xp.ascontiguousarray(gy)
     out = gy if out is None else xp.ascontiguousarray(out)  # unread without an activation
     gx = xp.empty((N, geom.C, H, W), dtype=dtype)  # every element written by the kernel
@@ -210,6 +217,7 @@ def launch(rt, gy, w, out, geom: ConvGeometry, H: int, W: int, *, tile: GemmTile
     return gx, ids
 
 
+# (decline_reason looked up when called, as _conv_lowering does: one rule, which tests may replace)
 ALGORITHMS = (
     Algorithm("igemm", "conv2d", BACKWARD_DATA, SOURCE, INSTANTIATIONS, lambda geom, dtype: decline_reason(geom, dtype),
               launch, "one implicit-GEMM launch over every stride phase (blockIdx.z), each phase a stride-1 "
