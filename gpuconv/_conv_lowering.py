@@ -7,8 +7,9 @@ col2im with BLAS GEMMs, and dot products over phase planes for depthwise filter 
 say no (1x1 and depthwise backward data, Winograd-sized 3x3 layers, a workspace too small for one row). On
 the CUDA path ``backward_filter`` runs the dedicated kernels of ``gpuconv/_cuda/conv_backward_filter.py``
 (``cuda_filter_algo``; the lowering only where they decline: ``N*P*Q`` past their 32-bit rule);
-``backward_data`` runs the lowering, and with ``out`` (``conv2d_backward``'s activation on CUDA arrays) runs
-every phase call as ``conv2d_igemm_dgrad``, the activation's derivative applied in its gather.
+``backward_data`` runs ``conv2d_backward_data`` (``gpuconv/_cuda/conv_backward_data.py``: every stride phase
+below in ONE launch, with ``out`` the activation's derivative applied in its gather), and this lowering only
+where that kernel declines (its 32-bit rule; the record's first entry says why).
 
 Everything here works on validated arrays and a resolved forward ``ConvGeometry`` (``gpuconv._geometry``):
 the public functions (``gpuconv._grad_conv``) check the user's arguments once. Notation as in
@@ -32,8 +33,9 @@ rotated back at the end.
   rotated by 180 degrees, padding ``dh*(R-1) - pt``"); no zero insertion. A phase without taps stays zero.
 
 Memory beyond the result: backward data, one phase's output (about ``|gx| / (sh*sw)``) and the phase's
-sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most; with
-``out``, the fused derivative, ``out`` is cropped and copied alike).
+sub-filter; a cropped ``gy`` is a view (the CUDA launch copies a non-contiguous one, ``|gy|`` at most); the
+CUDA kernel instead: its packed sub-filters (``|w|`` at most) and contiguous copies of a non-contiguous
+``gy`` / ``out``.
 Backward filter, a transposed copy of ``x`` (cut to the rows and columns read) and of ``gy`` (none on the
 NumPy path for depthwise-like float32 / float64 layers, ``depthwise_filter_numpy``). Plus the
 forward call's own workspace (the NumPy path: ``GPUCONV_NUMPY_WORKSPACE_MB``).
@@ -41,7 +43,7 @@ forward call's own workspace (the NumPy path: ``GPUCONV_NUMPY_WORKSPACE_MB``).
 Determinism: on the CUDA path the algorithm is the heuristic's (``select.choose_algo``), never the
 autotuner's measurement (which could pick another algorithm in another process); each forward kernel
 computes an output in one thread in a fixed order, and the phase scatter is a plain copy, so equal inputs
-give bitwise-equal gradients.
+give bitwise-equal gradients (``conv2d_backward_data`` likewise: one thread per ``gx`` element).
 """
 
 from __future__ import annotations
@@ -113,34 +115,37 @@ def _phase_calls(gy, geom: ConvGeometry, H: int, W: int):
 
 def fused_data_reason(gy, geom: ConvGeometry, H: int, W: int) -> str | None:
     """None when ``backward_data(..., out=...)`` can apply the activation's derivative inside
-    ``conv2d_igemm_dgrad`` for every phase call (CUDA path), else why not (igemm's 32-bit rule declines a
-    phase); the caller then runs the pre-pass and says so in the record."""
-    from ._cuda.conv_igemm import igemm_decline_reason
-    N, K = gy.shape[:2]
-    for _, _, rs, cs, (rtaps, ctaps), pad, dil in _phase_calls(gy, geom, H, W):
-        p, q = rs.stop - rs.start, cs.stop - cs.start
-        g = conv_geometry((N, K, p, q), (geom.groups * geom.Cg, geom.Kg, len(rtaps), len(ctaps)), None, 1, pad,
-                          dil, geom.groups)
-        reason = igemm_decline_reason(g, gy.dtype)
-        if reason is not None:
-            return reason
-    return None
+    ``conv2d_backward_data`` (CUDA path), else why not (its 32-bit rule declines); the caller then runs the
+    pre-pass and says so in the record."""
+    from ._cuda.conv_backward_data import decline_reason
+    return decline_reason(geom, gy.dtype)
 
 
 def backward_data(backend, gy, w, geom: ConvGeometry, H: int, W: int, out=None):
     """``gx (N, C, H, W)`` from ``gy (N, K, Pg, Qg)`` (``Pg <= geom.P`` is allowed: a transposed convolution
     with ``output_padding >= stride`` has rows no output reads). Returns ``(gx, kernel_ids)``.
 
-    ``out`` (CUDA arrays only; ``geom.activation`` set): the activated forward output, ``gy``'s shape; each
-    phase call then runs ``conv2d_igemm_dgrad``, which multiplies the gathered ``gy`` by the activation's
-    derivative computed from ``out`` (cropped exactly like ``gy``), instead of the heuristic's forward
-    kernel on a pre-multiplied ``gy`` (``fused_data_reason`` must be None)."""
+    On CUDA arrays ``conv2d_backward_data`` computes every phase in one launch; where it declines (its 32-bit
+    rule) the phase calls below run on the forward kernels and the first kernel id says why.
+
+    ``out`` (CUDA arrays only; ``geom.activation`` set): the activated forward output, ``gy``'s shape; the
+    kernel multiplies the gathered ``gy`` by the activation's derivative computed from ``out``
+    (``fused_data_reason`` must be None)."""
     xp = backend.xp
     N, K, Pg, Qg = gy.shape
     if out is not None and not (isinstance(backend, CudaBackend) and geom.activation is not None):
         raise ValueError("backward_data: out (a fused activation derivative) is only taken by the CUDA path, "
                          "with an activation")
-    if not isinstance(backend, CudaBackend):
+    notes = []
+    if isinstance(backend, CudaBackend):
+        from ._cuda.conv_backward_data import decline_reason, launch
+        reason = decline_reason(geom, gy.dtype)
+        if reason is None:
+            return launch(backend.runtime, gy, w, out, geom, H, W)
+        if out is not None:
+            raise ValueError(f"backward_data: out given, but {reason}")
+        notes.append(f"conv2d backward-data phase lowering ({reason})")
+    else:
         from ._numpy import conv_grad
         if conv_grad.data_strategy(geom, gy.dtype, H, W, Pg, Qg):
             gx, kernel = conv_grad.backward_data(gy, w, geom, H, W)
@@ -150,18 +155,12 @@ def backward_data(backend, gy, w, geom: ConvGeometry, H: int, W: int, out=None):
     calls = list(_phase_calls(gy, geom, H, W))
     single = geom.sh == 1 and geom.sw == 1 and len(calls) == 1
     gx = None if single else xp.zeros((N, G * Cg, H, W), dtype=gy.dtype)
-    kernels = []
+    kernels = notes
     for a, b, rs, cs, (rtaps, ctaps), pad, dil in calls:
         sub = we[:, :, rtaps][:, :, :, ctaps]  # (K, Cg, J, Jc), fancy indexing: a copy
         sub = sub.reshape(G, Kg, Cg, len(rtaps), len(ctaps)).transpose(0, 2, 1, 3, 4)
         sub = xp.ascontiguousarray(sub.reshape(G * Cg, Kg, len(rtaps), len(ctaps)))
-        if out is None:
-            y, kernel = forward(backend, gy[:, :, rs, cs], sub, 1, pad, dil, G)
-        else:
-            from ._cuda.conv_igemm import launch_dgrad
-            g = conv_geometry((N, K, rs.stop - rs.start, cs.stop - cs.start), tuple(sub.shape), None, 1, pad, dil, G)
-            y, kernel = launch_dgrad(backend.runtime, gy[:, :, rs, cs], out[:, :, rs, cs], sub, g,
-                                     geom.activation_code)
+        y, kernel = forward(backend, gy[:, :, rs, cs], sub, 1, pad, dil, G)
         kernels.append(kernel)
         if single:
             return y, kernels

@@ -62,7 +62,7 @@ def _compute_dtype(dtype) -> np.dtype:
 # --------------------------------------------------------------------------------------------
 
 def _data(backend, gy4, w, geom, H, W, out4=None):
-    """``out4``: the activated forward output when ``conv2d_igemm_dgrad`` applies the activation's
+    """``out4``: the activated forward output when ``conv2d_backward_data`` applies the activation's
     derivative itself (CUDA path, ``fused_data_reason`` None), else None."""
     if 0 in (geom.N, geom.C, H, W):
         return backend.xp.zeros((geom.N, geom.C, H, W), dtype=gy4.dtype), ["none (empty output)"]
@@ -103,8 +103,8 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     ``grad_output`` must have the forward output's shape (``ValueError`` naming both shapes otherwise).
     Every argument form of ``conv2d`` (padding ints, pairs, ``((top, bottom), (left, right))``, 'valid',
     'same' with flip's odd-pixel side, strided 'same'), groups / depthwise, dilation, flip; float16
-    (float32 accumulation), float32, float64; NumPy or CuPy arrays (the arrays decide). Lowered onto the
-    forward convolution (stride phases, docs/gradients.md); bitwise deterministic."""
+    (float32 accumulation), float32, float64; NumPy or CuPy arrays (the arrays decide). On CUDA arrays one
+    ``conv2d_backward_data`` launch over every stride phase (docs/gradients.md); bitwise deterministic."""
     fn = "conv2d_input"
     backend, a = _backend.coerce_arrays(fn, weight=weight, grad_output=grad_output)
     w, gy = a["weight"], a["grad_output"]
@@ -200,12 +200,13 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     ``output`` (required; ``ValueError`` without it) is that forward result; ``grad_output`` is multiplied
     by the activation's derivative computed from ``output`` (``activation_derivative_times``'s formulas). On
     the CUDA path the filter-gradient and bias kernels apply it themselves (reading ``grad_output`` and
-    ``output``), and so does the data gradient's ``conv2d_igemm_dgrad`` (its gather multiplies ``grad_output``
-    by the derivative); on NumPy arrays the strategies ``numpy_col2im``, ``numpy_im2col_filter`` and
-    ``numpy_depthwise_filter_planes`` apply it in their chunk copies of ``grad_output`` (``_numpy_backward``).
-    An elementwise pre-pass (one array of ``grad_output``'s size) remains where the lowering runs instead
-    (NumPy: 1x1 and depthwise data gradients, Winograd-sized layers, a workspace too small; CUDA: a phase
-    call the dgrad kernel declines by its 32-bit rule); the record then names the pre-pass and the reason.
+    ``output``), and so does the data gradient's ``conv2d_backward_data`` (its gather multiplies
+    ``grad_output`` by the derivative); on NumPy arrays the strategies ``numpy_col2im``,
+    ``numpy_im2col_filter`` and ``numpy_depthwise_filter_planes`` apply it in their chunk copies of
+    ``grad_output`` (``_numpy_backward``). An elementwise pre-pass (one array of ``grad_output``'s size)
+    remains where the lowering runs instead (NumPy: 1x1 and depthwise data gradients, Winograd-sized
+    layers, a workspace too small; CUDA: a geometry the backward-data kernel declines by its 32-bit rule);
+    the record then names the pre-pass and the reason.
     Otherwise as ``conv2d_input``, ``conv2d_weight`` and ``conv2d_bias``; ``gpuconv.last_kernel()`` lists
     every kernel that ran (direction ``'backward'``)."""
     fn = "conv2d_backward"
@@ -226,7 +227,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
             raise ValueError(f"{fn}(): expected output of size {_shape_str(gy.shape)} (the forward output "
                              f"of {what}), but got output of size {_shape_str(out.shape)}")
     # The activation's derivative: fused into the CUDA filter-gradient and bias kernels (they read gy and
-    # out) and into the CUDA data gradient's gather (conv2d_igemm_dgrad); on NumPy arrays into the chunk
+    # out) and into the CUDA data gradient's gather (conv2d_backward_data); on NumPy arrays into the chunk
     # copies of the NumPy strategies (_numpy_backward); an elementwise pre-pass (gz, one array of
     # grad_output's size) where those do not run (docs/gradients.md, "Activation").
     out4 = None if activation is None else (out if batched else out[None])
@@ -244,8 +245,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
         reason = None if empty else fused_data_reason(gy4, geom, geom.H, geom.W)
         fused_data = reason is None
         if reason is not None:
-            notes.append(f"activation derivative pre-pass for the data gradient (conv2d_igemm_dgrad declines: "
-                         f"{reason})")
+            notes.append(f"activation derivative pre-pass for the data gradient ({reason})")
     gz = gy4
     if activation is not None and ((mask[0] and not fused_data) or ((mask[1] or mask[2]) and not fused)):
         with _quiet():

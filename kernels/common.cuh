@@ -93,7 +93,7 @@ __device__ __forceinline__ double activate(double v, int act) {
 // it gives 0 (relu) or the slope times g (leaky_relu), and an infinite g where the derivative is 0 gives 0,
 // as PyTorch's threshold_backward / where. Same operation order as the NumPy pre-pass
 // (gpuconv/_grad_conv.py activation_derivative_times). Used by conv2d_backward_filter.cu's gy loaders and,
-// for the data gradient, by im2col_loader.cuh's gather (conv2d_igemm_dgrad in conv2d_igemm.cu).
+// for the data gradient, by im2col_loader.cuh's gather (conv2d_backward_data.cu).
 template <typename A>
 __device__ __forceinline__ A act_backward(A g, A o, int act) {
     switch (act) {

@@ -10,12 +10,6 @@
 //       conv2d_direct does: stride, asymmetric padding, dilation, groups/depthwise, flip, bias, activation.
 //   conv2d_igemm_splitk<T, BM, BN, BK, TM, TN>: the same GEMM over `splits` ranges of the reduction
 //       (split-K, below), partial sums into a workspace.
-//   conv2d_igemm_dgrad<T, BM, BN, BK, TM, TN, ACT>: conv2d_igemm whose gather multiplies each element of its
-//       input by the derivative of activation ACT (relu..tanh, a template argument: no switch in the main
-//       loop) computed from `out` at the same offset (Im2colLoader's DACT, act_backward in common.cuh): the
-//       data gradient's phase convolutions of gy' = gy * act'(out) without gy' in memory (issue 17;
-//       gpuconv/_conv_lowering.py backward_data). Extra parameter after vec_w: out, laid out as x. Never
-//       split; instantiated for the small and wide tiles only (float64: its small tile).
 //   gemm_splitk_reduce<T>: split-K's second kernel (below): sums the partial-sum planes of the workspace
 //       in fixed order, adds bias, applies the activation, writes y.
 //   Tile configs the host instantiates (gpuconv/_cuda/gemm.py, gemm_tile_for, documented there), every
@@ -45,15 +39,11 @@
 //       wide 234-251 / 242-255; small 241-255 / 241-255 (255 is the limit; ptxas reports no spill and no
 //       stack); float64 128 / 108-128. conv2d_igemm_splitk: large 218-237 / 239-255, wide 235-255 /
 //       250-255, small 240-255 / 240-255; float64 (one block per SM, splitk_min_blocks_per_sm) 148-158 /
-//       156-180. conv2d_igemm_dgrad (sm_80 / sm_90, NVRTC 12.9, tests/sass_check.py): float32 / float16
-//       233-255, float64 (one block per SM, as split-K) see tests/sass_floors.json, no spills (out is addressed by one byte shift from x: with a second
-//       pointer per pixel the float16 tiles spilled up to 52 bytes on sm_90).
+//       156-180.
 //   Main loop (SASS, tests/sass_check.py; floors in tests/sass_floors.json): FMA share of the instructions
 //       of one slice, float32 on sm_90 with NVRTC 12.9 (13.5 within 0.3 points):
 //       conv2d_igemm: large 80.6% (1024 FMA / 1271), wide 76.3% (1024 / 1342), small 73.7% (1024 / 1389);
 //       conv2d_igemm_splitk: large 80.1% (1024 / 1279), wide 75.8% (1024 / 1351), small 73.3% (1024 / 1397).
-//       conv2d_igemm_dgrad: wide 71.1-73.0%, small 68.7-70.5% (by activation: the derivative's load,
-//       convert and multiply or select per gathered element).
 //       Before the 8x8 wide / small tiles (4x8 on 256 threads, 4x4 on 256): wide 71.7%, small 63.4%
 //       (split-K: 71.5%, 61.7%); before issue 16: 58.0% (128x128x8) and 34.5% (64x64x8).
 //   Measured speed: the README's Benchmarks section (bench/results/, one file per device).
@@ -105,25 +95,6 @@ conv2d_igemm_splitk(const T* __restrict__ x, const T* __restrict__ w,
 
     implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>, GemmSmem<typename acc_type<T>::type, Cfg>, true>(
         x, w, b, y, cp, vec_w, smem, splits, split_slices, ws);
-}
-
-// The data gradient with the activation's derivative fused (issue 17): x is a phase's (cropped) gy, out
-// the forward's activated output cropped alike (same shape, C-contiguous), w the phase's sub-filter; the
-// gather reads gy' = act_backward(gy, out, ACT) (padding 0), so the elementwise pre-pass and its
-// temporary of gy's size are gone. cp comes without bias and activation (the phase call has neither).
-// float64 asks for one block per SM as split-K does (splitk_min_blocks_per_sm): at two (128 registers) the
-// derivative's registers made the 4x4 tile spill 8 bytes with NVRTC 13.5 (sm_80, sm_90).
-template <typename T, int BM, int BN, int BK, int TM, int TN, int ACT>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), splitk_min_blocks_per_sm(sizeof(T), (BM / TM) * (BN / TN), TM, TN))
-conv2d_igemm_dgrad(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                   T* __restrict__ y, const __grid_constant__ ConvParams cp, int vec_w,
-                   const T* __restrict__ out) {  // (N, C, H, W) as x: the activated forward output
-    typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
-    typedef GemmSmem<typename acc_type<T>::type, Cfg> Smem;
-    __shared__ Smem smem;
-
-    implicit_gemm_conv<T, Cfg, RegisterTile<T, Cfg>, Smem, false, Im2colGeometry<T>, ACT>(
-        x, w, b, y, cp, vec_w, smem, 1, 0, nullptr, out);
 }
 
 // The most reduction ranges split-K uses (gpuconv/_cuda/conv_igemm.py SPLITK_MAX, which tests check).

@@ -254,6 +254,22 @@ __device__ __forceinline__ void gemm_slices(LoadA& la, LoadB& lb, int kred, Gemm
     gemm_slice_range<Cfg>(la, lb, 0, kred / Cfg::BK + (kred % Cfg::BK != 0), sm, acc);
 }
 
+// The epilogue's output mapping (RegisterTile::epilogue's and gemm_conv_tiles' Out parameter): element offset
+// of pixel (n, pq) of filter k_first in y, and the step between filters; the epilogue copies it per group of 4
+// consecutive pixels, calls begin(pq) for the first and step(pq) after each with the next pixel's pq (0: the
+// next image; a mapping that decomposes pq further steps its digits there instead of dividing per pixel). This one is the forward's y (N, K, P, Q),
+// C-contiguous; CONTIGUOUS tells gemm_conv_tiles to call the accumulator's epilogue exactly as before the
+// parameter existed (the tensor-core accumulator's epilogue has none).
+struct GemmContiguousOutput {
+    static constexpr bool CONTIGUOUS = true;
+    __device__ __forceinline__ void begin(index_t) {}
+    __device__ __forceinline__ void step(index_t) {}
+    __device__ __forceinline__ index_t offset(index_t n, index_t pq, int K, int k_first, index_t PQ) const {
+        return (n * K + k_first) * PQ + pq;
+    }
+    __device__ __forceinline__ index_t row_stride(index_t PQ) const { return PQ; }
+};
+
 // ---------------------------------------------------------------------------------------------------
 // The CUDA-core accumulator: this thread's TM x TN tile of C in registers, FMAs from shared memory.
 // Thread tid computes filters ty*TM + i (i < TM) and pixels col_of(j) (j < TN) of the block tile,
@@ -303,9 +319,13 @@ struct RegisterTile {
 
     // Epilogue: y[n, k_first + row, p, q] = act(acc + bias) for this thread's filters / pixels that exist.
     // k_first = g*Kg + k_begin (first filter of the tile, global index); rows = filters the tile has;
-    // m0 = first pixel (column) of the tile; M = N*P*Q; PQ = P*Q.
+    // m0 = first pixel (column) of the tile; M = N*P*Q; PQ = P*Q. Out: where pixel (n, pq) of filter row
+    // k_first + row is stored (GemmContiguousOutput: y (N, K, P, Q) C-contiguous; conv2d_backward_data.cu
+    // maps a stride phase's pixels into gx).
+    template <class Out = GemmContiguousOutput>
     __device__ __forceinline__ void epilogue(const T* __restrict__ b, T* __restrict__ y, int has_bias, int act, int K,
-                                          int k_first, int rows, index_t m0, index_t M, index_t PQ) const {
+                                          int k_first, int rows, index_t m0, index_t M, index_t PQ,
+                                          const Out& out = Out()) const {
         A bias[Cfg::TM];
         GPUCONV_UNROLL
         for (int i = 0; i < Cfg::TM; ++i) {
@@ -324,23 +344,26 @@ struct RegisterTile {
             // (n, pq) instead of dividing again.
             index_t n = (m0 + col0) / PQ;
             index_t pq = m0 + col0 - n * PQ;
+            Out o = out;
+            o.begin(pq);  // (a mapping's own decomposition of pq, once per 4 pixels as n's)
             GPUCONV_UNROLL
             for (int e = 0; e < 4; ++e) {
                 if ((index_t)(col0 + e) >= M - m0) break;
-                T* yc = y + (n * K + k_first) * PQ + pq;  // 64-bit: y may exceed 2^31 elements
+                T* yc = y + o.offset(n, pq, K, k_first, PQ);  // 64-bit: y may exceed 2^31 elements
                 GPUCONV_UNROLL
                 for (int i = 0; i < Cfg::TM; ++i) {
                     const int row = ty * Cfg::TM + i;
                     if (row < rows) {
                         A v = acc[i][4 * h + e];
                         if (has_bias) v += bias[i];  // (only when there is one: keeps -0.0 as the sum made it)
-                        store<T>(yc + (index_t)row * PQ, activate(v, act));
+                        store<T>(yc + (index_t)row * o.row_stride(PQ), activate(v, act));
                     }
                 }
                 if (++pq == PQ) {
                     pq = 0;
                     ++n;
                 }
+                o.step(pq);
             }
         }
     }
@@ -392,13 +415,17 @@ __device__ __forceinline__ GemmBlockIndex gemm_block_index(index_t blk, int k_ti
 // reduction (the loaders begin at that slice's reduction index, so they still advance by BK per fetch
 // and the main loop is unchanged) and stores its raw partial sums into plane `split` of ws, [splits][K][M]
 // in the accumulation type; gemm_splitk_reduce (conv2d_igemm.cu) then sums the planes in fixed order.
-template <typename T, class Cfg, class Acc, class LoadB, bool SPLIT = false>
+// Out: the epilogue's output mapping (GemmContiguousOutput: y as the forward's; conv2d_backward_data.cu's
+// stride-phase mapping into gx), unsplit only.
+template <typename T, class Cfg, class Acc, class LoadB, bool SPLIT = false, class Out = GemmContiguousOutput>
 __device__ __forceinline__ void gemm_conv_tiles(const T* __restrict__ w, const T* __restrict__ b,
                                                 T* __restrict__ y, LoadB& xl,
                                                 GemmSmem<typename acc_type<T>::type, Cfg>& smem, int kred, int K,
                                                 int groups, index_t M, index_t PQ, int vec_w, int has_bias,
                                                 int act, int tid, int splits = 1, int split_slices = 0,
-                                                typename acc_type<T>::type* __restrict__ ws = nullptr) {
+                                                typename acc_type<T>::type* __restrict__ ws = nullptr,
+                                                const Out& out = Out()) {
+    static_assert(Out::CONTIGUOUS || !SPLIT, "split-K stores its partial sums contiguously");
     const int Kg = K / groups;
     const index_t m_tiles = (M + Cfg::BN - 1) / Cfg::BN;
     const int k_tiles = (Kg + Cfg::BM - 1) / Cfg::BM;
@@ -429,7 +456,8 @@ __device__ __forceinline__ void gemm_conv_tiles(const T* __restrict__ w, const T
             wl.begin_tile(w + (index_t)k_first * kred, rows);
             xl.begin_tile(bi.m0, bi.g);
             gemm_slice_range<Cfg>(wl, xl, 0, slices, smem, acc);
-            acc.epilogue(b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ);
+            if constexpr (Out::CONTIGUOUS) acc.epilogue(b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ);
+            else acc.epilogue(b, y, has_bias, act, K, k_first, rows, bi.m0, M, PQ, out);
         }
     }
 }

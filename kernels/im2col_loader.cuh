@@ -9,7 +9,7 @@
 // body of conv1d_igemm, conv2d_igemm and conv3d_igemm (and of their split-K kernels). With a derivative
 // parameter DACT (2-D only; default ACT_NONE: no state, no code) the loader multiplies each gathered
 // element by the derivative of activation DACT computed from `out` at the same offset (act_backward,
-// common.cuh): conv2d_igemm_dgrad, the data gradient with the activation's derivative fused.
+// common.cuh): conv2d_backward_data.cu, the data gradient with the activation's derivative fused.
 #pragma once
 
 #include "common.cuh"
@@ -422,14 +422,15 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
 // Im2colGeometry1d: cp is a ConvParams; Im2colGeometry3d: a Conv3dParams), M = N * outputs per image
 // pixels, kred its reduction.
 // Split-K (SPLIT): `splits` ranges of `split_slices` slices each, partial sums into ws (gemm_conv_tiles).
-// DACT / dout: the fused activation derivative of Im2colLoader (conv2d_igemm_dgrad; dout laid out as x).
+// DACT / dout: the fused activation derivative of Im2colLoader (conv2d_backward_data; dout laid out as x).
+// Out / out: the epilogue's output mapping (gemm_tile.cuh; default y as the forward's, C-contiguous).
 template <typename T, class Cfg, class Tile, class Smem, bool SPLIT = false, class Geo = Im2colGeometry<T>,
-          int DACT = ACT_NONE>
+          int DACT = ACT_NONE, class Out = GemmContiguousOutput>
 __device__ __forceinline__ void implicit_gemm_conv(const T* x, const T* w, const T* b, T* y,
                                                    const typename Geo::Params& gp, int vec_w, Smem& smem,
                                                    int splits = 1, int split_slices = 0,
                                                    typename acc_type<T>::type* ws = nullptr,
-                                                   const T* dout = nullptr) {
+                                                   const T* dout = nullptr, const Out& out = Out()) {
     const ConvParams& cp = Geo::plane(gp);
     const int tid = threadIdx.x;
     const int Cg = cp.C / cp.groups;
@@ -438,9 +439,10 @@ __device__ __forceinline__ void implicit_gemm_conv(const T* x, const T* w, const
     const index_t M = (index_t)cp.N * PQ;  // 64-bit: N*P*Q may exceed 2^31
 
     Im2colLoader<T, Cfg, Geo, DACT> xl(x, gp, Cg, M, tid, dout);
-    gemm_conv_tiles<T, Cfg, Tile, Im2colLoader<T, Cfg, Geo, DACT>, SPLIT>(w, b, y, xl, smem, kred, cp.K, cp.groups, M,
-                                                                   PQ, vec_w, cp.has_bias, cp.act, tid, splits,
-                                                                   split_slices, ws);
+    gemm_conv_tiles<T, Cfg, Tile, Im2colLoader<T, Cfg, Geo, DACT>, SPLIT, Out>(w, b, y, xl, smem, kred, cp.K,
+                                                                        cp.groups, M, PQ, vec_w, cp.has_bias,
+                                                                        cp.act, tid, splits, split_slices, ws,
+                                                                        out);
 }
 
 }  // namespace gpuconv

@@ -1,22 +1,23 @@
-"""The CUDA data gradient with the activation's derivative fused (issue 17): ``conv2d_igemm_dgrad<T, tile,
-ACT>`` (``kernels/conv2d_igemm.cu``; the gather of ``kernels/im2col_loader.cuh`` with its DACT parameter),
-launched by ``gpuconv/_cuda/conv_igemm.py`` ``launch_dgrad`` for every phase call of the backward-data
-lowering (``gpuconv/_conv_lowering.py``) when ``conv2d_backward`` has an activation.
+"""The CUDA data gradient with the activation's derivative fused (issue 17): ``conv2d_backward_data<T, tile,
+ACT>`` (``kernels/conv2d_backward_data.cu``; the gather of ``kernels/im2col_loader.cuh`` with its DACT
+parameter), launched once for every stride phase by ``gpuconv/_cuda/conv_backward_data.py`` when
+``conv2d_backward`` has an activation. (The plain data gradient: tests/test_cuda_backward_data.py.)
 
 * Launch level (``rt`` fixture: emulator, both thread orders, and a GPU): every activation, float16 /
-  float32 / float64, padding incl. asymmetric, dilation, groups, odd shapes, NaN / 0 / inf in ``out``,
-  non-contiguous ``gy`` / ``out``; against the pre-pass form (igemm with the same tile on ``gy * act'(out)``
-  computed by ``activation_derivative_times``): BITWISE on the emulator for float32 / float64 (the same
-  products in the same order; the emulator compiles with -ffp-contract=off) and for float16 relu (a select:
-  no rounding); within the shared tolerance otherwise (float16 leaky_relu / sigmoid / tanh: the pre-pass
-  rounds gy' to float16 once, the fused gather keeps it in float32; on a GPU NVRTC may contract
-  ``1 - o*o`` into an FMA); and against the float64 textbook reference (tests/reference.py).
+  float32 / float64, stride 1 / 2 / 3 (phases without taps), padding incl. asymmetric, dilation, groups,
+  odd shapes, NaN / 0 / inf in ``out``, non-contiguous ``gy`` / ``out``; against the pre-pass form (the
+  same kernel without an activation, ACT_NONE, on ``gy * act'(out)`` computed by
+  ``activation_derivative_times``): BITWISE on the emulator for float32 / float64 (the same products in the
+  same order; the emulator compiles with -ffp-contract=off) and for float16 relu (a select: no rounding);
+  within the shared tolerance otherwise (float16 leaky_relu / sigmoid / tanh: the pre-pass rounds gy' to
+  float16 once, the fused gather keeps it in float32; on a GPU NVRTC may contract ``1 - o*o`` into an FMA);
+  and against the float64 textbook reference (tests/reference.py).
 * Public level (emulated): ``conv2d_backward(..., output_mask=(True, True, True))`` with the pre-pass
-  monkeypatched to raise: stride 1 and 2, dilation, groups, asymmetric and 'same' padding, flip; against
-  the reference and PyTorch autograd (float64), bitwise equal across thread orders; the same call with the
-  lowering's forward forced onto igemm with the dgrad tile and the pre-pass allowed gives bitwise the same
-  data gradient (float32 / float64). The NumPy path fuses it too (tests/test_numpy_grad_activation.py); a declined phase runs the pre-pass
-  and the record says so.
+  monkeypatched to raise: stride 1 and 2, dilation, groups, asymmetric and 'same' padding, flip; one data
+  launch in the record; against the reference and PyTorch autograd (float64), bitwise equal across thread
+  orders; the same call with the fused path refused (the pre-pass, then the ACT_NONE kernel) gives bitwise
+  the same data gradient (float32 / float64, float16 relu). The NumPy path fuses it too (tests/test_numpy_grad_activation.py); a
+  declined geometry runs the pre-pass and the record says so.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ import gpuconv
 from gpuconv import _conv_lowering as L
 from gpuconv import _grad_conv as G
 from gpuconv._backend import CudaBackend, use_backend
-from gpuconv._cuda import conv_igemm as CI
-from gpuconv._cuda.gemm import LARGE_TILE, SMALL_TILE, TILES_BY_DTYPE, WIDE_TILE
+from gpuconv._cuda import conv_backward_data as BD
+from gpuconv._cuda.gemm import WIDE_TILE
 from gpuconv._geometry import ACTIVATIONS, conv_geometry
-from tests.reference import apply_activation, conv2d_ref, conv_nd_grads_ref, explicit_padding, pair
+from tests.reference import apply_activation, conv_nd_grads_ref, explicit_padding, pair
 from tests.runners import emulated_runtime, numpy_io, on_gpu, runtime_fixture, torch, with_thread_order
 from tests.support import noncontiguous_view
 from tests.tolerance import assert_close
@@ -47,12 +48,12 @@ DERIVATIVES = {  # d act / d z from the activated value (docs/gradients.md); NaN
     "tanh": lambda o: 1 - o * o,
 }
 
-# Launch level: the phase call's forward correlation, input (N, K, H, W) = gy's shape, weight (C, Kg, R, S),
-# padding, dilation, groups. Sizes are not tile multiples; "two-tiles" has 2 pixel tiles and 2 filter tiles.
+# Launch level: the forward call (x shape, w shape, stride, padding, dilation, groups, flip). Sizes are not tile
+# multiples; "two-tiles" has 2 pixel tiles and 2 channel tiles per phase.
 LAUNCH_CASES = {
-    "asym-pad-dil": ((2, 5, 7, 9), (3, 5, 3, 2), ((2, 0), (1, 1)), (2, 1), 1),
-    "groups-odd": ((1, 6, 5, 11), (4, 3, 2, 3), 1, 1, 2),
-    "two-tiles": ((1, 3, 9, 9), (70, 3, 2, 2), ((1, 0), (0, 1)), 1, 1),
+    "asym-pad-dil": ((2, 3, 9, 10), (5, 3, 3, 2), 1, ((2, 0), (1, 1)), (2, 1), 1, False),
+    "groups-s2-flip": ((1, 4, 9, 11), (6, 2, 2, 3), 2, 1, 1, 2, True),
+    "two-tiles-s3": ((2, 70, 25, 13), (3, 70, 2, 2), 3, ((1, 0), (0, 1)), 1, 1, False),
 }
 
 # Public level: x shape, w shape, stride, padding, dilation, groups, flip.
@@ -62,6 +63,13 @@ PUBLIC_CASES = {
     "stride-2x3-odd": ((1, 5, 13, 11), (4, 5, 3, 3), (2, 3), 1, 1, 1, False),
     "dw-stride2": ((1, 3, 9, 9), (6, 1, 3, 3), 2, 1, 1, 3, False),
 }
+
+
+def _explicit(cases, case):
+    xs, ws, stride, padding, dilation, _, flip = cases[case]
+    stride, dilation = pair(stride), pair(dilation)
+    pt, pb, pl, pr = explicit_padding(padding, ws[2:], stride, dilation, xs[2:], flip)
+    return stride, ((pt, pb), (pl, pr)), dilation
 
 
 def _out_values(shape, act, dtype, rng, layout):
@@ -74,12 +82,12 @@ def _out_values(shape, act, dtype, rng, layout):
 
 
 def _launch_data(case, dtype, act, seed=0, layout="contiguous"):
-    xs, ws, padding, dilation, groups = LAUNCH_CASES[case]
-    g = conv_geometry(xs, ws, None, 1, padding, dilation, groups)
+    xs, ws, stride, padding, dilation, groups, flip = LAUNCH_CASES[case]
+    g = conv_geometry(xs, ws, None, stride, padding, dilation, groups, flip, act)
     rng = np.random.default_rng(seed)
-    gy = (4 * rng.standard_normal(xs)).astype(dtype)
+    gy = (4 * rng.standard_normal(g.output_shape)).astype(dtype)
     w = (rng.standard_normal(ws) / 3).astype(dtype)
-    out = _out_values(xs, act, dtype, rng, layout)
+    out = _out_values(g.output_shape, act, dtype, rng, layout)
     return g, noncontiguous_view(gy, layout, rng), out, w
 
 
@@ -88,27 +96,24 @@ def _prepass(gy, out, act):
 
 
 def _reference(g, gy, out, w, act, case):
-    """(y, magnitude) in float64: the forward correlation of gy * act'(out) with w."""
-    _, _, padding, dilation, groups = LAUNCH_CASES[case]
+    """(gx, magnitude) in float64: the data gradient of gy * act'(out)."""
+    xs, _, _, _, _, groups, flip = LAUNCH_CASES[case]
+    stride, pad, dilation = _explicit(LAUNCH_CASES, case)
     gz = gy.astype(np.float64) * DERIVATIVES[act](out.astype(np.float64))
-    pt, pb, pl, pr = explicit_padding(padding, w.shape[2:], (1, 1), pair(dilation), gy.shape[2:])
-    y = conv2d_ref(gz, w.astype(np.float64), None, (1, 1), (pt, pb, pl, pr), pair(dilation), groups)
-    mag = conv2d_ref(np.abs(gz), np.abs(w.astype(np.float64)), None, (1, 1), (pt, pb, pl, pr), pair(dilation), groups)
-    return y, mag
+    x0 = np.zeros(xs)
+    gx, _ = conv_nd_grads_ref(x0, w.astype(np.float64), gz, stride, pad, dilation, groups, flip)
+    mag, _ = conv_nd_grads_ref(x0, np.abs(w.astype(np.float64)), np.abs(gz), stride, pad, dilation, groups, flip)
+    return gx, mag
 
 
-def _fused(rt, g, gy, out, w, act, tile=None):
-    return numpy_io(rt, lambda rt, gy, out, w: CI.launch_dgrad(rt, gy, out, w, g, ACTIVATIONS[act], tile=tile),
-                    gy, out, w)
+def _launch(rt, g, gy, out, w, tile=None):
+    return numpy_io(rt, lambda rt, gy, out, w: BD.launch(rt, gy, w, out, g, g.H, g.W, tile=tile), gy, out, w)
 
 
-def _unfused(rt, g, gz, w, tile):
-    def run(rt, gz, w):
-        y = rt.xp.empty(g.output_shape, dtype=gz.dtype)
-        name = CI.launch_igemm(rt, rt.xp.ascontiguousarray(gz), rt.xp.ascontiguousarray(w), w, y, g, tile=tile,
-                               splits=1)
-        return y, name
-    return numpy_io(rt, run, gz, w)
+def _unfused(rt, g, gz, w, tile=None):
+    plain = conv_geometry(g.input_shape, g.weight_shape, None, (g.sh, g.sw), ((g.pt, g.pb), (g.pl, g.pr)),
+                          (g.dh, g.dw), g.groups, g.flip)
+    return numpy_io(rt, lambda rt, gz, w: BD.launch(rt, gz, w, None, plain, g.H, g.W, tile=tile), gz, w)
 
 
 def _bitwise_expected(rt, dtype, act) -> bool:
@@ -124,14 +129,15 @@ def _bitwise_expected(rt, dtype, act) -> bool:
 def test_launch_against_prepass_and_reference(rt, case, dtype, act):
     g, gy, out, w = _launch_data(case, dtype, act, seed=1, layout="transposed")
     assert not gy.flags.c_contiguous and not out.flags.c_contiguous
-    (y, kid), (y2, kid2) = (_fused(with_thread_order(rt, o), g, gy, out, w, act) for o in ("forward", "reversed"))
-    tile = CI.dgrad_tile(g, dtype)
-    assert kid == kid2 == CI.dgrad_name(dtype, tile, ACTIVATIONS[act]) and y.dtype == dtype
+    (y, ids), (y2, ids2) = (_launch(with_thread_order(rt, o), g, gy, out, w) for o in ("forward", "reversed"))
+    tile = BD.data_tile(g, dtype, g.H, g.W)
+    name = BD.kernel_name(dtype, tile, ACTIVATIONS[act])
+    assert len(ids) == 1 and ids == ids2 and ids[0].startswith(name + " phases=") and y.dtype == dtype
     assert y.tobytes() == y2.tobytes(), "thread orders differ"
     exp, mag = _reference(g, gy, out, w, act, case)
     assert_close(y, exp, mag, dtype, what=f"{case} {act} vs reference")
     yp, kp = _unfused(rt, g, _prepass(gy, out, act), w, tile)
-    assert kp == CI.igemm_name(dtype, tile)
+    assert kp[0].startswith(BD.kernel_name(dtype, tile, 0) + " phases=")
     if _bitwise_expected(rt, dtype, act):
         np.testing.assert_array_equal(y.view(np.uint8), yp.view(np.uint8), err_msg=f"{case} {act}: not bitwise")
     else:
@@ -142,53 +148,30 @@ def test_launch_against_prepass_and_reference(rt, case, dtype, act):
 def test_wide_tile_and_infinities(rt, dtype):
     """The wide tile (forced; the rule picks it for bigger calls) and infinite gy: where relu's derivative
     is 0 an infinite gy gives 0 (a select, as PyTorch), where it is 1 the infinity goes through."""
-    g, gy, out, w = _launch_data("two-tiles", dtype, "relu", seed=2)
+    g, gy, out, w = _launch_data("two-tiles-s3", dtype, "relu", seed=2)
     gy.flat[5::13] = np.inf
-    y, kid = _fused(rt, g, gy, out, w, "relu", tile=WIDE_TILE)
-    assert kid == CI.dgrad_name(dtype, WIDE_TILE, ACTIVATIONS["relu"])
+    y, ids = _launch(rt, g, gy, out, w, tile=WIDE_TILE)
+    assert ids[0].startswith(BD.kernel_name(dtype, WIDE_TILE, ACTIVATIONS["relu"]))
     yp, _ = _unfused(rt, g, _prepass(gy, out, "relu"), w, WIDE_TILE)
     np.testing.assert_array_equal(y.view(np.uint8), yp.view(np.uint8))
 
 
-# --------------------------------------------------------------------------------------------
-# host rules
-# --------------------------------------------------------------------------------------------
-
-def test_tile_rule_names_and_declines():
-    big = conv_geometry((8, 256, 56, 56), (256, 256, 3, 3), None, 1, 1)
-    assert CI.gemm_tile_for(big, np.float32) == LARGE_TILE and CI.dgrad_tile(big, np.float32) == WIDE_TILE
-    small = conv_geometry((1, 3, 9, 9), (4, 3, 3, 3), None, 1, 1)
-    assert CI.dgrad_tile(small, np.float32) == SMALL_TILE
-    assert CI.dgrad_tile(big, np.float64) == TILES_BY_DTYPE[np.dtype(np.float64)][0]
-    # 4 activations x (wide, small) for float16 / float32, small for float64: 20, all in the registry
-    assert len(CI.DGRAD_INSTANTIATIONS) == 20
-    from gpuconv._cuda.ops import INSTANTIATIONS
-    assert set(CI.DGRAD_INSTANTIATIONS) <= set(INSTANTIATIONS[CI.SOURCE])
-    assert not set(CI.DGRAD_INSTANTIATIONS) & set(CI.INSTANTIATIONS)  # igemm's own kernels: the forward's
-    assert CI.dgrad_name(np.float32, SMALL_TILE, 3) == "gpuconv::conv2d_igemm_dgrad<float, 64, 64, 16, 8, 8, 3>"
+def test_launch_argument_checks():
+    g = conv_geometry((1, 3, 9, 9), (4, 3, 3, 3), None, 1, 1, activation="relu")
     rt0 = emulated_runtime()
-    gy = np.zeros((1, 3, 9, 9), np.float32)
-    with pytest.raises(ValueError, match="act must be one of"):
-        CI.launch_dgrad(rt0, gy, gy, np.zeros((4, 3, 3, 3), np.float32), small, 0)
+    gy, w = np.zeros((1, 4, 9, 9), np.float32), np.zeros((4, 3, 3, 3), np.float32)
     with pytest.raises(ValueError, match="must match gy"):
-        CI.launch_dgrad(rt0, gy, gy[:, :, 1:], np.zeros((4, 3, 3, 3), np.float32), small, 1)
-    with pytest.raises(ValueError, match="not instantiated"):
-        CI.launch_dgrad(rt0, gy, gy, np.zeros((4, 3, 3, 3), np.float32), small, 1, tile=LARGE_TILE)
+        BD.launch(rt0, gy, w, gy[:, :, 1:], g, 9, 9)
+    plain = conv_geometry((1, 3, 9, 9), (4, 3, 3, 3), None, 1, 1)
+    with pytest.raises(ValueError, match="needs an activation"):
+        BD.launch(rt0, gy, w, gy, plain, 9, 9)
     with pytest.raises(ValueError, match="only taken by the CUDA path"):
-        L.backward_data(gpuconv._backend.NumpyBackend(), gy, np.zeros((3, 4, 3, 3), np.float32),
-                        small, 9, 9, out=gy)
+        L.backward_data(gpuconv._backend.NumpyBackend(), gy, w, g, 9, 9, out=gy)
 
 
 # --------------------------------------------------------------------------------------------
 # through conv2d_backward (emulated)
 # --------------------------------------------------------------------------------------------
-
-def _explicit(case):
-    xs, ws, stride, padding, dilation, _, flip = PUBLIC_CASES[case]
-    stride, dilation = pair(stride), pair(dilation)
-    pt, pb, pl, pr = explicit_padding(padding, ws[2:], stride, dilation, xs[2:], flip)
-    return stride, ((pt, pb), (pl, pr)), dilation
-
 
 def _public_data(case, dtype, act, seed, layout="contiguous"):
     xs, ws, stride, padding, dilation, groups, flip = PUBLIC_CASES[case]
@@ -224,11 +207,10 @@ def test_conv2d_backward_runs_no_prepass(monkeypatch, case, act):
     (gx, gw, gb), kernels = _backward(emulated_runtime(), case, x, w, gy, out, act)
     (gx2, _, _), _ = _backward(emulated_runtime(reverse_threads=True), case, x, w, gy, out, act, (True, False, False))
     assert gx.tobytes() == gx2.tobytes()
-    stride, pad, dilation = _explicit(case)
-    phases = len(L.axis_phases(x.shape[2], out.shape[2], w.shape[2], stride[0], pad[0][0], dilation[0])) \
-        * len(L.axis_phases(x.shape[3], out.shape[3], w.shape[3], stride[1], pad[1][0], dilation[1]))
-    dname = "gpuconv::conv2d_igemm_dgrad<double, 64, 64, 8, 4, 4, %d>" % ACTIVATIONS[act]
-    assert kernels[:phases] == (dname,) * phases and dname not in kernels[phases:]
+    stride, pad, dilation = _explicit(PUBLIC_CASES, case)
+    phases = min(stride[0], x.shape[2]) * min(stride[1], x.shape[3])
+    dname = "gpuconv::conv2d_backward_data<double, 64, 64, 8, 4, 4, %d>" % ACTIVATIONS[act]
+    assert kernels[0] == f"{dname} phases={phases}" and not any("backward_data" in k for k in kernels[1:])
     groups, flip = PUBLIC_CASES[case][5], PUBLIC_CASES[case][6]
     gz = gy * DERIVATIVES[act](out)
     ex, ew = conv_nd_grads_ref(x, w, gz, stride, pad, dilation, groups, flip)
@@ -252,27 +234,20 @@ def test_conv2d_backward_runs_no_prepass(monkeypatch, case, act):
 @pytest.mark.emulated
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("act", ACTS)
-def test_conv2d_backward_bitwise_as_prepass_on_the_gemm_kernel(monkeypatch, dtype, act):
-    """The fused data gradient against the pre-pass lowering with every phase call on igemm with the same
-    tile (the lowering's heuristic forward replaced): bitwise for float32 / float64 and float16 relu."""
+def test_conv2d_backward_bitwise_as_prepass_on_the_same_kernel(monkeypatch, dtype, act):
+    """The fused data gradient against the pre-pass followed by the same kernel without an activation (the
+    fused path refused): bitwise for float32 / float64 and float16 relu."""
     case = "stride2-asym-dil-groups-flip"
     x, w, gy, out = _public_data(case, dtype, act, seed=4, layout="transposed")
     (gx, _, _), _ = _backward(emulated_runtime(), case, x, w, gy, out, act, (True, False, False))
-
-    def igemm_forward(backend, xx, ww, stride, padding, dilation, groups):
-        g = conv_geometry(tuple(xx.shape), tuple(ww.shape), None, stride, padding, dilation, groups)
-        return _unfused(backend.runtime, g, xx, ww, CI.dgrad_tile(g, xx.dtype))
-    monkeypatch.setattr(L, "forward", igemm_forward)
-    monkeypatch.setattr(L, "fused_data_reason", lambda *a: "forced")
     monkeypatch.setattr(G, "fused_data_reason", lambda *a: "forced")
     (gxp, _, _), kernels = _backward(emulated_runtime(), case, x, w, gy, out, act, (True, False, False))
-    assert kernels[0].startswith("activation derivative pre-pass for the data gradient (conv2d_igemm_dgrad "
-                                 "declines: forced)")
-    assert all(k.startswith("gpuconv::conv2d_igemm<") for k in kernels[1:])
+    assert kernels[0] == "activation derivative pre-pass for the data gradient (forced)"
+    assert len(kernels) == 2 and kernels[1].startswith("gpuconv::conv2d_backward_data<") and ", 0> phases=" in kernels[1]
     if np.dtype(dtype) != np.float16 or act == "relu":
         assert gx.tobytes() == gxp.tobytes()
     else:
-        stride, pad, dilation = _explicit(case)
+        stride, pad, dilation = _explicit(PUBLIC_CASES, case)
         gz = gy.astype(np.float64) * DERIVATIVES[act](out.astype(np.float64))
         _, _, _, _, _, groups, flip = PUBLIC_CASES[case]
         ex, _ = conv_nd_grads_ref(x, w, gz, stride, pad, dilation, groups, flip)
@@ -280,6 +255,20 @@ def test_conv2d_backward_bitwise_as_prepass_on_the_gemm_kernel(monkeypatch, dtyp
                                    pad, dilation, groups, flip)
         assert_close(gx, ex, mag, dtype, what=f"fused {act}")
         assert_close(gxp, ex, mag, dtype, what=f"pre-pass {act}")
+
+
+@pytest.mark.emulated
+def test_declined_geometry_runs_the_prepass_and_says_why(monkeypatch):
+    case = "stride-2x3-odd"
+    x, w, gy, out = _public_data(case, np.float64, "relu", seed=6)
+    (gx, _, _), _ = _backward(emulated_runtime(), case, x, w, gy, out, "relu", (True, False, False))
+    monkeypatch.setattr(BD, "decline_reason", lambda geom, dtype: "the backward-data kernel declines (forced)")
+    (gxd, _, _), kernels = _backward(emulated_runtime(), case, x, w, gy, out, "relu", (True, False, False))
+    assert kernels[:2] == ("activation derivative pre-pass for the data gradient (the backward-data kernel "
+                           "declines (forced))", "conv2d backward-data phase lowering (the backward-data kernel "
+                           "declines (forced))")
+    assert not any("conv2d_backward_data<" in k for k in kernels)
+    np.testing.assert_allclose(gxd, gx, rtol=1e-12, atol=1e-12)
 
 
 def test_numpy_path_fuses_it_too(monkeypatch):

@@ -20,13 +20,8 @@ Autotuning (``VARIANTS``, ``gemm.TileVariants``): ``algo='auto'`` measures igemm
 each admissible tile and ``igemm/<tile>/split`` where the split-K rule splits that tile; the kernel id
 (the name expression, whose template arguments are the tile) says which ran.
 
-The data gradient with a fused activation derivative (issue 17, ``launch_dgrad``): ``conv2d_igemm_dgrad``
-is igemm whose gather multiplies each element of its input (a phase of ``gy``) by the activation's
-derivative computed from ``out`` at the same offset, so ``conv2d_backward`` needs no ``gy * act'(out)``
-pre-pass on CUDA arrays. Not an algorithm of the table (it is no forward convolution): the backward-data
-lowering (``gpuconv/_conv_lowering.py``) calls it for every phase. Its tile is ``dgrad_tile``: the rule's,
-with the wide tile where the rule says large (only the small and wide tiles are instantiated, per activation:
-compile time); never split.
+The data gradient (issue 17) is ``conv2d_backward_data.cu`` (``conv_backward_data.py``), which reuses this
+kernel's implicit GEMM (``implicit_gemm_conv``) over every stride phase in one launch.
 """
 
 from __future__ import annotations
@@ -35,15 +30,13 @@ import numpy as np
 
 from .._geometry import ConvGeometry
 from .algo import FORWARD, Algorithm
-from .gemm import (TILE_BY_NAME, TILES_BY_DTYPE, GemmTile, TileVariants, data_pointer, gemm_blocks, gemm_instantiations, gemm_kernel_name,
+from .gemm import (TILES_BY_DTYPE, GemmTile, TileVariants, data_pointer, gemm_blocks, gemm_instantiations, gemm_kernel_name,
                    gemm_tile_for, launch_gemm, resolve_vectorize, tile_for_dtype, weights_vectorizable)
-from .abi import conv_kernel_args
 from .limits import ACC_BYTES, CTYPE, ceil_div, conv_decline_reason, grid_blocks
 
 SOURCE = "conv2d_igemm.cu"
 KERNEL = "conv2d_igemm"
 SPLIT_KERNEL = "conv2d_igemm_splitk"
-DGRAD_KERNEL = "conv2d_igemm_dgrad"
 REDUCE_KERNEL = "gemm_splitk_reduce"
 REDUCE_THREADS = 256
 MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y / z (the reduce kernel's loops cover the rest)
@@ -55,26 +48,6 @@ SPLITK_MIN_SLICES = 8   # slices per range at least: the main loop's prologue / 
 def reduce_name(dtype) -> str:
     return f"gpuconv::{REDUCE_KERNEL}<{CTYPE[np.dtype(dtype)]}>"
 
-
-DGRAD_ACTIVATIONS = (1, 2, 3, 4)  # relu, leaky_relu, sigmoid, tanh (_geometry.ACTIVATIONS' codes)
-DGRAD_TILE_NAMES = ("wide", "small")
-
-
-def dgrad_tile(geom: ConvGeometry, dtype) -> GemmTile:
-    """conv2d_igemm_dgrad's tile for the phase call ``geom``: ``gemm_tile_for``'s, the wide tile where it
-    says large (the dgrad kernel has the small and wide tiles only), mapped to the dtype's config."""
-    tile = gemm_tile_for(geom, dtype)
-    if tile.name not in DGRAD_TILE_NAMES:
-        tile = TILE_BY_NAME["wide"]
-    return tile_for_dtype(tile, dtype)
-
-
-def dgrad_name(dtype, tile: GemmTile, act: int) -> str:
-    return f"gpuconv::{DGRAD_KERNEL}<{CTYPE[np.dtype(dtype)]}, {tile.template_args}, {int(act)}>"
-
-
-DGRAD_INSTANTIATIONS = tuple(dgrad_name(dt, t, act) for dt, tiles in TILES_BY_DTYPE.items() for t in tiles
-                             if t.name in DGRAD_TILE_NAMES for act in DGRAD_ACTIVATIONS)
 
 INSTANTIATIONS = (gemm_instantiations(KERNEL) + gemm_instantiations(SPLIT_KERNEL)
                   + tuple(reduce_name(dt) for dt in TILES_BY_DTYPE))
@@ -157,40 +130,10 @@ def igemm_kernel_id(split_name: str, splits: int, dtype) -> str:
     return f"{split_name} splitK={splits} + {reduce_name(dtype)}"
 
 
-def launch_dgrad(rt, gy, out, w, geom: ConvGeometry, act: int, *, tile: GemmTile | None = None):
-    """``(y, kernel id)``: the forward correlation ``geom`` (stride 1, no bias, no activation: a phase call of
-    the backward-data lowering) of ``gy' = gy * act'(out)`` with ``w``, the derivative of activation code
-    ``act`` (1..4) applied inside the gather. ``gy`` and ``out`` have the same shape (``geom``'s input);
-    non-contiguous ones are copied (``|gy|`` each at most). Raises ValueError when igemm's 32-bit rule
-    declines (the caller checks ``igemm_decline_reason`` first)."""
-    xp = rt.xp
-    dtype = np.dtype(gy.dtype)
-    if int(act) not in DGRAD_ACTIVATIONS:
-        raise ValueError(f"launch_dgrad: act must be one of {DGRAD_ACTIVATIONS} (an activation code), got {act}")
-    if tuple(out.shape) != tuple(gy.shape) or np.dtype(out.dtype) != dtype:
-        raise ValueError(f"launch_dgrad: out {tuple(out.shape)} {out.dtype} must match gy {tuple(gy.shape)} {dtype}")
-    reason = igemm_decline_reason(geom, dtype)
-    if reason is not None:
-        raise ValueError(reason)
-    tile = dgrad_tile(geom, dtype) if tile is None else tile_for_dtype(tile, dtype)
-    if tile.name not in DGRAD_TILE_NAMES:
-        raise ValueError(f"{DGRAD_KERNEL}: tile {tile.name} is not instantiated (only {DGRAD_TILE_NAMES})")
-    gy, out, w = xp.ascontiguousarray(gy), xp.ascontiguousarray(out), xp.ascontiguousarray(w)
-    y = xp.empty(geom.output_shape, dtype=dtype)
-    vec = np.int32(1 if weights_vectorizable(geom, dtype, data_pointer(w)) else 0)
-    name = dgrad_name(dtype, tile, act)
-    grid = grid_blocks(gemm_blocks(geom, tile))
-    rt.function(SOURCE, name)((grid, 1, 1), (tile.threads, 1, 1), [gy, w, w, y] + conv_kernel_args(geom) + [vec, out])
-    return y, name
-
-
 # What the autotuner measures of igemm (ops.VARIANTS): each tile, unsplit and (where splitk_for splits) split.
 VARIANTS = TileVariants(splitk_for)
 
-# The registry compiles what ALGO lists for SOURCE (ops.INSTANTIATIONS: the runtime, the emulator, the NVRTC and
-# SASS checks): igemm's own kernels and conv2d_igemm_dgrad's, which share the source but are no algorithm of
-# the forward table.
-ALGO = Algorithm("igemm", "conv2d", FORWARD, SOURCE, INSTANTIATIONS + DGRAD_INSTANTIATIONS, igemm_decline_reason,
+ALGO = Algorithm("igemm", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, igemm_decline_reason,
                  launch_igemm,
                  "implicit GEMM: filters x (N*P*Q pixels) per group, input gathered on the fly into "
                  "double-buffered shared slices, 8x8 register tile per thread (4x4 for float64); split-K with a "
