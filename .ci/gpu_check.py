@@ -69,6 +69,7 @@ TEST_GROUPS = (
     ("gemm1x1-depthwise", "gemm1x1 or depthwise"),
     ("igemm_tc", "igemm_tc"),
     ("backward-filter-conv3d", "backward_filter or conv3d"),
+    ("backward-data-conv1d", "backward_data or dgrad or conv1d"),
     ("auto-and-rest", None),
 )
 # (phase, default timeout s, minimum share s kept for it when earlier phases run long)
@@ -78,7 +79,8 @@ TEST_GROUP_TIMEOUT = 150
 REHEARSAL_SAMPLE = 6  # tests per group in a rehearsal (the emulator is slow)
 REHEARSAL_BENCH_BUDGET_S = 4  # about the roofline measurement and a few quick CPU layers
 MEMCHECK_SAMPLE, RACECHECK_SAMPLE = 60, 24
-SHARED_MEMORY_KERNELS = "tiled or igemm or depthwise or gemm1x1 or backward_filter or conv3d"
+SHARED_MEMORY_KERNELS = ("tiled or igemm or depthwise or gemm1x1 or backward_filter or conv3d or backward_data "
+                         "or conv1d")
 # What compute-sanitizer prints when it cannot instrument this device / driver.
 SANITIZER_REFUSALS = ("device not supported", "not supported on this", "unable to find injection library",
                       "no supported devices")
