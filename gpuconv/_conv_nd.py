@@ -142,21 +142,29 @@ def forward(backend, x, w, b, geom: ConvNdGeometry, algo="auto"):
     return _forward_3d(backend, x, w, b, geom, algo)
 
 
+def _ask_policy(backend, g2, dtype, algo):
+    """An algorithm policy (``algo`` callable: ``gpuconv.cudnn``'s) asked with the 2-D geometry ``g2`` the
+    N-D call maps to: ``(algo, policy, reason)``, the policy's answer as ``policy`` and ``algo = 'auto'``, or
+    with ``reason`` set where the answer uses tensor cores (2-D kernels only: the caller runs the 2-D form
+    with it). A named ``algo`` comes back as it is, ``policy`` None."""
+    if not callable(algo):
+        return algo, None, None
+    from ._cuda import ops
+    algo = resolve_algo(backend, g2, dtype, algo)
+    a2 = ops.operation("conv2d").algorithms.get(algo)
+    if a2 is not None and a2.tensor_cores:
+        return algo, None, f"the algorithm policy chose {algo}: tensor cores exist in the 2-D kernels only"
+    return "auto", algo, None
+
+
 def cuda_1d_plan(backend, geom: ConvNdGeometry, dtype, algo):
     """What the CUDA forward of a 1-D call runs (the module docstring's rule): ``(None, None)`` for
     ``conv1d_igemm``, or ``(algo2d, reason)`` for the height-1 view with ``algo2d`` (reason None: a 2-D
     algorithm named by ``algo``)."""
-    from ._cuda import conv1d_igemm, ops
-    g2 = geom.as_2d()
-    if callable(algo):
-        algo = resolve_algo(backend, g2, dtype, algo)
-        a2 = ops.operation("conv2d").algorithms.get(algo)
-        if a2 is not None and a2.tensor_cores:
-            return algo, f"the algorithm policy chose {algo}: tensor cores exist in the 2-D kernels only"
-        policy = algo
-        algo = "auto"
-    else:
-        policy = None
+    from ._cuda import conv1d_igemm
+    algo, policy, tc_reason = _ask_policy(backend, geom.as_2d(), dtype, algo)
+    if tc_reason is not None:
+        return algo, tc_reason
     if algo not in ("auto", "igemm"):
         return algo, None
     if algo == "auto" and policy is None and geom.Cg == 1:
@@ -185,18 +193,11 @@ def _forward_1d(backend, x, w, b, geom, algo):
 def cuda_3d_plan(backend, geom: ConvNdGeometry, dtype, algo):
     """What the CUDA forward of a 3-D call runs (the module docstring's rule): ``(None, None)`` for
     ``conv3d_igemm``, or ``(algo2d, reason)`` for the depth-tap lowering with ``algo2d`` per tap."""
-    from ._cuda import conv3d_igemm, ops
-    ct = compute_dtype(dtype)
-    if callable(algo):
-        g2 = geom.plane(geom.N * geom.output_size[0])
-        algo = resolve_algo(backend, g2, ct, algo)
-        a2 = ops.operation("conv2d").algorithms.get(algo)
-        if a2 is not None and a2.tensor_cores:
-            return algo, f"the algorithm policy chose {algo}: tensor cores exist in the 2-D kernels only"
-        policy = algo
-        algo = "auto"
-    else:
-        policy = None
+    from ._cuda import conv3d_igemm
+    algo, policy, tc_reason = _ask_policy(backend, geom.plane(geom.N * geom.output_size[0]), compute_dtype(dtype),
+                                          algo)
+    if tc_reason is not None:
+        return algo, tc_reason
     if algo not in ("auto", "igemm"):
         return algo, f"algo={algo!r} names a 2-D algorithm, run per depth tap"
     reason = conv3d_igemm.conv3d_igemm_decline_reason(geom, dtype)
