@@ -324,6 +324,11 @@ def backward_data(backend, gy, w, geom: ConvNdGeometry, size):
         gx, ks = _conv_lowering.backward_data(backend, gy[:, :, None, :], w[:, :, None, :], g2, 1, size[0])
         return gx[:, :, 0, :], [f"conv1d as conv2d of height 1: {k}" for k in ks]
     prefix = []
+    if not isinstance(backend, CudaBackend):  # NumPy: N-D col2im (_numpy/conv3d_grad.py), unless it declines
+        from ._numpy import conv3d_grad
+        gx, prefix = conv3d_grad.data_gradient(gy, w, geom, size)
+        if gx is not None:
+            return gx, prefix
     if isinstance(backend, CudaBackend):
         gx, kernels, why = _cuda_data_3d(backend, gy, w, geom, size)
         if gx is not None:
@@ -358,6 +363,11 @@ def backward_filter(backend, x, gy, geom: ConvNdGeometry):
         gw, k = _conv_lowering.backward_filter(backend, x[:, :, None, :], gy[:, :, None, :], geom.as_2d())
         return gw[:, :, 0, :], [] if k is None else [f"conv1d as conv2d of height 1: {k}"]
     prefix = []
+    if not isinstance(backend, CudaBackend):  # NumPy: N-D im2col (_numpy/conv3d_grad.py), unless it declines
+        from ._numpy import conv3d_grad
+        gw, prefix = conv3d_grad.filter_gradient(x, gy, geom)
+        if gw is not None:
+            return gw, prefix
     if isinstance(backend, CudaBackend):
         from ._cuda.ops import operation
         algos = operation("conv3d", "backward_filter").algorithms  # depthwise, igemm: the first that takes it
