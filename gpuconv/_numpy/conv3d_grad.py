@@ -9,10 +9,10 @@ keeps the cases these decline). Written for any number of spatial dimensions; ``
   (Cg*taps, Kg) @ gy`` (``w^T`` a view) gives the columns ``(C, *Kr, n, *Out)``, and col2im adds each tap's
   slab into ``gx`` (the outputs whose tap lands inside the input, ``_geometry.tap_outputs`` per axis; taps in
   the padding are dropped), taps in a fixed order, per block of channels on the thread pool (blocks write
-  disjoint channels). When one sample does not fit the workspace, chunks of INPUT depths ``[d0, d1)``: the
-  columns of every output depth that reaches the chunk (a halo of ``((KD-1)*dd) / sd`` output depths,
-  recomputed by the neighbour), added only into ``[d0, d1)``. Every element of ``gx`` so receives all its
-  taps in the same order in one chunk: split and unsplit runs give the same bits.
+  disjoint channels). When one sample does not fit the workspace, chunks of output depths, taken in
+  DECREASING order: input depth ``d`` gets depth tap ``t`` from output depth ``(d + pd - t*dd) / sd``, so a
+  later chunk brings later taps and every element of ``gx`` still sums its taps in the order ``(t, r, s)``.
+  Split and unsplit runs (samples or depths) so give the same bits (tested).
 * ``numpy_depthwise_data3d`` (data, one input channel and at most 2 filters per group, where the GEMM's
   inner dimension would be ``Kg``): the same chunks, no columns: per tap and filter of the group
   ``gx[tap's slab] += w[k, tap] * gy[k]`` (a multiply into a per-thread slab, then the add).
@@ -30,7 +30,7 @@ float16 is computed in float32 (operands cast in the copies, float32 accumulator
 besides the result, one chunk's workspace (``_workspace.workspace``), the derivative's block temporaries,
 a cast copy of the weight where ``w`` is not in the compute dtype, the float32 ``gx`` accumulator (float16) and
 the filter gradient's accumulator and per-sample part, all within ``workspace_limit()``; when not even one
-input depth's (data) / one output depth's (filter) chunk fits, :func:`data_decline_reason` /
+output depth's chunk fits, :func:`data_decline_reason` /
 :func:`filter_decline_reason` say why and the depth-tap lowering runs.
 """
 
@@ -106,14 +106,6 @@ def filter_gradient(x, gy, geom, out=None, activation=None, bias=None):
 # backward data
 # --------------------------------------------------------------------------------------------
 
-def _out_depths(geom, d0, d1, OD):
-    """Output depths ``[lo, hi)`` some tap of which reads an input depth in ``[d0, d1)``."""
-    (sd, *_), ((pd, _), *_), (dd, *_), KD = geom.stride, geom.padding, geom.dilation, geom.kernel_size[0]
-    lo = max(0, -(-(d0 + pd - (KD - 1) * dd) // sd))
-    hi = min(OD, (d1 - 1 + pd) // sd + 1)
-    return lo, max(lo, hi)
-
-
 def _dw_block(geom, n, size, item) -> int:
     """Channels per block of the depthwise multiply-adds (``_channel_blocks``' rule)."""
     return max(1, min(geom.C, COL2IM_BLOCK_BYTES // max(1, n * math.prod(size) * item)))
@@ -132,30 +124,24 @@ def _data_specs(geom, dtype, n, on, out, size):
 
 
 def _data_plan(geom, dtype, out, size, act):
-    """``(samples, input depths)`` per chunk (``depths == size[0]``: whole samples), or None when one input
-    depth's chunk does not fit."""
+    """``(samples, output depths)`` per chunk (``depths == out[0]``: whole samples, as many as
+    ``CHUNK_BYTES`` holds, at least one), or None when one output depth's chunk does not fit."""
     item = compute_dtype(dtype).itemsize
     budget = (workspace_limit() - geom.K * geom.Cg * math.prod(geom.kernel_size) * item - _SMALL
               - temp_bytes(act, dtype)
               - (0 if np.dtype(dtype) == compute_dtype(dtype) else geom.N * geom.C * math.prod(size) * item))
-    OD, D = out[0], size[0]
+    OD = out[0]
     per_sample = max(1, workspace_bytes(*_data_specs(geom, dtype, 1, OD, out, size)))
     if per_sample <= budget:
         n = max(1, min(geom.N, CHUNK_BYTES // per_sample, budget // per_sample))
         while n > 1 and workspace_bytes(*_data_specs(geom, dtype, n, OD, out, size)) > budget:
             n -= 1
-        return n, D
-    depths = 0
-    while depths < D and workspace_bytes(*_data_specs(geom, dtype, 1, _halo_depths(geom, depths + 1, OD), out,
-                                                       size)) <= budget:
-        depths += 1
-    return (1, depths) if depths else None
-
-
-def _halo_depths(geom, width, OD) -> int:
-    """At most how many output depths reach a chunk of ``width`` input depths: the multiples of the stride in
-    a span of ``width - 1 + (KD-1)*dd``."""
-    return min(OD, (width - 1 + (geom.kernel_size[0] - 1) * geom.dilation[0]) // geom.stride[0] + 1)
+        return n, OD
+    per_depth = workspace_bytes(*_data_specs(geom, dtype, 1, 1, out, size))
+    depths = min(OD, budget // max(1, per_depth))
+    while depths > 0 and workspace_bytes(*_data_specs(geom, dtype, 1, depths, out, size)) > budget:
+        depths -= 1
+    return (1, depths) if depths > 0 else None
 
 
 def data_decline_reason(geom, dtype, out, size, act: Derivative | None = None):
@@ -163,7 +149,7 @@ def data_decline_reason(geom, dtype, out, size, act: Derivative | None = None):
     if geom.nd != 3:
         return "the N-D strategies run 3-D calls (2-D: conv_grad)"
     if _data_plan(geom, dtype, out, size, act) is None:
-        return "one input depth's chunk does not fit the workspace limit"
+        return "one output depth's chunk does not fit the workspace limit"
     return None
 
 
@@ -178,16 +164,15 @@ def backward_data(gy, w, geom, size, act: Derivative | None = None):
     prime_blas()
     wt = np.asarray(w, dtype=ct).reshape(G, Kg, Cg * taps)
     kept = (0 if np.shares_memory(wt, w) else wt.nbytes) + temp_bytes(act, gy.dtype) + _SMALL
-    n_chunk, d_chunk = _data_plan(geom, gy.dtype, out, size, act)
+    n_chunk, o_chunk = _data_plan(geom, gy.dtype, out, size, act)
     gx = np.zeros((N, C) + tuple(size), ct)
     trim_workspace(workspace_limit() - kept - (0 if gx.dtype == gy.dtype else gx.nbytes))
     for n0 in range(0, N, n_chunk):
         n = min(n_chunk, N - n0)
-        for d0 in range(0, size[0], d_chunk):
-            d1 = min(size[0], d0 + d_chunk)
-            o0, o1 = _out_depths(geom, d0, d1, out[0]) if d_chunk < size[0] else (0, out[0])
-            if o1 <= o0:
-                continue
+        # output depths in DECREASING order: gx[d] gets depth tap t from output depth (d + pd - t*dd) / sd, so
+        # later chunks bring later taps, and every element sums its taps in the unsplit order (t, r, s)
+        for o1 in range(out[0], 0, -o_chunk):  # the first chunk full: the workspace's size is set once
+            o0 = max(0, o1 - o_chunk)
             on = o1 - o0
             sl = (slice(n0, n0 + n), slice(None), slice(o0, o1))
             gyt, buf = workspace(*_data_specs(geom, gy.dtype, n, on, out, size))
@@ -195,20 +180,19 @@ def backward_data(gy, w, geom, size, act: Derivative | None = None):
                     gy, act)
             if dw:
                 _depthwise_add(gyt.reshape((C, Kg, n, on) + tuple(out[1:])), wt.reshape((C, Kg) + tuple(kr)),
-                               gx[n0:n0 + n], geom, o0, d0, d1, size, buf)
+                               gx[n0:n0 + n], geom, o0, size, buf)
             else:
                 np.matmul(wt.transpose(0, 2, 1), gyt.reshape(G, Kg, n * on * plane), out=buf)
-                _col2im(buf.reshape((C,) + tuple(kr) + (n, on) + tuple(out[1:])), gx[n0:n0 + n], geom, o0, d0, d1,
-                        size)
+                _col2im(buf.reshape((C,) + tuple(kr) + (n, on) + tuple(out[1:])), gx[n0:n0 + n], geom, o0, size)
     name = "numpy_depthwise_data3d" if dw else "numpy_col2im3d"
     return (gx if gx.dtype == gy.dtype else gx.astype(gy.dtype)), name
 
 
-def _tap_slabs(geom, o0, on, d0, d1, out_rest, size):
+def _tap_slabs(geom, o0, on, out_rest, size):
     """Per correlation tap in order: ``(tap, src, dst)`` index tuples, ``src`` into the chunk's output extent
     ``(on, *out_rest)`` (depths from ``o0``) and ``dst`` into ``gx``'s spatial axes, for the outputs whose tap
-    lands inside the input (depths inside ``[d0, d1)``); taps landing nowhere are left out."""
-    lo_hi = [(d0, d1)] + [(0, s) for s in size[1:]]
+    lands inside the input; taps landing nowhere are left out."""
+    lo_hi = [(0, s) for s in size]
     first = [(o0, o0 + on)] + [(0, o) for o in out_rest]
     slabs = []
     for tap in _taps(geom.kernel_size):
@@ -225,12 +209,12 @@ def _tap_slabs(geom, o0, on, d0, d1, out_rest, size):
     return slabs
 
 
-def _col2im(cols, gx, geom, o0, d0, d1, size):
+def _col2im(cols, gx, geom, o0, size):
     """``gx[i, c, tap's input] += cols[c, weight tap, i, outputs]`` for every tap in order, per block of
     channels on the thread pool (disjoint blocks: each element's sum order is the tap order)."""
     nd = geom.nd
     C, n, on = cols.shape[0], cols.shape[1 + nd], cols.shape[2 + nd]
-    slabs = _tap_slabs(geom, o0, on, d0, d1, cols.shape[3 + nd:], size)
+    slabs = _tap_slabs(geom, o0, on, cols.shape[3 + nd:], size)
     dst_all = gx.transpose((1, 0) + tuple(range(2, 2 + nd)))  # (C, n, *size)
 
     def run(cb):
@@ -243,14 +227,14 @@ def _col2im(cols, gx, geom, o0, d0, d1, size):
     parallel_map(run, blocks, threads=pool_threads(len(blocks)))
 
 
-def _depthwise_add(gyt, wc, gx, geom, o0, d0, d1, size, slabs_buf):
+def _depthwise_add(gyt, wc, gx, geom, o0, size, slabs_buf):
     """Depthwise-like data gradient of one chunk: ``gyt (C, Kg, n, on, *Out[1:])``, ``wc (C, Kg, *Kr)``; per
     block of channels (``_dw_block``, on the thread pool), per tap in order and filter ``k`` in order,
     ``gx[slab] += wc[c, k, weight tap] * gyt[c, k, outputs]``, the product in the thread's row of
     ``slabs_buf`` (``(threads, block * n * on * plane)``)."""
     nd = geom.nd
     C, Kg, n, on = gyt.shape[:4]
-    slabs = _tap_slabs(geom, o0, on, d0, d1, gyt.shape[4:], size)
+    slabs = _tap_slabs(geom, o0, on, gyt.shape[4:], size)
     dst_all = gx.transpose((1, 0) + tuple(range(2, 2 + nd)))
     block = _dw_block(geom, n, size, gx.itemsize)
 
