@@ -37,8 +37,18 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   why (``conv3d depth-tap lowering (<reason>)``). The bias gradient (``backward_bias``) is
   ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. No activation here: conv3d has no
   public backward with one (the kernel's fused derivative, ``launch_igemm3d(..., out)``, is there for it).
-* **3-D, the depth-tap lowering** (the NumPy path's gradients, and CUDA where the kernels decline; the
-  forward as said above):
+* **3-D gradients, NumPy** (``_numpy/conv3d_grad.py``; docs/gradients.md, "conv3d gradients on NumPy"): the
+  2-D NumPy gradients' form in N-D, at the top of ``backward_data`` / ``backward_filter``: the data gradient
+  ``numpy_col2im3d`` (per chunk of samples, or of output depths in decreasing order, ONE GEMM ``w^T @ gy``
+  per group and col2im's fixed-order adds; depthwise-like layers, ``Cg == 1`` and ``Kg <= 2``, multiply-add
+  instead: ``numpy_depthwise_data3d``), the filter gradient ``numpy_im2col3d_filter`` (per chunk, the im2col
+  gather of ``x`` and ONE GEMM ``gy @ cols^T`` per group and sample, summed in order), both chunked within
+  the workspace limit, float16 in float32 rounded once, bitwise deterministic; the module's entry points
+  take ``out`` / ``activation`` (the derivative applied in the chunk copies of ``gy``). Where one output
+  depth's chunk does not fit the workspace, the lowering below runs, the record's first entry saying so
+  (``conv3d depth-tap lowering (one output depth's chunk does not fit the workspace limit)``).
+* **3-D, the depth-tap lowering** (the NumPy path's gradients where ``conv3d_grad`` declines, and CUDA where
+  the kernels decline; the forward as said above):
   ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd], w[:, :, t])``. For each depth tap ``t`` in order
   ``0..T-1``, the output depths whose tap reads inside the input (``_geometry.tap_outputs``) are gathered as
   one batch of ``(sample, depth)`` planes, ``(N*n, C, H, W)`` (``n <= OD``; a copy, in the accumulation

@@ -268,3 +268,23 @@ def test_entry_points_check_out():
         conv3d_grad.data_gradient(gy, w, geom, x.shape[2:], out=gy)
     with pytest.raises(ValueError, match=r"out has shape \(2, 4, 5, 7\)"):
         conv3d_grad.filter_gradient(x, gy, geom, out=gy[..., 0], activation="relu")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_filter_gradient_sums_the_bias_from_its_chunks(monkeypatch, dtype):
+    """``filter_gradient(..., bias=)``: the bias gradient of ``gy * act'`` from the chunk copies, over split
+    samples too."""
+    x, w, gy, kw, _ = _data("strided-dil-groups", dtype, seed=7)
+    rng = np.random.default_rng(8)
+    out = rng.standard_normal(gy.shape).astype(dtype)
+    geom = _geom(x, w, kw)
+    ct = np.float32 if dtype == np.float16 else dtype
+    act = conv3d_grad.Derivative(out, "leaky_relu")
+    g = gy.astype(np.float64) * np.where(out.astype(np.float64) > 0, 1.0, 0.01)
+    for split in (None, "samples"):
+        if split:
+            _split_limit(monkeypatch, "filter", split, geom, x, gy, act)
+        bias = np.empty(geom.K, ct)
+        gw, rec = conv3d_grad.filter_gradient(x, gy, geom, out=out, activation="leaky_relu", bias=bias)
+        assert rec == ["numpy_im2col3d_filter"]
+        assert_close(bias, g.sum(axis=(0, 2, 3, 4)), np.abs(g).sum(axis=(0, 2, 3, 4)), dtype, "bias")
