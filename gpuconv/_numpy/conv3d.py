@@ -1,6 +1,7 @@
 """conv3d forward on the NumPy path: ``numpy_im2col3d``, im2col over ``(Cg, T, R, S)`` with one BLAS GEMM per group
-and chunk of output depths. (The depth-tap lowering the CUDA path runs, ``gpuconv._conv_nd``, serves the NumPy
-path's 3-D gradients; ``use_im2col3d`` is the forward's choice between the two.)
+and chunk of output depths. (The depth-tap lowering, ``gpuconv._conv_nd``, serves what this declines; the NumPy
+3-D gradients are ``conv3d_grad``'s col2im / im2col GEMMs; ``use_im2col3d`` is the forward's choice between the
+two.)
 
 Measured with both forced (``python bench/conv3d_numpy.py``, float32, 3x3x3 filters, padding 1; the 2-core AMD
 EPYC, shared with other jobs at the time, load average about 7, so the figures are noisy): im2col3d / depth taps
