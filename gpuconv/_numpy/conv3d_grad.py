@@ -136,7 +136,7 @@ def _data_plan(geom, dtype, out, size, act):
         n = max(1, min(geom.N, CHUNK_BYTES // per_sample, budget // per_sample))
         while n > 1 and workspace_bytes(*_data_specs(geom, dtype, n, OD, out, size)) > budget:
             n -= 1
-        return n, OD
+        return n, max(1, OD)  # (OD = 0: no chunk runs; a nonzero range step)
     per_depth = workspace_bytes(*_data_specs(geom, dtype, 1, 1, out, size))
     depths = min(OD, budget // max(1, per_depth))
     while depths > 0 and workspace_bytes(*_data_specs(geom, dtype, 1, depths, out, size)) > budget:
@@ -292,7 +292,7 @@ def _filter_plan(geom, dtype, act):
         n = max(1, min(geom.N, CHUNK_BYTES // per_sample, budget // per_sample))
         while n > 1 and workspace_bytes(*_filter_specs(geom, dtype, n, OD, fi)) > budget:
             n -= 1
-        return n, OD
+        return n, max(1, OD)
     od = OD
     while od > 0 and workspace_bytes(*_filter_specs(geom, dtype, 1, od, False)) > budget:
         od -= 1
@@ -356,7 +356,8 @@ def backward_filter(x, gy, geom, act: Derivative | None = None, bias: np.ndarray
 
 def _gather(x, xpad, cols, geom, o0, on, from_input):
     """im2col of ``on`` output depths from ``o0`` of the chunk's samples ``x (n, C, *In)``: ``cols[c, *tap, i,
-    *outputs] = x_padded[i, c, outputs*stride + tap*dilation]``, from ``x`` itself (``from_input``) or via
+    *outputs] = x_padded[i, c, outputs*stride + tap*dilation]``, from ``x`` itself (``from_input``: whole
+    samples only, ``o0 == 0``) or via
     ``xpad`` (the window extent of the chunk, zeros where the windows read padding). Per block of channels
     on the thread pool."""
     nd, n, C = geom.nd, x.shape[0], geom.C
@@ -378,8 +379,6 @@ def _gather(x, xpad, cols, geom, o0, on, from_input):
     view = strided_view(src, (n, C) + tuple(geom.kernel_size) + (on,) + tuple(geom.output_size[1:]),
                         es[:2] + tuple(d * s for d, s in zip(geom.dilation, es[2:]))
                         + tuple(st * s for st, s in zip(geom.stride, es[2:])))
-    if from_input and o0:
-        raise AssertionError("gather from x runs whole samples only")
     perm = (1,) + tuple(range(2, 2 + nd)) + (0,) + tuple(range(2 + nd, 2 + 2 * nd))  # (C, *Kr, n, *Out)
 
     def run(cb):
