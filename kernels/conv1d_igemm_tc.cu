@@ -18,8 +18,15 @@
 //   Parameters: the pointers x, wp (the weights (K, Cg, S) packed by the host: pack_weights, the
 //       workspace), b, y, then the 1-D call as a ConvParams of unit height (abi.py conv1d_kernel_args), of
 //       which the kernel reads N, C, W (= L), K, S, groups, sw, pl, dw, Q, flip, has_bias, act.
-//   Registers and main loop: tests/test_nvrtc_compile.py and tests/sass_check.py (floors in
-//       tests/sass_floors.json); the figures are in docs/architecture.md ("N spatial dimensions").
+//   Main loop (tests/sass_check.py, sm_90, NVRTC 12.9 / 13.5; floors in tests/sass_floors.json): non-mma
+//       instructions per mma 3.47 / 3.44 (float large), 3.69 / 3.91 (half large), 4.73 / 4.75 (float small),
+//       4.83 / 4.83 (half small); instructions per slice 143 / 150 / 367 / 373 (NVRTC 12.9). conv2d_igemm_tc on
+//       the height-1 view (what a tensor-core conv1d ran before): 3.81 / 3.88, 3.97 / 4.16, 4.94 / 5.14,
+//       4.92 / 4.92; 154 / 159 / 380 / 379 instructions: the filter-column counter, its wrap and the row
+//       compare are gone.
+//   Registers (no spills, no stack on sm_75..sm_120 with NVRTC 12.9 and 13.5, tests/test_nvrtc_compile.py):
+//       sm_90 (NVRTC 12.9) 203 / 216 / 246 / 248 (float large, half large, float small, half small); sm_80
+//       202 / 204 / 246 / 254.
 //   Needs compute capability 8.0 or newer (the host declines older devices), as conv2d_igemm_tc.
 //   Measured speed: not yet (no GPU run of this kernel so far).
 //

@@ -19,6 +19,10 @@
 //         global loads in flight while this one is computed), GemmSmem, gemm_block_index and
 //         gemm_min_blocks_per_sm are reused as they are.
 //       Covers every geometry conv2d_igemm does.
+//       The body (TcKind, FragLayout, TensorCoreTileConfig, PackedWeightLoader, TapIm2colLoader, WarpMmaTile,
+//       tensor_core_conv) is kernels/igemm_tc.cuh, shared with conv1d_igemm_tc.cu and conv3d_igemm_tc.cu (the
+//       gather geometry a template parameter; this kernel's instantiation is the 2-D default, and its machine
+//       code is the same as before the 1-D and 3-D kernels existed).
 //   T = float: mma m16n8k8 on TF32 operands (weights rounded by the host, input values as the gather stages
 //       them, cvt.rna's rounding by tensor_core.cuh's tf32_operand_bits: 10 mantissa bits, nearest, ties
 //       away), float32 products and sums: what cuDNN

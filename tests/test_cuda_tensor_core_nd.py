@@ -227,6 +227,12 @@ def _public(rt, fn, x, w, b=None, **kw):
     return numpy_io(rt, call, x, w, b)
 
 
+def _fma_kernel(rec, nd, ctype):
+    """The record names conv1d_igemm / conv3d_igemm (unsplit or split-K) of C type ``ctype``, one entry."""
+    (kid,) = rec.kernels
+    return kid.startswith((f"gpuconv::conv{nd}d_igemm<{ctype}", f"gpuconv::conv{nd}d_igemm_splitk<{ctype}"))
+
+
 @pytest.mark.parametrize("nd", [1, 3])
 def test_public_algo_igemm_tc_runs_the_nd_kernel(rt, nd):
     fn = gpuconv.conv1d if nd == 1 else gpuconv.conv3d
@@ -262,13 +268,13 @@ def test_auto_takes_tensor_cores_only_when_allowed_and_paying(rt, nd, tensor_cor
     ref, mag = _reference(x, w, b, padding=1)
     assert_close(y, ref, mag, np.float32, rec.kernel, precision=_precision(rt, np.float32))
     _, rec = _public(rt, fn, x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), padding=1)
-    assert rec.kernels[0].startswith(f"gpuconv::conv{nd}d_igemm<double")
+    assert _fma_kernel(rec, nd, "double")
     x3, w3, b3 = _arrays((1, 3) + size, (8, 3) + k, np.float32, seed=2)  # Cg = 3: mostly zeros on tensor cores
     _, rec = _public(rt, fn, x3, w3, b3, padding=1)
-    assert rec.kernels[0].startswith(f"gpuconv::conv{nd}d_igemm<float")
+    assert _fma_kernel(rec, nd, "float")
     gpuconv.set_tensor_cores(False)
     _, rec = _public(rt, fn, x, w, b, padding=1)
-    assert rec.kernels[0].startswith(f"gpuconv::conv{nd}d_igemm<float")
+    assert _fma_kernel(rec, nd, "float")
 
 
 @pytest.mark.parametrize("nd", [1, 3])
@@ -291,7 +297,7 @@ def test_cudnn_tensor_core_always_runs_the_nd_kernel(rt, nd):
     ref, mag = _reference(x, W, b, **kw)
     assert_close(y, ref, mag, np.float32, rec.kernel, precision=_precision(rt, np.float32))
     _, rec = numpy_io(rt, call, x, W, b, np.empty(g.output_shape, np.float32), "never")
-    assert rec.kernels[0].startswith(f"gpuconv::conv{nd}d_igemm<float")
+    assert _fma_kernel(rec, nd, "float")
 
 
 @pytest.mark.parametrize("nd", [1, 3])
