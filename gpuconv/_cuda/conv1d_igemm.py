@@ -73,7 +73,13 @@ def launch_conv1d_igemm(rt, x, w, b, y, geom, *, tile=None, vectorize_weights: b
                            tile=tile, vectorize_weights=vectorize_weights, splits=splits)
 
 
-ALGO = Algorithm("igemm", "conv1d", FORWARD, SOURCE, INSTANTIATIONS, conv1d_igemm_decline_reason,
+def _decline_reason(geom, dtype) -> str | None:
+    """``conv1d_igemm_decline_reason``, looked up when called (the operation table's entry follows a test's
+    monkeypatch of it, as the N-D plans did when they called it by name)."""
+    return conv1d_igemm_decline_reason(geom, dtype)
+
+
+ALGO = Algorithm("igemm", "conv1d", FORWARD, SOURCE, INSTANTIATIONS, _decline_reason,
                  launch_conv1d_igemm,
                  "implicit GEMM over (c, s): conv2d's igemm body with the 1-D gather geometry (no row digit), one "
                  "launch; split-K with a fixed-order reduction when too few blocks")

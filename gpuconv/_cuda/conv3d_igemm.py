@@ -105,7 +105,13 @@ def launch_conv3d_igemm(rt, x, w, b, y, geom, *, tile=None, vectorize_weights: b
                            vectorize_weights=vectorize_weights, splits=splits)
 
 
-ALGO = Algorithm("igemm", "conv3d", FORWARD, SOURCE, INSTANTIATIONS, conv3d_igemm_decline_reason,
+def _decline_reason(geom, dtype) -> str | None:
+    """``conv3d_igemm_decline_reason``, looked up when called (the operation table's entry follows a test's
+    monkeypatch of it, as the N-D plans did when they called it by name)."""
+    return conv3d_igemm_decline_reason(geom, dtype)
+
+
+ALGO = Algorithm("igemm", "conv3d", FORWARD, SOURCE, INSTANTIATIONS, _decline_reason,
                  launch_conv3d_igemm,
                  "implicit GEMM over (c, t, r, s): conv2d's igemm body with the 3-D gather geometry, one launch; "
                  "split-K with a fixed-order reduction when too few blocks")
