@@ -1,27 +1,33 @@
 """conv1d / conv3d and their gradients on both backends (issue 18). docs/semantics.md ("conv1d and conv3d") has
 the rules; this module the arithmetic. Inputs are validated arrays and a resolved ``ConvNdGeometry``.
 
-* **1-D forward, CUDA: one launch of ``conv1d_igemm``** (``_cuda/conv1d_igemm.py``, kernels/conv1d_igemm.cu:
-  conv2d's implicit GEMM with the 1-D gather geometry, no row digit in its tap walk; split-K where conv2d's
-  rule splits): ``algo`` ``'auto'`` and ``'igemm'`` run it (``'igemm'`` raises its ValueError when it
-  declines, ``'auto'`` then runs the height-1 view below), except that ``'auto'`` on a call with one input
-  channel per group (depthwise-like, ``Cg == 1``) runs the height-1 view with conv2d's heuristic (its
-  depthwise kernel: an implicit GEMM would use one filter row of its 64 or 128); a policy (``gpuconv.cudnn``'s)
-  is asked with the height-1 geometry, a tensor-core answer (2-D only) runs the height-1 view with it, any
-  other conv1d_igemm. Every other case is the 2-D convolution of unit height: ``x (N, C, L)`` seen as
-  ``(N, C, 1, L)``, ``w (K, Cg, S)`` as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()``
-  (``R = 1``, no height padding), run by the 2-D kernels named by ``algo`` (and by the NumPy strategies);
-  the record's entry then reads ``conv1d as conv2d of height 1[ (<reason>)]: <kernel>``. The gradients are
-  the 2-D gradients' lowering (``_conv_lowering``) on the same views.
-* **3-D forward, CUDA: one launch of ``conv3d_igemm``** (``_cuda/conv3d_igemm.py``, kernels/conv3d_igemm.cu:
-  conv2d's implicit GEMM with the depth axis in its gather geometry): every stride, padding, dilation,
-  groups, flip, bias, activation and dtype, in one kernel; ``last_kernel()`` names it. ``algo``: ``'auto'``
-  and ``'igemm'`` run it (``'igemm'`` raises its ValueError when it declines, ``'auto'`` then runs the
-  lowering below); any other 2-D algorithm name runs the depth-tap lowering with that algorithm per tap (as
-  before the kernel existed); a policy (``gpuconv.cudnn``'s) is asked with one tap's 2-D geometry and its
-  answer run the same way, except that any answer without tensor cores runs ``conv3d_igemm`` (a tensor-core
-  answer, ``igemm_tc``, exists in 2-D only: the lowering). Whenever the CUDA path runs the lowering, the
-  record's first entry says why (``conv3d depth-tap lowering (<reason>)``). The NumPy forward runs
+* **Forward on CUDA: one launch of the N-D operation's algorithm** (the operation table's ``conv1d`` /
+  ``conv3d`` forward, ``_cuda/ops.py``): ``igemm`` (``conv1d_igemm`` / ``conv3d_igemm``, conv2d's implicit GEMM
+  with the 1-D / 3-D gather geometry; split-K where conv2d's rule splits) or ``igemm_tc`` (``conv1d_igemm_tc``
+  / ``conv3d_igemm_tc``, conv2d_igemm_tc's tensor-core body with the same geometries: float32 as TF32, float16;
+  sm_80+). Every stride, padding, dilation, groups, flip, bias, activation; ``last_kernel()`` names the one
+  kernel. Which one (``cuda_1d_plan`` / ``cuda_3d_plan``, their shared tail ``_cuda_nd_plan``):
+
+  - ``algo='igemm'`` / ``'igemm_tc'``: that algorithm; where it declines (its 32-bit rules; ``igemm_tc``:
+    float64, a device below sm_80) its ValueError is raised, no fallback;
+  - ``'auto'``: the N-D operation's heuristic (``select.choose_algo``: ``igemm_tc`` only where tensor cores
+    are allowed, ``gpuconv.set_tensor_cores``, and pay, ``select.tensor_cores_pay``; else ``igemm``), except
+    that 1-D ``'auto'`` with one input channel per group (depthwise-like, ``Cg == 1``) runs the height-1 view
+    below with conv2d's heuristic (its depthwise kernel: an implicit GEMM would use one filter row of its 64
+    or 128);
+  - a policy (``gpuconv.cudnn``'s) is asked with the 2-D geometry the call maps to (1-D: the unit-height
+    ``as_2d()``; 3-D: one depth tap's plane): a tensor-core answer runs ``igemm_tc``, ``'auto'`` runs
+    ``'auto'``, any other answer ``igemm``;
+  - any other 2-D algorithm name runs the 2-D form with it (below);
+  - where the chosen N-D algorithm declines and was not named, the 2-D form runs with the policy's answer
+    (or ``'auto'``) and the record says why.
+
+  The 2-D forms: **1-D**, the 2-D convolution of unit height: ``x (N, C, L)`` seen as ``(N, C, 1, L)``,
+  ``w (K, Cg, S)`` as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()`` (``R = 1``, no height
+  padding), run by the 2-D kernels (and by the NumPy strategies); the record's entry then reads ``conv1d as
+  conv2d of height 1[ (<reason>)]: <kernel>``. The 1-D gradients are the 2-D gradients' lowering
+  (``_conv_lowering``) on the same views. **3-D**, the depth-tap lowering below, with the 2-D algorithm per
+  tap; the record's first entry says why (``conv3d depth-tap lowering (<reason>)``). The NumPy forward runs
   ``numpy_im2col3d`` (``_numpy/conv3d.py``, one GEMM over all taps) where it fits its workspace, else the
   lowering.
 * **3-D gradients, CUDA** (docs/gradients.md, "conv3d gradients on CUDA"): the filter gradient is ONE
@@ -67,7 +73,9 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
 
 Memory beyond the result, 1-D and 3-D forward: ``conv1d_igemm`` / ``conv3d_igemm`` none unsplit, with split-K
 the workspace ``splits * K * N * outputs per image`` of the accumulation type (float32, float64 for float64;
-``_cuda/igemm_nd.py``), C-contiguous copies of non-contiguous inputs aside.
+``_cuda/igemm_nd.py``); ``igemm_tc`` the packed weights, ``groups * ceil(Kg/BM)*BM * taps * ceil(Cg/BK)*BK``
+values of w's size (twice that while packed; ``conv_igemm_tc.pack_weights``); C-contiguous copies of
+non-contiguous inputs aside.
 CUDA 3-D gradients: the filter gradient, the split workspace ``splits*K*Cg*KD*R*S`` accumulation-type values
 (``splits <= 8``; ``conv_backward_filter.workspace_bytes``) plus contiguous copies of non-contiguous ``x`` /
 ``gy``; the data gradient, per phase the phase's sub-filter, a contiguous copy of the cropped ``gy`` (none
@@ -153,69 +161,75 @@ def forward(backend, x, w, b, geom: ConvNdGeometry, algo="auto"):
 
 
 def _ask_policy(backend, g2, dtype, algo):
-    """An algorithm policy (``algo`` callable: ``gpuconv.cudnn``'s) asked with the 2-D geometry ``g2`` the
-    N-D call maps to: ``(algo, policy, reason)``, the policy's answer as ``policy`` and ``algo = 'auto'``, or
-    with ``reason`` set where the answer uses tensor cores (2-D kernels only: the caller runs the 2-D form
-    with it). A named ``algo`` comes back as it is, ``policy`` None."""
+    """An algorithm policy (``algo`` callable: ``gpuconv.cudnn``'s) asked with the 2-D geometry ``g2`` the N-D
+    call maps to: ``(algo, policy)``, ``policy`` the answer (the 2-D algorithm the fallback form runs where the
+    N-D kernel declines) and ``algo`` the N-D algorithm it maps to: ``'igemm_tc'`` for a tensor-core answer,
+    ``'auto'`` for ``'auto'``, ``'igemm'`` for any other. A named ``algo`` comes back as it is, ``policy``
+    None."""
     if not callable(algo):
-        return algo, None, None
+        return algo, None
     from ._cuda import ops
-    algo = resolve_algo(backend, g2, dtype, algo)
-    a2 = ops.operation("conv2d").algorithms.get(algo)
-    if a2 is not None and a2.tensor_cores:
-        return algo, None, f"the algorithm policy chose {algo}: tensor cores exist in the 2-D kernels only"
-    return "auto", algo, None
+    answer = resolve_algo(backend, g2, dtype, algo)
+    a2 = ops.operation("conv2d").algorithms.get(answer)
+    return ("igemm_tc" if a2 is not None and a2.tensor_cores else "auto" if answer == "auto" else "igemm"), answer
+
+
+def _cuda_nd_plan(backend, geom: ConvNdGeometry, dtype, algo, policy, named_2d: str | None):
+    """The shared tail of ``cuda_1d_plan`` / ``cuda_3d_plan``: ``(nd_algo, None, None)`` to run the N-D
+    operation's algorithm ``nd_algo`` (``igemm`` or ``igemm_tc``), or ``(None, algo2d, reason)`` for the 2-D
+    form with ``algo2d``: a 2-D algorithm named by ``algo`` (reason ``named_2d`` with ``{algo}`` filled, or
+    None), or the N-D algorithm declines (its decline rule, or the device's compute capability): raised when
+    it was named, else the reason, the 2-D form running the policy's answer or ``'auto'``. ``'auto'`` is the
+    N-D operation's heuristic (``select.choose_algo``: ``igemm_tc`` only where tensor cores are allowed and
+    pay)."""
+    from ._cuda import ops, select
+    op = ops.operation(f"conv{geom.nd}d")
+    if algo != "auto" and algo not in op.algorithms:
+        return None, algo, None if named_2d is None else named_2d.format(algo=algo)
+    name = select.choose_algo(geom, dtype, backend.runtime, op.op) if algo == "auto" else algo
+    reason = (op.algorithms[name].decline_reason(geom, np.dtype(dtype))
+              or select.device_reason(name, backend.runtime, op.op))
+    if reason is None:
+        return name, None, None
+    if algo != "auto" and policy is None:
+        raise ValueError(reason)  # asked for by name: no fallback
+    return None, policy or "auto", reason
 
 
 def cuda_1d_plan(backend, geom: ConvNdGeometry, dtype, algo):
-    """What the CUDA forward of a 1-D call runs (the module docstring's rule): ``(None, None)`` for
-    ``conv1d_igemm``, or ``(algo2d, reason)`` for the height-1 view with ``algo2d`` (reason None: a 2-D
-    algorithm named by ``algo``)."""
-    from ._cuda import conv1d_igemm
-    algo, policy, tc_reason = _ask_policy(backend, geom.as_2d(), dtype, algo)
-    if tc_reason is not None:
-        return algo, tc_reason
-    if algo not in ("auto", "igemm"):
-        return algo, None
+    """What the CUDA forward of a 1-D call runs (the module docstring's rule): ``(nd_algo, None, None)`` for
+    the conv1d operation's ``nd_algo``, or ``(None, algo2d, reason)`` for the height-1 view with ``algo2d``
+    (reason None: a 2-D algorithm named by ``algo``)."""
+    algo, policy = _ask_policy(backend, geom.as_2d(), dtype, algo)
     if algo == "auto" and policy is None and geom.Cg == 1:
-        return "auto", "one input channel per group: conv2d's heuristic (its depthwise kernel)"
-    reason = conv1d_igemm.conv1d_igemm_decline_reason(geom, dtype)
-    if reason is None:
-        return None, None
-    if algo == "igemm" and policy is None:
-        raise ValueError(reason)  # asked for by name: no fallback
-    return policy or "auto", reason
+        return None, "auto", "one input channel per group: conv2d's heuristic (its depthwise kernel)"
+    return _cuda_nd_plan(backend, geom, dtype, algo, policy, None)
+
+
+def _run_nd(backend, name, x, w, b, geom):
+    """One N-D algorithm of the conv1d / conv3d operation on the CUDA path: ``(y, [kernel id])``."""
+    from ._cuda import igemm_nd, ops
+    y, kernel = igemm_nd.run(backend.runtime, ops.operation(f"conv{geom.nd}d").algorithms[name], x, w, b, geom)
+    return y, [kernel]
 
 
 def _forward_1d(backend, x, w, b, geom, algo):
     why = None
     if isinstance(backend, CudaBackend):
-        algo, why = cuda_1d_plan(backend, geom, x.dtype, algo)
-        if algo is None:
-            from ._cuda import conv1d_igemm
-            y, kernel = conv1d_igemm.conv1d(backend.runtime, x, w, b, geom)
-            return y, [kernel]
+        nd_algo, algo, why = cuda_1d_plan(backend, geom, x.dtype, algo)
+        if nd_algo is not None:
+            return _run_nd(backend, nd_algo, x, w, b, geom)
     g2 = geom.as_2d()
     y, kernel = backend.conv2d(x[:, :, None, :], w[:, :, None, :], b, g2, resolve_algo(backend, g2, x.dtype, algo))
     return y[:, :, 0, :], [f"conv1d as conv2d of height 1{'' if why is None else f' ({why})'}: {kernel}"]
 
 
 def cuda_3d_plan(backend, geom: ConvNdGeometry, dtype, algo):
-    """What the CUDA forward of a 3-D call runs (the module docstring's rule): ``(None, None)`` for
-    ``conv3d_igemm``, or ``(algo2d, reason)`` for the depth-tap lowering with ``algo2d`` per tap."""
-    from ._cuda import conv3d_igemm
-    algo, policy, tc_reason = _ask_policy(backend, geom.plane(geom.N * geom.output_size[0]), compute_dtype(dtype),
-                                          algo)
-    if tc_reason is not None:
-        return algo, tc_reason
-    if algo not in ("auto", "igemm"):
-        return algo, f"algo={algo!r} names a 2-D algorithm, run per depth tap"
-    reason = conv3d_igemm.conv3d_igemm_decline_reason(geom, dtype)
-    if reason is None:
-        return None, None
-    if algo == "igemm" and policy is None:
-        raise ValueError(reason)  # asked for by name: no fallback
-    return policy or "auto", reason
+    """What the CUDA forward of a 3-D call runs (the module docstring's rule): ``(nd_algo, None, None)`` for
+    the conv3d operation's ``nd_algo``, or ``(None, algo2d, reason)`` for the depth-tap lowering with
+    ``algo2d`` per tap."""
+    algo, policy = _ask_policy(backend, geom.plane(geom.N * geom.output_size[0]), compute_dtype(dtype), algo)
+    return _cuda_nd_plan(backend, geom, dtype, algo, policy, "algo={algo!r} names a 2-D algorithm, run per depth tap")
 
 
 def _forward_3d(backend, x, w, b, geom, algo):
@@ -223,11 +237,9 @@ def _forward_3d(backend, x, w, b, geom, algo):
     ct = compute_dtype(x.dtype)
     prefix = []
     if isinstance(backend, CudaBackend):
-        algo, why = cuda_3d_plan(backend, geom, x.dtype, algo)
-        if algo is None:
-            from ._cuda import conv3d_igemm
-            y, kernel = conv3d_igemm.conv3d(backend.runtime, x, w, b, geom)
-            return y, [kernel]
+        nd_algo, algo, why = cuda_3d_plan(backend, geom, x.dtype, algo)
+        if nd_algo is not None:
+            return _run_nd(backend, nd_algo, x, w, b, geom)
         prefix = [f"conv3d depth-tap lowering ({why})"]
     else:
         from ._numpy import conv3d as numpy_conv3d

@@ -1,5 +1,6 @@
 // tensor_core.cuh — warp-level tensor-core multiply-accumulate (PTX mma.sync) and the operand conversions
-// the tensor-core conv kernel (conv2d_igemm_tc.cu) needs.
+// the tensor-core conv kernels (igemm_tc.cuh's body: conv1d_igemm_tc.cu, conv2d_igemm_tc.cu, conv3d_igemm_tc.cu)
+// need.
 //
 // Inline PTX rather than <mma.h>'s wmma: our kernels take no CUDA toolkit headers (see common.cuh), and the
 // PTX ISA documents which lane holds which element of each mma fragment (wmma's layouts are opaque), so a

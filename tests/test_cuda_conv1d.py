@@ -370,16 +370,15 @@ def test_declined_geometry_runs_the_height_1_view_and_says_so(rt, monkeypatch):
         _public(rt, x, w, b, algo="igemm")
 
 
-def test_tensor_core_policy_runs_the_height_1_view(rt):
-    """gpuconv.cudnn's policy answering a tensor-core algorithm (2-D only) runs the height-1 view with it; any
-    other answer runs conv1d_igemm."""
+def test_tensor_core_policy_runs_conv1d_igemm_tc(rt):
+    """gpuconv.cudnn's policy answering a tensor-core algorithm runs conv1d_igemm_tc (tests/
+    test_cuda_tensor_core_nd.py tests it); any other answer runs conv1d_igemm."""
     x, w, b = _arrays((1, 2, 20), (3, 2, 3), np.float32, seed=13)
     _, rec = _public(rt, x, w, b, algo=lambda g2, dt, runtime: "direct")
     assert rec.kernels == (conv1d_igemm.conv1d_igemm_name(np.float32, SMALL_TILE),)
     _, rec = _public(rt, x, w, b, algo=lambda g2, dt, runtime: "igemm_tc")
     (kid,) = rec.kernels
-    assert kid.startswith("conv1d as conv2d of height 1 (the algorithm policy chose igemm_tc: tensor cores exist in "
-                          "the 2-D kernels only): gpuconv::conv2d_igemm_tc<")
+    assert kid.startswith("gpuconv::conv1d_igemm_tc<float")
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,7 +386,7 @@ def test_tensor_core_policy_runs_the_height_1_view(rt):
 # --------------------------------------------------------------------------------------------
 
 def test_registered_and_instantiated():
-    assert ops.operation("conv1d").algorithms == {"igemm": conv1d_igemm.ALGO}
+    assert ops.operation("conv1d").algorithms["igemm"] == conv1d_igemm.ALGO
     assert ops.INSTANTIATIONS[conv1d_igemm.SOURCE] == list(conv1d_igemm.INSTANTIATIONS)
     # conv2d's tiles (8x8 per thread for float32 / float16), unsplit and split
     assert len(conv1d_igemm.INSTANTIATIONS) == 14

@@ -349,16 +349,15 @@ def test_declined_geometry_runs_the_lowering_and_says_so(rt, monkeypatch):
         _public(rt, x, w, b, algo="igemm")
 
 
-def test_tensor_core_policy_runs_the_lowering(rt):
-    """gpuconv.cudnn's policy answering a tensor-core algorithm (2-D only) runs the lowering with it; any
-    other answer runs conv3d_igemm."""
+def test_tensor_core_policy_runs_conv3d_igemm_tc(rt):
+    """gpuconv.cudnn's policy answering a tensor-core algorithm runs conv3d_igemm_tc (tests/
+    test_cuda_tensor_core_nd.py tests it); any other answer runs conv3d_igemm."""
     x, w, b = _arrays((1, 2, 3, 4, 5), (3, 2, 2, 2, 2), np.float32, seed=9)
     _, rec = _public(rt, x, w, b, algo=lambda g2, dt, runtime: "direct")
     assert rec.kernels == (SMALL_FLOAT_KERNEL,)
     _, rec = _public(rt, x, w, b, algo=lambda g2, dt, runtime: "igemm_tc")
-    assert rec.kernels[0] == ("conv3d depth-tap lowering (the algorithm policy chose igemm_tc: tensor cores exist "
-                              "in the 2-D kernels only)")
-    assert all("conv2d_igemm_tc" in k for k in rec.kernels[1:])
+    (kid,) = rec.kernels
+    assert kid.startswith("gpuconv::conv3d_igemm_tc<float")
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +375,7 @@ def test_gemm_view_has_the_3d_gemm_sizes():
 
 
 def test_registered_and_instantiated():
-    assert ops.operation("conv3d").algorithms == {"igemm": conv3d_igemm.ALGO}
+    assert ops.operation("conv3d").algorithms["igemm"] == conv3d_igemm.ALGO
     assert ops.INSTANTIATIONS[conv3d_igemm.SOURCE] == list(conv3d_igemm.INSTANTIATIONS)
     # conv2d's tiles, but the small float32 / float16 tile with BK = 8 (8x8 per thread on 64 threads)
     assert conv3d_igemm.tile_3d(SMALL_TILE, np.float32) == conv3d_igemm.SMALL_TILE_3D

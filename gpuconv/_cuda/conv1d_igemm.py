@@ -73,7 +73,13 @@ def launch_conv1d_igemm(rt, x, w, b, y, geom, *, tile=None, vectorize_weights: b
                            tile=tile, vectorize_weights=vectorize_weights, splits=splits)
 
 
-ALGO = Algorithm("igemm", "conv1d", FORWARD, SOURCE, INSTANTIATIONS, conv1d_igemm_decline_reason,
+def _decline_reason(geom, dtype) -> str | None:
+    """``conv1d_igemm_decline_reason``, looked up when called (the operation table's entry follows a test's
+    monkeypatch of it, as the N-D plans did when they called it by name)."""
+    return conv1d_igemm_decline_reason(geom, dtype)
+
+
+ALGO = Algorithm("igemm", "conv1d", FORWARD, SOURCE, INSTANTIATIONS, _decline_reason,
                  launch_conv1d_igemm,
                  "implicit GEMM over (c, s): conv2d's igemm body with the 1-D gather geometry (no row digit), one "
                  "launch; split-K with a fixed-order reduction when too few blocks")
@@ -82,15 +88,10 @@ ALGO = Algorithm("igemm", "conv1d", FORWARD, SOURCE, INSTANTIATIONS, conv1d_igem
 def conv1d(rt, x, w, b, geom):
     """Run one conv1d forward on runtime ``rt``: ``(y, kernel_id)``, ``y`` a new C-contiguous (N, K, Q) array
     of x's dtype. ValueError when the kernel declines the geometry (checked before allocating)."""
-    xp = rt.xp
     dtype = np.dtype(x.dtype)
     if dtype not in CTYPE:
         raise TypeError(f"conv1d CUDA kernels support float16, float32 and float64, got {dtype}")
     reason = conv1d_igemm_decline_reason(geom, dtype)
     if reason is not None:
         raise ValueError(reason)
-    x = xp.ascontiguousarray(x)
-    w = xp.ascontiguousarray(w)
-    b = w if b is None else xp.ascontiguousarray(b)  # no bias: any valid pointer, never read
-    y = xp.empty(geom.output_shape, dtype=dtype)
-    return y, launch_conv1d_igemm(rt, x, w, b, y, geom)
+    return igemm_nd.run(rt, ALGO, x, w, b, geom)

@@ -1,4 +1,6 @@
-"""``igemm_tc``: the implicit-GEMM conv2d on tensor cores (``kernels/conv2d_igemm_tc.cu``).
+"""``igemm_tc``: the implicit-GEMM convolution on tensor cores, for 1, 2 and 3 spatial dimensions
+(``kernels/conv2d_igemm_tc.cu``, ``conv1d_igemm_tc.cu``, ``conv3d_igemm_tc.cu``: one body, ``igemm_tc.cuh``,
+the gather geometry a template parameter).
 
 The same GEMM as ``igemm`` (filters x N*P*Q pixels per group, the im2col matrix gathered on the fly), with
 each warp's products done by PTX ``mma.sync`` and a pipeline of its own (the kernel's header):
@@ -33,6 +35,14 @@ many times could keep the packed array, which would need an API of its own.
 
 The tiles are reasoned from the hardware and the machine code (``tests/sass_check.py``), not yet tuned on a
 GPU.
+
+**N spatial dimensions** (``TcFamily``, ``FAMILIES``): ``ALGO_1D`` (op ``conv1d``) and ``ALGO_3D`` (``conv3d``)
+are the same host code as the 2-D ``ALGO`` with the family's pieces: the GEMM view the tile rule reads
+(1-D: the unit-height ``as_2d()``; 3-D: ``conv3d_igemm.gemm_view``), the kernel's parameter struct (1-D: the
+unit-height ``ConvParams``; 3-D: ``Conv3dParams``), the shared 32-bit rule of the N-D CUDA-core kernel, and
+the tap-major rule's two ``int`` sizes with the family's filter taps (``S``, ``R*S``, ``KD*R*S``) and channel
+stride (``L``, ``H*W``, ``D*H*W``). The packed weights are the same layout with the taps flattened in w's order
+(``[t,] [r,] s``, the kernel's tap walk). float64 is declined by name, and devices below sm_80, as in 2-D.
 """
 
 from __future__ import annotations
@@ -42,10 +52,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from typing import Callable
+
 from .._geometry import ConvGeometry
+from . import conv1d_igemm, conv3d_igemm
+from .abi import conv1d_kernel_args, conv3d_kernel_args, conv_kernel_args
 from .algo import FORWARD, Algorithm
-from .gemm import LARGE_TILE, data_pointer, gemm_kernel_name, gemm_tile_for, launch_gemm
-from .limits import conv_decline_reason, declines, int32_limit_reason
+from .gemm import LARGE_TILE, data_pointer, gemm_blocks, gemm_kernel_name, gemm_tile_for
+from .limits import conv_int32_limit_reason, declines, grid_blocks, int32_limit_reason
 
 SOURCE = "conv2d_igemm_tc.cu"
 KERNEL = "conv2d_igemm_tc"
@@ -95,23 +109,68 @@ def tc_name(dtype, tile: TensorCoreTile) -> str:
     return gemm_kernel_name(KERNEL, dtype, tile)
 
 
-INSTANTIATIONS = tuple(tc_name(dt, t) for dt in DTYPES for t in TILES)
+@dataclass(frozen=True)
+class TcFamily:
+    """One instantiation family of the tensor-core kernel: ``dims`` spatial dimensions, its source and kernel,
+    and what the shared host code needs of a call's geometry (module docstring, "N spatial dimensions")."""
+
+    dims: int
+    op: str                  # conv1d / conv2d / conv3d
+    label: str               # the decline sentences' subject
+    source: str
+    kernel: str
+    view: Callable           # geom -> the GEMM as a 2-D ConvGeometry (the tile rule, the grid)
+    kernel_args: Callable    # geom -> [the kernel's parameter struct]
+    int32_reason: Callable   # geom -> the kernel family's shared 32-bit size rule's reason, or None
+    taps_label: str          # the filter taps' product, as the decline sentence spells it
+    stride_label: str        # the channel stride's product
+
+    @property
+    def instantiations(self) -> tuple[str, ...]:
+        return tuple(gemm_kernel_name(self.kernel, dt, t) for dt in DTYPES for t in TILES)
+
+
+def filter_taps(geom) -> int:
+    """Filter taps per channel: ``R*S`` of a ConvGeometry, the product of an N-D one's kernel size."""
+    return geom.R * geom.S if isinstance(geom, ConvGeometry) else int(np.prod(geom.kernel_size))
+
+
+def channel_stride(geom) -> int:
+    """Elements between consecutive channels of x: ``H*W``, or the product of an N-D call's input size."""
+    return geom.H * geom.W if isinstance(geom, ConvGeometry) else int(np.prod(geom.input_size))
+
+
+FAMILY_2D = TcFamily(2, "conv2d", "igemm_tc", SOURCE, KERNEL, lambda g: g, conv_kernel_args, conv_int32_limit_reason,
+                     "kernel_h * kernel_w", "H * W")
+FAMILY_1D = TcFamily(1, "conv1d", "conv1d_igemm_tc", "conv1d_igemm_tc.cu", "conv1d_igemm_tc", conv1d_igemm.gemm_view,
+                     conv1d_kernel_args, conv1d_igemm.conv1d_int32_limit_reason, "kernel_l", "L")
+FAMILY_3D = TcFamily(3, "conv3d", "conv3d_igemm_tc", "conv3d_igemm_tc.cu", "conv3d_igemm_tc", conv3d_igemm.gemm_view,
+                     conv3d_kernel_args, conv3d_igemm.conv3d_int32_limit_reason, "kernel_d * kernel_h * kernel_w",
+                     "D * H * W")
+FAMILIES = {f.dims: f for f in (FAMILY_1D, FAMILY_2D, FAMILY_3D)}
+INSTANTIATIONS = FAMILY_2D.instantiations
+
+
+def tc_decline_reason(family: TcFamily, geom, dtype) -> str | None:
+    """float64 is declined; otherwise the family's shared 32-bit size rule, plus the two ``int`` sizes of the
+    tap-major reduction (kernels/igemm_tc.cuh): the padded reduction taps*ceil(Cg/BK)*BK and the gather's
+    offsets within one image's group of channels, ceil(Cg/BK)*BK*channel stride (BK = 64, the largest)."""
+    if np.dtype(dtype) not in DTYPES:
+        return (f"{family.label} declines {np.dtype(dtype)}: its tensor-core products take float32 (as TF32) or "
+                "float16; use algo='igemm'")
+    reason = declines(family.label, family.int32_reason(geom))
+    if reason is None:
+        bk = max(t.bk(dt) for t in TILES for dt in DTYPES)
+        padded = -(-geom.Cg // bk) * bk
+        reason = declines(family.label, int32_limit_reason(
+            {f"{family.taps_label} * (C/groups rounded up to {bk})": filter_taps(geom) * padded,
+             f"(C/groups rounded up to {bk}) * {family.stride_label}": padded * channel_stride(geom)}, family.op))
+    return reason
 
 
 def igemm_tc_decline_reason(geom: ConvGeometry, dtype) -> str | None:
-    """float64 is declined; otherwise the shared 32-bit size rule, plus the two ``int`` sizes of the
-    tap-major reduction (kernels/conv2d_igemm_tc.cu): the padded reduction R*S*ceil(Cg/BK)*BK and the gather's
-    offsets within one image's group of channels, ceil(Cg/BK)*BK*H*W (BK = 64, the largest)."""
-    if np.dtype(dtype) not in DTYPES:
-        return (f"igemm_tc declines {np.dtype(dtype)}: its tensor-core products take float32 (as TF32) or "
-                "float16; use algo='igemm'")
-    reason = conv_decline_reason("igemm_tc", geom)
-    if reason is None:
-        bk = max(t.bk(dt) for t in TILES for dt in DTYPES)
-        reason = declines("igemm_tc", int32_limit_reason(
-            {f"kernel_h * kernel_w * (C/groups rounded up to {bk})": geom.R * geom.S * -(-geom.Cg // bk) * bk,
-             f"(C/groups rounded up to {bk}) * H * W": -(-geom.Cg // bk) * bk * geom.H * geom.W}, "conv2d"))
-    return reason
+    """The 2-D rule (``tc_decline_reason``)."""
+    return tc_decline_reason(FAMILY_2D, geom, dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,15 +208,16 @@ def tf32_bits(xp, a):
     return xp.where(xp.isnan(a), bits, rounded)
 
 
-def pack_weights(xp, w, geom: ConvGeometry, tile: TensorCoreTile):
-    """The kernel's A operand: w (K, Cg, R, S) as 32-bit words, per (group, filter tile, slice) one staged
-    slice in fragment order (``_slice_order``), slices tap-major (tap r*S + s outer, channel slices of BK
-    inner), filters past the group's last and channels past Cg zero. A 1-D uint32 array on xp's device,
-    16-byte aligned: the workspace of igemm_tc, groups * ceil(Kg/BM)*BM * R*S * ceil(Cg/BK)*BK elements
-    of w's size (float16 packed in pairs), plus as much again transiently while it is built."""
+def pack_weights(xp, w, geom, tile: TensorCoreTile):
+    """The kernel's A operand: w (K, Cg, *taps) as 32-bit words, per (group, filter tile, slice) one staged
+    slice in fragment order (``_slice_order``), slices tap-major (the tap, w's C-order index of ([t,] [r,] s),
+    outer, channel slices of BK inner), filters past the group's last and channels past Cg zero. A 1-D uint32
+    array on xp's device, 16-byte aligned: the workspace of igemm_tc, groups * ceil(Kg/BM)*BM * taps *
+    ceil(Cg/BK)*BK elements of w's size (float16 packed in pairs), plus as much again transiently while it
+    is built. ``geom``: a ConvGeometry or a 1-D / 3-D ConvNdGeometry."""
     dtype = np.dtype(w.dtype)
     bm, bk = tile.bm, tile.bk(dtype)
-    g, kg, cg, rs = geom.groups, geom.Kg, geom.Cg, geom.R * geom.S
+    g, kg, cg, rs = geom.groups, geom.Kg, geom.Cg, filter_taps(geom)
     kt, cs = -(-kg // bm), -(-cg // bk)
     padded = xp.zeros((g, kt * bm, cs * bk, rs), dtype)
     padded[:, :kg, :cg, :] = w.reshape(g, kg, cg, rs)
@@ -172,13 +232,36 @@ def pack_weights(xp, w, geom: ConvGeometry, tile: TensorCoreTile):
     return out
 
 
-def launch_igemm_tc(rt, x, w, b, y, geom: ConvGeometry, *, tile: TensorCoreTile | None = None) -> str:
-    """The launch of igemm_tc: the weights packed (``pack_weights``, the workspace), then the kernel.
-    ``tile`` overrides the rule (tests)."""
+def launch_tc(rt, family: TcFamily, x, w, b, y, geom, *, tile: TensorCoreTile | None = None) -> str:
+    """The launch of a tensor-core kernel: the weights packed (``pack_weights``, the workspace), then one
+    launch of 1-D blocks of ``tile.threads``, one per output tile of the family's GEMM view up to the grid
+    cap (the kernel's grid-stride loop covers the rest). ``tile`` overrides the rule (tests)."""
     dtype = np.dtype(x.dtype)
-    tile = tc_tile_for(geom, dtype) if tile is None else tile
+    view = family.view(geom)
+    tile = tc_tile_for(view, dtype) if tile is None else tile
+    if tile not in TILES:
+        raise ValueError(f"{family.kernel}: tile {tile.name} is not instantiated")
     wp = pack_weights(rt.xp, w, geom, tile)
-    return launch_gemm(rt, SOURCE, KERNEL, x, wp, b, y, geom, tile, [], tiles=TILES)
+    name = gemm_kernel_name(family.kernel, dtype, tile)
+    rt.function(family.source, name)((grid_blocks(gemm_blocks(view, tile)), 1, 1), (tile.threads, 1, 1),
+                                     [x, wp, b, y] + family.kernel_args(geom))
+    return name
+
+
+def launch_igemm_tc(rt, x, w, b, y, geom: ConvGeometry, *, tile: TensorCoreTile | None = None) -> str:
+    """The 2-D launch (``launch_tc``)."""
+    return launch_tc(rt, FAMILY_2D, x, w, b, y, geom, tile=tile)
+
+
+def launch_igemm_tc_1d(rt, x, w, b, y, geom, *, tile: TensorCoreTile | None = None) -> str:
+    """The 1-D launch (``launch_tc``): x (N, C, L), w (K, Cg, S) C-contiguous, y a new (N, K, Q) array."""
+    return launch_tc(rt, FAMILY_1D, x, w, b, y, geom, tile=tile)
+
+
+def launch_igemm_tc_3d(rt, x, w, b, y, geom, *, tile: TensorCoreTile | None = None) -> str:
+    """The 3-D launch (``launch_tc``): x (N, C, D, H, W), w (K, Cg, KD, R, S) C-contiguous, y a new
+    (N, K, OD, P, Q) array."""
+    return launch_tc(rt, FAMILY_3D, x, w, b, y, geom, tile=tile)
 
 
 ALGO = Algorithm("igemm_tc", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, igemm_tc_decline_reason,
@@ -186,3 +269,14 @@ ALGO = Algorithm("igemm_tc", "conv2d", FORWARD, SOURCE, INSTANTIATIONS, igemm_tc
                  "implicit GEMM on tensor cores (mma.sync): igemm's shared slices, 16x8 mma tiles per warp; "
                  "float32 as TF32, float16 with float32 accumulation; sm_80+, opt-in",
                  tensor_cores=True, min_compute_capability=MIN_COMPUTE_CAPABILITY)
+
+ALGO_1D = Algorithm("igemm_tc", "conv1d", FORWARD, FAMILY_1D.source, FAMILY_1D.instantiations,
+                    functools.partial(tc_decline_reason, FAMILY_1D), launch_igemm_tc_1d,
+                    "conv2d_igemm_tc's body with the 1-D gather geometry (taps s only): tensor cores, one launch; "
+                    "float32 as TF32, float16 with float32 accumulation; sm_80+, opt-in",
+                    tensor_cores=True, min_compute_capability=MIN_COMPUTE_CAPABILITY)
+ALGO_3D = Algorithm("igemm_tc", "conv3d", FORWARD, FAMILY_3D.source, FAMILY_3D.instantiations,
+                    functools.partial(tc_decline_reason, FAMILY_3D), launch_igemm_tc_3d,
+                    "conv2d_igemm_tc's body with the 3-D gather geometry (taps (t, r, s)): tensor cores, one "
+                    "launch; float32 as TF32, float16 with float32 accumulation; sm_80+, opt-in",
+                    tensor_cores=True, min_compute_capability=MIN_COMPUTE_CAPABILITY)

@@ -96,3 +96,15 @@ def launch(rt, family: NdIgemm, x, w, b, y, view, args: list, per_image: int, *,
                                          np.int64(per_image), np.int32(1 if view.has_bias else 0),
                                          np.int32(view.activation_code)])
     return conv_igemm.igemm_kernel_id(name, splits, dtype)
+
+
+def run(rt, algorithm, x, w, b, geom):
+    """One N-D forward call of ``algorithm`` (an ``Algorithm`` of the conv1d / conv3d operation: ``igemm`` or
+    ``igemm_tc``) whose decline rule has passed: C-contiguous copies of non-contiguous inputs, a new
+    C-contiguous output of x's dtype, the launch. ``(y, kernel id)``."""
+    xp = rt.xp
+    x = xp.ascontiguousarray(x)
+    w = xp.ascontiguousarray(w)
+    b = w if b is None else xp.ascontiguousarray(b)  # no bias: any valid pointer, never read
+    y = xp.empty(geom.output_shape, dtype=x.dtype)
+    return y, algorithm.launch(rt, x, w, b, y, geom)

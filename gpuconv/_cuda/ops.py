@@ -7,8 +7,8 @@
 (op, direction)                     algorithms
 ==================================  ============================================================
 (conv2d, forward)                   direct, tiled, depthwise, igemm, gemm1x1, igemm_tc
-(conv1d, forward)                   igemm (conv1d_igemm.py)
-(conv3d, forward)                   igemm (conv3d_igemm.py)
+(conv1d, forward)                   igemm (conv1d_igemm.py), igemm_tc (conv_igemm_tc.py ALGO_1D)
+(conv3d, forward)                   igemm (conv3d_igemm.py), igemm_tc (conv_igemm_tc.py ALGO_3D)
 (max_pool2d, forward)               direct
 (avg_pool2d, forward)               direct
 (adaptive_max_pool2d, forward)      direct
@@ -115,10 +115,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
                "(rt, x, w, b, y, geom) -> kernel id: C-contiguous x and w; b the bias or, without one, any "
                "valid array of x's dtype the kernel never reads; y a new C-contiguous (N, K, P, Q) array the "
                "kernel fills completely"),
-    _operation("conv1d", FORWARD, (conv1d_igemm.ALGO,),
+    _operation("conv1d", FORWARD, (conv1d_igemm.ALGO, conv_igemm_tc.ALGO_1D),
                "(rt, x, w, b, y, geom) -> kernel id: as conv2d forward with a 1-D ConvNdGeometry, x (N, C, L), "
                "y (N, K, Q)"),
-    _operation("conv3d", FORWARD, (conv3d_igemm.ALGO,),
+    _operation("conv3d", FORWARD, (conv3d_igemm.ALGO, conv_igemm_tc.ALGO_3D),
                "(rt, x, w, b, y, geom) -> kernel id: as conv2d forward with a 3-D ConvNdGeometry, x (N, C, D, H, "
                "W), y (N, K, OD, P, Q)"),
     *(_operation(a.op, FORWARD, (a,), "(rt, x, geom, *options) -> (y, [indices,] kernel id)")

@@ -21,7 +21,9 @@ import numpy as np
 from .._geometry import ConvGeometry
 from . import settings
 from .algo import FORWARD
+from . import conv_igemm_tc
 from .conv_tiled import TILE_P, TILE_Q
+from .gemm import SMALL_TILE
 from .ops import VARIANTS, operation
 
 # Below this many output pixels per plane, a 16x16 tile would leave more than 3/4 of its threads idle.
@@ -88,16 +90,54 @@ def heuristic_order(geom: ConvGeometry) -> tuple[str, ...]:
     return ("igemm",) + basic
 
 
-def conv_forward_order(geom: ConvGeometry) -> tuple[str, ...]:
-    """``heuristic_order`` with ``igemm_tc`` put first for every layer but depthwise-like ones (it is a
-    candidate only when tensor cores are allowed)."""
+# Tiny Cg: igemm_tc pads each filter tap's Cg channels to whole slices of BK (16 / 32 for float32, 32 / 64 for
+# float16), so a layer with Cg < BK multiplies mostly zeros. Tensor cores still pay while their useful share
+# of the products, u_tc = Cg / (ceil(Cg/BK)*BK), is at least TC_MIN_USEFUL[dtype] x igemm's (its reduction
+# Cg*R*S padded to its BK of 16, u_fma). The arithmetic (an SM issues 4 warp instructions per clock; H100 /
+# H200: 1024 TF32 or 2048 float16 multiply-adds per clock on tensor cores, 128 FFMA): igemm's main loop is
+# 76-82 % FFMA (tests/sass_check.py), about 100 useful multiply-adds per clock at u_fma = 1; igemm_tc issues
+# 3.8-5.1 (float32) / 4.0-4.9 (float16) non-mma instructions per mma (conv2d_igemm_tc.cu's header), so
+# 4 / (1 + that) mma per clock: about 690-850 TF32 or 1390-1650 float16 multiply-adds per clock at u_tc = 1.
+# Break-even is u_tc / u_fma = 0.12-0.15 (float32) and 0.06-0.075 (float16); the thresholds are twice those,
+# for what the count leaves out (each gathered element is its own global load, at a fixed channel stride).
+TC_MIN_USEFUL = {np.dtype(np.float32): 0.25, np.dtype(np.float16): 0.125}
+
+
+def _useful_share(n: int, bk: int) -> float:
+    return n / (-(-n // bk) * bk)
+
+
+def tensor_cores_pay(view: ConvGeometry, dtype) -> bool:
+    """Whether igemm_tc's useful products on this GEMM view (a 2-D geometry: the call's, or an N-D call's
+    ``gemm_view``) outrun igemm's by the rule above (``TC_MIN_USEFUL``; False for dtypes without tensor
+    cores). ``dtype`` None: float32's rule."""
+    dtype = np.dtype(np.float32 if dtype is None else dtype)
+    if dtype not in TC_MIN_USEFUL:
+        return False
+    bk = conv_igemm_tc.tc_tile_for(view, dtype).bk(dtype)
+    return (_useful_share(view.Cg, bk)
+            >= TC_MIN_USEFUL[dtype] * _useful_share(view.Cg * view.R * view.S, SMALL_TILE.bk))
+
+
+def conv_forward_order(geom: ConvGeometry, dtype=None) -> tuple[str, ...]:
+    """``heuristic_order`` with ``igemm_tc`` put first for every layer but depthwise-like ones and those where
+    tensor cores do not pay (``tensor_cores_pay``: tiny Cg) (it is a candidate only when tensor cores are
+    allowed). ``dtype`` None: float32's rule."""
     order = heuristic_order(geom)
-    return order if geom.Cg == 1 else ("igemm_tc",) + order
+    return order if geom.Cg == 1 or not tensor_cores_pay(geom, dtype) else ("igemm_tc",) + order
 
 
-# (op, direction) -> the preference order of its algorithms for a geometry; operations not listed have
-# one algorithm.
-HEURISTICS = {("conv2d", FORWARD): conv_forward_order}
+def conv_nd_forward_order(geom, dtype=None) -> tuple[str, ...]:
+    """conv1d / conv3d forward: ``igemm_tc`` (where allowed) before ``igemm``, under conv2d's rule on the call's
+    GEMM view: not for depthwise-like calls (Cg == 1), nor where tensor cores do not pay."""
+    view = conv_igemm_tc.FAMILIES[geom.nd].view(geom)
+    return ("igemm",) if geom.Cg == 1 or not tensor_cores_pay(view, dtype) else ("igemm_tc", "igemm")
+
+
+# (op, direction) -> the preference order of its algorithms for a geometry and dtype; operations not listed
+# have one algorithm.
+HEURISTICS = {("conv2d", FORWARD): conv_forward_order, ("conv1d", FORWARD): conv_nd_forward_order,
+              ("conv3d", FORWARD): conv_nd_forward_order}
 
 
 def choose_algo(geom, dtype, rt=None, op: str = "conv2d", direction: str = FORWARD) -> str:
@@ -113,7 +153,7 @@ def choose_algo(geom, dtype, rt=None, op: str = "conv2d", direction: str = FORWA
     fewer blocks than an H100 has SMs. Where kernels are measured, ``tuning_candidates`` measures each of
     those tiles and split-K on / off instead."""
     o = operation(op, direction)
-    order = HEURISTICS[o.key](geom) if o.key in HEURISTICS else o.names
+    order = HEURISTICS[o.key](geom, dtype) if o.key in HEURISTICS else o.names
     allowed = candidates(geom, dtype, rt, op, direction)
     for name in order:
         if name in allowed:
