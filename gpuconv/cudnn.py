@@ -82,7 +82,7 @@ def _algo_policy(auto_tune: bool, tensor_cores: bool):
         algorithms = select.operation("conv2d").algorithms
         allowed = [name for name, a in algorithms.items() if a.decline_reason(geom2d, dtype) is None
                    and select.device_reason(name, rt) is None and (tensor_cores or not a.tensor_cores)]
-        for name in select.conv_forward_order(geom2d):
+        for name in select.conv_forward_order(geom2d, dtype):
             if name in allowed:
                 return name
         return "direct"  # declines too: conv2d raises its ValueError

@@ -1,5 +1,5 @@
 // im2col_loader.cuh — the implicit GEMM's view of x, for 1, 2 or 3 spatial dimensions: Im2colGeometry (the 2-D
-// geometry and the decomposition of an output pixel, shared with conv2d_igemm_tc.cu's own gather and the
+// geometry and the decomposition of an output pixel, shared with igemm_tc.cuh's own gather and the
 // backward kernels), Im2colGeometry1d (a row without height: conv1d_igemm.cu) and Im2colGeometry3d (the 2-D
 // one plus a depth axis: conv3d_igemm.cu); Im2colLoader, the B operand loader of the CUDA-core implicit GEMM
 // for any of them (a template parameter: the number of spatial dimensions lives in the geometry and in the
@@ -20,7 +20,7 @@ namespace gpuconv {
 
 // The convolution's geometry as the im2col gathers see it, and the one place an output pixel m is
 // decomposed into its image and the input position of its first tap (Im2colLoader below, per pixel per
-// tile; conv2d_igemm_tc.cu's TapIm2colLoader, one pixel per thread).
+// tile; igemm_tc.cuh's TapIm2colLoader, one pixel per thread).
 template <typename T>
 struct Im2colGeometry {
     static constexpr int ND = 2;  // spatial dimensions (Im2colGeometry1d: 1, Im2colGeometry3d: 3)
