@@ -5,7 +5,8 @@ compared with a reference (tests/reference.py) under the one tolerance model (te
 the N-D implicit-GEMM suites (test_cuda_conv1d.py, test_cuda_conv3d.py): ``random_conv_arrays``,
 ``triple`` and ``IgemmNdSuite`` (the kernel's runner, checker and rule's kernel id, bound to its host
 module). For the gradient suites with a fused activation: ``ACTIVATION_DERIVATIVES`` and
-``activated_output`` (an activated forward output holding the special values).
+``activated_output`` (an activated forward output holding the special values). For the ``gpuconv.cudnn``
+suites (test_cudnn*.py): ``BACKEND_KINDS`` and ``On``, the array kinds a test runs on.
 
 The support modules: tests/reference.py (textbook references), tests/tolerance.py (the tolerance model),
 tests/cases.py (case generation, case lists and test data), tests/runners.py (backends and runtimes), and
@@ -13,6 +14,8 @@ this one. Test files import helpers only from them, never from another test_*.py
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -24,7 +27,7 @@ from gpuconv._geometry import conv_geometry
 from gpuconv._geometry_nd import conv_nd_geometry
 from gpuconv._cuda import conv_igemm, gemm, select
 from tests.reference import apply_activation, reference_conv2d, reference_conv_nd
-from tests.runners import numpy_io
+from tests.runners import emulated_runtime, gpu_unavailable_reason, numpy_io
 from tests.tolerance import assert_close
 
 
@@ -227,3 +230,38 @@ def activated_output(shape, act, dtype, rng, layout, nans=True):
     if nans:
         out.flat[3::11] = np.nan
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# the array kinds of the gpuconv.cudnn suites
+# --------------------------------------------------------------------------------------------
+
+BACKEND_KINDS = [pytest.param("numpy", id="numpy"),
+                 pytest.param("emulated", id="emulated", marks=pytest.mark.emulated),
+                 pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
+
+
+class On:
+    """Arrays and calls of one backend kind (``BACKEND_KINDS``): ``arr`` turns NumPy test data into its arrays,
+    ``host`` back; inside ``with On(kind)``, 'emulated' runs the CUDA launch code on the CPU emulator; 'gpu'
+    skips the test without a usable GPU."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        if kind == "gpu":
+            reason = gpu_unavailable_reason()
+            if reason:
+                pytest.skip(reason)
+            import cupy
+            self.arr, self.host = cupy.asarray, cupy.asnumpy
+        else:
+            self.arr, self.host = np.asarray, np.asarray
+
+    def __enter__(self):
+        self._ctx = (use_backend(CudaBackend(emulated_runtime())) if self.kind == "emulated"
+                     else contextlib.nullcontext())
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
