@@ -9,8 +9,9 @@ line, the first maximum or the last NaN of its window, so the later passes see e
 by the same rule, the first line holding the maximum or the last line holding a NaN. The winners' coordinates
 (one per pass) are composed into the flat index at the end. A pass does not reduce each window on its
 own (NumPy is slow at many short reductions over strided elements: 3x PyTorch): it gathers every window's
-``t``-th element at once (``np.take``, windows shorter than the longest repeating their last element) and
-updates the running maxima elementwise, one gather and one update per tap of the longest window.
+``t``-th element at once (``np.take``, or a strided view where they are evenly spaced; windows shorter than
+the longest repeat their last element) and updates the running maxima elementwise, one gather and one update
+per tap of the longest window.
 Adaptive average pooling whose windows all have the same size (every ``n % o == 0``: non-overlapping) is one
 reshape and one reduction instead; global average pooling (output 1 on every axis) is a BLAS matrix-vector
 product with a vector of ones.
@@ -186,6 +187,8 @@ def adaptive_max_pool(x: np.ndarray, g, return_indices: bool):
     vt = _compute_dtype(x.dtype)  # float16 compared in float32 (exact)
     f16 = vt != x.dtype
     d = g.dims
+    # a pass' tap numbers (below the longest window's length, at most size // out + 1): the smallest type
+    tap_type = np.min_scalar_type(max(size // o + 1 for size, o in zip(g.spatial, g.out)))
 
     # Last axis first: see the module docstring for why this order keeps PyTorch's rule.
     def specs(n, c, *m, spans=None):  # each pass' maxima (the last: the output block, or float32 of float16)
@@ -193,7 +196,7 @@ def adaptive_max_pool(x: np.ndarray, g, return_indices: bool):
         most = max(math.prod(s) for s in shapes)
         sp = [(s, vt) for s in shapes[:-1]] + [((most,), vt)]  # ... and one pass' values at one tap
         if return_indices:  # each pass' winners (coordinates in the span), one pass' two masks and tap numbers
-            sp += [(s, np.int64) for s in shapes] + [((most,), np.bool_)] * 2 + [((most,), np.int64)]
+            sp += [(s, np.int64) for s in shapes] + [((most,), np.bool_)] * 2 + [((most,), tap_type)] * 2
         return sp + ([(shapes[-1], vt)] if f16 else [])
 
     def extra(n, c, *m):  # the windows and their taps; a gather from a non-contiguous input (NumPy allocates
@@ -251,55 +254,63 @@ def _carve(buf: np.ndarray, shape, dtype) -> np.ndarray:
     return buf.view(np.uint8)[:nbytes].view(dtype).reshape(shape)
 
 
-def _gather(cur: np.ndarray, axis: int, index: np.ndarray, out: np.ndarray) -> None:
-    """``out`` (C-contiguous, ``cur``'s dtype) = ``cur``'s elements ``index`` (1-D) along ``axis``.
-    ``np.take`` writes into ``out`` directly (mode 'clip': 'raise' would buffer it; the indices are in
-    range), but copies a non-contiguous ``cur`` whole first; such a ``cur`` is indexed instead (its
-    result, the size of ``out``, is allocated by NumPy and counted in the blocks' ``extra``)."""
+def _gather(cur: np.ndarray, axis: int, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``cur``'s elements ``index`` (1-D, increasing) along ``axis``: where they are evenly spaced (equal
+    windows, and others such as 13 -> 6), a strided view of ``cur``, nothing copied; otherwise gathered
+    into ``out`` (C-contiguous, ``cur``'s dtype) and ``out`` returned. ``np.take`` writes into ``out``
+    directly (mode 'clip': 'raise' would buffer it; the indices are in range), but copies a non-contiguous
+    ``cur`` whole first; such a ``cur`` is indexed instead (its result, the size of ``out``, is allocated
+    by NumPy and counted in the blocks' ``extra``)."""
+    step = int(index[1] - index[0]) if index.size > 1 else 1
+    if step > 0 and (index.size == 1 or np.all(np.diff(index) == step)):
+        first = int(index[0])
+        return cur[(slice(None),) * axis + (slice(first, first + step * (index.size - 1) + 1, step),)]
     if cur.flags.c_contiguous:
         np.take(cur, index, axis=axis, out=out, mode="clip")
     else:
         np.copyto(out, cur[(slice(None),) * axis + (index,)])
+    return out
 
 
 def _window_max(cur, axis: int, wins, r0: int, out, gathered, arg, scratch) -> None:
     """One separable pass: ``out`` = per window ``wins`` along ``axis`` of ``cur`` (whose span starts at
-    ``r0``), the maximum of its elements, as one gather of every window's ``t``-th element per tap ``t``
-    and one elementwise update (a reduction per window over a few strided elements is far slower in
-    NumPy), and with ``arg`` each window's winner by PyTorch's rule (the first maximum, or the last NaN)
-    as a coordinate in the span.
+    ``r0``), the maximum of its elements, as one gather (or strided view) of every window's ``t``-th
+    element per tap ``t`` and one elementwise update (a reduction per window over a few strided elements
+    is far slower in NumPy), and with ``arg`` each window's winner by PyTorch's rule (the first maximum,
+    or the last NaN) as a coordinate in the span.
 
     The update is ``maximum(new, out)``: for float32 and float64 (the compute dtypes) NumPy returns its
     second argument on equal values and its first when both are NaN, so a tie keeps the earlier element
-    (+0.0 stays +0.0 against -0.0) and a NaN replaces an earlier NaN, PyTorch's values bit for bit
-    (tests/test_pool.py checks both). The winner: taps come in increasing order and an update always
-    takes the latest tap, so ``arg = max(arg, t * update)`` with ``update = new > out or new is NaN``
-    (no masked copy: those are ten times slower on a mixed mask); the tap number becomes a coordinate
-    at the end. ``gathered``: flat scratch of ``out``'s size in the compute dtype; ``scratch``: two
-    boolean and one int64, the same size."""
+    (+0.0 stays +0.0 against -0.0) and a NaN replaces an earlier NaN: PyTorch's values bit for bit
+    (tests/test_numpy_adaptive_pool.py checks both). The winner: taps come in increasing order and an
+    update always takes the latest tap, so ``best_tap = max(best_tap, t * update)`` with ``update = new >
+    out or new is NaN`` (no masked copy: those are ten times slower on a mixed mask), in the smallest
+    integer type that holds the taps; the tap number becomes a coordinate at the end. ``gathered``: flat
+    scratch of ``out``'s size in the compute dtype; ``scratch``: two boolean and two of the tap type, the
+    same size."""
     taps = _window_taps(wins, r0)
     g = _carve(gathered, out.shape, cur.dtype)  # float16 input: gathered as float16, compared in float32
-    first = out if out.dtype == cur.dtype and out.flags.c_contiguous else g
-    _gather(cur, axis, taps[0], first)
+    first = _gather(cur, axis, taps[0], out if out.dtype == cur.dtype and out.flags.c_contiguous else g)
     if first is not out:
         np.copyto(out, first)
     if arg is not None:
         upd, isnan = (_carve(b, out.shape, np.bool_) for b in scratch[:2])
-        tap = _carve(scratch[2], out.shape, np.int64)
-        arg.fill(0)
+        best_tap, tap = (_carve(b, out.shape, b.dtype) for b in scratch[2:])
+        best_tap.fill(0)
     for t, index in enumerate(taps[1:], 1):
-        _gather(cur, axis, index, g)
+        v = _gather(cur, axis, index, g)
         if arg is not None:  # before out changes: compared with the maximum of the taps before t
-            np.greater(g, out, out=upd)
-            _isnan(g, isnan)
+            np.greater(v, out, out=upd)
+            _isnan(v, isnan)
             upd |= isnan
-            np.multiply(upd, t, out=tap)
-            np.maximum(arg, tap, out=arg)
-        np.maximum(g, out, out=out)
+            np.multiply(upd, tap.dtype.type(t), out=tap)
+            np.maximum(best_tap, tap, out=best_tap)
+        np.maximum(v, out, out=out)
     if arg is not None:  # tap number -> coordinate in the span: min(start + t, end - 1) - r0
         shape = (len(wins),) + (1,) * (out.ndim - 1 - axis)
-        np.minimum(arg, np.array([e - 1 - s for s, e in wins]).reshape(shape), out=arg)
+        np.minimum(best_tap, np.array([e - 1 - s for s, e in wins]).reshape(shape), out=arg)
         arg += np.array([s - r0 for s, e in wins]).reshape(shape)
+
 
 def adaptive_avg_pool2d(x: np.ndarray, g: AdaptiveGeometry):
     return adaptive_avg_pool(x, g)
