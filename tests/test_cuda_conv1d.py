@@ -22,54 +22,24 @@ import numpy as np
 import pytest
 
 import gpuconv
-from gpuconv._backend import CudaBackend, use_backend
 from gpuconv._cuda import abi, conv1d_igemm, conv_igemm, gemm, limits, ops
 from gpuconv._cuda.gemm import LARGE_TILE, SMALL_TILE, WIDE_TILE
 from gpuconv._geometry_nd import conv_nd_geometry
 from tests.cases import pairwise
 from tests.reference import explicit_padding_nd, reference_conv_nd
-from tests.runners import SpyRuntime, numpy_io, runtime_fixture, torch, with_thread_order
-from tests.support import NoLaunch, noncontiguous_view
+from tests.runners import SpyRuntime, runtime_fixture, torch, with_thread_order
+from tests.support import IgemmNdSuite, NoLaunch, noncontiguous_view, random_conv_arrays
 from tests.tolerance import assert_close
 
 ORDERS = ("forward", "reversed")
 
 rt = runtime_fixture()
 
-
-def _arrays(xs, ws, dt, bias=True, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(xs).astype(dt)
-    w = rng.standard_normal(ws).astype(dt)
-    b = rng.standard_normal(ws[0]).astype(dt) if bias else None
-    return x, w, b
-
-
-def _geometry(x, w, b, stride=1, padding=0, dilation=1, groups=1, flip=False, activation=None):
-    return conv_nd_geometry(1, x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation, groups,
-                            flip, activation)
-
-
-def _run(rt, x, w, b, g, **launch):
-    """conv1d_igemm on ``rt`` (emulator or GPU): ``(y, kernel id)``; ``launch`` overrides (tile=, splits=...)."""
-    def call(rt, x, w, b):
-        xp = rt.xp
-        xc, wc = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
-        bc = wc if b is None else xp.ascontiguousarray(b)
-        y = xp.full(g.output_shape, np.nan, dtype=x.dtype)  # every element must be written
-        return y, conv1d_igemm.launch_conv1d_igemm(rt, xc, wc, bc, y, g, **launch)
-    if not launch:
-        return numpy_io(rt, lambda rt, x, w, b: conv1d_igemm.conv1d(rt, x, w, b, g), x, w, b)
-    return numpy_io(rt, call, x, w, b)
-
-
-def _check(rt, x, w, b, kw, what="", **launch):
-    g = _geometry(x, w, b, **kw)
-    y, kid = _run(rt, x, w, b, g, **launch)
-    ref, mag = reference_conv_nd(x, w, b, **kw)
-    assert y.dtype == x.dtype and y.shape == ref.shape
-    assert_close(y, ref, mag, x.dtype, f"{kid} {what}")
-    return y, kid, g
+# the suite's helpers (tests/support.py), bound to conv1d_igemm
+SUITE = IgemmNdSuite(1, conv1d_igemm, conv1d_igemm.conv1d, conv1d_igemm.launch_conv1d_igemm,
+                     conv1d_igemm.conv1d_igemm_name, gpuconv.conv1d)
+_arrays, _geometry, _run, _check = random_conv_arrays, SUITE.geometry, SUITE.run, SUITE.check
+_rule_kernel_id, _public = SUITE.rule_kernel_id, SUITE.public
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,18 +69,11 @@ CASES = pairwise(DIMS, _valid, seed=1)
 
 
 def _case_data(c, seed=0):
-    rng = np.random.default_rng(seed)
-    C, K, groups = CHANNELS[c["channels"]]
-    x, w, b = _arrays((c["N"], C, c["L"]), (K, C // groups, c["S"]), c["dtype"], c["bias"], seed)
-    x = noncontiguous_view(x, c["layout"], rng)
-    kw = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=groups, flip=c["flip"],
-              activation=c["activation"])
-    return x, w, b, kw
+    return SUITE.case_data(c, CHANNELS[c["channels"]], (c["L"],), (c["S"],), seed)
 
 
 def _case_id(i, c):
-    return f"{i}-" + "-".join(str(v if not isinstance(v, type) else v.__name__).replace(" ", "")
-                              for k, v in c.items() if k in ("L", "S", "stride", "channels", "dtype", "layout"))
+    return SUITE.case_id(i, c, ("L", "S", "stride", "channels", "dtype", "layout"))
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -119,15 +82,6 @@ def test_matches_reference(rt, case, order):
     x, w, b, kw = _case_data(case)
     _, kid, g = _check(with_thread_order(rt, order), x, w, b, kw, order)
     assert kid == _rule_kernel_id(g, case["dtype"])
-
-
-def _rule_kernel_id(g, dtype):
-    """The kernel id the rules give a call: the rule's tile, split where the split-K rule splits it."""
-    tile, view = conv1d_igemm.tile_for(g, dtype), conv1d_igemm.gemm_view(g)
-    n, _ = conv_igemm.splitk_ranges(view, tile, conv1d_igemm.splitk_for(g, dtype))
-    if n == 1:
-        return conv1d_igemm.conv1d_igemm_name(dtype, tile)
-    return conv_igemm.igemm_kernel_id(gemm.gemm_kernel_name(conv1d_igemm.SPLIT_KERNEL, dtype, tile), n, dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,14 +104,7 @@ EDGES = {
 
 
 def _edge_params():
-    params = []
-    for name in EDGES:
-        for tile in (SMALL_TILE, WIDE_TILE, LARGE_TILE):
-            for dt in gemm.TILES_BY_DTYPE:
-                if any(t.name == tile.name for t in gemm.TILES_BY_DTYPE[dt]):
-                    params.append(pytest.param(name, gemm.tile_for_dtype(tile, dt), dt,
-                                               id=f"{name}-{tile.name}-{dt.name}"))
-    return params
+    return SUITE.edge_params(EDGES, gemm.tile_for_dtype)
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -305,12 +252,6 @@ def test_matches_pytorch(rt, name):
 # --------------------------------------------------------------------------------------------
 # the public function: what runs, what the record says, what is declined
 # --------------------------------------------------------------------------------------------
-
-def _public(rt, x, w, b=None, **kw):
-    def call(rt, x, w, b):
-        with use_backend(CudaBackend(rt)):
-            return gpuconv.conv1d(x, w, b, **kw), gpuconv.last_kernel()
-    return numpy_io(rt, call, x, w, b)
 
 
 @pytest.mark.parametrize("algo", ["auto", "igemm"])

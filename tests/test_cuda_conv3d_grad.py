@@ -33,21 +33,16 @@ from gpuconv._cuda import conv3d_igemm, ops
 from gpuconv._cuda import conv_backward_filter as B
 from gpuconv._geometry import ACTIVATIONS
 from gpuconv._geometry_nd import conv_nd_geometry
-from tests.reference import apply_activation, conv_nd_grads_ref, explicit_padding_nd
+from tests.reference import conv_nd_grads_ref, explicit_padding_nd
 from tests.runners import numpy_io, on_gpu, runtime_fixture, torch, with_thread_order
-from tests.support import noncontiguous_view
+from tests.support import ACTIVATION_DERIVATIVES, activated_output, noncontiguous_view, triple
 from tests.tolerance import assert_close
 
 rt = runtime_fixture()
 
 DTYPES = (np.float16, np.float32, np.float64)
 ORDERS = ("forward", "reversed")
-DERIVATIVES = {  # d act / d z from the activated value (docs/gradients.md); NaN > 0 is False
-    "relu": lambda o: np.where(o > 0, 1.0, 0.0),
-    "leaky_relu": lambda o: np.where(o > 0, 1.0, 0.01),
-    "sigmoid": lambda o: (1 - o) * o,
-    "tanh": lambda o: 1 - o * o,
-}
+DERIVATIVES = ACTIVATION_DERIVATIVES  # d act / d z from the activated value (tests/support.py)
 
 # x shape, w shape, stride, padding, dilation, groups, flip. N*OD*P*Q is never a multiple of BK (16 / 8),
 # Cg*KD*R*S and Kg never of 64; "many-filters" has two filter tiles, "wide-taps" three column tiles.
@@ -67,13 +62,10 @@ CASES = {
 DEPTHWISE = {"depthwise-mult-stride", "depthwise-3x3x3-dilated-same"}  # 27 taps: three DW_TAPS chunks
 
 
-def _t(v):
-    return (v,) * 3 if isinstance(v, int) else tuple(v)
-
-
 def _explicit(case):
     xs, ws, stride, padding, dilation, _, flip = CASES[case]
-    return _t(stride), explicit_padding_nd(padding, ws[2:], _t(stride), _t(dilation), xs[2:], flip), _t(dilation)
+    stride, dilation = triple(stride), triple(dilation)
+    return stride, explicit_padding_nd(padding, ws[2:], stride, dilation, xs[2:], flip), dilation
 
 
 def _geometry(case, act=None, n=None):
@@ -92,16 +84,8 @@ def _data(case, dtype, act=None, seed=0, layout="contiguous", n=None):
     w = (rng.standard_normal(g.weight_shape) / 2).astype(dtype)
     gy = (2 * rng.standard_normal(g.output_shape)).astype(dtype)
     out = None
-    if act is not None:
-        out = noncontiguous_view(apply_activation(rng.standard_normal(g.output_shape), act).astype(dtype), layout,
-                                 rng)
-        mask = np.zeros(out.size, dtype=bool)
-        mask[::7] = True
-        out[mask.reshape(out.shape)] = 0  # the derivative at 0 (relu 0, leaky_relu 0.01)
-        if act in ("relu", "leaky_relu"):
-            mask[:] = False
-            mask[3::11] = True
-            out[mask.reshape(out.shape)] = np.nan  # NaN out: 0 (relu) or the slope, as PyTorch
+    if act is not None:  # zeros (relu 0, leaky_relu 0.01) and, for relu / leaky_relu, NaNs (as PyTorch)
+        out = activated_output(g.output_shape, act, dtype, rng, layout, nans=act in ("relu", "leaky_relu"))
     x, w, gy = (noncontiguous_view(a, layout, rng) for a in (x, w, gy))
     return g, x, w, gy, out
 
@@ -222,7 +206,7 @@ def test_public_gradients_match_reference_and_record(rt, case, dtype):
     g64 = gy.astype(np.float64)
     assert_close(gb, g64.sum(axis=(0, 2, 3, 4)), np.abs(g64).sum(axis=(0, 2, 3, 4)), dtype, what="bias")
     # the record: the data gradient is stride-1 conv3d_igemm launches, one per phase (at most sd*sh*sw)
-    sd, sh, sw = _t(CASES[case][2])
+    sd, sh, sw = triple(CASES[case][2])
     phases = _conv_nd.data_phase_calls(gy, g, g.input_size)
     assert len(kx) == len(phases) <= sd * sh * sw
     # (a phase with few output pixels and a long reduction runs the split-K form, conv3d_igemm_splitk)

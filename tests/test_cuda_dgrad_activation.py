@@ -32,21 +32,16 @@ from gpuconv._backend import CudaBackend, use_backend
 from gpuconv._cuda import conv_backward_data as BD
 from gpuconv._cuda.gemm import WIDE_TILE
 from gpuconv._geometry import ACTIVATIONS, conv_geometry
-from tests.reference import apply_activation, conv_nd_grads_ref, explicit_padding, pair
+from tests.reference import conv_nd_grads_ref, explicit_padding, pair
 from tests.runners import emulated_runtime, numpy_io, on_gpu, runtime_fixture, torch, with_thread_order
-from tests.support import noncontiguous_view
+from tests.support import ACTIVATION_DERIVATIVES, activated_output, noncontiguous_view
 from tests.tolerance import assert_close
 
 rt = runtime_fixture()
 
 DTYPES = (np.float16, np.float32, np.float64)
 ACTS = ("relu", "leaky_relu", "sigmoid", "tanh")
-DERIVATIVES = {  # d act / d z from the activated value (docs/gradients.md); NaN > 0 is False
-    "relu": lambda o: np.where(o > 0, 1.0, 0.0),
-    "leaky_relu": lambda o: np.where(o > 0, 1.0, 0.01),
-    "sigmoid": lambda o: (1 - o) * o,
-    "tanh": lambda o: 1 - o * o,
-}
+DERIVATIVES = ACTIVATION_DERIVATIVES  # d act / d z from the activated value (tests/support.py)
 
 # Launch level: the forward call (x shape, w shape, stride, padding, dilation, groups, flip). Sizes are not tile
 # multiples; "two-tiles" has 2 pixel tiles and 2 channel tiles per phase.
@@ -72,22 +67,13 @@ def _explicit(cases, case):
     return stride, ((pt, pb), (pl, pr)), dilation
 
 
-def _out_values(shape, act, dtype, rng, layout):
-    """An activated forward output (in ``layout``) with the special values: 0 (relu 0, leaky_relu the slope)
-    and NaN (relu / leaky_relu: NaN > 0 is False; sigmoid / tanh: NaN propagates)."""
-    out = noncontiguous_view(apply_activation(rng.standard_normal(shape), act).astype(dtype), layout, rng)
-    out.flat[::7] = 0
-    out.flat[3::11] = np.nan
-    return out
-
-
 def _launch_data(case, dtype, act, seed=0, layout="contiguous"):
     xs, ws, stride, padding, dilation, groups, flip = LAUNCH_CASES[case]
     g = conv_geometry(xs, ws, None, stride, padding, dilation, groups, flip, act)
     rng = np.random.default_rng(seed)
     gy = (4 * rng.standard_normal(g.output_shape)).astype(dtype)
     w = (rng.standard_normal(ws) / 3).astype(dtype)
-    out = _out_values(g.output_shape, act, dtype, rng, layout)
+    out = activated_output(g.output_shape, act, dtype, rng, layout)
     return g, noncontiguous_view(gy, layout, rng), out, w
 
 

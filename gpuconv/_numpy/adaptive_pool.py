@@ -7,13 +7,20 @@ before it, ..., the first spatial axis last. For max that order also keeps PyTor
 first maximum in row-major (depth, row, column) order; the last NaN in that order wins): each pass keeps, per
 line, the first maximum or the last NaN of its window, so the later passes see each line's winner and pick,
 by the same rule, the first line holding the maximum or the last line holding a NaN. The winners' coordinates
-(one per pass) are composed into the flat index at the end. Adaptive average pooling whose windows all have
-the same size (every ``n % o == 0``: non-overlapping) is one reshape and one reduction instead; global average
-pooling (output 1 on every axis) is a BLAS matrix-vector product with a vector of ones.
+(one per pass) are composed into the flat index at the end. A pass does not reduce each window on its
+own (NumPy is slow at many short reductions over strided elements: 3x PyTorch): it gathers every window's
+``t``-th element at once (``np.take``, or a strided view where they are evenly spaced; windows shorter than
+the longest repeat their last element) and updates the running maxima elementwise, one gather and one update
+per tap of the longest window.
+Adaptive average pooling whose windows all have the same size (every ``n % o == 0``: non-overlapping) is one
+reshape and one reduction instead; global average pooling (output 1 on every axis) is a BLAS matrix-vector
+product with a vector of ones.
 
 Memory: the output (and indices), plus per block of outputs (``pool._blocks``, bounded by
 ``workspace_limit()``) each pass's partial result (the first axes still at the span of input the block's
-windows read), for max with indices each pass's winners and two masks, and for float16 a float32 block.
+windows read), for max one pass's gathered values at one tap, with indices each pass's winners and one
+pass's two masks and tap numbers, and for float16 a float32 block; NumPy's own temporaries (the gather from
+a non-contiguous input, the tap coordinates, the index composition) are counted in each block's ``extra``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import numpy as np
 
 from .._pool_geometry import AdaptiveGeometry, adaptive_window
 from ._workspace import workspace, workspace_bytes, workspace_limit
-from .pool import AXIS_BYTES, SMALL_ARRAY_BYTES, _blocks, _compute_dtype, _nan_wins_update
+from .pool import AXIS_BYTES, SMALL_ARRAY_BYTES, _blocks, _compute_dtype, _isnan, _nan_wins_update
 
 
 def _planes_flat(x: np.ndarray):
@@ -180,19 +187,24 @@ def adaptive_max_pool(x: np.ndarray, g, return_indices: bool):
     vt = _compute_dtype(x.dtype)  # float16 compared in float32 (exact)
     f16 = vt != x.dtype
     d = g.dims
+    # a pass' tap numbers (below the longest window's length, at most size // out + 1): the smallest type
+    tap_type = np.min_scalar_type(max(size // o + 1 for size, o in zip(g.spatial, g.out)))
 
     # Last axis first: see the module docstring for why this order keeps PyTorch's rule.
     def specs(n, c, *m, spans=None):  # each pass' maxima (the last: the output block, or float32 of float16)
         shapes = _pass_shapes(n, c, m, spans or _bounds(g, m))
-        sp = [(s, vt) for s in shapes[:-1]]
-        if return_indices:  # each pass' winners (coordinates in the span), and its two masks
-            axes = range(d + 1, 1, -1)
-            sp += [(s, np.int64) for s in shapes]
-            sp += [(s[:a] + s[a + 1:], np.bool_) for s, a in zip(shapes, axes) for _ in range(2)]
+        most = max(math.prod(s) for s in shapes)
+        sp = [(s, vt) for s in shapes[:-1]] + [((most,), vt)]  # ... and one pass' values at one tap
+        if return_indices:  # each pass' winners (coordinates in the span), one pass' two masks and tap numbers
+            sp += [(s, np.int64) for s in shapes] + [((most,), np.bool_)] * 2 + [((most,), tap_type)] * 2
         return sp + ([(shapes[-1], vt)] if f16 else [])
 
-    def extra(n, c, *m):  # the windows; composing the indices: take_along_axis's results, the flat spans
-        return sum(m) * WINDOW_BYTES + (n * c * math.prod(m) * 8 * (2 * d - 3) if return_indices else 0)
+    def extra(n, c, *m):  # the windows and their taps; a gather from a non-contiguous input (NumPy allocates
+        # it); composing the indices: take_along_axis's results, the flat spans
+        shapes = _pass_shapes(n, c, m, _bounds(g, m))
+        taps = sum(mi * (size // o + 2) for mi, size, o in zip(m, g.spatial, g.out)) * 8
+        return (sum(m) * WINDOW_BYTES + taps + math.prod(shapes[0]) * x.itemsize
+                + (n * c * math.prod(m) * 8 * (2 * d - 3) if return_indices else 0))
 
     for block in _blocks(g.output_shape, specs, extra):
         n, c, m, wins, spans, slices = _block(g, block)
@@ -201,22 +213,14 @@ def adaptive_max_pool(x: np.ndarray, g, return_indices: bool):
         yb = y[tuple(slice(*r) for r in block)]
         acc = scratch.pop() if f16 else yb
         best = scratch[:d - 1] + [acc]
-        args = scratch[d - 1:2 * d - 1]
-        masks = scratch[2 * d - 1:]
+        gathered = scratch[d - 1]
+        args = scratch[d:2 * d]
+        masks = scratch[2 * d:]
         cur = x[slices]
         for p, a in enumerate(range(d - 1, -1, -1)):
-            out, r0 = best[p], spans[a][0]
-            for j, (s0, s1) in enumerate(wins[a]):
-                if not return_indices:
-                    np.maximum.reduce(_at(cur, a + 2, slice(s0 - r0, s1 - r0)), axis=a + 2, dtype=vt,
-                                      out=_at(out, a + 2, j))
-                    continue
-                b, w = _at(out, a + 2, j), _at(args[p], a + 2, j)
-                b.fill(-np.inf)
-                w.fill(s0 - r0)
-                for t in range(s0 - r0, s1 - r0):
-                    _nan_wins_update(b, w, _at(cur, a + 2, t), t, masks[2 * p], masks[2 * p + 1])
-            cur = out
+            _window_max(cur, a + 2, wins[a], spans[a][0], best[p], gathered, args[p] if return_indices else None,
+                        masks)
+            cur = best[p]
         if return_indices:  # flat index = ((z + r0_0) * H + h + r0_1) * W + ...; the pass over axis a: args[d-1-a]
             ib = idx[tuple(slice(*r) for r in block)]
             flat = args[d - 1]  # the first axis' coordinate in its span, then the flat index in the spans
@@ -233,6 +237,79 @@ def adaptive_max_pool(x: np.ndarray, g, return_indices: bool):
         if f16:
             np.copyto(yb, acc)  # exact: acc holds float16 values
     return y, idx, _name(g, "max")
+
+
+def _window_taps(wins, r0: int) -> list:
+    """Per tap ``t`` of the longest window, the coordinate (in the span starting at ``r0``) that each window
+    reads at its ``t``-th element. A shorter window reads its last element again: neither the maximum nor
+    PyTorch's rule changes (the repeat is not greater than itself, and if it is NaN it was already the
+    window's last NaN, at the same coordinate)."""
+    k = max(e - s for s, e in wins)
+    return [np.array([min(s + t, e - 1) - r0 for s, e in wins], np.intp) for t in range(k)]
+
+
+def _carve(buf: np.ndarray, shape, dtype) -> np.ndarray:
+    """A C-contiguous ``shape`` array of ``dtype`` on the start of the flat scratch ``buf`` (large enough)."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    return buf.view(np.uint8)[:nbytes].view(dtype).reshape(shape)
+
+
+def _gather(cur: np.ndarray, axis: int, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``cur``'s elements ``index`` (1-D, increasing) along ``axis``: where they are evenly spaced (equal
+    windows, and others such as 13 -> 6), a strided view of ``cur``, nothing copied; otherwise gathered
+    into ``out`` (C-contiguous, ``cur``'s dtype) and ``out`` returned. ``np.take`` writes into ``out``
+    directly (mode 'clip': 'raise' would buffer it; the indices are in range), but copies a non-contiguous
+    ``cur`` whole first; such a ``cur`` is indexed instead (its result, the size of ``out``, is allocated
+    by NumPy and counted in the blocks' ``extra``)."""
+    step = int(index[1] - index[0]) if index.size > 1 else 1
+    if step > 0 and (index.size == 1 or np.all(np.diff(index) == step)):
+        first = int(index[0])
+        return cur[(slice(None),) * axis + (slice(first, first + step * (index.size - 1) + 1, step),)]
+    if cur.flags.c_contiguous:
+        np.take(cur, index, axis=axis, out=out, mode="clip")
+    else:
+        np.copyto(out, cur[(slice(None),) * axis + (index,)])
+    return out
+
+
+def _window_max(cur, axis: int, wins, r0: int, out, gathered, arg, scratch) -> None:
+    """One separable pass: ``out`` = per window ``wins`` along ``axis`` of ``cur`` (whose span starts at
+    ``r0``), the maximum of its elements, as one gather (or strided view) of every window's ``t``-th
+    element per tap ``t`` and one elementwise update (a reduction per window over a few strided elements
+    is far slower in NumPy), and with ``arg`` each window's winner by PyTorch's rule (the first maximum,
+    or the last NaN) as a coordinate in the span.
+
+    The update is ``maximum(new, out)``: for float32 and float64 (the compute dtypes) NumPy returns its
+    second argument on equal values and its first when both are NaN, so a tie keeps the earlier element
+    (+0.0 stays +0.0 against -0.0) and a NaN replaces an earlier NaN: PyTorch's values bit for bit
+    (tests/test_numpy_adaptive_pool.py checks both). The winner: taps come in increasing order and an
+    update always takes the latest tap, so ``best_tap = max(best_tap, t * update)`` with ``update = new >
+    out or new is NaN`` (no masked copy: those are ten times slower on a mixed mask), in the smallest
+    integer type that holds the taps; the tap number becomes a coordinate at the end. ``gathered``: flat
+    scratch of ``out``'s size in the compute dtype; ``scratch``: two boolean and two of the tap type, the
+    same size."""
+    taps = _window_taps(wins, r0)
+    g = _carve(gathered, out.shape, cur.dtype)  # float16 input: gathered as float16, compared in float32
+    first = _gather(cur, axis, taps[0], out if out.dtype == cur.dtype and out.flags.c_contiguous else g)
+    if first is not out:
+        np.copyto(out, first)
+    if arg is not None:
+        upd, isnan = (_carve(b, out.shape, np.bool_) for b in scratch[:2])
+        best_tap, tap = (_carve(b, out.shape, b.dtype) for b in scratch[2:])
+        best_tap.fill(0)
+    for t, index in enumerate(taps[1:], 1):
+        v = _gather(cur, axis, index, g)
+        if arg is not None:  # before out changes: compared with the maximum of the taps before t
+            np.greater(v, out, out=upd)
+            _isnan(v, isnan)
+            upd |= isnan
+            np.multiply(upd, tap.dtype.type(t), out=tap)
+            np.maximum(best_tap, tap, out=best_tap)
+        np.maximum(v, out, out=out)
+    if arg is not None:  # tap number -> coordinate in the span: min(start + t, end - 1) - r0
+        shape = (len(wins),) + (1,) * (out.ndim - 1 - axis)
+        np.minimum(best_tap, np.array([e - 1 - s for s, e in wins]).reshape(shape), out=arg)
+        arg += np.array([s - r0 for s, e in wins]).reshape(shape)
 
 
 def adaptive_avg_pool2d(x: np.ndarray, g: AdaptiveGeometry):
