@@ -351,22 +351,41 @@ def backward_data(backend, gy, w, geom: ConvNdGeometry, size):
     return (gx if gx.dtype == gy.dtype else gx.astype(gy.dtype)), (prefix + kernels if kernels else kernels)
 
 
-def backward_filter(backend, x, gy, geom: ConvNdGeometry):
-    """``gw (K, Cg, *kernel_size)`` from ``x (N, C, ...)`` and ``gy (N, K, ...)``, ``N > 0``. Returns ``(gw,
-    kernel_ids)`` (empty when every tap reads padding: zeros)."""
-    if geom.nd == 1:
-        gw, k = _conv_lowering.backward_filter(backend, x[:, :, None, :], gy[:, :, None, :], geom.as_2d())
-        return gw[:, :, 0, :], [] if k is None else [f"conv1d as conv2d of height 1: {k}"]
+def _derivative_prepass(backend, gy, out, geom, what, why):
+    """``gy`` times the activation's derivative from ``out`` (``_grad_conv.activation_derivative_times``, the
+    pre-pass conv2d_backward uses) and the record's entry saying so; ``(gy, [])`` without ``out``."""
+    if out is None:
+        return gy, []
+    from ._grad_conv import activation_derivative_times
+    return (activation_derivative_times(backend.xp, gy, out, geom.activation),
+            [f"activation derivative pre-pass for the {what} gradient ({why})"])
+
+
+def backward_filter(backend, x, gy, geom: ConvNdGeometry, out=None):
+    """``gw (K, Cg, *kernel_size)`` from ``x (N, C, ...)`` and ``gy (N, K, ...)``, ``N > 0``; ``out`` (same
+    shape as ``gy``) the activated forward output: ``geom.activation``'s derivative multiplies ``gy`` (None:
+    none). Returns ``(gw, kernel_ids)`` (empty when every tap reads padding: zeros). CUDA arrays: the
+    operation table's ``(conv1d | conv3d, backward_filter)`` kernels (depthwise, igemm: the first that takes
+    the call), the derivative fused; where both decline, the lowering (1-D: the 2-D gradient of the unit-height
+    view; 3-D: the depth-tap lowering) with the derivative as a pre-pass, the record's first entry saying
+    why. NumPy arrays: the lowering, the derivative a pre-pass."""
     prefix = []
     if isinstance(backend, CudaBackend):
         from ._cuda.ops import operation
-        algos = operation("conv3d", "backward_filter").algorithms  # depthwise, igemm: the first that takes it
+        algos = operation(f"conv{geom.nd}d", "backward_filter").algorithms  # depthwise, igemm: first that takes it
         reasons = [a.decline_reason(geom, x.dtype) for a in algos.values()]
         for a, why in zip(algos.values(), reasons):
             if why is None:
-                gw, kernel = a.launch(backend.runtime, x, gy, None, geom)
+                gw, kernel = a.launch(backend.runtime, x, gy, out, geom)
                 return gw, [kernel]
-        prefix = [f"conv3d depth-tap lowering ({'; '.join(reasons)})"]
+        lowering = "conv1d as conv2d of height 1" if geom.nd == 1 else "conv3d depth-tap lowering"
+        prefix = [f"{lowering} ({'; '.join(reasons)})"]
+    gy, pre = _derivative_prepass(backend, gy, out, geom, "filter",
+                                  "the lowering runs it" if prefix else "NumPy arrays: the lowering runs it")
+    prefix += pre
+    if geom.nd == 1:
+        gw, k = _conv_lowering.backward_filter(backend, x[:, :, None, :], gy[:, :, None, :], geom.as_2d())
+        return gw[:, :, 0, :], [] if k is None else prefix + [f"conv1d as conv2d of height 1: {k}"]
     xp = backend.xp
     ct = compute_dtype(gy.dtype)
     N, T, D, sd = geom.N, geom.kernel_size[0], geom.input_size[0], geom.stride[0]
@@ -387,17 +406,26 @@ def backward_filter(backend, x, gy, geom: ConvNdGeometry):
     return xp.ascontiguousarray(gw, dtype=gy.dtype), (prefix + kernels if kernels else kernels)
 
 
-def backward_bias(backend, gy):
+def backward_bias(backend, gy, out=None, activation=None):
     """``(gb (K,), kernel id)``: ``gy (N, K, *spatial)`` summed over all but K (float16 in float32, rounded
-    once). 3-D on CUDA arrays: ``conv2d_backward_bias`` over ``gy`` viewed as ``(N, K, 1, OD*P*Q)`` (one block
-    per filter, a fixed-order tree); otherwise NumPy's / CuPy's sum."""
+    once), after multiplying by ``activation``'s derivative from ``out`` (the activated forward output, same
+    shape as ``gy``; None: no derivative). 1-D and 3-D on CUDA arrays: ``conv2d_backward_bias`` over ``gy``
+    viewed as ``(N, K, 1, L)`` / ``(N, K, 1, OD*P*Q)`` (one block per filter, a fixed-order tree, the
+    derivative fused); otherwise NumPy's / CuPy's sum (after the pre-pass with an activation)."""
     N, K = gy.shape[:2]
     L = int(np.prod(gy.shape[2:]))
-    if isinstance(backend, CudaBackend) and gy.ndim == 5 and gy.size > 0:
+    act = activation if out is not None else None
+    if isinstance(backend, CudaBackend) and gy.ndim in (3, 5) and gy.size > 0:
         from ._cuda import conv_backward_filter as bwf
         from ._geometry import conv_geometry
-        g = conv_geometry((N, 1, 1, L), (K, 1, 1, 1), None)  # output (N, K, 1, L): the bias kernel's view
-        return bwf.launch_bias(backend.runtime, gy.reshape(N, K, 1, L), None, g)
+        # output (N, K, 1, L): the bias kernel's view
+        g = conv_geometry((N, 1, 1, L), (K, 1, 1, 1), None, activation=act)
+        view = (N, K, 1, L)
+        return bwf.launch_bias(backend.runtime, backend.xp.ascontiguousarray(gy).reshape(view),
+                               None if act is None else backend.xp.ascontiguousarray(out).reshape(view), g)
+    if act is not None:
+        from ._grad_conv import activation_derivative_times
+        gy = activation_derivative_times(backend.xp, gy, out, act)
     ct = compute_dtype(gy.dtype)
     xp = backend.xp
     gb = xp.sum(gy, axis=(0,) + tuple(range(2, gy.ndim)), dtype=ct).astype(gy.dtype, copy=False)
