@@ -11,8 +11,9 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   other conv1d_igemm. Every other case is the 2-D convolution of unit height: ``x (N, C, L)`` seen as
   ``(N, C, 1, L)``, ``w (K, Cg, S)`` as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()``
   (``R = 1``, no height padding), run by the 2-D kernels named by ``algo`` (and by the NumPy strategies);
-  the record's entry then reads ``conv1d as conv2d of height 1[ (<reason>)]: <kernel>``. The gradients are
-  the 2-D gradients' lowering (``_conv_lowering``) on the same views.
+  the record's entry then reads ``conv1d as conv2d of height 1[ (<reason>)]: <kernel>``. The data gradient
+  is the 2-D gradients' lowering (``_conv_lowering``) on the same views; the filter gradient on CUDA arrays
+  ``conv1d_backward_filter_igemm`` / ``_depthwise`` (``backward_filter``), the bias ``conv2d_backward_bias``.
 * **3-D forward, CUDA: one launch of ``conv3d_igemm``** (``_cuda/conv3d_igemm.py``, kernels/conv3d_igemm.cu:
   conv2d's implicit GEMM with the depth axis in its gather geometry): every stride, padding, dilation,
   groups, flip, bias, activation and dtype, in one kernel; ``last_kernel()`` names it. ``algo``: ``'auto'``
@@ -35,8 +36,8 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   ...)``), written into ``gx[:, :, a::sd, b::sh, c::sw]``: one launch at stride 1, ``sd*sh*sw`` at most.
   Where a kernel declines (its 32-bit rules) the lowering below runs and the record's first entry says
   why (``conv3d depth-tap lowering (<reason>)``). The bias gradient (``backward_bias``) is
-  ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. No activation here: conv3d has no
-  public backward with one (the kernel's fused derivative, ``launch_igemm3d(..., out)``, is there for it).
+  ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. ``backward_filter`` / ``backward_bias``
+  take ``out`` (``conv3d_backward``'s activation: the derivative fused in those kernels).
 * **3-D, the depth-tap lowering** (the NumPy path's gradients, and CUDA where the kernels decline; the
   forward as said above):
   ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd], w[:, :, t])``. For each depth tap ``t`` in order
