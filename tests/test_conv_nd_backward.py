@@ -370,3 +370,65 @@ def test_1d_lowering_where_the_kernels_decline_says_why(rt, monkeypatch):
     assert rec.kernels[0] == "conv1d as conv2d of height 1 (depthwise declines (test); igemm declines (test))"
     assert rec.kernels[1] == "activation derivative pre-pass for the filter gradient (the lowering runs it)"
     assert rec.kernels[2].startswith("conv1d as conv2d of height 1: ")
+
+
+# --------------------------------------------------------------------------------------------
+# memory safety: AddressSanitizer build of the 1-D filter kernels
+# --------------------------------------------------------------------------------------------
+
+_ASAN_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from gpuconv._cuda import conv_backward_filter as B
+from gpuconv._cuda import conv_igemm
+from gpuconv._cuda.runtime import kernels_dir
+from gpuconv._geometry_nd import conv_nd_geometry
+from tests.emulator import EmulatedRuntime
+from tests.reference import conv_nd_grads_ref
+
+reduces = [conv_igemm.reduce_name(dt) for dt in (np.float16, np.float32, np.float64)]
+names = [n for n in B.INSTANTIATIONS if "conv1d_" in n]
+rt = EmulatedRuntime(kernels_dir(), {B.SOURCE: names, conv_igemm.SOURCE: reduces}, sanitize=True)
+rng = np.random.default_rng(0)
+# partial filter and column tiles, reduction tails, taps in both paddings (the column sentinel), flip;
+# depthwise with 11 taps (two chunks) and a channel multiplier
+CASES = [
+    ((2, 6, 19), (140, 3, 5), 2, 2, 3, 1, True, np.float32, "tanh"),
+    ((1, 4, 13), (5, 4, 3), 1, 1, ((2, 1),), 2, False, np.float16, None),
+    ((3, 8, 9), (6, 8, 7), 1, 1, 4, 1, False, np.float64, "relu"),
+    ((2, 3, 40), (6, 1, 11), 3, 3, 5, 2, True, np.float32, "sigmoid"),
+]
+for xs, ws, groups, stride, padding, dilation, flip, dt, act in CASES:
+    g = conv_nd_geometry(1, xs, ws, None, stride, padding, dilation, groups, flip, act)
+    x = rng.standard_normal(xs).astype(dt)
+    gy = rng.standard_normal(g.output_shape).astype(dt)
+    out = None if act is None else rng.uniform(0.1, 0.9, g.output_shape).astype(dt)
+    launch = B.launch_depthwise1d if B.is_depthwise(g) else B.launch_igemm1d
+    for splits in (1, 3):
+        gw, _ = launch(rt, x, gy, out, g, splits=splits)
+        gz = gy.astype(np.float64)
+        o = None if out is None else out.astype(np.float64)
+        if act == "tanh":
+            gz = gz * (1 - o ** 2)
+        elif act == "sigmoid":
+            gz = gz * o * (1 - o)
+        elif act == "relu":
+            gz = gz * (o > 0)
+        _, ref = conv_nd_grads_ref(x, np.zeros(ws), gz, g.stride, g.padding, g.dilation, groups, flip)
+        tol = 5e-2 if dt == np.float16 else 1e-4
+        assert np.allclose(ref, gw.astype(np.float64), rtol=tol, atol=tol), (xs, splits)
+print("asan ok")
+"""
+
+
+@pytest.mark.emulated
+@pytest.mark.slow  # a g++ AddressSanitizer build in a subprocess: CI runs it (-m slow)
+def test_1d_filter_kernels_no_out_of_bounds_access_under_asan():
+    """The 1-D filter kernels at tile edges, compiled with -fsanitize=address: any read or write past x, gy,
+    out or the workspace fails."""
+    from pathlib import Path
+
+    from tests.emulator import run_script_under_asan
+    proc = run_script_under_asan(_ASAN_SCRIPT, Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0 and "asan ok" in proc.stdout, (proc.stdout + proc.stderr)[-6000:]
