@@ -8,6 +8,7 @@ from ._cuda.settings import set_autotune, set_tensor_cores
 from ._grad_conv import conv2d_backward, conv_transpose2d
 from .conv import conv2d
 from .conv_nd import conv1d, conv3d, conv_transpose1d, conv_transpose3d
+from ._grad_conv_nd import conv1d_backward, conv3d_backward
 from ._receptive_field import ReceptiveField, receptive_field
 from .pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from .pool_nd import adaptive_avg_pool1d, adaptive_max_pool1d, avg_pool1d, avg_pool3d, max_pool1d, max_pool3d
@@ -28,4 +29,5 @@ __all__ = [
     "set_tensor_cores", "precompile", "__version__",
     "receptive_field", "ReceptiveField",
     "adaptive_avg_pool3d", "adaptive_max_pool3d",
+    "conv1d_backward", "conv3d_backward",
 ]

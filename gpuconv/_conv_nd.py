@@ -25,8 +25,9 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   The 2-D forms: **1-D**, the 2-D convolution of unit height: ``x (N, C, L)`` seen as ``(N, C, 1, L)``,
   ``w (K, Cg, S)`` as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()`` (``R = 1``, no height
   padding), run by the 2-D kernels (and by the NumPy strategies); the record's entry then reads ``conv1d as
-  conv2d of height 1[ (<reason>)]: <kernel>``. The 1-D gradients are the 2-D gradients' lowering
-  (``_conv_lowering``) on the same views. **3-D**, the depth-tap lowering below, with the 2-D algorithm per
+  conv2d of height 1[ (<reason>)]: <kernel>``. The 1-D data gradient is the 2-D gradients'
+  lowering (``_conv_lowering``) on the same views; the filter gradient on CUDA arrays
+  ``conv1d_backward_filter_igemm`` / ``_depthwise`` (``backward_filter``), the bias ``conv2d_backward_bias``. **3-D**, the depth-tap lowering below, with the 2-D algorithm per
   tap; the record's first entry says why (``conv3d depth-tap lowering (<reason>)``). The NumPy forward runs
   ``numpy_im2col3d`` (``_numpy/conv3d.py``, one GEMM over all taps) where it fits its workspace, else the
   lowering.
@@ -41,8 +42,8 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   ...)``), written into ``gx[:, :, a::sd, b::sh, c::sw]``: one launch at stride 1, ``sd*sh*sw`` at most.
   Where a kernel declines (its 32-bit rules) the lowering below runs and the record's first entry says
   why (``conv3d depth-tap lowering (<reason>)``). The bias gradient (``backward_bias``) is
-  ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. No activation here: conv3d has no
-  public backward with one (the kernel's fused derivative, ``launch_igemm3d(..., out)``, is there for it).
+  ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. ``backward_filter`` / ``backward_bias``
+  take ``out`` (``conv3d_backward``'s activation: the derivative fused in those kernels).
 * **3-D gradients, NumPy** (``_numpy/conv3d_grad.py``; docs/gradients.md, "conv3d gradients on NumPy"): the
   2-D NumPy gradients' form in N-D, at the top of ``backward_data`` / ``backward_filter``: the data gradient
   ``numpy_col2im3d`` (per chunk of samples, or of output depths in decreasing order, ONE GEMM ``w^T @ gy``
@@ -378,27 +379,47 @@ def backward_data(backend, gy, w, geom: ConvNdGeometry, size):
     return (gx if gx.dtype == gy.dtype else gx.astype(gy.dtype)), (prefix + kernels if kernels else kernels)
 
 
-def backward_filter(backend, x, gy, geom: ConvNdGeometry):
-    """``gw (K, Cg, *kernel_size)`` from ``x (N, C, ...)`` and ``gy (N, K, ...)``, ``N > 0``. Returns ``(gw,
-    kernel_ids)`` (empty when every tap reads padding: zeros)."""
-    if geom.nd == 1:
-        gw, k = _conv_lowering.backward_filter(backend, x[:, :, None, :], gy[:, :, None, :], geom.as_2d())
-        return gw[:, :, 0, :], [] if k is None else [f"conv1d as conv2d of height 1: {k}"]
+def _derivative_prepass(backend, gy, out, geom, what, why):
+    """``gy`` times the activation's derivative from ``out`` (``_grad_conv.activation_derivative_times``, the
+    pre-pass conv2d_backward uses) and the record's entry saying so; ``(gy, [])`` without ``out``."""
+    if out is None:
+        return gy, []
+    from ._grad_conv import activation_derivative_times
+    return (activation_derivative_times(backend.xp, gy, out, geom.activation),
+            [f"activation derivative pre-pass for the {what} gradient ({why})"])
+
+
+def backward_filter(backend, x, gy, geom: ConvNdGeometry, out=None):
+    """``gw (K, Cg, *kernel_size)`` from ``x (N, C, ...)`` and ``gy (N, K, ...)``, ``N > 0``; ``out`` (same
+    shape as ``gy``) the activated forward output: ``geom.activation``'s derivative multiplies ``gy`` (None:
+    none). Returns ``(gw, kernel_ids)`` (empty when every tap reads padding: zeros). CUDA arrays: the
+    operation table's ``(conv1d | conv3d, backward_filter)`` kernels (depthwise, igemm: the first that takes
+    the call), the derivative fused; where both decline, the lowering (1-D: the 2-D gradient of the unit-height
+    view; 3-D: the depth-tap lowering) with the derivative as a pre-pass, the record's first entry saying
+    why. NumPy arrays: 3-D, ``numpy_im2col3d_filter`` (``_numpy/conv3d_grad.py``, the derivative applied in
+    its chunk copies of ``gy``) unless it declines; else the lowering, the derivative a pre-pass."""
     prefix = []
-    if not isinstance(backend, CudaBackend):  # NumPy: N-D im2col (_numpy/conv3d_grad.py), unless it declines
+    if not isinstance(backend, CudaBackend) and geom.nd == 3:  # N-D im2col, unless it declines (the record)
         from ._numpy import conv3d_grad
-        gw, prefix = conv3d_grad.filter_gradient(x, gy, geom)
+        gw, prefix = conv3d_grad.filter_gradient(x, gy, geom, out, None if out is None else geom.activation)
         if gw is not None:
             return gw, prefix
     if isinstance(backend, CudaBackend):
         from ._cuda.ops import operation
-        algos = operation("conv3d", "backward_filter").algorithms  # depthwise, igemm: the first that takes it
+        algos = operation(f"conv{geom.nd}d", "backward_filter").algorithms  # depthwise, igemm: first that takes it
         reasons = [a.decline_reason(geom, x.dtype) for a in algos.values()]
         for a, why in zip(algos.values(), reasons):
             if why is None:
-                gw, kernel = a.launch(backend.runtime, x, gy, None, geom)
+                gw, kernel = a.launch(backend.runtime, x, gy, out, geom)
                 return gw, [kernel]
-        prefix = [f"conv3d depth-tap lowering ({'; '.join(reasons)})"]
+        lowering = "conv1d as conv2d of height 1" if geom.nd == 1 else "conv3d depth-tap lowering"
+        prefix = [f"{lowering} ({'; '.join(reasons)})"]
+    gy, pre = _derivative_prepass(backend, gy, out, geom, "filter",
+                                  "the lowering runs it" if prefix else "NumPy arrays: the lowering runs it")
+    prefix += pre
+    if geom.nd == 1:
+        gw, k = _conv_lowering.backward_filter(backend, x[:, :, None, :], gy[:, :, None, :], geom.as_2d())
+        return gw[:, :, 0, :], [] if k is None else prefix + [f"conv1d as conv2d of height 1: {k}"]
     xp = backend.xp
     ct = compute_dtype(gy.dtype)
     N, T, D, sd = geom.N, geom.kernel_size[0], geom.input_size[0], geom.stride[0]
@@ -419,17 +440,26 @@ def backward_filter(backend, x, gy, geom: ConvNdGeometry):
     return xp.ascontiguousarray(gw, dtype=gy.dtype), (prefix + kernels if kernels else kernels)
 
 
-def backward_bias(backend, gy):
+def backward_bias(backend, gy, out=None, activation=None):
     """``(gb (K,), kernel id)``: ``gy (N, K, *spatial)`` summed over all but K (float16 in float32, rounded
-    once). 3-D on CUDA arrays: ``conv2d_backward_bias`` over ``gy`` viewed as ``(N, K, 1, OD*P*Q)`` (one block
-    per filter, a fixed-order tree); otherwise NumPy's / CuPy's sum."""
+    once), after multiplying by ``activation``'s derivative from ``out`` (the activated forward output, same
+    shape as ``gy``; None: no derivative). 1-D and 3-D on CUDA arrays: ``conv2d_backward_bias`` over ``gy``
+    viewed as ``(N, K, 1, L)`` / ``(N, K, 1, OD*P*Q)`` (one block per filter, a fixed-order tree, the
+    derivative fused); otherwise NumPy's / CuPy's sum (after the pre-pass with an activation)."""
     N, K = gy.shape[:2]
     L = int(np.prod(gy.shape[2:]))
-    if isinstance(backend, CudaBackend) and gy.ndim == 5 and gy.size > 0:
+    act = activation if out is not None else None
+    if isinstance(backend, CudaBackend) and gy.ndim in (3, 5) and gy.size > 0:
         from ._cuda import conv_backward_filter as bwf
         from ._geometry import conv_geometry
-        g = conv_geometry((N, 1, 1, L), (K, 1, 1, 1), None)  # output (N, K, 1, L): the bias kernel's view
-        return bwf.launch_bias(backend.runtime, gy.reshape(N, K, 1, L), None, g)
+        # output (N, K, 1, L): the bias kernel's view
+        g = conv_geometry((N, 1, 1, L), (K, 1, 1, 1), None, activation=act)
+        view = (N, K, 1, L)
+        return bwf.launch_bias(backend.runtime, backend.xp.ascontiguousarray(gy).reshape(view),
+                               None if act is None else backend.xp.ascontiguousarray(out).reshape(view), g)
+    if act is not None:
+        from ._grad_conv import activation_derivative_times
+        gy = activation_derivative_times(backend.xp, gy, out, act)
     ct = compute_dtype(gy.dtype)
     xp = backend.xp
     gb = xp.sum(gy, axis=(0,) + tuple(range(2, gy.ndim)), dtype=ct).astype(gy.dtype, copy=False)

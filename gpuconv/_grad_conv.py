@@ -180,6 +180,19 @@ def activation_derivative_times(xp, gy, out, activation):
     return r.astype(gy.dtype, copy=False)
 
 
+def check_activation_output(fn, activation, out, gy, what):
+    """The combined backwards' rule (conv2d_backward, conv1d_backward, conv3d_backward): with an
+    ``activation``, ``output`` (the forward's activated result) is required and shaped as ``grad_output``."""
+    if activation is None:
+        return
+    if out is None:
+        raise ValueError(f"{fn}(): activation={activation!r} needs output, the forward result (the "
+                         f"activated value), to compute the activation's derivative; got output=None")
+    if tuple(out.shape) != tuple(gy.shape):
+        raise ValueError(f"{fn}(): expected output of size {_shape_str(gy.shape)} (the forward output "
+                         f"of {what}), but got output of size {_shape_str(out.shape)}")
+
+
 def _output_mask(mask):
     if not (isinstance(mask, (tuple, list)) and all(isinstance(m, (bool, np.bool_)) for m in mask)):
         raise TypeError(f"conv2d_backward(): output_mask must be a sequence of 3 bools (grad_input, "
@@ -219,13 +232,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     batched = x.ndim == 4
     what = f"input of size {_shape_str(x.shape)} and weight of size {_shape_str(w.shape)}"
     gy4 = _check_grad_output(fn, gy, geom, batched, what)
-    if activation is not None:
-        if out is None:
-            raise ValueError(f"{fn}(): activation={activation!r} needs output, the forward result (the "
-                             f"activated value), to compute the activation's derivative; got output=None")
-        if tuple(out.shape) != tuple(gy.shape):
-            raise ValueError(f"{fn}(): expected output of size {_shape_str(gy.shape)} (the forward output "
-                             f"of {what}), but got output of size {_shape_str(out.shape)}")
+    check_activation_output(fn, activation, out, gy, what)
     # The activation's derivative: fused into the CUDA filter-gradient and bias kernels (they read gy and
     # out) and into the CUDA data gradient's gather (conv2d_backward_data); on NumPy arrays into the chunk
     # copies of the NumPy strategies (_numpy_backward); an elementwise pre-pass (gz, one array of

@@ -1,4 +1,4 @@
-// conv2d_backward_filter.cu — the filter (and bias) gradient of conv2d and conv3d: deterministic, no atomics
+// conv2d_backward_filter.cu — the filter (and bias) gradient of conv1d, conv2d and conv3d: deterministic, no atomics
 // (issues 17, 18).
 //
 // Kernels in this file:
@@ -29,6 +29,15 @@
 //       geometry: taps (t, r, s), KD*R*S of them in chunks of DW_TAPS; pixels (n, od, p, q); one more compare
 //       per tap (the depth); the tap's offset formed in int (did*H*W + h*W + w, bounded by the host's
 //       rule). Same block shape, tree and workspace ws[splits][K][KD*R*S].
+//   conv1d_backward_filter_igemm<T, BM, BN, BK, TM, TN, ACT>: the same body with the 1-D gather geometry
+//       Im2colGeometry1d: gw[Kg, Cg*S] = gy'[Kg, N*Q] @ im2col1d(x)[N*Q, Cg*S]. No row anywhere (under
+//       `if constexpr (ND == 1)`): the pixel cursor is (n, q) with one carry (PixelCursorN<1>), a column's
+//       tap offset is c*W + s*dw, one compare per gathered element (the column's; a column past Cg*S gets
+//       a column sentinel). x (N, C, L), gy / out (N, K, Q), ws [splits][K][Cg*S], the ConvParams of the
+//       unit-height call (H = R = P = 1; the row's members unread). The 2-D and 3-D kernels' machine code
+//       is unchanged by it (nvdisasm of every instantiation, sm_90 / sm_80, NVRTC 12.9 and 13.5).
+//   conv1d_backward_filter_depthwise<T>: the depthwise body below with Im2colGeometry1d: taps s, pixels
+//       (n, q), one column compare per tap. ws [splits][K][S].
 //   conv2d_backward_filter_depthwise<T>: depthwise layers (Cg == 1, groups > 1), where the GEMM's tile
 //       would be almost all padding rows (Kg = 1 or 2 filters of 64) and columns (R*S of 64). One block per
 //       (filter k, split): its 256 threads walk the split's pixels (thread t: pixels t, t + 256, ...),
@@ -72,6 +81,11 @@
 //   49.6-51.2%; float64 44.3%, 40.4-42.6%: the od digit's carry, the depth offset and one more compare per
 //   gathered element (NVRTC 13.5: 0.5-1 point higher).
 //   3-D depthwise: 240 instructions per pixel iteration for float32 (2-D 236), 10 FMA.
+//   1-D igemm (sm_90, NVRTC 12.9): float32 61.0% without an activation (256 FMA / 420 instructions; the 2-D
+//   kernel on a height-1 view, which ran before: 453), 56.9-58.4% with one; float16 60.0%, 55.4-56.8%;
+//   float64 50.6%, 45.6-48.3%. 1-D depthwise: 162 instructions per pixel iteration for float32, 10 FMA.
+//   Registers (sm_80 / sm_90, NVRTC 12.9): 1-D igemm float32 / float16 119-127, float64 148-162; 1-D
+//   depthwise 77-90.
 // Measured speed: not yet (no GPU measurement; docs/gradients.md).
 #include "common.cuh"
 #include "conv_params.cuh"
@@ -92,9 +106,9 @@ struct PixelDepthDigit<3> {
     int od;
 };
 
-// A position m = (n*P + p)*Q + q (3-D: ((n*OD + od)*P + p)*Q + q) of the reduction over output pixels,
-// advanced by a constant step with carries (no division after init): the loaders call step() once per
-// slice, after their fetch. OD is read only in 3-D.
+// A position m = (n*P + p)*Q + q (3-D: ((n*OD + od)*P + p)*Q + q; 1-D: n*Q + q, p held at 0 and never
+// read) of the reduction over output pixels, advanced by a constant step with carries (no division after
+// init): the loaders call step() once per slice, after their fetch. OD is read only in 3-D, P not in 1-D.
 template <int ND>
 struct PixelCursorN : PixelDepthDigit<ND> {
     int n, p, q;  // int: n <= N (one past the last image for the reduction tail), N < 2^31
@@ -105,6 +119,11 @@ struct PixelCursorN : PixelDepthDigit<ND> {
             const int pq = (int)(m - n * PQ);
             p = pq / Q;
             q = pq - p * Q;
+        } else if constexpr (ND == 1) {
+            // 1-D: the pixel is (n, q); p stays 0 (never read: the 1-D loaders have no row)
+            n = (int)(m / Q);
+            q = (int)(m - (index_t)n * Q);
+            p = 0;
         } else {
             const index_t OPQ = OD * PQ;
             n = (int)(m / OPQ);
@@ -119,6 +138,16 @@ struct PixelCursorN : PixelDepthDigit<ND> {
     // (q + sq <= 2Q - 2, then p + sp + 1 <= 2P - 1, then od + sod + 1 <= 2OD - 1).
     template <class Step>
     __device__ __forceinline__ void step(const Step& st, int P, int Q, int OD = 1) {
+        if constexpr (ND == 1) {
+            // 1-D: one carry, q into n (sq < Q: it happens at most once)
+            q += st.sq;
+            n += st.sn;
+            if (q >= Q) {
+                q -= Q;
+                ++n;
+            }
+            return;
+        }
         q += st.sq;
         p += st.sp;
         n += st.sn;
@@ -130,7 +159,7 @@ struct PixelCursorN : PixelDepthDigit<ND> {
         if (p >= P) {
             p -= P;
             if constexpr (ND == 2) ++n;
-            else ++this->od;
+            else if constexpr (ND == 3) ++this->od;
         }
         if constexpr (ND == 3) {
             if (this->od >= OD) {
@@ -153,6 +182,10 @@ struct PixelStepN : PixelDepthDigit<ND> {
             const int rest = (int)(count - sn * PQ);
             sp = rest / Q;
             sq = rest - sp * Q;
+        } else if constexpr (ND == 1) {
+            sn = count / Q;
+            sp = 0;
+            sq = count - sn * Q;
         } else {
             const index_t OPQ = OD * PQ;
             sn = (int)(count / OPQ);
@@ -218,7 +251,9 @@ struct GyRowLoader {
     __device__ __forceinline__ void fetch(int k0) {
         // The pixel exists iff kk < M - k0 (no overflow: k0 < M + BK <= INT_MAX by the host's rule).
         const bool ok = (index_t)kk < M - k0;
-        index_t base = (index_t)cur->n * KPQ + (index_t)cur->p * Q + cur->q + tile_off;
+        index_t base;
+        if constexpr (ND == 1) base = (index_t)cur->n * KPQ + cur->q + tile_off;  // no row
+        else base = (index_t)cur->n * KPQ + (index_t)cur->p * Q + cur->q + tile_off;
         if constexpr (ND == 3) base += (index_t)cur->od * P * Q;
         const index_t row_step = ND == 2 ? (index_t)ROW_STEP * P * Q : (index_t)ROW_STEP * OPQ;
         const T* g = gy + base;
@@ -299,14 +334,17 @@ struct Im2colColumnLoader : ColumnDepthState<Geo::ND, Cfg::BN / (Cfg::THREADS / 
         // (id_base + od*sd).
         if constexpr (ND == 2) {
             geo.pixel_origin(0, 0, ih_base, iw_base);
+        } else if constexpr (ND == 1) {
+            ih_base = 0;  // (no row in 1-D: never read)
+            geo.pixel_origin(0, 0, iw_base);
         } else {
             geo.pixel_origin(0, 0, this->id_base, ih_base, iw_base);
         }
     }
 
     __device__ __forceinline__ static int depth_outputs(const typename Geo::Params& gp) {
-        if constexpr (ND == 2) return 1;
-        else return gp.OD;
+        if constexpr (ND == 3) return gp.OD;
+        else return 1;
     }
 
     __device__ __forceinline__ void begin_tile(index_t col_first, int g, int k_start) {
@@ -319,6 +357,16 @@ struct Im2colColumnLoader : ColumnDepthState<Geo::ND, Cfg::BN / (Cfg::THREADS / 
             diw[j] = 0;
             dih[j] = -1 - (ih_base + (geo.P - 1) * geo.sh);  // the sentinel (above)
             if constexpr (ND == 3) this->did[j] = 0;  // (the sentinel row alone keeps such a column out)
+            if constexpr (ND == 1) {
+                // 1-D has no row compare: the sentinel is the column's instead, -1 - (iw_base + (Q-1)*sw),
+                // so that every pixel's column iw_base + q*sw lands at -1 or above it (reads nothing)
+                diw[j] = -1 - (iw_base + (geo.Q - 1) * geo.sw);
+                if (col >= geo.kred) continue;
+                const int c = (int)col / geo.S;  // once per tile and column: the tap walk is (c, s)
+                diw[j] = ((int)col - c * geo.S) * geo.tap_dw;
+                tap_off[j] = c * geo.W + diw[j];
+                continue;
+            }
             if (col >= geo.kred) continue;  // past the last tap (partial last column tile)
             if constexpr (ND == 2) {
                 const int c = (int)col / RS;  // once per tile and column
@@ -328,7 +376,7 @@ struct Im2colColumnLoader : ColumnDepthState<Geo::ND, Cfg::BN / (Cfg::THREADS / 
                 dih[j] = r * geo.tap_dh;  // signed: negative steps with flip (Im2colGeometry)
                 diw[j] = s * geo.tap_dw;
                 tap_off[j] = c * (int)geo.HW + dih[j] * geo.W + diw[j];
-            } else {
+            } else if constexpr (ND == 3) {
                 const int TRS = geo.KD * RS;
                 const int c = (int)col / TRS;  // once per tile and column
                 const int trs = (int)col - c * TRS;
@@ -342,12 +390,27 @@ struct Im2colColumnLoader : ColumnDepthState<Geo::ND, Cfg::BN / (Cfg::THREADS / 
                 tap_off[j] = c * (int)geo.DHW + this->did[j] * (int)geo.HW + dih[j] * geo.W + diw[j];
             }
         }
-        if constexpr (ND == 2) cur.init((index_t)k_start + kk, geo.P, geo.Q);
-        else cur.init((index_t)k_start + kk, geo.P, geo.Q, geo.OD);
+        if constexpr (ND == 3) cur.init((index_t)k_start + kk, geo.P, geo.Q, geo.OD);
+        else cur.init((index_t)k_start + kk, geo.P, geo.Q);
     }
 
     __device__ __forceinline__ void fetch(int k0) {
         const bool ok = (index_t)kk < geo.M - k0;  // the pixel exists (past M: the reduction tail)
+        if constexpr (ND == 1) {
+            // 1-D: the pixel's first-tap column only; one compare per gathered element (the column's)
+            const int iw = iw_base + cur.q * geo.sw;
+            const index_t origin = (index_t)cur.n * CHW + group_off + iw;
+            GPUCONV_UNROLL
+            for (int j = 0; j < LOADS; ++j) {
+                A v = A(0);
+                const int w = iw + diw[j];
+                // Halo / bounds: a tap in the padding (or past the reduction: the sentinel) reads 0
+                if (ok && (unsigned)w < (unsigned)geo.W) v = load<T>(geo.x + origin + (index_t)tap_off[j]);
+                regs[j] = v;
+            }
+            cur.step(stepk, geo.P, geo.Q);  // after the A loader's fetch of this slice read it
+            return;
+        }
         const int ih = ih_base + cur.p * geo.sh;
         const int iw = iw_base + cur.q * geo.sw;
         index_t origin = (index_t)cur.n * CHW + group_off + (index_t)ih * geo.W + iw;
@@ -370,7 +433,7 @@ struct Im2colColumnLoader : ColumnDepthState<Geo::ND, Cfg::BN / (Cfg::THREADS / 
         }
         // Stepped after the A loader's fetch of this slice read it (gemm_slice_range: la.fetch, lb.fetch).
         if constexpr (ND == 2) cur.step(stepk, geo.P, geo.Q);
-        else cur.step(stepk, geo.P, geo.Q, geo.OD);
+        else if constexpr (ND == 3) cur.step(stepk, geo.P, geo.Q, geo.OD);
     }
 
     __device__ __forceinline__ void stage(A (*dst)[Cfg::B_LD]) {
@@ -469,6 +532,20 @@ conv3d_backward_filter_igemm(const T* __restrict__ x, const T* __restrict__ gy, 
     backward_filter_igemm<T, Cfg, ACT, Im2colGeometry3d<T>>(x, gy, out, ws, cp, splits, split_slices, smem);
 }
 
+// The 1-D instantiation of the same body: x (N, C, W), gy / out (N, K, Q), ws [splits][K][Cg*S], the
+// geometry as the ConvParams of the unit-height call (H = R = P = 1; the 1-D code reads none of the row's
+// members). Same launch bounds as 2-D (less state: no row digit, no per-column row offset).
+template <typename T, int BM, int BN, int BK, int TM, int TN, int ACT>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), bwf_min_blocks_per_sm(sizeof(T), ACT, (BM / TM) * (BN / TN), TM, TN))
+conv1d_backward_filter_igemm(const T* __restrict__ x, const T* __restrict__ gy, const T* __restrict__ out,
+                             typename acc_type<T>::type* __restrict__ ws, const __grid_constant__ ConvParams cp,
+                             int splits, int split_slices)
+{
+    typedef GemmTileConfig<BM, BN, BK, TM, TN> Cfg;
+    __shared__ GemmSmem<typename acc_type<T>::type, Cfg> smem;
+    backward_filter_igemm<T, Cfg, ACT, Im2colGeometry1d<T>>(x, gy, out, ws, cp, splits, split_slices, smem);
+}
+
 // Sums red[i][0..BWF_THREADS) into red[i][0] for i < n, by a tree of fixed shape (which thread adds which
 // pair depends only on indices, never on timing: the same bits in any thread order). Called by every
 // thread of the block; each level's barrier orders its reads after the previous level's writes.
@@ -520,6 +597,9 @@ __device__ __forceinline__ void backward_filter_depthwise(const T* __restrict__ 
     // padding and flip (see Im2colColumnLoader)
     if constexpr (ND == 2) {
         geo.pixel_origin(0, 0, ih_base, iw_base);
+    } else if constexpr (ND == 1) {
+        ih_base = 0;  // (no row in 1-D: never read)
+        geo.pixel_origin(0, 0, iw_base);
     } else {
         geo.pixel_origin(0, 0, id_base, ih_base, iw_base);
     }
@@ -539,6 +619,12 @@ __device__ __forceinline__ void backward_filter_depthwise(const T* __restrict__ 
             GPUCONV_UNROLL
             for (int i = 0; i < DW_TAPS; ++i) {
                 int t = t0 + i < RS ? t0 + i : RS - 1;  // past the last tap: computed, never stored
+                acc[i] = A(0);
+                if constexpr (ND == 1) {
+                    dih[i] = 0;  // (no row in 1-D: never read)
+                    diw[i] = t * geo.tap_dw;  // the tap is s
+                    continue;
+                }
                 if constexpr (ND == 3) {
                     const int planes = cp.R * cp.S;
                     const int td = t / planes;  // the depth tap
@@ -548,11 +634,26 @@ __device__ __forceinline__ void backward_filter_depthwise(const T* __restrict__ 
                 const int r = t / cp.S;
                 dih[i] = r * geo.tap_dh;
                 diw[i] = (t - r * cp.S) * geo.tap_dw;
-                acc[i] = A(0);
             }
             PixelCursorN<ND> cur;
             cur.init(m0 + tid, cp.P, cp.Q, OD);
             for (index_t m = m0 + tid; m < m1; m += BWF_THREADS) {
+                if constexpr (ND == 1) {
+                    // 1-D: pixel (n, q), one column compare per tap
+                    const index_t goff = ((index_t)cur.n * cp.K + k) * PQ + cur.q;
+                    A g = load<T>(gy + goff);
+                    if (cp.act != ACT_NONE) g = act_backward<A>(g, load<T>(out + goff), cp.act);
+                    const int iw = iw_base + cur.q * cp.sw;
+                    const T* xc = x + ((index_t)cur.n * cp.C + c) * cp.W;
+                    GPUCONV_UNROLL
+                    for (int i = 0; i < DW_TAPS; ++i) {
+                        const int w = iw + diw[i];
+                        // Halo: taps in the padding add nothing (x is never read outside the row)
+                        if ((unsigned)w < (unsigned)cp.W) acc[i] += g * load<T>(xc + w);
+                    }
+                    cur.step(stride_step, cp.P, cp.Q);
+                    continue;
+                }
                 index_t goff = ((index_t)cur.n * cp.K + k) * PQ + (index_t)cur.p * cp.Q + cur.q;
                 if constexpr (ND == 3) goff += (index_t)cur.od * cp.P * cp.Q;
                 A g = load<T>(gy + goff);
@@ -563,7 +664,7 @@ __device__ __forceinline__ void backward_filter_depthwise(const T* __restrict__ 
                 int id = 0;
                 if constexpr (ND == 2) {
                     xc = x + ((index_t)cur.n * cp.C + c) * HW;
-                } else {
+                } else if constexpr (ND == 3) {
                     id = id_base + cur.od * geo.sd;
                     xc = x + ((index_t)cur.n * cp.C + c) * geo.DHW + (index_t)id * HW;
                 }
@@ -576,7 +677,7 @@ __device__ __forceinline__ void backward_filter_depthwise(const T* __restrict__ 
                     if (inside) {
                         if constexpr (ND == 2) {
                             acc[i] += g * load<T>(xc + (index_t)h * cp.W + w);
-                        } else {
+                        } else if constexpr (ND == 3) {
                             // int: |did*H*W + h*W + w| < the filter's depth reach * H*W + H*W, within the
                             // host's rule (Cg*D*H*W + reach < 2^31); one 32-bit multiply-add per tap
                             acc[i] += g * load<T>(xc + (depth.did[i] * (int)HW + h * cp.W + w));
@@ -619,6 +720,17 @@ conv3d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ 
 {
     __shared__ typename acc_type<T>::type red[DW_TAPS][BWF_THREADS];
     backward_filter_depthwise<T, Im2colGeometry3d<T>>(x, gy, out, ws, cp, splits, split_len, red);
+}
+
+// The 1-D instantiation: x (N, C, W), gy / out (N, K, Q), ws [splits][K][S], the unit-height ConvParams.
+template <typename T>
+__global__ void __launch_bounds__(BWF_THREADS, 2)
+conv1d_backward_filter_depthwise(const T* __restrict__ x, const T* __restrict__ gy, const T* __restrict__ out,
+                                 typename acc_type<T>::type* __restrict__ ws, const __grid_constant__ ConvParams cp,
+                                 int splits, int split_len)
+{
+    __shared__ typename acc_type<T>::type red[DW_TAPS][BWF_THREADS];
+    backward_filter_depthwise<T, Im2colGeometry1d<T>>(x, gy, out, ws, cp, splits, split_len, red);
 }
 
 template <typename T>

@@ -1,4 +1,4 @@
-"""The CUDA filter gradient of conv2d and conv3d (``kernels/conv2d_backward_filter.cu``; rules in
+"""The CUDA filter gradient of conv1d, conv2d and conv3d (``kernels/conv2d_backward_filter.cu``; rules in
 docs/gradients.md).
 
 Two algorithms of the operation ``(conv2d, backward_filter)``, both deterministic (no atomics; a fixed-order
@@ -31,6 +31,13 @@ tiles, split rule (on ``N*OD*P*Q`` and ``Cg*KD*R*S``), workspace ``[splits, K, C
 32-bit rule (``_size_reason_3d``): conv3d_igemm's sizes, ``N*OD*P*Q <= 2^31 - 65``, ``Cg*D*H*W`` plus the
 reach below 2^31; ``_conv_nd`` runs the depth-tap lowering where both decline and says so in the record.
 ``launch_bias`` takes a 3-D geometry too.
+
+1-D (``(conv1d, backward_filter)``, ``ALGORITHMS_1D``): the same two bodies with the 1-D gather geometry
+``Im2colGeometry1d`` (no row digit in the tap walk or the pixel cursor, one column compare per gathered
+element): ``depthwise`` (``conv1d_backward_filter_depthwise``, ``launch_depthwise1d``) and ``igemm``
+(``conv1d_backward_filter_igemm``, ``launch_igemm1d``: per group ``gw[Kg, Cg*S] = gy'[Kg, N*Q] @
+im2col1d(x)^T``). The kernels receive the unit-height call's ConvParams (``geom.as_2d()``); tiles, split
+rule, workspace ``[splits, K, Cg*S]``, reduce and 32-bit rule are the 2-D ones of that unit-height call.
 
 ``launch`` returns ``(gw, kernel id)``, the id naming both kernels and the ranges, e.g.
 ``gpuconv::conv2d_backward_filter_igemm<float, 64, 64, 16, 4, 4> splits=4 + gpuconv::gemm_splitk_reduce<float>``.
@@ -89,6 +96,15 @@ def igemm3d_name(dtype, act: int = 0) -> str:
     return f"gpuconv::conv3d_backward_filter_igemm<{_ct(dtype)}, {igemm_tile(dtype).template_args}, {act}>"
 
 
+def igemm1d_name(dtype, act: int = 0) -> str:
+    """The 1-D instantiation (``conv1d_backward_filter_igemm``: the geometry ``Im2colGeometry1d``)."""
+    return f"gpuconv::conv1d_backward_filter_igemm<{_ct(dtype)}, {igemm_tile(dtype).template_args}, {act}>"
+
+
+def depthwise1d_name(dtype) -> str:
+    return f"gpuconv::conv1d_backward_filter_depthwise<{_ct(dtype)}>"
+
+
 def depthwise3d_name(dtype) -> str:
     return f"gpuconv::conv3d_backward_filter_depthwise<{_ct(dtype)}>"
 
@@ -103,7 +119,8 @@ def bias_name(dtype) -> str:
 
 INSTANTIATIONS = tuple(n for dt in TILES_BY_DTYPE
                        for n in [igemm_name(dt, a) for a in ACTIVATION_CODES] + [depthwise_name(dt), bias_name(dt)]
-                       + [igemm3d_name(dt, a) for a in ACTIVATION_CODES] + [depthwise3d_name(dt)])
+                       + [igemm3d_name(dt, a) for a in ACTIVATION_CODES] + [depthwise3d_name(dt)]
+                       + [igemm1d_name(dt, a) for a in ACTIVATION_CODES] + [depthwise1d_name(dt)])
 
 
 def is_depthwise(geom: ConvGeometry) -> bool:
@@ -156,6 +173,19 @@ def depthwise3d_decline_reason(geom, dtype) -> str | None:
         return (f"depthwise declines this geometry because it has {geom.Cg} input channels per group and "
                 f"{geom.groups} groups (it needs 1 and more than 1)")
     return _size_reason_3d("depthwise", geom)
+
+
+def igemm1d_decline_reason(geom, dtype) -> str | None:
+    """1-D igemm (a 1-D ``ConvNdGeometry``): the 2-D rule of its unit-height call, and not depthwise (the 1-D
+    ``depthwise`` kernel runs those, as in 3-D)."""
+    if is_depthwise(geom):
+        return (f"igemm declines this geometry because it is depthwise ({geom.groups} groups of 1 input "
+                f"channel): the depthwise kernel runs it")
+    return _size_reason("igemm", geom.as_2d())
+
+
+def depthwise1d_decline_reason(geom, dtype) -> str | None:
+    return depthwise_decline_reason(geom.as_2d(), dtype)
 
 
 def depthwise_decline_reason(geom: ConvGeometry, dtype) -> str | None:
@@ -230,24 +260,26 @@ def _inputs(rt, x, gy, out, geom):
 def _launch(rt, depthwise: bool, x, gy, out, geom, splits: int | None):
     dtype = np.dtype(x.dtype)
     if splits is None:
-        splits = splits_for(geom, dtype, depthwise)
+        splits = splits_for(geom.as_2d() if getattr(geom, "nd", 2) == 1 else geom, dtype, depthwise)
     elif not 1 <= int(splits) <= SPLIT_MAX:
         raise ValueError(f"splits must be in 1..{SPLIT_MAX}, got {splits}")
-    x, gy, out, act = _inputs(rt, x, gy, out, geom)
-    m, nc, _ = _gemm(geom)
-    nd3 = getattr(geom, "nd", 2) == 3
+    nd = getattr(geom, "nd", 2)
+    g = geom.as_2d() if nd == 1 else geom  # 1-D: the unit-height call (sizes, params, rules)
+    x, gy, out, act = _inputs(rt, x, gy, out, g)
+    m, nc, _ = _gemm(g)
     acc = np.dtype(np.float32) if dtype == np.float16 else dtype
     if depthwise:
         splits, per = ranges(m, int(splits))
-        name, grid, block = (depthwise3d_name if nd3 else depthwise_name)(dtype), grid_blocks(geom.K * splits), THREADS
+        namer = {1: depthwise1d_name, 2: depthwise_name, 3: depthwise3d_name}[nd]
+        name, grid, block = namer(dtype), grid_blocks(geom.K * splits), THREADS
     else:
         t = igemm_tile(dtype)
         splits, per = ranges(ceil_div(m, t.bk), int(splits))
-        name, block = (igemm3d_name if nd3 else igemm_name)(dtype, act), t.threads
+        name, block = {1: igemm1d_name, 2: igemm_name, 3: igemm3d_name}[nd](dtype, act), t.threads
         grid = grid_blocks(splits * geom.groups * ceil_div(geom.Kg, t.bm) * ceil_div(nc, t.bn))
     ws = rt.xp.empty((splits, geom.K, nc), dtype=acc)  # every element written by the first kernel
     rt.function(SOURCE, name)((grid, 1, 1), (block, 1, 1),
-                              [x, gy, out, ws, _params(geom, act), np.int32(splits), np.int32(per)])
+                              [x, gy, out, ws, _params(g, act), np.int32(splits), np.int32(per)])
     gw = rt.xp.empty(geom.weight_shape, dtype=dtype)
     red = conv_igemm.reduce_name(dtype)
     rgrid = (grid_blocks(nc, conv_igemm.REDUCE_THREADS), min(geom.K, conv_igemm.MAX_GRID_YZ), 1)
@@ -278,6 +310,24 @@ def launch_depthwise3d(rt, x, gy, out, geom, *, splits: int | None = None):
     """As ``launch_depthwise`` for a depthwise 3-D ``ConvNdGeometry`` (``conv3d_backward_filter_depthwise``:
     taps (t, r, s), pixels (n, od, p, q)). ValueError when it declines."""
     reason = depthwise3d_decline_reason(geom, x.dtype)
+    if reason is not None:
+        raise ValueError(reason)
+    return _launch(rt, True, x, gy, out, geom, splits)
+
+
+def launch_igemm1d(rt, x, gy, out, geom, *, splits: int | None = None):
+    """As ``launch_igemm`` for a 1-D ``ConvNdGeometry``: ``x (N, C, L)``, ``gy`` / ``out (N, K, Q)``; ``gw (K,
+    Cg, S)``, one ``conv1d_backward_filter_igemm`` launch and the fixed-order ``gemm_splitk_reduce``.
+    ValueError when it declines."""
+    reason = igemm1d_decline_reason(geom, x.dtype)
+    if reason is not None:
+        raise ValueError(reason)
+    return _launch(rt, False, x, gy, out, geom, splits)
+
+
+def launch_depthwise1d(rt, x, gy, out, geom, *, splits: int | None = None):
+    """As ``launch_depthwise`` for a depthwise 1-D ``ConvNdGeometry`` (``conv1d_backward_filter_depthwise``)."""
+    reason = depthwise1d_decline_reason(geom, x.dtype)
     if reason is not None:
         raise ValueError(reason)
     return _launch(rt, True, x, gy, out, geom, splits)
@@ -325,4 +375,14 @@ ALGORITHMS_3D = (
     Algorithm("igemm", "conv3d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, igemm3d_decline_reason, launch_igemm3d,
               "implicit GEMM gy' @ im2col3d(x)^T per group over N*OD*P*Q, conv2d's backward-filter body with "
               "the 3-D gather geometry; fixed ranges summed in order"),
+)
+
+# (conv1d, backward_filter): the 1-D instantiations, same order
+ALGORITHMS_1D = (
+    Algorithm("depthwise", "conv1d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, depthwise1d_decline_reason,
+              launch_depthwise1d, "conv2d's depthwise filter-gradient body with the 1-D geometry: one block per "
+              "(filter, pixel range), taps s in registers, fixed tree; fixed-order sum of the ranges"),
+    Algorithm("igemm", "conv1d", BACKWARD_FILTER, SOURCE, INSTANTIATIONS, igemm1d_decline_reason, launch_igemm1d,
+              "implicit GEMM gy' @ im2col1d(x)^T per group over N*Q, conv2d's backward-filter body with the "
+              "1-D gather geometry (no row digit); fixed ranges summed in order"),
 )

@@ -21,6 +21,7 @@
 (adaptive_avg_pool3d, fwd/bwd)      direct
 (conv2d, backward_filter)           depthwise, igemm (conv_backward_filter.py; table order is the choice)
 (conv3d, backward_filter)           depthwise, igemm (conv_backward_filter.py: the same bodies, 3-D geometry)
+(conv1d, backward_filter)           depthwise, igemm (conv_backward_filter.py: the same bodies, 1-D geometry)
 (conv2d, backward_data)             igemm (conv_backward_data.py: one launch over every stride phase)
 ==================================  ============================================================
 
@@ -130,6 +131,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
                "(rt, x, gy, out, geom) -> (gw, kernel id): out the activated forward output or None"),
     _operation("conv3d", conv_backward_filter.BACKWARD_FILTER, conv_backward_filter.ALGORITHMS_3D,
                "(rt, x, gy, out, geom) -> (gw, kernel id): as conv2d backward_filter with a 3-D ConvNdGeometry"),
+    _operation("conv1d", conv_backward_filter.BACKWARD_FILTER, conv_backward_filter.ALGORITHMS_1D,
+               "(rt, x, gy, out, geom) -> (gw, kernel id): as conv2d backward_filter with a 1-D ConvNdGeometry"),
     _operation("conv2d", conv_backward_data.BACKWARD_DATA, conv_backward_data.ALGORITHMS,
                "(rt, gy, w, out, geom, H, W) -> (gx, kernel ids): out the activated forward output or None"),
 )}
