@@ -70,6 +70,7 @@ TEST_GROUPS = (
     ("igemm_tc", "igemm_tc"),
     ("backward-filter-conv3d", "backward_filter or conv3d"),
     ("backward-data-conv1d", "backward_data or dgrad or conv1d"),
+    ("tensor-core-nd-backward-nd", "tensor_core_nd or conv_nd_backward"),
     ("auto-and-rest", None),
 )
 # (phase, default timeout s, minimum share s kept for it when earlier phases run long)
