@@ -73,8 +73,6 @@ float32 for float16, per tap the gathered ``gy`` planes and the 2-D result); bac
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from . import _conv_lowering
@@ -259,76 +257,50 @@ def _forward_3d(backend, x, w, b, geom, algo):
 # gradients
 # --------------------------------------------------------------------------------------------
 
-def data_phase_calls(gy, geom: ConvNdGeometry, size):
-    """The stride-phase decomposition of the 3-D input gradient, ``_conv_lowering.axis_phases`` per axis: a
-    list of ``(phase, crop, taps, padding, dilation, g)``: input positions ``phase[0]::sd, phase[1]::sh,
-    phase[2]::sw`` are the stride-1 correlation of ``gy[:, :, crop]`` with the effective filter's taps
-    ``taps`` (one list per axis, in the order the correlation reads them) regrouped to ``(groups*Cg, Kg,
-    ...)``, ``padding`` / ``dilation`` as given; ``g`` that correlation's 3-D ``ConvNdGeometry``. Phases no
-    tap reaches are left out (their positions stay zero)."""
-    from ._conv_lowering import axis_phases
-    from ._geometry_nd import conv_nd_geometry
-    N, K = gy.shape[:2]
-    axes = [axis_phases(size[i], gy.shape[2 + i], geom.kernel_size[i], geom.stride[i], geom.padding[i][0],
-                        geom.dilation[i]) for i in range(3)]
-    calls = []
-    for combo in itertools.product(*axes):
-        crop = tuple(slice(start, stop) for *_, start, stop in combo)
-        taps = tuple(c[1] for c in combo)
-        pad = tuple((c[3], c[4]) for c in combo)
-        dil = tuple(c[2] for c in combo)
-        g = conv_nd_geometry(3, (N, K) + tuple(c.stop - c.start for c in crop),
-                             (geom.groups * geom.Cg, geom.Kg) + tuple(len(t) for t in taps), None, 1, pad, dil,
-                             geom.groups)
-        calls.append((tuple(c[0] for c in combo), crop, taps, pad, dil, g))
-    return calls
+def _activation_prepass(backend, gy, out, geom: ConvNdGeometry):
+    """``gy * act'(pre-activation)`` from ``out`` (the forward's activated output): the pre-pass of the paths
+    that do not fuse the derivative (``_grad_conv.activation_derivative_times``: NumPy's
+    ``act_backward_into``, CuPy's elementwise forms; float16 computed in float32, rounded once)."""
+    from ._grad_conv import activation_derivative_times
+    if tuple(out.shape) != tuple(gy.shape):
+        raise ValueError(f"backward_data: out of size {tuple(out.shape)} must match grad_output of size "
+                         f"{tuple(gy.shape)}")
+    return activation_derivative_times(backend.xp, gy, out, geom.activation)
 
 
-def _cuda_data_3d(backend, gy, w, geom: ConvNdGeometry, size):
-    """The CUDA input gradient of a 3-D call: one stride-1 ``conv3d_igemm`` launch per stride phase (one at
-    stride 1, at most ``sd*sh*sw``), each written into its positions of ``gx``. Returns ``(gx, kernel ids,
-    None)``, or ``(None, None, reason)`` when the kernel declines a phase (checked before allocating)."""
-    from ._cuda import conv3d_igemm
-    calls = data_phase_calls(gy, geom, size)
-    for *_, g in calls:
-        reason = conv3d_igemm.conv3d_igemm_decline_reason(g, gy.dtype)
-        if reason is not None:
-            return None, None, reason
-    xp, rt = backend.xp, backend.runtime
-    N, G, Kg, Cg = gy.shape[0], geom.groups, geom.Kg, geom.Cg
-    sd, sh, sw = geom.stride
-    we = effective_weight(w, geom)
-    single = (sd, sh, sw) == (1, 1, 1) and len(calls) == 1
-    gx = None if single else xp.zeros((N, G * Cg) + tuple(size), dtype=gy.dtype)
-    kernels = []
-    for (a, b, c), crop, (td, tr, tc), _, _, g in calls:
-        sub = we[:, :, td][:, :, :, tr][:, :, :, :, tc]  # (K, Cg, Jd, Jr, Jc), fancy indexing: a copy
-        sub = sub.reshape((G, Kg, Cg) + sub.shape[2:]).transpose(0, 2, 1, 3, 4, 5)
-        sub = xp.ascontiguousarray(sub.reshape((G * Cg, Kg) + sub.shape[3:]))
-        y, kernel = conv3d_igemm.conv3d(rt, gy[(slice(None), slice(None)) + crop], sub, None, g)
-        kernels.append(f"conv3d input gradient, stride phase ({a}, {b}, {c}) of {sd}x{sh}x{sw}: {kernel}")
-        if single:
-            return y, kernels, None
-        gx[:, :, a::sd, b::sh, c::sw] = y
-        del y
-    return gx, kernels, None
-
-
-def backward_data(backend, gy, w, geom: ConvNdGeometry, size):
+def backward_data(backend, gy, w, geom: ConvNdGeometry, size, out=None):
     """``gx (N, C, *size)`` from ``gy (N, K, ...)`` (``gy`` may be shorter than the forward output, as in a
-    transposed convolution with ``output_padding >= stride``). Returns ``(gx, kernel_ids)``. 3-D: on CUDA
-    arrays the stride phases as ``conv3d_igemm`` launches (``_cuda_data_3d``), else the depth-tap lowering
-    (the record's first entry says why on the CUDA path)."""
+    transposed convolution with ``output_padding >= stride``). Returns ``(gx, kernel_ids)``.
+
+    CUDA arrays: ONE ``conv1d_backward_data`` / ``conv3d_backward_data`` launch over every stride phase
+    (``_cuda/conv_backward_data.py``; one more per 64 phases), where its 32-bit rule declines the lowering
+    (1-D: the 2-D gradient of the height-1 view; 3-D: the depth-tap lowering), the record's first entry
+    saying why. NumPy arrays: the same lowerings.
+
+    ``out`` (with ``geom.activation``): the forward's activated output, laid out as ``gy``; the result is then
+    the gradient with respect to the pre-activation, ``gy`` times the activation's derivative computed from
+    ``out``: fused in the kernel's gather on CUDA (its ACT template argument), elsewhere an elementwise
+    pre-pass (``_activation_prepass``) the record names."""
+    if out is not None and geom.activation is None:
+        raise ValueError("backward_data: out (the activated forward output) is only meaningful with an activation")
+    prefix = []
+    if isinstance(backend, CudaBackend):
+        from ._cuda import conv_backward_data
+        why = conv_backward_data.decline_reason(geom, gy.dtype)
+        if why is None:
+            return conv_backward_data.launch(backend.runtime, gy, w, out, geom, *size)
+        what = "conv1d height-1 lowering" if geom.nd == 1 else "conv3d depth-tap lowering"
+        prefix = [f"{what} ({why})"]
+        if out is not None:
+            prefix.append(f"activation derivative pre-pass for the data gradient (the lowering runs it: {why})")
+    elif out is not None:
+        prefix = ["activation derivative pre-pass for the data gradient (NumPy path: the lowering runs it)"]
+    if out is not None:
+        gy = _activation_prepass(backend, gy, out, geom)
     if geom.nd == 1:
         g2 = geom.as_2d()
         gx, ks = _conv_lowering.backward_data(backend, gy[:, :, None, :], w[:, :, None, :], g2, 1, size[0])
-        return gx[:, :, 0, :], [f"conv1d as conv2d of height 1: {k}" for k in ks]
-    prefix = []
-    if isinstance(backend, CudaBackend):
-        gx, kernels, why = _cuda_data_3d(backend, gy, w, geom, size)
-        if gx is not None:
-            return gx, kernels
-        prefix = [f"conv3d depth-tap lowering ({why})"]
+        return gx[:, :, 0, :], prefix + [f"conv1d as conv2d of height 1: {k}" for k in ks]
     xp = backend.xp
     ct = compute_dtype(gy.dtype)
     N, C = gy.shape[0], geom.C
