@@ -11,8 +11,9 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   other conv1d_igemm. Every other case is the 2-D convolution of unit height: ``x (N, C, L)`` seen as
   ``(N, C, 1, L)``, ``w (K, Cg, S)`` as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()``
   (``R = 1``, no height padding), run by the 2-D kernels named by ``algo`` (and by the NumPy strategies);
-  the record's entry then reads ``conv1d as conv2d of height 1[ (<reason>)]: <kernel>``. The gradients are
-  the 2-D gradients' lowering (``_conv_lowering``) on the same views.
+  the record's entry then reads ``conv1d as conv2d of height 1[ (<reason>)]: <kernel>``. The filter
+  gradient is the 2-D gradients' lowering (``_conv_lowering``) on the same views; the data gradient on CUDA
+  is ONE ``conv1d_backward_data`` launch (below), the height-1 lowering only where it declines.
 * **3-D forward, CUDA: one launch of ``conv3d_igemm``** (``_cuda/conv3d_igemm.py``, kernels/conv3d_igemm.cu:
   conv2d's implicit GEMM with the depth axis in its gather geometry): every stride, padding, dilation,
   groups, flip, bias, activation and dtype, in one kernel; ``last_kernel()`` names it. ``algo``: ``'auto'``
@@ -29,14 +30,20 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   implicit GEMM with the 3-D gather geometry, reduction over ``N*OD*P*Q`` in fixed split ranges, then
   ``gemm_splitk_reduce`` in fixed order), or for depthwise geometries (``Cg == 1``, ``groups > 1``) of
   ``conv3d_backward_filter_depthwise`` (the 2-D depthwise body with the 3-D geometry), the operation
-  table's order deciding. The data gradient is the stride-phase decomposition in all
-  three axes (``data_phase_calls``: ``_conv_lowering.axis_phases`` per axis), each phase ONE stride-1
-  ``conv3d_igemm`` launch on the cropped ``gy`` with the phase's sub-filter (regrouped ``(groups*Cg, Kg,
-  ...)``), written into ``gx[:, :, a::sd, b::sh, c::sw]``: one launch at stride 1, ``sd*sh*sw`` at most.
-  Where a kernel declines (its 32-bit rules) the lowering below runs and the record's first entry says
-  why (``conv3d depth-tap lowering (<reason>)``). The bias gradient (``backward_bias``) is
-  ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. No activation here: conv3d has no
-  public backward with one (the kernel's fused derivative, ``launch_igemm3d(..., out)``, is there for it).
+  table's order deciding. The bias gradient (``backward_bias``) is ``conv2d_backward_bias`` over ``gy``
+  seen as ``(N, K, 1, OD*P*Q)``. No activation here: conv3d has no public backward with one yet (the
+  kernel's fused derivative, ``launch_igemm3d(..., out)``, is there for it).
+* **1-D and 3-D data gradients, CUDA** (``backward_data``; docs/gradients.md, "The CUDA data gradient"):
+  ONE launch of ``conv1d_backward_data`` / ``conv3d_backward_data`` (``_cuda/conv_backward_data.py``,
+  kernels/conv2d_backward_data.cu: conv2d's one-launch data gradient with the 1-D / 3-D gather geometry):
+  every stride phase in it (``blockIdx.z``, up to 64 per launch, one more launch per further 64), each a
+  stride-1 correlation of ``gy`` with its packed sub-filter stored straight into ``gx``; phases no tap
+  reaches write their zeros. ``out=`` (with ``geom.activation``): the activation's derivative is applied in
+  the kernel's gather (its ACT template argument). Where the kernel declines (its 32-bit rule) the lowering
+  runs, the record's first entry saying why (``conv1d height-1 lowering (<reason>)``: the 2-D gradient of
+  the height-1 view; ``conv3d depth-tap lowering (<reason>)``), with ``out`` after an elementwise pre-pass
+  ``gy * act'(out)`` (``_grad_conv.activation_derivative_times``) that the record names; the NumPy path
+  runs the same lowerings (and the same pre-pass).
 * **3-D, the depth-tap lowering** (the NumPy path's gradients, and CUDA where the kernels decline; the
   forward as said above):
   ``y[n, :, od] = sum_t conv2d(x[n, :, od*sd - pd + t*dd], w[:, :, t])``. For each depth tap ``t`` in order
@@ -60,9 +67,8 @@ the workspace ``splits * K * N * outputs per image`` of the accumulation type (f
 ``_cuda/igemm_nd.py``), C-contiguous copies of non-contiguous inputs aside.
 CUDA 3-D gradients: the filter gradient, the split workspace ``splits*K*Cg*KD*R*S`` accumulation-type values
 (``splits <= 8``; ``conv_backward_filter.workspace_bytes``) plus contiguous copies of non-contiguous ``x`` /
-``gy``; the data gradient, per phase the phase's sub-filter, a contiguous copy of the cropped ``gy`` (none
-when uncropped and contiguous: at most ``|gy|``) and the phase's output (about ``|gx| / (sd*sh*sw)``; none
-beyond ``gx`` at stride 1, where the one phase's output is ``gx``), freed before the next phase.
+``gy``; the 1-D / 3-D data gradient, the packed sub-filters (at most ``|w|``) and contiguous copies of a
+non-contiguous ``gy`` / ``out`` (the pre-pass, where one runs: one array of ``gy``'s size).
 The lowering: the accumulator is the output itself for float32 / float64 (float16: one float32
 output-sized buffer); per tap, the gathered planes of the input (at most ``N*OD*C*H*W`` values, as many as
 the input when stride and dilation are 1) and the tap's 2-D result (at most output-sized), freed before

@@ -1,5 +1,8 @@
-// conv2d_backward_data.cu — the data gradient of conv2d as ONE implicit-GEMM launch over every stride phase
-// (issue 17): deterministic, no atomics, no zero fill, no strided copy.
+// conv2d_backward_data.cu — the data gradient of conv2d (issue 17), and of conv1d and conv3d (issue 18), as ONE
+// implicit-GEMM launch over every stride phase: deterministic, no atomics, no zero fill, no strided copy. One
+// body (backward_data_phases<ND, ...>) for the three, the number of spatial dimensions living in the gather
+// geometry (Im2colGeometry1d / Im2colGeometry / Im2colGeometry3d), the phase descriptor (DgradPhaseNd<ND>)
+// and the epilogue's output mapping (PhaseOutput<ND>).
 //
 // Kernels in this file:
 //   conv2d_backward_data<T, BM, BN, BK, TM, TN, ACT>: gx (N, C, H, W) from gy (N, K, Pg, Qg) and the
@@ -23,6 +26,15 @@
 //       computed from `out` (the forward's activated output, laid out as gy) at the same offset
 //       (Im2colLoader's DACT, act_backward in common.cuh; padding stays 0), so conv2d_backward needs no
 //       gy * act'(out) pre-pass. A template argument: no activation switch in the main loop.
+//   conv1d_backward_data<T, BM, BN, BK, TM, TN, ACT>: gx (N, C, L) from gy (N, K, Qg): the same with the
+//       column axis only (phase b, taps Jc; Im2colGeometry1d's gather has no row digit; the epilogue's phase
+//       pixel index is the column itself, no division). The parameter is DgradParamsNd<1>: the unit-height
+//       ConvParams conv1d_igemm takes, dd_c, and 6-int descriptors (no row field).
+//   conv3d_backward_data<T, BM, BN, BK, TM, TN, ACT>: gx (N, C, D, H, W) from gy (N, K, ODg, Pg, Qg): phases
+//       (a_d, a, b) in three axes, the correlation's geometry Im2colGeometry3d (Conv3dParams: the plane plus
+//       gy's depth, the phase's depth taps, padding and dilation), the epilogue storing gx[n, c, a_d + sd*d,
+//       a + sh*i, b + sw*j] (d, i, j stepped with carries). DgradParamsNd<3>: Conv3dParams, dd_d, dd_r, dd_c,
+//       14-int descriptors: 3,700 bytes for 64 phases, under the 4 KB of kernel parameters with the pointers.
 //   Parameters: gy (N, K, Pg, Qg), wp (the packed sub-filters: phase by phase, each (C, Kg, J, Jc)
 //       C-contiguous at its w_off, at most |w| elements in all), out (as gy; read only with ACT), gx (N, C,
 //       H, W), all C-contiguous, then DgradParams p by value (below; mirrored by gpuconv/_cuda/
@@ -30,12 +42,14 @@
 //       phases' dilation, and up to DGRAD_MAX_PHASES = 64 phase descriptors. More phases (sh*sw > 64) take
 //       several launches of 64 (the host's loop; each phase in exactly one).
 //   Launch shape: 1-D block of (BM/TM) * (BN/TN) threads (gemm_tile.cuh's tiles: wide 128, small 64,
-//       float64 small 256), grid (x: the most tiles a phase of the launch has -- groups * ceil(N*P_a*Q_b /
+//       float64 small 256; conv3d float32 / float16 small: 64x64x8 8x8 on 64 threads), grid (x: the most tiles a phase of the launch has -- groups * ceil(N*P_a*Q_b /
 //       BN) * ceil(Cg / BM) -- capped by the host, y: 1, z: the launch's phases).
 //   Tiles the host instantiates (gpuconv/_cuda/conv_backward_data.py data_tile: gemm.py's gemm_tile_for on
 //       the whole gradient, N*H*W pixels x Cg channels per group, the wide tile where it says large): wide
 //       64 x 128 x 16 and small 64 x 64 x 16, 8 x 8 per thread (float32 / float16), float64's 64 x 64 x 8
-//       4 x 4; never split (the phases are the extra blocks).
+//       4 x 4; never split (the phases are the extra blocks). conv1d_backward_data: the same tiles;
+//       conv3d_backward_data: wide and conv3d_igemm's small tile 64 x 64 x 8 8x8 (SMALL_TILE_3D: the depth
+//       digit's gather state), float64 64 x 64 x 8 4 x 4.
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) = 25,088 (wide), 16,896 (small,
 //       float32 / float16; float64 with BK = 8) bytes.
 //   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills, no stack; tests/test_nvrtc_compile.py):
@@ -48,6 +62,9 @@
 //       activation, 70.6-72.6% with one (the derivative's load, convert and multiply or select per gathered
 //       element); small 74.2% (1024 / 1380), 69.1-71.1%; float16 wide 74.3%, 68.6-70.5%, small 71.2%,
 //       66.0-67.8%; float64 47.8%, 44.1-46.4%. (conv2d_igemm's own wide / small tiles: 76.3% / 73.7%.)
+//   conv1d_backward_data / conv3d_backward_data: registers and main-loop figures in docs/gradients.md
+//       ("conv1d and conv3d data gradients on CUDA") and tests/sass_floors.json; no spills on sm_75..sm_120,
+//       NVRTC 12.9 and 13.5 (tests/test_nvrtc_compile.py).
 //   Measured speed: not yet (no GPU measurement; docs/gradients.md).
 //
 // Semantics: docs/gradients.md ("The CUDA data gradient"). float16 is stored in shared memory and
