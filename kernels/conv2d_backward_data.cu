@@ -42,14 +42,15 @@
 //       phases' dilation, and up to DGRAD_MAX_PHASES = 64 phase descriptors. More phases (sh*sw > 64) take
 //       several launches of 64 (the host's loop; each phase in exactly one).
 //   Launch shape: 1-D block of (BM/TM) * (BN/TN) threads (gemm_tile.cuh's tiles: wide 128, small 64,
-//       float64 small 256; conv3d float32 / float16 small: 64x64x8 8x8 on 64 threads), grid (x: the most tiles a phase of the launch has -- groups * ceil(N*P_a*Q_b /
+//       float64 small 256; conv3d: 64 for float32 / float16, 256 for float64), grid (x: the most tiles a phase of the launch has -- groups * ceil(N*P_a*Q_b /
 //       BN) * ceil(Cg / BM) -- capped by the host, y: 1, z: the launch's phases).
 //   Tiles the host instantiates (gpuconv/_cuda/conv_backward_data.py data_tile: gemm.py's gemm_tile_for on
 //       the whole gradient, N*H*W pixels x Cg channels per group, the wide tile where it says large): wide
 //       64 x 128 x 16 and small 64 x 64 x 16, 8 x 8 per thread (float32 / float16), float64's 64 x 64 x 8
 //       4 x 4; never split (the phases are the extra blocks). conv1d_backward_data: the same tiles;
-//       conv3d_backward_data: wide and conv3d_igemm's small tile 64 x 64 x 8 8x8 (SMALL_TILE_3D: the depth
-//       digit's gather state), float64 64 x 64 x 8 4 x 4.
+//       conv3d_backward_data: conv3d_igemm's small tile 64 x 64 x 8 8x8 only (SMALL_TILE_3D), float64
+//       64 x 64 x 8 4 x 4: the wide tile's 16 gathered pixels with their depths spilled 4-16 bytes on sm_100
+//       / sm_120 (NVRTC 12.9).
 //   Shared memory: static, 2 * BK * (BM + 4 + BN) * sizeof(acc_type<T>) = 25,088 (wide), 16,896 (small,
 //       float32 / float16; float64 with BK = 8) bytes.
 //   Registers (NVRTC 12.9 and 13.5, sm_75..sm_120, no spills, no stack; tests/test_nvrtc_compile.py):
@@ -62,9 +63,12 @@
 //       activation, 70.6-72.6% with one (the derivative's load, convert and multiply or select per gathered
 //       element); small 74.2% (1024 / 1380), 69.1-71.1%; float16 wide 74.3%, 68.6-70.5%, small 71.2%,
 //       66.0-67.8%; float64 47.8%, 44.1-46.4%. (conv2d_igemm's own wide / small tiles: 76.3% / 73.7%.)
-//   conv1d_backward_data / conv3d_backward_data: registers and main-loop figures in docs/gradients.md
-//       ("conv1d and conv3d data gradients on CUDA") and tests/sass_floors.json; no spills on sm_75..sm_120,
-//       NVRTC 12.9 and 13.5 (tests/test_nvrtc_compile.py).
+//   conv1d_backward_data / conv3d_backward_data: main loop on sm_90, NVRTC 12.9, float32 without / with an
+//       activation: 1-D wide 78.5% (1024 FMA / 1305), 72.9-74.9%, small 76.2% (1024 / 1343), 71.0-72.9%,
+//       float64 50.6%; 3-D (64x64x8) 68.3% (512 / 750), 63.8-65.4%, float64 44.8% (docs/gradients.md,
+//       "conv1d and conv3d data gradients on CUDA"; floors in tests/sass_floors.json). Registers on sm_90:
+//       1-D 233-249, float64 148-152; 3-D 223-239, float64 176-180. No spills on sm_75..sm_120 (NVRTC 12.9;
+//       tests/test_nvrtc_compile.py).
 //   Measured speed: not yet (no GPU measurement; docs/gradients.md).
 //
 // Semantics: docs/gradients.md ("The CUDA data gradient"). float16 is stored in shared memory and

@@ -182,10 +182,15 @@ class _PoisonedEmpty:
 @pytest.mark.parametrize("case", ("1d-two-tiles-s2", "1d-s4-dil6-gcd-flip", "3d-two-tiles-s121",
                                   "3d-s232-dil4-gcd-flip"))
 def test_both_tiles_and_poisoned_output(rt, case, tile):
-    """Each instantiated float32 tile, forced (3-D: its small tile is 64x64x8); ``gx`` allocated full of NaN:
-    every element (the tapless phases' zeros included) must be written by the kernel."""
+    """Each instantiated float32 tile, forced (3-D: only its small tile, 64x64x8, exists: the wide one is
+    refused); ``gx`` allocated full of NaN: every element (the tapless phases' zeros included) must be
+    written by the kernel."""
     g, gy, w, _ = _data(case, np.float32, seed=2, layout="sliced")
     t = WIDE_TILE if tile == "wide" else SMALL_TILE
+    if g.nd == 3 and tile == "wide":
+        with pytest.raises(ValueError, match="tile wide is not instantiated"):
+            BD.launch(rt, np.asarray(gy), w, None, g, *g.input_size, tile=t)
+        return
 
     def run(rt, gy, w):
         return BD.launch(_PoisonedEmpty(rt), gy, w, None, g, *g.input_size, tile=t)
@@ -389,13 +394,14 @@ def test_parameter_blocks_instantiations_and_table():
     assert BD.PHASE_DTYPES[3].names == ("a_d", "a", "b", "taps_d", "taps_r", "taps_c", "pad_d", "pad_r", "pad_c",
                                         "PD", "P", "Q", "w_off", "vec_w")
     assert BD.PARAMS_DTYPES[3].fields["ph"][1] == 4 * 29 and BD.PARAMS_DTYPES[1].fields["ph"][1] == 4 * 21
-    for nd in (1, 3):
+    for nd, count in ((1, 25), (3, 15)):  # 3-D: the small tile only (5 activations x 3 dtypes)
         names = BD.INSTANTIATIONS_ND[nd]
-        assert len(names) == 25 and all(n.startswith(f"gpuconv::conv{nd}d_backward_data<") for n in names)
+        assert len(names) == count and all(n.startswith(f"gpuconv::conv{nd}d_backward_data<") for n in names)
         assert set(names) <= set(ops.INSTANTIATIONS[BD.SOURCE])
         assert ops.operation(f"conv{nd}d", "backward_data").names == ("igemm",)
     assert "gpuconv::conv3d_backward_data<float, 64, 64, 8, 8, 8, 2>" in BD.INSTANTIATIONS_ND[3]
-    assert len(ops.INSTANTIATIONS[BD.SOURCE]) == 75
+    assert len(ops.INSTANTIATIONS[BD.SOURCE]) == 65
+    assert not any("conv3d_backward_data<float, 64, 128" in n for n in BD.INSTANTIATIONS_ND[3])
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.startswith("3d")])

@@ -28,8 +28,9 @@ Plus C-contiguous copies of ``gy`` / ``out`` when they are not.
 
 Tile (``data_tile``): ``gemm.gemm_tile_for`` on the whole gradient as one GEMM (``N*prod(input_size)``
 pixels x ``Cg`` channels per group, ``groups`` groups), the wide tile where it says large (only the wide
-and small tiles are instantiated, per activation: compile time); float64 its small tile; 3-D float32 /
-float16 take conv3d_igemm's small tile (``SMALL_TILE_3D``, 64 x 64 x 8: the depth digit's gather state).
+and small tiles are instantiated, per activation: compile time); float64 its small tile. 3-D: the small
+tile only, conv3d_igemm's ``SMALL_TILE_3D`` (64 x 64 x 8) for float32 / float16: the wide tile spilled on
+sm_100 / sm_120 (``TILE_NAMES_ND``).
 Never split: the phases are the extra blocks.
 
 32-bit rule (``decline_reason``): the forward kernels' (``limits.conv_int32_limit_reason``,
@@ -53,8 +54,8 @@ from .abi import CONV3D_PARAMS_DTYPE, CONV_PARAMS_DTYPE, conv1d_params, conv3d_p
 from .algo import Algorithm
 from .conv1d_igemm import conv1d_int32_limit_reason
 from .conv3d_igemm import SMALL_TILE_3D, TILES_3D, conv3d_int32_limit_reason
-from .gemm import (TILE_BY_NAME, TILES_BY_DTYPE, GemmTile, data_pointer, gemm_tile_for, tile_for_dtype,
-                   vec4_aligned, with_small_tile)
+from .gemm import (SMALL_TILE, TILE_BY_NAME, TILES_BY_DTYPE, GemmTile, data_pointer, gemm_tile_for,
+                   tile_for_dtype, vec4_aligned, with_small_tile)
 from .limits import CTYPE, grid_blocks
 
 BACKWARD_DATA = "backward_data"
@@ -63,9 +64,13 @@ KERNELS = {1: "conv1d_backward_data", 2: "conv2d_backward_data", 3: "conv3d_back
 KERNEL = KERNELS[2]
 MAX_PHASES = 64  # DGRAD_MAX_PHASES in the kernel file
 TILE_NAMES = ("wide", "small")
+# 3-D: the small tile only (conv3d_igemm's 64 x 64 x 8 for float32 / float16): the wide 64 x 128 x 16 tile
+# spilled (4-16 bytes on sm_100 / sm_120, NVRTC 12.9) with the depth digit's state of its 16 gathered pixels
+# per thread plus the phase mapping.
+TILE_NAMES_ND = {1: TILE_NAMES, 2: TILE_NAMES, 3: ("small",)}
 ACTIVATION_CODES = tuple(sorted(ACTIVATIONS.values()))  # 0 (none), relu, leaky_relu, sigmoid, tanh
-# The tiles instantiated per dtype and dimension count (3-D: conv3d_igemm's, its 64x64x8 small tile).
-TILES = {nd: {dt: tuple(t for t in tiles if t.name in TILE_NAMES)
+# The tiles instantiated per dtype and dimension count (3-D: conv3d_igemm's 64x64x8 small tile only).
+TILES = {nd: {dt: tuple(t for t in tiles if t.name in TILE_NAMES_ND[nd])
               for dt, tiles in (TILES_3D if nd == 3 else TILES_BY_DTYPE).items()} for nd in (1, 2, 3)}
 
 # The kernel's DgradPhaseNd<nd> and DgradParamsNd<nd> (kernels/conv2d_backward_data.cu), field by field: per
@@ -131,11 +136,14 @@ def gemm_view(geom, *size: int) -> ConvGeometry:
 
 def data_tile(geom, dtype, *size: int) -> GemmTile:
     """The kernel's tile: ``gemm_tile_for``'s on ``gemm_view``, the wide tile where it says large, mapped to
-    the dtype's config (float64: its small tile; 3-D float32 / float16: ``SMALL_TILE_3D`` for small)."""
+    the dtype's config (float64: its small tile); 3-D: always the small tile (``SMALL_TILE_3D`` for float32 /
+    float16; ``TILE_NAMES_ND``)."""
+    if ndim(geom) == 3:
+        return with_small_tile(SMALL_TILE, dtype, SMALL_TILE_3D)
     tile = gemm_tile_for(gemm_view(geom, *size), dtype)
     if tile.name not in TILE_NAMES:
         tile = TILE_BY_NAME["wide"]
-    return with_small_tile(tile, dtype, SMALL_TILE_3D) if ndim(geom) == 3 else tile_for_dtype(tile, dtype)
+    return tile_for_dtype(tile, dtype)
 
 
 # Names of the 32-bit rule's sizes per dimension count: (input axis, gy axis, its padding, the axis' letter).
@@ -293,8 +301,8 @@ def launch(rt, gy, w, out, geom, *size: int, tile: GemmTile | None = None):
                              f"{dtype}")
     tile = data_tile(geom, dtype, *size) if tile is None else \
         (with_small_tile(tile, dtype, SMALL_TILE_3D) if nd == 3 else tile_for_dtype(tile, dtype))
-    if tile.name not in TILE_NAMES:
-        raise ValueError(f"{kernel}: tile {tile.name} is not instantiated (only {TILE_NAMES})")
+    if tile.name not in TILE_NAMES_ND[nd]:
+        raise ValueError(f"{kernel}: tile {tile.name} is not instantiated (only {TILE_NAMES_ND[nd]})")
     N, gy_size = gy.shape[0], tuple(gy.shape[2:])
     phases = plan(geom, *size, *gy_size)
     wp, offsets = pack_weights(xp, w, geom, phases)  # the workspace: <= |w| elements
