@@ -42,8 +42,9 @@
 //       phases' dilation, and up to DGRAD_MAX_PHASES = 64 phase descriptors. More phases (sh*sw > 64) take
 //       several launches of 64 (the host's loop; each phase in exactly one).
 //   Launch shape: 1-D block of (BM/TM) * (BN/TN) threads (gemm_tile.cuh's tiles: wide 128, small 64,
-//       float64 small 256; conv3d: 64 for float32 / float16, 256 for float64), grid (x: the most tiles a phase of the launch has -- groups * ceil(N*P_a*Q_b /
-//       BN) * ceil(Cg / BM) -- capped by the host, y: 1, z: the launch's phases).
+//       float64 small 256; conv3d: 64 for float32 / float16, 256 for float64), grid (x: the most tiles a
+//       phase of the launch has -- groups * ceil(N * its pixels / BN) * ceil(Cg / BM) -- capped by the host,
+//       y: 1, z: the launch's phases).
 //   Tiles the host instantiates (gpuconv/_cuda/conv_backward_data.py data_tile: gemm.py's gemm_tile_for on
 //       the whole gradient, N*H*W pixels x Cg channels per group, the wide tile where it says large): wide
 //       64 x 128 x 16 and small 64 x 64 x 16, 8 x 8 per thread (float32 / float16), float64's 64 x 64 x 8
@@ -67,7 +68,7 @@
 //       activation: 1-D wide 78.5% (1024 FMA / 1305), 72.9-74.9%, small 76.2% (1024 / 1343), 71.0-72.9%,
 //       float64 50.6%; 3-D (64x64x8) 68.3% (512 / 750), 63.8-65.4%, float64 44.8% (docs/gradients.md,
 //       "conv1d and conv3d data gradients on CUDA"; floors in tests/sass_floors.json). Registers on sm_90:
-//       1-D 233-249, float64 148-152; 3-D 223-239, float64 176-180. No spills on sm_75..sm_120 (NVRTC 12.9;
+//       1-D 233-249, float64 148-152; 3-D 223-239, float64 176-180. No spills on sm_75..sm_120 (NVRTC 12.9 and 13.5;
 //       tests/test_nvrtc_compile.py).
 //   Measured speed: not yet (no GPU measurement; docs/gradients.md).
 //
