@@ -25,9 +25,9 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   The 2-D forms: **1-D**, the 2-D convolution of unit height: ``x (N, C, L)`` seen as ``(N, C, 1, L)``,
   ``w (K, Cg, S)`` as ``(K, Cg, 1, S)`` (views, no copy), the geometry's ``as_2d()`` (``R = 1``, no height
   padding), run by the 2-D kernels (and by the NumPy strategies); the record's entry then reads ``conv1d as
-  conv2d of height 1[ (<reason>)]: <kernel>``. The 1-D data gradient is the 2-D gradients'
-  lowering (``_conv_lowering``) on the same views; the filter gradient on CUDA arrays
-  ``conv1d_backward_filter_igemm`` / ``_depthwise`` (``backward_filter``), the bias ``conv2d_backward_bias``. **3-D**, the depth-tap lowering below, with the 2-D algorithm per
+  conv2d of height 1[ (<reason>)]: <kernel>``. The 1-D gradients on CUDA arrays are their
+  own kernels (below); the NumPy path's, and CUDA's where a kernel declines, are the 2-D gradients' lowering
+  (``_conv_lowering``) on the same views. **3-D**, the depth-tap lowering below, with the 2-D algorithm per
   tap; the record's first entry says why (``conv3d depth-tap lowering (<reason>)``). The NumPy forward runs
   ``numpy_im2col3d`` (``_numpy/conv3d.py``, one GEMM over all taps) where it fits its workspace, else the
   lowering.
@@ -36,14 +36,23 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   implicit GEMM with the 3-D gather geometry, reduction over ``N*OD*P*Q`` in fixed split ranges, then
   ``gemm_splitk_reduce`` in fixed order), or for depthwise geometries (``Cg == 1``, ``groups > 1``) of
   ``conv3d_backward_filter_depthwise`` (the 2-D depthwise body with the 3-D geometry), the operation
-  table's order deciding. The data gradient is the stride-phase decomposition in all
-  three axes (``data_phase_calls``: ``_conv_lowering.axis_phases`` per axis), each phase ONE stride-1
-  ``conv3d_igemm`` launch on the cropped ``gy`` with the phase's sub-filter (regrouped ``(groups*Cg, Kg,
-  ...)``), written into ``gx[:, :, a::sd, b::sh, c::sw]``: one launch at stride 1, ``sd*sh*sw`` at most.
-  Where a kernel declines (its 32-bit rules) the lowering below runs and the record's first entry says
-  why (``conv3d depth-tap lowering (<reason>)``). The bias gradient (``backward_bias``) is
+  table's order deciding. The data gradient: next item. The bias gradient (``backward_bias``) is
   ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. ``backward_filter`` / ``backward_bias``
   take ``out`` (``conv3d_backward``'s activation: the derivative fused in those kernels).
+* **1-D and 3-D data gradients, CUDA** (``backward_data``; docs/gradients.md, "The CUDA data gradient"):
+  ONE launch of ``conv1d_backward_data`` / ``conv3d_backward_data`` (``_cuda/conv_backward_data.py``,
+  kernels/conv2d_backward_data.cu: conv2d's one-launch data gradient with the 1-D / 3-D gather geometry):
+  every stride phase in it (``blockIdx.z``, up to 64 per launch, one more launch per further 64), each a
+  stride-1 correlation of ``gy`` with its packed sub-filter stored straight into ``gx``; phases no tap
+  reaches write their zeros. ``out=`` (with ``geom.activation``): the activation's derivative is applied in
+  the kernel's gather (its ACT template argument). Where the kernel declines (its 32-bit rule) the lowering
+  runs, the record's first entry saying why (``conv1d height-1 lowering (<reason>)``: the 2-D gradient of
+  the height-1 view; ``conv3d depth-tap lowering (<reason>)``), with ``out`` after an elementwise pre-pass
+  ``gy * act'(out)`` (``_grad_conv.activation_derivative_times``) that the record names. The 1-D filter
+  gradient on CUDA arrays is ONE ``conv1d_backward_filter_igemm`` / ``_depthwise`` launch (conv2d's
+  backward-filter bodies with the 1-D geometry, ``backward_filter``), its bias ``conv2d_backward_bias`` over
+  ``(N, K, 1, L)``, the derivative fused in both; the NumPy path's 1-D gradients are the height-1 lowering
+  (after the pre-pass with ``out``).
 * **3-D gradients, NumPy** (``_numpy/conv3d_grad.py``; docs/gradients.md, "conv3d gradients on NumPy"): the
   2-D NumPy gradients' form in N-D, at the top of ``backward_data`` / ``backward_filter``: the data gradient
   ``numpy_col2im3d`` (per chunk of samples, or of output depths in decreasing order, ONE GEMM ``w^T @ gy``
@@ -79,9 +88,8 @@ values of w's size (twice that while packed; ``conv_igemm_tc.pack_weights``); C-
 non-contiguous inputs aside.
 CUDA 3-D gradients: the filter gradient, the split workspace ``splits*K*Cg*KD*R*S`` accumulation-type values
 (``splits <= 8``; ``conv_backward_filter.workspace_bytes``) plus contiguous copies of non-contiguous ``x`` /
-``gy``; the data gradient, per phase the phase's sub-filter, a contiguous copy of the cropped ``gy`` (none
-when uncropped and contiguous: at most ``|gy|``) and the phase's output (about ``|gx| / (sd*sh*sw)``; none
-beyond ``gx`` at stride 1, where the one phase's output is ``gx``), freed before the next phase.
+``gy``; the 1-D / 3-D data gradient, the packed sub-filters (at most ``|w|``) and contiguous copies of a
+non-contiguous ``gy`` / ``out`` (the pre-pass, where one runs: one array of ``gy``'s size).
 The lowering: the accumulator is the output itself for float32 / float64 (float16: one float32
 output-sized buffer); per tap, the gathered planes of the input (at most ``N*OD*C*H*W`` values, as many as
 the input when stride and dilation are 1) and the tap's 2-D result (at most output-sized), freed before
@@ -91,8 +99,6 @@ float32 for float16, per tap the gathered ``gy`` planes and the 2-D result); bac
 """
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 
@@ -282,81 +288,42 @@ def _forward_3d(backend, x, w, b, geom, algo):
 # gradients
 # --------------------------------------------------------------------------------------------
 
-def data_phase_calls(gy, geom: ConvNdGeometry, size):
-    """The stride-phase decomposition of the 3-D input gradient, ``_conv_lowering.axis_phases`` per axis: a
-    list of ``(phase, crop, taps, padding, dilation, g)``: input positions ``phase[0]::sd, phase[1]::sh,
-    phase[2]::sw`` are the stride-1 correlation of ``gy[:, :, crop]`` with the effective filter's taps
-    ``taps`` (one list per axis, in the order the correlation reads them) regrouped to ``(groups*Cg, Kg,
-    ...)``, ``padding`` / ``dilation`` as given; ``g`` that correlation's 3-D ``ConvNdGeometry``. Phases no
-    tap reaches are left out (their positions stay zero)."""
-    from ._conv_lowering import axis_phases
-    from ._geometry_nd import conv_nd_geometry
-    N, K = gy.shape[:2]
-    axes = [axis_phases(size[i], gy.shape[2 + i], geom.kernel_size[i], geom.stride[i], geom.padding[i][0],
-                        geom.dilation[i]) for i in range(3)]
-    calls = []
-    for combo in itertools.product(*axes):
-        crop = tuple(slice(start, stop) for *_, start, stop in combo)
-        taps = tuple(c[1] for c in combo)
-        pad = tuple((c[3], c[4]) for c in combo)
-        dil = tuple(c[2] for c in combo)
-        g = conv_nd_geometry(3, (N, K) + tuple(c.stop - c.start for c in crop),
-                             (geom.groups * geom.Cg, geom.Kg) + tuple(len(t) for t in taps), None, 1, pad, dil,
-                             geom.groups)
-        calls.append((tuple(c[0] for c in combo), crop, taps, pad, dil, g))
-    return calls
-
-
-def _cuda_data_3d(backend, gy, w, geom: ConvNdGeometry, size):
-    """The CUDA input gradient of a 3-D call: one stride-1 ``conv3d_igemm`` launch per stride phase (one at
-    stride 1, at most ``sd*sh*sw``), each written into its positions of ``gx``. Returns ``(gx, kernel ids,
-    None)``, or ``(None, None, reason)`` when the kernel declines a phase (checked before allocating)."""
-    from ._cuda import conv3d_igemm
-    calls = data_phase_calls(gy, geom, size)
-    for *_, g in calls:
-        reason = conv3d_igemm.conv3d_igemm_decline_reason(g, gy.dtype)
-        if reason is not None:
-            return None, None, reason
-    xp, rt = backend.xp, backend.runtime
-    N, G, Kg, Cg = gy.shape[0], geom.groups, geom.Kg, geom.Cg
-    sd, sh, sw = geom.stride
-    we = effective_weight(w, geom)
-    single = (sd, sh, sw) == (1, 1, 1) and len(calls) == 1
-    gx = None if single else xp.zeros((N, G * Cg) + tuple(size), dtype=gy.dtype)
-    kernels = []
-    for (a, b, c), crop, (td, tr, tc), _, _, g in calls:
-        sub = we[:, :, td][:, :, :, tr][:, :, :, :, tc]  # (K, Cg, Jd, Jr, Jc), fancy indexing: a copy
-        sub = sub.reshape((G, Kg, Cg) + sub.shape[2:]).transpose(0, 2, 1, 3, 4, 5)
-        sub = xp.ascontiguousarray(sub.reshape((G * Cg, Kg) + sub.shape[3:]))
-        y, kernel = conv3d_igemm.conv3d(rt, gy[(slice(None), slice(None)) + crop], sub, None, g)
-        kernels.append(f"conv3d input gradient, stride phase ({a}, {b}, {c}) of {sd}x{sh}x{sw}: {kernel}")
-        if single:
-            return y, kernels, None
-        gx[:, :, a::sd, b::sh, c::sw] = y
-        del y
-    return gx, kernels, None
-
-
-def backward_data(backend, gy, w, geom: ConvNdGeometry, size):
+def backward_data(backend, gy, w, geom: ConvNdGeometry, size, out=None):
     """``gx (N, C, *size)`` from ``gy (N, K, ...)`` (``gy`` may be shorter than the forward output, as in a
-    transposed convolution with ``output_padding >= stride``). Returns ``(gx, kernel_ids)``. 3-D: on CUDA
-    arrays the stride phases as ``conv3d_igemm`` launches (``_cuda_data_3d``), else the depth-tap lowering
-    (the record's first entry says why on the CUDA path)."""
+    transposed convolution with ``output_padding >= stride``). Returns ``(gx, kernel_ids)``.
+
+    CUDA arrays: ONE ``conv1d_backward_data`` / ``conv3d_backward_data`` launch over every stride phase
+    (``_cuda/conv_backward_data.py``; one more per 64 phases), where its 32-bit rule declines the lowering
+    (1-D: the 2-D gradient of the height-1 view; 3-D: the depth-tap lowering), the record's first entry
+    saying why. NumPy arrays: 3-D, ``numpy_col2im3d`` / ``numpy_depthwise_data3d`` (``_numpy/conv3d_grad.py``)
+    unless it declines (the record's first entry says why); otherwise, and in 1-D, the same lowerings.
+
+    ``out`` (with ``geom.activation``): the forward's activated output, laid out as ``gy``; the result is then
+    the gradient with respect to the pre-activation, ``gy`` times the activation's derivative computed from
+    ``out``: fused in the kernel's gather on CUDA (its ACT template argument) and in the NumPy 3-D chunk
+    copies, elsewhere an elementwise pre-pass (``_derivative_prepass``) the record names."""
+    if out is not None and geom.activation is None:
+        raise ValueError("backward_data: out (the activated forward output) is only meaningful with an activation")
+    prefix = []
+    if isinstance(backend, CudaBackend):
+        from ._cuda import conv_backward_data
+        why = conv_backward_data.decline_reason(geom, gy.dtype)
+        if why is None:
+            return conv_backward_data.launch(backend.runtime, gy, w, out, geom, *size)
+        what = "conv1d height-1 lowering" if geom.nd == 1 else "conv3d depth-tap lowering"
+        prefix = [f"{what} ({why})"]
+    elif geom.nd == 3:  # NumPy: N-D col2im (_numpy/conv3d_grad.py), the derivative in its chunk copies
+        from ._numpy import conv3d_grad
+        gx, prefix = conv3d_grad.data_gradient(gy, w, geom, size, out, None if out is None else geom.activation)
+        if gx is not None:
+            return gx, prefix
+    gy, pre = _derivative_prepass(backend, gy, out, geom, "data", "the lowering runs it"
+                                  if isinstance(backend, CudaBackend) else "NumPy path: the lowering runs it")
+    prefix += pre
     if geom.nd == 1:
         g2 = geom.as_2d()
         gx, ks = _conv_lowering.backward_data(backend, gy[:, :, None, :], w[:, :, None, :], g2, 1, size[0])
-        return gx[:, :, 0, :], [f"conv1d as conv2d of height 1: {k}" for k in ks]
-    prefix = []
-    if not isinstance(backend, CudaBackend):  # NumPy: N-D col2im (_numpy/conv3d_grad.py), unless it declines
-        from ._numpy import conv3d_grad
-        gx, prefix = conv3d_grad.data_gradient(gy, w, geom, size)
-        if gx is not None:
-            return gx, prefix
-    if isinstance(backend, CudaBackend):
-        gx, kernels, why = _cuda_data_3d(backend, gy, w, geom, size)
-        if gx is not None:
-            return gx, kernels
-        prefix = [f"conv3d depth-tap lowering ({why})"]
+        return gx[:, :, 0, :], prefix + [f"conv1d as conv2d of height 1: {k}" for k in ks]
     xp = backend.xp
     ct = compute_dtype(gy.dtype)
     N, C = gy.shape[0], geom.C
@@ -384,6 +351,9 @@ def _derivative_prepass(backend, gy, out, geom, what, why):
     pre-pass conv2d_backward uses) and the record's entry saying so; ``(gy, [])`` without ``out``."""
     if out is None:
         return gy, []
+    if tuple(out.shape) != tuple(gy.shape):
+        raise ValueError(f"{what} gradient: out of size {tuple(out.shape)} must match grad_output of size "
+                         f"{tuple(gy.shape)}")
     from ._grad_conv import activation_derivative_times
     return (activation_derivative_times(backend.xp, gy, out, geom.activation),
             [f"activation derivative pre-pass for the {what} gradient ({why})"])

@@ -10,10 +10,13 @@ What runs (``_conv_nd``):
   (``_conv_nd.backward_filter``, the record says why);
 * bias gradient: on CUDA arrays ``conv2d_backward_bias`` over ``grad_output`` viewed as ``(N, K, 1, L)``, the
   derivative fused (``_conv_nd.backward_bias``);
-* data gradient: ``_conv_nd.backward_data`` on ``grad_output`` times the derivative, computed by a pre-pass
-  (``_grad_conv.activation_derivative_times``, one array of ``grad_output``'s size), recorded as
-  ``activation derivative pre-pass for the data gradient (...)``;
-* NumPy arrays: that pre-pass once, every gradient reading its result (recorded once).
+* data gradient: on CUDA arrays ONE ``conv1d_backward_data`` / ``conv3d_backward_data`` launch with the
+  derivative fused in its gather (``_conv_nd.backward_data(..., out=)``); where it declines, the lowering
+  after a pre-pass (``_grad_conv.activation_derivative_times``, one array of ``grad_output``'s size) the
+  record names;
+* NumPy arrays, 3-D: ``numpy_col2im3d`` / ``numpy_im2col3d_filter`` apply the derivative in their chunk
+  copies of ``grad_output`` (the bias, and a declined strategy's lowering, read a pre-pass); 1-D: the
+  pre-pass once, every gradient reading its result (recorded once).
 
 ``gpuconv.last_kernel()`` lists every kernel that ran, op ``conv1d`` / ``conv3d``, direction ``'backward'``.
 """
@@ -47,19 +50,17 @@ def _backward(n, grad_output, input, weight, stride, padding, dilation, groups, 
     outb = None if activation is None else (out if batched else out[None])
     xb = x if batched else x[None]
     xp, cuda = backend.xp, isinstance(backend, _backend.CudaBackend)
-    kernels, gz = [], gyb
-    if activation is not None and (mask[0] or not cuda) and any(mask):
-        # the pre-pass: the data gradient's input on CUDA (its kernels take no derivative yet), every
-        # gradient's on NumPy arrays (made once; the filter and bias then read it with no derivative)
+    kernels, gz, fused = [], gyb, outb
+    if activation is not None and not cuda and n == 1 and any(mask):
+        # NumPy 1-D: the height-1 lowering's strategies take no derivative; the pre-pass made once, every
+        # gradient reading its result (CUDA kernels and the NumPy 3-D strategies apply it themselves)
         with np.errstate(over="ignore", invalid="ignore"):
             gz = activation_derivative_times(xp, gyb, outb, activation)
-        why = "the data gradient's kernels take no derivative" if cuda else "NumPy arrays"
-        kernels.append(f"activation derivative pre-pass for {'the data' if cuda else 'every'} gradient ({why})")
-    fused = outb if cuda else None  # the CUDA filter / bias kernels apply the derivative themselves
-    gf = gyb if cuda else gz
+        kernels.append("activation derivative pre-pass for every gradient (NumPy arrays, 1-D)")
+        fused = None
     gx = gw = gb = None
     if mask[0]:
-        gx, ks = _data(backend, gz, w, geom, geom.input_size)
+        gx, ks = _data(backend, gz, w, geom, geom.input_size, fused)
         gx = gx if batched else gx[0]
         kernels += ks
     if mask[1]:
@@ -67,12 +68,12 @@ def _backward(n, grad_output, input, weight, stride, padding, dilation, groups, 
             gw, ks = xp.zeros(geom.weight_shape, dtype=gy.dtype), ["none (empty batch: zeros)"]
         else:
             with np.errstate(over="ignore", invalid="ignore"):
-                gw, ks = _conv_nd.backward_filter(backend, xb, gf, geom, fused)
+                gw, ks = _conv_nd.backward_filter(backend, xb, gz, geom, fused)
             ks = ks or ["none (every tap reads padding: zeros)"]
         kernels += ks
     if mask[2]:
         with np.errstate(over="ignore", invalid="ignore"):
-            gb, k = _conv_nd.backward_bias(backend, gf, fused, activation)
+            gb, k = _conv_nd.backward_bias(backend, gz, fused, activation)
         kernels.append(k)
     _backend.record(f"conv{n}d", backend.name, *(kernels or ["none (output_mask all False)"]),
                     direction="backward")
@@ -87,8 +88,8 @@ def conv1d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     ``activation``, ``grad_output`` is the gradient with respect to the activated output and ``output``
     (required: ValueError without it) that forward result, as ``gpuconv.conv2d_backward``. CUDA arrays: the
     filter gradient one ``conv1d_backward_filter_igemm`` (depthwise: ``_depthwise``) launch plus the fixed-order
-    reduce, the derivative fused; the bias ``conv2d_backward_bias``; the data gradient the unit-height 2-D
-    input gradient after a derivative pre-pass. Deterministic (bitwise, any thread order)."""
+    reduce, the derivative fused; the bias ``conv2d_backward_bias``; the data gradient one
+    ``conv1d_backward_data`` launch, the derivative fused. Deterministic (bitwise, any thread order)."""
     return _backward(1, grad_output, input, weight, stride, padding, dilation, groups, flip, activation, output,
                      output_mask)
 
@@ -98,6 +99,6 @@ def conv3d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     """As ``conv1d_backward`` for ``gpuconv.conv3d``: ``input (N, C, D, H, W)`` or ``(C, D, H, W)``. CUDA
     arrays: the filter gradient one ``conv3d_backward_filter_igemm`` (depthwise: ``_depthwise``) launch plus
     the reduce, the derivative fused; the bias ``conv2d_backward_bias`` over ``(N, K, 1, OD*P*Q)``; the data
-    gradient the stride-phase ``conv3d_igemm`` launches after a derivative pre-pass."""
+    gradient one ``conv3d_backward_data`` launch over every stride phase, the derivative fused."""
     return _backward(3, grad_output, input, weight, stride, padding, dilation, groups, flip, activation, output,
                      output_mask)

@@ -78,12 +78,12 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 # gradients
 # --------------------------------------------------------------------------------------------
 
-def _data(backend, gy, w, geom, size):
+def _data(backend, gy, w, geom, size, out=None):
     N, C = gy.shape[0], geom.C
     if 0 in (N, C) + tuple(size):
         return backend.xp.zeros((N, C) + tuple(size), dtype=gy.dtype), ["none (empty output)"]
     with np.errstate(over="ignore", invalid="ignore"):
-        gx, kernels = _conv_nd.backward_data(backend, gy, w, geom, size)
+        gx, kernels = _conv_nd.backward_data(backend, gy, w, geom, size, out)
     return gx, kernels or ["none (no filter tap reaches the input: zeros)"]
 
 

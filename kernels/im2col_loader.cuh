@@ -7,9 +7,10 @@
 // with stride, asymmetric padding (read as 0), dilation and flip in its index math, and plugs into
 // gemm_tile.cuh's slice loop (fetch / stage; see the operand-loader contract there); implicit_gemm_conv, the
 // body of conv1d_igemm, conv2d_igemm and conv3d_igemm (and of their split-K kernels). With a derivative
-// parameter DACT (2-D only; default ACT_NONE: no state, no code) the loader multiplies each gathered
-// element by the derivative of activation DACT computed from `out` at the same offset (act_backward,
-// common.cuh): conv2d_backward_data.cu, the data gradient with the activation's derivative fused.
+// parameter DACT (any of the three geometries; default ACT_NONE: no state, no code) the loader multiplies
+// each gathered element by the derivative of activation DACT computed from `out` at the same offset
+// (act_backward, common.cuh): conv2d_backward_data.cu's conv{1,2,3}d_backward_data, the data gradient with
+// the activation's derivative fused.
 #pragma once
 
 #include "common.cuh"
@@ -198,7 +199,7 @@ struct Im2colDerivativeState<ACT_NONE> {};
 // less). This is why fetch() must be called for k0 = k_start, k_start + BK, ... in that order, once each,
 // after begin_tile(m0, g, k_start) (gemm_slice_range does exactly that; k_start = 0 but for split-K's later
 // splits).
-// DACT != ACT_NONE (2-D): B[kr, m] = act_backward(x[...], out[...], DACT) at the same element of x and
+// DACT != ACT_NONE (1-D, 2-D, 3-D): B[kr, m] = act_backward(x[...], out[...], DACT) at the same element of x and
 // `out` (the data gradient's gy and the forward's output, cropped alike); padding and rows past kred stay 0
 // (out is read only where x is).
 template <typename T, class Cfg, class G = Im2colGeometry<T>, int DACT = ACT_NONE>
@@ -213,7 +214,6 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
     static constexpr int CW = Cfg::THREADS / BK;          // threads per row of a slice
     static_assert(Cfg::THREADS % BK == 0 && CW * LOADS == BN, "pattern must tile BK x BN exactly");
     static_assert(ND == 1 || ND == 2 || ND == 3, "1, 2 or 3 spatial dimensions");
-    static_assert(DACT == ACT_NONE || ND == 2, "the fused derivative is a 2-D data-gradient feature");
 
     int col, row0;  // this thread's first column of the tile and its row of each slice
     int step_r, step_s;  // BK taps = step_c channels + [step_t depth taps +] step_r filter rows + step_s columns
@@ -360,7 +360,11 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
             // compare also rejects negative coordinates (top / left / front padding).
             if constexpr (ND == 1) {
                 (void)ih;  // no row: only the column can leave the input
-                if (row_ok && (unsigned)iw < (unsigned)W) v = load<T>(reinterpret_cast<const T*>(pix[j] + off));
+                if (row_ok && (unsigned)iw < (unsigned)W) {
+                    v = load<T>(reinterpret_cast<const T*>(pix[j] + off));
+                    if constexpr (DACT != ACT_NONE)  // the fused derivative, as in 2-D below
+                        v = act_backward<A>(v, load<T>(reinterpret_cast<const T*>(pix[j] + off_out)), DACT);
+                }
             } else if constexpr (ND == 2) {
                 if (row_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W) {
                     v = load<T>(reinterpret_cast<const T*>(pix[j] + off));
@@ -373,8 +377,11 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
             } else {
                 const int id = this->id0[j] + did;
                 if (row_ok && (unsigned)id < (unsigned)this->D && (unsigned)ih < (unsigned)H
-                    && (unsigned)iw < (unsigned)W)
+                    && (unsigned)iw < (unsigned)W) {
                     v = load<T>(reinterpret_cast<const T*>(pix[j] + off));
+                    if constexpr (DACT != ACT_NONE)  // the fused derivative, as in 2-D above
+                        v = act_backward<A>(v, load<T>(reinterpret_cast<const T*>(pix[j] + off_out)), DACT);
+                }
             }
             regs[j] = v;
         }
@@ -422,7 +429,7 @@ struct Im2colLoader : G, Im2colDepthState<G::ND, Cfg::BK * Cfg::BN / Cfg::THREAD
 // Im2colGeometry1d: cp is a ConvParams; Im2colGeometry3d: a Conv3dParams), M = N * outputs per image
 // pixels, kred its reduction.
 // Split-K (SPLIT): `splits` ranges of `split_slices` slices each, partial sums into ws (gemm_conv_tiles).
-// DACT / dout: the fused activation derivative of Im2colLoader (conv2d_backward_data; dout laid out as x).
+// DACT / dout: the fused activation derivative of Im2colLoader (conv{1,2,3}d_backward_data; dout laid out as x).
 // Out / out: the epilogue's output mapping (gemm_tile.cuh; default y as the forward's, C-contiguous).
 template <typename T, class Cfg, class Tile, class Smem, bool SPLIT = false, class Geo = Im2colGeometry<T>,
           int DACT = ACT_NONE, class Out = GemmContiguousOutput>

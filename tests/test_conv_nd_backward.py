@@ -24,6 +24,7 @@ import pytest
 
 import gpuconv
 from gpuconv._backend import CudaBackend, use_backend
+from gpuconv._cuda import conv_backward_data as BD
 from gpuconv._cuda import conv_backward_filter as B
 from gpuconv._cuda import ops
 from gpuconv._geometry import ACTIVATIONS
@@ -181,7 +182,12 @@ def test_numpy_matches_autograd(case, act):
     grads, rec = _call(None, case, gy, x, w, activation=act, output=out)
     _check(case, np.float64, grads, x, w, gy, out, act)
     assert rec.op == f"conv{g.nd}d" and rec.direction == "backward" and rec.backend == "numpy"
-    assert (rec.kernels[0] == "activation derivative pre-pass for every gradient (NumPy arrays)") == (act is not None)
+    # 1-D: one pre-pass every gradient reads; 3-D: the N-D strategies apply the derivative in their chunk copies
+    prepass = [k for k in rec.kernels if "pre-pass" in k]
+    assert prepass == (["activation derivative pre-pass for every gradient (NumPy arrays, 1-D)"]
+                       if act is not None and g.nd == 1 else [])
+    if g.nd == 3:
+        assert rec.kernels[0].startswith(("numpy_col2im3d", "numpy_depthwise_data3d")), rec.kernels
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -201,10 +207,9 @@ def test_cuda_matches_autograd_in_both_thread_orders(rt, case, act):
         else (B.depthwise3d_name(dtype) if depthwise else B.igemm3d_name(dtype, ACTIVATIONS[act]))
     assert sum(k.startswith(fname + " splits=") for k in ks) == 1, ks  # the filter gradient: fused kernel
     assert ks[-1] == B.bias_name(dtype)
-    pre = [k for k in ks if "pre-pass" in k]
-    assert pre == ([] if act is None else
-                   ["activation derivative pre-pass for the data gradient (the data gradient's kernels take no "
-                    "derivative)"])
+    assert not [k for k in ks if "pre-pass" in k], ks  # every kernel applies the derivative itself
+    assert ks[0] == f"{BD.kernel_name(dtype, BD.data_tile(g, dtype, *g.input_size), ACTIVATIONS[act], g.nd)} " \
+                    f"phases={len(BD.plan(g, *g.input_size, *g.output_size))}", ks  # ONE data-gradient launch
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -227,8 +232,8 @@ def test_output_mask(rt, case, mask):
         _check(case, np.float64, grads, x, w, gy, out, "sigmoid", mask)
         if not any(mask):
             assert rec.kernels == ("none (output_mask all False)",)
-        elif r is not None:  # CUDA: a pre-pass only for the data gradient
-            assert any("pre-pass" in k for k in rec.kernels) == mask[0]
+        elif r is not None:  # CUDA: no pre-pass, the kernels apply the derivative
+            assert not any("pre-pass" in k for k in rec.kernels)
 
 
 @pytest.mark.parametrize("n_batch", [0, 1])

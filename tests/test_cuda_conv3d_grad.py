@@ -1,9 +1,10 @@
 """conv3d's gradients on the CUDA path (issue 18): the filter gradient as ONE implicit GEMM over N*OD*P*Q
 (``conv3d_backward_filter_igemm``, kernels/conv2d_backward_filter.cu: conv2d's backward-filter body with the
 3-D gather geometry, fixed split ranges summed by ``gemm_splitk_reduce`` in order; depthwise layers:
-``conv3d_backward_filter_depthwise``, the 2-D depthwise body with the 3-D geometry), the data gradient as the
-stride-phase decomposition in three axes, each phase one stride-1 ``conv3d_igemm`` launch
-(``_conv_nd._cuda_data_3d``), and the bias gradient as ``conv2d_backward_bias`` over ``(N, K, 1, OD*P*Q)``.
+``conv3d_backward_filter_depthwise``, the 2-D depthwise body with the 3-D geometry), the data gradient as ONE
+``conv3d_backward_data`` launch over every stride phase (kernels/conv2d_backward_data.cu's body with the 3-D
+geometry; its own tests: tests/test_cuda_nd_backward_data.py), and the bias gradient as
+``conv2d_backward_bias`` over ``(N, K, 1, OD*P*Q)``.
 
 Launch tests take the ``rt`` fixture (tests/runners.py: the CPU emulator, marked ``emulated``, and a GPU,
 skipped without one) on NumPy data (``numpy_io``) and run under both thread orders (``with_thread_order``)
@@ -27,14 +28,14 @@ import pytest
 
 import gpuconv
 import gpuconv.grad
-from gpuconv import _conv_nd
 from gpuconv._backend import CudaBackend, use_backend
-from gpuconv._cuda import conv3d_igemm, ops
+from gpuconv._cuda import conv_backward_data as BD
+from gpuconv._cuda import ops
 from gpuconv._cuda import conv_backward_filter as B
 from gpuconv._geometry import ACTIVATIONS
 from gpuconv._geometry_nd import conv_nd_geometry
 from tests.reference import conv_nd_grads_ref, explicit_padding_nd
-from tests.runners import numpy_io, on_gpu, runtime_fixture, torch, with_thread_order
+from tests.runners import numpy_io, runtime_fixture, torch, with_thread_order
 from tests.support import ACTIVATION_DERIVATIVES, activated_output, noncontiguous_view, triple
 from tests.tolerance import assert_close
 
@@ -205,13 +206,11 @@ def test_public_gradients_match_reference_and_record(rt, case, dtype):
     assert_close(gw, ew, mw, dtype, what=f"{case} weight gradient")
     g64 = gy.astype(np.float64)
     assert_close(gb, g64.sum(axis=(0, 2, 3, 4)), np.abs(g64).sum(axis=(0, 2, 3, 4)), dtype, what="bias")
-    # the record: the data gradient is stride-1 conv3d_igemm launches, one per phase (at most sd*sh*sw)
+    # the record: the data gradient is ONE conv3d_backward_data launch over every stride phase (<= sd*sh*sw)
     sd, sh, sw = triple(CASES[case][2])
-    phases = _conv_nd.data_phase_calls(gy, g, g.input_size)
-    assert len(kx) == len(phases) <= sd * sh * sw
-    # (a phase with few output pixels and a long reduction runs the split-K form, conv3d_igemm_splitk)
-    assert all(k.startswith("conv3d input gradient, stride phase (") and
-               ("gpuconv::conv3d_igemm<" in k or "gpuconv::conv3d_igemm_splitk<" in k) for k in kx), kx
+    phases = len(BD.plan(g, *g.input_size, *g.output_size))
+    name = BD.kernel_name(dtype, BD.data_tile(g, dtype, *g.input_size), 0, 3)
+    assert kx == [f"{name} phases={phases}"] and phases <= sd * sh * sw
     assert len(kw) == 1 and kw[0].startswith(_filter_name(case, dtype) + " splits=")
     assert kb == [B.bias_name(dtype)]
     for (a, ka), (b, kb2) in zip(results[0], results[1]):
@@ -245,7 +244,7 @@ def test_conv_transpose3d_with_output_padding(rt, dtype):
     b = rng.standard_normal(6).astype(dtype)
     kw = dict(stride=(2, 3, 2), padding=(1, 0, 1), output_padding=(1, 2, 0), groups=3, dilation=(1, 1, 2))
     y, ks = _public(rt, lambda x, w, b: gpuconv.conv_transpose3d(x, w, b, **kw), x, w, b)
-    assert all("gpuconv::conv3d_igemm<" in k for k in ks)
+    assert len(ks) == 1 and ks[0].startswith("gpuconv::conv3d_backward_data<")
     # the adjoint of the matching conv3d: gx of a (N, C_out, D', H', W') input with weight w
     g = conv_nd_geometry(3, y.shape, w.shape, None, kw["stride"], kw["padding"], kw["dilation"], 3)
     assert g.output_size == x.shape[2:]
@@ -316,8 +315,7 @@ def test_random_geometries_match_reference(rt, geometry):
     ex, ew = conv_nd_grads_ref(x, w, gy, stride, pad, dilation, groups, flip)
     np.testing.assert_allclose(gx, ex, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(gw, ew, rtol=1e-10, atol=1e-10)
-    calls = _conv_nd.data_phase_calls(gy, g, g.input_size)
-    assert len(kx) == max(len(calls), 1)  # (no phase at all: "none (...)", zeros)
+    assert len(kx) == 1 and kx[0].startswith("gpuconv::conv3d_backward_data<double")  # one launch, every phase
     assert len(kw_) == 1 and kw_[0].startswith(B.depthwise3d_name(np.float64) if B.is_depthwise(g)
                                                else B.igemm3d_name(np.float64))
 
@@ -330,7 +328,7 @@ def test_conv_transpose3d_output_padding_past_the_stride(rt):
     x, w, b = rng.standard_normal((2, 4, 3, 4, 2)), rng.standard_normal((4, 3, 2, 2, 3)), rng.standard_normal(3)
     kw = dict(stride=(1, 2, 1), padding=(0, 1, 1), output_padding=(1, 2, 0), dilation=(2, 3, 1))
     y, ks = _public(rt, lambda x, w, b: gpuconv.conv_transpose3d(x, w, b, **kw), x, w, b)
-    assert all("gpuconv::conv3d_igemm<double" in k for k in ks)
+    assert len(ks) == 1 and ks[0].startswith("gpuconv::conv3d_backward_data<double")
     t = torch.nn.functional.conv_transpose3d(torch.tensor(x), torch.tensor(w), torch.tensor(b), **kw)
     np.testing.assert_allclose(y, t.numpy(), rtol=1e-10, atol=1e-10)
 
@@ -343,7 +341,7 @@ def test_declined_kernel_runs_the_lowering_and_says_why(rt, monkeypatch, which):
     g, x, w, gy, _ = _data(case, np.float64, seed=8)
     why = "a test's forced decline"
     if which == "data":
-        monkeypatch.setattr(conv3d_igemm, "conv3d_igemm_decline_reason", lambda g, dtype: why)
+        monkeypatch.setattr(BD, "decline_reason", lambda g, dtype: why)
         fn = lambda w, gy: gpuconv.grad.conv3d_input(x.shape, w, gy, **_args(case))  # noqa: E731
         result, kernels = _public(rt, fn, w, gy)
         exp = _reference(case, x, w, gy)[0]
@@ -365,21 +363,23 @@ def test_declined_kernel_runs_the_lowering_and_says_why(rt, monkeypatch, which):
 # --------------------------------------------------------------------------------------------
 
 def test_phase_calls_partition_the_input():
-    """The phases' positions are disjoint, each receives exactly the taps that reach it, and every phase is
-    a stride-1 correlation whose output is exactly its positions."""
+    """The data kernel's phases (``conv_backward_data.plan``) partition the input, each phase's size is
+    exactly its positions, and the positions of the phases without taps (which the kernel fills with
+    zeros) are exactly those no tap reaches."""
     for case in CASES:
         g, x, w, gy, _ = _data(case, np.float32)
-        calls = _conv_nd.data_phase_calls(gy, g, g.input_size)
-        covered = np.zeros(g.input_size, dtype=int)
-        for (a, b, c), crop, taps, pad, dil, pg in calls:
-            assert pg.stride == (1, 1, 1) and pg.padding == pad and pg.dilation == dil
-            assert pg.output_size == covered[a::g.stride[0], b::g.stride[1], c::g.stride[2]].shape
-            covered[a::g.stride[0], b::g.stride[1], c::g.stride[2]] += 1
-        assert covered.max() <= 1 and len(calls) <= int(np.prod(g.stride))
-        # a position left out is one no tap reaches: its gradient is zero for any gy (magnitudes of all-ones)
+        phases = BD.plan(g, *g.input_size, *g.output_size)
+        covered, tapless = np.zeros(g.input_size, dtype=int), np.zeros(g.input_size, dtype=bool)
+        for (a, b, c, td, tr, tc, _, _, _, *counts) in phases:
+            view = (slice(a, None, g.stride[0]), slice(b, None, g.stride[1]), slice(c, None, g.stride[2]))
+            assert covered[view].shape == tuple(counts)
+            covered[view] += 1
+            tapless[view] = not (td and tr and tc)
+        assert (covered == 1).all() and len(phases) <= int(np.prod(g.stride))
+        # a tapless position is one no tap reaches: its gradient is zero for any gy (magnitudes of all-ones)
         reached = (_reference(case, x, w, np.ones_like(gy))[1] > 0).any(axis=(0, 1))
-        assert not (reached & (covered == 0)).any()
-        assert case != "1x1x1-stride2-groups" or (covered == 0).sum() == 5 * 5 * 5 - 3 * 3 * 3
+        assert not (reached & tapless).any()
+        assert case != "1x1x1-stride2-groups" or tapless.sum() == 5 * 5 * 5 - 3 * 3 * 3
 
 
 def test_filter_rules_declines_and_table():

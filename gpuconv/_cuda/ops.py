@@ -23,6 +23,8 @@
 (conv3d, backward_filter)           depthwise, igemm (conv_backward_filter.py: the same bodies, 3-D geometry)
 (conv1d, backward_filter)           depthwise, igemm (conv_backward_filter.py: the same bodies, 1-D geometry)
 (conv2d, backward_data)             igemm (conv_backward_data.py: one launch over every stride phase)
+(conv1d, backward_data)             igemm (conv_backward_data.py: the same body, 1-D geometry)
+(conv3d, backward_data)             igemm (conv_backward_data.py: the same body, 3-D geometry)
 ==================================  ============================================================
 
 Every algorithm of one operation takes the same launch arguments (``Operation.launch_signature``). Which
@@ -135,6 +137,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {o.key: o for o in (
                "(rt, x, gy, out, geom) -> (gw, kernel id): as conv2d backward_filter with a 1-D ConvNdGeometry"),
     _operation("conv2d", conv_backward_data.BACKWARD_DATA, conv_backward_data.ALGORITHMS,
                "(rt, gy, w, out, geom, H, W) -> (gx, kernel ids): out the activated forward output or None"),
+    _operation("conv1d", conv_backward_data.BACKWARD_DATA, conv_backward_data.ALGORITHMS_1D,
+               "(rt, gy, w, out, geom, L) -> (gx, kernel ids): as conv2d backward_data with a 1-D ConvNdGeometry"),
+    _operation("conv3d", conv_backward_data.BACKWARD_DATA, conv_backward_data.ALGORITHMS_3D,
+               "(rt, gy, w, out, geom, D, H, W) -> (gx, kernel ids): as conv2d backward_data with a 3-D "
+               "ConvNdGeometry"),
 )}
 
 
