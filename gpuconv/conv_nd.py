@@ -4,11 +4,14 @@
 Each function checks its arrays (``_backend.coerce_arrays``: the arrays decide the backend), resolves the
 forward call (``_geometry_nd.conv_nd_geometry``: conv2d's rules and messages for 1 or 3 spatial dimensions)
 and runs it (``_conv_nd``): on CUDA arrays 1-D as one ``conv1d_igemm`` launch and 3-D as one
-``conv3d_igemm`` launch (``algo`` ``'auto'`` / ``'igemm'``; two launches with split-K), otherwise 1-D as a
-unit-height conv2d (another named 2-D algorithm, a depthwise-like call under ``'auto'``, NumPy arrays, the
-gradients) and 3-D -- NumPy's 3-D gradients, another named 2-D algorithm, a geometry the kernel declines --
-as a sum over depth taps of batched 2-D convolutions (the depth-tap lowering); the CUDA 3-D gradients run
-the 3-D kernels (``_conv_nd``). ``gpuconv.last_kernel()`` names what ran, the lowering and its reason
+``conv3d_igemm`` launch (``algo`` ``'auto'`` / ``'igemm'``; two launches with split-K; ``'igemm_tc'`` or
+tensor cores allowed: ``conv1d_igemm_tc`` / ``conv3d_igemm_tc``), otherwise 1-D as a unit-height conv2d
+(another named 2-D algorithm, a depthwise-like call under ``'auto'``, NumPy arrays) and 3-D -- another named
+2-D algorithm, a geometry the kernel declines -- as a sum over depth taps of batched 2-D convolutions (the
+depth-tap lowering). The gradients on CUDA arrays run the N-D kernels (``conv{1,3}d_backward_data``, one
+launch over every stride phase; ``conv{1,3}d_backward_filter_igemm`` / ``_depthwise``), on NumPy arrays
+the N-D col2im / im2col strategies in 3-D (``_numpy/conv3d_grad.py``) and the unit-height 2-D gradients in
+1-D. ``gpuconv.last_kernel()`` names what ran, the lowering and its reason
 included.
 docs/semantics.md, "conv1d and conv3d", has the rules.
 """
@@ -152,16 +155,17 @@ def conv1d_bias(grad_output):
 
 def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
     """Gradient of ``gpuconv.conv3d`` with respect to ``input`` (``torch.nn.grad.conv3d_input``): shape
-    ``input_size`` ``(N, C, D, H, W)`` or unbatched. CUDA: one stride-1 ``conv3d_igemm`` launch per stride
-    phase; NumPy: the depth-tap lowering of the 2-D input gradient."""
+    ``input_size`` ``(N, C, D, H, W)`` or unbatched. CUDA: one ``conv3d_backward_data`` launch over every
+    stride phase; NumPy: ``numpy_col2im3d`` (depthwise-like: ``numpy_depthwise_data3d``), the depth-tap
+    lowering where one output depth does not fit the workspace."""
     return _input(3, input_size, weight, grad_output, stride, padding, dilation, groups, flip)
 
 
 def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, flip=False):
     """Gradient of ``gpuconv.conv3d`` with respect to ``weight`` (``torch.nn.grad.conv3d_weight``): shape
     ``weight_size`` ``(K, C/groups, T, R, S)``. CUDA: one ``conv3d_backward_filter_igemm`` launch (depthwise:
-    ``conv3d_backward_filter_depthwise``) and the fixed-order split reduce; NumPy: per depth tap one 2-D filter
-    gradient."""
+    ``conv3d_backward_filter_depthwise``) and the fixed-order split reduce; NumPy: ``numpy_im2col3d_filter``,
+    the depth-tap lowering where one output depth does not fit the workspace."""
     return _weight(3, input, weight_size, grad_output, stride, padding, dilation, groups, flip)
 
 
