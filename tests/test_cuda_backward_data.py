@@ -30,7 +30,7 @@ from gpuconv._cuda.gemm import LARGE_TILE, SMALL_TILE, TILES_BY_DTYPE, WIDE_TILE
 from gpuconv._geometry import conv_geometry
 from tests.reference import conv_nd_grads_ref, explicit_padding, pair
 from tests.runners import emulated_runtime, numpy_io, runtime_fixture, torch, with_thread_order
-from tests.support import noncontiguous_view
+from tests.support import PoisonedEmpty, noncontiguous_view
 from tests.tolerance import assert_close
 
 rt = runtime_fixture()
@@ -115,27 +115,6 @@ def test_one_launch_against_reference(rt, case, dtype):
         np.testing.assert_allclose(gx, _torch_input_grad(case, gy, w), rtol=1e-10, atol=1e-10)
 
 
-class _PoisonedEmpty:
-    """``rt`` whose ``xp.empty`` gives float arrays full of NaN."""
-
-    def __init__(self, rt):
-        self.rt, inner = rt, rt.xp
-
-        class Xp:
-            def __getattr__(self, name):
-                return getattr(inner, name)
-
-            def empty(self, shape, dtype=float):
-                a = inner.empty(shape, dtype)
-                if np.dtype(dtype).kind == "f":
-                    a.fill(np.nan)
-                return a
-        self.xp = Xp()
-
-    def function(self, source, name):
-        return self.rt.function(source, name)
-
-
 @pytest.mark.parametrize("tile", (SMALL_TILE, WIDE_TILE), ids=lambda t: t.name)
 @pytest.mark.parametrize("case", ("two-tiles-s2", "s3-kernel2"))
 def test_both_tiles_and_poisoned_output(rt, case, tile):
@@ -144,7 +123,7 @@ def test_both_tiles_and_poisoned_output(rt, case, tile):
     g, gy, w = _data(case, np.float32, seed=2, layout="sliced")
 
     def run(rt, gy, w):
-        return BD.launch(_PoisonedEmpty(rt), gy, w, None, g, g.H, g.W, tile=tile)
+        return BD.launch(PoisonedEmpty(rt), gy, w, None, g, g.H, g.W, tile=tile)
     gx, ids = numpy_io(rt, run, gy, w)
     assert ids[0].startswith(BD.kernel_name(np.float32, tile, 0))
     assert not np.isnan(gx).any()

@@ -36,7 +36,7 @@ from gpuconv._geometry import ACTIVATIONS
 from gpuconv._geometry_nd import conv_nd_geometry
 from tests.reference import apply_activation, conv_nd_grads_ref, explicit_padding_nd
 from tests.runners import emulated_runtime, numpy_io, on_gpu, runtime_fixture, torch, with_thread_order
-from tests.support import noncontiguous_view
+from tests.support import PoisonedEmpty, noncontiguous_view
 from tests.tolerance import assert_close
 
 rt = runtime_fixture()
@@ -157,27 +157,6 @@ def test_one_launch_against_reference(rt, case, dtype):
         np.testing.assert_allclose(gx, _torch_input_grad(case, gy, w), rtol=1e-10, atol=1e-10)
 
 
-class _PoisonedEmpty:
-    """``rt`` whose ``xp.empty`` gives float arrays full of NaN."""
-
-    def __init__(self, rt):
-        self.rt, inner = rt, rt.xp
-
-        class Xp:
-            def __getattr__(self, name):
-                return getattr(inner, name)
-
-            def empty(self, shape, dtype=float):
-                a = inner.empty(shape, dtype)
-                if np.dtype(dtype).kind == "f":
-                    a.fill(np.nan)
-                return a
-        self.xp = Xp()
-
-    def function(self, source, name):
-        return self.rt.function(source, name)
-
-
 @pytest.mark.parametrize("tile", ("wide", "small"))
 @pytest.mark.parametrize("case", ("1d-two-tiles-s2", "1d-s4-dil6-gcd-flip", "3d-two-tiles-s121",
                                   "3d-s232-dil4-gcd-flip"))
@@ -193,7 +172,7 @@ def test_both_tiles_and_poisoned_output(rt, case, tile):
         return
 
     def run(rt, gy, w):
-        return BD.launch(_PoisonedEmpty(rt), gy, w, None, g, *g.input_size, tile=t)
+        return BD.launch(PoisonedEmpty(rt), gy, w, None, g, *g.input_size, tile=t)
     gx, ids = numpy_io(rt, run, gy, w)
     expected_tile = SMALL_TILE_3D if g.nd == 3 and tile == "small" else t
     assert ids == [f"{_name(g, np.float32, tile=expected_tile)} phases={_phases(g)}"]
