@@ -39,7 +39,8 @@ the rules; this module the arithmetic. Inputs are validated arrays and a resolve
   table's order deciding. The data gradient: next item. The bias gradient (``backward_bias``) is
   ``conv2d_backward_bias`` over ``gy`` seen as ``(N, K, 1, OD*P*Q)``. ``backward_filter`` / ``backward_bias``
   take ``out`` (``conv3d_backward``'s activation: the derivative fused in those kernels).
-* **1-D and 3-D data gradients, CUDA** (``backward_data``; docs/gradients.md, "The CUDA data gradient"):
+* **1-D and 3-D data gradients, CUDA** (``backward_data``; docs/gradients.md, "conv1d and conv3d data
+  gradients on CUDA"):
   ONE launch of ``conv1d_backward_data`` / ``conv3d_backward_data`` (``_cuda/conv_backward_data.py``,
   kernels/conv2d_backward_data.cu: conv2d's one-launch data gradient with the 1-D / 3-D gather geometry):
   every stride phase in it (``blockIdx.z``, up to 64 per launch, one more launch per further 64), each a
