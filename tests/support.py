@@ -27,7 +27,7 @@ from gpuconv._geometry import conv_geometry
 from gpuconv._geometry_nd import conv_nd_geometry
 from gpuconv._cuda import conv_igemm, gemm, select
 from tests.reference import apply_activation, reference_conv2d, reference_conv_nd
-from tests.runners import emulated_runtime, gpu_unavailable_reason, numpy_io
+from tests.runners import emulated_runtime, gpu_unavailable_reason, numpy_io, on_gpu
 from tests.tolerance import assert_close
 
 
@@ -287,3 +287,14 @@ class PoisonedEmpty:
 
     def function(self, source, name):
         return self.rt.function(source, name)
+
+
+def fused_derivative_is_bitwise(rt, dtype, act) -> bool:
+    """Whether a data-gradient kernel with the activation's derivative fused in its gather gives the bits of
+    the pre-pass form (``gy * act'(out)`` first, then the plain kernel): where the gather forms the same
+    products in the same order (tests/test_cuda_dgrad_activation.py's docstring): on the emulator
+    (-ffp-contract=off) float32 / float64, and float16 relu (a select); on a GPU, where NVRTC may contract
+    into FMAs, relu / leaky_relu outside float16 and relu in float16."""
+    if on_gpu(rt):
+        return act in ("relu", "leaky_relu") and np.dtype(dtype) != np.float16 or act == "relu"
+    return np.dtype(dtype) != np.float16 or act == "relu"

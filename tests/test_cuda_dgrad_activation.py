@@ -33,8 +33,8 @@ from gpuconv._cuda import conv_backward_data as BD
 from gpuconv._cuda.gemm import WIDE_TILE
 from gpuconv._geometry import ACTIVATIONS, conv_geometry
 from tests.reference import conv_nd_grads_ref, explicit_padding, pair
-from tests.runners import emulated_runtime, numpy_io, on_gpu, runtime_fixture, torch, with_thread_order
-from tests.support import ACTIVATION_DERIVATIVES, activated_output, noncontiguous_view
+from tests.runners import emulated_runtime, numpy_io, runtime_fixture, torch, with_thread_order
+from tests.support import ACTIVATION_DERIVATIVES, activated_output, fused_derivative_is_bitwise, noncontiguous_view
 from tests.tolerance import assert_close
 
 rt = runtime_fixture()
@@ -102,13 +102,6 @@ def _unfused(rt, g, gz, w, tile=None):
     return numpy_io(rt, lambda rt, gz, w: BD.launch(rt, gz, w, None, plain, g.H, g.W, tile=tile), gz, w)
 
 
-def _bitwise_expected(rt, dtype, act) -> bool:
-    """Where the fused gather forms the pre-pass's products exactly (module docstring)."""
-    if on_gpu(rt):
-        return act in ("relu", "leaky_relu") and np.dtype(dtype) != np.float16 or act == "relu"
-    return np.dtype(dtype) != np.float16 or act == "relu"
-
-
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", list(LAUNCH_CASES))
@@ -124,7 +117,7 @@ def test_launch_against_prepass_and_reference(rt, case, dtype, act):
     assert_close(y, exp, mag, dtype, what=f"{case} {act} vs reference")
     yp, kp = _unfused(rt, g, _prepass(gy, out, act), w, tile)
     assert kp[0].startswith(BD.kernel_name(dtype, tile, 0) + " phases=")
-    if _bitwise_expected(rt, dtype, act):
+    if fused_derivative_is_bitwise(rt, dtype, act):
         np.testing.assert_array_equal(y.view(np.uint8), yp.view(np.uint8), err_msg=f"{case} {act}: not bitwise")
     else:
         assert_close(y, yp.astype(np.float64), mag, dtype, what=f"{case} {act} vs pre-pass")

@@ -35,8 +35,8 @@ from gpuconv._cuda.gemm import SMALL_TILE, WIDE_TILE
 from gpuconv._geometry import ACTIVATIONS
 from gpuconv._geometry_nd import conv_nd_geometry
 from tests.reference import apply_activation, conv_nd_grads_ref, explicit_padding_nd
-from tests.runners import emulated_runtime, numpy_io, on_gpu, runtime_fixture, torch, with_thread_order
-from tests.support import PoisonedEmpty, noncontiguous_view
+from tests.runners import emulated_runtime, numpy_io, runtime_fixture, torch, with_thread_order
+from tests.support import PoisonedEmpty, fused_derivative_is_bitwise, noncontiguous_view
 from tests.tolerance import assert_close
 
 rt = runtime_fixture()
@@ -181,13 +181,6 @@ def test_both_tiles_and_poisoned_output(rt, case, tile):
     assert_close(gx, exp, mag, np.float32, what=f"{case} {tile}")
 
 
-def _bitwise_expected(rt, dtype, act) -> bool:
-    """Where the fused gather forms the pre-pass's products exactly (tests/test_cuda_dgrad_activation.py)."""
-    if on_gpu(rt):
-        return act in ("relu", "leaky_relu") and np.dtype(dtype) != np.float16 or act == "relu"
-    return np.dtype(dtype) != np.float16 or act == "relu"
-
-
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", ACT_CASES)
@@ -203,7 +196,7 @@ def test_fused_activation_against_prepass_and_reference(rt, case, dtype, act):
     gz, _ = _conv_nd._derivative_prepass(NumpyBackend(), np.asarray(gy), np.asarray(out), g, "data", "test")
     gp, kp = numpy_io(rt, lambda rt, gz, w: BD.launch(rt, gz, w, None, plain, *g.input_size), gz, w)
     assert kp == [f"{_name(g, dtype)} phases={_phases(g)}"]
-    if _bitwise_expected(rt, dtype, act):
+    if fused_derivative_is_bitwise(rt, dtype, act):
         np.testing.assert_array_equal(gx.view(np.uint8), gp.view(np.uint8), err_msg=f"{case} {act}: not bitwise")
     else:
         assert_close(gx, gp.astype(np.float64), mag, dtype, what=f"{case} {act} vs pre-pass")
